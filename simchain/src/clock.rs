@@ -1,0 +1,114 @@
+//! Wall-clock formatting and human-friendly durations.
+//!
+//! The crate avoids a date-time dependency: CometBFT only needs RFC 3339 timestamps in UTC
+//! (`2024-05-01T12:00:00.123456789Z`) and its console logger's kitchen time (`3:04PM`), both
+//! derived here from [`SystemTime`] with the civil-from-days algorithm.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Errors from [`parse_duration`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DurationError {
+    /// The text had no number in front of the unit.
+    #[error("invalid duration {0:?}: expected a number followed by ms, s or m (e.g. 200ms)")]
+    Malformed(String),
+}
+
+/// Parses `200ms`, `1s`, `1.5s`, `2m`; a bare number means milliseconds.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let trimmed = text.trim();
+    let malformed = || DurationError::Malformed(text.to_string());
+    let (number, scale_ms) = if let Some(n) = trimmed.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = trimmed.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = trimmed.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        (trimmed, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| malformed())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(malformed());
+    }
+    Ok(Duration::from_secs_f64(value * scale_ms / 1000.0))
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn since_epoch(time: SystemTime) -> Duration {
+    time.duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// RFC 3339 in UTC with nanoseconds, as CometBFT prints block and vote times.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = since_epoch(time);
+    let secs = since.as_secs() as i64;
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let of_day = secs.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        of_day / 3600,
+        (of_day / 60) % 60,
+        of_day % 60,
+        since.subsec_nanos()
+    )
+}
+
+/// Kitchen time (`3:04PM`, UTC), the timestamp of CometBFT's console log format.
+pub fn kitchen(time: SystemTime) -> String {
+    let of_day = since_epoch(time).as_secs() % 86_400;
+    let hour24 = of_day / 3600;
+    let minute = (of_day / 60) % 60;
+    let (hour12, suffix) = match hour24 {
+        0 => (12, "AM"),
+        1..=11 => (hour24, "AM"),
+        12 => (12, "PM"),
+        _ => (hour24 - 12, "PM"),
+    };
+    format!("{hour12}:{minute:02}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_documented() {
+        let cases = [
+            ("200ms", Some(Duration::from_millis(200))),
+            ("1s", Some(Duration::from_secs(1))),
+            ("1.5s", Some(Duration::from_millis(1500))),
+            ("2m", Some(Duration::from_secs(120))),
+            ("150", Some(Duration::from_millis(150))),
+            ("fast", None),
+            ("-1s", None),
+            ("", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text).ok(), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_and_kitchen_match_known_instants() {
+        // 2024-02-29T15:04:05.000000007Z
+        let t = UNIX_EPOCH + Duration::new(1_709_219_045, 7);
+        assert_eq!(rfc3339(t), "2024-02-29T15:04:05.000000007Z");
+        assert_eq!(kitchen(t), "3:04PM");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(kitchen(UNIX_EPOCH), "12:00AM");
+    }
+}

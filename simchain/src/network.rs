@@ -1,0 +1,892 @@
+//! The simulated CometBFT network: block production, vote verification and the record.
+//!
+//! [`ChainState`] is the pure core (no I/O): it verifies votes, flags double signs, commits
+//! heights and renders the [`Record`]. [`run`] wraps it in tokio servers:
+//!
+//! - a TCP listener for nodes speaking [`crate::protocol`] (at most [`MAX_NODE_CONNECTIONS`];
+//!   each gets a bounded queue of [`NODE_QUEUE`] new heights — a node that falls behind or does
+//!   not accept a write within [`NODE_WRITE_TIMEOUT`] is dropped, never waited for);
+//! - an HTTP endpoint: `GET /record`, `GET /status` (`{"height":H}`, latest committed height)
+//!   and `POST /upgrade` (`{"name","height","info"}`, like a governance proposal passing);
+//! - a block timer: every block time it commits the current height if precommit power
+//!   (internal validators included) reaches 2/3 of the total, records which external validators
+//!   missed it, and broadcasts `new_height` for the next one;
+//! - an optional record file rewritten atomically after each commit (by a separate task, so a
+//!   slow disk never delays blocks) and on exit.
+//!
+//! Internal validators always vote and "upgrade instantly", so the chain never halts; external
+//! validators that halt or disconnect visibly miss blocks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, broadcast, watch};
+
+use crate::clock::rfc3339;
+use crate::console_log::{Level, Sink, log};
+use crate::http::{HttpRequest, HttpResponse};
+use crate::key::{PUB_KEY_TYPE, TypedKey, address_of, decode_pub_key};
+use crate::protocol::{
+    MAX_LINE_BYTES, NetworkMessage, NewHeight, NodeMessage, SignedVote, UpgradePlan,
+};
+use crate::record::{DoubleSign, MAX_MISSED_LISTED, Record, ValidatorRecord};
+use crate::sign_state::write_atomically;
+use crate::vote::{CanonicalVote, VoteType};
+
+/// Concurrent node connections.
+pub const MAX_NODE_CONNECTIONS: usize = 256;
+/// New heights queued per node before it is considered too slow and dropped.
+pub const NODE_QUEUE: usize = 64;
+/// Deadline for writing one line to a node.
+pub const NODE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A node that sends nothing (not even `hello`) for this long is disconnected.
+pub const NODE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Heights of vote history kept for double-sign detection.
+pub const VOTE_HISTORY_HEIGHTS: u64 = 5_000;
+/// Distinct sign bytes remembered per (validator, height, round, step).
+const MAX_SIGN_BYTES_PER_HRS: usize = 8;
+
+/// Errors building the network configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkConfigError {
+    /// The genesis file could not be read or parsed.
+    #[error("genesis {path}: {reason}")]
+    Genesis {
+        /// File involved.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `--chain-id` disagrees with the genesis file.
+    #[error("--chain-id {cli:?} differs from genesis chain_id {genesis:?}")]
+    ChainIdMismatch {
+        /// From the command line.
+        cli: String,
+        /// From the genesis.
+        genesis: String,
+    },
+    /// An upgrade plan is malformed.
+    #[error("upgrade plan {0:?}: expected NAME:HEIGHT[:INFO] with a non-empty name and height > 0")]
+    UpgradePlan(String),
+}
+
+/// Genesis file: `{"chain_id":..., "validators":[{"name","pub_key":{"type","value"},"power":"10"}]}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Genesis {
+    /// Chain ID (optional; `--chain-id` fills it in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<String>,
+    /// External validators.
+    pub validators: Vec<GenesisValidator>,
+}
+
+/// One external validator in the genesis file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenesisValidator {
+    /// Name used in the record.
+    pub name: String,
+    /// Amino JSON public key.
+    pub pub_key: TypedKey,
+    /// Voting power, a decimal string as in CometBFT genesis files (numbers accepted too).
+    #[serde(with = "power_string")]
+    pub power: u64,
+}
+
+mod power_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(power: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&power.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Power {
+            Text(String),
+            Number(u64),
+        }
+        match Power::deserialize(d)? {
+            Power::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            Power::Number(n) => Ok(n),
+        }
+    }
+}
+
+impl Genesis {
+    /// Reads and validates a genesis file.
+    pub fn load(path: &Path) -> Result<Self, NetworkConfigError> {
+        let error = |reason: String| NetworkConfigError::Genesis {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let genesis: Genesis = serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let mut names = BTreeSet::new();
+        for validator in &genesis.validators {
+            if validator.pub_key.key_type != PUB_KEY_TYPE {
+                return Err(error(format!(
+                    "validator {}: unsupported key type {}",
+                    validator.name, validator.pub_key.key_type
+                )));
+            }
+            decode_pub_key(&validator.pub_key.value)
+                .map_err(|e| error(format!("validator {}: {e}", validator.name)))?;
+            if !names.insert(validator.name.clone()) {
+                return Err(error(format!("duplicate validator name {}", validator.name)));
+            }
+        }
+        Ok(genesis)
+    }
+}
+
+/// Parses `NAME:HEIGHT[:INFO]`.
+pub fn parse_upgrade_plan(text: &str) -> Result<UpgradePlan, NetworkConfigError> {
+    let mut parts = text.splitn(3, ':');
+    let name = parts.next().unwrap_or_default();
+    let height = parts.next().and_then(|h| h.parse::<u64>().ok());
+    match height {
+        Some(height) if !name.is_empty() && height > 0 => Ok(UpgradePlan {
+            name: name.to_string(),
+            height,
+            info: parts.next().unwrap_or_default().to_string(),
+        }),
+        _ => Err(NetworkConfigError::UpgradePlan(text.to_string())),
+    }
+}
+
+/// Everything the network needs to run.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// Chain ID.
+    pub chain_id: String,
+    /// Time between commits.
+    pub block_time: Duration,
+    /// External validators.
+    pub validators: Vec<GenesisValidator>,
+    /// Number of always-signing internal validators.
+    pub internal_validators: u32,
+    /// Power of each internal validator.
+    pub internal_power: u64,
+    /// Initial upgrade plans.
+    pub upgrade_plans: Vec<UpgradePlan>,
+    /// Where to keep the JSON record, if anywhere.
+    pub record_path: Option<PathBuf>,
+}
+
+struct ExternalValidator {
+    name: String,
+    key: VerifyingKey,
+    record: ValidatorRecord,
+    /// Heights with a valid precommit, pruned below the vote-history window.
+    precommitted: BTreeSet<u64>,
+}
+
+/// What happened to one vote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoteOutcome {
+    /// Valid and recorded.
+    Accepted,
+    /// Valid and recorded, and it conflicts with an earlier vote: a double sign.
+    DoubleSign(DoubleSign),
+    /// Rejected; counted in `invalid_votes`.
+    Invalid(String),
+}
+
+/// The network's state machine. Pure: no clocks read, no I/O.
+pub struct ChainState {
+    chain_id: String,
+    /// Height currently being voted on; `height - 1` is committed.
+    height: u64,
+    height_time: SystemTime,
+    validators: Vec<ExternalValidator>,
+    by_address: HashMap<String, usize>,
+    internal_power: u64,
+    sign_bytes_seen: HashMap<(usize, u64, u32, u8), Vec<Vec<u8>>>,
+    double_signs: Vec<DoubleSign>,
+    invalid_votes: u64,
+    upgrade_plans: Vec<UpgradePlan>,
+}
+
+/// Deterministic hex block ID for a height.
+pub fn block_id(chain_id: &str, height: u64) -> String {
+    hex::encode_upper(Sha256::digest(format!("{chain_id}/block/{height}").as_bytes()))
+}
+
+impl ChainState {
+    /// A chain at height 1 (nothing committed yet).
+    pub fn new(config: &NetworkConfig, now: SystemTime) -> Result<Self, NetworkConfigError> {
+        let mut validators = Vec::new();
+        let mut by_address = HashMap::new();
+        for (index, genesis) in config.validators.iter().enumerate() {
+            let key = decode_pub_key(&genesis.pub_key.value).map_err(|e| {
+                NetworkConfigError::Genesis {
+                    path: "<validators>".into(),
+                    reason: format!("{}: {e}", genesis.name),
+                }
+            })?;
+            let address = address_of(&key.to_bytes());
+            by_address.insert(address.clone(), index);
+            validators.push(ExternalValidator {
+                name: genesis.name.clone(),
+                key,
+                record: ValidatorRecord {
+                    address,
+                    power: genesis.power,
+                    ..ValidatorRecord::default()
+                },
+                precommitted: BTreeSet::new(),
+            });
+        }
+        Ok(Self {
+            chain_id: config.chain_id.clone(),
+            height: 1,
+            height_time: now,
+            validators,
+            by_address,
+            internal_power: u64::from(config.internal_validators)
+                .saturating_mul(config.internal_power),
+            sign_bytes_seen: HashMap::new(),
+            double_signs: Vec::new(),
+            invalid_votes: 0,
+            upgrade_plans: config.upgrade_plans.clone(),
+        })
+    }
+
+    /// Latest committed height.
+    pub fn committed_height(&self) -> u64 {
+        self.height - 1
+    }
+
+    /// The `new_height` message for the height being voted on.
+    pub fn new_height(&self) -> NewHeight {
+        NewHeight {
+            chain_id: self.chain_id.clone(),
+            height: self.height,
+            round: 0,
+            block_id: block_id(&self.chain_id, self.height),
+            time: rfc3339(self.height_time),
+            upgrade_plans: self.upgrade_plans.clone(),
+        }
+    }
+
+    /// Schedules an upgrade plan; it must be above the height being voted on and unique by name.
+    pub fn schedule_upgrade(&mut self, plan: UpgradePlan) -> Result<(), String> {
+        if plan.name.trim().is_empty() {
+            return Err("upgrade name is empty".into());
+        }
+        if plan.height <= self.height {
+            return Err(format!(
+                "upgrade height {} must be above the current height {}",
+                plan.height, self.height
+            ));
+        }
+        if self.upgrade_plans.iter().any(|p| p.name == plan.name) {
+            return Err(format!("upgrade {:?} is already scheduled", plan.name));
+        }
+        self.upgrade_plans.push(plan);
+        Ok(())
+    }
+
+    /// Verifies and records one vote.
+    pub fn on_vote(&mut self, vote: &SignedVote) -> VoteOutcome {
+        match self.check_vote(vote) {
+            Ok(outcome) => outcome,
+            Err(reason) => {
+                self.invalid_votes += 1;
+                VoteOutcome::Invalid(reason)
+            }
+        }
+    }
+
+    fn check_vote(&mut self, vote: &SignedVote) -> Result<VoteOutcome, String> {
+        let index = *self
+            .by_address
+            .get(&vote.address.to_uppercase())
+            .ok_or_else(|| format!("unknown validator {}", vote.address))?;
+        let sign_bytes = B64
+            .decode(&vote.sign_bytes)
+            .map_err(|_| "sign_bytes is not base64".to_string())?;
+        let signature: [u8; 64] = B64
+            .decode(&vote.signature)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| "signature is not 64 base64 bytes".to_string())?;
+        let validator = &self.validators[index];
+        validator
+            .key
+            .verify_strict(&sign_bytes, &Signature::from_bytes(&signature))
+            .map_err(|_| format!("bad signature from {}", validator.name))?;
+        let canonical = CanonicalVote::parse(&sign_bytes)
+            .ok_or_else(|| "sign_bytes is not a canonical vote".to_string())?;
+        if canonical.chain_id != self.chain_id
+            || canonical.height != vote.height
+            || canonical.round != vote.round
+            || canonical.vote_type.step() != vote.step
+        {
+            return Err("vote fields disagree with its sign bytes".into());
+        }
+        if vote.height + VOTE_HISTORY_HEIGHTS < self.height {
+            return Ok(VoteOutcome::Accepted);
+        }
+        let mut outcome = VoteOutcome::Accepted;
+        let seen = self
+            .sign_bytes_seen
+            .entry((index, vote.height, vote.round, vote.step))
+            .or_default();
+        if !seen.contains(&sign_bytes) {
+            if let Some(first) = seen.first() {
+                let double_sign = DoubleSign {
+                    validator: validator.name.clone(),
+                    height: vote.height,
+                    round: vote.round,
+                    step: vote.step,
+                    sign_bytes_a: B64.encode(first),
+                    sign_bytes_b: B64.encode(&sign_bytes),
+                };
+                self.double_signs.push(double_sign.clone());
+                outcome = VoteOutcome::DoubleSign(double_sign);
+            }
+            if seen.len() < MAX_SIGN_BYTES_PER_HRS {
+                seen.push(sign_bytes);
+            }
+        }
+        if canonical.vote_type == VoteType::Precommit {
+            let validator = &mut self.validators[index];
+            if validator.precommitted.insert(vote.height) {
+                let record = &mut validator.record;
+                record.signed_heights += 1;
+                record.first_signed_height = Some(
+                    record
+                        .first_signed_height
+                        .map_or(vote.height, |h| h.min(vote.height)),
+                );
+                record.last_signed_height = Some(
+                    record
+                        .last_signed_height
+                        .map_or(vote.height, |h| h.max(vote.height)),
+                );
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Commits the current height if precommit power reaches 2/3; returns the missing
+    /// validators' names on commit, `None` if the chain could not commit.
+    pub fn try_commit(&mut self, now: SystemTime) -> Option<Vec<String>> {
+        let height = self.height;
+        let total: u64 = self.internal_power
+            + self
+                .validators
+                .iter()
+                .map(|v| v.record.power)
+                .sum::<u64>();
+        let signed: u64 = self.internal_power
+            + self
+                .validators
+                .iter()
+                .filter(|v| v.precommitted.contains(&height))
+                .map(|v| v.record.power)
+                .sum::<u64>();
+        if total == 0 || signed.saturating_mul(3) < total.saturating_mul(2) {
+            return None;
+        }
+        let mut missing = Vec::new();
+        for validator in &mut self.validators {
+            if !validator.precommitted.contains(&height) {
+                let record = &mut validator.record;
+                record.missed_heights.push(height);
+                record.missed_count += 1;
+                if record.missed_heights.len() > MAX_MISSED_LISTED {
+                    record.missed_heights.remove(0);
+                }
+                missing.push(validator.name.clone());
+            }
+        }
+        self.height += 1;
+        self.height_time = now;
+        let floor = self.height.saturating_sub(VOTE_HISTORY_HEIGHTS);
+        if height % 100 == 0 {
+            self.sign_bytes_seen.retain(|(_, h, _, _), _| *h >= floor);
+            for validator in &mut self.validators {
+                validator.precommitted = validator.precommitted.split_off(&floor);
+            }
+        }
+        Some(missing)
+    }
+
+    /// The record as served on `GET /record`.
+    pub fn record(&self) -> Record {
+        Record {
+            chain_id: self.chain_id.clone(),
+            height: self.committed_height(),
+            validators: self
+                .validators
+                .iter()
+                .map(|v| (v.name.clone(), v.record.clone()))
+                .collect(),
+            double_signs: self.double_signs.clone(),
+            invalid_votes: self.invalid_votes,
+            upgrade_plans: self.upgrade_plans.clone(),
+        }
+    }
+
+    fn validator_name(&self, address: &str) -> Option<&str> {
+        self.by_address
+            .get(&address.to_uppercase())
+            .map(|&i| self.validators[i].name.as_str())
+    }
+}
+
+/// Bound sockets, ready to [`serve`].
+pub struct BoundNetwork {
+    nodes: TcpListener,
+    http: TcpListener,
+}
+
+impl BoundNetwork {
+    /// Binds both listeners (port 0 allowed).
+    pub async fn bind(nodes: SocketAddr, http: SocketAddr) -> std::io::Result<Self> {
+        Ok(Self {
+            nodes: TcpListener::bind(nodes).await?,
+            http: TcpListener::bind(http).await?,
+        })
+    }
+
+    /// The actual (node, http) addresses.
+    pub fn local_addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.nodes.local_addr()?, self.http.local_addr()?))
+    }
+}
+
+type Shared = Arc<Mutex<ChainState>>;
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, ChainState> {
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs the network until `shutdown` resolves, then writes the record file a final time.
+pub async fn serve(
+    config: NetworkConfig,
+    bound: BoundNetwork,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let state: Shared = Arc::new(Mutex::new(ChainState::new(&config, SystemTime::now())?));
+    let (heights_tx, _) = broadcast::channel::<Arc<str>>(NODE_QUEUE);
+    let (record_tx, record_rx) = watch::channel(lock(&state).record());
+
+    let record_writer = config
+        .record_path
+        .clone()
+        .map(|path| tokio::spawn(write_records(path, record_rx)));
+    let http_task = tokio::spawn(crate::http::serve(bound.http, {
+        let state = state.clone();
+        move |request| handle_http(&state, request)
+    }));
+    let node_task = tokio::spawn(accept_nodes(bound.nodes, state.clone(), heights_tx.clone()));
+    let block_task = tokio::spawn(produce_blocks(
+        config.block_time,
+        state.clone(),
+        heights_tx,
+        record_tx,
+    ));
+
+    shutdown.await;
+    block_task.abort();
+    node_task.abort();
+    http_task.abort();
+    if let Some(writer) = record_writer {
+        writer.abort();
+    }
+    if let Some(path) = &config.record_path {
+        let record = lock(&state).record();
+        write_record_file(path, &record)?;
+    }
+    log(
+        Sink::Stderr,
+        Level::Info,
+        "simchain-net stopped",
+        &[("height", &lock(&state).committed_height())],
+    );
+    Ok(())
+}
+
+fn write_record_file(path: &Path, record: &Record) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+    write_atomically(path, &json, 0o644)
+}
+
+async fn write_records(path: PathBuf, mut records: watch::Receiver<Record>) {
+    while records.changed().await.is_ok() {
+        let record = records.borrow_and_update().clone();
+        let path = path.clone();
+        let result = tokio::task::spawn_blocking(move || write_record_file(&path, &record)).await;
+        if let Ok(Err(e)) = result {
+            log(
+                Sink::Stderr,
+                Level::Error,
+                "cannot write record",
+                &[("err", &e)],
+            );
+        }
+    }
+}
+
+async fn produce_blocks(
+    block_time: Duration,
+    state: Shared,
+    heights: broadcast::Sender<Arc<str>>,
+    records: watch::Sender<Record>,
+) {
+    let mut interval = tokio::time::interval(block_time);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let (message, record) = {
+            let mut chain = lock(&state);
+            let height = chain.height;
+            match chain.try_commit(SystemTime::now()) {
+                Some(missing) if !missing.is_empty() => log(
+                    Sink::Stderr,
+                    Level::Debug,
+                    "committed with missing validators",
+                    &[("height", &height), ("missing", &missing.join(","))],
+                ),
+                Some(_) => {}
+                None => log(
+                    Sink::Stderr,
+                    Level::Error,
+                    "not enough precommit power; height not committed",
+                    &[("height", &height)],
+                ),
+            }
+            let message = serde_json::to_string(&NetworkMessage::NewHeight(chain.new_height()))
+                .expect("new_height serializes");
+            (message, chain.record())
+        };
+        let _ = heights.send(Arc::from(message));
+        let _ = records.send(record);
+    }
+}
+
+fn handle_http(state: &Shared, request: HttpRequest) -> HttpResponse {
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/record") => match serde_json::to_value(lock(state).record()) {
+            Ok(value) => HttpResponse::json(&value),
+            Err(e) => HttpResponse::error(500, &e.to_string()),
+        },
+        ("GET", "/status") => {
+            HttpResponse::json(&serde_json::json!({ "height": lock(state).committed_height() }))
+        }
+        ("POST", "/upgrade") => {
+            let plan: UpgradePlan = match serde_json::from_slice(&request.body) {
+                Ok(plan) => plan,
+                Err(e) => return HttpResponse::error(400, &format!("invalid plan: {e}")),
+            };
+            match lock(state).schedule_upgrade(plan.clone()) {
+                Ok(()) => {
+                    log(
+                        Sink::Stderr,
+                        Level::Info,
+                        "upgrade scheduled",
+                        &[("name", &plan.name), ("height", &plan.height)],
+                    );
+                    HttpResponse::json(&serde_json::json!({ "scheduled": plan }))
+                }
+                Err(reason) => HttpResponse::error(400, &reason),
+            }
+        }
+        (_, "/record" | "/status" | "/upgrade") => HttpResponse::error(405, "method not allowed"),
+        _ => HttpResponse::error(404, "not found"),
+    }
+}
+
+async fn accept_nodes(listener: TcpListener, state: Shared, heights: broadcast::Sender<Arc<str>>) {
+    let permits = Arc::new(Semaphore::new(MAX_NODE_CONNECTIONS));
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            log(
+                Sink::Stderr,
+                Level::Error,
+                "too many node connections; refusing",
+                &[("peer", &peer)],
+            );
+            continue;
+        };
+        let state = state.clone();
+        let receiver = heights.subscribe();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(reason) = handle_node(stream, state, receiver).await {
+                log(
+                    Sink::Stderr,
+                    Level::Info,
+                    "node disconnected",
+                    &[("peer", &peer), ("reason", &reason)],
+                );
+            }
+        });
+    }
+}
+
+async fn read_line(
+    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    buffer: &mut Vec<u8>,
+) -> Result<(), String> {
+    buffer.clear();
+    let read = tokio::time::timeout(
+        NODE_IDLE_TIMEOUT,
+        (&mut *reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', buffer),
+    )
+    .await
+    .map_err(|_| "idle timeout".to_string())?
+    .map_err(|e| e.to_string())?;
+    if read == 0 {
+        return Err("closed".into());
+    }
+    if buffer.len() > MAX_LINE_BYTES {
+        return Err("line too long".into());
+    }
+    Ok(())
+}
+
+async fn handle_node(
+    stream: TcpStream,
+    state: Shared,
+    mut heights: broadcast::Receiver<Arc<str>>,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = BufReader::new(read_half);
+    let mut line = Vec::new();
+    read_line(&mut reader, &mut line).await?;
+    let address = match serde_json::from_slice::<NodeMessage>(&line) {
+        Ok(NodeMessage::Hello { address }) => address,
+        _ => return Err("first message must be hello".into()),
+    };
+    let (name, current) = {
+        let chain = lock(&state);
+        let name = chain
+            .validator_name(&address)
+            .unwrap_or("unknown")
+            .to_string();
+        let current = serde_json::to_string(&NetworkMessage::NewHeight(chain.new_height()))
+            .expect("new_height serializes");
+        (name, current)
+    };
+    log(
+        Sink::Stderr,
+        Level::Info,
+        "node connected",
+        &[("validator", &name), ("address", &address)],
+    );
+    write_line(&mut write_half, &current).await?;
+
+    let reading = async {
+        loop {
+            read_line(&mut reader, &mut line).await?;
+            match serde_json::from_slice::<NodeMessage>(&line) {
+                Ok(NodeMessage::Vote(vote)) => {
+                    let outcome = lock(&state).on_vote(&vote);
+                    match outcome {
+                        VoteOutcome::Accepted => {}
+                        VoteOutcome::DoubleSign(ds) => log(
+                            Sink::Stderr,
+                            Level::Error,
+                            "DOUBLE SIGN detected",
+                            &[
+                                ("validator", &ds.validator),
+                                ("height", &ds.height),
+                                ("round", &ds.round),
+                                ("step", &ds.step),
+                            ],
+                        ),
+                        VoteOutcome::Invalid(reason) => log(
+                            Sink::Stderr,
+                            Level::Error,
+                            "invalid vote",
+                            &[("address", &vote.address), ("reason", &reason)],
+                        ),
+                    }
+                }
+                Ok(NodeMessage::Hello { .. }) => {}
+                Err(_) => {
+                    lock(&state).invalid_votes += 1;
+                    return Err::<(), String>("malformed message".into());
+                }
+            }
+        }
+    };
+    let writing = async {
+        loop {
+            match heights.recv().await {
+                Ok(message) => write_line(&mut write_half, &message).await?,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Err::<(), String>("too slow; dropped".into());
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    };
+    tokio::select! {
+        result = reading => result,
+        result = writing => result,
+    }
+}
+
+async fn write_line(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    message: &str,
+) -> Result<(), String> {
+    let mut bytes = Vec::with_capacity(message.len() + 1);
+    bytes.extend_from_slice(message.as_bytes());
+    bytes.push(b'\n');
+    tokio::time::timeout(NODE_WRITE_TIMEOUT, writer.write_all(&bytes))
+        .await
+        .map_err(|_| "write timeout; dropped".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::ValidatorKey;
+
+    fn config(keys: &[&ValidatorKey], internal: u32) -> NetworkConfig {
+        NetworkConfig {
+            chain_id: "sim-1".into(),
+            block_time: Duration::from_millis(100),
+            validators: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| GenesisValidator {
+                    name: format!("val{}", i + 1),
+                    pub_key: k.to_file().pub_key,
+                    power: 10,
+                })
+                .collect(),
+            internal_validators: internal,
+            internal_power: 100,
+            upgrade_plans: vec![],
+            record_path: None,
+        }
+    }
+
+    fn vote(key: &ValidatorKey, height: u64, vote_type: VoteType, timestamp: &str) -> SignedVote {
+        let sign_bytes = CanonicalVote {
+            block_id: block_id("sim-1", height),
+            chain_id: "sim-1".into(),
+            height,
+            round: 0,
+            timestamp: timestamp.into(),
+            vote_type,
+        }
+        .sign_bytes();
+        SignedVote {
+            address: key.address(),
+            height,
+            round: 0,
+            step: vote_type.step(),
+            signature: B64.encode(key.sign(&sign_bytes)),
+            sign_bytes: B64.encode(sign_bytes),
+        }
+    }
+
+    #[test]
+    fn commits_record_signed_and_missed_heights() {
+        let key = ValidatorKey::from_seed([1; 32]);
+        let mut chain = ChainState::new(&config(&[&key], 3), SystemTime::now()).unwrap();
+        assert_eq!(
+            chain.on_vote(&vote(&key, 1, VoteType::Precommit, "t")),
+            VoteOutcome::Accepted
+        );
+        assert_eq!(chain.try_commit(SystemTime::now()), Some(vec![]));
+        assert_eq!(
+            chain.try_commit(SystemTime::now()),
+            Some(vec!["val1".to_string()])
+        );
+        let record = chain.record();
+        assert_eq!(record.height, 2);
+        let val1 = &record.validators["val1"];
+        assert_eq!(val1.signed_heights, 1);
+        assert_eq!(val1.missed_heights, vec![2]);
+        assert_eq!(val1.first_signed_height, Some(1));
+        assert_eq!(val1.last_signed_height, Some(1));
+    }
+
+    #[test]
+    fn double_signs_and_invalid_votes_are_flagged() {
+        let key = ValidatorKey::from_seed([1; 32]);
+        let stranger = ValidatorKey::from_seed([2; 32]);
+        let mut chain = ChainState::new(&config(&[&key], 3), SystemTime::now()).unwrap();
+        let first = vote(&key, 1, VoteType::Prevote, "t1");
+        assert_eq!(chain.on_vote(&first), VoteOutcome::Accepted);
+        assert_eq!(chain.on_vote(&first), VoteOutcome::Accepted, "resend is fine");
+        let VoteOutcome::DoubleSign(ds) = chain.on_vote(&vote(&key, 1, VoteType::Prevote, "t2"))
+        else {
+            panic!("expected a double sign")
+        };
+        assert_eq!((ds.validator.as_str(), ds.height, ds.step), ("val1", 1, 2));
+        assert_eq!(ds.sign_bytes_a, first.sign_bytes);
+
+        let mut forged = vote(&key, 1, VoteType::Precommit, "t");
+        forged.signature = vote(&stranger, 1, VoteType::Precommit, "t").signature;
+        let mut mislabeled = vote(&key, 1, VoteType::Precommit, "t");
+        mislabeled.height = 2;
+        for bad in [vote(&stranger, 1, VoteType::Prevote, "t"), forged, mislabeled] {
+            assert!(matches!(chain.on_vote(&bad), VoteOutcome::Invalid(_)));
+        }
+        assert_eq!(chain.record().invalid_votes, 3);
+        assert_eq!(chain.record().double_signs.len(), 1);
+    }
+
+    #[test]
+    fn chain_stalls_without_two_thirds() {
+        let key = ValidatorKey::from_seed([1; 32]);
+        let mut chain = ChainState::new(&config(&[&key], 0), SystemTime::now()).unwrap();
+        assert_eq!(chain.try_commit(SystemTime::now()), None);
+        assert_eq!(chain.committed_height(), 0);
+    }
+
+    #[test]
+    fn upgrade_plans_parse_and_validate() {
+        assert_eq!(
+            parse_upgrade_plan("v2:50:{\"binaries\":{}}").unwrap(),
+            UpgradePlan {
+                name: "v2".into(),
+                height: 50,
+                info: "{\"binaries\":{}}".into()
+            }
+        );
+        for bad in ["v2", ":5", "v2:0", "v2:x"] {
+            assert!(parse_upgrade_plan(bad).is_err(), "{bad}");
+        }
+        let mut chain = ChainState::new(&config(&[], 3), SystemTime::now()).unwrap();
+        let plan = |height| UpgradePlan {
+            name: "v2".into(),
+            height,
+            info: String::new(),
+        };
+        assert!(chain.schedule_upgrade(plan(1)).is_err());
+        chain.schedule_upgrade(plan(5)).unwrap();
+        assert!(chain.schedule_upgrade(plan(6)).is_err(), "duplicate name");
+        assert_eq!(chain.new_height().upgrade_plans.len(), 1);
+    }
+}

@@ -1,0 +1,97 @@
+//! The network's record of what validators did: the JSON served at `GET /record` and written to
+//! `--record FILE`.
+//!
+//! ```json
+//! {"chain_id":"sim-1","height":42,
+//!  "validators":{"val1":{"address":"HEX","power":10,"signed_heights":40,"missed_heights":[7,8],
+//!                        "missed_count":2,"first_signed_height":1,"last_signed_height":42}},
+//!  "double_signs":[{"validator":"val1","height":9,"round":0,"step":3,
+//!                   "sign_bytes_a":"<b64>","sign_bytes_b":"<b64>"}],
+//!  "invalid_votes":0,"upgrade_plans":[{"name":"v2","height":50,"info":""}]}
+//! ```
+//!
+//! `height` is the latest committed height. A height counts as signed by a validator when the
+//! network received a valid precommit from it for that height (at any time); it counts as
+//! missed when it was committed without one. `missed_heights` keeps the most recent
+//! [`MAX_MISSED_LISTED`] entries; `missed_count` is the total. Only external (genesis)
+//! validators are listed; internal ones always sign.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::UpgradePlan;
+
+/// Cap on `missed_heights` entries kept per validator.
+pub const MAX_MISSED_LISTED: usize = 10_000;
+
+/// The whole record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Chain ID.
+    pub chain_id: String,
+    /// Latest committed height.
+    pub height: u64,
+    /// External validators by genesis name.
+    pub validators: BTreeMap<String, ValidatorRecord>,
+    /// Every double sign observed.
+    pub double_signs: Vec<DoubleSign>,
+    /// Votes rejected (bad signature, unknown validator, malformed).
+    pub invalid_votes: u64,
+    /// Upgrade plans known to the chain.
+    #[serde(default)]
+    pub upgrade_plans: Vec<UpgradePlan>,
+}
+
+/// One validator's signing history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidatorRecord {
+    /// Uppercase hex address.
+    pub address: String,
+    /// Voting power.
+    pub power: u64,
+    /// Number of distinct heights with a valid precommit.
+    pub signed_heights: u64,
+    /// Committed heights without its precommit (most recent [`MAX_MISSED_LISTED`]).
+    pub missed_heights: Vec<u64>,
+    /// Total missed heights.
+    #[serde(default)]
+    pub missed_count: u64,
+    /// Lowest height with a valid precommit.
+    pub first_signed_height: Option<u64>,
+    /// Highest height with a valid precommit.
+    pub last_signed_height: Option<u64>,
+}
+
+/// Two different sign bytes from one key at the same (height, round, step).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoubleSign {
+    /// Genesis name of the validator.
+    pub validator: String,
+    /// Height.
+    pub height: u64,
+    /// Round.
+    pub round: u32,
+    /// Step (2 prevote, 3 precommit).
+    pub step: u8,
+    /// Base64 of the first sign bytes seen.
+    pub sign_bytes_a: String,
+    /// Base64 of the conflicting sign bytes.
+    pub sign_bytes_b: String,
+}
+
+impl Record {
+    /// Heights in `range` that `validator` missed (inclusive bounds).
+    pub fn missed_between(&self, validator: &str, from: u64, to: u64) -> Vec<u64> {
+        self.validators
+            .get(validator)
+            .map(|v| {
+                v.missed_heights
+                    .iter()
+                    .copied()
+                    .filter(|h| (from..=to).contains(h))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

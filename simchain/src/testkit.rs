@@ -1,0 +1,518 @@
+//! Helpers for integration tests (this crate's and other crates'): create validator homes,
+//! run `simchain-net` and `simd` as real processes, and query the record.
+//!
+//! Everything here is blocking (std threads and sockets) so callers need no runtime.
+//! Processes are killed when their handle drops.
+//!
+//! ```no_run
+//! use palisade_simchain::testkit::*;
+//! # fn main() -> anyhow::Result<()> {
+//! let home = std::path::Path::new("/tmp/val1");
+//! let val1 = write_validator_home(home, "val1", "sim-1", "127.0.0.1:1", free_port())?;
+//! let net = SimNetwork::spawn("target/debug/simchain-net".as_ref(), &[val1.clone()],
+//!                             &SimNetworkOptions::default())?;
+//! net.attach_home(home)?; // point the home at this network
+//! let node = SimdProcess::start("target/debug/simd".as_ref(), home, &[], &[])?;
+//! net.wait_for(std::time::Duration::from_secs(10), |r| r.validators["val1"].signed_heights > 3)?;
+//! # Ok(()) }
+//! ```
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::http;
+use crate::key::{PUB_KEY_TYPE, TypedKey};
+use crate::network::{Genesis, GenesisValidator};
+use crate::node::{InitOptions, init_home};
+use crate::node_config::set_simchain_value;
+use crate::protocol::UpgradePlan;
+use crate::record::Record;
+
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_CAPTURED_LINES: usize = 20_000;
+
+/// A validator home created by [`write_validator_home`].
+#[derive(Debug, Clone)]
+pub struct ValidatorKeyInfo {
+    /// Moniker, also the validator's name in the genesis and record.
+    pub moniker: String,
+    /// Home directory.
+    pub home: PathBuf,
+    /// Uppercase hex address.
+    pub address: String,
+    /// Base64 ed25519 public key.
+    pub pub_key: String,
+    /// Voting power to put in the genesis (10).
+    pub power: u64,
+    /// RPC address, `tcp://127.0.0.1:PORT`.
+    pub rpc_laddr: String,
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Creates (or refreshes) a node home like `simd init`: config.toml with RPC on
+/// `127.0.0.1:rpc_port` and `[simchain] network = network_addr`. An existing key and sign state
+/// are kept, so calling it again only rewrites the configuration.
+pub fn write_validator_home(
+    home: &Path,
+    moniker: &str,
+    chain_id: &str,
+    network_addr: &str,
+    rpc_port: u16,
+) -> anyhow::Result<ValidatorKeyInfo> {
+    let rpc_laddr = format!("tcp://127.0.0.1:{rpc_port}");
+    let output = init_home(&InitOptions {
+        home: home.to_path_buf(),
+        moniker: moniker.to_string(),
+        chain_id: chain_id.to_string(),
+        network: network_addr.to_string(),
+        rpc_laddr: rpc_laddr.clone(),
+        p2p_laddr: format!("tcp://127.0.0.1:{}", free_port()),
+        overwrite: true,
+    })?;
+    Ok(ValidatorKeyInfo {
+        moniker: moniker.to_string(),
+        home: home.to_path_buf(),
+        address: output.validator_address,
+        pub_key: output.pub_key,
+        power: 10,
+        rpc_laddr,
+    })
+}
+
+/// Points a home's `[simchain] network` at `network_addr`, leaving the rest of config.toml alone.
+pub fn set_network_address(home: &Path, network_addr: &str) -> anyhow::Result<()> {
+    set_simchain_value(home, "network", &format!("{network_addr:?}"))?;
+    Ok(())
+}
+
+/// Sets any `[simchain]` key (e.g. `log_flood`, `write_upgrade_info`) to a TOML literal.
+pub fn set_simchain_option(home: &Path, key: &str, toml_value: &str) -> anyhow::Result<()> {
+    set_simchain_value(home, key, toml_value)?;
+    Ok(())
+}
+
+/// Options for [`SimNetwork::spawn`].
+#[derive(Debug, Clone)]
+pub struct SimNetworkOptions {
+    /// Chain ID.
+    pub chain_id: String,
+    /// Block time.
+    pub block_time: Duration,
+    /// Always-signing internal validators.
+    pub internal_validators: u32,
+    /// Power of each internal validator.
+    pub internal_power: u64,
+    /// Upgrade plans known from the start.
+    pub upgrades: Vec<UpgradePlan>,
+    /// `--record FILE`.
+    pub record_file: Option<PathBuf>,
+    /// Where the network's stderr log goes (discarded when `None`).
+    pub log_file: Option<PathBuf>,
+}
+
+impl Default for SimNetworkOptions {
+    fn default() -> Self {
+        Self {
+            chain_id: "sim-1".into(),
+            block_time: Duration::from_millis(150),
+            internal_validators: 3,
+            internal_power: 100,
+            upgrades: Vec::new(),
+            record_file: None,
+            log_file: None,
+        }
+    }
+}
+
+/// A running `simchain-net`, killed on drop.
+#[derive(Debug)]
+pub struct SimNetwork {
+    child: Child,
+    node_addr: String,
+    http_addr: String,
+    genesis_path: PathBuf,
+}
+
+impl SimNetwork {
+    /// Spawns `bin` with a genesis holding `validators` (name = moniker) and waits for its
+    /// ready line.
+    pub fn spawn(
+        bin: &Path,
+        validators: &[ValidatorKeyInfo],
+        options: &SimNetworkOptions,
+    ) -> anyhow::Result<Self> {
+        let genesis = Genesis {
+            chain_id: Some(options.chain_id.clone()),
+            validators: validators
+                .iter()
+                .map(|v| GenesisValidator {
+                    name: v.moniker.clone(),
+                    pub_key: TypedKey {
+                        key_type: PUB_KEY_TYPE.into(),
+                        value: v.pub_key.clone(),
+                    },
+                    power: v.power,
+                })
+                .collect(),
+        };
+        let genesis_path = std::env::temp_dir().join(format!(
+            "simchain-genesis-{}-{:016x}.json",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::write(&genesis_path, serde_json::to_vec_pretty(&genesis)?)?;
+        let mut command = Command::new(bin);
+        command
+            .arg("--genesis")
+            .arg(&genesis_path)
+            .arg("--chain-id")
+            .arg(&options.chain_id)
+            .arg("--block-time")
+            .arg(format!("{}ms", options.block_time.as_millis()))
+            .arg("--internal-validators")
+            .arg(options.internal_validators.to_string())
+            .arg("--internal-power")
+            .arg(options.internal_power.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        for plan in &options.upgrades {
+            command
+                .arg("--upgrade")
+                .arg(format!("{}:{}:{}", plan.name, plan.height, plan.info));
+        }
+        if let Some(record) = &options.record_file {
+            command.arg("--record").arg(record);
+        }
+        match &options.log_file {
+            Some(path) => command.stderr(std::fs::File::create(path)?),
+            None => command.stderr(Stdio::null()),
+        };
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let read = reader.read_line(&mut line);
+        // Keep draining stdout so the network can never block on it.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let parsed = read.ok().and_then(|_| parse_ready_line(&line));
+        let Some((node_addr, http_addr)) = parsed else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&genesis_path);
+            bail!("simchain-net did not print its ready line (got {line:?})");
+        };
+        Ok(Self {
+            child,
+            node_addr,
+            http_addr,
+            genesis_path,
+        })
+    }
+
+    /// Address nodes connect to (`host:port`).
+    pub fn node_addr(&self) -> &str {
+        &self.node_addr
+    }
+
+    /// HTTP query address (`host:port`).
+    pub fn http_addr(&self) -> &str {
+        &self.http_addr
+    }
+
+    /// Process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Points a node home at this network.
+    pub fn attach_home(&self, home: &Path) -> anyhow::Result<()> {
+        set_network_address(home, &self.node_addr)
+    }
+
+    /// `GET /record`.
+    pub fn record(&self) -> anyhow::Result<Record> {
+        let (status, body) = http::request(&self.http_addr, "GET", "/record", None, HTTP_TIMEOUT)?;
+        if status != 200 {
+            bail!("GET /record: HTTP {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Latest committed height (`GET /status`).
+    pub fn height(&self) -> anyhow::Result<u64> {
+        let (status, body) = http::request(&self.http_addr, "GET", "/status", None, HTTP_TIMEOUT)?;
+        if status != 200 {
+            bail!("GET /status: HTTP {status}: {body}");
+        }
+        let value: serde_json::Value = serde_json::from_str(&body)?;
+        value["height"]
+            .as_u64()
+            .context("GET /status: no height in response")
+    }
+
+    /// `POST /upgrade`: schedules a plan as if a governance proposal passed.
+    pub fn schedule_upgrade(&self, name: &str, height: u64, info: &str) -> anyhow::Result<()> {
+        let body = serde_json::json!({"name": name, "height": height, "info": info}).to_string();
+        let (status, response) =
+            http::request(&self.http_addr, "POST", "/upgrade", Some(&body), HTTP_TIMEOUT)?;
+        if status != 200 {
+            bail!("POST /upgrade: HTTP {status}: {response}");
+        }
+        Ok(())
+    }
+
+    /// Polls the record until `condition` holds; returns that record.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut(&Record) -> bool,
+    ) -> anyhow::Result<Record> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            if let Ok(record) = self.record() {
+                if condition(&record) {
+                    return Ok(record);
+                }
+                last = Some(record);
+            }
+            if Instant::now() >= deadline {
+                bail!("condition not met within {timeout:?}; last record: {last:?}");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until the committed height is at least `height`.
+    pub fn wait_for_height(&self, height: u64, timeout: Duration) -> anyhow::Result<u64> {
+        Ok(self.wait_for(timeout, |r| r.height >= height)?.height)
+    }
+
+    /// Stops the network with SIGTERM (it writes its record file) and waits for it.
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        send_signal(self.child.id(), "TERM")?;
+        let status = wait_child(&mut self.child, Duration::from_secs(5))?;
+        Ok(status)
+    }
+}
+
+impl Drop for SimNetwork {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.genesis_path);
+    }
+}
+
+fn parse_ready_line(line: &str) -> Option<(String, String)> {
+    let rest = line.trim().strip_prefix("simchain-net listening ")?;
+    let mut nodes = None;
+    let mut http = None;
+    for part in rest.split_whitespace() {
+        if let Some(v) = part.strip_prefix("nodes=") {
+            nodes = Some(v.to_string());
+        } else if let Some(v) = part.strip_prefix("http=") {
+            http = Some(v.to_string());
+        }
+    }
+    Some((nodes?, http?))
+}
+
+fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> anyhow::Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            bail!("process {} still running after {timeout:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `simd` with its stdout and stderr captured line by line (the most recent
+/// 20 000 lines are kept). Killed on drop.
+#[derive(Debug)]
+pub struct SimdProcess {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl SimdProcess {
+    /// Runs `bin [global_args] start --home HOME` with extra environment variables.
+    pub fn start(
+        bin: &Path,
+        home: &Path,
+        global_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut args: Vec<String> = global_args.iter().map(|s| s.to_string()).collect();
+        args.push("start".into());
+        args.push("--home".into());
+        args.push(home.display().to_string());
+        Self::spawn(bin, &args, envs)
+    }
+
+    /// Runs `bin args...` with extra environment variables.
+    pub fn spawn(bin: &Path, args: &[String], envs: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut command = Command::new(bin);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        for stream in [Box::new(stdout) as Box<dyn Read + Send>, Box::new(stderr)] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut lines = lines.lock().unwrap_or_else(|p| p.into_inner());
+                    if lines.len() >= MAX_CAPTURED_LINES {
+                        lines.drain(..MAX_CAPTURED_LINES / 2);
+                    }
+                    lines.push(line);
+                }
+            });
+        }
+        Ok(Self { child, lines })
+    }
+
+    /// Process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Captured output so far, one line per entry.
+    pub fn output(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until a captured line contains `needle`; returns that line.
+    pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return Ok(line.clone());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no output line containing {needle:?} within {timeout:?}; last lines:\n{}",
+                    self.tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last `n` captured lines, joined.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.output();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        wait_child(&mut self.child, timeout)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        send_signal(self.child.id(), "TERM")
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SimdProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Writes an executable shell script `path` that `exec`s `simd` with a fixed identity, the way
+/// tests install per-version "binaries" (e.g. in a Cosmovisor layout).
+pub fn write_versioned_binary(
+    path: &Path,
+    simd: &Path,
+    version: &str,
+    upgrade_handlers: &[&str],
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut script = format!("#!/bin/sh\nexec '{}' --sim-version '{version}'", simd.display());
+    for handler in upgrade_handlers {
+        script.push_str(&format!(" --sim-upgrade-handler '{handler}'"));
+    }
+    script.push_str(" \"$@\"\n");
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, script)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_parses() {
+        assert_eq!(
+            parse_ready_line("simchain-net listening nodes=127.0.0.1:1 http=127.0.0.1:2\n"),
+            Some(("127.0.0.1:1".into(), "127.0.0.1:2".into()))
+        );
+        assert_eq!(parse_ready_line("hello"), None);
+    }
+}

@@ -1,0 +1,243 @@
+//! Command-line interface: argument parsing and the small commands
+//! (`init`, `add-upgrade`, `show-upgrade-info`, `config`, `version`).
+//! `run` is in [`crate::run`].
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::layout::{InitOutcome, Layout, ReplaceExisting, fsync_dir, upgrade_dir_name};
+use crate::upgrade_watch::{FileState, read_plan_file};
+
+/// Exit codes of `palisade-supervisor` (also in `docs/supervisor.md`).
+pub mod exit_code {
+    /// Success, or shutdown on request.
+    pub const OK: i32 = 0;
+    /// Bad configuration, bad arguments to a command, or a runtime error.
+    pub const ERROR: i32 = 1;
+    /// Command-line usage error (from clap).
+    pub const USAGE: i32 = 2;
+    /// The daemon crash-looped and restarting stopped.
+    pub const CRASH_LOOP: i32 = crate::run::EXIT_CRASH_LOOP;
+}
+
+const ABOUT: &str = "Security-first supervisor for Cosmos SDK / CometBFT validators.
+
+A drop-in replacement for Cosmovisor: same folder layout
+($DAEMON_HOME/cosmovisor/{genesis,upgrades/<name>,current}), same environment
+variables, same upgrade detection — plus an atomic `current` switch, checksums
+required for downloads, fast reflink data backups, crash restarts with backoff,
+and a record of every upgrade in cosmovisor/palisade-upgrades.jsonl.";
+
+const AFTER_HELP: &str = "Configuration comes from Cosmovisor's environment variables (DAEMON_HOME,
+DAEMON_NAME, DAEMON_ALLOW_DOWNLOAD_BINARIES, DAEMON_RESTART_AFTER_UPGRADE,
+DAEMON_POLL_INTERVAL, DAEMON_SHUTDOWN_GRACE, DAEMON_RESTART_DELAY,
+UNSAFE_SKIP_BACKUP, DAEMON_DATA_BACKUP_DIR, DAEMON_PREUPGRADE_MAX_RETRIES,
+DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM, COSMOVISOR_CUSTOM_PREUPGRADE,
+COSMOVISOR_DISABLE_RECASE) and optionally a TOML file (--config); the
+environment overrides the file. See docs/configuration.md.
+
+Examples:
+  export DAEMON_HOME=$HOME/.gaia DAEMON_NAME=gaiad
+  palisade-supervisor init /usr/local/bin/gaiad
+  palisade-supervisor add-upgrade v19 ./gaiad-v19
+  palisade-supervisor run start --home $DAEMON_HOME
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 crash loop (not restarted).
+Logs go to stderr; the daemon's stdout/stderr pass through unchanged.
+Set PALISADE_LOG (e.g. debug) to change verbosity.";
+
+#[derive(Debug, Parser)]
+#[command(name = "palisade-supervisor", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// TOML configuration file (see docs/configuration.md). Optional: with
+    /// none, only environment variables are used, as with Cosmovisor.
+    #[arg(long, global = true, env = "PALISADE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon under supervision (like `cosmovisor run`). Every
+    /// argument after `run` is passed to the daemon unchanged.
+    Run {
+        /// Arguments for the daemon, e.g. `start --home ~/.gaia`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "DAEMON_ARGS")]
+        args: Vec<OsString>,
+    },
+    /// Install <BINARY> as the genesis binary and point `current` at it.
+    Init {
+        /// Path to the daemon binary (e.g. /usr/local/bin/gaiad).
+        binary: PathBuf,
+    },
+    /// Install an upgrade binary ahead of time, so the switch needs no
+    /// download when the chain reaches the upgrade height.
+    AddUpgrade {
+        /// Upgrade name as in the governance proposal (recased and escaped
+        /// like Cosmovisor).
+        name: String,
+        /// Path to the new daemon binary.
+        binary: PathBuf,
+        /// Replace an existing upgrade binary of the same name.
+        #[arg(long)]
+        force: bool,
+        /// Also write data/upgrade-info.json with this height: a manual
+        /// (non-governance) upgrade. Stop the node at that height with
+        /// `halt-height` in app.toml; the supervisor switches when it halts.
+        #[arg(long, value_name = "HEIGHT")]
+        upgrade_height: Option<u64>,
+    },
+    /// Print data/upgrade-info.json, if any, and whether it is applied.
+    ShowUpgradeInfo,
+    /// Print the effective configuration (environment over file over defaults).
+    Config,
+    /// Print the supervisor's version, then the daemon's (`<daemon> version`).
+    Version,
+}
+
+/// `init <binary>`.
+pub fn init(config: &Config, binary: &Path) -> anyhow::Result<()> {
+    let layout = Layout::new(&config.daemon_home, &config.daemon_name);
+    match layout.init(binary)? {
+        InitOutcome::Installed => println!(
+            "installed {} as {}; current -> genesis",
+            binary.display(),
+            layout.binary(&crate::layout::Version::Genesis).display()
+        ),
+        InitOutcome::AlreadyInstalled => println!(
+            "{} is already the genesis binary; nothing to do",
+            binary.display()
+        ),
+    }
+    Ok(())
+}
+
+/// `add-upgrade <name> <binary> [--force] [--upgrade-height H]`.
+pub fn add_upgrade(
+    config: &Config,
+    name: &str,
+    binary: &Path,
+    force: bool,
+    upgrade_height: Option<u64>,
+) -> anyhow::Result<()> {
+    let layout = Layout::new(&config.daemon_home, &config.daemon_name);
+    let dir_name = upgrade_dir_name(name, config.recase)?;
+    if let Some(height) = upgrade_height {
+        if height == 0 {
+            bail!("--upgrade-height must be positive");
+        }
+        let path = config.upgrade_info_path();
+        if let FileState::Plan(existing) = read_plan_file(&path)
+            && !force
+        {
+            bail!(
+                "{} already holds plan {:?} at height {:?}; pass --force to replace it",
+                path.display(),
+                existing.name,
+                existing.height
+            );
+        }
+    }
+    let installed = layout.add_upgrade(
+        &dir_name,
+        binary,
+        if force {
+            ReplaceExisting::Yes
+        } else {
+            ReplaceExisting::No
+        },
+    )?;
+    println!("installed upgrade {name:?} at {}", installed.display());
+    if let Some(height) = upgrade_height {
+        let path = config.upgrade_info_path();
+        write_manual_plan(&path, name, height)?;
+        println!("wrote {} for height {height}", path.display());
+    }
+    Ok(())
+}
+
+fn write_manual_plan(path: &Path, name: &str, height: u64) -> anyhow::Result<()> {
+    let dir = path.parent().context("upgrade-info.json has no parent directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let staging = dir.join(".upgrade-info.json.palisade.tmp");
+    let body = serde_json::json!({ "name": name, "height": height, "info": "" }).to_string();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    file.write_all(body.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", staging.display()))?;
+    std::fs::rename(&staging, path).with_context(|| format!("cannot rename into {}", path.display()))?;
+    fsync_dir(dir)?;
+    Ok(())
+}
+
+/// `show-upgrade-info`.
+pub fn show_upgrade_info(config: &Config) -> anyhow::Result<()> {
+    let path = config.upgrade_info_path();
+    match read_plan_file(&path) {
+        FileState::Absent => println!("no upgrade plan: {} does not exist", path.display()),
+        FileState::Incomplete => bail!("{} is empty or incomplete", path.display()),
+        FileState::Invalid(reason) => bail!("{}: {reason}", path.display()),
+        FileState::Plan(plan) => {
+            let layout = Layout::new(&config.daemon_home, &config.daemon_name);
+            let dir = upgrade_dir_name(&plan.name, config.recase)?;
+            let version = crate::layout::Version::Upgrade(dir);
+            let binary = layout.binary(&version);
+            let current = layout.current_version().ok();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "name": plan.name,
+                    "height": plan.height,
+                    "info": plan.info,
+                    "binary": binary,
+                    "binary_installed": layout.check_binary(&version).is_ok(),
+                    "applied": current.as_ref() == Some(&version),
+                }))?
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `config`.
+pub fn print_config(config: &Config) {
+    if let Some(file) = &config.source_file {
+        println!("# from {} and the environment", file.display());
+    }
+    for (key, value) in config.describe() {
+        println!("{key}={value}");
+    }
+}
+
+/// `version`: ours, then the current daemon binary's.
+pub fn version(config: Option<&Config>) -> anyhow::Result<()> {
+    println!("palisade-supervisor version: {}", env!("CARGO_PKG_VERSION"));
+    let Some(config) = config else {
+        return Ok(());
+    };
+    let layout = Layout::new(&config.daemon_home, &config.daemon_name);
+    let version = layout.current_version()?;
+    let binary = layout.check_binary(&version)?;
+    let status = std::process::Command::new(&binary)
+        .arg("version")
+        .status()
+        .with_context(|| format!("cannot run {} version", binary.display()))?;
+    if !status.success() {
+        bail!("{} version failed: {status}", binary.display());
+    }
+    Ok(())
+}

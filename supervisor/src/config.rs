@@ -1,0 +1,894 @@
+//! Configuration: a TOML file and Cosmovisor's environment variables,
+//! parsed raw, then validated into a [`Config`] whose types carry the
+//! preconditions.
+//!
+//! Precedence, as in Cosmovisor: an environment variable overrides the same
+//! setting in the file, which overrides the default. Validation collects
+//! *every* problem and reports them together, each naming where the value
+//! came from (`file:key` or `environment variable NAME`) and why it is wrong.
+//! Loading has no side effects: a bad configuration changes nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::download::ChecksumPolicy;
+
+/// Everything wrong with a configuration, reported at once.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or has unknown keys.
+    #[error("config file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// One or more values are invalid.
+    #[error("invalid configuration:\n{}", .0.iter().map(|issue| format!("  - {issue}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+/// One invalid value: where it came from and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub origin: Origin,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.origin, self.reason)
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Built-in default.
+    Default,
+    /// `file:section.key`.
+    File { path: PathBuf, key: &'static str },
+    /// An environment variable.
+    Env(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "default"),
+            Origin::File { path, key } => write!(f, "{}: key `{key}`", path.display()),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+        }
+    }
+}
+
+/// The configuration file as written, before validation. Every key is
+/// optional; defaults are documented here and in `docs/configuration.md`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
+    pub upgrade: RawUpgrade,
+    #[serde(default)]
+    pub restart: RawRestart,
+    #[serde(default)]
+    pub output: RawOutput,
+}
+
+/// `[daemon]`: the supervised binary (Cosmovisor's `DAEMON_*`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDaemon {
+    /// `DAEMON_HOME`. Required. Holds `cosmovisor/`, `config/`, `data/`.
+    pub home: Option<PathBuf>,
+    /// `DAEMON_NAME`. Required. The binary's file name, e.g. `gaiad`.
+    pub name: Option<String>,
+    /// `DAEMON_SHUTDOWN_GRACE`. Default `10s`: time between SIGINT and
+    /// SIGKILL when stopping the daemon.
+    pub shutdown_grace: Option<String>,
+    /// `DAEMON_RESTART_DELAY`. Default `0s`: pause after an upgrade's
+    /// switch before the new binary starts.
+    pub restart_delay: Option<String>,
+    /// `DAEMON_RESTART_AFTER_UPGRADE`. Default `true`: start the new binary
+    /// after an upgrade; `false` exits the supervisor after the switch.
+    pub restart_after_upgrade: Option<bool>,
+}
+
+/// `[upgrade]`: how upgrades are detected, prepared and performed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawUpgrade {
+    /// `DAEMON_POLL_INTERVAL`. Default `300ms`: polling interval for
+    /// `data/upgrade-info.json` (inotify is used too; polling is the net).
+    pub poll_interval: Option<String>,
+    /// `DAEMON_ALLOW_DOWNLOAD_BINARIES`. Default `false`.
+    pub allow_download_binaries: Option<bool>,
+    /// `DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM`. Default `true` (Cosmovisor
+    /// defaults to false; Palisade never runs an unverified download unless
+    /// told so explicitly).
+    pub download_must_have_checksum: Option<bool>,
+    /// Default `1GiB`-equivalent in bytes: the largest artifact accepted.
+    pub download_max_bytes: Option<u64>,
+    /// Default `10m`: the longest a single download may take.
+    pub download_timeout: Option<String>,
+    /// `UNSAFE_SKIP_BACKUP`. Default `false`: back up `data/` before upgrading.
+    pub unsafe_skip_backup: Option<bool>,
+    /// `DAEMON_DATA_BACKUP_DIR`. Default `DAEMON_HOME`.
+    pub data_backup_dir: Option<PathBuf>,
+    /// `DAEMON_PREUPGRADE_MAX_RETRIES`. Default `0`: how often
+    /// `<binary> pre-upgrade` is retried when it exits 31.
+    pub preupgrade_max_retries: Option<u32>,
+    /// `COSMOVISOR_CUSTOM_PREUPGRADE`. Default none: a script in
+    /// `$DAEMON_HOME/cosmovisor` run before `pre-upgrade`.
+    pub custom_preupgrade: Option<PathBuf>,
+    /// `COSMOVISOR_DISABLE_RECASE`. Default `false`: upgrade names are
+    /// lower-cased before looking up `upgrades/<name>`.
+    pub disable_recase: Option<bool>,
+}
+
+/// `[restart]`: crash restarts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRestart {
+    /// Default `1s`: first delay after a crash; doubles per crash.
+    pub backoff_initial: Option<String>,
+    /// Default `60s`: the longest delay between restarts.
+    pub backoff_max: Option<String>,
+    /// Default `5`: crashes within `crash-loop-window` that count as a crash
+    /// loop; the supervisor then stops restarting and says why.
+    pub crash_loop_max_crashes: Option<u32>,
+    /// Default `10m`.
+    pub crash_loop_window: Option<String>,
+    /// Default `60s`: a run at least this long resets the backoff.
+    pub healthy_after: Option<String>,
+}
+
+/// `[output]`: the daemon's stdout/stderr.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawOutput {
+    /// Default `8192`: lines buffered between the daemon's pipes and the
+    /// supervisor's own output. When full, lines are dropped and counted —
+    /// the daemon is never blocked.
+    pub buffer_lines: Option<usize>,
+    /// Default `65536`: longer lines are truncated (and counted).
+    pub max_line_bytes: Option<usize>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub daemon_home: PathBuf,
+    pub daemon_name: String,
+    pub shutdown_grace: Duration,
+    pub restart_delay: Duration,
+    pub restart_after_upgrade: bool,
+    pub poll_interval: Duration,
+    pub allow_download_binaries: bool,
+    pub checksum_policy: ChecksumPolicy,
+    pub download_max_bytes: u64,
+    pub download_timeout: Duration,
+    pub data_backup: DataBackupPolicy,
+    pub preupgrade_max_retries: u32,
+    pub custom_preupgrade: Option<PathBuf>,
+    pub recase: UpgradeNameCase,
+    pub restart: RestartSettings,
+    pub output: OutputSettings,
+    /// The file this was loaded from, if any (for `config` output).
+    pub source_file: Option<PathBuf>,
+}
+
+/// Whether `data/` is snapshotted before an upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataBackupPolicy {
+    /// Snapshot into `backup_root` (the backup dir itself is created
+    /// inside, named after the upgrade and time).
+    Before { backup_root: PathBuf },
+    /// `UNSAFE_SKIP_BACKUP=true`.
+    Skip,
+}
+
+/// How upgrade names map to `upgrades/<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeNameCase {
+    /// Lower-case names (Cosmovisor's default).
+    Lower,
+    /// Keep names as they are (`COSMOVISOR_DISABLE_RECASE=true`).
+    AsIs,
+}
+
+/// Crash restart behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartSettings {
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub crash_loop_max_crashes: u32,
+    pub crash_loop_window: Duration,
+    pub healthy_after: Duration,
+}
+
+/// Output capture limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputSettings {
+    pub buffer_lines: usize,
+    pub max_line_bytes: usize,
+}
+
+impl Config {
+    /// `$DAEMON_HOME/cosmovisor`.
+    pub fn cosmovisor_dir(&self) -> PathBuf {
+        self.daemon_home.join("cosmovisor")
+    }
+
+    /// `$DAEMON_HOME/data/upgrade-info.json`.
+    pub fn upgrade_info_path(&self) -> PathBuf {
+        self.daemon_home.join("data").join("upgrade-info.json")
+    }
+
+    /// Load from an optional file plus the given environment.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let raw = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str::<RawConfig>(&text).map_err(|error| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: error.to_string().trim_end().replace('\n', " "),
+                })?
+            }
+            None => RawConfig::default(),
+        };
+        validate(raw, file, env)
+    }
+
+    /// Load using the process environment.
+    pub fn load_from_process_env(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Config::load(file, &env)
+    }
+
+    /// The effective configuration as `KEY=value` lines, Cosmovisor's
+    /// `config` command style plus Palisade's own settings.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let duration = |value: Duration| humantime::format_duration(value).to_string();
+        let (skip_backup, backup_dir) = match &self.data_backup {
+            DataBackupPolicy::Before { backup_root } => {
+                ("false".to_string(), backup_root.display().to_string())
+            }
+            DataBackupPolicy::Skip => ("true".to_string(), String::new()),
+        };
+        vec![
+            ("DAEMON_HOME", self.daemon_home.display().to_string()),
+            ("DAEMON_NAME", self.daemon_name.clone()),
+            (
+                "DAEMON_ALLOW_DOWNLOAD_BINARIES",
+                self.allow_download_binaries.to_string(),
+            ),
+            (
+                "DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM",
+                (self.checksum_policy == ChecksumPolicy::Required).to_string(),
+            ),
+            (
+                "DAEMON_RESTART_AFTER_UPGRADE",
+                self.restart_after_upgrade.to_string(),
+            ),
+            ("DAEMON_RESTART_DELAY", duration(self.restart_delay)),
+            ("DAEMON_SHUTDOWN_GRACE", duration(self.shutdown_grace)),
+            ("DAEMON_POLL_INTERVAL", duration(self.poll_interval)),
+            ("UNSAFE_SKIP_BACKUP", skip_backup),
+            ("DAEMON_DATA_BACKUP_DIR", backup_dir),
+            (
+                "DAEMON_PREUPGRADE_MAX_RETRIES",
+                self.preupgrade_max_retries.to_string(),
+            ),
+            (
+                "COSMOVISOR_CUSTOM_PREUPGRADE",
+                self.custom_preupgrade
+                    .as_ref()
+                    .map(|path| path.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "COSMOVISOR_DISABLE_RECASE",
+                (self.recase == UpgradeNameCase::AsIs).to_string(),
+            ),
+            ("restart.backoff-initial", duration(self.restart.backoff_initial)),
+            ("restart.backoff-max", duration(self.restart.backoff_max)),
+            (
+                "restart.crash-loop-max-crashes",
+                self.restart.crash_loop_max_crashes.to_string(),
+            ),
+            (
+                "restart.crash-loop-window",
+                duration(self.restart.crash_loop_window),
+            ),
+            ("restart.healthy-after", duration(self.restart.healthy_after)),
+            ("output.buffer-lines", self.output.buffer_lines.to_string()),
+            ("output.max-line-bytes", self.output.max_line_bytes.to_string()),
+            ("upgrade.download-max-bytes", self.download_max_bytes.to_string()),
+            ("upgrade.download-timeout", duration(self.download_timeout)),
+        ]
+    }
+}
+
+/// Resolves each setting from env, then file, then default, collecting
+/// every problem on the way.
+struct Resolver<'a> {
+    file: Option<&'a Path>,
+    env: &'a BTreeMap<String, String>,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Resolver<'_> {
+    fn file_origin(&self, key: &'static str) -> Origin {
+        Origin::File {
+            path: self.file.map(Path::to_path_buf).unwrap_or_default(),
+            key,
+        }
+    }
+
+    fn report(&mut self, origin: Origin, reason: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            origin,
+            reason: reason.into(),
+        });
+    }
+
+    /// A non-empty environment variable, if set. Cosmovisor treats an
+    /// empty variable as unset; so do we.
+    fn env_value(&self, name: &'static str) -> Option<&str> {
+        self.env
+            .get(name)
+            .map(String::as_str)
+            .filter(|value| !value.is_empty())
+    }
+
+    /// Booleans in the file are typed by serde, so only the environment
+    /// can supply a malformed one.
+    fn bool(
+        &mut self,
+        env: &'static str,
+        file: Option<bool>,
+        default: bool,
+    ) -> bool {
+        if let Some(text) = self.env_value(env) {
+            return match parse_bool(text) {
+                Some(value) => value,
+                None => {
+                    self.report(
+                        Origin::Env(env),
+                        format!("'{text}' is not a boolean (use true or false)"),
+                    );
+                    default
+                }
+            };
+        }
+        file.unwrap_or(default)
+    }
+
+    fn duration(
+        &mut self,
+        env: Option<&'static str>,
+        key: &'static str,
+        file: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        let (text, origin) = match env.and_then(|name| self.env_value(name).map(|v| (v, name))) {
+            Some((text, name)) => (text.to_string(), Origin::Env(name)),
+            None => match file {
+                Some(text) => (text.to_string(), self.file_origin(key)),
+                None => return default,
+            },
+        };
+        match humantime::parse_duration(text.trim()) {
+            Ok(value) => value,
+            Err(error) => {
+                self.report(
+                    origin,
+                    format!("'{text}' is not a duration ({error}; use e.g. 300ms, 10s, 5m)"),
+                );
+                default
+            }
+        }
+    }
+
+    fn number<T: std::str::FromStr + Copy>(
+        &mut self,
+        env: Option<&'static str>,
+        key: &'static str,
+        file: Option<T>,
+        default: T,
+        what: &str,
+    ) -> (T, Origin) {
+        if let Some(name) = env
+            && let Some(text) = self.env_value(name)
+        {
+            return match text.trim().parse::<T>() {
+                Ok(value) => (value, Origin::Env(name)),
+                Err(_) => {
+                    self.report(Origin::Env(name), format!("'{text}' is not {what}"));
+                    (default, Origin::Env(name))
+                }
+            };
+        }
+        match file {
+            Some(value) => (value, self.file_origin(key)),
+            None => (default, Origin::Default),
+        }
+    }
+
+    fn path(
+        &mut self,
+        env: &'static str,
+        key: &'static str,
+        file: Option<PathBuf>,
+    ) -> Option<(PathBuf, Origin)> {
+        if let Some(text) = self.env_value(env) {
+            return Some((PathBuf::from(text), Origin::Env(env)));
+        }
+        file.map(|path| (path, self.file_origin(key)))
+    }
+}
+
+/// Go's `strconv.ParseBool` (what Cosmovisor uses), plus `on`/`off` which
+/// the original Cosmovisor documentation shows.
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" | "on" | "ON" | "On" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" | "off" | "OFF" | "Off" => Some(false),
+        _ => None,
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let mut resolver = Resolver {
+        file,
+        env,
+        issues: Vec::new(),
+    };
+    let r = &mut resolver;
+
+    let daemon_home = match r.path("DAEMON_HOME", "daemon.home", raw.daemon.home) {
+        Some((path, origin)) => {
+            if !path.is_absolute() {
+                r.report(
+                    origin,
+                    format!("'{}' must be an absolute path", path.display()),
+                );
+            } else if !path.is_dir() {
+                r.report(
+                    origin,
+                    format!("'{}' is not an existing directory", path.display()),
+                );
+            }
+            path
+        }
+        None => {
+            r.report(
+                Origin::Env("DAEMON_HOME"),
+                "is required (or set daemon.home in the config file)",
+            );
+            PathBuf::new()
+        }
+    };
+
+    let daemon_name = match r.env_value("DAEMON_NAME") {
+        Some(name) => Some((name.to_string(), Origin::Env("DAEMON_NAME"))),
+        None => raw
+            .daemon
+            .name
+            .clone()
+            .map(|name| (name, r.file_origin("daemon.name"))),
+    };
+    let daemon_name = match daemon_name {
+        Some((name, origin)) => {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                r.report(
+                    origin,
+                    format!("'{name}' must be a plain file name such as gaiad"),
+                );
+            }
+            name
+        }
+        None => {
+            r.report(
+                Origin::Env("DAEMON_NAME"),
+                "is required (or set daemon.name in the config file)",
+            );
+            String::new()
+        }
+    };
+
+    let shutdown_grace = r.duration(
+        Some("DAEMON_SHUTDOWN_GRACE"),
+        "daemon.shutdown-grace",
+        raw.daemon.shutdown_grace.as_deref(),
+        Duration::from_secs(10),
+    );
+    let restart_delay = r.duration(
+        Some("DAEMON_RESTART_DELAY"),
+        "daemon.restart-delay",
+        raw.daemon.restart_delay.as_deref(),
+        Duration::ZERO,
+    );
+    let restart_after_upgrade = r.bool(
+        "DAEMON_RESTART_AFTER_UPGRADE",
+        raw.daemon.restart_after_upgrade,
+        true,
+    );
+    let poll_interval = r.duration(
+        Some("DAEMON_POLL_INTERVAL"),
+        "upgrade.poll-interval",
+        raw.upgrade.poll_interval.as_deref(),
+        Duration::from_millis(300),
+    );
+    if poll_interval < Duration::from_millis(10) {
+        let origin = if r.env_value("DAEMON_POLL_INTERVAL").is_some() {
+            Origin::Env("DAEMON_POLL_INTERVAL")
+        } else {
+            r.file_origin("upgrade.poll-interval")
+        };
+        r.report(origin, "must be at least 10ms");
+    }
+    let allow_download_binaries = r.bool(
+        "DAEMON_ALLOW_DOWNLOAD_BINARIES",
+        raw.upgrade.allow_download_binaries,
+        false,
+    );
+    let must_have_checksum = r.bool(
+        "DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM",
+        raw.upgrade.download_must_have_checksum,
+        true,
+    );
+    let (download_max_bytes, origin) = r.number(
+        None,
+        "upgrade.download-max-bytes",
+        raw.upgrade.download_max_bytes,
+        1 << 30,
+        "a byte count",
+    );
+    if download_max_bytes == 0 {
+        r.report(origin, "must be greater than 0");
+    }
+    let download_timeout = r.duration(
+        None,
+        "upgrade.download-timeout",
+        raw.upgrade.download_timeout.as_deref(),
+        Duration::from_secs(600),
+    );
+    let skip_backup = r.bool(
+        "UNSAFE_SKIP_BACKUP",
+        raw.upgrade.unsafe_skip_backup,
+        false,
+    );
+    let backup_root = match r.path(
+        "DAEMON_DATA_BACKUP_DIR",
+        "upgrade.data-backup-dir",
+        raw.upgrade.data_backup_dir,
+    ) {
+        Some((path, origin)) => {
+            if !path.is_absolute() {
+                r.report(
+                    origin,
+                    format!("'{}' must be an absolute path", path.display()),
+                );
+            } else if !skip_backup && !path.is_dir() {
+                r.report(
+                    origin,
+                    format!("'{}' is not an existing directory", path.display()),
+                );
+            }
+            path
+        }
+        None => daemon_home.clone(),
+    };
+    let data_backup = if skip_backup {
+        DataBackupPolicy::Skip
+    } else {
+        DataBackupPolicy::Before { backup_root }
+    };
+    let (preupgrade_max_retries, _) = r.number(
+        Some("DAEMON_PREUPGRADE_MAX_RETRIES"),
+        "upgrade.preupgrade-max-retries",
+        raw.upgrade.preupgrade_max_retries,
+        0u32,
+        "a non-negative integer",
+    );
+    let custom_preupgrade = match r.path(
+        "COSMOVISOR_CUSTOM_PREUPGRADE",
+        "upgrade.custom-preupgrade",
+        raw.upgrade.custom_preupgrade,
+    ) {
+        Some((path, origin)) => {
+            // Cosmovisor resolves the script relative to $DAEMON_HOME/cosmovisor.
+            let resolved = if path.is_absolute() {
+                path
+            } else {
+                daemon_home.join("cosmovisor").join(path)
+            };
+            if !daemon_home.as_os_str().is_empty() && !resolved.is_file() {
+                r.report(
+                    origin,
+                    format!("script '{}' does not exist", resolved.display()),
+                );
+            }
+            Some(resolved)
+        }
+        None => None,
+    };
+    let disable_recase = r.bool(
+        "COSMOVISOR_DISABLE_RECASE",
+        raw.upgrade.disable_recase,
+        false,
+    );
+
+    let backoff_initial = r.duration(
+        None,
+        "restart.backoff-initial",
+        raw.restart.backoff_initial.as_deref(),
+        Duration::from_secs(1),
+    );
+    let backoff_max = r.duration(
+        None,
+        "restart.backoff-max",
+        raw.restart.backoff_max.as_deref(),
+        Duration::from_secs(60),
+    );
+    if backoff_max < backoff_initial {
+        let origin = r.file_origin("restart.backoff-max");
+        r.report(origin, "must not be smaller than restart.backoff-initial");
+    }
+    let (crash_loop_max_crashes, origin) = r.number(
+        None,
+        "restart.crash-loop-max-crashes",
+        raw.restart.crash_loop_max_crashes,
+        5u32,
+        "a positive integer",
+    );
+    if crash_loop_max_crashes == 0 {
+        r.report(origin, "must be at least 1");
+    }
+    let crash_loop_window = r.duration(
+        None,
+        "restart.crash-loop-window",
+        raw.restart.crash_loop_window.as_deref(),
+        Duration::from_secs(600),
+    );
+    let healthy_after = r.duration(
+        None,
+        "restart.healthy-after",
+        raw.restart.healthy_after.as_deref(),
+        Duration::from_secs(60),
+    );
+    let (buffer_lines, origin) = r.number(
+        None,
+        "output.buffer-lines",
+        raw.output.buffer_lines,
+        8192usize,
+        "a line count",
+    );
+    if !(16..=1_000_000).contains(&buffer_lines) {
+        r.report(origin, "must be between 16 and 1000000");
+    }
+    let (max_line_bytes, origin) = r.number(
+        None,
+        "output.max-line-bytes",
+        raw.output.max_line_bytes,
+        65536usize,
+        "a byte count",
+    );
+    if !(256..=16 << 20).contains(&max_line_bytes) {
+        r.report(origin, "must be between 256 and 16777216");
+    }
+
+    if !resolver.issues.is_empty() {
+        return Err(ConfigError::Invalid(resolver.issues));
+    }
+    Ok(Config {
+        daemon_home,
+        daemon_name,
+        shutdown_grace,
+        restart_delay,
+        restart_after_upgrade,
+        poll_interval,
+        allow_download_binaries,
+        checksum_policy: if must_have_checksum {
+            ChecksumPolicy::Required
+        } else {
+            ChecksumPolicy::Optional
+        },
+        download_max_bytes,
+        download_timeout,
+        data_backup,
+        preupgrade_max_retries,
+        custom_preupgrade,
+        recase: if disable_recase {
+            UpgradeNameCase::AsIs
+        } else {
+            UpgradeNameCase::Lower
+        },
+        restart: RestartSettings {
+            backoff_initial,
+            backoff_max,
+            crash_loop_max_crashes,
+            crash_loop_window,
+            healthy_after,
+        },
+        output: OutputSettings {
+            buffer_lines,
+            max_line_bytes,
+        },
+        source_file: file.map(Path::to_path_buf),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn home() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    #[test]
+    fn env_only_like_cosmovisor() {
+        let home = home();
+        let config = Config::load(
+            None,
+            &env(&[
+                ("DAEMON_HOME", home.path().to_str().unwrap()),
+                ("DAEMON_NAME", "gaiad"),
+                ("DAEMON_POLL_INTERVAL", "1s"),
+                ("DAEMON_ALLOW_DOWNLOAD_BINARIES", "on"),
+                ("UNSAFE_SKIP_BACKUP", "true"),
+                ("COSMOVISOR_DISABLE_RECASE", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.daemon_name, "gaiad");
+        assert_eq!(config.poll_interval, Duration::from_secs(1));
+        assert!(config.allow_download_binaries);
+        assert_eq!(config.data_backup, DataBackupPolicy::Skip);
+        assert_eq!(config.recase, UpgradeNameCase::AsIs);
+        assert_eq!(config.checksum_policy, ChecksumPolicy::Required);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let home = home();
+        let file = home.path().join("palisade.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[daemon]\nhome = {:?}\nname = \"simd\"\nshutdown-grace = \"3s\"\n",
+                home.path()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), &env(&[("DAEMON_SHUTDOWN_GRACE", "7s")])).unwrap();
+        assert_eq!(config.daemon_name, "simd");
+        assert_eq!(config.shutdown_grace, Duration::from_secs(7));
+        let config = Config::load(Some(&file), &env(&[])).unwrap();
+        assert_eq!(config.shutdown_grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let home = home();
+        let file = home.path().join("palisade.toml");
+        std::fs::write(
+            &file,
+            "[restart]\nbackoff-initial = \"soon\"\ncrash-loop-max-crashes = 0\n[output]\nbuffer-lines = 1\n",
+        )
+        .unwrap();
+        let error = Config::load(
+            Some(&file),
+            &env(&[
+                ("DAEMON_POLL_INTERVAL", "fast"),
+                ("DAEMON_ALLOW_DOWNLOAD_BINARIES", "maybe"),
+                ("DAEMON_PREUPGRADE_MAX_RETRIES", "-1"),
+            ]),
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(issues) = &error else {
+            panic!("expected Invalid, got {error}");
+        };
+        let text = error.to_string();
+        for needle in [
+            "environment variable DAEMON_HOME: is required",
+            "environment variable DAEMON_NAME: is required",
+            "environment variable DAEMON_POLL_INTERVAL: 'fast' is not a duration",
+            "environment variable DAEMON_ALLOW_DOWNLOAD_BINARIES: 'maybe' is not a boolean",
+            "environment variable DAEMON_PREUPGRADE_MAX_RETRIES: '-1' is not a non-negative integer",
+            "key `restart.backoff-initial`: 'soon' is not a duration",
+            "key `restart.crash-loop-max-crashes`: must be at least 1",
+            "key `output.buffer-lines`: must be between 16 and 1000000",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(issues.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let home = home();
+        let file = home.path().join("palisade.toml");
+        std::fs::write(&file, "[daemon]\nnmae = \"gaiad\"\n").unwrap();
+        let error = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
+        assert!(error.contains("unknown field `nmae`"), "{error}");
+        assert!(error.contains("palisade.toml"), "{error}");
+    }
+
+    #[test]
+    fn bad_paths_and_names() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("DAEMON_HOME", "relative/home"), ("DAEMON_NAME", "gaiad")],
+                "DAEMON_HOME: 'relative/home' must be an absolute path",
+            ),
+            (
+                &[("DAEMON_HOME", "/nonexistent/palisade"), ("DAEMON_NAME", "gaiad")],
+                "is not an existing directory",
+            ),
+            (
+                &[("DAEMON_HOME", "/tmp"), ("DAEMON_NAME", "bin/gaiad")],
+                "DAEMON_NAME: 'bin/gaiad' must be a plain file name",
+            ),
+            (
+                &[
+                    ("DAEMON_HOME", "/tmp"),
+                    ("DAEMON_NAME", "gaiad"),
+                    ("COSMOVISOR_CUSTOM_PREUPGRADE", "missing.sh"),
+                ],
+                "COSMOVISOR_CUSTOM_PREUPGRADE: script '/tmp/cosmovisor/missing.sh' does not exist",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let error = Config::load(None, &env(vars)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{vars:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn parse_bool_matches_go() {
+        for (text, expected) in [
+            ("true", Some(true)),
+            ("T", Some(true)),
+            ("1", Some(true)),
+            ("on", Some(true)),
+            ("False", Some(false)),
+            ("0", Some(false)),
+            ("off", Some(false)),
+            ("yes", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_bool(text), expected, "{text:?}");
+        }
+    }
+}

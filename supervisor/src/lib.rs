@@ -1,0 +1,23 @@
+//! palisade-supervisor: runs gaiad (or any Cosmos SDK daemon) under
+//! supervision with Cosmovisor-compatible upgrades.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the code map.
+//!
+//! `unsafe` is denied everywhere except in [`sys`], the one small audited
+//! module for the syscalls that have no safe wrapper.
+#![deny(unsafe_code)]
+
+pub mod data_backup;
+pub mod download;
+pub mod sys;
+pub mod cli;
+pub mod config;
+pub mod layout;
+pub mod output;
+pub mod process;
+pub mod restart_policy;
+pub mod run;
+pub mod systemd;
+pub mod upgrade;
+pub mod upgrade_plan;
+pub mod upgrade_watch;

@@ -1,0 +1,92 @@
+//! `palisade-supervisor`: parses arguments, sets up logging, runs the
+//! command, maps the outcome to an exit code. Everything else is in the
+//! library.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use palisade_supervisor::cli::{self, Cli, Command, exit_code};
+use palisade_supervisor::config::Config;
+use palisade_supervisor::process::OutputTarget;
+use palisade_supervisor::run::{RunOptions, RunOutcome, run, shutdown_signals};
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("palisade-supervisor: {error:#}");
+            exit_code::ERROR
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let load = || Config::load_from_process_env(cli.config.as_deref());
+    match cli.command {
+        Command::Version => {
+            cli::version(load().ok().as_ref())?;
+            Ok(exit_code::OK)
+        }
+        Command::Config => {
+            cli::print_config(&load()?);
+            Ok(exit_code::OK)
+        }
+        Command::Init { binary } => {
+            cli::init(&load()?, &binary)?;
+            Ok(exit_code::OK)
+        }
+        Command::AddUpgrade {
+            name,
+            binary,
+            force,
+            upgrade_height,
+        } => {
+            cli::add_upgrade(&load()?, &name, &binary, force, upgrade_height)?;
+            Ok(exit_code::OK)
+        }
+        Command::ShowUpgradeInfo => {
+            cli::show_upgrade_info(&load()?)?;
+            Ok(exit_code::OK)
+        }
+        Command::Run { args } => {
+            let config = load()?;
+            // One thread: children are spawned from the thread that lives
+            // as long as the process, which PR_SET_PDEATHSIG requires.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let outcome = runtime.block_on(async {
+                let shutdown = shutdown_signals()?;
+                run(
+                    RunOptions {
+                        config,
+                        daemon_args: args,
+                        output: OutputTarget::Inherit,
+                    },
+                    shutdown,
+                )
+                .await
+            })?;
+            tracing::info!(?outcome, "palisade-supervisor exiting");
+            Ok(match outcome {
+                RunOutcome::Shutdown
+                | RunOutcome::DaemonExitedCleanly
+                | RunOutcome::UpgradedWithoutRestart => exit_code::OK,
+                RunOutcome::CrashLoop { .. } => exit_code::CRASH_LOOP,
+            })
+        }
+    }
+}

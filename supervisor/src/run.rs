@@ -1,0 +1,458 @@
+//! `palisade-supervisor run`: the supervision loop.
+//!
+//! The loop owns the daemon and reacts to five event sources: the daemon
+//! exiting, an upgrade line on its output, a change of
+//! `data/upgrade-info.json`, a shutdown signal, and the systemd watchdog
+//! tick. Decisions are delegated to pure code ([`crate::restart_policy`],
+//! [`crate::upgrade_plan`]); the effects to [`crate::process`] and
+//! [`crate::upgrade`].
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use palisade_wire::upgrade_record::{DetectionSource, UpgradeOutcome, UpgradeStep};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::layout::{Layout, Version};
+use crate::process::{Daemon, OutputTarget, Reaper, StopOutcome, kill_remaining_children};
+use crate::restart_policy::{AfterExit, RestartPolicy};
+use crate::systemd::Notifier;
+use crate::upgrade::{
+    RecordBuilder, UpgradeContext, UpgradeFailure, active_plan_name, append_record,
+    plan_version, prepare_and_switch,
+};
+use crate::upgrade_plan::UpgradePlan;
+use crate::upgrade_watch::{UpgradeFileWatcher, WatchEvent, read_plan_file, FileState};
+
+/// How `run` ended; `main` maps it to an exit code (see `docs/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Stopped by SIGTERM/SIGINT; the daemon was stopped gracefully.
+    Shutdown,
+    /// The daemon exited with status 0 on its own.
+    DaemonExitedCleanly,
+    /// An upgrade switched `current` and `DAEMON_RESTART_AFTER_UPGRADE` is
+    /// off: the service manager restarts us on the new binary.
+    UpgradedWithoutRestart,
+    /// The daemon crash-looped; restarting stopped.
+    CrashLoop { crashes: u32, window: Duration },
+}
+
+/// Exit code for [`RunOutcome::CrashLoop`]; the systemd unit lists it in
+/// `RestartPreventExitStatus=` so systemd does not restart into the loop.
+pub const EXIT_CRASH_LOOP: i32 = 3;
+
+/// Inputs of the supervision loop.
+pub struct RunOptions {
+    pub config: Config,
+    pub daemon_args: Vec<OsString>,
+    pub output: OutputTarget,
+}
+
+/// Shutdown requests: SIGTERM/SIGINT, delivered as the signal to forward.
+pub type ShutdownRequests = mpsc::Receiver<Signal>;
+
+/// Listen for SIGTERM and SIGINT.
+pub fn shutdown_signals() -> std::io::Result<ShutdownRequests> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let (sender, receiver) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let received = tokio::select! {
+                Some(()) = terminate.recv() => Signal::SIGTERM,
+                Some(()) = interrupt.recv() => Signal::SIGINT,
+                else => break,
+            };
+            if sender.send(received).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(receiver)
+}
+
+enum Wake {
+    Exited(crate::restart_policy::ExitKind),
+    Upgrade(UpgradePlan, DetectionSource),
+    BadPlan(String),
+    Shutdown(Signal),
+    Watchdog,
+}
+
+struct Supervisor {
+    config: Config,
+    layout: Layout,
+    reaper: Reaper,
+    notifier: Notifier,
+    daemon_args: Vec<OsString>,
+    output: OutputTarget,
+    upgrade_lines_sender: mpsc::UnboundedSender<UpgradePlan>,
+    upgrade_lines: mpsc::UnboundedReceiver<UpgradePlan>,
+    watcher: UpgradeFileWatcher,
+    shutdown: ShutdownRequests,
+    watchdog: Option<tokio::time::Interval>,
+    ready_sent: bool,
+    /// The record of an upgrade whose new binary is about to start.
+    pending_record: Option<RecordBuilder>,
+}
+
+/// Run until shutdown, a clean daemon exit, a crash loop, or an upgrade
+/// without restart.
+pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Result<RunOutcome> {
+    let config = options.config;
+    let layout = Layout::new(&config.daemon_home, &config.daemon_name);
+    let reaper = Reaper::start()?;
+    let notifier = Notifier::from_env();
+    let watchdog = notifier.watchdog_interval().map(|interval| {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    });
+    let (upgrade_lines_sender, upgrade_lines) = mpsc::unbounded_channel();
+    let watcher = UpgradeFileWatcher::new(config.upgrade_info_path(), config.poll_interval);
+    let mut supervisor = Supervisor {
+        layout,
+        reaper,
+        notifier,
+        daemon_args: options.daemon_args,
+        output: options.output,
+        upgrade_lines_sender,
+        upgrade_lines,
+        watcher,
+        shutdown,
+        watchdog,
+        ready_sent: false,
+        pending_record: None,
+        config,
+    };
+    let outcome = supervisor.supervise().await;
+    supervisor.notifier.stopping("stopping");
+    kill_remaining_children(Duration::from_secs(2)).await;
+    outcome
+}
+
+impl Supervisor {
+    async fn supervise(&mut self) -> anyhow::Result<RunOutcome> {
+        let mut policy = RestartPolicy::new(self.config.restart);
+        // A plan left in data/ by a node that halted while we were down.
+        let mut pending = self.pending_plan_at_start()?;
+        loop {
+            if let Some((plan, source)) = pending.take() {
+                match self.upgrade(None, plan, source).await? {
+                    Some(outcome) => return Ok(outcome),
+                    None => policy = RestartPolicy::new(self.config.restart),
+                }
+            }
+            let version = self.layout.current_version()?;
+            let binary = self.layout.check_binary(&version)?;
+            let spawn_started = Instant::now();
+            let mut daemon = Daemon::spawn(
+                &self.reaper,
+                &binary,
+                &self.daemon_args,
+                self.config.output,
+                match self.output {
+                    OutputTarget::Inherit => OutputTarget::Inherit,
+                    OutputTarget::Discard => OutputTarget::Discard,
+                },
+                self.upgrade_lines_sender.clone(),
+            )?;
+            let status = format!("running {} ({version}), pid {}", self.config.daemon_name, daemon.pid());
+            tracing::info!(binary = %binary.display(), pid = daemon.pid(), %version, "daemon started");
+            if let Some(mut record) = self.pending_record.take() {
+                record.step(UpgradeStep::StartNew, spawn_started, format!("{} pid {}", binary.display(), daemon.pid()));
+                let record = record.completed();
+                tracing::info!(upgrade = %record.name, switch_ms = ?record.switch_ms, "upgrade completed; new binary running");
+                append_record(&self.layout, &record);
+            }
+            if self.ready_sent {
+                self.notifier.status(&status);
+            } else {
+                self.notifier.ready(&status);
+                self.ready_sent = true;
+            }
+            self.watcher.reset();
+
+            // Inner loop: until the daemon is gone or an upgrade is needed.
+            loop {
+                match self.next_wake(&mut daemon).await {
+                    Wake::Watchdog => self.notifier.watchdog(),
+                    Wake::BadPlan(reason) => {
+                        tracing::error!(%reason, path = %self.config.upgrade_info_path().display(), "ignoring invalid upgrade plan; the daemon keeps running");
+                        self.notifier.status(&format!("invalid upgrade-info.json: {reason}"));
+                    }
+                    Wake::Upgrade(plan, source) => {
+                        if self.is_new_plan(&plan)? {
+                            match self.upgrade(Some(&mut daemon), plan, source).await? {
+                                Some(outcome) => return Ok(outcome),
+                                None => {
+                                    policy = RestartPolicy::new(self.config.restart);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Wake::Shutdown(signal) => {
+                        self.graceful_stop(&mut daemon, signal).await;
+                        return Ok(RunOutcome::Shutdown);
+                    }
+                    Wake::Exited(exit) => {
+                        daemon.release_output();
+                        let dropped = daemon.stats.dropped();
+                        if dropped > 0 {
+                            tracing::warn!(dropped, "daemon output lines were dropped because the output consumer was slower than the daemon");
+                        }
+                        // An exit right after printing an upgrade line, or
+                        // with a fresh plan on disk, is an upgrade halt.
+                        if let Some((plan, source)) = self.plan_after_exit()? {
+                            tracing::info!(%exit, upgrade = %plan.name, "daemon stopped for an upgrade");
+                            pending = Some((plan, source));
+                            break;
+                        }
+                        match policy.after_exit(exit, daemon.uptime(), Instant::now(), rand::random::<f64>()) {
+                            AfterExit::CleanExit => {
+                                tracing::info!("daemon exited with status 0; not restarting");
+                                return Ok(RunOutcome::DaemonExitedCleanly);
+                            }
+                            AfterExit::CrashLoop { crashes, window } => {
+                                let message = format!(
+                                    "{} crashed {crashes} times within {}; last: {exit}. Not restarting: fix the cause and restart palisade-supervisor. No state was changed.",
+                                    self.config.daemon_name,
+                                    humantime::format_duration(window)
+                                );
+                                tracing::error!("{message}");
+                                self.notifier.status(&format!("crash loop: {message}"));
+                                return Ok(RunOutcome::CrashLoop { crashes, window });
+                            }
+                            AfterExit::Restart { delay, crash_number } => {
+                                tracing::warn!(%exit, crash_number, delay_ms = delay.as_millis() as u64, "daemon crashed; restarting after backoff");
+                                self.notifier.status(&format!(
+                                    "daemon crashed ({exit}); restart #{crash_number} in {}",
+                                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                                ));
+                                if let Some(signal) = self.sleep_unless_shutdown(delay).await {
+                                    tracing::info!(?signal, "shutdown requested during restart backoff");
+                                    return Ok(RunOutcome::Shutdown);
+                                }
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn next_wake(&mut self, daemon: &mut Daemon) -> Wake {
+        let watchdog = async {
+            match &mut self.watchdog {
+                Some(tick) => {
+                    tick.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            exit = daemon.wait() => Wake::Exited(exit),
+            Some(plan) = self.upgrade_lines.recv() => Wake::Upgrade(plan, DetectionSource::OutputLine),
+            event = self.watcher.next() => match event {
+                WatchEvent::Plan(plan) => Wake::Upgrade(plan, DetectionSource::UpgradeInfoFile),
+                WatchEvent::Invalid(reason) => Wake::BadPlan(reason),
+                WatchEvent::StuckIncomplete => Wake::BadPlan("the file has been incomplete for more than 5s".into()),
+            },
+            Some(signal) = self.shutdown.recv() => Wake::Shutdown(signal),
+            () = watchdog => Wake::Watchdog,
+        }
+    }
+
+    /// A plan is new unless it maps to the version already current, or it
+    /// is the plan that activated the current version.
+    fn is_new_plan(&self, plan: &UpgradePlan) -> anyhow::Result<bool> {
+        let current = self.layout.current_version()?;
+        let target = match plan_version(&self.config, plan) {
+            Ok(version) => version,
+            // A plan whose name cannot be used is still "new": the upgrade
+            // path reports it properly and halts.
+            Err(_) => return Ok(true),
+        };
+        if target == current {
+            return Ok(false);
+        }
+        if let Some(active) = active_plan_name(&self.layout, &current)
+            && plan_version(&self.config, &UpgradePlan { name: active, height: None, info: String::new() }).ok()
+                == Some(target)
+        {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn pending_plan_at_start(&self) -> anyhow::Result<Option<(UpgradePlan, DetectionSource)>> {
+        match read_plan_file(&self.config.upgrade_info_path()) {
+            FileState::Plan(plan) if self.is_new_plan(&plan)? => {
+                tracing::info!(upgrade = %plan.name, height = ?plan.height, "found a pending upgrade plan in upgrade-info.json at start");
+                Ok(Some((plan, DetectionSource::UpgradeInfoFile)))
+            }
+            FileState::Invalid(reason) => {
+                tracing::error!(%reason, "upgrade-info.json is invalid; ignoring it");
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn plan_after_exit(&mut self) -> anyhow::Result<Option<(UpgradePlan, DetectionSource)>> {
+        while let Ok(plan) = self.upgrade_lines.try_recv() {
+            if self.is_new_plan(&plan)? {
+                return Ok(Some((plan, DetectionSource::OutputLine)));
+            }
+        }
+        match read_plan_file(&self.config.upgrade_info_path()) {
+            FileState::Plan(plan) if self.is_new_plan(&plan)? => {
+                Ok(Some((plan, DetectionSource::UpgradeInfoFile)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn graceful_stop(&mut self, daemon: &mut Daemon, signal: Signal) {
+        let grace = self.config.shutdown_grace;
+        tracing::info!(?signal, grace_ms = grace.as_millis() as u64, "stopping the daemon");
+        self.notifier.stopping(&format!("stopping {} (grace {})", self.config.daemon_name, humantime::format_duration(grace)));
+        enum Ended {
+            Stopped(StopOutcome),
+            SecondSignal(Signal),
+        }
+        let ended = tokio::select! {
+            outcome = daemon.stop(signal, grace) => Ended::Stopped(outcome),
+            Some(second) = self.shutdown.recv() => Ended::SecondSignal(second),
+        };
+        let outcome = match ended {
+            Ended::Stopped(outcome) => outcome,
+            Ended::SecondSignal(second) => {
+                tracing::warn!(?second, "second shutdown signal: killing the daemon now");
+                daemon.kill_now().await;
+                StopOutcome::Killed
+            }
+        };
+        tracing::info!(?outcome, "daemon stopped");
+        daemon.release_output();
+    }
+
+    async fn sleep_unless_shutdown(&mut self, delay: Duration) -> Option<Signal> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => None,
+            Some(signal) = self.shutdown.recv() => Some(signal),
+        }
+    }
+
+    /// Stop the old daemon (if running), perform the upgrade, and either
+    /// return to the loop (`None`: start the new binary) or finish.
+    /// A failed upgrade keeps the node halted on the old version and waits
+    /// here — for the binary to appear, or for a shutdown.
+    async fn upgrade(
+        &mut self,
+        daemon: Option<&mut Daemon>,
+        plan: UpgradePlan,
+        source: DetectionSource,
+    ) -> anyhow::Result<Option<RunOutcome>> {
+        let detected = Instant::now();
+        let mut record = RecordBuilder::new(&plan, source, detected);
+        tracing::info!(upgrade = %plan.name, height = ?plan.height, ?source, "upgrade detected");
+        self.notifier.status(&format!("upgrade {} detected at height {:?}", plan.name, plan.height));
+        if let Some(daemon) = daemon {
+            let started = Instant::now();
+            let outcome = daemon.stop(Signal::SIGINT, self.config.shutdown_grace).await;
+            daemon.release_output();
+            record.step(UpgradeStep::StopOld, started, format!("{outcome:?}"));
+        }
+        loop {
+            let context = UpgradeContext {
+                config: &self.config,
+                layout: &self.layout,
+                reaper: &self.reaper,
+                notifier: &self.notifier,
+            };
+            match prepare_and_switch(&context, &plan, &mut record).await {
+                Ok(version) => {
+                    if !self.config.restart_after_upgrade {
+                        let record = record.finish(UpgradeOutcome::SwitchedNotRestarted);
+                        append_record(&self.layout, &record);
+                        tracing::info!(%version, "upgrade switched; DAEMON_RESTART_AFTER_UPGRADE=false, exiting so the service manager restarts us");
+                        return Ok(Some(RunOutcome::UpgradedWithoutRestart));
+                    }
+                    if !self.config.restart_delay.is_zero() {
+                        record.exclude_from_switch(self.config.restart_delay);
+                        if self.sleep_unless_shutdown(self.config.restart_delay).await.is_some() {
+                            return Ok(Some(RunOutcome::Shutdown));
+                        }
+                    }
+                    // StartNew and the switch time are recorded once the
+                    // new binary has been spawned by the main loop.
+                    self.pending_record = Some(record);
+                    return Ok(None);
+                }
+                Err(failure) => {
+                    let message = failure.to_string();
+                    tracing::error!(upgrade = %plan.name, "{message}");
+                    self.notifier.status(&format!("halted: upgrade {} failed: {message}", plan.name));
+                    if !failure.waits_for_binary() {
+                        let record = record.finish(UpgradeOutcome::Failed(message));
+                        append_record(&self.layout, &record);
+                        return self.halted_until_shutdown().await.map(Some);
+                    }
+                    let waited = Instant::now();
+                    if let Some(outcome) = self.wait_for_binary(&plan, &failure).await? {
+                        let record = record.finish(UpgradeOutcome::Failed(message));
+                        append_record(&self.layout, &record);
+                        return Ok(Some(outcome));
+                    }
+                    record.exclude_from_switch(waited.elapsed());
+                    tracing::info!(upgrade = %plan.name, "upgrade binary appeared; retrying the upgrade");
+                }
+            }
+        }
+    }
+
+    async fn halted_until_shutdown(&mut self) -> anyhow::Result<RunOutcome> {
+        tracing::error!("the node stays halted; restart palisade-supervisor after fixing the cause");
+        loop {
+            tokio::select! {
+                Some(_) = self.shutdown.recv() => return Ok(RunOutcome::Shutdown),
+                () = async { match &mut self.watchdog { Some(t) => { t.tick().await; } None => std::future::pending().await } } => self.notifier.watchdog(),
+            }
+        }
+    }
+
+    /// Poll for `upgrades/<name>/bin/<daemon>` to become usable.
+    async fn wait_for_binary(
+        &mut self,
+        plan: &UpgradePlan,
+        failure: &UpgradeFailure,
+    ) -> anyhow::Result<Option<RunOutcome>> {
+        let version = match plan_version(&self.config, plan) {
+            Ok(version) => version,
+            Err(_) => return self.halted_until_shutdown().await.map(Some),
+        };
+        let binary = self.layout.binary(&version);
+        tracing::warn!(binary = %binary.display(), "waiting for the upgrade binary to be installed ({failure})");
+        let mut poll = tokio::time::interval(self.config.poll_interval.max(Duration::from_millis(100)));
+        loop {
+            tokio::select! {
+                Some(_) = self.shutdown.recv() => return Ok(Some(RunOutcome::Shutdown)),
+                _ = poll.tick() => {
+                    if self.watchdog.is_some() {
+                        self.notifier.watchdog();
+                    }
+                    if version != Version::Genesis && self.layout.check_binary(&version).is_ok() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The only module allowed to use `unsafe`: thin wrappers around the few
+//! syscalls Palisade needs that have no safe binding.
+//!
+//! Every `unsafe` block here is small, documented with the reason it is
+//! sound, and exposed through a safe function.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+
+nix::ioctl_write_int!(ficlone_ioctl, 0x94, 9);
+
+/// Clone `source`'s extents into `destination` (`ioctl(FICLONE)`): a
+/// copy-on-write copy that shares blocks on btrfs, XFS (reflink=1), bcachefs
+/// and similar. Fails with `EOPNOTSUPP`/`EXDEV`/`EINVAL` where the filesystem
+/// cannot do it; callers fall back to a byte copy.
+pub fn reflink_file(source: &File, destination: &File) -> io::Result<()> {
+    // SAFETY: FICLONE takes the source fd as its integer argument and only
+    // reads kernel state; both descriptors are owned, open `File`s for the
+    // duration of the call.
+    unsafe { ficlone_ioctl(destination.as_raw_fd(), source.as_raw_fd() as nix::sys::ioctl::ioctl_param_type) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
+
+/// Arrange for the child to run in its own process group and to receive
+/// SIGKILL if the supervisor dies (`PR_SET_PDEATHSIG`), so a crashed
+/// supervisor never leaves a second signer running unsupervised.
+///
+/// systemd's notification variables are removed: only the supervisor talks
+/// to systemd.
+pub fn child_in_own_group_killed_with_parent(command: &mut std::process::Command) {
+    command
+        .process_group(0)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
+    let parent_pid = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec; it only
+    // calls async-signal-safe syscalls (prctl, getppid) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(io::Error::from)?;
+            // The parent may have died between fork and prctl: then the death
+            // signal was never armed, so leave now instead of running orphaned.
+            if nix::unistd::getppid() != parent_pid {
+                return Err(io::Error::other("supervisor exited before the daemon started"));
+            }
+            Ok(())
+        });
+    }
+}
