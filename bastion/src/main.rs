@@ -1,1 +1,18 @@
-fn main() {}
+//! `palisade-bastion`: parses arguments, runs the command, maps the outcome
+//! to an exit code. Everything else is in the library.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use palisade_bastion::{Cli, run};
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => palisade_bastion::exit_code::OK,
+        Err(error) => {
+            eprintln!("palisade-bastion: {error}");
+            error.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

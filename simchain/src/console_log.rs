@@ -82,6 +82,9 @@ mod tests {
         );
         let (time, rest) = line.split_once(' ').unwrap();
         assert!(time.ends_with("AM") || time.ends_with("PM"), "{time}");
-        assert_eq!(rest, r#"INF committed state height=100 module=state err="a b""#);
+        assert_eq!(
+            rest,
+            r#"INF committed state height=100 module=state err="a b""#
+        );
     }
 }

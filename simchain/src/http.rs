@@ -273,7 +273,13 @@ mod tests {
         }));
         let address_clone = address.clone();
         let (status, body) = tokio::task::spawn_blocking(move || {
-            request(&address_clone, "POST", "/x?y=1", Some("{\"a\":1}"), Duration::from_secs(2))
+            request(
+                &address_clone,
+                "POST",
+                "/x?y=1",
+                Some("{\"a\":1}"),
+                Duration::from_secs(2),
+            )
         })
         .await
         .unwrap()

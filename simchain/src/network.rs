@@ -143,7 +143,10 @@ impl Genesis {
             decode_pub_key(&validator.pub_key.value)
                 .map_err(|e| error(format!("validator {}: {e}", validator.name)))?;
             if !names.insert(validator.name.clone()) {
-                return Err(error(format!("duplicate validator name {}", validator.name)));
+                return Err(error(format!(
+                    "duplicate validator name {}",
+                    validator.name
+                )));
             }
         }
         Ok(genesis)
@@ -220,7 +223,9 @@ pub struct ChainState {
 
 /// Deterministic hex block ID for a height.
 pub fn block_id(chain_id: &str, height: u64) -> String {
-    hex::encode_upper(Sha256::digest(format!("{chain_id}/block/{height}").as_bytes()))
+    hex::encode_upper(Sha256::digest(
+        format!("{chain_id}/block/{height}").as_bytes(),
+    ))
 }
 
 impl ChainState {
@@ -385,12 +390,8 @@ impl ChainState {
     /// validators' names on commit, `None` if the chain could not commit.
     pub fn try_commit(&mut self, now: SystemTime) -> Option<Vec<String>> {
         let height = self.height;
-        let total: u64 = self.internal_power
-            + self
-                .validators
-                .iter()
-                .map(|v| v.record.power)
-                .sum::<u64>();
+        let total: u64 =
+            self.internal_power + self.validators.iter().map(|v| v.record.power).sum::<u64>();
         let signed: u64 = self.internal_power
             + self
                 .validators
@@ -416,7 +417,7 @@ impl ChainState {
         self.height += 1;
         self.height_time = now;
         let floor = self.height.saturating_sub(VOTE_HISTORY_HEIGHTS);
-        if height % 100 == 0 {
+        if height.is_multiple_of(100) {
             self.sign_bytes_seen.retain(|(_, h, _, _), _| *h >= floor);
             for validator in &mut self.validators {
                 validator.precommitted = validator.precommitted.split_off(&floor);
@@ -472,7 +473,9 @@ impl BoundNetwork {
 type Shared = Arc<Mutex<ChainState>>;
 
 fn lock(state: &Shared) -> std::sync::MutexGuard<'_, ChainState> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs the network until `shutdown` resolves, then writes the record file a final time.
@@ -502,11 +505,14 @@ pub async fn serve(
     ));
 
     shutdown.await;
-    block_task.abort();
     node_task.abort();
     http_task.abort();
+    // Stop block production (dropping its record sender), let the writer finish any write in
+    // flight, then write the final record ourselves so nothing older can overwrite it.
+    block_task.abort();
+    let _ = block_task.await;
     if let Some(writer) = record_writer {
-        writer.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     }
     if let Some(path) = &config.record_path {
         let record = lock(&state).record();
@@ -838,7 +844,11 @@ mod tests {
         let mut chain = ChainState::new(&config(&[&key], 3), SystemTime::now()).unwrap();
         let first = vote(&key, 1, VoteType::Prevote, "t1");
         assert_eq!(chain.on_vote(&first), VoteOutcome::Accepted);
-        assert_eq!(chain.on_vote(&first), VoteOutcome::Accepted, "resend is fine");
+        assert_eq!(
+            chain.on_vote(&first),
+            VoteOutcome::Accepted,
+            "resend is fine"
+        );
         let VoteOutcome::DoubleSign(ds) = chain.on_vote(&vote(&key, 1, VoteType::Prevote, "t2"))
         else {
             panic!("expected a double sign")
@@ -850,7 +860,11 @@ mod tests {
         forged.signature = vote(&stranger, 1, VoteType::Precommit, "t").signature;
         let mut mislabeled = vote(&key, 1, VoteType::Precommit, "t");
         mislabeled.height = 2;
-        for bad in [vote(&stranger, 1, VoteType::Prevote, "t"), forged, mislabeled] {
+        for bad in [
+            vote(&stranger, 1, VoteType::Prevote, "t"),
+            forged,
+            mislabeled,
+        ] {
             assert!(matches!(chain.on_vote(&bad), VoteOutcome::Invalid(_)));
         }
         assert_eq!(chain.record().invalid_votes, 3);

@@ -34,7 +34,9 @@ use crate::console_log::{Level, Sink, log};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::key::{PUB_KEY_TYPE, ValidatorKey};
 use crate::node_config::{ConfigTemplate, NodeConfig, render_config};
-use crate::protocol::{MAX_LINE_BYTES, NetworkMessage, NewHeight, NodeMessage, SignedVote, UpgradePlan};
+use crate::protocol::{
+    MAX_LINE_BYTES, NetworkMessage, NewHeight, NodeMessage, SignedVote, UpgradePlan,
+};
 use crate::sign_state::{SignDecision, SignState, check, write_atomically};
 use crate::upgrade::{
     Phase, UpgradeAction, decide, updated_before_trigger_message, upgrade_needed_message,
@@ -119,7 +121,10 @@ impl ApplicationDb {
 
     /// Names of applied upgrades.
     pub fn applied_names(&self) -> Vec<String> {
-        self.applied_upgrades.iter().map(|u| u.name.clone()).collect()
+        self.applied_upgrades
+            .iter()
+            .map(|u| u.name.clone())
+            .collect()
     }
 
     fn learn_plans(&mut self, plans: &[UpgradePlan]) {
@@ -211,7 +216,11 @@ pub fn init_home(options: &InitOptions) -> anyhow::Result<InitOutput> {
             "initial_height": "1",
             "app_name": "simd",
         });
-        write_atomically(&genesis_path, serde_json::to_string_pretty(&genesis)?.as_bytes(), 0o644)?;
+        write_atomically(
+            &genesis_path,
+            serde_json::to_string_pretty(&genesis)?.as_bytes(),
+            0o644,
+        )?;
     }
     ensure_data_files(home)?;
     Ok(InitOutput {
@@ -235,7 +244,13 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 /// Creates the LevelDB-like directories a real data dir has, so backups have something to copy.
 fn ensure_data_files(home: &Path) -> anyhow::Result<()> {
     let data = home.join("data");
-    for db in ["blockstore.db", "state.db", "tx_index.db", "evidence.db", "snapshots"] {
+    for db in [
+        "blockstore.db",
+        "state.db",
+        "tx_index.db",
+        "evidence.db",
+        "snapshots",
+    ] {
         let dir = data.join(db);
         fs::create_dir_all(&dir)?;
         for (name, contents) in [("CURRENT", "MANIFEST-000000\n"), ("LOCK", ""), ("LOG", "")] {
@@ -263,8 +278,10 @@ fn read_chain_id(home: &Path) -> Option<String> {
 pub fn show_validator(home: &Path) -> anyhow::Result<String> {
     let config = NodeConfig::load(home)?;
     let key = ValidatorKey::load(&config.priv_validator_key_file)?;
-    Ok(serde_json::json!({"@type": "/cosmos.crypto.ed25519.PubKey", "key": key.pub_key_b64()})
-        .to_string())
+    Ok(
+        serde_json::json!({"@type": "/cosmos.crypto.ed25519.PubKey", "key": key.pub_key_b64()})
+            .to_string(),
+    )
 }
 
 /// What the node does after processing a height.
@@ -364,8 +381,7 @@ impl NodeCore {
         if self.config.write_upgrade_info {
             let path = self.config.home.join("data").join("upgrade-info.json");
             let json = serde_json::to_vec(plan)?;
-            write_atomically(&path, &json, 0o600)
-                .with_context(|| format!("{}", path.display()))?;
+            write_atomically(&path, &json, 0o600).with_context(|| format!("{}", path.display()))?;
         }
         error(&upgrade_needed_message(plan), &[]);
         Ok(())
@@ -411,6 +427,8 @@ impl NodeCore {
         self.last_height_seen = height;
         let phase = std::mem::replace(&mut self.phase, Phase::Running);
         self.app.learn_plans(&new_height.upgrade_plans);
+        // Block H-1 is committed whatever happens at H (the upgrade halts *at* H).
+        self.commit_application(height.saturating_sub(1), &new_height.block_id)?;
         let action = decide(
             &self.app.known_plans,
             &self.app.applied_names(),
@@ -446,7 +464,6 @@ impl NodeCore {
                 return Ok(HeightOutcome::Exit(EXIT_UPGRADE));
             }
         }
-        self.commit_application(height.saturating_sub(1), &new_height.block_id)?;
         let mut votes = Vec::new();
         for vote_type in [VoteType::Prevote, VoteType::Precommit] {
             match self.sign(new_height, vote_type) {
@@ -484,7 +501,12 @@ impl NodeCore {
         }
         self.app.app_hash = hex::encode_upper(hasher.finalize());
         self.app.save(&self.config.home)?;
-        let blockstore = self.config.home.join("data").join("blockstore.db").join("000001.log");
+        let blockstore = self
+            .config
+            .home
+            .join("data")
+            .join("blockstore.db")
+            .join("000001.log");
         let mut file = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -582,10 +604,17 @@ impl TestKnobs {
 
 /// `simd start`: runs the node until a signal, a simulated crash or an upgrade exit.
 /// Returns the process exit code.
-pub async fn run_start(home: &Path, identity: AppIdentity, knobs: TestKnobs) -> anyhow::Result<i32> {
+pub async fn run_start(
+    home: &Path,
+    identity: AppIdentity,
+    knobs: TestKnobs,
+) -> anyhow::Result<i32> {
     let config = NodeConfig::load(home)?;
     let Some(network) = config.network.clone() else {
-        bail!("{}: [simchain] network is not set", NodeConfig::path(home).display());
+        bail!(
+            "{}: [simchain] network is not set",
+            NodeConfig::path(home).display()
+        );
     };
     info(
         "starting node",
@@ -610,7 +639,10 @@ pub async fn run_start(home: &Path, identity: AppIdentity, knobs: TestKnobs) -> 
         .with_context(|| format!("binding RPC on {}", config.rpc_laddr))?;
     info(
         "serving RPC",
-        &[("laddr", &format!("tcp://{}", config.rpc_laddr)), ("module", &"rpc-server")],
+        &[
+            ("laddr", &format!("tcp://{}", config.rpc_laddr)),
+            ("module", &"rpc-server"),
+        ],
     );
     let rpc_info = RpcIdentity {
         moniker: config.moniker.clone(),
@@ -649,9 +681,10 @@ pub async fn run_start(home: &Path, identity: AppIdentity, knobs: TestKnobs) -> 
 
 async fn wait_for_signal(ignore: bool) -> i32 {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error("cannot install signal handlers", &[]);
         return std::future::pending().await;
     };
@@ -684,12 +717,19 @@ fn start_log_flood() {
                     &[
                         ("n", &counter),
                         ("module", &"p2p"),
-                        ("padding", &"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
+                        (
+                            "padding",
+                            &"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                        ),
                     ],
                 ));
                 chunk.push('\n');
             }
-            if std::io::stdout().lock().write_all(chunk.as_bytes()).is_err() {
+            if std::io::stdout()
+                .lock()
+                .write_all(chunk.as_bytes())
+                .is_err()
+            {
                 return;
             }
         }
@@ -718,7 +758,10 @@ async fn network_loop(
                 }
             }
             Ok(Err(e)) => error("cannot reach network", &[("addr", &network), ("err", &e)]),
-            Err(_) => error("cannot reach network", &[("addr", &network), ("err", &"timeout")]),
+            Err(_) => error(
+                "cannot reach network",
+                &[("addr", &network), ("err", &"timeout")],
+            ),
         }
         let jitter = Duration::from_millis(rand::random::<u64>() % 50);
         tokio::time::sleep(backoff + jitter).await;
@@ -774,8 +817,11 @@ async fn session(
         match outcome {
             HeightOutcome::Vote(votes) => {
                 for vote in votes {
-                    send_line(&mut write_half, &serde_json::to_string(&NodeMessage::Vote(vote))?)
-                        .await?;
+                    send_line(
+                        &mut write_half,
+                        &serde_json::to_string(&NodeMessage::Vote(vote))?,
+                    )
+                    .await?;
                 }
             }
             HeightOutcome::Idle | HeightOutcome::Halted => {}
@@ -803,7 +849,11 @@ struct RpcIdentity {
     rpc_laddr: String,
 }
 
-fn handle_rpc(identity: &RpcIdentity, status: &Mutex<NodeStatus>, request: HttpRequest) -> HttpResponse {
+fn handle_rpc(
+    identity: &RpcIdentity,
+    status: &Mutex<NodeStatus>,
+    request: HttpRequest,
+) -> HttpResponse {
     let status = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let result = match request.path.as_str() {
         "/status" => status_result(identity, &status),
@@ -851,8 +901,7 @@ fn status_result(identity: &RpcIdentity, status: &NodeStatus) -> serde_json::Val
 
 /// `simd status`: fetches `/status` from `node` (`tcp://host:port`) and returns its `result`.
 pub fn query_status(node: &str) -> anyhow::Result<serde_json::Value> {
-    let (code, body) =
-        crate::http::request(node, "GET", "/status", None, Duration::from_secs(5))?;
+    let (code, body) = crate::http::request(node, "GET", "/status", None, Duration::from_secs(5))?;
     if code != 200 {
         bail!("{node}: /status returned HTTP {code}");
     }
@@ -917,7 +966,10 @@ mod tests {
         );
         // A lower height from a confused network is refused.
         core.last_height_seen = 0;
-        assert_eq!(core.on_new_height(&new_height(4, vec![])).unwrap(), HeightOutcome::Idle);
+        assert_eq!(
+            core.on_new_height(&new_height(4, vec![])).unwrap(),
+            HeightOutcome::Idle
+        );
     }
 
     #[test]
@@ -936,7 +988,11 @@ mod tests {
         assert_eq!(again.validator_address, core.address());
         let mode = |p: &str| {
             use std::os::unix::fs::PermissionsExt;
-            fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777
+            fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
         };
         assert_eq!(mode("config/priv_validator_key.json"), 0o600);
         assert_eq!(mode("config/node_key.json"), 0o600);
@@ -953,20 +1009,24 @@ mod tests {
             info: "{}".into(),
         };
         assert!(matches!(
-            core.on_new_height(&new_height(2, vec![plan.clone()])).unwrap(),
+            core.on_new_height(&new_height(2, vec![plan.clone()]))
+                .unwrap(),
             HeightOutcome::Vote(_)
         ));
         assert_eq!(
-            core.on_new_height(&new_height(3, vec![plan.clone()])).unwrap(),
+            core.on_new_height(&new_height(3, vec![plan.clone()]))
+                .unwrap(),
             HeightOutcome::Halted
         );
         assert_eq!(
-            core.on_new_height(&new_height(4, vec![plan.clone()])).unwrap(),
+            core.on_new_height(&new_height(4, vec![plan.clone()]))
+                .unwrap(),
             HeightOutcome::Halted
         );
-        let info: UpgradePlan =
-            serde_json::from_str(&fs::read_to_string(dir.path().join("data/upgrade-info.json")).unwrap())
-                .unwrap();
+        let info: UpgradePlan = serde_json::from_str(
+            &fs::read_to_string(dir.path().join("data/upgrade-info.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(info, plan);
         assert_eq!(core.startup_check().unwrap(), Some(EXIT_UPGRADE));
     }

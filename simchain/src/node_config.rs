@@ -133,7 +133,10 @@ impl NodeConfig {
     /// Parses config text for `home`.
     pub fn parse(home: &Path, text: &str) -> Result<Self, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        let rpc_text = raw.rpc.laddr.unwrap_or_else(|| "tcp://127.0.0.1:26657".into());
+        let rpc_text = raw
+            .rpc
+            .laddr
+            .unwrap_or_else(|| "tcp://127.0.0.1:26657".into());
         let rpc_laddr = parse_laddr(&rpc_text)
             .ok_or_else(|| format!("rpc.laddr {rpc_text:?} is not tcp://IP:PORT"))?;
         Ok(Self {
@@ -153,10 +156,15 @@ impl NodeConfig {
             ),
             node_key_file: resolve(
                 home,
-                raw.node_key_file.as_deref().unwrap_or("config/node_key.json"),
+                raw.node_key_file
+                    .as_deref()
+                    .unwrap_or("config/node_key.json"),
             ),
             rpc_laddr,
-            p2p_laddr: raw.p2p.laddr.unwrap_or_else(|| "tcp://0.0.0.0:26656".into()),
+            p2p_laddr: raw
+                .p2p
+                .laddr
+                .unwrap_or_else(|| "tcp://0.0.0.0:26656".into()),
             network: raw.simchain.network.filter(|n| !n.is_empty()),
             write_upgrade_info: raw.simchain.write_upgrade_info.unwrap_or(true),
             log_flood: raw.simchain.log_flood.unwrap_or(false),
@@ -367,11 +375,7 @@ log_flood = {log_flood}
 
 /// Rewrites one key of the `[simchain]` section in place, keeping every other line (and any
 /// operator edits) intact. Appends the section or key when missing.
-pub fn set_simchain_value(
-    home: &Path,
-    key: &str,
-    toml_value: &str,
-) -> Result<(), NodeConfigError> {
+pub fn set_simchain_value(home: &Path, key: &str, toml_value: &str) -> Result<(), NodeConfigError> {
     let path = NodeConfig::path(home);
     let io = |source| NodeConfigError::Io {
         path: path.clone(),

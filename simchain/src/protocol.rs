@@ -90,8 +90,14 @@ mod tests {
 
     #[test]
     fn messages_use_documented_shapes() {
-        let hello: NodeMessage = serde_json::from_str(r#"{"type":"hello","address":"AB"}"#).unwrap();
-        assert_eq!(hello, NodeMessage::Hello { address: "AB".into() });
+        let hello: NodeMessage =
+            serde_json::from_str(r#"{"type":"hello","address":"AB"}"#).unwrap();
+        assert_eq!(
+            hello,
+            NodeMessage::Hello {
+                address: "AB".into()
+            }
+        );
         let vote = NodeMessage::Vote(SignedVote {
             address: "AB".into(),
             height: 3,

@@ -88,7 +88,10 @@ pub enum SignStateFileError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignState {
     /// Last signed height (a decimal string on disk).
-    #[serde(serialize_with = "height_to_string", deserialize_with = "height_from_string")]
+    #[serde(
+        serialize_with = "height_to_string",
+        deserialize_with = "height_from_string"
+    )]
     pub height: u64,
     /// Last signed round.
     pub round: u32,
@@ -182,8 +185,7 @@ pub fn check(
         .as_deref()
         .and_then(|s| B64.decode(s).ok())
         .ok_or(SignStateError::MissingSignBytes)?;
-    if cached_bytes == sign_bytes || only_differ_by_timestamp(&cached_bytes, sign_bytes).is_some()
-    {
+    if cached_bytes == sign_bytes || only_differ_by_timestamp(&cached_bytes, sign_bytes).is_some() {
         return Ok(SignDecision::ReuseCached {
             signature: cached_signature,
             sign_bytes: cached_bytes,
@@ -302,6 +304,17 @@ mod tests {
         SignState::after_signing(height, round, step, sign_bytes, &[9u8; 64])
     }
 
+    /// (name, state, height, round, step, sign bytes, expected decision)
+    type Case<'a> = (
+        &'a str,
+        &'a SignState,
+        u64,
+        u32,
+        u8,
+        Vec<u8>,
+        Result<SignDecision, SignStateError>,
+    );
+
     #[test]
     fn filepv_rules_table() {
         use SignStateError::*;
@@ -314,25 +327,124 @@ mod tests {
             signature: None,
             signbytes: None,
         };
+        let fresh = SignState::default();
         let reuse = Ok(SignDecision::ReuseCached {
             signature: vec![9u8; 64],
             sign_bytes: cached.clone(),
         });
-        let cases: Vec<(&str, &SignState, u64, u32, u8, Vec<u8>, Result<SignDecision, SignStateError>)> = vec![
-            ("higher height", &state, 11, 0, 2, bytes(11, VoteType::Prevote, "AA", "t"), Ok(SignDecision::SignNew)),
-            ("lower height", &state, 9, 5, 3, bytes(9, VoteType::Precommit, "AA", "t"), Err(HeightRegression { got: 9, last: 10 })),
-            ("lower round", &state, 10, 0, 3, cached.clone(), Err(RoundRegression { height: 10, got: 0, last: 1 })),
-            ("higher round", &state, 10, 2, 2, cached.clone(), Ok(SignDecision::SignNew)),
-            ("lower step", &state, 10, 1, 2, bytes(10, VoteType::Prevote, "AA", "t"), Err(StepRegression { height: 10, round: 1, got: 2, last: 3 })),
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "higher height",
+                &state,
+                11,
+                0,
+                2,
+                bytes(11, VoteType::Prevote, "AA", "t"),
+                Ok(SignDecision::SignNew),
+            ),
+            (
+                "lower height",
+                &state,
+                9,
+                5,
+                3,
+                bytes(9, VoteType::Precommit, "AA", "t"),
+                Err(HeightRegression { got: 9, last: 10 }),
+            ),
+            (
+                "lower round",
+                &state,
+                10,
+                0,
+                3,
+                cached.clone(),
+                Err(RoundRegression {
+                    height: 10,
+                    got: 0,
+                    last: 1,
+                }),
+            ),
+            (
+                "higher round",
+                &state,
+                10,
+                2,
+                2,
+                cached.clone(),
+                Ok(SignDecision::SignNew),
+            ),
+            (
+                "lower step",
+                &state,
+                10,
+                1,
+                2,
+                bytes(10, VoteType::Prevote, "AA", "t"),
+                Err(StepRegression {
+                    height: 10,
+                    round: 1,
+                    got: 2,
+                    last: 3,
+                }),
+            ),
             ("same vote", &state, 10, 1, 3, cached.clone(), reuse.clone()),
-            ("timestamp only", &state, 10, 1, 3, bytes(10, VoteType::Precommit, "AA", "t2"), reuse),
-            ("other block", &state, 10, 1, 3, bytes(10, VoteType::Precommit, "BB", "t1"), Err(ConflictingData)),
-            ("same hrs, no sign bytes", &bare, 10, 1, 3, cached.clone(), Err(MissingSignBytes)),
-            ("watermark without bytes, below", &bare, 10, 1, 2, cached.clone(), Err(StepRegression { height: 10, round: 1, got: 2, last: 3 })),
-            ("fresh state", &SignState::default(), 1, 0, 2, cached.clone(), Ok(SignDecision::SignNew)),
+            (
+                "timestamp only",
+                &state,
+                10,
+                1,
+                3,
+                bytes(10, VoteType::Precommit, "AA", "t2"),
+                reuse,
+            ),
+            (
+                "other block",
+                &state,
+                10,
+                1,
+                3,
+                bytes(10, VoteType::Precommit, "BB", "t1"),
+                Err(ConflictingData),
+            ),
+            (
+                "same hrs, no sign bytes",
+                &bare,
+                10,
+                1,
+                3,
+                cached.clone(),
+                Err(MissingSignBytes),
+            ),
+            (
+                "watermark without bytes, below",
+                &bare,
+                10,
+                1,
+                2,
+                cached.clone(),
+                Err(StepRegression {
+                    height: 10,
+                    round: 1,
+                    got: 2,
+                    last: 3,
+                }),
+            ),
+            (
+                "fresh state",
+                &fresh,
+                1,
+                0,
+                2,
+                cached.clone(),
+                Ok(SignDecision::SignNew),
+            ),
         ];
         for (name, state, height, round, step, sign_bytes, expected) in cases {
-            assert_eq!(check(state, height, round, step, &sign_bytes), expected, "{name}");
+            assert_eq!(
+                check(state, height, round, step, &sign_bytes),
+                expected,
+                "{name}"
+            );
         }
     }
 
@@ -362,8 +474,11 @@ mod tests {
         assert_eq!(SignState::load(&path).unwrap(), state);
         let leftovers = fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 1, "no temp files left behind");
-        fs::write(&path, r#"{"height":"5","round":0,"step":3,"signature":"","signbytes":""}"#)
-            .unwrap();
+        fs::write(
+            &path,
+            r#"{"height":"5","round":0,"step":3,"signature":"","signbytes":""}"#,
+        )
+        .unwrap();
         let loaded = SignState::load(&path).unwrap();
         assert_eq!(loaded.signature, None);
         assert_eq!(loaded.signbytes, None);

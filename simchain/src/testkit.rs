@@ -270,8 +270,13 @@ impl SimNetwork {
     /// `POST /upgrade`: schedules a plan as if a governance proposal passed.
     pub fn schedule_upgrade(&self, name: &str, height: u64, info: &str) -> anyhow::Result<()> {
         let body = serde_json::json!({"name": name, "height": height, "info": info}).to_string();
-        let (status, response) =
-            http::request(&self.http_addr, "POST", "/upgrade", Some(&body), HTTP_TIMEOUT)?;
+        let (status, response) = http::request(
+            &self.http_addr,
+            "POST",
+            "/upgrade",
+            Some(&body),
+            HTTP_TIMEOUT,
+        )?;
         if status != 200 {
             bail!("POST /upgrade: HTTP {status}: {response}");
         }
@@ -490,7 +495,10 @@ pub fn write_versioned_binary(
     upgrade_handlers: &[&str],
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let mut script = format!("#!/bin/sh\nexec '{}' --sim-version '{version}'", simd.display());
+    let mut script = format!(
+        "#!/bin/sh\nexec '{}' --sim-version '{version}'",
+        simd.display()
+    );
     for handler in upgrade_handlers {
         script.push_str(&format!(" --sim-upgrade-handler '{handler}'"));
     }

@@ -104,18 +104,78 @@ mod tests {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let cases = [
             ("before, no handler", 9, s(&[]), s(&[]), Running, Continue),
-            ("before, handler", 9, s(&[]), s(&["v2"]), Running, UpdatedBeforeTrigger(plan("v2", 10))),
-            ("at height, no handler", 10, s(&[]), s(&[]), Running, Halt(plan("v2", 10))),
-            ("at height on start, no handler", 10, s(&[]), s(&[]), Startup, Halt(plan("v2", 10))),
-            ("at height, handler", 10, s(&[]), s(&["v2"]), Running, Apply(plan("v2", 10))),
-            ("past on start, no handler", 15, s(&[]), s(&[]), Startup, ExitNeeded(plan("v2", 10))),
-            ("past while running, no handler", 15, s(&[]), s(&[]), Running, Halt(plan("v2", 10))),
-            ("past, handler", 15, s(&[]), s(&["v2"]), Startup, Apply(plan("v2", 10))),
+            (
+                "before, handler",
+                9,
+                s(&[]),
+                s(&["v2"]),
+                Running,
+                UpdatedBeforeTrigger(plan("v2", 10)),
+            ),
+            (
+                "at height, no handler",
+                10,
+                s(&[]),
+                s(&[]),
+                Running,
+                Halt(plan("v2", 10)),
+            ),
+            (
+                "at height on start, no handler",
+                10,
+                s(&[]),
+                s(&[]),
+                Startup,
+                Halt(plan("v2", 10)),
+            ),
+            (
+                "at height, handler",
+                10,
+                s(&[]),
+                s(&["v2"]),
+                Running,
+                Apply(plan("v2", 10)),
+            ),
+            (
+                "past on start, no handler",
+                15,
+                s(&[]),
+                s(&[]),
+                Startup,
+                ExitNeeded(plan("v2", 10)),
+            ),
+            (
+                "past while running, no handler",
+                15,
+                s(&[]),
+                s(&[]),
+                Running,
+                Halt(plan("v2", 10)),
+            ),
+            (
+                "past, handler",
+                15,
+                s(&[]),
+                s(&["v2"]),
+                Startup,
+                Apply(plan("v2", 10)),
+            ),
             ("already applied", 15, s(&["v2"]), s(&[]), Startup, Continue),
-            ("applied, handler kept", 15, s(&["v2"]), s(&["v2"]), Running, Continue),
+            (
+                "applied, handler kept",
+                15,
+                s(&["v2"]),
+                s(&["v2"]),
+                Running,
+                Continue,
+            ),
         ];
         for (name, height, applied, handlers, phase, expected) in cases {
-            assert_eq!(decide(&plans, &applied, &handlers, height, phase), expected, "{name}");
+            assert_eq!(
+                decide(&plans, &applied, &handlers, height, phase),
+                expected,
+                "{name}"
+            );
         }
     }
 

@@ -156,10 +156,10 @@ pub struct RawRestart {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawOutput {
-    /// Default `8192`: lines buffered between the daemon's pipes and the
-    /// supervisor's own output. When full, lines are dropped and counted —
-    /// the daemon is never blocked.
-    pub buffer_lines: Option<usize>,
+    /// Default `4194304` (4 MiB): daemon output buffered between its pipes
+    /// and the supervisor's own output. When full, output is dropped and
+    /// counted — the daemon is never blocked.
+    pub buffer_bytes: Option<usize>,
     /// Default `65536`: longer lines are truncated (and counted).
     pub max_line_bytes: Option<usize>,
 }
@@ -219,7 +219,7 @@ pub struct RestartSettings {
 /// Output capture limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputSettings {
-    pub buffer_lines: usize,
+    pub buffer_bytes: usize,
     pub max_line_bytes: usize,
 }
 
@@ -317,7 +317,7 @@ impl Config {
                 duration(self.restart.crash_loop_window),
             ),
             ("restart.healthy-after", duration(self.restart.healthy_after)),
-            ("output.buffer-lines", self.output.buffer_lines.to_string()),
+            ("output.buffer-bytes", self.output.buffer_bytes.to_string()),
             ("output.max-line-bytes", self.output.max_line_bytes.to_string()),
             ("upgrade.download-max-bytes", self.download_max_bytes.to_string()),
             ("upgrade.download-timeout", duration(self.download_timeout)),
@@ -678,15 +678,15 @@ fn validate(
         raw.restart.healthy_after.as_deref(),
         Duration::from_secs(60),
     );
-    let (buffer_lines, origin) = r.number(
+    let (buffer_bytes, origin) = r.number(
         None,
-        "output.buffer-lines",
-        raw.output.buffer_lines,
-        8192usize,
-        "a line count",
+        "output.buffer-bytes",
+        raw.output.buffer_bytes,
+        4usize << 20,
+        "a byte count",
     );
-    if !(16..=1_000_000).contains(&buffer_lines) {
-        r.report(origin, "must be between 16 and 1000000");
+    if !(64 << 10..=1 << 30).contains(&buffer_bytes) {
+        r.report(origin, "must be between 65536 and 1073741824");
     }
     let (max_line_bytes, origin) = r.number(
         None,
@@ -733,7 +733,7 @@ fn validate(
             healthy_after,
         },
         output: OutputSettings {
-            buffer_lines,
+            buffer_bytes,
             max_line_bytes,
         },
         source_file: file.map(Path::to_path_buf),
@@ -804,7 +804,7 @@ mod tests {
         let file = home.path().join("palisade.toml");
         std::fs::write(
             &file,
-            "[restart]\nbackoff-initial = \"soon\"\ncrash-loop-max-crashes = 0\n[output]\nbuffer-lines = 1\n",
+            "[restart]\nbackoff-initial = \"soon\"\ncrash-loop-max-crashes = 0\n[output]\nbuffer-bytes = 1\n",
         )
         .unwrap();
         let error = Config::load(
@@ -828,7 +828,7 @@ mod tests {
             "environment variable DAEMON_PREUPGRADE_MAX_RETRIES: '-1' is not a non-negative integer",
             "key `restart.backoff-initial`: 'soon' is not a duration",
             "key `restart.crash-loop-max-crashes`: must be at least 1",
-            "key `output.buffer-lines`: must be between 16 and 1000000",
+            "key `output.buffer-bytes`: must be between 65536 and 1073741824",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

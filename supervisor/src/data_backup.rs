@@ -53,7 +53,10 @@ pub enum DataBackupError {
     DataDirNotDirectory { path: PathBuf },
     /// The backup would be written inside the tree it copies.
     #[error("backup root {} is inside the data directory {}", .backup_root.display(), .data_dir.display())]
-    BackupRootInsideDataDir { data_dir: PathBuf, backup_root: PathBuf },
+    BackupRootInsideDataDir {
+        data_dir: PathBuf,
+        backup_root: PathBuf,
+    },
     /// Every candidate name up to the suffix limit is taken.
     #[error("no free backup directory name for {} (tried suffixes up to -{MAX_SUFFIX})", .base.display())]
     NoFreeName { base: PathBuf },
@@ -62,15 +65,28 @@ pub enum DataBackupError {
     FinalNameTaken { path: PathBuf },
     /// A byte copy would not fit on the backup filesystem.
     #[error("not enough space for a byte copy in {}: {needed} bytes needed (incl. margin), {available} available", .path.display())]
-    InsufficientSpace { path: PathBuf, needed: u64, available: u64 },
+    InsufficientSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
     /// A filesystem operation failed.
     #[error("cannot {operation} {}: {source}", .path.display())]
-    Io { operation: &'static str, path: PathBuf, #[source] source: io::Error },
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DataBackupError {
     let path = path.to_path_buf();
-    move |source| DataBackupError::Io { operation, path, source }
+    move |source| DataBackupError::Io {
+        operation,
+        path,
+        source,
+    }
 }
 
 /// How the regular files were backed up.
@@ -117,7 +133,13 @@ pub struct DataBackupReport {
 pub fn backup_dir_name(label: &str, now: SystemTime) -> String {
     let mut safe_label: String = label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(MAX_LABEL_LEN)
         .collect();
     if safe_label.is_empty() || safe_label.chars().all(|c| c == '.') {
@@ -128,17 +150,25 @@ pub fn backup_dir_name(label: &str, now: SystemTime) -> String {
 
 /// `YYYYMMDDTHHMMSSZ` in UTC (times before 1970 clamp to the epoch).
 fn utc_timestamp(time: SystemTime) -> String {
-    let seconds = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let seconds = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, second_of_day) = ((seconds / 86_400) as i64, seconds % 86_400);
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     format!(
         "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
@@ -163,7 +193,9 @@ pub fn backup_data_dir(
     // it; nothing below it is followed.
     let data_metadata = fs::metadata(data_dir).map_err(io_error("inspect", data_dir))?;
     if !data_metadata.is_dir() {
-        return Err(DataBackupError::DataDirNotDirectory { path: data_dir.to_path_buf() });
+        return Err(DataBackupError::DataDirNotDirectory {
+            path: data_dir.to_path_buf(),
+        });
     }
     fs::create_dir_all(backup_root).map_err(io_error("create", backup_root))?;
     let data_canonical = fs::canonicalize(data_dir).map_err(io_error("resolve", data_dir))?;
@@ -233,12 +265,19 @@ pub fn backup_data_dir(
 
 /// First walk: regular files and their bytes, for progress totals.
 fn count_tree(data_dir: &Path) -> Result<BackupProgress, DataBackupError> {
-    let mut totals = BackupProgress { bytes_done: 0, bytes_total: 0, files_done: 0, files_total: 0 };
+    let mut totals = BackupProgress {
+        bytes_done: 0,
+        bytes_total: 0,
+        files_done: 0,
+        files_total: 0,
+    };
     let mut pending = vec![data_dir.to_path_buf()];
     while let Some(directory) = pending.pop() {
         for entry in fs::read_dir(&directory).map_err(io_error("list", &directory))? {
             let entry = entry.map_err(io_error("list", &directory))?;
-            let metadata = entry.metadata().map_err(io_error("inspect", &entry.path()))?;
+            let metadata = entry
+                .metadata()
+                .map_err(io_error("inspect", &entry.path()))?;
             if metadata.is_dir() {
                 pending.push(entry.path());
             } else if metadata.is_file() {
@@ -252,9 +291,16 @@ fn count_tree(data_dir: &Path) -> Result<BackupProgress, DataBackupError> {
 
 /// Pick the first free `<base>`, `<base>-1`, ... and create its `.partial`
 /// directory (0700 until finished, then the data dir's mode).
-fn create_partial_dir(backup_root: &Path, base: &str) -> Result<(PathBuf, PathBuf), DataBackupError> {
+fn create_partial_dir(
+    backup_root: &Path,
+    base: &str,
+) -> Result<(PathBuf, PathBuf), DataBackupError> {
     for suffix in 0..=MAX_SUFFIX {
-        let name = if suffix == 0 { base.to_owned() } else { format!("{base}-{suffix}") };
+        let name = if suffix == 0 {
+            base.to_owned()
+        } else {
+            format!("{base}-{suffix}")
+        };
         let final_path = backup_root.join(&name);
         match fs::symlink_metadata(&final_path) {
             Ok(_) => continue,
@@ -269,14 +315,21 @@ fn create_partial_dir(backup_root: &Path, base: &str) -> Result<(PathBuf, PathBu
             Err(error) => return Err(io_error("create", &partial_path)(error)),
         }
     }
-    Err(DataBackupError::NoFreeName { base: backup_root.join(base) })
+    Err(DataBackupError::NoFreeName {
+        base: backup_root.join(base),
+    })
 }
 
 /// Sync the backup filesystem, then rename the partial directory to its
 /// final name without replacing anything, and sync the parent.
-fn finish(partial_path: &Path, final_path: &Path, backup_root: &Path) -> Result<(), DataBackupError> {
+fn finish(
+    partial_path: &Path,
+    final_path: &Path,
+    backup_root: &Path,
+) -> Result<(), DataBackupError> {
     let partial = File::open(partial_path).map_err(io_error("open", partial_path))?;
-    nix::unistd::syncfs(&partial).map_err(|errno| io_error("sync filesystem of", partial_path)(errno.into()))?;
+    nix::unistd::syncfs(&partial)
+        .map_err(|errno| io_error("sync filesystem of", partial_path)(errno.into()))?;
     rename_no_replace(partial_path, final_path)?;
     File::open(backup_root)
         .and_then(|dir| dir.sync_all())
@@ -289,14 +342,18 @@ fn rename_no_replace(from: &Path, to: &Path) -> Result<(), DataBackupError> {
         use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
         match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => Ok(()),
-            Err(nix::errno::Errno::EEXIST) => Err(DataBackupError::FinalNameTaken { path: to.to_path_buf() }),
+            Err(nix::errno::Errno::EEXIST) => Err(DataBackupError::FinalNameTaken {
+                path: to.to_path_buf(),
+            }),
             Err(errno) => Err(io_error("rename into place", to)(errno.into())),
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         if fs::symlink_metadata(to).is_ok() {
-            return Err(DataBackupError::FinalNameTaken { path: to.to_path_buf() });
+            return Err(DataBackupError::FinalNameTaken {
+                path: to.to_path_buf(),
+            });
         }
         fs::rename(from, to).map_err(io_error("rename into place", to))
     }
@@ -353,11 +410,21 @@ struct BackupRun<'a> {
 impl BackupRun<'_> {
     /// Copy the tree; directory modes and mtimes are applied after their
     /// contents (a 0555 directory must still be written into).
-    fn copy_tree(&mut self, source_root: &Path, dest_root: &Path, root_metadata: &fs::Metadata) -> Result<(), DataBackupError> {
-        let mut directories = vec![(source_root.to_path_buf(), dest_root.to_path_buf(), root_metadata.clone())];
+    fn copy_tree(
+        &mut self,
+        source_root: &Path,
+        dest_root: &Path,
+        root_metadata: &fs::Metadata,
+    ) -> Result<(), DataBackupError> {
+        let mut directories = vec![(
+            source_root.to_path_buf(),
+            dest_root.to_path_buf(),
+            root_metadata.clone(),
+        )];
         let mut index = 0;
         while index < directories.len() {
-            let (source_dir, dest_dir) = (directories[index].0.clone(), directories[index].1.clone());
+            let (source_dir, dest_dir) =
+                (directories[index].0.clone(), directories[index].1.clone());
             index += 1;
             let mut entries = fs::read_dir(&source_dir)
                 .map_err(io_error("list", &source_dir))?
@@ -367,16 +434,21 @@ impl BackupRun<'_> {
             for entry in entries {
                 let source = entry.path();
                 let destination = dest_dir.join(entry.file_name());
-                let metadata = fs::symlink_metadata(&source).map_err(io_error("inspect", &source))?;
+                let metadata =
+                    fs::symlink_metadata(&source).map_err(io_error("inspect", &source))?;
                 let file_type = metadata.file_type();
                 if file_type.is_dir() {
-                    fs::DirBuilder::new().mode(0o700).create(&destination).map_err(io_error("create", &destination))?;
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&destination)
+                        .map_err(io_error("create", &destination))?;
                     self.report.directories += 1;
                     directories.push((source, destination, metadata));
                 } else if file_type.is_file() {
                     self.copy_file(&source, &destination, &metadata)?;
                 } else if file_type.is_symlink() {
-                    let target = fs::read_link(&source).map_err(io_error("read symlink", &source))?;
+                    let target =
+                        fs::read_link(&source).map_err(io_error("read symlink", &source))?;
                     std::os::unix::fs::symlink(&target, &destination)
                         .map_err(io_error("create symlink", &destination))?;
                     self.report.symlinks += 1;
@@ -396,7 +468,9 @@ impl BackupRun<'_> {
         for (_, destination, metadata) in directories.iter().rev() {
             let directory = File::open(destination).map_err(io_error("open", destination))?;
             if let Ok(modified) = metadata.modified() {
-                directory.set_modified(modified).map_err(io_error("set mtime of", destination))?;
+                directory
+                    .set_modified(modified)
+                    .map_err(io_error("set mtime of", destination))?;
             }
             directory
                 .set_permissions(fs::Permissions::from_mode(metadata.mode() & 0o7777))
@@ -405,7 +479,12 @@ impl BackupRun<'_> {
         Ok(())
     }
 
-    fn copy_file(&mut self, source: &Path, destination: &Path, metadata: &fs::Metadata) -> Result<(), DataBackupError> {
+    fn copy_file(
+        &mut self,
+        source: &Path,
+        destination: &Path,
+        metadata: &fs::Metadata,
+    ) -> Result<(), DataBackupError> {
         let mut source_file = File::open(source).map_err(io_error("open", source))?;
         let mut destination_file = OpenOptions::new()
             .write(true)
@@ -432,7 +511,9 @@ impl BackupRun<'_> {
                     self.check_free_space()?;
                     // A failed clone leaves the destination untouched, but
                     // make the copy start from empty regardless.
-                    destination_file.set_len(0).map_err(io_error("truncate", destination))?;
+                    destination_file
+                        .set_len(0)
+                        .map_err(io_error("truncate", destination))?;
                 }
                 Err(error) => return Err(io_error("clone (FICLONE) into", destination)(error)),
             }
@@ -443,8 +524,11 @@ impl BackupRun<'_> {
             self.progress.bytes_done += metadata.len();
         } else {
             loop {
-                let copied = io::copy(&mut (&mut source_file).take(COPY_PIECE), &mut destination_file)
-                    .map_err(io_error("copy", source))?;
+                let copied = io::copy(
+                    &mut (&mut source_file).take(COPY_PIECE),
+                    &mut destination_file,
+                )
+                .map_err(io_error("copy", source))?;
                 if copied == 0 {
                     break;
                 }
@@ -456,7 +540,9 @@ impl BackupRun<'_> {
         self.progress.files_done += 1;
 
         if let Ok(modified) = metadata.modified() {
-            destination_file.set_modified(modified).map_err(io_error("set mtime of", destination))?;
+            destination_file
+                .set_modified(modified)
+                .map_err(io_error("set mtime of", destination))?;
         }
         destination_file
             .set_permissions(fs::Permissions::from_mode(metadata.mode() & 0o7777))
@@ -471,17 +557,28 @@ impl BackupRun<'_> {
         let stats = nix::sys::statvfs::statvfs(&self.backup_root)
             .map_err(|errno| io_error("statvfs", &self.backup_root)(errno.into()))?;
         #[allow(clippy::useless_conversion)] // the widths differ between targets
-        let available = u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size()));
-        let needed = (self.progress.bytes_total.saturating_sub(self.progress.bytes_done)).saturating_add(FREE_SPACE_MARGIN);
+        let available =
+            u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size()));
+        let needed = (self
+            .progress
+            .bytes_total
+            .saturating_sub(self.progress.bytes_done))
+        .saturating_add(FREE_SPACE_MARGIN);
         if available < needed {
-            return Err(DataBackupError::InsufficientSpace { path: self.backup_root.clone(), needed, available });
+            return Err(DataBackupError::InsufficientSpace {
+                path: self.backup_root.clone(),
+                needed,
+                available,
+            });
         }
         Ok(())
     }
 
     fn maybe_report_progress(&mut self) {
         let (last_time, last_bytes) = self.last_report;
-        if last_time.elapsed() >= PROGRESS_INTERVAL || self.progress.bytes_done - last_bytes >= PROGRESS_BYTES {
+        if last_time.elapsed() >= PROGRESS_INTERVAL
+            || self.progress.bytes_done - last_bytes >= PROGRESS_BYTES
+        {
             (self.progress_callback)(&self.progress);
             self.last_report = (Instant::now(), self.progress.bytes_done);
         }
@@ -494,7 +591,14 @@ fn reflink_unsupported(error: &io::Error) -> bool {
     use nix::libc;
     matches!(
         error.raw_os_error(),
-        Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::EBADF | libc::ENOSYS)
+        Some(
+            libc::EOPNOTSUPP
+                | libc::EXDEV
+                | libc::EINVAL
+                | libc::ENOTTY
+                | libc::EBADF
+                | libc::ENOSYS
+        )
     )
 }
 
@@ -510,7 +614,10 @@ mod tests {
             (1_700_000_000, "20231114T221320Z"),
             (4_102_444_799, "20991231T235959Z"),
         ] {
-            assert_eq!(utc_timestamp(UNIX_EPOCH + Duration::from_secs(seconds)), expected);
+            assert_eq!(
+                utc_timestamp(UNIX_EPOCH + Duration::from_secs(seconds)),
+                expected
+            );
         }
     }
 

@@ -53,32 +53,48 @@ pub enum DownloadError {
     #[error("invalid download URL {url}: {reason}")]
     InvalidUrl { url: String, reason: String },
     /// The URL scheme is not http or https (`file://`, `s3://`, git, ...).
-    #[error("unsupported URL scheme {scheme:?} in {url}: only http and https downloads are allowed")]
+    #[error(
+        "unsupported URL scheme {scheme:?} in {url}: only http and https downloads are allowed"
+    )]
     UnsupportedScheme { url: String, scheme: String },
     /// The `checksum` parameter is malformed (no algorithm, bad hex, wrong length, repeated).
     #[error("malformed checksum in {url}: {reason}")]
     MalformedChecksum { url: String, reason: String },
     /// md5 or sha1: collision-broken, refused even though go-getter accepts them.
-    #[error("checksum algorithm {algorithm} in {url} is refused as cryptographically broken; use sha256 or sha512")]
+    #[error(
+        "checksum algorithm {algorithm} in {url} is refused as cryptographically broken; use sha256 or sha512"
+    )]
     WeakChecksumAlgorithm { url: String, algorithm: String },
     /// An algorithm that is neither supported nor known-weak.
     #[error("unknown checksum algorithm {algorithm:?} in {url}; use sha256 or sha512")]
     UnknownChecksumAlgorithm { url: String, algorithm: String },
     /// [`ChecksumPolicy::Required`] and the URL has no `?checksum=`.
-    #[error("{url} has no ?checksum=sha256:... or sha512:... and checksums are required (DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM)")]
+    #[error(
+        "{url} has no ?checksum=sha256:... or sha512:... and checksums are required (DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM)"
+    )]
     ChecksumRequired { url: String },
     /// The plan info is neither a JSON object with `binaries` nor a URL.
     #[error("plan info has no binaries map and is not a URL: {reason}")]
     NoBinariesInPlanInfo { reason: String },
     /// The plan info (or the info file) is JSON but not of the expected shape.
     #[error("invalid plan info JSON{}: {reason}", source_suffix(.source_url))]
-    InvalidPlanInfo { source_url: Option<String>, reason: String },
+    InvalidPlanInfo {
+        source_url: Option<String>,
+        reason: String,
+    },
     /// The plan's binaries map has neither this platform nor `any`.
     #[error("plan binaries have no entry for {os_arch} and no \"any\" entry (keys present: {})", display_keys(.available))]
-    NoBinaryForPlatform { os_arch: String, available: Vec<String> },
+    NoBinaryForPlatform {
+        os_arch: String,
+        available: Vec<String>,
+    },
     /// The upgrade directory or daemon name is not a single safe path component.
     #[error("invalid {what} {name:?}: {reason}")]
-    InvalidName { what: &'static str, name: String, reason: &'static str },
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
     /// `upgrades/<name>` already exists; it is never overwritten.
     #[error("upgrade directory {} already exists; refusing to overwrite it", .path.display())]
     UpgradeDirExists { path: PathBuf },
@@ -87,7 +103,11 @@ pub enum DownloadError {
     HttpClient { reason: String },
     /// Connecting, sending or reading failed (TLS, DNS, reset, ...).
     #[error("request to {url} failed: {source}")]
-    Request { url: String, #[source] source: reqwest::Error },
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// The server answered with a non-success status.
     #[error("{url} answered HTTP {status}")]
     HttpStatus { url: String, status: u16 },
@@ -96,12 +116,25 @@ pub enum DownloadError {
     TooLarge { url: String, limit: u64 },
     /// A timeout fired.
     #[error("{url}: {phase} timed out after {}", humantime::format_duration(*.after))]
-    Timeout { url: String, phase: &'static str, after: Duration },
+    Timeout {
+        url: String,
+        phase: &'static str,
+        after: Duration,
+    },
     /// The downloaded bytes do not hash to the expected digest.
-    #[error("checksum mismatch for {url}: expected {algorithm}:{expected}, got {algorithm}:{actual}")]
-    ChecksumMismatch { url: String, algorithm: &'static str, expected: String, actual: String },
+    #[error(
+        "checksum mismatch for {url}: expected {algorithm}:{expected}, got {algorithm}:{actual}"
+    )]
+    ChecksumMismatch {
+        url: String,
+        algorithm: &'static str,
+        expected: String,
+        actual: String,
+    },
     /// The artifact is an archive format Palisade does not unpack.
-    #[error("{url} is a {format} archive, which is not supported (use zip, tar.gz or a raw binary)")]
+    #[error(
+        "{url} is a {format} archive, which is not supported (use zip, tar.gz or a raw binary)"
+    )]
     UnsupportedFormat { url: String, format: &'static str },
     /// An archive entry would escape the upgrade directory or is of a refused type.
     #[error("unsafe archive entry {entry:?}: {reason}")]
@@ -114,32 +147,54 @@ pub enum DownloadError {
     CorruptArchive { url: String, reason: String },
     /// Neither `bin/$DAEMON_NAME` nor `$DAEMON_NAME` at the root was unpacked.
     #[error("archive contains neither bin/{daemon_name} nor {daemon_name} at its root (top-level entries: {})", display_keys(.top_level))]
-    BinaryMissing { daemon_name: String, top_level: Vec<String> },
+    BinaryMissing {
+        daemon_name: String,
+        top_level: Vec<String>,
+    },
     /// `bin/$DAEMON_NAME` is a directory, symlink or other non-regular file.
     #[error("archive contains bin/{daemon_name} but it is a {kind}, not a regular file")]
-    BinaryNotRegularFile { daemon_name: String, kind: &'static str },
+    BinaryNotRegularFile {
+        daemon_name: String,
+        kind: &'static str,
+    },
     /// `bin/$DAEMON_NAME` has no executable bit; archives are not chmod-ed.
     #[error("archive contains bin/{daemon_name} but it is not executable (mode {mode:04o})")]
     BinaryNotExecutable { daemon_name: String, mode: u32 },
     /// A filesystem operation failed.
     #[error("cannot {operation} {}: {source}", .path.display())]
-    Io { operation: &'static str, path: PathBuf, #[source] source: io::Error },
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// The blocking unpack task panicked or was cancelled.
     #[error("unpack task failed: {reason}")]
     UnpackTask { reason: String },
 }
 
 fn source_suffix(source_url: &Option<String>) -> String {
-    source_url.as_ref().map(|url| format!(" from {url}")).unwrap_or_default()
+    source_url
+        .as_ref()
+        .map(|url| format!(" from {url}"))
+        .unwrap_or_default()
 }
 
 fn display_keys(keys: &[String]) -> String {
-    if keys.is_empty() { "none".to_owned() } else { keys.join(", ") }
+    if keys.is_empty() {
+        "none".to_owned()
+    } else {
+        keys.join(", ")
+    }
 }
 
 fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DownloadError {
     let path = path.to_path_buf();
-    move |source| DownloadError::Io { operation, path, source }
+    move |source| DownloadError::Io {
+        operation,
+        path,
+        source,
+    }
 }
 
 /// An expected artifact digest from `?checksum=ALGO:HEX`.
@@ -252,7 +307,10 @@ pub fn parse_artifact_url(s: &str) -> Result<ArtifactUrl, DownloadError> {
         });
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(DownloadError::InvalidUrl { url: redact_url(&url), reason: "no host".to_owned() });
+        return Err(DownloadError::InvalidUrl {
+            url: redact_url(&url),
+            reason: "no host".to_owned(),
+        });
     }
 
     let mut checksum_values = Vec::new();
@@ -262,14 +320,22 @@ pub fn parse_artifact_url(s: &str) -> Result<ArtifactUrl, DownloadError> {
             let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
             let key = percent_encoding::percent_decode_str(raw_key).decode_utf8_lossy();
             if key == CHECKSUM_PARAM {
-                checksum_values.push(percent_encoding::percent_decode_str(raw_value).decode_utf8_lossy().into_owned());
+                checksum_values.push(
+                    percent_encoding::percent_decode_str(raw_value)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                );
             } else {
                 kept_pairs.push(pair.to_owned());
             }
         }
     }
     let kept_query = kept_pairs.join("&");
-    url.set_query(if kept_query.is_empty() { None } else { Some(&kept_query) });
+    url.set_query(if kept_query.is_empty() {
+        None
+    } else {
+        Some(&kept_query)
+    });
 
     let redacted = redact_url(&url);
     let checksum = match checksum_values.as_slice() {
@@ -286,7 +352,10 @@ pub fn parse_artifact_url(s: &str) -> Result<ArtifactUrl, DownloadError> {
 }
 
 fn parse_checksum(value: &str, redacted_url: &str) -> Result<Checksum, DownloadError> {
-    let malformed = |reason: String| DownloadError::MalformedChecksum { url: redacted_url.to_owned(), reason };
+    let malformed = |reason: String| DownloadError::MalformedChecksum {
+        url: redacted_url.to_owned(),
+        reason,
+    };
     let Some((algorithm, hex_digest)) = value.split_once(':') else {
         return Err(malformed(format!(
             "{value:?} has no algorithm; write sha256:HEX or sha512:HEX"
@@ -297,7 +366,10 @@ fn parse_checksum(value: &str, redacted_url: &str) -> Result<Checksum, DownloadE
         "sha256" => 32,
         "sha512" => 64,
         "md5" | "sha1" => {
-            return Err(DownloadError::WeakChecksumAlgorithm { url: redacted_url.to_owned(), algorithm });
+            return Err(DownloadError::WeakChecksumAlgorithm {
+                url: redacted_url.to_owned(),
+                algorithm,
+            });
         }
         "file" => {
             return Err(DownloadError::UnknownChecksumAlgorithm {
@@ -305,7 +377,12 @@ fn parse_checksum(value: &str, redacted_url: &str) -> Result<Checksum, DownloadE
                 algorithm: "file (checksum files are not supported)".to_owned(),
             });
         }
-        _ => return Err(DownloadError::UnknownChecksumAlgorithm { url: redacted_url.to_owned(), algorithm }),
+        _ => {
+            return Err(DownloadError::UnknownChecksumAlgorithm {
+                url: redacted_url.to_owned(),
+                algorithm,
+            });
+        }
     };
     let digest = hex::decode(hex_digest.trim())
         .map_err(|error| malformed(format!("{algorithm} digest is not hex: {error}")))?;
@@ -374,12 +451,13 @@ impl PlanBinaries {
     pub fn select(&self, os_arch: &str) -> Result<ArtifactUrl, DownloadError> {
         match self {
             PlanBinaries::Map(binaries) => {
-                let raw = binaries.get(os_arch).or_else(|| binaries.get("any")).ok_or_else(|| {
-                    DownloadError::NoBinaryForPlatform {
+                let raw = binaries
+                    .get(os_arch)
+                    .or_else(|| binaries.get("any"))
+                    .ok_or_else(|| DownloadError::NoBinaryForPlatform {
                         os_arch: os_arch.to_owned(),
                         available: binaries.keys().cloned().collect(),
-                    }
-                })?;
+                    })?;
                 parse_artifact_url(raw)
             }
             PlanBinaries::InfoUrl(url) => Err(DownloadError::InvalidPlanInfo {
@@ -408,19 +486,32 @@ pub fn binaries_from_info(info: &str) -> Result<PlanBinaries, DownloadError> {
     })
 }
 
-fn binaries_map_from_json(json: &str, source_url: Option<&str>) -> Result<BTreeMap<String, String>, DownloadError> {
-    let invalid = |reason: String| DownloadError::InvalidPlanInfo { source_url: source_url.map(str::to_owned), reason };
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|error| invalid(error.to_string()))?;
-    let object = value.as_object().ok_or_else(|| invalid("not a JSON object".to_owned()))?;
+fn binaries_map_from_json(
+    json: &str,
+    source_url: Option<&str>,
+) -> Result<BTreeMap<String, String>, DownloadError> {
+    let invalid = |reason: String| DownloadError::InvalidPlanInfo {
+        source_url: source_url.map(str::to_owned),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|error| invalid(error.to_string()))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| invalid("not a JSON object".to_owned()))?;
     let Some(binaries) = object.get("binaries") else {
         return Err(DownloadError::NoBinariesInPlanInfo {
             reason: format!(
                 "JSON{} has no \"binaries\" key",
-                source_url.map(|url| format!(" from {url}")).unwrap_or_default()
+                source_url
+                    .map(|url| format!(" from {url}"))
+                    .unwrap_or_default()
             ),
         });
     };
-    let binaries = binaries.as_object().ok_or_else(|| invalid("\"binaries\" is not an object".to_owned()))?;
+    let binaries = binaries
+        .as_object()
+        .ok_or_else(|| invalid("\"binaries\" is not an object".to_owned()))?;
     binaries
         .iter()
         .map(|(key, value)| match value.as_str() {
@@ -499,12 +590,15 @@ impl Downloader {
     pub fn new(limits: DownloadLimits) -> Result<Self, DownloadError> {
         let client = reqwest::Client::builder()
             .connect_timeout(limits.connect_timeout)
+            // The overall timeout is enforced around send() and each chunk
+            // (see `fetch`), so reqwest's own timeouts are connect and read.
             .read_timeout(limits.idle_timeout)
-            .timeout(limits.overall_timeout)
             .redirect(reqwest::redirect::Policy::limited(5))
             .user_agent(concat!("palisade-supervisor/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|error| DownloadError::HttpClient { reason: error.without_url().to_string() })?;
+            .map_err(|error| DownloadError::HttpClient {
+                reason: error.without_url().to_string(),
+            })?;
         Ok(Downloader { client, limits })
     }
 
@@ -525,12 +619,20 @@ impl Downloader {
         refuse_existing(&upgrade_dir)?;
 
         let artifact_url = self.resolve_artifact_url(plan_info, policy).await?;
-        tokio::fs::create_dir_all(upgrades_dir).await.map_err(io_error("create", upgrades_dir))?;
+        tokio::fs::create_dir_all(upgrades_dir)
+            .await
+            .map_err(io_error("create", upgrades_dir))?;
         let staging = StagingDir::create(upgrades_dir, upgrade_dir_name)?;
 
         let download_started = Instant::now();
         let artifact_path = staging.path.join(STAGED_ARTIFACT);
-        let fetched = self.fetch_to_file(&artifact_url, &artifact_path, self.limits.max_artifact_bytes).await?;
+        let fetched = self
+            .fetch_to_file(
+                &artifact_url,
+                &artifact_path,
+                self.limits.max_artifact_bytes,
+            )
+            .await?;
         let download_duration = download_started.elapsed();
         info!(url = %artifact_url, bytes = fetched.bytes, elapsed = ?download_duration, "downloaded upgrade binary");
 
@@ -547,7 +649,9 @@ impl Downloader {
         };
         let format = tokio::task::spawn_blocking(move || archive::unpack_and_check(&unpack))
             .await
-            .map_err(|error| DownloadError::UnpackTask { reason: error.to_string() })??;
+            .map_err(|error| DownloadError::UnpackTask {
+                reason: error.to_string(),
+            })??;
 
         refuse_existing(&upgrade_dir)?;
         rename_no_replace(&tree, &upgrade_dir)?;
@@ -581,11 +685,17 @@ impl Downloader {
 
     /// Resolve the plan info (fetching an info file if needed) to the URL
     /// for this platform, applying the checksum policy to both URLs.
-    async fn resolve_artifact_url(&self, plan_info: &str, policy: ChecksumPolicy) -> Result<ArtifactUrl, DownloadError> {
+    async fn resolve_artifact_url(
+        &self,
+        plan_info: &str,
+        policy: ChecksumPolicy,
+    ) -> Result<ArtifactUrl, DownloadError> {
         let binaries = match binaries_from_info(plan_info)? {
             PlanBinaries::InfoUrl(info_url) => {
                 check_policy(&info_url, policy)?;
-                let body = self.fetch_to_memory(&info_url, self.limits.max_info_bytes).await?;
+                let body = self
+                    .fetch_to_memory(&info_url, self.limits.max_info_bytes)
+                    .await?;
                 let text = String::from_utf8(body).map_err(|_| DownloadError::InvalidPlanInfo {
                     source_url: Some(info_url.to_string()),
                     reason: "not UTF-8".to_owned(),
@@ -601,7 +711,11 @@ impl Downloader {
         Ok(artifact_url)
     }
 
-    async fn fetch_to_memory(&self, url: &ArtifactUrl, max_bytes: u64) -> Result<Vec<u8>, DownloadError> {
+    async fn fetch_to_memory(
+        &self,
+        url: &ArtifactUrl,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, DownloadError> {
         let mut sink = Sink::Memory(Vec::new());
         let fetched = self.fetch(url, max_bytes, &mut sink).await?;
         verify_checksum(url, &fetched.digest)?;
@@ -611,7 +725,12 @@ impl Downloader {
         }
     }
 
-    async fn fetch_to_file(&self, url: &ArtifactUrl, path: &Path, max_bytes: u64) -> Result<Fetched, DownloadError> {
+    async fn fetch_to_file(
+        &self,
+        url: &ArtifactUrl,
+        path: &Path,
+        max_bytes: u64,
+    ) -> Result<Fetched, DownloadError> {
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -629,7 +748,12 @@ impl Downloader {
 
     /// Fetch `url` into `sink`, hashing as it streams and enforcing the
     /// size cap and the overall and idle timeouts.
-    async fn fetch(&self, url: &ArtifactUrl, max_bytes: u64, sink: &mut Sink<'_>) -> Result<Fetched, DownloadError> {
+    async fn fetch(
+        &self,
+        url: &ArtifactUrl,
+        max_bytes: u64,
+        sink: &mut Sink<'_>,
+    ) -> Result<Fetched, DownloadError> {
         let deadline = tokio::time::Instant::now() + self.limits.overall_timeout;
         let mut response = self.start(url, max_bytes, deadline).await?;
         let mut hasher = Hasher::for_checksum(url.checksum.as_ref());
@@ -637,15 +761,24 @@ impl Downloader {
         while let Some(chunk) = self.next_chunk(url, &mut response, deadline).await? {
             bytes += chunk.len() as u64;
             if bytes > max_bytes {
-                return Err(DownloadError::TooLarge { url: url.to_string(), limit: max_bytes });
+                return Err(DownloadError::TooLarge {
+                    url: url.to_string(),
+                    limit: max_bytes,
+                });
             }
             hasher.update(&chunk);
             match sink {
                 Sink::Memory(body) => body.extend_from_slice(&chunk),
-                Sink::File { file, path } => file.write_all(&chunk).await.map_err(io_error("write", path))?,
+                Sink::File { file, path } => file
+                    .write_all(&chunk)
+                    .await
+                    .map_err(io_error("write", path))?,
             }
         }
-        Ok(Fetched { bytes, digest: hasher.finalize() })
+        Ok(Fetched {
+            bytes,
+            digest: hasher.finalize(),
+        })
     }
 
     async fn start(
@@ -665,10 +798,19 @@ impl Downloader {
             .map_err(|error| request_error(url, error, &self.limits))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(DownloadError::HttpStatus { url: url.to_string(), status: status.as_u16() });
+            return Err(DownloadError::HttpStatus {
+                url: url.to_string(),
+                status: status.as_u16(),
+            });
         }
-        if response.content_length().is_some_and(|length| length > max_bytes) {
-            return Err(DownloadError::TooLarge { url: url.to_string(), limit: max_bytes });
+        if response
+            .content_length()
+            .is_some_and(|length| length > max_bytes)
+        {
+            return Err(DownloadError::TooLarge {
+                url: url.to_string(),
+                limit: max_bytes,
+            });
         }
         Ok(response)
     }
@@ -699,19 +841,33 @@ impl Downloader {
 /// Where a fetched body goes.
 enum Sink<'a> {
     Memory(Vec<u8>),
-    File { file: tokio::fs::File, path: &'a Path },
+    File {
+        file: tokio::fs::File,
+        path: &'a Path,
+    },
 }
 
-fn request_error(url: &ArtifactUrl, error: reqwest::Error, limits: &DownloadLimits) -> DownloadError {
+fn request_error(
+    url: &ArtifactUrl,
+    error: reqwest::Error,
+    limits: &DownloadLimits,
+) -> DownloadError {
     if error.is_timeout() {
         let (phase, after) = if error.is_connect() {
             ("connect", limits.connect_timeout)
         } else {
-            ("request", limits.overall_timeout)
+            ("waiting for data", limits.idle_timeout)
         };
-        return DownloadError::Timeout { url: url.to_string(), phase, after };
+        return DownloadError::Timeout {
+            url: url.to_string(),
+            phase,
+            after,
+        };
     }
-    DownloadError::Request { url: url.to_string(), source: error.without_url() }
+    DownloadError::Request {
+        url: url.to_string(),
+        source: error.without_url(),
+    }
 }
 
 struct Fetched {
@@ -751,7 +907,9 @@ impl Hasher {
 fn check_policy(url: &ArtifactUrl, policy: ChecksumPolicy) -> Result<(), DownloadError> {
     match (&url.checksum, policy) {
         (Some(_), _) => Ok(()),
-        (None, ChecksumPolicy::Required) => Err(DownloadError::ChecksumRequired { url: url.to_string() }),
+        (None, ChecksumPolicy::Required) => Err(DownloadError::ChecksumRequired {
+            url: url.to_string(),
+        }),
         (None, ChecksumPolicy::Optional) => {
             warn!(url = %url, "downloading without a checksum (DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM=false)");
             Ok(())
@@ -789,14 +947,20 @@ fn validate_component(what: &'static str, name: &str) -> Result<(), DownloadErro
         None
     };
     match reason {
-        Some(reason) => Err(DownloadError::InvalidName { what, name: name.to_owned(), reason }),
+        Some(reason) => Err(DownloadError::InvalidName {
+            what,
+            name: name.to_owned(),
+            reason,
+        }),
         None => Ok(()),
     }
 }
 
 fn refuse_existing(upgrade_dir: &Path) -> Result<(), DownloadError> {
     match std::fs::symlink_metadata(upgrade_dir) {
-        Ok(_) => Err(DownloadError::UpgradeDirExists { path: upgrade_dir.to_path_buf() }),
+        Ok(_) => Err(DownloadError::UpgradeDirExists {
+            path: upgrade_dir.to_path_buf(),
+        }),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(io_error("inspect", upgrade_dir)(error)),
     }
@@ -812,7 +976,10 @@ impl StagingDir {
         use std::os::unix::fs::DirBuilderExt;
         let suffix: u64 = rand::rng().random();
         let path = upgrades_dir.join(format!(".staging-{upgrade_dir_name}-{suffix:016x}"));
-        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(io_error("create", &path))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(io_error("create", &path))?;
         Ok(StagingDir { path })
     }
 }
@@ -828,7 +995,9 @@ impl Drop for StagingDir {
 }
 
 fn sync_dir(path: &Path) -> Result<(), DownloadError> {
-    std::fs::File::open(path).and_then(|dir| dir.sync_all()).map_err(io_error("fsync", path))
+    std::fs::File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error("fsync", path))
 }
 
 /// Rename that fails instead of replacing an existing (even empty) target
@@ -839,7 +1008,9 @@ fn rename_no_replace(from: &Path, to: &Path) -> Result<(), DownloadError> {
         use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
         match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => Ok(()),
-            Err(nix::errno::Errno::EEXIST) => Err(DownloadError::UpgradeDirExists { path: to.to_path_buf() }),
+            Err(nix::errno::Errno::EEXIST) => Err(DownloadError::UpgradeDirExists {
+                path: to.to_path_buf(),
+            }),
             Err(errno) => Err(io_error("rename into place", to)(io::Error::from(errno))),
         }
     }
@@ -873,31 +1044,60 @@ mod tests {
                 expect: Ok(("https://example.com/gaia.zip", Some("sha512"))),
             },
             Case {
-                input: format!("https://example.com/g?token=a%2Bb&checksum=sha256:{SHA256_HEX}&x=1"),
+                input: format!(
+                    "https://example.com/g?token=a%2Bb&checksum=sha256:{SHA256_HEX}&x=1"
+                ),
                 expect: Ok(("https://example.com/g?token=a%2Bb&x=1", Some("sha256"))),
             },
             Case {
                 input: "http://example.com/gaiad".to_owned(),
                 expect: Ok(("http://example.com/gaiad", None)),
             },
-            Case { input: "file:///tmp/gaiad".to_owned(), expect: Err("unsupported URL scheme \"file\"") },
-            Case { input: "s3::https://bucket/x".to_owned(), expect: Err("unsupported URL scheme") },
-            Case { input: "not a url".to_owned(), expect: Err("invalid download URL") },
+            Case {
+                input: "file:///tmp/gaiad".to_owned(),
+                expect: Err("unsupported URL scheme \"file\""),
+            },
+            Case {
+                input: "s3::https://bucket/x".to_owned(),
+                expect: Err("unsupported URL scheme"),
+            },
+            Case {
+                input: "not a url".to_owned(),
+                expect: Err("invalid download URL"),
+            },
             Case {
                 input: "https://e.com/g?checksum=md5:d41d8cd98f00b204e9800998ecf8427e".to_owned(),
                 expect: Err("checksum algorithm md5"),
             },
             Case {
-                input: "https://e.com/g?checksum=sha1:da39a3ee5e6b4b0d3255bfef95601890afd80709".to_owned(),
+                input: "https://e.com/g?checksum=sha1:da39a3ee5e6b4b0d3255bfef95601890afd80709"
+                    .to_owned(),
                 expect: Err("checksum algorithm sha1"),
             },
-            Case { input: "https://e.com/g?checksum=blake3:00".to_owned(), expect: Err("unknown checksum algorithm \"blake3\"") },
-            Case { input: format!("https://e.com/g?checksum={SHA256_HEX}"), expect: Err("has no algorithm") },
-            Case { input: "https://e.com/g?checksum=sha256:zz".to_owned(), expect: Err("is not hex") },
-            Case { input: "https://e.com/g?checksum=sha256:abcd".to_owned(), expect: Err("has 4 hex digits, expected 64") },
-            Case { input: format!("https://e.com/g?checksum=sha512:{SHA256_HEX}"), expect: Err("expected 128") },
             Case {
-                input: format!("https://e.com/g?checksum=sha256:{SHA256_HEX}&checksum=sha256:{SHA256_HEX}"),
+                input: "https://e.com/g?checksum=blake3:00".to_owned(),
+                expect: Err("unknown checksum algorithm \"blake3\""),
+            },
+            Case {
+                input: format!("https://e.com/g?checksum={SHA256_HEX}"),
+                expect: Err("has no algorithm"),
+            },
+            Case {
+                input: "https://e.com/g?checksum=sha256:zz".to_owned(),
+                expect: Err("is not hex"),
+            },
+            Case {
+                input: "https://e.com/g?checksum=sha256:abcd".to_owned(),
+                expect: Err("has 4 hex digits, expected 64"),
+            },
+            Case {
+                input: format!("https://e.com/g?checksum=sha512:{SHA256_HEX}"),
+                expect: Err("expected 128"),
+            },
+            Case {
+                input: format!(
+                    "https://e.com/g?checksum=sha256:{SHA256_HEX}&checksum=sha256:{SHA256_HEX}"
+                ),
                 expect: Err("more than once"),
             },
         ];
@@ -906,10 +1106,19 @@ mod tests {
             match (result, case.expect) {
                 (Ok(parsed), Ok((url, algorithm))) => {
                     assert_eq!(parsed.url.as_str(), url, "{}", case.input);
-                    assert_eq!(parsed.checksum.as_ref().map(Checksum::algorithm), algorithm, "{}", case.input);
+                    assert_eq!(
+                        parsed.checksum.as_ref().map(Checksum::algorithm),
+                        algorithm,
+                        "{}",
+                        case.input
+                    );
                 }
                 (Err(error), Err(fragment)) => {
-                    assert!(error.to_string().contains(fragment), "{}: {error}", case.input);
+                    assert!(
+                        error.to_string().contains(fragment),
+                        "{}: {error}",
+                        case.input
+                    );
                 }
                 (result, expect) => panic!("{}: got {result:?}, expected {expect:?}", case.input),
             }
@@ -923,8 +1132,12 @@ mod tests {
         ))
         .unwrap();
         let shown = parsed.to_string();
-        assert_eq!(shown, format!("https://example.com/g?checksum=sha256:{SHA256_HEX}"));
-        let error = parse_artifact_url("https://user:secret@e.com/g?token=secret&checksum=md5:00").unwrap_err();
+        assert_eq!(
+            shown,
+            format!("https://example.com/g?checksum=sha256:{SHA256_HEX}")
+        );
+        let error = parse_artifact_url("https://user:secret@e.com/g?token=secret&checksum=md5:00")
+            .unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
         let error = parse_artifact_url("ftp://user:secret@e.com/g?token=secret").unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
@@ -939,17 +1152,43 @@ mod tests {
         }
         let cases = [
             Case {
-                info: format!(r#"{{"binaries":{{"linux/amd64":"{url}","any":"{url}"}},"changelog":"x"}}"#),
+                info: format!(
+                    r#"{{"binaries":{{"linux/amd64":"{url}","any":"{url}"}},"changelog":"x"}}"#
+                ),
                 expect: Ok("map:any,linux/amd64"),
             },
-            Case { info: format!("  {url}  "), expect: Ok("info-url") },
-            Case { info: r#"{"changelog":"x"}"#.to_owned(), expect: Err("plan info has no binaries map and is not a URL") },
-            Case { info: "".to_owned(), expect: Err("plan info has no binaries map and is not a URL") },
-            Case { info: "v2.0.0 see notes".to_owned(), expect: Err("plan info has no binaries map and is not a URL") },
-            Case { info: r#"{"binaries":"x"}"#.to_owned(), expect: Err("\"binaries\" is not an object") },
-            Case { info: r#"{"binaries":{"any":1}}"#.to_owned(), expect: Err("binaries[\"any\"] is not a string") },
-            Case { info: r#"{"binaries":"#.to_owned(), expect: Err("invalid plan info JSON") },
-            Case { info: "file:///etc/info.json".to_owned(), expect: Err("unsupported URL scheme") },
+            Case {
+                info: format!("  {url}  "),
+                expect: Ok("info-url"),
+            },
+            Case {
+                info: r#"{"changelog":"x"}"#.to_owned(),
+                expect: Err("plan info has no binaries map and is not a URL"),
+            },
+            Case {
+                info: "".to_owned(),
+                expect: Err("plan info has no binaries map and is not a URL"),
+            },
+            Case {
+                info: "v2.0.0 see notes".to_owned(),
+                expect: Err("plan info has no binaries map and is not a URL"),
+            },
+            Case {
+                info: r#"{"binaries":"x"}"#.to_owned(),
+                expect: Err("\"binaries\" is not an object"),
+            },
+            Case {
+                info: r#"{"binaries":{"any":1}}"#.to_owned(),
+                expect: Err("binaries[\"any\"] is not a string"),
+            },
+            Case {
+                info: r#"{"binaries":"#.to_owned(),
+                expect: Err("invalid plan info JSON"),
+            },
+            Case {
+                info: "file:///etc/info.json".to_owned(),
+                expect: Err("unsupported URL scheme"),
+            },
         ];
         for case in cases {
             match (binaries_from_info(&case.info), case.expect) {
@@ -959,7 +1198,11 @@ mod tests {
                 }
                 (Ok(PlanBinaries::InfoUrl(_)), Ok("info-url")) => {}
                 (Err(error), Err(fragment)) => {
-                    assert!(error.to_string().contains(fragment), "{}: {error}", case.info);
+                    assert!(
+                        error.to_string().contains(fragment),
+                        "{}: {error}",
+                        case.info
+                    );
                 }
                 (result, expect) => panic!("{}: got {result:?}, expected {expect:?}", case.info),
             }
@@ -969,12 +1212,28 @@ mod tests {
     #[test]
     fn select_prefers_exact_platform_then_any() {
         let map = |pairs: &[(&str, &str)]| {
-            PlanBinaries::Map(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            PlanBinaries::Map(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
         };
-        let exact = map(&[("linux/amd64", "https://e.com/exact"), ("any", "https://e.com/any")]);
-        assert_eq!(exact.select("linux/amd64").unwrap().url.as_str(), "https://e.com/exact");
-        assert_eq!(exact.select("linux/arm64").unwrap().url.as_str(), "https://e.com/any");
-        let error = map(&[("darwin/arm64", "https://e.com/d")]).select("linux/amd64").unwrap_err();
+        let exact = map(&[
+            ("linux/amd64", "https://e.com/exact"),
+            ("any", "https://e.com/any"),
+        ]);
+        assert_eq!(
+            exact.select("linux/amd64").unwrap().url.as_str(),
+            "https://e.com/exact"
+        );
+        assert_eq!(
+            exact.select("linux/arm64").unwrap().url.as_str(),
+            "https://e.com/any"
+        );
+        let error = map(&[("darwin/arm64", "https://e.com/d")])
+            .select("linux/amd64")
+            .unwrap_err();
         assert_eq!(
             error.to_string(),
             "plan binaries have no entry for linux/amd64 and no \"any\" entry (keys present: darwin/arm64)"
@@ -997,7 +1256,10 @@ mod tests {
     #[test]
     fn component_validation() {
         for bad in ["", ".", "..", "a/b", ".staging-x"] {
-            assert!(validate_component("upgrade directory name", bad).is_err(), "{bad:?}");
+            assert!(
+                validate_component("upgrade directory name", bad).is_err(),
+                "{bad:?}"
+            );
         }
         validate_component("upgrade directory name", "v2.0.0%20rc").unwrap();
     }

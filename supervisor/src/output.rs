@@ -7,9 +7,12 @@
 //!   large chunks. It does not share a scheduler with anything else, so the
 //!   async runtime being busy can never stall the daemon's writes.
 //! - The pipe buffer is enlarged (`F_SETPIPE_SZ`, up to 1 MiB) for slack.
-//! - Lines go to a writer thread through a bounded channel with
-//!   `try_send`: if the consumer (journald, a terminal, a slow disk) falls
-//!   behind, lines are dropped and counted, never queued without bound.
+//! - Complete lines travel to a writer thread in *batches* (one chunk of
+//!   many lines per message) through a bounded channel with `try_send`. The
+//!   reader's cost per chunk is one scan and one allocation, so it drains
+//!   faster than any daemon can write. If the consumer (journald, a
+//!   terminal, a slow disk) falls behind, whole batches are dropped and
+//!   their lines counted — never queued without bound.
 //! - Upgrade lines are detected in the reader thread, before any dropping,
 //!   and delivered on their own channel: losing log lines must never mean
 //!   missing an upgrade.
@@ -23,7 +26,10 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::config::OutputSettings;
-use crate::upgrade_plan::{UpgradePlan, may_be_upgrade_line, parse_upgrade_line};
+use crate::upgrade_plan::{UpgradePlan, parse_upgrade_line};
+
+/// Bytes read from a pipe per `read(2)`; also the largest batch.
+const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Counters shared by the readers and writers, for logs and status.
 #[derive(Debug, Default)]
@@ -57,6 +63,12 @@ pub enum Sink {
     Writer(Box<dyn Write + Send>),
 }
 
+/// A run of complete lines, each ending in `\n`.
+struct Batch {
+    bytes: Vec<u8>,
+    lines: u64,
+}
+
 /// Running capture of one stream: a reader thread and a writer thread.
 pub struct StreamCapture {
     reader: Option<JoinHandle<()>>,
@@ -75,7 +87,8 @@ impl StreamCapture {
         upgrades: tokio::sync::mpsc::UnboundedSender<UpgradePlan>,
     ) -> io::Result<StreamCapture> {
         enlarge_pipe(&pipe);
-        let (line_sender, line_receiver) = sync_channel::<Vec<u8>>(settings.buffer_lines);
+        let capacity = (settings.buffer_bytes / CHUNK_BYTES).max(2);
+        let (batch_sender, batch_receiver) = sync_channel::<Batch>(capacity);
         let writer_stats = stats.clone();
         let writer = std::thread::Builder::new()
             .name(format!("{stream:?}-writer").to_lowercase())
@@ -88,27 +101,28 @@ impl StreamCapture {
                     Sink::Discard => Box::new(io::sink()),
                     Sink::Writer(writer) => writer,
                 };
-                for line in line_receiver {
-                    if out.write_all(&line).is_err() {
+                for batch in batch_receiver {
+                    if out.write_all(&batch.bytes).and_then(|()| out.flush()).is_err() {
                         // The consumer is gone (closed stdout); keep
                         // draining so the reader never blocks.
-                        writer_stats.lines_dropped.fetch_add(1, Ordering::Relaxed);
+                        writer_stats
+                            .lines_dropped
+                            .fetch_add(batch.lines, Ordering::Relaxed);
                         continue;
                     }
-                    writer_stats.lines_forwarded.fetch_add(1, Ordering::Relaxed);
-                    let _ = out.flush();
+                    writer_stats
+                        .lines_forwarded
+                        .fetch_add(batch.lines, Ordering::Relaxed);
                 }
             })?;
         let reader = std::thread::Builder::new()
             .name(format!("{stream:?}-reader").to_lowercase())
             .spawn(move || {
-                read_lines(
+                read_batches(
                     std::fs::File::from(pipe),
                     settings.max_line_bytes,
                     &stats,
-                    |line| {
-                        forward(line, &line_sender, &stats, &upgrades);
-                    },
+                    |bytes, lines| forward(bytes, lines, &batch_sender, &stats, &upgrades),
                 );
             })?;
         Ok(StreamCapture {
@@ -130,35 +144,57 @@ impl StreamCapture {
 }
 
 fn forward(
-    line: Vec<u8>,
-    sender: &SyncSender<Vec<u8>>,
+    bytes: Vec<u8>,
+    lines: u64,
+    sender: &SyncSender<Batch>,
     stats: &OutputStats,
     upgrades: &tokio::sync::mpsc::UnboundedSender<UpgradePlan>,
 ) {
-    if may_be_upgrade_line(&line)
-        && let Some(plan) = parse_upgrade_line(&String::from_utf8_lossy(&line))
-    {
+    for plan in upgrade_lines_in(&bytes) {
         let _ = upgrades.send(plan);
     }
-    match sender.try_send(line) {
+    match sender.try_send(Batch { bytes, lines }) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            stats.lines_dropped.fetch_add(1, Ordering::Relaxed);
+        Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => {
+            stats.lines_dropped.fetch_add(batch.lines, Ordering::Relaxed);
         }
     }
 }
 
-/// Split a byte stream into lines (each keeps its `\n`; a final line
-/// without one gets one). Lines longer than `max_line_bytes` are cut there,
-/// marked with `\n`, and the remainder up to the next newline is skipped.
-pub fn read_lines(
+/// Every upgrade line in a batch of complete lines. `memmem` skips the
+/// (overwhelmingly common) batches without one at memory speed.
+fn upgrade_lines_in(bytes: &[u8]) -> Vec<UpgradePlan> {
+    let finder = memchr::memmem::Finder::new(b"NEEDED at ");
+    let mut plans = Vec::new();
+    let mut from = 0;
+    while let Some(found) = finder.find(&bytes[from..]) {
+        let at = from + found;
+        let start = memchr::memrchr(b'\n', &bytes[..at]).map_or(0, |index| index + 1);
+        let end = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |index| at + index);
+        if let Some(plan) = parse_upgrade_line(&String::from_utf8_lossy(&bytes[start..end])) {
+            plans.push(plan);
+        }
+        from = end.min(bytes.len());
+        if from == bytes.len() {
+            break;
+        }
+    }
+    plans
+}
+
+/// Split a byte stream into batches of complete lines. Each batch ends in
+/// `\n` (a final line without one gets one). Lines longer than
+/// `max_line_bytes` are cut there, marked with `\n`, and the remainder up
+/// to the next newline is skipped.
+pub fn read_batches(
     mut input: impl Read,
     max_line_bytes: usize,
     stats: &OutputStats,
-    mut emit: impl FnMut(Vec<u8>),
+    mut emit: impl FnMut(Vec<u8>, u64),
 ) {
-    let mut chunk = vec![0u8; 256 * 1024];
-    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut chunk = vec![0u8; CHUNK_BYTES];
+    // The unfinished last line of the previous read.
+    let mut partial: Vec<u8> = Vec::new();
     let mut skipping_rest_of_long_line = false;
     loop {
         let read = match input.read(&mut chunk) {
@@ -168,39 +204,77 @@ pub fn read_lines(
             Err(_) => break,
         };
         stats.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
-        let mut rest = &chunk[..read];
-        while !rest.is_empty() {
-            let newline = rest.iter().position(|&byte| byte == b'\n');
-            let (piece, ends_line) = match newline {
-                Some(index) => (&rest[..=index], true),
-                None => (rest, false),
-            };
-            rest = &rest[piece.len()..];
-            if skipping_rest_of_long_line {
-                if ends_line {
+        let mut data = &chunk[..read];
+        if skipping_rest_of_long_line {
+            match memchr::memchr(b'\n', data) {
+                Some(index) => {
                     skipping_rest_of_long_line = false;
+                    data = &data[index + 1..];
                 }
-                continue;
-            }
-            let room = max_line_bytes.saturating_sub(line.len());
-            if piece.len() > room {
-                line.extend_from_slice(&piece[..room]);
-                line.push(b'\n');
-                stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
-                emit(std::mem::replace(&mut line, Vec::with_capacity(256)));
-                skipping_rest_of_long_line = !ends_line;
-                continue;
-            }
-            line.extend_from_slice(piece);
-            if ends_line {
-                emit(std::mem::replace(&mut line, Vec::with_capacity(256)));
+                None => continue,
             }
         }
+        let Some(last_newline) = memchr::memrchr(b'\n', data) else {
+            partial.extend_from_slice(data);
+            if partial.len() > max_line_bytes {
+                partial.truncate(max_line_bytes);
+                partial.push(b'\n');
+                stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
+                emit(std::mem::take(&mut partial), 1);
+                skipping_rest_of_long_line = true;
+            }
+            continue;
+        };
+        let (complete, rest) = data.split_at(last_newline + 1);
+        let mut batch = std::mem::take(&mut partial);
+        batch.extend_from_slice(complete);
+        let lines = memchr::memchr_iter(b'\n', &batch).count() as u64;
+        let batch = truncate_long_lines(batch, max_line_bytes, stats);
+        emit(batch, lines);
+        partial.extend_from_slice(rest);
+        if partial.len() > max_line_bytes {
+            partial.truncate(max_line_bytes);
+            partial.push(b'\n');
+            stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
+            emit(std::mem::take(&mut partial), 1);
+            skipping_rest_of_long_line = true;
+        }
     }
-    if !line.is_empty() {
-        line.push(b'\n');
-        emit(line);
+    if !partial.is_empty() && !skipping_rest_of_long_line {
+        partial.push(b'\n');
+        emit(partial, 1);
     }
+}
+
+/// Cut lines longer than `max` (rare; the common case returns the batch
+/// untouched after one scan).
+fn truncate_long_lines(batch: Vec<u8>, max: usize, stats: &OutputStats) -> Vec<u8> {
+    let mut start = 0;
+    let mut too_long = false;
+    for end in memchr::memchr_iter(b'\n', &batch) {
+        if end - start > max {
+            too_long = true;
+            break;
+        }
+        start = end + 1;
+    }
+    if !too_long {
+        return batch;
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', &batch) {
+        let line = &batch[start..end];
+        if line.len() > max {
+            out.extend_from_slice(&line[..max]);
+            stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
+        } else {
+            out.extend_from_slice(line);
+        }
+        out.push(b'\n');
+        start = end + 1;
+    }
+    out
 }
 
 /// Give the daemon up to 1 MiB of pipe buffer (the unprivileged maximum by
@@ -213,13 +287,33 @@ fn enlarge_pipe(pipe: &OwnedFd) {
 mod tests {
     use super::*;
 
-    fn lines_of(input: &[u8], max: usize) -> (Vec<String>, u64) {
+    /// Feed `input` in reads of at most `step` bytes.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(self.data.len()).min(buffer.len());
+            buffer[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    fn lines_of(input: &[u8], max: usize, step: usize) -> (Vec<String>, u64, u64) {
         let stats = OutputStats::default();
-        let mut out = Vec::new();
-        read_lines(input, max, &stats, |line| {
-            out.push(String::from_utf8(line).unwrap())
+        let mut joined = Vec::new();
+        let mut counted = 0;
+        read_batches(Trickle { data: input, step }, max, &stats, |bytes, lines| {
+            assert_eq!(bytes.last(), Some(&b'\n'), "every batch ends a line");
+            joined.extend_from_slice(&bytes);
+            counted += lines;
         });
-        (out, stats.lines_truncated.load(Ordering::Relaxed))
+        let text = String::from_utf8(joined).unwrap();
+        let lines = text.split_inclusive('\n').map(str::to_string).collect();
+        (lines, counted, stats.lines_truncated.load(Ordering::Relaxed))
     }
 
     #[test]
@@ -230,36 +324,50 @@ mod tests {
             (b"", 16, &[], 0),
             (b"\n\n", 16, &["\n", "\n"], 0),
             (b"0123456789abcdef-tail\nnext\n", 10, &["0123456789\n", "next\n"], 1),
-            (b"0123456789\n", 10, &["0123456789\n"], 1),
+            (b"0123456789\n", 10, &["0123456789\n"], 0),
+            (b"short\n0123456789abc\nok\n", 10, &["short\n", "0123456789\n", "ok\n"], 1),
         ];
-        for (input, max, expected, truncated) in cases {
-            let (lines, count) = lines_of(input, *max);
-            assert_eq!(lines, *expected, "{:?}", String::from_utf8_lossy(input));
-            assert_eq!(count, *truncated, "{:?}", String::from_utf8_lossy(input));
+        for step in [1, 3, 7, 1 << 20] {
+            for (input, max, expected, truncated) in cases {
+                let (lines, counted, count) = lines_of(input, *max, step);
+                let label = format!("{:?} step {step}", String::from_utf8_lossy(input));
+                assert_eq!(lines, *expected, "{label}");
+                assert_eq!(counted as usize, expected.len(), "{label}");
+                assert_eq!(count, *truncated, "{label}");
+            }
         }
     }
 
     #[test]
-    fn slow_consumer_drops_lines_but_keeps_upgrade_lines() {
-        let (sender, receiver) = sync_channel::<Vec<u8>>(2);
+    fn slow_consumer_drops_batches_but_keeps_upgrade_lines() {
+        let (sender, receiver) = sync_channel::<Batch>(2);
         let (upgrade_sender, mut upgrade_receiver) = tokio::sync::mpsc::unbounded_channel();
         let stats = OutputStats::default();
         for index in 0..10 {
             forward(
-                format!("line {index}\n").into_bytes(),
+                format!("line {index}\nline {index}b\n").into_bytes(),
+                2,
                 &sender,
                 &stats,
                 &upgrade_sender,
             );
         }
         forward(
-            b"UPGRADE \"v2\" NEEDED at height: 5: x\n".to_vec(),
+            b"x\nUPGRADE \"v2\" NEEDED at height: 5: x\ny\n".to_vec(),
+            3,
             &sender,
             &stats,
             &upgrade_sender,
         );
-        assert_eq!(stats.dropped(), 9);
+        assert_eq!(stats.dropped(), 8 * 2 + 3);
         assert_eq!(receiver.try_iter().count(), 2);
         assert_eq!(upgrade_receiver.try_recv().unwrap().name, "v2");
+    }
+
+    #[test]
+    fn finds_every_upgrade_line_in_a_batch() {
+        let batch = b"UPGRADE \"a\" NEEDED at height: 1: x\nnoise NEEDED at nothing\nUPGRADE \"b\" NEEDED at height 2: y";
+        let names: Vec<String> = upgrade_lines_in(batch).into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["a", "b"]);
     }
 }

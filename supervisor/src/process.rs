@@ -291,9 +291,21 @@ impl Daemon {
         self.wait().await
     }
 
-    /// Let the capture threads finish in the background.
+    /// Let the capture threads finish in the background, and log what
+    /// passed through them.
     pub fn release_output(&mut self) {
         let captures = std::mem::take(&mut self.captures);
+        if !captures.is_empty() {
+            use std::sync::atomic::Ordering::Relaxed;
+            tracing::info!(
+                pid = self.pid(),
+                bytes_read = self.stats.bytes_read.load(Relaxed),
+                lines_forwarded = self.stats.lines_forwarded.load(Relaxed),
+                lines_dropped = self.stats.lines_dropped.load(Relaxed),
+                lines_truncated = self.stats.lines_truncated.load(Relaxed),
+                "daemon output statistics"
+            );
+        }
         if !captures.is_empty() {
             std::thread::spawn(move || {
                 for capture in captures {

@@ -50,7 +50,14 @@ impl TestServer {
 
     /// Serve `body` at `path`; returns the full URL.
     fn serve(&self, path: &str, body: &[u8]) -> String {
-        self.reply(path, Reply { status: 200, body: body.to_vec(), content_length: true })
+        self.reply(
+            path,
+            Reply {
+                status: 200,
+                body: body.to_vec(),
+                content_length: true,
+            },
+        )
     }
 
     fn reply(&self, path: &str, reply: Reply) -> String {
@@ -118,10 +125,14 @@ fn zip_fixture(entries: &[Entry]) -> Vec<u8> {
                 writer.write_all(contents).unwrap();
             }
             Entry::Dir(name) => {
-                writer.add_directory(*name, zip::write::SimpleFileOptions::default()).unwrap();
+                writer
+                    .add_directory(*name, zip::write::SimpleFileOptions::default())
+                    .unwrap();
             }
             Entry::Symlink(name, target) => {
-                writer.add_symlink(*name, *target, zip::write::SimpleFileOptions::default()).unwrap();
+                writer
+                    .add_symlink(*name, *target, zip::write::SimpleFileOptions::default())
+                    .unwrap();
             }
         }
     }
@@ -131,13 +142,26 @@ fn zip_fixture(entries: &[Entry]) -> Vec<u8> {
 /// Builds headers by hand so that unsafe names (which `tar::Builder`
 /// refuses to write) can be tested too.
 fn tar_gz_fixture(entries: &[Entry]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
     for entry in entries {
         let mut header = tar::Header::new_ustar();
-        let (name, contents, mode, entry_type, link): (&str, &[u8], u32, tar::EntryType, Option<&str>) = match entry {
-            Entry::File(name, contents, mode) => (name, contents, *mode, tar::EntryType::Regular, None),
+        let (name, contents, mode, entry_type, link): (
+            &str,
+            &[u8],
+            u32,
+            tar::EntryType,
+            Option<&str>,
+        ) = match entry {
+            Entry::File(name, contents, mode) => {
+                (name, contents, *mode, tar::EntryType::Regular, None)
+            }
             Entry::Dir(name) => (name, b"", 0o755, tar::EntryType::Directory, None),
-            Entry::Symlink(name, target) => (name, b"", 0o777, tar::EntryType::Symlink, Some(target)),
+            Entry::Symlink(name, target) => {
+                (name, b"", 0o777, tar::EntryType::Symlink, Some(target))
+            }
         };
         let raw_name = &mut header.as_old_mut().name;
         raw_name[..name.len()].copy_from_slice(name.as_bytes());
@@ -163,11 +187,15 @@ impl Fixture {
         let temp = tempfile::tempdir().unwrap();
         let upgrades = temp.path().join("upgrades");
         std::fs::create_dir(&upgrades).unwrap();
-        Fixture { _temp: temp, upgrades }
+        Fixture {
+            _temp: temp,
+            upgrades,
+        }
     }
 
     async fn install(&self, info: &str, policy: ChecksumPolicy) -> Result<PathBuf, DownloadError> {
-        self.install_with(DownloadLimits::default(), info, policy).await
+        self.install_with(DownloadLimits::default(), info, policy)
+            .await
     }
 
     async fn install_with(
@@ -177,7 +205,9 @@ impl Fixture {
         policy: ChecksumPolicy,
     ) -> Result<PathBuf, DownloadError> {
         let downloader = Downloader::new(limits).unwrap();
-        let report = downloader.install_upgrade(info, &self.upgrades, "v2", DAEMON, policy).await?;
+        let report = downloader
+            .install_upgrade(info, &self.upgrades, "v2", DAEMON, policy)
+            .await?;
         assert_eq!(report.binary_path, self.upgrades.join("v2/bin/gaiad"));
         Ok(report.binary_path)
     }
@@ -188,7 +218,10 @@ impl Fixture {
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(leftovers.is_empty(), "upgrades/ should be empty, has {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "upgrades/ should be empty, has {leftovers:?}"
+        );
     }
 }
 
@@ -200,9 +233,20 @@ fn assert_installed_executable(binary: &Path, contents: &[u8]) {
     assert_eq!(output.stdout, b"upgraded gaiad\n");
 }
 
-async fn expect_error(fixture: &Fixture, info: &str, policy: ChecksumPolicy, fragment: &str) -> DownloadError {
-    let error = fixture.install(info, policy).await.expect_err("install should fail");
-    assert!(error.to_string().contains(fragment), "error {error:?} / {error} lacks {fragment:?}");
+async fn expect_error(
+    fixture: &Fixture,
+    info: &str,
+    policy: ChecksumPolicy,
+    fragment: &str,
+) -> DownloadError {
+    let error = fixture
+        .install(info, policy)
+        .await
+        .expect_err("install should fail");
+    assert!(
+        error.to_string().contains(fragment),
+        "error {error:?} / {error} lacks {fragment:?}"
+    );
     fixture.assert_nothing_installed();
     error
 }
@@ -214,15 +258,31 @@ async fn raw_binary_with_sha256_is_installed_executable() {
     let url = with_sha256(&server.serve("/gaiad", BINARY), BINARY);
     let downloader = Downloader::new(DownloadLimits::default()).unwrap();
     let report = downloader
-        .install_upgrade(&plan_info(&url), &fixture.upgrades, "v2", DAEMON, ChecksumPolicy::Required)
+        .install_upgrade(
+            &plan_info(&url),
+            &fixture.upgrades,
+            "v2",
+            DAEMON,
+            ChecksumPolicy::Required,
+        )
         .await
         .unwrap();
     assert_eq!(report.format, ArtifactFormat::Raw);
     assert_eq!(report.bytes, BINARY.len() as u64);
     assert_eq!(report.checksum.as_ref().unwrap().hex(), sha256_hex(BINARY));
-    assert_eq!(report.url, format!("{}/gaiad?checksum=sha256:{}", server.base, sha256_hex(BINARY)));
+    assert_eq!(
+        report.url,
+        format!(
+            "{}/gaiad?checksum=sha256:{}",
+            server.base,
+            sha256_hex(BINARY)
+        )
+    );
     assert_installed_executable(&report.binary_path, BINARY);
-    let names: Vec<_> = std::fs::read_dir(&fixture.upgrades).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&fixture.upgrades)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, ["v2"], "only the upgrade dir remains");
 }
 
@@ -237,19 +297,31 @@ async fn zip_with_bin_dir_is_installed() {
         Entry::Symlink("lib/libwasmvm.x86_64.so", "libwasmvm.so"),
     ]);
     let url = with_sha256(&server.serve("/gaia.zip", &archive), &archive);
-    let binary = fixture.install(&plan_info(&url), ChecksumPolicy::Required).await.unwrap();
+    let binary = fixture
+        .install(&plan_info(&url), ChecksumPolicy::Required)
+        .await
+        .unwrap();
     assert_installed_executable(&binary, BINARY);
     let link = fixture.upgrades.join("v2/lib/libwasmvm.x86_64.so");
-    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("libwasmvm.so"));
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("libwasmvm.so")
+    );
 }
 
 #[tokio::test]
 async fn tar_gz_with_binary_at_root_goes_into_bin() {
     let server = TestServer::start();
     let fixture = Fixture::new();
-    let archive = tar_gz_fixture(&[Entry::File("./gaiad", BINARY, 0o755), Entry::File("README", b"x", 0o644)]);
+    let archive = tar_gz_fixture(&[
+        Entry::File("./gaiad", BINARY, 0o755),
+        Entry::File("README", b"x", 0o644),
+    ]);
     let url = with_sha256(&server.serve("/gaia.tar.gz", &archive), &archive);
-    let binary = fixture.install(&plan_info(&url), ChecksumPolicy::Required).await.unwrap();
+    let binary = fixture
+        .install(&plan_info(&url), ChecksumPolicy::Required)
+        .await
+        .unwrap();
     assert_installed_executable(&binary, BINARY);
     assert!(fixture.upgrades.join("v2/README").is_file());
 }
@@ -264,7 +336,10 @@ async fn sha512_checksum_is_verified() {
         server.serve("/gaia.tgz", &archive),
         hex::encode(sha2::Sha512::digest(&archive))
     );
-    let binary = fixture.install(&plan_info(&url), ChecksumPolicy::Required).await.unwrap();
+    let binary = fixture
+        .install(&plan_info(&url), ChecksumPolicy::Required)
+        .await
+        .unwrap();
     assert_installed_executable(&binary, BINARY);
 }
 
@@ -273,9 +348,18 @@ async fn checksum_mismatch_installs_nothing() {
     let server = TestServer::start();
     let fixture = Fixture::new();
     let url = with_sha256(&server.serve("/gaiad", BINARY), b"some other binary");
-    let error = expect_error(&fixture, &plan_info(&url), ChecksumPolicy::Required, "checksum mismatch").await;
+    let error = expect_error(
+        &fixture,
+        &plan_info(&url),
+        ChecksumPolicy::Required,
+        "checksum mismatch",
+    )
+    .await;
     let message = error.to_string();
-    assert!(message.contains(&sha256_hex(b"some other binary")), "{message}");
+    assert!(
+        message.contains(&sha256_hex(b"some other binary")),
+        "{message}"
+    );
     assert!(message.contains(&sha256_hex(BINARY)), "{message}");
 }
 
@@ -284,8 +368,17 @@ async fn missing_checksum_is_refused_when_required_and_allowed_when_optional() {
     let server = TestServer::start();
     let fixture = Fixture::new();
     let url = server.serve("/gaiad", BINARY);
-    expect_error(&fixture, &plan_info(&url), ChecksumPolicy::Required, "has no ?checksum=").await;
-    let binary = fixture.install(&plan_info(&url), ChecksumPolicy::Optional).await.unwrap();
+    expect_error(
+        &fixture,
+        &plan_info(&url),
+        ChecksumPolicy::Required,
+        "has no ?checksum=",
+    )
+    .await;
+    let binary = fixture
+        .install(&plan_info(&url), ChecksumPolicy::Optional)
+        .await
+        .unwrap();
     assert_installed_executable(&binary, BINARY);
 }
 
@@ -293,7 +386,10 @@ async fn missing_checksum_is_refused_when_required_and_allowed_when_optional() {
 async fn md5_checksum_is_refused_even_when_optional() {
     let server = TestServer::start();
     let fixture = Fixture::new();
-    let url = format!("{}?checksum=md5:d41d8cd98f00b204e9800998ecf8427e", server.serve("/gaiad", BINARY));
+    let url = format!(
+        "{}?checksum=md5:d41d8cd98f00b204e9800998ecf8427e",
+        server.serve("/gaiad", BINARY)
+    );
     expect_error(&fixture, &plan_info(&url), ChecksumPolicy::Optional, "md5").await;
 }
 
@@ -302,8 +398,14 @@ async fn non_executable_binary_in_archive_is_refused() {
     let server = TestServer::start();
     let fixture = Fixture::new();
     for (path, archive) in [
-        ("/a.zip", zip_fixture(&[Entry::File("bin/gaiad", BINARY, 0o644)])),
-        ("/a.tar.gz", tar_gz_fixture(&[Entry::File("bin/gaiad", BINARY, 0o644)])),
+        (
+            "/a.zip",
+            zip_fixture(&[Entry::File("bin/gaiad", BINARY, 0o644)]),
+        ),
+        (
+            "/a.tar.gz",
+            tar_gz_fixture(&[Entry::File("bin/gaiad", BINARY, 0o644)]),
+        ),
     ] {
         let url = with_sha256(&server.serve(path, &archive), &archive);
         expect_error(
@@ -335,9 +437,18 @@ async fn archive_without_the_binary_is_refused() {
 async fn binary_that_is_a_symlink_is_refused() {
     let server = TestServer::start();
     let fixture = Fixture::new();
-    let archive = tar_gz_fixture(&[Entry::File("bin/gaiad-v2", BINARY, 0o755), Entry::Symlink("bin/gaiad", "gaiad-v2")]);
+    let archive = tar_gz_fixture(&[
+        Entry::File("bin/gaiad-v2", BINARY, 0o755),
+        Entry::Symlink("bin/gaiad", "gaiad-v2"),
+    ]);
     let url = with_sha256(&server.serve("/a.tgz", &archive), &archive);
-    expect_error(&fixture, &plan_info(&url), ChecksumPolicy::Required, "it is a symlink, not a regular file").await;
+    expect_error(
+        &fixture,
+        &plan_info(&url),
+        ChecksumPolicy::Required,
+        "it is a symlink, not a regular file",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -346,17 +457,50 @@ async fn unsafe_archive_entries_are_refused() {
     let fixture = Fixture::new();
     let good = Entry::File("bin/gaiad", BINARY, 0o755);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("/t1.tgz", tar_gz_fixture(&[Entry::File("../../evil", b"x", 0o755), good]), "contains a '..' component"),
-        ("/t2.tgz", tar_gz_fixture(&[Entry::File("/tmp/evil", b"x", 0o755)]), "is an absolute path"),
-        ("/t3.tgz", tar_gz_fixture(&[Entry::Symlink("bin/x", "/etc/passwd")]), "symlink to the absolute path"),
-        ("/t4.tgz", tar_gz_fixture(&[Entry::Symlink("bin/x", "../../etc")]), "contains '..'"),
-        ("/z1.zip", zip_fixture(&[Entry::File("../evil", b"x", 0o755)]), "contains a '..' component"),
-        ("/z2.zip", zip_fixture(&[Entry::Symlink("bin", "/usr/bin")]), "symlink to the absolute path"),
+        (
+            "/t1.tgz",
+            tar_gz_fixture(&[Entry::File("../../evil", b"x", 0o755), good]),
+            "contains a '..' component",
+        ),
+        (
+            "/t2.tgz",
+            tar_gz_fixture(&[Entry::File("/tmp/evil", b"x", 0o755)]),
+            "is an absolute path",
+        ),
+        (
+            "/t3.tgz",
+            tar_gz_fixture(&[Entry::Symlink("bin/x", "/etc/passwd")]),
+            "symlink to the absolute path",
+        ),
+        (
+            "/t4.tgz",
+            tar_gz_fixture(&[Entry::Symlink("bin/x", "../../etc")]),
+            "contains '..'",
+        ),
+        (
+            "/z1.zip",
+            zip_fixture(&[Entry::File("../evil", b"x", 0o755)]),
+            "contains a '..' component",
+        ),
+        (
+            "/z2.zip",
+            zip_fixture(&[Entry::Symlink("bin", "/usr/bin")]),
+            "symlink to the absolute path",
+        ),
     ];
     for (path, archive, fragment) in cases {
         let url = with_sha256(&server.serve(path, &archive), &archive);
-        let error = expect_error(&fixture, &plan_info(&url), ChecksumPolicy::Required, fragment).await;
-        assert!(matches!(error, DownloadError::UnsafeArchiveEntry { .. }), "{path}: {error:?}");
+        let error = expect_error(
+            &fixture,
+            &plan_info(&url),
+            ChecksumPolicy::Required,
+            fragment,
+        )
+        .await;
+        assert!(
+            matches!(error, DownloadError::UnsafeArchiveEntry { .. }),
+            "{path}: {error:?}"
+        );
     }
     assert!(!fixture.upgrades.parent().unwrap().join("evil").exists());
 }
@@ -365,7 +509,10 @@ async fn unsafe_archive_entries_are_refused() {
 async fn device_file_in_tar_is_refused() {
     let server = TestServer::start();
     let fixture = Fixture::new();
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
     let mut header = tar::Header::new_ustar();
     header.set_path("bin/null").unwrap();
     header.set_entry_type(tar::EntryType::Char);
@@ -375,7 +522,13 @@ async fn device_file_in_tar_is_refused() {
     builder.append(&header, &b""[..]).unwrap();
     let archive = builder.into_inner().unwrap().finish().unwrap();
     let url = with_sha256(&server.serve("/dev.tgz", &archive), &archive);
-    expect_error(&fixture, &plan_info(&url), ChecksumPolicy::Required, "is a device file").await;
+    expect_error(
+        &fixture,
+        &plan_info(&url),
+        ChecksumPolicy::Required,
+        "is a device file",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -384,8 +537,14 @@ async fn info_url_to_json_file_with_checksum_works() {
     let fixture = Fixture::new();
     let binary_url = with_sha256(&server.serve("/gaiad", BINARY), BINARY);
     let info_json = plan_info(&binary_url);
-    let info_url = with_sha256(&server.serve("/info.json", info_json.as_bytes()), info_json.as_bytes());
-    let binary = fixture.install(&info_url, ChecksumPolicy::Required).await.unwrap();
+    let info_url = with_sha256(
+        &server.serve("/info.json", info_json.as_bytes()),
+        info_json.as_bytes(),
+    );
+    let binary = fixture
+        .install(&info_url, ChecksumPolicy::Required)
+        .await
+        .unwrap();
     assert_installed_executable(&binary, BINARY);
 }
 
@@ -394,10 +553,25 @@ async fn info_url_with_wrong_checksum_is_refused() {
     let server = TestServer::start();
     let fixture = Fixture::new();
     let binary_url = with_sha256(&server.serve("/gaiad", BINARY), BINARY);
-    let info_url = with_sha256(&server.serve("/info.json", plan_info(&binary_url).as_bytes()), b"other");
-    expect_error(&fixture, &info_url, ChecksumPolicy::Required, "checksum mismatch").await;
+    let info_url = with_sha256(
+        &server.serve("/info.json", plan_info(&binary_url).as_bytes()),
+        b"other",
+    );
+    expect_error(
+        &fixture,
+        &info_url,
+        ChecksumPolicy::Required,
+        "checksum mismatch",
+    )
+    .await;
     let bare_info_url = server.serve("/info.json", plan_info(&binary_url).as_bytes());
-    expect_error(&fixture, &bare_info_url, ChecksumPolicy::Required, "has no ?checksum=").await;
+    expect_error(
+        &fixture,
+        &bare_info_url,
+        ChecksumPolicy::Required,
+        "has no ?checksum=",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -405,13 +579,24 @@ async fn any_key_is_used_when_platform_is_missing() {
     let server = TestServer::start();
     let fixture = Fixture::new();
     let url = with_sha256(&server.serve("/gaiad", BINARY), BINARY);
-    let info = serde_json::json!({ "binaries": { "plan9/mips": "https://e.invalid/x", "any": url } }).to_string();
-    let binary = fixture.install(&info, ChecksumPolicy::Required).await.unwrap();
+    let info =
+        serde_json::json!({ "binaries": { "plan9/mips": "https://e.invalid/x", "any": url } })
+            .to_string();
+    let binary = fixture
+        .install(&info, ChecksumPolicy::Required)
+        .await
+        .unwrap();
     assert_installed_executable(&binary, BINARY);
 
     let fixture = Fixture::new();
     let info = serde_json::json!({ "binaries": { "plan9/mips": url } }).to_string();
-    expect_error(&fixture, &info, ChecksumPolicy::Required, "keys present: plan9/mips").await;
+    expect_error(
+        &fixture,
+        &info,
+        ChecksumPolicy::Required,
+        "keys present: plan9/mips",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -422,13 +607,25 @@ async fn existing_upgrade_dir_is_refused_and_untouched() {
     std::fs::create_dir(&existing).unwrap();
     std::fs::write(existing.join("marker"), b"keep").unwrap();
     let url = with_sha256(&server.serve("/gaiad", BINARY), BINARY);
-    let error = fixture.install(&plan_info(&url), ChecksumPolicy::Required).await.unwrap_err();
-    assert!(matches!(error, DownloadError::UpgradeDirExists { .. }), "{error:?}");
+    let error = fixture
+        .install(&plan_info(&url), ChecksumPolicy::Required)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, DownloadError::UpgradeDirExists { .. }),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("already exists"), "{error}");
-    let names: Vec<_> = std::fs::read_dir(&existing).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&existing)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, ["marker"]);
     assert_eq!(std::fs::read(existing.join("marker")).unwrap(), b"keep");
-    let entries: Vec<_> = std::fs::read_dir(&fixture.upgrades).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let entries: Vec<_> = std::fs::read_dir(&fixture.upgrades)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(entries, ["v2"], "no staging leftovers");
 }
 
@@ -437,7 +634,13 @@ async fn http_404_is_a_clear_error() {
     let server = TestServer::start();
     let fixture = Fixture::new();
     let url = with_sha256(&format!("{}/missing", server.base), BINARY);
-    let error = expect_error(&fixture, &plan_info(&url), ChecksumPolicy::Required, "answered HTTP 404").await;
+    let error = expect_error(
+        &fixture,
+        &plan_info(&url),
+        ChecksumPolicy::Required,
+        "answered HTTP 404",
+    )
+    .await;
     assert!(error.to_string().contains("/missing"), "{error}");
 }
 
@@ -446,14 +649,35 @@ async fn oversize_artifact_is_refused_with_and_without_content_length() {
     let server = TestServer::start();
     let fixture = Fixture::new();
     let big = vec![0x7fu8; 64 * 1024];
-    let limits = DownloadLimits { max_artifact_bytes: 10_000, ..DownloadLimits::default() };
+    let limits = DownloadLimits {
+        max_artifact_bytes: 10_000,
+        ..DownloadLimits::default()
+    };
     for content_length in [true, false] {
         let path = format!("/big-{content_length}");
-        let url = server.reply(&path, Reply { status: 200, body: big.clone(), content_length });
+        let url = server.reply(
+            &path,
+            Reply {
+                status: 200,
+                body: big.clone(),
+                content_length,
+            },
+        );
         let info = plan_info(&with_sha256(&url, &big));
-        let error = fixture.install_with(limits.clone(), &info, ChecksumPolicy::Required).await.unwrap_err();
-        assert!(matches!(error, DownloadError::TooLarge { limit: 10_000, .. }), "{error:?}");
-        assert!(error.to_string().contains("larger than the 10000-byte limit"), "{error}");
+        let error = fixture
+            .install_with(limits.clone(), &info, ChecksumPolicy::Required)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, DownloadError::TooLarge { limit: 10_000, .. }),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("larger than the 10000-byte limit"),
+            "{error}"
+        );
         fixture.assert_nothing_installed();
     }
 }
@@ -463,11 +687,25 @@ async fn zip_bomb_is_stopped_by_the_unpacked_size_cap() {
     let server = TestServer::start();
     let fixture = Fixture::new();
     let zeros = vec![0u8; 1 << 20];
-    let archive = zip_fixture(&[Entry::File("bin/gaiad", BINARY, 0o755), Entry::File("bin/zeros", &zeros, 0o644)]);
+    let archive = zip_fixture(&[
+        Entry::File("bin/gaiad", BINARY, 0o755),
+        Entry::File("bin/zeros", &zeros, 0o644),
+    ]);
     let url = with_sha256(&server.serve("/bomb.zip", &archive), &archive);
-    let limits = DownloadLimits { max_unpacked_bytes: 100_000, ..DownloadLimits::default() };
-    let error = fixture.install_with(limits, &plan_info(&url), ChecksumPolicy::Required).await.unwrap_err();
-    assert!(error.to_string().contains("archive exceeds the limit of 100000 unpacked bytes"), "{error}");
+    let limits = DownloadLimits {
+        max_unpacked_bytes: 100_000,
+        ..DownloadLimits::default()
+    };
+    let error = fixture
+        .install_with(limits, &plan_info(&url), ChecksumPolicy::Required)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("archive exceeds the limit of 100000 unpacked bytes"),
+        "{error}"
+    );
     fixture.assert_nothing_installed();
 }
 
@@ -484,8 +722,14 @@ async fn stalled_server_hits_the_idle_timeout() {
     });
     let fixture = Fixture::new();
     let url = with_sha256(&format!("http://{address}/gaiad"), BINARY);
-    let limits = DownloadLimits { idle_timeout: std::time::Duration::from_millis(300), ..DownloadLimits::default() };
-    let error = fixture.install_with(limits, &plan_info(&url), ChecksumPolicy::Required).await.unwrap_err();
+    let limits = DownloadLimits {
+        idle_timeout: std::time::Duration::from_millis(300),
+        ..DownloadLimits::default()
+    };
+    let error = fixture
+        .install_with(limits, &plan_info(&url), ChecksumPolicy::Required)
+        .await
+        .unwrap_err();
     assert!(matches!(error, DownloadError::Timeout { .. }), "{error:?}");
     fixture.assert_nothing_installed();
 }

@@ -18,7 +18,12 @@ struct Cli {
     #[arg(long, global = true, env = "SIMD_VERSION", default_value = "v1.0.0")]
     sim_version: String,
     /// Upgrade handler compiled into this "binary". Repeatable; env takes a comma list.
-    #[arg(long, global = true, env = "SIMD_UPGRADE_HANDLERS", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "SIMD_UPGRADE_HANDLERS",
+        value_delimiter = ','
+    )]
     sim_upgrade_handler: Vec<String>,
     #[command(subcommand)]
     command: Command,

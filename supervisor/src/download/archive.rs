@@ -64,16 +64,23 @@ const MAX_SYMLINK_TARGET: u64 = 4096;
 /// `bin/$DAEMON_NAME`, check it, and fsync the tree.
 pub(super) fn unpack_and_check(request: &UnpackRequest) -> Result<ArtifactFormat, DownloadError> {
     let format = detect_format(&request.artifact, &request.url)?;
-    fs::DirBuilder::new().mode(DIR_MODE).create(&request.tree).map_err(io_error("create", &request.tree))?;
+    fs::DirBuilder::new()
+        .mode(DIR_MODE)
+        .create(&request.tree)
+        .map_err(io_error("create", &request.tree))?;
     let bin_dir = request.tree.join("bin");
     match format {
         ArtifactFormat::Raw => {
-            fs::DirBuilder::new().mode(DIR_MODE).create(&bin_dir).map_err(io_error("create", &bin_dir))?;
+            fs::DirBuilder::new()
+                .mode(DIR_MODE)
+                .create(&bin_dir)
+                .map_err(io_error("create", &bin_dir))?;
             let binary = bin_dir.join(&request.daemon_name);
             fs::rename(&request.artifact, &binary).map_err(io_error("move into place", &binary))?;
             // A raw download is the binary itself: there is no archive mode
             // to respect, so it gets the usual 0755.
-            fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).map_err(io_error("chmod", &binary))?;
+            fs::set_permissions(&binary, fs::Permissions::from_mode(0o755))
+                .map_err(io_error("chmod", &binary))?;
         }
         ArtifactFormat::Zip | ArtifactFormat::TarGz => {
             let mut extractor = Extractor::new(request);
@@ -96,7 +103,12 @@ fn detect_format(artifact: &Path, url: &str) -> Result<ArtifactFormat, DownloadE
     File::open(artifact)
         .and_then(|file| file.take(512).read_to_end(&mut head))
         .map_err(io_error("read", artifact))?;
-    let unsupported = |format| Err(DownloadError::UnsupportedFormat { url: url.to_owned(), format });
+    let unsupported = |format| {
+        Err(DownloadError::UnsupportedFormat {
+            url: url.to_owned(),
+            format,
+        })
+    };
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         Ok(ArtifactFormat::Zip)
     } else if head.starts_with(&[0x1f, 0x8b]) {
@@ -110,7 +122,10 @@ fn detect_format(artifact: &Path, url: &str) -> Result<ArtifactFormat, DownloadE
     } else if head.get(257..262) == Some(b"ustar") {
         unsupported("uncompressed tar")
     } else if head.is_empty() {
-        Err(DownloadError::CorruptArchive { url: url.to_owned(), reason: "the download is empty".to_owned() })
+        Err(DownloadError::CorruptArchive {
+            url: url.to_owned(),
+            reason: "the download is empty".to_owned(),
+        })
     } else {
         Ok(ArtifactFormat::Raw)
     }
@@ -131,11 +146,17 @@ fn safe_relative_path(path: &Path) -> Result<Option<PathBuf>, String> {
         match component {
             Component::Normal(part) => clean.push(part),
             Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path".to_owned()),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("is an absolute path".to_owned());
+            }
             Component::ParentDir => return Err("contains a '..' component".to_owned()),
         }
     }
-    Ok(if clean.as_os_str().is_empty() { None } else { Some(clean) })
+    Ok(if clean.as_os_str().is_empty() {
+        None
+    } else {
+        Some(clean)
+    })
 }
 
 /// Symlink targets may only point at or below the link's own directory.
@@ -144,10 +165,19 @@ fn safe_symlink_target(target: &Path) -> Result<(), String> {
         return Err("has an empty symlink target".to_owned());
     }
     if target.is_absolute() {
-        return Err(format!("is a symlink to the absolute path {}", target.display()));
+        return Err(format!(
+            "is a symlink to the absolute path {}",
+            target.display()
+        ));
     }
-    if target.components().any(|component| component == Component::ParentDir) {
-        return Err(format!("is a symlink whose target {} contains '..'", target.display()));
+    if target
+        .components()
+        .any(|component| component == Component::ParentDir)
+    {
+        return Err(format!(
+            "is a symlink whose target {} contains '..'",
+            target.display()
+        ));
     }
     Ok(())
 }
@@ -169,30 +199,47 @@ enum EntryKind {
 
 impl<'a> Extractor<'a> {
     fn new(request: &'a UnpackRequest) -> Self {
-        Extractor { request, entries: 0, bytes: 0, deferred_symlinks: Vec::new() }
+        Extractor {
+            request,
+            entries: 0,
+            bytes: 0,
+            deferred_symlinks: Vec::new(),
+        }
     }
 
     fn corrupt(&self, reason: impl fmt::Display) -> DownloadError {
-        DownloadError::CorruptArchive { url: self.request.url.clone(), reason: reason.to_string() }
+        DownloadError::CorruptArchive {
+            url: self.request.url.clone(),
+            reason: reason.to_string(),
+        }
     }
 
     fn count_entry(&mut self) -> Result<(), DownloadError> {
         self.entries += 1;
         if self.entries > self.request.max_entries {
-            return Err(DownloadError::ArchiveLimit { what: "entries", limit: self.request.max_entries });
+            return Err(DownloadError::ArchiveLimit {
+                what: "entries",
+                limit: self.request.max_entries,
+            });
         }
         Ok(())
     }
 
     fn unpack_zip(&mut self, artifact: &Path) -> Result<(), DownloadError> {
         let file = File::open(artifact).map_err(io_error("open", artifact))?;
-        let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|error| self.corrupt(error))?;
+        let mut archive =
+            zip::ZipArchive::new(BufReader::new(file)).map_err(|error| self.corrupt(error))?;
         if archive.len() as u64 > self.request.max_entries {
-            return Err(DownloadError::ArchiveLimit { what: "entries", limit: self.request.max_entries });
+            return Err(DownloadError::ArchiveLimit {
+                what: "entries",
+                limit: self.request.max_entries,
+            });
         }
         for index in 0..archive.len() {
             self.count_entry()?;
-            let mut entry = archive.by_index(index).map_err(|error| self.corrupt(error))?;
+            let mut entry = archive
+                .by_index(index)
+                .map_err(|error| self.corrupt(error))?;
             let name = entry.name().to_owned();
             let unix_mode = entry.unix_mode();
             let file_type = unix_mode.map(|mode| mode & 0o170_000).unwrap_or(0);
@@ -220,7 +267,8 @@ impl<'a> Extractor<'a> {
 
     fn unpack_tar_gz(&mut self, artifact: &Path) -> Result<(), DownloadError> {
         let file = File::open(artifact).map_err(io_error("open", artifact))?;
-        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)));
+        let mut archive =
+            tar::Archive::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)));
         for entry in archive.entries().map_err(|error| self.corrupt(error))? {
             let mut entry = entry.map_err(|error| self.corrupt(error))?;
             let entry_type = entry.header().entry_type();
@@ -228,7 +276,10 @@ impl<'a> Extractor<'a> {
                 continue;
             }
             self.count_entry()?;
-            let path = entry.path().map_err(|error| self.corrupt(error))?.into_owned();
+            let path = entry
+                .path()
+                .map_err(|error| self.corrupt(error))?
+                .into_owned();
             let name = path.to_string_lossy().into_owned();
             let link_name = || -> Result<PathBuf, DownloadError> {
                 Ok(entry
@@ -246,9 +297,17 @@ impl<'a> Extractor<'a> {
                     return Err(unsafe_entry(&name, "is a device file"));
                 }
                 tar::EntryType::Fifo => return Err(unsafe_entry(&name, "is a fifo")),
-                other => return Err(unsafe_entry(&name, &format!("has unsupported tar entry type {other:?}"))),
+                other => {
+                    return Err(unsafe_entry(
+                        &name,
+                        &format!("has unsupported tar entry type {other:?}"),
+                    ));
+                }
             };
-            let mode = entry.header().mode().map_err(|error| self.corrupt(format!("{name}: {error}")))?;
+            let mode = entry
+                .header()
+                .mode()
+                .map_err(|error| self.corrupt(format!("{name}: {error}")))?;
             self.extract_entry(&path, &name, kind, mode, &mut entry)?;
         }
         Ok(())
@@ -262,17 +321,21 @@ impl<'a> Extractor<'a> {
         mode: u32,
         contents: &mut dyn Read,
     ) -> Result<(), DownloadError> {
-        let relative = match safe_relative_path(path).map_err(|reason| unsafe_entry(name, &reason))? {
-            Some(relative) => relative,
-            None if matches!(kind, EntryKind::Directory) => return Ok(()),
-            None => return Err(unsafe_entry(name, "names the archive root")),
-        };
+        let relative =
+            match safe_relative_path(path).map_err(|reason| unsafe_entry(name, &reason))? {
+                Some(relative) => relative,
+                None if matches!(kind, EntryKind::Directory) => return Ok(()),
+                None => return Err(unsafe_entry(name, "names the archive root")),
+            };
         let destination = self.request.tree.join(&relative);
         match kind {
             EntryKind::Directory => {
                 create_dirs(&destination)?;
-                fs::set_permissions(&destination, fs::Permissions::from_mode((mode & MODE_MASK) | 0o700))
-                    .map_err(io_error("chmod", &destination))?;
+                fs::set_permissions(
+                    &destination,
+                    fs::Permissions::from_mode((mode & MODE_MASK) | 0o700),
+                )
+                .map_err(io_error("chmod", &destination))?;
             }
             EntryKind::File => {
                 if let Some(parent) = destination.parent() {
@@ -285,7 +348,9 @@ impl<'a> Extractor<'a> {
                     .custom_flags(nix::libc::O_NOFOLLOW)
                     .open(&destination)
                     .map_err(|error| match error.kind() {
-                        io::ErrorKind::AlreadyExists => unsafe_entry(name, "appears more than once"),
+                        io::ErrorKind::AlreadyExists => {
+                            unsafe_entry(name, "appears more than once")
+                        }
                         _ => io_error("create", &destination)(error),
                     })?;
                 self.copy_contents(name, contents, &mut file, &destination)?;
@@ -298,7 +363,9 @@ impl<'a> Extractor<'a> {
             }
             EntryKind::HardLink(target) => {
                 let target_relative = safe_relative_path(&target)
-                    .map_err(|reason| unsafe_entry(name, &format!("is a hard link whose target {reason}")))?
+                    .map_err(|reason| {
+                        unsafe_entry(name, &format!("is a hard link whose target {reason}"))
+                    })?
                     .ok_or_else(|| unsafe_entry(name, "is a hard link to the archive root"))?;
                 let source = self.request.tree.join(target_relative);
                 // No symlinks exist yet, so this cannot be redirected.
@@ -307,14 +374,18 @@ impl<'a> Extractor<'a> {
                     _ => {
                         return Err(unsafe_entry(
                             name,
-                            &format!("is a hard link to {}, which is not a file unpacked earlier", target.display()),
+                            &format!(
+                                "is a hard link to {}, which is not a file unpacked earlier",
+                                target.display()
+                            ),
                         ));
                     }
                 }
                 if let Some(parent) = destination.parent() {
                     create_dirs(parent)?;
                 }
-                fs::hard_link(&source, &destination).map_err(io_error("hard-link", &destination))?;
+                fs::hard_link(&source, &destination)
+                    .map_err(io_error("hard-link", &destination))?;
             }
         }
         Ok(())
@@ -344,7 +415,8 @@ impl<'a> Extractor<'a> {
                     limit: self.request.max_unpacked_bytes,
                 });
             }
-            file.write_all(&buffer[..read]).map_err(io_error("write", destination))?;
+            file.write_all(&buffer[..read])
+                .map_err(io_error("write", destination))?;
         }
     }
 
@@ -354,9 +426,13 @@ impl<'a> Extractor<'a> {
             if let Some(parent) = destination.parent() {
                 create_dirs(parent)?;
             }
-            std::os::unix::fs::symlink(&target, &destination).map_err(|error| match error.kind() {
-                io::ErrorKind::AlreadyExists => unsafe_entry(&relative.to_string_lossy(), "appears more than once"),
-                _ => io_error("create symlink", &destination)(error),
+            std::os::unix::fs::symlink(&target, &destination).map_err(|error| {
+                match error.kind() {
+                    io::ErrorKind::AlreadyExists => {
+                        unsafe_entry(&relative.to_string_lossy(), "appears more than once")
+                    }
+                    _ => io_error("create symlink", &destination)(error),
+                }
             })?;
         }
         Ok(())
@@ -364,11 +440,18 @@ impl<'a> Extractor<'a> {
 }
 
 fn unsafe_entry(name: &str, reason: &str) -> DownloadError {
-    DownloadError::UnsafeArchiveEntry { entry: name.to_owned(), reason: reason.to_owned() }
+    DownloadError::UnsafeArchiveEntry {
+        entry: name.to_owned(),
+        reason: reason.to_owned(),
+    }
 }
 
 fn create_dirs(path: &Path) -> Result<(), DownloadError> {
-    fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(path).map_err(io_error("create", path))
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
+        .map_err(io_error("create", path))
 }
 
 /// Accept `$DAEMON_NAME` at the archive root as `bin/$DAEMON_NAME`.
@@ -391,14 +474,24 @@ fn check_binary(tree: &Path, daemon_name: &str) -> Result<(), DownloadError> {
     let binary = tree.join("bin").join(daemon_name);
     let metadata = match fs::symlink_metadata(&binary) {
         Ok(metadata) => metadata,
-        Err(error) if error.kind() == io::ErrorKind::NotFound || error.raw_os_error() == Some(nix::libc::ENOTDIR) => {
+        Err(error)
+            if error.kind() == io::ErrorKind::NotFound
+                || error.raw_os_error() == Some(nix::libc::ENOTDIR) =>
+        {
             let mut top_level: Vec<String> = fs::read_dir(tree)
                 .map_err(io_error("list", tree))?
-                .filter_map(|entry| entry.ok().map(|entry| entry.file_name().to_string_lossy().into_owned()))
+                .filter_map(|entry| {
+                    entry
+                        .ok()
+                        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                })
                 .collect();
             top_level.sort();
             top_level.truncate(20);
-            return Err(DownloadError::BinaryMissing { daemon_name: daemon_name.to_owned(), top_level });
+            return Err(DownloadError::BinaryMissing {
+                daemon_name: daemon_name.to_owned(),
+                top_level,
+            });
         }
         Err(error) => return Err(io_error("inspect", &binary)(error)),
     };
@@ -411,11 +504,17 @@ fn check_binary(tree: &Path, daemon_name: &str) -> Result<(), DownloadError> {
         } else {
             "special file"
         };
-        return Err(DownloadError::BinaryNotRegularFile { daemon_name: daemon_name.to_owned(), kind });
+        return Err(DownloadError::BinaryNotRegularFile {
+            daemon_name: daemon_name.to_owned(),
+            kind,
+        });
     }
     let mode = metadata.mode() & 0o7777;
     if mode & 0o111 == 0 {
-        return Err(DownloadError::BinaryNotExecutable { daemon_name: daemon_name.to_owned(), mode });
+        return Err(DownloadError::BinaryNotExecutable {
+            daemon_name: daemon_name.to_owned(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -430,17 +529,23 @@ fn sync_tree(root: &Path) -> Result<(), DownloadError> {
         index += 1;
         for entry in fs::read_dir(&directory).map_err(io_error("list", &directory))? {
             let entry = entry.map_err(io_error("list", &directory))?;
-            let file_type = entry.file_type().map_err(io_error("inspect", &entry.path()))?;
+            let file_type = entry
+                .file_type()
+                .map_err(io_error("inspect", &entry.path()))?;
             if file_type.is_dir() {
                 directories.push(entry.path());
             } else if file_type.is_file() {
                 let path = entry.path();
-                File::open(&path).and_then(|file| file.sync_all()).map_err(io_error("fsync", &path))?;
+                File::open(&path)
+                    .and_then(|file| file.sync_all())
+                    .map_err(io_error("fsync", &path))?;
             }
         }
     }
     for directory in directories.iter().rev() {
-        File::open(directory).and_then(|dir| dir.sync_all()).map_err(io_error("fsync", directory))?;
+        File::open(directory)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error("fsync", directory))?;
     }
     Ok(())
 }
@@ -481,7 +586,11 @@ mod tests {
             ("a/../../x", false),
             ("", false),
         ] {
-            assert_eq!(safe_symlink_target(Path::new(target)).is_ok(), ok, "{target:?}");
+            assert_eq!(
+                safe_symlink_target(Path::new(target)).is_ok(),
+                ok,
+                "{target:?}"
+            );
         }
     }
 }

@@ -1,0 +1,378 @@
+//! Fixture for end-to-end tests: a simulated chain, a validator home in
+//! Cosmovisor layout, and the real `palisade-supervisor` binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use palisade_simchain::protocol::UpgradePlan;
+use palisade_simchain::testkit::{
+    SimNetwork, SimNetworkOptions, ValidatorKeyInfo, free_port, write_validator_home,
+    write_versioned_binary,
+};
+
+pub const SUPERVISOR: &str = env!("CARGO_BIN_EXE_palisade-supervisor");
+
+/// `target/<profile>/<name>`: the simulated chain's binaries are built by
+/// `cargo build --workspace` (the README's test command does that first).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let path = Path::new(SUPERVISOR).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the supervisor's integration tests",
+        path.display()
+    );
+    path
+}
+
+pub fn simd() -> PathBuf {
+    workspace_binary("simd")
+}
+
+/// Poll `condition` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Chain {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub validator: ValidatorKeyInfo,
+    pub network: SimNetwork,
+}
+
+impl Chain {
+    /// A chain with one external validator whose home is `DAEMON_HOME`,
+    /// `genesis` installed from a v1 binary (no upgrade handlers).
+    pub fn start(upgrades: &[(&str, u64)], block_time: Duration) -> Chain {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let validator =
+            write_validator_home(&home, "val1", "sim-1", "127.0.0.1:1", free_port()).unwrap();
+        let network = SimNetwork::spawn(
+            &workspace_binary("simchain-net"),
+            std::slice::from_ref(&validator),
+            &SimNetworkOptions {
+                block_time,
+                upgrades: upgrades
+                    .iter()
+                    .map(|(name, height)| UpgradePlan {
+                        name: name.to_string(),
+                        height: *height,
+                        info: String::new(),
+                    })
+                    .collect(),
+                log_file: Some(dir.path().join("network.log")),
+                ..SimNetworkOptions::default()
+            },
+        )
+        .unwrap();
+        network.attach_home(&home).unwrap();
+        let chain = Chain {
+            dir,
+            home,
+            validator,
+            network,
+        };
+        let genesis = chain.version_binary("v1", &[]);
+        let output = chain.supervisor_command(&[]).args(["init"]).arg(&genesis).output().unwrap();
+        assert!(output.status.success(), "init failed: {output:?}");
+        chain
+    }
+
+    /// Write a "binary" (a script exec'ing simd with an identity).
+    pub fn version_binary(&self, version: &str, handlers: &[&str]) -> PathBuf {
+        let path = self.dir.path().join("binaries").join(version).join("simd");
+        write_versioned_binary(&path, &simd(), version, handlers).unwrap();
+        path
+    }
+
+    /// `palisade-supervisor` with the Cosmovisor environment for this home.
+    pub fn supervisor_command(&self, env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(SUPERVISOR);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DAEMON_HOME", &self.home)
+            .env("DAEMON_NAME", "simd")
+            .env("DAEMON_POLL_INTERVAL", "50ms")
+            .env("DAEMON_SHUTDOWN_GRACE", "5s")
+            .env("PALISADE_LOG", "info");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command
+    }
+
+    pub fn add_upgrade(&self, name: &str, binary: &Path, env: &[(&str, &str)]) {
+        let output = self
+            .supervisor_command(env)
+            .args(["add-upgrade", name])
+            .arg(binary)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "add-upgrade failed: {output:?}");
+    }
+
+    /// Start `palisade-supervisor run start --home HOME`.
+    pub fn run_supervisor(&self, env: &[(&str, &str)]) -> Supervisor {
+        let mut command = self.supervisor_command(env);
+        command
+            .args(["run", "start", "--home"])
+            .arg(&self.home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Supervisor::spawn(command)
+    }
+
+    pub fn cosmovisor(&self) -> PathBuf {
+        self.home.join("cosmovisor")
+    }
+
+    pub fn current_target(&self) -> PathBuf {
+        std::fs::read_link(self.cosmovisor().join("current")).unwrap()
+    }
+
+    pub fn upgrade_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.cosmovisor().join("palisade-upgrades.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// Wait until the validator has signed `count` more heights.
+    pub fn wait_signing(&self, count: u64, timeout: Duration) -> u64 {
+        let start = self
+            .network
+            .record()
+            .unwrap()
+            .validators["val1"]
+            .signed_heights;
+        let record = self
+            .network
+            .wait_for(timeout, |record| {
+                record.validators["val1"].signed_heights >= start + count
+            })
+            .unwrap();
+        record.validators["val1"].last_signed_height.unwrap()
+    }
+
+    pub fn assert_no_double_sign(&self) {
+        let record = self.network.record().unwrap();
+        assert!(record.double_signs.is_empty(), "double signs: {:?}", record.double_signs);
+    }
+}
+
+/// A running supervisor whose output is collected line by line.
+pub struct Supervisor {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Supervisor {
+    pub fn spawn(mut command: Command) -> Supervisor {
+        let mut child = command.spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    // The simulated node's flood lines are only load; keep
+                    // everything else (bounded) for assertions.
+                    if line.contains(" DBG flood ") {
+                        continue;
+                    }
+                    let mut lines = lines.lock().unwrap();
+                    if lines.len() < 200_000 {
+                        lines.push(line);
+                    }
+                }
+            });
+        }
+        Supervisor { child, lines }
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn has_line(&self, needle: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|line| line.contains(needle))
+    }
+
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.has_line(needle) {
+            if Instant::now() > deadline {
+                panic!(
+                    "no line containing {needle:?} within {timeout:?}; output:\n{}",
+                    tail(&self.output(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "supervisor did not exit within {timeout:?}; output:\n{}",
+                    tail(&self.output(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Pids of processes whose parent is the supervisor.
+    pub fn children(&self) -> Vec<u32> {
+        children_of(self.child.id())
+    }
+
+    /// SIGTERM and wait; asserts a clean exit and no leftover children.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id();
+        let children = all_descendants(pid);
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(20));
+        assert!(status.success(), "supervisor exit {status:?}:\n{}", tail(&self.output(), 60));
+        for child in children {
+            assert!(!process_alive(child), "process {child} outlived the supervisor");
+        }
+        self.output()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie ('Z') is dead for our purposes but means nobody reaped it.
+        Ok(stat) => !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        if after.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn all_descendants(root: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        for child in children_of(pid) {
+            out.push(child);
+            queue.push(child);
+        }
+    }
+    out
+}
+
+/// Serve `files` over HTTP/1.1 on 127.0.0.1 until the test ends.
+pub fn serve_files(files: Vec<(String, Vec<u8>)>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let files = files.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = path.split('?').next().unwrap().to_string();
+                match files.iter().find(|(name, _)| *name == path) {
+                    Some((_, body)) => {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(body);
+                    }
+                    None => {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

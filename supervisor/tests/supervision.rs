@@ -1,0 +1,229 @@
+//! End-to-end process supervision: crash restarts, crash loops, graceful
+//! and forced stops, no orphans, output floods, bad configuration.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Chain, process_alive};
+
+const BLOCK: Duration = Duration::from_millis(150);
+const LONG: Duration = Duration::from_secs(40);
+
+fn write_config(chain: &Chain, body: &str) -> String {
+    let path = chain.dir.path().join("palisade.toml");
+    std::fs::write(&path, body).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn sigterm_stops_the_daemon_gracefully_and_leaves_no_orphans() {
+    let chain = Chain::start(&[], BLOCK);
+    let supervisor = chain.run_supervisor(&[]);
+    chain.wait_signing(2, LONG);
+    let daemon = supervisor.children();
+    assert_eq!(daemon.len(), 1, "expected one daemon, got {daemon:?}");
+    let output = supervisor.stop();
+    assert!(!process_alive(daemon[0]));
+    assert!(output.contains("stopping the daemon"), "{output}");
+    assert!(output.contains("Exited(Code(0))"), "daemon did not exit cleanly: {output}");
+    chain.assert_no_double_sign();
+}
+
+#[test]
+fn daemon_ignoring_sigint_is_killed_after_the_grace() {
+    let chain = Chain::start(&[], BLOCK);
+    let mut supervisor = chain.run_supervisor(&[
+        ("SIMD_IGNORE_SIGINT", "1"),
+        ("DAEMON_SHUTDOWN_GRACE", "700ms"),
+    ]);
+    chain.wait_signing(1, LONG);
+    let daemon = supervisor.children();
+    let started = Instant::now();
+    supervisor.signal("INT");
+    let status = supervisor.wait_exit(Duration::from_secs(10));
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took >= Duration::from_millis(700), "killed before the grace: {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(supervisor.has_line("did not exit within the shutdown grace"));
+    for pid in daemon {
+        assert!(!process_alive(pid));
+    }
+}
+
+#[test]
+fn second_signal_kills_immediately() {
+    let chain = Chain::start(&[], BLOCK);
+    let mut supervisor = chain.run_supervisor(&[
+        ("SIMD_IGNORE_SIGINT", "1"),
+        ("DAEMON_SHUTDOWN_GRACE", "60s"),
+    ]);
+    chain.wait_signing(1, LONG);
+    let started = Instant::now();
+    supervisor.signal("TERM");
+    supervisor.wait_for_line("stopping the daemon", LONG);
+    supervisor.signal("TERM");
+    let status = supervisor.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(supervisor.has_line("second shutdown signal"));
+}
+
+#[test]
+fn crash_is_restarted_with_backoff() {
+    let chain = Chain::start(&[], BLOCK);
+    let config = write_config(
+        &chain,
+        "[restart]\nbackoff-initial = \"200ms\"\nbackoff-max = \"1s\"\ncrash-loop-max-crashes = 50\n",
+    );
+    let supervisor = chain.run_supervisor(&[
+        ("PALISADE_CONFIG", &config),
+        ("SIMD_CRASH_AFTER", "1s"),
+    ]);
+    supervisor.wait_for_line("crash_number=2", LONG);
+    assert!(supervisor.count_lines("daemon started") >= 3);
+    assert!(supervisor.has_line("daemon crashed; restarting after backoff"));
+    assert!(supervisor.has_line("exit=exit status 2"));
+    // Restarted nodes keep signing and never double sign.
+    chain.wait_signing(1, LONG);
+    chain.assert_no_double_sign();
+    supervisor.stop();
+}
+
+#[test]
+fn crash_loop_stops_restarting_and_says_why() {
+    let chain = Chain::start(&[], BLOCK);
+    let state_before = std::fs::read(chain.home.join("data/priv_validator_state.json")).unwrap();
+    let config = write_config(
+        &chain,
+        "[restart]\nbackoff-initial = \"50ms\"\nbackoff-max = \"100ms\"\ncrash-loop-max-crashes = 3\ncrash-loop-window = \"1m\"\n",
+    );
+    // A daemon that cannot start at all: an unknown flag makes simd exit 1.
+    let mut command = chain.supervisor_command(&[("PALISADE_CONFIG", &config)]);
+    command
+        .args(["run", "--definitely-not-a-simd-flag"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut supervisor = common::Supervisor::spawn(command);
+    let status = supervisor.wait_exit(LONG);
+    assert_eq!(status.code(), Some(3), "{}", supervisor.output());
+    assert!(supervisor.has_line("crashed 3 times within 1m"), "{}", supervisor.output());
+    assert!(supervisor.has_line("No state was changed"));
+    let state_after = std::fs::read(chain.home.join("data/priv_validator_state.json")).unwrap();
+    assert_eq!(state_before, state_after);
+}
+
+#[test]
+fn flooding_daemon_misses_no_blocks_because_of_the_supervisor() {
+    // A slower block time keeps the test about the supervisor, not about
+    // CPU starvation on a 2-core CI machine running other tests.
+    let chain = Chain::start(&[], Duration::from_millis(400));
+    palisade_simchain::testkit::set_simchain_option(&chain.home, "log_flood", "true").unwrap();
+    let supervisor = chain.run_supervisor(&[]);
+    let first = chain.wait_signing(1, LONG);
+    // Let it flood for a while: hundreds of MB pass through the supervisor.
+    let last = chain.wait_signing(20, Duration::from_secs(60));
+    let record = chain.network.record().unwrap();
+    let missed = record.missed_between("val1", first + 1, last);
+    assert!(missed.is_empty(), "missed heights {missed:?} while flooding");
+    let output = supervisor.stop();
+    let statistics = output
+        .lines()
+        .find(|line| line.contains("daemon output statistics"))
+        .unwrap_or_else(|| panic!("no output statistics logged"));
+    let bytes_read: u64 = statistics
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("bytes_read="))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes_read in {statistics}"));
+    eprintln!("flood: {statistics}");
+    assert!(
+        bytes_read > 100 << 20,
+        "the flood was only {bytes_read} bytes; the test needs hundreds of MB"
+    );
+}
+
+#[test]
+fn bad_configuration_is_reported_at_once_and_changes_nothing() {
+    let chain = Chain::start(&[], BLOCK);
+    let before = std::fs::read_link(chain.cosmovisor().join("current")).unwrap();
+    let config = write_config(&chain, "[restart]\nbackoff-initial = \"soon\"\nunknown-key = 1\n");
+    let output = chain
+        .supervisor_command(&[("PALISADE_CONFIG", &config)])
+        .args(["run", "start"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown field `unknown-key`"), "{stderr}");
+
+    let config = write_config(&chain, "[restart]\nbackoff-initial = \"soon\"\n");
+    let output = chain
+        .supervisor_command(&[
+            ("PALISADE_CONFIG", &config),
+            ("DAEMON_POLL_INTERVAL", "often"),
+            ("DAEMON_RESTART_AFTER_UPGRADE", "perhaps"),
+        ])
+        .args(["run", "start"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needle in [
+        "environment variable DAEMON_POLL_INTERVAL: 'often' is not a duration",
+        "environment variable DAEMON_RESTART_AFTER_UPGRADE: 'perhaps' is not a boolean",
+        "key `restart.backoff-initial`: 'soon' is not a duration",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
+    }
+    assert_eq!(std::fs::read_link(chain.cosmovisor().join("current")).unwrap(), before);
+    assert_eq!(chain.network.record().unwrap().validators["val1"].signed_heights, 0);
+}
+
+#[test]
+fn cosmovisor_commands() {
+    let chain = Chain::start(&[], BLOCK);
+    let run = |args: &[&str]| {
+        let output = chain.supervisor_command(&[]).args(args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = run(&["version"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("palisade-supervisor version"), "{stdout}");
+    assert!(stdout.contains("v1"), "daemon version missing: {stdout}");
+
+    let (code, stdout, _) = run(&["config"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("DAEMON_NAME=simd"), "{stdout}");
+    assert!(stdout.contains("DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM=true"), "{stdout}");
+
+    let (code, stdout, _) = run(&["show-upgrade-info"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("no upgrade plan"), "{stdout}");
+
+    let v2 = chain.version_binary("v2", &["v2"]);
+    let v2 = v2.to_str().unwrap();
+    let (code, _, stderr) = run(&["add-upgrade", "v2", v2, "--upgrade-height", "500"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = run(&["add-upgrade", "v2", v2]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("already exists; pass --force"), "{stderr}");
+    let (code, stdout, _) = run(&["show-upgrade-info"]);
+    assert_eq!(code, Some(0));
+    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["height"], 500);
+    assert_eq!(shown["binary_installed"], true);
+    assert_eq!(shown["applied"], false);
+
+    let (code, _, stderr) = run(&["add-upgrade", "..", v2]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("not usable as a directory name"), "{stderr}");
+    let (code, _, stderr) = run(&["init", "/nonexistent/simd"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}

@@ -1,0 +1,243 @@
+//! End-to-end upgrades: the real supervisor binary, the simulated chain,
+//! Cosmovisor's layout and environment.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{Chain, serve_files, sha256_hex};
+
+const BLOCK: Duration = Duration::from_millis(150);
+const LONG: Duration = Duration::from_secs(40);
+
+fn assert_upgraded(chain: &Chain, dir_name: &str, upgrade_height: u64) {
+    assert_eq!(
+        chain.current_target(),
+        std::path::Path::new("upgrades").join(dir_name)
+    );
+    let plan_copy = chain
+        .cosmovisor()
+        .join("upgrades")
+        .join(dir_name)
+        .join("upgrade-info.json");
+    assert!(plan_copy.exists(), "{} missing", plan_copy.display());
+    // Signing resumed above the upgrade height, with the new binary.
+    let last = chain.wait_signing(3, LONG);
+    assert!(last > upgrade_height, "last signed {last} <= {upgrade_height}");
+    chain.assert_no_double_sign();
+}
+
+#[test]
+fn upgrade_through_upgrade_info_json() {
+    let chain = Chain::start(&[("v2", 12)], BLOCK);
+    chain.add_upgrade("v2", &chain.version_binary("v2", &["v2"]), &[]);
+    let supervisor = chain.run_supervisor(&[]);
+    chain.wait_signing(2, LONG);
+    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    assert_upgraded(&chain, "v2", 12);
+
+    let records = chain.upgrade_records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    assert_eq!(record["name"], "v2");
+    assert_eq!(record["height"], 12);
+    assert_eq!(record["outcome"]["status"], "completed");
+    let steps: Vec<&str> = record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["stop_old", "data_backup", "pre_upgrade", "switch", "start_new"],
+        "{record}"
+    );
+    assert!(record["switch_ms"].as_u64().is_some());
+    // The data backup sits in DAEMON_HOME, named after the upgrade.
+    let backups: Vec<_> = std::fs::read_dir(&chain.home)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("data-backup-v2-"))
+        .collect();
+    assert_eq!(backups.len(), 1);
+    assert!(backups[0].path().join("priv_validator_state.json").exists());
+    supervisor.stop();
+}
+
+#[test]
+fn upgrade_through_the_output_line_only() {
+    let chain = Chain::start(&[("v2", 12)], BLOCK);
+    palisade_simchain::testkit::set_simchain_option(&chain.home, "write_upgrade_info", "false")
+        .unwrap();
+    chain.add_upgrade("v2", &chain.version_binary("v2", &["v2"]), &[]);
+    let supervisor = chain.run_supervisor(&[("UNSAFE_SKIP_BACKUP", "true")]);
+    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    assert!(!chain.home.join("data/upgrade-info.json").exists());
+    assert_eq!(chain.upgrade_records()[0]["detected_by"], "output_line");
+    assert_upgraded(&chain, "v2", 12);
+    supervisor.stop();
+}
+
+#[test]
+fn mixed_case_upgrade_name_is_recased_by_default() {
+    let chain = Chain::start(&[("V2-Upper", 12)], BLOCK);
+    chain.add_upgrade("V2-Upper", &chain.version_binary("v2", &["V2-Upper"]), &[]);
+    assert!(chain.cosmovisor().join("upgrades/v2-upper/bin/simd").exists());
+    let supervisor = chain.run_supervisor(&[("UNSAFE_SKIP_BACKUP", "true")]);
+    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    assert_upgraded(&chain, "v2-upper", 12);
+    supervisor.stop();
+}
+
+#[test]
+fn mixed_case_upgrade_name_kept_with_disable_recase() {
+    let chain = Chain::start(&[("V2-Upper", 12)], BLOCK);
+    let env = [("COSMOVISOR_DISABLE_RECASE", "true"), ("UNSAFE_SKIP_BACKUP", "true")];
+    chain.add_upgrade("V2-Upper", &chain.version_binary("v2", &["V2-Upper"]), &env);
+    assert!(chain.cosmovisor().join("upgrades/V2-Upper/bin/simd").exists());
+    let supervisor = chain.run_supervisor(&env);
+    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    assert_upgraded(&chain, "V2-Upper", 12);
+    supervisor.stop();
+}
+
+#[test]
+fn missing_binary_halts_without_crash_loop_then_continues_when_installed() {
+    let chain = Chain::start(&[("v2", 12)], BLOCK);
+    let supervisor = chain.run_supervisor(&[("UNSAFE_SKIP_BACKUP", "true")]);
+    supervisor.wait_for_line("DAEMON_ALLOW_DOWNLOAD_BINARIES is off", LONG);
+    assert!(supervisor.has_line("palisade-supervisor add-upgrade v2"));
+    // Halted: the old binary is not restarted into a crash loop.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(supervisor.count_lines("daemon started"), 1, "{}", supervisor.output());
+    assert!(supervisor.children().is_empty(), "a daemon is running while halted");
+    assert_eq!(chain.current_target(), std::path::Path::new("genesis"));
+
+    chain.add_upgrade("v2", &chain.version_binary("v2", &["v2"]), &[]);
+    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    assert_upgraded(&chain, "v2", 12);
+    supervisor.stop();
+}
+
+#[test]
+fn non_executable_upgrade_binary_is_refused() {
+    let chain = Chain::start(&[("v2", 12)], BLOCK);
+    let binary = chain.cosmovisor().join("upgrades/v2/bin/simd");
+    std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
+    std::fs::copy(chain.version_binary("v2", &["v2"]), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let supervisor = chain.run_supervisor(&[("UNSAFE_SKIP_BACKUP", "true")]);
+    supervisor.wait_for_line("is not executable (mode 644)", LONG);
+    assert_eq!(chain.current_target(), std::path::Path::new("genesis"));
+    // Fixing the mode lets the waiting supervisor finish the upgrade.
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    assert_upgraded(&chain, "v2", 12);
+    supervisor.stop();
+}
+
+fn tar_gz_with_binary(script: &[u8]) -> Vec<u8> {
+    let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(script.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    archive
+        .append_data(&mut header, "bin/simd", script)
+        .unwrap();
+    archive.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn auto_download_with_checksum_installs_and_runs() {
+    let scratch = tempfile::tempdir().unwrap();
+    let script_path = scratch.path().join("simd");
+    palisade_simchain::testkit::write_versioned_binary(&script_path, &common::simd(), "v2", &["v2"])
+        .unwrap();
+    let script = std::fs::read(&script_path).unwrap();
+    let archive = tar_gz_with_binary(&script);
+    let base = serve_files(vec![("/simd-v2.tar.gz".into(), archive.clone())]);
+    let info = format!(
+        r#"{{"binaries":{{"any":"{base}/simd-v2.tar.gz?checksum=sha256:{}"}}}}"#,
+        sha256_hex(&archive)
+    );
+    let chain = Chain::start(&[], BLOCK);
+    chain.network.schedule_upgrade("v2", 14, &info).unwrap();
+    let supervisor = chain.run_supervisor(&[
+        ("DAEMON_ALLOW_DOWNLOAD_BINARIES", "true"),
+        ("UNSAFE_SKIP_BACKUP", "true"),
+    ]);
+    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    assert_upgraded(&chain, "v2", 14);
+    let record = &chain.upgrade_records()[0];
+    let steps = record["steps"].as_array().unwrap();
+    assert_eq!(steps[1]["step"], "download");
+    assert!(steps[2]["detail"].as_str().unwrap().contains("verified"), "{record}");
+    supervisor.stop();
+}
+
+#[test]
+fn auto_download_with_bad_checksum_installs_nothing_and_stays_halted() {
+    let archive = tar_gz_with_binary(b"#!/bin/sh\nexit 0\n");
+    let base = serve_files(vec![("/simd-v2.tar.gz".into(), archive)]);
+    let info = format!(
+        r#"{{"binaries":{{"any":"{base}/simd-v2.tar.gz?checksum=sha256:{}"}}}}"#,
+        "0".repeat(64)
+    );
+    let chain = Chain::start(&[], BLOCK);
+    chain.network.schedule_upgrade("v2", 12, &info).unwrap();
+    let supervisor = chain.run_supervisor(&[
+        ("DAEMON_ALLOW_DOWNLOAD_BINARIES", "true"),
+        ("UNSAFE_SKIP_BACKUP", "true"),
+    ]);
+    supervisor.wait_for_line("download failed", LONG);
+    assert!(supervisor.output().contains("checksum"), "{}", supervisor.output());
+    assert!(!chain.cosmovisor().join("upgrades/v2").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(chain.cosmovisor().join("upgrades"))
+        .unwrap()
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(chain.current_target(), std::path::Path::new("genesis"));
+    assert_eq!(supervisor.count_lines("daemon started"), 1);
+    let records = chain.upgrade_records();
+    assert!(records.is_empty() || records[0]["outcome"]["status"] == "failed");
+    supervisor.stop();
+}
+
+#[test]
+fn auto_download_without_checksum_is_refused_by_default() {
+    let archive = tar_gz_with_binary(b"#!/bin/sh\nexit 0\n");
+    let base = serve_files(vec![("/simd-v2.tar.gz".into(), archive)]);
+    let info = format!(r#"{{"binaries":{{"any":"{base}/simd-v2.tar.gz"}}}}"#);
+    let chain = Chain::start(&[], BLOCK);
+    chain.network.schedule_upgrade("v2", 12, &info).unwrap();
+    let supervisor = chain.run_supervisor(&[
+        ("DAEMON_ALLOW_DOWNLOAD_BINARIES", "true"),
+        ("UNSAFE_SKIP_BACKUP", "true"),
+    ]);
+    supervisor.wait_for_line("download failed", LONG);
+    assert!(!chain.cosmovisor().join("upgrades/v2").exists());
+    assert_eq!(chain.current_target(), std::path::Path::new("genesis"));
+    supervisor.stop();
+}
+
+#[test]
+fn invalid_plan_file_is_reported_and_the_node_keeps_signing() {
+    let chain = Chain::start(&[], BLOCK);
+    let supervisor = chain.run_supervisor(&[]);
+    chain.wait_signing(2, LONG);
+    std::fs::write(
+        chain.home.join("data/upgrade-info.json"),
+        br#"{"name":"v9","height":-3}"#,
+    )
+    .unwrap();
+    supervisor.wait_for_line("ignoring invalid upgrade plan", LONG);
+    chain.wait_signing(3, LONG);
+    assert_eq!(supervisor.count_lines("daemon started"), 1);
+    supervisor.stop();
+}
