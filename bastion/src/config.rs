@@ -32,7 +32,10 @@ pub const MAX_NAME_BYTES: usize = 64;
 #[derive(Debug)]
 pub enum ConfigError {
     /// The file could not be read.
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Not valid TOML, a value of the wrong type, or an unknown key.
     Syntax { path: PathBuf, message: String },
     /// One or more values are invalid; all of them are listed.
@@ -227,10 +230,7 @@ fn validate(raw: RawConfig) -> Result<BastionConfig, Vec<Issue>> {
                 } else if socket == listen_socket {
                     report(
                         key("socket"),
-                        format!(
-                            "'{}' is the bastion's own listen-socket",
-                            socket.display()
-                        ),
+                        format!("'{}' is the bastion's own listen-socket", socket.display()),
                     );
                 } else if let Some(first) = sockets.insert(socket.clone(), number) {
                     report(
@@ -341,7 +341,11 @@ socket = "/run/palisade-bastion/val-b.sock"
                 },
             ]
         );
-        assert!(config.summary().contains("val-a via /run/palisade-bastion/val-a.sock"));
+        assert!(
+            config
+                .summary()
+                .contains("val-a via /run/palisade-bastion/val-a.sock")
+        );
     }
 
     #[test]
@@ -349,7 +353,10 @@ socket = "/run/palisade-bastion/val-b.sock"
         // (input, expected fragment)
         let rows = [
             ("listen-socket = ", "bastion.toml"),
-            ("listen_socket = \"/a.sock\"", "unknown field `listen_socket`"),
+            (
+                "listen_socket = \"/a.sock\"",
+                "unknown field `listen_socket`",
+            ),
             ("backupdir = \"/b\"", "unknown field `backupdir`"),
             (
                 "[[validator]]\nname = \"a\"\nsockett = \"/x\"",
@@ -360,7 +367,10 @@ socket = "/run/palisade-bastion/val-b.sock"
         ];
         for (input, expected) in rows {
             let error = parse(input).unwrap_err();
-            assert!(matches!(error, ConfigError::Syntax { .. }), "{input:?}: {error}");
+            assert!(
+                matches!(error, ConfigError::Syntax { .. }),
+                "{input:?}: {error}"
+            );
             let text = error.to_string();
             assert!(text.contains(expected), "{input:?}: {text}");
             assert!(text.contains("bastion.toml"), "{input:?}: {text}");
@@ -473,9 +483,14 @@ socket = "/run/palisade-bastion/val-b.sock"
             ]
         );
         let text = error.to_string();
-        assert!(text.starts_with("invalid configuration (5 problems):"), "{text}");
         assert!(
-            text.contains("bastion.toml: key `validator[2].socket`: 'also-relative' must be an absolute path"),
+            text.starts_with("invalid configuration (5 problems):"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "bastion.toml: key `validator[2].socket`: 'also-relative' must be an absolute path"
+            ),
             "{text}"
         );
     }

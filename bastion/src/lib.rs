@@ -179,7 +179,9 @@ mod tests {
             let error = run(Cli::try_parse_from(args).unwrap()).unwrap_err();
             assert_eq!(error.exit_code(), exit_code::ERROR);
             assert!(
-                error.to_string().contains("not implemented yet in this release: see docs"),
+                error
+                    .to_string()
+                    .contains("not implemented yet in this release: see docs"),
                 "{error}"
             );
         }

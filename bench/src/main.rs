@@ -1,1 +1,330 @@
-fn main() {}
+//! `palisade-bench`: Palisade's benchmarks, measured on the real binaries.
+//!
+//! Run it in release mode after building every binary:
+//!
+//! ```text
+//! cargo build --release --workspace --bins
+//! cargo run --release -p palisade-bench -- [--only NAME,...] [--out FILE]
+//! ```
+//!
+//! It drives `palisade-supervisor`, `simd` and `simchain-net` found next to its
+//! own executable. Benchmarks (names are stable):
+//!
+//! - `upgrade_switch_ms` (target 200): a chain with 200 ms blocks, the supervisor
+//!   with `UNSAFE_SKIP_BACKUP=true` and `DAEMON_POLL_INTERVAL=50ms`, an upgrade
+//!   `v2` scheduled a few blocks ahead; the value is the median `switch_ms`
+//!   (detected → new binary spawned) of the records appended to
+//!   `cosmovisor/palisade-upgrades.jsonl`, over `--upgrade-runs` fresh homes.
+//! - `data_backup_2gib_reflink_s` / `data_backup_2gib_copy_s`: seconds taken by
+//!   the supervisor's `backup_data_dir` on a 2 GiB data directory, on a
+//!   loop-mounted XFS image with reflink (needs root and xfsprogs) and on the
+//!   filesystem of `target/bench` (byte copy). Warm page cache.
+//! - `supervisor_idle_rss_mib` (target 20) / `supervisor_idle_cpu_pct` (target 1):
+//!   the supervisor process alone (not the daemon) while its validator signs,
+//!   sampled from `/proc` over `--idle-secs`.
+//!
+//! Each benchmark that succeeds appends one JSON object per line
+//! ([`palisade_wire::bench::BenchResult`]) to `target/bench/results.jsonl` in
+//! the workspace root (or `--out`); a failed benchmark writes nothing, the
+//! others still run, and the exit status is 1.
+
+mod backup;
+mod fixture;
+mod idle;
+mod upgrade;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use palisade_wire::bench::BenchResult;
+
+use crate::fixture::Binaries;
+
+const UPGRADE_SWITCH: &str = "upgrade_switch_ms";
+const BACKUP_REFLINK: &str = "data_backup_2gib_reflink_s";
+const BACKUP_COPY: &str = "data_backup_2gib_copy_s";
+const IDLE_RSS: &str = "supervisor_idle_rss_mib";
+const IDLE_CPU: &str = "supervisor_idle_cpu_pct";
+
+/// Every benchmark, in the order they run.
+const ALL: [&str; 5] = [
+    UPGRADE_SWITCH,
+    BACKUP_REFLINK,
+    BACKUP_COPY,
+    IDLE_RSS,
+    IDLE_CPU,
+];
+
+const LONG_ABOUT: &str = "\
+Palisade's benchmarks, measured on the real binaries (palisade-supervisor, simd,
+simchain-net), which must sit next to this executable: run
+`cargo build --release --workspace --bins` first, then
+`cargo run --release -p palisade-bench -- [--only NAME,...]`.
+
+Benchmarks (stable names):
+
+  upgrade_switch_ms (target 200)
+      Chain with 200 ms blocks; supervisor with UNSAFE_SKIP_BACKUP=true and
+      DAEMON_POLL_INTERVAL=50ms; upgrade `v2` scheduled a few blocks ahead.
+      Value: median `switch_ms` (upgrade detected -> new binary spawned, from
+      cosmovisor/palisade-upgrades.jsonl) over --upgrade-runs fresh homes.
+
+  data_backup_2gib_reflink_s
+      Seconds for the supervisor's pre-upgrade data backup of a 2 GiB data dir
+      on a 3 GiB XFS image (mkfs.xfs -m reflink=1) loop-mounted in
+      target/bench. Needs root and xfsprogs; otherwise it fails and is skipped.
+
+  data_backup_2gib_copy_s
+      The same backup on the filesystem of target/bench, which must not support
+      reflink (the backup must report a byte copy).
+      Both backups run with a warm page cache (the data was just written).
+
+  supervisor_idle_rss_mib (target 20), supervisor_idle_cpu_pct (target 1)
+      Chain with 1 s blocks and the supervisor running simd; once the validator
+      signs, the supervisor process alone (not the daemon) is sampled from
+      /proc for --idle-secs: VmRSS at the end in MiB, and utime+stime as a
+      percentage of one core over the window.
+
+Each successful benchmark appends one JSON line {name, value, unit, target?}
+to <workspace>/target/bench/results.jsonl (or --out) and a summary table is
+printed. A failed benchmark writes nothing; the others still run and the exit
+status is 1.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "palisade-bench",
+    version,
+    about = "Palisade's benchmarks: drives the real binaries and appends results to target/bench/results.jsonl",
+    long_about = LONG_ABOUT
+)]
+struct Args {
+    /// Run only these benchmarks (comma-separated names; default: all).
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    only: Vec<String>,
+    /// File the results are appended to (default: <workspace>/target/bench/results.jsonl).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Upgrades measured for upgrade_switch_ms, each in a fresh home.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    upgrade_runs: usize,
+    /// Length of the idle sampling window, in seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    idle_secs: u64,
+    /// Print the benchmark names and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+/// A result plus a human-readable note for the summary table.
+pub struct Measured {
+    pub result: BenchResult,
+    pub detail: String,
+}
+
+pub fn result(name: &str, value: f64, unit: &str, target: Option<f64>) -> BenchResult {
+    BenchResult {
+        name: name.to_owned(),
+        value,
+        unit: unit.to_owned(),
+        target,
+        peer: None,
+        peer_value: None,
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(args) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(error) => {
+            eprintln!("palisade-bench: error: {error:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs the selected benchmarks; `Ok(false)` if any of them failed.
+fn run(args: Args) -> anyhow::Result<bool> {
+    if args.list {
+        for name in ALL {
+            println!("{name}");
+        }
+        return Ok(true);
+    }
+    let selected: Vec<&str> = if args.only.is_empty() {
+        ALL.to_vec()
+    } else {
+        let mut selected = Vec::new();
+        for name in &args.only {
+            let name = name.trim();
+            let Some(known) = ALL.iter().find(|known| **known == name) else {
+                bail!("unknown benchmark {name:?}; known: {}", ALL.join(", "));
+            };
+            selected.push(*known);
+        }
+        selected
+    };
+    let wants = |name: &str| selected.contains(&name);
+
+    let root = workspace_root()?;
+    let scratch = root.join("target").join("bench");
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| scratch.join("results.jsonl"));
+    let needs_binaries = wants(UPGRADE_SWITCH) || wants(IDLE_RSS) || wants(IDLE_CPU);
+    let bins = if needs_binaries {
+        Some(Binaries::locate()?)
+    } else {
+        None
+    };
+
+    let started = Instant::now();
+    let mut done: Vec<Measured> = Vec::new();
+    let mut failed: Vec<(&str, String)> = Vec::new();
+    let mut record = |outcome: anyhow::Result<Measured>, name: &'static str| match outcome {
+        Ok(measured) => {
+            if let Err(error) = append(&out, &measured.result) {
+                eprintln!("palisade-bench: {name}: cannot record the result: {error:#}");
+                failed.push((name, format!("{error:#}")));
+            } else {
+                eprintln!(
+                    "palisade-bench: {name} = {} {} ({})",
+                    measured.result.value, measured.result.unit, measured.detail
+                );
+                done.push(measured);
+            }
+        }
+        Err(error) => {
+            eprintln!("palisade-bench: {name} FAILED: {error:#}");
+            failed.push((name, format!("{error:#}")));
+        }
+    };
+
+    if let (true, Some(bins)) = (wants(UPGRADE_SWITCH), &bins) {
+        eprintln!(
+            "palisade-bench: running {UPGRADE_SWITCH} ({} runs)",
+            args.upgrade_runs
+        );
+        record(upgrade::run(bins, args.upgrade_runs), UPGRADE_SWITCH);
+    }
+    if wants(BACKUP_REFLINK) {
+        eprintln!("palisade-bench: running {BACKUP_REFLINK}");
+        record(backup::run_reflink(&scratch), BACKUP_REFLINK);
+    }
+    if wants(BACKUP_COPY) {
+        eprintln!("palisade-bench: running {BACKUP_COPY}");
+        record(backup::run_copy(&scratch), BACKUP_COPY);
+    }
+    if let (true, Some(bins)) = (wants(IDLE_RSS) || wants(IDLE_CPU), &bins) {
+        eprintln!(
+            "palisade-bench: running {IDLE_RSS} / {IDLE_CPU} ({} s window)",
+            args.idle_secs
+        );
+        match idle::run(bins, Duration::from_secs(args.idle_secs.max(1))) {
+            Ok(figures) => {
+                if wants(IDLE_RSS) {
+                    record(Ok(figures.rss), IDLE_RSS);
+                }
+                if wants(IDLE_CPU) {
+                    record(Ok(figures.cpu), IDLE_CPU);
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for name in [IDLE_RSS, IDLE_CPU] {
+                    if wants(name) {
+                        record(Err(anyhow::anyhow!("{message}")), name);
+                    }
+                }
+            }
+        }
+    }
+
+    print_summary(&done, &failed, &out, started.elapsed());
+    Ok(failed.is_empty())
+}
+
+/// Appends one JSON line to `out`, creating its directory.
+fn append(out: &Path, result: &BenchResult) -> anyhow::Result<()> {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut line = serde_json::to_string(result)?;
+    line.push('\n');
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .with_context(|| format!("appending to {}", out.display()))
+}
+
+fn print_summary(done: &[Measured], failed: &[(&str, String)], out: &Path, elapsed: Duration) {
+    println!();
+    println!(
+        "{:<28} {:>10} {:<4} {:>8} {:<6} detail",
+        "benchmark", "value", "unit", "target", "status"
+    );
+    println!("{}", "-".repeat(100));
+    for measured in done {
+        let result = &measured.result;
+        let (target, status) = match result.target {
+            Some(target) if result.value <= target => (format!("{target}"), "ok"),
+            Some(target) => (format!("{target}"), "OVER"),
+            None => ("-".to_owned(), "-"),
+        };
+        println!(
+            "{:<28} {:>10} {:<4} {:>8} {:<6} {}",
+            result.name, result.value, result.unit, target, status, measured.detail
+        );
+    }
+    for (name, error) in failed {
+        let first_line = error.lines().next().unwrap_or_default();
+        println!(
+            "{name:<28} {:>10} {:<4} {:>8} {:<6} {first_line}",
+            "-", "", "", "FAILED"
+        );
+    }
+    println!(
+        "\n{} result(s) appended to {} in {:.1} s{}",
+        done.len(),
+        out.display(),
+        elapsed.as_secs_f64(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; {} benchmark(s) failed", failed.len())
+        }
+    );
+}
+
+/// The directory holding the workspace's `Cargo.toml` (the one with
+/// `[workspace]`), searched upwards from the current directory and then from
+/// this executable.
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let mut starts = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        starts.push(cwd);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        starts.push(exe);
+    }
+    for start in starts {
+        for dir in start.ancestors() {
+            let manifest = dir.join("Cargo.toml");
+            if std::fs::read_to_string(&manifest)
+                .is_ok_and(|text| text.lines().any(|line| line.trim() == "[workspace]"))
+            {
+                return Ok(dir.to_path_buf());
+            }
+        }
+    }
+    bail!("no Cargo.toml with [workspace] above the current directory or this executable")
+}

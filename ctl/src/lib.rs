@@ -51,7 +51,8 @@ upgrades) and admin (handoff/failover between validator hosts).
 Works in this release: `version`, and `upgrades --home DAEMON_HOME`, which
 reads the upgrade record file on the local disk and needs no RPC.";
 
-const AFTER_HELP: &str = "Exit codes: 0 ok, 1 call error (including \"not available yet\"), 2 usage,
+const AFTER_HELP: &str =
+    "Exit codes: 0 ok, 1 call error (including \"not available yet\"), 2 usage,
 3 connection failure, 4 authentication failure (3 and 4: once the RPC exists).
 
 Examples:
@@ -251,7 +252,10 @@ mod tests {
             port,
         };
         let good = [
-            ("ops@bastion1.example.com", via("ops", "bastion1.example.com", None)),
+            (
+                "ops@bastion1.example.com",
+                via("ops", "bastion1.example.com", None),
+            ),
             ("ops@10.0.0.5:2222", via("ops", "10.0.0.5", Some(2222))),
             ("ops@[2001:db8::1]", via("ops", "2001:db8::1", None)),
             ("ops@[2001:db8::1]:22", via("ops", "2001:db8::1", Some(22))),

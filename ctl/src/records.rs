@@ -33,7 +33,10 @@ pub enum RecordsError {
     /// `--home` is not a directory with a `cosmovisor/` folder.
     NotAHome { home: PathBuf, reason: String },
     /// The file exists but could not be read.
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Some lines are not valid records (the valid ones were shown).
     BadLines { path: PathBuf, lines: Vec<BadLine> },
 }
@@ -118,7 +121,14 @@ pub fn parse_records(bytes: &[u8]) -> ReadRecords {
 
 /// The records as an aligned table, each followed by its steps.
 pub fn render_table(records: &[UpgradeRecord]) -> String {
-    let header = ["NAME", "HEIGHT", "DETECTED BY", "DETECTED AT", "SWITCH", "OUTCOME"];
+    let header = [
+        "NAME",
+        "HEIGHT",
+        "DETECTED BY",
+        "DETECTED AT",
+        "SWITCH",
+        "OUTCOME",
+    ];
     let rows: Vec<[String; 6]> = records
         .iter()
         .map(|record| {
@@ -281,7 +291,8 @@ mod tests {
                 r#"{"name":"v2","detected_by":"output_line","detected_at":"t","steps":[],"outcome":{"status":"exploded"}}"#,
                 "unknown variant `exploded`",
             ),
-            ("[]", "invalid type"),
+            ("[]", "expected struct UpgradeRecord"),
+            ("42", "invalid type"),
         ];
         for (content, reason) in rows {
             let text = format!("{COMPLETED}\n{content}\n{FAILED}\n");
@@ -309,14 +320,25 @@ mod tests {
         let table = render_table(&read.records);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("NAME  HEIGHT  DETECTED BY"), "{table}");
-        assert!(lines[1].starts_with("v2    50      upgrade-info.json"), "{table}");
-        assert!(lines[1].contains("131 ms") && lines[1].ends_with("completed"), "{table}");
+        assert!(
+            lines[1].starts_with("v2    50      upgrade-info.json"),
+            "{table}"
+        );
+        assert!(
+            lines[1].contains("131 ms") && lines[1].ends_with("completed"),
+            "{table}"
+        );
         assert_eq!(lines[2], "    stop_old      120 ms  Exited(Code(0))");
-        assert!(lines[3].starts_with("    data_backup  1500 ms  /home/gaia"), "{table}");
+        assert!(
+            lines[3].starts_with("    data_backup  1500 ms  /home/gaia"),
+            "{table}"
+        );
         assert_eq!(lines[6], "    start_new       2 ms  /x/bin/gaiad pid 42");
         assert!(lines[7].starts_with("v3    -       output line"), "{table}");
         assert!(
-            lines[7].ends_with("failed: pre-upgrade failed: the new binary aborted the upgrade (exit 30)"),
+            lines[7].ends_with(
+                "failed: pre-upgrade failed: the new binary aborted the upgrade (exit 30)"
+            ),
             "{table}"
         );
         assert!(lines[8].ends_with("switched, not restarted"), "{table}");
@@ -356,6 +378,9 @@ mod tests {
             lines: read.bad_lines,
         }
         .to_string();
-        assert!(error.contains("palisade-upgrades.jsonl: 1 invalid line(s) skipped:\n  line 2: "), "{error}");
+        assert!(
+            error.contains("palisade-upgrades.jsonl: 1 invalid line(s) skipped:\n  line 2: "),
+            "{error}"
+        );
     }
 }

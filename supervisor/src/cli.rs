@@ -70,7 +70,11 @@ pub enum Command {
     /// argument after `run` is passed to the daemon unchanged.
     Run {
         /// Arguments for the daemon, e.g. `start --home ~/.gaia`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "DAEMON_ARGS")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "DAEMON_ARGS"
+        )]
         args: Vec<OsString>,
     },
     /// Install <BINARY> as the genesis binary and point `current` at it.
@@ -165,7 +169,9 @@ pub fn add_upgrade(
 }
 
 fn write_manual_plan(path: &Path, name: &str, height: u64) -> anyhow::Result<()> {
-    let dir = path.parent().context("upgrade-info.json has no parent directory")?;
+    let dir = path
+        .parent()
+        .context("upgrade-info.json has no parent directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let staging = dir.join(".upgrade-info.json.palisade.tmp");
     let body = serde_json::json!({ "name": name, "height": height, "info": "" }).to_string();
@@ -179,7 +185,8 @@ fn write_manual_plan(path: &Path, name: &str, height: u64) -> anyhow::Result<()>
     file.write_all(body.as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", staging.display()))?;
-    std::fs::rename(&staging, path).with_context(|| format!("cannot rename into {}", path.display()))?;
+    std::fs::rename(&staging, path)
+        .with_context(|| format!("cannot rename into {}", path.display()))?;
     fsync_dir(dir)?;
     Ok(())
 }

@@ -306,7 +306,10 @@ impl Config {
                 "COSMOVISOR_DISABLE_RECASE",
                 (self.recase == UpgradeNameCase::AsIs).to_string(),
             ),
-            ("restart.backoff-initial", duration(self.restart.backoff_initial)),
+            (
+                "restart.backoff-initial",
+                duration(self.restart.backoff_initial),
+            ),
             ("restart.backoff-max", duration(self.restart.backoff_max)),
             (
                 "restart.crash-loop-max-crashes",
@@ -316,10 +319,19 @@ impl Config {
                 "restart.crash-loop-window",
                 duration(self.restart.crash_loop_window),
             ),
-            ("restart.healthy-after", duration(self.restart.healthy_after)),
+            (
+                "restart.healthy-after",
+                duration(self.restart.healthy_after),
+            ),
             ("output.buffer-bytes", self.output.buffer_bytes.to_string()),
-            ("output.max-line-bytes", self.output.max_line_bytes.to_string()),
-            ("upgrade.download-max-bytes", self.download_max_bytes.to_string()),
+            (
+                "output.max-line-bytes",
+                self.output.max_line_bytes.to_string(),
+            ),
+            (
+                "upgrade.download-max-bytes",
+                self.download_max_bytes.to_string(),
+            ),
             ("upgrade.download-timeout", duration(self.download_timeout)),
         ]
     }
@@ -359,12 +371,7 @@ impl Resolver<'_> {
 
     /// Booleans in the file are typed by serde, so only the environment
     /// can supply a malformed one.
-    fn bool(
-        &mut self,
-        env: &'static str,
-        file: Option<bool>,
-        default: bool,
-    ) -> bool {
+    fn bool(&mut self, env: &'static str, file: Option<bool>, default: bool) -> bool {
         if let Some(text) = self.env_value(env) {
             return match parse_bool(text) {
                 Some(value) => value,
@@ -574,11 +581,7 @@ fn validate(
         raw.upgrade.download_timeout.as_deref(),
         Duration::from_secs(600),
     );
-    let skip_backup = r.bool(
-        "UNSAFE_SKIP_BACKUP",
-        raw.upgrade.unsafe_skip_backup,
-        false,
-    );
+    let skip_backup = r.bool("UNSAFE_SKIP_BACKUP", raw.upgrade.unsafe_skip_backup, false);
     let backup_root = match r.path(
         "DAEMON_DATA_BACKUP_DIR",
         "upgrade.data-backup-dir",
@@ -840,7 +843,9 @@ mod tests {
         let home = home();
         let file = home.path().join("palisade.toml");
         std::fs::write(&file, "[daemon]\nnmae = \"gaiad\"\n").unwrap();
-        let error = Config::load(Some(&file), &env(&[])).unwrap_err().to_string();
+        let error = Config::load(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("unknown field `nmae`"), "{error}");
         assert!(error.contains("palisade.toml"), "{error}");
     }
@@ -853,7 +858,10 @@ mod tests {
                 "DAEMON_HOME: 'relative/home' must be an absolute path",
             ),
             (
-                &[("DAEMON_HOME", "/nonexistent/palisade"), ("DAEMON_NAME", "gaiad")],
+                &[
+                    ("DAEMON_HOME", "/nonexistent/palisade"),
+                    ("DAEMON_NAME", "gaiad"),
+                ],
                 "is not an existing directory",
             ),
             (

@@ -144,7 +144,9 @@ impl Layout {
 
     /// `<version dir>/bin/$DAEMON_NAME`.
     pub fn binary(&self, version: &Version) -> PathBuf {
-        self.version_dir(version).join("bin").join(&self.daemon_name)
+        self.version_dir(version)
+            .join("bin")
+            .join(&self.daemon_name)
     }
 
     /// The version `current` points to. A missing `current` is created
@@ -182,7 +184,9 @@ impl Layout {
             Version::Genesis => PathBuf::from("genesis"),
             Version::Upgrade(name) => Path::new("upgrades").join(name),
         };
-        let staging = self.root.join(format!(".current.{}.tmp", std::process::id()));
+        let staging = self
+            .root
+            .join(format!(".current.{}.tmp", std::process::id()));
         match fs::remove_file(&staging) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
@@ -435,12 +439,16 @@ mod tests {
         assert_eq!(layout.current_version().unwrap(), Version::Genesis);
         layout.check_binary(&Version::Genesis).unwrap();
 
-        layout.add_upgrade("v2", &binary, ReplaceExisting::No).unwrap();
+        layout
+            .add_upgrade("v2", &binary, ReplaceExisting::No)
+            .unwrap();
         assert!(matches!(
             layout.add_upgrade("v2", &binary, ReplaceExisting::No),
             Err(LayoutError::UpgradeExists(_))
         ));
-        layout.add_upgrade("v2", &binary, ReplaceExisting::Yes).unwrap();
+        layout
+            .add_upgrade("v2", &binary, ReplaceExisting::Yes)
+            .unwrap();
         layout.check_binary(&Version::Upgrade("v2".into())).unwrap();
     }
 }

@@ -7,16 +7,16 @@
 //! module for the syscalls that have no safe wrapper.
 #![deny(unsafe_code)]
 
-pub mod data_backup;
-pub mod download;
-pub mod sys;
 pub mod cli;
 pub mod config;
+pub mod data_backup;
+pub mod download;
 pub mod layout;
 pub mod output;
 pub mod process;
 pub mod restart_policy;
 pub mod run;
+pub mod sys;
 pub mod systemd;
 pub mod upgrade;
 pub mod upgrade_plan;

@@ -102,7 +102,11 @@ impl StreamCapture {
                     Sink::Writer(writer) => writer,
                 };
                 for batch in batch_receiver {
-                    if out.write_all(&batch.bytes).and_then(|()| out.flush()).is_err() {
+                    if out
+                        .write_all(&batch.bytes)
+                        .and_then(|()| out.flush())
+                        .is_err()
+                    {
                         // The consumer is gone (closed stdout); keep
                         // draining so the reader never blocks.
                         writer_stats
@@ -156,7 +160,9 @@ fn forward(
     match sender.try_send(Batch { bytes, lines }) {
         Ok(()) => {}
         Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => {
-            stats.lines_dropped.fetch_add(batch.lines, Ordering::Relaxed);
+            stats
+                .lines_dropped
+                .fetch_add(batch.lines, Ordering::Relaxed);
         }
     }
 }
@@ -306,14 +312,23 @@ mod tests {
         let stats = OutputStats::default();
         let mut joined = Vec::new();
         let mut counted = 0;
-        read_batches(Trickle { data: input, step }, max, &stats, |bytes, lines| {
-            assert_eq!(bytes.last(), Some(&b'\n'), "every batch ends a line");
-            joined.extend_from_slice(&bytes);
-            counted += lines;
-        });
+        read_batches(
+            Trickle { data: input, step },
+            max,
+            &stats,
+            |bytes, lines| {
+                assert_eq!(bytes.last(), Some(&b'\n'), "every batch ends a line");
+                joined.extend_from_slice(&bytes);
+                counted += lines;
+            },
+        );
         let text = String::from_utf8(joined).unwrap();
         let lines = text.split_inclusive('\n').map(str::to_string).collect();
-        (lines, counted, stats.lines_truncated.load(Ordering::Relaxed))
+        (
+            lines,
+            counted,
+            stats.lines_truncated.load(Ordering::Relaxed),
+        )
     }
 
     #[test]
@@ -323,9 +338,19 @@ mod tests {
             (b"a\nno-newline", 16, &["a\n", "no-newline\n"], 0),
             (b"", 16, &[], 0),
             (b"\n\n", 16, &["\n", "\n"], 0),
-            (b"0123456789abcdef-tail\nnext\n", 10, &["0123456789\n", "next\n"], 1),
+            (
+                b"0123456789abcdef-tail\nnext\n",
+                10,
+                &["0123456789\n", "next\n"],
+                1,
+            ),
             (b"0123456789\n", 10, &["0123456789\n"], 0),
-            (b"short\n0123456789abc\nok\n", 10, &["short\n", "0123456789\n", "ok\n"], 1),
+            (
+                b"short\n0123456789abc\nok\n",
+                10,
+                &["short\n", "0123456789\n", "ok\n"],
+                1,
+            ),
         ];
         for step in [1, 3, 7, 1 << 20] {
             for (input, max, expected, truncated) in cases {
@@ -367,7 +392,10 @@ mod tests {
     #[test]
     fn finds_every_upgrade_line_in_a_batch() {
         let batch = b"UPGRADE \"a\" NEEDED at height: 1: x\nnoise NEEDED at nothing\nUPGRADE \"b\" NEEDED at height 2: y";
-        let names: Vec<String> = upgrade_lines_in(batch).into_iter().map(|p| p.name).collect();
+        let names: Vec<String> = upgrade_lines_in(batch)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         assert_eq!(names, ["a", "b"]);
     }
 }

@@ -65,8 +65,7 @@ impl Reaper {
         let reaper = Reaper {
             state: Arc::new(Mutex::new(ReaperState::default())),
         };
-        let mut sigchld =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let task_reaper = reaper.clone();
         tokio::spawn(async move {
             loop {
@@ -97,7 +96,9 @@ impl Reaper {
                 Some(sender) => {
                     let _ = sender.send(exit);
                 }
-                None => tracing::info!(pid = pid.as_raw(), %exit, "reaped an orphaned process left behind by the daemon"),
+                None => {
+                    tracing::info!(pid = pid.as_raw(), %exit, "reaped an orphaned process left behind by the daemon")
+                }
             }
         }
     }
@@ -132,10 +133,12 @@ impl Reaper {
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
         crate::sys::child_in_own_group_killed_with_parent(&mut command);
-        let (pid, mut exit) = self.spawn(&mut command).map_err(|source| SpawnError::Exec {
-            program: program.to_path_buf(),
-            source,
-        })?;
+        let (pid, mut exit) = self
+            .spawn(&mut command)
+            .map_err(|source| SpawnError::Exec {
+                program: program.to_path_buf(),
+                source,
+            })?;
         match tokio::time::timeout(timeout, &mut exit).await {
             Ok(result) => Ok(result.unwrap_or(ExitKind::Signal(9))),
             Err(_) => {
@@ -184,10 +187,10 @@ impl Daemon {
         target: OutputTarget,
         upgrades: tokio::sync::mpsc::UnboundedSender<UpgradePlan>,
     ) -> Result<Daemon, SpawnError> {
-        let (stdout_read, stdout_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Capture(e.into()))?;
-        let (stderr_read, stderr_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Capture(e.into()))?;
+        let (stdout_read, stdout_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| SpawnError::Capture(e.into()))?;
+        let (stderr_read, stderr_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| SpawnError::Capture(e.into()))?;
         let mut command = std::process::Command::new(program);
         command
             .args(args)
@@ -195,10 +198,12 @@ impl Daemon {
             .stdout(Stdio::from(stdout_write))
             .stderr(Stdio::from(stderr_write));
         crate::sys::child_in_own_group_killed_with_parent(&mut command);
-        let (pid, exit) = reaper.spawn(&mut command).map_err(|source| SpawnError::Exec {
-            program: program.to_path_buf(),
-            source,
-        })?;
+        let (pid, exit) = reaper
+            .spawn(&mut command)
+            .map_err(|source| SpawnError::Exec {
+                program: program.to_path_buf(),
+                source,
+            })?;
         // Close our copies of the write ends so readers see EOF at exit.
         drop(command);
         let started = Instant::now();
@@ -275,7 +280,11 @@ impl Daemon {
         let outcome = match tokio::time::timeout(grace, self.wait()).await {
             Ok(exit) => StopOutcome::Exited(exit),
             Err(_) => {
-                tracing::warn!(pid = self.pid(), ?grace, "daemon did not exit within the shutdown grace; sending SIGKILL");
+                tracing::warn!(
+                    pid = self.pid(),
+                    ?grace,
+                    "daemon did not exit within the shutdown grace; sending SIGKILL"
+                );
                 self.kill_now().await;
                 StopOutcome::Killed
             }

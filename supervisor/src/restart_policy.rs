@@ -199,7 +199,10 @@ mod tests {
                 start + Duration::from_secs(61 * minute),
                 0.0,
             );
-            assert!(matches!(decision, AfterExit::Restart { .. }), "{decision:?}");
+            assert!(
+                matches!(decision, AfterExit::Restart { .. }),
+                "{decision:?}"
+            );
         }
         // Five within a minute do.
         let base = start + Duration::from_secs(1000);

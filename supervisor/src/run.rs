@@ -20,11 +20,11 @@ use crate::process::{Daemon, OutputTarget, Reaper, StopOutcome, kill_remaining_c
 use crate::restart_policy::{AfterExit, RestartPolicy};
 use crate::systemd::Notifier;
 use crate::upgrade::{
-    RecordBuilder, UpgradeContext, UpgradeFailure, active_plan_name, append_record,
-    plan_version, prepare_and_switch,
+    RecordBuilder, UpgradeContext, UpgradeFailure, active_plan_name, append_record, plan_version,
+    prepare_and_switch,
 };
 use crate::upgrade_plan::UpgradePlan;
-use crate::upgrade_watch::{UpgradeFileWatcher, WatchEvent, read_plan_file, FileState};
+use crate::upgrade_watch::{FileState, UpgradeFileWatcher, WatchEvent, read_plan_file};
 
 /// How `run` ended; `main` maps it to an exit code (see `docs/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,10 +161,18 @@ impl Supervisor {
                 },
                 self.upgrade_lines_sender.clone(),
             )?;
-            let status = format!("running {} ({version}), pid {}", self.config.daemon_name, daemon.pid());
+            let status = format!(
+                "running {} ({version}), pid {}",
+                self.config.daemon_name,
+                daemon.pid()
+            );
             tracing::info!(binary = %binary.display(), pid = daemon.pid(), %version, "daemon started");
             if let Some(mut record) = self.pending_record.take() {
-                record.step(UpgradeStep::StartNew, spawn_started, format!("{} pid {}", binary.display(), daemon.pid()));
+                record.step(
+                    UpgradeStep::StartNew,
+                    spawn_started,
+                    format!("{} pid {}", binary.display(), daemon.pid()),
+                );
                 let record = record.completed();
                 tracing::info!(upgrade = %record.name, switch_ms = ?record.switch_ms, "upgrade completed; new binary running");
                 append_record(&self.layout, &record);
@@ -183,7 +191,8 @@ impl Supervisor {
                     Wake::Watchdog => self.notifier.watchdog(),
                     Wake::BadPlan(reason) => {
                         tracing::error!(%reason, path = %self.config.upgrade_info_path().display(), "ignoring invalid upgrade plan; the daemon keeps running");
-                        self.notifier.status(&format!("invalid upgrade-info.json: {reason}"));
+                        self.notifier
+                            .status(&format!("invalid upgrade-info.json: {reason}"));
                     }
                     Wake::Upgrade(plan, source) => {
                         if self.is_new_plan(&plan)? {
@@ -204,7 +213,10 @@ impl Supervisor {
                         daemon.release_output();
                         let dropped = daemon.stats.dropped();
                         if dropped > 0 {
-                            tracing::warn!(dropped, "daemon output lines were dropped because the output consumer was slower than the daemon");
+                            tracing::warn!(
+                                dropped,
+                                "daemon output lines were dropped because the output consumer was slower than the daemon"
+                            );
                         }
                         // An exit right after printing an upgrade line, or
                         // with a fresh plan on disk, is an upgrade halt.
@@ -213,7 +225,12 @@ impl Supervisor {
                             pending = Some((plan, source));
                             break;
                         }
-                        match policy.after_exit(exit, daemon.uptime(), Instant::now(), rand::random::<f64>()) {
+                        match policy.after_exit(
+                            exit,
+                            daemon.uptime(),
+                            Instant::now(),
+                            rand::random::<f64>(),
+                        ) {
                             AfterExit::CleanExit => {
                                 tracing::info!("daemon exited with status 0; not restarting");
                                 return Ok(RunOutcome::DaemonExitedCleanly);
@@ -228,14 +245,22 @@ impl Supervisor {
                                 self.notifier.status(&format!("crash loop: {message}"));
                                 return Ok(RunOutcome::CrashLoop { crashes, window });
                             }
-                            AfterExit::Restart { delay, crash_number } => {
+                            AfterExit::Restart {
+                                delay,
+                                crash_number,
+                            } => {
                                 tracing::warn!(%exit, crash_number, delay_ms = delay.as_millis() as u64, "daemon crashed; restarting after backoff");
                                 self.notifier.status(&format!(
                                     "daemon crashed ({exit}); restart #{crash_number} in {}",
-                                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                                    humantime::format_duration(Duration::from_millis(
+                                        delay.as_millis() as u64
+                                    ))
                                 ));
                                 if let Some(signal) = self.sleep_unless_shutdown(delay).await {
-                                    tracing::info!(?signal, "shutdown requested during restart backoff");
+                                    tracing::info!(
+                                        ?signal,
+                                        "shutdown requested during restart backoff"
+                                    );
                                     return Ok(RunOutcome::Shutdown);
                                 }
                                 break;
@@ -283,7 +308,15 @@ impl Supervisor {
             return Ok(false);
         }
         if let Some(active) = active_plan_name(&self.layout, &current)
-            && plan_version(&self.config, &UpgradePlan { name: active, height: None, info: String::new() }).ok()
+            && plan_version(
+                &self.config,
+                &UpgradePlan {
+                    name: active,
+                    height: None,
+                    info: String::new(),
+                },
+            )
+            .ok()
                 == Some(target)
         {
             return Ok(false);
@@ -321,8 +354,16 @@ impl Supervisor {
 
     async fn graceful_stop(&mut self, daemon: &mut Daemon, signal: Signal) {
         let grace = self.config.shutdown_grace;
-        tracing::info!(?signal, grace_ms = grace.as_millis() as u64, "stopping the daemon");
-        self.notifier.stopping(&format!("stopping {} (grace {})", self.config.daemon_name, humantime::format_duration(grace)));
+        tracing::info!(
+            ?signal,
+            grace_ms = grace.as_millis() as u64,
+            "stopping the daemon"
+        );
+        self.notifier.stopping(&format!(
+            "stopping {} (grace {})",
+            self.config.daemon_name,
+            humantime::format_duration(grace)
+        ));
         enum Ended {
             Stopped(StopOutcome),
             SecondSignal(Signal),
@@ -363,10 +404,15 @@ impl Supervisor {
         let detected = Instant::now();
         let mut record = RecordBuilder::new(&plan, source, detected);
         tracing::info!(upgrade = %plan.name, height = ?plan.height, ?source, "upgrade detected");
-        self.notifier.status(&format!("upgrade {} detected at height {:?}", plan.name, plan.height));
+        self.notifier.status(&format!(
+            "upgrade {} detected at height {:?}",
+            plan.name, plan.height
+        ));
         if let Some(daemon) = daemon {
             let started = Instant::now();
-            let outcome = daemon.stop(Signal::SIGINT, self.config.shutdown_grace).await;
+            let outcome = daemon
+                .stop(Signal::SIGINT, self.config.shutdown_grace)
+                .await;
             daemon.release_output();
             record.step(UpgradeStep::StopOld, started, format!("{outcome:?}"));
         }
@@ -387,7 +433,11 @@ impl Supervisor {
                     }
                     if !self.config.restart_delay.is_zero() {
                         record.exclude_from_switch(self.config.restart_delay);
-                        if self.sleep_unless_shutdown(self.config.restart_delay).await.is_some() {
+                        if self
+                            .sleep_unless_shutdown(self.config.restart_delay)
+                            .await
+                            .is_some()
+                        {
                             return Ok(Some(RunOutcome::Shutdown));
                         }
                     }
@@ -399,7 +449,8 @@ impl Supervisor {
                 Err(failure) => {
                     let message = failure.to_string();
                     tracing::error!(upgrade = %plan.name, "{message}");
-                    self.notifier.status(&format!("halted: upgrade {} failed: {message}", plan.name));
+                    self.notifier
+                        .status(&format!("halted: upgrade {} failed: {message}", plan.name));
                     if !failure.waits_for_binary() {
                         let record = record.finish(UpgradeOutcome::Failed(message));
                         append_record(&self.layout, &record);
@@ -419,7 +470,9 @@ impl Supervisor {
     }
 
     async fn halted_until_shutdown(&mut self) -> anyhow::Result<RunOutcome> {
-        tracing::error!("the node stays halted; restart palisade-supervisor after fixing the cause");
+        tracing::error!(
+            "the node stays halted; restart palisade-supervisor after fixing the cause"
+        );
         loop {
             tokio::select! {
                 Some(_) = self.shutdown.recv() => return Ok(RunOutcome::Shutdown),
@@ -440,7 +493,8 @@ impl Supervisor {
         };
         let binary = self.layout.binary(&version);
         tracing::warn!(binary = %binary.display(), "waiting for the upgrade binary to be installed ({failure})");
-        let mut poll = tokio::time::interval(self.config.poll_interval.max(Duration::from_millis(100)));
+        let mut poll =
+            tokio::time::interval(self.config.poll_interval.max(Duration::from_millis(100)));
         loop {
             tokio::select! {
                 Some(_) = self.shutdown.recv() => return Ok(Some(RunOutcome::Shutdown)),

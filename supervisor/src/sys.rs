@@ -20,9 +20,14 @@ pub fn reflink_file(source: &File, destination: &File) -> io::Result<()> {
     // SAFETY: FICLONE takes the source fd as its integer argument and only
     // reads kernel state; both descriptors are owned, open `File`s for the
     // duration of the call.
-    unsafe { ficlone_ioctl(destination.as_raw_fd(), source.as_raw_fd() as nix::sys::ioctl::ioctl_param_type) }
-        .map(|_| ())
-        .map_err(io::Error::from)
+    unsafe {
+        ficlone_ioctl(
+            destination.as_raw_fd(),
+            source.as_raw_fd() as nix::sys::ioctl::ioctl_param_type,
+        )
+    }
+    .map(|_| ())
+    .map_err(io::Error::from)
 }
 
 /// Arrange for the child to run in its own process group and to receive
@@ -47,7 +52,9 @@ pub fn child_in_own_group_killed_with_parent(command: &mut std::process::Command
             // The parent may have died between fork and prctl: then the death
             // signal was never armed, so leave now instead of running orphaned.
             if nix::unistd::getppid() != parent_pid {
-                return Err(io::Error::other("supervisor exited before the daemon started"));
+                return Err(io::Error::other(
+                    "supervisor exited before the daemon started",
+                ));
             }
             Ok(())
         });

@@ -129,7 +129,8 @@ impl RecordBuilder {
     /// Finish with the new binary running.
     pub fn completed(mut self) -> UpgradeRecord {
         let total = self.detected.elapsed();
-        self.record.switch_ms = Some(total.saturating_sub(self.excluded_from_switch).as_millis() as u64);
+        self.record.switch_ms =
+            Some(total.saturating_sub(self.excluded_from_switch).as_millis() as u64);
         self.record.outcome = UpgradeOutcome::Completed;
         self.record
     }
@@ -161,7 +162,9 @@ pub fn append_record(layout: &Layout, record: &UpgradeRecord) {
         });
     match result {
         Ok(()) => tracing::info!(record = %line, "upgrade record written to {}", path.display()),
-        Err(error) => tracing::error!(%error, path = %path.display(), "cannot write upgrade record"),
+        Err(error) => {
+            tracing::error!(%error, path = %path.display(), "cannot write upgrade record")
+        }
     }
 }
 
@@ -234,7 +237,10 @@ pub async fn prepare_and_switch(
         record.step(
             UpgradeStep::Download,
             started,
-            format!("{} ({} bytes, {:?})", report.url, report.bytes, report.format),
+            format!(
+                "{} ({} bytes, {:?})",
+                report.url, report.bytes, report.format
+            ),
         );
         record.exclude_from_switch(report.download_duration);
         record.record.steps.push(StepRecord {
@@ -270,11 +276,9 @@ pub async fn prepare_and_switch(
                 &label,
                 SystemTime::now(),
                 &mut |progress: &BackupProgress| {
-                    let percent = if progress.bytes_total == 0 {
-                        100
-                    } else {
-                        progress.bytes_done * 100 / progress.bytes_total
-                    };
+                    let percent = (progress.bytes_done * 100)
+                        .checked_div(progress.bytes_total)
+                        .unwrap_or(100);
                     let status = format!(
                         "upgrade {name}: backing up data/ {percent}% ({}/{} MiB, {}/{} files)",
                         progress.bytes_done >> 20,
@@ -317,9 +321,10 @@ pub async fn prepare_and_switch(
             OsString::from(&plan.name),
             OsString::from(plan.height.map(|h| h.to_string()).unwrap_or_default()),
         ];
-        context
-            .notifier
-            .status(&format!("upgrade {}: running custom pre-upgrade", plan.name));
+        context.notifier.status(&format!(
+            "upgrade {}: running custom pre-upgrade",
+            plan.name
+        ));
         let exit = context
             .reaper
             .run_to_completion(script, &args, PREUPGRADE_TIMEOUT)
@@ -372,7 +377,9 @@ async fn run_preupgrade(
             .map_err(|error| UpgradeFailure::PreUpgrade(error.to_string()))?;
         match exit {
             ExitKind::Code(0) => return Ok(format!("pre-upgrade ok (attempt {attempt})")),
-            ExitKind::Code(1) => return Ok("pre-upgrade not implemented by the binary (exit 1)".into()),
+            ExitKind::Code(1) => {
+                return Ok("pre-upgrade not implemented by the binary (exit 1)".into());
+            }
             ExitKind::Code(30) => {
                 return Err(UpgradeFailure::PreUpgrade(
                     "the new binary aborted the upgrade (exit 30)".into(),

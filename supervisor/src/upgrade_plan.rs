@@ -149,10 +149,16 @@ fn leading_info(rest: &str) -> String {
 mod tests {
     use super::*;
 
+    /// (name, height, info) of an expected plan.
+    type Expected<'a, H> = (&'a str, H, &'a str);
+
     #[test]
     fn upgrade_info_files() {
-        let cases: &[(&str, Result<(&str, u64, &str), &str>)] = &[
-            (r#"{"name":"v2","height":100,"info":"x"}"#, Ok(("v2", 100, "x"))),
+        let cases: &[(&str, Result<Expected<u64>, &str>)] = &[
+            (
+                r#"{"name":"v2","height":100,"info":"x"}"#,
+                Ok(("v2", 100, "x")),
+            ),
             (r#"{"name":"V2","height":"100"}"#, Ok(("V2", 100, ""))),
             (
                 r#"{"name":"v2","time":"0001-01-01T00:00:00Z","height":7,"info":"{\"binaries\":{}}","upgraded_client_state":null}"#,
@@ -188,7 +194,7 @@ mod tests {
 
     #[test]
     fn upgrade_lines() {
-        let cases: &[(&str, Option<(&str, Option<u64>, &str)>)] = &[
+        let cases: &[(&str, Option<Expected<Option<u64>>>)] = &[
             (
                 r#"UPGRADE "v2" NEEDED at height: 100: {"binaries":{"any":"http://x"}}"#,
                 Some(("v2", Some(100), r#"{"binaries":{"any":"http://x"}}"#)),

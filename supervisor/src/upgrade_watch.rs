@@ -179,13 +179,19 @@ mod tests {
 
         std::fs::write(&path, br#"{"name":"v2","hei"#).unwrap();
         let pending = tokio::time::timeout(Duration::from_millis(200), watcher.next()).await;
-        assert!(pending.is_err(), "a partial file must not yield: {pending:?}");
+        assert!(
+            pending.is_err(),
+            "a partial file must not yield: {pending:?}"
+        );
 
         std::fs::write(&path, br#"{"name":"v2","height":10,"info":""}"#).unwrap();
         let event = tokio::time::timeout(Duration::from_secs(2), watcher.next())
             .await
             .unwrap();
-        assert!(matches!(event, WatchEvent::Plan(ref plan) if plan.name == "v2"), "{event:?}");
+        assert!(
+            matches!(event, WatchEvent::Plan(ref plan) if plan.name == "v2"),
+            "{event:?}"
+        );
 
         // Same contents rewritten: nothing new.
         std::fs::write(&path, br#"{"name":"v2","height":10,"info":""}"#).unwrap();
@@ -199,7 +205,10 @@ mod tests {
         let event = tokio::time::timeout(Duration::from_secs(2), watcher.next())
             .await
             .unwrap();
-        assert!(matches!(event, WatchEvent::Invalid(ref reason) if reason.contains("positive")), "{event:?}");
+        assert!(
+            matches!(event, WatchEvent::Invalid(ref reason) if reason.contains("positive")),
+            "{event:?}"
+        );
     }
 
     #[tokio::test]

@@ -24,7 +24,10 @@ fn assert_upgraded(chain: &Chain, dir_name: &str, upgrade_height: u64) {
     assert!(plan_copy.exists(), "{} missing", plan_copy.display());
     // Signing resumed above the upgrade height, with the new binary.
     let last = chain.wait_signing(3, LONG);
-    assert!(last > upgrade_height, "last signed {last} <= {upgrade_height}");
+    assert!(
+        last > upgrade_height,
+        "last signed {last} <= {upgrade_height}"
+    );
     chain.assert_no_double_sign();
 }
 
@@ -51,7 +54,13 @@ fn upgrade_through_upgrade_info_json() {
         .collect();
     assert_eq!(
         steps,
-        ["stop_old", "data_backup", "pre_upgrade", "switch", "start_new"],
+        [
+            "stop_old",
+            "data_backup",
+            "pre_upgrade",
+            "switch",
+            "start_new"
+        ],
         "{record}"
     );
     assert!(record["switch_ms"].as_u64().is_some());
@@ -59,7 +68,12 @@ fn upgrade_through_upgrade_info_json() {
     let backups: Vec<_> = std::fs::read_dir(&chain.home)
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("data-backup-v2-"))
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("data-backup-v2-")
+        })
         .collect();
     assert_eq!(backups.len(), 1);
     assert!(backups[0].path().join("priv_validator_state.json").exists());
@@ -84,7 +98,12 @@ fn upgrade_through_the_output_line_only() {
 fn mixed_case_upgrade_name_is_recased_by_default() {
     let chain = Chain::start(&[("V2-Upper", 12)], BLOCK);
     chain.add_upgrade("V2-Upper", &chain.version_binary("v2", &["V2-Upper"]), &[]);
-    assert!(chain.cosmovisor().join("upgrades/v2-upper/bin/simd").exists());
+    assert!(
+        chain
+            .cosmovisor()
+            .join("upgrades/v2-upper/bin/simd")
+            .exists()
+    );
     let supervisor = chain.run_supervisor(&[("UNSAFE_SKIP_BACKUP", "true")]);
     supervisor.wait_for_line("upgrade completed; new binary running", LONG);
     assert_upgraded(&chain, "v2-upper", 12);
@@ -94,9 +113,17 @@ fn mixed_case_upgrade_name_is_recased_by_default() {
 #[test]
 fn mixed_case_upgrade_name_kept_with_disable_recase() {
     let chain = Chain::start(&[("V2-Upper", 12)], BLOCK);
-    let env = [("COSMOVISOR_DISABLE_RECASE", "true"), ("UNSAFE_SKIP_BACKUP", "true")];
+    let env = [
+        ("COSMOVISOR_DISABLE_RECASE", "true"),
+        ("UNSAFE_SKIP_BACKUP", "true"),
+    ];
     chain.add_upgrade("V2-Upper", &chain.version_binary("v2", &["V2-Upper"]), &env);
-    assert!(chain.cosmovisor().join("upgrades/V2-Upper/bin/simd").exists());
+    assert!(
+        chain
+            .cosmovisor()
+            .join("upgrades/V2-Upper/bin/simd")
+            .exists()
+    );
     let supervisor = chain.run_supervisor(&env);
     supervisor.wait_for_line("upgrade completed; new binary running", LONG);
     assert_upgraded(&chain, "V2-Upper", 12);
@@ -111,8 +138,16 @@ fn missing_binary_halts_without_crash_loop_then_continues_when_installed() {
     assert!(supervisor.has_line("palisade-supervisor add-upgrade v2"));
     // Halted: the old binary is not restarted into a crash loop.
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(supervisor.count_lines("daemon started"), 1, "{}", supervisor.output());
-    assert!(supervisor.children().is_empty(), "a daemon is running while halted");
+    assert_eq!(
+        supervisor.count_lines("daemon started"),
+        1,
+        "{}",
+        supervisor.output()
+    );
+    assert!(
+        supervisor.children().is_empty(),
+        "a daemon is running while halted"
+    );
     assert_eq!(chain.current_target(), std::path::Path::new("genesis"));
 
     chain.add_upgrade("v2", &chain.version_binary("v2", &["v2"]), &[]);
@@ -157,8 +192,13 @@ fn tar_gz_with_binary(script: &[u8]) -> Vec<u8> {
 fn auto_download_with_checksum_installs_and_runs() {
     let scratch = tempfile::tempdir().unwrap();
     let script_path = scratch.path().join("simd");
-    palisade_simchain::testkit::write_versioned_binary(&script_path, &common::simd(), "v2", &["v2"])
-        .unwrap();
+    palisade_simchain::testkit::write_versioned_binary(
+        &script_path,
+        &common::simd(),
+        "v2",
+        &["v2"],
+    )
+    .unwrap();
     let script = std::fs::read(&script_path).unwrap();
     let archive = tar_gz_with_binary(&script);
     let base = serve_files(vec![("/simd-v2.tar.gz".into(), archive.clone())]);
@@ -177,7 +217,10 @@ fn auto_download_with_checksum_installs_and_runs() {
     let record = &chain.upgrade_records()[0];
     let steps = record["steps"].as_array().unwrap();
     assert_eq!(steps[1]["step"], "download");
-    assert!(steps[2]["detail"].as_str().unwrap().contains("verified"), "{record}");
+    assert!(
+        steps[2]["detail"].as_str().unwrap().contains("verified"),
+        "{record}"
+    );
     supervisor.stop();
 }
 
@@ -196,7 +239,11 @@ fn auto_download_with_bad_checksum_installs_nothing_and_stays_halted() {
         ("UNSAFE_SKIP_BACKUP", "true"),
     ]);
     supervisor.wait_for_line("download failed", LONG);
-    assert!(supervisor.output().contains("checksum"), "{}", supervisor.output());
+    assert!(
+        supervisor.output().contains("checksum"),
+        "{}",
+        supervisor.output()
+    );
     assert!(!chain.cosmovisor().join("upgrades/v2").exists());
     let leftovers: Vec<_> = std::fs::read_dir(chain.cosmovisor().join("upgrades"))
         .unwrap()

@@ -36,7 +36,10 @@ pub fn simd() -> PathBuf {
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -82,7 +85,12 @@ impl Chain {
             network,
         };
         let genesis = chain.version_binary("v1", &[]);
-        let output = chain.supervisor_command(&[]).args(["init"]).arg(&genesis).output().unwrap();
+        let output = chain
+            .supervisor_command(&[])
+            .args(["init"])
+            .arg(&genesis)
+            .output()
+            .unwrap();
         assert!(output.status.success(), "init failed: {output:?}");
         chain
     }
@@ -151,12 +159,7 @@ impl Chain {
 
     /// Wait until the validator has signed `count` more heights.
     pub fn wait_signing(&self, count: u64, timeout: Duration) -> u64 {
-        let start = self
-            .network
-            .record()
-            .unwrap()
-            .validators["val1"]
-            .signed_heights;
+        let start = self.network.record().unwrap().validators["val1"].signed_heights;
         let record = self
             .network
             .wait_for(timeout, |record| {
@@ -168,7 +171,11 @@ impl Chain {
 
     pub fn assert_no_double_sign(&self) {
         let record = self.network.record().unwrap();
-        assert!(record.double_signs.is_empty(), "double signs: {:?}", record.double_signs);
+        assert!(
+            record.double_signs.is_empty(),
+            "double signs: {:?}",
+            record.double_signs
+        );
     }
 }
 
@@ -209,7 +216,11 @@ impl Supervisor {
     }
 
     pub fn has_line(&self, needle: &str) -> bool {
-        self.lines.lock().unwrap().iter().any(|line| line.contains(needle))
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(needle))
     }
 
     pub fn count_lines(&self, needle: &str) -> usize {
@@ -270,9 +281,16 @@ impl Supervisor {
         let children = all_descendants(pid);
         self.signal("TERM");
         let status = self.wait_exit(Duration::from_secs(20));
-        assert!(status.success(), "supervisor exit {status:?}:\n{}", tail(&self.output(), 60));
+        assert!(
+            status.success(),
+            "supervisor exit {status:?}:\n{}",
+            tail(&self.output(), 60)
+        );
         for child in children {
-            assert!(!process_alive(child), "process {child} outlived the supervisor");
+            assert!(
+                !process_alive(child),
+                "process {child} outlived the supervisor"
+            );
         }
         self.output()
     }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: build, format check, clippy, all
+# tests (unit, integration against the real binaries and the simulated
+# chain, and the root-only reflink tests on a loop-mounted XFS).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+
+require_cargo
+# xfsprogs: reflink data-backup tests on a loop-mounted XFS; curl: demo.
+apt_install xfsprogs curl ca-certificates
+ensure_nextest
+
+log "build"
+cargo build --workspace --all-targets --locked
+log "format"
+cargo fmt --all -- --check
+log "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "tests"
+cargo nextest run --workspace --locked --no-fail-fast
+log "doc tests"
+cargo test --workspace --doc --locked
