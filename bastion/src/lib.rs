@@ -36,7 +36,8 @@ door: the validator's key is confined in authorized_keys with options such as
 
 palisade-bastion itself listens only on loopback and Unix sockets. It reaches
 each validator's supervisor through the reverse-forwarded Unix socket that the
-validator publishes over its SSH connection, and it:
+validator publishes over its SSH connection. Its job (built up release by
+release, see below):
   - stores the validator's backups, which are signed by the validator and
     age-encrypted before upload: the bastion holds ciphertext it can neither
     read nor forge;

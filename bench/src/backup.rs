@@ -75,12 +75,20 @@ fn measure(node: &Path, name: &str, expected: BackupMethod) -> anyhow::Result<Me
     }
     let seconds = report.duration.as_secs_f64();
     Ok(Measured {
-        result: result(name, round(seconds, 3), "s", None),
+        result: result(name, round(seconds, 4), "s", None),
         detail: format!(
-            "{:?}, {} files, {:.0} MiB/s",
+            "{:?} of {} files, {:.0} MiB{}",
             report.method,
             report.files,
-            bytes as f64 / MIB as f64 / seconds.max(1e-9)
+            bytes as f64 / MIB as f64,
+            if expected == BackupMethod::Copy {
+                format!(
+                    ", {:.0} MiB/s",
+                    bytes as f64 / MIB as f64 / seconds.max(1e-9)
+                )
+            } else {
+                String::new()
+            }
         ),
     })
 }

@@ -20,10 +20,10 @@ pub fn run(bins: &Binaries, runs: usize) -> anyhow::Result<Measured> {
     }
     let mut samples = Vec::with_capacity(runs);
     for index in 0..runs {
-        let (switch_ms, detected_by) =
+        let (switch_ms, detail) =
             one_upgrade(bins).with_context(|| format!("upgrade run {}/{runs}", index + 1))?;
         eprintln!(
-            "  upgrade_switch_ms run {}/{runs}: {switch_ms} ms (detected by {detected_by})",
+            "  upgrade_switch_ms run {}/{runs}: {switch_ms} ms ({detail})",
             index + 1
         );
         samples.push(switch_ms as f64);
@@ -50,7 +50,8 @@ fn median(sorted: &[f64]) -> f64 {
 }
 
 /// One fresh home: chain, `add-upgrade v2`, supervisor, plan a few blocks
-/// ahead, wait for the record line. Returns `switch_ms` and how it was detected.
+/// ahead, wait for the record line. Returns `switch_ms` and a note on how it
+/// was detected, the plan height and the recorded steps.
 fn one_upgrade(bins: &Binaries) -> anyhow::Result<(u64, String)> {
     let fixture = Fixture::start(bins, BLOCK_TIME)?;
     let v2 = fixture.version_binary("v2", &["v2"])?;
@@ -93,11 +94,28 @@ fn one_upgrade(bins: &Binaries) -> anyhow::Result<(u64, String)> {
     let switch_ms = record
         .switch_ms
         .context("completed upgrade record has no switch_ms")?;
-    let detected_by = serde_json::to_value(&record.detected_by)?
+    let detected_by = serde_json::to_value(record.detected_by)?
         .as_str()
         .map_or_else(|| format!("{:?}", record.detected_by), str::to_owned);
+    let steps: Vec<String> = record
+        .steps
+        .iter()
+        .map(|step| {
+            let name = serde_json::to_value(step.step)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{:?}", step.step));
+            format!("{name} {}ms", step.duration_ms)
+        })
+        .collect();
     supervisor.stop()?;
-    Ok((switch_ms, detected_by))
+    Ok((
+        switch_ms,
+        format!(
+            "height {height}, detected by {detected_by}; steps: {}",
+            steps.join(", ")
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -112,11 +112,24 @@ pub fn parse_records(bytes: &[u8]) -> ReadRecords {
             Ok(record) => read.records.push(record),
             Err(error) => read.bad_lines.push(BadLine {
                 line: index + 1,
-                reason: error.to_string(),
+                reason: line_error(&error),
             }),
         }
     }
     read
+}
+
+/// serde_json counts lines within the one line it was given; report the
+/// column only, as the caller names the file's line.
+fn line_error(error: &serde_json::Error) -> String {
+    let mut message = error.to_string();
+    if let Some(position) = message.rfind(" at line ") {
+        message.truncate(position);
+    }
+    if error.column() > 0 {
+        message.push_str(&format!(" (column {})", error.column()));
+    }
+    message
 }
 
 /// The records as an aligned table, each followed by its steps.
@@ -373,6 +386,10 @@ mod tests {
         let read = read_records(home).unwrap();
         assert_eq!(read.records.len(), 1);
         assert_eq!(read.bad_lines[0].line, 2);
+        assert_eq!(
+            read.bad_lines[0].reason, "expected value (column 1)",
+            "serde's own line number is dropped"
+        );
         let error = RecordsError::BadLines {
             path: record_path(home),
             lines: read.bad_lines,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod data_backup;
 pub mod download;
 pub mod layout;
+pub mod node_rpc;
 pub mod output;
 pub mod process;
 pub mod restart_policy;

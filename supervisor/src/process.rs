@@ -325,8 +325,9 @@ impl Daemon {
     }
 }
 
-/// Processes still parented to us (orphans re-parented to the subreaper
-/// that have not exited yet). Read from `/proc`.
+/// Live processes still parented to us (orphans re-parented to the
+/// subreaper that have not exited yet; zombies are dead and left to the
+/// reaper). Read from `/proc`.
 pub fn remaining_children() -> Vec<i32> {
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -336,14 +337,17 @@ pub fn remaining_children() -> Vec<i32> {
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // Field 4 (ppid) follows the parenthesised command name.
-                    let after = &stat[stat.rfind(')')? + 2..];
-                    after.split(' ').nth(1)?.parse::<i32>().ok()
-                })
-                == Some(me)
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the parenthesised command name: state, ppid, ...
+            let Some(after) = stat.rfind(')').map(|end| &stat[end + 2..]) else {
+                return false;
+            };
+            let mut fields = after.split(' ');
+            let state = fields.next();
+            let parent = fields.next().and_then(|ppid| ppid.parse::<i32>().ok());
+            parent == Some(me) && state != Some("Z")
         })
         .collect()
 }

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::layout::{Layout, Version};
+use crate::node_rpc::{NodeRpc, plan_is_due};
 use crate::process::{Daemon, OutputTarget, Reaper, StopOutcome, kill_remaining_children};
 use crate::restart_policy::{AfterExit, RestartPolicy};
 use crate::systemd::Notifier;
@@ -81,6 +82,8 @@ enum Wake {
     BadPlan(String),
     Shutdown(Signal),
     Watchdog,
+    /// Time to re-check whether a scheduled plan is due.
+    CheckScheduled,
 }
 
 struct Supervisor {
@@ -98,6 +101,12 @@ struct Supervisor {
     ready_sent: bool,
     /// The record of an upgrade whose new binary is about to start.
     pending_record: Option<RecordBuilder>,
+    /// A plan from the file whose height the node has not reached yet.
+    scheduled: Option<UpgradePlan>,
+    scheduled_check: tokio::time::Interval,
+    node_rpc: NodeRpc,
+    /// The node's height when last asked.
+    last_node_height: Option<u64>,
 }
 
 /// Run until shutdown, a clean daemon exit, a crash loop, or an upgrade
@@ -114,6 +123,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     });
     let (upgrade_lines_sender, upgrade_lines) = mpsc::unbounded_channel();
     let watcher = UpgradeFileWatcher::new(config.upgrade_info_path(), config.poll_interval);
+    remove_interrupted_work(&config, &layout);
     let mut supervisor = Supervisor {
         layout,
         reaper,
@@ -127,12 +137,55 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         watchdog,
         ready_sent: false,
         pending_record: None,
+        scheduled: None,
+        scheduled_check: tokio::time::interval(config.poll_interval),
+        node_rpc: NodeRpc::new(&config.daemon_home),
+        last_node_height: None,
         config,
     };
     let outcome = supervisor.supervise().await;
     supervisor.notifier.stopping("stopping");
     kill_remaining_children(Duration::from_secs(2)).await;
     outcome
+}
+
+/// Wait for the next watchdog tick; never, without a watchdog.
+async fn watchdog_tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(tick) => {
+            tick.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// A crash during a download or a data backup leaves a `.staging-*`
+/// directory in `upgrades/` or a `data-backup-*.partial` directory: never
+/// used, removed before anything else so they cannot accumulate.
+fn remove_interrupted_work(config: &Config, layout: &Layout) {
+    let mut places = vec![(layout.upgrades_dir(), ".staging-", "")];
+    if let crate::config::DataBackupPolicy::Before { backup_root } = &config.data_backup {
+        places.push((backup_root.clone(), "data-backup-", ".partial"));
+    }
+    for (dir, prefix, suffix) in places {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) && name.ends_with(suffix) {
+                let path = entry.path();
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        tracing::warn!(path = %path.display(), "removed the leftover of an interrupted download or backup")
+                    }
+                    Err(error) => {
+                        tracing::error!(path = %path.display(), %error, "cannot remove the leftover of an interrupted download or backup")
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Supervisor {
@@ -194,8 +247,40 @@ impl Supervisor {
                         self.notifier
                             .status(&format!("invalid upgrade-info.json: {reason}"));
                     }
+                    Wake::CheckScheduled => {
+                        let Some(plan) = self.scheduled.take() else {
+                            continue;
+                        };
+                        if self.plan_is_due(&plan).await {
+                            match self
+                                .upgrade(Some(&mut daemon), plan, DetectionSource::UpgradeInfoFile)
+                                .await?
+                            {
+                                Some(outcome) => return Ok(outcome),
+                                None => {
+                                    policy = RestartPolicy::new(self.config.restart);
+                                    break;
+                                }
+                            }
+                        }
+                        self.scheduled = Some(plan);
+                    }
                     Wake::Upgrade(plan, source) => {
                         if self.is_new_plan(&plan)? {
+                            // A plan in the file with a height the running
+                            // node has not reached (a manual upgrade) waits.
+                            if source == DetectionSource::UpgradeInfoFile
+                                && !self.plan_is_due(&plan).await
+                            {
+                                tracing::info!(upgrade = %plan.name, height = ?plan.height, "upgrade scheduled; waiting for the node to reach the height");
+                                self.notifier.status(&format!(
+                                    "upgrade {} scheduled at height {:?}",
+                                    plan.name, plan.height
+                                ));
+                                self.scheduled = Some(plan);
+                                continue;
+                            }
+                            self.scheduled = None;
                             match self.upgrade(Some(&mut daemon), plan, source).await? {
                                 Some(outcome) => return Ok(outcome),
                                 None => {
@@ -273,14 +358,7 @@ impl Supervisor {
     }
 
     async fn next_wake(&mut self, daemon: &mut Daemon) -> Wake {
-        let watchdog = async {
-            match &mut self.watchdog {
-                Some(tick) => {
-                    tick.tick().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
+        let watchdog = watchdog_tick(&mut self.watchdog);
         tokio::select! {
             exit = daemon.wait() => Wake::Exited(exit),
             Some(plan) = self.upgrade_lines.recv() => Wake::Upgrade(plan, DetectionSource::OutputLine),
@@ -291,6 +369,24 @@ impl Supervisor {
             },
             Some(signal) = self.shutdown.recv() => Wake::Shutdown(signal),
             () = watchdog => Wake::Watchdog,
+            _ = self.scheduled_check.tick(), if self.scheduled.is_some() => Wake::CheckScheduled,
+        }
+    }
+
+    /// Due unless the node answers its RPC with a height below the plan's.
+    /// An unreachable node is treated as due: the SDK halts (or exits) at
+    /// the plan height, so silence at that point means "halted", and an
+    /// exited daemon is handled by the exit path anyway.
+    async fn plan_is_due(&mut self, plan: &UpgradePlan) -> bool {
+        let Some(height) = plan.height else {
+            return true;
+        };
+        match self.node_rpc.latest_height().await {
+            Some(node_height) => {
+                self.last_node_height = Some(node_height);
+                plan_is_due(height, node_height)
+            }
+            None => true,
         }
     }
 
@@ -346,6 +442,16 @@ impl Supervisor {
         }
         match read_plan_file(&self.config.upgrade_info_path()) {
             FileState::Plan(plan) if self.is_new_plan(&plan)? => {
+                // A scheduled plan the node was last seen short of is not
+                // why it exited: that is a crash, and the old binary runs
+                // again until the height is reached.
+                if let (Some(scheduled), Some(node_height), Some(height)) =
+                    (&self.scheduled, self.last_node_height, plan.height)
+                    && scheduled.name == plan.name
+                    && !plan_is_due(height, node_height)
+                {
+                    return Ok(None);
+                }
                 Ok(Some((plan, DetectionSource::UpgradeInfoFile)))
             }
             _ => Ok(None),
@@ -417,13 +523,39 @@ impl Supervisor {
             record.step(UpgradeStep::StopOld, started, format!("{outcome:?}"));
         }
         loop {
-            let context = UpgradeContext {
-                config: &self.config,
-                layout: &self.layout,
-                reaper: &self.reaper,
-                notifier: &self.notifier,
+            // The steps can take minutes (download, copy backup): keep the
+            // watchdog fed from this loop, and honour a shutdown. Dropping
+            // the steps stops them at an await point; the switch itself is
+            // one synchronous rename, so nothing is left half done (a
+            // partial download or backup is removed at the next start).
+            let result = {
+                let context = UpgradeContext {
+                    config: &self.config,
+                    layout: &self.layout,
+                    reaper: &self.reaper,
+                    notifier: &self.notifier,
+                };
+                let work = prepare_and_switch(&context, &plan, &mut record);
+                tokio::pin!(work);
+                loop {
+                    tokio::select! {
+                        result = &mut work => break Ok(result),
+                        Some(signal) = self.shutdown.recv() => break Err(signal),
+                        () = watchdog_tick(&mut self.watchdog) => self.notifier.watchdog(),
+                    }
+                }
             };
-            match prepare_and_switch(&context, &plan, &mut record).await {
+            let result = match result {
+                Ok(result) => result,
+                Err(signal) => {
+                    tracing::warn!(?signal, upgrade = %plan.name, "shutdown requested during the upgrade; stopping before the switch, the plan stays pending");
+                    let record =
+                        record.finish(UpgradeOutcome::Failed("interrupted by shutdown".into()));
+                    append_record(&self.layout, &record);
+                    return Ok(Some(RunOutcome::Shutdown));
+                }
+            };
+            match result {
                 Ok(version) => {
                     if !self.config.restart_after_upgrade {
                         let record = record.finish(UpgradeOutcome::SwitchedNotRestarted);
@@ -476,7 +608,7 @@ impl Supervisor {
         loop {
             tokio::select! {
                 Some(_) = self.shutdown.recv() => return Ok(RunOutcome::Shutdown),
-                () = async { match &mut self.watchdog { Some(t) => { t.tick().await; } None => std::future::pending().await } } => self.notifier.watchdog(),
+                () = watchdog_tick(&mut self.watchdog) => self.notifier.watchdog(),
             }
         }
     }
