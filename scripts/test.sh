@@ -17,7 +17,7 @@ log "format"
 cargo fmt --all -- --check
 log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-log "tests"
-cargo nextest run --workspace --locked --no-fail-fast
 log "doc tests"
 cargo test --workspace --doc --locked
+log "tests"
+cargo nextest run --workspace --locked --no-fail-fast
