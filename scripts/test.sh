@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
 require_cargo
-# xfsprogs: reflink data-backup tests on a loop-mounted XFS; curl: demo.
-apt_install xfsprogs curl ca-certificates
+# xfsprogs: reflink data-backup tests on a loop-mounted XFS; age: backups must
+# open with the stock age CLI; curl: demo.
+apt_install xfsprogs curl ca-certificates age
 ensure_nextest
 
 log "build"
