@@ -24,6 +24,8 @@ pub mod exit_code {
     pub const USAGE: i32 = 2;
     /// The daemon crash-looped and restarting stopped.
     pub const CRASH_LOOP: i32 = crate::run::EXIT_CRASH_LOOP;
+    /// Refused to start: the local sign state is behind a backup.
+    pub const STATE_BEHIND_BACKUP: i32 = 4;
 }
 
 const ABOUT: &str = "Security-first supervisor for Cosmos SDK / CometBFT validators.
@@ -48,7 +50,8 @@ Examples:
   palisade-supervisor add-upgrade v19 ./gaiad-v19
   palisade-supervisor run start --home $DAEMON_HOME
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 crash loop (not restarted).
+Exit codes: 0 ok, 1 error, 2 usage, 3 crash loop (not restarted),
+4 refused to start: the local sign state is behind a backup (see restore-state).
 Logs go to stderr; the daemon's stdout/stderr pass through unchanged.
 Set PALISADE_LOG (e.g. debug) to change verbosity.";
 
@@ -69,6 +72,12 @@ pub enum Command {
     /// Run the daemon under supervision (like `cosmovisor run`). Every
     /// argument after `run` is passed to the daemon unchanged.
     Run {
+        /// Unlock the key vault with the passphrase read from this inherited
+        /// file descriptor (e.g. 3, a pipe from a wrapper). Other sources:
+        /// a systemd credential `palisade-passphrase`, or
+        /// `vault.passphrase-file`. Without one the supervisor starts locked.
+        #[arg(long, value_name = "FD")]
+        passphrase_fd: Option<i32>,
         /// Arguments for the daemon, e.g. `start --home ~/.gaia`.
         #[arg(
             trailing_var_arg = true,
@@ -101,6 +110,28 @@ pub enum Command {
     },
     /// Print data/upgrade-info.json, if any, and whether it is applied.
     ShowUpgradeInfo,
+    /// Create the key vault ([vault] in the config file) and import the
+    /// validator's priv_validator_key.json and node_key.json into it. The
+    /// plaintext originals are verified against the vault, then overwritten
+    /// and removed.
+    InitVault {
+        /// Read the new passphrase from this file (mode 0600) instead of
+        /// prompting twice on the terminal.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Create the vault without importing the key files.
+        #[arg(long)]
+        no_import: bool,
+    },
+    /// Restore priv_validator_state.json from the highest valid backup when
+    /// the local state is behind it or missing (the supervisor refuses to
+    /// start in that case). Never writes a state lower than the highest known.
+    RestoreState {
+        /// Read the vault passphrase from this file (mode 0600); default:
+        /// vault.passphrase-file, else prompt on the terminal.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
     /// Print the effective configuration (environment over file over defaults).
     Config,
     /// Print the supervisor's version, then the daemon's (`<daemon> version`).

@@ -82,6 +82,49 @@ pub struct RawConfig {
     pub restart: RawRestart,
     #[serde(default)]
     pub output: RawOutput,
+    /// Present → the key vault is enabled and the supervisor starts locked.
+    pub vault: Option<RawVault>,
+    /// Sign-state backups (require `[vault]`: they are signed with its key).
+    pub backup: Option<RawBackup>,
+}
+
+/// `[vault]`: keys encrypted at rest, decrypted into tmpfs on unlock.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawVault {
+    /// Default `$DAEMON_HOME/palisade/vault`.
+    pub dir: Option<PathBuf>,
+    /// Default `/dev/shm/palisade-$DAEMON_NAME`: where decrypted keys live
+    /// while unlocked. Must be on tmpfs/ramfs.
+    pub tmpfs_dir: Option<PathBuf>,
+    /// Unattended unlock from this file (explicit opt-in; no default).
+    pub passphrase_file: Option<PathBuf>,
+    /// Required: `"warn"` or `"refuse"` when swap is enabled (decrypted
+    /// keys could be swapped to disk). A security choice, so no default.
+    pub swap: Option<String>,
+    /// Default `18`: scrypt work factor (log2 N) used by `init-vault`.
+    /// Below 16 is for tests only.
+    pub scrypt_work_factor: Option<u8>,
+    /// Default none: offline recovery recipients (`age1…` or
+    /// `ssh-ed25519 …`) that can open backups without the passphrase.
+    pub recovery_recipients: Option<Vec<String>>,
+}
+
+/// `[backup]`: signed, age-encrypted sign-state backups.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawBackup {
+    /// Default `$DAEMON_HOME/palisade/backups`: the local store.
+    pub dir: Option<PathBuf>,
+    /// Default none: more directory stores (another disk, a mount).
+    pub extra_dirs: Option<Vec<PathBuf>>,
+    /// Default `200`: backups kept per store (newest first).
+    pub retention: Option<usize>,
+    /// Default `300ms`: a burst of watermark changes makes one backup, at
+    /// most this often (well under one block time).
+    pub debounce: Option<String>,
+    /// Default: `chain_id` from `$DAEMON_HOME/config/genesis.json`.
+    pub chain_id: Option<String>,
 }
 
 /// `[daemon]`: the supervised binary (Cosmovisor's `DAEMON_*`).
@@ -185,6 +228,39 @@ pub struct Config {
     pub output: OutputSettings,
     /// The file this was loaded from, if any (for `config` output).
     pub source_file: Option<PathBuf>,
+    /// `None`: no vault; keys are wherever gaiad's config says (Cosmovisor
+    /// behaviour).
+    pub vault: Option<VaultSettings>,
+}
+
+/// What to do when swap is enabled while the vault is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapPolicy {
+    Warn,
+    Refuse,
+}
+
+/// The validated `[vault]` (and `[backup]`) settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultSettings {
+    pub dir: PathBuf,
+    pub tmpfs_dir: PathBuf,
+    pub passphrase_file: Option<PathBuf>,
+    pub swap: SwapPolicy,
+    pub scrypt_work_factor: u8,
+    pub recovery_recipients: Vec<String>,
+    pub backup: BackupSettings,
+}
+
+/// The validated `[backup]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSettings {
+    pub dir: PathBuf,
+    pub extra_dirs: Vec<PathBuf>,
+    pub retention: usize,
+    pub debounce: Duration,
+    /// `None`: read from `config/genesis.json` when needed.
+    pub chain_id: Option<String>,
 }
 
 /// Whether `data/` is snapshotted before an upgrade.
@@ -702,10 +778,13 @@ fn validate(
         r.report(origin, "must be between 256 and 16777216");
     }
 
+    let vault = validate_vault(r, raw.vault, raw.backup, &daemon_home, &daemon_name);
+
     if !resolver.issues.is_empty() {
         return Err(ConfigError::Invalid(resolver.issues));
     }
     Ok(Config {
+        vault,
         daemon_home,
         daemon_name,
         shutdown_grace,
@@ -740,6 +819,116 @@ fn validate(
             max_line_bytes,
         },
         source_file: file.map(Path::to_path_buf),
+    })
+}
+
+fn validate_vault(
+    r: &mut Resolver<'_>,
+    vault: Option<RawVault>,
+    backup: Option<RawBackup>,
+    daemon_home: &Path,
+    daemon_name: &str,
+) -> Option<VaultSettings> {
+    let Some(vault) = vault else {
+        if backup.is_some() {
+            let origin = r.file_origin("backup");
+            r.report(
+                origin,
+                "backups need the vault's signing key: add a [vault] section",
+            );
+        }
+        return None;
+    };
+    let absolute = |r: &mut Resolver<'_>, key: &'static str, path: PathBuf| {
+        if !path.is_absolute() {
+            let origin = r.file_origin(key);
+            r.report(
+                origin,
+                format!("'{}' must be an absolute path", path.display()),
+            );
+        }
+        path
+    };
+    let dir = match vault.dir {
+        Some(path) => absolute(r, "vault.dir", path),
+        None => daemon_home.join("palisade").join("vault"),
+    };
+    let tmpfs_dir = match vault.tmpfs_dir {
+        Some(path) => absolute(r, "vault.tmpfs-dir", path),
+        None => PathBuf::from(format!("/dev/shm/palisade-{daemon_name}")),
+    };
+    let passphrase_file = vault
+        .passphrase_file
+        .map(|path| absolute(r, "vault.passphrase-file", path));
+    let swap = match vault.swap.as_deref() {
+        Some("warn") => SwapPolicy::Warn,
+        Some("refuse") => SwapPolicy::Refuse,
+        Some(other) => {
+            let origin = r.file_origin("vault.swap");
+            r.report(origin, format!("'{other}' must be \"warn\" or \"refuse\""));
+            SwapPolicy::Refuse
+        }
+        None => {
+            let origin = r.file_origin("vault.swap");
+            r.report(
+                origin,
+                "is required: \"refuse\" (recommended) or \"warn\" when swap is enabled",
+            );
+            SwapPolicy::Refuse
+        }
+    };
+    let scrypt_work_factor = vault.scrypt_work_factor.unwrap_or(18);
+    if !(10..=22).contains(&scrypt_work_factor) {
+        let origin = r.file_origin("vault.scrypt-work-factor");
+        r.report(origin, "must be between 10 (tests only) and 22");
+    }
+    let backup = backup.unwrap_or_default();
+    let backup_dir = match backup.dir {
+        Some(path) => absolute(r, "backup.dir", path),
+        None => daemon_home.join("palisade").join("backups"),
+    };
+    let extra_dirs = backup
+        .extra_dirs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|path| absolute(r, "backup.extra-dirs", path))
+        .collect();
+    let (retention, origin) = r.number(
+        None,
+        "backup.retention",
+        backup.retention,
+        200usize,
+        "a count",
+    );
+    if retention == 0 {
+        r.report(origin, "must be at least 1");
+    }
+    let debounce = r.duration(
+        None,
+        "backup.debounce",
+        backup.debounce.as_deref(),
+        Duration::from_millis(300),
+    );
+    if let Some(chain_id) = &backup.chain_id
+        && chain_id.trim().is_empty()
+    {
+        let origin = r.file_origin("backup.chain-id");
+        r.report(origin, "must not be empty");
+    }
+    Some(VaultSettings {
+        dir,
+        tmpfs_dir,
+        passphrase_file,
+        swap,
+        scrypt_work_factor,
+        recovery_recipients: vault.recovery_recipients.unwrap_or_default(),
+        backup: BackupSettings {
+            dir: backup_dir,
+            extra_dirs,
+            retention,
+            debounce,
+            chain_id: backup.chain_id,
+        },
     })
 }
 
@@ -880,6 +1069,55 @@ mod tests {
         for (vars, expected) in cases {
             let error = Config::load(None, &env(vars)).unwrap_err().to_string();
             assert!(error.contains(expected), "{vars:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn vault_section_defaults_and_required_swap_choice() {
+        let home = home();
+        let file = home.path().join("palisade.toml");
+        let base = format!("[daemon]\nhome = {:?}\nname = \"gaiad\"\n", home.path());
+        std::fs::write(&file, format!("{base}[vault]\nswap = \"refuse\"\n")).unwrap();
+        let vault = Config::load(Some(&file), &env(&[])).unwrap().vault.unwrap();
+        assert_eq!(vault.dir, home.path().join("palisade/vault"));
+        assert_eq!(vault.tmpfs_dir, PathBuf::from("/dev/shm/palisade-gaiad"));
+        assert_eq!(vault.swap, SwapPolicy::Refuse);
+        assert_eq!(vault.backup.retention, 200);
+        assert_eq!(vault.backup.dir, home.path().join("palisade/backups"));
+
+        let cases = [
+            ("[vault]\n", "key `vault.swap`: is required"),
+            (
+                "[vault]\nswap = \"maybe\"\n",
+                "'maybe' must be \"warn\" or \"refuse\"",
+            ),
+            (
+                "[vault]\nswap = \"warn\"\ntmpfs-dir = \"shm\"\n",
+                "key `vault.tmpfs-dir`: 'shm' must be an absolute path",
+            ),
+            (
+                "[vault]\nswap = \"warn\"\nscrypt-work-factor = 30\n",
+                "between 10 (tests only) and 22",
+            ),
+            (
+                "[backup]\nretention = 3\n",
+                "backups need the vault's signing key",
+            ),
+            (
+                "[vault]\nswap = \"warn\"\n[backup]\nretention = 0\n",
+                "key `backup.retention`: must be at least 1",
+            ),
+            (
+                "[vault]\nswap = \"warn\"\npassphrase = \"x\"\n",
+                "unknown field `passphrase`",
+            ),
+        ];
+        for (section, expected) in cases {
+            std::fs::write(&file, format!("{base}{section}")).unwrap();
+            let error = Config::load(Some(&file), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{section}: {error}");
         }
     }
 

@@ -7,15 +7,17 @@
 //! module for the syscalls that have no safe wrapper.
 #![deny(unsafe_code)]
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod data_backup;
 pub mod download;
+pub mod keys;
 pub mod layout;
 pub mod node_rpc;
 pub mod output;
+pub mod passphrase;
 pub mod process;
-pub mod backup;
 pub mod restart_policy;
 pub mod run;
 pub mod sign_state;

@@ -62,8 +62,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             cli::show_upgrade_info(&load()?)?;
             Ok(exit_code::OK)
         }
-        Command::Run { args } => {
+        Command::InitVault {
+            passphrase_file,
+            no_import,
+        } => {
             let config = load()?;
+            palisade_supervisor::keys::init_vault_command(
+                &config,
+                passphrase_file.as_deref(),
+                !no_import,
+            )?;
+            Ok(exit_code::OK)
+        }
+        Command::RestoreState { passphrase_file } => {
+            let config = load()?;
+            palisade_supervisor::keys::restore_state_command(&config, passphrase_file.as_deref())?;
+            Ok(exit_code::OK)
+        }
+        Command::Run {
+            passphrase_fd,
+            args,
+        } => {
+            let config = load()?;
+            // Read an inherited descriptor now, before the runtime opens
+            // descriptors of its own.
+            let passphrase = palisade_supervisor::passphrase::unattended(
+                passphrase_fd,
+                config
+                    .vault
+                    .as_ref()
+                    .and_then(|vault| vault.passphrase_file.as_deref()),
+            );
             // One thread: children are spawned from the thread that lives
             // as long as the process, which PR_SET_PDEATHSIG requires.
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -76,6 +105,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         config,
                         daemon_args: args,
                         output: OutputTarget::Inherit,
+                        passphrase,
                     },
                     shutdown,
                 )
@@ -87,6 +117,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 | RunOutcome::DaemonExitedCleanly
                 | RunOutcome::UpgradedWithoutRestart => exit_code::OK,
                 RunOutcome::CrashLoop { .. } => exit_code::CRASH_LOOP,
+                RunOutcome::RefusedToStart => exit_code::STATE_BEHIND_BACKUP,
             })
         }
     }

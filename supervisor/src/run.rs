@@ -14,11 +14,17 @@ use nix::sys::signal::Signal;
 use palisade_wire::upgrade_record::{DetectionSource, UpgradeOutcome, UpgradeStep};
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use anyhow::Context as _;
+use secrecy::SecretString;
+
+use crate::config::{Config, SwapPolicy, VaultSettings};
+use crate::keys::BackupWorker;
 use crate::layout::{Layout, Version};
 use crate::node_rpc::{NodeRpc, plan_is_due};
+use crate::passphrase::{PassphraseError, PassphraseSource};
 use crate::process::{Daemon, OutputTarget, Reaper, StopOutcome, kill_remaining_children};
 use crate::restart_policy::{AfterExit, RestartPolicy};
+use crate::sign_state::StartDecision;
 use crate::systemd::Notifier;
 use crate::upgrade::{
     RecordBuilder, UpgradeContext, UpgradeFailure, active_plan_name, append_record, plan_version,
@@ -26,6 +32,7 @@ use crate::upgrade::{
 };
 use crate::upgrade_plan::UpgradePlan;
 use crate::upgrade_watch::{FileState, UpgradeFileWatcher, WatchEvent, read_plan_file};
+use crate::vault::{MemoryLock, SwapStatus, TmpfsKeys, VaultError};
 
 /// How `run` ended; `main` maps it to an exit code (see `docs/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +46,9 @@ pub enum RunOutcome {
     UpgradedWithoutRestart,
     /// The daemon crash-looped; restarting stopped.
     CrashLoop { crashes: u32, window: Duration },
+    /// The local sign state is behind a backup (or missing/unreadable with
+    /// backups present): the daemon was not started.
+    RefusedToStart,
 }
 
 /// Exit code for [`RunOutcome::CrashLoop`]; the systemd unit lists it in
@@ -50,6 +60,15 @@ pub struct RunOptions {
     pub config: Config,
     pub daemon_args: Vec<OsString>,
     pub output: OutputTarget,
+    /// The unattended-unlock passphrase, if a source was configured (read
+    /// before the runtime started; see [`crate::passphrase::unattended`]).
+    pub passphrase: Option<(PassphraseSource, Result<SecretString, PassphraseError>)>,
+}
+
+/// What the supervisor holds while the vault is unlocked.
+struct VaultSession {
+    tmpfs: TmpfsKeys,
+    backups: BackupWorker,
 }
 
 /// Shutdown requests: SIGTERM/SIGINT, delivered as the signal to forward.
@@ -113,6 +132,19 @@ struct Supervisor {
 /// without restart.
 pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Result<RunOutcome> {
     let config = options.config;
+    // Keys left in tmpfs by a run that was killed go first, before anything
+    // else can start.
+    if let Some(settings) = &config.vault {
+        let wiped = crate::vault::wipe_leftovers(&settings.tmpfs_dir).with_context(|| {
+            format!(
+                "cannot wipe leftover keys in {}",
+                settings.tmpfs_dir.display()
+            )
+        })?;
+        if !wiped.is_empty() {
+            tracing::warn!(dir = %settings.tmpfs_dir.display(), files = wiped.len(), "wiped leftover keys from a previous run that did not stop cleanly");
+        }
+    }
     let layout = Layout::new(&config.daemon_home, &config.daemon_name);
     let reaper = Reaper::start()?;
     let notifier = Notifier::from_env();
@@ -143,9 +175,28 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         last_node_height: None,
         config,
     };
+    let session = match supervisor.config.vault.clone() {
+        Some(settings) => match supervisor.open_vault(&settings, options.passphrase).await? {
+            Ok(session) => Some(session),
+            Err(outcome) => {
+                supervisor.notifier.stopping("stopping");
+                return Ok(outcome);
+            }
+        },
+        None => None,
+    };
     let outcome = supervisor.supervise().await;
     supervisor.notifier.stopping("stopping");
     kill_remaining_children(Duration::from_secs(2)).await;
+    if let Some(session) = session {
+        // The daemon is stopped: its final state goes into a backup, then
+        // the keys leave tmpfs.
+        session.backups.finish().await;
+        match session.tmpfs.wipe() {
+            Ok(files) => tracing::info!(files = files.len(), "wiped the validator keys from tmpfs"),
+            Err(error) => tracing::error!(%error, "could not wipe the validator keys from tmpfs"),
+        }
+    }
     outcome
 }
 
@@ -189,6 +240,106 @@ fn remove_interrupted_work(config: &Config, layout: &Layout) {
 }
 
 impl Supervisor {
+    /// Swap and memory checks, unlock, the start rule, keys into tmpfs,
+    /// backups. `Err(outcome)` when the daemon must not start (locked until
+    /// shutdown, or refused by the start rule).
+    async fn open_vault(
+        &mut self,
+        settings: &VaultSettings,
+        passphrase: Option<(PassphraseSource, Result<SecretString, PassphraseError>)>,
+    ) -> anyhow::Result<Result<VaultSession, RunOutcome>> {
+        if let SwapStatus::Enabled { devices } = crate::vault::swap_status() {
+            match settings.swap {
+                SwapPolicy::Refuse => anyhow::bail!(
+                    "swap is enabled ({}): decrypted keys could be written to disk. Disable swap, or set vault.swap = \"warn\" to accept the risk",
+                    devices.join(", ")
+                ),
+                SwapPolicy::Warn => tracing::warn!(
+                    ?devices,
+                    "swap is enabled: decrypted keys could be written to disk (vault.swap = \"warn\")"
+                ),
+            }
+        }
+        match crate::vault::lock_memory() {
+            MemoryLock::Locked => tracing::info!("process memory locked (mlockall)"),
+            other => tracing::warn!(
+                ?other,
+                "process memory not locked; secrets could be swapped if swap is enabled"
+            ),
+        }
+        let (source, passphrase) = match passphrase {
+            None => {
+                tracing::info!(
+                    "vault is locked: no passphrase source (run --passphrase-fd, the systemd credential palisade-passphrase, or vault.passphrase-file); the node will not start"
+                );
+                return Ok(Err(self.locked_until_shutdown().await));
+            }
+            Some((source, Err(error))) => {
+                tracing::error!(%source, "{error}");
+                tracing::info!("vault is locked; the node will not start");
+                return Ok(Err(self.locked_until_shutdown().await));
+            }
+            Some((source, Ok(passphrase))) => (source, passphrase),
+        };
+        let vault = match crate::keys::unlock(settings, &passphrase) {
+            Ok(vault) => vault,
+            Err(VaultError::WrongPassphrase { .. }) => {
+                tracing::error!(%source, "wrong passphrase; nothing was changed");
+                tracing::info!("vault is locked; the node will not start");
+                return Ok(Err(self.locked_until_shutdown().await));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        drop(passphrase);
+        tracing::info!(%source, "vault unlocked");
+        let validator = crate::keys::identity(&self.config, settings, &vault)?;
+        let stores = crate::keys::stores(settings)?;
+        self.notifier
+            .status("checking the sign state against backups");
+        let check =
+            crate::keys::start_check(&self.config.daemon_home, &vault, &validator, &stores).await;
+        match &check.decision {
+            StartDecision::Refuse { reason, .. } => {
+                tracing::error!("refusing to start: {reason}");
+                self.notifier
+                    .status(&format!("refusing to start: {reason}"));
+                return Ok(Err(RunOutcome::RefusedToStart));
+            }
+            StartDecision::Start { watermark } => match watermark {
+                Some(known) => {
+                    tracing::info!(watermark = %known.watermark, source = %known.source, "sign state is at the highest known watermark")
+                }
+                None => tracing::info!("no sign state and no backup yet: a new validator"),
+            },
+        }
+        let tmpfs =
+            crate::vault::materialize(&vault, &settings.tmpfs_dir, &self.config.daemon_home)?;
+        tracing::info!(dir = %tmpfs.dir().display(), "validator keys decrypted into tmpfs; config.toml points at them");
+        let backups = BackupWorker::spawn(
+            std::sync::Arc::new(vault),
+            validator,
+            stores,
+            settings,
+            crate::keys::state_file(&self.config.daemon_home),
+            check.next_sequence,
+            self.config.poll_interval,
+        );
+        Ok(Ok(VaultSession { tmpfs, backups }))
+    }
+
+    /// Locked: the node does not start; wait for a shutdown.
+    async fn locked_until_shutdown(&mut self) -> RunOutcome {
+        self.notifier
+            .ready("locked: waiting for the vault passphrase");
+        self.ready_sent = true;
+        loop {
+            tokio::select! {
+                Some(_) = self.shutdown.recv() => return RunOutcome::Shutdown,
+                () = watchdog_tick(&mut self.watchdog) => self.notifier.watchdog(),
+            }
+        }
+    }
+
     async fn supervise(&mut self) -> anyhow::Result<RunOutcome> {
         let mut policy = RestartPolicy::new(self.config.restart);
         // A plan left in data/ by a node that halted while we were down.

@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 
 nix::ioctl_write_int!(ficlone_ioctl, 0x94, 9);
@@ -59,4 +59,19 @@ pub fn child_in_own_group_killed_with_parent(command: &mut std::process::Command
             Ok(())
         });
     }
+}
+
+/// Take ownership of a descriptor inherited from the parent process (e.g.
+/// `--passphrase-fd 3`). Fails with `EBADF` when it is not open.
+///
+/// Must be called at most once per descriptor, before the process opens
+/// descriptors of its own, so the number cannot refer to one it owns.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: the borrow lives only for the F_GETFD probe, which reads
+    // descriptor flags and fails cleanly (EBADF) on a closed number.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD).map_err(io::Error::from)?;
+    // SAFETY: the descriptor is open and, per this function's contract, was
+    // passed by the parent for us to consume and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -1,0 +1,186 @@
+//! Keeping decrypted keys out of swap: a best-effort `mlockall`, and a
+//! report of active swap devices for the operator.
+//!
+//! Both only *report*; the caller decides how loudly to log. Locking is
+//! attempted only when it can succeed (CAP_IPC_LOCK, root, or an unlimited
+//! RLIMIT_MEMLOCK), because a partial lock under a small limit would make
+//! later allocations fail instead.
+
+use std::fs;
+
+/// Bit of `CAP_IPC_LOCK` in the capability sets of `/proc/self/status`.
+const CAP_IPC_LOCK_BIT: u32 = 14;
+
+/// Outcome of [`lock_memory`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryLock {
+    /// All current and future pages are locked in RAM.
+    Locked,
+    /// The process may not lock all its memory; the reason says why and how to allow it.
+    NotPermitted(String),
+    /// Locking was permitted but failed (or is unavailable in this build).
+    Failed(String),
+}
+
+/// Swap state of the host, from `/proc/swaps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwapStatus {
+    /// No active swap.
+    Disabled,
+    /// Active swap devices or files: memory not locked may be written to them.
+    Enabled {
+        /// Device or file names, as listed.
+        devices: Vec<String>,
+    },
+    /// `/proc/swaps` could not be read.
+    Unknown(String),
+}
+
+/// Locks the process's memory (`mlockall(MCL_CURRENT | MCL_FUTURE)`) if it
+/// is permitted to lock all of it. Best effort: never fails, reports.
+pub fn lock_memory() -> MemoryLock {
+    let status = fs::read_to_string("/proc/self/status").ok();
+    let limits = fs::read_to_string("/proc/self/limits").ok();
+    let is_root = nix::unistd::geteuid().is_root();
+    let has_cap_ipc_lock = status
+        .as_deref()
+        .and_then(effective_capabilities)
+        .map(|caps| caps & (1 << CAP_IPC_LOCK_BIT) != 0);
+    let memlock_unlimited = limits.as_deref().and_then(memlock_soft_limit_is_unlimited);
+    if let Err(reason) = lock_permitted(is_root, has_cap_ipc_lock, memlock_unlimited) {
+        return MemoryLock::NotPermitted(reason);
+    }
+    match mlockall_current_and_future() {
+        Ok(()) => MemoryLock::Locked,
+        Err(reason) => MemoryLock::Failed(reason),
+    }
+}
+
+/// The call itself. The crate's `nix` is built without the `mman` feature,
+/// so there is no safe binding yet; with it this becomes
+/// `nix::sys::mman::mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE)`.
+fn mlockall_current_and_future() -> Result<(), String> {
+    Err("mlockall is not available in this build (nix feature \"mman\" not enabled)".into())
+}
+
+/// Decides from the process's credentials whether to try locking.
+fn lock_permitted(
+    is_root: bool,
+    has_cap_ipc_lock: Option<bool>,
+    memlock_unlimited: Option<bool>,
+) -> Result<(), String> {
+    if is_root || has_cap_ipc_lock == Some(true) || memlock_unlimited == Some(true) {
+        return Ok(());
+    }
+    Err(format!(
+        "needs CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK (capability: {}, memlock limit: {}); \
+         with systemd set AmbientCapabilities=CAP_IPC_LOCK or LimitMEMLOCK=infinity",
+        match has_cap_ipc_lock {
+            Some(_) => "absent",
+            None => "unknown",
+        },
+        match memlock_unlimited {
+            Some(_) => "limited",
+            None => "unknown",
+        }
+    ))
+}
+
+/// `CapEff` from `/proc/self/status`.
+fn effective_capabilities(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// Whether the soft "Max locked memory" limit in `/proc/self/limits` is unlimited.
+fn memlock_soft_limit_is_unlimited(limits: &str) -> Option<bool> {
+    limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max locked memory"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|soft| soft == "unlimited")
+}
+
+/// Reads `/proc/swaps`.
+pub fn swap_status() -> SwapStatus {
+    match fs::read_to_string("/proc/swaps") {
+        Ok(text) => parse_swaps(&text),
+        Err(error) => SwapStatus::Unknown(format!("cannot read /proc/swaps: {error}")),
+    }
+}
+
+fn parse_swaps(text: &str) -> SwapStatus {
+    let devices: Vec<String> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next())
+        .map(|device| device.replace("\\040", " "))
+        .collect();
+    if devices.is_empty() {
+        SwapStatus::Disabled
+    } else {
+        SwapStatus::Enabled { devices }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swaps_are_parsed() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert_eq!(parse_swaps(header), SwapStatus::Disabled);
+        assert_eq!(parse_swaps(""), SwapStatus::Disabled);
+        let text = format!(
+            "{header}/dev/sda2                               partition\t8388604\t\t0\t\t-2\n/swap\\040file                              file\t\t1048572\t\t0\t\t-3\n"
+        );
+        assert_eq!(
+            parse_swaps(&text),
+            SwapStatus::Enabled {
+                devices: vec!["/dev/sda2".into(), "/swap file".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn lock_permission_table() {
+        let cases = [
+            (true, Some(false), Some(false), true),
+            (false, Some(true), Some(false), true),
+            (false, Some(false), Some(true), true),
+            (false, Some(false), Some(false), false),
+            (false, None, None, false),
+        ];
+        for (root, cap, unlimited, permitted) in cases {
+            assert_eq!(
+                lock_permitted(root, cap, unlimited).is_ok(),
+                permitted,
+                "{root} {cap:?} {unlimited:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn proc_files_are_parsed() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(effective_capabilities(status), Some(0x1ff_ffff_ffff));
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax locked memory         8388608              8388608              bytes\n";
+        assert_eq!(memlock_soft_limit_is_unlimited(limits), Some(false));
+        let limits = "Max locked memory         unlimited            unlimited            bytes\n";
+        assert_eq!(memlock_soft_limit_is_unlimited(limits), Some(true));
+    }
+
+    #[test]
+    fn lock_memory_reports_without_panicking() {
+        // Outcome depends on the host; it must be one of the three and carry a reason.
+        match lock_memory() {
+            MemoryLock::Locked => {}
+            MemoryLock::NotPermitted(reason) | MemoryLock::Failed(reason) => {
+                assert!(!reason.is_empty())
+            }
+        }
+    }
+}

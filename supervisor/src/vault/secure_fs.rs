@@ -1,0 +1,339 @@
+//! File operations the vault needs: private directories, atomic writes,
+//! bounded reads of secrets into zeroizing buffers, and destruction of files
+//! by overwriting them with zeros before unlinking.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use zeroize::Zeroizing;
+
+use super::VaultError;
+
+/// Mode of every directory the vault creates.
+pub(super) const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every file the vault creates.
+pub(super) const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// The directory holding `path` ("." for a bare file name).
+pub(super) fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// fsync a directory so that creations, renames and unlinks inside it are durable.
+pub(super) fn fsync_dir(dir: &Path) -> Result<(), VaultError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(VaultError::io("fsync directory", dir))
+}
+
+/// Checks that `path` is a real directory (not a symlink) owned by the
+/// effective user with no group/other permission bits.
+pub(super) fn check_private_dir(path: &Path) -> Result<(), VaultError> {
+    let metadata = fs::symlink_metadata(path).map_err(VaultError::io("inspect", path))?;
+    let insecure = |reason: String| VaultError::InsecureDirectory {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if metadata.file_type().is_symlink() {
+        return Err(insecure("it is a symlink; give the real directory".into()));
+    }
+    if !metadata.is_dir() {
+        return Err(insecure("it is not a directory".into()));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if metadata.uid() != euid {
+        return Err(insecure(format!(
+            "it is owned by uid {}, not by this process (uid {euid})",
+            metadata.uid()
+        )));
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(insecure(format!(
+            "its mode is {mode:04o}; group and other must have no access (chmod 700)"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates `path` as a 0700 directory (parents with default modes) or, if it
+/// exists, checks it with [`check_private_dir`].
+pub(super) fn ensure_private_dir(path: &Path) -> Result<(), VaultError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => check_private_dir(path),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let parent = parent_of(path);
+            fs::create_dir_all(parent).map_err(VaultError::io("create directory", parent))?;
+            fs::DirBuilder::new()
+                .mode(PRIVATE_DIR_MODE)
+                .create(path)
+                .map_err(VaultError::io("create directory", path))?;
+            // The umask may have removed bits we asked for; set the exact mode.
+            fs::set_permissions(path, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+                .map_err(VaultError::io("chmod", path))?;
+            fsync_dir(parent)?;
+            check_private_dir(path)
+        }
+        Err(error) => Err(VaultError::io("inspect", path)(error)),
+    }
+}
+
+/// Ownership and mode to give a file written by [`write_atomic`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FileAttributes {
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner to restore (uid, gid) when it differs from the writer's, as when
+    /// the supervisor runs as root and edits a file owned by the node's user.
+    pub owner: Option<(u32, u32)>,
+}
+
+impl FileAttributes {
+    /// 0600, owned by the writer.
+    pub(super) const PRIVATE: Self = Self {
+        mode: PRIVATE_FILE_MODE,
+        owner: None,
+    };
+}
+
+/// How [`write_atomic`] treats an existing file at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Existing {
+    /// Replace it (rename over it).
+    Replace,
+    /// Fail with `AlreadyExists` (hard-link the temp file into place, which
+    /// never clobbers).
+    Refuse,
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory,
+/// fsync, rename (or link), fsync of the directory. On error the temp file is
+/// removed and `path` is untouched.
+pub(super) fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    attributes: FileAttributes,
+    existing: Existing,
+) -> Result<(), VaultError> {
+    let dir = parent_of(path);
+    let temp = temp_path(path);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(attributes.mode)
+            .custom_flags(OFlag::O_NOFOLLOW.bits())
+            .open(&temp)
+            .map_err(VaultError::io("create", &temp))?;
+        file.set_permissions(fs::Permissions::from_mode(attributes.mode))
+            .map_err(VaultError::io("chmod", &temp))?;
+        if let Some((uid, gid)) = attributes.owner {
+            let metadata = file.metadata().map_err(VaultError::io("inspect", &temp))?;
+            if (metadata.uid(), metadata.gid()) != (uid, gid) {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                    .map_err(VaultError::io("chown", &temp))?;
+            }
+        }
+        file.write_all(bytes)
+            .map_err(VaultError::io("write", &temp))?;
+        file.sync_all().map_err(VaultError::io("fsync", &temp))?;
+        drop(file);
+        match existing {
+            Existing::Replace => {
+                fs::rename(&temp, path).map_err(VaultError::io("rename into", path))?;
+            }
+            Existing::Refuse => {
+                fs::hard_link(&temp, path).map_err(VaultError::io("create", path))?;
+                fs::remove_file(&temp).map_err(VaultError::io("remove", &temp))?;
+            }
+        }
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// `dir/.name.tmp-<random>`: hidden, unique, in the destination's directory
+/// so the final rename never crosses a filesystem.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let suffix: u64 = rand::random();
+    parent_of(path).join(format!(".{name}.tmp-{suffix:016x}"))
+}
+
+/// Creates `path` (0600, must not exist, symlinks not followed) and writes
+/// `bytes` into it with an fsync. Used inside the tmpfs directory, where a
+/// rename buys nothing and a temp file would be one more copy to wipe.
+pub(super) fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(VaultError::io("create", path))?;
+    file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+        .map_err(VaultError::io("chmod", path))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(VaultError::io("write", path))
+}
+
+/// Reads a regular file (symlinks refused) of at most `limit` bytes into a
+/// zeroizing buffer allocated once, so no reallocation leaves copies behind.
+pub(super) fn read_bounded(path: &Path, limit: usize) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    let file = open_regular_file(path, OpenOptions::new().read(true))?;
+    // Two spare bytes: one to detect "too long", one so read_to_end never
+    // needs its probe read into a stack buffer.
+    let mut buffer = Zeroizing::new(Vec::with_capacity(limit + 2));
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut buffer)
+        .map_err(VaultError::io("read", path))?;
+    if buffer.len() > limit {
+        return Err(VaultError::NotRegularFile {
+            path: path.to_path_buf(),
+            reason: format!("it is larger than {limit} bytes"),
+        });
+    }
+    Ok(buffer)
+}
+
+/// Opens `path` without following a final symlink and checks it is a regular file.
+fn open_regular_file(path: &Path, options: &mut OpenOptions) -> Result<File, VaultError> {
+    let file = options
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(|error| {
+            // O_NOFOLLOW on a symlink fails with ELOOP.
+            if error.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+                VaultError::NotRegularFile {
+                    path: path.to_path_buf(),
+                    reason: "it is a symlink; give the real file".into(),
+                }
+            } else {
+                VaultError::io("open", path)(error)
+            }
+        })?;
+    let metadata = file.metadata().map_err(VaultError::io("inspect", path))?;
+    if !metadata.is_file() {
+        return Err(VaultError::NotRegularFile {
+            path: path.to_path_buf(),
+            reason: "it is not a regular file".into(),
+        });
+    }
+    Ok(file)
+}
+
+/// Destroys a file holding secrets: overwrites every byte with zeros in
+/// place, fsyncs, unlinks, and fsyncs the directory.
+///
+/// On tmpfs this really erases the data. On disk filesystems it is best
+/// effort (journals, copy-on-write and SSD wear levelling may keep old blocks).
+pub(super) fn destroy_file(path: &Path) -> Result<(), VaultError> {
+    let mut file = open_regular_file(path, OpenOptions::new().write(true))?;
+    let length = file
+        .metadata()
+        .map_err(VaultError::io("inspect", path))?
+        .len();
+    let zeros = [0u8; 8192];
+    let mut remaining = length;
+    while remaining > 0 {
+        let chunk = remaining.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..chunk])
+            .map_err(VaultError::io("overwrite", path))?;
+        remaining -= chunk as u64;
+    }
+    file.sync_all().map_err(VaultError::io("fsync", path))?;
+    drop(file);
+    fs::remove_file(path).map_err(VaultError::io("remove", path))?;
+    fsync_dir(parent_of(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_refuses_to_clobber_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        write_atomic(&path, b"one", FileAttributes::PRIVATE, Existing::Refuse).unwrap();
+        let error =
+            write_atomic(&path, b"two", FileAttributes::PRIVATE, Existing::Refuse).unwrap_err();
+        assert!(
+            matches!(error, VaultError::Io { ref source, .. } if source.kind() == io::ErrorKind::AlreadyExists)
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        write_atomic(&path, b"three", FileAttributes::PRIVATE, Existing::Replace).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"three");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("file")]);
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn destroy_overwrites_then_unlinks_and_refuses_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret");
+        fs::write(&target, b"secret bytes").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(
+            destroy_file(&link),
+            Err(VaultError::NotRegularFile { .. })
+        ));
+        assert_eq!(fs::read(&target).unwrap(), b"secret bytes");
+        // A hard link lets the test see the bytes after the unlink.
+        let witness = dir.path().join("witness");
+        fs::hard_link(&target, &witness).unwrap();
+        destroy_file(&target).unwrap();
+        assert!(!target.exists());
+        assert_eq!(fs::read(&witness).unwrap(), vec![0u8; 12]);
+    }
+
+    #[test]
+    fn bounded_read_refuses_oversized_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        fs::write(&path, vec![b'x'; 11]).unwrap();
+        assert!(matches!(
+            read_bounded(&path, 10),
+            Err(VaultError::NotRegularFile { .. })
+        ));
+        assert_eq!(read_bounded(&path, 11).unwrap().len(), 11);
+    }
+
+    #[test]
+    fn private_dir_check_rejects_group_access_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("private");
+        ensure_private_dir(&private).unwrap();
+        assert_eq!(fs::metadata(&private).unwrap().mode() & 0o777, 0o700);
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(matches!(
+            check_private_dir(&private),
+            Err(VaultError::InsecureDirectory { .. })
+        ));
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        assert!(matches!(
+            ensure_private_dir(&link),
+            Err(VaultError::InsecureDirectory { .. })
+        ));
+    }
+}
