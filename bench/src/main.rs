@@ -31,6 +31,7 @@
 mod backup;
 mod fixture;
 mod idle;
+mod sign_backup;
 mod upgrade;
 
 use std::fs::OpenOptions;
@@ -49,14 +50,18 @@ const BACKUP_REFLINK: &str = "data_backup_2gib_reflink_s";
 const BACKUP_COPY: &str = "data_backup_2gib_copy_s";
 const IDLE_RSS: &str = "supervisor_idle_rss_mib";
 const IDLE_CPU: &str = "supervisor_idle_cpu_pct";
+const BACKUP_CREATE_P50: &str = "backup_create_ms_p50";
+const BACKUP_CREATE_P99: &str = "backup_create_ms_p99";
 
 /// Every benchmark, in the order they run.
-const ALL: [&str; 5] = [
+const ALL: [&str; 7] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
     IDLE_RSS,
     IDLE_CPU,
+    BACKUP_CREATE_P50,
+    BACKUP_CREATE_P99,
 ];
 
 const LONG_ABOUT: &str = "\
@@ -88,6 +93,12 @@ Benchmarks (stable names):
       signs, the supervisor process alone (not the daemon) is sampled from
       /proc for --idle-secs: VmRSS at the end in MiB, and utime+stime as a
       percentage of one core over the window.
+
+  backup_create_ms_p50, backup_create_ms_p99 (target 100)
+      200 sign-state backups as the supervisor makes them on every watermark
+      change: bundle (state + both key files) signed with the vault's key,
+      age-encrypted to the vault and a recovery recipient, written atomically
+      to a local store. Must stay well under one block time.
 
 Each successful benchmark appends one JSON line {name, value, unit, target?}
 to <workspace>/target/bench/results.jsonl (or --out) and a summary table is
@@ -238,6 +249,28 @@ fn run(args: Args) -> anyhow::Result<bool> {
             Err(error) => {
                 let message = format!("{error:#}");
                 for name in [IDLE_RSS, IDLE_CPU] {
+                    if wants(name) {
+                        record(Err(anyhow::anyhow!("{message}")), name);
+                    }
+                }
+            }
+        }
+    }
+
+    if wants(BACKUP_CREATE_P50) || wants(BACKUP_CREATE_P99) {
+        eprintln!("palisade-bench: running {BACKUP_CREATE_P50} / {BACKUP_CREATE_P99}");
+        match sign_backup::run(&scratch) {
+            Ok((p50, p99)) => {
+                if wants(BACKUP_CREATE_P50) {
+                    record(Ok(p50), BACKUP_CREATE_P50);
+                }
+                if wants(BACKUP_CREATE_P99) {
+                    record(Ok(p99), BACKUP_CREATE_P99);
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for name in [BACKUP_CREATE_P50, BACKUP_CREATE_P99] {
                     if wants(name) {
                         record(Err(anyhow::anyhow!("{message}")), name);
                     }

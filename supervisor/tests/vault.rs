@@ -349,7 +349,7 @@ fn wrong_passphrase_is_reported_and_changes_nothing() {
 fn tampered_metadata_is_detected_at_unlock() {
     let fixture = Fixture::new();
     let honest = age::x25519::Identity::generate().to_public().to_string();
-    fixture.init(&[honest.clone()]);
+    fixture.init(std::slice::from_ref(&honest));
     let info_path = fixture.vault_dir().join(INFO_FILE);
     let original = fs::read_to_string(&info_path).unwrap();
 
