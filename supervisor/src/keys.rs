@@ -30,6 +30,9 @@ use crate::sign_state::{
 };
 use crate::vault::{KeyKind, UnlockedVault, VaultError, WorkFactor};
 
+/// The reason logged for the debounced backups.
+const WATERMARK_CHANGED: &str = "watermark changed";
+
 /// How long one store may take to list, fetch or store.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -208,10 +211,38 @@ pub async fn start_check(
     }
 }
 
-/// Publishes bundles as the sign state moves.
+/// A request to the worker: back up now, then acknowledge.
+struct BackupRequest {
+    reason: &'static str,
+    done: oneshot::Sender<()>,
+}
+
+/// Publishes bundles as the sign state moves, and on request.
 pub struct BackupWorker {
-    flush: mpsc::Sender<oneshot::Sender<()>>,
+    requests: mpsc::Sender<BackupRequest>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Asks a running [`BackupWorker`] for a backup now (SIGUSR1; the RPC's
+/// "backup now" later).
+#[derive(Clone)]
+pub struct BackupTrigger {
+    requests: mpsc::Sender<BackupRequest>,
+}
+
+impl BackupTrigger {
+    /// Back up the current state now and wait until it is published.
+    pub async fn backup_now(&self, reason: &'static str) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .requests
+            .send(BackupRequest { reason, done })
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(STORE_TIMEOUT * 2, wait).await;
+        }
+    }
 }
 
 /// What a backup needs, owned by the worker task.
@@ -245,7 +276,7 @@ impl BackupJob {
             }
         };
         let watermark = state.watermark();
-        if self.last_published == Some(watermark) && reason == "watermark changed" {
+        if self.last_published == Some(watermark) && reason == WATERMARK_CHANGED {
             return;
         }
         let input = BundleInput {
@@ -304,7 +335,7 @@ impl BackupWorker {
         next_sequence: u64,
         poll_interval: Duration,
     ) -> BackupWorker {
-        let (flush, mut flushes) = mpsc::channel::<oneshot::Sender<()>>(4);
+        let (requests, mut incoming) = mpsc::channel::<BackupRequest>(4);
         let debounce = settings.backup.debounce;
         let mut job = BackupJob {
             vault,
@@ -332,27 +363,31 @@ impl BackupWorker {
                         }
                     } => {
                         if scheduler.due(Instant::now()).is_some() {
-                            job.back_up("watermark changed").await;
+                            job.back_up(WATERMARK_CHANGED).await;
                         }
                     }
-                    request = flushes.recv() => {
-                        let Some(done) = request else { break };
-                        job.back_up("final backup on stop").await;
-                        let _ = done.send(());
+                    request = incoming.recv() => {
+                        let Some(request) = request else { break };
+                        job.back_up(request.reason).await;
+                        let _ = request.done.send(());
                     }
                 }
             }
         });
-        BackupWorker { flush, task }
+        BackupWorker { requests, task }
+    }
+
+    /// A handle that requests backups from elsewhere.
+    pub fn trigger(&self) -> BackupTrigger {
+        BackupTrigger {
+            requests: self.requests.clone(),
+        }
     }
 
     /// Take a last backup (the final sign state after the daemon stopped)
     /// and stop the worker.
     pub async fn finish(self) {
-        let (done, wait) = oneshot::channel();
-        if self.flush.send(done).await.is_ok() {
-            let _ = tokio::time::timeout(STORE_TIMEOUT * 2, wait).await;
-        }
+        self.trigger().backup_now("final backup on stop").await;
         self.task.abort();
     }
 }

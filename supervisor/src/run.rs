@@ -177,7 +177,10 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     };
     let session = match supervisor.config.vault.clone() {
         Some(settings) => match supervisor.open_vault(&settings, options.passphrase).await? {
-            Ok(session) => Some(session),
+            Ok(session) => {
+                backup_on_sigusr1(session.backups.trigger())?;
+                Some(session)
+            }
             Err(outcome) => {
                 supervisor.notifier.stopping("stopping");
                 return Ok(outcome);
@@ -198,6 +201,19 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         }
     }
     outcome
+}
+
+/// `kill -USR1` (or `systemctl kill -s USR1`) asks for a backup now.
+fn backup_on_sigusr1(trigger: crate::keys::BackupTrigger) -> std::io::Result<()> {
+    let mut signals =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        while signals.recv().await.is_some() {
+            tracing::info!("SIGUSR1: backing up the sign state now");
+            trigger.backup_now("on demand (SIGUSR1)").await;
+        }
+    });
+    Ok(())
 }
 
 /// Wait for the next watchdog tick; never, without a watchdog.

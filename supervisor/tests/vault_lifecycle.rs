@@ -249,6 +249,9 @@ fn full_lifecycle_locked_unlock_sign_from_tmpfs_backup_stop_and_crash_recovery()
     wait_until(LONG, "backups in both stores", || {
         !vaulted.backups(0).is_empty() && !vaulted.backups(1).is_empty()
     });
+    // And on demand.
+    supervisor.signal("USR1");
+    supervisor.wait_for_line("reason=\"on demand (SIGUSR1)\"", LONG);
     let output = supervisor.stop();
     assert!(
         tmpfs_files(&vaulted.tmpfs).is_empty(),

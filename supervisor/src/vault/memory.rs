@@ -39,7 +39,8 @@ pub enum SwapStatus {
     Unknown(String),
 }
 
-/// Locks the process's memory (`mlockall(MCL_CURRENT | MCL_FUTURE)`) if it
+/// Locks the process's memory (`mlockall(MCL_CURRENT | MCL_FUTURE |
+/// MCL_ONFAULT)`) if it
 /// is permitted to lock all of it. Best effort: never fails, reports.
 pub fn lock_memory() -> MemoryLock {
     let status = fs::read_to_string("/proc/self/status").ok();
@@ -60,9 +61,31 @@ pub fn lock_memory() -> MemoryLock {
     }
 }
 
+/// `MCL_ONFAULT` (Linux 4.4+): lock future pages as they are touched
+/// instead of faulting whole mappings in. Without it, `MCL_FUTURE` commits
+/// every thread's full stack and every reserved arena at once, which would
+/// multiply the supervisor's resident memory. nix does not expose the flag.
+const MCL_ONFAULT: i32 = if cfg!(any(
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)) {
+    0x8000
+} else {
+    4
+};
+
 fn mlockall_current_and_future() -> Result<(), String> {
-    mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE)
-        .map_err(|errno| format!("mlockall failed: {}", errno.desc()))
+    let on_fault = MlockAllFlags::from_bits_retain(MCL_ONFAULT);
+    let flags = MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE;
+    match mlockall(flags | on_fault) {
+        Ok(()) => Ok(()),
+        // An older kernel without MCL_ONFAULT: lock eagerly.
+        Err(nix::errno::Errno::EINVAL) => mlockall(flags),
+        Err(errno) => Err(errno),
+    }
+    .map_err(|errno| format!("mlockall failed: {}", errno.desc()))
 }
 
 /// Decides from the process's credentials whether to try locking.
