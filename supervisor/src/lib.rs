@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod data_backup;
 pub mod download;
+pub mod file_watch;
 pub mod keys;
 pub mod layout;
 pub mod node_rpc;

@@ -1,7 +1,6 @@
-//! Watches `data/upgrade-info.json`: inotify on the data directory for a
-//! prompt reaction, plus polling at `DAEMON_POLL_INTERVAL` as the safety
-//! net (inotify can be unavailable, out of watches, or the directory may
-//! not exist yet).
+//! Watches `data/upgrade-info.json`, woken by
+//! [`crate::file_watch::FileWatch`] (inotify on the data directory, polling
+//! at `DAEMON_POLL_INTERVAL` as the safety net).
 //!
 //! The watcher yields a plan whenever the file's *contents* change to a
 //! complete plan. A half-written or empty file is retried on the next
@@ -12,8 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use inotify::{EventStream, Inotify, WatchMask};
+use crate::file_watch::FileWatch;
 
 use crate::upgrade_plan::{PlanError, UpgradePlan, parse_upgrade_info};
 
@@ -52,8 +50,7 @@ pub enum WatchEvent {
 
 pub struct UpgradeFileWatcher {
     path: PathBuf,
-    poll: tokio::time::Interval,
-    events: Option<EventStream<Vec<u8>>>,
+    watch: FileWatch,
     last_contents: Option<Vec<u8>>,
     incomplete_since: Option<Instant>,
     reported_stuck: bool,
@@ -61,21 +58,9 @@ pub struct UpgradeFileWatcher {
 
 impl UpgradeFileWatcher {
     pub fn new(path: PathBuf, poll_interval: Duration) -> UpgradeFileWatcher {
-        let events = path
-            .parent()
-            .and_then(|dir| match watch_directory(dir) {
-                Ok(stream) => Some(stream),
-                Err(error) => {
-                    tracing::info!(dir = %dir.display(), %error, "inotify unavailable; polling upgrade-info.json only");
-                    None
-                }
-            });
-        let mut poll = tokio::time::interval(poll_interval);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         UpgradeFileWatcher {
+            watch: FileWatch::new(&path, poll_interval, "upgrade plan"),
             path,
-            poll,
-            events,
             last_contents: None,
             incomplete_since: None,
             reported_stuck: false,
@@ -94,22 +79,7 @@ impl UpgradeFileWatcher {
             if let Some(event) = self.check() {
                 return event;
             }
-            match &mut self.events {
-                Some(stream) => {
-                    tokio::select! {
-                        event = stream.next() => {
-                            if event.is_none() || matches!(event, Some(Err(_))) {
-                                tracing::warn!("inotify stream ended; polling upgrade-info.json only");
-                                self.events = None;
-                            }
-                        }
-                        _ = self.poll.tick() => {}
-                    }
-                }
-                None => {
-                    self.poll.tick().await;
-                }
-            }
+            self.watch.changed().await;
         }
     }
 
@@ -156,15 +126,6 @@ impl UpgradeFileWatcher {
             }
         }
     }
-}
-
-fn watch_directory(dir: &Path) -> std::io::Result<EventStream<Vec<u8>>> {
-    let inotify = Inotify::init()?;
-    inotify.watches().add(
-        dir,
-        WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::MODIFY,
-    )?;
-    inotify.into_event_stream(vec![0u8; 4096])
 }
 
 #[cfg(test)]

@@ -1,27 +1,23 @@
-//! Following `priv_validator_state.json` while gaiad runs: inotify on the
-//! file's directory for a prompt reaction (CometBFT replaces the file with
-//! temp+rename), plus polling as the safety net (inotify can be
-//! unavailable, out of watches, or the directory may not exist yet) —
-//! the same structure as [`crate::upgrade_watch`].
+//! Following `priv_validator_state.json` while gaiad runs, woken by
+//! [`crate::file_watch::FileWatch`] (inotify on the directory, polling as
+//! the safety net).
 //!
 //! The follower yields only increases. An unchanged file is ignored; a
 //! half-written or unparsable one is retried on the next event or tick; a
 //! watermark lower than the highest seen (which must never happen) is
 //! logged once per occurrence and never yielded: the highest is kept.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use inotify::{EventStream, Inotify, WatchMask};
+use crate::file_watch::FileWatch;
 
 use super::Watermark;
 use super::file::SignState;
 
 pub struct StateFollower {
     path: PathBuf,
-    poll: tokio::time::Interval,
-    events: Option<EventStream<Vec<u8>>>,
+    watch: FileWatch,
     highest: Option<Watermark>,
     /// Set once a decrease has been logged; cleared when the file is back
     /// at or above the highest, so each decrease is logged once.
@@ -34,19 +30,9 @@ impl StateFollower {
     /// unless a baseline is set with [`StateFollower::with_baseline`].
     pub fn new(path: impl Into<PathBuf>, poll_interval: Duration) -> StateFollower {
         let path = path.into();
-        let events = path.parent().and_then(|dir| match watch_directory(dir) {
-            Ok(stream) => Some(stream),
-            Err(error) => {
-                tracing::info!(dir = %dir.display(), %error, "inotify unavailable; polling the sign state only");
-                None
-            }
-        });
-        let mut poll = tokio::time::interval(poll_interval);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         StateFollower {
+            watch: FileWatch::new(&path, poll_interval, "sign state"),
             path,
-            poll,
-            events,
             highest: None,
             warned_decrease: false,
         }
@@ -71,22 +57,7 @@ impl StateFollower {
             if let Some(watermark) = self.check() {
                 return watermark;
             }
-            match &mut self.events {
-                Some(stream) => {
-                    tokio::select! {
-                        event = stream.next() => {
-                            if event.is_none() || matches!(event, Some(Err(_))) {
-                                tracing::warn!("inotify stream ended; polling the sign state only");
-                                self.events = None;
-                            }
-                        }
-                        _ = self.poll.tick() => {}
-                    }
-                }
-                None => {
-                    self.poll.tick().await;
-                }
-            }
+            self.watch.changed().await;
         }
     }
 
@@ -125,13 +96,4 @@ impl StateFollower {
             }
         }
     }
-}
-
-fn watch_directory(dir: &Path) -> std::io::Result<EventStream<Vec<u8>>> {
-    let inotify = Inotify::init()?;
-    inotify.watches().add(
-        dir,
-        WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::MODIFY,
-    )?;
-    inotify.into_event_stream(vec![0u8; 4096])
 }
