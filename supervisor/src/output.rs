@@ -212,23 +212,16 @@ pub fn read_batches(
         stats.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
         let mut data = &chunk[..read];
         if skipping_rest_of_long_line {
+            // The flag is recomputed below for what follows the newline.
             match memchr::memchr(b'\n', data) {
-                Some(index) => {
-                    skipping_rest_of_long_line = false;
-                    data = &data[index + 1..];
-                }
+                Some(index) => data = &data[index + 1..],
                 None => continue,
             }
         }
         let Some(last_newline) = memchr::memrchr(b'\n', data) else {
             partial.extend_from_slice(data);
-            if partial.len() > max_line_bytes {
-                partial.truncate(max_line_bytes);
-                partial.push(b'\n');
-                stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
-                emit(std::mem::take(&mut partial), 1);
-                skipping_rest_of_long_line = true;
-            }
+            skipping_rest_of_long_line =
+                cut_overlong_partial(&mut partial, max_line_bytes, stats, &mut emit);
             continue;
         };
         let (complete, rest) = data.split_at(last_newline + 1);
@@ -238,18 +231,32 @@ pub fn read_batches(
         let batch = truncate_long_lines(batch, max_line_bytes, stats);
         emit(batch, lines);
         partial.extend_from_slice(rest);
-        if partial.len() > max_line_bytes {
-            partial.truncate(max_line_bytes);
-            partial.push(b'\n');
-            stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
-            emit(std::mem::take(&mut partial), 1);
-            skipping_rest_of_long_line = true;
-        }
+        skipping_rest_of_long_line =
+            cut_overlong_partial(&mut partial, max_line_bytes, stats, &mut emit);
     }
     if !partial.is_empty() && !skipping_rest_of_long_line {
         partial.push(b'\n');
         emit(partial, 1);
     }
+}
+
+/// An unfinished line already longer than `max`: emit its first `max`
+/// bytes as a line now, and report that the rest (up to the next newline)
+/// must be skipped.
+fn cut_overlong_partial(
+    partial: &mut Vec<u8>,
+    max: usize,
+    stats: &OutputStats,
+    emit: &mut impl FnMut(Vec<u8>, u64),
+) -> bool {
+    if partial.len() <= max {
+        return false;
+    }
+    partial.truncate(max);
+    partial.push(b'\n');
+    stats.lines_truncated.fetch_add(1, Ordering::Relaxed);
+    emit(std::mem::take(partial), 1);
+    true
 }
 
 /// Cut lines longer than `max` (rare; the common case returns the batch
