@@ -1,15 +1,18 @@
 //! `palisade-bastion`: the daemon on each public sentry/bastion node.
 //!
 //! This release ships the command line, the configuration format and its
-//! checker (`check-config`). The daemon itself (`run`) and scripted RPC
-//! calls (`call`) arrive in a later release; until then they fail loudly
-//! with exit code 1 instead of pretending to work.
+//! checker (`check-config`), and the encrypted-backup store
+//! (`serve-backups`, see [`backup_store`]). The full daemon (`run`) and
+//! scripted RPC calls (`call`) arrive in a later release; until then they
+//! fail loudly with exit code 1 instead of pretending to work.
 #![forbid(unsafe_code)]
 
+pub mod backup_store;
 pub mod config;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -44,10 +47,16 @@ release, see below):
   - checks the validators' health through those tunnels;
   - (planned) relays logs, raises alerts, and executes scripted RPC calls.
 
-Status of this release: `check-config` and `version` work. `run` and `call`
-are not implemented yet; they exit with code 1 and say so.";
+Status of this release: `check-config`, `serve-backups` (the encrypted-backup
+store alone) and `version` work. `run` and `call` are not implemented yet;
+they exit with code 1 and say so.";
 
-const AFTER_HELP: &str = "Planned commands (not implemented yet in this release):
+const AFTER_HELP: &str = "Backup store:
+  palisade-bastion serve-backups --config FILE [--keep N] [--quota-bytes N]
+      Serve the validators' encrypted backups on listen-socket, stored under
+      backup-dir/<validator>/ (see docs/bastion-backup-store.md).
+
+Planned commands (not implemented yet in this release):
   palisade-bastion run --config FILE
       Run the daemon: backup store, health checks, log relay, alerting.
   palisade-bastion call <VALIDATOR> <METHOD> [--json]
@@ -86,6 +95,28 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Serve the validators' encrypted backups on the configured
+    /// listen-socket until SIGTERM or SIGINT. Only the backup store: no
+    /// health checks, log relay or alerting.
+    ServeBackups {
+        /// The bastion's TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Files kept per validator; older ones are removed after each put.
+        #[arg(long, value_name = "N", default_value_t = backup_store::DEFAULT_KEEP)]
+        keep: usize,
+        /// Bytes stored per validator after retention; a put beyond fails
+        /// with `quota`.
+        #[arg(long, value_name = "BYTES", default_value_t = backup_store::DEFAULT_QUOTA_BYTES)]
+        quota_bytes: u64,
+        /// A connection that sends no complete request header for this long
+        /// is closed.
+        #[arg(long, value_name = "MS", default_value_t = backup_store::DEFAULT_IDLE_TIMEOUT.as_millis() as u64)]
+        idle_timeout_ms: u64,
+        /// Connections served at once; more wait in the listen backlog.
+        #[arg(long, value_name = "N", default_value_t = backup_store::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+    },
     /// Run the bastion daemon (NOT IMPLEMENTED YET: exits with code 1).
     Run {
         /// The bastion's TOML configuration file.
@@ -117,13 +148,15 @@ pub enum Error {
     Config(config::ConfigError),
     /// The command exists in the interface but not yet in this release.
     NotImplemented(&'static str),
+    /// The backup store could not start or failed.
+    Serve(anyhow::Error),
 }
 
 impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::NotImplemented(_) => exit_code::ERROR,
+            Error::Config(_) | Error::NotImplemented(_) | Error::Serve(_) => exit_code::ERROR,
         }
     }
 }
@@ -137,6 +170,7 @@ impl fmt::Display for Error {
                 "`{command}` is not implemented yet in this release: see docs \
                  (palisade-bastion --help lists what works today)"
             ),
+            Error::Serve(error) => write!(f, "backup store: {error:#}"),
         }
     }
 }
@@ -155,6 +189,35 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             println!("{}: configuration is valid", config.display());
             print!("{}", parsed.summary());
             Ok(())
+        }
+        Command::ServeBackups {
+            config,
+            keep,
+            quota_bytes,
+            idle_timeout_ms,
+            max_connections,
+        } => {
+            let parsed = config::BastionConfig::load(&config).map_err(Error::Config)?;
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .try_init();
+            let options = backup_store::ServeOptions {
+                keep,
+                quota_bytes,
+                idle_timeout: Duration::from_millis(idle_timeout_ms),
+                max_connections,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Serve(e.into()))?;
+            runtime
+                .block_on(backup_store::serve(&parsed, options))
+                .map_err(Error::Serve)
         }
         Command::Run { .. } => Err(Error::NotImplemented("run")),
         Command::Call { .. } => Err(Error::NotImplemented("call")),

@@ -19,13 +19,16 @@
 //!   front, so no reallocation leaves copies behind.
 //!
 //! Layout: [`bundle`] builds bundles, [`open`] verifies them, [`store`] is the
-//! storage abstraction with the local-directory implementation, [`restore`]
+//! storage abstraction with the local-directory implementation, [`remote`]
+//! the client of a bastion's backup store (`palisade-bastion serve-backups`,
+//! over a Unix socket that the SSH tunnels will forward), [`restore`]
 //! fans out to several stores, [`scheduler`] is the pure debouncer that
 //! decides when to back up. None of these modules starts gaiad or touches the
 //! vault; keys and recipients are passed in.
 
 pub mod bundle;
 pub mod open;
+pub mod remote;
 pub mod restore;
 pub mod scheduler;
 pub mod store;
@@ -38,6 +41,7 @@ pub use open::{
     Expectations, MAX_CIPHERTEXT_BYTES, MAX_TAR_ENTRIES, OpenedBundle, Rejection, open_bundle,
     parse_state_watermark,
 };
+pub use remote::RemoteStore;
 pub use restore::{
     AcceptedBundle, BestBundle, MAX_BUNDLES_PER_STORE, PublishReport, RejectedBundle,
     RejectionReason, RestoreReport, gather_and_verify, publish,

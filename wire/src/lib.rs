@@ -5,5 +5,6 @@
 //! never rename or repurpose one.
 #![forbid(unsafe_code)]
 
+pub mod backup_store;
 pub mod bench;
 pub mod upgrade_record;

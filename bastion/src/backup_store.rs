@@ -1,0 +1,749 @@
+//! The bastion's backup store: `palisade-bastion serve-backups`.
+//!
+//! Listens on the configuration's `listen-socket` (a Unix socket, mode 0600,
+//! in a 0700 directory) and speaks [`palisade_wire::backup_store`]. Files
+//! live in `backup-dir/<validator>/` (directories 0700, files 0600). The
+//! bastion holds ciphertext it cannot read (DESIGN invariant 4): it checks
+//! names, sizes and framing only, never a bundle's contents.
+//!
+//! - Writes are atomic: the payload is streamed to a hidden temporary file,
+//!   fsynced, hard-linked to its final name (which fails if the name exists:
+//!   nothing is ever overwritten), and the directory is fsynced.
+//! - Retention: after a put, only the newest `keep` files of the validator
+//!   remain ("newest" = latest modification time, i.e. arrival, ties broken
+//!   by name). The per-validator size cap applies to what remains after
+//!   retention; a put that would exceed it fails with `quota` and changes
+//!   nothing.
+//! - Operations on one validator are serialized; at most `max_connections`
+//!   connections are served at once (more wait in the listen backlog).
+//! - Each header frame must arrive whole within the idle timeout; a payload
+//!   gets the idle timeout plus one second per 64 KiB. A client that stalls
+//!   is disconnected.
+//! - SIGTERM / SIGINT: stop accepting, remove the socket, give in-flight
+//!   requests a few seconds, exit 0.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use palisade_wire::backup_store::{
+    ErrorKind, MAX_LIST_ENTRIES, MAX_PAYLOAD_BYTES, MAX_REQUEST_HEADER_BYTES, Request, Response,
+    decode_request, encode_header, file_name_problem,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::time::timeout;
+
+use crate::config::BastionConfig;
+
+/// Default number of files kept per validator.
+pub const DEFAULT_KEEP: usize = 500;
+/// Default size cap per validator: 256 MiB.
+pub const DEFAULT_QUOTA_BYTES: u64 = 256 * 1024 * 1024;
+/// Default idle timeout per connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default cap on concurrent connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// How long shutdown waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Prefix of temporary files; such files are not part of the store.
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// Tunables of the backup store (command-line flags of `serve-backups`).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Files kept per validator (at least 1, at most the protocol's listing
+    /// limit).
+    pub keep: usize,
+    /// Bytes stored per validator, after retention.
+    pub quota_bytes: u64,
+    /// See the module documentation.
+    pub idle_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            keep: DEFAULT_KEEP,
+            quota_bytes: DEFAULT_QUOTA_BYTES,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl ServeOptions {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.keep == 0 || self.keep > MAX_LIST_ENTRIES {
+            bail!("--keep must be between 1 and {MAX_LIST_ENTRIES}");
+        }
+        if self.quota_bytes == 0 {
+            bail!("--quota-bytes must be positive");
+        }
+        if self.idle_timeout.is_zero() {
+            bail!("--idle-timeout-ms must be positive");
+        }
+        if self.max_connections == 0 {
+            bail!("--max-connections must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// A request failure reported to the client.
+#[derive(Debug)]
+struct Failure {
+    kind: ErrorKind,
+    message: String,
+}
+
+fn failure(kind: ErrorKind, message: impl Into<String>) -> Failure {
+    Failure {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn internal(op: &str, path: &Path, error: io::Error) -> Failure {
+    tracing::error!(path = %path.display(), %error, "backup store: cannot {op}");
+    failure(ErrorKind::Internal, format!("bastion storage error ({op})"))
+}
+
+struct Store {
+    root: PathBuf,
+    /// One lock per configured validator: serializes its operations.
+    validators: HashMap<String, Arc<Mutex<()>>>,
+    options: ServeOptions,
+}
+
+impl Store {
+    fn open(config: &BastionConfig, options: ServeOptions) -> anyhow::Result<Store> {
+        let root = config.backup_dir.clone();
+        make_private_dir(&root)?;
+        let mut validators = HashMap::new();
+        for validator in &config.validators {
+            let dir = root.join(&validator.name);
+            make_private_dir(&dir)?;
+            for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+                if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+            validators.insert(validator.name.clone(), Arc::new(Mutex::new(())));
+        }
+        Ok(Store {
+            root,
+            validators,
+            options,
+        })
+    }
+
+    /// The validator's directory and lock, or `unknown_validator`.
+    fn validator(&self, name: &str) -> Result<(PathBuf, Arc<Mutex<()>>), Failure> {
+        match self.validators.get(name) {
+            Some(lock) => Ok((self.root.join(name), Arc::clone(lock))),
+            None => Err(failure(
+                ErrorKind::UnknownValidator,
+                format!("validator {name:?} is not configured on this bastion"),
+            )),
+        }
+    }
+
+    fn payload_deadline(&self, bytes: u64) -> Duration {
+        self.options.idle_timeout + Duration::from_secs(bytes / (64 * 1024))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Failure> {
+    match file_name_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(failure(
+            ErrorKind::InvalidName,
+            format!("invalid file name {name:?}: {reason}"),
+        )),
+    }
+}
+
+fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))?;
+    let metadata = fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    if !metadata.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting mode 0700 on {}", dir.display()))
+}
+
+/// Binds the listen socket: its directory is created 0700 if missing and
+/// must not be accessible to group or others; a leftover socket is replaced
+/// only when nothing listens on it.
+fn bind_listener(path: &Path) -> anyhow::Result<UnixListener> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .context("listen-socket has no parent directory")?;
+    if !parent.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("creating directory {}", parent.display()))?;
+    }
+    let mode = fs::metadata(parent)
+        .with_context(|| format!("inspecting {}", parent.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "the listen-socket's directory {} has mode {:o}; it must not be accessible to \
+             group or others (chmod 0700, or RuntimeDirectoryMode=0700 under systemd)",
+            parent.display(),
+            mode & 0o7777
+        );
+    }
+    match fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => bail!(
+                    "another process is listening on {}; not replacing it",
+                    path.display()
+                ),
+                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "replacing stale socket");
+                    fs::remove_file(path)
+                        .with_context(|| format!("removing stale socket {}", path.display()))?;
+                }
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("probing existing socket {}", path.display()));
+                }
+            }
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket; not replacing it",
+            path.display()
+        ),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("inspecting {}", path.display())),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    Ok(UnixListener::from_std(listener)?)
+}
+
+/// Runs the backup store until SIGTERM or SIGINT.
+pub async fn serve(config: &BastionConfig, options: ServeOptions) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    options.check()?;
+    let store = Arc::new(Store::open(config, options)?);
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let listener = bind_listener(&config.listen_socket)?;
+    let max_connections = store.options.max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    tracing::info!(
+        socket = %config.listen_socket.display(),
+        backup_dir = %store.root.display(),
+        validators = store.validators.len(),
+        keep = store.options.keep,
+        quota_bytes = store.options.quota_bytes,
+        "backup store listening"
+    );
+
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => permit.context("connection semaphore closed")?,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            serve_connection(stream, &store).await;
+            drop(permit);
+        });
+    }
+
+    tracing::info!("shutting down: no longer accepting connections");
+    drop(listener);
+    let _ = fs::remove_file(&config.listen_socket);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in time; exiting anyway");
+    }
+    Ok(())
+}
+
+/// How reading one frame failed.
+enum FrameError {
+    /// The peer closed the connection between requests.
+    Closed,
+    /// The frame announced more than the limit.
+    TooLarge(u32),
+    Io(io::Error),
+}
+
+/// Reads one length prefix; `None` on a clean end of stream.
+async fn read_prefix<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Option<u32>> {
+    let mut prefix = [0u8; 4];
+    let first = reader.read(&mut prefix).await?;
+    if first == 0 {
+        return Ok(None);
+    }
+    reader.read_exact(&mut prefix[first..]).await?;
+    Ok(Some(u32::from_be_bytes(prefix)))
+}
+
+async fn read_header<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, FrameError> {
+    let length = match read_prefix(reader).await {
+        Ok(Some(length)) => length,
+        Ok(None) => return Err(FrameError::Closed),
+        Err(error) => return Err(FrameError::Io(error)),
+    };
+    if length as usize > MAX_REQUEST_HEADER_BYTES {
+        return Err(FrameError::TooLarge(length));
+    }
+    let mut body = vec![0u8; length as usize];
+    reader.read_exact(&mut body).await.map_err(FrameError::Io)?;
+    Ok(body)
+}
+
+/// What to do after answering a request.
+enum After {
+    Continue,
+    Close,
+}
+
+async fn serve_connection(mut stream: UnixStream, store: &Store) {
+    let idle = store.options.idle_timeout;
+    loop {
+        let body = match timeout(idle, read_header(&mut stream)).await {
+            Err(_) => {
+                tracing::info!("backup client idle or too slow; disconnecting");
+                return;
+            }
+            Ok(Err(FrameError::Closed)) => return,
+            Ok(Err(FrameError::Io(error))) => {
+                tracing::debug!(%error, "backup client connection failed");
+                return;
+            }
+            Ok(Err(FrameError::TooLarge(length))) => {
+                let message = format!(
+                    "header frame of {length} bytes exceeds the {MAX_REQUEST_HEADER_BYTES}-byte limit"
+                );
+                tracing::warn!("{message}");
+                let _ = send(
+                    &mut stream,
+                    idle,
+                    &Response::error(ErrorKind::TooLarge, message),
+                )
+                .await;
+                return;
+            }
+            Ok(Ok(body)) => body,
+        };
+        let request = match decode_request(&body) {
+            Ok(request) => request,
+            Err(message) => {
+                tracing::warn!("{message}");
+                let _ = send(
+                    &mut stream,
+                    idle,
+                    &Response::error(ErrorKind::BadFrame, message),
+                )
+                .await;
+                return;
+            }
+        };
+        let (op, validator) = (request.op(), request.validator().to_owned());
+        let (outcome, after) = handle(request, &mut stream, store).await;
+        let sent = match outcome {
+            Ok((response, payload)) => {
+                tracing::debug!(op, validator = %validator, "backup request served");
+                match send(&mut stream, idle, &response).await {
+                    Ok(()) => match payload {
+                        Some(payload) => {
+                            let deadline = store.payload_deadline(payload.len() as u64);
+                            send_payload(&mut stream, deadline, &payload).await
+                        }
+                        None => Ok(()),
+                    },
+                    Err(error) => Err(error),
+                }
+            }
+            Err(Failure { kind, message }) => {
+                tracing::warn!(op, validator = %validator, %kind, %message, "backup request refused");
+                send(&mut stream, idle, &Response::error(kind, message)).await
+            }
+        };
+        if sent.is_err() || matches!(after, After::Close) {
+            return;
+        }
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    limit: Duration,
+    response: &Response,
+) -> io::Result<()> {
+    let frame = encode_header(response);
+    match timeout(limit, writer.write_all(&frame)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+    }
+}
+
+async fn send_payload<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    limit: Duration,
+    payload: &[u8],
+) -> io::Result<()> {
+    let write = async {
+        writer
+            .write_all(&(payload.len() as u32).to_be_bytes())
+            .await?;
+        writer.write_all(payload).await?;
+        writer.flush().await
+    };
+    match timeout(limit, write).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+    }
+}
+
+type Outcome = Result<(Response, Option<Vec<u8>>), Failure>;
+
+async fn handle(request: Request, stream: &mut UnixStream, store: &Store) -> (Outcome, After) {
+    match request {
+        Request::Put {
+            validator,
+            file,
+            bytes,
+        } => put(stream, store, &validator, &file, bytes).await,
+        Request::List { validator } => (list(store, &validator).await, After::Continue),
+        Request::Get { validator, file } => (get(store, &validator, &file).await, After::Continue),
+        Request::Remove { validator, file } => {
+            (remove(store, &validator, &file).await, After::Continue)
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| Err(failure(ErrorKind::Internal, format!("task failed: {join}"))))
+}
+
+async fn put(
+    stream: &mut UnixStream,
+    store: &Store,
+    validator: &str,
+    file: &str,
+    bytes: u64,
+) -> (Outcome, After) {
+    if bytes > MAX_PAYLOAD_BYTES as u64 {
+        let message = format!("{bytes} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit");
+        return (Err(failure(ErrorKind::TooLarge, message)), After::Close);
+    }
+    let deadline = store.payload_deadline(bytes);
+    let prefix = match timeout(store.options.idle_timeout, read_prefix(stream)).await {
+        Ok(Ok(Some(length))) => length,
+        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+            let message = "payload frame missing or incomplete";
+            return (Err(failure(ErrorKind::BadFrame, message)), After::Close);
+        }
+    };
+    if u64::from(prefix) != bytes {
+        let message = format!("payload frame of {prefix} bytes, but the header announced {bytes}");
+        return (Err(failure(ErrorKind::BadFrame, message)), After::Close);
+    }
+    // Validate before storing anything, but consume the payload either way
+    // so that the connection stays in step.
+    let target = store
+        .validator(validator)
+        .and_then(|target| check_name(file).map(|()| target));
+    let (dir, lock) = match target {
+        Ok(target) => target,
+        Err(refusal) => {
+            let drained = timeout(
+                deadline,
+                tokio::io::copy(&mut (&mut *stream).take(bytes), &mut tokio::io::sink()),
+            )
+            .await;
+            let after = match drained {
+                Ok(Ok(n)) if n == bytes => After::Continue,
+                _ => After::Close,
+            };
+            return (Err(refusal), after);
+        }
+    };
+
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let temp = dir.join(format!(
+        "{TEMP_PREFIX}{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let received = timeout(deadline, receive_to_file(stream, &temp, bytes)).await;
+    let received = match received {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Err((
+            failure(ErrorKind::BadFrame, "payload frame incomplete"),
+            After::Close,
+        )),
+        Ok(Err(error)) => Err((internal("write", &temp, error), After::Close)),
+        Err(_) => Err((
+            failure(ErrorKind::BadFrame, "payload not received in time"),
+            After::Close,
+        )),
+    };
+    if let Err((refusal, after)) = received {
+        let _ = tokio::fs::remove_file(&temp).await;
+        return (Err(refusal), after);
+    }
+
+    let guard = lock.lock().await;
+    let (keep, quota) = (store.options.keep, store.options.quota_bytes);
+    let (name, temp_path) = (file.to_owned(), temp.clone());
+    let committed = blocking(move || commit(&dir, &temp_path, &name, bytes, keep, quota)).await;
+    drop(guard);
+    let _ = tokio::fs::remove_file(&temp).await;
+    match committed {
+        Ok(removed) => {
+            tracing::info!(validator, file, bytes, "backup stored");
+            for old in removed {
+                tracing::info!(validator, file = %old, "removed old backup (retention)");
+            }
+            (Ok((Response::ok(), None)), After::Continue)
+        }
+        Err(refusal) => (Err(refusal), After::Continue),
+    }
+}
+
+async fn receive_to_file(stream: &mut UnixStream, temp: &Path, bytes: u64) -> io::Result<()> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(temp)?;
+    let mut file = tokio::fs::File::from_std(file);
+    let copied = tokio::io::copy(&mut stream.take(bytes), &mut file).await?;
+    if copied != bytes {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    file.flush().await?;
+    file.sync_all().await
+}
+
+/// One stored file.
+struct Entry {
+    modified: SystemTime,
+    name: String,
+    size: u64,
+}
+
+/// The validator's stored files, oldest first.
+fn entries(dir: &Path) -> Result<Vec<Entry>, Failure> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| internal("list", dir, e))? {
+        let entry = entry.map_err(|e| internal("list", dir, e))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if file_name_problem(&name).is_some() {
+            continue;
+        }
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        if !metadata.is_file() {
+            continue;
+        }
+        entries.push(Entry {
+            modified: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            name,
+            size: metadata.len(),
+        });
+    }
+    entries.sort_by(|a, b| (a.modified, &a.name).cmp(&(b.modified, &b.name)));
+    Ok(entries)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Failure> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| internal("fsync directory", dir, e))
+}
+
+/// Links the received `temp` file in as `name` unless that exists, applying
+/// retention and the quota; returns the names removed by retention. Changes
+/// nothing when it fails.
+fn commit(
+    dir: &Path,
+    temp: &Path,
+    name: &str,
+    bytes: u64,
+    keep: usize,
+    quota: u64,
+) -> Result<Vec<String>, Failure> {
+    let target = dir.join(name);
+    let exists = || failure(ErrorKind::AlreadyExists, format!("{name} already exists"));
+    if target.symlink_metadata().is_ok() {
+        return Err(exists());
+    }
+    let existing = entries(dir)?;
+    // The new file is the newest; retention removes the oldest beyond `keep`.
+    let excess = (existing.len() + 1).saturating_sub(keep);
+    let (victims, survivors) = existing.split_at(excess.min(existing.len()));
+    let total = survivors.iter().map(|e| e.size).sum::<u64>() + bytes;
+    if total > quota {
+        return Err(failure(
+            ErrorKind::Quota,
+            format!(
+                "storing {name} would bring this validator to {total} bytes, \
+                 over the bastion's {quota}-byte cap"
+            ),
+        ));
+    }
+    fs::hard_link(temp, &target).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            exists()
+        } else {
+            internal("link into place", &target, e)
+        }
+    })?;
+    let mut removed = Vec::new();
+    for victim in victims {
+        let path = dir.join(&victim.name);
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(victim.name.clone()),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "retention could not remove")
+            }
+        }
+    }
+    sync_dir(dir)?;
+    Ok(removed)
+}
+
+async fn list(store: &Store, validator: &str) -> Outcome {
+    let (dir, lock) = store.validator(validator)?;
+    let _guard = lock.lock().await;
+    let mut names: Vec<String> = blocking(move || entries(&dir))
+        .await?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    if names.len() > MAX_LIST_ENTRIES {
+        names.drain(..names.len() - MAX_LIST_ENTRIES);
+    }
+    Ok((Response::listing(names), None))
+}
+
+async fn get(store: &Store, validator: &str, file: &str) -> Outcome {
+    let (dir, lock) = store.validator(validator)?;
+    check_name(file)?;
+    let _guard = lock.lock().await;
+    let name = file.to_owned();
+    let payload = blocking(move || read_file(&dir, &name)).await?;
+    Ok((Response::payload(payload.len() as u64), Some(payload)))
+}
+
+fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>, Failure> {
+    use std::io::Read;
+    let path = dir.join(name);
+    let not_found = || failure(ErrorKind::NotFound, format!("{name} is not stored here"));
+    let file = match fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
+        Err(e) => return Err(internal("open", &path, e)),
+    };
+    let metadata = file.metadata().map_err(|e| internal("inspect", &path, e))?;
+    if !metadata.is_file() {
+        return Err(not_found());
+    }
+    if metadata.len() > MAX_PAYLOAD_BYTES as u64 {
+        return Err(failure(
+            ErrorKind::TooLarge,
+            format!("{name} is {} bytes, over the limit", metadata.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(MAX_PAYLOAD_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| internal("read", &path, e))?;
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(failure(
+            ErrorKind::TooLarge,
+            format!("{name} grew over the limit"),
+        ));
+    }
+    Ok(bytes)
+}
+
+async fn remove(store: &Store, validator: &str, file: &str) -> Outcome {
+    let (dir, lock) = store.validator(validator)?;
+    check_name(file)?;
+    let _guard = lock.lock().await;
+    let name = file.to_owned();
+    blocking(move || {
+        let path = dir.join(&name);
+        match fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.is_file() => {}
+            Ok(_) => {
+                return Err(failure(
+                    ErrorKind::NotFound,
+                    format!("{name} is not stored here"),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(failure(
+                    ErrorKind::NotFound,
+                    format!("{name} is not stored here"),
+                ));
+            }
+            Err(e) => return Err(internal("inspect", &path, e)),
+        }
+        fs::remove_file(&path).map_err(|e| internal("remove", &path, e))?;
+        sync_dir(&dir)
+    })
+    .await?;
+    tracing::info!(validator, file, "backup removed on request");
+    Ok((Response::ok(), None))
+}

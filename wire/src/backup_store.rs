@@ -1,0 +1,346 @@
+//! The bastion's backup-store protocol, spoken over a Unix socket (the
+//! validator reaches it through an SSH local forward).
+//!
+//! A bastion stores ciphertext it cannot read (DESIGN invariant 4): it checks
+//! only names, sizes and framing, never the contents of a bundle.
+//!
+//! # Framing
+//!
+//! Every frame is a 4-byte big-endian length followed by that many bytes.
+//! A message is a *header frame* holding one JSON object, followed, for a
+//! `put` request and a successful `get` response only, by a *payload frame*
+//! holding the raw bytes. A connection carries one request or several
+//! sequential requests; the client waits for each response before sending
+//! the next request.
+//!
+//! # Requests (client → bastion)
+//!
+//! ```json
+//! {"op":"put","validator":"val-a","file":"backup-….age","bytes":65536}   + payload frame
+//! {"op":"list","validator":"val-a"}
+//! {"op":"get","validator":"val-a","file":"backup-….age"}
+//! {"op":"remove","validator":"val-a","file":"backup-….age"}
+//! ```
+//!
+//! Unknown fields and unknown ops are rejected (`bad_frame`). `remove` exists
+//! for the supervisor's retention; the bastion also enforces its own.
+//!
+//! # Responses (bastion → client)
+//!
+//! ```json
+//! {"ok":true}                                  put, remove
+//! {"ok":true,"files":["a.age","b.age"]}         list (sorted)
+//! {"ok":true,"bytes":65536}  + payload frame    get
+//! {"ok":false,"error":{"kind":"not_found","message":"…"}}
+//! ```
+//!
+//! Error kinds: see [`ErrorKind`]. After a `bad_frame` or `too_large` error
+//! the bastion closes the connection (the stream may be out of step).
+//!
+//! # Limits
+//!
+//! - request header frame: at most [`MAX_REQUEST_HEADER_BYTES`] (8 KiB);
+//! - response header frame: at most [`MAX_RESPONSE_HEADER_BYTES`] (a listing
+//!   of up to [`MAX_LIST_ENTRIES`] names);
+//! - payload frame: at most [`MAX_PAYLOAD_BYTES`] (16 MiB; a bundle is
+//!   about 64 KiB), and exactly the announced `bytes`;
+//! - file names: [`file_name_problem`]; validator names: those configured on
+//!   the bastion.
+//!
+//! Both sides bound every read and write with a timeout.
+//!
+//! This module is data shapes and pure encoding only; the I/O lives in
+//! `palisade-bastion` (server) and `palisade-supervisor` (client).
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request header frame (the JSON object), in bytes.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 8 * 1024;
+
+/// Largest response header frame, in bytes: room for a listing of
+/// [`MAX_LIST_ENTRIES`] names of up to 255 bytes each, JSON-escaped.
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most names a `list` response carries (the newest ones).
+pub const MAX_LIST_ENTRIES: usize = 4096;
+
+/// Largest payload frame (one stored file), in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Longest file name, in bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// A request header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Store `bytes` bytes (sent in the following payload frame) as `file`;
+    /// never overwrites.
+    Put {
+        validator: String,
+        file: String,
+        bytes: u64,
+    },
+    /// Names of the validator's stored files, sorted.
+    List { validator: String },
+    /// One stored file.
+    Get { validator: String, file: String },
+    /// Delete one stored file.
+    Remove { validator: String, file: String },
+}
+
+impl Request {
+    /// The validator this request is about.
+    pub fn validator(&self) -> &str {
+        match self {
+            Request::Put { validator, .. }
+            | Request::List { validator }
+            | Request::Get { validator, .. }
+            | Request::Remove { validator, .. } => validator,
+        }
+    }
+
+    /// The op name as on the wire.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Put { .. } => "put",
+            Request::List { .. } => "list",
+            Request::Get { .. } => "get",
+            Request::Remove { .. } => "remove",
+        }
+    }
+}
+
+/// A response header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub ok: bool,
+    /// `list`: the file names, sorted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<String>>,
+    /// `get`: the length of the payload frame that follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Set when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Response {
+    /// `{"ok":true}`.
+    pub fn ok() -> Response {
+        Response {
+            ok: true,
+            files: None,
+            bytes: None,
+            error: None,
+        }
+    }
+
+    /// `{"ok":true,"files":[…]}`.
+    pub fn listing(files: Vec<String>) -> Response {
+        Response {
+            files: Some(files),
+            ..Response::ok()
+        }
+    }
+
+    /// `{"ok":true,"bytes":N}`, followed by a payload frame.
+    pub fn payload(bytes: u64) -> Response {
+        Response {
+            bytes: Some(bytes),
+            ..Response::ok()
+        }
+    }
+
+    /// `{"ok":false,"error":{…}}`.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            files: None,
+            bytes: None,
+            error: Some(ErrorBody {
+                kind,
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub kind: ErrorKind,
+    /// Human-readable detail; never parsed.
+    pub message: String,
+}
+
+/// Error kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A file of that name exists; stored files are never overwritten.
+    AlreadyExists,
+    /// No such file.
+    NotFound,
+    /// A header or payload frame larger than the limits.
+    TooLarge,
+    /// The file name breaks [`file_name_problem`].
+    InvalidName,
+    /// The validator is not configured on this bastion.
+    UnknownValidator,
+    /// Not a valid frame or request (bad JSON, unknown field or op, payload
+    /// length differing from the announced one).
+    BadFrame,
+    /// The validator's size cap would be exceeded even after retention.
+    Quota,
+    /// The bastion failed to read or write its own storage.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The name as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::InvalidName => "invalid_name",
+            ErrorKind::UnknownValidator => "unknown_validator",
+            ErrorKind::BadFrame => "bad_frame",
+            ErrorKind::Quota => "quota",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a stored file name is not acceptable, or `None` when it is: a plain
+/// name of 1–255 bytes, without `/` or `\`, not starting with `.`, without
+/// control characters. Same rules as the supervisor's `validate_file_name`.
+pub fn file_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_FILE_NAME_BYTES {
+        Some("longer than 255 bytes")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("contains a path separator")
+    } else if name.starts_with('.') {
+        Some("starts with '.'")
+    } else if name.chars().any(char::is_control) {
+        Some("contains control characters")
+    } else {
+        None
+    }
+}
+
+/// The 4-byte big-endian length prefix for a frame of `length` bytes, or
+/// `None` when `length` does not fit in 32 bits.
+pub fn length_prefix(length: usize) -> Option<[u8; 4]> {
+    u32::try_from(length).ok().map(u32::to_be_bytes)
+}
+
+/// A complete header frame (length prefix + JSON) for `header`.
+pub fn encode_header<T: Serialize>(header: &T) -> Vec<u8> {
+    let json = serde_json::to_vec(header).expect("protocol headers always serialize");
+    let mut frame = Vec::with_capacity(4 + json.len());
+    frame.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&json);
+    frame
+}
+
+/// Parses a request header frame's body (without the length prefix).
+pub fn decode_request(body: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice(body).map_err(|error| format!("invalid request header: {error}"))
+}
+
+/// Parses a response header frame's body (without the length prefix).
+pub fn decode_response(body: &[u8]) -> Result<Response, String> {
+    serde_json::from_slice(body).map_err(|error| format!("invalid response header: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_in_the_documented_shape() {
+        let put = Request::Put {
+            validator: "val-a".into(),
+            file: "f.age".into(),
+            bytes: 3,
+        };
+        let frame = encode_header(&put);
+        assert_eq!(&frame[..4], &((frame.len() - 4) as u32).to_be_bytes());
+        assert_eq!(
+            std::str::from_utf8(&frame[4..]).unwrap(),
+            r#"{"op":"put","validator":"val-a","file":"f.age","bytes":3}"#
+        );
+        assert_eq!(decode_request(&frame[4..]).unwrap(), put);
+        let list = decode_request(br#"{"op":"list","validator":"v"}"#).unwrap();
+        assert_eq!(list.validator(), "v");
+        assert_eq!(list.op(), "list");
+    }
+
+    #[test]
+    fn unknown_fields_and_ops_are_rejected() {
+        for body in [
+            &br#"{"op":"list","validator":"v","extra":1}"#[..],
+            br#"{"op":"format","validator":"v"}"#,
+            br#"{"validator":"v"}"#,
+            br#"{"op":"get","validator":"v"}"#,
+            b"not json",
+        ] {
+            assert!(decode_request(body).is_err(), "{body:?}");
+        }
+        assert!(decode_response(br#"{"ok":true,"surprise":1}"#).is_err());
+    }
+
+    #[test]
+    fn responses_have_the_documented_shape() {
+        let error = Response::error(ErrorKind::AlreadyExists, "x exists");
+        assert_eq!(
+            serde_json::to_string(&error).unwrap(),
+            r#"{"ok":false,"error":{"kind":"already_exists","message":"x exists"}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::ok()).unwrap(),
+            r#"{"ok":true}"#
+        );
+        assert_eq!(
+            decode_response(br#"{"ok":true,"files":["a"]}"#).unwrap(),
+            Response::listing(vec!["a".into()])
+        );
+        for kind in [
+            ErrorKind::AlreadyExists,
+            ErrorKind::NotFound,
+            ErrorKind::TooLarge,
+            ErrorKind::InvalidName,
+            ErrorKind::UnknownValidator,
+            ErrorKind::BadFrame,
+            ErrorKind::Quota,
+            ErrorKind::Internal,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&kind).unwrap(),
+                format!("\"{}\"", kind.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn file_names_follow_the_store_rules() {
+        assert_eq!(file_name_problem("backup-x.age"), None);
+        assert_eq!(file_name_problem(&"a".repeat(255)), None);
+        for bad in ["", ".hidden", "a/b", "a\\b", "a\nb", "..", &"a".repeat(256)] {
+            assert!(file_name_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+}
