@@ -294,7 +294,10 @@ fn stock_age_and_tar_recover_the_bundle_by_hand() {
         );
         String::from_utf8(output.stdout).unwrap()
     };
-    let listing = run("age -d -i recovery.key bundle.age | tar -t");
+    // Decrypt to a file, as docs/backup-format.md says: piping into tar can
+    // end with age writing the zero padding into a pipe tar has closed.
+    run("age -d -i recovery.key -o bundle.tar bundle.age");
+    let listing = run("tar -tf bundle.tar");
     assert_eq!(
         listing.lines().collect::<Vec<_>>(),
         [
@@ -305,7 +308,7 @@ fn stock_age_and_tar_recover_the_bundle_by_hand() {
             "node_key.json"
         ]
     );
-    run("age -d -i recovery.key bundle.age | tar -x -C out");
+    run("tar -xf bundle.tar -C out");
 
     let read = |name: &str| std::fs::read(out.join(name)).unwrap();
     assert_eq!(read("priv_validator_state.json"), state_json(watermark));

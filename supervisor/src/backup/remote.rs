@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::open::MAX_CIPHERTEXT_BYTES;
-use super::store::{BackupStore, BoxFuture, StoreError, validate_file_name};
+use super::store::{BackupStore, BoxFuture, StoreError, check_put, validate_file_name};
 
 /// Default bound on one whole operation.
 pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -205,14 +205,7 @@ impl BackupStore for RemoteStore {
         bytes: &'a [u8],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            validate_file_name(file_name)?;
-            if bytes.len() > MAX_CIPHERTEXT_BYTES {
-                return Err(StoreError::TooLarge {
-                    name: file_name.to_owned(),
-                    bytes: bytes.len() as u64,
-                    limit: MAX_CIPHERTEXT_BYTES,
-                });
-            }
+            check_put(file_name, bytes)?;
             let request = Request::Put {
                 validator: self.validator.clone(),
                 file: file_name.to_owned(),

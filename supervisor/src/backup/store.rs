@@ -274,6 +274,20 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// What every store checks before accepting a bundle: a valid name and a
+/// size within [`MAX_CIPHERTEXT_BYTES`].
+pub fn check_put(file_name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    validate_file_name(file_name)?;
+    if bytes.len() > MAX_CIPHERTEXT_BYTES {
+        return Err(StoreError::TooLarge {
+            name: file_name.to_owned(),
+            bytes: bytes.len() as u64,
+            limit: MAX_CIPHERTEXT_BYTES,
+        });
+    }
+    Ok(())
+}
+
 impl BackupStore for LocalDirStore {
     fn name(&self) -> &str {
         &self.name
@@ -285,14 +299,7 @@ impl BackupStore for LocalDirStore {
         bytes: &'a [u8],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            validate_file_name(file_name)?;
-            if bytes.len() > MAX_CIPHERTEXT_BYTES {
-                return Err(StoreError::TooLarge {
-                    name: file_name.to_owned(),
-                    bytes: bytes.len() as u64,
-                    limit: MAX_CIPHERTEXT_BYTES,
-                });
-            }
+            check_put(file_name, bytes)?;
             let (dir, name, bytes) = (self.dir.clone(), file_name.to_owned(), bytes.to_vec());
             blocking(move || put_blocking(&dir, &name, &bytes)).await
         })
