@@ -9,7 +9,7 @@ source scripts/deps.sh
 require_cargo
 # xfsprogs: reflink data-backup tests on a loop-mounted XFS; age: backups must
 # open with the stock age CLI; curl: demo.
-apt_install xfsprogs curl ca-certificates age
+apt_install xfsprogs curl ca-certificates age openssh-server
 ensure_nextest
 
 log "build"

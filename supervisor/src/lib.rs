@@ -24,6 +24,7 @@ pub mod run;
 pub mod sign_state;
 pub mod sys;
 pub mod systemd;
+pub mod tunnel;
 pub mod upgrade;
 pub mod upgrade_plan;
 pub mod upgrade_watch;

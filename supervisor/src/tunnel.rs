@@ -1,0 +1,203 @@
+//! Outbound SSH tunnels from the validator host to its bastions.
+//!
+//! The validator host has no public address; it dials every bastion's stock
+//! OpenSSH sshd and keeps the connection up (see DESIGN.md "Topology"):
+//! local TCP forwards reach the sentries' P2P ports and a reverse Unix-socket
+//! forward publishes the supervisor's RPC socket on the bastion.
+//!
+//! Invariants:
+//! - host keys are checked by [`HostKeyPolicy`]; no code path accepts an
+//!   arbitrary key (STYLE.md item 10);
+//! - every task spawned for a connection stops when that connection dies or
+//!   the caller's shutdown token is cancelled, so a reconnect never stacks
+//!   stale forwards and shutdown leaks no sockets.
+
+mod connection;
+mod host_key;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use connection::{
+    BastionConnection, BastionState, BastionTunnel, ReconnectBackoff, run_bastion,
+};
+pub use host_key::{FirstUse, HostKeyPolicy, fingerprint, known_hosts_name};
+
+/// Which kind of forward sshd refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardKind {
+    /// `streamlocal-forward@openssh.com`: a Unix socket on the bastion
+    /// forwarded back to this host.
+    ReverseUnixSocket,
+    /// `direct-tcpip`: a connection from this host to a TCP target reached
+    /// from the bastion.
+    LocalTcp,
+}
+
+impl std::fmt::Display for ForwardKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ForwardKind::ReverseUnixSocket => "reverse Unix-socket forward",
+            ForwardKind::LocalTcp => "local TCP forward (direct-tcpip)",
+        })
+    }
+}
+
+/// A Unix socket on the bastion whose connections come back to a local one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseUnixForward {
+    /// Path sshd listens on, on the bastion.
+    pub remote_socket_path: String,
+    /// Local socket each forwarded connection is connected to.
+    pub local_socket_path: PathBuf,
+}
+
+/// A local TCP listener whose connections are carried to `target_host:target_port`
+/// as seen from the bastion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTcpForward {
+    /// Where to listen locally; port 0 picks a free port, reported by
+    /// [`BastionTunnel::local_tcp_addrs`].
+    pub listen: std::net::SocketAddr,
+    pub target_host: String,
+    pub target_port: u16,
+}
+
+/// Everything needed to keep one bastion connection up.
+#[derive(Debug, Clone)]
+pub struct BastionConfig {
+    /// Stable name for logs and state (e.g. `bastion-1`).
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// ed25519 private key in OpenSSH format, without passphrase (the key
+    /// lives on tmpfs like the validator's other keys).
+    pub private_key_path: PathBuf,
+    pub host_key_policy: HostKeyPolicy,
+    /// Bound on TCP connect plus SSH handshake and authentication.
+    pub connect_timeout: Duration,
+    /// Silence after which a keepalive is sent; `keepalive_max` unanswered
+    /// keepalives declare the peer dead, so a vanished bastion is noticed
+    /// within about `interval * (max + 1)` rather than at the TCP timeout.
+    pub keepalive_interval: Duration,
+    pub keepalive_max: usize,
+    pub reverse_unix_forwards: Vec<ReverseUnixForward>,
+    pub local_tcp_forwards: Vec<LocalTcpForward>,
+    pub backoff: ReconnectBackoff,
+}
+
+impl BastionConfig {
+    /// A config with the defaults for timeouts, keepalive and backoff.
+    pub fn new(
+        name: impl Into<String>,
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        private_key_path: impl Into<PathBuf>,
+        host_key_policy: HostKeyPolicy,
+    ) -> BastionConfig {
+        BastionConfig {
+            name: name.into(),
+            host: host.into(),
+            port,
+            user: user.into(),
+            private_key_path: private_key_path.into(),
+            host_key_policy,
+            connect_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_max: 3,
+            reverse_unix_forwards: Vec::new(),
+            local_tcp_forwards: Vec::new(),
+            backoff: ReconnectBackoff::default(),
+        }
+    }
+}
+
+/// Why a tunnel could not be set up or kept up.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The host has no key on record and trust-on-first-use is off.
+    #[error("host key of {host} is unknown (offered {offered}); pin it or add it to known_hosts")]
+    HostKeyUnknown { host: String, offered: String },
+    /// The host offered a key other than the pinned one(s): possible
+    /// man-in-the-middle, never accepted automatically.
+    #[error(
+        "HOST KEY CHANGED for {host}: expected {expected}, offered {offered}; refusing to connect"
+    )]
+    HostKeyChanged {
+        host: String,
+        expected: String,
+        offered: String,
+    },
+    /// The offered key is marked `@revoked` in known_hosts.
+    #[error("host key {offered} of {host} is revoked in known_hosts")]
+    HostKeyRevoked { host: String, offered: String },
+    /// The server presented a certificate; only plain pinned keys are trusted.
+    #[error("{host} presented a host certificate; only pinned plain host keys are accepted")]
+    HostCertificateNotSupported { host: String },
+    /// A pinned fingerprint is not in `SHA256:<base64>` form.
+    #[error("pinned fingerprint {value:?} is not of the form SHA256:<base64> (ssh-keygen -lf)")]
+    InvalidFingerprint { value: String },
+    /// The known_hosts file could not be read or appended to.
+    #[error("known_hosts file {}: {source}", path.display())]
+    KnownHosts {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The client's private key could not be loaded.
+    #[error("private key {}: {source}", path.display())]
+    PrivateKey {
+        path: PathBuf,
+        source: russh::keys::Error,
+    },
+    /// The TCP connection to the bastion failed.
+    #[error("connecting to {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    /// TCP connect, handshake and authentication did not finish in time.
+    #[error("connecting to {address}: timed out after {timeout:?}")]
+    ConnectTimeout { address: String, timeout: Duration },
+    /// sshd did not accept the public key for this user.
+    #[error("{host} rejected public-key authentication for user {user}")]
+    AuthenticationRejected { host: String, user: String },
+    /// sshd refused a forward (authorized_keys `permitopen`/`restrict`, or
+    /// sshd_config `AllowTcpForwarding`/`AllowStreamLocalForwarding`).
+    #[error("bastion refused {kind} to {target}: {reason}")]
+    ForwardRefused {
+        kind: ForwardKind,
+        target: String,
+        reason: String,
+    },
+    /// A local listener for a TCP forward could not be bound.
+    #[error("listening on {address} for a local forward: {source}")]
+    LocalListen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// The SSH connection is closed.
+    #[error("connection to the bastion is closed")]
+    Closed,
+    /// Any other SSH protocol or transport error.
+    #[error("ssh: {0}")]
+    Ssh(#[from] russh::Error),
+}
+
+impl TunnelError {
+    /// Errors that retrying cannot fix without an operator: wrong keys or
+    /// identity. The supervisor loop stops on these instead of hammering.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            TunnelError::HostKeyUnknown { .. }
+                | TunnelError::HostKeyChanged { .. }
+                | TunnelError::HostKeyRevoked { .. }
+                | TunnelError::HostCertificateNotSupported { .. }
+                | TunnelError::InvalidFingerprint { .. }
+                | TunnelError::PrivateKey { .. }
+                | TunnelError::AuthenticationRejected { .. }
+        )
+    }
+}

@@ -1,0 +1,625 @@
+//! One SSH connection to a bastion, its forwards, and the loop that keeps it
+//! up across bastion restarts and network failures.
+//!
+//! Ownership: every byte-pumping task is tied to the connection's `live`
+//! token, which is cancelled when the connection ends (for any reason) or is
+//! dropped; the session task owns a drop guard of the `closed` token, so the
+//! supervisor loop learns of a dead connection as an event, not by polling.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use russh::client::{self, Msg};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate, load_secret_key};
+use russh::{Channel, ChannelOpenFailure};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{BastionConfig, ForwardKind, HostKeyPolicy, LocalTcpForward, TunnelError};
+
+/// What an operator (or `palisade-ctl status`) sees of one bastion link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BastionState {
+    /// Set while connected and forwards are up; `None` while down.
+    pub connected_since: Option<SystemTime>,
+    /// Why the last connection attempt failed or the last connection ended.
+    pub last_error: Option<String>,
+    /// The last forwarded connection that could not be set up (e.g. a
+    /// direct-tcpip target outside `permitopen`); the link itself stays up.
+    pub last_forward_error: Option<String>,
+    /// Bytes carried towards / from the bastion, counted when each forwarded
+    /// connection ends.
+    pub bytes_to_bastion: u64,
+    pub bytes_from_bastion: u64,
+    /// Successful connections after the first.
+    pub reconnects: u32,
+    /// The supervisor loop has ended (shutdown or a fatal error).
+    pub stopped: bool,
+}
+
+/// Exponential backoff between connection attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectBackoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for ReconnectBackoff {
+    fn default() -> ReconnectBackoff {
+        ReconnectBackoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ReconnectBackoff {
+    /// Delay before attempt `failures + 1`, with "equal jitter" as in
+    /// `restart_policy`: half fixed, half random, so validators that lost
+    /// the same bastion do not reconnect in lockstep. `jitter` is in `[0, 1)`.
+    pub fn delay(&self, failures: u32, jitter: f64) -> Duration {
+        let exponent = failures.saturating_sub(1).min(30);
+        let nominal = self.initial.saturating_mul(1u32 << exponent).min(self.max);
+        let half = nominal / 2;
+        half + half.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+}
+
+type SharedState = Arc<watch::Sender<BastionState>>;
+
+struct BastionHandler {
+    host: String,
+    port: u16,
+    policy: HostKeyPolicy,
+    /// Remote socket path → local socket path.
+    reverse: Arc<HashMap<String, PathBuf>>,
+    live: CancellationToken,
+    state: SharedState,
+    disconnect_reason: Arc<Mutex<Option<String>>>,
+    /// Cancels `closed` when the session task ends and drops the handler.
+    _closed_on_drop: DropGuard,
+}
+
+impl client::Handler for BastionHandler {
+    type Error = TunnelError;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, TunnelError> {
+        match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                self.policy.check(&self.host, self.port, key)?;
+                Ok(true)
+            }
+            PublicKeyOrCertificate::Certificate(_) => {
+                Err(TunnelError::HostCertificateNotSupported {
+                    host: super::known_hosts_name(&self.host, self.port),
+                })
+            }
+        }
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        channel: Channel<Msg>,
+        socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), TunnelError> {
+        let Some(local_path) = self.reverse.get(socket_path).cloned() else {
+            tracing::warn!(
+                socket_path,
+                "bastion opened a channel for a socket we never forwarded"
+            );
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let live = self.live.clone();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let connected = tokio::select! {
+                _ = live.cancelled() => return,
+                connected = UnixStream::connect(&local_path) => connected,
+            };
+            match connected {
+                Ok(local) => {
+                    reply.accept().await;
+                    pump(local, channel, live, state).await;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        local_socket = %local_path.display(),
+                        %error,
+                        "reverse-forwarded connection: local socket unreachable"
+                    );
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<TunnelError>,
+    ) -> Result<(), TunnelError> {
+        let text = match &reason {
+            client::DisconnectReason::ReceivedDisconnect(info) => {
+                format!(
+                    "bastion disconnected: {:?} {}",
+                    info.reason_code, info.message
+                )
+            }
+            client::DisconnectReason::Error(error) => format!("connection lost: {error}"),
+        };
+        *lock(&self.disconnect_reason) = Some(text);
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            client::DisconnectReason::Error(error) => Err(error),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Carry bytes both ways until either side closes or the connection dies.
+async fn pump(
+    mut local: impl AsyncRead + AsyncWrite + Unpin,
+    channel: Channel<Msg>,
+    live: CancellationToken,
+    state: SharedState,
+) {
+    let mut remote = channel.into_stream();
+    tokio::select! {
+        _ = live.cancelled() => {}
+        result = tokio::io::copy_bidirectional(&mut local, &mut remote) => match result {
+            Ok((to_bastion, from_bastion)) => state.send_modify(|state| {
+                state.bytes_to_bastion += to_bastion;
+                state.bytes_from_bastion += from_bastion;
+            }),
+            Err(error) => tracing::debug!(%error, "forwarded connection ended with an error"),
+        },
+    }
+}
+
+/// An authenticated SSH connection to one bastion.
+pub struct BastionConnection {
+    handle: client::Handle<BastionHandler>,
+    host: String,
+    /// Cancelled when this connection is done: stops its pumps.
+    live: CancellationToken,
+    /// Cancelled when the SSH session task has ended.
+    closed: CancellationToken,
+    disconnect_reason: Arc<Mutex<Option<String>>>,
+}
+
+impl Drop for BastionConnection {
+    fn drop(&mut self) {
+        self.live.cancel();
+    }
+}
+
+impl BastionConnection {
+    /// Connect and authenticate; no forwards yet.
+    pub async fn connect(config: &BastionConfig) -> Result<BastionConnection, TunnelError> {
+        let state = Arc::new(watch::channel(BastionState::default()).0);
+        BastionConnection::connect_with(config, &CancellationToken::new(), state).await
+    }
+
+    async fn connect_with(
+        config: &BastionConfig,
+        parent: &CancellationToken,
+        state: SharedState,
+    ) -> Result<BastionConnection, TunnelError> {
+        let address = format!("{}:{}", config.host, config.port);
+        let key = load_secret_key(&config.private_key_path, None).map_err(|source| {
+            TunnelError::PrivateKey {
+                path: config.private_key_path.clone(),
+                source,
+            }
+        })?;
+        let ssh_config = Arc::new(client::Config {
+            keepalive_interval: Some(config.keepalive_interval),
+            keepalive_max: config.keepalive_max,
+            nodelay: true,
+            ..client::Config::default()
+        });
+        let live = parent.child_token();
+        let closed = CancellationToken::new();
+        let disconnect_reason = Arc::new(Mutex::new(None));
+        let handler = BastionHandler {
+            host: config.host.clone(),
+            port: config.port,
+            policy: config.host_key_policy.clone(),
+            reverse: Arc::new(
+                config
+                    .reverse_unix_forwards
+                    .iter()
+                    .map(|forward| {
+                        (
+                            forward.remote_socket_path.clone(),
+                            forward.local_socket_path.clone(),
+                        )
+                    })
+                    .collect(),
+            ),
+            live: live.clone(),
+            state,
+            disconnect_reason: disconnect_reason.clone(),
+            _closed_on_drop: closed.clone().drop_guard(),
+        };
+        let handshake = async {
+            let stream = TcpStream::connect((config.host.as_str(), config.port))
+                .await
+                .map_err(|source| TunnelError::Connect {
+                    address: address.clone(),
+                    source,
+                })?;
+            stream.set_nodelay(true).ok();
+            let mut handle = client::connect_stream(ssh_config, stream, handler).await?;
+            let auth = handle
+                .authenticate_publickey(
+                    config.user.clone(),
+                    PrivateKeyWithHashAlg::new(Arc::new(key), None),
+                )
+                .await?;
+            if !auth.success() {
+                return Err(TunnelError::AuthenticationRejected {
+                    host: address.clone(),
+                    user: config.user.clone(),
+                });
+            }
+            Ok(handle)
+        };
+        let handle = tokio::time::timeout(config.connect_timeout, handshake)
+            .await
+            .map_err(|_| TunnelError::ConnectTimeout {
+                address: address.clone(),
+                timeout: config.connect_timeout,
+            })??;
+        Ok(BastionConnection {
+            handle,
+            host: address,
+            live,
+            closed,
+            disconnect_reason,
+        })
+    }
+
+    /// Ask sshd to listen on `remote_socket_path`; connections to it arrive
+    /// as channels routed to the local socket configured for that path.
+    pub async fn forward_reverse_unix(&self, remote_socket_path: &str) -> Result<(), TunnelError> {
+        self.handle
+            .streamlocal_forward(remote_socket_path)
+            .await
+            .map_err(|error| match error {
+                russh::Error::RequestDenied => TunnelError::ForwardRefused {
+                    kind: ForwardKind::ReverseUnixSocket,
+                    target: format!("{}:{remote_socket_path}", self.host),
+                    reason: "request denied by sshd (AllowStreamLocalForwarding, \
+                             authorized_keys restrict/port-forwarding)"
+                        .into(),
+                },
+                other => TunnelError::Ssh(other),
+            })
+    }
+
+    /// Open a `direct-tcpip` channel to `target_host:target_port` as seen
+    /// from the bastion.
+    pub async fn open_direct_tcpip(
+        &self,
+        target_host: &str,
+        target_port: u16,
+        originator: SocketAddr,
+    ) -> Result<Channel<Msg>, TunnelError> {
+        self.handle
+            .channel_open_direct_tcpip(
+                target_host,
+                u32::from(target_port),
+                originator.ip().to_string(),
+                u32::from(originator.port()),
+            )
+            .await
+            .map_err(|error| match error {
+                russh::Error::ChannelOpenFailure(reason) => TunnelError::ForwardRefused {
+                    kind: ForwardKind::LocalTcp,
+                    target: format!("{target_host}:{target_port}"),
+                    reason: match reason {
+                        ChannelOpenFailure::AdministrativelyProhibited => {
+                            "administratively prohibited (not in authorized_keys permitopen, \
+                             or AllowTcpForwarding off)"
+                                .to_string()
+                        }
+                        ChannelOpenFailure::ConnectFailed => {
+                            "the bastion could not connect to the target".to_string()
+                        }
+                        other => format!("{other:?}"),
+                    },
+                },
+                other => TunnelError::Ssh(other),
+            })
+    }
+
+    /// Resolves once the SSH session has ended.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// Why the session ended, once it has.
+    pub fn disconnect_reason(&self) -> Option<String> {
+        lock(&self.disconnect_reason).clone()
+    }
+
+    /// Say goodbye to sshd and stop every forwarded connection.
+    pub async fn close(&self) {
+        self.live.cancel();
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "shutting down", "en")
+            .await;
+    }
+}
+
+/// A running bastion link: the supervisor loop plus its local listeners.
+pub struct BastionTunnel {
+    state: watch::Receiver<BastionState>,
+    local_tcp_addrs: Vec<SocketAddr>,
+    supervisor: JoinHandle<Result<(), TunnelError>>,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+impl BastionTunnel {
+    /// Bind the local TCP listeners (so their ports are known and stable
+    /// across reconnects) and start the supervisor loop.
+    pub async fn start(
+        config: BastionConfig,
+        shutdown: CancellationToken,
+    ) -> Result<BastionTunnel, TunnelError> {
+        let (state_sender, state) = watch::channel(BastionState::default());
+        let state_sender = Arc::new(state_sender);
+        // Stops the listeners also when the loop ends on a fatal error.
+        let tunnel_token = shutdown.child_token();
+        let (current_sender, current) = watch::channel(None::<Arc<BastionConnection>>);
+        let mut local_tcp_addrs = Vec::new();
+        let mut listeners = Vec::new();
+        for forward in &config.local_tcp_forwards {
+            let listener = TcpListener::bind(forward.listen).await.map_err(|source| {
+                TunnelError::LocalListen {
+                    address: forward.listen,
+                    source,
+                }
+            })?;
+            let address = listener
+                .local_addr()
+                .map_err(|source| TunnelError::LocalListen {
+                    address: forward.listen,
+                    source,
+                })?;
+            local_tcp_addrs.push(address);
+            listeners.push(tokio::spawn(serve_local_tcp_forward(
+                listener,
+                forward.clone(),
+                current.clone(),
+                state_sender.clone(),
+                tunnel_token.clone(),
+                config.name.clone(),
+            )));
+        }
+        let supervisor = tokio::spawn(async move {
+            let result = supervise(&config, &tunnel_token, &state_sender, &current_sender).await;
+            tunnel_token.cancel();
+            result
+        });
+        Ok(BastionTunnel {
+            state,
+            local_tcp_addrs,
+            supervisor,
+            listeners,
+        })
+    }
+
+    /// Live state; `changed()`/`wait_for` to await transitions.
+    pub fn state(&self) -> watch::Receiver<BastionState> {
+        self.state.clone()
+    }
+
+    /// Bound addresses of the local TCP forwards, in config order.
+    pub fn local_tcp_addrs(&self) -> &[SocketAddr] {
+        &self.local_tcp_addrs
+    }
+
+    /// Wait until the loop has ended (after shutdown or a fatal error) and
+    /// every listener is closed.
+    pub async fn stopped(self) -> Result<(), TunnelError> {
+        let result = match self.supervisor.await {
+            Ok(result) => result,
+            Err(join_error) => Err(TunnelError::Ssh(russh::Error::IO(std::io::Error::other(
+                join_error.to_string(),
+            )))),
+        };
+        for listener in self.listeners {
+            let _ = listener.await;
+        }
+        result
+    }
+}
+
+/// Keep a bastion link up until `shutdown`; returns early only on a fatal
+/// error (host key or authentication), which needs an operator.
+pub async fn run_bastion(
+    config: BastionConfig,
+    shutdown: CancellationToken,
+) -> Result<(), TunnelError> {
+    BastionTunnel::start(config, shutdown)
+        .await?
+        .stopped()
+        .await
+}
+
+async fn establish(
+    config: &BastionConfig,
+    shutdown: &CancellationToken,
+    state: &SharedState,
+) -> Result<BastionConnection, TunnelError> {
+    let connection = BastionConnection::connect_with(config, shutdown, state.clone()).await?;
+    for forward in &config.reverse_unix_forwards {
+        connection
+            .forward_reverse_unix(&forward.remote_socket_path)
+            .await?;
+    }
+    Ok(connection)
+}
+
+async fn supervise(
+    config: &BastionConfig,
+    shutdown: &CancellationToken,
+    state: &SharedState,
+    current: &watch::Sender<Option<Arc<BastionConnection>>>,
+) -> Result<(), TunnelError> {
+    let bastion = config.name.as_str();
+    let mut failures = 0u32;
+    let mut connected_before = false;
+    let outcome = loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            attempt = establish(config, shutdown, state) => attempt,
+        };
+        match attempt {
+            Ok(connection) => {
+                failures = 0;
+                let connection = Arc::new(connection);
+                state.send_modify(|state| {
+                    state.connected_since = Some(SystemTime::now());
+                    if connected_before {
+                        state.reconnects += 1;
+                    }
+                });
+                tracing::info!(bastion, host = %connection.host, "bastion tunnel up");
+                connected_before = true;
+                current.send_replace(Some(connection.clone()));
+                let shut_down = tokio::select! {
+                    _ = shutdown.cancelled() => true,
+                    _ = connection.closed() => false,
+                };
+                current.send_replace(None);
+                if shut_down {
+                    connection.close().await;
+                    break Ok(());
+                }
+                connection.live.cancel();
+                let reason = connection
+                    .disconnect_reason()
+                    .unwrap_or_else(|| "connection closed".to_string());
+                tracing::warn!(bastion, reason = %reason, "bastion tunnel down");
+                state.send_modify(|state| {
+                    state.connected_since = None;
+                    state.last_error = Some(reason);
+                });
+            }
+            Err(error) => {
+                tracing::warn!(bastion, %error, "bastion connection attempt failed");
+                state.send_modify(|state| state.last_error = Some(error.to_string()));
+                if error.is_fatal() {
+                    break Err(error);
+                }
+                failures += 1;
+            }
+        }
+        let delay = config.backoff.delay(failures.max(1), rand::random());
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    };
+    state.send_modify(|state| {
+        state.connected_since = None;
+        state.stopped = true;
+    });
+    outcome
+}
+
+async fn serve_local_tcp_forward(
+    listener: TcpListener,
+    forward: LocalTcpForward,
+    current: watch::Receiver<Option<Arc<BastionConnection>>>,
+    state: SharedState,
+    shutdown: CancellationToken,
+    bastion: String,
+) {
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(bastion, %error, "local forward: accept failed");
+                    continue;
+                }
+            },
+        };
+        let Some(connection) = current.borrow().clone() else {
+            // Refuse rather than queue: the peer (gaiad) retries on its own.
+            tracing::debug!(bastion, %peer, "local forward: bastion down, closing connection");
+            continue;
+        };
+        let forward = forward.clone();
+        let state = state.clone();
+        let bastion = bastion.clone();
+        tokio::spawn(async move {
+            let live = connection.live.clone();
+            let opened = tokio::select! {
+                _ = live.cancelled() => return,
+                opened = connection.open_direct_tcpip(&forward.target_host, forward.target_port, peer) => opened,
+            };
+            drop(connection);
+            match opened {
+                Ok(channel) => pump(socket, channel, live, state).await,
+                Err(error) => {
+                    tracing::warn!(bastion, %error, "local forward refused");
+                    state.send_modify(|state| state.last_forward_error = Some(error.to_string()));
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_200ms_to_a_10s_cap() {
+        let backoff = ReconnectBackoff::default();
+        // (failures, jitter, expected)
+        let cases = [
+            (1, 0.0, Duration::from_millis(100)),
+            (1, 0.999_999, Duration::from_millis(200)),
+            (2, 0.0, Duration::from_millis(200)),
+            (3, 0.5, Duration::from_millis(600)),
+            (7, 0.0, Duration::from_secs(5)),
+            (40, 0.0, Duration::from_secs(5)),
+            (40, 1.0, Duration::from_secs(10)),
+        ];
+        for (failures, jitter, expected) in cases {
+            let delay = backoff.delay(failures, jitter);
+            let difference = delay.abs_diff(expected);
+            assert!(
+                difference < Duration::from_millis(1),
+                "failures {failures}, jitter {jitter}: {delay:?} != {expected:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Deciding whether a bastion's SSH host key is the one we expect.
+//!
+//! Invariant: a key is accepted only if it is pinned (by fingerprint or in a
+//! known_hosts file) or if trust-on-first-use was explicitly configured and
+//! the host has no key on record at all. A host with keys on record that
+//! offers a different one is a hard failure (`HostKeyChanged`), never a
+//! prompt and never a silent update of the file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use russh::keys::{HashAlg, PublicKey};
+
+use super::TunnelError;
+
+/// Whether an unknown host may be trusted on first use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstUse {
+    /// Unknown hosts are refused (the default: keys are provisioned).
+    #[default]
+    Refuse,
+    /// Accept the first key of a host that has none on record and append it
+    /// to the known_hosts file, which must then be configured.
+    TrustAndRecord,
+}
+
+/// Which host keys a bastion connection accepts.
+#[derive(Debug, Clone, Default)]
+pub struct HostKeyPolicy {
+    /// Fingerprints as `ssh-keygen -lf` prints them (`SHA256:<base64>`).
+    pub pinned_fingerprints: Vec<String>,
+    /// An OpenSSH known_hosts file; entries for `host` (port 22) or
+    /// `[host]:port` count as pinned keys.
+    pub known_hosts_file: Option<PathBuf>,
+    /// Trust-on-first-use, off unless asked for.
+    pub first_use: FirstUse,
+}
+
+/// One usable known_hosts entry: the host patterns and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KnownHostEntry {
+    hosts: Vec<String>,
+    revoked: bool,
+    fingerprint: String,
+}
+
+/// `SHA256:<base64>` exactly as `ssh-keygen -lf` prints it.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// The name a host is recorded under in known_hosts (OpenSSH convention:
+/// bare name on port 22, `[name]:port` otherwise).
+pub fn known_hosts_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// Parse known_hosts text. Comments, blank lines, hashed host names
+/// (`|1|…`), `@cert-authority` lines and lines whose key does not parse are
+/// skipped: skipping can only make a host look unknown, which fails closed.
+fn parse_known_hosts(text: &str) -> Vec<KnownHostEntry> {
+    let mut entries = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let mut first = fields.next().unwrap_or_default();
+        let mut revoked = false;
+        if let Some(marker) = first.strip_prefix('@') {
+            match marker {
+                "revoked" => revoked = true,
+                _ => continue,
+            }
+            first = match fields.next() {
+                Some(field) => field,
+                None => continue,
+            };
+        }
+        if first.starts_with('|') {
+            continue;
+        }
+        let (Some(key_type), Some(key_base64)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(key) = PublicKey::from_openssh(&format!("{key_type} {key_base64}")) else {
+            continue;
+        };
+        entries.push(KnownHostEntry {
+            hosts: first.split(',').map(str::to_string).collect(),
+            revoked,
+            fingerprint: fingerprint(&key),
+        });
+    }
+    entries
+}
+
+impl HostKeyPolicy {
+    /// Accept `offered` for `host:port`, or say why not.
+    pub fn check(&self, host: &str, port: u16, offered: &PublicKey) -> Result<(), TunnelError> {
+        let name = known_hosts_name(host, port);
+        let offered_fingerprint = fingerprint(offered);
+        for pinned in &self.pinned_fingerprints {
+            if !pinned.starts_with("SHA256:") {
+                return Err(TunnelError::InvalidFingerprint {
+                    value: pinned.clone(),
+                });
+            }
+        }
+        let entries = match &self.known_hosts_file {
+            Some(path) => read_known_hosts(path)?,
+            None => Vec::new(),
+        };
+        let for_host: Vec<&KnownHostEntry> = entries
+            .iter()
+            .filter(|entry| entry.hosts.contains(&name))
+            .collect();
+        if for_host
+            .iter()
+            .any(|entry| entry.revoked && entry.fingerprint == offered_fingerprint)
+        {
+            return Err(TunnelError::HostKeyRevoked {
+                host: name,
+                offered: offered_fingerprint,
+            });
+        }
+        let mut expected: Vec<String> = self.pinned_fingerprints.clone();
+        expected.extend(
+            for_host
+                .iter()
+                .filter(|entry| !entry.revoked)
+                .map(|entry| entry.fingerprint.clone()),
+        );
+        if expected.contains(&offered_fingerprint) {
+            return Ok(());
+        }
+        if !expected.is_empty() {
+            expected.dedup();
+            return Err(TunnelError::HostKeyChanged {
+                host: name,
+                expected: expected.join(", "),
+                offered: offered_fingerprint,
+            });
+        }
+        match (self.first_use, &self.known_hosts_file) {
+            (FirstUse::TrustAndRecord, Some(path)) => {
+                append_known_host(path, &name, offered)?;
+                tracing::warn!(
+                    host = %name,
+                    fingerprint = %offered_fingerprint,
+                    known_hosts = %path.display(),
+                    "trusting bastion host key on first use"
+                );
+                Ok(())
+            }
+            _ => Err(TunnelError::HostKeyUnknown {
+                host: name,
+                offered: offered_fingerprint,
+            }),
+        }
+    }
+}
+
+fn read_known_hosts(path: &Path) -> Result<Vec<KnownHostEntry>, TunnelError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(parse_known_hosts(&text)),
+        // A missing file is an empty one: TOFU creates it.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(TunnelError::KnownHosts {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn append_known_host(path: &Path, name: &str, key: &PublicKey) -> Result<(), TunnelError> {
+    let io_error = |source| TunnelError::KnownHosts {
+        path: path.to_path_buf(),
+        source,
+    };
+    let key_text = key
+        .to_openssh()
+        .map_err(|error| io_error(std::io::Error::other(error.to_string())))?;
+    // Drop the key's comment: known_hosts lines are `name type base64`.
+    let mut parts = key_text.split_whitespace();
+    let (key_type, key_base64) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_error)?;
+    writeln!(file, "{name} {key_type} {key_base64}").map_err(io_error)?;
+    file.sync_all().map_err(io_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Two fixed ed25519 public keys (from `ssh-keygen -t ed25519`).
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDykifv2ZK/CsdqNSH2MMODZWTUK3NL1aTBks5nJyETx";
+    const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBKCadxMLjrce+KlMsNhCL4uY7T1VdEgLntAg1wpAnWb";
+
+    fn key(text: &str) -> PublicKey {
+        PublicKey::from_openssh(text).unwrap()
+    }
+
+    #[test]
+    fn known_hosts_name_follows_openssh() {
+        assert_eq!(known_hosts_name("bastion", 22), "bastion");
+        assert_eq!(known_hosts_name("10.0.0.1", 2222), "[10.0.0.1]:2222");
+    }
+
+    #[test]
+    fn check_outcomes_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!(
+                "# comment\n\n|1|hashed= {KEY_A}\n[b1]:2222,other {KEY_A}\nb2 garbage\n@revoked b3 {KEY_A}\nb3 {KEY_B}\n"
+            ),
+        )
+        .unwrap();
+        let fp_a = fingerprint(&key(KEY_A));
+        let fp_b = fingerprint(&key(KEY_B));
+        let from_file = HostKeyPolicy {
+            known_hosts_file: Some(known_hosts.clone()),
+            ..HostKeyPolicy::default()
+        };
+        let nothing = HostKeyPolicy::default();
+        let pinned_a = HostKeyPolicy {
+            pinned_fingerprints: vec![fp_a.clone()],
+            ..HostKeyPolicy::default()
+        };
+        // (policy, host, port, offered, expected outcome as a short label)
+        let cases: Vec<(&HostKeyPolicy, &str, u16, &str, &str)> = vec![
+            (&from_file, "b1", 2222, KEY_A, "ok"),
+            (&from_file, "other", 22, KEY_A, "ok"),
+            (&from_file, "b1", 2222, KEY_B, "changed"),
+            (&from_file, "b1", 22, KEY_A, "unknown"),
+            (&from_file, "b2", 22, KEY_A, "unknown"),
+            (&from_file, "b3", 22, KEY_A, "revoked"),
+            (&from_file, "b3", 22, KEY_B, "ok"),
+            (&pinned_a, "anything", 22, KEY_A, "ok"),
+            (&pinned_a, "anything", 22, KEY_B, "changed"),
+            (&nothing, "b1", 2222, KEY_A, "unknown"),
+        ];
+        for (policy, host, port, offered, expected) in cases {
+            let outcome = match policy.check(host, port, &key(offered)) {
+                Ok(()) => "ok",
+                Err(TunnelError::HostKeyChanged {
+                    expected, offered, ..
+                }) => {
+                    assert!(expected.contains("SHA256:") && offered.starts_with("SHA256:"));
+                    "changed"
+                }
+                Err(TunnelError::HostKeyUnknown { .. }) => "unknown",
+                Err(TunnelError::HostKeyRevoked { .. }) => "revoked",
+                Err(other) => panic!("{host}:{port}: unexpected {other}"),
+            };
+            assert_eq!(outcome, expected, "{host}:{port} offering {offered}");
+        }
+        let changed = pinned_a
+            .check("b", 22, &key(KEY_B))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            changed.contains(&fp_a) && changed.contains(&fp_b),
+            "{changed}"
+        );
+    }
+
+    #[test]
+    fn first_use_records_then_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let known_hosts = dir.path().join("known_hosts");
+        let policy = HostKeyPolicy {
+            known_hosts_file: Some(known_hosts.clone()),
+            first_use: FirstUse::TrustAndRecord,
+            ..HostKeyPolicy::default()
+        };
+        policy.check("b1", 2222, &key(KEY_A)).unwrap();
+        let text = std::fs::read_to_string(&known_hosts).unwrap();
+        assert_eq!(text, format!("[b1]:2222 {KEY_A}\n"));
+        // Recorded now: the same key passes, a different one is a change.
+        policy.check("b1", 2222, &key(KEY_A)).unwrap();
+        assert!(matches!(
+            policy.check("b1", 2222, &key(KEY_B)),
+            Err(TunnelError::HostKeyChanged { .. })
+        ));
+    }
+
+    #[test]
+    fn first_use_without_a_file_refuses() {
+        let policy = HostKeyPolicy {
+            first_use: FirstUse::TrustAndRecord,
+            ..HostKeyPolicy::default()
+        };
+        assert!(matches!(
+            policy.check("b1", 22, &key(KEY_A)),
+            Err(TunnelError::HostKeyUnknown { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_pinned_fingerprint_is_an_error() {
+        let policy = HostKeyPolicy {
+            pinned_fingerprints: vec!["MD5:aa:bb".into()],
+            ..HostKeyPolicy::default()
+        };
+        assert!(matches!(
+            policy.check("b1", 22, &key(KEY_A)),
+            Err(TunnelError::InvalidFingerprint { .. })
+        ));
+    }
+}

@@ -1,0 +1,523 @@
+//! Bastion tunnels against a real OpenSSH sshd: host-key pinning, the
+//! reverse Unix-socket and local TCP forwards, a forward outside
+//! `permitopen`, and reconnection after the bastion's sshd dies.
+//!
+//! Each test runs its own sshd on a free loopback port with the settings
+//! documented in docs/bastion-sshd.md. sshd must be installed
+//! (scripts/test.sh installs openssh-server); a missing sshd fails loudly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use palisade_simchain::testkit::free_port;
+use palisade_supervisor::tunnel::{
+    BastionConfig, BastionConnection, BastionState, BastionTunnel, FirstUse, ForwardKind,
+    HostKeyPolicy, LocalTcpForward, ReconnectBackoff, ReverseUnixForward, TunnelError, run_bastion,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const SSHD: &str = "/usr/sbin/sshd";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A throwaway bastion: sshd with its own host key, one authorized client
+/// key restricted to forwarding and to `permitopen="127.0.0.1:<allowed_port>"`.
+struct Bastion {
+    dir: tempfile::TempDir,
+    port: u16,
+    host_fingerprint: String,
+    client_key: PathBuf,
+    sshd: Option<Child>,
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{command:?} failed: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn keygen(path: &Path) {
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
+        .arg(path));
+}
+
+/// `SHA256:…` as `ssh-keygen -lf` prints it.
+fn keygen_fingerprint(public_key: &Path) -> String {
+    let listing = run(Command::new("ssh-keygen").arg("-lf").arg(public_key));
+    listing.split_whitespace().nth(1).unwrap().to_string()
+}
+
+fn current_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .expect("current user has a passwd entry")
+        .name
+}
+
+impl Bastion {
+    fn start(allowed_port: u16) -> Bastion {
+        assert!(
+            Path::new(SSHD).exists(),
+            "{SSHD} is missing: install openssh-server (scripts/test.sh does) to run the bastion tunnel tests"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let host_key = dir.path().join("host_ed25519");
+        let client_key = dir.path().join("client_ed25519");
+        keygen(&host_key);
+        keygen(&client_key);
+        let client_public = std::fs::read_to_string(client_key.with_extension("pub")).unwrap();
+        let authorized_keys = dir.path().join("authorized_keys");
+        std::fs::write(
+            &authorized_keys,
+            format!(
+                "restrict,port-forwarding,permitopen=\"127.0.0.1:{allowed_port}\" {}",
+                client_public.trim()
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("sshd_config"),
+            format!(
+                "Port {port}\n\
+                 ListenAddress 127.0.0.1\n\
+                 HostKey {host_key}\n\
+                 AuthorizedKeysFile {authorized_keys}\n\
+                 PidFile {pid_file}\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 UsePAM no\n\
+                 StrictModes no\n\
+                 AllowTcpForwarding yes\n\
+                 AllowStreamLocalForwarding yes\n\
+                 StreamLocalBindUnlink yes\n\
+                 ClientAliveInterval 5\n",
+                host_key = host_key.display(),
+                authorized_keys = authorized_keys.display(),
+                pid_file = dir.path().join("sshd.pid").display(),
+            ),
+        )
+        .unwrap();
+        // sshd's privilege-separation directory.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let mut bastion = Bastion {
+            host_fingerprint: keygen_fingerprint(&host_key.with_extension("pub")),
+            dir,
+            port,
+            client_key,
+            sshd: None,
+        };
+        bastion.spawn_sshd();
+        bastion
+    }
+
+    fn spawn_sshd(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("sshd.log"))
+            .unwrap();
+        let mut child = Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(self.dir.path().join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("sshd exited with {status}: {}", self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sshd did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.sshd = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL the listener and every per-connection sshd it forked (they
+    /// run in their own sessions, so a process-group kill would miss them):
+    /// the bastion vanishes as in a crash.
+    fn kill_sshd(&mut self) {
+        let Some(mut child) = self.sshd.take() else {
+            return;
+        };
+        let mut doomed = vec![child.id() as i32];
+        let mut index = 0;
+        while index < doomed.len() {
+            let parent = doomed[index];
+            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                    continue;
+                };
+                // Fields after the `(comm)`: state, ppid, …
+                let after_comm = stat.rsplit(')').next().unwrap_or_default();
+                let ppid = after_comm
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse().ok());
+                if ppid == Some(parent) && !doomed.contains(&pid) {
+                    doomed.push(pid);
+                }
+            }
+            index += 1;
+        }
+        for pid in doomed.iter().rev() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        child.wait().unwrap();
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn config(&self, host_key_policy: HostKeyPolicy) -> BastionConfig {
+        let mut config = BastionConfig::new(
+            "bastion-test",
+            "127.0.0.1",
+            self.port,
+            current_user(),
+            &self.client_key,
+            host_key_policy,
+        );
+        config.connect_timeout = Duration::from_secs(5);
+        config.keepalive_interval = Duration::from_secs(1);
+        config.keepalive_max = 3;
+        config.backoff = ReconnectBackoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+        };
+        config
+    }
+
+    fn pinned(&self) -> HostKeyPolicy {
+        HostKeyPolicy {
+            pinned_fingerprints: vec![self.host_fingerprint.clone()],
+            ..HostKeyPolicy::default()
+        }
+    }
+}
+
+impl Drop for Bastion {
+    fn drop(&mut self) {
+        self.kill_sshd();
+    }
+}
+
+async fn spawn_tcp_echo() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = socket.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    port
+}
+
+fn spawn_unix_echo(path: &Path) {
+    let listener = UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = socket.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+}
+
+async fn echo_roundtrip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    message: &[u8],
+) {
+    stream.write_all(message).await.unwrap();
+    let mut answer = vec![0; message.len()];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut answer))
+        .await
+        .expect("echo answered in time")
+        .unwrap();
+    assert_eq!(answer, message);
+}
+
+async fn wait_state(
+    state: &mut watch::Receiver<BastionState>,
+    what: &str,
+    condition: impl FnMut(&BastionState) -> bool,
+) -> BastionState {
+    let waited = tokio::time::timeout(WAIT, state.wait_for(condition))
+        .await
+        .map(|result| result.map(|state| state.clone()));
+    match waited {
+        Ok(Ok(state)) => state,
+        _ => panic!("timed out waiting for {what}; state: {:?}", *state.borrow()),
+    }
+}
+
+/// A tunnel with a reverse Unix forward (bastion.sock → local echo) and a
+/// local TCP forward (127.0.0.1:0 → TCP echo on the bastion side).
+async fn start_tunnel(
+    bastion: &Bastion,
+    echo_port: u16,
+    shutdown: &CancellationToken,
+) -> BastionTunnel {
+    spawn_unix_echo(&bastion.path("supervisor.sock"));
+    let mut config = bastion.config(bastion.pinned());
+    config.reverse_unix_forwards.push(ReverseUnixForward {
+        remote_socket_path: bastion.path("bastion.sock").display().to_string(),
+        local_socket_path: bastion.path("supervisor.sock"),
+    });
+    config.local_tcp_forwards.push(LocalTcpForward {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        target_host: "127.0.0.1".into(),
+        target_port: echo_port,
+    });
+    BastionTunnel::start(config, shutdown.clone())
+        .await
+        .unwrap()
+}
+
+async fn assert_both_forwards_work(bastion: &Bastion, tunnel: &BastionTunnel, message: &[u8]) {
+    let remote = UnixStream::connect(bastion.path("bastion.sock"))
+        .await
+        .expect("the reverse-forwarded socket exists on the bastion");
+    echo_roundtrip(remote, message).await;
+    let local = TcpStream::connect(tunnel.local_tcp_addrs()[0])
+        .await
+        .unwrap();
+    echo_roundtrip(local, message).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_host_key_carries_reverse_unix_and_local_tcp_forwards() {
+    let echo_port = spawn_tcp_echo().await;
+    let bastion = Bastion::start(echo_port);
+    let shutdown = CancellationToken::new();
+    let tunnel = start_tunnel(&bastion, echo_port, &shutdown).await;
+    assert_ne!(tunnel.local_tcp_addrs()[0].port(), 0);
+    let mut state = tunnel.state();
+    wait_state(&mut state, "connected", |state| {
+        state.connected_since.is_some()
+    })
+    .await;
+    assert_both_forwards_work(&bastion, &tunnel, b"ping through the bastion").await;
+    let counted = wait_state(&mut state, "byte counters", |state| {
+        state.bytes_to_bastion > 0 && state.bytes_from_bastion > 0
+    })
+    .await;
+    assert_eq!(counted.reconnects, 0);
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, tunnel.stopped())
+        .await
+        .expect("tunnel stops on shutdown")
+        .unwrap();
+    assert!(state.borrow().stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_host_key_is_refused_with_both_fingerprints() {
+    let bastion = Bastion::start(1);
+    let other_key = bastion.path("other_ed25519");
+    keygen(&other_key);
+    let expected = keygen_fingerprint(&other_key.with_extension("pub"));
+    let config = bastion.config(HostKeyPolicy {
+        pinned_fingerprints: vec![expected.clone()],
+        ..HostKeyPolicy::default()
+    });
+    let error = match BastionConnection::connect(&config).await {
+        Ok(_) => panic!("connected despite a changed host key"),
+        Err(error) => error,
+    };
+    let message = error.to_string();
+    assert!(
+        matches!(&error, TunnelError::HostKeyChanged { expected: e, offered, .. }
+            if *e == expected && *offered == bastion.host_fingerprint),
+        "{error:?}"
+    );
+    assert!(message.contains(&expected) && message.contains(&bastion.host_fingerprint));
+
+    // The supervisor loop treats it as fatal instead of retrying forever.
+    let result = tokio::time::timeout(WAIT, run_bastion(config, CancellationToken::new()))
+        .await
+        .expect("run_bastion stops on a changed host key");
+    assert!(
+        matches!(result, Err(TunnelError::HostKeyChanged { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_key_is_refused_unless_first_use_is_configured() {
+    let bastion = Bastion::start(1);
+    let known_hosts = bastion.path("known_hosts");
+    let refuse = bastion.config(HostKeyPolicy {
+        known_hosts_file: Some(known_hosts.clone()),
+        ..HostKeyPolicy::default()
+    });
+    match BastionConnection::connect(&refuse).await {
+        Err(TunnelError::HostKeyUnknown { host, offered }) => {
+            assert_eq!(host, format!("[127.0.0.1]:{}", bastion.port));
+            assert_eq!(offered, bastion.host_fingerprint);
+        }
+        Err(other) => panic!("expected HostKeyUnknown, got {other}"),
+        Ok(_) => panic!("connected to an unknown host"),
+    }
+    assert!(!known_hosts.exists(), "refusing must not record the key");
+
+    let first_use = bastion.config(HostKeyPolicy {
+        known_hosts_file: Some(known_hosts.clone()),
+        first_use: FirstUse::TrustAndRecord,
+        ..HostKeyPolicy::default()
+    });
+    BastionConnection::connect(&first_use)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    // The recorded line is one OpenSSH itself finds, and pins from now on.
+    let found = run(Command::new("ssh-keygen")
+        .arg("-F")
+        .arg(format!("[127.0.0.1]:{}", bastion.port))
+        .arg("-f")
+        .arg(&known_hosts));
+    assert!(found.contains("ssh-ed25519"), "{found}");
+    BastionConnection::connect(&refuse)
+        .await
+        .unwrap()
+        .close()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_forward_outside_permitopen_is_reported_as_refused() {
+    let echo_port = spawn_tcp_echo().await;
+    let forbidden_port = spawn_tcp_echo().await;
+    let bastion = Bastion::start(echo_port);
+    let config = bastion.config(bastion.pinned());
+    let connection = BastionConnection::connect(&config).await.unwrap();
+    let originator = "127.0.0.1:40000".parse().unwrap();
+    match connection
+        .open_direct_tcpip("127.0.0.1", forbidden_port, originator)
+        .await
+    {
+        Err(error @ TunnelError::ForwardRefused { kind, .. }) => {
+            assert_eq!(kind, ForwardKind::LocalTcp);
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("127.0.0.1:{forbidden_port}"))
+                    && message.contains("administratively prohibited"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("expected ForwardRefused, got {other}"),
+        Ok(_) => panic!("sshd opened a target outside permitopen"),
+    }
+    // The allowed target still works on the same connection.
+    let channel = connection
+        .open_direct_tcpip("127.0.0.1", echo_port, originator)
+        .await
+        .unwrap();
+    echo_roundtrip(channel.into_stream(), b"allowed").await;
+    connection.close().await;
+
+    // Through a listener: the local client sees the connection closed and
+    // the refusal lands in the state.
+    let mut config = bastion.config(bastion.pinned());
+    config.local_tcp_forwards.push(LocalTcpForward {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        target_host: "127.0.0.1".into(),
+        target_port: forbidden_port,
+    });
+    let shutdown = CancellationToken::new();
+    let tunnel = BastionTunnel::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    let mut state = tunnel.state();
+    wait_state(&mut state, "connected", |state| {
+        state.connected_since.is_some()
+    })
+    .await;
+    let mut local = TcpStream::connect(tunnel.local_tcp_addrs()[0])
+        .await
+        .unwrap();
+    let mut buffer = [0; 1];
+    let read = tokio::time::timeout(WAIT, local.read(&mut buffer))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let refused = wait_state(&mut state, "forward error", |state| {
+        state.last_forward_error.is_some()
+    })
+    .await;
+    assert!(refused.last_forward_error.unwrap().contains(&format!(
+        "refused local TCP forward (direct-tcpip) to 127.0.0.1:{forbidden_port}"
+    )),);
+    assert!(
+        refused.connected_since.is_some(),
+        "the link itself stays up"
+    );
+    shutdown.cancel();
+    tunnel.stopped().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_reconnects_and_restores_forwards_after_sshd_restart() {
+    let echo_port = spawn_tcp_echo().await;
+    let mut bastion = Bastion::start(echo_port);
+    let shutdown = CancellationToken::new();
+    let tunnel = start_tunnel(&bastion, echo_port, &shutdown).await;
+    let mut state = tunnel.state();
+    wait_state(&mut state, "connected", |state| {
+        state.connected_since.is_some()
+    })
+    .await;
+    assert_both_forwards_work(&bastion, &tunnel, b"before").await;
+
+    bastion.kill_sshd();
+    let down = wait_state(&mut state, "disconnected", |state| {
+        state.connected_since.is_none() && state.last_error.is_some()
+    })
+    .await;
+    assert!(!down.stopped, "a dead bastion is retried, not fatal");
+
+    bastion.spawn_sshd();
+    let up = wait_state(&mut state, "reconnected", |state| {
+        state.connected_since.is_some() && state.reconnects >= 1
+    })
+    .await;
+    assert!(
+        up.last_error.is_some(),
+        "the last error stays visible: {up:?}"
+    );
+    assert_both_forwards_work(&bastion, &tunnel, b"after").await;
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, tunnel.stopped())
+        .await
+        .expect("tunnel stops on shutdown")
+        .unwrap();
+}
