@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
 
 use crate::backup::{
     BackupScheduler, BackupStore, BundleInput, Expectations, LocalDirStore, RestoreReport,
@@ -245,9 +246,14 @@ impl BackupTrigger {
     }
 }
 
-/// What a backup needs, owned by the worker task.
+/// What a backup needs, owned by the worker task. The key files and the
+/// recipients are decrypted and parsed once, not on every backup (one per
+/// block); the key bytes stay in zeroizing buffers.
 struct BackupJob {
     vault: Arc<UnlockedVault>,
+    priv_validator_key: Option<Zeroizing<Vec<u8>>>,
+    node_key: Option<Zeroizing<Vec<u8>>>,
+    recipients: Vec<Box<dyn age::Recipient + Send>>,
     validator: ValidatorIdentity,
     stores: Vec<Arc<dyn BackupStore>>,
     state_path: PathBuf,
@@ -288,18 +294,11 @@ impl BackupJob {
             created_at: SystemTime::now(),
             software_version: env!("CARGO_PKG_VERSION").to_string(),
             priv_validator_state: bytes,
-            priv_validator_key: self.vault.decrypt_key(KeyKind::PrivValidatorKey).ok(),
-            node_key: self.vault.decrypt_key(KeyKind::NodeKey).ok(),
+            priv_validator_key: self.priv_validator_key.clone(),
+            node_key: self.node_key.clone(),
         };
         let started = Instant::now();
-        let recipients = match self.vault.backup_recipients() {
-            Ok(recipients) => recipients,
-            Err(error) => {
-                tracing::error!(%error, "cannot build backup recipients");
-                return;
-            }
-        };
-        let ciphertext = match create_bundle(&input, self.vault.signing_key(), &recipients) {
+        let ciphertext = match create_bundle(&input, self.vault.signing_key(), &self.recipients) {
             Ok(ciphertext) => ciphertext,
             Err(error) => {
                 tracing::error!(%error, "cannot create a backup bundle");
@@ -334,10 +333,14 @@ impl BackupWorker {
         state_path: PathBuf,
         next_sequence: u64,
         poll_interval: Duration,
-    ) -> BackupWorker {
+    ) -> Result<BackupWorker, VaultError> {
         let (requests, mut incoming) = mpsc::channel::<BackupRequest>(4);
         let debounce = settings.backup.debounce;
+        let recipients = vault.backup_recipients()?;
         let mut job = BackupJob {
+            priv_validator_key: vault.decrypt_key(KeyKind::PrivValidatorKey).ok(),
+            node_key: vault.decrypt_key(KeyKind::NodeKey).ok(),
+            recipients,
             vault,
             validator,
             stores,
@@ -374,7 +377,7 @@ impl BackupWorker {
                 }
             }
         });
-        BackupWorker { requests, task }
+        Ok(BackupWorker { requests, task })
     }
 
     /// A handle that requests backups from elsewhere.

@@ -339,7 +339,7 @@ impl Supervisor {
             crate::keys::state_file(&self.config.daemon_home),
             check.next_sequence,
             self.config.poll_interval,
-        );
+        )?;
         Ok(Ok(VaultSession { tmpfs, backups }))
     }
 
