@@ -7,4 +7,5 @@
 
 pub mod backup_store;
 pub mod bench;
+pub mod rpc;
 pub mod upgrade_record;
