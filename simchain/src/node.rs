@@ -49,8 +49,8 @@ pub const COMETBFT_VERSION: &str = "0.38.17";
 pub const EXIT_UPGRADE: i32 = 1;
 /// Exit code of the simulated crash (`SIMD_CRASH_AFTER`).
 pub const EXIT_SIMULATED_CRASH: i32 = 2;
-/// The network must send something this often (it sends every block) or we reconnect.
-const NETWORK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one connection attempt to a network address may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
@@ -145,7 +145,7 @@ pub struct InitOptions {
     pub moniker: String,
     /// Chain ID written to `config/genesis.json`.
     pub chain_id: String,
-    /// simchain-net address for `[simchain] network`.
+    /// `[simchain] network`: one simchain-net address, or several comma-separated.
     pub network: String,
     /// `tcp://IP:PORT` RPC address.
     pub rpc_laddr: String,
@@ -610,11 +610,15 @@ pub async fn run_start(
     knobs: TestKnobs,
 ) -> anyhow::Result<i32> {
     let config = NodeConfig::load(home)?;
-    let Some(network) = config.network.clone() else {
+    if config.network.is_empty() {
         bail!(
             "{}: [simchain] network is not set",
             NodeConfig::path(home).display()
         );
+    }
+    let network = NetworkLink {
+        dialer: Dialer::new(config.network.clone()),
+        idle_timeout: config.network_idle_timeout,
     };
     info(
         "starting node",
@@ -736,45 +740,141 @@ fn start_log_flood() {
     });
 }
 
-async fn network_loop(
-    mut core: NodeCore,
-    network: String,
-    address: String,
-    status: Arc<Mutex<NodeStatus>>,
-) -> i32 {
-    let mut backoff = RECONNECT_MIN;
-    loop {
-        info("connecting to network", &[("addr", &network)]);
-        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&network)).await {
-            Ok(Ok(stream)) => {
-                backoff = RECONNECT_MIN;
-                match session(stream, &mut core, &address, &status).await {
-                    Ok(Some(code)) => return code,
-                    Ok(None) => error("lost connection to network; reconnecting", &[]),
-                    Err(e) => error(
-                        "lost connection to network; reconnecting",
-                        &[("err", &format!("{e:#}"))],
-                    ),
-                }
-            }
-            Ok(Err(e)) => error("cannot reach network", &[("addr", &network), ("err", &e)]),
-            Err(_) => error(
-                "cannot reach network",
-                &[("addr", &network), ("err", &"timeout")],
-            ),
+/// Which simchain-net address to dial next, and when to back off.
+///
+/// One session at a time. Addresses are tried round-robin: a failed attempt or a lost session
+/// moves on to the next address at once, so failing over to a healthy address costs no delay;
+/// the backoff applies only once a whole cycle of addresses failed in a row. A healthy session
+/// (the network sent at least one height) resets the count and the backoff, and when it is lost
+/// the *next* address is tried first. A session that dies before sending anything counts as a
+/// failed attempt, so peers that accept and hang up cannot make the node spin.
+#[derive(Debug, Clone)]
+struct Dialer {
+    addresses: Vec<String>,
+    next: usize,
+    failures_in_a_row: usize,
+    backoff: Duration,
+}
+
+impl Dialer {
+    fn new(addresses: Vec<String>) -> Self {
+        assert!(!addresses.is_empty(), "no network address to dial");
+        Self {
+            addresses,
+            next: 0,
+            failures_in_a_row: 0,
+            backoff: RECONNECT_MIN,
         }
-        let jitter = Duration::from_millis(rand::random::<u64>() % 50);
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+
+    /// The address to dial now, as (index, address); the following call returns the next one.
+    fn next_address(&mut self) -> (usize, String) {
+        let index = self.next;
+        self.next = (self.next + 1) % self.addresses.len();
+        (index, self.addresses[index].clone())
+    }
+
+    /// A session proved healthy (the network sent something).
+    fn healthy(&mut self) {
+        self.failures_in_a_row = 0;
+        self.backoff = RECONNECT_MIN;
+    }
+
+    /// A connection attempt failed or a session was lost. Returns how long to wait before the
+    /// next attempt: `None` (go on at once) until every address failed in a row.
+    fn failed(&mut self) -> Option<Duration> {
+        self.failures_in_a_row += 1;
+        if self.failures_in_a_row < self.addresses.len() {
+            return None;
+        }
+        self.failures_in_a_row = 0;
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+        Some(wait)
     }
 }
 
-/// One connection to the network. `Ok(Some(code))` means exit.
+/// The node's side of `[simchain]`: where to connect and when to give up on a silent session.
+struct NetworkLink {
+    dialer: Dialer,
+    idle_timeout: Duration,
+}
+
+async fn network_loop(
+    mut core: NodeCore,
+    mut network: NetworkLink,
+    address: String,
+    status: Arc<Mutex<NodeStatus>>,
+) -> i32 {
+    let count = network.dialer.addresses.len();
+    loop {
+        let (index, addr) = network.dialer.next_address();
+        let which = format!("{}/{count}", index + 1);
+        info(
+            "connecting to network",
+            &[("addr", &addr), ("peer", &which)],
+        );
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+            Ok(Ok(stream)) => {
+                let mut healthy = false;
+                let ended = session(
+                    stream,
+                    &addr,
+                    network.idle_timeout,
+                    &mut core,
+                    &address,
+                    &status,
+                    &mut healthy,
+                )
+                .await;
+                if healthy {
+                    network.dialer.healthy();
+                }
+                match ended {
+                    Ok(Some(code)) => return code,
+                    Ok(None) => error(
+                        "lost connection to network; reconnecting",
+                        &[("addr", &addr), ("err", &"closed by peer")],
+                    ),
+                    Err(e) => error(
+                        "lost connection to network; reconnecting",
+                        &[("addr", &addr), ("err", &format!("{e:#}"))],
+                    ),
+                }
+            }
+            Ok(Err(e)) => error(
+                "cannot reach network",
+                &[("addr", &addr), ("peer", &which), ("err", &e)],
+            ),
+            Err(_) => error(
+                "cannot reach network",
+                &[("addr", &addr), ("peer", &which), ("err", &"timeout")],
+            ),
+        }
+        if let Some(backoff) = network.dialer.failed() {
+            let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+            let wait = backoff + jitter;
+            if count > 1 {
+                info(
+                    "no network address reachable; retrying",
+                    &[("addrs", &count), ("wait", &format!("{wait:?}"))],
+                );
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One connection to the network. `Ok(Some(code))` means exit. Sets `healthy` once the
+/// network sent a valid message.
 async fn session(
     stream: TcpStream,
+    addr: &str,
+    idle_timeout: Duration,
     core: &mut NodeCore,
     address: &str,
     status: &Arc<Mutex<NodeStatus>>,
+    healthy: &mut bool,
 ) -> anyhow::Result<Option<i32>> {
     let _ = stream.set_nodelay(true);
     let (read_half, mut write_half) = stream.into_split();
@@ -783,18 +883,18 @@ async fn session(
         address: address.to_string(),
     })?;
     send_line(&mut write_half, &hello).await?;
-    info("connected to network", &[]);
+    info("connected to network", &[("addr", &addr)]);
     let mut line = Vec::new();
     loop {
         line.clear();
         let read = tokio::time::timeout(
-            NETWORK_IDLE_TIMEOUT,
+            idle_timeout,
             (&mut reader)
                 .take(MAX_LINE_BYTES as u64 + 1)
                 .read_until(b'\n', &mut line),
         )
         .await
-        .context("network silent")??;
+        .map_err(|_| anyhow::anyhow!("network silent for {idle_timeout:?}"))??;
         if read == 0 {
             return Ok(None);
         }
@@ -802,6 +902,7 @@ async fn session(
             bail!("line too long from network");
         }
         let NetworkMessage::NewHeight(new_height) = serde_json::from_slice(&line)?;
+        *healthy = true;
         let outcome = tokio::task::block_in_place(|| core.on_new_height(&new_height))?;
         {
             let mut shared = status.lock().unwrap_or_else(|p| p.into_inner());
@@ -1029,5 +1130,86 @@ mod tests {
         .unwrap();
         assert_eq!(info, plan);
         assert_eq!(core.startup_check().unwrap(), Some(EXIT_UPGRADE));
+    }
+
+    #[test]
+    fn dialer_fails_over_at_once_and_backs_off_only_after_a_full_cycle() {
+        let addrs = |n: usize| {
+            (1..=n)
+                .map(|i| format!("127.0.0.1:{i}"))
+                .collect::<Vec<_>>()
+        };
+        // Each step: what happened to the attempt on the address just dialled (a failed connect,
+        // a session that ended before the network sent anything, or a healthy session that was
+        // then lost), the expected wait before the next attempt (None: at once) and the next
+        // address index.
+        enum Event {
+            Fail,
+            HealthySessionLost,
+        }
+        use Event::*;
+        let ms = |n| Some(Duration::from_millis(n));
+        type Step = (Event, Option<Duration>, usize);
+        let cases: Vec<(usize, Vec<Step>)> = vec![
+            // One address: as before, every failure waits, the wait doubles up to the cap and
+            // a session resets it.
+            (
+                1,
+                vec![
+                    (Fail, ms(100), 0),
+                    (Fail, ms(200), 0),
+                    (Fail, ms(400), 0),
+                    (HealthySessionLost, ms(100), 0),
+                    (Fail, ms(200), 0),
+                    (Fail, ms(400), 0),
+                    (Fail, ms(800), 0),
+                    (Fail, ms(1600), 0),
+                    (Fail, ms(2000), 0),
+                    (Fail, ms(2000), 0),
+                ],
+            ),
+            // Two addresses: failing over to the second is immediate; a full failed cycle
+            // waits; a lost session moves on to the *other* address first, at once.
+            (
+                2,
+                vec![
+                    (Fail, None, 1),
+                    (Fail, ms(100), 0),
+                    (Fail, None, 1),
+                    (Fail, ms(200), 0),
+                    (Fail, None, 1),
+                    (HealthySessionLost, None, 0),
+                    (Fail, ms(100), 1),
+                    (HealthySessionLost, None, 0),
+                    (HealthySessionLost, None, 1),
+                ],
+            ),
+            // Three: round-robin order, backoff after three failures in a row.
+            (
+                3,
+                vec![
+                    (Fail, None, 1),
+                    (Fail, None, 2),
+                    (Fail, ms(100), 0),
+                    (HealthySessionLost, None, 1),
+                    (Fail, None, 2),
+                    (Fail, ms(100), 0),
+                ],
+            ),
+        ];
+        for (count, steps) in cases {
+            let mut dialer = Dialer::new(addrs(count));
+            let (first, addr) = dialer.next_address();
+            assert_eq!((first, addr.as_str()), (0, "127.0.0.1:1"));
+            for (step, (event, wait, next)) in steps.into_iter().enumerate() {
+                if matches!(event, HealthySessionLost) {
+                    dialer.healthy();
+                }
+                assert_eq!(dialer.failed(), wait, "{count} addresses, step {step}");
+                let (index, addr) = dialer.next_address();
+                assert_eq!(index, next, "{count} addresses, step {step}");
+                assert_eq!(addr, format!("127.0.0.1:{}", next + 1));
+            }
+        }
     }
 }

@@ -13,7 +13,8 @@
 //! [p2p]
 //! laddr = "tcp://0.0.0.0:26656"
 //! [simchain]
-//! network = "127.0.0.1:26600"     # simchain-net node address
+//! network = "127.0.0.1:26600"     # simchain-net address(es), comma-separated, tried in order
+//! network_idle_timeout = "30s"     # reconnect (to the next address) after this much silence
 //! write_upgrade_info = true        # false: old SDK, only the log line
 //! log_flood = false                # true: flood stdout from a separate thread
 //! voting_power = 10                # reported by /status
@@ -21,6 +22,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -67,6 +69,7 @@ struct RawListen {
 #[derive(Debug, Default, Deserialize)]
 struct RawSimchain {
     network: Option<String>,
+    network_idle_timeout: Option<String>,
     write_upgrade_info: Option<bool>,
     log_flood: Option<bool>,
     voting_power: Option<u64>,
@@ -89,8 +92,12 @@ pub struct NodeConfig {
     pub rpc_laddr: SocketAddr,
     /// P2P listen address, reported only.
     pub p2p_laddr: String,
-    /// simchain-net node address, if configured.
-    pub network: Option<String>,
+    /// simchain-net node addresses (`host:port`) in failover order; empty when not configured.
+    /// `[simchain] network` holds them comma-separated, like CometBFT's `persistent_peers`.
+    pub network: Vec<String>,
+    /// How long the network may stay silent (it sends every block) before the node drops the
+    /// session and moves on to the next address.
+    pub network_idle_timeout: Duration,
     /// Write `data/upgrade-info.json` on upgrade halts.
     pub write_upgrade_info: bool,
     /// Flood stdout from a separate thread.
@@ -107,6 +114,67 @@ pub fn resolve(home: &Path, path: &str) -> PathBuf {
     } else {
         home.join(path)
     }
+}
+
+/// Default of [`NodeConfig::network_idle_timeout`].
+pub const DEFAULT_NETWORK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Parses `[simchain] network`: one or more `host:port` addresses separated by commas.
+/// Whitespace around entries is trimmed. A blank value means "not configured" (an empty list);
+/// an empty entry (`"a:1,,b:2"`, a trailing comma) or an entry that is not `host:port` is an
+/// error, never silently skipped.
+pub fn parse_network_addresses(text: &str) -> Result<Vec<String>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<&str> = text.split(',').map(str::trim).collect();
+    let count = entries.len();
+    let mut addresses = Vec::with_capacity(count);
+    for (index, entry) in entries.into_iter().enumerate() {
+        let position = index + 1;
+        if entry.is_empty() {
+            return Err(format!(
+                "[simchain] network {text:?}: entry {position} of {count} is empty \
+                 (expected comma-separated host:port addresses)"
+            ));
+        }
+        let valid = entry.rsplit_once(':').is_some_and(|(host, port)| {
+            valid_host(host) && port.parse::<u16>().is_ok_and(|p| p != 0)
+        });
+        if !valid {
+            return Err(format!(
+                "[simchain] network {text:?}: entry {position} ({entry:?}) is not host:port"
+            ));
+        }
+        addresses.push(entry.to_string());
+    }
+    Ok(addresses)
+}
+
+/// A host name, an IPv4 address or a bracketed IPv6 address.
+fn valid_host(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// Parses `[simchain] network_idle_timeout` (`"3s"`, `"500ms"`, `"1m"`); it must be positive.
+pub fn parse_network_idle_timeout(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "[simchain] network_idle_timeout {text:?} is not a positive duration \
+             (e.g. \"3s\", \"500ms\")"
+        )
+    };
+    let duration = crate::clock::parse_duration(text).map_err(|_| invalid())?;
+    if duration.is_zero() {
+        return Err(invalid());
+    }
+    Ok(duration)
 }
 
 /// Parses a `tcp://host:port` or `host:port` address.
@@ -165,7 +233,11 @@ impl NodeConfig {
                 .p2p
                 .laddr
                 .unwrap_or_else(|| "tcp://0.0.0.0:26656".into()),
-            network: raw.simchain.network.filter(|n| !n.is_empty()),
+            network: parse_network_addresses(raw.simchain.network.as_deref().unwrap_or(""))?,
+            network_idle_timeout: match raw.simchain.network_idle_timeout.as_deref() {
+                Some(text) => parse_network_idle_timeout(text)?,
+                None => DEFAULT_NETWORK_IDLE_TIMEOUT,
+            },
             write_upgrade_info: raw.simchain.write_upgrade_info.unwrap_or(true),
             log_flood: raw.simchain.log_flood.unwrap_or(false),
             voting_power: raw.simchain.voting_power.unwrap_or(10),
@@ -182,7 +254,7 @@ pub struct ConfigTemplate {
     pub rpc_laddr: String,
     /// `tcp://IP:PORT` for P2P.
     pub p2p_laddr: String,
-    /// simchain-net node address.
+    /// simchain-net node address(es), comma-separated.
     pub network: String,
     /// See [`NodeConfig::write_upgrade_info`].
     pub write_upgrade_info: bool,
@@ -353,8 +425,14 @@ namespace = "cometbft"
 #######################################################
 [simchain]
 
-# Address of the simchain-net process this node votes to (host:port).
+# Address of the simchain-net process this node votes to (host:port). Like persistent_peers,
+# several comma-separated addresses may be given: the node keeps one session at a time and,
+# when it cannot connect or loses the session, moves on to the next address (round-robin).
 network = "{network}"
+
+# Drop the session and move on to the next address when the network has sent nothing for this
+# long (it sends every block).
+network_idle_timeout = "30s"
 
 # Write data/upgrade-info.json when halting for an upgrade (the SDK's behaviour since v0.44).
 # false reproduces older SDKs, which only log the UPGRADE NEEDED line.
@@ -436,7 +514,8 @@ mod tests {
             Path::new("/h/data/priv_validator_state.json")
         );
         assert_eq!(config.rpc_laddr.port(), 26657);
-        assert_eq!(config.network.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(config.network, vec!["127.0.0.1:9".to_string()]);
+        assert_eq!(config.network_idle_timeout, DEFAULT_NETWORK_IDLE_TIMEOUT);
         assert!(config.write_upgrade_info);
     }
 
@@ -448,7 +527,8 @@ mod tests {
             config.priv_validator_state_file,
             Path::new("/abs/state.json")
         );
-        assert_eq!(config.network, None);
+        assert!(config.network.is_empty());
+        assert_eq!(config.network_idle_timeout, Duration::from_secs(30));
         assert!(NodeConfig::parse(Path::new("/h"), "[rpc]\nladdr = \"nope\"").is_err());
     }
 
@@ -461,10 +541,113 @@ mod tests {
         set_simchain_value(dir.path(), "log_flood", "true").unwrap();
         set_simchain_value(dir.path(), "voting_power", "7").unwrap();
         let config = NodeConfig::load(dir.path()).unwrap();
-        assert_eq!(config.network.as_deref(), Some("127.0.0.1:4242"));
+        assert_eq!(config.network, vec!["127.0.0.1:4242".to_string()]);
         assert!(config.log_flood);
         assert_eq!(config.voting_power, 7);
         let text = std::fs::read_to_string(NodeConfig::path(dir.path())).unwrap();
         assert!(text.contains("# Address of the simchain-net process"));
+    }
+
+    #[test]
+    fn network_addresses_parse_as_a_comma_separated_list() {
+        let ok: &[(&str, &[&str])] = &[
+            ("127.0.0.1:26600", &["127.0.0.1:26600"]),
+            (
+                "127.0.0.1:26701,127.0.0.1:26702",
+                &["127.0.0.1:26701", "127.0.0.1:26702"],
+            ),
+            (
+                " 127.0.0.1:1 ,\t10.0.0.2:26600 , sentry.example:26600 ",
+                &["127.0.0.1:1", "10.0.0.2:26600", "sentry.example:26600"],
+            ),
+            ("[::1]:26600", &["[::1]:26600"]),
+            // Blank: not configured (as before; `simd start` then says so).
+            ("", &[]),
+            ("   ", &[]),
+        ];
+        for (text, expected) in ok {
+            let got = parse_network_addresses(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(got, *expected, "{text:?}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("127.0.0.1:1,,127.0.0.1:2", "entry 2 of 3 is empty"),
+            ("127.0.0.1:1,", "entry 2 of 2 is empty"),
+            (",127.0.0.1:1", "entry 1 of 2 is empty"),
+            (" , ", "entry 1 of 2 is empty"),
+            ("127.0.0.1", "entry 1 (\"127.0.0.1\") is not host:port"),
+            (
+                "127.0.0.1:1,127.0.0.1:x",
+                "entry 2 (\"127.0.0.1:x\") is not host:port",
+            ),
+            ("127.0.0.1:70000", "is not host:port"),
+            ("127.0.0.1:0", "is not host:port"),
+            (":26600", "is not host:port"),
+            ("my host:26600", "is not host:port"),
+            ("127.0.0.1:1;127.0.0.1:2", "is not host:port"),
+            ("127.0.0.1:1 127.0.0.1:2", "is not host:port"),
+            ("tcp://127.0.0.1:1", "is not host:port"),
+            ("[not-ipv6]:1", "is not host:port"),
+            ("::1:26600", "is not host:port"),
+        ];
+        for (text, expected) in bad {
+            let error = parse_network_addresses(text).expect_err(text);
+            assert!(
+                error.starts_with("[simchain] network ") && error.contains(expected),
+                "{text:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn network_idle_timeout_parses_and_defaults() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("3s", Some(Duration::from_secs(3))),
+            ("500ms", Some(Duration::from_millis(500))),
+            ("1.5s", Some(Duration::from_millis(1500))),
+            ("2m", Some(Duration::from_secs(120))),
+            ("0s", None),
+            ("", None),
+            ("soon", None),
+            ("-1s", None),
+        ];
+        for (text, expected) in cases {
+            match (parse_network_idle_timeout(text), expected) {
+                (Ok(got), Some(want)) => assert_eq!(got, *want, "{text:?}"),
+                (Err(error), None) => assert!(
+                    error.starts_with("[simchain] network_idle_timeout"),
+                    "{text:?}: {error}"
+                ),
+                (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        let text =
+            "[simchain]\nnetwork = \"127.0.0.1:1, 127.0.0.1:2\"\nnetwork_idle_timeout = \"3s\"\n";
+        let config = NodeConfig::parse(Path::new("/h"), text).unwrap();
+        assert_eq!(config.network, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(config.network_idle_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn bad_network_settings_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        let path = NodeConfig::path(dir.path());
+        for (line, key) in [
+            (
+                "network = \"127.0.0.1:1,,127.0.0.1:2\"",
+                "[simchain] network ",
+            ),
+            (
+                "network_idle_timeout = \"0s\"",
+                "[simchain] network_idle_timeout ",
+            ),
+        ] {
+            std::fs::write(&path, format!("[simchain]\n{line}\n")).unwrap();
+            let message = NodeConfig::load(dir.path()).unwrap_err().to_string();
+            assert!(
+                message.starts_with(&path.display().to_string()) && message.contains(key),
+                "{message}"
+            );
+        }
     }
 }

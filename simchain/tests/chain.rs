@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use palisade_simchain::sign_state::SignState;
 use palisade_simchain::testkit::{
-    SimNetwork, SimNetworkOptions, SimdProcess, ValidatorKeyInfo, free_port, write_validator_home,
-    write_versioned_binary,
+    SimNetwork, SimNetworkOptions, SimdProcess, ValidatorKeyInfo, free_port, set_network_address,
+    set_simchain_option, write_validator_home, write_versioned_binary,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -393,6 +393,143 @@ fn network_writes_record_file_and_accepts_runtime_upgrades() {
     assert!(record.height >= height);
     assert_eq!(record.upgrade_plans[0].name, "v2");
     assert_eq!(record.validators["val1"].missed_count, record.height);
+}
+
+#[test]
+fn node_fails_over_from_a_dead_address_to_the_next_one() {
+    let s = setup(&["val1"], fast());
+    let home = &s.validators[0].home;
+    // Bound and released: nothing listens there, connecting is refused.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let real = s.net.node_addr().to_string();
+    set_network_address(home, &format!("{closed}, {real}")).unwrap();
+    let started = Instant::now();
+    let node = SimdProcess::start(simd(), home, &[], &[]).unwrap();
+    let record = s
+        .net
+        .wait_for(WAIT, |r| r.validators["val1"].signed_heights >= 3)
+        .unwrap();
+    assert!(record.double_signs.is_empty());
+    node.wait_for_output(&format!("cannot reach network addr={closed}"), WAIT)
+        .unwrap();
+    node.wait_for_output(&format!("connected to network addr={real}"), WAIT)
+        .unwrap();
+    // Failing over to a healthy second address costs no backoff: the node votes within a
+    // few blocks of starting (a 30 s idle timeout or retry loop on the first would not).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Once connected it stays on the healthy address.
+    let output = node.output();
+    let dials = |addr: &str| {
+        output
+            .iter()
+            .filter(|l| l.contains("connecting to network") && l.contains(addr))
+            .count()
+    };
+    assert_eq!((dials(&closed), dials(&real)), (1, 1), "{}", node.tail(30));
+}
+
+#[test]
+fn silent_network_is_dropped_after_the_idle_timeout_and_the_next_address_takes_over() {
+    let s = setup(&["val1"], fast());
+    let home = &s.validators[0].home;
+    // A peer that accepts and then never says anything (a half-dead link or a hung process).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream);
+        }
+    });
+    let real = s.net.node_addr().to_string();
+    set_network_address(home, &format!("{silent_addr},{real}")).unwrap();
+    set_simchain_option(home, "network_idle_timeout", "\"600ms\"").unwrap();
+    let started = Instant::now();
+    let node = SimdProcess::start(simd(), home, &[], &[]).unwrap();
+    node.wait_for_output(&format!("connected to network addr={silent_addr}"), WAIT)
+        .unwrap();
+    let lost = node
+        .wait_for_output("lost connection to network; reconnecting", WAIT)
+        .unwrap();
+    assert!(
+        lost.contains(&format!("addr={silent_addr}")) && lost.contains("network silent for 600ms"),
+        "{lost}"
+    );
+    s.net
+        .wait_for(WAIT, |r| r.validators["val1"].signed_heights >= 3)
+        .unwrap();
+    node.wait_for_output(&format!("connected to network addr={real}"), WAIT)
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the default 30 s idle timeout was used: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn lost_session_moves_on_to_the_next_address_first() {
+    let s = setup(&["val1"], fast());
+    let home = &s.validators[0].home;
+    // A second network with the same genesis, as a second sentry would be.
+    let other = SimNetwork::spawn(net_bin(), &s.validators, &fast()).unwrap();
+    let first = s.net.node_addr().to_string();
+    let second = other.node_addr().to_string();
+    set_network_address(home, &format!("{first},{second}")).unwrap();
+    let node = SimdProcess::start(simd(), home, &[], &[]).unwrap();
+    s.net
+        .wait_for(WAIT, |r| r.validators["val1"].signed_heights >= 3)
+        .unwrap();
+    let Setup { net, .. } = s;
+    drop(net);
+    let lost_at = Instant::now();
+    node.wait_for_output(&format!("connected to network addr={second}"), WAIT)
+        .unwrap();
+    assert!(
+        lost_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        lost_at.elapsed()
+    );
+    let output = node.output();
+    let lost = output
+        .iter()
+        .position(|l| l.contains("lost connection to network") && l.contains(&first))
+        .unwrap_or_else(|| panic!("no lost-connection line:\n{}", node.tail(30)));
+    let next_dial = output[lost..]
+        .iter()
+        .find(|l| l.contains("connecting to network"))
+        .unwrap();
+    assert!(next_dial.contains(&format!("addr={second}")), "{next_dial}");
+    // It signs on the second network once that one passes the heights already signed.
+    let record = other
+        .wait_for(WAIT, |r| r.validators["val1"].signed_heights >= 2)
+        .unwrap();
+    assert!(record.double_signs.is_empty());
+}
+
+#[test]
+fn bad_network_list_is_refused_naming_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("v");
+    write_validator_home(&home, "val1", "sim-1", "127.0.0.1:1", free_port()).unwrap();
+    set_network_address(&home, "127.0.0.1:1,,127.0.0.1:2").unwrap();
+    let output = Command::new(simd())
+        .args(["start", "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&home.join("config/config.toml").display().to_string())
+            && stderr.contains("[simchain] network")
+            && stderr.contains("entry 2 of 3 is empty"),
+        "{stderr}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

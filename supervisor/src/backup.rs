@@ -41,7 +41,7 @@ pub use open::{
     Expectations, MAX_CIPHERTEXT_BYTES, MAX_TAR_ENTRIES, OpenedBundle, Rejection, open_bundle,
     parse_state_watermark,
 };
-pub use remote::RemoteStore;
+pub use remote::{BoxedStream, DuplexStream, RemoteStore, StreamDialer, UnixDialer};
 pub use restore::{
     AcceptedBundle, BestBundle, MAX_BUNDLES_PER_STORE, PublishReport, RejectedBundle,
     RejectionReason, RestoreReport, gather_and_verify, publish,

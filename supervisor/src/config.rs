@@ -8,6 +8,9 @@
 //! came from (`file:key` or `environment variable NAME`) and why it is wrong.
 //! Loading has no side effects: a bad configuration changes nothing.
 
+mod tunnels;
+
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::download::ChecksumPolicy;
+
+pub use tunnels::{
+    BastionSettings, MAX_SOCKET_PATH_BYTES, RawBastion, RawForward, RawRpc, RawTunnel, RpcSettings,
+    TunnelSettings,
+};
 
 /// Everything wrong with a configuration, reported at once.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +62,10 @@ pub enum Origin {
     /// Built-in default.
     Default,
     /// `file:section.key`.
-    File { path: PathBuf, key: &'static str },
+    File {
+        path: PathBuf,
+        key: Cow<'static, str>,
+    },
     /// An environment variable.
     Env(&'static str),
 }
@@ -86,6 +97,14 @@ pub struct RawConfig {
     pub vault: Option<RawVault>,
     /// Sign-state backups (require `[vault]`: they are signed with its key).
     pub backup: Option<RawBackup>,
+    /// The control socket.
+    #[serde(default)]
+    pub rpc: RawRpc,
+    /// Settings shared by the bastion tunnels.
+    pub tunnel: Option<RawTunnel>,
+    /// One SSH tunnel per bastion.
+    #[serde(default)]
+    pub bastion: Vec<RawBastion>,
 }
 
 /// `[vault]`: keys encrypted at rest, decrypted into tmpfs on unlock.
@@ -231,6 +250,10 @@ pub struct Config {
     /// `None`: no vault; keys are wherever gaiad's config says (Cosmovisor
     /// behaviour).
     pub vault: Option<VaultSettings>,
+    /// The control socket.
+    pub rpc: RpcSettings,
+    /// `None`: no `[[bastion]]`, no tunnels.
+    pub tunnels: Option<TunnelSettings>,
 }
 
 /// What to do when swap is enabled while the vault is in use.
@@ -409,6 +432,17 @@ impl Config {
                 self.download_max_bytes.to_string(),
             ),
             ("upgrade.download-timeout", duration(self.download_timeout)),
+            ("rpc.socket", self.rpc.socket.display().to_string()),
+            ("rpc.name", self.rpc.name.clone()),
+            (
+                "bastions",
+                self.tunnels
+                    .iter()
+                    .flat_map(|tunnels| &tunnels.bastions)
+                    .map(|b| format!("{}={}@{}:{}", b.name, b.user, b.host, b.port))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ]
     }
 }
@@ -422,10 +456,10 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    fn file_origin(&self, key: &'static str) -> Origin {
+    fn file_origin(&self, key: impl Into<Cow<'static, str>>) -> Origin {
         Origin::File {
             path: self.file.map(Path::to_path_buf).unwrap_or_default(),
-            key,
+            key: key.into(),
         }
     }
 
@@ -779,12 +813,26 @@ fn validate(
     }
 
     let vault = validate_vault(r, raw.vault, raw.backup, &daemon_home, &daemon_name);
+    let rpc = tunnels::validate_rpc(r, raw.rpc, &daemon_home);
+    let tunnels = tunnels::validate_tunnels(r, raw.tunnel, raw.bastion);
+    if let Some(tunnels) = &tunnels
+        && tunnels.bastions.iter().any(|b| b.backup_socket.is_some())
+        && vault.is_none()
+    {
+        let origin = r.file_origin("bastion.backup-socket");
+        r.report(
+            origin,
+            "backups to bastions need the vault's signing key: add a [vault] section",
+        );
+    }
 
     if !resolver.issues.is_empty() {
         return Err(ConfigError::Invalid(resolver.issues));
     }
     Ok(Config {
         vault,
+        rpc,
+        tunnels,
         daemon_home,
         daemon_name,
         shutdown_grace,

@@ -20,6 +20,7 @@ pub mod output;
 pub mod passphrase;
 pub mod process;
 pub mod restart_policy;
+pub mod rpc;
 pub mod run;
 pub mod sign_state;
 pub mod sys;

@@ -24,8 +24,10 @@ use crate::node_rpc::{NodeRpc, plan_is_due};
 use crate::passphrase::{PassphraseError, PassphraseSource};
 use crate::process::{Daemon, OutputTarget, Reaper, StopOutcome, kill_remaining_children};
 use crate::restart_policy::{AfterExit, RestartPolicy};
+use crate::rpc::ControlSocket;
 use crate::sign_state::StartDecision;
 use crate::systemd::Notifier;
+use crate::tunnel::TunnelMesh;
 use crate::upgrade::{
     RecordBuilder, UpgradeContext, UpgradeFailure, active_plan_name, append_record, plan_version,
     prepare_and_switch,
@@ -126,6 +128,8 @@ struct Supervisor {
     node_rpc: NodeRpc,
     /// The node's height when last asked.
     last_node_height: Option<u64>,
+    /// The bastion tunnels, if any are configured.
+    tunnels: Option<TunnelMesh>,
 }
 
 /// Run until shutdown, a clean daemon exit, a crash loop, or an upgrade
@@ -156,6 +160,27 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     let (upgrade_lines_sender, upgrade_lines) = mpsc::unbounded_channel();
     let watcher = UpgradeFileWatcher::new(config.upgrade_info_path(), config.poll_interval);
     remove_interrupted_work(&config, &layout);
+    // The control socket and the tunnels come up before the vault is
+    // opened: they are how an operator reaches a locked validator.
+    let background = tokio_util::sync::CancellationToken::new();
+    let control = ControlSocket::bind(&config.rpc).context("cannot open the control socket")?;
+    tracing::info!(socket = %control.path().display(), name = %config.rpc.name, "control socket listening");
+    let control = tokio::spawn(control.serve(background.clone()));
+    let tunnels = match &config.tunnels {
+        Some(settings) => {
+            match TunnelMesh::start(settings, &config.rpc.socket, &background).await {
+                Ok(mesh) => Some(mesh),
+                Err(error) => {
+                    background.cancel();
+                    let _ = control.await;
+                    return Err(
+                        anyhow::Error::new(error).context("cannot start the bastion tunnels")
+                    );
+                }
+            }
+        }
+        None => None,
+    };
     let mut supervisor = Supervisor {
         layout,
         reaper,
@@ -173,16 +198,22 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         scheduled_check: tokio::time::interval(config.poll_interval),
         node_rpc: NodeRpc::new(&config.daemon_home),
         last_node_height: None,
+        tunnels,
         config,
     };
     let session = match supervisor.config.vault.clone() {
-        Some(settings) => match supervisor.open_vault(&settings, options.passphrase).await? {
-            Ok(session) => {
+        Some(settings) => match supervisor.open_vault(&settings, options.passphrase).await {
+            Ok(Ok(session)) => {
                 backup_on_sigusr1(session.backups.trigger())?;
                 Some(session)
             }
-            Err(outcome) => {
+            Err(error) => {
+                supervisor.stop_background(background, control).await;
+                return Err(error);
+            }
+            Ok(Err(outcome)) => {
                 supervisor.notifier.stopping("stopping");
+                supervisor.stop_background(background, control).await;
                 return Ok(outcome);
             }
         },
@@ -192,14 +223,16 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     supervisor.notifier.stopping("stopping");
     kill_remaining_children(Duration::from_secs(2)).await;
     if let Some(session) = session {
-        // The daemon is stopped: its final state goes into a backup, then
-        // the keys leave tmpfs.
+        // The daemon is stopped: its final state goes into a backup (to the
+        // bastions too, so the tunnels are still up), then the keys leave
+        // tmpfs.
         session.backups.finish().await;
         match session.tmpfs.wipe() {
             Ok(files) => tracing::info!(files = files.len(), "wiped the validator keys from tmpfs"),
             Err(error) => tracing::error!(%error, "could not wipe the validator keys from tmpfs"),
         }
     }
+    supervisor.stop_background(background, control).await;
     outcome
 }
 
@@ -256,6 +289,19 @@ fn remove_interrupted_work(config: &Config, layout: &Layout) {
 }
 
 impl Supervisor {
+    /// Close the tunnels and the control socket.
+    async fn stop_background(
+        &mut self,
+        background: tokio_util::sync::CancellationToken,
+        control: tokio::task::JoinHandle<()>,
+    ) {
+        if let Some(tunnels) = self.tunnels.take() {
+            tunnels.stop().await;
+        }
+        background.cancel();
+        let _ = control.await;
+    }
+
     /// Swap and memory checks, unlock, the start rule, keys into tmpfs,
     /// backups. `Err(outcome)` when the daemon must not start (locked until
     /// shutdown, or refused by the start rule).
@@ -309,7 +355,13 @@ impl Supervisor {
         drop(passphrase);
         tracing::info!(%source, "vault unlocked");
         let validator = crate::keys::identity(&self.config, settings, &vault)?;
-        let stores = crate::keys::stores(settings)?;
+        let mut stores = crate::keys::stores(settings)?;
+        if let Some(tunnels) = &self.tunnels {
+            self.notifier
+                .status("waiting for the bastions that hold backups");
+            tunnels.wait_for_backup_bastions().await;
+            stores.extend(tunnels.backup_stores(&self.config.rpc.name));
+        }
         self.notifier
             .status("checking the sign state against backups");
         let check =

@@ -14,14 +14,17 @@
 
 mod connection;
 mod host_key;
+mod mesh;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use connection::{
-    BastionConnection, BastionState, BastionTunnel, ReconnectBackoff, run_bastion,
+    BastionConnection, BastionState, BastionTunnel, ReconnectBackoff, StreamLocalDialer,
+    run_bastion,
 };
-pub use host_key::{FirstUse, HostKeyPolicy, fingerprint, known_hosts_name};
+pub use host_key::{FirstUse, HostKeyPolicy, fingerprint, known_hosts_name, parse_fingerprint};
+pub use mesh::TunnelMesh;
 
 /// Which kind of forward sshd refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +35,12 @@ pub enum ForwardKind {
     /// `direct-tcpip`: a connection from this host to a TCP target reached
     /// from the bastion.
     LocalTcp,
+    /// `tcpip-forward`: a TCP listener on the bastion forwarded back to
+    /// this host.
+    ReverseTcp,
+    /// `direct-streamlocal@openssh.com`: a connection from this host to a
+    /// Unix socket on the bastion (its backup store).
+    LocalUnixSocket,
 }
 
 impl std::fmt::Display for ForwardKind {
@@ -39,6 +48,10 @@ impl std::fmt::Display for ForwardKind {
         f.write_str(match self {
             ForwardKind::ReverseUnixSocket => "reverse Unix-socket forward",
             ForwardKind::LocalTcp => "local TCP forward (direct-tcpip)",
+            ForwardKind::ReverseTcp => "reverse TCP forward (tcpip-forward)",
+            ForwardKind::LocalUnixSocket => {
+                "connection to a bastion Unix socket (direct-streamlocal)"
+            }
         })
     }
 }
@@ -50,6 +63,19 @@ pub struct ReverseUnixForward {
     pub remote_socket_path: String,
     /// Local socket each forwarded connection is connected to.
     pub local_socket_path: PathBuf,
+}
+
+/// A TCP listener on the bastion whose connections come back to a local
+/// TCP address (e.g. a Prometheus scrape of the validator's metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseTcpForward {
+    /// Address sshd binds on the bastion (`127.0.0.1` keeps it private to
+    /// the bastion); subject to sshd's `GatewayPorts` and `permitlisten`.
+    pub remote_address: String,
+    /// Port sshd binds; never 0, so the address is stable across reconnects.
+    pub remote_port: u16,
+    /// Local address each forwarded connection is connected to.
+    pub local_target: std::net::SocketAddr,
 }
 
 /// A local TCP listener whose connections are carried to `target_host:target_port`
@@ -83,6 +109,7 @@ pub struct BastionConfig {
     pub keepalive_interval: Duration,
     pub keepalive_max: usize,
     pub reverse_unix_forwards: Vec<ReverseUnixForward>,
+    pub reverse_tcp_forwards: Vec<ReverseTcpForward>,
     pub local_tcp_forwards: Vec<LocalTcpForward>,
     pub backoff: ReconnectBackoff,
 }
@@ -108,6 +135,7 @@ impl BastionConfig {
             keepalive_interval: Duration::from_secs(10),
             keepalive_max: 3,
             reverse_unix_forwards: Vec::new(),
+            reverse_tcp_forwards: Vec::new(),
             local_tcp_forwards: Vec::new(),
             backoff: ReconnectBackoff::default(),
         }
@@ -180,6 +208,12 @@ pub enum TunnelError {
     /// The SSH connection is closed.
     #[error("connection to the bastion is closed")]
     Closed,
+    /// No connection to this bastion right now (it is reconnecting).
+    #[error("bastion {bastion} is not connected{}", last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    NotConnected {
+        bastion: String,
+        last_error: Option<String>,
+    },
     /// Any other SSH protocol or transport error.
     #[error("ssh: {0}")]
     Ssh(#[from] russh::Error),

@@ -1,6 +1,8 @@
-//! [`RemoteStore`]: a bastion's backup store, reached over a Unix socket
-//! (on the validator, the local end of an SSH forward to the bastion's
-//! `listen-socket`), speaking [`palisade_wire::backup_store`].
+//! [`RemoteStore`]: a bastion's backup store, speaking
+//! [`palisade_wire::backup_store`] over a stream from a [`StreamDialer`]:
+//! on the validator, a `direct-streamlocal` channel through the bastion's
+//! SSH tunnel to its `listen-socket` (see `crate::tunnel`); in tests and
+//! on the bastion itself, a plain Unix socket ([`RemoteStore::unix`]).
 //!
 //! The bastion is not trusted: everything read back is verified by
 //! [`crate::backup::open_bundle`], and every answer is size-checked here
@@ -8,12 +10,13 @@
 //! as a whole by the store's timeout (connect, write and read included).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_wire::backup_store::{
     ErrorKind, MAX_RESPONSE_HEADER_BYTES, Request, Response, decode_response, encode_header,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::open::MAX_CIPHERTEXT_BYTES;
@@ -22,10 +25,42 @@ use super::store::{BackupStore, BoxFuture, StoreError, check_put, validate_file_
 /// Default bound on one whole operation.
 pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A bastion's backup store for one validator.
+/// A bidirectional byte stream (Unix socket, SSH channel).
+pub trait DuplexStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> DuplexStream for T {}
+
+/// A boxed [`DuplexStream`].
+pub type BoxedStream = Box<dyn DuplexStream>;
+
+/// Opens a fresh connection to a backup store for each operation.
+pub trait StreamDialer: Send + Sync {
+    /// Connect; errors are reported as the store being unavailable.
+    fn dial(&self) -> BoxFuture<'_, std::io::Result<BoxedStream>>;
+    /// Where it connects, for messages.
+    fn describe(&self) -> String;
+}
+
+/// Dials a local Unix socket.
 #[derive(Debug, Clone)]
+pub struct UnixDialer(pub PathBuf);
+
+impl StreamDialer for UnixDialer {
+    fn dial(&self) -> BoxFuture<'_, std::io::Result<BoxedStream>> {
+        Box::pin(async move {
+            let stream = UnixStream::connect(&self.0).await?;
+            Ok(Box::new(stream) as BoxedStream)
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+/// A bastion's backup store for one validator.
+#[derive(Clone)]
 pub struct RemoteStore {
-    socket: PathBuf,
+    dialer: Arc<dyn StreamDialer>,
     validator: String,
     name: String,
     timeout: Duration,
@@ -40,8 +75,21 @@ impl RemoteStore {
         validator_name: impl Into<String>,
         store_name: impl Into<String>,
     ) -> RemoteStore {
+        RemoteStore::new(
+            Arc::new(UnixDialer(socket_path.into())),
+            validator_name,
+            store_name,
+        )
+    }
+
+    /// The store reached through `dialer` (e.g. a bastion tunnel).
+    pub fn new(
+        dialer: Arc<dyn StreamDialer>,
+        validator_name: impl Into<String>,
+        store_name: impl Into<String>,
+    ) -> RemoteStore {
         RemoteStore {
-            socket: socket_path.into(),
+            dialer,
             validator: validator_name.into(),
             name: store_name.into(),
             timeout: DEFAULT_REMOTE_TIMEOUT,
@@ -75,9 +123,9 @@ impl RemoteStore {
     ) -> Result<(Response, Option<Vec<u8>>), StoreError> {
         let unavailable =
             |what: &str, error: std::io::Error| StoreError::Unavailable(format!("{what}: {error}"));
-        let mut stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| unavailable(&format!("cannot connect to {}", self.socket.display()), e))?;
+        let mut stream = self.dialer.dial().await.map_err(|e| {
+            unavailable(&format!("cannot connect to {}", self.dialer.describe()), e)
+        })?;
         let is_get = matches!(request, Request::Get { .. });
         let mut message = encode_header(&request);
         if let Some(payload) = payload {
@@ -192,6 +240,17 @@ async fn read_response<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Response,
         .await
         .map_err(|e| StoreError::Unavailable(format!("incomplete answer from the bastion: {e}")))?;
     decode_response(&body).map_err(StoreError::Unavailable)
+}
+
+impl std::fmt::Debug for RemoteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteStore")
+            .field("endpoint", &self.dialer.describe())
+            .field("validator", &self.validator)
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl BackupStore for RemoteStore {

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{BastionConfig, ForwardKind, HostKeyPolicy, LocalTcpForward, TunnelError};
+use crate::backup::{BoxedStream, StreamDialer};
 
 /// What an operator (or `palisade-ctl status`) sees of one bastion link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,7 +55,10 @@ impl Default for ReconnectBackoff {
     fn default() -> ReconnectBackoff {
         ReconnectBackoff {
             initial: Duration::from_millis(200),
-            max: Duration::from_secs(10),
+            // Low on purpose: a bastion that comes back is used again
+            // within `max` (DESIGN target: heal in under 2 s), and an
+            // attempt against a down bastion costs one TCP SYN.
+            max: Duration::from_millis(1500),
         }
     }
 }
@@ -73,12 +77,17 @@ impl ReconnectBackoff {
 
 type SharedState = Arc<watch::Sender<BastionState>>;
 
+/// Bound on connecting a forwarded channel to its local target.
+const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct BastionHandler {
     host: String,
     port: u16,
     policy: HostKeyPolicy,
     /// Remote socket path → local socket path.
     reverse: Arc<HashMap<String, PathBuf>>,
+    /// Remote listen port → local TCP target.
+    reverse_tcp: Arc<HashMap<u16, SocketAddr>>,
     live: CancellationToken,
     state: SharedState,
     disconnect_reason: Arc<Mutex<Option<String>>>,
@@ -141,6 +150,56 @@ impl client::Handler for BastionHandler {
                         %error,
                         "reverse-forwarded connection: local socket unreachable"
                     );
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), TunnelError> {
+        let target = u16::try_from(connected_port)
+            .ok()
+            .and_then(|port| self.reverse_tcp.get(&port).copied());
+        let Some(target) = target else {
+            tracing::warn!(
+                connected_address,
+                connected_port,
+                "bastion opened a channel for a TCP port we never forwarded"
+            );
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let live = self.live.clone();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let connected = tokio::select! {
+                _ = live.cancelled() => return,
+                connected = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(target)) => connected,
+            };
+            match connected {
+                Ok(Ok(local)) => {
+                    local.set_nodelay(true).ok();
+                    reply.accept().await;
+                    pump(local, channel, live, state).await;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%target, %error, "reverse-forwarded TCP connection: local target unreachable");
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+                Err(_) => {
+                    tracing::warn!(%target, "reverse-forwarded TCP connection: local target did not answer");
                     reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 }
             }
@@ -256,6 +315,13 @@ impl BastionConnection {
                     })
                     .collect(),
             ),
+            reverse_tcp: Arc::new(
+                config
+                    .reverse_tcp_forwards
+                    .iter()
+                    .map(|forward| (forward.remote_port, forward.local_target))
+                    .collect(),
+            ),
             live: live.clone(),
             state,
             disconnect_reason: disconnect_reason.clone(),
@@ -312,6 +378,62 @@ impl BastionConnection {
                     reason: "request denied by sshd (AllowStreamLocalForwarding, \
                              authorized_keys restrict/port-forwarding)"
                         .into(),
+                },
+                other => TunnelError::Ssh(other),
+            })
+    }
+
+    /// Ask sshd to listen on `remote_address:remote_port` on the bastion;
+    /// connections arrive as channels routed to the configured local target.
+    pub async fn forward_reverse_tcp(
+        &self,
+        remote_address: &str,
+        remote_port: u16,
+    ) -> Result<(), TunnelError> {
+        let refused = |reason: String| TunnelError::ForwardRefused {
+            kind: ForwardKind::ReverseTcp,
+            target: format!("{}:{remote_address}:{remote_port}", self.host),
+            reason,
+        };
+        match self
+            .handle
+            .tcpip_forward(remote_address, u32::from(remote_port))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(russh::Error::RequestDenied) => Err(refused(
+                "request denied by sshd (authorized_keys permitlisten/restrict, \
+                 AllowTcpForwarding, or the port is in use on the bastion)"
+                    .into(),
+            )),
+            Err(other) => Err(TunnelError::Ssh(other)),
+        }
+    }
+
+    /// Open a `direct-streamlocal@openssh.com` channel to the Unix socket
+    /// `socket_path` on the bastion.
+    pub async fn open_direct_streamlocal(
+        &self,
+        socket_path: &str,
+    ) -> Result<Channel<Msg>, TunnelError> {
+        self.handle
+            .channel_open_direct_streamlocal(socket_path)
+            .await
+            .map_err(|error| match error {
+                russh::Error::ChannelOpenFailure(reason) => TunnelError::ForwardRefused {
+                    kind: ForwardKind::LocalUnixSocket,
+                    target: format!("{}:{socket_path}", self.host),
+                    reason: match reason {
+                        ChannelOpenFailure::AdministrativelyProhibited => {
+                            "administratively prohibited (AllowStreamLocalForwarding, \
+                             authorized_keys restrict/port-forwarding)"
+                                .to_string()
+                        }
+                        ChannelOpenFailure::ConnectFailed => {
+                            "nothing listens on that socket on the bastion".to_string()
+                        }
+                        other => format!("{other:?}"),
+                    },
                 },
                 other => TunnelError::Ssh(other),
             })
@@ -375,7 +497,9 @@ impl BastionConnection {
 
 /// A running bastion link: the supervisor loop plus its local listeners.
 pub struct BastionTunnel {
+    name: String,
     state: watch::Receiver<BastionState>,
+    current: watch::Receiver<Option<Arc<BastionConnection>>>,
     local_tcp_addrs: Vec<SocketAddr>,
     supervisor: JoinHandle<Result<(), TunnelError>>,
     listeners: Vec<JoinHandle<()>>,
@@ -418,13 +542,16 @@ impl BastionTunnel {
                 config.name.clone(),
             )));
         }
+        let name = config.name.clone();
         let supervisor = tokio::spawn(async move {
             let result = supervise(&config, &tunnel_token, &state_sender, &current_sender).await;
             tunnel_token.cancel();
             result
         });
         Ok(BastionTunnel {
+            name,
             state,
+            current,
             local_tcp_addrs,
             supervisor,
             listeners,
@@ -434,6 +561,35 @@ impl BastionTunnel {
     /// Live state; `changed()`/`wait_for` to await transitions.
     pub fn state(&self) -> watch::Receiver<BastionState> {
         self.state.clone()
+    }
+
+    /// The configured name of this bastion.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Wait until the link is up (forwards established) or its loop has
+    /// stopped, at most `timeout`; true when connected.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut state = self.state.clone();
+        let waited = tokio::time::timeout(
+            timeout,
+            state.wait_for(|state| state.connected_since.is_some() || state.stopped),
+        )
+        .await;
+        matches!(waited, Ok(Ok(state)) if state.connected_since.is_some())
+    }
+
+    /// Dials `remote_socket_path` on the bastion over the current
+    /// connection (`direct-streamlocal`), e.g. the bastion's backup store.
+    /// Each dial uses whatever connection is up at that moment.
+    pub fn stream_local_dialer(&self, remote_socket_path: impl Into<String>) -> StreamLocalDialer {
+        StreamLocalDialer {
+            bastion: self.name.clone(),
+            remote_socket_path: remote_socket_path.into(),
+            current: self.current.clone(),
+            state: self.state.clone(),
+        }
     }
 
     /// Bound addresses of the local TCP forwards, in config order.
@@ -454,6 +610,56 @@ impl BastionTunnel {
             let _ = listener.await;
         }
         result
+    }
+}
+
+/// Opens connections to one Unix socket on a bastion through its tunnel.
+#[derive(Clone)]
+pub struct StreamLocalDialer {
+    bastion: String,
+    remote_socket_path: String,
+    current: watch::Receiver<Option<Arc<BastionConnection>>>,
+    state: watch::Receiver<BastionState>,
+}
+
+impl std::fmt::Debug for StreamLocalDialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamLocalDialer")
+            .field("bastion", &self.bastion)
+            .field("remote_socket_path", &self.remote_socket_path)
+            .finish()
+    }
+}
+
+impl StreamLocalDialer {
+    /// A bidirectional stream to the socket, over the connection that is up
+    /// now; fails at once (no waiting) while the bastion is down.
+    pub async fn dial(&self) -> Result<russh::ChannelStream<Msg>, TunnelError> {
+        let Some(connection) = self.current.borrow().clone() else {
+            return Err(TunnelError::NotConnected {
+                bastion: self.bastion.clone(),
+                last_error: self.state.borrow().last_error.clone(),
+            });
+        };
+        let channel = connection
+            .open_direct_streamlocal(&self.remote_socket_path)
+            .await?;
+        Ok(channel.into_stream())
+    }
+}
+
+impl StreamDialer for StreamLocalDialer {
+    fn dial(&self) -> crate::backup::BoxFuture<'_, std::io::Result<BoxedStream>> {
+        Box::pin(async move {
+            match StreamLocalDialer::dial(self).await {
+                Ok(stream) => Ok(Box::new(stream) as BoxedStream),
+                Err(error) => Err(std::io::Error::other(error.to_string())),
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{}:{}", self.bastion, self.remote_socket_path)
     }
 }
 
@@ -478,6 +684,11 @@ async fn establish(
     for forward in &config.reverse_unix_forwards {
         connection
             .forward_reverse_unix(&forward.remote_socket_path)
+            .await?;
+    }
+    for forward in &config.reverse_tcp_forwards {
+        connection
+            .forward_reverse_tcp(&forward.remote_address, forward.remote_port)
             .await?;
     }
     Ok(connection)
@@ -601,7 +812,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_from_200ms_to_a_10s_cap() {
+    fn backoff_doubles_from_200ms_to_a_1500ms_cap() {
         let backoff = ReconnectBackoff::default();
         // (failures, jitter, expected)
         let cases = [
@@ -609,9 +820,10 @@ mod tests {
             (1, 0.999_999, Duration::from_millis(200)),
             (2, 0.0, Duration::from_millis(200)),
             (3, 0.5, Duration::from_millis(600)),
-            (7, 0.0, Duration::from_secs(5)),
-            (40, 0.0, Duration::from_secs(5)),
-            (40, 1.0, Duration::from_secs(10)),
+            (4, 0.0, Duration::from_millis(750)),
+            (7, 0.0, Duration::from_millis(750)),
+            (40, 0.0, Duration::from_millis(750)),
+            (40, 1.0, Duration::from_millis(1500)),
         ];
         for (failures, jitter, expected) in cases {
             let delay = backoff.delay(failures, jitter);

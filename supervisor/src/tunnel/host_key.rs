@@ -49,6 +49,20 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
+/// Check that `text` is a fingerprint as `ssh-keygen -lf` prints it:
+/// `SHA256:` and 43 characters of unpadded base64 (32 bytes).
+pub fn parse_fingerprint(text: &str) -> Result<(), TunnelError> {
+    use base64::Engine as _;
+    let invalid = || TunnelError::InvalidFingerprint {
+        value: text.to_string(),
+    };
+    let encoded = text.strip_prefix("SHA256:").ok_or_else(invalid)?;
+    match base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded) {
+        Ok(bytes) if bytes.len() == 32 => Ok(()),
+        _ => Err(invalid()),
+    }
+}
+
 /// The name a host is recorded under in known_hosts (OpenSSH convention:
 /// bare name on port 22, `[name]:port` otherwise).
 pub fn known_hosts_name(host: &str, port: u16) -> String {
@@ -106,11 +120,7 @@ impl HostKeyPolicy {
         let name = known_hosts_name(host, port);
         let offered_fingerprint = fingerprint(offered);
         for pinned in &self.pinned_fingerprints {
-            if !pinned.starts_with("SHA256:") {
-                return Err(TunnelError::InvalidFingerprint {
-                    value: pinned.clone(),
-                });
-            }
+            parse_fingerprint(pinned)?;
         }
         let entries = match &self.known_hosts_file {
             Some(path) => read_known_hosts(path)?,

@@ -1,0 +1,586 @@
+//! `[rpc]`, `[tunnel]` and `[[bastion]]`: the control socket and the SSH
+//! tunnels to the bastions (see DESIGN.md "Topology" and
+//! `docs/configuration.md`).
+//!
+//! ```toml
+//! [rpc]
+//! socket = "/run/palisade/supervisor.sock"
+//! name = "val-a"
+//!
+//! [tunnel]
+//! key-file = "/etc/palisade/tunnel_ed25519"
+//! known-hosts = "/etc/palisade/known_hosts"
+//!
+//! [[bastion]]
+//! name = "bastion-1"
+//! host = "203.0.113.10"
+//! user = "palisade-tunnel"
+//! host-key-fingerprints = ["SHA256:…"]
+//! rpc-socket = "/run/palisade-bastion/val-a.sock"
+//! backup-socket = "/run/palisade-bastion/bastion.sock"
+//! local-forwards = [{ listen = "127.0.0.1:26701", target = "10.0.0.5:26656" }]
+//! remote-forwards = [{ listen = "127.0.0.1:26660", target = "127.0.0.1:26660" }]
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Resolver;
+use crate::tunnel::{
+    BastionConfig, FirstUse, HostKeyPolicy, LocalTcpForward, ReconnectBackoff, ReverseTcpForward,
+    ReverseUnixForward,
+};
+
+/// Longest usable Unix socket path (`sun_path` is 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+
+/// Longest validator or bastion name.
+const MAX_NAME_BYTES: usize = 64;
+
+/// `[rpc]`: the supervisor's control socket.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRpc {
+    /// Default `$DAEMON_HOME/palisade/run/supervisor.sock` (the directory is
+    /// created 0700).
+    pub socket: Option<PathBuf>,
+    /// Default: the host name. This validator's name on the bastions (its
+    /// backup-store directory, the greeting their health checks read).
+    pub name: Option<String>,
+}
+
+/// `[tunnel]`: settings shared by every `[[bastion]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawTunnel {
+    /// Required with any `[[bastion]]`: the ed25519 client key (OpenSSH
+    /// format, no passphrase), readable while the vault is locked so that
+    /// the tunnels, and with them remote unlock, work after a reboot.
+    pub key_file: Option<PathBuf>,
+    /// Default none: an OpenSSH known_hosts file with the bastions' keys.
+    pub known_hosts: Option<PathBuf>,
+    /// Default `false`: accept and record the first key of a bastion that
+    /// has none on record (needs `known-hosts`).
+    pub trust_first_use: Option<bool>,
+    /// Default `10s`: TCP connect + SSH handshake + authentication.
+    pub connect_timeout: Option<String>,
+    /// Default `5s`: silence after which a keepalive is sent.
+    pub keepalive_interval: Option<String>,
+    /// Default `3`: unanswered keepalives that declare the bastion dead.
+    pub keepalive_max: Option<usize>,
+    /// Default `1500ms`: the longest pause between reconnection attempts.
+    pub reconnect_max_delay: Option<String>,
+}
+
+/// One `[[bastion]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawBastion {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    /// Default `22`.
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// `SHA256:…` as `ssh-keygen -lf` prints them; or use `tunnel.known-hosts`.
+    pub host_key_fingerprints: Option<Vec<String>>,
+    /// Default none: where sshd publishes this supervisor's control socket
+    /// on the bastion (reverse Unix-socket forward).
+    pub rpc_socket: Option<String>,
+    /// Default none: the bastion's backup store socket; with it, every
+    /// backup also goes to this bastion.
+    pub backup_socket: Option<String>,
+    /// Local TCP listeners carried to a target as seen from the bastion.
+    pub local_forwards: Option<Vec<RawForward>>,
+    /// TCP listeners on the bastion carried back to a local target.
+    pub remote_forwards: Option<Vec<RawForward>>,
+}
+
+/// `{ listen = "…", target = "…" }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawForward {
+    pub listen: Option<String>,
+    pub target: Option<String>,
+}
+
+/// The validated `[rpc]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcSettings {
+    pub socket: PathBuf,
+    pub name: String,
+}
+
+/// The validated `[tunnel]` and `[[bastion]]` tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSettings {
+    pub key_file: PathBuf,
+    pub known_hosts: Option<PathBuf>,
+    pub trust_first_use: bool,
+    pub connect_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_max: usize,
+    pub reconnect_max_delay: Duration,
+    pub bastions: Vec<BastionSettings>,
+}
+
+/// One validated `[[bastion]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BastionSettings {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub host_key_fingerprints: Vec<String>,
+    pub rpc_socket: Option<String>,
+    pub backup_socket: Option<String>,
+    pub local_forwards: Vec<LocalTcpForward>,
+    pub remote_forwards: Vec<ReverseTcpForward>,
+}
+
+impl TunnelSettings {
+    /// The tunnel library's configuration for `bastion`; the control socket
+    /// `rpc_socket` is what its `rpc-socket` forwards to.
+    pub fn bastion_config(&self, bastion: &BastionSettings, rpc_socket: &Path) -> BastionConfig {
+        let policy = HostKeyPolicy {
+            pinned_fingerprints: bastion.host_key_fingerprints.clone(),
+            known_hosts_file: self.known_hosts.clone(),
+            first_use: if self.trust_first_use {
+                FirstUse::TrustAndRecord
+            } else {
+                FirstUse::Refuse
+            },
+        };
+        let mut config = BastionConfig::new(
+            &bastion.name,
+            &bastion.host,
+            bastion.port,
+            &bastion.user,
+            &self.key_file,
+            policy,
+        );
+        config.connect_timeout = self.connect_timeout;
+        config.keepalive_interval = self.keepalive_interval;
+        config.keepalive_max = self.keepalive_max;
+        config.backoff = ReconnectBackoff {
+            initial: ReconnectBackoff::default()
+                .initial
+                .min(self.reconnect_max_delay),
+            max: self.reconnect_max_delay,
+        };
+        config.reverse_unix_forwards = bastion
+            .rpc_socket
+            .iter()
+            .map(|remote| ReverseUnixForward {
+                remote_socket_path: remote.clone(),
+                local_socket_path: rpc_socket.to_path_buf(),
+            })
+            .collect();
+        config.reverse_tcp_forwards = bastion.remote_forwards.clone();
+        config.local_tcp_forwards = bastion.local_forwards.clone();
+        config
+    }
+}
+
+fn valid_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(format!("'{name}' must be 1 to {MAX_NAME_BYTES} characters"));
+    }
+    if name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "'{name}' may contain only letters, digits, '-', '_' and '.' (not first)"
+        ));
+    }
+    Ok(())
+}
+
+fn socket_path_problem(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        Some(format!("'{path}' must be an absolute path"))
+    } else if path.len() > MAX_SOCKET_PATH_BYTES {
+        Some(format!(
+            "'{path}' is {} bytes; Unix socket paths are limited to {MAX_SOCKET_PATH_BYTES}",
+            path.len()
+        ))
+    } else {
+        None
+    }
+}
+
+/// `host:port` or `[v6]:port`, port not 0.
+fn host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{text}' must be host:port"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("'{text}': '{port}' is not a port number"))?;
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("'{text}' must be host:port"));
+    }
+    if port == 0 {
+        return Err(format!(
+            "'{text}': port 0 is not allowed (the address must be stable)"
+        ));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn loopback_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    let address: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("'{text}' must be an IP address and port, e.g. 127.0.0.1:26656"))?;
+    if address.port() == 0 {
+        return Err(format!(
+            "'{text}': port 0 is not allowed (the address must be stable)"
+        ));
+    }
+    if !address.ip().is_loopback() {
+        return Err(format!(
+            "'{text}' must be a loopback address: a forward on another interface would let \
+             anyone who reaches this host use the tunnel"
+        ));
+    }
+    Ok(address)
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| valid_name(name).is_ok())
+        .unwrap_or_else(|| "validator".to_string())
+}
+
+pub(super) fn validate_rpc(r: &mut Resolver<'_>, raw: RawRpc, daemon_home: &Path) -> RpcSettings {
+    let socket = raw.socket.unwrap_or_else(|| {
+        daemon_home
+            .join("palisade")
+            .join("run")
+            .join("supervisor.sock")
+    });
+    if daemon_home.as_os_str().is_empty() {
+        // DAEMON_HOME is missing; that is reported already.
+    } else if let Some(problem) = socket_path_problem(&socket.to_string_lossy()) {
+        let origin = r.file_origin("rpc.socket");
+        r.report(origin, problem);
+    }
+    let name = match raw.name {
+        Some(name) => {
+            if let Err(problem) = valid_name(&name) {
+                let origin = r.file_origin("rpc.name");
+                r.report(origin, problem);
+            }
+            name
+        }
+        None => host_name(),
+    };
+    RpcSettings { socket, name }
+}
+
+pub(super) fn validate_tunnels(
+    r: &mut Resolver<'_>,
+    tunnel: Option<RawTunnel>,
+    bastions: Vec<RawBastion>,
+) -> Option<TunnelSettings> {
+    if bastions.is_empty() {
+        if tunnel.is_some() {
+            let origin = r.file_origin("tunnel");
+            r.report(origin, "[tunnel] has no effect without a [[bastion]] table");
+        }
+        return None;
+    }
+    let tunnel = tunnel.unwrap_or_default();
+    let key_file = match tunnel.key_file {
+        Some(path) => {
+            let origin = r.file_origin("tunnel.key-file");
+            if !path.is_absolute() {
+                r.report(
+                    origin,
+                    format!("'{}' must be an absolute path", path.display()),
+                );
+            } else if !path.is_file() {
+                r.report(
+                    origin,
+                    format!(
+                        "'{}' does not exist (create it with ssh-keygen -t ed25519 -N '' -f {})",
+                        path.display(),
+                        path.display()
+                    ),
+                );
+            }
+            path
+        }
+        None => {
+            let origin = r.file_origin("tunnel.key-file");
+            r.report(origin, "is required with [[bastion]]: the SSH client key");
+            PathBuf::new()
+        }
+    };
+    let known_hosts = tunnel.known_hosts.inspect(|path| {
+        if !path.is_absolute() {
+            let origin = r.file_origin("tunnel.known-hosts");
+            r.report(
+                origin,
+                format!("'{}' must be an absolute path", path.display()),
+            );
+        }
+    });
+    let trust_first_use = tunnel.trust_first_use.unwrap_or(false);
+    if trust_first_use && known_hosts.is_none() {
+        let origin = r.file_origin("tunnel.trust-first-use");
+        r.report(
+            origin,
+            "needs tunnel.known-hosts: the first key seen is recorded there",
+        );
+    }
+    let connect_timeout = r.duration(
+        None,
+        "tunnel.connect-timeout",
+        tunnel.connect_timeout.as_deref(),
+        Duration::from_secs(10),
+    );
+    let keepalive_interval = r.duration(
+        None,
+        "tunnel.keepalive-interval",
+        tunnel.keepalive_interval.as_deref(),
+        Duration::from_secs(5),
+    );
+    let reconnect_max_delay = r.duration(
+        None,
+        "tunnel.reconnect-max-delay",
+        tunnel.reconnect_max_delay.as_deref(),
+        ReconnectBackoff::default().max,
+    );
+    for (value, key, minimum) in [
+        (
+            connect_timeout,
+            "tunnel.connect-timeout",
+            Duration::from_millis(100),
+        ),
+        (
+            keepalive_interval,
+            "tunnel.keepalive-interval",
+            Duration::from_millis(100),
+        ),
+        (
+            reconnect_max_delay,
+            "tunnel.reconnect-max-delay",
+            Duration::from_millis(10),
+        ),
+    ] {
+        if value < minimum {
+            let origin = r.file_origin(key);
+            r.report(
+                origin,
+                format!("must be at least {}", humantime::format_duration(minimum)),
+            );
+        }
+    }
+    let keepalive_max = tunnel.keepalive_max.unwrap_or(3);
+    if keepalive_max == 0 {
+        let origin = r.file_origin("tunnel.keepalive-max");
+        r.report(origin, "must be at least 1");
+    }
+
+    let mut names = BTreeSet::new();
+    let mut listens = BTreeSet::new();
+    let mut settings = Vec::new();
+    for (index, raw) in bastions.into_iter().enumerate() {
+        let key = |field: &str| format!("bastion[{}].{field}", index + 1);
+        let problem = |r: &mut Resolver<'_>, field: &str, reason: String| {
+            let origin = r.file_origin(key(field));
+            r.report(origin, reason);
+        };
+        let name = raw.name.unwrap_or_default();
+        if name.is_empty() {
+            problem(r, "name", "is required".into());
+        } else if let Err(reason) = valid_name(&name) {
+            problem(r, "name", reason);
+        } else if !names.insert(name.clone()) {
+            problem(
+                r,
+                "name",
+                format!("'{name}' is used by another [[bastion]]"),
+            );
+        }
+        let host = raw.host.unwrap_or_default();
+        if host.trim().is_empty() {
+            problem(r, "host", "is required".into());
+        }
+        let port = raw.port.unwrap_or(22);
+        if port == 0 {
+            problem(r, "port", "must not be 0".into());
+        }
+        let user = raw.user.unwrap_or_default();
+        if user.trim().is_empty() {
+            problem(
+                r,
+                "user",
+                "is required: the tunnel user on the bastion".into(),
+            );
+        }
+        let host_key_fingerprints = raw.host_key_fingerprints.unwrap_or_default();
+        for fingerprint in &host_key_fingerprints {
+            if let Err(error) = crate::tunnel::parse_fingerprint(fingerprint) {
+                problem(r, "host-key-fingerprints", error.to_string());
+            }
+        }
+        if host_key_fingerprints.is_empty() && known_hosts.is_none() {
+            problem(
+                r,
+                "host-key-fingerprints",
+                "no host key to pin: list the bastion's fingerprints (ssh-keygen -lf) or set \
+                 tunnel.known-hosts"
+                    .into(),
+            );
+        }
+        for (field, path) in [
+            ("rpc-socket", &raw.rpc_socket),
+            ("backup-socket", &raw.backup_socket),
+        ] {
+            if let Some(path) = path
+                && let Some(reason) = socket_path_problem(path)
+            {
+                problem(r, field, reason);
+            }
+        }
+        let mut local_forwards = Vec::new();
+        for (position, forward) in raw
+            .local_forwards
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let field = format!("local-forwards[{}]", position + 1);
+            let listen = match forward.listen.as_deref().map(loopback_socket_addr) {
+                Some(Ok(listen)) => {
+                    if !listens.insert(listen) {
+                        problem(r, &field, format!("listen address {listen} is used twice"));
+                    }
+                    Some(listen)
+                }
+                Some(Err(reason)) => {
+                    problem(r, &field, format!("listen: {reason}"));
+                    None
+                }
+                None => {
+                    problem(r, &field, "listen is required".into());
+                    None
+                }
+            };
+            let target = match forward.target.as_deref().map(host_port) {
+                Some(Ok(target)) => Some(target),
+                Some(Err(reason)) => {
+                    problem(r, &field, format!("target: {reason}"));
+                    None
+                }
+                None => {
+                    problem(
+                        r,
+                        &field,
+                        "target is required (host:port as seen from the bastion)".into(),
+                    );
+                    None
+                }
+            };
+            if let (Some(listen), Some((target_host, target_port))) = (listen, target) {
+                local_forwards.push(LocalTcpForward {
+                    listen,
+                    target_host,
+                    target_port,
+                });
+            }
+        }
+        let mut remote_forwards = Vec::new();
+        for (position, forward) in raw
+            .remote_forwards
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let field = format!("remote-forwards[{}]", position + 1);
+            let listen = match forward.listen.as_deref().map(host_port) {
+                Some(Ok(listen)) => Some(listen),
+                Some(Err(reason)) => {
+                    problem(r, &field, format!("listen: {reason}"));
+                    None
+                }
+                None => {
+                    problem(
+                        r,
+                        &field,
+                        "listen is required (address:port on the bastion)".into(),
+                    );
+                    None
+                }
+            };
+            let target = match forward.target.as_deref() {
+                Some(text) => match text.parse::<SocketAddr>() {
+                    Ok(target) if target.port() != 0 => Some(target),
+                    _ => {
+                        problem(
+                            r,
+                            &field,
+                            format!("target: '{text}' must be a local IP address and port"),
+                        );
+                        None
+                    }
+                },
+                None => {
+                    problem(
+                        r,
+                        &field,
+                        "target is required (a local address:port)".into(),
+                    );
+                    None
+                }
+            };
+            if let (Some((remote_address, remote_port)), Some(local_target)) = (listen, target) {
+                if remote_forwards
+                    .iter()
+                    .any(|f: &ReverseTcpForward| f.remote_port == remote_port)
+                {
+                    problem(r, &field, format!("port {remote_port} is forwarded twice"));
+                }
+                remote_forwards.push(ReverseTcpForward {
+                    remote_address,
+                    remote_port,
+                    local_target,
+                });
+            }
+        }
+        settings.push(BastionSettings {
+            name,
+            host,
+            port,
+            user,
+            host_key_fingerprints,
+            rpc_socket: raw.rpc_socket,
+            backup_socket: raw.backup_socket,
+            local_forwards,
+            remote_forwards,
+        });
+    }
+    Some(TunnelSettings {
+        key_file,
+        known_hosts,
+        trust_first_use,
+        connect_timeout,
+        keepalive_interval,
+        keepalive_max,
+        reconnect_max_delay,
+        bastions: settings,
+    })
+}
