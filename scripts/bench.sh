@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
 require_cargo
-apt_install xfsprogs
+# xfsprogs: the reflink backup; openssh-server/-client: the tunnel benchmarks
+# (a throwaway sshd on 127.0.0.1, and `ssh` as the peer).
+apt_install xfsprogs openssh-server openssh-client
 log "release build"
 cargo build --release --workspace --bins --locked
 log "benchmarks"

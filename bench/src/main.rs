@@ -22,6 +22,11 @@
 //! - `supervisor_idle_rss_mib` (target 20) / `supervisor_idle_cpu_pct` (target 1):
 //!   the supervisor process alone (not the daemon) while its validator signs,
 //!   sampled from `/proc` over `--idle-secs`.
+//! - `tunnel_connect_ms`, `tunnel_throughput_mib_s`, `tunnel_heal_s` (target 2):
+//!   the SSH tunnel library against a real OpenSSH sshd on 127.0.0.1 that the
+//!   benchmark starts, with the OpenSSH client as the peer (see [`tunnel`]).
+//!   `--only tunnel` selects all three (a prefix selects every name that
+//!   starts with it and `_`).
 //!
 //! Each benchmark that succeeds appends one JSON object per line
 //! ([`palisade_wire::bench::BenchResult`]) to `target/bench/results.jsonl` in
@@ -32,6 +37,8 @@ mod backup;
 mod fixture;
 mod idle;
 mod sign_backup;
+mod sshd;
+mod tunnel;
 mod upgrade;
 
 use std::fs::OpenOptions;
@@ -52,9 +59,12 @@ const IDLE_RSS: &str = "supervisor_idle_rss_mib";
 const IDLE_CPU: &str = "supervisor_idle_cpu_pct";
 const BACKUP_CREATE_P50: &str = "backup_create_ms_p50";
 const BACKUP_CREATE_P99: &str = "backup_create_ms_p99";
+const TUNNEL_CONNECT: &str = tunnel::CONNECT;
+const TUNNEL_THROUGHPUT: &str = tunnel::THROUGHPUT;
+const TUNNEL_HEAL: &str = tunnel::HEAL;
 
 /// Every benchmark, in the order they run.
-const ALL: [&str; 7] = [
+const ALL: [&str; 10] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
@@ -62,6 +72,9 @@ const ALL: [&str; 7] = [
     IDLE_CPU,
     BACKUP_CREATE_P50,
     BACKUP_CREATE_P99,
+    TUNNEL_CONNECT,
+    TUNNEL_THROUGHPUT,
+    TUNNEL_HEAL,
 ];
 
 const LONG_ABOUT: &str = "\
@@ -100,8 +113,20 @@ Benchmarks (stable names):
       age-encrypted to the vault and a recovery recipient, written atomically
       to a local store. Must stay well under one block time.
 
-Each successful benchmark appends one JSON line {name, value, unit, target?}
-to <workspace>/target/bench/results.jsonl (or --out) and a summary table is
+  tunnel_connect_ms, tunnel_throughput_mib_s, tunnel_heal_s (target 2)
+      The SSH tunnel (russh) against a real OpenSSH sshd on 127.0.0.1 started
+      by the benchmark (needs openssh-server and openssh-client), the OpenSSH
+      client measured in the same run with the same algorithms as the peer:
+      connect = TCP + handshake + ed25519 auth, p50 of 20, vs `ssh -v -N`
+      until `Authenticated to`; throughput = best of 3 x 256 MiB uploads
+      through a local TCP forward to a counting sink, vs `ssh -N -L`
+      (target ratio >= 0.8); heal = sshd killed, down 3 s, restarted: from
+      sshd accepting TCP to a byte echoed through the forward, p50 of 5
+      (default backoff). `--only tunnel` selects all three.
+
+Each successful benchmark appends one JSON line
+{name, value, unit, target?, peer?, peer_value?} to
+<workspace>/target/bench/results.jsonl (or --out) and a summary table is
 printed. A failed benchmark writes nothing; the others still run and the exit
 status is 1.";
 
@@ -113,7 +138,8 @@ status is 1.";
     long_about = LONG_ABOUT
 )]
 struct Args {
-    /// Run only these benchmarks (comma-separated names; default: all).
+    /// Run only these benchmarks (comma-separated names, or prefixes such as
+    /// `tunnel` for every `tunnel_*`; default: all).
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     only: Vec<String>,
     /// File the results are appended to (default: <workspace>/target/bench/results.jsonl).
@@ -173,10 +199,23 @@ fn run(args: Args) -> anyhow::Result<bool> {
         let mut selected = Vec::new();
         for name in &args.only {
             let name = name.trim();
-            let Some(known) = ALL.iter().find(|known| **known == name) else {
-                bail!("unknown benchmark {name:?}; known: {}", ALL.join(", "));
+            // An exact name, or a prefix (`tunnel`) for every `tunnel_*`.
+            let matching: Vec<&str> = match ALL.iter().find(|known| **known == name) {
+                Some(known) => vec![*known],
+                None => ALL
+                    .iter()
+                    .copied()
+                    .filter(|known| known.starts_with(&format!("{name}_")))
+                    .collect(),
             };
-            selected.push(*known);
+            if matching.is_empty() {
+                bail!("unknown benchmark {name:?}; known: {}", ALL.join(", "));
+            }
+            for known in matching {
+                if !selected.contains(&known) {
+                    selected.push(known);
+                }
+            }
         }
         selected
     };
@@ -276,6 +315,20 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     }
                 }
             }
+        }
+    }
+
+    for (name, run) in [
+        (
+            TUNNEL_CONNECT,
+            tunnel::run_connect as fn(&Path) -> anyhow::Result<Measured>,
+        ),
+        (TUNNEL_THROUGHPUT, tunnel::run_throughput),
+        (TUNNEL_HEAL, tunnel::run_heal),
+    ] {
+        if wants(name) {
+            eprintln!("palisade-bench: running {name}");
+            record(run(&scratch), name);
         }
     }
 
