@@ -1,4 +1,5 @@
-//! The bastion's backup store: `palisade-bastion serve-backups`.
+//! The bastion's backup store (`palisade-bastion run`, or alone as
+//! `palisade-bastion serve-backups`).
 //!
 //! Listens on the configuration's `listen-socket` (a Unix socket, mode 0600,
 //! in a 0700 directory) and speaks [`palisade_wire::backup_store`]. Files
@@ -19,8 +20,11 @@
 //! - Each header frame must arrive whole within the idle timeout; a payload
 //!   gets the idle timeout plus one second per 64 KiB. A client that stalls
 //!   is disconnected.
-//! - SIGTERM / SIGINT: stop accepting, remove the socket, give in-flight
-//!   requests a few seconds, exit 0.
+//! - Shutdown (SIGTERM / SIGINT, or `run`'s shutdown): stop accepting,
+//!   remove the socket, give in-flight requests a few seconds, exit 0.
+//!
+//! `serve-backups` runs only this; `run` runs it beside the health checks
+//! through [`BackupStoreServer`].
 
 use std::collections::HashMap;
 use std::fs;
@@ -40,6 +44,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::BastionConfig;
 
@@ -56,8 +61,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Prefix of temporary files; such files are not part of the store.
 const TEMP_PREFIX: &str = ".tmp-";
 
-/// Tunables of the backup store (command-line flags of `serve-backups`).
-#[derive(Debug, Clone)]
+/// Tunables of the backup store: the configuration's `[backups]` table,
+/// which `serve-backups` flags override.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeOptions {
     /// Files kept per validator (at least 1, at most the protocol's listing
     /// limit).
@@ -248,62 +254,116 @@ fn bind_listener(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(UnixListener::from_std(listener)?)
 }
 
-/// Runs the backup store until SIGTERM or SIGINT.
+/// A bound backup store: directories prepared, socket listening, not yet
+/// accepting. Binding is separate from serving so that `run` can report
+/// every startup error before it tells systemd it is ready.
+pub struct BackupStoreServer {
+    store: Arc<Store>,
+    listener: UnixListener,
+    socket: PathBuf,
+}
+
+impl BackupStoreServer {
+    /// Checks `options`, binds the listen socket and creates the backup
+    /// directories. Must be called inside a Tokio runtime.
+    ///
+    /// The socket comes first: binding fails if another instance is
+    /// listening, and only then may leftover temporary files be cleaned up
+    /// (they could be that instance's uploads in flight).
+    pub fn bind(config: &BastionConfig, options: ServeOptions) -> anyhow::Result<Self> {
+        options.check()?;
+        let listener = bind_listener(&config.listen_socket)?;
+        let store = match Store::open(config, options) {
+            Ok(store) => Arc::new(store),
+            Err(error) => {
+                drop(listener);
+                let _ = fs::remove_file(&config.listen_socket);
+                return Err(error);
+            }
+        };
+        Ok(BackupStoreServer {
+            store,
+            listener,
+            socket: config.listen_socket.clone(),
+        })
+    }
+
+    /// Serves until `shutdown` is cancelled; then stops accepting, removes
+    /// the socket and gives in-flight requests a few seconds.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let BackupStoreServer {
+            store,
+            listener,
+            socket,
+        } = self;
+        let max_connections = store.options.max_connections;
+        let slots = Arc::new(Semaphore::new(max_connections));
+        tracing::info!(
+            socket = %socket.display(),
+            backup_dir = %store.root.display(),
+            validators = store.validators.len(),
+            keep = store.options.keep,
+            quota_bytes = store.options.quota_bytes,
+            "backup store listening"
+        );
+
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&slots).acquire_owned() => permit.context("connection semaphore closed")?,
+                _ = shutdown.cancelled() => break,
+            };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                serve_connection(stream, &store).await;
+                drop(permit);
+            });
+        }
+
+        tracing::info!("backup store: no longer accepting connections");
+        drop(listener);
+        let _ = fs::remove_file(&socket);
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        if timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight backup requests did not finish in time; exiting anyway");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the backup store alone (`serve-backups`) until SIGTERM or SIGINT.
 pub async fn serve(config: &BastionConfig, options: ServeOptions) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
-    options.check()?;
-    let store = Arc::new(Store::open(config, options)?);
+    // Handlers first, so a signal sent as soon as the socket appears is not
+    // lost.
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let listener = bind_listener(&config.listen_socket)?;
-    let max_connections = store.options.max_connections;
-    let slots = Arc::new(Semaphore::new(max_connections));
-    tracing::info!(
-        socket = %config.listen_socket.display(),
-        backup_dir = %store.root.display(),
-        validators = store.validators.len(),
-        keep = store.options.keep,
-        quota_bytes = store.options.quota_bytes,
-        "backup store listening"
-    );
-
-    loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => permit.context("connection semaphore closed")?,
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        };
-        let store = Arc::clone(&store);
-        tokio::spawn(async move {
-            serve_connection(stream, &store).await;
-            drop(permit);
-        });
-    }
-
-    tracing::info!("shutting down: no longer accepting connections");
-    drop(listener);
-    let _ = fs::remove_file(&config.listen_socket);
-    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    if timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight requests did not finish in time; exiting anyway");
-    }
-    Ok(())
+    let server = BackupStoreServer::bind(config, options)?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    server.serve(shutdown).await
 }
 
 /// How reading one frame failed.

@@ -4,11 +4,25 @@
 //! ```toml
 //! listen-socket = "/run/palisade-bastion/bastion.sock"
 //! backup-dir = "/var/lib/palisade-bastion/backups"
+//! # status-file = "/run/palisade-bastion/status.json"   (default: beside listen-socket)
+//!
+//! [backups]            # every key optional; defaults shown
+//! keep = 500
+//! quota-bytes = 268435456
+//! idle-timeout = "30s"
+//! max-connections = 64
+//!
+//! [health]
+//! interval = "10s"
+//! timeout = "3s"
 //!
 //! [[validator]]
 //! name = "val-a"
 //! socket = "/run/palisade-bastion/val-a.sock"
 //! ```
+//!
+//! Durations are strings with a unit (`300ms`, `10s`, `5m`), as in the
+//! supervisor's configuration; a bare number is rejected.
 //!
 //! Unknown keys are errors (a typo must not silently fall back to a
 //! default). Validation collects *every* problem and reports them together,
@@ -18,8 +32,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use palisade_wire::backup_store::MAX_LIST_ENTRIES;
 use serde::Deserialize;
+
+use crate::backup_store::ServeOptions;
+use crate::health_check::HealthCheckOptions;
 
 /// Longest usable Unix socket path: `sun_path` is 108 bytes on Linux,
 /// including the terminating NUL.
@@ -27,6 +46,22 @@ pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 
 /// Longest validator name.
 pub const MAX_NAME_BYTES: usize = 64;
+
+/// File name of the default status file, in the listen-socket's directory.
+pub const DEFAULT_STATUS_FILE_NAME: &str = "status.json";
+
+/// Most connections `backups.max-connections` may allow.
+pub const MAX_CONNECTIONS_LIMIT: usize = 4096;
+
+/// Bounds of `backups.idle-timeout`.
+const IDLE_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(3600));
+/// Bounds of `health.interval`.
+const HEALTH_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+/// Bounds of `health.timeout` (and it may not exceed the interval).
+const HEALTH_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(60));
 
 /// Everything wrong with a configuration file.
 #[derive(Debug)]
@@ -87,9 +122,36 @@ struct RawConfig {
     listen_socket: Option<PathBuf>,
     /// Where the validators' encrypted backups are stored.
     backup_dir: Option<PathBuf>,
+    /// Where `run` keeps the health status (default: `status.json` in the
+    /// listen-socket's directory).
+    status_file: Option<PathBuf>,
+    /// Tunables of the backup store.
+    #[serde(default)]
+    backups: RawBackups,
+    /// Health checks of the validators.
+    #[serde(default)]
+    health: RawHealth,
     /// One table per validator host.
     #[serde(default)]
     validator: Vec<RawValidator>,
+}
+
+/// `[backups]`: see [`ServeOptions`] for the meaning and defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBackups {
+    keep: Option<usize>,
+    quota_bytes: Option<u64>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+}
+
+/// `[health]`: see [`HealthCheckOptions`] for the meaning and defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHealth {
+    interval: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +166,12 @@ struct RawValidator {
 pub struct BastionConfig {
     pub listen_socket: PathBuf,
     pub backup_dir: PathBuf,
+    /// The health status `run` maintains and `status` reads.
+    pub status_file: PathBuf,
+    /// `[backups]`, defaults filled in.
+    pub backups: ServeOptions,
+    /// `[health]`, defaults filled in.
+    pub health: HealthCheckOptions,
     pub validators: Vec<Validator>,
 }
 
@@ -139,10 +207,27 @@ impl BastionConfig {
 
     /// Human-readable summary for `check-config`.
     pub fn summary(&self) -> String {
+        let duration = |value: Duration| humantime::format_duration(value).to_string();
         let mut out = format!(
-            "listen-socket: {}\nbackup-dir:    {}\nvalidators:    {}\n",
+            "listen-socket:           {}\n\
+             backup-dir:              {}\n\
+             status-file:             {}\n\
+             backups.keep:            {}\n\
+             backups.quota-bytes:     {}\n\
+             backups.idle-timeout:    {}\n\
+             backups.max-connections: {}\n\
+             health.interval:         {}\n\
+             health.timeout:          {}\n\
+             validators:              {}\n",
             self.listen_socket.display(),
             self.backup_dir.display(),
+            self.status_file.display(),
+            self.backups.keep,
+            self.backups.quota_bytes,
+            duration(self.backups.idle_timeout),
+            self.backups.max_connections,
+            duration(self.health.interval),
+            duration(self.health.timeout),
             self.validators.len()
         );
         for validator in &self.validators {
@@ -194,6 +279,100 @@ fn validate(raw: RawConfig) -> Result<BastionConfig, Vec<Issue>> {
         }
     };
 
+    let status_file = match raw.status_file {
+        Some(path) => {
+            if !path.is_absolute() {
+                report(
+                    "status-file".into(),
+                    format!("'{}' must be an absolute path", path.display()),
+                );
+            } else if path.file_name().is_none() {
+                report(
+                    "status-file".into(),
+                    format!("'{}' must name a file", path.display()),
+                );
+            } else if path == listen_socket {
+                report(
+                    "status-file".into(),
+                    format!("'{}' is the listen-socket", path.display()),
+                );
+            }
+            path
+        }
+        None => listen_socket
+            .parent()
+            .map(|dir| dir.join(DEFAULT_STATUS_FILE_NAME))
+            .unwrap_or_default(),
+    };
+
+    let defaults = ServeOptions::default();
+    let backups = ServeOptions {
+        keep: match raw.backups.keep {
+            Some(keep) if keep == 0 || keep > MAX_LIST_ENTRIES => {
+                report(
+                    "backups.keep".into(),
+                    format!("{keep} must be between 1 and {MAX_LIST_ENTRIES}"),
+                );
+                defaults.keep
+            }
+            Some(keep) => keep,
+            None => defaults.keep,
+        },
+        quota_bytes: match raw.backups.quota_bytes {
+            Some(0) => {
+                report("backups.quota-bytes".into(), "must be positive".into());
+                defaults.quota_bytes
+            }
+            Some(quota) => quota,
+            None => defaults.quota_bytes,
+        },
+        idle_timeout: duration(
+            &mut report,
+            "backups.idle-timeout",
+            raw.backups.idle_timeout.as_deref(),
+            defaults.idle_timeout,
+            IDLE_TIMEOUT_RANGE,
+        ),
+        max_connections: match raw.backups.max_connections {
+            Some(max) if max == 0 || max > MAX_CONNECTIONS_LIMIT => {
+                report(
+                    "backups.max-connections".into(),
+                    format!("{max} must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
+                );
+                defaults.max_connections
+            }
+            Some(max) => max,
+            None => defaults.max_connections,
+        },
+    };
+
+    let defaults = HealthCheckOptions::default();
+    let interval = duration(
+        &mut report,
+        "health.interval",
+        raw.health.interval.as_deref(),
+        defaults.interval,
+        HEALTH_INTERVAL_RANGE,
+    );
+    let timeout = duration(
+        &mut report,
+        "health.timeout",
+        raw.health.timeout.as_deref(),
+        defaults.timeout,
+        HEALTH_TIMEOUT_RANGE,
+    );
+    if timeout > interval {
+        report(
+            "health.timeout".into(),
+            format!(
+                "{} is longer than health.interval ({}); a check must end before the next one",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+    let health = HealthCheckOptions { interval, timeout };
+
     if raw.validator.is_empty() {
         report(
             "validator".into(),
@@ -232,6 +411,11 @@ fn validate(raw: RawConfig) -> Result<BastionConfig, Vec<Issue>> {
                         key("socket"),
                         format!("'{}' is the bastion's own listen-socket", socket.display()),
                     );
+                } else if socket == status_file {
+                    report(
+                        key("socket"),
+                        format!("'{}' is the bastion's status-file", socket.display()),
+                    );
                 } else if let Some(first) = sockets.insert(socket.clone(), number) {
                     report(
                         key("socket"),
@@ -258,10 +442,48 @@ fn validate(raw: RawConfig) -> Result<BastionConfig, Vec<Issue>> {
         Ok(BastionConfig {
             listen_socket,
             backup_dir,
+            status_file,
+            backups,
+            health,
             validators,
         })
     } else {
         Err(issues)
+    }
+}
+
+/// A duration key: unset → `default`; otherwise parsed and range-checked,
+/// reporting a problem (and returning `default`) when it is not valid.
+fn duration(
+    report: &mut impl FnMut(String, String),
+    key: &str,
+    text: Option<&str>,
+    default: Duration,
+    (min, max): (Duration, Duration),
+) -> Duration {
+    let Some(text) = text else {
+        return default;
+    };
+    match humantime::parse_duration(text.trim()) {
+        Ok(value) if value < min || value > max => {
+            report(
+                key.into(),
+                format!(
+                    "'{text}' must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+            default
+        }
+        Ok(value) => value,
+        Err(error) => {
+            report(
+                key.into(),
+                format!("'{text}' is not a duration ({error}; use e.g. 300ms, 10s, 5m)"),
+            );
+            default
+        }
     }
 }
 
@@ -346,6 +568,226 @@ socket = "/run/palisade-bastion/val-b.sock"
                 .summary()
                 .contains("val-a via /run/palisade-bastion/val-a.sock")
         );
+        // Everything optional has its documented default.
+        assert_eq!(
+            config.status_file,
+            PathBuf::from("/run/palisade-bastion/status.json")
+        );
+        assert_eq!(config.backups, ServeOptions::default());
+        assert_eq!(config.backups.keep, 500);
+        assert_eq!(config.backups.quota_bytes, 256 * 1024 * 1024);
+        assert_eq!(config.backups.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.backups.max_connections, 64);
+        assert_eq!(config.health.interval, Duration::from_secs(10));
+        assert_eq!(config.health.timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn every_optional_key_is_read() {
+        let text = r#"
+listen-socket = "/run/palisade-bastion/bastion.sock"
+backup-dir = "/var/lib/palisade-bastion/backups"
+status-file = "/var/lib/palisade-bastion/status.json"
+
+[backups]
+keep = 7
+quota-bytes = 1000
+idle-timeout = "500ms"
+max-connections = 3
+
+[health]
+interval = "200ms"
+timeout = "150ms"
+
+[[validator]]
+name = "val-a"
+socket = "/run/palisade-bastion/val-a.sock"
+"#;
+        let config = parse(text).unwrap();
+        assert_eq!(
+            config.status_file,
+            PathBuf::from("/var/lib/palisade-bastion/status.json")
+        );
+        assert_eq!(
+            config.backups,
+            ServeOptions {
+                keep: 7,
+                quota_bytes: 1000,
+                idle_timeout: Duration::from_millis(500),
+                max_connections: 3,
+            }
+        );
+        assert_eq!(
+            config.health,
+            HealthCheckOptions {
+                interval: Duration::from_millis(200),
+                timeout: Duration::from_millis(150),
+            }
+        );
+        let summary = config.summary();
+        assert!(
+            summary.contains("backups.idle-timeout:    500ms"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("health.interval:         200ms"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn each_invalid_tunable_is_named() {
+        let base = "listen-socket = \"/run/b/l.sock\"\nbackup-dir = \"/b\"\n";
+        let validator = "[[validator]]\nname = \"a\"\nsocket = \"/run/b/a.sock\"\n";
+        // (top-level lines, tables, expected key, expected reason fragment)
+        let rows: [(&str, &str, &str, &str); 18] = [
+            (
+                "",
+                "[backups]\nkeep = 0",
+                "backups.keep",
+                "0 must be between 1 and 4096",
+            ),
+            (
+                "",
+                "[backups]\nkeep = 4097",
+                "backups.keep",
+                "between 1 and 4096",
+            ),
+            (
+                "",
+                "[backups]\nquota-bytes = 0",
+                "backups.quota-bytes",
+                "must be positive",
+            ),
+            (
+                "",
+                "[backups]\nidle-timeout = \"30\"",
+                "backups.idle-timeout",
+                "'30' is not a duration",
+            ),
+            (
+                "",
+                "[backups]\nidle-timeout = \"soon\"",
+                "backups.idle-timeout",
+                "use e.g. 300ms, 10s, 5m",
+            ),
+            (
+                "",
+                "[backups]\nidle-timeout = \"0s\"",
+                "backups.idle-timeout",
+                "must be between 10ms and 1h",
+            ),
+            (
+                "",
+                "[backups]\nmax-connections = 0",
+                "backups.max-connections",
+                "between 1 and 4096",
+            ),
+            (
+                "",
+                "[backups]\nmax-connections = 100000",
+                "backups.max-connections",
+                "between 1 and 4096",
+            ),
+            (
+                "",
+                "[health]\ninterval = \"50ms\"",
+                "health.interval",
+                "must be between 100ms and 1h",
+            ),
+            (
+                "",
+                "[health]\ninterval = \"2h\"",
+                "health.interval",
+                "must be between 100ms and 1h",
+            ),
+            (
+                "",
+                "[health]\ninterval = \"often\"",
+                "health.interval",
+                "is not a duration",
+            ),
+            (
+                "",
+                "[health]\ntimeout = \"0s\"",
+                "health.timeout",
+                "must be between 10ms and 1m",
+            ),
+            (
+                "",
+                "[health]\ninterval = \"1s\"\ntimeout = \"2s\"",
+                "health.timeout",
+                "longer than health.interval",
+            ),
+            (
+                "",
+                "[health]\ntimeout = \"11s\"",
+                "health.timeout",
+                "longer than health.interval (10s)",
+            ),
+            (
+                "status-file = \"status.json\"\n",
+                "",
+                "status-file",
+                "must be an absolute path",
+            ),
+            (
+                "status-file = \"/\"\n",
+                "",
+                "status-file",
+                "must name a file",
+            ),
+            (
+                "status-file = \"/run/b/l.sock\"\n",
+                "",
+                "status-file",
+                "is the listen-socket",
+            ),
+            (
+                "status-file = \"/run/b/a.sock\"\n",
+                "",
+                "validator[1].socket",
+                "is the bastion's status-file",
+            ),
+        ];
+        for (top, tables, key, reason) in rows {
+            let input = format!("{base}{top}{tables}\n{validator}");
+            match parse(&input) {
+                Err(ConfigError::Invalid { issues, .. }) => {
+                    assert_eq!(issues.len(), 1, "{input:?}: {issues:?}");
+                    assert_eq!(issues[0].key, key, "{input:?}");
+                    assert!(issues[0].reason.contains(reason), "{input:?}: {issues:?}");
+                }
+                other => panic!("{input:?}: expected Invalid, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_or_mistyped_tunables_are_syntax_errors() {
+        let base = "listen-socket = \"/l.sock\"\nbackup-dir = \"/b\"\n";
+        // (tables, expected fragment)
+        let rows = [
+            ("[backups]\nkeep-files = 3", "unknown field `keep-files`"),
+            (
+                "[backups]\nidle_timeout = \"1s\"",
+                "unknown field `idle_timeout`",
+            ),
+            ("[health]\nintervall = \"1s\"", "unknown field `intervall`"),
+            ("[health]\ninterval = 10", "invalid type"),
+            ("[backups]\nkeep = -1", "invalid value"),
+            ("[backups]\nquota-bytes = \"1GB\"", "invalid type"),
+            ("[status]\nfile = \"/s\"", "unknown field `status`"),
+        ];
+        for (tables, expected) in rows {
+            let input = format!("{base}{tables}\n");
+            let error = parse(&input).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Syntax { .. }),
+                "{input:?}: {error}"
+            );
+            assert!(error.to_string().contains(expected), "{input:?}: {error}");
+        }
     }
 
     #[test]

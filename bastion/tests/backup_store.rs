@@ -2,19 +2,14 @@
 //! configuration, and raw protocol frames written by hand the way a client
 //! (or an attacker with the validator's tunnel) would.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_wire::backup_store::{
-    ErrorKind, MAX_PAYLOAD_BYTES, Response, decode_response, encode_header,
-};
-
-const BIN: &str = env!("CARGO_BIN_EXE_palisade-bastion");
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+use common::{BIN, Client, kind, mode, wait_for_socket};
+use palisade_wire::backup_store::{ErrorKind, MAX_PAYLOAD_BYTES};
 
 struct Bastion {
     dir: tempfile::TempDir,
@@ -84,108 +79,6 @@ fn spawn(dir: &Path, extra: &[&str]) -> Child {
         .stderr(stderr)
         .spawn()
         .unwrap()
-}
-
-fn wait_for_socket(socket: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(socket).is_err() {
-        assert!(Instant::now() < deadline, "bastion never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Client {
-    stream: UnixStream,
-}
-
-impl Client {
-    fn connect(socket: &Path) -> Client {
-        let stream = UnixStream::connect(socket).unwrap();
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        Client { stream }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    fn send_json(&mut self, json: &str) {
-        let mut frame = (json.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(json.as_bytes());
-        self.send_raw(&frame);
-    }
-
-    fn send_payload(&mut self, payload: &[u8]) {
-        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(payload);
-        self.send_raw(&frame);
-    }
-
-    fn read_frame(&mut self) -> Vec<u8> {
-        let mut prefix = [0u8; 4];
-        self.stream.read_exact(&mut prefix).unwrap();
-        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-        self.stream.read_exact(&mut body).unwrap();
-        body
-    }
-
-    fn response(&mut self) -> Response {
-        decode_response(&self.read_frame()).unwrap()
-    }
-
-    fn put(&mut self, validator: &str, file: &str, payload: &[u8]) -> Response {
-        let header = palisade_wire::backup_store::Request::Put {
-            validator: validator.into(),
-            file: file.into(),
-            bytes: payload.len() as u64,
-        };
-        self.send_raw(&encode_header(&header));
-        self.send_payload(payload);
-        self.response()
-    }
-
-    fn list(&mut self, validator: &str) -> Vec<String> {
-        self.send_json(&format!(r#"{{"op":"list","validator":"{validator}"}}"#));
-        let response = self.response();
-        assert!(response.ok, "{response:?}");
-        response.files.unwrap()
-    }
-
-    fn get(&mut self, validator: &str, file: &str) -> Result<Vec<u8>, ErrorKind> {
-        self.send_json(&format!(
-            r#"{{"op":"get","validator":"{validator}","file":"{file}"}}"#
-        ));
-        let response = self.response();
-        if !response.ok {
-            return Err(response.error.unwrap().kind);
-        }
-        let payload = self.read_frame();
-        assert_eq!(Some(payload.len() as u64), response.bytes);
-        Ok(payload)
-    }
-
-    fn remove(&mut self, validator: &str, file: &str) -> Response {
-        self.send_json(&format!(
-            r#"{{"op":"remove","validator":"{validator}","file":"{file}"}}"#
-        ));
-        self.response()
-    }
-
-    /// True when the server has closed the connection.
-    fn is_closed(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
-    }
-}
-
-fn kind(response: &Response) -> ErrorKind {
-    assert!(!response.ok, "{response:?}");
-    response.error.as_ref().unwrap().kind
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 #[test]
@@ -448,4 +341,30 @@ fn sigterm_shuts_down_cleanly_and_a_stale_socket_is_replaced() {
     bastion.child = spawn(bastion.dir.path(), &[]);
     wait_for_socket(&bastion.socket());
     assert_eq!(bastion.client().list("val-a"), ["kept.age"]);
+}
+
+#[test]
+fn a_second_instance_leaves_the_running_ones_uploads_alone() {
+    let bastion = Bastion::start(&[]);
+    // An upload in flight in the running instance.
+    let in_flight = bastion.backups().join("val-a/.tmp-4242-0");
+    std::fs::write(&in_flight, b"half a bundle").unwrap();
+
+    for command in ["serve-backups", "run"] {
+        let second = Command::new(BIN)
+            .arg(command)
+            .arg("--config")
+            .arg(bastion.dir.path().join("bastion.toml"))
+            .output()
+            .unwrap();
+        assert_eq!(second.status.code(), Some(1), "{command}: {second:?}");
+        assert!(
+            in_flight.exists(),
+            "{command} removed the first one's temporary file"
+        );
+    }
+    assert!(
+        bastion.client().put("val-a", "x.age", b"x").ok,
+        "still serving"
+    );
 }
