@@ -816,10 +816,10 @@ fn validate(
     let rpc = tunnels::validate_rpc(r, raw.rpc, &daemon_home);
     let tunnels = tunnels::validate_tunnels(r, raw.tunnel, raw.bastion);
     if let Some(tunnels) = &tunnels
-        && tunnels.bastions.iter().any(|b| b.backup_socket.is_some())
+        && tunnels.bastions.iter().any(|b| b.backup_command.is_some())
         && vault.is_none()
     {
-        let origin = r.file_origin("bastion.backup-socket");
+        let origin = r.file_origin("bastion.backup-command");
         r.report(
             origin,
             "backups to bastions need the vault's signing key: add a [vault] section",

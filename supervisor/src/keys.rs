@@ -484,6 +484,20 @@ pub fn init_vault_command(
     Ok(())
 }
 
+/// The `[[bastion]]`s that hold backups, with every forward removed.
+fn backup_only_tunnels(config: &Config) -> Option<crate::config::TunnelSettings> {
+    let mut settings = config.tunnels.clone()?;
+    settings
+        .bastions
+        .retain(|bastion| bastion.backup_command.is_some());
+    for bastion in &mut settings.bastions {
+        bastion.rpc_socket = None;
+        bastion.local_forwards.clear();
+        bastion.remote_forwards.clear();
+    }
+    (!settings.bastions.is_empty()).then_some(settings)
+}
+
 /// `restore-state`: write the highest valid backup's state when the local
 /// one is behind it or missing.
 pub fn restore_state_command(
@@ -494,16 +508,38 @@ pub fn restore_state_command(
     let passphrase = passphrase_for_command(settings, passphrase_file, false)?;
     let vault = unlock(settings, &passphrase)?;
     let validator = identity(config, settings, &vault)?;
-    let stores = stores(settings)?;
+    let mut stores = stores(settings)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(gather_and_verify(
-        &stores,
-        vault.age_identity(),
-        &expectations(&vault, &validator),
-        STORE_TIMEOUT,
-    ));
+    let report = runtime.block_on(async {
+        // The bastions' stores, through tunnels of their own that carry
+        // nothing else: no forwards, so a running supervisor's listeners
+        // and sockets are left alone.
+        let tunnels = match backup_only_tunnels(config) {
+            Some(settings) => {
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let mesh =
+                    crate::tunnel::TunnelMesh::start(&settings, &config.rpc.socket, &shutdown)
+                        .await?;
+                mesh.wait_for_backup_bastions().await;
+                stores.extend(mesh.backup_stores(&config.rpc.name));
+                Some(mesh)
+            }
+            None => None,
+        };
+        let report = gather_and_verify(
+            &stores,
+            vault.age_identity(),
+            &expectations(&vault, &validator),
+            STORE_TIMEOUT,
+        )
+        .await;
+        if let Some(mesh) = tunnels {
+            mesh.stop().await;
+        }
+        anyhow::Ok(report)
+    })?;
     for rejected in &report.rejected {
         println!(
             "rejected {} in store {}: {}",

@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use connection::{
-    BastionConnection, BastionState, BastionTunnel, ReconnectBackoff, StreamLocalDialer,
-    run_bastion,
+    BastionConnection, BastionState, BastionTunnel, ExecDialer, ReconnectBackoff,
+    StreamLocalDialer, run_bastion,
 };
 pub use host_key::{FirstUse, HostKeyPolicy, fingerprint, known_hosts_name, parse_fingerprint};
 pub use mesh::TunnelMesh;
@@ -39,8 +39,11 @@ pub enum ForwardKind {
     /// this host.
     ReverseTcp,
     /// `direct-streamlocal@openssh.com`: a connection from this host to a
-    /// Unix socket on the bastion (its backup store).
+    /// Unix socket on the bastion.
     LocalUnixSocket,
+    /// A session channel running a command (the backup store's forced
+    /// command).
+    Exec,
 }
 
 impl std::fmt::Display for ForwardKind {
@@ -52,6 +55,7 @@ impl std::fmt::Display for ForwardKind {
             ForwardKind::LocalUnixSocket => {
                 "connection to a bastion Unix socket (direct-streamlocal)"
             }
+            ForwardKind::Exec => "session command",
         })
     }
 }

@@ -13,7 +13,8 @@ use std::time::Duration;
 use palisade_simchain::testkit::free_port;
 use palisade_supervisor::tunnel::{
     BastionConfig, BastionConnection, BastionState, BastionTunnel, FirstUse, ForwardKind,
-    HostKeyPolicy, LocalTcpForward, ReconnectBackoff, ReverseUnixForward, TunnelError, run_bastion,
+    HostKeyPolicy, LocalTcpForward, ReconnectBackoff, ReverseTcpForward, ReverseUnixForward,
+    TunnelError, run_bastion,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -60,6 +61,14 @@ fn current_user() -> String {
 
 impl Bastion {
     fn start(allowed_port: u16) -> Bastion {
+        Bastion::start_with_options(&format!(
+            "restrict,port-forwarding,permitopen=\"127.0.0.1:{allowed_port}\""
+        ))
+    }
+
+    /// A bastion whose authorized_keys line for the client key carries
+    /// `key_options`.
+    fn start_with_options(key_options: &str) -> Bastion {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: install openssh-server (scripts/test.sh does) to run the bastion tunnel tests"
@@ -73,10 +82,7 @@ impl Bastion {
         let authorized_keys = dir.path().join("authorized_keys");
         std::fs::write(
             &authorized_keys,
-            format!(
-                "restrict,port-forwarding,permitopen=\"127.0.0.1:{allowed_port}\" {}",
-                client_public.trim()
-            ),
+            format!("{key_options} {}", client_public.trim()),
         )
         .unwrap();
         let port = free_port();
@@ -520,4 +526,116 @@ async fn tunnel_reconnects_and_restores_forwards_after_sshd_restart() {
         .await
         .expect("tunnel stops on shutdown")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_tcp_forward_inside_permitlisten_works_and_outside_is_refused() {
+    let local_echo = spawn_tcp_echo().await;
+    let allowed = free_port();
+    let forbidden = free_port();
+    let bastion = Bastion::start_with_options(&format!(
+        "restrict,port-forwarding,permitopen=\"127.0.0.1:1\",permitlisten=\"127.0.0.1:{allowed}\""
+    ));
+    let mut config = bastion.config(bastion.pinned());
+    config.reverse_tcp_forwards.push(ReverseTcpForward {
+        remote_address: "127.0.0.1".into(),
+        remote_port: allowed,
+        local_target: format!("127.0.0.1:{local_echo}").parse().unwrap(),
+    });
+    let shutdown = CancellationToken::new();
+    let tunnel = BastionTunnel::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    let mut state = tunnel.state();
+    wait_state(&mut state, "connected", |state| {
+        state.connected_since.is_some()
+    })
+    .await;
+    // A client on the bastion (e.g. Prometheus) reaches the local target.
+    let on_bastion = TcpStream::connect(("127.0.0.1", allowed)).await.unwrap();
+    echo_roundtrip(on_bastion, b"scrape through the reverse forward").await;
+
+    let connection = BastionConnection::connect(&bastion.config(bastion.pinned()))
+        .await
+        .unwrap();
+    match connection.forward_reverse_tcp("127.0.0.1", forbidden).await {
+        Err(error @ TunnelError::ForwardRefused { kind, .. }) => {
+            assert_eq!(kind, ForwardKind::ReverseTcp);
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("127.0.0.1:{forbidden}"))
+                    && message.contains("permitlisten"),
+                "{message}"
+            );
+        }
+        other => panic!("expected ForwardRefused, got {:?}", other.map(|_| ())),
+    }
+    assert!(TcpStream::connect(("127.0.0.1", forbidden)).await.is_err());
+    connection.close().await;
+    shutdown.cancel();
+    tunnel.stopped().await.unwrap();
+}
+
+/// The backup store is reached through a session whose command sshd
+/// forces (authorized_keys `command=`): the string the client asks for is
+/// ignored. `cat` stands in for `palisade-bastion backup-session`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_session_runs_the_forced_command() {
+    let bastion = Bastion::start_with_options(
+        "command=\"cat\",restrict,port-forwarding,permitopen=\"127.0.0.1:1\"",
+    );
+    let shutdown = CancellationToken::new();
+    let tunnel = BastionTunnel::start(bastion.config(bastion.pinned()), shutdown.clone())
+        .await
+        .unwrap();
+    let dialer = tunnel.exec_dialer("echo this-is-not-what-runs");
+    // Down until connected: fails at once with a clear reason.
+    let mut state = tunnel.state();
+    wait_state(&mut state, "connected", |state| {
+        state.connected_since.is_some()
+    })
+    .await;
+    for round in 0..3 {
+        let stream = dialer.dial().await.unwrap();
+        echo_roundtrip(stream, format!("backup frame {round}").as_bytes()).await;
+    }
+    shutdown.cancel();
+    tunnel.stopped().await.unwrap();
+    match dialer.dial().await {
+        Err(TunnelError::NotConnected { bastion, .. }) => assert_eq!(bastion, "bastion-test"),
+        other => panic!("expected NotConnected, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// Why the backup store is not reached with direct-streamlocal: OpenSSH
+/// refuses every Unix-socket channel for a key with any `permitopen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_streamlocal_is_refused_when_the_key_has_permitopen() {
+    for (options, allowed) in [
+        ("restrict,port-forwarding,permitopen=\"127.0.0.1:1\"", false),
+        ("restrict,port-forwarding", true),
+    ] {
+        let bastion = Bastion::start_with_options(options);
+        let socket = bastion.path("store.sock");
+        spawn_unix_echo(&socket);
+        let connection = BastionConnection::connect(&bastion.config(bastion.pinned()))
+            .await
+            .unwrap();
+        let opened = connection
+            .open_direct_streamlocal(&socket.display().to_string())
+            .await;
+        match (opened, allowed) {
+            (Ok(channel), true) => echo_roundtrip(channel.into_stream(), b"unix").await,
+            (Err(TunnelError::ForwardRefused { kind, .. }), false) => {
+                assert_eq!(kind, ForwardKind::LocalUnixSocket);
+                assert!(
+                    bastion.log().contains("but the request was denied"),
+                    "{}",
+                    bastion.log()
+                );
+            }
+            (other, _) => panic!("{options}: unexpected {:?}", other.map(|_| ())),
+        }
+        connection.close().await;
+    }
 }

@@ -17,7 +17,7 @@
 //! user = "palisade-tunnel"
 //! host-key-fingerprints = ["SHA256:…"]
 //! rpc-socket = "/run/palisade-bastion/val-a.sock"
-//! backup-socket = "/run/palisade-bastion/bastion.sock"
+//! backup-command = "palisade-bastion backup-session"
 //! local-forwards = [{ listen = "127.0.0.1:26701", target = "10.0.0.5:26656" }]
 //! remote-forwards = [{ listen = "127.0.0.1:26660", target = "127.0.0.1:26660" }]
 //! ```
@@ -90,9 +90,11 @@ pub struct RawBastion {
     /// Default none: where sshd publishes this supervisor's control socket
     /// on the bastion (reverse Unix-socket forward).
     pub rpc_socket: Option<String>,
-    /// Default none: the bastion's backup store socket; with it, every
-    /// backup also goes to this bastion.
-    pub backup_socket: Option<String>,
+    /// Default none: with it, every backup also goes to this bastion, over
+    /// a session running this command. The bastion's authorized_keys line
+    /// forces the real one (`command="palisade-bastion backup-session …
+    /// --validator NAME"`), so what is sent here is informational.
+    pub backup_command: Option<String>,
     /// Local TCP listeners carried to a target as seen from the bastion.
     pub local_forwards: Option<Vec<RawForward>>,
     /// TCP listeners on the bastion carried back to a local target.
@@ -136,7 +138,7 @@ pub struct BastionSettings {
     pub user: String,
     pub host_key_fingerprints: Vec<String>,
     pub rpc_socket: Option<String>,
-    pub backup_socket: Option<String>,
+    pub backup_command: Option<String>,
     pub local_forwards: Vec<LocalTcpForward>,
     pub remote_forwards: Vec<ReverseTcpForward>,
 }
@@ -446,15 +448,19 @@ pub(super) fn validate_tunnels(
                     .into(),
             );
         }
-        for (field, path) in [
-            ("rpc-socket", &raw.rpc_socket),
-            ("backup-socket", &raw.backup_socket),
-        ] {
-            if let Some(path) = path
-                && let Some(reason) = socket_path_problem(path)
-            {
-                problem(r, field, reason);
-            }
+        if let Some(path) = &raw.rpc_socket
+            && let Some(reason) = socket_path_problem(path)
+        {
+            problem(r, "rpc-socket", reason);
+        }
+        if let Some(command) = &raw.backup_command
+            && (command.trim().is_empty() || command.contains(['\n', '\0']))
+        {
+            problem(
+                r,
+                "backup-command",
+                "must be a one-line command, e.g. \"palisade-bastion backup-session\"".into(),
+            );
         }
         let mut local_forwards = Vec::new();
         for (position, forward) in raw
@@ -568,7 +574,7 @@ pub(super) fn validate_tunnels(
             user,
             host_key_fingerprints,
             rpc_socket: raw.rpc_socket,
-            backup_socket: raw.backup_socket,
+            backup_command: raw.backup_command,
             local_forwards,
             remote_forwards,
         });
@@ -583,4 +589,173 @@ pub(super) fn validate_tunnels(
         reconnect_max_delay,
         bastions: settings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::config::{Config, ConfigError};
+
+    const FINGERPRINT: &str = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+
+    fn load(dir: &std::path::Path, text: &str) -> Result<Config, ConfigError> {
+        let file = dir.join("palisade.toml");
+        std::fs::write(
+            &file,
+            format!("[daemon]\nhome = {dir:?}\nname = \"gaiad\"\n{text}"),
+        )
+        .unwrap();
+        Config::load(Some(&file), &BTreeMap::new())
+    }
+
+    #[test]
+    fn bastions_are_validated_into_tunnel_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("tunnel_ed25519");
+        std::fs::write(&key, "not parsed at load time").unwrap();
+        let config = load(
+            dir.path(),
+            &format!(
+                "[vault]\nswap = \"warn\"\n[rpc]\nname = \"val-a\"\n\
+                 [tunnel]\nkey-file = {key:?}\nkeepalive-interval = \"2s\"\n\
+                 [[bastion]]\nname = \"b1\"\nhost = \"203.0.113.10\"\nuser = \"palisade-tunnel\"\n\
+                 host-key-fingerprints = [\"{FINGERPRINT}\"]\n\
+                 rpc-socket = \"/run/palisade-bastion/val-a.sock\"\n\
+                 backup-command = \"palisade-bastion backup-session\"\n\
+                 local-forwards = [{{ listen = \"127.0.0.1:26701\", target = \"10.0.0.5:26656\" }}]\n\
+                 remote-forwards = [{{ listen = \"127.0.0.1:26660\", target = \"127.0.0.1:26660\" }}]\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(config.rpc.name, "val-a");
+        assert_eq!(
+            config.rpc.socket,
+            dir.path().join("palisade/run/supervisor.sock")
+        );
+        let tunnels = config.tunnels.unwrap();
+        assert_eq!(
+            tunnels.keepalive_interval,
+            std::time::Duration::from_secs(2)
+        );
+        let bastion = &tunnels.bastions[0];
+        assert_eq!(bastion.port, 22);
+        let tunnel = tunnels.bastion_config(bastion, &config.rpc.socket);
+        assert_eq!(tunnel.reverse_unix_forwards.len(), 1);
+        assert_eq!(
+            tunnel.reverse_unix_forwards[0].local_socket_path,
+            config.rpc.socket
+        );
+        assert_eq!(tunnel.local_tcp_forwards[0].target_host, "10.0.0.5");
+        assert_eq!(tunnel.local_tcp_forwards[0].target_port, 26656);
+        assert_eq!(tunnel.reverse_tcp_forwards[0].remote_port, 26660);
+        assert_eq!(tunnel.backoff.max, std::time::Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn every_bad_bastion_value_is_reported_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("tunnel_ed25519");
+        std::fs::write(&key, "x").unwrap();
+        let good = format!(
+            "[tunnel]\nkey-file = {key:?}\n[[bastion]]\nname = \"b1\"\nhost = \"h\"\nuser = \"u\"\n\
+             host-key-fingerprints = [\"{FINGERPRINT}\"]\n"
+        );
+        assert!(load(dir.path(), &good).is_ok());
+        // (extra TOML after a valid base or a whole config, expected message)
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "[[bastion]]\nname = \"b1\"\nhost = \"h\"\nuser = \"u\"\n".into(),
+                "key `tunnel.key-file`: is required with [[bastion]]",
+            ),
+            (
+                format!(
+                    "{good}[[bastion]]\nname = \"b1\"\nhost = \"h2\"\nuser = \"u\"\nhost-key-fingerprints = [\"{FINGERPRINT}\"]\n"
+                ),
+                "key `bastion[2].name`: 'b1' is used by another [[bastion]]",
+            ),
+            (
+                format!(
+                    "[tunnel]\nkey-file = {key:?}\n[[bastion]]\nname = \"b1\"\nhost = \"h\"\nuser = \"u\"\n"
+                ),
+                "key `bastion[1].host-key-fingerprints`: no host key to pin",
+            ),
+            (
+                format!(
+                    "[tunnel]\nkey-file = {key:?}\n[[bastion]]\nname = \"b1\"\nhost = \"h\"\nuser = \"u\"\nhost-key-fingerprints = [\"MD5:aa\"]\n"
+                ),
+                "is not of the form SHA256:<base64>",
+            ),
+            (
+                format!(
+                    "[tunnel]\nkey-file = {key:?}\ntrust-first-use = true\n[[bastion]]\nname = \"b1\"\nhost = \"h\"\nuser = \"u\"\nhost-key-fingerprints = [\"{FINGERPRINT}\"]\n"
+                ),
+                "key `tunnel.trust-first-use`: needs tunnel.known-hosts",
+            ),
+            (
+                format!(
+                    "{good}local-forwards = [{{ listen = \"0.0.0.0:26656\", target = \"10.0.0.5:26656\" }}]\n"
+                ),
+                "must be a loopback address",
+            ),
+            (
+                format!(
+                    "{good}local-forwards = [{{ listen = \"127.0.0.1:0\", target = \"10.0.0.5:26656\" }}]\n"
+                ),
+                "port 0 is not allowed",
+            ),
+            (
+                format!(
+                    "{good}local-forwards = [{{ listen = \"127.0.0.1:26656\", target = \"sentry\" }}]\n"
+                ),
+                "key `bastion[1].local-forwards[1]`: target: 'sentry' must be host:port",
+            ),
+            (
+                format!("{good}local-forwards = [{{ listen = \"127.0.0.1:26656\" }}]\n"),
+                "target is required",
+            ),
+            (
+                format!(
+                    "{good}remote-forwards = [{{ listen = \"127.0.0.1:26660\", target = \"localhost:26660\" }}]\n"
+                ),
+                "must be a local IP address and port",
+            ),
+            (
+                format!("{good}rpc-socket = \"relative.sock\"\n"),
+                "key `bastion[1].rpc-socket`: 'relative.sock' must be an absolute path",
+            ),
+            (
+                format!("{good}rpc-socket = \"/{}\"\n", "x".repeat(120)),
+                "Unix socket paths are limited to 107",
+            ),
+            (
+                format!("{good}backup-command = \"\"\n"),
+                "must be a one-line command",
+            ),
+            (
+                format!("{good}backup-command = \"palisade-bastion backup-session\"\n"),
+                "backups to bastions need the vault's signing key",
+            ),
+            (format!("{good}portt = 22\n"), "unknown field `portt`"),
+            (
+                "[tunnel]\nkeepalive-max = 3\n".into(),
+                "[tunnel] has no effect without a [[bastion]] table",
+            ),
+            (
+                "[rpc]\nname = \"val a\"\n".into(),
+                "key `rpc.name`: 'val a' may contain only letters",
+            ),
+            (
+                format!(
+                    "[tunnel]\nkey-file = {:?}\n[[bastion]]\nname = \"b1\"\nhost = \"h\"\nuser = \"u\"\nhost-key-fingerprints = [\"{FINGERPRINT}\"]\n",
+                    dir.path().join("missing")
+                ),
+                "does not exist (create it with ssh-keygen",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = load(dir.path(), &text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}\n→ {error}");
+        }
+    }
 }

@@ -439,6 +439,52 @@ impl BastionConnection {
             })
     }
 
+    /// Open a session channel and run `command` on the bastion (with the
+    /// validator's key confined by `command=` in authorized_keys, sshd runs
+    /// the forced command instead); its stdin/stdout become the channel.
+    pub async fn open_exec(&self, command: &str) -> Result<Channel<Msg>, TunnelError> {
+        let refused = |reason: String| TunnelError::ForwardRefused {
+            kind: ForwardKind::Exec,
+            target: format!("{}: {command}", self.host),
+            reason,
+        };
+        let mut channel =
+            self.handle
+                .channel_open_session()
+                .await
+                .map_err(|error| match error {
+                    russh::Error::ChannelOpenFailure(reason) => {
+                        refused(format!("session refused: {reason:?}"))
+                    }
+                    other => TunnelError::Ssh(other),
+                })?;
+        channel.exec(true, command).await?;
+        let reply = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, async {
+            loop {
+                match channel.wait().await {
+                    Some(russh::ChannelMsg::Success) => return Ok(()),
+                    Some(russh::ChannelMsg::Failure) => {
+                        return Err(refused("sshd refused to run it".into()));
+                    }
+                    Some(russh::ChannelMsg::Close | russh::ChannelMsg::Eof) | None => {
+                        return Err(refused(
+                            "the channel closed before the command started".into(),
+                        ));
+                    }
+                    Some(_) => continue,
+                }
+            }
+        })
+        .await;
+        match reply {
+            Ok(Ok(())) => Ok(channel),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(refused(format!(
+                "no answer to the exec request within {LOCAL_CONNECT_TIMEOUT:?}"
+            ))),
+        }
+    }
+
     /// Open a `direct-tcpip` channel to `target_host:target_port` as seen
     /// from the bastion.
     pub async fn open_direct_tcpip(
@@ -592,6 +638,16 @@ impl BastionTunnel {
         }
     }
 
+    /// Runs `command` on the bastion for each connection (session + exec).
+    pub fn exec_dialer(&self, command: impl Into<String>) -> ExecDialer {
+        ExecDialer {
+            bastion: self.name.clone(),
+            command: command.into(),
+            current: self.current.clone(),
+            state: self.state.clone(),
+        }
+    }
+
     /// Bound addresses of the local TCP forwards, in config order.
     pub fn local_tcp_addrs(&self) -> &[SocketAddr] {
         &self.local_tcp_addrs
@@ -610,6 +666,54 @@ impl BastionTunnel {
             let _ = listener.await;
         }
         result
+    }
+}
+
+/// Runs one command per connection on a bastion through its tunnel: the
+/// backup store's forced command (`palisade-bastion backup-session`).
+#[derive(Clone)]
+pub struct ExecDialer {
+    bastion: String,
+    command: String,
+    current: watch::Receiver<Option<Arc<BastionConnection>>>,
+    state: watch::Receiver<BastionState>,
+}
+
+impl std::fmt::Debug for ExecDialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecDialer")
+            .field("bastion", &self.bastion)
+            .field("command", &self.command)
+            .finish()
+    }
+}
+
+impl ExecDialer {
+    /// The command's stdin/stdout, over the connection that is up now;
+    /// fails at once (no waiting) while the bastion is down.
+    pub async fn dial(&self) -> Result<russh::ChannelStream<Msg>, TunnelError> {
+        let Some(connection) = self.current.borrow().clone() else {
+            return Err(TunnelError::NotConnected {
+                bastion: self.bastion.clone(),
+                last_error: self.state.borrow().last_error.clone(),
+            });
+        };
+        Ok(connection.open_exec(&self.command).await?.into_stream())
+    }
+}
+
+impl StreamDialer for ExecDialer {
+    fn dial(&self) -> crate::backup::BoxFuture<'_, std::io::Result<BoxedStream>> {
+        Box::pin(async move {
+            match ExecDialer::dial(self).await {
+                Ok(stream) => Ok(Box::new(stream) as BoxedStream),
+                Err(error) => Err(std::io::Error::other(error.to_string())),
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (session command)", self.bastion)
     }
 }
 

@@ -21,7 +21,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The running tunnels.
 pub struct TunnelMesh {
-    /// With the remote path of the bastion's backup store, if configured.
+    /// With the command reaching the bastion's backup store, if configured.
     tunnels: Vec<(BastionTunnel, Option<String>)>,
     shutdown: CancellationToken,
     connect_timeout: Duration,
@@ -44,7 +44,7 @@ impl TunnelMesh {
                 bastion = %bastion.name,
                 address = %format!("{}@{}:{}", bastion.user, bastion.host, bastion.port),
                 rpc_socket = bastion.rpc_socket.as_deref().unwrap_or("-"),
-                backup_socket = bastion.backup_socket.as_deref().unwrap_or("-"),
+                backup_command = bastion.backup_command.as_deref().unwrap_or("-"),
                 local_forwards = bastion.local_forwards.len(),
                 remote_forwards = bastion.remote_forwards.len(),
                 "starting bastion tunnel"
@@ -56,7 +56,7 @@ impl TunnelMesh {
                     return Err(error);
                 }
             };
-            tunnels.push((tunnel, bastion.backup_socket.clone()));
+            tunnels.push((tunnel, bastion.backup_command.clone()));
         }
         Ok(TunnelMesh {
             tunnels,
@@ -65,15 +65,15 @@ impl TunnelMesh {
         })
     }
 
-    /// A backup store per bastion with a `backup-socket`, named
+    /// A backup store per bastion with a `backup-command`, named
     /// `bastion:<name>`, holding `validator`'s backups.
     pub fn backup_stores(&self, validator: &str) -> Vec<Arc<dyn BackupStore>> {
         self.tunnels
             .iter()
-            .filter_map(|(tunnel, backup_socket)| {
-                let remote = backup_socket.as_ref()?;
+            .filter_map(|(tunnel, backup_command)| {
+                let command = backup_command.as_ref()?;
                 let store = RemoteStore::new(
-                    Arc::new(tunnel.stream_local_dialer(remote.clone())),
+                    Arc::new(tunnel.exec_dialer(command.clone())),
                     validator,
                     format!("bastion:{}", tunnel.name()),
                 );
@@ -89,8 +89,8 @@ impl TunnelMesh {
         // One deadline for all: waiting in turn costs no more than the
         // slowest bastion.
         let deadline = tokio::time::Instant::now() + self.connect_timeout + Duration::from_secs(1);
-        for (tunnel, backup_socket) in &self.tunnels {
-            if backup_socket.is_none() {
+        for (tunnel, backup_command) in &self.tunnels {
+            if backup_command.is_none() {
                 continue;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
