@@ -537,20 +537,28 @@ async fn reverse_tcp_forward_inside_permitlisten_works_and_outside_is_refused() 
         "restrict,port-forwarding,permitopen=\"127.0.0.1:1\",permitlisten=\"127.0.0.1:{allowed}\""
     ));
     let mut config = bastion.config(bastion.pinned());
-    config.reverse_tcp_forwards.push(ReverseTcpForward {
-        remote_address: "127.0.0.1".into(),
-        remote_port: allowed,
-        local_target: format!("127.0.0.1:{local_echo}").parse().unwrap(),
-    });
+    for port in [forbidden, allowed] {
+        config.reverse_tcp_forwards.push(ReverseTcpForward {
+            remote_address: "127.0.0.1".into(),
+            remote_port: port,
+            local_target: format!("127.0.0.1:{local_echo}").parse().unwrap(),
+        });
+    }
     let shutdown = CancellationToken::new();
     let tunnel = BastionTunnel::start(config, shutdown.clone())
         .await
         .unwrap();
     let mut state = tunnel.state();
-    wait_state(&mut state, "connected", |state| {
+    // The refused forward is reported; the link and the allowed forward stay up.
+    let up = wait_state(&mut state, "connected", |state| {
         state.connected_since.is_some()
     })
     .await;
+    let reported = up.last_forward_error.unwrap_or_default();
+    assert!(
+        reported.contains(&format!("127.0.0.1:{forbidden}")),
+        "{reported}"
+    );
     // A client on the bastion (e.g. Prometheus) reaches the local target.
     let on_bastion = TcpStream::connect(("127.0.0.1", allowed)).await.unwrap();
     echo_roundtrip(on_bastion, b"scrape through the reverse forward").await;

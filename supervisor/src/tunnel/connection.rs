@@ -785,15 +785,34 @@ async fn establish(
     state: &SharedState,
 ) -> Result<BastionConnection, TunnelError> {
     let connection = BastionConnection::connect_with(config, shutdown, state.clone()).await?;
+    // A forward sshd refuses is a configuration problem on one side or the
+    // other: report it and keep the link (and its other forwards) up
+    // rather than reconnecting in a loop that cannot fix it.
+    let refused = |error: TunnelError| -> Result<(), TunnelError> {
+        match error {
+            TunnelError::ForwardRefused { .. } => {
+                tracing::error!(bastion = %config.name, %error, "forward refused; the tunnel stays up without it");
+                state.send_modify(|state| state.last_forward_error = Some(error.to_string()));
+                Ok(())
+            }
+            other => Err(other),
+        }
+    };
     for forward in &config.reverse_unix_forwards {
-        connection
+        if let Err(error) = connection
             .forward_reverse_unix(&forward.remote_socket_path)
-            .await?;
+            .await
+        {
+            refused(error)?;
+        }
     }
     for forward in &config.reverse_tcp_forwards {
-        connection
+        if let Err(error) = connection
             .forward_reverse_tcp(&forward.remote_address, forward.remote_port)
-            .await?;
+            .await
+        {
+            refused(error)?;
+        }
     }
     Ok(connection)
 }
@@ -816,6 +835,9 @@ async fn supervise(
             Ok(connection) => {
                 failures = 0;
                 let connection = Arc::new(connection);
+                // Published before the state says "connected", so whoever
+                // waits for that state finds the connection usable.
+                current.send_replace(Some(connection.clone()));
                 state.send_modify(|state| {
                     state.connected_since = Some(SystemTime::now());
                     if connected_before {
@@ -824,7 +846,6 @@ async fn supervise(
                 });
                 tracing::info!(bastion, host = %connection.host, "bastion tunnel up");
                 connected_before = true;
-                current.send_replace(Some(connection.clone()));
                 let shut_down = tokio::select! {
                     _ = shutdown.cancelled() => true,
                     _ = connection.closed() => false,
