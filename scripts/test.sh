@@ -8,8 +8,10 @@ source scripts/deps.sh
 
 require_cargo
 # xfsprogs: reflink data-backup tests on a loop-mounted XFS; age: backups must
-# open with the stock age CLI; curl: demo.
-apt_install xfsprogs curl ca-certificates age openssh-server
+# open with the stock age CLI; curl: demo; openssh-server/-client: the tunnel
+# tests run against real sshd (and ssh as the benchmark peer); iproute2: the
+# multi-host tests build network namespaces (`ip netns`, root).
+apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2
 ensure_nextest
 
 log "build"

@@ -261,7 +261,16 @@ struct BackupJob {
     next_sequence: u64,
     host_id: String,
     last_published: Option<Watermark>,
+    /// Stores whose last put failed, with the error: a store that stays
+    /// down (a bastion offline) is reported when it goes down and when it
+    /// comes back, not on every block.
+    failing: std::collections::HashMap<String, String>,
 }
+
+/// Retention runs after every this many watermark-driven backups (and after
+/// every requested one): each run lists every store, which for a bastion is
+/// an SSH session.
+const RETENTION_EVERY: u64 = 10;
 
 impl BackupJob {
     async fn back_up(&mut self, reason: &str) {
@@ -308,15 +317,30 @@ impl BackupJob {
         let file_name = input.file_name().to_string();
         let report = publish(&self.stores, &file_name, &ciphertext, STORE_TIMEOUT).await;
         for (store, error) in &report.failed {
-            tracing::error!(%store, %error, file = %file_name, "backup not stored");
+            match self.failing.insert(store.clone(), error.clone()) {
+                None => {
+                    tracing::error!(%store, %error, file = %file_name, "backup store failing; backups continue to the other stores (reported again when it recovers)")
+                }
+                Some(_) => tracing::debug!(%store, %error, file = %file_name, "backup not stored"),
+            }
+        }
+        for store in &report.stored {
+            if let Some(error) = self.failing.remove(store) {
+                tracing::info!(%store, previous_error = %error, "backup store recovered");
+            }
         }
         if report.stored_anywhere() {
             self.next_sequence += 1;
             self.last_published = Some(watermark);
             tracing::info!(%watermark, sequence = input.sequence, file = %file_name, stores = ?report.stored, reason, took_ms = started.elapsed().as_millis() as u64, "backup written");
-            for store in &self.stores {
-                if let Err(error) = apply_retention(store.as_ref(), self.retention).await {
-                    tracing::warn!(store = store.name(), %error, "backup retention failed");
+            if reason != WATERMARK_CHANGED || input.sequence % RETENTION_EVERY == 0 {
+                for store in &self.stores {
+                    if !report.stored.iter().any(|name| name == store.name()) {
+                        continue;
+                    }
+                    if let Err(error) = apply_retention(store.as_ref(), self.retention).await {
+                        tracing::warn!(store = store.name(), %error, "backup retention failed");
+                    }
                 }
             }
         }
@@ -349,6 +373,7 @@ impl BackupWorker {
             next_sequence,
             host_id: host_id(),
             last_published: None,
+            failing: std::collections::HashMap::new(),
         };
         let task = tokio::spawn(async move {
             let mut follower = StateFollower::new(state_path, poll_interval);

@@ -80,11 +80,11 @@ pub async fn publish(
         let store_name = store.name().to_owned();
         match outcome.unwrap_or_else(|| Err("store task panicked".to_owned())) {
             Ok(()) => {
-                tracing::info!(store = %store_name, file = %file_name, "backup published");
+                tracing::debug!(store = %store_name, file = %file_name, "backup published");
                 report.stored.push(store_name);
             }
             Err(reason) => {
-                tracing::warn!(store = %store_name, file = %file_name, %reason, "backup not published");
+                tracing::debug!(store = %store_name, file = %file_name, %reason, "backup not published");
                 report.failed.push((store_name, reason));
             }
         }
