@@ -333,7 +333,7 @@ impl BackupJob {
             self.next_sequence += 1;
             self.last_published = Some(watermark);
             tracing::info!(%watermark, sequence = input.sequence, file = %file_name, stores = ?report.stored, reason, took_ms = started.elapsed().as_millis() as u64, "backup written");
-            if reason != WATERMARK_CHANGED || input.sequence % RETENTION_EVERY == 0 {
+            if reason != WATERMARK_CHANGED || input.sequence.is_multiple_of(RETENTION_EVERY) {
                 for store in &self.stores {
                     if !report.stored.iter().any(|name| name == store.name()) {
                         continue;
