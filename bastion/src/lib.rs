@@ -4,11 +4,14 @@
 //! [`backup_store`] plus health checks of every configured validator through
 //! its reverse tunnel, [`health_check`], reported by [`daemon`] in logs, the
 //! [`status_file`] and systemd's STATUS=), `status` (reads the status file),
-//! `serve-backups` (the backup store alone), `check-config` and `version`.
+//! `serve-backups` (the backup store alone), `backup-session` (the forced
+//! command through which a validator's SSH key reaches the store, bound to
+//! that validator: [`backup_session`]), `check-config` and `version`.
 //! Scripted RPC calls (`call`) arrive with the RPC; until then `call` fails
 //! loudly with exit code 1 instead of pretending to work.
 #![forbid(unsafe_code)]
 
+pub mod backup_session;
 pub mod backup_store;
 pub mod config;
 pub mod daemon;
@@ -43,28 +46,35 @@ const LONG_ABOUT: &str = "Palisade's daemon for public sentry/bastion nodes.
 A bastion is a public node (with its own sentry gaiad) that the validator
 host, which has no public IP, connects out to over SSH. palisade-bastion is
 deployed beside the stock OpenSSH sshd, which stays the bastion's only public
-door: the validator's key is confined in authorized_keys with options such as
-`restrict,port-forwarding,permitopen=...` (see docs/bastion-sshd.md).
-palisade-bastion itself opens no network port: it listens only on a Unix
-socket (listen-socket) and connects only to Unix sockets.
+door: the validator's key is confined in authorized_keys with a forced
+command and options such as `restrict,port-forwarding,permitopen=...` (see
+docs/bastion-sshd.md). palisade-bastion itself opens no network port: it
+listens only on a Unix socket (listen-socket) and connects only to Unix
+sockets.
 
 Through its one SSH connection the validator
   - reverse-forwards its supervisor's RPC socket to a path on this bastion
     (the [[validator]] socket in the configuration), which palisade-bastion
     probes to check the validator's health;
-  - reaches the backup store by opening a direct-streamlocal channel to
-    listen-socket, and uploads backups that are signed by the validator and
-    age-encrypted: the bastion holds ciphertext it can neither read nor forge.
+  - reaches the backup store by opening an SSH session: sshd runs the key's
+    forced command, `palisade-bastion backup-session --validator NAME`, which
+    relays the backup protocol between the session and listen-socket and
+    lets the key touch only that validator's backups. The backups are signed
+    by the validator and age-encrypted: the bastion holds ciphertext it can
+    neither read nor forge. (Not direct-streamlocal: OpenSSH refuses
+    Unix-socket channels for any key with a permitopen= restriction.)
 
 Run palisade-bastion as the SSH tunnel user (e.g. palisade-tunnel), the
 account the validator's key logs in as: sshd creates the reverse-forwarded
-sockets owned by that user with mode 0600, and connects to listen-socket (also
-0600) as that user, so nobody else can use either.
+sockets owned by that user with mode 0600, and runs backup-session as that
+user, which connects to listen-socket (also 0600), so nobody else can use
+either. The tunnel user needs a shell that can run the forced command
+(/bin/sh, not nologin).
 
 Status of this release: `run` (backup store + health checks), `status`,
-`serve-backups` (the backup store alone), `check-config` and `version` work.
-`call` (scripted RPC calls) is not implemented yet; it exits with code 1 and
-says so. Log relay and alerting are planned.";
+`serve-backups` (the backup store alone), `backup-session`, `check-config`
+and `version` work. `call` (scripted RPC calls) is not implemented yet; it
+exits with code 1 and says so. Log relay and alerting are planned.";
 
 const AFTER_HELP: &str = "Daemon:
   palisade-bastion run --config FILE
@@ -76,6 +86,14 @@ const AFTER_HELP: &str = "Daemon:
       Print the status file as a table (or the JSON document).
   palisade-bastion serve-backups --config FILE [--keep N] [--quota-bytes N]
       The backup store alone (see docs/bastion-backup-store.md).
+
+Forced command (run by sshd, not by hand):
+  palisade-bastion backup-session --config FILE --validator NAME
+      One validator's session to the backup store: relays the protocol
+      between stdin/stdout (the SSH channel) and listen-socket, refusing any
+      request for another validator. The forced command of each validator
+      key in ~palisade-tunnel/.ssh/authorized_keys; `backup-session --help`
+      shows the exact line.
 
 Planned (not implemented yet in this release):
   palisade-bastion call <VALIDATOR> <METHOD> [--json]
@@ -96,6 +114,40 @@ Configuration file (TOML; docs/bastion.md lists every key):
 Exit codes: 0 ok (status: every validator up), 1 error (bad configuration,
 startup failure, unreadable or stale status file, \"not implemented yet\"),
 2 usage, 3 status: at least one validator down or not checked yet.";
+
+const BACKUP_SESSION_LONG_ABOUT: &str =
+    "One validator's session to the backup store, run by sshd as the forced
+command of that validator's key. Not meant to be run by hand.
+
+The validator host reaches each bastion's backup store through its SSH
+connection: it opens a session channel and sends any exec request; sshd
+replaces the command with the key's forced command, this one, with stdin and
+stdout connected to the channel. backup-session connects to listen-socket
+(the store that `run` or `serve-backups` serves) and relays the backup
+protocol (docs/bastion-backup-store.md) both ways. Every request must name
+--validator: a request for any other validator is not forwarded, and is
+answered with `unknown_validator` before the session ends. So each key can
+touch only its own validator's backups, although all keys log in as the same
+tunnel user.
+
+Why not a direct-streamlocal channel to listen-socket: OpenSSH refuses
+Unix-socket channels for any key with a permitopen= restriction, and the
+validators' keys need permitopen for their P2P forwards.";
+
+const BACKUP_SESSION_AFTER_HELP: &str = "In the tunnel user's authorized_keys, one line per validator key (one line;
+the tunnel user's shell must be able to run it: /bin/sh, not nologin):
+
+command=\"/usr/bin/palisade-bastion backup-session --config /etc/palisade-bastion/bastion.toml --validator val-a\",restrict,port-forwarding,permitopen=\"10.0.0.5:26656\" ssh-ed25519 AAAA… val-a
+
+Bounds: the session ends when nothing moves for backups.idle-timeout + 2s,
+and after 10 minutes in any case. stdout carries protocol frames only; logs
+go to stderr (RUST_LOG, default warn), which sshd passes to the client.
+
+Exit codes: 0 the client closed its input and every response was relayed;
+1 a refused request, an unconfigured --validator, a store that is not
+running, a bad configuration, a timeout, or a broken connection (before
+exiting, an error response goes to stdout when the client can still use it);
+2 usage.";
 
 /// Command line of `palisade-bastion`.
 #[derive(Debug, Parser)]
@@ -164,6 +216,22 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         max_connections: Option<usize>,
     },
+    /// One validator's session to the backup store over stdin/stdout: the
+    /// forced command of that validator's key in authorized_keys.
+    #[command(
+        long_about = BACKUP_SESSION_LONG_ABOUT,
+        after_help = BACKUP_SESSION_AFTER_HELP,
+        // Unwrapped, so that the authorized_keys line stays one line.
+        term_width = 0
+    )]
+    BackupSession {
+        /// The bastion's TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The only validator this session may touch ([[validator]] name).
+        #[arg(long, value_name = "NAME")]
+        validator: String,
+    },
     /// Call an RPC method on a validator through its reverse tunnel
     /// (NOT IMPLEMENTED YET: exits with code 1).
     Call {
@@ -193,6 +261,8 @@ pub enum Error {
     Serve(anyhow::Error),
     /// The daemon (`run`) could not start or failed.
     Daemon(anyhow::Error),
+    /// `backup-session` refused a request or could not relay.
+    Session(anyhow::Error),
     /// `status`: the status file is missing, unreadable or invalid.
     StatusFile(status_file::StatusFileError),
     /// `status`: the status file has not been updated for `age`: the daemon
@@ -211,6 +281,7 @@ impl Error {
             | Error::NotImplemented(_)
             | Error::Serve(_)
             | Error::Daemon(_)
+            | Error::Session(_)
             | Error::StatusFile(_)
             | Error::StaleStatus { .. } => exit_code::ERROR,
         }
@@ -228,6 +299,7 @@ impl fmt::Display for Error {
             ),
             Error::Serve(error) => write!(f, "backup store: {error:#}"),
             Error::Daemon(error) => write!(f, "{error:#}"),
+            Error::Session(error) => write!(f, "backup-session: {error:#}"),
             Error::StatusFile(error) => write!(f, "{error}"),
             Error::StaleStatus { path, age } => write!(
                 f,
@@ -271,7 +343,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             max_connections,
         } => {
             let parsed = config::BastionConfig::load(&config).map_err(Error::Config)?;
-            init_logging();
+            init_logging("info");
             // Flags override the configuration's [backups] table.
             let mut options = parsed.backups.clone();
             if let Some(keep) = keep {
@@ -296,12 +368,17 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Run { config } => {
             let parsed = config::BastionConfig::load(&config).map_err(Error::Config)?;
-            init_logging();
+            init_logging("info");
             daemon::run(&parsed).map_err(Error::Daemon)
         }
         Command::Status { config, json } => {
             let parsed = config::BastionConfig::load(&config).map_err(Error::Config)?;
             status(&parsed, json)
+        }
+        Command::BackupSession { config, validator } => {
+            // Terse: sshd passes stderr to the validator's client.
+            init_logging("warn");
+            backup_session::run(&config, &validator).map_err(Error::Session)
         }
         Command::Call { .. } => Err(Error::NotImplemented("call")),
     }
@@ -342,15 +419,15 @@ fn status(config: &config::BastionConfig, json: bool) -> Result<(), Error> {
 }
 
 /// Logs go to stderr (journald under systemd), filtered by `RUST_LOG`
-/// (default `info`); colours only on a terminal.
-fn init_logging() {
+/// (default `default`, e.g. `info`); colours only on a terminal.
+fn init_logging(default: &str) {
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .try_init();
 }
@@ -405,6 +482,11 @@ mod tests {
                 Error::Daemon(anyhow::anyhow!("binding /x")),
                 exit_code::ERROR,
                 "binding /x",
+            ),
+            (
+                Error::Session(anyhow::anyhow!("request refused: unknown_validator")),
+                exit_code::ERROR,
+                "backup-session: request refused: unknown_validator",
             ),
         ];
         for (error, code, fragment) in rows {

@@ -123,3 +123,24 @@ pub fn kind(response: &Response) -> ErrorKind {
 pub fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
+
+/// Writes `dir/bastion.toml`: listen-socket `dir/run/bastion.sock`,
+/// backup-dir `dir/backups`, validators val-a and val-b (sockets in
+/// `dir/run`), followed by `extra` (e.g. a `[backups]` table). Returns the
+/// file's path.
+pub fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("bastion.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen-socket = \"{0}/run/bastion.sock\"\n\
+             backup-dir = \"{0}/backups\"\n\
+             {extra}\n\
+             [[validator]]\nname = \"val-a\"\nsocket = \"{0}/run/val-a.sock\"\n\
+             [[validator]]\nname = \"val-b\"\nsocket = \"{0}/run/val-b.sock\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}

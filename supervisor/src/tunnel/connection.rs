@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -34,8 +35,8 @@ pub struct BastionState {
     /// The last forwarded connection that could not be set up (e.g. a
     /// direct-tcpip target outside `permitopen`); the link itself stays up.
     pub last_forward_error: Option<String>,
-    /// Bytes carried towards / from the bastion, counted when each forwarded
-    /// connection ends.
+    /// Bytes carried towards / from the bastion through forwarded
+    /// connections; live in [`BastionTunnel::snapshot`], zero in the watch.
     pub bytes_to_bastion: u64,
     pub bytes_from_bastion: u64,
     /// Successful connections after the first.
@@ -75,7 +76,88 @@ impl ReconnectBackoff {
     }
 }
 
-type SharedState = Arc<watch::Sender<BastionState>>;
+type SharedState = Arc<StateCell>;
+
+/// The state watch plus live byte counters (a watch update per read would
+/// be too costly; the counters are merged in by [`BastionTunnel::snapshot`]).
+struct StateCell {
+    sender: watch::Sender<BastionState>,
+    to_bastion: AtomicU64,
+    from_bastion: AtomicU64,
+}
+
+impl StateCell {
+    fn new(sender: watch::Sender<BastionState>) -> SharedState {
+        Arc::new(StateCell {
+            sender,
+            to_bastion: AtomicU64::new(0),
+            from_bastion: AtomicU64::new(0),
+        })
+    }
+}
+
+impl std::ops::Deref for StateCell {
+    type Target = watch::Sender<BastionState>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.sender
+    }
+}
+
+/// A forwarded connection's local end, counting bytes as they pass: reads
+/// go to the bastion, writes come from it.
+struct Counted<S> {
+    inner: S,
+    state: SharedState,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.state
+                .to_bastion
+                .fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(written)) = &polled {
+            self.state
+                .from_bastion
+                .fetch_add(*written as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// Bound on connecting a forwarded channel to its local target.
 const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -236,21 +318,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Carry bytes both ways until either side closes or the connection dies.
 async fn pump(
-    mut local: impl AsyncRead + AsyncWrite + Unpin,
+    local: impl AsyncRead + AsyncWrite + Unpin,
     channel: Channel<Msg>,
     live: CancellationToken,
     state: SharedState,
 ) {
+    let mut local = Counted {
+        inner: local,
+        state,
+    };
     let mut remote = channel.into_stream();
     tokio::select! {
         _ = live.cancelled() => {}
-        result = tokio::io::copy_bidirectional(&mut local, &mut remote) => match result {
-            Ok((to_bastion, from_bastion)) => state.send_modify(|state| {
-                state.bytes_to_bastion += to_bastion;
-                state.bytes_from_bastion += from_bastion;
-            }),
-            Err(error) => tracing::debug!(%error, "forwarded connection ended with an error"),
-        },
+        result = tokio::io::copy_bidirectional(&mut local, &mut remote) => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "forwarded connection ended with an error");
+            }
+        }
     }
 }
 
@@ -274,7 +358,7 @@ impl Drop for BastionConnection {
 impl BastionConnection {
     /// Connect and authenticate; no forwards yet.
     pub async fn connect(config: &BastionConfig) -> Result<BastionConnection, TunnelError> {
-        let state = Arc::new(watch::channel(BastionState::default()).0);
+        let state = StateCell::new(watch::channel(BastionState::default()).0);
         BastionConnection::connect_with(config, &CancellationToken::new(), state).await
     }
 
@@ -545,6 +629,7 @@ impl BastionConnection {
 pub struct BastionTunnel {
     name: String,
     state: watch::Receiver<BastionState>,
+    shared: SharedState,
     current: watch::Receiver<Option<Arc<BastionConnection>>>,
     local_tcp_addrs: Vec<SocketAddr>,
     supervisor: JoinHandle<Result<(), TunnelError>>,
@@ -559,7 +644,7 @@ impl BastionTunnel {
         shutdown: CancellationToken,
     ) -> Result<BastionTunnel, TunnelError> {
         let (state_sender, state) = watch::channel(BastionState::default());
-        let state_sender = Arc::new(state_sender);
+        let state_sender = StateCell::new(state_sender);
         // Stops the listeners also when the loop ends on a fatal error.
         let tunnel_token = shutdown.child_token();
         let (current_sender, current) = watch::channel(None::<Arc<BastionConnection>>);
@@ -589,6 +674,7 @@ impl BastionTunnel {
             )));
         }
         let name = config.name.clone();
+        let shared = state_sender.clone();
         let supervisor = tokio::spawn(async move {
             let result = supervise(&config, &tunnel_token, &state_sender, &current_sender).await;
             tunnel_token.cancel();
@@ -597,6 +683,7 @@ impl BastionTunnel {
         Ok(BastionTunnel {
             name,
             state,
+            shared,
             current,
             local_tcp_addrs,
             supervisor,
@@ -607,6 +694,15 @@ impl BastionTunnel {
     /// Live state; `changed()`/`wait_for` to await transitions.
     pub fn state(&self) -> watch::Receiver<BastionState> {
         self.state.clone()
+    }
+
+    /// The state now, with the byte counters up to date (the watch from
+    /// [`BastionTunnel::state`] carries transitions, not every byte).
+    pub fn snapshot(&self) -> BastionState {
+        let mut state = self.state.borrow().clone();
+        state.bytes_to_bastion = self.shared.to_bastion.load(Ordering::Relaxed);
+        state.bytes_from_bastion = self.shared.from_bastion.load(Ordering::Relaxed);
+        state
     }
 
     /// The configured name of this bastion.

@@ -107,7 +107,7 @@ impl TunnelMesh {
     pub fn states(&self) -> Vec<(String, BastionState)> {
         self.tunnels
             .iter()
-            .map(|(tunnel, _)| (tunnel.name().to_string(), tunnel.state().borrow().clone()))
+            .map(|(tunnel, _)| (tunnel.name().to_string(), tunnel.snapshot()))
             .collect()
     }
 

@@ -1,0 +1,514 @@
+//! `palisade-bastion backup-session --config FILE --validator NAME`: one
+//! validator's SSH session to the backup store.
+//!
+//! OpenSSH refuses `direct-streamlocal` (Unix-socket) channels for a key
+//! that carries any `permitopen=` restriction, and validators' keys need
+//! `permitopen` for their P2P forwards. So the validator reaches the store
+//! the way borg and rsync reach their servers: sshd runs this command as the
+//! key's **forced command** for every session channel the validator opens,
+//!
+//! ```text
+//! command="/usr/bin/palisade-bastion backup-session --config /etc/palisade-bastion/bastion.toml --validator val-a",restrict,port-forwarding,permitopen="10.0.0.5:26656" ssh-ed25519 AAAA… val-a
+//! ```
+//!
+//! with stdin and stdout connected to the channel, and it relays the
+//! [`palisade_wire::backup_store`] protocol between them and the running
+//! store (`listen-socket`).
+//!
+//! - **Requests** (stdin → store) are parsed frame by frame: every header is
+//!   bounded ([`MAX_REQUEST_HEADER_BYTES`]) and decoded, and its validator
+//!   must be `--validator`: a key can touch only its own validator's
+//!   backups. A refused request is not forwarded; the relay lets the store
+//!   answer what it already forwarded, then writes its own error response
+//!   and exits 1. A `put`'s payload frame is checked against the announced
+//!   size ([`MAX_PAYLOAD_BYTES`] at most) and streamed through in 64 KiB
+//!   pieces, never buffered whole.
+//! - **Responses** (store → stdout) are copied through unchanged; the store
+//!   bounds them.
+//! - End of stdin between requests half-closes the store connection; the
+//!   relay finishes copying responses and exits 0. End of stdin inside a
+//!   payload leaves the store with an incomplete upload, which it discards
+//!   (and answers `bad_frame`); the relay exits 1.
+//! - Bounds: the session ends (exit 1) when no byte has moved in either
+//!   direction for `backups.idle-timeout` plus [`IDLE_GRACE`], and after
+//!   [`SESSION_LIMIT`] in any case.
+//! - Before any request: an unconfigured `--validator` is answered with one
+//!   `unknown_validator` response, an unreachable store with one `internal`
+//!   response, an unusable configuration with one `internal` response;
+//!   each exits 1 with the reason on stderr.
+//!
+//! stdout carries protocol frames only; logs go to stderr (`RUST_LOG`,
+//! default `warn`), which sshd passes to the client. Payloads are never
+//! logged.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use palisade_wire::backup_store::{
+    ErrorKind, MAX_PAYLOAD_BYTES, MAX_REQUEST_HEADER_BYTES, Request, Response, decode_request,
+    encode_header,
+};
+
+use crate::config::BastionConfig;
+
+/// Longest a session may last, whatever it does: more than one maximal
+/// upload needs at the store's own pace (idle timeout + 1 s per 64 KiB).
+pub const SESSION_LIMIT: Duration = Duration::from_secs(10 * 60);
+
+/// Added to `backups.idle-timeout` for the relay's own idle bound, so that
+/// the store, which closes idle connections cleanly, normally acts first.
+pub const IDLE_GRACE: Duration = Duration::from_secs(2);
+
+/// Bytes moved per read/write.
+const CHUNK: usize = 64 * 1024;
+
+/// How often the watchdog looks at the clock.
+const WATCHDOG_TICK: Duration = Duration::from_millis(100);
+
+/// Runs one session on this process's stdin and stdout. Returns when the
+/// session is over; `Err` means exit 1 (the message is for stderr).
+///
+/// The idle and session bounds end the process directly
+/// (`std::process::exit(1)`): a relay blocked on a pipe cannot be woken
+/// otherwise, and this command is one process per session.
+pub fn run(config_path: &Path, validator: &str) -> anyhow::Result<()> {
+    let mut stdout = File::from(
+        io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("stdout")?,
+    );
+    let config = match BastionConfig::load(config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            reply(
+                &mut stdout,
+                ErrorKind::Internal,
+                "the bastion's configuration is unusable (details on its stderr)",
+            );
+            return Err(anyhow!(error));
+        }
+    };
+    if !config.validators.iter().any(|v| v.name == validator) {
+        let message = format!("validator {validator:?} is not configured on this bastion");
+        reply(&mut stdout, ErrorKind::UnknownValidator, &message);
+        bail!("--validator: {message}");
+    }
+
+    let activity = Arc::new(Activity::new());
+    watchdog(
+        Arc::clone(&activity),
+        config.backups.idle_timeout + IDLE_GRACE,
+        SESSION_LIMIT,
+    );
+
+    let store = match UnixStream::connect(&config.listen_socket) {
+        Ok(store) => store,
+        Err(error) => {
+            let message = format!(
+                "backup store not running on this bastion: {}: {error}",
+                config.listen_socket.display()
+            );
+            reply(&mut stdout, ErrorKind::Internal, &message);
+            bail!("{message}");
+        }
+    };
+    let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().context("stdin")?);
+    relay(
+        BufReader::with_capacity(CHUNK, stdin),
+        stdout,
+        store,
+        validator,
+        activity,
+    )
+}
+
+/// Relays requests (a thread) and responses (this thread) until the store
+/// closes the connection, then decides the outcome.
+fn relay(
+    input: impl Read + Send + 'static,
+    mut output: impl Write,
+    store: UnixStream,
+    validator: &str,
+    activity: Arc<Activity>,
+) -> anyhow::Result<()> {
+    let (done, outcome) = mpsc::channel();
+    let mut to_store = store.try_clone().context("cloning the store connection")?;
+    let bound = validator.to_owned();
+    let requests_activity = Arc::clone(&activity);
+    // Not joined: when the store closes first this thread may still be
+    // blocked on stdin, and it ends with the process.
+    std::thread::spawn(move || {
+        let mut input = input;
+        let end = relay_requests(&mut input, &mut to_store, &bound, &requests_activity);
+        // Report before half-closing: the store closes only after seeing
+        // the half-close, so the report is there when the responses end.
+        let _ = done.send(end);
+        let _ = to_store.shutdown(Shutdown::Write);
+    });
+
+    let mut from_store = store;
+    relay_responses(&mut from_store, &mut output, &activity)
+        .context("relaying the backup store's responses")?;
+
+    match outcome.try_recv() {
+        Ok(RequestsEnd::Finished) => Ok(()),
+        Ok(RequestsEnd::Refused(response)) => {
+            let message = response
+                .error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.kind, e.message))
+                .unwrap_or_default();
+            write_response(&mut output, &response).context("writing the refusal")?;
+            bail!("request refused: {message}")
+        }
+        Ok(RequestsEnd::Truncated) => {
+            bail!("the client's input ended inside a payload; the upload was discarded")
+        }
+        Ok(RequestsEnd::Failed(error)) => bail!("{error}"),
+        Err(_) => bail!("the backup store closed the connection before the client finished"),
+    }
+}
+
+/// Why the request direction stopped.
+#[derive(Debug)]
+enum RequestsEnd {
+    /// The client's input ended between requests: the normal end.
+    Finished,
+    /// The relay refused a request (not forwarded); this response goes out
+    /// after the store's responses to the requests before it.
+    Refused(Response),
+    /// The input ended inside a forwarded payload; the store answers that
+    /// itself (`bad_frame`) and discards the upload.
+    Truncated,
+    /// Reading the input or writing to the store failed.
+    Failed(String),
+}
+
+fn refused(kind: ErrorKind, message: impl Into<String>) -> RequestsEnd {
+    RequestsEnd::Refused(Response::error(kind, message))
+}
+
+/// Reads request frames from `input`, checks them and forwards them to the
+/// store, until the input ends or a request is refused.
+fn relay_requests(
+    input: &mut impl Read,
+    store: &mut impl Write,
+    validator: &str,
+    activity: &Activity,
+) -> RequestsEnd {
+    let forward_failed =
+        |error: io::Error| RequestsEnd::Failed(format!("forwarding to the backup store: {error}"));
+    loop {
+        let mut prefix = [0u8; 4];
+        match read_full(input, &mut prefix, activity) {
+            Ok(0) => return RequestsEnd::Finished,
+            Ok(4) => {}
+            Ok(_) => return refused(ErrorKind::BadFrame, "request frame incomplete"),
+            Err(error) => return RequestsEnd::Failed(format!("reading the request: {error}")),
+        }
+        let length = u32::from_be_bytes(prefix) as usize;
+        if length > MAX_REQUEST_HEADER_BYTES {
+            return refused(
+                ErrorKind::TooLarge,
+                format!(
+                    "header frame of {length} bytes exceeds the {MAX_REQUEST_HEADER_BYTES}-byte limit"
+                ),
+            );
+        }
+        let mut header = vec![0u8; length];
+        match read_full(input, &mut header, activity) {
+            Ok(n) if n == length => {}
+            Ok(_) => return refused(ErrorKind::BadFrame, "request frame incomplete"),
+            Err(error) => return RequestsEnd::Failed(format!("reading the request: {error}")),
+        }
+        let request = match decode_request(&header) {
+            Ok(request) => request,
+            Err(message) => return refused(ErrorKind::BadFrame, message),
+        };
+        if request.validator() != validator {
+            return refused(
+                ErrorKind::UnknownValidator,
+                format!("this key may only access the backups of {validator}"),
+            );
+        }
+        tracing::debug!(op = request.op(), "relaying request");
+
+        let Request::Put { bytes, .. } = request else {
+            if let Err(error) = store
+                .write_all(&prefix)
+                .and_then(|()| store.write_all(&header))
+            {
+                return forward_failed(error);
+            }
+            continue;
+        };
+        if bytes > MAX_PAYLOAD_BYTES as u64 {
+            return refused(
+                ErrorKind::TooLarge,
+                format!("{bytes} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit"),
+            );
+        }
+        // The payload's length prefix is checked before anything of this
+        // request is forwarded, so that a refusal leaves the store between
+        // requests.
+        let mut payload_prefix = [0u8; 4];
+        match read_full(input, &mut payload_prefix, activity) {
+            Ok(4) => {}
+            Ok(_) => return refused(ErrorKind::BadFrame, "payload frame missing or incomplete"),
+            Err(error) => return RequestsEnd::Failed(format!("reading the payload: {error}")),
+        }
+        let announced = u32::from_be_bytes(payload_prefix);
+        if u64::from(announced) != bytes {
+            return refused(
+                ErrorKind::BadFrame,
+                format!("payload frame of {announced} bytes, but the header announced {bytes}"),
+            );
+        }
+        let forwarded = store
+            .write_all(&prefix)
+            .and_then(|()| store.write_all(&header))
+            .and_then(|()| store.write_all(&payload_prefix));
+        if let Err(error) = forwarded {
+            return forward_failed(error);
+        }
+        let mut remaining = bytes as usize;
+        let mut buffer = vec![0u8; CHUNK.min(remaining)];
+        while remaining > 0 {
+            let want = remaining.min(buffer.len());
+            let n = match input.read(&mut buffer[..want]) {
+                Ok(0) => return RequestsEnd::Truncated,
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return RequestsEnd::Failed(format!("reading the payload: {error}")),
+            };
+            activity.touch();
+            if let Err(error) = store.write_all(&buffer[..n]) {
+                return forward_failed(error);
+            }
+            remaining -= n;
+        }
+    }
+}
+
+/// Copies the store's responses to `output` until the store closes.
+fn relay_responses(
+    store: &mut impl Read,
+    output: &mut impl Write,
+    activity: &Activity,
+) -> io::Result<()> {
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        let n = match store.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        activity.touch();
+        output.write_all(&buffer[..n])?;
+        output.flush()?;
+        activity.touch();
+    }
+}
+
+/// Fills `buffer` unless the input ends first; returns how many bytes were
+/// read (0: the input ended before the first byte).
+fn read_full(input: &mut impl Read, buffer: &mut [u8], activity: &Activity) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match input.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                activity.touch();
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+fn write_response(output: &mut impl Write, response: &Response) -> io::Result<()> {
+    output.write_all(&encode_header(response))?;
+    output.flush()
+}
+
+/// Best effort: the client may already be gone.
+fn reply(output: &mut impl Write, kind: ErrorKind, message: &str) {
+    let _ = write_response(output, &Response::error(kind, message));
+}
+
+/// When the session started and when a byte last moved.
+struct Activity {
+    started: Instant,
+    /// Milliseconds since `started`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// Ends the process (exit 1) when nothing moved for `idle` or the session
+/// is older than `limit`.
+fn watchdog(activity: Arc<Activity>, idle: Duration, limit: Duration) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(WATCHDOG_TICK);
+            let reason = if activity.started.elapsed() >= limit {
+                format!(
+                    "backup session longer than {}; closing",
+                    humantime::format_duration(limit)
+                )
+            } else if activity.idle_for() >= idle {
+                format!(
+                    "backup session idle for {}; closing",
+                    humantime::format_duration(idle)
+                )
+            } else {
+                continue;
+            };
+            eprintln!("palisade-bastion: {reason}");
+            std::process::exit(crate::exit_code::ERROR);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_wire::backup_store::decode_response;
+
+    fn frame(json: &str) -> Vec<u8> {
+        let mut frame = (json.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(json.as_bytes());
+        frame
+    }
+
+    fn run_requests(input: &[u8]) -> (RequestsEnd, Vec<u8>) {
+        let mut forwarded = Vec::new();
+        let end = relay_requests(&mut &input[..], &mut forwarded, "val-a", &Activity::new());
+        (end, forwarded)
+    }
+
+    fn refusal(end: RequestsEnd) -> ErrorKind {
+        match end {
+            RequestsEnd::Refused(response) => response.error.unwrap().kind,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_for_the_bound_validator_are_forwarded_verbatim() {
+        let mut input = frame(r#"{"op":"list","validator":"val-a"}"#);
+        input.extend(frame(
+            r#"{"op":"put","validator":"val-a","file":"x.age","bytes":3}"#,
+        ));
+        input.extend(frame("abc"));
+        input.extend(frame(r#"{"op":"get","validator":"val-a","file":"x.age"}"#));
+        let (end, forwarded) = run_requests(&input);
+        assert!(matches!(end, RequestsEnd::Finished), "{end:?}");
+        assert_eq!(forwarded, input);
+    }
+
+    #[test]
+    fn a_request_for_another_validator_is_refused_and_not_forwarded() {
+        let list = frame(r#"{"op":"list","validator":"val-a"}"#);
+        let mut input = list.clone();
+        input.extend(frame(
+            r#"{"op":"put","validator":"val-b","file":"x.age","bytes":3}"#,
+        ));
+        input.extend(frame("abc"));
+        let (end, forwarded) = run_requests(&input);
+        let RequestsEnd::Refused(response) = end else {
+            panic!("{end:?}");
+        };
+        let error = response.error.unwrap();
+        assert_eq!(error.kind, ErrorKind::UnknownValidator);
+        assert_eq!(
+            error.message,
+            "this key may only access the backups of val-a"
+        );
+        assert_eq!(forwarded, list, "only the allowed request went through");
+    }
+
+    #[test]
+    fn malformed_frames_are_refused_before_reaching_the_store() {
+        let put = |bytes: u64| {
+            frame(&format!(
+                r#"{{"op":"put","validator":"val-a","file":"x.age","bytes":{bytes}}}"#
+            ))
+        };
+        let mut wrong_length = put(3);
+        wrong_length.extend(frame("four"));
+        let mut short_prefix = put(3);
+        short_prefix.extend([0, 0]);
+        let rows: Vec<(Vec<u8>, ErrorKind)> = vec![
+            ((9 * 1024u32).to_be_bytes().to_vec(), ErrorKind::TooLarge),
+            (u32::MAX.to_be_bytes().to_vec(), ErrorKind::TooLarge),
+            (frame("not json"), ErrorKind::BadFrame),
+            (frame(""), ErrorKind::BadFrame),
+            (
+                frame(r#"{"op":"list","validator":"val-a","x":1}"#),
+                ErrorKind::BadFrame,
+            ),
+            (vec![0, 0], ErrorKind::BadFrame),
+            (vec![0, 0, 0, 9, b'{'], ErrorKind::BadFrame),
+            (put(MAX_PAYLOAD_BYTES as u64 + 1), ErrorKind::TooLarge),
+            (put(3), ErrorKind::BadFrame),
+            (short_prefix, ErrorKind::BadFrame),
+            (wrong_length, ErrorKind::BadFrame),
+        ];
+        for (input, kind) in rows {
+            let (end, forwarded) = run_requests(&input);
+            assert_eq!(refusal(end), kind, "{input:?}");
+            assert!(forwarded.is_empty(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn a_payload_cut_short_is_truncated() {
+        let mut input = frame(r#"{"op":"put","validator":"val-a","file":"x.age","bytes":10}"#);
+        input.extend(10u32.to_be_bytes());
+        input.extend(b"12345");
+        let (end, forwarded) = run_requests(&input);
+        assert!(matches!(end, RequestsEnd::Truncated), "{end:?}");
+        assert_eq!(forwarded, input, "streamed as far as it came");
+    }
+
+    #[test]
+    fn refusals_are_protocol_responses() {
+        let mut out = Vec::new();
+        reply(&mut out, ErrorKind::Internal, "x");
+        let length = u32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
+        assert_eq!(length, out.len() - 4);
+        let response = decode_response(&out[4..]).unwrap();
+        assert_eq!(response.error.unwrap().kind, ErrorKind::Internal);
+    }
+}
