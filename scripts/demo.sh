@@ -1,51 +1,178 @@
 #!/usr/bin/env bash
-# Local demo of Palisade on loopback: a simulated chain (1 s blocks), one
-# validator node under palisade-supervisor, an upgrade plan at a height a
-# few blocks ahead, the switch to the new binary, and the chain carrying on.
+# Local demo of Palisade's whole topology (DESIGN.md "Topology"), on loopback:
 #
-#   ./scripts/demo.sh                 # about 30 s, then stops and summarises
+#   simchain-net (the chain, 1 s blocks)
+#     ^ 127.0.0.1:NET_PORT, as seen from the bastion
+#   bastion: a real OpenSSH sshd on 127.0.0.1 (temporary config, pinned host
+#     key, the validator's key confined by authorized_keys as in
+#     docs/bastion-sshd.md) + `palisade-bastion run` (backup store, health
+#     checks through the reverse-forwarded control socket)
+#     ^ one outbound SSH connection
+#   validator: palisade-supervisor (key vault on, unattended unlock from a
+#     passphrase file) running simd, which reaches the chain ONLY through the
+#     tunnel's local forward; sign-state backups go to the bastion's store.
+#
+# Then: an upgrade plan at a height a few blocks ahead and the switch to the
+# new binary; a few blocks later the bastion's sshd is killed (listener and
+# its per-connection processes) and restarted SSHD_DOWN_SECONDS later: the
+# validator misses blocks while its only tunnel is down and signs again once
+# the tunnel heals.
+#
+#   ./scripts/demo.sh                          # about 30 s, then stops and summarises
 #   UPGRADE_HEIGHT=30 ./scripts/demo.sh
+#   SSHD_STOP_HEIGHT=0 ./scripts/demo.sh       # no sshd outage
 #
-# Everything lives in target/demo/ (logs included) and is stopped on exit.
+# Knobs: UPGRADE_HEIGHT (12), BLOCKS_AFTER (blocks past the upgrade before
+# stopping, 14), SSHD_STOP_HEIGHT (UPGRADE_HEIGHT + 4; 0 = never),
+# SSHD_DOWN_SECONDS (3).
+#
+# Everything lives in target/demo/ (logs included; the Unix sockets move to
+# a short directory under /tmp if the repository path is too long for them)
+# and is stopped on exit. Runs as root (sshd logs root in) or as any user
+# with a shell (sshd then runs as that user and logs only that user in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
 require_cargo
-apt_install curl jq ca-certificates
+apt_install curl jq ca-certificates openssh-server openssh-client
 
 UPGRADE_HEIGHT=${UPGRADE_HEIGHT:-12}
-BLOCKS_AFTER=${BLOCKS_AFTER:-6}
+BLOCKS_AFTER=${BLOCKS_AFTER:-14}
+SSHD_STOP_HEIGHT=${SSHD_STOP_HEIGHT:-$((UPGRADE_HEIGHT + 4))}
+SSHD_DOWN_SECONDS=${SSHD_DOWN_SECONDS:-3}
 CHAIN_ID=palisade-demo
+VALIDATOR=val1          # moniker, genesis name, [rpc] name = the bastion's [[validator]] name
+
+die() { echo "demo: $*" >&2; exit 1; }
+
+SSHD=/usr/sbin/sshd
+[ -x "$SSHD" ] || die "$SSHD is missing (install openssh-server)"
+command -v ssh-keygen >/dev/null || die "ssh-keygen is missing (install openssh-client)"
+# sshd started as root needs its privilege-separation directory /run/sshd
+# (normally made by ssh.service; /run is emptied at boot). Started as
+# another user, sshd does no privilege separation and can only log that
+# user in (the tunnel user below): it runs without /run/sshd.
+if [ ! -d /run/sshd ] && [ "$(id -u)" -eq 0 ]; then
+  install -d -m 0755 /run/sshd
+fi
 
 log "building (cargo build --workspace --bins)"
 cargo build --workspace --bins --quiet
 BIN=$PWD/target/debug
 
 DEMO=$PWD/target/demo
+# The paths go unquoted into sshd_config and authorized_keys' command="…".
+case "$DEMO" in
+  *[!A-Za-z0-9/._+-]*) die "the repository path ($PWD) has characters the demo's sshd configuration cannot carry; move it to a plain path" ;;
+esac
 rm -rf "$DEMO"
 mkdir -p "$DEMO/binaries/v1" "$DEMO/binaries/v2"
 HOME_DIR=$DEMO/node
+SSH_DIR=$DEMO/bastion/ssh               # the bastion's sshd: host key, config, authorized_keys, log
+BASTION_DIR=$DEMO/bastion               # palisade-bastion: config, store, log
+CLIENT_DIR=$DEMO/validator              # the validator host: client key, known_hosts, palisade.toml
+mkdir -p "$SSH_DIR" "$CLIENT_DIR"
+chmod 0700 "$BASTION_DIR" "$SSH_DIR" "$CLIENT_DIR"
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NET_PORT=$(free_port); HTTP_PORT=$(free_port); RPC_PORT=$(free_port); P2P_PORT=$(free_port)
+SSH_PORT=$(free_port); FWD_PORT=$(free_port)
+
+# Unix sockets: at most 107 bytes of path. Under target/demo when it fits,
+# else a short private directory under /tmp.
+TMP_SOCKETS=""
+SOCKETS=$DEMO/run
+longest="$SOCKETS/validator/supervisor.sock"
+for candidate in "$SOCKETS/bastion/bastion.sock" "$SOCKETS/bastion/$VALIDATOR.sock"; do
+  [ "${#candidate}" -gt "${#longest}" ] && longest=$candidate
+done
+if [ "$(printf %s "$longest" | wc -c)" -gt 107 ]; then
+  TMP_SOCKETS=$(mktemp -d /tmp/palisade-demo.XXXXXX)
+  SOCKETS=$TMP_SOCKETS
+fi
+mkdir -p "$SOCKETS/validator" "$SOCKETS/bastion"
+chmod 0700 "$SOCKETS" "$SOCKETS/validator" "$SOCKETS/bastion"
+SUPERVISOR_SOCKET=$SOCKETS/validator/supervisor.sock
+STORE_SOCKET=$SOCKETS/bastion/bastion.sock
+FORWARDED_SOCKET=$SOCKETS/bastion/$VALIDATOR.sock   # where sshd publishes the supervisor's socket
+TMPFS_DIR=/dev/shm/palisade-demo-$$                 # decrypted keys while unlocked
 
 pids=()
+SSHD_PID=""   # the subreaper below, sshd's parent
+# sshd runs under a tiny python3 "subreaper": what is orphaned below it (a
+# forced command left running when its SSH connection went away) is
+# re-parented to it rather than to init, so kill_sshd finds every process.
+SUBREAPER='import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+if os.fork() == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.2)'
+# Pids of `root` and all its descendants, each stopped (SIGSTOP) before its
+# children are listed, so nothing forks behind our back.
+process_tree() {
+  kill -STOP "$1" 2>/dev/null || return 0
+  echo "$1"
+  local child
+  for child in $(pgrep -P "$1" || true); do process_tree "$child"; done
+}
+# sshd vanishes as in a crash: SIGKILL to the listener and every
+# per-connection sshd. The forced commands below them get SIGTERM (a shell
+# killed with SIGKILL while reading its rc files can leave lock files behind,
+# e.g. pyenv's), SIGKILL if they linger.
+kill_sshd() {
+  [ -n "$SSHD_PID" ] || return 0
+  local round pid tree
+  for round in 1 2 3 4 5 6 7 8 9 10; do
+    tree=$(for pid in $(pgrep -P "$SSHD_PID" || true); do process_tree "$pid"; done)
+    [ -n "$tree" ] || break
+    for pid in $tree; do
+      if [ "$round" -gt 5 ] || [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshd ]; then
+        kill -KILL "$pid" 2>/dev/null || true
+      else
+        kill -TERM "$pid" 2>/dev/null || true
+        kill -CONT "$pid" 2>/dev/null || true
+      fi
+    done
+    sleep 0.1
+  done
+  kill -TERM "$SSHD_PID" 2>/dev/null || true
+  wait "$SSHD_PID" 2>/dev/null || true
+  SSHD_PID=""
+}
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  kill_sshd
+  rm -rf "$TMPFS_DIR"
+  [ -z "$TMP_SOCKETS" ] || rm -rf "$TMP_SOCKETS"
 }
 trap cleanup EXIT
 
-log "creating validator home $HOME_DIR (simd init)"
-"$BIN/simd" init val1 --home "$HOME_DIR" --chain-id "$CHAIN_ID" \
-  --network "127.0.0.1:$NET_PORT" --rpc-laddr "tcp://127.0.0.1:$RPC_PORT" \
+wait_tcp() { # host port what
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  die "$3 is not listening on $1:$2"
+}
+
+log "creating validator home $HOME_DIR (simd init; its only network address is the tunnel's local forward 127.0.0.1:$FWD_PORT)"
+"$BIN/simd" init "$VALIDATOR" --home "$HOME_DIR" --chain-id "$CHAIN_ID" \
+  --network "127.0.0.1:$FWD_PORT" --rpc-laddr "tcp://127.0.0.1:$RPC_PORT" \
   --p2p-laddr "tcp://127.0.0.1:$P2P_PORT" >/dev/null
+# Notice a silent (cut) link quickly, as the multi-host tests do.
+sed -i 's/^network_idle_timeout = .*/network_idle_timeout = "3s"/' "$HOME_DIR/config/config.toml"
 PUBKEY=$("$BIN/simd" show-validator --home "$HOME_DIR" | jq -r .key)
-jq -n --arg chain "$CHAIN_ID" --arg key "$PUBKEY" \
-  '{chain_id:$chain, validators:[{name:"val1", pub_key:{type:"tendermint/PubKeyEd25519", value:$key}, power:"10"}]}' \
+jq -n --arg chain "$CHAIN_ID" --arg key "$PUBKEY" --arg name "$VALIDATOR" \
+  '{chain_id:$chain, validators:[{name:$name, pub_key:{type:"tendermint/PubKeyEd25519", value:$key}, power:"10"}]}' \
   > "$DEMO/genesis.json"
 
-log "starting the simulated chain (1 s blocks, upgrade \"v2\" at height $UPGRADE_HEIGHT)"
+log "starting the simulated chain on 127.0.0.1:$NET_PORT (1 s blocks, upgrade \"v2\" at height $UPGRADE_HEIGHT)"
 "$BIN/simchain-net" --listen "127.0.0.1:$NET_PORT" --http "127.0.0.1:$HTTP_PORT" \
   --chain-id "$CHAIN_ID" --block-time 1s --genesis "$DEMO/genesis.json" \
   --upgrade "v2:$UPGRADE_HEIGHT" --record "$DEMO/record.json" \
@@ -53,57 +180,253 @@ log "starting the simulated chain (1 s blocks, upgrade \"v2\" at height $UPGRADE
 pids+=($!)
 for _ in $(seq 50); do grep -q listening "$DEMO/network.out" 2>/dev/null && break; sleep 0.1; done
 
+# ---------------------------------------------------------------------------
+# The bastion: keys, sshd, palisade-bastion.
+# ---------------------------------------------------------------------------
+TUNNEL_USER=$(id -un)   # the account the validator's key logs in as, and that runs palisade-bastion
+log "bastion: ssh-keygen (host key, validator's client key), sshd on 127.0.0.1:$SSH_PORT as tunnel user '$TUNNEL_USER'"
+ssh-keygen -q -t ed25519 -N '' -C "bastion-1" -f "$SSH_DIR/host_ed25519"
+ssh-keygen -q -t ed25519 -N '' -C "$VALIDATOR" -f "$CLIENT_DIR/tunnel_ed25519"
+HOST_FINGERPRINT=$(ssh-keygen -lf "$SSH_DIR/host_ed25519.pub" | awk '{print $2}')
+# known_hosts pinned to the generated host key (a plain "[host]:port" name).
+echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$SSH_DIR/host_ed25519.pub")" > "$CLIENT_DIR/known_hosts"
+
+BASTION_CONFIG=$BASTION_DIR/bastion.toml
+BASTION_BACKUPS=$BASTION_DIR/backups
+cat > "$BASTION_CONFIG" <<EOF
+# palisade-bastion (docs/bastion.md). Health checks at demo speed.
+listen-socket = "$STORE_SOCKET"
+backup-dir = "$BASTION_BACKUPS"
+
+[health]
+interval = "500ms"
+timeout = "400ms"
+
+[[validator]]
+name = "$VALIDATOR"
+socket = "$FORWARDED_SOCKET"
+EOF
+"$BIN/palisade-bastion" check-config --config "$BASTION_CONFIG" >/dev/null
+
+# The validator's key, exactly as docs/bastion-sshd.md shows it: every session
+# forced into the backup-store relay for this validator, forwarding only to
+# the chain's node port.
+printf 'command="%s backup-session --config %s --validator %s",restrict,port-forwarding,permitopen="127.0.0.1:%s" %s\n' \
+  "$BIN/palisade-bastion" "$BASTION_CONFIG" "$VALIDATOR" "$NET_PORT" \
+  "$(cat "$CLIENT_DIR/tunnel_ed25519.pub")" > "$SSH_DIR/authorized_keys"
+cat > "$SSH_DIR/sshd_config" <<EOF
+# The bastion's sshd for the demo (docs/bastion-sshd.md); StrictModes no only
+# because the files live in the repository's target/ directory.
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $SSH_DIR/host_ed25519
+AuthorizedKeysFile $SSH_DIR/authorized_keys
+PidFile $SSH_DIR/sshd.pid
+AllowUsers $TUNNEL_USER
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowTcpForwarding yes
+AllowStreamLocalForwarding yes
+StreamLocalBindUnlink yes
+ClientAliveInterval 5
+ClientAliveCountMax 3
+LogLevel VERBOSE
+EOF
+start_sshd() {
+  python3 -c "$SUBREAPER" "$SSHD" -D -e -f "$SSH_DIR/sshd_config" </dev/null >/dev/null 2>>"$SSH_DIR/sshd.log" &
+  SSHD_PID=$!
+  wait_tcp 127.0.0.1 "$SSH_PORT" sshd
+}
+start_sshd
+
+log "bastion: palisade-bastion run (backup store on $STORE_SOCKET, health checks of $VALIDATOR through $FORWARDED_SOCKET)"
+"$BIN/palisade-bastion" run --config "$BASTION_CONFIG" </dev/null >/dev/null 2>"$BASTION_DIR/bastion.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$STORE_SOCKET" ] && break; sleep 0.05; done
+[ -S "$STORE_SOCKET" ] || die "palisade-bastion did not start; see $BASTION_DIR/bastion.log"
+
+# ---------------------------------------------------------------------------
+# The validator host: binaries, palisade.toml, vault.
+# ---------------------------------------------------------------------------
 # Two "releases" of the node binary: v1 (genesis) and v2 (has the v2 handler).
 printf '#!/bin/sh\nexec %q --sim-version v1.0.0 "$@"\n' "$BIN/simd" > "$DEMO/binaries/v1/simd"
 printf '#!/bin/sh\nexec %q --sim-version v2.0.0 --sim-upgrade-handler v2 "$@"\n' "$BIN/simd" > "$DEMO/binaries/v2/simd"
 chmod 755 "$DEMO/binaries/v1/simd" "$DEMO/binaries/v2/simd"
 
-export DAEMON_HOME=$HOME_DIR DAEMON_NAME=simd DAEMON_POLL_INTERVAL=100ms
-log "palisade-supervisor init + add-upgrade v2 (Cosmovisor layout)"
+PASSPHRASE_FILE=$CLIENT_DIR/passphrase
+(umask 077; printf 'demo %s\n' "$(head -c 18 /dev/urandom | base64)" > "$PASSPHRASE_FILE")
+PALISADE_CONFIG=$CLIENT_DIR/palisade.toml
+cat > "$PALISADE_CONFIG" <<EOF
+# palisade-supervisor (docs/configuration.md). Timings at demo speed.
+[vault]
+swap = "warn"
+tmpfs-dir = "$TMPFS_DIR"
+passphrase-file = "$PASSPHRASE_FILE"
+scrypt-work-factor = 12          # demo speed; keep the default (18) for real
+
+[backup]
+chain-id = "$CHAIN_ID"
+debounce = "300ms"
+
+[rpc]
+socket = "$SUPERVISOR_SOCKET"
+name = "$VALIDATOR"
+
+[tunnel]
+key-file = "$CLIENT_DIR/tunnel_ed25519"
+known-hosts = "$CLIENT_DIR/known_hosts"
+connect-timeout = "3s"
+keepalive-interval = "1s"
+keepalive-max = 2
+reconnect-max-delay = "500ms"
+
+[[bastion]]
+name = "bastion-1"
+host = "127.0.0.1"
+port = $SSH_PORT
+user = "$TUNNEL_USER"
+rpc-socket = "$FORWARDED_SOCKET"
+backup-command = "palisade-bastion backup-session"
+local-forwards = [{ listen = "127.0.0.1:$FWD_PORT", target = "127.0.0.1:$NET_PORT" }]
+EOF
+
+export DAEMON_HOME=$HOME_DIR DAEMON_NAME=simd DAEMON_POLL_INTERVAL=100ms PALISADE_CONFIG
+log "palisade-supervisor init + add-upgrade v2 (Cosmovisor layout), init-vault (keys encrypted, plaintext removed)"
 "$BIN/palisade-supervisor" init "$DEMO/binaries/v1/simd"
 "$BIN/palisade-supervisor" add-upgrade v2 "$DEMO/binaries/v2/simd"
+"$BIN/palisade-supervisor" init-vault --passphrase-file "$PASSPHRASE_FILE" | sed 's/^/  /'
 
 log "palisade-supervisor run start --home $HOME_DIR   (logs: $DEMO/supervisor.log)"
+echo "  tunnel: validator -> ssh $TUNNEL_USER@127.0.0.1:$SSH_PORT (host key $HOST_FINGERPRINT)"
+echo "          local forward 127.0.0.1:$FWD_PORT -> 127.0.0.1:$NET_PORT (chain), reverse $FORWARDED_SOCKET -> $SUPERVISOR_SOCKET"
 "$BIN/palisade-supervisor" run start --home "$HOME_DIR" >"$DEMO/node.log" 2>"$DEMO/supervisor.log" &
 SUPERVISOR=$!
 pids+=("$SUPERVISOR")
 
+# ---------------------------------------------------------------------------
+# Live status.
+# ---------------------------------------------------------------------------
+plain_log() { sed 's/\x1b\[[0-9;]*m//g' "$DEMO/supervisor.log" 2>/dev/null; }
+tunnel_state() {
+  local last
+  last=$(plain_log | grep -oE 'bastion tunnel (up|down)' | tail -n1) || true
+  echo "${last#bastion tunnel }"
+}
+bastion_health() { # the validator's state in palisade-bastion's status file
+  local json
+  json=$("$BIN/palisade-bastion" status --config "$BASTION_CONFIG" --json 2>/dev/null) || true
+  jq -r --arg name "$VALIDATOR" '(.validators[] | select(.name == $name) | .state) // "?"' <<<"$json" 2>/dev/null || echo "?"
+}
+age_files() { # backups in a store directory (not the store's hidden .tmp-* files)
+  find "$1" -maxdepth 1 -type f -name '[!.]*.age' -printf '%f\n' 2>/dev/null | sort
+}
+bastion_backups() { age_files "$BASTION_BACKUPS/$VALIDATOR" | wc -l; }
+
+record=""; height=0; signed=0
 status_line() {
-  local record height signed missed current version
-  record=$(curl -sf "http://127.0.0.1:$HTTP_PORT/record") || return 0
-  height=$(jq -r .height <<<"$record")
-  signed=$(jq -r '.validators.val1.signed_heights' <<<"$record")
-  missed=$(jq -r '.validators.val1.missed_count' <<<"$record")
+  local missed current version rpc sshd_state tunnel health
+  missed=$(jq -r ".validators.$VALIDATOR.missed_count" <<<"$record")
   current=$(readlink "$HOME_DIR/cosmovisor/current" || echo "?")
   version=$("$HOME_DIR/cosmovisor/current/bin/simd" version 2>/dev/null || echo "?")
   if curl -sf "http://127.0.0.1:$RPC_PORT/health" >/dev/null 2>&1; then rpc=up; else rpc=down; fi
-  printf '  height %-4s | val1 signed %-4s missed %-3s | current -> %-12s (%s) | node rpc %s\n' \
-    "$height" "$signed" "$missed" "$current" "$version" "$rpc"
-  echo "$height" > "$DEMO/.height"
+  if [ -n "$SSHD_PID" ]; then sshd_state=up; else sshd_state=DOWN; fi
+  tunnel=$(tunnel_state); health=$(bastion_health)
+  printf '  height %-3s | %s signed %-3s missed %-2s | current -> %-11s (%s) | node rpc %-4s | bastion: sshd %-4s tunnel %-4s health %-7s backups %s\n' \
+    "$height" "$VALIDATOR" "$signed" "$missed" "$current" "$version" "$rpc" \
+    "$sshd_state" "${tunnel:-...}" "$health" "$(bastion_backups)"
 }
+now() { date +%s.%N; }
+seconds() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+at_least() { awk -v a="$1" -v b="$2" -v d="$3" 'BEGIN { exit !(b - a >= d) }'; }
 
-log "live status (chain height, votes of our validator, Cosmovisor's current link)"
+log "live status (chain height, votes of $VALIDATOR, Cosmovisor's current link, the tunnel and the bastion)"
 announced=""
 end=$((UPGRADE_HEIGHT + BLOCKS_AFTER))
+outage=none            # none -> down -> back -> healed
+if [ "$SSHD_STOP_HEIGHT" -le 0 ]; then
+  outage=skipped
+elif [ "$end" -lt $((SSHD_STOP_HEIGHT + 8)) ]; then
+  end=$((SSHD_STOP_HEIGHT + 8))   # room for the outage and the recovery
+fi
+printed=""; tunnel_seen=""; t_start=$(now)
 while :; do
-  status_line
+  if record=$(curl -sf "http://127.0.0.1:$HTTP_PORT/record"); then
+    height=$(jq -r .height <<<"$record")
+    signed=$(jq -r ".validators.$VALIDATOR.signed_heights" <<<"$record")
+    if [ "$outage" = back ] && [ "$signed" -gt "$signed_at_restart" ]; then
+      outage=healed; t_signed=$(now); height_signed=$(jq -r ".validators.$VALIDATOR.last_signed_height" <<<"$record")
+      echo "  >> $VALIDATOR signs again (height $height_signed), $(seconds "$t_back" "$t_signed") s after sshd came back"
+    fi
+    if [ "$height" != "$printed" ]; then
+      printed=$height
+      status_line
+    fi
+  fi
   if [ -z "$announced" ] && [ -s "$HOME_DIR/cosmovisor/palisade-upgrades.jsonl" ]; then
     announced=1
     jq -r '"  >> upgrade \(.name) at height \(.height): \(.outcome.status), switch \(.switch_ms) ms (" + ([.steps[] | "\(.step) \(.duration_ms)ms"] | join(", ")) + ")"' \
       "$HOME_DIR/cosmovisor/palisade-upgrades.jsonl"
   fi
-  height=$(cat "$DEMO/.height" 2>/dev/null || echo 0)
-  [ "$height" -ge "$end" ] && break
-  kill -0 "$SUPERVISOR" 2>/dev/null || { echo "supervisor exited; see $DEMO/supervisor.log" >&2; exit 1; }
-  sleep 1
+  if [ "$outage" = none ] && [ "$height" -ge "$SSHD_STOP_HEIGHT" ]; then
+    kill_sshd
+    outage=down; t_stop=$(now); height_stop=$height
+    echo "  >> sshd stopped at height $height (SIGKILL: listener and per-connection processes); back in ${SSHD_DOWN_SECONDS} s"
+  elif [ "$outage" = down ] && at_least "$t_stop" "$(now)" "$SSHD_DOWN_SECONDS"; then
+    start_sshd
+    outage=back; t_back=$(now); height_back=$height; signed_at_restart=$signed
+    echo "  >> sshd back at height $height (down $(seconds "$t_stop" "$t_back") s)"
+  fi
+  if [ "$height" -ge "$end" ]; then
+    case $outage in
+      healed | skipped) break ;;
+      *) [ "$height" -ge $((end + 15)) ] && { echo "  >> $VALIDATOR did not sign again after the sshd outage" >&2; break; } ;;
+    esac
+  fi
+  kill -0 "$SUPERVISOR" 2>/dev/null || die "supervisor exited; see $DEMO/supervisor.log"
+  if [ -z "$tunnel_seen" ]; then
+    if [ "$(tunnel_state)" = up ]; then
+      tunnel_seen=1
+    elif at_least "$t_start" "$(now)" 15; then
+      { echo "demo: the tunnel to the bastion did not come up within 15 s. Supervisor log:"
+        plain_log | grep -iE 'tunnel|bastion|error' | tail -n 5
+        echo "sshd log ($SSH_DIR/sshd.log):"; tail -n 5 "$SSH_DIR/sshd.log"; } >&2
+      exit 1
+    fi
+  fi
+  sleep 0.2
 done
 
-log "stopping the supervisor (SIGTERM: graceful stop of the node)"
+health_json=$("$BIN/palisade-bastion" status --config "$BASTION_CONFIG" --json 2>/dev/null) || true
+health_before=$(jq -r --arg name "$VALIDATOR" '.validators[] | select(.name == $name) |
+  "\(.state) (supervisor \(.supervisor.validator // "?") \(.supervisor.version // "?"), since \(.since))"' <<<"$health_json" 2>/dev/null || echo "?")
+
+log "stopping the supervisor (SIGTERM: graceful stop of the node, final backup)"
 kill -TERM "$SUPERVISOR"; wait "$SUPERVISOR" || true
 record=$(curl -sf "http://127.0.0.1:$HTTP_PORT/record")
+sleep 1   # one more health probe on the bastion (every 500 ms)
+health_json=$("$BIN/palisade-bastion" status --config "$BASTION_CONFIG" --json 2>/dev/null) || true
+health_after=$(jq -r --arg name "$VALIDATOR" '.validators[] | select(.name == $name) | "\(.state) (\(.last_error // "-"))"' <<<"$health_json" 2>/dev/null || echo "?")
+
 log "summary"
 echo "  upgrade record: $(tail -n1 "$HOME_DIR/cosmovisor/palisade-upgrades.jsonl" | jq -c '{name,height,outcome,switch_ms}')"
 echo "  current -> $(readlink "$HOME_DIR/cosmovisor/current")"
-echo "  blocks signed by val1: $(jq .validators.val1.signed_heights <<<"$record"), missed: $(jq -c .validators.val1.missed_heights <<<"$record")"
+echo "  blocks signed by $VALIDATOR: $(jq ".validators.$VALIDATOR.signed_heights" <<<"$record"), missed: $(jq -c ".validators.$VALIDATOR.missed_heights" <<<"$record")"
 echo "  double signs: $(jq '.double_signs | length' <<<"$record")"
-echo "  supervisor log: $DEMO/supervisor.log   node output: $DEMO/node.log"
+case $outage in
+  skipped) echo "  sshd outage: skipped (SSHD_STOP_HEIGHT=0)" ;;
+  healed) echo "  sshd outage: stopped at height $height_stop for $(seconds "$t_stop" "$t_back") s (back at height $height_back);" \
+            "$VALIDATOR signed again at height $height_signed, $(seconds "$t_back" "$t_signed") s after sshd came back ($(seconds "$t_stop" "$t_signed") s after it stopped)" ;;
+  *) echo "  sshd outage: $VALIDATOR did NOT sign again after sshd was stopped at height $height_stop" ;;
+esac
+echo "  bastion health of $VALIDATOR: $health_before; after the supervisor stopped: $health_after"
+echo "  backups on the bastion ($BASTION_BACKUPS/$VALIDATOR): $(bastion_backups);" \
+  "local: $(age_files "$HOME_DIR/palisade/backups" | wc -l)"
+not_on_bastion=$(comm -23 <(age_files "$HOME_DIR/palisade/backups") <(age_files "$BASTION_BACKUPS/$VALIDATOR") |
+  sed 's/.*-\(h[0-9]*\.age\)$/…-\1/' | paste -sd' ') || true
+[ -z "$not_on_bastion" ] || echo "  local backups not on the bastion (taken while the tunnel was down; later ones supersede them): $not_on_bastion"
+echo "  supervisor log, tunnel:"
+plain_log | grep "bastion tunnel" | sed 's/^/    /' || echo "    (no \"bastion tunnel\" lines)"
+echo "  logs: supervisor $DEMO/supervisor.log, node $DEMO/node.log, sshd $SSH_DIR/sshd.log, palisade-bastion $BASTION_DIR/bastion.log"
+[ "$outage" = healed ] || [ "$outage" = skipped ] || exit 1

@@ -27,6 +27,7 @@
 //! vault; keys and recipients are passed in.
 
 pub mod bundle;
+pub mod fanout;
 pub mod open;
 pub mod remote;
 pub mod restore;
@@ -37,6 +38,7 @@ pub use bundle::{
     BackupError, BackupFileName, BackupMetadata, BundleInput, FORMAT_VERSION, FileEntry,
     create_bundle,
 };
+pub use fanout::StoreFanout;
 pub use open::{
     Expectations, MAX_CIPHERTEXT_BYTES, MAX_TAR_ENTRIES, OpenedBundle, Rejection, open_bundle,
     parse_state_watermark,

@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::backup::{
     BackupScheduler, BackupStore, BundleInput, Expectations, LocalDirStore, RestoreReport,
-    apply_retention, create_bundle, gather_and_verify, publish,
+    StoreFanout, apply_retention, create_bundle, gather_and_verify,
 };
 use crate::config::{Config, VaultSettings};
 use crate::sign_state::{
@@ -255,17 +255,17 @@ struct BackupJob {
     node_key: Option<Zeroizing<Vec<u8>>>,
     recipients: Vec<Box<dyn age::Recipient + Send>>,
     validator: ValidatorIdentity,
-    stores: Vec<Arc<dyn BackupStore>>,
+    stores: StoreFanout,
     state_path: PathBuf,
     retention: usize,
     next_sequence: u64,
     host_id: String,
     last_published: Option<Watermark>,
-    /// Stores whose last put failed, with the error: a store that stays
-    /// down (a bastion offline) is reported when it goes down and when it
-    /// comes back, not on every block.
-    failing: std::collections::HashMap<String, String>,
 }
+
+/// How long a backup waits for its puts; slower ones (a bastion that died
+/// silently) finish in the background, see [`StoreFanout`].
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 
 /// Retention runs after every this many watermark-driven backups (and after
 /// every requested one): each run lists every store, which for a bastion is
@@ -315,27 +315,17 @@ impl BackupJob {
             }
         };
         let file_name = input.file_name().to_string();
-        let report = publish(&self.stores, &file_name, &ciphertext, STORE_TIMEOUT).await;
-        for (store, error) in &report.failed {
-            match self.failing.insert(store.clone(), error.clone()) {
-                None => {
-                    tracing::error!(%store, %error, file = %file_name, "backup store failing; backups continue to the other stores (reported again when it recovers)")
-                }
-                Some(_) => tracing::debug!(%store, %error, file = %file_name, "backup not stored"),
-            }
-        }
-        for store in &report.stored {
-            if let Some(error) = self.failing.remove(store) {
-                tracing::info!(%store, previous_error = %error, "backup store recovered");
-            }
-        }
-        if report.stored_anywhere() {
+        let stored = self
+            .stores
+            .publish(&file_name, &ciphertext, PUBLISH_WAIT)
+            .await;
+        if !stored.is_empty() {
             self.next_sequence += 1;
             self.last_published = Some(watermark);
-            tracing::info!(%watermark, sequence = input.sequence, file = %file_name, stores = ?report.stored, reason, took_ms = started.elapsed().as_millis() as u64, "backup written");
+            tracing::info!(%watermark, sequence = input.sequence, file = %file_name, stores = ?stored, reason, took_ms = started.elapsed().as_millis() as u64, "backup written");
             if reason != WATERMARK_CHANGED || input.sequence.is_multiple_of(RETENTION_EVERY) {
-                for store in &self.stores {
-                    if !report.stored.iter().any(|name| name == store.name()) {
+                for store in self.stores.stores() {
+                    if !stored.iter().any(|name| name == store.name()) {
                         continue;
                     }
                     if let Err(error) = apply_retention(store.as_ref(), self.retention).await {
@@ -367,13 +357,12 @@ impl BackupWorker {
             recipients,
             vault,
             validator,
-            stores,
+            stores: StoreFanout::new(stores, STORE_TIMEOUT),
             state_path: state_path.clone(),
             retention: settings.backup.retention,
             next_sequence,
             host_id: host_id(),
             last_published: None,
-            failing: std::collections::HashMap::new(),
         };
         let task = tokio::spawn(async move {
             let mut follower = StateFollower::new(state_path, poll_interval);

@@ -511,3 +511,451 @@ fn is_zombie(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+// ---------------------------------------------------------------------------
+// The validator in the mesh: the real supervisor in `val`, tunnels through
+// both bastions, the bastions' backup stores, the node voting through them.
+// ---------------------------------------------------------------------------
+
+const VALIDATOR: &str = "val-a";
+const PASSPHRASE: &str = "netns mesh passphrase";
+/// gaiad's "persistent peers" on the validator host: local forwards to the
+/// chain through ba and through bb.
+const PEER_VIA_BA: u16 = 26701;
+const PEER_VIA_BB: u16 = 26702;
+const LONG: Duration = Duration::from_secs(40);
+
+/// Everything on the validator host's disk plus the bastions' stores.
+struct ValidatorHost {
+    scratch: tempfile::TempDir,
+    home: PathBuf,
+    config: PathBuf,
+    passphrase_file: PathBuf,
+    tmpfs: PathBuf,
+    local_backups: PathBuf,
+    /// Per bastion (ba, bb): the backup store's directory for this validator.
+    bastion_backups: [PathBuf; 2],
+    /// Per bastion: where sshd publishes the supervisor's control socket.
+    rpc_sockets: [PathBuf; 2],
+    /// Per bastion: palisade-bastion's configuration.
+    bastion_configs: [PathBuf; 2],
+    _stores: Vec<NsProcess>,
+}
+
+impl Drop for ValidatorHost {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmpfs);
+    }
+}
+
+fn mode_0700(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+impl ValidatorHost {
+    /// The validator's home and its config; the mesh is built with the
+    /// validator in its genesis.
+    fn prepare() -> (tempfile::TempDir, PathBuf, ValidatorKeyInfo, MeshOptions) {
+        let scratch = tempfile::tempdir().unwrap();
+        let home = scratch.path().join("home");
+        let validator = palisade_simchain::testkit::write_validator_home(
+            &home,
+            VALIDATOR,
+            "sim-1",
+            &format!("127.0.0.1:{PEER_VIA_BA},127.0.0.1:{PEER_VIA_BB}"),
+            26657,
+        )
+        .unwrap();
+        // Notice a silent peer quickly (a cut link looks like silence).
+        palisade_simchain::node_config::set_simchain_value(&home, "network_idle_timeout", "\"2s\"")
+            .unwrap();
+        // The validator's key on each bastion, exactly as docs/bastion-sshd.md
+        // shows it: forwarding to the chain's P2P port only, and every
+        // session forced into the backup-store relay for this validator.
+        let key_options = |label: &str, chain_ip: &str| {
+            format!(
+                "command=\"{} backup-session --config {} --validator {VALIDATOR}\",\
+                 restrict,port-forwarding,permitopen=\"{chain_ip}:{CHAIN_NODE_PORT}\"",
+                common::workspace_binary("palisade-bastion").display(),
+                scratch.path().join(label).join("bastion.toml").display(),
+            )
+        };
+        let options = MeshOptions {
+            validators: vec![validator.clone()],
+            ba_key_options: key_options("ba", CHAIN_VIA_BA_IP),
+            bb_key_options: key_options("bb", CHAIN_VIA_BB_IP),
+            ..MeshOptions::default()
+        };
+        (scratch, home, validator, options)
+    }
+
+    fn start(mesh: &Mesh, scratch: tempfile::TempDir, home: PathBuf) -> ValidatorHost {
+        let dir = scratch.path().to_path_buf();
+        let binary = dir.join("binaries/v1/simd");
+        palisade_simchain::testkit::write_versioned_binary(&binary, &common::simd(), "v1", &[])
+            .unwrap();
+        let mut stores = Vec::new();
+        let mut bastion_backups = Vec::new();
+        let mut rpc_sockets = Vec::new();
+        let mut bastion_configs = Vec::new();
+        let mut bastion_tables = String::new();
+        for (label, ns, ip, chain_ip, peer) in [
+            ("ba", &mesh.ba, BA_IP, CHAIN_VIA_BA_IP, PEER_VIA_BA),
+            ("bb", &mesh.bb, BB_IP, CHAIN_VIA_BB_IP, PEER_VIA_BB),
+        ] {
+            // The bastion's side: a runtime directory for sockets, the store.
+            let run = dir.join(label).join("run");
+            mode_0700(&run);
+            let store_dir = dir.join(label).join("backups");
+            let listen = run.join("backups.sock");
+            let rpc_socket = run.join(format!("{VALIDATOR}.sock"));
+            let bastion_config = dir.join(label).join("bastion.toml");
+            std::fs::write(
+                &bastion_config,
+                format!(
+                    "listen-socket = {listen:?}\nbackup-dir = {store_dir:?}\n\
+                     [health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\n\
+                     [[validator]]\nname = {VALIDATOR:?}\nsocket = {rpc_socket:?}\n"
+                ),
+            )
+            .unwrap();
+            let mut command = ns.command(common::workspace_binary("palisade-bastion"));
+            command
+                .arg("run")
+                .arg("--config")
+                .arg(&bastion_config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(label).join("store.log")).unwrap());
+            stores.push(ns.spawn(&mut command));
+            common::wait_until(WAIT, "the bastion's backup store listens", || {
+                listen.exists()
+            });
+            // ba is pinned through known_hosts, bb by fingerprint: both paths.
+            let pin = if label == "ba" {
+                String::new()
+            } else {
+                format!(
+                    "host-key-fingerprints = [{:?}]\n",
+                    mesh.sshd(ip).fingerprint()
+                )
+            };
+            bastion_tables.push_str(&format!(
+                "[[bastion]]\nname = {label:?}\nhost = {ip:?}\nuser = \"root\"\n{pin}\
+                 rpc-socket = {rpc_socket:?}\nbackup-command = \"palisade-bastion backup-session\"\n\
+                 local-forwards = [{{ listen = \"127.0.0.1:{peer}\", target = \"{chain_ip}:{CHAIN_NODE_PORT}\" }}]\n"
+            ));
+            bastion_backups.push(store_dir.join(VALIDATOR));
+            rpc_sockets.push(rpc_socket);
+            bastion_configs.push(bastion_config);
+        }
+        // ba's key comes from known_hosts only; bb's line is removed so that
+        // its pin really is the fingerprint.
+        let known_hosts = dir.join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!("{}\n", mesh.sshd_ba.known_hosts_line()),
+        )
+        .unwrap();
+
+        let passphrase_file = dir.join("passphrase");
+        std::fs::write(&passphrase_file, format!("{PASSPHRASE}\n")).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&passphrase_file, std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+        let tmpfs = PathBuf::from(format!("/dev/shm/palisade-netns-{}", std::process::id()));
+        let local_backups = dir.join("local-backups");
+        let config = dir.join("palisade.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[vault]\nswap = \"warn\"\ntmpfs-dir = {tmpfs:?}\nscrypt-work-factor = 10\n\
+                 passphrase-file = {passphrase_file:?}\n\
+                 [backup]\ndir = {local_backups:?}\ndebounce = \"100ms\"\nchain-id = \"sim-1\"\n\
+                 [rpc]\nsocket = {:?}\nname = {VALIDATOR:?}\n\
+                 [tunnel]\nkey-file = {:?}\nknown-hosts = {known_hosts:?}\nconnect-timeout = \"3s\"\n\
+                 keepalive-interval = \"500ms\"\nkeepalive-max = 2\nreconnect-max-delay = \"500ms\"\n\
+                 {bastion_tables}",
+                dir.join("run/supervisor.sock"),
+                mesh.client_key,
+            ),
+        )
+        .unwrap();
+        let host = ValidatorHost {
+            home,
+            config,
+            passphrase_file,
+            tmpfs,
+            local_backups,
+            bastion_backups: [bastion_backups[0].clone(), bastion_backups[1].clone()],
+            rpc_sockets: [rpc_sockets[0].clone(), rpc_sockets[1].clone()],
+            bastion_configs: [bastion_configs[0].clone(), bastion_configs[1].clone()],
+            _stores: stores,
+            scratch,
+        };
+        let init = host
+            .command(None)
+            .arg("init")
+            .arg(&binary)
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "init: {init:?}");
+        let vault = host
+            .command(None)
+            .arg("init-vault")
+            .arg("--passphrase-file")
+            .arg(&host.passphrase_file)
+            .output()
+            .unwrap();
+        assert!(vault.status.success(), "init-vault: {vault:?}");
+        host
+    }
+
+    /// `palisade-supervisor` with this host's environment, inside `ns` if given.
+    fn command(&self, ns: Option<&Netns>) -> Command {
+        let mut command = match ns {
+            Some(ns) => ns.command(common::SUPERVISOR),
+            None => Command::new(common::SUPERVISOR),
+        };
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DAEMON_HOME", &self.home)
+            .env("DAEMON_NAME", "simd")
+            .env("DAEMON_POLL_INTERVAL", "50ms")
+            .env("DAEMON_SHUTDOWN_GRACE", "5s")
+            .env("PALISADE_LOG", "info")
+            .env("PALISADE_CONFIG", &self.config);
+        command
+    }
+
+    fn run(&self, mesh: &Mesh) -> common::Supervisor {
+        let mut command = self.command(Some(&mesh.val));
+        command
+            .args(["run", "start", "--home"])
+            .arg(&self.home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        common::Supervisor::spawn(command)
+    }
+
+    fn restore_state(&self, mesh: &Mesh) -> std::process::Output {
+        self.command(Some(&mesh.val))
+            .arg("restore-state")
+            .arg("--passphrase-file")
+            .arg(&self.passphrase_file)
+            .output()
+            .unwrap()
+    }
+
+    fn backups_on(&self, bastion: usize) -> usize {
+        std::fs::read_dir(&self.bastion_backups[bastion])
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".age"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// `palisade-bastion status --json` on one bastion: (exit code, the
+    /// validator's state).
+    fn bastion_status(&self, bastion: usize) -> (i32, String) {
+        let output = Command::new(common::workspace_binary("palisade-bastion"))
+            .args(["status", "--json", "--config"])
+            .arg(&self.bastion_configs[bastion])
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("status --json ({e}): {output:?}"));
+        let state = json["validators"]
+            .as_array()
+            .and_then(|validators| validators.iter().find(|v| v["name"] == VALIDATOR))
+            .map(|v| v["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_else(|| panic!("no {VALIDATOR} in {json}"));
+        (output.status.code().unwrap_or(-1), state)
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.home.join("data/priv_validator_state.json")
+    }
+}
+
+fn signed(record: &Record) -> (u64, Option<u64>) {
+    let validator = &record.validators[VALIDATOR];
+    (validator.signed_heights, validator.last_signed_height)
+}
+
+/// Read the greeting through a bastion's reverse-forwarded control socket.
+fn greeting_through(socket: &std::path::Path) -> palisade_wire::rpc::Greeting {
+    use std::io::Read;
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut line = Vec::new();
+    stream
+        .take(palisade_wire::rpc::MAX_GREETING_BYTES as u64)
+        .read_to_end(&mut line)
+        .unwrap();
+    palisade_wire::rpc::Greeting::parse(&line).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: {:?}",
+            socket.display(),
+            String::from_utf8_lossy(&line)
+        )
+    })
+}
+
+#[test]
+fn validator_votes_through_either_bastion_misses_without_both_and_heals() {
+    require_root();
+    let (scratch, home, _validator, options) = ValidatorHost::prepare();
+    let mesh = Mesh::build(&options);
+    let host = ValidatorHost::start(&mesh, scratch, home);
+    let mut supervisor = host.run(&mesh);
+
+    // Votes reach the chain, which the validator host cannot reach itself.
+    mesh.val
+        .assert_unreachable(CHAIN_VIA_BA_IP, CHAIN_NODE_PORT);
+    let record = mesh.wait_for(LONG, |record| signed(record).0 >= 5);
+    eprintln!("signing through the tunnels: {:?}", signed(&record));
+    supervisor.wait_for_line("bastion tunnel up", WAIT);
+
+    // Both bastions reach the supervisor through the reverse-forwarded
+    // control socket, and both hold backups.
+    for socket in &host.rpc_sockets {
+        assert_eq!(greeting_through(socket).validator, VALIDATOR);
+    }
+    for bastion in 0..2 {
+        common::wait_until(
+            WAIT,
+            "the bastion's health check sees the validator up",
+            || host.bastion_status(bastion) == (0, "up".to_string()),
+        );
+    }
+    let deadline = Instant::now() + WAIT;
+    while host.backups_on(0) == 0 || host.backups_on(1) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no backups on both bastions (ba {}, bb {}); supervisor output:\n{}",
+            host.backups_on(0),
+            host.backups_on(1),
+            common::tail(&supervisor.output(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Cut ba (the node's first peer): it keeps voting through bb.
+    mesh.val_ba.set_down();
+    let cut = mesh.height();
+    let record = mesh.wait_for(LONG, |record| {
+        signed(record).1.is_some_and(|last| last >= cut + 10)
+    });
+    let missed_during_failover = record.missed_between(VALIDATOR, cut, cut + 10);
+    eprintln!("ba cut at {cut}: missed during failover {missed_during_failover:?}");
+    let bb_backups = host.backups_on(1);
+    common::wait_until(WAIT, "backups keep reaching bb", || {
+        host.backups_on(1) > bb_backups
+    });
+
+    // Cut bb too: no way to the chain; the record shows the misses.
+    mesh.val_bb.set_down();
+    let both_cut = mesh.height();
+    let record = mesh.wait_for(LONG, |record| record.height >= both_cut + 25);
+    let missed = record.missed_between(VALIDATOR, both_cut + 10, both_cut + 25);
+    assert!(
+        missed.len() >= 14,
+        "with both bastions cut the validator should miss blocks {}..{}: missed {missed:?}",
+        both_cut + 10,
+        both_cut + 25
+    );
+    // The supervisor keeps supervising and says why; both bastions report
+    // the validator down.
+    assert!(supervisor.child.try_wait().unwrap().is_none());
+    supervisor.wait_for_line("bastion tunnel down", WAIT);
+    for bastion in 0..2 {
+        common::wait_until(
+            WAIT,
+            "the bastion's health check sees the validator down",
+            || host.bastion_status(bastion) == (3, "down".to_string()),
+        );
+    }
+
+    // Restore both: the tunnels heal and voting resumes.
+    let restored_at = Instant::now();
+    mesh.val_ba.set_up();
+    mesh.val_bb.set_up();
+    let restored = mesh.height();
+    mesh.wait_for(LONG, |record| {
+        signed(record).1.is_some_and(|last| last > restored)
+    });
+    eprintln!(
+        "voting again {:?} after the links came back",
+        restored_at.elapsed()
+    );
+    for socket in &host.rpc_sockets {
+        common::wait_until(WAIT, "control socket reachable again", || {
+            std::os::unix::net::UnixStream::connect(socket).is_ok()
+        });
+        assert_eq!(greeting_through(socket).validator, VALIDATOR);
+    }
+    for bastion in 0..2 {
+        common::wait_until(
+            WAIT,
+            "the bastion's health check sees the validator up again",
+            || host.bastion_status(bastion) == (0, "up".to_string()),
+        );
+    }
+    let record = mesh.record();
+    assert!(record.double_signs.is_empty(), "{:?}", record.double_signs);
+
+    // Stop (the final backup goes to both bastions).
+    let before = [host.backups_on(0), host.backups_on(1)];
+    supervisor.signal("TERM");
+    let status = supervisor.wait_exit(WAIT);
+    assert!(status.success(), "{status:?}\n{}", supervisor.output());
+    assert!(host.backups_on(0) > before[0] || host.backups_on(1) > before[1]);
+    let last_signed = signed(&mesh.record()).1.unwrap();
+
+    // The host loses its disk state: restore from either bastion alone.
+    for (down, expected_store) in [(&mesh.val_bb, "bastion:ba"), (&mesh.val_ba, "bastion:bb")] {
+        mesh.val_ba.set_up();
+        mesh.val_bb.set_up();
+        down.set_down();
+        std::fs::remove_file(host.state_file()).unwrap();
+        let _ = std::fs::remove_dir_all(&host.local_backups);
+        let output = host.restore_state(&mesh);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "restore-state: {output:?}");
+        assert!(
+            stdout.contains(&format!("in store {expected_store} ")),
+            "{stdout}"
+        );
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(host.state_file()).unwrap()).unwrap();
+        let height: u64 = state["height"].as_str().unwrap().parse().unwrap();
+        assert!(
+            height >= last_signed,
+            "restored height {height} below the last signed {last_signed}"
+        );
+    }
+
+    // And the validator signs on from the restored state, with no double sign.
+    mesh.val_ba.set_up();
+    mesh.val_bb.set_up();
+    let mut supervisor = host.run(&mesh);
+    let now = mesh.height();
+    mesh.wait_for(LONG, |record| {
+        signed(record).1.is_some_and(|last| last > now + 3)
+    });
+    let record = mesh.record();
+    assert!(record.double_signs.is_empty(), "{:?}", record.double_signs);
+    supervisor.signal("TERM");
+    assert!(supervisor.wait_exit(WAIT).success());
+}

@@ -116,7 +116,8 @@ mod tests {
             b"{\"service\":\"palisade-supervisor\",\"protocol\":1,\"version\":\"0.1.0\",\"validator\":\"val-a\"}\n"
         );
         assert_eq!(Greeting::parse(&line), Ok(greeting));
-        let cases: [(&[u8], fn(&GreetingError) -> bool); 4] = [
+        type Expect = fn(&GreetingError) -> bool;
+        let cases: [(&[u8], Expect); 4] = [
             (b"", |e| matches!(e, GreetingError::Malformed(_))),
             (b"SSH-2.0-OpenSSH_9.2\n", |e| {
                 matches!(e, GreetingError::Malformed(_))
