@@ -538,10 +538,26 @@ async fn tunnel_reconnects_and_restores_forwards_after_sshd_restart() {
     assert_both_forwards_work(&bastion, &tunnel, b"after").await;
 
     shutdown.cancel();
+    let local_addr = tunnel.local_tcp_addrs()[0];
     tokio::time::timeout(WAIT, tunnel.stopped())
         .await
         .expect("tunnel stops on shutdown")
         .unwrap();
+    // Nothing left behind: the local listener is closed, and sshd's side of
+    // the session is gone, so the next client of the forwarded socket finds
+    // no one (sshd keeps the file; StreamLocalBindUnlink replaces it).
+    assert!(TcpStream::connect(local_addr).await.is_err());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while UnixStream::connect(bastion.path("bastion.sock"))
+        .await
+        .is_ok()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reverse-forwarded socket still answers after shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

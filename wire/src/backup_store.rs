@@ -1,5 +1,7 @@
-//! The bastion's backup-store protocol, spoken over a Unix socket (the
-//! validator reaches it through an SSH local forward).
+//! The bastion's backup-store protocol, spoken over the store's Unix socket.
+//! The validator reaches it through an SSH session whose forced command,
+//! `palisade-bastion backup-session --validator NAME`, relays the session to
+//! the socket and refuses requests for any other validator.
 //!
 //! A bastion stores ciphertext it cannot read (DESIGN invariant 4): it checks
 //! only names, sizes and framing, never the contents of a bundle.

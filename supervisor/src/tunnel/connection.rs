@@ -159,6 +159,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
+/// While a bastion stays unreachable, how often that is logged again.
+const STILL_DOWN_REPORT: Duration = Duration::from_secs(60);
+
 /// Bound on connecting a forwarded channel to its local target.
 const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -921,6 +924,7 @@ async fn supervise(
 ) -> Result<(), TunnelError> {
     let bastion = config.name.as_str();
     let mut failures = 0u32;
+    let mut next_report = tokio::time::Instant::now();
     let mut connected_before = false;
     let outcome = loop {
         let attempt = tokio::select! {
@@ -962,12 +966,21 @@ async fn supervise(
                 });
             }
             Err(error) => {
-                tracing::warn!(bastion, %error, "bastion connection attempt failed");
                 state.send_modify(|state| state.last_error = Some(error.to_string()));
                 if error.is_fatal() {
+                    tracing::error!(bastion, %error, "bastion tunnel stopped: this needs an operator (the other bastions and the node carry on)");
                     break Err(error);
                 }
                 failures += 1;
+                // While a bastion is down an attempt fails every second or
+                // so: say it once, then once a minute, not on every attempt.
+                let now = tokio::time::Instant::now();
+                if failures == 1 || now >= next_report {
+                    next_report = now + STILL_DOWN_REPORT;
+                    tracing::warn!(bastion, attempts = failures, %error, "bastion connection attempt failed; retrying");
+                } else {
+                    tracing::debug!(bastion, attempts = failures, %error, "bastion connection attempt failed");
+                }
             }
         }
         let delay = config.backoff.delay(failures.max(1), rand::random());
