@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use palisade_simchain::testkit::free_port;
 use palisade_supervisor::tunnel::{
-    BastionConfig, BastionConnection, BastionState, BastionTunnel, FirstUse, ForwardKind,
-    HostKeyPolicy, LocalTcpForward, ReconnectBackoff, ReverseTcpForward, ReverseUnixForward,
-    TunnelError, run_bastion,
+    BastionConfig, BastionConnection, BastionState, BastionTunnel, DialTarget, FirstUse,
+    ForwardKind, HostKeyPolicy, LocalTcpForward, ReconnectBackoff, ReverseTcpForward,
+    ReverseUnixForward, TunnelError, run_bastion,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -628,7 +628,7 @@ async fn exec_session_runs_the_forced_command() {
     let tunnel = BastionTunnel::start(bastion.config(bastion.pinned()), shutdown.clone())
         .await
         .unwrap();
-    let dialer = tunnel.exec_dialer("echo this-is-not-what-runs");
+    let dialer = tunnel.dialer(DialTarget::Exec("echo this-is-not-what-runs".into()));
     // Down until connected: fails at once with a clear reason.
     let mut state = tunnel.state();
     wait_state(&mut state, "connected", |state| {

@@ -725,23 +725,12 @@ impl BastionTunnel {
         matches!(waited, Ok(Ok(state)) if state.connected_since.is_some())
     }
 
-    /// Dials `remote_socket_path` on the bastion over the current
-    /// connection (`direct-streamlocal`), e.g. the bastion's backup store.
-    /// Each dial uses whatever connection is up at that moment.
-    pub fn stream_local_dialer(&self, remote_socket_path: impl Into<String>) -> StreamLocalDialer {
-        StreamLocalDialer {
+    /// Opens `target` on the bastion for each connection (e.g. the backup
+    /// store's forced command), over the connection that is up then.
+    pub fn dialer(&self, target: DialTarget) -> ChannelDialer {
+        ChannelDialer {
             bastion: self.name.clone(),
-            remote_socket_path: remote_socket_path.into(),
-            current: self.current.clone(),
-            state: self.state.clone(),
-        }
-    }
-
-    /// Runs `command` on the bastion for each connection (session + exec).
-    pub fn exec_dialer(&self, command: impl Into<String>) -> ExecDialer {
-        ExecDialer {
-            bastion: self.name.clone(),
-            command: command.into(),
+            target,
             current: self.current.clone(),
             state: self.state.clone(),
         }
@@ -768,28 +757,40 @@ impl BastionTunnel {
     }
 }
 
-/// Runs one command per connection on a bastion through its tunnel: the
-/// backup store's forced command (`palisade-bastion backup-session`).
+/// What a [`ChannelDialer`] opens on the bastion for each connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialTarget {
+    /// A session running this command (with `command=` in authorized_keys,
+    /// sshd runs the forced command instead): the backup store's
+    /// `palisade-bastion backup-session`.
+    Exec(String),
+    /// `direct-streamlocal` to this Unix socket on the bastion (refused by
+    /// OpenSSH for keys with `permitopen`, see docs/bastion-sshd.md).
+    UnixSocket(String),
+}
+
+/// Opens one channel per connection through a bastion's tunnel, over
+/// whatever SSH connection is up at that moment.
 #[derive(Clone)]
-pub struct ExecDialer {
+pub struct ChannelDialer {
     bastion: String,
-    command: String,
+    target: DialTarget,
     current: watch::Receiver<Option<Arc<BastionConnection>>>,
     state: watch::Receiver<BastionState>,
 }
 
-impl std::fmt::Debug for ExecDialer {
+impl std::fmt::Debug for ChannelDialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExecDialer")
+        f.debug_struct("ChannelDialer")
             .field("bastion", &self.bastion)
-            .field("command", &self.command)
+            .field("target", &self.target)
             .finish()
     }
 }
 
-impl ExecDialer {
-    /// The command's stdin/stdout, over the connection that is up now;
-    /// fails at once (no waiting) while the bastion is down.
+impl ChannelDialer {
+    /// A bidirectional stream to the target; fails at once (no waiting)
+    /// while the bastion is down.
     pub async fn dial(&self) -> Result<russh::ChannelStream<Msg>, TunnelError> {
         let Some(connection) = self.current.borrow().clone() else {
             return Err(TunnelError::NotConnected {
@@ -797,64 +798,18 @@ impl ExecDialer {
                 last_error: self.state.borrow().last_error.clone(),
             });
         };
-        Ok(connection.open_exec(&self.command).await?.into_stream())
-    }
-}
-
-impl StreamDialer for ExecDialer {
-    fn dial(&self) -> crate::backup::BoxFuture<'_, std::io::Result<BoxedStream>> {
-        Box::pin(async move {
-            match ExecDialer::dial(self).await {
-                Ok(stream) => Ok(Box::new(stream) as BoxedStream),
-                Err(error) => Err(std::io::Error::other(error.to_string())),
-            }
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!("{} (session command)", self.bastion)
-    }
-}
-
-/// Opens connections to one Unix socket on a bastion through its tunnel.
-#[derive(Clone)]
-pub struct StreamLocalDialer {
-    bastion: String,
-    remote_socket_path: String,
-    current: watch::Receiver<Option<Arc<BastionConnection>>>,
-    state: watch::Receiver<BastionState>,
-}
-
-impl std::fmt::Debug for StreamLocalDialer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamLocalDialer")
-            .field("bastion", &self.bastion)
-            .field("remote_socket_path", &self.remote_socket_path)
-            .finish()
-    }
-}
-
-impl StreamLocalDialer {
-    /// A bidirectional stream to the socket, over the connection that is up
-    /// now; fails at once (no waiting) while the bastion is down.
-    pub async fn dial(&self) -> Result<russh::ChannelStream<Msg>, TunnelError> {
-        let Some(connection) = self.current.borrow().clone() else {
-            return Err(TunnelError::NotConnected {
-                bastion: self.bastion.clone(),
-                last_error: self.state.borrow().last_error.clone(),
-            });
+        let channel = match &self.target {
+            DialTarget::Exec(command) => connection.open_exec(command).await?,
+            DialTarget::UnixSocket(path) => connection.open_direct_streamlocal(path).await?,
         };
-        let channel = connection
-            .open_direct_streamlocal(&self.remote_socket_path)
-            .await?;
         Ok(channel.into_stream())
     }
 }
 
-impl StreamDialer for StreamLocalDialer {
+impl StreamDialer for ChannelDialer {
     fn dial(&self) -> crate::backup::BoxFuture<'_, std::io::Result<BoxedStream>> {
         Box::pin(async move {
-            match StreamLocalDialer::dial(self).await {
+            match ChannelDialer::dial(self).await {
                 Ok(stream) => Ok(Box::new(stream) as BoxedStream),
                 Err(error) => Err(std::io::Error::other(error.to_string())),
             }
@@ -862,7 +817,10 @@ impl StreamDialer for StreamLocalDialer {
     }
 
     fn describe(&self) -> String {
-        format!("{}:{}", self.bastion, self.remote_socket_path)
+        match &self.target {
+            DialTarget::Exec(_) => format!("{} (session command)", self.bastion),
+            DialTarget::UnixSocket(path) => format!("{}:{path}", self.bastion),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{BastionState, BastionTunnel, TunnelError};
+use super::{BastionState, BastionTunnel, DialTarget, TunnelError};
 use crate::backup::{BackupStore, RemoteStore};
 use crate::config::TunnelSettings;
 
@@ -73,7 +73,7 @@ impl TunnelMesh {
             .filter_map(|(tunnel, backup_command)| {
                 let command = backup_command.as_ref()?;
                 let store = RemoteStore::new(
-                    Arc::new(tunnel.exec_dialer(command.clone())),
+                    Arc::new(tunnel.dialer(DialTarget::Exec(command.clone()))),
                     validator,
                     format!("bastion:{}", tunnel.name()),
                 );
