@@ -1,4 +1,5 @@
-//! The supervisor's control socket: the parts other binaries rely on today.
+//! The supervisor's control RPC: the greeting, JSON-RPC 2.0 messages, roles,
+//! the method catalogue and the authentication message (see `docs/rpc.md`).
 //!
 //! The supervisor listens on a Unix socket (`[rpc] socket`); the tunnels
 //! publish it on every bastion with an SSH reverse Unix-socket forward. On
@@ -41,6 +42,20 @@ pub struct Greeting {
     /// The validator's name (`[rpc] name`, default the host name), so a
     /// bastion serving several validators can tell it reached the right one.
     pub validator: String,
+    /// Whether this connection must switch to TLS after the greeting. Absent
+    /// from older supervisors, which served only the greeting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsRequirement>,
+}
+
+/// [`Greeting::tls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsRequirement {
+    /// Not a trusted local user: TLS, then authentication.
+    Required,
+    /// A trusted local user (uid 0 or the supervisor's): plaintext allowed.
+    Optional,
 }
 
 /// Why a greeting line was not accepted.
@@ -78,6 +93,7 @@ impl Greeting {
             protocol: PROTOCOL_VERSION,
             version: version.into(),
             validator: validator.into(),
+            tls: None,
         }
     }
 
@@ -103,9 +119,263 @@ impl Greeting {
     }
 }
 
+/// Longest request or response line, newline included.
+pub const MAX_LINE_BYTES: usize = 65536;
+
+/// Longest secret line (`vault.unlock`), newline included.
+pub const MAX_SECRET_LINE_BYTES: usize = 1024;
+
+/// TLS exporter label for the authentication channel binding.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-palisade-rpc-auth-v1";
+
+/// Length of a challenge and of the channel binding.
+pub const CHALLENGE_BYTES: usize = 32;
+
+/// What an operator signs to log in: see `docs/rpc.md` §2.
+pub fn auth_message(
+    validator: &str,
+    challenge: &[u8; CHALLENGE_BYTES],
+    channel_binding: &[u8; CHALLENGE_BYTES],
+) -> Vec<u8> {
+    let mut message = Vec::with_capacity(32 + validator.len() + 2 * CHALLENGE_BYTES);
+    message.extend_from_slice(b"palisade-rpc-auth-v1\n");
+    message.extend_from_slice(validator.as_bytes());
+    message.push(b'\n');
+    message.extend_from_slice(challenge);
+    message.extend_from_slice(channel_binding);
+    message
+}
+
+/// An operator's role; ordered, each includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Status, health, logs, listings.
+    Viewer,
+    /// Start/stop the node, backups, upgrades, tunnels.
+    Operator,
+    /// Unlock/lock, restore, host shutdown, failover, IP rotation.
+    Admin,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// Every method, with the role it needs (`None`: the authentication calls,
+/// open to anyone). Methods under the reserved prefixes `failover.` and
+/// `ip.` are admin-only and answered "unknown method" until they exist.
+pub const METHODS: &[(&str, Option<Role>)] = &[
+    ("auth.challenge", None),
+    ("auth.login", None),
+    ("status", Some(Role::Viewer)),
+    ("health", Some(Role::Viewer)),
+    ("logs.tail", Some(Role::Viewer)),
+    ("tunnel.list", Some(Role::Viewer)),
+    ("upgrade.list", Some(Role::Viewer)),
+    ("backup.list", Some(Role::Viewer)),
+    ("node.start", Some(Role::Operator)),
+    ("node.stop", Some(Role::Operator)),
+    ("node.restart", Some(Role::Operator)),
+    ("backup.now", Some(Role::Operator)),
+    ("upgrade.add", Some(Role::Operator)),
+    ("upgrade.cancel", Some(Role::Operator)),
+    ("tunnel.reconnect", Some(Role::Operator)),
+    ("vault.unlock", Some(Role::Admin)),
+    ("vault.lock", Some(Role::Admin)),
+    ("backup.restore", Some(Role::Admin)),
+    ("host.shutdown", Some(Role::Admin)),
+];
+
+/// Methods whose request is followed by a secret line (`docs/rpc.md` §4).
+pub const SECRET_METHODS: &[&str] = &["vault.unlock"];
+
+/// The role `method` needs: `Some(None)` for the authentication calls,
+/// `None` for an unknown method.
+pub fn required_role(method: &str) -> Option<Option<Role>> {
+    METHODS
+        .iter()
+        .find(|(name, _)| *name == method)
+        .map(|(_, role)| *role)
+}
+
+/// A JSON-RPC 2.0 request (one line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// Echoed in the response; a number or a string.
+    pub id: serde_json::Value,
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+}
+
+/// A JSON-RPC 2.0 response (one line): exactly one of `result` and `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub jsonrpc: String,
+    pub id: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+/// Error codes (`docs/rpc.md` §5).
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const UNAUTHENTICATED: i64 = -32001;
+    pub const FORBIDDEN: i64 = -32002;
+    pub const RATE_LIMITED: i64 = -32003;
+    pub const WRONG_STATE: i64 = -32004;
+    pub const LINE_TOO_LONG: i64 = -32005;
+    pub const INTERNAL: i64 = -32010;
+}
+
+impl RpcError {
+    /// An error without data.
+    pub fn new(code: i64, message: impl Into<String>) -> RpcError {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+}
+
+impl Response {
+    /// A success.
+    pub fn ok(id: serde_json::Value, result: serde_json::Value) -> Response {
+        Response {
+            jsonrpc: "2.0".into(),
+            id,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    /// A failure.
+    pub fn err(id: serde_json::Value, error: RpcError) -> Response {
+        Response {
+            jsonrpc: "2.0".into(),
+            id,
+            result: None,
+            error: Some(error),
+        }
+    }
+
+    /// The line as written, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).expect("response serializes");
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Parse one request line (without or with its newline). On failure, the
+/// error to answer with id `null`.
+pub fn parse_request(line: &[u8]) -> Result<Request, RpcError> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(RpcError::new(
+            code::LINE_TOO_LONG,
+            format!("request longer than {MAX_LINE_BYTES} bytes"),
+        ));
+    }
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let value: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|error| RpcError::new(code::PARSE_ERROR, format!("not JSON: {error}")))?;
+    let request: Request = serde_json::from_value(value).map_err(|error| {
+        RpcError::new(
+            code::INVALID_REQUEST,
+            format!("not a JSON-RPC 2.0 request: {error}"),
+        )
+    })?;
+    if request.jsonrpc != "2.0" {
+        return Err(RpcError::new(
+            code::INVALID_REQUEST,
+            format!("jsonrpc must be \"2.0\", not {:?}", request.jsonrpc),
+        ));
+    }
+    if !(request.id.is_number() || request.id.is_string()) {
+        return Err(RpcError::new(
+            code::INVALID_REQUEST,
+            "id must be a number or a string",
+        ));
+    }
+    Ok(request)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_parse_strictly() {
+        let good = br#"{"jsonrpc":"2.0","id":7,"method":"status"}"#;
+        assert_eq!(parse_request(good).unwrap().method, "status");
+        let cases: [(&[u8], i64); 7] = [
+            (b"status", code::PARSE_ERROR),
+            (b"", code::PARSE_ERROR),
+            (
+                br#"{"jsonrpc":"1.0","id":1,"method":"status"}"#,
+                code::INVALID_REQUEST,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","method":"status"}"#,
+                code::INVALID_REQUEST,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":{},"method":"status"}"#,
+                code::INVALID_REQUEST,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"status","x":1}"#,
+                code::INVALID_REQUEST,
+            ),
+            (&[b' '; MAX_LINE_BYTES + 1], code::LINE_TOO_LONG),
+        ];
+        for (line, expected) in cases {
+            let error = parse_request(line).unwrap_err();
+            assert_eq!(error.code, expected, "{:?}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn roles_are_ordered_and_every_method_is_known() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        assert_eq!(required_role("status"), Some(Some(Role::Viewer)));
+        assert_eq!(required_role("auth.login"), Some(None));
+        assert_eq!(required_role("vault.unlock"), Some(Some(Role::Admin)));
+        assert_eq!(required_role("format.disk"), None);
+        for method in SECRET_METHODS {
+            assert!(required_role(method).is_some(), "{method}");
+        }
+        let message = auth_message("val-a", &[1; 32], &[0; 32]);
+        assert!(message.starts_with(b"palisade-rpc-auth-v1\nval-a\n"));
+        assert_eq!(message.len(), 21 + 6 + 64);
+    }
 
     #[test]
     fn greeting_round_trips_and_rejects_bad_lines() {
