@@ -1,8 +1,7 @@
-//! A throwaway OpenSSH sshd on 127.0.0.1 for the tunnel benchmarks, set up
-//! exactly as the supervisor's integration tests do it
-//! (`supervisor/tests/tunnel_sshd.rs`, `docs/bastion-sshd.md`): its own host
-//! key, one client key restricted to forwarding and to
-//! `permitopen="127.0.0.1:<port>"`, `UsePAM no`, `StrictModes no`.
+//! A throwaway OpenSSH sshd on 127.0.0.1 for the tunnel benchmarks: the
+//! supervisor's integration tests' fixture ([`palisade_testkit::Sshd`],
+//! `docs/bastion-sshd.md`) with one client key restricted to forwarding and
+//! to `permitopen="127.0.0.1:<port>"`.
 //!
 //! sshd logs at `DEBUG1` so the algorithms each client negotiated can be
 //! read back from its log ([`Sshd::negotiated_since`]): the OpenSSH peer is
@@ -24,47 +23,22 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use palisade_simchain::testkit::free_port;
 use palisade_supervisor::tunnel::{BastionConfig, HostKeyPolicy};
+use palisade_testkit::{SshdOptions, current_user, ssh_keygen};
 
-pub const SSHD: &str = "/usr/sbin/sshd";
 /// How long sshd gets to listen, and a forward to come up.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// A running (or, between [`Sshd::kill`] and [`Sshd::spawn`], dead) sshd.
+/// The bench's sshd ([`palisade_testkit::Sshd`], logging at DEBUG1) with the
+/// client's side: its key, a known_hosts file and the user. Running, or,
+/// between [`Sshd::kill`] and [`Sshd::spawn`], dead.
 pub struct Sshd {
-    dir: tempfile::TempDir,
+    sshd: palisade_testkit::Sshd,
     pub port: u16,
-    host_fingerprint: String,
+    /// Holds the client key and known_hosts.
+    _client_dir: tempfile::TempDir,
     client_key: PathBuf,
     known_hosts: PathBuf,
     user: String,
-    child: Option<Child>,
-}
-
-fn run(command: &mut Command) -> anyhow::Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn keygen(path: &Path) -> anyhow::Result<()> {
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
-        .arg(path))
-    .map(drop)
-}
-
-fn current_user() -> anyhow::Result<String> {
-    Ok(nix::unistd::User::from_uid(nix::unistd::geteuid())?
-        .context("the current user has no passwd entry (sshd needs one)")?
-        .name)
 }
 
 /// `OpenSSH_9.2p1` from `ssh -V`.
@@ -83,111 +57,52 @@ pub fn openssh_version() -> anyhow::Result<String> {
 }
 
 impl Sshd {
-    /// Keys, config, and a listening sshd; the client key may open
-    /// `127.0.0.1:<port>` for each of `allowed_ports` and nothing else.
-    pub async fn start(scratch: &Path, allowed_ports: &[u16]) -> anyhow::Result<Sshd> {
-        if !Path::new(SSHD).exists() {
-            bail!(
-                "{SSHD} is missing: install openssh-server (scripts/bench.sh does) to run the tunnel benchmarks"
-            );
-        }
+    /// Keys, config, and a listening sshd on 127.0.0.1; the client key may
+    /// open `127.0.0.1:<port>` for each of `allowed_ports` and nothing else.
+    pub fn start(scratch: &Path, allowed_ports: &[u16]) -> anyhow::Result<Sshd> {
         openssh_version()?;
         std::fs::create_dir_all(scratch)
             .with_context(|| format!("creating {}", scratch.display()))?;
-        let dir = tempfile::Builder::new()
-            .prefix("sshd-")
+        let client_dir = tempfile::Builder::new()
+            .prefix("ssh-client-")
             .tempdir_in(scratch)?;
-        let host_key = dir.path().join("host_ed25519");
-        let client_key = dir.path().join("client_ed25519");
-        keygen(&host_key)?;
-        keygen(&client_key)?;
-        let client_public = std::fs::read_to_string(client_key.with_extension("pub"))?;
-        let host_public = std::fs::read_to_string(host_key.with_extension("pub"))?;
+        let client_key = client_dir.path().join("client_ed25519");
+        let client_public = ssh_keygen(&client_key)?;
         let permitopen: Vec<String> = allowed_ports
             .iter()
             .map(|port| format!("permitopen=\"127.0.0.1:{port}\""))
             .collect();
-        let authorized_keys = dir.path().join("authorized_keys");
-        std::fs::write(
-            &authorized_keys,
-            format!(
-                "restrict,port-forwarding,{} {}\n",
-                permitopen.join(","),
-                client_public.trim()
-            ),
-        )?;
         let port = free_port();
-        // For the OpenSSH client: the same pinned key, nothing else trusted.
-        let known_hosts = dir.path().join("known_hosts");
-        let mut host_key_fields = host_public.split_whitespace();
-        let (Some(kind), Some(blob)) = (host_key_fields.next(), host_key_fields.next()) else {
-            bail!("unexpected host public key {host_public:?}");
-        };
-        std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {kind} {blob}\n"))?;
-        std::fs::write(
-            dir.path().join("sshd_config"),
-            format!(
-                "Port {port}\n\
-                 ListenAddress 127.0.0.1\n\
-                 HostKey {host_key}\n\
-                 AuthorizedKeysFile {authorized_keys}\n\
-                 PidFile {pid_file}\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 UsePAM no\n\
-                 StrictModes no\n\
-                 AllowTcpForwarding yes\n\
-                 AllowStreamLocalForwarding yes\n\
-                 StreamLocalBindUnlink yes\n\
-                 ClientAliveInterval 5\n\
-                 LogLevel DEBUG1\n",
-                host_key = host_key.display(),
-                authorized_keys = authorized_keys.display(),
-                pid_file = dir.path().join("sshd.pid").display(),
-            ),
-        )?;
-        // sshd's privilege-separation directory.
-        std::fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
-        let host_fingerprint = run(Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(host_key.with_extension("pub")))?
-        .split_whitespace()
-        .nth(1)
-        .context("no fingerprint in `ssh-keygen -lf` output")?
-        .to_string();
-        let mut sshd = Sshd {
-            dir,
+        let mut options = SshdOptions::new(
+            "127.0.0.1",
             port,
-            host_fingerprint,
+            format!(
+                "restrict,port-forwarding,{} {client_public}",
+                permitopen.join(",")
+            ),
+        );
+        // The algorithms each client negotiated are read back from the log.
+        options.log_level = Some("DEBUG1".into());
+        options.dir_in = Some(scratch.to_path_buf());
+        let sshd = palisade_testkit::Sshd::start(options)
+            .context("starting sshd for the tunnel benchmarks")?;
+        // For the OpenSSH client: the same pinned key, nothing else trusted.
+        let known_hosts = client_dir.path().join("known_hosts");
+        std::fs::write(&known_hosts, format!("{}\n", sshd.known_hosts_line()))?;
+        Ok(Sshd {
+            sshd,
+            port,
+            _client_dir: client_dir,
             client_key,
             known_hosts,
             user: current_user()?,
-            child: None,
-        };
-        sshd.spawn()?;
-        sshd.wait_listening().await?;
-        Ok(sshd)
+        })
     }
 
-    /// Start the sshd process (see [`Sshd::wait_listening`]).
+    /// Start the sshd process again after [`Sshd::kill`] (see
+    /// [`Sshd::wait_listening`]).
     pub fn spawn(&mut self) -> anyhow::Result<()> {
-        if self.child.is_some() {
-            bail!("sshd is already running");
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
-        let child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
-            .arg(self.dir.path().join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {SSHD}"))?;
-        self.child = Some(child);
-        Ok(())
+        Ok(self.sshd.spawn()?)
     }
 
     /// Poll (every 2 ms) until sshd accepts a TCP connection; returns the
@@ -201,12 +116,7 @@ impl Sshd {
             {
                 return Ok(Instant::now());
             }
-            if let Some(child) = &mut self.child
-                && let Some(status) = child.try_wait()?
-            {
-                self.child = None;
-                bail!("sshd exited with {status}:\n{}", self.log_tail(20));
-            }
+            self.sshd.check_running()?;
             if Instant::now() >= deadline {
                 bail!(
                     "sshd did not listen on 127.0.0.1:{} within {WAIT:?}:\n{}",
@@ -218,63 +128,23 @@ impl Sshd {
         }
     }
 
-    /// SIGKILL the listener and every per-connection sshd it forked (they
-    /// run in their own sessions, so a process-group kill would miss them):
-    /// the bastion vanishes as in a crash.
-    pub fn kill(&mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let mut doomed = vec![child.id() as i32];
-        let mut index = 0;
-        while index < doomed.len() {
-            let parent = doomed[index];
-            for entry in std::fs::read_dir("/proc")?.flatten() {
-                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                    continue;
-                };
-                // Fields after the `(comm)`: state, ppid, …
-                let after_comm = stat.rsplit(')').next().unwrap_or_default();
-                let ppid = after_comm
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.parse().ok());
-                if ppid == Some(parent) && !doomed.contains(&pid) {
-                    doomed.push(pid);
-                }
-            }
-            index += 1;
-        }
-        for pid in doomed.iter().rev() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        child.wait()?;
-        Ok(())
+    /// SIGKILL the listener and every per-connection sshd it forked: the
+    /// bastion vanishes as in a crash.
+    pub fn kill(&mut self) {
+        self.sshd.kill();
     }
 
     /// A file in this sshd's private directory.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.path("sshd.log")
+        self.sshd.path(name)
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.sshd.log()
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.sshd.log_tail(lines)
     }
 
     /// Current length of the log, to read what a client negotiated after it.
@@ -305,7 +175,7 @@ impl Sshd {
             self.user.clone(),
             &self.client_key,
             HostKeyPolicy {
-                pinned_fingerprints: vec![self.host_fingerprint.clone()],
+                pinned_fingerprints: vec![self.sshd.fingerprint().to_string()],
                 ..HostKeyPolicy::default()
             },
         )
@@ -358,12 +228,6 @@ impl Sshd {
             .map(OsString::from),
         );
         SshClient { args: all }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.kill();
     }
 }
 

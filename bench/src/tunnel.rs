@@ -194,7 +194,7 @@ pub fn run_connect(scratch: &Path) -> anyhow::Result<Measured> {
     let runtime = runtime()?;
     let version = openssh_version()?;
     runtime.block_on(async {
-        let sshd = Sshd::start(scratch, &[1]).await?;
+        let sshd = Sshd::start(scratch, &[1])?;
         let config = sshd.config();
 
         // What russh negotiates; OpenSSH is then held to the same.
@@ -328,7 +328,7 @@ pub fn run_throughput(scratch: &Path) -> anyhow::Result<Measured> {
     let version = openssh_version()?;
     let sink = TcpServer::start(sink)?;
     runtime.block_on(async {
-        let sshd = Sshd::start(scratch, &[sink.port]).await?;
+        let sshd = Sshd::start(scratch, &[sink.port])?;
         let mut config = sshd.config();
         config.local_tcp_forwards.push(LocalTcpForward {
             listen: "127.0.0.1:0".parse()?,
@@ -440,7 +440,7 @@ pub fn run_heal(scratch: &Path) -> anyhow::Result<Measured> {
     let runtime = runtime()?;
     let echo = TcpServer::start(echo)?;
     runtime.block_on(async {
-        let mut sshd = Sshd::start(scratch, &[echo.port]).await?;
+        let mut sshd = Sshd::start(scratch, &[echo.port])?;
         let mut config = sshd.config();
         config.backoff = ReconnectBackoff::default();
         config.local_tcp_forwards.push(LocalTcpForward {
@@ -466,7 +466,7 @@ pub fn run_heal(scratch: &Path) -> anyhow::Result<Measured> {
         let mut samples = Vec::with_capacity(HEAL_RUNS);
         for run in 1..=HEAL_RUNS {
             let reconnects = state.borrow().reconnects;
-            sshd.kill()?;
+            sshd.kill();
             // Killed on loopback, the connection is reset at once; the
             // keepalive (10 s x 3) is the bound otherwise.
             wait_state(

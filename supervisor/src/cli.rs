@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and the small commands
-//! (`init`, `add-upgrade`, `show-upgrade-info`, `config`, `version`).
+//! (`init`, `add-upgrade`, `show-upgrade-info`, `init-rpc`, `rpc-fingerprint`,
+//! `config`, `version`).
 //! `run` is in [`crate::run`].
 
 use std::ffi::OsString;
@@ -132,6 +133,17 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
+    /// Create the control RPC's TLS identity: a self-signed ed25519
+    /// certificate and key in `rpc.tls-dir` (cert.pem, key.pem; 0600 in a
+    /// 0700 directory). Prints the pin (`sha256:<hex>`) that operators give
+    /// palisade-ctl. Restart the supervisor to use a new identity.
+    InitRpc {
+        /// Replace an existing identity (every operator must re-pin).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the pin of the control RPC's certificate (`sha256:<hex>`).
+    RpcFingerprint,
     /// Print the effective configuration (environment over file over defaults).
     Config,
     /// Print the supervisor's version, then the daemon's (`<daemon> version`).
@@ -248,6 +260,36 @@ pub fn show_upgrade_info(config: &Config) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `init-rpc [--force]`.
+pub fn init_rpc(config: &Config, force: bool) -> anyhow::Result<()> {
+    let pin = crate::rpc::init_identity(
+        &config.rpc.tls_dir,
+        &config.rpc.name,
+        if force {
+            crate::rpc::ReplaceIdentity::Yes
+        } else {
+            crate::rpc::ReplaceIdentity::No
+        },
+    )?;
+    eprintln!(
+        "wrote {} and {}; operators pin this certificate with:",
+        config
+            .rpc
+            .tls_dir
+            .join(crate::rpc::tls::CERT_FILE)
+            .display(),
+        config.rpc.tls_dir.join(crate::rpc::tls::KEY_FILE).display()
+    );
+    println!("{pin}");
+    Ok(())
+}
+
+/// `rpc-fingerprint`.
+pub fn rpc_fingerprint(config: &Config) -> anyhow::Result<()> {
+    println!("{}", crate::rpc::read_fingerprint(&config.rpc.tls_dir)?);
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! came from (`file:key` or `environment variable NAME`) and why it is wrong.
 //! Loading has no side effects: a bad configuration changes nothing.
 
+mod operators;
 mod tunnels;
 
 use std::borrow::Cow;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 
 use crate::download::ChecksumPolicy;
 
+pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
 pub use tunnels::{
     BastionSettings, MAX_SOCKET_PATH_BYTES, RawBastion, RawForward, RawRpc, RawTunnel, RpcSettings,
     TunnelSettings,
@@ -105,6 +107,9 @@ pub struct RawConfig {
     /// One SSH tunnel per bastion.
     #[serde(default)]
     pub bastion: Vec<RawBastion>,
+    /// Who may log in to the control RPC (none by default).
+    #[serde(default)]
+    pub operator: Vec<RawOperator>,
 }
 
 /// `[vault]`: keys encrypted at rest, decrypted into tmpfs on unlock.
@@ -254,6 +259,8 @@ pub struct Config {
     pub rpc: RpcSettings,
     /// `None`: no `[[bastion]]`, no tunnels.
     pub tunnels: Option<TunnelSettings>,
+    /// `[[operator]]`: the RPC's operators (empty: only trusted local users).
+    pub operators: Vec<OperatorSettings>,
 }
 
 /// What to do when swap is enabled while the vault is in use.
@@ -815,6 +822,7 @@ fn validate(
     let vault = validate_vault(r, raw.vault, raw.backup, &daemon_home, &daemon_name);
     let rpc = tunnels::validate_rpc(r, raw.rpc, &daemon_home);
     let tunnels = tunnels::validate_tunnels(r, raw.tunnel, raw.bastion);
+    let operators = operators::validate_operators(r, raw.operator);
     if let Some(tunnels) = &tunnels
         && tunnels.bastions.iter().any(|b| b.backup_command.is_some())
         && vault.is_none()
@@ -833,6 +841,7 @@ fn validate(
         vault,
         rpc,
         tunnels,
+        operators,
         daemon_home,
         daemon_name,
         shutdown_grace,

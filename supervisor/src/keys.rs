@@ -226,7 +226,7 @@ pub struct BackupWorker {
 
 /// Asks a running [`BackupWorker`] for a backup now (SIGUSR1; the RPC's
 /// "backup now" later).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BackupTrigger {
     requests: mpsc::Sender<BackupRequest>,
 }
@@ -261,6 +261,8 @@ struct BackupJob {
     next_sequence: u64,
     host_id: String,
     last_published: Option<Watermark>,
+    /// Where the control RPC reads the last backup written.
+    board: Option<crate::control::SharedBoard>,
 }
 
 /// How long a backup waits for its puts; slower ones (a bastion that died
@@ -323,6 +325,18 @@ impl BackupJob {
             self.next_sequence += 1;
             self.last_published = Some(watermark);
             tracing::info!(%watermark, sequence = input.sequence, file = %file_name, stores = ?stored, reason, took_ms = started.elapsed().as_millis() as u64, "backup written");
+            if let Some(board) = &self.board {
+                crate::control::board(board).last_backup = Some(crate::control::LastBackup {
+                    file: file_name.clone(),
+                    sequence: input.sequence,
+                    watermark: watermark.to_string(),
+                    stores: stored.clone(),
+                    at: SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|elapsed| elapsed.as_secs())
+                        .unwrap_or(0),
+                });
+            }
             if reason != WATERMARK_CHANGED || input.sequence.is_multiple_of(RETENTION_EVERY) {
                 for store in self.stores.stores() {
                     if !stored.iter().any(|name| name == store.name()) {
@@ -337,17 +351,33 @@ impl BackupJob {
     }
 }
 
+/// Where a [`BackupWorker`] follows the sign state from.
+pub struct FollowFrom {
+    /// CometBFT's `priv_validator_state.json`.
+    pub state_path: PathBuf,
+    /// The sequence number of the first backup (above every accepted one).
+    pub next_sequence: u64,
+    /// Polling interval of the state follower (inotify is used too).
+    pub poll_interval: Duration,
+    /// Where the control RPC reads the last backup written, if anywhere.
+    pub board: Option<crate::control::SharedBoard>,
+}
+
 impl BackupWorker {
-    /// Start following `state_path` from `baseline`.
+    /// Start following `from.state_path`.
     pub fn spawn(
         vault: Arc<UnlockedVault>,
         validator: ValidatorIdentity,
         stores: Vec<Arc<dyn BackupStore>>,
         settings: &VaultSettings,
-        state_path: PathBuf,
-        next_sequence: u64,
-        poll_interval: Duration,
+        from: FollowFrom,
     ) -> Result<BackupWorker, VaultError> {
+        let FollowFrom {
+            state_path,
+            next_sequence,
+            poll_interval,
+            board,
+        } = from;
         let (requests, mut incoming) = mpsc::channel::<BackupRequest>(4);
         let debounce = settings.backup.debounce;
         let recipients = vault.backup_recipients()?;
@@ -363,6 +393,7 @@ impl BackupWorker {
             next_sequence,
             host_id: host_id(),
             last_published: None,
+            board,
         };
         let task = tokio::spawn(async move {
             let mut follower = StateFollower::new(state_path, poll_interval);

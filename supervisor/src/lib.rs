@@ -10,6 +10,7 @@
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod data_backup;
 pub mod download;
 pub mod file_watch;

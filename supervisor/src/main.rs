@@ -41,6 +41,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             cli::version(load().ok().as_ref())?;
             Ok(exit_code::OK)
         }
+        Command::InitRpc { force } => {
+            cli::init_rpc(&load()?, force)?;
+            Ok(exit_code::OK)
+        }
+        Command::RpcFingerprint => {
+            cli::rpc_fingerprint(&load()?)?;
+            Ok(exit_code::OK)
+        }
         Command::Config => {
             cli::print_config(&load()?);
             Ok(exit_code::OK)

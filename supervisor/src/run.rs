@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use secrecy::SecretString;
 
 use crate::config::{Config, SwapPolicy, VaultSettings};
+use crate::control::{ControlCommand, NodeState, Reply, SharedBoard, board};
 use crate::keys::BackupWorker;
 use crate::layout::{Layout, Version};
 use crate::node_rpc::{NodeRpc, plan_is_due};
@@ -67,6 +68,12 @@ pub struct RunOptions {
     pub passphrase: Option<(PassphraseSource, Result<SecretString, PassphraseError>)>,
 }
 
+/// The control RPC's side of the loop: built by [`run`] before the
+/// supervision starts, handed to the RPC server.
+pub fn control_channel() -> (mpsc::Sender<ControlCommand>, mpsc::Receiver<ControlCommand>) {
+    mpsc::channel(8)
+}
+
 /// What the supervisor holds while the vault is unlocked.
 struct VaultSession {
     tmpfs: TmpfsKeys,
@@ -105,6 +112,8 @@ enum Wake {
     Watchdog,
     /// Time to re-check whether a scheduled plan is due.
     CheckScheduled,
+    /// A command from the control RPC.
+    Control(ControlCommand),
 }
 
 struct Supervisor {
@@ -130,6 +139,10 @@ struct Supervisor {
     last_node_height: Option<u64>,
     /// The bastion tunnels, if any are configured.
     tunnels: Option<TunnelMesh>,
+    /// Commands from the control RPC (unlock, node start/stop/restart).
+    control: mpsc::Receiver<ControlCommand>,
+    /// What the control RPC reads: node state, vault, last backup.
+    board: SharedBoard,
 }
 
 /// Run until shutdown, a clean daemon exit, a crash loop, or an upgrade
@@ -165,14 +178,12 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     let background = tokio_util::sync::CancellationToken::new();
     let control = ControlSocket::bind(&config.rpc).context("cannot open the control socket")?;
     tracing::info!(socket = %control.path().display(), name = %config.rpc.name, "control socket listening");
-    let control = tokio::spawn(control.serve(background.clone()));
     let tunnels = match &config.tunnels {
         Some(settings) => {
             match TunnelMesh::start(settings, &config.rpc.socket, &background).await {
                 Ok(mesh) => Some(mesh),
                 Err(error) => {
                     background.cancel();
-                    let _ = control.await;
                     return Err(
                         anyhow::Error::new(error).context("cannot start the bastion tunnels")
                     );
@@ -181,6 +192,19 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         }
         None => None,
     };
+    let (commands, control_inbox) = control_channel();
+    let board = crate::control::new_board(config.vault.is_some());
+    let dispatcher = std::sync::Arc::new(crate::control::SupervisorControl::new(
+        &config,
+        commands,
+        board.clone(),
+        tunnels
+            .as_ref()
+            .map(TunnelMesh::observers)
+            .unwrap_or_default(),
+    ));
+    let control =
+        tokio::spawn(control.serve_rpc(dispatcher, config.operators.clone(), background.clone()));
     let mut supervisor = Supervisor {
         layout,
         reaper,
@@ -199,6 +223,8 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         node_rpc: NodeRpc::new(&config.daemon_home),
         last_node_height: None,
         tunnels,
+        control: control_inbox,
+        board,
         config,
     };
     let session = match supervisor.config.vault.clone() {
@@ -295,6 +321,7 @@ impl Supervisor {
         background: tokio_util::sync::CancellationToken,
         control: tokio::task::JoinHandle<()>,
     ) {
+        self.set_node(NodeState::Stopping, None);
         if let Some(tunnels) = self.tunnels.take() {
             tunnels.stop().await;
         }
@@ -329,31 +356,51 @@ impl Supervisor {
                 "process memory not locked; secrets could be swapped if swap is enabled"
             ),
         }
-        let (source, passphrase) = match passphrase {
+        let unlocked = match passphrase {
             None => {
                 tracing::info!(
-                    "vault is locked: no passphrase source (run --passphrase-fd, the systemd credential palisade-passphrase, or vault.passphrase-file); the node will not start"
+                    "vault is locked: no passphrase source (run --passphrase-fd, the systemd credential palisade-passphrase, or vault.passphrase-file); the node starts after an unlock over the control RPC"
                 );
-                return Ok(Err(self.locked_until_shutdown().await));
+                None
             }
             Some((source, Err(error))) => {
                 tracing::error!(%source, "{error}");
-                tracing::info!("vault is locked; the node will not start");
-                return Ok(Err(self.locked_until_shutdown().await));
+                tracing::info!(
+                    "vault is locked; the node starts after an unlock over the control RPC"
+                );
+                None
             }
-            Some((source, Ok(passphrase))) => (source, passphrase),
+            Some((source, Ok(passphrase))) => match crate::keys::unlock(settings, &passphrase) {
+                Ok(vault) => {
+                    tracing::info!(%source, "vault unlocked");
+                    Some(vault)
+                }
+                Err(VaultError::WrongPassphrase { .. }) => {
+                    tracing::error!(%source, "wrong passphrase; nothing was changed");
+                    tracing::info!(
+                        "vault is locked; the node starts after an unlock over the control RPC"
+                    );
+                    None
+                }
+                Err(error) => return Err(error.into()),
+            },
         };
-        let vault = match crate::keys::unlock(settings, &passphrase) {
-            Ok(vault) => vault,
-            Err(VaultError::WrongPassphrase { .. }) => {
-                tracing::error!(%source, "wrong passphrase; nothing was changed");
-                tracing::info!("vault is locked; the node will not start");
-                return Ok(Err(self.locked_until_shutdown().await));
-            }
-            Err(error) => return Err(error.into()),
+        // The answer to an unlock over RPC waits until the node can start
+        // (or the start rule refuses), so the operator learns the outcome.
+        let (vault, mut unlock_reply) = match unlocked {
+            Some(vault) => (vault, None),
+            None => match self.wait_for_unlock(settings).await {
+                Ok((vault, reply)) => (vault, Some(reply)),
+                Err(outcome) => return Ok(Err(outcome)),
+            },
         };
-        drop(passphrase);
-        tracing::info!(%source, "vault unlocked");
+        let answer =
+            |reply: &mut Option<Reply>,
+             result: Result<serde_json::Value, palisade_wire::rpc::RpcError>| {
+                if let Some(reply) = reply.take() {
+                    let _ = reply.send(result);
+                }
+            };
         let validator = crate::keys::identity(&self.config, settings, &vault)?;
         let mut stores = crate::keys::stores(settings)?;
         if let Some(tunnels) = &self.tunnels {
@@ -371,6 +418,13 @@ impl Supervisor {
                 tracing::error!("refusing to start: {reason}");
                 self.notifier
                     .status(&format!("refusing to start: {reason}"));
+                answer(
+                    &mut unlock_reply,
+                    Err(palisade_wire::rpc::RpcError::new(
+                        palisade_wire::rpc::code::WRONG_STATE,
+                        format!("unlocked, but refusing to start: {reason}"),
+                    )),
+                );
                 return Ok(Err(RunOutcome::RefusedToStart));
             }
             StartDecision::Start { watermark } => match watermark {
@@ -388,22 +442,117 @@ impl Supervisor {
             validator,
             stores,
             settings,
-            crate::keys::state_file(&self.config.daemon_home),
-            check.next_sequence,
-            self.config.poll_interval,
+            crate::keys::FollowFrom {
+                state_path: crate::keys::state_file(&self.config.daemon_home),
+                next_sequence: check.next_sequence,
+                poll_interval: self.config.poll_interval,
+                board: Some(self.board.clone()),
+            },
         )?;
+        {
+            let mut board = board(&self.board);
+            board.vault_locked = Some(false);
+            board.backup_trigger = Some(backups.trigger());
+        }
+        answer(
+            &mut unlock_reply,
+            Ok(serde_json::json!({ "locked": false, "node": "starting" })),
+        );
         Ok(Ok(VaultSession { tmpfs, backups }))
     }
 
-    /// Locked: the node does not start; wait for a shutdown.
-    async fn locked_until_shutdown(&mut self) -> RunOutcome {
+    /// Locked: the node does not start; wait for an unlock over the control
+    /// RPC (or a shutdown). Wrong passphrases are answered and change
+    /// nothing; the passphrase is dropped (zeroized) after each attempt.
+    async fn wait_for_unlock(
+        &mut self,
+        settings: &VaultSettings,
+    ) -> Result<(crate::vault::UnlockedVault, Reply), RunOutcome> {
+        self.set_node(NodeState::Locked, None);
         self.notifier
             .ready("locked: waiting for the vault passphrase");
         self.ready_sent = true;
         loop {
+            let command = tokio::select! {
+                Some(_) = self.shutdown.recv() => return Err(RunOutcome::Shutdown),
+                () = watchdog_tick(&mut self.watchdog) => {
+                    self.notifier.watchdog();
+                    continue;
+                }
+                Some(command) = self.control.recv() => command,
+            };
+            let ControlCommand::Unlock { passphrase, reply } = command else {
+                command.refuse(
+                    palisade_wire::rpc::code::WRONG_STATE,
+                    "the vault is locked: unlock it first (vault.unlock)",
+                );
+                continue;
+            };
+            // scrypt takes a second by design: off the loop's thread.
+            let owned = settings.clone();
+            let attempt =
+                tokio::task::spawn_blocking(move || crate::keys::unlock(&owned, &passphrase)).await;
+            match attempt {
+                Ok(Ok(vault)) => {
+                    tracing::info!(source = "control RPC", "vault unlocked");
+                    return Ok((vault, reply));
+                }
+                Ok(Err(VaultError::WrongPassphrase { .. })) => {
+                    tracing::warn!(
+                        source = "control RPC",
+                        "wrong passphrase; nothing was changed"
+                    );
+                    let _ = reply.send(Err(palisade_wire::rpc::RpcError::new(
+                        palisade_wire::rpc::code::UNAUTHENTICATED,
+                        "wrong passphrase; nothing was changed",
+                    )));
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "unlock over the control RPC failed");
+                    let _ = reply.send(Err(palisade_wire::rpc::RpcError::new(
+                        palisade_wire::rpc::code::INTERNAL,
+                        format!("unlock failed: {error}"),
+                    )));
+                }
+                Err(join_error) => {
+                    tracing::error!(%join_error, "unlock task failed");
+                    let _ = reply.send(Err(palisade_wire::rpc::RpcError::new(
+                        palisade_wire::rpc::code::INTERNAL,
+                        "unlock failed",
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Record the node's state for the control RPC.
+    fn set_node(&self, state: NodeState, pid: Option<u32>) {
+        let mut board = board(&self.board);
+        board.node = state;
+        board.pid = pid;
+    }
+
+    /// Operator stop: wait, with the node stopped, for a start, a restart
+    /// or a shutdown. `None`: start the node again.
+    async fn stopped_until_start(&mut self) -> Option<RunOutcome> {
+        self.set_node(NodeState::Stopped, None);
+        self.notifier
+            .status("node stopped by an operator (node.start to start it)");
+        loop {
             tokio::select! {
-                Some(_) = self.shutdown.recv() => return RunOutcome::Shutdown,
+                Some(_) = self.shutdown.recv() => return Some(RunOutcome::Shutdown),
                 () = watchdog_tick(&mut self.watchdog) => self.notifier.watchdog(),
+                Some(command) = self.control.recv() => match command {
+                    ControlCommand::NodeStart { reply } | ControlCommand::NodeRestart { reply } => {
+                        tracing::info!("node start requested over the control RPC");
+                        let _ = reply.send(Ok(serde_json::json!({ "node": "starting" })));
+                        return None;
+                    }
+                    ControlCommand::NodeStop { reply } => {
+                        let _ = reply.send(Ok(serde_json::json!({ "node": "stopped" })));
+                    }
+                    other => other.refuse(palisade_wire::rpc::code::WRONG_STATE, "the vault is already unlocked"),
+                },
             }
         }
     }
@@ -439,6 +588,8 @@ impl Supervisor {
                 daemon.pid()
             );
             tracing::info!(binary = %binary.display(), pid = daemon.pid(), %version, "daemon started");
+            self.set_node(NodeState::Running, u32::try_from(daemon.pid()).ok());
+            board(&self.board).version = Some(version.to_string());
             if let Some(mut record) = self.pending_record.take() {
                 record.step(
                     UpgradeStep::StartNew,
@@ -461,6 +612,33 @@ impl Supervisor {
             loop {
                 match self.next_wake(&mut daemon).await {
                     Wake::Watchdog => self.notifier.watchdog(),
+                    Wake::Control(command) => match command {
+                        ControlCommand::NodeStop { reply } => {
+                            tracing::info!("node stop requested over the control RPC");
+                            self.graceful_stop(&mut daemon, Signal::SIGINT).await;
+                            let _ = reply.send(Ok(serde_json::json!({ "node": "stopped" })));
+                            match self.stopped_until_start().await {
+                                Some(outcome) => return Ok(outcome),
+                                None => break,
+                            }
+                        }
+                        ControlCommand::NodeRestart { reply } => {
+                            tracing::info!("node restart requested over the control RPC");
+                            self.graceful_stop(&mut daemon, Signal::SIGINT).await;
+                            let _ = reply.send(Ok(serde_json::json!({ "node": "restarting" })));
+                            break;
+                        }
+                        ControlCommand::NodeStart { reply } => {
+                            let _ = reply.send(Err(palisade_wire::rpc::RpcError::new(
+                                palisade_wire::rpc::code::WRONG_STATE,
+                                format!("the node is already running (pid {})", daemon.pid()),
+                            )));
+                        }
+                        other => other.refuse(
+                            palisade_wire::rpc::code::WRONG_STATE,
+                            "the vault is already unlocked",
+                        ),
+                    },
                     Wake::BadPlan(reason) => {
                         tracing::error!(%reason, path = %self.config.upgrade_info_path().display(), "ignoring invalid upgrade plan; the daemon keeps running");
                         self.notifier
@@ -492,6 +670,8 @@ impl Supervisor {
                                 && !self.plan_is_due(&plan).await
                             {
                                 tracing::info!(upgrade = %plan.name, height = ?plan.height, "upgrade scheduled; waiting for the node to reach the height");
+                                board(&self.board).scheduled_upgrade =
+                                    Some(format!("{} at height {:?}", plan.name, plan.height));
                                 self.notifier.status(&format!(
                                     "upgrade {} scheduled at height {:?}",
                                     plan.name, plan.height
@@ -514,6 +694,7 @@ impl Supervisor {
                         return Ok(RunOutcome::Shutdown);
                     }
                     Wake::Exited(exit) => {
+                        self.set_node(NodeState::Restarting, None);
                         daemon.release_output();
                         let dropped = daemon.stats.dropped();
                         if dropped > 0 {
@@ -589,6 +770,7 @@ impl Supervisor {
             Some(signal) = self.shutdown.recv() => Wake::Shutdown(signal),
             () = watchdog => Wake::Watchdog,
             _ = self.scheduled_check.tick(), if self.scheduled.is_some() => Wake::CheckScheduled,
+            Some(command) = self.control.recv() => Wake::Control(command),
         }
     }
 
@@ -729,6 +911,8 @@ impl Supervisor {
         let detected = Instant::now();
         let mut record = RecordBuilder::new(&plan, source, detected);
         tracing::info!(upgrade = %plan.name, height = ?plan.height, ?source, "upgrade detected");
+        self.set_node(NodeState::Upgrading, None);
+        board(&self.board).scheduled_upgrade = None;
         self.notifier.status(&format!(
             "upgrade {} detected at height {:?}",
             plan.name, plan.height
@@ -824,10 +1008,15 @@ impl Supervisor {
         tracing::error!(
             "the node stays halted; restart palisade-supervisor after fixing the cause"
         );
+        self.set_node(NodeState::Halted, None);
         loop {
             tokio::select! {
                 Some(_) = self.shutdown.recv() => return Ok(RunOutcome::Shutdown),
                 () = watchdog_tick(&mut self.watchdog) => self.notifier.watchdog(),
+                Some(command) = self.control.recv() => command.refuse(
+                    palisade_wire::rpc::code::WRONG_STATE,
+                    "the node is halted after a failed upgrade; see the supervisor log",
+                ),
             }
         }
     }
@@ -846,9 +1035,14 @@ impl Supervisor {
         tracing::warn!(binary = %binary.display(), "waiting for the upgrade binary to be installed ({failure})");
         let mut poll =
             tokio::time::interval(self.config.poll_interval.max(Duration::from_millis(100)));
+        self.set_node(NodeState::Halted, None);
         loop {
             tokio::select! {
                 Some(_) = self.shutdown.recv() => return Ok(Some(RunOutcome::Shutdown)),
+                Some(command) = self.control.recv() => command.refuse(
+                    palisade_wire::rpc::code::WRONG_STATE,
+                    format!("the node is halted for upgrade {}: waiting for its binary", plan.name),
+                ),
                 _ = poll.tick() => {
                     if self.watchdog.is_some() {
                         self.notifier.watchdog();

@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use connection::{
-    BastionConnection, BastionState, BastionTunnel, ChannelDialer, DialTarget, ReconnectBackoff,
-    run_bastion,
+    BastionConnection, BastionObserver, BastionState, BastionTunnel, ChannelDialer, DialTarget,
+    ReconnectBackoff, run_bastion,
 };
 pub use host_key::{FirstUse, HostKeyPolicy, fingerprint, known_hosts_name, parse_fingerprint};
 pub use mesh::TunnelMesh;

@@ -793,23 +793,30 @@ fn signed(record: &Record) -> (u64, Option<u64>) {
 }
 
 /// Read the greeting through a bastion's reverse-forwarded control socket.
+/// The connection then stays open for TLS (it came through a bastion, so
+/// the supervisor requires it); one line is all a liveness check reads.
 fn greeting_through(socket: &std::path::Path) -> palisade_wire::rpc::Greeting {
-    use std::io::Read;
+    use std::io::{BufRead, Read};
     let stream = std::os::unix::net::UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let mut line = Vec::new();
-    stream
-        .take(palisade_wire::rpc::MAX_GREETING_BYTES as u64)
-        .read_to_end(&mut line)
+    std::io::BufReader::new(stream.take(palisade_wire::rpc::MAX_GREETING_BYTES as u64))
+        .read_until(b'\n', &mut line)
         .unwrap();
-    palisade_wire::rpc::Greeting::parse(&line).unwrap_or_else(|e| {
+    let greeting = palisade_wire::rpc::Greeting::parse(&line).unwrap_or_else(|e| {
         panic!(
             "{}: {e}: {:?}",
             socket.display(),
             String::from_utf8_lossy(&line)
         )
-    })
+    });
+    assert_eq!(
+        greeting.tls,
+        Some(palisade_wire::rpc::TlsRequirement::Required),
+        "a connection through a bastion must be told to use TLS"
+    );
+    greeting
 }
 
 #[test]

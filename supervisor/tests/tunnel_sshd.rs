@@ -7,7 +7,7 @@
 //! (scripts/test.sh installs openssh-server); a missing sshd fails loudly.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use palisade_simchain::testkit::free_port;
@@ -16,47 +16,22 @@ use palisade_supervisor::tunnel::{
     ForwardKind, HostKeyPolicy, LocalTcpForward, ReconnectBackoff, ReverseTcpForward,
     ReverseUnixForward, TunnelError, run_bastion,
 };
+use palisade_testkit::{Sshd, SshdOptions, current_user, run, ssh_fingerprint, ssh_keygen};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-const SSHD: &str = "/usr/sbin/sshd";
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A throwaway bastion: sshd with its own host key, one authorized client
-/// key restricted to forwarding and to `permitopen="127.0.0.1:<allowed_port>"`.
+/// A throwaway bastion: sshd ([`palisade_testkit::Sshd`]) with its own host
+/// key, one authorized client key restricted to forwarding and to
+/// `permitopen="127.0.0.1:<allowed_port>"`.
 struct Bastion {
-    dir: tempfile::TempDir,
-    port: u16,
-    host_fingerprint: String,
+    sshd: Sshd,
+    /// Holds the client key.
+    _client_dir: tempfile::TempDir,
     client_key: PathBuf,
-    sshd: Option<Child>,
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command.output().unwrap();
-    assert!(output.status.success(), "{command:?} failed: {output:?}");
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn keygen(path: &Path) {
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
-        .arg(path));
-}
-
-/// `SHA256:…` as `ssh-keygen -lf` prints it.
-fn keygen_fingerprint(public_key: &Path) -> String {
-    let listing = run(Command::new("ssh-keygen").arg("-lf").arg(public_key));
-    listing.split_whitespace().nth(1).unwrap().to_string()
-}
-
-fn current_user() -> String {
-    nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .unwrap()
-        .expect("current user has a passwd entry")
-        .name
 }
 
 impl Bastion {
@@ -69,140 +44,32 @@ impl Bastion {
     /// A bastion whose authorized_keys line for the client key carries
     /// `key_options`.
     fn start_with_options(key_options: &str) -> Bastion {
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} is missing: install openssh-server (scripts/test.sh does) to run the bastion tunnel tests"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let host_key = dir.path().join("host_ed25519");
-        let client_key = dir.path().join("client_ed25519");
-        keygen(&host_key);
-        keygen(&client_key);
-        let client_public = std::fs::read_to_string(client_key.with_extension("pub")).unwrap();
-        let authorized_keys = dir.path().join("authorized_keys");
-        std::fs::write(
-            &authorized_keys,
-            format!("{key_options} {}", client_public.trim()),
-        )
+        let client_dir = tempfile::tempdir().unwrap();
+        let client_key = client_dir.path().join("client_ed25519");
+        let client_public = ssh_keygen(&client_key).unwrap();
+        let sshd = Sshd::start(SshdOptions::new(
+            "127.0.0.1",
+            free_port(),
+            format!("{key_options} {client_public}"),
+        ))
         .unwrap();
-        let port = free_port();
-        std::fs::write(
-            dir.path().join("sshd_config"),
-            format!(
-                "Port {port}\n\
-                 ListenAddress 127.0.0.1\n\
-                 HostKey {host_key}\n\
-                 AuthorizedKeysFile {authorized_keys}\n\
-                 PidFile {pid_file}\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 UsePAM no\n\
-                 StrictModes no\n\
-                 AllowTcpForwarding yes\n\
-                 AllowStreamLocalForwarding yes\n\
-                 StreamLocalBindUnlink yes\n\
-                 ClientAliveInterval 5\n",
-                host_key = host_key.display(),
-                authorized_keys = authorized_keys.display(),
-                pid_file = dir.path().join("sshd.pid").display(),
-            ),
-        )
-        .unwrap();
-        // sshd's privilege-separation directory.
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        let mut bastion = Bastion {
-            host_fingerprint: keygen_fingerprint(&host_key.with_extension("pub")),
-            dir,
-            port,
+        Bastion {
+            sshd,
+            _client_dir: client_dir,
             client_key,
-            sshd: None,
-        };
-        bastion.spawn_sshd();
-        bastion
-    }
-
-    fn spawn_sshd(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("sshd.log"))
-            .unwrap();
-        let mut child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
-            .arg(self.dir.path().join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("sshd exited with {status}: {}", self.log());
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sshd did not listen: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
-        self.sshd = Some(child);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
-    }
-
-    /// SIGKILL the listener and every per-connection sshd it forked (they
-    /// run in their own sessions, so a process-group kill would miss them):
-    /// the bastion vanishes as in a crash.
-    fn kill_sshd(&mut self) {
-        let Some(mut child) = self.sshd.take() else {
-            return;
-        };
-        let mut doomed = vec![child.id() as i32];
-        let mut index = 0;
-        while index < doomed.len() {
-            let parent = doomed[index];
-            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                    continue;
-                };
-                // Fields after the `(comm)`: state, ppid, …
-                let after_comm = stat.rsplit(')').next().unwrap_or_default();
-                let ppid = after_comm
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.parse().ok());
-                if ppid == Some(parent) && !doomed.contains(&pid) {
-                    doomed.push(pid);
-                }
-            }
-            index += 1;
-        }
-        for pid in doomed.iter().rev() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        child.wait().unwrap();
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.sshd.path(name)
     }
 
     fn config(&self, host_key_policy: HostKeyPolicy) -> BastionConfig {
         let mut config = BastionConfig::new(
             "bastion-test",
             "127.0.0.1",
-            self.port,
-            current_user(),
+            self.sshd.port(),
+            current_user().unwrap(),
             &self.client_key,
             host_key_policy,
         );
@@ -218,15 +85,9 @@ impl Bastion {
 
     fn pinned(&self) -> HostKeyPolicy {
         HostKeyPolicy {
-            pinned_fingerprints: vec![self.host_fingerprint.clone()],
+            pinned_fingerprints: vec![self.sshd.fingerprint().to_string()],
             ..HostKeyPolicy::default()
         }
-    }
-}
-
-impl Drop for Bastion {
-    fn drop(&mut self) {
-        self.kill_sshd();
     }
 }
 
@@ -364,8 +225,8 @@ async fn pinned_host_key_carries_reverse_unix_and_local_tcp_forwards() {
 async fn changed_host_key_is_refused_with_both_fingerprints() {
     let bastion = Bastion::start(1);
     let other_key = bastion.path("other_ed25519");
-    keygen(&other_key);
-    let expected = keygen_fingerprint(&other_key.with_extension("pub"));
+    ssh_keygen(&other_key).unwrap();
+    let expected = ssh_fingerprint(&other_key.with_extension("pub")).unwrap();
     let config = bastion.config(HostKeyPolicy {
         pinned_fingerprints: vec![expected.clone()],
         ..HostKeyPolicy::default()
@@ -377,10 +238,10 @@ async fn changed_host_key_is_refused_with_both_fingerprints() {
     let message = error.to_string();
     assert!(
         matches!(&error, TunnelError::HostKeyChanged { expected: e, offered, .. }
-            if *e == expected && *offered == bastion.host_fingerprint),
+            if *e == expected && offered == bastion.sshd.fingerprint()),
         "{error:?}"
     );
-    assert!(message.contains(&expected) && message.contains(&bastion.host_fingerprint));
+    assert!(message.contains(&expected) && message.contains(bastion.sshd.fingerprint()));
 
     // The supervisor loop treats it as fatal instead of retrying forever.
     let result = tokio::time::timeout(WAIT, run_bastion(config, CancellationToken::new()))
@@ -402,8 +263,8 @@ async fn unknown_host_key_is_refused_unless_first_use_is_configured() {
     });
     match BastionConnection::connect(&refuse).await {
         Err(TunnelError::HostKeyUnknown { host, offered }) => {
-            assert_eq!(host, format!("[127.0.0.1]:{}", bastion.port));
-            assert_eq!(offered, bastion.host_fingerprint);
+            assert_eq!(host, format!("[127.0.0.1]:{}", bastion.sshd.port()));
+            assert_eq!(offered, bastion.sshd.fingerprint());
         }
         Err(other) => panic!("expected HostKeyUnknown, got {other}"),
         Ok(_) => panic!("connected to an unknown host"),
@@ -423,9 +284,10 @@ async fn unknown_host_key_is_refused_unless_first_use_is_configured() {
     // The recorded line is one OpenSSH itself finds, and pins from now on.
     let found = run(Command::new("ssh-keygen")
         .arg("-F")
-        .arg(format!("[127.0.0.1]:{}", bastion.port))
+        .arg(format!("[127.0.0.1]:{}", bastion.sshd.port()))
         .arg("-f")
-        .arg(&known_hosts));
+        .arg(&known_hosts))
+    .unwrap();
     assert!(found.contains("ssh-ed25519"), "{found}");
     BastionConnection::connect(&refuse)
         .await
@@ -519,14 +381,14 @@ async fn tunnel_reconnects_and_restores_forwards_after_sshd_restart() {
     .await;
     assert_both_forwards_work(&bastion, &tunnel, b"before").await;
 
-    bastion.kill_sshd();
+    bastion.sshd.kill();
     let down = wait_state(&mut state, "disconnected", |state| {
         state.connected_since.is_none() && state.last_error.is_some()
     })
     .await;
     assert!(!down.stopped, "a dead bastion is retried, not fatal");
 
-    bastion.spawn_sshd();
+    bastion.sshd.restart().unwrap();
     let up = wait_state(&mut state, "reconnected", |state| {
         state.connected_since.is_some() && state.reconnects >= 1
     })
@@ -669,9 +531,9 @@ async fn direct_streamlocal_is_refused_when_the_key_has_permitopen() {
             (Err(TunnelError::ForwardRefused { kind, .. }), false) => {
                 assert_eq!(kind, ForwardKind::LocalUnixSocket);
                 assert!(
-                    bastion.log().contains("but the request was denied"),
+                    bastion.sshd.log().contains("but the request was denied"),
                     "{}",
-                    bastion.log()
+                    bastion.sshd.log()
                 );
             }
             (other, _) => panic!("{options}: unexpected {:?}", other.map(|_| ())),

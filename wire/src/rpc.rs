@@ -131,6 +131,14 @@ pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-palisade-rpc-auth-v1";
 /// Length of a challenge and of the channel binding.
 pub const CHALLENGE_BYTES: usize = 32;
 
+/// The pin of a certificate given its DER ([`format_fingerprint`] of its
+/// SHA-256), as `palisade-ctl` compares it with the pinned one.
+pub fn fingerprint_of(cert_der: &[u8]) -> String {
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(cert_der).into();
+    format_fingerprint(&digest)
+}
+
 /// What an operator signs to log in: see `docs/rpc.md` §2.
 pub fn auth_message(
     validator: &str,
@@ -144,6 +152,45 @@ pub fn auth_message(
     message.extend_from_slice(challenge);
     message.extend_from_slice(channel_binding);
     message
+}
+
+/// Prefix of a certificate pin: `sha256:` and 64 lower-case hex digits of
+/// the SHA-256 of the certificate's DER (`docs/rpc.md` §1).
+pub const FINGERPRINT_PREFIX: &str = "sha256:";
+
+/// The pin of a certificate whose DER has SHA-256 `digest`:
+/// `sha256:<64 lower-case hex>`.
+pub fn format_fingerprint(digest: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(FINGERPRINT_PREFIX.len() + 64);
+    text.push_str(FINGERPRINT_PREFIX);
+    for byte in digest {
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    text
+}
+
+/// The SHA-256 digest a pin names. Accepts upper- or lower-case hex; the
+/// `sha256:` prefix is required, so a pin of another kind is never
+/// mistaken for this one.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
+    let Some(hex) = text.trim().strip_prefix(FINGERPRINT_PREFIX) else {
+        return Err(format!(
+            "'{text}' is not a certificate pin: expected {FINGERPRINT_PREFIX}<64 hex digits>"
+        ));
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "'{text}' is not a certificate pin: expected {FINGERPRINT_PREFIX}<64 hex digits>"
+        ));
+    }
+    let mut digest = [0u8; 32];
+    for (index, pair) in hex.as_bytes().chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).map_err(|error| error.to_string())?;
+        digest[index] = u8::from_str_radix(pair, 16).map_err(|error| error.to_string())?;
+    }
+    Ok(digest)
 }
 
 /// An operator's role; ordered, each includes the ones before it.
@@ -363,6 +410,15 @@ mod tests {
     }
 
     #[test]
+    fn fingerprint_is_sha256_lowercase_hex() {
+        // SHA-256 of the empty input.
+        assert_eq!(
+            fingerprint_of(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
     fn roles_are_ordered_and_every_method_is_known() {
         assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
         assert_eq!(required_role("status"), Some(Some(Role::Viewer)));
@@ -375,6 +431,29 @@ mod tests {
         let message = auth_message("val-a", &[1; 32], &[0; 32]);
         assert!(message.starts_with(b"palisade-rpc-auth-v1\nval-a\n"));
         assert_eq!(message.len(), 21 + 6 + 64);
+    }
+
+    #[test]
+    fn fingerprints_round_trip_and_reject_other_forms() {
+        let digest: [u8; 32] = std::array::from_fn(|i| (i * 9) as u8);
+        let text = format_fingerprint(&digest);
+        assert_eq!(text.len(), 7 + 64);
+        assert!(text.starts_with("sha256:000912"));
+        assert_eq!(parse_fingerprint(&text), Ok(digest));
+        assert_eq!(
+            parse_fingerprint(&text.to_uppercase().replace("SHA256:", "sha256:")),
+            Ok(digest)
+        );
+        for bad in [
+            "",
+            "sha256:",
+            "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s",
+            &text[..70],
+            &format!("{text}0"),
+            &text.replace('0', "g"),
+        ] {
+            assert!(parse_fingerprint(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

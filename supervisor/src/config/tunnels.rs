@@ -51,6 +51,13 @@ pub struct RawRpc {
     /// Default: the host name. This validator's name on the bastions (its
     /// backup-store directory, the greeting their health checks read).
     pub name: Option<String>,
+    /// Default `$DAEMON_HOME/palisade/rpc`: the directory (0700) holding the
+    /// RPC server's TLS certificate `cert.pem` and key `key.pem` (0600),
+    /// made by `palisade-supervisor init-rpc`.
+    pub tls_dir: Option<PathBuf>,
+    /// Default `60s`: a connection without a complete line for this long is
+    /// closed.
+    pub idle_timeout: Option<String>,
 }
 
 /// `[tunnel]`: settings shared by every `[[bastion]]`.
@@ -114,6 +121,10 @@ pub struct RawForward {
 pub struct RpcSettings {
     pub socket: PathBuf,
     pub name: String,
+    /// Holds `cert.pem` and `key.pem` (see [`crate::rpc::tls`]).
+    pub tls_dir: PathBuf,
+    /// Longest wait for a complete line (or a TLS handshake).
+    pub idle_timeout: Duration,
 }
 
 /// The validated `[tunnel]` and `[[bastion]]` tables.
@@ -187,7 +198,7 @@ impl TunnelSettings {
     }
 }
 
-fn valid_name(name: &str) -> Result<(), String> {
+pub(super) fn valid_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(format!("'{name}' must be 1 to {MAX_NAME_BYTES} characters"));
     }
@@ -288,7 +299,32 @@ pub(super) fn validate_rpc(r: &mut Resolver<'_>, raw: RawRpc, daemon_home: &Path
         }
         None => host_name(),
     };
-    RpcSettings { socket, name }
+    let tls_dir = raw
+        .tls_dir
+        .unwrap_or_else(|| daemon_home.join("palisade").join("rpc"));
+    if !tls_dir.is_absolute() && !daemon_home.as_os_str().is_empty() {
+        let origin = r.file_origin("rpc.tls-dir");
+        r.report(
+            origin,
+            format!("'{}' must be an absolute path", tls_dir.display()),
+        );
+    }
+    let idle_timeout = r.duration(
+        None,
+        "rpc.idle-timeout",
+        raw.idle_timeout.as_deref(),
+        Duration::from_secs(60),
+    );
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&idle_timeout) {
+        let origin = r.file_origin("rpc.idle-timeout");
+        r.report(origin, "must be between 100ms and 1h");
+    }
+    RpcSettings {
+        socket,
+        name,
+        tls_dir,
+        idle_timeout,
+    }
 }
 
 pub(super) fn validate_tunnels(

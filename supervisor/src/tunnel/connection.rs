@@ -702,10 +702,17 @@ impl BastionTunnel {
     /// The state now, with the byte counters up to date (the watch from
     /// [`BastionTunnel::state`] carries transitions, not every byte).
     pub fn snapshot(&self) -> BastionState {
-        let mut state = self.state.borrow().clone();
-        state.bytes_to_bastion = self.shared.to_bastion.load(Ordering::Relaxed);
-        state.bytes_from_bastion = self.shared.from_bastion.load(Ordering::Relaxed);
-        state
+        self.observer().snapshot()
+    }
+
+    /// A cheap handle that reads this tunnel's state from elsewhere (the
+    /// control RPC), without owning the tunnel.
+    pub fn observer(&self) -> BastionObserver {
+        BastionObserver {
+            name: self.name.clone(),
+            state: self.state.clone(),
+            shared: self.shared.clone(),
+        }
     }
 
     /// The configured name of this bastion.
@@ -754,6 +761,29 @@ impl BastionTunnel {
             let _ = listener.await;
         }
         result
+    }
+}
+
+/// Reads one tunnel's state; see [`BastionTunnel::observer`].
+#[derive(Clone)]
+pub struct BastionObserver {
+    name: String,
+    state: watch::Receiver<BastionState>,
+    shared: SharedState,
+}
+
+impl BastionObserver {
+    /// The bastion's configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The state now, byte counters included.
+    pub fn snapshot(&self) -> BastionState {
+        let mut state = self.state.borrow().clone();
+        state.bytes_to_bastion = self.shared.to_bastion.load(Ordering::Relaxed);
+        state.bytes_from_bastion = self.shared.from_bastion.load(Ordering::Relaxed);
+        state
     }
 }
 

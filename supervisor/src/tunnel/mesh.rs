@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{BastionState, BastionTunnel, DialTarget, TunnelError};
+use super::{BastionObserver, BastionState, BastionTunnel, DialTarget, TunnelError};
 use crate::backup::{BackupStore, RemoteStore};
 use crate::config::TunnelSettings;
 
@@ -108,6 +108,14 @@ impl TunnelMesh {
         self.tunnels
             .iter()
             .map(|(tunnel, _)| (tunnel.name().to_string(), tunnel.snapshot()))
+            .collect()
+    }
+
+    /// Handles that read every tunnel's state, for the control RPC.
+    pub fn observers(&self) -> Vec<BastionObserver> {
+        self.tunnels
+            .iter()
+            .map(|(tunnel, _)| tunnel.observer())
             .collect()
     }
 

@@ -7,8 +7,9 @@
 //! - [`link`]: a veth pair between two namespaces, with addresses; [`Link::set_down`] /
 //!   [`Link::set_up`] cut and restore it for real. No default routes are added and forwarding
 //!   stays off, so a namespace reaches only its directly linked neighbours.
-//! - [`NsSshd`]: OpenSSH sshd inside a namespace (own host key, caller's `authorized_keys`),
-//!   with the same settings as `tunnel_sshd.rs` (docs/bastion-sshd.md).
+//! - [`NsSshd`]: OpenSSH sshd inside a namespace (own host key, caller's `authorized_keys`):
+//!   the shared fixture [`palisade_testkit::Sshd`] (docs/bastion-sshd.md), run through
+//!   `ip netns exec` and probed from inside the namespace.
 //! - [`Netns::can_reach`] and friends: TCP reachability probes from inside a namespace.
 //! - [`Netns::in_netns`]: run Rust code (a blocking client, a tokio runtime) inside a namespace.
 //!
@@ -23,12 +24,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use palisade_testkit::{Sshd, SshdOptions};
+
 /// Every namespace this harness creates is named `pal-<pid>-<counter>`.
 pub const NAME_PREFIX: &str = "pal-";
 /// How long one reachability probe may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-const SSHD: &str = "/usr/sbin/sshd";
-const SSHD_WAIT: Duration = Duration::from_secs(15);
 
 static NAMESPACES: AtomicU32 = AtomicU32::new(0);
 static LINKS: AtomicU32 = AtomicU32::new(0);
@@ -54,18 +55,7 @@ pub fn require_root() {
 
 /// Runs a command to completion; panics with its output unless it succeeds. Returns stdout.
 pub fn run_ok(command: &mut Command) -> String {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    palisade_testkit::run(command).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn ip(args: &[&str]) -> Output {
@@ -155,11 +145,16 @@ impl Netns {
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {command:?} in {}: {e}", self.label));
+        self.track(child.id());
+        NsProcess { child }
+    }
+
+    /// Kills `pid` first when the namespace drops (if it is still inside).
+    fn track(&self, pid: u32) {
         self.spawned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(child.id());
-        NsProcess { child }
+            .push(pid);
     }
 
     /// Pids of every process inside the namespace (`ip netns pids`).
@@ -171,25 +166,7 @@ impl Netns {
     /// `Ok` when a TCP connection was established, else why not ("Connection refused",
     /// "Network is unreachable", "timed out").
     pub fn probe(&self, host: &str, port: u16) -> Result<(), String> {
-        let output = self
-            .command("timeout")
-            .arg(format!("{}", PROBE_TIMEOUT.as_secs_f64()))
-            .args(["bash", "-c", &format!("exec 3<>/dev/tcp/{host}/{port}")])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run the probe in {}: {e}", self.label));
-        if output.status.success() {
-            return Ok(());
-        }
-        if output.status.code() == Some(124) {
-            return Err(format!("timed out after {PROBE_TIMEOUT:?}"));
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(stderr
-            .lines()
-            .last()
-            .map(|l| l.rsplit(": ").next().unwrap_or(l).to_string())
-            .unwrap_or_else(|| output.status.to_string()))
+        probe_in(&self.name, &self.label, host, port)
     }
 
     /// Whether a TCP connection to `host:port` succeeds from inside the namespace.
@@ -317,7 +294,7 @@ impl NsProcess {
 
     /// SIGKILL it and every descendant, and reap it.
     pub fn kill(&mut self) {
-        kill_tree(self.child.id());
+        palisade_testkit::kill_tree(self.child.id(), nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -441,35 +418,21 @@ impl Drop for Link {
 
 /// `ssh-keygen -t ed25519` without passphrase at `path`; returns the public key line.
 pub fn ssh_keygen(path: &Path) -> String {
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
-            .arg(path),
-    );
-    std::fs::read_to_string(path.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_string()
+    palisade_testkit::ssh_keygen(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `SHA256:…` as `ssh-keygen -lf` prints it.
 pub fn ssh_fingerprint(public_key: &Path) -> String {
-    let listing = run_ok(Command::new("ssh-keygen").arg("-lf").arg(public_key));
-    listing.split_whitespace().nth(1).unwrap().to_string()
+    palisade_testkit::ssh_fingerprint(public_key).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// OpenSSH sshd running inside a namespace, killed (listener and per-connection processes)
-/// on drop.
+/// OpenSSH sshd running inside a namespace ([`palisade_testkit::Sshd`] under `ip netns exec`,
+/// LogLevel VERBOSE), killed (listener and per-connection processes) on drop.
 #[derive(Debug)]
 pub struct NsSshd {
-    dir: tempfile::TempDir,
+    sshd: Sshd,
     netns: String,
     label: String,
-    listen_ip: String,
-    port: u16,
-    host_public_key: String,
-    host_fingerprint: String,
-    process: Option<NsProcess>,
 }
 
 impl NsSshd {
@@ -490,156 +453,108 @@ impl NsSshd {
         authorized_keys: &str,
         extra_config: &str,
     ) -> NsSshd {
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} is missing: install openssh-server (scripts/test.sh does)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let host_key = dir.path().join("host_ed25519");
-        let host_public_key = ssh_keygen(&host_key);
-        let authorized_keys_file = dir.path().join("authorized_keys");
-        let mut keys = authorized_keys.trim_end().to_string();
-        keys.push('\n');
-        std::fs::write(&authorized_keys_file, keys).unwrap();
-        let mut extra = extra_config.trim_end().to_string();
-        if !extra.is_empty() {
-            extra.push('\n');
-        }
-        std::fs::write(
-            dir.path().join("sshd_config"),
-            format!(
-                "{extra}\
-                 Port {port}\n\
-                 ListenAddress {listen_ip}\n\
-                 HostKey {host_key}\n\
-                 AuthorizedKeysFile {authorized_keys}\n\
-                 PidFile {pid_file}\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 UsePAM no\n\
-                 StrictModes no\n\
-                 AllowTcpForwarding yes\n\
-                 AllowStreamLocalForwarding yes\n\
-                 StreamLocalBindUnlink yes\n\
-                 ClientAliveInterval 5\n\
-                 ClientAliveCountMax 3\n\
-                 LogLevel VERBOSE\n",
-                host_key = host_key.display(),
-                authorized_keys = authorized_keys_file.display(),
-                pid_file = dir.path().join("sshd.pid").display(),
-            ),
-        )
-        .unwrap();
-        // sshd's privilege-separation directory.
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        let mut sshd = NsSshd {
-            host_fingerprint: ssh_fingerprint(&host_key.with_extension("pub")),
-            host_public_key,
-            dir,
+        let label = format!("sshd in {}", netns.label);
+        let mut options = SshdOptions::new(listen_ip, port, authorized_keys);
+        options.extra_config = extra_config.to_string();
+        options.log_level = Some("VERBOSE".into());
+        options.exec_prefix = ["ip", "netns", "exec", &netns.name]
+            .map(String::from)
+            .to_vec();
+        let (name, netns_label) = (netns.name.clone(), netns.label.clone());
+        options.probe = Some(Box::new(move |host, port| {
+            probe_in(&name, &netns_label, host, port).is_ok()
+        }));
+        let sshd = Sshd::start(options).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let sshd = NsSshd {
+            sshd,
             netns: netns.name.clone(),
-            label: format!("sshd in {}", netns.label),
-            listen_ip: listen_ip.to_string(),
-            port,
-            process: None,
+            label,
         };
-        sshd.spawn(netns);
+        sshd.track(netns);
         sshd
     }
 
     /// Starts sshd again after [`NsSshd::kill`], same host key and config.
     pub fn restart(&mut self, netns: &Netns) {
         assert_eq!(netns.name, self.netns, "restart in the namespace it ran in");
-        self.kill();
-        self.spawn(netns);
+        let label = &self.label;
+        self.sshd
+            .restart()
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        self.track(netns);
     }
 
-    fn spawn(&mut self, netns: &Netns) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("sshd.log"))
-            .unwrap();
-        let mut process = netns.spawn(
-            netns
-                .command(SSHD)
-                .args(["-D", "-e", "-f"])
-                .arg(self.dir.path().join("sshd_config"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log),
-        );
-        let deadline = Instant::now() + SSHD_WAIT;
-        while !netns.can_reach(&self.listen_ip, self.port) {
-            if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("{} exited with {status}: {}", self.label, self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not listen on {}:{} within {SSHD_WAIT:?}: {}",
-                self.label,
-                self.listen_ip,
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+    /// The namespace kills sshd first when it drops.
+    fn track(&self, netns: &Netns) {
+        if let Some(pid) = self.sshd.pid() {
+            netns.track(pid);
         }
-        self.process = Some(process);
     }
 
     /// SIGKILLs the listener and every per-connection sshd it forked: the bastion vanishes as
     /// in a crash. [`NsSshd::restart`] brings it back.
     pub fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.kill();
-        }
+        self.sshd.kill();
     }
 
     /// Listen address.
     pub fn ip(&self) -> &str {
-        &self.listen_ip
+        self.sshd.ip()
     }
 
     /// Listen port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.sshd.port()
     }
 
     /// Host key fingerprint, `SHA256:…` (`ssh-keygen -lf`), for pinning.
     pub fn fingerprint(&self) -> &str {
-        &self.host_fingerprint
+        self.sshd.fingerprint()
     }
 
     /// Host public key line, `ssh-ed25519 AAAA…`.
     pub fn host_public_key(&self) -> &str {
-        &self.host_public_key
+        self.sshd.host_public_key()
     }
 
     /// A known_hosts line for this server: `10.77.1.1 ssh-ed25519 AAAA…` on port 22,
     /// `[10.77.1.1]:2222 ssh-ed25519 AAAA…` otherwise.
     pub fn known_hosts_line(&self) -> String {
-        let host = if self.port == 22 {
-            self.listen_ip.clone()
-        } else {
-            format!("[{}]:{}", self.listen_ip, self.port)
-        };
-        format!("{host} {}", self.host_public_key)
+        self.sshd.known_hosts_line()
     }
 
     /// sshd's log (`-e`, LogLevel VERBOSE).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+        self.sshd.log()
     }
 
     /// A path in sshd's private directory (e.g. for reverse-forwarded Unix sockets).
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.sshd.path(name)
     }
 }
 
-impl Drop for NsSshd {
-    fn drop(&mut self) {
-        self.kill();
+/// [`Netns::probe`] by namespace name (for closures that outlive the borrow of a [`Netns`]).
+fn probe_in(netns: &str, label: &str, host: &str, port: u16) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", netns, "timeout"])
+        .arg(format!("{}", PROBE_TIMEOUT.as_secs_f64()))
+        .args(["bash", "-c", &format!("exec 3<>/dev/tcp/{host}/{port}")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the probe in {label}: {e}"));
+    if output.status.success() {
+        return Ok(());
     }
+    if output.status.code() == Some(124) {
+        return Err(format!("timed out after {PROBE_TIMEOUT:?}"));
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(stderr
+        .lines()
+        .last()
+        .map(|l| l.rsplit(": ").next().unwrap_or(l).to_string())
+        .unwrap_or_else(|| output.status.to_string()))
 }
 
 /// `ip netns pids NAME`.
@@ -678,38 +593,6 @@ fn kill_pid(pid: u32) {
         nix::unistd::Pid::from_raw(raw),
         nix::sys::signal::Signal::SIGKILL,
     );
-}
-
-/// SIGKILLs `root`'s descendants (deepest first), then `root`. sshd's per-connection processes
-/// run in their own sessions, so a process-group kill would miss them.
-fn kill_tree(root: u32) {
-    let mut doomed = vec![root];
-    let mut index = 0;
-    while index < doomed.len() {
-        let parent = doomed[index];
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // Fields after the `(comm)`: state, ppid, …
-            let after_comm = stat.rsplit(')').next().unwrap_or_default();
-            let ppid = after_comm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(parent) && !doomed.contains(&pid) {
-                doomed.push(pid);
-            }
-        }
-        index += 1;
-    }
-    let own = std::process::id();
-    for pid in doomed.iter().rev().filter(|&&p| p != own) {
-        kill_pid(*pid);
-    }
 }
 
 /// Deletes `pal-<pid>-<n>` namespaces whose creating test process no longer exists (it was

@@ -1,0 +1,659 @@
+//! The RPC client: one connection to a supervisor's control socket
+//! (`docs/rpc.md`), optionally TLS with a pinned certificate and operator
+//! authentication, then any number of calls.
+//!
+//! Invariants:
+//! - every connect, read and write has a timeout, and every line read is
+//!   bounded ([`MAX_GREETING_BYTES`] for the greeting, [`MAX_LINE_BYTES`]
+//!   for responses): a stuck or hostile peer costs a bounded time and memory;
+//! - when TLS is used, the only certificate accepted is the pinned one
+//!   (no CA, no name check), and the handshake's signatures are still
+//!   verified with rustls' crypto provider, so the peer must hold the
+//!   pinned certificate's private key; a different certificate is a hard
+//!   failure naming both fingerprints;
+//! - the operator's signature is bound to this TLS session (exporter) or,
+//!   on plaintext, to 32 zero bytes, exactly as `auth_message` says;
+//! - secrets travel only as the secret line after a request of a
+//!   [`SECRET_METHODS`] method, from zeroizing buffers; never in JSON.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ed25519_dalek::Signer;
+use palisade_wire::rpc::{
+    CHALLENGE_BYTES, EXPORTER_LABEL, Greeting, MAX_GREETING_BYTES, MAX_LINE_BYTES,
+    MAX_SECRET_LINE_BYTES, Request, Response, Role, RpcError, SECRET_METHODS, TlsRequirement,
+    auth_message, code, fingerprint_of,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use zeroize::Zeroizing;
+
+use crate::exit_code;
+
+/// Bound on connecting, reading the greeting, the TLS handshake and the
+/// authentication exchange (lowered to the call timeout when that is
+/// shorter).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default bound on one call (request written, response read).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A pinned certificate fingerprint: `sha256:` and 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(String);
+
+impl Fingerprint {
+    /// Parse `sha256:<64 hex>`; upper-case hex is accepted and lowered.
+    pub fn parse(text: &str) -> Result<Fingerprint, String> {
+        let digest = palisade_wire::rpc::parse_fingerprint(text)?;
+        Ok(Fingerprint(palisade_wire::rpc::format_fingerprint(&digest)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// When to run TLS after the greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// When the greeting says `required` (a trusted local user may stay in
+    /// plaintext).
+    WhenRequired,
+    /// Always (`--tls`, and every connection through a bastion).
+    Always,
+}
+
+/// An operator's identity: the name the supervisor knows and the ed25519
+/// signing key (zeroized on drop by ed25519-dalek).
+pub struct OperatorKey {
+    pub name: String,
+    signing_key: ed25519_dalek::SigningKey,
+}
+
+impl fmt::Debug for OperatorKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperatorKey")
+            .field("name", &self.name)
+            .field("signing_key", &"REDACTED")
+            .finish()
+    }
+}
+
+impl OperatorKey {
+    /// Load an unencrypted OpenSSH ed25519 private key (as written by
+    /// `ssh-keygen -t ed25519 -N ''`). Like ssh, refuse a key file that
+    /// others can read.
+    pub fn load(name: &str, path: &Path) -> Result<OperatorKey, CallError> {
+        let fail = |reason: String| CallError::Key {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let metadata = std::fs::metadata(path).map_err(|error| fail(error.to_string()))?;
+        if metadata.permissions().mode() & 0o077 != 0 {
+            return Err(fail(format!(
+                "permissions {:o} are too open (others can read the key); chmod 600 it",
+                metadata.permissions().mode() & 0o777
+            )));
+        }
+        let text = Zeroizing::new(std::fs::read(path).map_err(|error| fail(error.to_string()))?);
+        let key = russh::keys::ssh_key::PrivateKey::from_openssh(&*text)
+            .map_err(|error| fail(format!("not an OpenSSH private key: {error}")))?;
+        if key.is_encrypted() {
+            return Err(fail(
+                "the key has a passphrase; palisade-ctl needs an unencrypted key \
+                 (keep it on an encrypted disk, or use a dedicated key)"
+                    .into(),
+            ));
+        }
+        let keypair = key
+            .key_data()
+            .ed25519()
+            .ok_or_else(|| fail(format!("a {} key, not ed25519", key.algorithm())))?;
+        let seed = Zeroizing::new(keypair.private.to_bytes());
+        Ok(OperatorKey::from_seed(name, &seed))
+    }
+
+    /// From the 32-byte ed25519 seed.
+    pub fn from_seed(name: &str, seed: &[u8; 32]) -> OperatorKey {
+        OperatorKey {
+            name: name.to_string(),
+            signing_key: ed25519_dalek::SigningKey::from_bytes(seed),
+        }
+    }
+}
+
+/// How to reach and authenticate to one supervisor.
+#[derive(Debug)]
+pub struct ConnectOptions {
+    /// The control socket (local, or a bastion's forwarded one).
+    pub socket: PathBuf,
+    pub tls: TlsPolicy,
+    /// The certificate to accept; needed whenever TLS runs.
+    pub pin: Option<Fingerprint>,
+    /// Log in as this operator; `None`: stay anonymous (fine for trusted
+    /// local users).
+    pub operator: Option<OperatorKey>,
+    /// Bound on each call, and on connecting when shorter than
+    /// [`CONNECT_TIMEOUT`].
+    pub call_timeout: Duration,
+}
+
+/// Why a connection or a call failed. [`CallError::exit_code`] maps it to
+/// `palisade-ctl`'s exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The socket could not be reached, the peer closed or stalled, or
+    /// sent something that is not the protocol.
+    #[error("{0}")]
+    Connection(String),
+    /// TLS setup or handshake failed (other than a pin mismatch).
+    #[error("TLS with the supervisor failed: {0}")]
+    Tls(String),
+    /// The supervisor presented a certificate other than the pinned one.
+    #[error(
+        "the supervisor's certificate is {presented}, but {pinned} is pinned: refusing \
+         (if the certificate was replaced on purpose, update the pin)"
+    )]
+    PinMismatch { pinned: String, presented: String },
+    /// TLS is needed but no fingerprint is configured.
+    #[error(
+        "the supervisor requires TLS but no certificate fingerprint is pinned: pass --pin \
+         sha256:… or set `pin` in the config (printed by `palisade-supervisor init-rpc`)"
+    )]
+    NoPin,
+    /// The operator key file could not be used.
+    #[error("operator key {}: {reason}", path.display())]
+    Key { path: PathBuf, reason: String },
+    /// The supervisor refused the login, or the call for lack of
+    /// authentication or role.
+    #[error("{}", describe_rpc_error(.0))]
+    Auth(RpcError),
+    /// The supervisor answered the call with an error.
+    #[error("{}", describe_rpc_error(.0))]
+    Rpc(RpcError),
+    /// The caller misused the API (e.g. a secret method without a secret).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CallError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CallError::Connection(_)
+            | CallError::Tls(_)
+            | CallError::PinMismatch { .. }
+            | CallError::NoPin => exit_code::CONNECTION,
+            CallError::Key { .. } | CallError::Auth(_) => exit_code::AUTH,
+            CallError::Rpc(_) | CallError::Usage(_) => exit_code::CALL,
+        }
+    }
+}
+
+fn describe_rpc_error(error: &RpcError) -> String {
+    let mut text = format!(
+        "{} (code {})",
+        crate::render::clean(&error.message),
+        error.code
+    );
+    if let Some(data) = &error.data {
+        text.push_str(&format!(" {}", crate::render::clean(&data.to_string())));
+    }
+    match error.code {
+        code::UNAUTHENTICATED => {
+            text.push_str("; log in with --operator and --key (or `operator`/`key` in the config)")
+        }
+        code::FORBIDDEN => text.push_str("; the operator's role does not allow this method"),
+        _ => {}
+    }
+    text
+}
+
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// An open connection, after the greeting, TLS and login.
+pub struct Client {
+    stream: BufReader<Box<dyn Transport>>,
+    greeting: Greeting,
+    tls: bool,
+    role: Option<Role>,
+    next_id: u64,
+    call_timeout: Duration,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("greeting", &self.greeting)
+            .field("tls", &self.tls)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connect, read the greeting, run TLS if needed, log in if an
+    /// operator is configured.
+    pub async fn connect(options: ConnectOptions) -> Result<Client, CallError> {
+        let bound = CONNECT_TIMEOUT.min(options.call_timeout);
+        tokio::time::timeout(bound, Client::connect_unbounded(options))
+            .await
+            .map_err(|_| {
+                CallError::Connection(format!(
+                    "no complete greeting, handshake and login within {} s",
+                    bound.as_secs()
+                ))
+            })?
+    }
+
+    async fn connect_unbounded(options: ConnectOptions) -> Result<Client, CallError> {
+        let path = &options.socket;
+        let mut socket = UnixStream::connect(path).await.map_err(|error| {
+            CallError::Connection(format!("cannot connect to {}: {error}", path.display()))
+        })?;
+        let greeting = read_greeting(&mut socket)
+            .await
+            .map_err(|reason| CallError::Connection(format!("{}: {reason}", path.display())))?;
+        let tls_needed =
+            options.tls == TlsPolicy::Always || greeting.tls == Some(TlsRequirement::Required);
+        let (transport, binding): (Box<dyn Transport>, [u8; CHALLENGE_BYTES]) = if tls_needed {
+            let pin = options.pin.clone().ok_or(CallError::NoPin)?;
+            let stream = tls_handshake(socket, &pin).await?;
+            let mut binding = [0u8; CHALLENGE_BYTES];
+            stream
+                .get_ref()
+                .1
+                .export_keying_material(&mut binding, EXPORTER_LABEL, None)
+                .map_err(|error| CallError::Tls(format!("exporter: {error}")))?;
+            (Box::new(stream), binding)
+        } else {
+            (Box::new(socket), [0u8; CHALLENGE_BYTES])
+        };
+        let mut client = Client {
+            stream: BufReader::new(transport),
+            greeting,
+            tls: tls_needed,
+            role: None,
+            next_id: 1,
+            call_timeout: options.call_timeout,
+        };
+        if let Some(operator) = &options.operator {
+            client.login(operator, &binding).await?;
+        }
+        Ok(client)
+    }
+
+    /// The supervisor's greeting.
+    pub fn greeting(&self) -> &Greeting {
+        &self.greeting
+    }
+
+    /// Whether the connection runs TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The role granted by `auth.login`, if logged in.
+    pub fn role(&self) -> Option<Role> {
+        self.role
+    }
+
+    async fn login(
+        &mut self,
+        operator: &OperatorKey,
+        binding: &[u8; CHALLENGE_BYTES],
+    ) -> Result<(), CallError> {
+        let refused = |error: CallError| match error {
+            CallError::Rpc(error) => CallError::Auth(error),
+            other => other,
+        };
+        let answer = self
+            .exchange("auth.challenge", None, None)
+            .await
+            .map_err(refused)?;
+        let challenge = answer
+            .get("challenge")
+            .and_then(Value::as_str)
+            .and_then(|text| BASE64.decode(text).ok())
+            .and_then(|bytes| <[u8; CHALLENGE_BYTES]>::try_from(bytes).ok())
+            .ok_or_else(|| {
+                CallError::Connection(
+                    "auth.challenge answered without a 32-byte base64 challenge".into(),
+                )
+            })?;
+        let message = auth_message(&self.greeting.validator, &challenge, binding);
+        let signature = operator.signing_key.sign(&message);
+        let params = serde_json::json!({
+            "operator": operator.name,
+            "signature": BASE64.encode(signature.to_bytes()),
+        });
+        let answer = self
+            .exchange("auth.login", Some(params), None)
+            .await
+            .map_err(refused)?;
+        self.role = answer
+            .get("role")
+            .cloned()
+            .and_then(|role| serde_json::from_value(role).ok());
+        Ok(())
+    }
+
+    /// Call `method`. Secret methods need [`Client::call_with_secret`].
+    pub async fn call(&mut self, method: &str, params: Option<Value>) -> Result<Value, CallError> {
+        if SECRET_METHODS.contains(&method) {
+            return Err(CallError::Usage(format!(
+                "{method} needs a secret line; use call_with_secret (`palisade-ctl unlock`)"
+            )));
+        }
+        self.exchange(method, params, None).await
+    }
+
+    /// Call a secret method: the request line, then `secret` as the next
+    /// line (`docs/rpc.md` §4).
+    pub async fn call_with_secret(
+        &mut self,
+        method: &str,
+        params: Option<Value>,
+        secret: &SecretString,
+    ) -> Result<Value, CallError> {
+        if !SECRET_METHODS.contains(&method) {
+            return Err(CallError::Usage(format!("{method} takes no secret line")));
+        }
+        let secret = secret.expose_secret();
+        if secret.contains(['\n', '\r']) {
+            return Err(CallError::Usage("the secret must be one line".into()));
+        }
+        if secret.len() + 1 > MAX_SECRET_LINE_BYTES {
+            return Err(CallError::Usage(format!(
+                "the secret is longer than {} bytes",
+                MAX_SECRET_LINE_BYTES - 1
+            )));
+        }
+        self.exchange(method, params, Some(secret)).await
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        params: Option<Value>,
+        secret: Option<&str>,
+    ) -> Result<Value, CallError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Request {
+            jsonrpc: "2.0".into(),
+            id: Value::from(id),
+            method: method.to_string(),
+            params,
+        };
+        let mut line = serde_json::to_vec(&request)
+            .map_err(|error| CallError::Usage(format!("cannot encode the request: {error}")))?;
+        line.push(b'\n');
+        if line.len() > MAX_LINE_BYTES {
+            return Err(CallError::Usage(format!(
+                "the request is longer than {MAX_LINE_BYTES} bytes"
+            )));
+        }
+        let timeout = self.call_timeout;
+        let response = tokio::time::timeout(timeout, async {
+            let stream = self.stream.get_mut();
+            stream.write_all(&line).await.map_err(lost)?;
+            if let Some(secret) = secret {
+                let mut secret_line = Zeroizing::new(Vec::with_capacity(secret.len() + 1));
+                secret_line.extend_from_slice(secret.as_bytes());
+                secret_line.push(b'\n');
+                stream.write_all(&secret_line).await.map_err(lost)?;
+            }
+            stream.flush().await.map_err(lost)?;
+            read_response_line(&mut self.stream).await
+        })
+        .await
+        .map_err(|_| {
+            CallError::Connection(format!(
+                "no answer to {method} within {} s",
+                timeout.as_secs()
+            ))
+        })??;
+        let response: Response = serde_json::from_slice(&response).map_err(|error| {
+            CallError::Connection(format!("the supervisor's answer is not JSON-RPC: {error}"))
+        })?;
+        if response.id != id {
+            return Err(CallError::Connection(format!(
+                "answer for id {} while waiting for id {id}",
+                response.id
+            )));
+        }
+        match (response.result, response.error) {
+            (_, Some(error)) if matches!(error.code, code::UNAUTHENTICATED | code::FORBIDDEN) => {
+                Err(CallError::Auth(error))
+            }
+            (_, Some(error)) => Err(CallError::Rpc(error)),
+            (Some(result), None) => Ok(result),
+            (None, None) => Err(CallError::Connection(
+                "the supervisor's answer has neither result nor error".into(),
+            )),
+        }
+    }
+}
+
+fn lost(error: std::io::Error) -> CallError {
+    CallError::Connection(format!("connection to the supervisor lost: {error}"))
+}
+
+/// One response line, at most [`MAX_LINE_BYTES`] with its newline.
+async fn read_response_line(
+    reader: &mut BufReader<Box<dyn Transport>>,
+) -> Result<Vec<u8>, CallError> {
+    let mut line = Vec::new();
+    let read = (&mut *reader)
+        .take(MAX_LINE_BYTES as u64)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(lost)?;
+    if read == 0 {
+        return Err(CallError::Connection(
+            "the supervisor closed the connection without answering".into(),
+        ));
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(CallError::Connection(if line.len() >= MAX_LINE_BYTES {
+            format!("answer longer than {MAX_LINE_BYTES} bytes")
+        } else {
+            "the supervisor closed the connection in the middle of an answer".into()
+        }));
+    }
+    Ok(line)
+}
+
+/// Read the greeting byte by byte, so nothing after its newline is
+/// consumed (the TLS handshake follows on the same stream).
+async fn read_greeting(socket: &mut UnixStream) -> Result<Greeting, String> {
+    let mut line = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    loop {
+        let read = socket
+            .read(&mut byte)
+            .await
+            .map_err(|error| format!("reading the greeting: {error}"))?;
+        if read == 0 {
+            return Err(if line.is_empty() {
+                "closed before sending a greeting".into()
+            } else {
+                "closed in the middle of the greeting".into()
+            });
+        }
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+        if line.len() >= MAX_GREETING_BYTES {
+            return Err(format!(
+                "no greeting: more than {MAX_GREETING_BYTES} bytes without a newline"
+            ));
+        }
+    }
+    Greeting::parse(&line).map_err(|error| error.to_string())
+}
+
+async fn tls_handshake(
+    socket: UnixStream,
+    pin: &Fingerprint,
+) -> Result<tokio_rustls::client::TlsStream<UnixStream>, CallError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(PinnedCertVerifier {
+        pin: pin.clone(),
+        provider: provider.clone(),
+        presented: Mutex::new(None),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|error| CallError::Tls(error.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    // No name check: the pin is the identity. The name only fills SNI.
+    let name = ServerName::try_from("palisade-supervisor").expect("a valid DNS name");
+    match connector.connect(name, socket).await {
+        Ok(stream) => Ok(stream),
+        Err(error) => {
+            let presented = verifier.presented.lock().expect("not poisoned").clone();
+            match presented {
+                Some(presented) if presented != pin.as_str() => Err(CallError::PinMismatch {
+                    pinned: pin.to_string(),
+                    presented,
+                }),
+                _ => Err(CallError::Tls(error.to_string())),
+            }
+        }
+    }
+}
+
+/// Accepts exactly the certificate with the pinned fingerprint; handshake
+/// signatures are verified with the provider's algorithms.
+#[derive(Debug)]
+struct PinnedCertVerifier {
+    pin: Fingerprint,
+    provider: Arc<CryptoProvider>,
+    /// The fingerprint the server presented, for the error message.
+    presented: Mutex<Option<String>>,
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let presented = fingerprint_of(end_entity);
+        let matches = presented == self.pin.as_str();
+        *self.presented.lock().expect("not poisoned") = Some(presented);
+        if matches {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "certificate does not match the pinned fingerprint".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Only TLS 1.3 is offered.
+        Err(rustls::Error::General("TLS 1.2 is not supported".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse() {
+        let hex = "ab".repeat(32);
+        assert_eq!(
+            Fingerprint::parse(&format!("sha256:{}", hex.to_uppercase()))
+                .unwrap()
+                .as_str(),
+            format!("sha256:{hex}")
+        );
+        for bad in [
+            "",
+            "sha256:",
+            &hex,
+            &format!("sha1:{hex}"),
+            &format!("sha256:{}", &hex[1..]),
+            &format!("sha256:{}g", &hex[1..]),
+        ] {
+            assert!(Fingerprint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_map_to_exit_codes() {
+        let rpc = |code| RpcError::new(code, "x");
+        let cases = [
+            (CallError::Connection("x".into()), exit_code::CONNECTION),
+            (CallError::NoPin, exit_code::CONNECTION),
+            (
+                CallError::PinMismatch {
+                    pinned: "a".into(),
+                    presented: "b".into(),
+                },
+                exit_code::CONNECTION,
+            ),
+            (CallError::Auth(rpc(code::UNAUTHENTICATED)), exit_code::AUTH),
+            (CallError::Rpc(rpc(code::METHOD_NOT_FOUND)), exit_code::CALL),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.exit_code(), expected, "{error}");
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! The supervisor's side of the control RPC: what each method does.
+//!
+//! The RPC server (`crate::rpc`) authenticates, authorizes and frames;
+//! [`SupervisorControl::call`] answers. Read-only methods are answered here
+//! from the [`Board`] (which the supervision loop keeps current), the files
+//! on disk and the tunnels' observers. Methods that change what the loop
+//! does (unlock, node start/stop/restart) become a [`ControlCommand`] for
+//! the loop, which owns the daemon and the vault, and the answer comes back
+//! once the loop has acted — so a command is never half-applied behind the
+//! loop's back.
+//!
+//! Invariants: a secret (the unlock passphrase) arrives as a
+//! [`SecretString`], is handed to the loop and dropped (zeroized); it never
+//! reaches a log line or a response. Failed unlocks are rate-limited: each
+//! failure doubles the time before the next attempt is accepted (1 s up to
+//! 60 s), whichever operator tries.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use palisade_wire::rpc::{RpcError, code};
+use secrecy::SecretString;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::keys::BackupTrigger;
+use crate::node_rpc::NodeRpc;
+use crate::sign_state::{LocalState, read_local};
+use crate::tunnel::BastionObserver;
+use crate::upgrade_watch::{FileState, read_plan_file};
+
+/// How long a command waits for the loop (busy with an upgrade, say)
+/// before the caller is told to retry.
+const LOOP_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// First delay after a failed unlock; doubles per failure.
+const UNLOCK_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// Longest delay after failed unlocks.
+const UNLOCK_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The loop's answer to a command.
+pub type Reply = oneshot::Sender<Result<Value, RpcError>>;
+
+/// What the supervision loop is asked to do.
+pub enum ControlCommand {
+    /// Unlock the vault with this passphrase, then start the node.
+    Unlock {
+        passphrase: SecretString,
+        reply: Reply,
+    },
+    /// Stop the node gracefully and keep it stopped.
+    NodeStop { reply: Reply },
+    /// Start the node after a `NodeStop`.
+    NodeStart { reply: Reply },
+    /// Stop the node gracefully and start it again (not counted as a crash).
+    NodeRestart { reply: Reply },
+}
+
+impl ControlCommand {
+    /// Answer the command without acting on it.
+    pub fn refuse(self, code: i64, message: impl Into<String>) {
+        let reply = match self {
+            ControlCommand::Unlock { reply, .. }
+            | ControlCommand::NodeStop { reply }
+            | ControlCommand::NodeStart { reply }
+            | ControlCommand::NodeRestart { reply } => reply,
+        };
+        let _ = reply.send(Err(RpcError::new(code, message)));
+    }
+}
+
+/// The node as the loop last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// The supervisor is starting (vault, start check).
+    Starting,
+    /// The vault is locked: the node does not run until an unlock.
+    Locked,
+    Running,
+    /// Stopped by an operator (`node.stop`).
+    Stopped,
+    /// Waiting out a restart backoff after a crash.
+    Restarting,
+    /// Stopped for an upgrade that cannot proceed (e.g. binary missing).
+    Halted,
+    /// An upgrade is being performed.
+    Upgrading,
+    /// The supervisor is stopping.
+    Stopping,
+}
+
+/// The last backup written, as the backup worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastBackup {
+    pub file: String,
+    pub sequence: u64,
+    pub watermark: String,
+    pub stores: Vec<String>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// What the loop shares with the control RPC.
+#[derive(Debug)]
+pub struct Board {
+    pub node: NodeState,
+    pub pid: Option<u32>,
+    pub version: Option<String>,
+    /// `None`: no vault configured.
+    pub vault_locked: Option<bool>,
+    pub last_backup: Option<LastBackup>,
+    pub backup_trigger: Option<BackupTrigger>,
+    /// An upgrade plan the loop is holding until the node reaches its height.
+    pub scheduled_upgrade: Option<String>,
+}
+
+/// Shared handle on the [`Board`].
+pub type SharedBoard = Arc<Mutex<Board>>;
+
+/// Locks the board, surviving a poisoned lock (the data stays usable).
+pub fn board(shared: &SharedBoard) -> std::sync::MutexGuard<'_, Board> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A new board for a supervisor with (or without) a vault.
+pub fn new_board(vault: bool) -> SharedBoard {
+    Arc::new(Mutex::new(Board {
+        node: NodeState::Starting,
+        pid: None,
+        version: None,
+        vault_locked: vault.then_some(true),
+        last_backup: None,
+        backup_trigger: None,
+        scheduled_upgrade: None,
+    }))
+}
+
+/// Answers the control RPC's methods for this supervisor.
+pub struct SupervisorControl {
+    commands: mpsc::Sender<ControlCommand>,
+    board: SharedBoard,
+    validator: String,
+    state_path: PathBuf,
+    upgrade_info_path: PathBuf,
+    node_rpc: NodeRpc,
+    tunnels: Vec<BastionObserver>,
+    started: Instant,
+    started_at: SystemTime,
+    /// (failures, not before) for unlocks.
+    unlock_backoff: Mutex<(u32, Instant)>,
+}
+
+impl SupervisorControl {
+    /// `commands` is the supervision loop's inbox.
+    pub fn new(
+        config: &crate::config::Config,
+        commands: mpsc::Sender<ControlCommand>,
+        board: SharedBoard,
+        tunnels: Vec<BastionObserver>,
+    ) -> SupervisorControl {
+        SupervisorControl {
+            commands,
+            board,
+            validator: config.rpc.name.clone(),
+            state_path: crate::keys::state_file(&config.daemon_home),
+            upgrade_info_path: config.upgrade_info_path(),
+            node_rpc: NodeRpc::new(&config.daemon_home),
+            tunnels,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            unlock_backoff: Mutex::new((0, Instant::now())),
+        }
+    }
+
+    /// Answer one call. `method` has already been authorized.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Value,
+        secret: Option<SecretString>,
+    ) -> Result<Value, RpcError> {
+        match method {
+            "status" => {
+                no_params(&params)?;
+                Ok(self.status().await)
+            }
+            "health" => {
+                no_params(&params)?;
+                Ok(self.health().await)
+            }
+            "tunnel.list" => {
+                no_params(&params)?;
+                Ok(json!({ "tunnels": self.tunnels_json() }))
+            }
+            "node.stop" => {
+                self.command(&params, |reply| ControlCommand::NodeStop { reply })
+                    .await
+            }
+            "node.start" => {
+                self.command(&params, |reply| ControlCommand::NodeStart { reply })
+                    .await
+            }
+            "node.restart" => {
+                self.command(&params, |reply| ControlCommand::NodeRestart { reply })
+                    .await
+            }
+            "vault.unlock" => self.unlock(&params, secret).await,
+            "backup.now" => {
+                no_params(&params)?;
+                self.backup_now().await
+            }
+            other => Err(RpcError::new(
+                code::METHOD_NOT_FOUND,
+                format!("{other} is not available in this release yet (see docs/rpc.md)"),
+            )),
+        }
+    }
+
+    async fn command(
+        &self,
+        params: &Value,
+        make: impl FnOnce(Reply) -> ControlCommand,
+    ) -> Result<Value, RpcError> {
+        no_params(params)?;
+        self.send(make).await
+    }
+
+    async fn send(&self, make: impl FnOnce(Reply) -> ControlCommand) -> Result<Value, RpcError> {
+        let (reply, answer) = oneshot::channel();
+        let busy = || {
+            RpcError::new(
+                code::WRONG_STATE,
+                "the supervisor is busy (an upgrade or a stop is in progress); try again",
+            )
+        };
+        tokio::time::timeout(LOOP_ANSWER_TIMEOUT, self.commands.send(make(reply)))
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| RpcError::new(code::WRONG_STATE, "the supervisor is stopping"))?;
+        match tokio::time::timeout(LOOP_ANSWER_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RpcError::new(
+                code::WRONG_STATE,
+                "the supervisor is stopping",
+            )),
+            Err(_) => Err(busy()),
+        }
+    }
+
+    async fn unlock(
+        &self,
+        params: &Value,
+        secret: Option<SecretString>,
+    ) -> Result<Value, RpcError> {
+        no_params(params)?;
+        let Some(passphrase) = secret else {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                "vault.unlock needs the passphrase on the line after the request",
+            ));
+        };
+        {
+            let backoff = self
+                .unlock_backoff
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let now = Instant::now();
+            if now < backoff.1 {
+                let mut error = RpcError::new(
+                    code::RATE_LIMITED,
+                    "too many failed unlocks; wait before the next attempt",
+                );
+                error.data =
+                    Some(json!({ "retry_after_ms": (backoff.1 - now).as_millis() as u64 }));
+                return Err(error);
+            }
+        }
+        let result = self
+            .send(|reply| ControlCommand::Unlock { passphrase, reply })
+            .await;
+        let mut backoff = self
+            .unlock_backoff
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &result {
+            Err(error) if error.code == code::UNAUTHENTICATED => {
+                backoff.0 = backoff.0.saturating_add(1);
+                let delay = UNLOCK_BACKOFF_INITIAL
+                    .saturating_mul(1 << backoff.0.saturating_sub(1).min(6))
+                    .min(UNLOCK_BACKOFF_MAX);
+                backoff.1 = Instant::now() + delay;
+            }
+            Ok(_) => *backoff = (0, Instant::now()),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn backup_now(&self) -> Result<Value, RpcError> {
+        let trigger = board(&self.board).backup_trigger.clone();
+        let Some(trigger) = trigger else {
+            return Err(RpcError::new(
+                code::WRONG_STATE,
+                "no backups while the vault is locked (or without [vault])",
+            ));
+        };
+        let before = board(&self.board).last_backup.clone();
+        trigger.backup_now("requested over RPC").await;
+        let after = board(&self.board).last_backup.clone();
+        match after {
+            Some(last) if Some(&last) != before.as_ref() => Ok(json!({ "backup": last })),
+            Some(last) => Ok(json!({
+                "backup": last,
+                "note": "the sign state has not moved since this backup, or no store took the new one; see the supervisor log"
+            })),
+            None => Err(RpcError::new(
+                code::WRONG_STATE,
+                "no store took the backup; see the supervisor log",
+            )),
+        }
+    }
+
+    fn tunnels_json(&self) -> Vec<Value> {
+        self.tunnels
+            .iter()
+            .map(|observer| {
+                let state = observer.snapshot();
+                json!({
+                    "name": observer.name(),
+                    "connected": state.connected_since.is_some(),
+                    "connected_since": state.connected_since.map(unix_seconds),
+                    "last_error": state.last_error,
+                    "last_forward_error": state.last_forward_error,
+                    "bytes_to_bastion": state.bytes_to_bastion,
+                    "bytes_from_bastion": state.bytes_from_bastion,
+                    "reconnects": state.reconnects,
+                    "stopped": state.stopped,
+                })
+            })
+            .collect()
+    }
+
+    async fn status(&self) -> Value {
+        let (node, pid, version, vault_locked, last_backup, scheduled) = {
+            let board = board(&self.board);
+            (
+                board.node,
+                board.pid,
+                board.version.clone(),
+                board.vault_locked,
+                board.last_backup.clone(),
+                board.scheduled_upgrade.clone(),
+            )
+        };
+        let height = if node == NodeState::Running {
+            self.node_rpc.latest_height().await
+        } else {
+            None
+        };
+        let watermark = match read_local(&self.state_path) {
+            LocalState::Present(watermark) => json!({
+                "height": watermark.height,
+                "round": watermark.round,
+                "step": u8::from(watermark.step),
+            }),
+            LocalState::Missing => Value::Null,
+            LocalState::Unreadable(error) => json!({ "error": error.to_string() }),
+        };
+        let pending_upgrade = match read_plan_file(&self.upgrade_info_path) {
+            FileState::Plan(plan) => json!({ "name": plan.name, "height": plan.height }),
+            _ => Value::Null,
+        };
+        json!({
+            "validator": self.validator,
+            "supervisor": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "started_at": unix_seconds(self.started_at),
+                "uptime_s": self.started.elapsed().as_secs(),
+            },
+            "node": {
+                "state": node,
+                "pid": pid,
+                "version": version,
+                "height": height,
+            },
+            "vault": match vault_locked {
+                Some(locked) => json!({ "enabled": true, "locked": locked }),
+                None => json!({ "enabled": false }),
+            },
+            "watermark": watermark,
+            "last_backup": last_backup,
+            "tunnels": self.tunnels_json(),
+            "upgrades": {
+                "plan_on_disk": pending_upgrade,
+                "scheduled": scheduled,
+            },
+        })
+    }
+
+    async fn health(&self) -> Value {
+        let status = self.status().await;
+        let mut problems = Vec::new();
+        if status["node"]["state"] != "running" {
+            problems.push(format!(
+                "node is {}",
+                status["node"]["state"].as_str().unwrap_or("?")
+            ));
+        } else if status["node"]["height"].is_null() {
+            problems.push("node RPC does not answer".to_string());
+        }
+        if status["vault"]["locked"] == true {
+            problems.push("vault is locked".to_string());
+        }
+        for tunnel in status["tunnels"].as_array().into_iter().flatten() {
+            if tunnel["connected"] != true {
+                problems.push(format!(
+                    "tunnel to {} is down: {}",
+                    tunnel["name"].as_str().unwrap_or("?"),
+                    tunnel["last_error"].as_str().unwrap_or("not connected yet")
+                ));
+            }
+        }
+        json!({ "ok": problems.is_empty(), "problems": problems })
+    }
+}
+
+impl crate::rpc::Dispatcher for SupervisorControl {
+    fn call<'a>(
+        &'a self,
+        _caller: &'a crate::rpc::Caller,
+        method: &'a str,
+        params: Value,
+        secret: Option<SecretString>,
+    ) -> crate::backup::BoxFuture<'a, Result<Value, RpcError>> {
+        // The caller is already authorized for `method` and logged by the
+        // server; what happens does not depend on who asked.
+        Box::pin(SupervisorControl::call(self, method, params, secret))
+    }
+}
+
+fn no_params(params: &Value) -> Result<(), RpcError> {
+    match params {
+        Value::Null => Ok(()),
+        Value::Object(map) if map.is_empty() => Ok(()),
+        other => {
+            let mut error = RpcError::new(code::INVALID_PARAMS, "this method takes no params");
+            error.data = Some(json!({ "got": other }));
+            Err(error)
+        }
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,499 @@
+//! The control socket (`[rpc] socket`) and the RPC server behind it
+//! (`docs/rpc.md`).
+//!
+//! This is the socket the tunnels publish on every bastion (reverse
+//! Unix-socket forward). Every connection first receives the
+//! [`Greeting`](palisade_wire::rpc::Greeting) line, which is all a bastion's
+//! health check needs to prove the whole path is alive. Then, with
+//! [`ControlSocket::serve_rpc`]: peers that are not trusted local users
+//! ([`peer`]) must start TLS 1.3 ([`tls`]) and log in ([`auth`]); the
+//! requests that follow are checked and handed to a [`Dispatcher`]
+//! ([`connection`]). [`ControlSocket::serve`] serves the greeting only.
+//!
+//! Invariants:
+//! - the socket's directory is created 0700 if missing and must not be
+//!   accessible to others (group access is allowed for an operators'
+//!   group); the socket itself is mode 0600 (0660 would be the group
+//!   choice, not made yet);
+//! - a leftover socket is replaced only when nothing listens on it: a
+//!   second supervisor never steals the socket of a running one;
+//! - at most [`MAX_CONNECTIONS`] connections are served at once and every
+//!   write is bounded by [`WRITE_TIMEOUT`], every read and handshake by the
+//!   idle timeout, so a stuck peer costs one slot for a bounded time and
+//!   never blocks the supervisor;
+//! - a connection from a bastion is never trusted and never served without
+//!   TLS: with no certificate it gets the greeting and is closed.
+
+pub mod auth;
+pub mod connection;
+pub mod dispatcher;
+pub mod peer;
+pub mod tls;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use palisade_wire::rpc::{CHALLENGE_BYTES, EXPORTER_LABEL, Greeting, TlsRequirement};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{OperatorSettings, RpcSettings};
+
+pub use auth::Operators;
+pub use connection::LOCAL_ROLE;
+pub use dispatcher::{Caller, Dispatcher};
+pub use peer::{PeerTrust, TrustPolicy};
+pub use tls::{ReplaceIdentity, fingerprint_of, init_identity, read_fingerprint};
+
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Bound on writing the greeting or one response to one peer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A bound control socket, not yet serving.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    validator: String,
+    tls_dir: PathBuf,
+    idle_timeout: Duration,
+    trust: TrustPolicy,
+}
+
+impl ControlSocket {
+    /// Bind `settings.socket` (see the module invariants).
+    pub fn bind(settings: &RpcSettings) -> anyhow::Result<ControlSocket> {
+        let listener = bind_private_socket(&settings.socket)?;
+        Ok(ControlSocket {
+            listener,
+            path: settings.socket.clone(),
+            validator: settings.name.clone(),
+            tls_dir: settings.tls_dir.clone(),
+            idle_timeout: settings.idle_timeout,
+            trust: TrustPolicy::for_this_process(),
+        })
+    }
+
+    /// Replace the trust rule ([`TrustPolicy::for_this_process`] by
+    /// default); tests use it to reach every path from one process.
+    pub fn with_trust_policy(mut self, trust: TrustPolicy) -> ControlSocket {
+        self.trust = trust;
+        self
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serve the greeting only (each connection is closed after it), until
+    /// `shutdown`, then remove the socket file.
+    pub async fn serve(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let greeting: Arc<[u8]> = Greeting::new(&self.validator, env!("CARGO_PKG_VERSION"))
+            .to_line()
+            .into();
+        loop {
+            let Some((mut stream, permit)) = accept(&self.listener, &slots, &shutdown).await else {
+                break;
+            };
+            let greeting = greeting.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+                    stream.write_all(&greeting).await?;
+                    stream.shutdown().await
+                })
+                .await;
+                if let Ok(Err(error)) = written {
+                    tracing::debug!(%error, "control socket: peer left before the greeting");
+                }
+            });
+        }
+        remove_socket(&self.path);
+    }
+
+    /// Serve the RPC (`docs/rpc.md`) until `shutdown`, then remove the
+    /// socket file. Calls that pass authentication and authorization go to
+    /// `dispatcher`; `operators` may log in over TLS. Without a TLS identity
+    /// in `[rpc] tls-dir` only trusted local users are served (an error
+    /// says to run `init-rpc`).
+    pub async fn serve_rpc(
+        self,
+        dispatcher: Arc<dyn Dispatcher>,
+        operators: Vec<OperatorSettings>,
+        shutdown: CancellationToken,
+    ) {
+        let identity = match tls::load_identity(&self.tls_dir) {
+            Ok(identity) => {
+                tracing::info!(
+                    socket = %self.path.display(),
+                    fingerprint = %identity.fingerprint,
+                    operators = operators.len(),
+                    "control RPC serving (TLS for remote peers)"
+                );
+                Some(identity)
+            }
+            Err(error) if operators.is_empty() => {
+                // Nobody could log in remotely anyway: local use only.
+                tracing::info!(
+                    socket = %self.path.display(),
+                    "control RPC serving trusted local users only (no [[operator]] and no TLS \
+                     certificate: {error:#}; see `palisade-supervisor init-rpc`)"
+                );
+                None
+            }
+            Err(error) => {
+                tracing::error!(
+                    socket = %self.path.display(),
+                    "control RPC: no usable TLS certificate ({error:#}); only trusted local \
+                     users can call it, remote connections are closed after the greeting. \
+                     Create one with `palisade-supervisor init-rpc`"
+                );
+                None
+            }
+        };
+        let shared = Arc::new(connection::Shared {
+            validator: self.validator.clone(),
+            dispatcher,
+            operators: Operators::new(operators),
+            throttle: auth::LoginThrottle::default(),
+            idle_timeout: self.idle_timeout,
+        });
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let Some((stream, permit)) = accept(&self.listener, &slots, &shutdown).await else {
+                break;
+            };
+            let trust = self.trust.classify(peer::peer_credentials(&stream));
+            let shared = shared.clone();
+            let identity = identity.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_connection(stream, trust, identity, &shared, &shutdown).await;
+            });
+        }
+        remove_socket(&self.path);
+    }
+}
+
+/// Wait for a free slot, then a connection; `None` at shutdown.
+async fn accept(
+    listener: &UnixListener,
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<(UnixStream, tokio::sync::OwnedSemaphorePermit)> {
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            permit = slots.clone().acquire_owned() => permit.ok()?,
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => return Some((stream, permit)),
+            Err(error) => {
+                tracing::warn!(%error, "control socket: accept failed");
+                drop(permit);
+                // EMFILE and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn remove_socket(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(socket = %path.display(), %error, "could not remove the control socket");
+    }
+}
+
+/// One connection: greeting, transport (TLS or plaintext), session.
+async fn serve_connection(
+    mut stream: UnixStream,
+    trust: PeerTrust,
+    identity: Option<tls::ServerIdentity>,
+    shared: &connection::Shared,
+    shutdown: &CancellationToken,
+) {
+    let mut greeting = Greeting::new(&shared.validator, env!("CARGO_PKG_VERSION"));
+    greeting.tls = Some(match trust {
+        PeerTrust::TrustedLocal { .. } => TlsRequirement::Optional,
+        PeerTrust::Remote => TlsRequirement::Required,
+    });
+    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&greeting.to_line()).await?;
+        stream.flush().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::debug!("control socket: peer left before the greeting");
+        return;
+    }
+    // Wait for the client's first byte: a health check closes here, a TLS
+    // client sends a handshake record, a trusted local one may send JSON.
+    let first_byte = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        first = tokio::time::timeout(shared.idle_timeout, peek_first_byte(&stream)) => first,
+    };
+    let first_byte = match first_byte {
+        Ok(Ok(Some(byte))) => byte,
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "control socket: read failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("control socket: nothing after the greeting within the idle timeout");
+            return;
+        }
+    };
+    let local_caller = match &trust {
+        PeerTrust::TrustedLocal { user } => Some(Caller {
+            operator: format!("local:{user}"),
+            role: LOCAL_ROLE,
+            tls: false,
+        }),
+        PeerTrust::Remote => None,
+    };
+    if first_byte != TLS_HANDSHAKE_RECORD {
+        if local_caller.is_none() {
+            tracing::info!(
+                "control socket: a remote peer sent plaintext where TLS is required; closing"
+            );
+            return;
+        }
+        let start = connection::SessionStart {
+            caller: local_caller,
+            tls: false,
+            channel_binding: [0; CHALLENGE_BYTES],
+        };
+        connection::serve_session(&mut stream, shared, start, shutdown).await;
+        return;
+    }
+    let Some(identity) = identity else {
+        tracing::error!(
+            validator = %shared.validator,
+            "control socket: a client wants TLS but there is no RPC certificate; closing. \
+             Run `palisade-supervisor init-rpc` and give operators the printed pin"
+        );
+        return;
+    };
+    let handshake = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        handshake = tokio::time::timeout(shared.idle_timeout, identity.acceptor.accept(stream)) => handshake,
+    };
+    let mut tls_stream = match handshake {
+        Ok(Ok(tls_stream)) => tls_stream,
+        Ok(Err(error)) => {
+            tracing::info!(%error, "control socket: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("control socket: TLS handshake timed out");
+            return;
+        }
+    };
+    let binding =
+        tls_stream
+            .get_ref()
+            .1
+            .export_keying_material([0u8; CHALLENGE_BYTES], EXPORTER_LABEL, None);
+    let channel_binding = match binding {
+        Ok(binding) => binding,
+        Err(error) => {
+            tracing::error!(%error, "control socket: TLS exporter failed; closing");
+            return;
+        }
+    };
+    let start = connection::SessionStart {
+        caller: local_caller.map(|caller| Caller {
+            tls: true,
+            ..caller
+        }),
+        tls: true,
+        channel_binding,
+    };
+    connection::serve_session(&mut tls_stream, shared, start, shutdown).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, tls_stream.shutdown()).await;
+}
+
+/// The first byte the peer sent, left in the socket; `None` if it closed.
+async fn peek_first_byte(stream: &UnixStream) -> io::Result<Option<u8>> {
+    loop {
+        stream.readable().await?;
+        let mut byte = [0u8; 1];
+        let peeked = stream.try_io(Interest::READABLE, || {
+            nix::sys::socket::recv(
+                stream.as_raw_fd(),
+                &mut byte,
+                nix::sys::socket::MsgFlags::MSG_PEEK,
+            )
+            .map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte[0])),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Bind a Unix socket readable only by this user, in a directory closed to
+/// others; replace a stale socket, never a live one or another file.
+pub fn bind_private_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    let parent = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    if !parent.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("creating directory {}", parent.display()))?;
+    }
+    let mode = std::fs::metadata(parent)
+        .with_context(|| format!("inspecting {}", parent.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        bail!(
+            "the control socket's directory {} has mode {:o}: it must not be accessible to \
+             others (chmod o-rwx, or RuntimeDirectoryMode=0700 under systemd)",
+            parent.display(),
+            mode & 0o7777
+        );
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => bail!(
+                    "another process is listening on {}: is a supervisor already running?",
+                    path.display()
+                ),
+                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "replacing a stale control socket");
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing stale socket {}", path.display()))?;
+                }
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("probing existing socket {}", path.display()));
+                }
+            }
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket; not replacing it",
+            path.display()
+        ),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("inspecting {}", path.display())),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    Ok(UnixListener::from_std(listener)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn settings(dir: &Path) -> RpcSettings {
+        RpcSettings {
+            socket: dir.join("run").join("supervisor.sock"),
+            name: "val-a".into(),
+            tls_dir: dir.join("rpc"),
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_connection_gets_the_greeting_and_shutdown_removes_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let socket = ControlSocket::bind(&settings).unwrap();
+        let mode = std::fs::metadata(&settings.socket)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let parent_mode = std::fs::metadata(settings.socket.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(parent_mode & 0o777, 0o700);
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(socket.serve(shutdown.clone()));
+        for _ in 0..3 {
+            let mut stream = tokio::net::UnixStream::connect(&settings.socket)
+                .await
+                .unwrap();
+            let mut line = Vec::new();
+            stream.read_to_end(&mut line).await.unwrap();
+            let greeting = Greeting::parse(&line).unwrap();
+            assert_eq!(greeting.validator, "val-a");
+            assert_eq!(greeting.version, env!("CARGO_PKG_VERSION"));
+        }
+        // A second supervisor must not take over the live socket.
+        let error = ControlSocket::bind(&settings).err().unwrap().to_string();
+        assert!(error.contains("another process is listening"), "{error}");
+        shutdown.cancel();
+        server.await.unwrap();
+        assert!(!settings.socket.exists());
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_but_other_files_and_open_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(settings.socket.parent().unwrap())
+            .unwrap();
+        // Stale: bound then dropped, the file stays behind.
+        drop(std::os::unix::net::UnixListener::bind(&settings.socket).unwrap());
+        assert!(settings.socket.exists());
+        drop(ControlSocket::bind(&settings).unwrap());
+
+        std::fs::remove_file(&settings.socket).unwrap();
+        std::fs::write(&settings.socket, b"not a socket").unwrap();
+        let error = ControlSocket::bind(&settings).err().unwrap().to_string();
+        assert!(error.contains("is not a socket"), "{error}");
+        assert_eq!(std::fs::read(&settings.socket).unwrap(), b"not a socket");
+
+        std::fs::remove_file(&settings.socket).unwrap();
+        std::fs::set_permissions(
+            settings.socket.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let error = ControlSocket::bind(&settings).err().unwrap().to_string();
+        assert!(
+            error.contains("must not be accessible to others"),
+            "{error}"
+        );
+        assert!(!settings.socket.exists());
+    }
+}

@@ -1,0 +1,199 @@
+//! End to end through the control RPC with the real binaries: a supervisor
+//! that starts locked is unlocked with `palisade-ctl unlock`, its node signs
+//! on the simulated chain, `status` reports it, and `node stop` / `node
+//! start` stop and resume signing — all as a trusted local user (root or
+//! the supervisor's own user) over the plaintext local socket.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Chain, Supervisor};
+
+const BLOCK: Duration = Duration::from_millis(150);
+const LONG: Duration = Duration::from_secs(40);
+const PASSPHRASE: &str = "control rpc passphrase";
+
+struct Locked {
+    chain: Chain,
+    config: PathBuf,
+    socket: PathBuf,
+    tmpfs: PathBuf,
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmpfs);
+    }
+}
+
+fn setup() -> Locked {
+    let chain = Chain::start(&[], BLOCK);
+    let dir = chain.dir.path();
+    let passphrase_file = dir.join("passphrase");
+    std::fs::write(&passphrase_file, format!("{PASSPHRASE}\n")).unwrap();
+    std::fs::set_permissions(&passphrase_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let tmpfs = PathBuf::from(format!("/dev/shm/palisade-ctl-test-{}", std::process::id()));
+    let socket = dir.join("run").join("supervisor.sock");
+    let config = dir.join("palisade.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vault]\nswap = \"warn\"\ntmpfs-dir = {tmpfs:?}\nscrypt-work-factor = 10\n\
+             [backup]\ndebounce = \"100ms\"\nchain-id = \"sim-1\"\n\
+             [rpc]\nsocket = {socket:?}\nname = \"val1\"\n"
+        ),
+    )
+    .unwrap();
+    let locked = Locked {
+        chain,
+        config,
+        socket,
+        tmpfs,
+    };
+    let output = locked
+        .chain
+        .supervisor_command(&[("PALISADE_CONFIG", locked.config.to_str().unwrap())])
+        .args(["init-vault", "--passphrase-file"])
+        .arg(&passphrase_file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "init-vault: {output:?}");
+    locked
+}
+
+impl Locked {
+    fn run(&self) -> Supervisor {
+        self.chain
+            .run_supervisor(&[("PALISADE_CONFIG", self.config.to_str().unwrap())])
+    }
+
+    fn ctl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(common::workspace_binary("palisade-ctl"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.chain.dir.path())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut input = child.stdin.take().unwrap();
+            if let Some(text) = stdin {
+                input.write_all(text.as_bytes()).unwrap();
+            }
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let output = self.ctl(&["--json", "status"], None);
+        assert!(output.status.success(), "status: {output:?}");
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+#[test]
+fn locked_supervisor_is_unlocked_and_driven_over_the_control_rpc() {
+    let locked = setup();
+    let supervisor = locked.run();
+    supervisor.wait_for_line("vault is locked", LONG);
+    common::wait_until(LONG, "the control socket", || locked.socket.exists());
+    let status = locked.status();
+    assert_eq!(status["node"]["state"], "locked", "{status}");
+    assert_eq!(status["vault"]["locked"], true, "{status}");
+    assert_eq!(status["validator"], "val1");
+
+    // Calls that need an unlocked vault say so, and change nothing.
+    let refused = locked.ctl(&["node", "start"], None);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unlock it first"),
+        "{refused:?}"
+    );
+
+    // A wrong passphrase: refused (auth exit code), nothing changes, the
+    // next attempt is rate-limited, and the passphrase is logged nowhere.
+    let wrong = locked.ctl(
+        &["unlock", "--passphrase-stdin"],
+        Some("not the passphrase\n"),
+    );
+    assert_eq!(wrong.status.code(), Some(4), "{wrong:?}");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"));
+    let limited = locked.ctl(
+        &["unlock", "--passphrase-stdin"],
+        Some(&format!("{PASSPHRASE}\n")),
+    );
+    assert_eq!(limited.status.code(), Some(1), "{limited:?}");
+    assert!(
+        String::from_utf8_lossy(&limited.stderr).contains("too many failed unlocks"),
+        "{limited:?}"
+    );
+    assert!(
+        supervisor.children().is_empty(),
+        "gaiad started while locked"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let unlocked = locked.ctl(
+        &["unlock", "--passphrase-stdin"],
+        Some(&format!("{PASSPHRASE}\n")),
+    );
+    assert!(unlocked.status.success(), "{unlocked:?}");
+    locked.chain.wait_signing(3, LONG);
+    let status = locked.status();
+    assert_eq!(status["node"]["state"], "running", "{status}");
+    assert_eq!(status["vault"]["locked"], false, "{status}");
+    assert!(
+        status["watermark"]["height"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    let again = locked.ctl(
+        &["unlock", "--passphrase-stdin"],
+        Some(&format!("{PASSPHRASE}\n")),
+    );
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already unlocked"));
+
+    // backup.now writes a backup and says which stores took it.
+    let backup = locked.ctl(&["--json", "backup-now"], None);
+    assert!(backup.status.success(), "{backup:?}");
+    let backup: serde_json::Value = serde_json::from_slice(&backup.stdout).unwrap();
+    assert_eq!(backup["backup"]["stores"][0], "local", "{backup}");
+
+    // Stop: the node stops signing and stays stopped; start: it signs again.
+    let stop = locked.ctl(&["node", "stop"], None);
+    assert!(stop.status.success(), "{stop:?}");
+    assert_eq!(locked.status()["node"]["state"], "stopped");
+    let stopped_at = locked.chain.network.record().unwrap().validators["val1"].signed_heights;
+    std::thread::sleep(BLOCK * 6);
+    let record = locked.chain.network.record().unwrap();
+    assert!(
+        record.validators["val1"].signed_heights <= stopped_at + 1,
+        "still signing while stopped"
+    );
+    assert!(supervisor.children().is_empty(), "gaiad still running");
+    let start = locked.ctl(&["node", "start"], None);
+    assert!(start.status.success(), "{start:?}");
+    locked.chain.wait_signing(3, LONG);
+    let restart = locked.ctl(&["node", "restart"], None);
+    assert!(restart.status.success(), "{restart:?}");
+    locked.chain.wait_signing(3, LONG);
+    locked.chain.assert_no_double_sign();
+
+    let output = supervisor.stop();
+    assert!(
+        !output.contains(PASSPHRASE),
+        "passphrase in the supervisor's output"
+    );
+    assert!(!output.contains("not the passphrase"));
+    assert!(output.contains("node stop requested over the control RPC"));
+}
