@@ -27,6 +27,11 @@
 //!   benchmark starts, with the OpenSSH client as the peer (see [`tunnel`]).
 //!   `--only tunnel` selects all three (a prefix selects every name that
 //!   starts with it and `_`).
+//! - `rpc_local_p50_ms` / `rpc_local_p99_ms` (target 1 for p99): `status`
+//!   round trips on the supervisor's local control socket, one plaintext
+//!   connection as a trusted local user through `palisade-ctl`'s client
+//!   library, 2000 timed after 100 warm-up (see [`rpc`]). `--only rpc`
+//!   selects both.
 //!
 //! Each benchmark that succeeds appends one JSON object per line
 //! ([`palisade_wire::bench::BenchResult`]) to `target/bench/results.jsonl` in
@@ -36,6 +41,7 @@
 mod backup;
 mod fixture;
 mod idle;
+mod rpc;
 mod sign_backup;
 mod sshd;
 mod tunnel;
@@ -62,9 +68,11 @@ const BACKUP_CREATE_P99: &str = "backup_create_ms_p99";
 const TUNNEL_CONNECT: &str = tunnel::CONNECT;
 const TUNNEL_THROUGHPUT: &str = tunnel::THROUGHPUT;
 const TUNNEL_HEAL: &str = tunnel::HEAL;
+const RPC_LOCAL_P50: &str = rpc::P50;
+const RPC_LOCAL_P99: &str = rpc::P99;
 
 /// Every benchmark, in the order they run.
-const ALL: [&str; 10] = [
+const ALL: [&str; 12] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
@@ -75,6 +83,8 @@ const ALL: [&str; 10] = [
     TUNNEL_CONNECT,
     TUNNEL_THROUGHPUT,
     TUNNEL_HEAL,
+    RPC_LOCAL_P50,
+    RPC_LOCAL_P99,
 ];
 
 const LONG_ABOUT: &str = "\
@@ -123,6 +133,14 @@ Benchmarks (stable names):
       (target ratio >= 0.8); heal = sshd killed, down 3 s, restarted: from
       sshd accepting TCP to a byte echoed through the forward, p50 of 5
       (default backoff). `--only tunnel` selects all three.
+
+  rpc_local_p50_ms, rpc_local_p99_ms (target 1 for p99)
+      Chain with 1 s blocks and the supervisor running simd (no vault), its
+      [rpc] socket in the fixture's temporary directory (PALISADE_CONFIG).
+      One plaintext connection as a trusted local user (root or the
+      supervisor's own user) with palisade-ctl's client library; 100
+      warm-up `status` calls, then 2000 timed (request written -> response
+      read and parsed). `--only rpc` selects both.
 
 Each successful benchmark appends one JSON line
 {name, value, unit, target?, peer?, peer_value?} to
@@ -227,7 +245,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
         .out
         .clone()
         .unwrap_or_else(|| scratch.join("results.jsonl"));
-    let needs_binaries = wants(UPGRADE_SWITCH) || wants(IDLE_RSS) || wants(IDLE_CPU);
+    let needs_binaries = wants(UPGRADE_SWITCH)
+        || wants(IDLE_RSS)
+        || wants(IDLE_CPU)
+        || wants(RPC_LOCAL_P50)
+        || wants(RPC_LOCAL_P99);
     let bins = if needs_binaries {
         Some(Binaries::locate()?)
     } else {
@@ -329,6 +351,28 @@ fn run(args: Args) -> anyhow::Result<bool> {
         if wants(name) {
             eprintln!("palisade-bench: running {name}");
             record(run(&scratch), name);
+        }
+    }
+
+    if let (true, Some(bins)) = (wants(RPC_LOCAL_P50) || wants(RPC_LOCAL_P99), &bins) {
+        eprintln!("palisade-bench: running {RPC_LOCAL_P50} / {RPC_LOCAL_P99}");
+        match rpc::run(bins) {
+            Ok((p50, p99)) => {
+                if wants(RPC_LOCAL_P50) {
+                    record(Ok(p50), RPC_LOCAL_P50);
+                }
+                if wants(RPC_LOCAL_P99) {
+                    record(Ok(p99), RPC_LOCAL_P99);
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for name in [RPC_LOCAL_P50, RPC_LOCAL_P99] {
+                    if wants(name) {
+                        record(Err(anyhow::anyhow!("{message}")), name);
+                    }
+                }
+            }
         }
     }
 

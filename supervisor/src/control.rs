@@ -56,6 +56,9 @@ pub enum ControlCommand {
     NodeStart { reply: Reply },
     /// Stop the node gracefully and start it again (not counted as a crash).
     NodeRestart { reply: Reply },
+    /// Stop the node, take the final backup, wipe the keys from tmpfs and
+    /// wait for an unlock.
+    Lock { reply: Reply },
 }
 
 impl ControlCommand {
@@ -65,7 +68,8 @@ impl ControlCommand {
             ControlCommand::Unlock { reply, .. }
             | ControlCommand::NodeStop { reply }
             | ControlCommand::NodeStart { reply }
-            | ControlCommand::NodeRestart { reply } => reply,
+            | ControlCommand::NodeRestart { reply }
+            | ControlCommand::Lock { reply } => reply,
         };
         let _ = reply.send(Err(RpcError::new(code, message)));
     }
@@ -210,6 +214,10 @@ impl SupervisorControl {
                     .await
             }
             "vault.unlock" => self.unlock(&params, secret).await,
+            "vault.lock" => {
+                self.command(&params, |reply| ControlCommand::Lock { reply })
+                    .await
+            }
             "backup.now" => {
                 no_params(&params)?;
                 self.backup_now().await

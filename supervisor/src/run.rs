@@ -52,6 +52,10 @@ pub enum RunOutcome {
     /// The local sign state is behind a backup (or missing/unreadable with
     /// backups present): the daemon was not started.
     RefusedToStart,
+    /// An operator locked the vault (`vault.lock`): the node is stopped,
+    /// the keys wiped, and the supervisor waits for an unlock. Internal to
+    /// [`run`], which never returns it.
+    LockedByOperator,
 }
 
 /// Exit code for [`RunOutcome::CrashLoop`]; the systemd unit lists it in
@@ -143,6 +147,8 @@ struct Supervisor {
     control: mpsc::Receiver<ControlCommand>,
     /// What the control RPC reads: node state, vault, last backup.
     board: SharedBoard,
+    /// The answer to a `vault.lock`, sent once the keys are wiped.
+    lock_reply: Option<Reply>,
 }
 
 /// Run until shutdown, a clean daemon exit, a crash loop, or an upgrade
@@ -225,57 +231,86 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         tunnels,
         control: control_inbox,
         board,
+        lock_reply: None,
         config,
     };
-    let session = match supervisor.config.vault.clone() {
-        Some(settings) => match supervisor.open_vault(&settings, options.passphrase).await {
-            Ok(Ok(session)) => {
-                backup_on_sigusr1(session.backups.trigger())?;
-                Some(session)
-            }
-            Err(error) => {
-                supervisor.stop_background(background, control).await;
-                return Err(error);
-            }
-            Ok(Err(outcome)) => {
-                supervisor.notifier.stopping("stopping");
-                supervisor.stop_background(background, control).await;
-                return Ok(outcome);
-            }
-        },
-        None => None,
-    };
-    let outcome = supervisor.supervise().await;
-    supervisor.notifier.stopping("stopping");
-    kill_remaining_children(Duration::from_secs(2)).await;
-    if let Some(session) = session {
-        // The daemon is stopped: its final state goes into a backup (to the
-        // bastions too, so the tunnels are still up), then the keys leave
-        // tmpfs.
-        session.backups.finish().await;
-        match session.tmpfs.wipe() {
-            Ok(files) => tracing::info!(files = files.len(), "wiped the validator keys from tmpfs"),
-            Err(error) => tracing::error!(%error, "could not wipe the validator keys from tmpfs"),
-        }
+    if supervisor.config.vault.is_some() {
+        backup_on_sigusr1(supervisor.board.clone())?;
     }
-    supervisor.stop_background(background, control).await;
-    outcome
+    let mut passphrase = options.passphrase;
+    loop {
+        let session = match supervisor.config.vault.clone() {
+            Some(settings) => match supervisor.open_vault(&settings, passphrase.take()).await {
+                Ok(Ok(session)) => Some(session),
+                Err(error) => {
+                    supervisor.stop_background(background, control).await;
+                    return Err(error);
+                }
+                Ok(Err(outcome)) => {
+                    supervisor.notifier.stopping("stopping");
+                    supervisor.stop_background(background, control).await;
+                    return Ok(outcome);
+                }
+            },
+            None => None,
+        };
+        let outcome = supervisor.supervise().await;
+        let relock = matches!(outcome, Ok(RunOutcome::LockedByOperator));
+        if !relock {
+            supervisor.notifier.stopping("stopping");
+        }
+        kill_remaining_children(Duration::from_secs(2)).await;
+        if let Some(session) = session {
+            // The daemon is stopped: its final state goes into a backup (to
+            // the bastions too, so the tunnels are still up), then the keys
+            // leave tmpfs.
+            {
+                let mut board = crate::control::board(&supervisor.board);
+                board.backup_trigger = None;
+                board.vault_locked = Some(true);
+            }
+            session.backups.finish().await;
+            match session.tmpfs.wipe() {
+                Ok(files) => {
+                    tracing::info!(files = files.len(), "wiped the validator keys from tmpfs")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "could not wipe the validator keys from tmpfs")
+                }
+            }
+        }
+        if relock {
+            tracing::info!("vault locked by an operator; waiting for an unlock");
+            if let Some(reply) = supervisor.lock_reply.take() {
+                let _ = reply.send(Ok(serde_json::json!({ "locked": true })));
+            }
+            continue;
+        }
+        supervisor.stop_background(background, control).await;
+        return outcome;
+    }
 }
 
-/// `kill -USR1` (or `systemctl kill -s USR1`) asks for a backup now.
-fn backup_on_sigusr1(trigger: crate::keys::BackupTrigger) -> std::io::Result<()> {
+/// `kill -USR1` (or `systemctl kill -s USR1`) asks for a backup now (while
+/// the vault is unlocked).
+fn backup_on_sigusr1(shared: SharedBoard) -> std::io::Result<()> {
     let mut signals =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     tokio::spawn(async move {
         while signals.recv().await.is_some() {
-            tracing::info!("SIGUSR1: backing up the sign state now");
-            trigger.backup_now("on demand (SIGUSR1)").await;
+            let trigger = board(&shared).backup_trigger.clone();
+            match trigger {
+                Some(trigger) => {
+                    tracing::info!("SIGUSR1: backing up the sign state now");
+                    trigger.backup_now("on demand (SIGUSR1)").await;
+                }
+                None => tracing::warn!("SIGUSR1: no backup while the vault is locked"),
+            }
         }
     });
     Ok(())
 }
 
-/// Wait for the next watchdog tick; never, without a watchdog.
 async fn watchdog_tick(watchdog: &mut Option<tokio::time::Interval>) {
     match watchdog {
         Some(tick) => {
@@ -551,6 +586,10 @@ impl Supervisor {
                     ControlCommand::NodeStop { reply } => {
                         let _ = reply.send(Ok(serde_json::json!({ "node": "stopped" })));
                     }
+                    ControlCommand::Lock { reply } if self.config.vault.is_some() => {
+                        self.lock_reply = Some(reply);
+                        return Some(RunOutcome::LockedByOperator);
+                    }
                     other => other.refuse(palisade_wire::rpc::code::WRONG_STATE, "the vault is already unlocked"),
                 },
             }
@@ -633,6 +672,14 @@ impl Supervisor {
                                 palisade_wire::rpc::code::WRONG_STATE,
                                 format!("the node is already running (pid {})", daemon.pid()),
                             )));
+                        }
+                        ControlCommand::Lock { reply } if self.config.vault.is_some() => {
+                            tracing::info!(
+                                "vault lock requested over the control RPC: stopping the node"
+                            );
+                            self.graceful_stop(&mut daemon, Signal::SIGINT).await;
+                            self.lock_reply = Some(reply);
+                            return Ok(RunOutcome::LockedByOperator);
                         }
                         other => other.refuse(
                             palisade_wire::rpc::code::WRONG_STATE,

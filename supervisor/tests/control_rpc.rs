@@ -187,6 +187,48 @@ fn locked_supervisor_is_unlocked_and_driven_over_the_control_rpc() {
     let restart = locked.ctl(&["node", "restart"], None);
     assert!(restart.status.success(), "{restart:?}");
     locked.chain.wait_signing(3, LONG);
+
+    // Lock: the node stops, a final backup is taken, the keys leave tmpfs;
+    // an unlock brings it back.
+    let backups_before = std::fs::read_dir(locked.chain.home.join("palisade/backups"))
+        .unwrap()
+        .count();
+    let lock = locked.ctl(&["lock"], None);
+    assert!(lock.status.success(), "{lock:?}");
+    let status = locked.status();
+    assert_eq!(status["vault"]["locked"], true, "{status}");
+    assert_eq!(status["node"]["state"], "locked", "{status}");
+    assert!(
+        supervisor.children().is_empty(),
+        "gaiad still running after lock"
+    );
+    let left_in_tmpfs = std::fs::read_dir(&locked.tmpfs)
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(left_in_tmpfs, 0, "keys left in tmpfs after lock");
+    assert!(
+        std::fs::read_dir(locked.chain.home.join("palisade/backups"))
+            .unwrap()
+            .count()
+            >= backups_before,
+        "backups disappeared"
+    );
+    supervisor.wait_for_line("vault locked by an operator", LONG);
+    // The final backup was taken before the keys were wiped.
+    let lines = supervisor.output();
+    let final_backup = lines
+        .find("reason=\"final backup on stop\"")
+        .expect("a final backup at lock");
+    let wiped = lines
+        .find("wiped the validator keys from tmpfs")
+        .expect("keys wiped at lock");
+    assert!(final_backup < wiped, "wiped before the final backup");
+    let unlocked = locked.ctl(
+        &["unlock", "--passphrase-stdin"],
+        Some(&format!("{PASSPHRASE}\n")),
+    );
+    assert!(unlocked.status.success(), "{unlocked:?}");
+    locked.chain.wait_signing(3, LONG);
     locked.chain.assert_no_double_sign();
 
     let output = supervisor.stop();
