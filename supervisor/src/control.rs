@@ -213,6 +213,7 @@ impl SupervisorControl {
                 self.command(&params, |reply| ControlCommand::NodeRestart { reply })
                     .await
             }
+            "logs.tail" => logs_tail(&params),
             "vault.unlock" => self.unlock(&params, secret).await,
             "vault.lock" => {
                 self.command(&params, |reply| ControlCommand::Lock { reply })
@@ -450,6 +451,43 @@ impl crate::rpc::Dispatcher for SupervisorControl {
         // server; what happens does not depend on who asked.
         Box::pin(SupervisorControl::call(self, method, params, secret))
     }
+}
+
+/// Most lines `logs.tail` returns.
+const MAX_TAIL_LINES: u64 = 1000;
+
+/// `logs.tail {"lines": N}` (default 100, at most 1000): the daemon's
+/// recent output lines.
+fn logs_tail(params: &Value) -> Result<Value, RpcError> {
+    let invalid = |message: String| {
+        let mut error = RpcError::new(code::INVALID_PARAMS, message);
+        error.data = Some(json!({ "field": "lines" }));
+        error
+    };
+    let lines = match params {
+        Value::Null => 100,
+        Value::Object(map) => {
+            if let Some(unknown) = map.keys().find(|key| *key != "lines") {
+                let mut error =
+                    RpcError::new(code::INVALID_PARAMS, format!("unknown field `{unknown}`"));
+                error.data = Some(json!({ "field": unknown }));
+                return Err(error);
+            }
+            match map.get("lines") {
+                None => 100,
+                Some(value) => match value.as_u64() {
+                    Some(lines) if (1..=MAX_TAIL_LINES).contains(&lines) => lines,
+                    _ => {
+                        return Err(invalid(format!(
+                            "lines must be an integer from 1 to {MAX_TAIL_LINES}, not {value}"
+                        )));
+                    }
+                },
+            }
+        }
+        other => return Err(invalid(format!("params must be an object, not {other}"))),
+    };
+    Ok(json!({ "lines": crate::output::recent_lines(lines as usize) }))
 }
 
 fn no_params(params: &Value) -> Result<(), RpcError> {

@@ -63,6 +63,62 @@ pub enum Sink {
     Writer(Box<dyn Write + Send>),
 }
 
+/// Bytes of the daemon's most recent output kept for `logs.tail`.
+const RECENT_BYTES: usize = 256 * 1024;
+
+/// The tail of the daemon's output (both streams, in the order written),
+/// as batches: one copy per batch in the writer threads, never in the
+/// reader threads that drain the daemon's pipes, so the daemon is never
+/// slowed by it.
+static RECENT: std::sync::Mutex<RecentOutput> = std::sync::Mutex::new(RecentOutput {
+    batches: std::collections::VecDeque::new(),
+    bytes: 0,
+});
+
+struct RecentOutput {
+    batches: std::collections::VecDeque<Vec<u8>>,
+    bytes: usize,
+}
+
+fn remember(batch: &[u8]) {
+    let mut recent = RECENT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    recent.bytes += batch.len();
+    recent.batches.push_back(batch.to_vec());
+    while recent.bytes > RECENT_BYTES && recent.batches.len() > 1 {
+        if let Some(old) = recent.batches.pop_front() {
+            recent.bytes -= old.len();
+        }
+    }
+}
+
+/// The last `count` lines the daemon wrote (at most what the last 256 KiB
+/// of output hold), oldest first, as lossy UTF-8.
+pub fn recent_lines(count: usize) -> Vec<String> {
+    let recent = RECENT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut lines: Vec<String> = Vec::with_capacity(count.min(1024));
+    for batch in recent.batches.iter().rev() {
+        for line in batch
+            .strip_suffix(b"\n")
+            .unwrap_or(batch)
+            .rsplit(|&byte| byte == b'\n')
+        {
+            if lines.len() == count {
+                break;
+            }
+            lines.push(String::from_utf8_lossy(line).into_owned());
+        }
+        if lines.len() == count {
+            break;
+        }
+    }
+    lines.reverse();
+    lines
+}
+
 /// A run of complete lines, each ending in `\n`.
 struct Batch {
     bytes: Vec<u8>,
@@ -102,6 +158,7 @@ impl StreamCapture {
                     Sink::Writer(writer) => writer,
                 };
                 for batch in batch_receiver {
+                    remember(&batch.bytes);
                     if out
                         .write_all(&batch.bytes)
                         .and_then(|()| out.flush())
@@ -336,6 +393,29 @@ mod tests {
             counted,
             stats.lines_truncated.load(Ordering::Relaxed),
         )
+    }
+
+    #[test]
+    fn recent_lines_keep_the_tail_in_order() {
+        remember(b"one\ntwo\n");
+        remember(b"three\n");
+        let last = recent_lines(2);
+        assert_eq!(last, ["two", "three"]);
+        let all = recent_lines(10_000);
+        assert!(all.ends_with(&["one".to_string(), "two".into(), "three".into()]));
+        // Bounded: old batches go once the total passes the limit.
+        for _ in 0..100 {
+            remember(
+                &[b'x'; 8191]
+                    .iter()
+                    .chain(b"\n")
+                    .copied()
+                    .collect::<Vec<u8>>(),
+            );
+        }
+        let bytes = RECENT.lock().unwrap().bytes;
+        assert!(bytes <= RECENT_BYTES + 8192, "{bytes}");
+        assert!(!recent_lines(10_000).iter().any(|line| line == "three"));
     }
 
     #[test]

@@ -163,6 +163,25 @@ fn locked_supervisor_is_unlocked_and_driven_over_the_control_rpc() {
     assert_eq!(again.status.code(), Some(1), "{again:?}");
     assert!(String::from_utf8_lossy(&again.stderr).contains("already unlocked"));
 
+    // logs.tail: the node's recent output, bounded; bad params refused.
+    let logs = locked.ctl(&["--json", "logs", "--lines", "5"], None);
+    assert!(logs.status.success(), "{logs:?}");
+    let logs: serde_json::Value = serde_json::from_slice(&logs.stdout).unwrap();
+    let lines = logs["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 5, "{logs}");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.as_str().unwrap().contains("height=")),
+        "{logs}"
+    );
+    let too_many = locked.ctl(
+        &["call", "logs.tail", "--params", r#"{"lines":5000}"#],
+        None,
+    );
+    assert_eq!(too_many.status.code(), Some(1), "{too_many:?}");
+    assert!(String::from_utf8_lossy(&too_many.stderr).contains("lines must be"));
+
     // backup.now writes a backup and says which stores took it.
     let backup = locked.ctl(&["--json", "backup-now"], None);
     assert!(backup.status.success(), "{backup:?}");
