@@ -137,6 +137,5 @@ async fn measure(socket: &Path) -> anyhow::Result<Vec<Duration>> {
         samples.push(started.elapsed());
         answer.with_context(|| format!("{METHOD} (timed)"))?;
     }
-    std::fs::write("/tmp/rpc-samples.txt", samples.iter().map(|d| format!("{}\n", d.as_micros())).collect::<String>()).ok();
     Ok(samples)
 }

@@ -214,6 +214,7 @@ impl SupervisorControl {
                     .await
             }
             "logs.tail" => logs_tail(&params),
+            "tunnel.reconnect" => self.reconnect(&params),
             "vault.unlock" => self.unlock(&params, secret).await,
             "vault.lock" => {
                 self.command(&params, |reply| ControlCommand::Lock { reply })
@@ -308,6 +309,30 @@ impl SupervisorControl {
             Err(_) => {}
         }
         result
+    }
+
+    /// `tunnel.reconnect {"bastion": NAME}`.
+    fn reconnect(&self, params: &Value) -> Result<Value, RpcError> {
+        let name = params
+            .as_object()
+            .filter(|map| map.len() == 1)
+            .and_then(|map| map.get("bastion"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                let mut error =
+                    RpcError::new(code::INVALID_PARAMS, "params must be {\"bastion\": NAME}");
+                error.data = Some(json!({ "field": "bastion" }));
+                error
+            })?;
+        let Some(observer) = self.tunnels.iter().find(|o| o.name() == name) else {
+            let known: Vec<&str> = self.tunnels.iter().map(BastionObserver::name).collect();
+            let mut error =
+                RpcError::new(code::INVALID_PARAMS, format!("no bastion named {name:?}"));
+            error.data = Some(json!({ "field": "bastion", "known": known }));
+            return Err(error);
+        };
+        observer.request_reconnect();
+        Ok(json!({ "bastion": name, "reconnecting": true }))
     }
 
     async fn backup_now(&self) -> Result<Value, RpcError> {

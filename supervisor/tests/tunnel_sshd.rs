@@ -541,3 +541,30 @@ async fn direct_streamlocal_is_refused_when_the_key_has_permitopen() {
         connection.close().await;
     }
 }
+
+/// `tunnel.reconnect`: an operator's request drops the connection and
+/// connects again at once; the forwards come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_on_request_restores_the_forwards() {
+    let echo_port = spawn_tcp_echo().await;
+    let bastion = Bastion::start(echo_port);
+    let shutdown = CancellationToken::new();
+    let tunnel = start_tunnel(&bastion, echo_port, &shutdown).await;
+    let mut state = tunnel.state();
+    wait_state(&mut state, "connected", |state| {
+        state.connected_since.is_some()
+    })
+    .await;
+    tunnel.observer().request_reconnect();
+    let again = wait_state(&mut state, "reconnected on request", |state| {
+        state.reconnects >= 1 && state.connected_since.is_some()
+    })
+    .await;
+    assert_eq!(
+        again.last_error.as_deref(),
+        Some("reconnect requested by an operator")
+    );
+    assert_both_forwards_work(&bastion, &tunnel, b"after an operator reconnect").await;
+    shutdown.cancel();
+    tunnel.stopped().await.unwrap();
+}

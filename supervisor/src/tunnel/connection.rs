@@ -84,6 +84,8 @@ struct StateCell {
     sender: watch::Sender<BastionState>,
     to_bastion: AtomicU64,
     from_bastion: AtomicU64,
+    /// An operator asked for a new connection now (`tunnel.reconnect`).
+    reconnect: tokio::sync::Notify,
 }
 
 impl StateCell {
@@ -92,6 +94,7 @@ impl StateCell {
             sender,
             to_bastion: AtomicU64::new(0),
             from_bastion: AtomicU64::new(0),
+            reconnect: tokio::sync::Notify::new(),
         })
     }
 }
@@ -778,6 +781,12 @@ impl BastionObserver {
         &self.name
     }
 
+    /// Drop the current connection (if any) and connect again now, without
+    /// waiting out the backoff.
+    pub fn request_reconnect(&self) {
+        self.shared.reconnect.notify_waiters();
+    }
+
     /// The state now, byte counters included.
     pub fn snapshot(&self) -> BastionState {
         let mut state = self.state.borrow().clone();
@@ -934,14 +943,32 @@ async fn supervise(
                 });
                 tracing::info!(bastion, host = %connection.host, "bastion tunnel up");
                 connected_before = true;
-                let shut_down = tokio::select! {
-                    _ = shutdown.cancelled() => true,
-                    _ = connection.closed() => false,
+                enum Ended {
+                    Shutdown,
+                    Closed,
+                    ReconnectRequested,
+                }
+                let ended = tokio::select! {
+                    _ = shutdown.cancelled() => Ended::Shutdown,
+                    _ = connection.closed() => Ended::Closed,
+                    _ = state.reconnect.notified() => Ended::ReconnectRequested,
                 };
                 current.send_replace(None);
-                if shut_down {
-                    connection.close().await;
-                    break Ok(());
+                match ended {
+                    Ended::Shutdown => {
+                        connection.close().await;
+                        break Ok(());
+                    }
+                    Ended::ReconnectRequested => {
+                        tracing::info!(bastion, "reconnect requested by an operator");
+                        connection.close().await;
+                        state.send_modify(|state| {
+                            state.connected_since = None;
+                            state.last_error = Some("reconnect requested by an operator".into());
+                        });
+                        continue;
+                    }
+                    Ended::Closed => {}
                 }
                 connection.live.cancel();
                 let reason = connection
@@ -975,6 +1002,9 @@ async fn supervise(
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = tokio::time::sleep(delay) => {}
+            _ = state.reconnect.notified() => {
+                tracing::info!(bastion, "reconnect requested by an operator: trying now");
+            }
         }
     };
     state.send_modify(|state| {
