@@ -97,33 +97,6 @@ impl ControlSocket {
         &self.path
     }
 
-    /// Serve the greeting only (each connection is closed after it), until
-    /// `shutdown`, then remove the socket file.
-    pub async fn serve(self, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let greeting: Arc<[u8]> = Greeting::new(&self.validator, env!("CARGO_PKG_VERSION"))
-            .to_line()
-            .into();
-        loop {
-            let Some((mut stream, permit)) = accept(&self.listener, &slots, &shutdown).await else {
-                break;
-            };
-            let greeting = greeting.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let written = tokio::time::timeout(WRITE_TIMEOUT, async {
-                    stream.write_all(&greeting).await?;
-                    stream.shutdown().await
-                })
-                .await;
-                if let Ok(Err(error)) = written {
-                    tracing::debug!(%error, "control socket: peer left before the greeting");
-                }
-            });
-        }
-        remove_socket(&self.path);
-    }
-
     /// Serve the RPC (`docs/rpc.md`) until `shutdown`, then remove the
     /// socket file. Calls that pass authentication and authorization go to
     /// `dispatcher`; `operators` may log in over TLS. Without a TLS identity
@@ -418,7 +391,7 @@ pub fn bind_private_socket(path: &Path) -> anyhow::Result<UnixListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncBufReadExt;
 
     fn settings(dir: &Path) -> RpcSettings {
         RpcSettings {
@@ -426,6 +399,22 @@ mod tests {
             name: "val-a".into(),
             tls_dir: dir.join("rpc"),
             idle_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The greeting needs no dispatcher; no call is made here.
+    struct Unused;
+
+    impl Dispatcher for Unused {
+        fn call<'a>(
+            &'a self,
+            _caller: &'a Caller,
+            _method: &'a str,
+            _params: serde_json::Value,
+            _secret: Option<secrecy::SecretString>,
+        ) -> crate::backup::BoxFuture<'a, Result<serde_json::Value, palisade_wire::rpc::RpcError>>
+        {
+            Box::pin(async { unreachable!("no call in this test") })
         }
     }
 
@@ -445,13 +434,16 @@ mod tests {
             .mode();
         assert_eq!(parent_mode & 0o777, 0o700);
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(socket.serve(shutdown.clone()));
+        let server = tokio::spawn(socket.serve_rpc(Arc::new(Unused), Vec::new(), shutdown.clone()));
         for _ in 0..3 {
-            let mut stream = tokio::net::UnixStream::connect(&settings.socket)
+            let stream = tokio::net::UnixStream::connect(&settings.socket)
                 .await
                 .unwrap();
             let mut line = Vec::new();
-            stream.read_to_end(&mut line).await.unwrap();
+            tokio::io::BufReader::new(stream)
+                .read_until(b'\n', &mut line)
+                .await
+                .unwrap();
             let greeting = Greeting::parse(&line).unwrap();
             assert_eq!(greeting.validator, "val-a");
             assert_eq!(greeting.version, env!("CARGO_PKG_VERSION"));
