@@ -53,10 +53,24 @@ impl Peer {
         let stopped = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             let mut held = Vec::new();
-            while !stopped.load(Ordering::Relaxed) {
+            let mut drained_after_stop = false;
+            loop {
                 let mut stream = match listener.accept() {
                     Ok((stream, _)) => stream,
+                    // Stop only with an empty backlog: a probe that connected
+                    // before the socket file was removed still gets its
+                    // answer, instead of a reset when the listener closes.
+                    // `stop` is set after the file is removed, so one more
+                    // pass once it is seen catches every connection queued
+                    // before the removal.
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        if stopped.load(Ordering::Relaxed) {
+                            if drained_after_stop {
+                                break;
+                            }
+                            drained_after_stop = true;
+                            continue;
+                        }
                         std::thread::sleep(Duration::from_millis(5));
                         continue;
                     }

@@ -140,10 +140,21 @@ fn two_nodes_with_one_key_are_flagged_as_double_signing() {
     let original = &s.validators[0].home;
     let copy = s.dir.path().join("val1-copy");
     copy_dir(original, &copy);
-    // Same key, its own RPC port.
-    write_validator_home(&copy, "val1", "sim-1", s.net.node_addr(), free_port()).unwrap();
     let _a = SimdProcess::start(simd(), original, &[], &[]).unwrap();
-    let _b = SimdProcess::start(simd(), &copy, &[], &[]).unwrap();
+    // Same key, its own RPC port. A port from free_port() can be taken by a
+    // parallel test before the node binds it; the node then exits at once
+    // (and can never sign), so it is started again on another port.
+    let mut second = None;
+    for _ in 0..3 {
+        write_validator_home(&copy, "val1", "sim-1", s.net.node_addr(), free_port()).unwrap();
+        let mut node = SimdProcess::start(simd(), &copy, &[], &[]).unwrap();
+        if node.wait_for_output("connected to network", WAIT).is_ok() && node.is_running() {
+            second = Some(node);
+            break;
+        }
+        eprintln!("second node did not come up, retrying:\n{}", node.tail(10));
+    }
+    let _b = second.expect("the second node never connected to the network");
     let record = s
         .net
         .wait_for(WAIT, |r| !r.double_signs.is_empty())
