@@ -66,55 +66,74 @@ pub enum Sink {
 /// Bytes of the daemon's most recent output kept for `logs.tail`.
 const RECENT_BYTES: usize = 256 * 1024;
 
-/// The tail of the daemon's output (both streams, in the order written),
-/// as batches: one copy per batch in the writer threads, never in the
-/// reader threads that drain the daemon's pipes, so the daemon is never
-/// slowed by it.
+/// The tail of the daemon's output (both streams, in the order written), in
+/// a fixed ring of [`RECENT_BYTES`]: one memcpy per batch in the writer
+/// threads and no allocation, never anything in the reader threads that
+/// drain the daemon's pipes, so the daemon is never slowed by it.
 static RECENT: std::sync::Mutex<RecentOutput> = std::sync::Mutex::new(RecentOutput {
-    batches: std::collections::VecDeque::new(),
+    ring: Vec::new(),
+    next: 0,
     bytes: 0,
 });
 
 struct RecentOutput {
-    batches: std::collections::VecDeque<Vec<u8>>,
+    /// Allocated once, on first use.
+    ring: Vec<u8>,
+    /// Where the next byte goes.
+    next: usize,
+    /// Bytes held (at most [`RECENT_BYTES`]).
     bytes: usize,
 }
 
 fn remember(batch: &[u8]) {
+    let batch = &batch[batch.len().saturating_sub(RECENT_BYTES)..];
     let mut recent = RECENT
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    recent.bytes += batch.len();
-    recent.batches.push_back(batch.to_vec());
-    while recent.bytes > RECENT_BYTES && recent.batches.len() > 1 {
-        if let Some(old) = recent.batches.pop_front() {
-            recent.bytes -= old.len();
-        }
+    if recent.ring.is_empty() {
+        recent.ring = vec![0; RECENT_BYTES];
     }
+    let next = recent.next;
+    let first = (RECENT_BYTES - next).min(batch.len());
+    recent.ring[next..next + first].copy_from_slice(&batch[..first]);
+    recent.ring[..batch.len() - first].copy_from_slice(&batch[first..]);
+    recent.next = (next + batch.len()) % RECENT_BYTES;
+    recent.bytes = (recent.bytes + batch.len()).min(RECENT_BYTES);
 }
 
 /// The last `count` lines the daemon wrote (at most what the last 256 KiB
 /// of output hold), oldest first, as lossy UTF-8.
 pub fn recent_lines(count: usize) -> Vec<String> {
-    let recent = RECENT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let mut lines: Vec<String> = Vec::with_capacity(count.min(1024));
-    for batch in recent.batches.iter().rev() {
-        for line in batch
-            .strip_suffix(b"\n")
-            .unwrap_or(batch)
-            .rsplit(|&byte| byte == b'\n')
-        {
-            if lines.len() == count {
-                break;
-            }
-            lines.push(String::from_utf8_lossy(line).into_owned());
+    let held = {
+        let recent = RECENT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let start = (recent.next + RECENT_BYTES - recent.bytes) % RECENT_BYTES;
+        let mut held = Vec::with_capacity(recent.bytes);
+        if recent.bytes > 0 && start >= recent.next {
+            held.extend_from_slice(&recent.ring[start..]);
+            held.extend_from_slice(&recent.ring[..recent.next]);
+        } else {
+            held.extend_from_slice(&recent.ring[start..recent.next]);
         }
-        if lines.len() == count {
-            break;
+        // A full ring starts mid-line: drop that partial line.
+        if recent.bytes == RECENT_BYTES {
+            let cut = held
+                .iter()
+                .position(|&byte| byte == b'\n')
+                .map_or(0, |at| at + 1);
+            held.drain(..cut);
         }
-    }
+        held
+    };
+    let mut lines: Vec<String> = held
+        .strip_suffix(b"\n")
+        .unwrap_or(&held)
+        .rsplit(|&byte| byte == b'\n')
+        .filter(|_| !held.is_empty())
+        .take(count)
+        .map(|line| String::from_utf8_lossy(line).into_owned())
+        .collect();
     lines.reverse();
     lines
 }
