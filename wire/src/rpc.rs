@@ -11,8 +11,8 @@
 //! alive without any credentials.
 //!
 //! The request protocol that follows the greeting (JSON-RPC, TLS and
-//! operator authentication) is specified separately; a client that only
-//! wants liveness reads the greeting and closes the connection.
+//! operator authentication) is below and in `docs/rpc.md`; a client that
+//! only wants liveness reads the greeting and closes the connection.
 
 use serde::{Deserialize, Serialize};
 

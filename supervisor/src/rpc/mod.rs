@@ -8,7 +8,7 @@
 //! [`ControlSocket::serve_rpc`]: peers that are not trusted local users
 //! ([`peer`]) must start TLS 1.3 ([`tls`]) and log in ([`auth`]); the
 //! requests that follow are checked and handed to a [`Dispatcher`]
-//! ([`connection`]). [`ControlSocket::serve`] serves the greeting only.
+//! ([`connection`]).
 //!
 //! Invariants:
 //! - the socket's directory is created 0700 if missing and must not be
