@@ -932,6 +932,12 @@ async fn supervise(
             Ok(connection) => {
                 failures = 0;
                 let connection = Arc::new(connection);
+                // Listen for an operator's reconnect request before saying
+                // "connected": `notify_waiters` wakes only registered
+                // waiters, and whoever saw the state may ask at once.
+                let reconnect_requested = state.reconnect.notified();
+                tokio::pin!(reconnect_requested);
+                reconnect_requested.as_mut().enable();
                 // Published before the state says "connected", so whoever
                 // waits for that state finds the connection usable.
                 current.send_replace(Some(connection.clone()));
@@ -951,7 +957,7 @@ async fn supervise(
                 let ended = tokio::select! {
                     _ = shutdown.cancelled() => Ended::Shutdown,
                     _ = connection.closed() => Ended::Closed,
-                    _ = state.reconnect.notified() => Ended::ReconnectRequested,
+                    _ = reconnect_requested => Ended::ReconnectRequested,
                 };
                 current.send_replace(None);
                 match ended {
