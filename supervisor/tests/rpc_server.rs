@@ -744,6 +744,54 @@ async fn a_thousand_idle_connections_do_not_lock_out_a_real_call() {
     server.stop().await;
 }
 
+/// A flood through a bastion (remote peers that never log in) with the
+/// default one-minute idle timeout: unauthenticated connections are evicted
+/// at random for newcomers, so an operator gets in at once (a retry at
+/// most), not after flood / slots × idle timeout (about 16 minutes here).
+#[tokio::test]
+async fn an_idle_remote_flood_does_not_lock_out_an_operator() {
+    let server = start(
+        TrustPolicy::nobody(),
+        Certificate::Made,
+        Duration::from_secs(60),
+    );
+    let pin = server.pin.clone().unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(stream) = UnixStream::connect(&server.socket).await {
+            flood.push(stream);
+        }
+    }
+    assert!(flood.len() >= 500, "{}", flood.len());
+    let started = Instant::now();
+    let mut attempts = 0;
+    let status = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            attempts += 1;
+            let attempt = async {
+                let (mut connection, _) = tls(&server.socket, &pin).await.ok()?;
+                let login = connection.login("vic", &operator_key(1)).await;
+                login.result.as_ref()?;
+                connection.call("status", None).await.result
+            };
+            if let Some(result) = attempt.await {
+                return result;
+            }
+        }
+    })
+    .await
+    .expect("an operator gets through the flood");
+    assert_eq!(status["operator"], "vic");
+    assert!(attempts <= 5, "{attempts} attempts");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(flood);
+    server.stop().await;
+}
+
 #[test]
 fn init_rpc_and_rpc_fingerprint_commands() {
     let home = tempfile::tempdir().unwrap();

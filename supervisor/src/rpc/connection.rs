@@ -48,13 +48,16 @@ pub struct Shared {
 }
 
 /// How a connection starts once its transport is settled.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SessionStart {
     /// `Some` for a trusted local user (no login needed).
     pub caller: Option<Caller>,
     pub tls: bool,
     /// The TLS exporter value, or zeros on plaintext.
     pub channel_binding: [u8; CHALLENGE_BYTES],
+    /// For a remote connection: its place among the unauthenticated ones,
+    /// given up at login (`super::admission`).
+    pub ticket: Option<super::admission::Ticket>,
 }
 
 /// A line read from the peer.
@@ -148,6 +151,8 @@ pub async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         channel_binding: start.channel_binding,
         challenge: Challenge::NotIssued,
         lines: LineReader::new(),
+        ticket: start.ticket,
+        malformed: 0,
     };
     loop {
         let line = match session.read_line(stream, MAX_LINE_BYTES, shutdown).await {
@@ -194,11 +199,13 @@ async fn write_response<S: AsyncWrite + Unpin>(stream: &mut S, response: &Respon
             bytes = line.len(),
             "rpc: a response exceeds the line limit; answering an internal error instead"
         );
-        line = Response::err(
-            response.id.clone(),
-            RpcError::new(code::INTERNAL, "the response is too large"),
-        )
-        .to_line();
+        let error = RpcError::new(code::INTERNAL, "the response is too large");
+        line = Response::err(response.id.clone(), error.clone()).to_line();
+        if line.len() > MAX_LINE_BYTES {
+            // The id itself is huge (a request just under the limit): the
+            // answer must still fit, so it goes without it.
+            line = Response::err(Value::Null, error).to_line();
+        }
     }
     let written = tokio::time::timeout(WRITE_TIMEOUT, async {
         stream.write_all(&line).await?;
@@ -225,6 +232,22 @@ struct Session<'a> {
     channel_binding: [u8; CHALLENGE_BYTES],
     challenge: Challenge,
     lines: LineReader,
+    ticket: Option<super::admission::Ticket>,
+    /// Malformed requests so far: the first is logged at info, the rest
+    /// at debug and as one count when the connection ends (no log flood).
+    malformed: u64,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if self.malformed > 1 {
+            tracing::info!(
+                operator = self.operator_name(),
+                count = self.malformed,
+                "rpc: connection closed after malformed requests"
+            );
+        }
+    }
 }
 
 impl Session<'_> {
@@ -277,11 +300,20 @@ impl Session<'_> {
         } = match parse_request(line) {
             Ok(request) => request,
             Err(error) => {
-                tracing::info!(
-                    operator = self.operator_name(),
-                    code = error.code,
-                    "rpc: malformed request"
-                );
+                self.malformed += 1;
+                if self.malformed == 1 {
+                    tracing::info!(
+                        operator = self.operator_name(),
+                        code = error.code,
+                        "rpc: malformed request (further ones on this connection are counted)"
+                    );
+                } else {
+                    tracing::debug!(
+                        operator = self.operator_name(),
+                        code = error.code,
+                        "rpc: malformed request"
+                    );
+                }
                 let close = error.code == code::LINE_TOO_LONG;
                 let response = Response::err(Value::Null, error);
                 return if close {
@@ -534,6 +566,8 @@ impl Session<'_> {
                     role,
                     tls: self.tls,
                 });
+                // Logged in: no longer evictable, no login deadline.
+                self.ticket = None;
                 Next::Answer(Response::ok(
                     id,
                     json!({ "operator": params.operator, "role": role }),
@@ -608,6 +642,7 @@ mod tests {
             }),
             tls: false,
             channel_binding: [0; 32],
+            ticket: None,
         }
     }
 
@@ -712,6 +747,7 @@ mod tests {
             caller: None,
             tls: true,
             channel_binding: [9; 32],
+            ticket: None,
         };
         let input = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}\n\
             {\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"vault.unlock\"}\nsecret\n\
@@ -780,7 +816,7 @@ mod tests {
             let start = if authenticated {
                 local()
             } else {
-                SessionStart { caller: None, tls: false, channel_binding: [0; 32] }
+                SessionStart { caller: None, tls: false, channel_binding: [0; 32], ticket: None }
             };
             let responses = runtime.block_on(exchange(input, start));
             // Secret lines and a failed login consume lines or close early;

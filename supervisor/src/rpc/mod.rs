@@ -21,9 +21,15 @@
 //!   write is bounded by [`WRITE_TIMEOUT`], every read and handshake by the
 //!   idle timeout, so a stuck peer costs one slot for a bounded time and
 //!   never blocks the supervisor;
+//! - a remote connection must log in within
+//!   [`admission::UNAUTHENTICATED_DEADLINE`], and when all slots are taken a
+//!   random not-yet-authenticated one is closed for the newcomer
+//!   ([`admission`]): a flood through a bastion cannot lock out operators,
+//!   and never a trusted local user;
 //! - a connection from a bastion is never trusted and never served without
 //!   TLS: with no certificate it gets the greeting and is closed.
 
+pub mod admission;
 pub mod auth;
 pub mod connection;
 pub mod dispatcher;
@@ -52,7 +58,8 @@ pub use dispatcher::{Caller, Dispatcher};
 pub use peer::{PeerTrust, TrustPolicy};
 pub use tls::{ReplaceIdentity, fingerprint_of, init_identity, read_fingerprint};
 
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once; more wait in the listen backlog (unless an
+/// unauthenticated remote one can be evicted, see [`admission`]).
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// Bound on writing the greeting or one response to one peer.
@@ -145,47 +152,74 @@ impl ControlSocket {
             idle_timeout: self.idle_timeout,
         });
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let unauthenticated = Arc::new(admission::Unauthenticated::default());
+        let deadline = admission::UNAUTHENTICATED_DEADLINE.min(self.idle_timeout);
         loop {
-            let Some((stream, permit)) = accept(&self.listener, &slots, &shutdown).await else {
+            let Some((stream, permit)) =
+                accept(&self.listener, &slots, &unauthenticated, &shutdown).await
+            else {
                 break;
             };
             let trust = self.trust.classify(peer::peer_credentials(&stream));
+            let admitted = match trust {
+                PeerTrust::Remote => Some(unauthenticated.admit(deadline)),
+                PeerTrust::TrustedLocal { .. } => None,
+            };
             let shared = shared.clone();
             let identity = identity.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                serve_connection(stream, trust, identity, &shared, &shutdown).await;
+                match admitted {
+                    Some((ticket, kill)) => {
+                        tokio::select! {
+                            _ = kill.cancelled() => {}
+                            _ = serve_connection(stream, trust, identity, Some(ticket), &shared, &shutdown) => {}
+                        }
+                    }
+                    None => {
+                        serve_connection(stream, trust, identity, None, &shared, &shutdown).await
+                    }
+                }
             });
         }
         remove_socket(&self.path);
     }
 }
 
-/// Wait for a free slot, then a connection; `None` at shutdown.
+/// Accept a connection and give it a slot: a free one, else one freed by
+/// evicting a random unauthenticated remote connection, else wait for one
+/// (the newcomer waits, accepted, while the backlog queues the rest).
+/// `None` at shutdown.
 async fn accept(
     listener: &UnixListener,
     slots: &Arc<Semaphore>,
+    unauthenticated: &admission::Unauthenticated,
     shutdown: &CancellationToken,
 ) -> Option<(UnixStream, tokio::sync::OwnedSemaphorePermit)> {
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            permit = slots.clone().acquire_owned() => permit.ok()?,
-        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return None,
             accepted = listener.accept() => accepted,
         };
-        match accepted {
-            Ok((stream, _)) => return Some((stream, permit)),
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(error) => {
                 tracing::warn!(%error, "control socket: accept failed");
-                drop(permit);
                 // EMFILE and the like: do not spin.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+        };
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some((stream, permit));
         }
+        unauthenticated.evict_one();
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            permit = slots.clone().acquire_owned() => permit.ok()?,
+        };
+        return Some((stream, permit));
     }
 }
 
@@ -202,6 +236,7 @@ async fn serve_connection(
     mut stream: UnixStream,
     trust: PeerTrust,
     identity: Option<tls::ServerIdentity>,
+    ticket: Option<admission::Ticket>,
     shared: &connection::Shared,
     shutdown: &CancellationToken,
 ) {
@@ -256,6 +291,7 @@ async fn serve_connection(
             caller: local_caller,
             tls: false,
             channel_binding: [0; CHALLENGE_BYTES],
+            ticket,
         };
         connection::serve_session(&mut stream, shared, start, shutdown).await;
         return;
@@ -302,6 +338,7 @@ async fn serve_connection(
         }),
         tls: true,
         channel_binding,
+        ticket,
     };
     connection::serve_session(&mut tls_stream, shared, start, shutdown).await;
     let _ = tokio::time::timeout(WRITE_TIMEOUT, tls_stream.shutdown()).await;
