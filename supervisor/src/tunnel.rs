@@ -13,7 +13,6 @@
 //!   stale forwards and shutdown leaks no sockets.
 
 mod connection;
-mod host_key;
 mod mesh;
 
 use std::path::PathBuf;
@@ -23,8 +22,10 @@ pub use connection::{
     BastionConnection, BastionObserver, BastionState, BastionTunnel, ChannelDialer, DialTarget,
     ReconnectBackoff, run_bastion,
 };
-pub use host_key::{FirstUse, HostKeyPolicy, fingerprint, known_hosts_name, parse_fingerprint};
 pub use mesh::TunnelMesh;
+pub use palisade_ssh::host_key::{
+    FirstUse, HostKeyError, HostKeyPolicy, fingerprint, known_hosts_name, parse_fingerprint,
+};
 
 /// Which kind of forward sshd refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,34 +150,13 @@ impl BastionConfig {
 /// Why a tunnel could not be set up or kept up.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
-    /// The host has no key on record and trust-on-first-use is off.
-    #[error("host key of {host} is unknown (offered {offered}); pin it or add it to known_hosts")]
-    HostKeyUnknown { host: String, offered: String },
-    /// The host offered a key other than the pinned one(s): possible
-    /// man-in-the-middle, never accepted automatically.
-    #[error(
-        "HOST KEY CHANGED for {host}: expected {expected}, offered {offered}; refusing to connect"
-    )]
-    HostKeyChanged {
-        host: String,
-        expected: String,
-        offered: String,
-    },
-    /// The offered key is marked `@revoked` in known_hosts.
-    #[error("host key {offered} of {host} is revoked in known_hosts")]
-    HostKeyRevoked { host: String, offered: String },
+    /// The host key is not the pinned one (unknown, changed, revoked), or
+    /// the pins or known_hosts file are unusable.
+    #[error(transparent)]
+    HostKey(#[from] HostKeyError),
     /// The server presented a certificate; only plain pinned keys are trusted.
     #[error("{host} presented a host certificate; only pinned plain host keys are accepted")]
     HostCertificateNotSupported { host: String },
-    /// A pinned fingerprint is not in `SHA256:<base64>` form.
-    #[error("pinned fingerprint {value:?} is not of the form SHA256:<base64> (ssh-keygen -lf)")]
-    InvalidFingerprint { value: String },
-    /// The known_hosts file could not be read or appended to.
-    #[error("known_hosts file {}: {source}", path.display())]
-    KnownHosts {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     /// The client's private key could not be loaded.
     #[error("private key {}: {source}", path.display())]
     PrivateKey {
@@ -229,11 +209,8 @@ impl TunnelError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            TunnelError::HostKeyUnknown { .. }
-                | TunnelError::HostKeyChanged { .. }
-                | TunnelError::HostKeyRevoked { .. }
+            TunnelError::HostKey(_)
                 | TunnelError::HostCertificateNotSupported { .. }
-                | TunnelError::InvalidFingerprint { .. }
                 | TunnelError::PrivateKey { .. }
                 | TunnelError::AuthenticationRejected { .. }
         )

@@ -13,7 +13,7 @@ use std::time::Duration;
 use palisade_simchain::testkit::free_port;
 use palisade_supervisor::tunnel::{
     BastionConfig, BastionConnection, BastionState, BastionTunnel, DialTarget, FirstUse,
-    ForwardKind, HostKeyPolicy, LocalTcpForward, ReconnectBackoff, ReverseTcpForward,
+    ForwardKind, HostKeyError, HostKeyPolicy, LocalTcpForward, ReconnectBackoff, ReverseTcpForward,
     ReverseUnixForward, TunnelError, run_bastion,
 };
 use palisade_testkit::{Sshd, SshdOptions, current_user, run, ssh_fingerprint, ssh_keygen};
@@ -237,7 +237,7 @@ async fn changed_host_key_is_refused_with_both_fingerprints() {
     };
     let message = error.to_string();
     assert!(
-        matches!(&error, TunnelError::HostKeyChanged { expected: e, offered, .. }
+        matches!(&error, TunnelError::HostKey(HostKeyError::Changed { expected: e, offered, .. })
             if *e == expected && offered == bastion.sshd.fingerprint()),
         "{error:?}"
     );
@@ -248,7 +248,10 @@ async fn changed_host_key_is_refused_with_both_fingerprints() {
         .await
         .expect("run_bastion stops on a changed host key");
     assert!(
-        matches!(result, Err(TunnelError::HostKeyChanged { .. })),
+        matches!(
+            result,
+            Err(TunnelError::HostKey(HostKeyError::Changed { .. }))
+        ),
         "{result:?}"
     );
 }
@@ -262,7 +265,7 @@ async fn unknown_host_key_is_refused_unless_first_use_is_configured() {
         ..HostKeyPolicy::default()
     });
     match BastionConnection::connect(&refuse).await {
-        Err(TunnelError::HostKeyUnknown { host, offered }) => {
+        Err(TunnelError::HostKey(HostKeyError::Unknown { host, offered })) => {
             assert_eq!(host, format!("[127.0.0.1]:{}", bastion.sshd.port()));
             assert_eq!(offered, bastion.sshd.fingerprint());
         }

@@ -1,4 +1,5 @@
-//! Deciding whether a bastion's SSH host key is the one we expect.
+//! Deciding whether a bastion's SSH host key is the one we expect (the
+//! supervisor's tunnels and `palisade-ctl --via` both use this).
 //!
 //! Invariant: a key is accepted only if it is pinned (by fingerprint or in a
 //! known_hosts file) or if trust-on-first-use was explicitly configured and
@@ -11,7 +12,35 @@ use std::path::{Path, PathBuf};
 
 use russh::keys::{HashAlg, PublicKey};
 
-use super::TunnelError;
+/// Why a host key was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum HostKeyError {
+    /// The host has no key on record and trust-on-first-use is off.
+    #[error("host key of {host} is unknown (offered {offered}); pin it or add it to known_hosts")]
+    Unknown { host: String, offered: String },
+    /// The host offered a key other than the pinned one(s): possible
+    /// man-in-the-middle, never accepted automatically.
+    #[error(
+        "HOST KEY CHANGED for {host}: expected {expected}, offered {offered}; refusing to connect"
+    )]
+    Changed {
+        host: String,
+        expected: String,
+        offered: String,
+    },
+    /// The offered key is marked `@revoked` in known_hosts.
+    #[error("host key {offered} of {host} is revoked in known_hosts")]
+    Revoked { host: String, offered: String },
+    /// A pinned fingerprint is not in `SHA256:<base64>` form.
+    #[error("pinned fingerprint {value:?} is not of the form SHA256:<base64> (ssh-keygen -lf)")]
+    InvalidFingerprint { value: String },
+    /// The known_hosts file could not be read or appended to.
+    #[error("known_hosts file {}: {source}", path.display())]
+    KnownHosts {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
 
 /// Whether an unknown host may be trusted on first use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,9 +80,9 @@ pub fn fingerprint(key: &PublicKey) -> String {
 
 /// Check that `text` is a fingerprint as `ssh-keygen -lf` prints it:
 /// `SHA256:` and 43 characters of unpadded base64 (32 bytes).
-pub fn parse_fingerprint(text: &str) -> Result<(), TunnelError> {
+pub fn parse_fingerprint(text: &str) -> Result<(), HostKeyError> {
     use base64::Engine as _;
-    let invalid = || TunnelError::InvalidFingerprint {
+    let invalid = || HostKeyError::InvalidFingerprint {
         value: text.to_string(),
     };
     let encoded = text.strip_prefix("SHA256:").ok_or_else(invalid)?;
@@ -116,7 +145,7 @@ fn parse_known_hosts(text: &str) -> Vec<KnownHostEntry> {
 
 impl HostKeyPolicy {
     /// Accept `offered` for `host:port`, or say why not.
-    pub fn check(&self, host: &str, port: u16, offered: &PublicKey) -> Result<(), TunnelError> {
+    pub fn check(&self, host: &str, port: u16, offered: &PublicKey) -> Result<(), HostKeyError> {
         let name = known_hosts_name(host, port);
         let offered_fingerprint = fingerprint(offered);
         for pinned in &self.pinned_fingerprints {
@@ -134,7 +163,7 @@ impl HostKeyPolicy {
             .iter()
             .any(|entry| entry.revoked && entry.fingerprint == offered_fingerprint)
         {
-            return Err(TunnelError::HostKeyRevoked {
+            return Err(HostKeyError::Revoked {
                 host: name,
                 offered: offered_fingerprint,
             });
@@ -151,7 +180,7 @@ impl HostKeyPolicy {
         }
         if !expected.is_empty() {
             expected.dedup();
-            return Err(TunnelError::HostKeyChanged {
+            return Err(HostKeyError::Changed {
                 host: name,
                 expected: expected.join(", "),
                 offered: offered_fingerprint,
@@ -168,7 +197,7 @@ impl HostKeyPolicy {
                 );
                 Ok(())
             }
-            _ => Err(TunnelError::HostKeyUnknown {
+            _ => Err(HostKeyError::Unknown {
                 host: name,
                 offered: offered_fingerprint,
             }),
@@ -176,20 +205,20 @@ impl HostKeyPolicy {
     }
 }
 
-fn read_known_hosts(path: &Path) -> Result<Vec<KnownHostEntry>, TunnelError> {
+fn read_known_hosts(path: &Path) -> Result<Vec<KnownHostEntry>, HostKeyError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(parse_known_hosts(&text)),
         // A missing file is an empty one: TOFU creates it.
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(TunnelError::KnownHosts {
+        Err(source) => Err(HostKeyError::KnownHosts {
             path: path.to_path_buf(),
             source,
         }),
     }
 }
 
-fn append_known_host(path: &Path, name: &str, key: &PublicKey) -> Result<(), TunnelError> {
-    let io_error = |source| TunnelError::KnownHosts {
+fn append_known_host(path: &Path, name: &str, key: &PublicKey) -> Result<(), HostKeyError> {
+    let io_error = |source| HostKeyError::KnownHosts {
         path: path.to_path_buf(),
         source,
     };
@@ -269,14 +298,14 @@ mod tests {
         for (policy, host, port, offered, expected) in cases {
             let outcome = match policy.check(host, port, &key(offered)) {
                 Ok(()) => "ok",
-                Err(TunnelError::HostKeyChanged {
+                Err(HostKeyError::Changed {
                     expected, offered, ..
                 }) => {
                     assert!(expected.contains("SHA256:") && offered.starts_with("SHA256:"));
                     "changed"
                 }
-                Err(TunnelError::HostKeyUnknown { .. }) => "unknown",
-                Err(TunnelError::HostKeyRevoked { .. }) => "revoked",
+                Err(HostKeyError::Unknown { .. }) => "unknown",
+                Err(HostKeyError::Revoked { .. }) => "revoked",
                 Err(other) => panic!("{host}:{port}: unexpected {other}"),
             };
             assert_eq!(outcome, expected, "{host}:{port} offering {offered}");
@@ -307,7 +336,7 @@ mod tests {
         policy.check("b1", 2222, &key(KEY_A)).unwrap();
         assert!(matches!(
             policy.check("b1", 2222, &key(KEY_B)),
-            Err(TunnelError::HostKeyChanged { .. })
+            Err(HostKeyError::Changed { .. })
         ));
     }
 
@@ -319,7 +348,7 @@ mod tests {
         };
         assert!(matches!(
             policy.check("b1", 22, &key(KEY_A)),
-            Err(TunnelError::HostKeyUnknown { .. })
+            Err(HostKeyError::Unknown { .. })
         ));
     }
 
@@ -331,7 +360,7 @@ mod tests {
         };
         assert!(matches!(
             policy.check("b1", 22, &key(KEY_A)),
-            Err(TunnelError::InvalidFingerprint { .. })
+            Err(HostKeyError::InvalidFingerprint { .. })
         ));
     }
 }

@@ -1,0 +1,342 @@
+//! Dialing a bastion: TCP, SSH handshake with a pinned host key, public-key
+//! authentication, then `direct-streamlocal@openssh.com` channels to Unix
+//! sockets on the bastion (what `ssh -L local:/remote.sock` uses).
+//!
+//! Invariants:
+//! - the host key is checked by [`HostKeyPolicy`] before authentication;
+//!   host certificates are refused (only pinned plain keys are trusted);
+//! - connect, handshake and authentication are bounded together by
+//!   [`Dial::timeout`]; opening a channel is bounded by the same timeout;
+//! - the private key file must not be readable by group or others (as ssh
+//!   insists), and its bytes are dropped once the key is parsed.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use russh::client::{self, Msg};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelOpenFailure, ChannelStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::host_key::{HostKeyError, HostKeyPolicy, known_hosts_name};
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// An unencrypted OpenSSH private key (ed25519 recommended), mode 0600.
+    pub key_path: PathBuf,
+    pub host_keys: HostKeyPolicy,
+    /// Bound on TCP connect + handshake + authentication, and on opening
+    /// each channel.
+    pub timeout: Duration,
+}
+
+/// Why a bastion could not be reached or a channel not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error(transparent)]
+    HostKey(#[from] HostKeyError),
+    #[error("{host} presented a host certificate; only pinned plain host keys are accepted")]
+    HostCertificate { host: String },
+    #[error("SSH key {}: {reason}", path.display())]
+    PrivateKey { path: PathBuf, reason: String },
+    #[error("connecting to {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {address}: no SSH session within {} s", timeout.as_secs_f64())]
+    Timeout { address: String, timeout: Duration },
+    #[error("{address} rejected public-key authentication for user {user}")]
+    AuthenticationRejected { address: String, user: String },
+    #[error("the bastion refused a channel to {path}: {reason}")]
+    ChannelRefused { path: String, reason: String },
+    #[error("ssh: {0}")]
+    Ssh(#[from] russh::Error),
+}
+
+struct Pinned {
+    host: String,
+    port: u16,
+    policy: HostKeyPolicy,
+    /// Why the key was refused, kept because russh reports only its own
+    /// error for a handler failure in some paths.
+    refused: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Pinned {
+    type Error = DialError;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, DialError> {
+        let outcome = match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => self
+                .policy
+                .check(&self.host, self.port, key)
+                .map_err(DialError::from),
+            PublicKeyOrCertificate::Certificate(_) => Err(DialError::HostCertificate {
+                host: known_hosts_name(&self.host, self.port),
+            }),
+        };
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(error) => {
+                *self.refused.lock().expect("not poisoned") = Some(error.to_string());
+                Err(error)
+            }
+        }
+    }
+}
+
+/// An authenticated SSH connection to a bastion.
+pub struct Link {
+    handle: Arc<client::Handle<Pinned>>,
+    address: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connect to the bastion, check its host key, authenticate.
+pub async fn dial(dial: &Dial) -> Result<Link, DialError> {
+    let address = format!("{}:{}", known_host_or_bracketed(&dial.host), dial.port);
+    let key = load_key(&dial.key_path)?;
+    let refused = Arc::new(Mutex::new(None));
+    let handler = Pinned {
+        host: dial.host.clone(),
+        port: dial.port,
+        policy: dial.host_keys.clone(),
+        refused: refused.clone(),
+    };
+    let config = Arc::new(client::Config {
+        nodelay: true,
+        inactivity_timeout: None,
+        ..client::Config::default()
+    });
+    let handshake = async {
+        let stream = TcpStream::connect((dial.host.as_str(), dial.port))
+            .await
+            .map_err(|source| DialError::Connect {
+                address: address.clone(),
+                source,
+            })?;
+        stream.set_nodelay(true).ok();
+        let mut handle = client::connect_stream(config, stream, handler).await?;
+        let auth = handle
+            .authenticate_publickey(
+                dial.user.clone(),
+                PrivateKeyWithHashAlg::new(Arc::new(key), None),
+            )
+            .await?;
+        if !auth.success() {
+            return Err(DialError::AuthenticationRejected {
+                address: address.clone(),
+                user: dial.user.clone(),
+            });
+        }
+        Ok(handle)
+    };
+    let handle = match tokio::time::timeout(dial.timeout, handshake).await {
+        Ok(Ok(handle)) => handle,
+        Ok(Err(error)) => {
+            // A refused host key can surface as a generic russh error;
+            // report the policy's reason, which names the fingerprints.
+            let refused = refused.lock().expect("not poisoned").take();
+            return Err(match (error, refused) {
+                (error @ (DialError::HostKey(_) | DialError::HostCertificate { .. }), _) => error,
+                (_, Some(reason)) => DialError::Ssh(russh::Error::IO(std::io::Error::other(
+                    format!("host key refused: {reason}"),
+                ))),
+                (error, None) => error,
+            });
+        }
+        Err(_) => {
+            return Err(DialError::Timeout {
+                address,
+                timeout: dial.timeout,
+            });
+        }
+    };
+    Ok(Link {
+        handle: Arc::new(handle),
+        address,
+        timeout: dial.timeout,
+    })
+}
+
+impl Link {
+    /// Open a `direct-streamlocal@openssh.com` channel to `path` on the
+    /// bastion. The returned stream keeps the SSH connection alive.
+    pub async fn open_unix_socket(&self, path: &str) -> Result<UnixChannel, DialError> {
+        let open = self.handle.channel_open_direct_streamlocal(path);
+        let channel = match tokio::time::timeout(self.timeout, open).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
+                return Err(DialError::ChannelRefused {
+                    path: path.to_string(),
+                    reason: match reason {
+                        ChannelOpenFailure::AdministrativelyProhibited => {
+                            "administratively prohibited (sshd refused the forward: \
+                             AllowStreamLocalForwarding, or authorized_keys \
+                             restrict/permitopen)"
+                                .into()
+                        }
+                        ChannelOpenFailure::ConnectFailed => {
+                            "connect failed (no such socket on the bastion: is the \
+                             validator's tunnel up?)"
+                                .into()
+                        }
+                        other => format!("{other:?}"),
+                    },
+                });
+            }
+            Ok(Err(error)) => return Err(DialError::Ssh(error)),
+            Err(_) => {
+                return Err(DialError::Timeout {
+                    address: format!("{} (channel to {path})", self.address),
+                    timeout: self.timeout,
+                });
+            }
+        };
+        Ok(UnixChannel {
+            stream: channel.into_stream(),
+            _link: self.handle.clone(),
+        })
+    }
+
+    /// `host:port` as dialed.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+/// A byte stream over one SSH channel; holds the connection open.
+pub struct UnixChannel {
+    stream: ChannelStream<Msg>,
+    _link: Arc<client::Handle<Pinned>>,
+}
+
+impl AsyncRead for UnixChannel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UnixChannel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+fn known_host_or_bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Load an unencrypted OpenSSH private key, refusing one that group or
+/// others can read.
+fn load_key(path: &std::path::Path) -> Result<russh::keys::PrivateKey, DialError> {
+    let fail = |reason: String| DialError::PrivateKey {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let metadata = std::fs::metadata(path).map_err(|error| fail(error.to_string()))?;
+    let mode = metadata.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(fail(format!(
+            "permissions {:o} are too open (others can read the key); chmod 600 it",
+            mode & 0o777
+        )));
+    }
+    let key = russh::keys::load_secret_key(path, None).map_err(|error| match error {
+        russh::keys::Error::KeyIsEncrypted => fail(
+            "the key has a passphrase; use an unencrypted key kept on an encrypted disk, \
+             or a dedicated key"
+                .into(),
+        ),
+        other => fail(other.to_string()),
+    })?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_readable_by_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id");
+        std::fs::write(&path, "not a key").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = load_key(&path).unwrap_err().to_string();
+        assert!(error.contains("too open"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let error = load_key(&path).unwrap_err().to_string();
+        assert!(error.starts_with("SSH key"), "{error}");
+        let missing = load_key(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(missing.contains("No such file"), "{missing}");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id");
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen (openssh-client) is installed");
+        assert!(status.success());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let error = dial(&Dial {
+            host: "127.0.0.1".into(),
+            port,
+            user: "ops".into(),
+            key_path: key,
+            host_keys: HostKeyPolicy::default(),
+            timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(error, DialError::Connect { .. }), "{error}");
+    }
+}
