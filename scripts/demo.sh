@@ -8,9 +8,14 @@
 #     docs/bastion-sshd.md) + `palisade-bastion run` (backup store, health
 #     checks through the reverse-forwarded control socket)
 #     ^ one outbound SSH connection
-#   validator: palisade-supervisor (key vault on, unattended unlock from a
-#     passphrase file) running simd, which reaches the chain ONLY through the
-#     tunnel's local forward; sign-state backups go to the bastion's store.
+#   validator: palisade-supervisor (key vault on, started LOCKED) running
+#     simd, which reaches the chain ONLY through the tunnel's local forward;
+#     sign-state backups go to the bastion's store.
+#   operator: `palisade-ctl --via` from "elsewhere": SSH to the bastion
+#     (pinned host key), then the supervisor's socket that the validator's
+#     tunnel publishes there, TLS with the pinned certificate end to end and
+#     an operator login; `status`, then `unlock` (the passphrase crosses the
+#     bastion only inside TLS).
 #
 # Then: an upgrade plan at a height a few blocks ahead and the switch to the
 # new binary; a few blocks later the bastion's sshd is killed (listener and
@@ -72,8 +77,9 @@ HOME_DIR=$DEMO/node
 SSH_DIR=$DEMO/bastion/ssh               # the bastion's sshd: host key, config, authorized_keys, log
 BASTION_DIR=$DEMO/bastion               # palisade-bastion: config, store, log
 CLIENT_DIR=$DEMO/validator              # the validator host: client key, known_hosts, palisade.toml
-mkdir -p "$SSH_DIR" "$CLIENT_DIR"
-chmod 0700 "$BASTION_DIR" "$SSH_DIR" "$CLIENT_DIR"
+OPERATOR_DIR=$DEMO/operator             # the operator's laptop: operator key, known_hosts, passphrase
+mkdir -p "$SSH_DIR" "$CLIENT_DIR" "$OPERATOR_DIR"
+chmod 0700 "$BASTION_DIR" "$SSH_DIR" "$CLIENT_DIR" "$OPERATOR_DIR"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NET_PORT=$(free_port); HTTP_PORT=$(free_port); RPC_PORT=$(free_port); P2P_PORT=$(free_port)
@@ -184,12 +190,14 @@ for _ in $(seq 50); do grep -q listening "$DEMO/network.out" 2>/dev/null && brea
 # The bastion: keys, sshd, palisade-bastion.
 # ---------------------------------------------------------------------------
 TUNNEL_USER=$(id -un)   # the account the validator's key logs in as, and that runs palisade-bastion
-log "bastion: ssh-keygen (host key, validator's client key), sshd on 127.0.0.1:$SSH_PORT as tunnel user '$TUNNEL_USER'"
+log "bastion: ssh-keygen (host key, validator's client key, operator key), sshd on 127.0.0.1:$SSH_PORT as tunnel user '$TUNNEL_USER'"
 ssh-keygen -q -t ed25519 -N '' -C "bastion-1" -f "$SSH_DIR/host_ed25519"
 ssh-keygen -q -t ed25519 -N '' -C "$VALIDATOR" -f "$CLIENT_DIR/tunnel_ed25519"
+ssh-keygen -q -t ed25519 -N '' -C "demo-operator" -f "$OPERATOR_DIR/operator_ed25519"
 HOST_FINGERPRINT=$(ssh-keygen -lf "$SSH_DIR/host_ed25519.pub" | awk '{print $2}')
 # known_hosts pinned to the generated host key (a plain "[host]:port" name).
 echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$SSH_DIR/host_ed25519.pub")" > "$CLIENT_DIR/known_hosts"
+cp "$CLIENT_DIR/known_hosts" "$OPERATOR_DIR/known_hosts"
 
 BASTION_CONFIG=$BASTION_DIR/bastion.toml
 BASTION_BACKUPS=$BASTION_DIR/backups
@@ -210,10 +218,14 @@ EOF
 
 # The validator's key, exactly as docs/bastion-sshd.md shows it: every session
 # forced into the backup-store relay for this validator, forwarding only to
-# the chain's node port.
-printf 'command="%s backup-session --config %s --validator %s",restrict,port-forwarding,permitopen="127.0.0.1:%s" %s\n' \
-  "$BIN/palisade-bastion" "$BASTION_CONFIG" "$VALIDATOR" "$NET_PORT" \
-  "$(cat "$CLIENT_DIR/tunnel_ed25519.pub")" > "$SSH_DIR/authorized_keys"
+# the chain's node port. The operator's key: channels only, no commands
+# (docs/bastion-sshd.md "authorized_keys for operators").
+{
+  printf 'command="%s backup-session --config %s --validator %s",restrict,port-forwarding,permitopen="127.0.0.1:%s" %s\n' \
+    "$BIN/palisade-bastion" "$BASTION_CONFIG" "$VALIDATOR" "$NET_PORT" \
+    "$(cat "$CLIENT_DIR/tunnel_ed25519.pub")"
+  printf 'command="/bin/false",restrict,port-forwarding %s\n' "$(cat "$OPERATOR_DIR/operator_ed25519.pub")"
+} > "$SSH_DIR/authorized_keys"
 cat > "$SSH_DIR/sshd_config" <<EOF
 # The bastion's sshd for the demo (docs/bastion-sshd.md); StrictModes no only
 # because the files live in the repository's target/ directory.
@@ -255,7 +267,9 @@ printf '#!/bin/sh\nexec %q --sim-version v1.0.0 "$@"\n' "$BIN/simd" > "$DEMO/bin
 printf '#!/bin/sh\nexec %q --sim-version v2.0.0 --sim-upgrade-handler v2 "$@"\n' "$BIN/simd" > "$DEMO/binaries/v2/simd"
 chmod 755 "$DEMO/binaries/v1/simd" "$DEMO/binaries/v2/simd"
 
-PASSPHRASE_FILE=$CLIENT_DIR/passphrase
+# The operator knows the passphrase (here: a file on the "laptop", fed to
+# `palisade-ctl unlock --passphrase-stdin`); the validator host keeps none.
+PASSPHRASE_FILE=$OPERATOR_DIR/passphrase
 (umask 077; printf 'demo %s\n' "$(head -c 18 /dev/urandom | base64)" > "$PASSPHRASE_FILE")
 PALISADE_CONFIG=$CLIENT_DIR/palisade.toml
 cat > "$PALISADE_CONFIG" <<EOF
@@ -263,7 +277,6 @@ cat > "$PALISADE_CONFIG" <<EOF
 [vault]
 swap = "warn"
 tmpfs-dir = "$TMPFS_DIR"
-passphrase-file = "$PASSPHRASE_FILE"
 scrypt-work-factor = 12          # demo speed; keep the default (18) for real
 
 [backup]
@@ -273,6 +286,11 @@ debounce = "300ms"
 [rpc]
 socket = "$SUPERVISOR_SOCKET"
 name = "$VALIDATOR"
+
+[[operator]]
+name = "demo-operator"
+key = "$(cut -d' ' -f1,2 "$OPERATOR_DIR/operator_ed25519.pub")"
+role = "admin"
 
 [tunnel]
 key-file = "$CLIENT_DIR/tunnel_ed25519"
@@ -293,10 +311,18 @@ local-forwards = [{ listen = "127.0.0.1:$FWD_PORT", target = "127.0.0.1:$NET_POR
 EOF
 
 export DAEMON_HOME=$HOME_DIR DAEMON_NAME=simd DAEMON_POLL_INTERVAL=100ms PALISADE_CONFIG
-log "palisade-supervisor init + add-upgrade v2 (Cosmovisor layout), init-vault (keys encrypted, plaintext removed)"
+log "palisade-supervisor init + add-upgrade v2 (Cosmovisor layout), init-vault (keys encrypted, plaintext removed), init-rpc (TLS identity)"
 "$BIN/palisade-supervisor" init "$DEMO/binaries/v1/simd"
 "$BIN/palisade-supervisor" add-upgrade v2 "$DEMO/binaries/v2/simd"
 "$BIN/palisade-supervisor" init-vault --passphrase-file "$PASSPHRASE_FILE" | sed 's/^/  /'
+RPC_PIN=$("$BIN/palisade-supervisor" init-rpc)
+echo "  RPC certificate pin (for palisade-ctl): $RPC_PIN"
+# palisade-ctl as the operator runs it on their laptop, through the bastion.
+ctl() {
+  "$BIN/palisade-ctl" --via "$TUNNEL_USER@127.0.0.1:$SSH_PORT" --validator "$VALIDATOR" \
+    --remote-socket "$FORWARDED_SOCKET" --known-hosts "$OPERATOR_DIR/known_hosts" \
+    --pin "$RPC_PIN" --operator demo-operator --key "$OPERATOR_DIR/operator_ed25519" "$@"
+}
 
 log "palisade-supervisor run start --home $HOME_DIR   (logs: $DEMO/supervisor.log)"
 echo "  tunnel: validator -> ssh $TUNNEL_USER@127.0.0.1:$SSH_PORT (host key $HOST_FINGERPRINT)"
@@ -304,6 +330,17 @@ echo "          local forward 127.0.0.1:$FWD_PORT -> 127.0.0.1:$NET_PORT (chain)
 "$BIN/palisade-supervisor" run start --home "$HOME_DIR" >"$DEMO/node.log" 2>"$DEMO/supervisor.log" &
 SUPERVISOR=$!
 pids+=("$SUPERVISOR")
+
+log "operator: palisade-ctl --via $TUNNEL_USER@127.0.0.1:$SSH_PORT --validator $VALIDATOR (SSH to the bastion, then TLS to the supervisor)"
+for _ in $(seq 300); do [ -S "$FORWARDED_SOCKET" ] && break; sleep 0.05; done
+[ -S "$FORWARDED_SOCKET" ] || die "the validator's tunnel did not publish $FORWARDED_SOCKET on the bastion; see $DEMO/supervisor.log"
+state=$(ctl --json status | jq -r '"node \(.node.state), vault \(if .vault.locked then "locked" else "unlocked" end)"') ||
+  die "palisade-ctl status through the bastion failed"
+echo "  status: $state"
+t_unlock=$(date +%s.%N)
+ctl unlock --passphrase-stdin < "$PASSPHRASE_FILE" | sed 's/^/  unlock: /' ||
+  die "palisade-ctl unlock through the bastion failed; see $DEMO/supervisor.log"
+echo "  unlocked through the bastion in $(awk -v a="$t_unlock" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }') s (the passphrase crossed the bastion inside TLS only)"
 
 # ---------------------------------------------------------------------------
 # Live status.
@@ -401,6 +438,8 @@ done
 health_json=$("$BIN/palisade-bastion" status --config "$BASTION_CONFIG" --json 2>/dev/null) || true
 health_before=$(jq -r --arg name "$VALIDATOR" '.validators[] | select(.name == $name) |
   "\(.state) (supervisor \(.supervisor.validator // "?") \(.supervisor.version // "?"), since \(.since))"' <<<"$health_json" 2>/dev/null || echo "?")
+
+echo "  operator's view through the bastion: $(ctl --json status | jq -c '{node: .node.state, height: .node.height, vault: (if .vault.locked then "locked" else "unlocked" end), watermark, tunnels: [.tunnels[] | {name, connected}]}' 2>/dev/null || echo "?")"
 
 log "stopping the supervisor (SIGTERM: graceful stop of the node, final backup)"
 kill -TERM "$SUPERVISOR"; wait "$SUPERVISOR" || true

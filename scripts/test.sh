@@ -11,7 +11,7 @@ require_cargo
 # open with the stock age CLI; curl: demo; openssh-server/-client: the tunnel
 # tests run against real sshd (and ssh as the benchmark peer); iproute2: the
 # multi-host tests build network namespaces (`ip netns`, root).
-apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2
+apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux
 ensure_nextest
 
 log "build"

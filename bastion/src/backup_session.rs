@@ -87,7 +87,7 @@ pub fn run(config_path: &Path, validator: &str) -> anyhow::Result<()> {
             .try_clone_to_owned()
             .context("stdout")?,
     );
-    let config = match BastionConfig::load(config_path) {
+    let config = match BastionConfig::load_skipping_key(config_path) {
         Ok(config) => config,
         Err(error) => {
             reply(

@@ -16,9 +16,14 @@
 //! interval = "10s"
 //! timeout = "3s"
 //!
+//! [client]             # optional: the bastion's own RPC identity
+//! operator = "bastion-b1"
+//! key = "/etc/palisade-bastion/operator_ed25519"
+//!
 //! [[validator]]
 //! name = "val-a"
 //! socket = "/run/palisade-bastion/val-a.sock"
+//! pin = "sha256:…"     # optional: the supervisor's RPC certificate
 //! ```
 //!
 //! Durations are strings with a unit (`300ms`, `10s`, `5m`), as in the
@@ -28,12 +33,22 @@
 //! default). Validation collects *every* problem and reports them together,
 //! each naming `file: key`. Loading has no side effects: nothing is created,
 //! bound or written.
+//!
+//! `[client]` and a validator's `pin` turn on the authenticated health
+//! check and `palisade-bastion call` for that validator. The key file is
+//! opened only by [`BastionConfig::load`] (for `run`, `check-config`), which
+//! checks it as `palisade-ctl` does (mode, unencrypted OpenSSH ed25519) and
+//! drops it again; [`BastionConfig::load_skipping_key`] never opens it, for
+//! the commands that do not use it (`status`, `backup-session`, …), which
+//! may run as users who cannot read it and must not fail because of it.
+//! Nothing here prints or keeps key material.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use palisade_ctl::client::{Fingerprint, OperatorKey};
 use palisade_wire::backup_store::MAX_LIST_ENTRIES;
 use serde::Deserialize;
 
@@ -131,6 +146,8 @@ struct RawConfig {
     /// Health checks of the validators.
     #[serde(default)]
     health: RawHealth,
+    /// The bastion's own identity for the control RPC (optional).
+    client: Option<RawClient>,
     /// One table per validator host.
     #[serde(default)]
     validator: Vec<RawValidator>,
@@ -154,11 +171,27 @@ struct RawHealth {
     timeout: Option<String>,
 }
 
+/// `[client]`: see [`ClientIdentity`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawClient {
+    operator: Option<String>,
+    key: Option<PathBuf>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawValidator {
     name: Option<String>,
     socket: Option<PathBuf>,
+    pin: Option<String>,
+}
+
+/// Whether loading opens the `[client]` key file to check it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyFile {
+    Check,
+    Skip,
 }
 
 /// A validated bastion configuration.
@@ -172,7 +205,26 @@ pub struct BastionConfig {
     pub backups: ServeOptions,
     /// `[health]`, defaults filled in.
     pub health: HealthCheckOptions,
+    /// `[client]`: how the bastion logs in to the supervisors' RPC.
+    pub client: Option<ClientIdentity>,
     pub validators: Vec<Validator>,
+}
+
+/// The bastion's operator identity on the supervisors' control RPC: the
+/// name of its `[[operator]]` entry there (which should have role
+/// `viewer`) and its private key on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub operator: String,
+    /// An unencrypted OpenSSH ed25519 private key, mode 0600 (or stricter).
+    pub key: PathBuf,
+}
+
+impl ClientIdentity {
+    /// Load the key (read, checked, zeroized on drop).
+    pub fn load_key(&self) -> Result<OperatorKey, palisade_ctl::client::CallError> {
+        OperatorKey::load(&self.operator, &self.key)
+    }
 }
 
 /// A validator host, reached through the Unix socket its supervisor
@@ -181,25 +233,77 @@ pub struct BastionConfig {
 pub struct Validator {
     pub name: String,
     pub socket: PathBuf,
+    /// The supervisor's RPC certificate fingerprint (`init-rpc`); with
+    /// `[client]` it enables the authenticated health check and `call`.
+    pub pin: Option<Fingerprint>,
 }
 
 impl BastionConfig {
-    /// Read and validate `path`.
+    /// The validator named `name`, or a message listing the configured
+    /// ones.
+    pub fn validator(&self, name: &str) -> Result<&Validator, String> {
+        self.validators
+            .iter()
+            .find(|validator| validator.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.validators.iter().map(|v| v.name.as_str()).collect();
+                format!(
+                    "unknown validator {name:?}: the configured validators are {}",
+                    names.join(", ")
+                )
+            })
+    }
+
+    /// What the health check of `validator` does, for messages.
+    pub fn health_check_kind(&self, validator: &Validator) -> &'static str {
+        match (&self.client, &validator.pin) {
+            (Some(_), Some(_)) => "greeting, then TLS + login + health",
+            (Some(_), None) => "greeting only (no pin)",
+            (None, _) => "greeting only (no [client])",
+        }
+    }
+}
+
+impl BastionConfig {
+    /// Read and validate `path`, including the `[client]` key file (it
+    /// must exist, be unreadable to group and others, and hold an
+    /// unencrypted OpenSSH ed25519 key). For `run` and `check-config`.
     pub fn load(path: &Path) -> Result<BastionConfig, ConfigError> {
+        BastionConfig::load_with(path, KeyFile::Check)
+    }
+
+    /// Read and validate `path` without opening the `[client]` key file:
+    /// for the commands that never use it (`status`, `serve-backups`,
+    /// `backup-session`; `call` loads the key itself, so that an unusable
+    /// key gets palisade-ctl's exit code).
+    pub fn load_skipping_key(path: &Path) -> Result<BastionConfig, ConfigError> {
+        BastionConfig::load_with(path, KeyFile::Skip)
+    }
+
+    fn load_with(path: &Path, key_file: KeyFile) -> Result<BastionConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        BastionConfig::parse(&text, path)
+        BastionConfig::parse_with(&text, path, key_file)
     }
 
-    /// Validate `text`; `path` is only used in messages.
+    /// Validate `text`; `path` is only used in messages. Opens no file
+    /// (the `[client]` key is not checked).
     pub fn parse(text: &str, path: &Path) -> Result<BastionConfig, ConfigError> {
+        BastionConfig::parse_with(text, path, KeyFile::Skip)
+    }
+
+    fn parse_with(
+        text: &str,
+        path: &Path,
+        key_file: KeyFile,
+    ) -> Result<BastionConfig, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
             path: path.to_path_buf(),
             message: error.to_string().trim_end().to_string(),
         })?;
-        validate(raw).map_err(|issues| ConfigError::Invalid {
+        validate(raw, key_file).map_err(|issues| ConfigError::Invalid {
             path: path.to_path_buf(),
             issues,
         })
@@ -217,8 +321,7 @@ impl BastionConfig {
              backups.idle-timeout:    {}\n\
              backups.max-connections: {}\n\
              health.interval:         {}\n\
-             health.timeout:          {}\n\
-             validators:              {}\n",
+             health.timeout:          {}\n",
             self.listen_socket.display(),
             self.backup_dir.display(),
             self.status_file.display(),
@@ -228,20 +331,45 @@ impl BastionConfig {
             self.backups.max_connections,
             duration(self.health.interval),
             duration(self.health.timeout),
-            self.validators.len()
         );
+        match &self.client {
+            // The key's path only: key material is never printed.
+            Some(client) => out.push_str(&format!(
+                "client.operator:         {}\n\
+                 client.key:              {}\n",
+                client.operator,
+                client.key.display()
+            )),
+            None => out.push_str(
+                "client:                  none (health checks read the greeting only; \
+                 `call` is unavailable)\n",
+            ),
+        }
+        out.push_str(&format!(
+            "validators:              {}\n",
+            self.validators.len()
+        ));
         for validator in &self.validators {
             out.push_str(&format!(
                 "  {} via {}\n",
                 validator.name,
                 validator.socket.display()
             ));
+            out.push_str(&format!(
+                "    pin:          {}\n    health check: {}\n",
+                validator
+                    .pin
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "none".into()),
+                self.health_check_kind(validator)
+            ));
         }
         out
     }
 }
 
-fn validate(raw: RawConfig) -> Result<BastionConfig, Vec<Issue>> {
+fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issue>> {
     let mut issues = Vec::new();
     let mut report = |key: String, reason: String| issues.push(Issue { key, reason });
 
@@ -373,6 +501,53 @@ fn validate(raw: RawConfig) -> Result<BastionConfig, Vec<Issue>> {
     }
     let health = HealthCheckOptions { interval, timeout };
 
+    let client = raw.client.and_then(|raw| {
+        let operator = match raw.operator {
+            Some(operator) => {
+                if let Some(reason) = name_problem(&operator) {
+                    report("client.operator".into(), reason);
+                }
+                operator
+            }
+            None => {
+                report(
+                    "client.operator".into(),
+                    "is required: the name of this bastion's [[operator]] entry in the \
+                     supervisors' configuration"
+                        .into(),
+                );
+                String::new()
+            }
+        };
+        let key = match raw.key {
+            Some(key) if !key.is_absolute() => {
+                report(
+                    "client.key".into(),
+                    format!("'{}' must be an absolute path", key.display()),
+                );
+                None
+            }
+            Some(key) => {
+                if key_file == KeyFile::Check
+                    && let Some(reason) = key_file_problem(&operator, &key)
+                {
+                    report("client.key".into(), reason);
+                }
+                Some(key)
+            }
+            None => {
+                report(
+                    "client.key".into(),
+                    "is required: the bastion's unencrypted OpenSSH ed25519 private key \
+                     (ssh-keygen -t ed25519 -N '')"
+                        .into(),
+                );
+                None
+            }
+        };
+        key.map(|key| ClientIdentity { operator, key })
+    });
+
     if raw.validator.is_empty() {
         report(
             "validator".into(),
@@ -435,7 +610,20 @@ fn validate(raw: RawConfig) -> Result<BastionConfig, Vec<Issue>> {
                 PathBuf::new()
             }
         };
-        validators.push(Validator { name, socket });
+        let pin = entry.pin.and_then(|text| match Fingerprint::parse(&text) {
+            Ok(pin) => Some(pin),
+            Err(reason) => {
+                report(
+                    key("pin"),
+                    format!(
+                        "{reason} (the supervisor's RPC certificate, printed by \
+                         `palisade-supervisor init-rpc` or `rpc-fingerprint`)"
+                    ),
+                );
+                None
+            }
+        });
+        validators.push(Validator { name, socket, pin });
     }
 
     if issues.is_empty() {
@@ -445,6 +633,7 @@ fn validate(raw: RawConfig) -> Result<BastionConfig, Vec<Issue>> {
             status_file,
             backups,
             health,
+            client,
             validators,
         })
     } else {
@@ -484,6 +673,27 @@ fn duration(
             );
             default
         }
+    }
+}
+
+/// What is wrong with the `[client]` key file, checked as `palisade-ctl`
+/// checks its key (the key is read and dropped at once).
+fn key_file_problem(operator: &str, path: &Path) -> Option<String> {
+    match OperatorKey::load(operator, path) {
+        Ok(_) => None,
+        Err(palisade_ctl::client::CallError::Key { reason, .. })
+            if reason.starts_with("the key has a passphrase") =>
+        {
+            Some(format!(
+                "'{}': the key has a passphrase; the bastion needs an unencrypted key \
+                 (a dedicated one, readable only by the tunnel user)",
+                path.display()
+            ))
+        }
+        Err(palisade_ctl::client::CallError::Key { reason, .. }) => {
+            Some(format!("'{}': {reason}", path.display()))
+        }
+        Err(other) => Some(format!("'{}': {other}", path.display())),
     }
 }
 
@@ -555,11 +765,13 @@ socket = "/run/palisade-bastion/val-b.sock"
             vec![
                 Validator {
                     name: "val-a".into(),
-                    socket: "/run/palisade-bastion/val-a.sock".into()
+                    socket: "/run/palisade-bastion/val-a.sock".into(),
+                    pin: None,
                 },
                 Validator {
                     name: "val_b.2".into(),
-                    socket: "/run/palisade-bastion/val-b.sock".into()
+                    socket: "/run/palisade-bastion/val-b.sock".into(),
+                    pin: None,
                 },
             ]
         );
@@ -580,6 +792,272 @@ socket = "/run/palisade-bastion/val-b.sock"
         assert_eq!(config.backups.max_connections, 64);
         assert_eq!(config.health.interval, Duration::from_secs(10));
         assert_eq!(config.health.timeout, Duration::from_secs(3));
+        // No [client]: greeting-only checks, said so.
+        assert_eq!(config.client, None);
+        assert!(
+            config
+                .summary()
+                .contains("client:                  none (health checks read the greeting only"),
+            "{}",
+            config.summary()
+        );
+    }
+
+    const PIN: &str = "sha256:3f2a00000000000000000000000000000000000000000000000000000000beef";
+
+    fn with_client(client: &str, pins: [Option<&str>; 2]) -> String {
+        let pin = |pin: Option<&str>| pin.map(|p| format!("pin = \"{p}\"\n")).unwrap_or_default();
+        format!(
+            "listen-socket = \"/run/b/l.sock\"\nbackup-dir = \"/b\"\n{client}\n\
+             [[validator]]\nname = \"val-a\"\nsocket = \"/run/b/a.sock\"\n{}\
+             [[validator]]\nname = \"val-b\"\nsocket = \"/run/b/b.sock\"\n{}",
+            pin(pins[0]),
+            pin(pins[1])
+        )
+    }
+
+    #[test]
+    fn client_and_pins_are_read_and_summarized_without_key_material() {
+        let client =
+            "[client]\noperator = \"bastion-b1\"\nkey = \"/etc/palisade-bastion/operator_ed25519\"";
+        // Upper-case hex is accepted and lowered.
+        let config = parse(&with_client(
+            client,
+            [Some(&PIN.to_uppercase().replace("SHA256", "sha256")), None],
+        ))
+        .unwrap();
+        assert_eq!(
+            config.client,
+            Some(ClientIdentity {
+                operator: "bastion-b1".into(),
+                key: "/etc/palisade-bastion/operator_ed25519".into(),
+            })
+        );
+        assert_eq!(config.validators[0].pin.as_ref().unwrap().as_str(), PIN);
+        assert_eq!(config.validators[1].pin, None);
+        let summary = config.summary();
+        for expected in [
+            "client.operator:         bastion-b1",
+            "client.key:              /etc/palisade-bastion/operator_ed25519",
+            &format!(
+                "    pin:          {PIN}\n    health check: greeting, then TLS + login + health"
+            ),
+            "    pin:          none\n    health check: greeting only (no pin)",
+        ] {
+            assert!(summary.contains(expected), "{expected:?} in\n{summary}");
+        }
+        assert_eq!(config.validator("val-b").unwrap().name, "val-b");
+        assert_eq!(
+            config.validator("val-x").unwrap_err(),
+            "unknown validator \"val-x\": the configured validators are val-a, val-b"
+        );
+
+        // Pins without [client]: accepted, greeting only.
+        let config = parse(&with_client("", [Some(PIN), Some(PIN)])).unwrap();
+        assert_eq!(config.client, None);
+        assert!(
+            config
+                .summary()
+                .contains("health check: greeting only (no [client])"),
+            "{}",
+            config.summary()
+        );
+    }
+
+    #[test]
+    fn each_invalid_client_or_pin_is_named() {
+        let key = "key = \"/etc/k\"";
+        let sha1 = PIN.replace("sha256:", "sha1:");
+        let not_hex = format!("{}g", &PIN[..PIN.len() - 1]);
+        // (client table, pins, expected key, expected reason fragment)
+        let rows: Vec<(String, [Option<&str>; 2], &str, &str)> = vec![
+            (
+                format!("[client]\n{key}"),
+                [None, None],
+                "client.operator",
+                "is required: the name of this bastion's [[operator]] entry",
+            ),
+            (
+                "[client]\noperator = \"b1\"".into(),
+                [None, None],
+                "client.key",
+                "is required: the bastion's unencrypted OpenSSH ed25519 private key",
+            ),
+            (
+                "[client]\noperator = \"b1\"\nkey = \"operator_ed25519\"".into(),
+                [None, None],
+                "client.key",
+                "'operator_ed25519' must be an absolute path",
+            ),
+            (
+                format!("[client]\noperator = \"b 1\"\n{key}"),
+                [None, None],
+                "client.operator",
+                "may use only ASCII letters",
+            ),
+            (
+                format!("[client]\noperator = \"\"\n{key}"),
+                [None, None],
+                "client.operator",
+                "must not be empty",
+            ),
+            (
+                String::new(),
+                [Some("3f2a"), None],
+                "validator[1].pin",
+                "'3f2a' is not a certificate pin: expected sha256:<64 hex digits>",
+            ),
+            (
+                String::new(),
+                [None, Some(&PIN[..PIN.len() - 1])],
+                "validator[2].pin",
+                "is not a certificate pin",
+            ),
+            (
+                String::new(),
+                [Some(&sha1), None],
+                "validator[1].pin",
+                "printed by `palisade-supervisor init-rpc`",
+            ),
+            (
+                String::new(),
+                [Some(&not_hex), None],
+                "validator[1].pin",
+                "is not a certificate pin",
+            ),
+        ];
+        for (client, pins, key, reason) in rows {
+            let input = with_client(&client, pins);
+            match parse(&input) {
+                Err(ConfigError::Invalid { issues, .. }) => {
+                    assert_eq!(issues.len(), 1, "{input:?}: {issues:?}");
+                    assert_eq!(issues[0].key, key, "{input:?}");
+                    assert!(issues[0].reason.contains(reason), "{input:?}: {issues:?}");
+                }
+                other => panic!("{input:?}: expected Invalid, got {other:?}"),
+            }
+        }
+        // Unknown or mistyped keys in the new tables are refused.
+        for (client, expected) in [
+            (
+                "[client]\noperator = \"b1\"\nkey = \"/k\"\nrole = \"viewer\"",
+                "unknown field `role`",
+            ),
+            (
+                "[client]\nname = \"b1\"\nkey = \"/k\"",
+                "unknown field `name`",
+            ),
+            ("[client]\noperator = 5\nkey = \"/k\"", "invalid type"),
+            (
+                "[client]\noperator = \"b1\"\nkey-file = \"/k\"",
+                "unknown field `key-file`",
+            ),
+        ] {
+            let error = parse(&with_client(client, [None, None])).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Syntax { .. }),
+                "{client:?}: {error}"
+            );
+            assert!(error.to_string().contains(expected), "{client:?}: {error}");
+        }
+        let error = parse(
+            &with_client("", [None, None])
+                .replace("name = \"val-a\"", "name = \"val-a\"\nfingerprint = \"x\""),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `fingerprint`"),
+            "{error}"
+        );
+        let error = parse(
+            &with_client("", [None, None]).replace("name = \"val-a\"", "name = \"val-a\"\npin = 5"),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("invalid type"), "{error}");
+    }
+
+    /// `ssh-keygen -t TYPE` into `dir/name` with `passphrase`, mode `mode`.
+    fn keygen(dir: &Path, name: &str, kind: &str, passphrase: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", passphrase, "-C", name, "-f"])
+            .arg(&path)
+            .status()
+            .expect("ssh-keygen runs");
+        assert!(status.success());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn load_checks_the_client_key_file_and_load_skipping_key_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = keygen(dir.path(), "good", "ed25519", "", 0o600);
+        let read_only = keygen(dir.path(), "read_only", "ed25519", "", 0o400);
+        let open = keygen(dir.path(), "open", "ed25519", "", 0o644);
+        let group = keygen(dir.path(), "group", "ed25519", "", 0o640);
+        let encrypted = keygen(dir.path(), "encrypted", "ed25519", "a passphrase", 0o600);
+        let ecdsa = keygen(dir.path(), "ecdsa", "ecdsa", "", 0o600);
+        let garbage = dir.path().join("garbage");
+        std::fs::write(&garbage, "not a key\n").unwrap();
+        std::fs::set_permissions(
+            &garbage,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let missing = dir.path().join("missing");
+        let file = dir.path().join("bastion.toml");
+        let write = |key: &Path| {
+            let client = format!("[client]\noperator = \"b1\"\nkey = \"{}\"", key.display());
+            std::fs::write(&file, with_client(&client, [Some(PIN), None])).unwrap();
+        };
+        for key in [&good, &read_only] {
+            write(key);
+            let config = BastionConfig::load(&file).unwrap();
+            assert_eq!(config.client.as_ref().unwrap().key, *key);
+            // The loaded key is usable, and never shows in Debug output.
+            let loaded = config.client.as_ref().unwrap().load_key().unwrap();
+            assert!(format!("{loaded:?}").contains("REDACTED"));
+        }
+        // (key file, reason fragment)
+        let rows = [
+            (&open, "permissions 644 are too open"),
+            (&group, "permissions 640 are too open"),
+            (
+                &encrypted,
+                "the key has a passphrase; the bastion needs an unencrypted key",
+            ),
+            (&ecdsa, "not ed25519"),
+            (&garbage, "not an OpenSSH private key"),
+            (&missing, "No such file or directory"),
+        ];
+        for (key, reason) in rows {
+            write(key);
+            match BastionConfig::load(&file) {
+                Err(ConfigError::Invalid { issues, .. }) => {
+                    assert_eq!(issues.len(), 1, "{key:?}: {issues:?}");
+                    assert_eq!(issues[0].key, "client.key");
+                    assert!(issues[0].reason.contains(reason), "{key:?}: {issues:?}");
+                    assert!(
+                        issues[0].reason.contains(&key.display().to_string()),
+                        "{issues:?}"
+                    );
+                }
+                other => panic!("{key:?}: expected Invalid, got {other:?}"),
+            }
+            // The commands that never use the key do not open it.
+            let config = BastionConfig::load_skipping_key(&file).unwrap();
+            assert_eq!(config.client.as_ref().unwrap().key, *key);
+        }
+        // A key problem is reported with the others, all at once.
+        let client = format!("[client]\noperator = \"b1\"\nkey = \"{}\"", open.display());
+        std::fs::write(&file, with_client(&client, [Some("sha256:00"), None])).unwrap();
+        let Err(ConfigError::Invalid { issues, .. }) = BastionConfig::load(&file) else {
+            panic!("expected Invalid");
+        };
+        let keys: Vec<&str> = issues.iter().map(|issue| issue.key.as_str()).collect();
+        assert_eq!(keys, ["client.key", "validator[1].pin"]);
     }
 
     #[test]

@@ -27,8 +27,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backup_store::BackupStoreServer;
-use crate::config::BastionConfig;
-use crate::health_check::{self, HealthCheckOptions, ProbeReport};
+use crate::config::{BastionConfig, Validator};
+use crate::health_check::{self, Credentials, HealthCheckOptions, ProbeReport, Prober};
 use crate::health_state::{Transition, ValidatorHealth, summary_line};
 use crate::status_file::{self, StatusReport};
 use crate::systemd::Notifier;
@@ -62,11 +62,20 @@ async fn run_until_signal(config: &BastionConfig) -> anyhow::Result<()> {
     let mut store_task = tokio::spawn(server.serve(shutdown.clone()));
     let (sender, receiver) = mpsc::channel(config.validators.len().max(1));
     let mut checks = JoinSet::new();
+    let mut authenticated = 0;
     for (index, validator) in config.validators.iter().enumerate() {
+        let credentials = credentials(config, validator);
+        authenticated += usize::from(credentials.is_some());
+        let prober = Prober::new(
+            &validator.name,
+            &validator.socket,
+            config.health.timeout,
+            credentials,
+        );
         checks.spawn(health_check::check_loop(
             index,
-            validator.socket.clone(),
-            config.health,
+            prober,
+            config.health.interval,
             sender.clone(),
             shutdown.clone(),
         ));
@@ -77,6 +86,7 @@ async fn run_until_signal(config: &BastionConfig) -> anyhow::Result<()> {
     let reporter_task = tokio::spawn(reporter.run(receiver, shutdown.clone()));
     tracing::info!(
         validators = config.validators.len(),
+        authenticated_checks = authenticated,
         interval = %humantime::format_duration(config.health.interval),
         timeout = %humantime::format_duration(config.health.timeout),
         status_file = %config.status_file.display(),
@@ -126,6 +136,18 @@ async fn run_until_signal(config: &BastionConfig) -> anyhow::Result<()> {
         Some(Ok(Err(error))) => Err(error.context("backup store failed")),
         Some(Err(join)) => Err(anyhow!("the backup store task failed: {join}")),
     }
+}
+
+/// The authenticated health check's credentials for `validator`: the
+/// bastion's `[client]` and the validator's `pin`, when both are set.
+pub fn credentials(config: &BastionConfig, validator: &Validator) -> Option<Credentials> {
+    let client = config.client.as_ref()?;
+    let pin = validator.pin.clone()?;
+    Some(Credentials {
+        operator: client.operator.clone(),
+        key: client.key.clone(),
+        pin,
+    })
 }
 
 /// Owns the health table: folds probe results in, logs changes, writes the

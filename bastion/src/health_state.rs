@@ -19,9 +19,10 @@ use crate::health_check::{DownReason, ProbeOutcome};
 pub enum State {
     /// Not checked yet since the daemon started.
     Unknown,
-    /// The last probe received a supervisor's greeting.
+    /// The last probe received a supervisor's greeting (and, with the
+    /// authenticated check, a healthy `health` answer).
     Up,
-    /// The last probe failed.
+    /// The last probe failed, or the supervisor reported problems.
     Down,
 }
 
@@ -147,28 +148,37 @@ impl ValidatorHealth {
                     }
                 }
             }
-            ProbeOutcome::Down(reason) => {
-                self.consecutive_failures += 1;
-                let previous_reason = self.last_error.replace(reason.clone());
-                match previous_state {
-                    State::Unknown => {
-                        self.enter(State::Down, at);
-                        Transition::FirstDown
-                    }
-                    State::Up => {
-                        self.enter(State::Down, at);
-                        Transition::WentDown {
-                            up_since: previous_since,
-                        }
-                    }
-                    State::Down => match previous_reason {
-                        Some(previous) if !previous.same_kind(&reason) => {
-                            Transition::ReasonChanged { previous }
-                        }
-                        _ => Transition::Unchanged,
-                    },
+            ProbeOutcome::Unhealthy { greeting, reason } => {
+                // Reachable, so the greeting is news too; the state is down.
+                self.supervisor = Some(SupervisorIdentity::from(greeting));
+                self.record_failure(at, reason)
+            }
+            ProbeOutcome::Down(reason) => self.record_failure(at, reason),
+        }
+    }
+
+    fn record_failure(&mut self, at: SystemTime, reason: DownReason) -> Transition {
+        let previous_state = self.state;
+        let previous_since = self.since;
+        self.consecutive_failures += 1;
+        let previous_reason = self.last_error.replace(reason.clone());
+        match previous_state {
+            State::Unknown => {
+                self.enter(State::Down, at);
+                Transition::FirstDown
+            }
+            State::Up => {
+                self.enter(State::Down, at);
+                Transition::WentDown {
+                    up_since: previous_since,
                 }
             }
+            State::Down => match previous_reason {
+                Some(previous) if !previous.same_kind(&reason) => {
+                    Transition::ReasonChanged { previous }
+                }
+                _ => Transition::Unchanged,
+            },
         }
     }
 
@@ -319,6 +329,82 @@ mod tests {
         assert_eq!(fresh.record(at(1), up("0.1.0")), Transition::FirstUp);
         assert_eq!(fresh.since, at(1));
         assert_eq!(fresh.last_error, None);
+    }
+
+    #[test]
+    fn a_supervisor_reporting_problems_is_down_but_identified() {
+        let unhealthy = |version: &str, problems: &[&str]| ProbeOutcome::Unhealthy {
+            greeting: Greeting::new("val-a", version),
+            reason: DownReason::SupervisorProblems(
+                problems.iter().map(ToString::to_string).collect(),
+            ),
+        };
+        let mut health = ValidatorHealth::new("val-a", "/run/val-a.sock", at(0));
+        // (time, outcome, expected transition, state, failures)
+        let rows: Vec<(u64, ProbeOutcome, Transition, State, u64)> = vec![
+            (
+                1,
+                unhealthy("0.1.0", &["vault is locked"]),
+                Transition::FirstDown,
+                State::Down,
+                1,
+            ),
+            (
+                2,
+                unhealthy("0.1.0", &["vault is locked"]),
+                Transition::Unchanged,
+                State::Down,
+                2,
+            ),
+            (
+                3,
+                unhealthy("0.1.0", &["vault is locked", "node is locked"]),
+                Transition::ReasonChanged {
+                    previous: DownReason::SupervisorProblems(vec!["vault is locked".into()]),
+                },
+                State::Down,
+                3,
+            ),
+            (
+                4,
+                up("0.1.0"),
+                Transition::CameUp {
+                    down_since: at(1),
+                    failures: 3,
+                },
+                State::Up,
+                0,
+            ),
+            (
+                5,
+                ProbeOutcome::Unhealthy {
+                    greeting: Greeting::new("val-a", "0.2.0"),
+                    reason: DownReason::HealthRefused("login as b1 refused".into()),
+                },
+                Transition::WentDown { up_since: at(4) },
+                State::Down,
+                1,
+            ),
+        ];
+        for (time, outcome, transition, state, failures) in rows {
+            assert_eq!(health.record(at(time), outcome), transition, "t={time}");
+            assert_eq!(health.state, state, "t={time}");
+            assert_eq!(health.consecutive_failures, failures, "t={time}");
+        }
+        // The greeting of an unhealthy probe is recorded.
+        assert_eq!(health.supervisor.as_ref().unwrap().version, "0.2.0");
+        assert_eq!(
+            health.last_error.as_ref().unwrap().to_string(),
+            "health check refused: login as b1 refused"
+        );
+
+        let mut fresh = ValidatorHealth::new("val-a", "/s", at(0));
+        fresh.record(at(1), unhealthy("0.1.0", &["node is stopped"]));
+        assert_eq!(fresh.supervisor.as_ref().unwrap().version, "0.1.0");
+        assert_eq!(
+            summary_line(&[fresh]),
+            "0/1 validators reachable; down: val-a"
+        );
     }
 
     #[test]

@@ -6,13 +6,14 @@
 //! [`status_file`] and systemd's STATUS=), `status` (reads the status file),
 //! `serve-backups` (the backup store alone), `backup-session` (the forced
 //! command through which a validator's SSH key reaches the store, bound to
-//! that validator: [`backup_session`]), `check-config` and `version`.
-//! Scripted RPC calls (`call`) arrive with the RPC; until then `call` fails
-//! loudly with exit code 1 instead of pretending to work.
+//! that validator: [`backup_session`]), `call` (one RPC call to a
+//! validator's supervisor with the bastion's own viewer identity: [`call`]),
+//! `check-config` and `version`.
 #![forbid(unsafe_code)]
 
 pub mod backup_session;
 pub mod backup_store;
+pub mod call;
 pub mod config;
 pub mod daemon;
 pub mod health_check;
@@ -26,18 +27,33 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 
-/// Exit codes of `palisade-bastion`.
+/// Exit codes of `palisade-bastion`. `call` uses palisade-ctl's
+/// (`docs/rpc.md` §6): [`OK`], [`CALL`], [`USAGE`], [`CONNECTION`],
+/// [`AUTH`].
 pub mod exit_code {
     /// Success; for `status`: every validator is up.
     pub const OK: i32 = 0;
     /// An error: invalid configuration, a startup failure, an unreadable or
-    /// stale status file, or a command that is not implemented yet.
+    /// stale status file.
     pub const ERROR: i32 = 1;
-    /// Command-line usage error (from clap).
+    /// `call`: the call answered an error, or `health` found problems.
+    pub const CALL: i32 = 1;
+    /// Command-line usage error (from clap); for `call` also a bad
+    /// configuration, an unknown validator, no `[client]` or `pin`, a
+    /// secret method.
     pub const USAGE: i32 = 2;
     /// `status`: at least one validator is down or not checked yet.
     pub const NOT_ALL_UP: i32 = 3;
+    /// `call`: the supervisor could not be reached (socket, greeting, TLS,
+    /// certificate pin mismatch, timeout).
+    pub const CONNECTION: i32 = 3;
+    /// `call`: login or authorization refused, or the bastion's key is
+    /// unusable.
+    pub const AUTH: i32 = 4;
 }
+
+/// Where `call` looks for the configuration without `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/palisade-bastion/bastion.toml";
 
 const ABOUT: &str = "Palisade's daemon for public sentry/bastion nodes.";
 
@@ -71,17 +87,26 @@ user, which connects to listen-socket (also 0600), so nobody else can use
 either. The tunnel user needs a shell that can run the forced command
 (/bin/sh, not nologin).
 
+With a [client] table (the bastion's own operator name and ed25519 key) and
+a validator's `pin` (its supervisor's RPC certificate), the health check goes
+on after the greeting: TLS with the pinned certificate, login as the
+bastion's operator, and the `health` method; problems it reports make the
+validator down. `call` makes one RPC call the same way, for scripts. On the
+supervisor, the bastion's [[operator]] entry must have role = \"viewer\":
+a bastion may read status, never command, and never sees a secret.
+
 Status of this release: `run` (backup store + health checks), `status`,
-`serve-backups` (the backup store alone), `backup-session`, `check-config`
-and `version` work. `call` (scripted RPC calls) is not implemented yet; it
-exits with code 1 and says so. Log relay and alerting are planned.";
+`serve-backups` (the backup store alone), `backup-session`, `call`,
+`check-config` and `version` work. Log relay and alerting are planned.";
 
 const AFTER_HELP: &str = "Daemon:
   palisade-bastion run --config FILE
       Serve the backup store on listen-socket and probe every validator's
       socket every health.interval: connect, read the supervisor's one-line
-      greeting, close. State changes are logged; the status file (status-file)
-      is rewritten after every probe. systemd Type=notify; SIGTERM/SIGINT stop.
+      greeting, close; with [client] and the validator's pin, then TLS + login
+      + the `health` method (problems make the validator down). State changes
+      are logged; the status file (status-file) is rewritten after every
+      probe. systemd Type=notify; SIGTERM/SIGINT stop.
   palisade-bastion status --config FILE [--json]
       Print the status file as a table (or the JSON document).
   palisade-bastion serve-backups --config FILE [--keep N] [--quota-bytes N]
@@ -95,10 +120,10 @@ Forced command (run by sshd, not by hand):
       key in ~palisade-tunnel/.ssh/authorized_keys; `backup-session --help`
       shows the exact line.
 
-Planned (not implemented yet in this release):
-  palisade-bastion call <VALIDATOR> <METHOD> [--json]
-      Execute one RPC call against a validator's supervisor through its
-      reverse tunnel.
+Scripted calls (as the tunnel user; needs [client] and the validator's pin):
+  palisade-bastion call [--config FILE] VALIDATOR METHOD [--params JSON] [--json]
+      One RPC call to the validator's supervisor through its reverse tunnel,
+      as the bastion's viewer; `call --help` lists the exit codes.
 
 Configuration file (TOML; docs/bastion.md lists every key):
   listen-socket = \"/run/palisade-bastion/bastion.sock\"
@@ -107,13 +132,52 @@ Configuration file (TOML; docs/bastion.md lists every key):
   [backups]     # optional: keep = 500, quota-bytes = 268435456,
                 #           idle-timeout = \"30s\", max-connections = 64
   [health]      # optional: interval = \"10s\", timeout = \"3s\"
+  [client]      # optional: the bastion's RPC identity (a viewer)
+  operator = \"bastion-b1\"
+  key      = \"/etc/palisade-bastion/operator_ed25519\"
   [[validator]]
   name   = \"val-a\"
   socket = \"/run/palisade-bastion/val-a.sock\"   # where sshd creates the reverse forward
+  pin    = \"sha256:...\"   # optional: `palisade-supervisor rpc-fingerprint`
 
 Exit codes: 0 ok (status: every validator up), 1 error (bad configuration,
-startup failure, unreadable or stale status file, \"not implemented yet\"),
-2 usage, 3 status: at least one validator down or not checked yet.";
+startup failure, unreadable or stale status file), 2 usage, 3 status: at
+least one validator down (unreachable, or its supervisor reports problems)
+or not checked yet. `call` has palisade-ctl's exit codes (`call --help`).";
+
+const CALL_LONG_ABOUT: &str = "Call METHOD on VALIDATOR's supervisor through its reverse-forwarded
+socket, and print the result as JSON.
+
+The call runs as the bastion's own operator: the [client] table (operator
+name and unencrypted OpenSSH ed25519 key, mode 0600) and the validator's
+`pin` (the supervisor's RPC certificate) must be configured. The connection
+is TLS with the pinned certificate plus an operator login, exactly as
+palisade-ctl does: the supervisor decides what the bastion may call from the
+role of its [[operator]] entry, which should be `viewer` (status, health,
+logs.tail, tunnel.list, upgrade.list, backup.list).
+
+Secret methods (vault.unlock) are refused here: secrets are never typed on a
+bastion. Run as the tunnel user (e.g. `sudo -u palisade-tunnel`), who owns
+the validator sockets and the key.";
+
+const CALL_AFTER_HELP: &str =
+    "Output: with --json the call's `result` as one line of JSON (stable, for
+scripts); otherwise the same JSON, indented. Errors go to stderr.
+
+Exit codes (the same as palisade-ctl's):
+  0  ok
+  1  the call answered an error (also: `health` found problems)
+  2  usage: bad arguments, bad configuration, unknown validator, no [client]
+     or no pin configured, a secret method
+  3  connection: socket missing or refused, bad greeting, TLS failure or
+     certificate pin mismatch, timeout
+  4  authentication or authorization refused (the supervisor does not know
+     the bastion's key, or its role does not allow METHOD), unusable key
+
+Examples:
+  palisade-bastion call val-a status --json | jq .node.height
+  palisade-bastion call val-a health || page-oncall
+  palisade-bastion call val-a logs.tail --params '{\"lines\":50}'";
 
 const BACKUP_SESSION_LONG_ABOUT: &str =
     "One validator's session to the backup store, run by sshd as the forced
@@ -232,19 +296,27 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         validator: String,
     },
-    /// Call an RPC method on a validator through its reverse tunnel
-    /// (NOT IMPLEMENTED YET: exits with code 1).
+    /// Call an RPC method on a validator's supervisor through its reverse
+    /// tunnel, as the bastion's viewer, and print the result as JSON.
+    #[command(long_about = CALL_LONG_ABOUT, after_help = CALL_AFTER_HELP)]
     Call {
         /// Validator name as in the configuration's [[validator]] tables.
         validator: String,
-        /// RPC method, e.g. status.
+        /// RPC method, e.g. status, health, logs.tail.
         method: String,
-        /// Print the raw JSON response.
+        /// The method's params as JSON, e.g. '{"lines":50}'.
+        #[arg(long, value_name = "JSON")]
+        params: Option<String>,
+        /// Print the result as one line of JSON (stable, for scripts).
         #[arg(long)]
         json: bool,
+        /// Give up after this many seconds (connecting: at most 10).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
         /// The bastion's TOML configuration file.
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Print the version.
     Version,
@@ -255,8 +327,8 @@ pub enum Command {
 pub enum Error {
     /// The configuration is unreadable or invalid.
     Config(config::ConfigError),
-    /// The command exists in the interface but not yet in this release.
-    NotImplemented(&'static str),
+    /// `call` failed (with palisade-ctl's exit codes).
+    Call(call::CallFailure),
     /// The backup store (`serve-backups`) could not start or failed.
     Serve(anyhow::Error),
     /// The daemon (`run`) could not start or failed.
@@ -277,8 +349,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::NotAllUp(_) => exit_code::NOT_ALL_UP,
+            Error::Call(failure) => failure.exit_code(),
             Error::Config(_)
-            | Error::NotImplemented(_)
             | Error::Serve(_)
             | Error::Daemon(_)
             | Error::Session(_)
@@ -292,11 +364,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Config(error) => write!(f, "{error}"),
-            Error::NotImplemented(command) => write!(
-                f,
-                "`{command}` is not implemented yet in this release: see docs \
-                 (palisade-bastion --help lists what works today)"
-            ),
+            Error::Call(failure) => write!(f, "call: {failure}"),
             Error::Serve(error) => write!(f, "backup store: {error:#}"),
             Error::Daemon(error) => write!(f, "{error:#}"),
             Error::Session(error) => write!(f, "backup-session: {error:#}"),
@@ -342,7 +410,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             idle_timeout_ms,
             max_connections,
         } => {
-            let parsed = config::BastionConfig::load(&config).map_err(Error::Config)?;
+            let parsed =
+                config::BastionConfig::load_skipping_key(&config).map_err(Error::Config)?;
             init_logging("info");
             // Flags override the configuration's [backups] table.
             let mut options = parsed.backups.clone();
@@ -372,7 +441,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             daemon::run(&parsed).map_err(Error::Daemon)
         }
         Command::Status { config, json } => {
-            let parsed = config::BastionConfig::load(&config).map_err(Error::Config)?;
+            // `status` may run as a user who cannot read the [client] key.
+            let parsed =
+                config::BastionConfig::load_skipping_key(&config).map_err(Error::Config)?;
             status(&parsed, json)
         }
         Command::BackupSession { config, validator } => {
@@ -380,7 +451,22 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             init_logging("warn");
             backup_session::run(&config, &validator).map_err(Error::Session)
         }
-        Command::Call { .. } => Err(Error::NotImplemented("call")),
+        Command::Call {
+            validator,
+            method,
+            params,
+            json,
+            timeout,
+            config,
+        } => call::run(&call::CallRequest {
+            config,
+            validator,
+            method,
+            params,
+            json,
+            timeout: Duration::from_secs(timeout),
+        })
+        .map_err(Error::Call),
     }
 }
 
@@ -443,14 +529,43 @@ mod tests {
     }
 
     #[test]
-    fn call_is_not_implemented_and_fails_with_exit_code_1() {
-        let args = ["palisade-bastion", "call", "val-a", "status"];
+    fn call_refuses_secret_methods_before_reading_anything() {
+        // No such config file: the refusal comes first.
+        let args = [
+            "palisade-bastion",
+            "call",
+            "--config",
+            "/nonexistent/bastion.toml",
+            "val-a",
+            "vault.unlock",
+        ];
         let error = run(Cli::try_parse_from(args).unwrap()).unwrap_err();
-        assert_eq!(error.exit_code(), exit_code::ERROR);
+        assert_eq!(error.exit_code(), exit_code::USAGE);
         assert!(
             error
                 .to_string()
-                .contains("not implemented yet in this release: see docs"),
+                .contains("secrets are never typed on a bastion"),
+            "{error}"
+        );
+        // The default config path, and an unreadable config: usage (2),
+        // as palisade-ctl treats a bad config.
+        let cli = Cli::try_parse_from(["palisade-bastion", "call", "val-a", "status"]).unwrap();
+        let Command::Call { config, .. } = &cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(config, &PathBuf::from(DEFAULT_CONFIG));
+        let args = [
+            "palisade-bastion",
+            "call",
+            "--config",
+            "/nonexistent/bastion.toml",
+            "val-a",
+            "status",
+        ];
+        let error = run(Cli::try_parse_from(args).unwrap()).unwrap_err();
+        assert_eq!(error.exit_code(), exit_code::USAGE, "{error}");
+        assert!(
+            error.to_string().contains("/nonexistent/bastion.toml"),
             "{error}"
         );
     }

@@ -30,8 +30,11 @@
 //! - `rpc_local_p50_ms` / `rpc_local_p99_ms` (target 1 for p99): `status`
 //!   round trips on the supervisor's local control socket, one plaintext
 //!   connection as a trusted local user through `palisade-ctl`'s client
-//!   library, 2000 timed after 100 warm-up (see [`rpc`]). `--only rpc`
-//!   selects both.
+//!   library, 2000 timed after 100 warm-up (see [`rpc`]).
+//! - `rpc_bastion_p50_ms` / `rpc_bastion_p99_ms` (target 5 for p99): the
+//!   same through a real OpenSSH sshd on 127.0.0.1, as `palisade-ctl --via`
+//!   does it (SSH, direct-streamlocal to the supervisor's reverse-forwarded
+//!   socket, pinned TLS, operator login). `--only rpc` selects all four.
 //!
 //! Each benchmark that succeeds appends one JSON object per line
 //! ([`palisade_wire::bench::BenchResult`]) to `target/bench/results.jsonl` in
@@ -70,9 +73,11 @@ const TUNNEL_THROUGHPUT: &str = tunnel::THROUGHPUT;
 const TUNNEL_HEAL: &str = tunnel::HEAL;
 const RPC_LOCAL_P50: &str = rpc::P50;
 const RPC_LOCAL_P99: &str = rpc::P99;
+const RPC_BASTION_P50: &str = rpc::BASTION_P50;
+const RPC_BASTION_P99: &str = rpc::BASTION_P99;
 
 /// Every benchmark, in the order they run.
-const ALL: [&str; 12] = [
+const ALL: [&str; 14] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
@@ -85,6 +90,8 @@ const ALL: [&str; 12] = [
     TUNNEL_HEAL,
     RPC_LOCAL_P50,
     RPC_LOCAL_P99,
+    RPC_BASTION_P50,
+    RPC_BASTION_P99,
 ];
 
 const LONG_ABOUT: &str = "\
@@ -140,7 +147,15 @@ Benchmarks (stable names):
       One plaintext connection as a trusted local user (root or the
       supervisor's own user) with palisade-ctl's client library; 100
       warm-up `status` calls, then 2000 timed (request written -> response
-      read and parsed). `--only rpc` selects both.
+      read and parsed).
+
+  rpc_bastion_p50_ms, rpc_bastion_p99_ms (target 5 for p99)
+      The same supervisor, reached as `palisade-ctl --via` does: SSH to an
+      OpenSSH sshd on 127.0.0.1 that the benchmark starts (the supervisor's
+      own tunnel publishes its socket there), direct-streamlocal to that
+      socket, TLS 1.3 with the pinned certificate, operator login (viewer);
+      then 100 warm-up and 2000 timed `status` calls on that one
+      connection. `--only rpc` selects all four.
 
 Each successful benchmark appends one JSON line
 {name, value, unit, target?, peer?, peer_value?} to
@@ -249,7 +264,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         || wants(IDLE_RSS)
         || wants(IDLE_CPU)
         || wants(RPC_LOCAL_P50)
-        || wants(RPC_LOCAL_P99);
+        || wants(RPC_LOCAL_P99)
+        || wants(RPC_BASTION_P50)
+        || wants(RPC_BASTION_P99);
     let bins = if needs_binaries {
         Some(Binaries::locate()?)
     } else {
@@ -354,24 +371,42 @@ fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
 
-    if let (true, Some(bins)) = (wants(RPC_LOCAL_P50) || wants(RPC_LOCAL_P99), &bins) {
-        eprintln!("palisade-bench: running {RPC_LOCAL_P50} / {RPC_LOCAL_P99}");
+    let rpc_names = [
+        RPC_LOCAL_P50,
+        RPC_LOCAL_P99,
+        RPC_BASTION_P50,
+        RPC_BASTION_P99,
+    ];
+    if let (true, Some(bins)) = (rpc_names.iter().any(|name| wants(name)), &bins) {
+        eprintln!("palisade-bench: running {}", rpc_names.join(" / "));
+        let mut outcomes: Vec<(&str, anyhow::Result<Measured>)> = Vec::new();
         match rpc::run(bins) {
-            Ok((p50, p99)) => {
-                if wants(RPC_LOCAL_P50) {
-                    record(Ok(p50), RPC_LOCAL_P50);
-                }
-                if wants(RPC_LOCAL_P99) {
-                    record(Ok(p99), RPC_LOCAL_P99);
+            Ok(results) => {
+                outcomes.push((RPC_LOCAL_P50, Ok(results.local.0)));
+                outcomes.push((RPC_LOCAL_P99, Ok(results.local.1)));
+                match results.bastion {
+                    Ok((p50, p99)) => {
+                        outcomes.push((RPC_BASTION_P50, Ok(p50)));
+                        outcomes.push((RPC_BASTION_P99, Ok(p99)));
+                    }
+                    Err(error) => {
+                        let message = format!("{error:#}");
+                        for name in [RPC_BASTION_P50, RPC_BASTION_P99] {
+                            outcomes.push((name, Err(anyhow::anyhow!("{message}"))));
+                        }
+                    }
                 }
             }
             Err(error) => {
                 let message = format!("{error:#}");
-                for name in [RPC_LOCAL_P50, RPC_LOCAL_P99] {
-                    if wants(name) {
-                        record(Err(anyhow::anyhow!("{message}")), name);
-                    }
+                for name in rpc_names {
+                    outcomes.push((name, Err(anyhow::anyhow!("{message}"))));
                 }
+            }
+        }
+        for (name, outcome) in outcomes {
+            if wants(name) {
+                record(outcome, name);
             }
         }
     }

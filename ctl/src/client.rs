@@ -25,6 +25,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::Signer;
+use palisade_ssh::dial::{Dial, DialError};
 use palisade_wire::rpc::{
     CHALLENGE_BYTES, EXPORTER_LABEL, Greeting, MAX_GREETING_BYTES, MAX_LINE_BYTES,
     MAX_SECRET_LINE_BYTES, Request, Response, Role, RpcError, SECRET_METHODS, TlsRequirement,
@@ -141,11 +142,33 @@ impl OperatorKey {
     }
 }
 
+/// Where the supervisor's control socket is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// A Unix socket on this host: the supervisor's own (`[rpc] socket`),
+    /// or, on a bastion, the validator's reverse-forwarded one.
+    Socket(PathBuf),
+    /// Through a bastion: SSH with a pinned host key, then a
+    /// `direct-streamlocal` channel to `socket` on the bastion. TLS with the
+    /// pinned certificate is then always used, whatever the greeting says.
+    Bastion { dial: Dial, socket: String },
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Socket(path) => write!(f, "{}", path.display()),
+            Endpoint::Bastion { dial, socket } => {
+                write!(f, "{}@{}:{}:{socket}", dial.user, dial.host, dial.port)
+            }
+        }
+    }
+}
+
 /// How to reach and authenticate to one supervisor.
 #[derive(Debug)]
 pub struct ConnectOptions {
-    /// The control socket (local, or a bastion's forwarded one).
-    pub socket: PathBuf,
+    pub endpoint: Endpoint,
     pub tls: TlsPolicy,
     /// The certificate to accept; needed whenever TLS runs.
     pub pin: Option<Fingerprint>,
@@ -193,6 +216,10 @@ pub enum CallError {
     /// The caller misused the API (e.g. a secret method without a secret).
     #[error("{0}")]
     Usage(String),
+    /// The bastion could not be reached, its host key is not the pinned
+    /// one, it refused the SSH login or the channel to the socket.
+    #[error("bastion: {0}")]
+    Bastion(#[from] DialError),
 }
 
 impl CallError {
@@ -205,6 +232,9 @@ impl CallError {
             | CallError::NoPin => exit_code::CONNECTION,
             CallError::Key { .. } | CallError::Auth(_) => exit_code::AUTH,
             CallError::Rpc(_) | CallError::Usage(_) => exit_code::CALL,
+            CallError::Bastion(DialError::PrivateKey { .. })
+            | CallError::Bastion(DialError::AuthenticationRejected { .. }) => exit_code::AUTH,
+            CallError::Bastion(_) => exit_code::CONNECTION,
         }
     }
 }
@@ -267,15 +297,28 @@ impl Client {
     }
 
     async fn connect_unbounded(options: ConnectOptions) -> Result<Client, CallError> {
-        let path = &options.socket;
-        let mut socket = UnixStream::connect(path).await.map_err(|error| {
-            CallError::Connection(format!("cannot connect to {}: {error}", path.display()))
-        })?;
-        let greeting = read_greeting(&mut socket)
+        let endpoint = &options.endpoint;
+        let (mut stream, through_bastion): (Box<dyn Transport>, bool) = match endpoint {
+            Endpoint::Socket(path) => {
+                let socket = UnixStream::connect(path).await.map_err(|error| {
+                    CallError::Connection(format!("cannot connect to {}: {error}", path.display()))
+                })?;
+                (Box::new(socket), false)
+            }
+            Endpoint::Bastion { dial, socket } => {
+                let link = palisade_ssh::dial::dial(dial).await?;
+                (Box::new(link.open_unix_socket(socket).await?), true)
+            }
+        };
+        let greeting = read_greeting(&mut stream)
             .await
-            .map_err(|reason| CallError::Connection(format!("{}: {reason}", path.display())))?;
-        let tls_needed =
-            options.tls == TlsPolicy::Always || greeting.tls == Some(TlsRequirement::Required);
+            .map_err(|reason| CallError::Connection(format!("{endpoint}: {reason}")))?;
+        // Through a bastion the greeting is only the bastion's word: TLS
+        // runs whatever it says, so a bastion cannot talk us out of it.
+        let tls_needed = through_bastion
+            || options.tls == TlsPolicy::Always
+            || greeting.tls == Some(TlsRequirement::Required);
+        let socket = stream;
         let (transport, binding): (Box<dyn Transport>, [u8; CHALLENGE_BYTES]) = if tls_needed {
             let pin = options.pin.clone().ok_or(CallError::NoPin)?;
             let stream = tls_handshake(socket, &pin).await?;
@@ -316,6 +359,18 @@ impl Client {
     /// The role granted by `auth.login`, if logged in.
     pub fn role(&self) -> Option<Role> {
         self.role
+    }
+
+    /// Whether the connection still looks usable before the next call:
+    /// the supervisor has not closed it (its idle timeout, a restart) and
+    /// has sent nothing unasked. Waits at most `grace` for a close to show;
+    /// consumes nothing. The shell asks before each command.
+    pub async fn is_open(&mut self, grace: Duration) -> bool {
+        // Pending means nothing to read: open. Anything else (end of
+        // stream, an error, bytes nobody asked for) means it is not.
+        tokio::time::timeout(grace, self.stream.fill_buf())
+            .await
+            .is_err()
     }
 
     async fn login(
@@ -487,7 +542,7 @@ async fn read_response_line(
 
 /// Read the greeting byte by byte, so nothing after its newline is
 /// consumed (the TLS handshake follows on the same stream).
-async fn read_greeting(socket: &mut UnixStream) -> Result<Greeting, String> {
+async fn read_greeting(socket: &mut Box<dyn Transport>) -> Result<Greeting, String> {
     let mut line = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
     loop {
@@ -516,9 +571,9 @@ async fn read_greeting(socket: &mut UnixStream) -> Result<Greeting, String> {
 }
 
 async fn tls_handshake(
-    socket: UnixStream,
+    socket: Box<dyn Transport>,
     pin: &Fingerprint,
-) -> Result<tokio_rustls::client::TlsStream<UnixStream>, CallError> {
+) -> Result<tokio_rustls::client::TlsStream<Box<dyn Transport>>, CallError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(PinnedCertVerifier {
         pin: pin.clone(),

@@ -7,8 +7,11 @@
 //! [[validator]]
 //! name = "val-a"
 //! socket = "/run/palisade/supervisor.sock"      # local mode
-//! via = "ops@bastion1.example.com:22"           # remote mode (later release)
-//! remote-socket = "/run/palisade-bastion/val-a.sock"
+//! via = "palisade-tunnel@bastion1.example.com:22" # or remote mode
+//! remote-socket = "/run/palisade-bastion/val-a.sock" # the default for val-a
+//! known-hosts = "~/.ssh/known_hosts"            # default; or:
+//! host-key-fingerprints = ["SHA256:…"]          # the bastion's, ssh-keygen -lf
+//! ssh-key = "~/.ssh/palisade_alice"             # default: `key`
 //! pin = "sha256:…"                              # from `palisade-supervisor init-rpc`
 //! operator = "alice"
 //! key = "~/.ssh/palisade_alice"
@@ -47,8 +50,17 @@ struct RawValidator {
     socket: Option<String>,
     /// `user@bastion[:port]` for remote mode.
     via: Option<String>,
-    /// The socket the validator publishes on that bastion.
+    /// The socket the validator publishes on that bastion. Default:
+    /// `/run/palisade-bastion/<name>.sock`.
     remote_socket: Option<String>,
+    /// The SSH key for the bastion login. Default: `key`.
+    ssh_key: Option<String>,
+    /// known_hosts file with the bastion's host key. Default:
+    /// `~/.ssh/known_hosts`.
+    known_hosts: Option<String>,
+    /// The bastion's host key fingerprints (`ssh-keygen -lf`), pinned in
+    /// addition to known_hosts.
+    host_key_fingerprints: Option<Vec<String>>,
     /// The supervisor's certificate fingerprint, `sha256:<hex>`. No
     /// default: without it TLS connections are refused.
     pin: Option<String>,
@@ -73,6 +85,9 @@ pub struct ValidatorEntry {
     pub socket: Option<PathBuf>,
     pub via: Option<Via>,
     pub remote_socket: Option<PathBuf>,
+    pub ssh_key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub host_key_fingerprints: Vec<String>,
     pub pin: Option<Fingerprint>,
     /// Operator name and key file, always both or neither.
     pub operator: Option<(String, PathBuf)>,
@@ -141,7 +156,11 @@ pub fn parse(text: &str, file: &str) -> Result<CtlConfig, ConfigError> {
             problem(key("name"), format!("'{}' appears twice", raw.name));
         }
         let no_endpoint = raw.socket.is_none() && raw.via.is_none();
-        let via_without_socket = raw.via.is_some() != raw.remote_socket.is_some();
+        let remote_without_via = raw.via.is_none()
+            && (raw.remote_socket.is_some()
+                || raw.ssh_key.is_some()
+                || raw.known_hosts.is_some()
+                || raw.host_key_fingerprints.is_some());
         let mut path_field = |field: &str, value: Option<String>| -> Option<PathBuf> {
             let path = expand_home(&value?);
             if !path.is_absolute() {
@@ -156,6 +175,8 @@ pub fn parse(text: &str, file: &str) -> Result<CtlConfig, ConfigError> {
         let socket = path_field("socket", raw.socket);
         let remote_socket = path_field("remote-socket", raw.remote_socket);
         let key_path = path_field("key", raw.key.clone());
+        let ssh_key = path_field("ssh-key", raw.ssh_key);
+        let known_hosts = path_field("known-hosts", raw.known_hosts);
         let via = raw.via.as_deref().and_then(|text| {
             parse_via(text)
                 .map_err(|reason| problem(key("via"), reason))
@@ -167,11 +188,19 @@ pub fn parse(text: &str, file: &str) -> Result<CtlConfig, ConfigError> {
                 "neither `socket` (local) nor `via` (remote) is set".into(),
             );
         }
-        if via_without_socket {
+        if remote_without_via {
             problem(
-                key("remote-socket"),
-                "`via` and `remote-socket` go together".into(),
+                key("via"),
+                "`remote-socket`, `ssh-key`, `known-hosts` and `host-key-fingerprints` \
+                 are for remote mode and need `via`"
+                    .into(),
             );
+        }
+        let host_key_fingerprints = raw.host_key_fingerprints.unwrap_or_default();
+        for fingerprint in &host_key_fingerprints {
+            if let Err(error) = palisade_ssh::host_key::parse_fingerprint(fingerprint) {
+                problem(key("host-key-fingerprints"), error.to_string());
+            }
         }
         let pin = raw.pin.as_deref().and_then(|text| {
             Fingerprint::parse(text)
@@ -203,6 +232,9 @@ pub fn parse(text: &str, file: &str) -> Result<CtlConfig, ConfigError> {
             socket,
             via,
             remote_socket,
+            ssh_key,
+            known_hosts,
+            host_key_fingerprints,
             pin,
             operator,
         });
@@ -252,6 +284,13 @@ impl CtlConfig {
             (None, None) => Ok(None),
         }
     }
+}
+
+/// `$HOME/<relative>`, if HOME is set.
+pub fn expand_home_dir(relative: &str) -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|home| !home.is_empty())
+        .map(|home| PathBuf::from(home).join(relative))
 }
 
 /// `~/x` → `$HOME/x`; anything else unchanged.
@@ -347,8 +386,12 @@ key = "/home/alice/.ssh/palisade_alice"
                 &["validator[0].via: 'bastion' is not user@bastion[:port]"],
             ),
             (
-                "[[validator]]\nname = \"a\"\nvia = \"ops@b\"",
-                &["validator[0].remote-socket: `via` and `remote-socket` go together"],
+                "[[validator]]\nname = \"a\"\nsocket = \"/s\"\nremote-socket = \"/r\"",
+                &["validator[0].via: `remote-socket`, `ssh-key`"],
+            ),
+            (
+                "[[validator]]\nname = \"a\"\nvia = \"ops@b\"\nhost-key-fingerprints = [\"MD5:ab\"]",
+                &["validator[0].host-key-fingerprints: pinned fingerprint \"MD5:ab\""],
             ),
             (
                 "[[validator]]\nname = \"a\"\nsocket = \"/s\"\noperator = \"alice\"",

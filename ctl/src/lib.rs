@@ -4,8 +4,10 @@
 //! [`client`] holds the connection (greeting, pinned TLS, operator login,
 //! calls), [`config`] the endpoints file, [`render`] the readable output.
 //! `upgrades --home` still reads the upgrade record from disk with no RPC.
-//! Remote mode (`--via`, SSH through a bastion) and the interactive shell
-//! are listed but fail with exit code 1 and say so.
+//! [`shell`] is the interactive shell: the same commands over one
+//! connection kept open ([`run_local`], [`connect`], [`run_call`] are the
+//! steps both modes share). Remote mode (`--via`, SSH through a bastion) is
+//! listed but fails with exit code 1 and says so.
 //!
 //! Invariant: secrets (the vault passphrase) are never taken from argv,
 //! never put in JSON, and live only in zeroizing buffers.
@@ -15,6 +17,8 @@ pub mod client;
 pub mod config;
 pub mod records;
 pub mod render;
+pub mod shell;
+pub mod shutdown_host;
 
 use std::fmt;
 use std::io::Read;
@@ -26,7 +30,12 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::client::{CallError, Client, ConnectOptions, Fingerprint, OperatorKey, TlsPolicy};
+use palisade_ssh::dial::Dial;
+use palisade_ssh::host_key::{FirstUse, HostKeyPolicy};
+
+use crate::client::{
+    CallError, Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy,
+};
 use crate::config::ConfigError;
 
 /// Exit codes of `palisade-ctl` (`docs/rpc.md` §6).
@@ -54,17 +63,26 @@ const LONG_ABOUT: &str = "Operator shell and scripting client for palisade-super
 Each command opens one connection to the supervisor's control RPC, makes its
 call, prints the result and exits with a code scripts can test.
 
+`palisade-ctl shell` is the interactive shell for people: the same commands,
+one connection kept open (reopened when lost), history, Tab completion and
+hints, and an unlock prompt that never echoes. Connection flags go before
+`shell`; see `palisade-ctl shell --help`.
+
 Connection modes:
   local   --socket PATH  (or `socket` in the config)
           On the validator host, over the supervisor's Unix socket. A trusted
           local user (root or the supervisor's own user) may stay in
           plaintext and needs no operator key; anyone else is told by the
           supervisor to use TLS, and then --pin and an operator key are needed.
-  remote  --via user@bastion[:port]  (not available yet)
-          From anywhere: SSH to a bastion, then on through the Unix socket the
-          validator publishes there. Always TLS with the pinned certificate
-          plus operator authentication, so the bastion can neither read the
-          unlock passphrase nor issue commands of its own.
+  remote  --via user@bastion[:port] --validator NAME
+          From anywhere: SSH to a bastion (its host key pinned by
+          --known-hosts, default ~/.ssh/known_hosts, or --host-key SHA256:...;
+          an unknown or changed key is refused), logging in with --ssh-key
+          (default: the operator key), then a direct-streamlocal channel to the
+          socket the validator publishes there (--remote-socket, default
+          /run/palisade-bastion/NAME.sock). Always TLS with the pinned
+          certificate plus operator authentication, so the bastion can neither
+          read the unlock passphrase nor issue commands of its own.
 
 TLS: after the supervisor's greeting, TLS 1.3 runs when the supervisor
 requires it or --tls is given. Only the certificate whose fingerprint is
@@ -91,8 +109,11 @@ Config file (--config FILE, $PALISADE_CTL_CONFIG, default
 
   [[validator]]
   name = \"val-b\"
-  via = \"ops@bastion1.example.com:22\"
-  remote-socket = \"/run/palisade-bastion/val-b.sock\"
+  via = \"palisade-tunnel@bastion1.example.com:22\"
+  remote-socket = \"/run/palisade-bastion/val-b.sock\"   # the default
+  known-hosts = \"~/.ssh/known_hosts\"                     # the default
+  # host-key-fingerprints = [\"SHA256:...\"]               # or pin here
+  # ssh-key = \"~/.ssh/id_ed25519\"                        # default: key
   pin = \"sha256:9c41...\"
   operator = \"alice\"
   key = \"~/.ssh/palisade_alice\"
@@ -103,7 +124,8 @@ as JSON (stable for scripts). Errors go to stderr.";
 const AFTER_HELP: &str = "Exit codes:
   0  ok
   1  the call returned an error (also: `health` found problems, a command
-     not available yet, an unreadable upgrade record)
+     not available yet, an unreadable upgrade record, `shutdown-host` not
+     confirmed)
   2  usage: bad arguments, bad config file, no socket configured
   3  connection: socket missing or refused, bad greeting, TLS failure or
      certificate pin mismatch, timeout
@@ -111,14 +133,18 @@ const AFTER_HELP: &str = "Exit codes:
 
 Examples:
   palisade-ctl --socket /run/palisade/supervisor.sock status
+  palisade-ctl --via palisade-tunnel@b1.example.com --validator val-b unlock
   palisade-ctl health || page-oncall
-  palisade-ctl --validator val-b --json backups | jq '.[0]'
+  palisade-ctl --validator val-b --json backups | jq '.stores[0].backups[0]'
   palisade-ctl logs --lines 200
+  palisade-ctl node stop && palisade-ctl restore local backup-…-h1234.age
+  palisade-ctl shutdown-host                        # asks for the validator's name
   palisade-ctl unlock                               # asks, no echo
   pass show palisade/val-a | palisade-ctl unlock --passphrase-stdin
   palisade-ctl upgrade add v2 --url https://example.com/gaiad-v2 --checksum sha256:...
   palisade-ctl call tunnel.reconnect --params '{\"bastion\":\"b1\"}'
-  palisade-ctl upgrades --home /home/gaia/.gaia --json | jq '.[-1].switch_ms'";
+  palisade-ctl upgrades --home /home/gaia/.gaia --json | jq '.[-1].switch_ms'
+  palisade-ctl --validator val-b shell              # interactive";
 
 /// The message of every command or mode that does not exist yet.
 pub const NOT_AVAILABLE: &str = "not available yet: it arrives in a later release";
@@ -160,9 +186,30 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, value_name = "PATH", conflicts_with = "via")]
     pub socket: Option<PathBuf>,
 
-    /// Reach the supervisor through a bastion over SSH (not available yet).
+    /// Reach the supervisor through a bastion: SSH as USER (port 22 by
+    /// default), then the validator's socket there; always TLS + pin.
     #[arg(long, global = true, value_name = "USER@BASTION[:PORT]", value_parser = parse_via)]
     pub via: Option<Via>,
+
+    /// With --via: the validator's socket on the bastion
+    /// [default: /run/palisade-bastion/<validator>.sock].
+    #[arg(long, global = true, value_name = "PATH", requires = "via")]
+    pub remote_socket: Option<PathBuf>,
+
+    /// With --via: the SSH key for the bastion login [default: --key].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
+
+    /// With --via: the known_hosts file holding the bastion's host key
+    /// [default: ~/.ssh/known_hosts].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// With --via: a bastion host key fingerprint to accept, as
+    /// `ssh-keygen -lf` prints it (repeatable).
+    #[arg(long = "host-key", global = true, value_name = "SHA256:BASE64",
+          value_parser = parse_host_key_fingerprint)]
+    pub host_keys: Vec<String>,
 
     /// The supervisor's certificate fingerprint to accept.
     #[arg(long, global = true, value_name = "sha256:HEX", value_parser = Fingerprint::parse)]
@@ -204,8 +251,30 @@ pub enum Command {
     },
     /// Tunnels per bastion: connected since, last error, bytes, reconnects.
     Tunnels,
-    /// Backups per store, with watermark and sequence.
-    Backups,
+    /// Backups per store (local and every bastion's), newest first, with
+    /// sequence, height and what is known of the watermark.
+    Backups {
+        /// Most backups shown per store [default: 20].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: Option<u32>,
+    },
+    /// Restore the sign state from one backup (see `backups`): only with
+    /// the node stopped (`node stop`) and the vault unlocked; refused when
+    /// the backup is not above the local state or a higher backup exists.
+    Restore {
+        /// The store, as `backups` names it (`local`, `bastion:NAME`, …).
+        store: String,
+        /// The backup's file name.
+        file: String,
+    },
+    /// Shut the validator host down: stop the node, final backup, wipe the
+    /// keys, run the supervisor's `[host] shutdown-command`. Asks for the
+    /// validator's name first.
+    ShutdownHost {
+        /// Do not ask (scripts).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Take a signed, encrypted backup now.
     BackupNow,
     /// Start, stop or restart the node.
@@ -245,8 +314,10 @@ pub enum Command {
     },
     /// Planned handoff of signing to another validator host (not available yet).
     Handoff,
-    /// Interactive shell (not available yet).
-    Shell,
+    /// Interactive shell: the commands above over one connection, with
+    /// history, completion and a no-echo unlock prompt.
+    #[command(long_about = shell::LONG_ABOUT, after_help = shell::AFTER_HELP)]
+    Shell(shell::ShellArgs),
 }
 
 /// `node …`.
@@ -265,17 +336,28 @@ pub enum NodeAction {
 pub enum UpgradeAction {
     /// Stage the binary for upgrade NAME, downloaded by the supervisor
     /// (--url with --checksum) or already on the validator host (--path).
+    ///
+    /// The binary is installed as
+    /// $DAEMON_HOME/cosmovisor/upgrades/<name>/bin/$DAEMON_NAME, so the
+    /// upgrade at the plan height needs no download. The call answers once
+    /// the binary is staged: for a large download raise --timeout (the
+    /// supervisor's own limit is [upgrade] download-timeout, 10 min by
+    /// default); if palisade-ctl gives up first, the supervisor still
+    /// finishes: check with `palisade-ctl upgrades`.
     #[command(group(clap::ArgGroup::new("source").required(true).args(["url", "path"])))]
     Add {
         /// The upgrade's on-chain name.
         name: String,
-        /// Where the supervisor downloads the binary.
+        /// Where the supervisor downloads the binary (http or https; a raw
+        /// binary, zip or tar.gz).
         #[arg(long, requires = "checksum", conflicts_with = "path")]
         url: Option<String>,
-        /// The binary's checksum, sha256:<hex>.
-        #[arg(long, requires = "url")]
+        /// The download's checksum, sha256:<hex> or sha512:<hex>: required
+        /// with --url, optional with --path.
+        #[arg(long)]
         checksum: Option<String>,
-        /// A binary already on the validator host.
+        /// A binary already on the validator host (absolute path; the
+        /// supervisor copies it).
         #[arg(long, value_name = "FILE")]
         path: Option<PathBuf>,
     },
@@ -292,6 +374,13 @@ pub struct Via {
     pub user: String,
     pub host: String,
     pub port: Option<u16>,
+}
+
+/// Check a host key fingerprint as `ssh-keygen -lf` prints it.
+pub fn parse_host_key_fingerprint(text: &str) -> Result<String, String> {
+    palisade_ssh::host_key::parse_fingerprint(text)
+        .map(|()| text.to_string())
+        .map_err(|error| error.to_string())
 }
 
 /// Parse `user@host[:port]`.
@@ -348,15 +437,19 @@ pub enum Error {
     Call(CallError),
     /// `health` answered, with problems.
     Unhealthy,
+    /// The operator did not confirm (e.g. `shutdown-host`).
+    NotConfirmed(String),
 }
 
 impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Records(_) | Error::NotAvailable(_) | Error::Output(_) | Error::Unhealthy => {
-                exit_code::CALL
-            }
+            Error::Records(_)
+            | Error::NotAvailable(_)
+            | Error::Output(_)
+            | Error::Unhealthy
+            | Error::NotConfirmed(_) => exit_code::CALL,
             Error::Config(_) | Error::Usage(_) => exit_code::USAGE,
             Error::Call(error) => error.exit_code(),
         }
@@ -368,7 +461,9 @@ impl fmt::Display for Error {
         match self {
             Error::Records(error) => write!(f, "{error}"),
             Error::NotAvailable(command) => write!(f, "{command}: {NOT_AVAILABLE}"),
-            Error::Output(message) | Error::Usage(message) => write!(f, "{message}"),
+            Error::Output(message) | Error::Usage(message) | Error::NotConfirmed(message) => {
+                write!(f, "{message}")
+            }
             Error::Config(error) => write!(f, "{error}"),
             Error::Call(error) => write!(f, "{error}"),
             Error::Unhealthy => write!(f, "the supervisor reports problems"),
@@ -400,14 +495,22 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
         }))
     };
     match command {
-        Command::Version | Command::Handoff | Command::Shell => Ok(None),
+        Command::Version | Command::Handoff | Command::Shell(_) => Ok(None),
         Command::Upgrades { home: Some(_) } => Ok(None),
         Command::Upgrades { home: None } => call("upgrade.list", None),
         Command::Status => call("status", None),
         Command::Health => call("health", None),
         Command::Logs { lines } => call("logs.tail", Some(json!({ "lines": lines }))),
         Command::Tunnels => call("tunnel.list", None),
-        Command::Backups => call("backup.list", None),
+        Command::Backups { limit } => {
+            call("backup.list", limit.map(|limit| json!({ "limit": limit })))
+        }
+        Command::Restore { store, file } => call(
+            "backup.restore",
+            Some(json!({ "store": store, "file": file })),
+        ),
+        // The first step; `run` does both (see `shutdown_host`).
+        Command::ShutdownHost { .. } => call("host.shutdown", Some(json!({}))),
         Command::BackupNow => call("backup.now", None),
         Command::Node { action } => call(
             match action {
@@ -432,11 +535,23 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
                 (Some(url), Some(checksum), None) => {
                     json!({ "name": name, "url": url, "checksum": checksum })
                 }
-                (None, None, Some(path)) => {
+                (None, checksum, Some(path)) => {
+                    if !path.is_absolute() {
+                        return Err(Error::Usage(format!(
+                            "--path {} must be absolute: the supervisor reads it on the \
+                             validator host, not from this directory",
+                            path.display()
+                        )));
+                    }
                     let path = path.to_str().ok_or_else(|| {
                         Error::Usage(format!("--path {} is not UTF-8", path.display()))
                     })?;
-                    json!({ "name": name, "path": path })
+                    match checksum {
+                        Some(checksum) => {
+                            json!({ "name": name, "path": path, "checksum": checksum })
+                        }
+                        None => json!({ "name": name, "path": path }),
+                    }
                 }
                 _ => {
                     return Err(Error::Usage(
@@ -465,19 +580,15 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
     }
 }
 
-/// Run one command.
+/// Run one command (one-shot mode), or the shell.
 pub fn run(cli: Cli) -> Result<(), Error> {
-    match &cli.command {
-        Command::Version => {
-            println!("palisade-ctl version: {}", env!("CARGO_PKG_VERSION"));
-            return Ok(());
-        }
-        Command::Upgrades { home: Some(home) } => return show_record(home, cli.json),
-        Command::Handoff => return Err(Error::NotAvailable("handoff")),
-        Command::Shell => return Err(Error::NotAvailable("shell")),
-        _ => {}
+    if let Command::Shell(args) = cli.command {
+        return shell::run(cli.connection, args, cli.json);
     }
-    let Some(call) = planned_call(&cli.command)? else {
+    if let Command::ShutdownHost { yes } = cli.command {
+        return shutdown_host::run(&cli.connection, yes, cli.json);
+    }
+    let Some(call) = run_local(&cli.command, cli.json)? else {
         return Ok(());
     };
     // Ask for the passphrase before connecting: no connection waits on a
@@ -491,19 +602,56 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|error| Error::Output(format!("cannot start the runtime: {error}")))?;
-    let result = runtime.block_on(async {
+    runtime.block_on(async {
         let mut client = Client::connect(options).await?;
-        match &secret {
-            Some(secret) => {
-                client
-                    .call_with_secret(&call.method, call.params.clone(), secret)
-                    .await
-            }
-            None => client.call(&call.method, call.params.clone()).await,
-        }
+        run_call(&mut client, &call, secret.as_ref(), cli.json).await
     })?;
-    drop(secret);
-    if cli.json {
+    Ok(())
+}
+
+/// The part of `command` that needs no connection: the local commands
+/// (`version`, `upgrades --home`, …) run here and give `None`; the others
+/// give the call to make.
+pub fn run_local(command: &Command, json: bool) -> Result<Option<PlannedCall>, Error> {
+    match command {
+        Command::Version => {
+            println!("palisade-ctl version: {}", env!("CARGO_PKG_VERSION"));
+            Ok(None)
+        }
+        Command::Upgrades { home: Some(home) } => show_record(home, json).map(|()| None),
+        Command::Handoff => Err(Error::NotAvailable("handoff")),
+        Command::Shell(_) => Err(Error::Usage("the shell does not nest".into())),
+        Command::ShutdownHost { .. } => Err(Error::Usage(
+            "shutdown-host confirms in two steps: run `palisade-ctl shutdown-host`".into(),
+        )),
+        _ => planned_call(command),
+    }
+}
+
+/// Open a connection as `args` (over the config file) say.
+pub async fn connect(args: &ConnectionArgs) -> Result<Client, Error> {
+    let options = connect_options(args)?;
+    Ok(Client::connect(options).await?)
+}
+
+/// Make `call` on an open connection (`secret`: the passphrase of
+/// `unlock`) and print its result; returns the result. A `health` that
+/// found problems is [`Error::Unhealthy`], after printing them.
+pub async fn run_call(
+    client: &mut Client,
+    call: &PlannedCall,
+    secret: Option<&SecretString>,
+    json: bool,
+) -> Result<Value, Error> {
+    let result = match secret {
+        Some(secret) => {
+            client
+                .call_with_secret(&call.method, call.params.clone(), secret)
+                .await?
+        }
+        None => client.call(&call.method, call.params.clone()).await?,
+    };
+    if json {
         let text = serde_json::to_string_pretty(&result)
             .map_err(|error| Error::Output(format!("cannot encode JSON: {error}")))?;
         println!("{text}");
@@ -513,14 +661,16 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     if call.method == "health" && result.get("ok").and_then(Value::as_bool) != Some(true) {
         return Err(Error::Unhealthy);
     }
-    Ok(())
+    Ok(result)
+}
+
+/// The default remote socket of validator `name` on a bastion.
+pub fn default_remote_socket(name: &str) -> PathBuf {
+    PathBuf::from(format!("/run/palisade-bastion/{name}.sock"))
 }
 
 /// Resolve flags over the config file into how to connect.
 pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
-    if args.via.is_some() {
-        return Err(Error::NotAvailable("--via (remote mode through a bastion)"));
-    }
     let (config_path, required) = match &args.config {
         Some(path) => (Some(path.clone()), true),
         None => (config::default_path(), false),
@@ -529,27 +679,12 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
         Some(path) => config::load(path, required).map_err(Error::Config)?,
         None => config::CtlConfig::default(),
     };
-    let entry = config
-        .select(args.validator.as_deref())
-        .map_err(Error::Usage)?;
-    let socket = match (&args.socket, entry) {
-        (Some(socket), _) => socket.clone(),
-        (None, Some(entry)) => match (&entry.socket, &entry.via) {
-            (Some(socket), _) => socket.clone(),
-            (None, Some(_)) => {
-                return Err(Error::NotAvailable("--via (remote mode through a bastion)"));
-            }
-            (None, None) => unreachable!("validated: socket or via"),
-        },
-        (None, None) => {
-            return Err(Error::Usage(format!(
-                "no supervisor to talk to: pass --socket PATH, or configure a [[validator]] \
-                 in {}",
-                config_path
-                    .map(|path| path.display().to_string())
-                    .unwrap_or_else(|| "--config FILE".into())
-            )));
-        }
+    // With --via on the command line, --validator may name a validator
+    // behind the bastion that the config does not list.
+    let entry = match config.select(args.validator.as_deref()) {
+        Ok(entry) => entry,
+        Err(_) if args.via.is_some() && args.validator.is_some() => None,
+        Err(message) => return Err(Error::Usage(message)),
     };
     let pin = args
         .pin
@@ -561,6 +696,90 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
         .clone()
         .or_else(|| configured.as_ref().map(|(name, _)| name.clone()));
     let key = args.key.clone().or_else(|| configured.map(|(_, key)| key));
+    let via = match (&args.socket, &args.via) {
+        (Some(_), _) => None,
+        (None, Some(via)) => Some(via.clone()),
+        (None, None) => entry.and_then(|entry| entry.via.clone()),
+    };
+    let endpoint = if let Some(via) = via {
+        let validator = args
+            .validator
+            .clone()
+            .or_else(|| entry.map(|entry| entry.name.clone()));
+        let remote_socket = args
+            .remote_socket
+            .clone()
+            .or_else(|| entry.and_then(|entry| entry.remote_socket.clone()))
+            .or_else(|| validator.as_deref().map(default_remote_socket))
+            .ok_or_else(|| {
+                Error::Usage(
+                    "--via needs the validator's name (--validator NAME) or its socket on \
+                     the bastion (--remote-socket PATH)"
+                        .into(),
+                )
+            })?;
+        let remote_socket = remote_socket
+            .to_str()
+            .ok_or_else(|| Error::Usage("--remote-socket is not UTF-8".into()))?
+            .to_string();
+        if pin.is_none() {
+            return Err(Error::Usage(
+                "--via always runs TLS to the supervisor: pin its certificate with --pin \
+                 sha256:… or `pin` in the config (printed by `palisade-supervisor init-rpc`)"
+                    .into(),
+            ));
+        }
+        let ssh_key = args
+            .ssh_key
+            .clone()
+            .or_else(|| entry.and_then(|entry| entry.ssh_key.clone()))
+            .or_else(|| key.clone())
+            .ok_or_else(|| {
+                Error::Usage("--via needs an SSH key for the bastion: --ssh-key or --key".into())
+            })?;
+        let mut fingerprints = args.host_keys.clone();
+        if let Some(entry) = entry {
+            fingerprints.extend(entry.host_key_fingerprints.iter().cloned());
+        }
+        let known_hosts = args
+            .known_hosts
+            .clone()
+            .or_else(|| entry.and_then(|entry| entry.known_hosts.clone()))
+            .or_else(|| config::expand_home_dir(".ssh/known_hosts"));
+        Endpoint::Bastion {
+            dial: Dial {
+                host: via.host.clone(),
+                port: via.port.unwrap_or(22),
+                user: via.user.clone(),
+                key_path: ssh_key,
+                host_keys: HostKeyPolicy {
+                    pinned_fingerprints: fingerprints,
+                    known_hosts_file: known_hosts,
+                    first_use: FirstUse::Refuse,
+                },
+                timeout: client::CONNECT_TIMEOUT.min(Duration::from_secs(args.timeout)),
+            },
+            socket: remote_socket,
+        }
+    } else {
+        let socket = match (&args.socket, entry) {
+            (Some(socket), _) => socket.clone(),
+            (None, Some(entry)) => entry
+                .socket
+                .clone()
+                .expect("validated: an entry without via has a socket"),
+            (None, None) => {
+                return Err(Error::Usage(format!(
+                    "no supervisor to talk to: pass --socket PATH or --via USER@BASTION, or \
+                     configure a [[validator]] in {}",
+                    config_path
+                        .map(|path| path.display().to_string())
+                        .unwrap_or_else(|| "--config FILE".into())
+                )));
+            }
+        };
+        Endpoint::Socket(socket)
+    };
     let operator = match (name, key) {
         (Some(name), Some(key)) => Some(OperatorKey::load(&name, &key)?),
         (Some(_), None) => return Err(Error::Usage("--operator needs --key".into())),
@@ -568,7 +787,7 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
         (None, None) => None,
     };
     Ok(ConnectOptions {
-        socket,
+        endpoint,
         tls: if args.tls {
             TlsPolicy::Always
         } else {
@@ -715,6 +934,38 @@ mod tests {
             ),
             (&["tunnels"], "tunnel.list", None),
             (&["backups"], "backup.list", None),
+            (
+                &["backups", "--limit", "5"],
+                "backup.list",
+                Some(json!({"limit": 5})),
+            ),
+            (
+                &[
+                    "restore",
+                    "local",
+                    "backup-sim-1-AB-00000000000000000004-h12.age",
+                ],
+                "backup.restore",
+                Some(
+                    json!({"store": "local", "file": "backup-sim-1-AB-00000000000000000004-h12.age"}),
+                ),
+            ),
+            (
+                &["restore", "bastion:b1", "backup-x.age"],
+                "backup.restore",
+                Some(json!({"store": "bastion:b1", "file": "backup-x.age"})),
+            ),
+            (&["shutdown-host"], "host.shutdown", Some(json!({}))),
+            (
+                &["shutdown-host", "--yes"],
+                "host.shutdown",
+                Some(json!({})),
+            ),
+            (
+                &["call", "host.shutdown", "--params", r#"{"confirm":"00ff"}"#],
+                "host.shutdown",
+                Some(json!({"confirm": "00ff"})),
+            ),
             (&["backup-now"], "backup.now", None),
             (&["node", "start"], "node.start", None),
             (&["node", "stop"], "node.stop", None),
@@ -739,6 +990,19 @@ mod tests {
                 &["upgrade", "add", "v2", "--path", "/opt/gaiad"],
                 "upgrade.add",
                 Some(json!({"name": "v2", "path": "/opt/gaiad"})),
+            ),
+            (
+                &[
+                    "upgrade",
+                    "add",
+                    "v2",
+                    "--path",
+                    "/opt/gaiad",
+                    "--checksum",
+                    "sha512:ab",
+                ],
+                "upgrade.add",
+                Some(json!({"name": "v2", "path": "/opt/gaiad", "checksum": "sha512:ab"})),
             ),
             (
                 &["upgrade", "cancel", "v2"],
@@ -772,6 +1036,15 @@ mod tests {
             &["logs", "--lines", "1001"],
             &["upgrade", "add", "v2"],
             &["upgrade", "add", "v2", "--url", "https://x"],
+            &["upgrade", "add", "v2", "--checksum", "sha256:ab"],
+            &["upgrade", "cancel"],
+            &["backups", "--limit", "0"],
+            &["backups", "--limit", "101"],
+            &["restore"],
+            &["restore", "local"],
+            &["restore", "local", "a.age", "b.age"],
+            &["shutdown-host", "--force"],
+            &["shutdown-host", "val1"],
             &[
                 "upgrade",
                 "add",
@@ -795,6 +1068,8 @@ mod tests {
         let planned_rejects: &[&[&str]] = &[
             &["call", "status", "--params", "{"],
             &["call", "vault.unlock"],
+            &["upgrade", "add", "v2", "--path", "gaiad"],
+            &["upgrade", "add", "v2", "--path", "./bin/gaiad"],
         ];
         for args in planned_rejects {
             let cli =
@@ -806,15 +1081,90 @@ mod tests {
 
     #[test]
     fn unbuilt_commands_say_so() {
-        for command in ["handoff", "shell"] {
-            let cli = Cli::try_parse_from(["palisade-ctl", command]).unwrap();
-            let error = run(cli).unwrap_err();
-            assert_eq!(error.exit_code(), exit_code::CALL, "{command}");
-            assert_eq!(error.to_string(), format!("{command}: {NOT_AVAILABLE}"));
-        }
-        let cli = Cli::try_parse_from(["palisade-ctl", "--via", "ops@b", "status"]).unwrap();
+        let cli = Cli::try_parse_from(["palisade-ctl", "handoff"]).unwrap();
         let error = run(cli).unwrap_err();
         assert_eq!(error.exit_code(), exit_code::CALL);
-        assert!(error.to_string().contains(NOT_AVAILABLE), "{error}");
+        assert_eq!(error.to_string(), format!("handoff: {NOT_AVAILABLE}"));
+    }
+
+    #[test]
+    fn shutdown_host_is_two_steps_only() {
+        // Not as a single call (the shell's path): it must confirm.
+        let cli = Cli::try_parse_from(["palisade-ctl", "shutdown-host", "--yes"]).unwrap();
+        let error = run_local(&cli.command, false).unwrap_err();
+        assert_eq!(error.exit_code(), exit_code::USAGE);
+        assert!(error.to_string().contains("two steps"), "{error}");
+        let declined = Error::NotConfirmed("not confirmed".into());
+        assert_eq!(declined.exit_code(), exit_code::CALL);
+        assert_eq!(declined.to_string(), "not confirmed");
+    }
+
+    #[test]
+    fn via_needs_a_validator_a_pin_and_a_key() {
+        let dir = std::env::temp_dir().join(format!("palisade-ctl-via-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("empty.toml");
+        std::fs::write(&config, "").unwrap();
+        let config = config.to_str().unwrap();
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let cases: &[(&[&str], &str)] = &[
+            (&["--via", "ops@b", "status"], "--validator NAME"),
+            (
+                &["--via", "ops@b", "--validator", "val-a", "status"],
+                "pin its certificate",
+            ),
+            (
+                &[
+                    "--via",
+                    "ops@b",
+                    "--validator",
+                    "val-a",
+                    "--pin",
+                    &pin,
+                    "status",
+                ],
+                "--ssh-key or --key",
+            ),
+        ];
+        for (args, expected) in cases {
+            let cli = Cli::try_parse_from(
+                ["palisade-ctl", "--config", config]
+                    .iter()
+                    .chain(args.iter()),
+            )
+            .unwrap();
+            let error = connect_options(&cli.connection).unwrap_err();
+            assert_eq!(error.exit_code(), exit_code::USAGE, "{args:?}: {error}");
+            assert!(error.to_string().contains(expected), "{args:?}: {error}");
+        }
+        let cli = Cli::try_parse_from([
+            "palisade-ctl",
+            "--config",
+            config,
+            "--via",
+            "ops@[::1]:2222",
+            "--validator",
+            "val-a",
+            "--pin",
+            &pin,
+            "--ssh-key",
+            "/nonexistent/id",
+            "--host-key",
+            "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
+            "status",
+        ])
+        .unwrap();
+        let options = connect_options(&cli.connection).unwrap();
+        match options.endpoint {
+            Endpoint::Bastion { dial, socket } => {
+                assert_eq!(socket, "/run/palisade-bastion/val-a.sock");
+                assert_eq!((dial.host.as_str(), dial.port), ("::1", 2222));
+                assert_eq!(dial.user, "ops");
+                assert_eq!(dial.host_keys.pinned_fingerprints.len(), 1);
+                assert_eq!(dial.host_keys.first_use, FirstUse::Refuse);
+            }
+            other => panic!("expected a bastion endpoint, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

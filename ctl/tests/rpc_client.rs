@@ -590,14 +590,40 @@ fn a_bad_config_lists_every_problem_and_exits_2() {
 }
 
 #[test]
-fn via_is_not_available_yet() {
-    let output = ctl(&["--via", "ops@bastion1", "status"], None);
-    assert_eq!(output.status.code(), Some(CALL));
-    assert!(
-        stderr(&output).contains("not available yet"),
-        "{}",
-        stderr(&output)
+fn via_reports_an_unreachable_bastion_and_refuses_half_configured_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = operator_key(dir.path(), "alice");
+    let key = key.to_str().unwrap();
+    let pin = format!("sha256:{}", "ab".repeat(32));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let via = format!("ops@127.0.0.1:{port}");
+    let base = ["--via", &via, "--validator", "val-a"];
+    let unreachable = ctl(
+        &[
+            &base[..],
+            &["--pin", &pin, "--operator", "alice", "--key", key, "status"],
+        ]
+        .concat(),
+        None,
     );
+    assert_eq!(unreachable.status.code(), Some(CONNECTION));
+    assert!(
+        stderr(&unreachable).contains(&format!("connecting to 127.0.0.1:{port}")),
+        "{}",
+        stderr(&unreachable)
+    );
+    // No pin: TLS is mandatory through a bastion, so refuse before dialing.
+    let no_pin = ctl(
+        &[&base[..], &["--operator", "alice", "--key", key, "status"]].concat(),
+        None,
+    );
+    assert_eq!(no_pin.status.code(), Some(USAGE));
+    assert!(stderr(&no_pin).contains("--pin"), "{}", stderr(&no_pin));
+    // --remote-socket only means something with --via.
+    let stray = ctl(&["--remote-socket", "/run/x.sock", "status"], None);
+    assert_eq!(stray.status.code(), Some(USAGE));
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! came from (`file:key` or `environment variable NAME`) and why it is wrong.
 //! Loading has no side effects: a bad configuration changes nothing.
 
+mod host;
 mod operators;
 mod tunnels;
 
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 use crate::download::ChecksumPolicy;
 
+pub use host::{HostSettings, RawHost, check_shutdown_command};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
 pub use tunnels::{
     BastionSettings, MAX_SOCKET_PATH_BYTES, RawBastion, RawForward, RawRpc, RawTunnel, RpcSettings,
@@ -110,6 +112,9 @@ pub struct RawConfig {
     /// Who may log in to the control RPC (none by default).
     #[serde(default)]
     pub operator: Vec<RawOperator>,
+    /// The host itself (the `host.shutdown` command).
+    #[serde(default)]
+    pub host: RawHost,
 }
 
 /// `[vault]`: keys encrypted at rest, decrypted into tmpfs on unlock.
@@ -261,6 +266,8 @@ pub struct Config {
     pub tunnels: Option<TunnelSettings>,
     /// `[[operator]]`: the RPC's operators (empty: only trusted local users).
     pub operators: Vec<OperatorSettings>,
+    /// `[host]`: what a confirmed `host.shutdown` runs.
+    pub host: HostSettings,
 }
 
 /// What to do when swap is enabled while the vault is in use.
@@ -441,6 +448,10 @@ impl Config {
             ("upgrade.download-timeout", duration(self.download_timeout)),
             ("rpc.socket", self.rpc.socket.display().to_string()),
             ("rpc.name", self.rpc.name.clone()),
+            (
+                "host.shutdown-command",
+                format!("{:?}", self.host.shutdown_command),
+            ),
             (
                 "bastions",
                 self.tunnels
@@ -823,6 +834,7 @@ fn validate(
     let rpc = tunnels::validate_rpc(r, raw.rpc, &daemon_home);
     let tunnels = tunnels::validate_tunnels(r, raw.tunnel, raw.bastion);
     let operators = operators::validate_operators(r, raw.operator);
+    let host = host::validate_host(r, raw.host);
     if let Some(tunnels) = &tunnels
         && tunnels.bastions.iter().any(|b| b.backup_command.is_some())
         && vault.is_none()
@@ -842,6 +854,7 @@ fn validate(
         rpc,
         tunnels,
         operators,
+        host,
         daemon_home,
         daemon_name,
         shutdown_grace,

@@ -59,6 +59,15 @@ pub enum ControlCommand {
     /// Stop the node, take the final backup, wipe the keys from tmpfs and
     /// wait for an unlock.
     Lock { reply: Reply },
+    /// Restore the sign state from one backup (`backup.restore`): only
+    /// with the node stopped by an operator and the vault unlocked.
+    Restore {
+        request: crate::backup_rpc::RestoreRequest,
+        reply: Reply,
+    },
+    /// A confirmed `host.shutdown` by `operator`: answer, stop the node,
+    /// final backup, wipe the keys, run `[host] shutdown-command`, exit.
+    HostShutdown { operator: String, reply: Reply },
 }
 
 impl ControlCommand {
@@ -69,7 +78,9 @@ impl ControlCommand {
             | ControlCommand::NodeStop { reply }
             | ControlCommand::NodeStart { reply }
             | ControlCommand::NodeRestart { reply }
-            | ControlCommand::Lock { reply } => reply,
+            | ControlCommand::Lock { reply }
+            | ControlCommand::Restore { reply, .. }
+            | ControlCommand::HostShutdown { reply, .. } => reply,
         };
         let _ = reply.send(Err(RpcError::new(code, message)));
     }
@@ -119,6 +130,10 @@ pub struct Board {
     pub backup_trigger: Option<BackupTrigger>,
     /// An upgrade plan the loop is holding until the node reaches its height.
     pub scheduled_upgrade: Option<String>,
+    /// The version the loop's last upgrade targets; that upgrade is in
+    /// progress while `node` is [`NodeState::Upgrading`] (`upgrade.cancel`
+    /// refuses it then).
+    pub upgrading: Option<crate::layout::Version>,
 }
 
 /// Shared handle on the [`Board`].
@@ -141,6 +156,7 @@ pub fn new_board(vault: bool) -> SharedBoard {
         last_backup: None,
         backup_trigger: None,
         scheduled_upgrade: None,
+        upgrading: None,
     }))
 }
 
@@ -157,6 +173,13 @@ pub struct SupervisorControl {
     started_at: SystemTime,
     /// (failures, not before) for unlocks.
     unlock_backoff: Mutex<(u32, Instant)>,
+    /// `upgrade.list`, `upgrade.add`, `upgrade.cancel`.
+    upgrades: crate::upgrade_stage::UpgradeStager,
+    /// The stores `backup.list` reads.
+    backups: crate::backup_rpc::BackupCatalog,
+    /// `host.shutdown` confirmation tokens, and the command it runs.
+    host_shutdown: crate::host_shutdown::Confirmations,
+    shutdown_command: Vec<String>,
 }
 
 impl SupervisorControl {
@@ -167,6 +190,7 @@ impl SupervisorControl {
         board: SharedBoard,
         tunnels: Vec<BastionObserver>,
     ) -> SupervisorControl {
+        let upgrades = crate::upgrade_stage::UpgradeStager::new(config, board.clone());
         SupervisorControl {
             commands,
             board,
@@ -178,7 +202,21 @@ impl SupervisorControl {
             started: Instant::now(),
             started_at: SystemTime::now(),
             unlock_backoff: Mutex::new((0, Instant::now())),
+            upgrades,
+            backups: crate::backup_rpc::BackupCatalog::new(config.vault.as_ref()),
+            host_shutdown: crate::host_shutdown::Confirmations::default(),
+            shutdown_command: config.host.shutdown_command.clone(),
         }
+    }
+
+    /// `backup.list` also lists these stores (the bastions', through the
+    /// tunnels).
+    pub fn with_remote_backup_stores(
+        mut self,
+        stores: Vec<Arc<dyn crate::backup::BackupStore>>,
+    ) -> SupervisorControl {
+        self.backups = self.backups.with_remote(stores);
+        self
     }
 
     /// Answer one call. `method` has already been authorized.
@@ -224,6 +262,11 @@ impl SupervisorControl {
                 no_params(&params)?;
                 self.backup_now().await
             }
+            "upgrade.list" => self.upgrades.list(&params).await,
+            "upgrade.add" => self.upgrades.add(&params).await,
+            "upgrade.cancel" => self.upgrades.cancel(&params).await,
+            "backup.list" => self.backup_list(&params).await,
+            "backup.restore" => self.backup_restore(&params).await,
             other => Err(RpcError::new(
                 code::METHOD_NOT_FOUND,
                 format!("{other} is not available in this release yet (see docs/rpc.md)"),
@@ -464,16 +507,82 @@ impl SupervisorControl {
     }
 }
 
+/// `backup.list`, `backup.restore` and `host.shutdown` (the work is in
+/// [`crate::backup_rpc`] and [`crate::host_shutdown`]).
+impl SupervisorControl {
+    async fn backup_list(&self, params: &Value) -> Result<Value, RpcError> {
+        let limit = crate::backup_rpc::parse_list_params(params)?;
+        let last = board(&self.board).last_backup.clone();
+        Ok(self.backups.list(limit, last.as_ref()).await)
+    }
+
+    async fn backup_restore(&self, params: &Value) -> Result<Value, RpcError> {
+        let request = crate::backup_rpc::parse_restore_params(params)?;
+        if board(&self.board).vault_locked.is_none() {
+            return Err(RpcError::new(
+                code::WRONG_STATE,
+                "no [vault]: there are no signed backups to restore from",
+            ));
+        }
+        self.send(|reply| ControlCommand::Restore { request, reply })
+            .await
+    }
+
+    /// `host.shutdown {}` issues a token for `operator`;
+    /// `{"confirm": TOKEN}` spends it and has the loop shut down.
+    pub async fn host_shutdown(&self, operator: &str, params: Value) -> Result<Value, RpcError> {
+        use crate::host_shutdown::{ShutdownParams, check_runnable, parse_params};
+        match parse_params(&params)? {
+            ShutdownParams::Request => {
+                check_runnable(&self.shutdown_command)?;
+                let (token, valid_for) = self.host_shutdown.issue(operator);
+                tracing::warn!(%operator, "host shutdown requested; waiting for its confirmation");
+                Ok(json!({
+                    "confirm": token,
+                    "expires_in_s": valid_for.as_secs(),
+                    "command": self.shutdown_command,
+                }))
+            }
+            ShutdownParams::Confirm(token) => {
+                let spent = self.host_shutdown.spend(operator, &token)?;
+                if let Err(error) = check_runnable(&self.shutdown_command) {
+                    self.host_shutdown.put_back(spent);
+                    return Err(error);
+                }
+                let operator = operator.to_owned();
+                match self
+                    .send(|reply| ControlCommand::HostShutdown { operator, reply })
+                    .await
+                {
+                    Ok(node) => Ok(json!({
+                        "shutting_down": true,
+                        "node": node["node"],
+                        "command": self.shutdown_command,
+                    })),
+                    Err(error) => {
+                        self.host_shutdown.put_back(spent);
+                        Err(error)
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl crate::rpc::Dispatcher for SupervisorControl {
     fn call<'a>(
         &'a self,
-        _caller: &'a crate::rpc::Caller,
+        caller: &'a crate::rpc::Caller,
         method: &'a str,
         params: Value,
         secret: Option<SecretString>,
     ) -> crate::backup::BoxFuture<'a, Result<Value, RpcError>> {
         // The caller is already authorized for `method` and logged by the
-        // server; what happens does not depend on who asked.
+        // server; what happens does not depend on who asked, except for
+        // `host.shutdown`, whose token is bound to the operator.
+        if method == "host.shutdown" {
+            return Box::pin(self.host_shutdown(&caller.operator, params));
+        }
         Box::pin(SupervisorControl::call(self, method, params, secret))
     }
 }

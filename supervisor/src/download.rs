@@ -20,6 +20,10 @@
 //!   archive whose binary lacks the executable bit is refused, not chmod-ed.
 //! - URLs may carry access tokens: logs and errors show them through
 //!   [`redact_url`] (no userinfo, no query string except the checksum).
+//! - Binaries staged ahead of time over the control RPC (`upgrade.add`,
+//!   [`crate::upgrade_stage`]) take the same path: a URL through
+//!   [`Downloader::install_artifact`], a file on this host through
+//!   [`install_local_binary`] (copied, never moved, installed as is).
 
 mod archive;
 
@@ -95,6 +99,10 @@ pub enum DownloadError {
         name: String,
         reason: &'static str,
     },
+    /// A local binary to be staged (`upgrade.add` with a path) is unusable:
+    /// missing, not a regular file, not executable, not absolute.
+    #[error("cannot stage {}: {reason}", .path.display())]
+    LocalSource { path: PathBuf, reason: String },
     /// `upgrades/<name>` already exists; it is never overwritten.
     #[error("upgrade directory {} already exists; refusing to overwrite it", .path.display())]
     UpgradeDirExists { path: PathBuf },
@@ -399,6 +407,13 @@ fn parse_checksum(value: &str, redacted_url: &str) -> Result<Checksum, DownloadE
     })
 }
 
+/// Parse a checksum given on its own (`sha256:HEX` or `sha512:HEX`, as in
+/// `upgrade.add`'s `checksum`), with the same rules as a URL's
+/// `?checksum=`. `what` names it in errors.
+pub fn parse_checksum_value(value: &str, what: &str) -> Result<Checksum, DownloadError> {
+    parse_checksum(value, what)
+}
+
 /// Whether a download URL must carry a checksum
 /// (`DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -615,10 +630,35 @@ impl Downloader {
     ) -> Result<InstallReport, DownloadError> {
         validate_component("upgrade directory name", upgrade_dir_name)?;
         validate_component("daemon name", daemon_name)?;
+        refuse_existing(&upgrades_dir.join(upgrade_dir_name))?;
+        let artifact_url = self.resolve_artifact_url(plan_info, policy).await?;
+        self.install_artifact(
+            &artifact_url,
+            upgrades_dir,
+            upgrade_dir_name,
+            daemon_name,
+            policy,
+        )
+        .await
+    }
+
+    /// Download one artifact (a raw binary, zip or tar.gz) and install it
+    /// as `upgrades_dir/upgrade_dir_name/bin/daemon_name`, verified against
+    /// the URL's checksum. Used by [`Downloader::install_upgrade`] and by
+    /// `upgrade.add` over the control RPC. On error nothing is installed.
+    pub async fn install_artifact(
+        &self,
+        artifact_url: &ArtifactUrl,
+        upgrades_dir: &Path,
+        upgrade_dir_name: &str,
+        daemon_name: &str,
+        policy: ChecksumPolicy,
+    ) -> Result<InstallReport, DownloadError> {
+        validate_component("upgrade directory name", upgrade_dir_name)?;
+        validate_component("daemon name", daemon_name)?;
+        check_policy(artifact_url, policy)?;
         let upgrade_dir = upgrades_dir.join(upgrade_dir_name);
         refuse_existing(&upgrade_dir)?;
-
-        let artifact_url = self.resolve_artifact_url(plan_info, policy).await?;
         tokio::fs::create_dir_all(upgrades_dir)
             .await
             .map_err(io_error("create", upgrades_dir))?;
@@ -627,17 +667,13 @@ impl Downloader {
         let download_started = Instant::now();
         let artifact_path = staging.path.join(STAGED_ARTIFACT);
         let fetched = self
-            .fetch_to_file(
-                &artifact_url,
-                &artifact_path,
-                self.limits.max_artifact_bytes,
-            )
+            .fetch_to_file(artifact_url, &artifact_path, self.limits.max_artifact_bytes)
             .await?;
         let download_duration = download_started.elapsed();
         info!(url = %artifact_url, bytes = fetched.bytes, elapsed = ?download_duration, "downloaded upgrade binary");
 
         let unpack_started = Instant::now();
-        verify_checksum(&artifact_url, &fetched.digest)?;
+        verify_checksum(artifact_url, &fetched.digest)?;
         let tree = staging.path.join(STAGED_TREE);
         let unpack = archive::UnpackRequest {
             artifact: artifact_path,
@@ -653,13 +689,7 @@ impl Downloader {
                 reason: error.to_string(),
             })??;
 
-        refuse_existing(&upgrade_dir)?;
-        rename_no_replace(&tree, &upgrade_dir)?;
-        if let Err(error) = sync_dir(upgrades_dir) {
-            // Not durable means not installed: take it back out.
-            let _ = std::fs::remove_dir_all(&upgrade_dir);
-            return Err(error);
-        }
+        move_into_place(&tree, upgrades_dir, &upgrade_dir)?;
         drop(staging);
         let unpack_duration = unpack_started.elapsed();
         let binary_path = upgrade_dir.join("bin").join(daemon_name);
@@ -836,6 +866,246 @@ impl Downloader {
             }),
         }
     }
+}
+
+/// What [`install_local_binary`] installed.
+#[derive(Clone, Debug)]
+pub struct LocalInstallReport {
+    /// The file that was copied (it is left in place).
+    pub source: PathBuf,
+    /// The checksum that was verified, if one was given.
+    pub checksum: Option<Checksum>,
+    /// SHA-256 of the installed binary.
+    pub sha256: Checksum,
+    /// Size of the installed binary.
+    pub bytes: u64,
+    pub duration: Duration,
+    /// `upgrades/<name>`.
+    pub upgrade_dir: PathBuf,
+    /// `upgrades/<name>/bin/<daemon>`.
+    pub binary_path: PathBuf,
+}
+
+/// Install a binary that is already on this host (`upgrade.add` with a
+/// path) as `upgrades_dir/upgrade_dir_name/bin/daemon_name`, through the
+/// same staging directory, checks, fsyncs and `RENAME_NOREPLACE` as a
+/// download: the source must be an absolute path to a regular executable
+/// file (symlinks are followed) of at most `limits.max_artifact_bytes`; it
+/// is copied, never moved or modified, and installed as is (no unpacking),
+/// mode 0755. With `checksum`, the copied bytes must match it. The copy
+/// gives up after `limits.overall_timeout`. On error nothing is installed.
+pub async fn install_local_binary(
+    source: &Path,
+    checksum: Option<&Checksum>,
+    upgrades_dir: &Path,
+    upgrade_dir_name: &str,
+    daemon_name: &str,
+    limits: &DownloadLimits,
+) -> Result<LocalInstallReport, DownloadError> {
+    let source = source.to_path_buf();
+    let checksum = checksum.cloned();
+    let upgrades_dir = upgrades_dir.to_path_buf();
+    let upgrade_dir_name = upgrade_dir_name.to_owned();
+    let daemon_name = daemon_name.to_owned();
+    let limits = limits.clone();
+    tokio::task::spawn_blocking(move || {
+        install_local_blocking(
+            &source,
+            checksum,
+            &upgrades_dir,
+            &upgrade_dir_name,
+            &daemon_name,
+            &limits,
+        )
+    })
+    .await
+    .map_err(|error| DownloadError::UnpackTask {
+        reason: error.to_string(),
+    })?
+}
+
+fn install_local_blocking(
+    source: &Path,
+    checksum: Option<Checksum>,
+    upgrades_dir: &Path,
+    upgrade_dir_name: &str,
+    daemon_name: &str,
+    limits: &DownloadLimits,
+) -> Result<LocalInstallReport, DownloadError> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let deadline = started + limits.overall_timeout;
+    validate_component("upgrade directory name", upgrade_dir_name)?;
+    validate_component("daemon name", daemon_name)?;
+    let upgrade_dir = upgrades_dir.join(upgrade_dir_name);
+    refuse_existing(&upgrade_dir)?;
+    let mut input = open_local_source(source, limits.max_artifact_bytes)?;
+    std::fs::create_dir_all(upgrades_dir).map_err(io_error("create", upgrades_dir))?;
+    let staging = StagingDir::create(upgrades_dir, upgrade_dir_name)?;
+    let artifact_path = staging.path.join(STAGED_ARTIFACT);
+    let shown = source.display().to_string();
+
+    let mut output = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&artifact_path)
+        .map_err(io_error("create", &artifact_path))?;
+    let mut sha256 = Hasher::for_checksum(None);
+    let mut expected_hasher = match &checksum {
+        Some(Checksum::Sha512(_)) => Some(Hasher::for_checksum(checksum.as_ref())),
+        _ => None,
+    };
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        if Instant::now() > deadline {
+            return Err(DownloadError::Timeout {
+                url: shown,
+                phase: "copy",
+                after: limits.overall_timeout,
+            });
+        }
+        let read = match input.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(io_error("read", source)(error)),
+        };
+        bytes += read as u64;
+        if bytes > limits.max_artifact_bytes {
+            return Err(DownloadError::TooLarge {
+                url: shown,
+                limit: limits.max_artifact_bytes,
+            });
+        }
+        sha256.update(&buffer[..read]);
+        if let Some(hasher) = &mut expected_hasher {
+            hasher.update(&buffer[..read]);
+        }
+        output
+            .write_all(&buffer[..read])
+            .map_err(io_error("write", &artifact_path))?;
+    }
+    output
+        .sync_all()
+        .map_err(io_error("fsync", &artifact_path))?;
+    drop(output);
+    if bytes == 0 {
+        return Err(DownloadError::LocalSource {
+            path: source.to_path_buf(),
+            reason: "the file is empty".to_owned(),
+        });
+    }
+    let sha256 = sha256.finalize();
+    let observed = match expected_hasher {
+        Some(hasher) => hasher.finalize(),
+        None => sha256.clone(),
+    };
+    if let Some(expected) = &checksum
+        && *expected != observed
+    {
+        return Err(DownloadError::ChecksumMismatch {
+            url: shown,
+            algorithm: expected.algorithm(),
+            expected: expected.hex(),
+            actual: observed.hex(),
+        });
+    }
+
+    let tree = staging.path.join(STAGED_TREE);
+    archive::unpack_as(
+        &archive::UnpackRequest {
+            artifact: artifact_path,
+            tree: tree.clone(),
+            daemon_name: daemon_name.to_owned(),
+            url: shown,
+            max_unpacked_bytes: limits.max_unpacked_bytes,
+            max_entries: limits.max_archive_entries,
+        },
+        ArtifactFormat::Raw,
+    )?;
+    move_into_place(&tree, upgrades_dir, &upgrade_dir)?;
+    drop(staging);
+    let binary_path = upgrade_dir.join("bin").join(daemon_name);
+    info!(
+        source = %source.display(),
+        path = %binary_path.display(),
+        bytes,
+        "installed upgrade binary from a local file"
+    );
+    Ok(LocalInstallReport {
+        source: source.to_path_buf(),
+        checksum,
+        sha256,
+        bytes,
+        duration: started.elapsed(),
+        upgrade_dir,
+        binary_path,
+    })
+}
+
+/// Open a local binary to stage: absolute, a regular file once opened (no
+/// FIFO or device can make the copy hang), executable, not too large.
+fn open_local_source(source: &Path, max_bytes: u64) -> Result<std::fs::File, DownloadError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let refuse = |reason: String| DownloadError::LocalSource {
+        path: source.to_path_buf(),
+        reason,
+    };
+    if !source.is_absolute() {
+        return Err(refuse("not an absolute path".to_owned()));
+    }
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(source)
+    {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Err(refuse("no such file".to_owned()));
+        }
+        Err(error) => return Err(refuse(format!("cannot open it: {error}"))),
+    };
+    let metadata = file
+        .metadata()
+        .map_err(|error| refuse(format!("cannot inspect it: {error}")))?;
+    let kind = metadata.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        return Err(refuse(format!("it is {what}, not a regular file")));
+    }
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o111 == 0 {
+        return Err(refuse(format!("it is not executable (mode {mode:04o})")));
+    }
+    if metadata.len() > max_bytes {
+        return Err(DownloadError::TooLarge {
+            url: source.display().to_string(),
+            limit: max_bytes,
+        });
+    }
+    Ok(file)
+}
+
+/// Rename a complete, fsynced staging tree to `upgrade_dir` without ever
+/// replacing an existing one, and make the rename durable. Not durable
+/// means not installed: on an fsync failure the tree is taken back out.
+fn move_into_place(
+    tree: &Path,
+    upgrades_dir: &Path,
+    upgrade_dir: &Path,
+) -> Result<(), DownloadError> {
+    refuse_existing(upgrade_dir)?;
+    rename_no_replace(tree, upgrade_dir)?;
+    if let Err(error) = sync_dir(upgrades_dir) {
+        let _ = std::fs::remove_dir_all(upgrade_dir);
+        return Err(error);
+    }
+    Ok(())
 }
 
 /// Where a fetched body goes.

@@ -8,12 +8,14 @@
 #![deny(unsafe_code)]
 
 pub mod backup;
+pub mod backup_rpc;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod data_backup;
 pub mod download;
 pub mod file_watch;
+pub mod host_shutdown;
 pub mod keys;
 pub mod layout;
 pub mod node_rpc;
@@ -29,5 +31,6 @@ pub mod systemd;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upgrade_plan;
+pub mod upgrade_stage;
 pub mod upgrade_watch;
 pub mod vault;

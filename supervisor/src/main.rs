@@ -123,7 +123,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(match outcome {
                 RunOutcome::Shutdown
                 | RunOutcome::DaemonExitedCleanly
-                | RunOutcome::UpgradedWithoutRestart => exit_code::OK,
+                | RunOutcome::UpgradedWithoutRestart
+                | RunOutcome::HostShutdown => exit_code::OK,
                 RunOutcome::CrashLoop { .. } => exit_code::CRASH_LOOP,
                 RunOutcome::RefusedToStart => exit_code::STATE_BEHIND_BACKUP,
                 // `run` handles a lock itself and never returns it.

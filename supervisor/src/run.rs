@@ -56,7 +56,18 @@ pub enum RunOutcome {
     /// the keys wiped, and the supervisor waits for an unlock. Internal to
     /// [`run`], which never returns it.
     LockedByOperator,
+    /// An operator confirmed `host.shutdown`: the node was stopped, the
+    /// final backup taken, the keys wiped and `[host] shutdown-command`
+    /// run (whether or not it succeeded: exit 0, so that the service
+    /// manager does not bring the validator back).
+    HostShutdown,
 }
+
+/// The answer to `backup.restore` while the vault is locked.
+const RESTORE_WHILE_LOCKED: &str = "the vault is locked: the supervisor holds no key to decrypt \
+     and verify backups. Unlock (vault.unlock; the start rule refuses to start on a state \
+     behind a backup), stop the node (node.stop) and restore then; or stop the supervisor and \
+     run `palisade-supervisor restore-state`";
 
 /// Exit code for [`RunOutcome::CrashLoop`]; the systemd unit lists it in
 /// `RestartPreventExitStatus=` so systemd does not restart into the loop.
@@ -149,6 +160,9 @@ struct Supervisor {
     board: SharedBoard,
     /// The answer to a `vault.lock`, sent once the keys are wiped.
     lock_reply: Option<Reply>,
+    /// What `backup.restore` needs while the vault is unlocked; `None`
+    /// while locked (it holds a handle on the unlocked vault).
+    restore_kit: Option<crate::backup_rpc::RestoreKit>,
 }
 
 /// Run until shutdown, a clean daemon exit, a crash loop, or an upgrade
@@ -200,15 +214,23 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     };
     let (commands, control_inbox) = control_channel();
     let board = crate::control::new_board(config.vault.is_some());
-    let dispatcher = std::sync::Arc::new(crate::control::SupervisorControl::new(
-        &config,
-        commands,
-        board.clone(),
-        tunnels
-            .as_ref()
-            .map(TunnelMesh::observers)
-            .unwrap_or_default(),
-    ));
+    let dispatcher = std::sync::Arc::new(
+        crate::control::SupervisorControl::new(
+            &config,
+            commands,
+            board.clone(),
+            tunnels
+                .as_ref()
+                .map(TunnelMesh::observers)
+                .unwrap_or_default(),
+        )
+        .with_remote_backup_stores(
+            tunnels
+                .as_ref()
+                .map(|mesh| mesh.backup_stores(&config.rpc.name))
+                .unwrap_or_default(),
+        ),
+    );
     let control =
         tokio::spawn(control.serve_rpc(dispatcher, config.operators.clone(), background.clone()));
     let mut supervisor = Supervisor {
@@ -232,6 +254,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         control: control_inbox,
         board,
         lock_reply: None,
+        restore_kit: None,
         config,
     };
     if supervisor.config.vault.is_some() {
@@ -248,6 +271,9 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
                 }
                 Ok(Err(outcome)) => {
                     supervisor.notifier.stopping("stopping");
+                    if outcome == RunOutcome::HostShutdown {
+                        supervisor.run_host_shutdown_command().await;
+                    }
                     supervisor.stop_background(background, control).await;
                     return Ok(outcome);
                 }
@@ -255,6 +281,9 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
             None => None,
         };
         let outcome = supervisor.supervise().await;
+        // The node is stopped: no more restores, and the kit's handle on
+        // the vault goes before the keys are wiped.
+        supervisor.restore_kit = None;
         let relock = matches!(outcome, Ok(RunOutcome::LockedByOperator));
         if !relock {
             supervisor.notifier.stopping("stopping");
@@ -286,6 +315,9 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
             }
             continue;
         }
+        if matches!(outcome, Ok(RunOutcome::HostShutdown)) {
+            supervisor.run_host_shutdown_command().await;
+        }
         supervisor.stop_background(background, control).await;
         return outcome;
     }
@@ -311,6 +343,24 @@ fn backup_on_sigusr1(shared: SharedBoard) -> std::io::Result<()> {
     Ok(())
 }
 
+/// With the node halted (no daemon runs), a confirmed `host.shutdown` is
+/// answered and accepted; any other command is handed back.
+///
+/// Everywhere, a `host.shutdown` or `backup.restore` whose caller stopped
+/// waiting (the loop was busy past the control RPC's timeout, and the
+/// operator was told to try again) is not carried out later: the
+/// `!reply.is_closed()` guards hand it to the refusal, which goes nowhere.
+fn accept_host_shutdown(command: ControlCommand) -> Result<(), ControlCommand> {
+    match command {
+        ControlCommand::HostShutdown { operator, reply } if !reply.is_closed() => {
+            tracing::warn!(%operator, "host shutdown confirmed over the control RPC; the node is halted");
+            let _ = reply.send(Ok(serde_json::json!({ "node": "halted" })));
+            Ok(())
+        }
+        other => Err(other),
+    }
+}
+
 async fn watchdog_tick(watchdog: &mut Option<tokio::time::Interval>) {
     match watchdog {
         Some(tick) => {
@@ -324,7 +374,11 @@ async fn watchdog_tick(watchdog: &mut Option<tokio::time::Interval>) {
 /// directory in `upgrades/` or a `data-backup-*.partial` directory: never
 /// used, removed before anything else so they cannot accumulate.
 fn remove_interrupted_work(config: &Config, layout: &Layout) {
-    let mut places = vec![(layout.upgrades_dir(), ".staging-", "")];
+    let mut places = vec![
+        (layout.upgrades_dir(), ".staging-", ""),
+        // An `upgrade.cancel` renames the upgrade aside, then deletes it.
+        (layout.upgrades_dir(), ".cancelled-", ""),
+    ];
     if let crate::config::DataBackupPolicy::Before { backup_root } = &config.data_backup {
         places.push((backup_root.clone(), "data-backup-", ".partial"));
     }
@@ -472,8 +526,15 @@ impl Supervisor {
         let tmpfs =
             crate::vault::materialize(&vault, &settings.tmpfs_dir, &self.config.daemon_home)?;
         tracing::info!(dir = %tmpfs.dir().display(), "validator keys decrypted into tmpfs; config.toml points at them");
+        let vault = std::sync::Arc::new(vault);
+        let restore_kit = crate::backup_rpc::RestoreKit::new(
+            vault.clone(),
+            validator.clone(),
+            stores.clone(),
+            crate::keys::state_file(&self.config.daemon_home),
+        );
         let backups = BackupWorker::spawn(
-            std::sync::Arc::new(vault),
+            vault,
             validator,
             stores,
             settings,
@@ -484,6 +545,7 @@ impl Supervisor {
                 board: Some(self.board.clone()),
             },
         )?;
+        self.restore_kit = Some(restore_kit);
         {
             let mut board = board(&self.board);
             board.vault_locked = Some(false);
@@ -515,6 +577,21 @@ impl Supervisor {
                     continue;
                 }
                 Some(command) = self.control.recv() => command,
+            };
+            let command = match command {
+                ControlCommand::HostShutdown { operator, reply } if !reply.is_closed() => {
+                    tracing::warn!(%operator, "host shutdown confirmed over the control RPC; the vault is locked, no node runs");
+                    let _ = reply.send(Ok(serde_json::json!({ "node": "locked" })));
+                    return Err(RunOutcome::HostShutdown);
+                }
+                ControlCommand::Restore { reply, .. } => {
+                    let _ = reply.send(Err(palisade_wire::rpc::RpcError::new(
+                        palisade_wire::rpc::code::WRONG_STATE,
+                        RESTORE_WHILE_LOCKED,
+                    )));
+                    continue;
+                }
+                other => other,
             };
             let ControlCommand::Unlock { passphrase, reply } = command else {
                 command.refuse(
@@ -590,9 +667,88 @@ impl Supervisor {
                         self.lock_reply = Some(reply);
                         return Some(RunOutcome::LockedByOperator);
                     }
+                    ControlCommand::Restore { request, reply } if !reply.is_closed() => {
+                        match self.restore_while_stopped(&request).await {
+                            Ok(answer) => {
+                                let _ = reply.send(answer);
+                            }
+                            Err(outcome) => {
+                                let _ = reply.send(Err(palisade_wire::rpc::RpcError::new(
+                                    palisade_wire::rpc::code::WRONG_STATE,
+                                    "the supervisor is stopping; nothing was restored",
+                                )));
+                                return Some(outcome);
+                            }
+                        }
+                    }
+                    ControlCommand::HostShutdown { operator, reply } if !reply.is_closed() => {
+                        tracing::warn!(%operator, "host shutdown confirmed over the control RPC; the node is already stopped");
+                        let _ = reply.send(Ok(serde_json::json!({ "node": "stopped" })));
+                        return Some(RunOutcome::HostShutdown);
+                    }
                     other => other.refuse(palisade_wire::rpc::code::WRONG_STATE, "the vault is already unlocked"),
                 },
             }
+        }
+    }
+
+    /// `backup.restore` with the node stopped: runs the restore (stores,
+    /// verification, atomic write) while the loop waits, so the node
+    /// cannot start half-way; the watchdog is fed meanwhile. `Err`: a
+    /// shutdown signal came first (nothing was written: the write is the
+    /// restore's last, synchronous step).
+    async fn restore_while_stopped(
+        &mut self,
+        request: &crate::backup_rpc::RestoreRequest,
+    ) -> Result<Result<serde_json::Value, palisade_wire::rpc::RpcError>, RunOutcome> {
+        let Some(kit) = self.restore_kit.clone() else {
+            return Ok(Err(palisade_wire::rpc::RpcError::new(
+                palisade_wire::rpc::code::WRONG_STATE,
+                "no [vault]: there are no signed backups to restore from",
+            )));
+        };
+        tracing::info!(store = %request.store, file = %request.file, "sign state restore requested over the control RPC");
+        let work = kit.restore(request);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => {
+                    return Ok(result
+                        .map(|restored| restored.to_json())
+                        .map_err(|error| {
+                            tracing::warn!(%error, "sign state restore refused");
+                            error.into()
+                        }));
+                }
+                Some(signal) = self.shutdown.recv() => {
+                    tracing::info!(?signal, "shutdown requested during a restore; nothing was restored");
+                    return Err(RunOutcome::Shutdown);
+                }
+                () = watchdog_tick(&mut self.watchdog) => self.notifier.watchdog(),
+            }
+        }
+    }
+
+    /// Run `[host] shutdown-command` after a confirmed `host.shutdown`;
+    /// the node is stopped and the keys are wiped by now.
+    async fn run_host_shutdown_command(&mut self) {
+        // The answer to the confirming call is on its way (the loop
+        // replied before stopping anything): let the connection's task
+        // write it before the command can take the host down. On this
+        // current-thread runtime one yield runs it; the stop, the final
+        // backup and the wipe usually gave it time already.
+        tokio::task::yield_now().await;
+        self.notifier
+            .stopping("host shutdown: running the shutdown command");
+        if let Err(error) = crate::host_shutdown::run_shutdown_command(
+            &self.reaper,
+            &self.config.host.shutdown_command,
+        )
+        .await
+        {
+            tracing::error!(
+                "{error}; the node stays stopped and the supervisor exits anyway (shut the host down by hand)"
+            );
         }
     }
 
@@ -680,6 +836,23 @@ impl Supervisor {
                             self.graceful_stop(&mut daemon, Signal::SIGINT).await;
                             self.lock_reply = Some(reply);
                             return Ok(RunOutcome::LockedByOperator);
+                        }
+                        ControlCommand::Restore { reply, .. } => {
+                            let _ = reply.send(Err(palisade_wire::rpc::RpcError::new(
+                                palisade_wire::rpc::code::WRONG_STATE,
+                                format!(
+                                    "the node is running (pid {}): stop the node first (node.stop); nothing was changed",
+                                    daemon.pid()
+                                ),
+                            )));
+                        }
+                        ControlCommand::HostShutdown { operator, reply } if !reply.is_closed() => {
+                            tracing::warn!(%operator, "host shutdown confirmed over the control RPC: stopping the node");
+                            // Answer first: the operator learns it started
+                            // before the connection goes away with us.
+                            let _ = reply.send(Ok(serde_json::json!({ "node": "stopping" })));
+                            self.graceful_stop(&mut daemon, Signal::SIGINT).await;
+                            return Ok(RunOutcome::HostShutdown);
                         }
                         other => other.refuse(
                             palisade_wire::rpc::code::WRONG_STATE,
@@ -959,7 +1132,11 @@ impl Supervisor {
         let mut record = RecordBuilder::new(&plan, source, detected);
         tracing::info!(upgrade = %plan.name, height = ?plan.height, ?source, "upgrade detected");
         self.set_node(NodeState::Upgrading, None);
-        board(&self.board).scheduled_upgrade = None;
+        {
+            let mut board = board(&self.board);
+            board.scheduled_upgrade = None;
+            board.upgrading = plan_version(&self.config, &plan).ok();
+        }
         self.notifier.status(&format!(
             "upgrade {} detected at height {:?}",
             plan.name, plan.height
@@ -1046,6 +1223,9 @@ impl Supervisor {
                     }
                     record.exclude_from_switch(waited.elapsed());
                     tracing::info!(upgrade = %plan.name, "upgrade binary appeared; retrying the upgrade");
+                    // In progress again: `upgrade.cancel` must not take the
+                    // binary away under the retry.
+                    self.set_node(NodeState::Upgrading, None);
                 }
             }
         }
@@ -1060,10 +1240,13 @@ impl Supervisor {
             tokio::select! {
                 Some(_) = self.shutdown.recv() => return Ok(RunOutcome::Shutdown),
                 () = watchdog_tick(&mut self.watchdog) => self.notifier.watchdog(),
-                Some(command) = self.control.recv() => command.refuse(
-                    palisade_wire::rpc::code::WRONG_STATE,
-                    "the node is halted after a failed upgrade; see the supervisor log",
-                ),
+                Some(command) = self.control.recv() => match accept_host_shutdown(command) {
+                    Ok(()) => return Ok(RunOutcome::HostShutdown),
+                    Err(command) => command.refuse(
+                        palisade_wire::rpc::code::WRONG_STATE,
+                        "the node is halted after a failed upgrade; see the supervisor log",
+                    ),
+                },
             }
         }
     }
@@ -1086,10 +1269,13 @@ impl Supervisor {
         loop {
             tokio::select! {
                 Some(_) = self.shutdown.recv() => return Ok(Some(RunOutcome::Shutdown)),
-                Some(command) = self.control.recv() => command.refuse(
-                    palisade_wire::rpc::code::WRONG_STATE,
-                    format!("the node is halted for upgrade {}: waiting for its binary", plan.name),
-                ),
+                Some(command) = self.control.recv() => match accept_host_shutdown(command) {
+                    Ok(()) => return Ok(Some(RunOutcome::HostShutdown)),
+                    Err(command) => command.refuse(
+                        palisade_wire::rpc::code::WRONG_STATE,
+                        format!("the node is halted for upgrade {}: waiting for its binary", plan.name),
+                    ),
+                },
                 _ = poll.tick() => {
                     if self.watchdog.is_some() {
                         self.notifier.watchdog();

@@ -367,8 +367,25 @@ fn spawn_network(chain: &Netns, dir: &std::path::Path, options: &MeshOptions) ->
     network
 }
 
+/// Whether `pid` still runs a few seconds after its namespace was torn
+/// down: a zombie (dead, not yet reaped — e.g. an orphan whose new parent
+/// is a container's init) counts as gone.
 fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+            !status
+                .lines()
+                .any(|line| line.starts_with("State:") && line.contains('Z'))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while running() {
+        if std::time::Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 fn netns_list() -> String {

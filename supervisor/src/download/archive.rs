@@ -64,6 +64,17 @@ const MAX_SYMLINK_TARGET: u64 = 4096;
 /// `bin/$DAEMON_NAME`, check it, and fsync the tree.
 pub(super) fn unpack_and_check(request: &UnpackRequest) -> Result<ArtifactFormat, DownloadError> {
     let format = detect_format(&request.artifact, &request.url)?;
+    unpack_as(request, format)?;
+    Ok(format)
+}
+
+/// [`unpack_and_check`] with the format decided by the caller (a local
+/// binary staged by path is installed as [`ArtifactFormat::Raw`], whatever
+/// its first bytes look like).
+pub(super) fn unpack_as(
+    request: &UnpackRequest,
+    format: ArtifactFormat,
+) -> Result<(), DownloadError> {
     fs::DirBuilder::new()
         .mode(DIR_MODE)
         .create(&request.tree)
@@ -94,8 +105,7 @@ pub(super) fn unpack_and_check(request: &UnpackRequest) -> Result<ArtifactFormat
         }
     }
     check_binary(&request.tree, &request.daemon_name)?;
-    sync_tree(&request.tree)?;
-    Ok(format)
+    sync_tree(&request.tree)
 }
 
 fn detect_format(artifact: &Path, url: &str) -> Result<ArtifactFormat, DownloadError> {

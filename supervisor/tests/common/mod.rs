@@ -395,3 +395,178 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// A chain whose supervisor has a vault (so it starts locked) and a
+/// control socket; see [`VaultRpc::setup`].
+pub struct VaultRpc {
+    pub chain: Chain,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub tmpfs: PathBuf,
+    pub passphrase: String,
+}
+
+impl Drop for VaultRpc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmpfs);
+    }
+}
+
+impl VaultRpc {
+    /// A chain with block time `block`, `init-vault` with `passphrase`, and
+    /// a config file with `[vault]`, `[backup]` and `[rpc]` (socket in the
+    /// test's directory, name `val1`). `rpc_extra` is written inside
+    /// `[rpc]` (e.g. `idle-timeout = "1s"`), `extra` after it (whole
+    /// sections).
+    pub fn setup(block: Duration, passphrase: &str, rpc_extra: &str, extra: &str) -> VaultRpc {
+        use std::os::unix::fs::PermissionsExt;
+        let chain = Chain::start(&[], block);
+        let dir = chain.dir.path();
+        let passphrase_file = dir.join("passphrase");
+        std::fs::write(&passphrase_file, format!("{passphrase}\n")).unwrap();
+        std::fs::set_permissions(&passphrase_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Unique per test process and per fixture.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let tmpfs = PathBuf::from(format!(
+            "/dev/shm/palisade-vault-rpc-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let socket = dir.join("run").join("supervisor.sock");
+        let config = dir.join("palisade.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[vault]\nswap = \"warn\"\ntmpfs-dir = {tmpfs:?}\nscrypt-work-factor = 10\n\
+                 [backup]\ndebounce = \"100ms\"\nchain-id = \"sim-1\"\n\
+                 [rpc]\nsocket = {socket:?}\nname = \"val1\"\n{rpc_extra}\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let fixture = VaultRpc {
+            chain,
+            config,
+            socket,
+            tmpfs,
+            passphrase: passphrase.to_string(),
+        };
+        let output = fixture
+            .command()
+            .args(["init-vault", "--passphrase-file"])
+            .arg(&passphrase_file)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "init-vault: {output:?}");
+        fixture
+    }
+
+    /// `palisade-supervisor` with this fixture's environment and config.
+    pub fn command(&self) -> Command {
+        self.chain
+            .supervisor_command(&[("PALISADE_CONFIG", self.config.to_str().unwrap())])
+    }
+
+    /// `palisade-supervisor run start`, locked until an unlock.
+    pub fn run(&self) -> Supervisor {
+        self.chain
+            .run_supervisor(&[("PALISADE_CONFIG", self.config.to_str().unwrap())])
+    }
+
+    /// `palisade-ctl --socket SOCKET ARGS…` with `stdin`.
+    pub fn ctl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(workspace_binary("palisade-ctl"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.chain.dir.path())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut input = child.stdin.take().unwrap();
+            if let Some(text) = stdin {
+                input.write_all(text.as_bytes()).unwrap();
+            }
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Unlock with `palisade-ctl unlock --passphrase-stdin`.
+    pub fn unlock(&self) {
+        let output = self.ctl(
+            &["unlock", "--passphrase-stdin"],
+            Some(&format!("{}\n", self.passphrase)),
+        );
+        assert!(output.status.success(), "unlock: {output:?}");
+    }
+}
+
+/// A raw control-RPC connection over the Unix socket, in plaintext: the
+/// tests run as root, so the supervisor treats them as trusted local users
+/// (`docs/rpc.md` §1) and needs neither TLS nor a login.
+pub struct RawRpc {
+    reader: BufReader<std::os::unix::net::UnixStream>,
+    /// The greeting line, parsed.
+    pub greeting: serde_json::Value,
+}
+
+impl RawRpc {
+    /// Connect and read the greeting; every later read waits at most
+    /// `timeout`.
+    pub fn connect(socket: &Path, timeout: Duration) -> std::io::Result<RawRpc> {
+        let stream = std::os::unix::net::UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before the greeting",
+            ));
+        }
+        let greeting = serde_json::from_str(&line).map_err(|error| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("greeting {line:?}: {error}"),
+            )
+        })?;
+        Ok(RawRpc { reader, greeting })
+    }
+
+    /// Write `bytes` as they are.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes)?;
+        stream.flush()
+    }
+
+    /// The next line without its newline; `None` when the server closed.
+    pub fn read_line(&mut self) -> std::io::Result<Option<String>> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line)? {
+            0 => Ok(None),
+            _ => Ok(Some(line.trim_end_matches('\n').to_string())),
+        }
+    }
+
+    /// The underlying socket.
+    pub fn stream(&self) -> &std::os::unix::net::UnixStream {
+        self.reader.get_ref()
+    }
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, …).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}

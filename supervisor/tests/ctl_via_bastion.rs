@@ -1,0 +1,560 @@
+//! `palisade-ctl --via` end to end through a real OpenSSH sshd: the
+//! supervisor publishes its control socket on the bastion over its own
+//! tunnel (reverse Unix-socket forward), and the operator reaches it with
+//! SSH + `direct-streamlocal` + TLS (pinned) + operator login.
+//!
+//! What a compromised bastion sees is recorded: between the operator's
+//! channel and the validator's forwarded socket sits a recording relay on
+//! the bastion (sshd hands it the decrypted channel bytes, exactly what
+//! sshd itself or anyone with root there could read). The recording must
+//! hold neither the passphrase nor any JSON-RPC, and replaying it to the
+//! supervisor must achieve nothing.
+//!
+//! Everything runs as the test's user (root in CI); sshd listens on
+//! loopback only.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Chain, Supervisor};
+use palisade_simchain::testkit::free_port;
+use palisade_testkit::{Sshd, SshdOptions, current_user, ssh_keygen};
+
+const BLOCK: Duration = Duration::from_millis(150);
+const LONG: Duration = Duration::from_secs(40);
+const PASSPHRASE: &str = "via-the-bastion passphrase 7f3a";
+
+/// Bytes of one relayed connection, per direction.
+#[derive(Default, Clone)]
+struct Recorded {
+    to_supervisor: Vec<u8>,
+    to_client: Vec<u8>,
+}
+
+/// A relay on the bastion between `listen` and `target`, recording all
+/// bytes: the view of a compromised bastion.
+struct Recorder {
+    connections: Arc<Mutex<Vec<Arc<Mutex<Recorded>>>>>,
+}
+
+impl Recorder {
+    fn start(listen: &Path, target: &Path) -> Recorder {
+        let listener = UnixListener::bind(listen).unwrap();
+        let connections: Arc<Mutex<Vec<Arc<Mutex<Recorded>>>>> = Arc::default();
+        let all = connections.clone();
+        let target = target.to_path_buf();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = UnixStream::connect(&target) else {
+                    continue;
+                };
+                let record = Arc::new(Mutex::new(Recorded::default()));
+                all.lock().unwrap().push(record.clone());
+                let pump = |mut from: UnixStream, mut to: UnixStream, up: bool| {
+                    let record = record.clone();
+                    std::thread::spawn(move || {
+                        let mut buffer = [0u8; 16 * 1024];
+                        loop {
+                            let read = match from.read(&mut buffer) {
+                                Ok(0) | Err(_) => break,
+                                Ok(read) => read,
+                            };
+                            {
+                                let mut record = record.lock().unwrap();
+                                let direction = if up {
+                                    &mut record.to_supervisor
+                                } else {
+                                    &mut record.to_client
+                                };
+                                direction.extend_from_slice(&buffer[..read]);
+                            }
+                            if to.write_all(&buffer[..read]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    })
+                };
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    true,
+                );
+                pump(server, client, false);
+            }
+        });
+        Recorder { connections }
+    }
+
+    fn recorded(&self) -> Vec<Recorded> {
+        self.connections
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|record| record.lock().unwrap().clone())
+            .collect()
+    }
+}
+
+struct Keys {
+    _dir: tempfile::TempDir,
+    alice: PathBuf,
+    bob: PathBuf,
+    mallory: PathBuf,
+    outsider: PathBuf,
+    tunnel: PathBuf,
+    public: std::collections::HashMap<&'static str, String>,
+}
+
+fn keys() -> Keys {
+    let dir = tempfile::tempdir().unwrap();
+    let mut public = std::collections::HashMap::new();
+    let mut make = |name: &'static str| {
+        let path = dir.path().join(name);
+        public.insert(name, ssh_keygen(&path).unwrap().trim().to_string());
+        path
+    };
+    let alice = make("alice");
+    let bob = make("bob");
+    let mallory = make("mallory");
+    let outsider = make("outsider");
+    let tunnel = make("tunnel");
+    Keys {
+        alice,
+        bob,
+        mallory,
+        outsider,
+        tunnel,
+        public,
+        _dir: dir,
+    }
+}
+
+struct Setup {
+    chain: Chain,
+    config: PathBuf,
+    tmpfs: PathBuf,
+    sshd: Sshd,
+    keys: Keys,
+    pin: String,
+    known_hosts: PathBuf,
+    /// Where sshd publishes the supervisor's socket (the tunnel's forward).
+    forwarded: PathBuf,
+    /// The recording relay in front of it.
+    relayed: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmpfs);
+    }
+}
+
+fn setup() -> Setup {
+    let keys = keys();
+    // The bastion's authorized_keys: the validator's tunnel key may forward
+    // (its reverse socket); the operators' keys may open channels but get
+    // no shell (`command="/bin/false"`). See docs/bastion-sshd.md.
+    let authorized_keys = format!(
+        "restrict,port-forwarding {tunnel}\n\
+         restrict,port-forwarding,command=\"/bin/false\" {alice}\n\
+         restrict,port-forwarding,command=\"/bin/false\" {bob}\n\
+         restrict,port-forwarding,command=\"/bin/false\" {mallory}\n",
+        tunnel = keys.public["tunnel"],
+        alice = keys.public["alice"],
+        bob = keys.public["bob"],
+        mallory = keys.public["mallory"],
+    );
+    let sshd = Sshd::start(SshdOptions::new("127.0.0.1", free_port(), authorized_keys)).unwrap();
+    let forwarded = sshd.path("val1.sock");
+    let relayed = sshd.path("relay.sock");
+
+    let chain = Chain::start(&[], BLOCK);
+    let dir = chain.dir.path();
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(&known_hosts, format!("{}\n", sshd.known_hosts_line())).unwrap();
+    let passphrase_file = dir.join("passphrase");
+    std::fs::write(&passphrase_file, format!("{PASSPHRASE}\n")).unwrap();
+    std::fs::set_permissions(&passphrase_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let tmpfs = PathBuf::from(format!("/dev/shm/palisade-via-test-{}", std::process::id()));
+    let socket = dir.join("run").join("supervisor.sock");
+    let config = dir.join("palisade.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vault]\nswap = \"warn\"\ntmpfs-dir = {tmpfs:?}\nscrypt-work-factor = 10\n\
+             [backup]\ndebounce = \"100ms\"\nchain-id = \"sim-1\"\n\
+             [rpc]\nsocket = {socket:?}\nname = \"val1\"\n\
+             [tunnel]\nkey-file = {tunnel_key:?}\nkeepalive-interval = \"1s\"\n\
+             [[bastion]]\nname = \"b1\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = {user:?}\n\
+             host-key-fingerprints = [{fingerprint:?}]\nrpc-socket = {forwarded:?}\n\
+             [[operator]]\nname = \"alice\"\nkey = {alice:?}\nrole = \"admin\"\n\
+             [[operator]]\nname = \"bob\"\nkey = {bob:?}\nrole = \"viewer\"\n",
+            tunnel_key = keys.tunnel,
+            port = sshd.port(),
+            user = current_user().unwrap(),
+            fingerprint = sshd.fingerprint(),
+            alice = keys.public["alice"],
+            bob = keys.public["bob"],
+        ),
+    )
+    .unwrap();
+    let env = [("PALISADE_CONFIG", config.to_str().unwrap())];
+    let output = chain
+        .supervisor_command(&env)
+        .args(["init-vault", "--passphrase-file"])
+        .arg(&passphrase_file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "init-vault: {output:?}");
+    let output = chain
+        .supervisor_command(&env)
+        .arg("init-rpc")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "init-rpc: {output:?}");
+    let pin = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert!(pin.starts_with("sha256:"), "{pin}");
+    Setup {
+        chain,
+        config,
+        tmpfs,
+        sshd,
+        keys,
+        pin,
+        known_hosts,
+        forwarded,
+        relayed,
+    }
+}
+
+/// One `palisade-ctl` run's connection arguments, alice's by default.
+#[derive(Clone)]
+struct Ctl {
+    args: Vec<String>,
+}
+
+impl Setup {
+    fn run(&self) -> Supervisor {
+        self.chain
+            .run_supervisor(&[("PALISADE_CONFIG", self.config.to_str().unwrap())])
+    }
+
+    fn ctl_as(&self, operator: &str, key: &Path) -> Ctl {
+        let via = format!("{}@127.0.0.1:{}", current_user().unwrap(), self.sshd.port());
+        Ctl {
+            args: vec![
+                "--via".into(),
+                via,
+                "--remote-socket".into(),
+                self.relayed.display().to_string(),
+                "--known-hosts".into(),
+                self.known_hosts.display().to_string(),
+                "--pin".into(),
+                self.pin.clone(),
+                "--operator".into(),
+                operator.into(),
+                "--key".into(),
+                key.display().to_string(),
+                "--timeout".into(),
+                "20".into(),
+            ],
+        }
+    }
+
+    fn alice(&self) -> Ctl {
+        self.ctl_as("alice", &self.keys.alice)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let output = self.alice().run(&self.chain, &["--json", "status"], None);
+        assert!(output.status.success(), "status: {output:?}");
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+impl Ctl {
+    /// Replace the value of `flag` (or add it).
+    fn with(mut self, flag: &str, value: &str) -> Ctl {
+        match self.args.iter().position(|arg| arg == flag) {
+            Some(index) => self.args[index + 1] = value.to_string(),
+            None => self.args.extend([flag.to_string(), value.to_string()]),
+        }
+        self
+    }
+
+    fn run(&self, chain: &Chain, command: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(common::workspace_binary("palisade-ctl"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", chain.dir.path())
+            .args(&self.args)
+            .args(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut input = child.stdin.take().unwrap();
+            if let Some(text) = stdin {
+                input.write_all(text.as_bytes()).unwrap();
+            }
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+/// A `palisade-ctl` run that must be refused: exit `code`, every
+/// `expected` fragment in its message.
+struct Refusal {
+    what: &'static str,
+    ctl: Ctl,
+    command: &'static [&'static str],
+    code: i32,
+    expected: Vec<String>,
+}
+
+impl Refusal {
+    fn new(
+        what: &'static str,
+        ctl: Ctl,
+        command: &'static [&'static str],
+        code: i32,
+        expected: Vec<String>,
+    ) -> Refusal {
+        Refusal {
+            what,
+            ctl,
+            command,
+            code,
+            expected,
+        }
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+#[test]
+fn unlock_through_a_bastion_shows_the_bastion_nothing() {
+    let setup = setup();
+    let supervisor = setup.run();
+    supervisor.wait_for_line("vault is locked", LONG);
+    common::wait_until(LONG, "the forwarded control socket on the bastion", || {
+        setup.forwarded.exists()
+    });
+    let recorder = Recorder::start(&setup.relayed, &setup.forwarded);
+
+    let status = setup.status();
+    assert_eq!(status["node"]["state"], "locked", "{status}");
+    assert_eq!(status["vault"]["locked"], true, "{status}");
+
+    // Refusals, each with a clear message and the documented exit code.
+    let chain = &setup.chain;
+    let other_fingerprint = {
+        let output = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(setup.keys.outsider.with_extension("pub"))
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let empty_known_hosts = chain.dir.path().join("known_hosts.empty");
+    std::fs::write(&empty_known_hosts, "").unwrap();
+    let wrong_pin = format!("sha256:{}", "0".repeat(64));
+    let not_there = setup.sshd.path("val9.sock").display().to_string();
+    let cases: Vec<Refusal> = vec![
+        Refusal::new(
+            "a changed bastion host key",
+            setup
+                .alice()
+                .with("--known-hosts", empty_known_hosts.to_str().unwrap())
+                .with("--host-key", &other_fingerprint),
+            &["status"],
+            3,
+            vec![
+                "HOST KEY CHANGED".into(),
+                other_fingerprint.clone(),
+                setup.sshd.fingerprint().into(),
+            ],
+        ),
+        Refusal::new(
+            "an unknown bastion host key",
+            setup
+                .alice()
+                .with("--known-hosts", empty_known_hosts.to_str().unwrap()),
+            &["status"],
+            3,
+            vec!["is unknown".into(), setup.sshd.fingerprint().into()],
+        ),
+        Refusal::new(
+            "a wrong certificate pin",
+            setup.alice().with("--pin", &wrong_pin),
+            &["status"],
+            3,
+            vec![wrong_pin.clone(), setup.pin.clone(), "is pinned".into()],
+        ),
+        Refusal::new(
+            "an SSH key the bastion does not know",
+            setup
+                .alice()
+                .with("--ssh-key", setup.keys.outsider.to_str().unwrap()),
+            &["status"],
+            4,
+            vec!["rejected public-key authentication".into()],
+        ),
+        Refusal::new(
+            "a key that is not an operator's",
+            setup.ctl_as("alice", &setup.keys.mallory),
+            &["status"],
+            4,
+            vec!["log in".into()],
+        ),
+        Refusal::new(
+            "a viewer unlocking",
+            setup.ctl_as("bob", &setup.keys.bob),
+            &["unlock", "--passphrase-stdin"],
+            4,
+            vec!["role".into()],
+        ),
+        Refusal::new(
+            "a validator that has no socket on the bastion",
+            setup.alice().with("--remote-socket", &not_there),
+            &["status"],
+            3,
+            vec!["val9.sock".into(), "connect failed".into()],
+        ),
+    ];
+    for Refusal {
+        what,
+        ctl,
+        command,
+        code,
+        expected,
+    } in cases
+    {
+        let output = ctl.run(chain, command, Some(&format!("{PASSPHRASE}\n")));
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(code), "{what}: {output:?}");
+        for needle in expected {
+            assert!(
+                message.contains(&needle),
+                "{what}: {needle:?} not in {message}"
+            );
+        }
+        assert!(!message.contains(PASSPHRASE), "{what}: {message}");
+    }
+    assert_eq!(setup.status()["vault"]["locked"], true);
+
+    // The unlock itself, through the bastion.
+    let unlocked = setup.alice().run(
+        chain,
+        &["unlock", "--passphrase-stdin"],
+        Some(&format!("{PASSPHRASE}\n")),
+    );
+    assert!(unlocked.status.success(), "unlock: {unlocked:?}");
+    chain.wait_signing(3, LONG);
+    let viewer = setup
+        .ctl_as("bob", &setup.keys.bob)
+        .run(chain, &["--json", "status"], None);
+    assert!(viewer.status.success(), "viewer status: {viewer:?}");
+    let status: serde_json::Value = serde_json::from_slice(&viewer.stdout).unwrap();
+    assert_eq!(status["vault"]["locked"], false, "{status}");
+    assert_eq!(status["node"]["state"], "running", "{status}");
+
+    // What the bastion saw: a greeting, then TLS records only.
+    let recorded = recorder.recorded();
+    assert!(
+        recorded.len() >= 5,
+        "expected every relayed run to be recorded, got {}",
+        recorded.len()
+    );
+    let mut tls_sessions = 0;
+    for connection in &recorded {
+        let greeting_end = connection
+            .to_client
+            .iter()
+            .position(|&byte| byte == b'\n')
+            .expect("every connection starts with the greeting");
+        let greeting = std::str::from_utf8(&connection.to_client[..greeting_end]).unwrap();
+        assert!(greeting.contains("val1"), "{greeting}");
+        if let Some(&first) = connection.to_supervisor.first() {
+            // 0x16: a TLS handshake record. Nothing precedes it.
+            assert_eq!(first, 0x16, "the client spoke before TLS");
+            tls_sessions += 1;
+        }
+        for needle in [
+            PASSPHRASE.as_bytes(),
+            b"jsonrpc",
+            b"\"method\"",
+            b"vault.unlock",
+            b"auth.login",
+            b"alice",
+            b"watermark",
+        ] {
+            for (direction, bytes) in [
+                ("to the supervisor", connection.to_supervisor.as_slice()),
+                ("to the client", &connection.to_client[greeting_end..]),
+            ] {
+                assert!(
+                    !contains(bytes, needle),
+                    "{:?} in clear {direction} through the bastion",
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+    }
+    assert!(tls_sessions >= 5, "{tls_sessions} TLS sessions recorded");
+
+    // Lock, then replay everything the bastion recorded straight into the
+    // validator's socket: a bastion that replays an unlock achieves nothing.
+    let locked = setup.alice().run(chain, &["lock"], None);
+    assert!(locked.status.success(), "lock: {locked:?}");
+    common::wait_until(LONG, "the vault to be locked", || {
+        setup.status()["vault"]["locked"] == true
+    });
+    let unlocks_before = supervisor.count_lines("vault unlocked");
+    for connection in &recorded {
+        if connection.to_supervisor.is_empty() {
+            continue;
+        }
+        let mut socket = UnixStream::connect(&setup.forwarded).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut greeting = [0u8; 1];
+        while socket.read(&mut greeting).unwrap() == 1 && greeting[0] != b'\n' {}
+        let _ = socket.write_all(&connection.to_supervisor);
+        let mut answer = Vec::new();
+        let _ = socket.read_to_end(&mut answer);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let status = setup.status();
+    assert_eq!(status["vault"]["locked"], true, "replay unlocked: {status}");
+    assert_eq!(supervisor.count_lines("vault unlocked"), unlocks_before);
+
+    let output = supervisor.stop();
+    assert!(!output.contains(PASSPHRASE));
+    chain.assert_no_double_sign();
+}
