@@ -203,8 +203,17 @@ async fn pinned_host_key_carries_reverse_unix_and_local_tcp_forwards() {
     local.write_all(message).await.unwrap();
     let mut answer = vec![0; message.len()];
     local.read_exact(&mut answer).await.unwrap();
-    let counted = tunnel.snapshot();
+    // A pump counts the bytes it has just written, so the reader may see
+    // them a moment before the counter does: wait briefly for it.
     let both_ways = 2 * message.len() as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut counted = tunnel.snapshot();
+    while (counted.bytes_to_bastion, counted.bytes_from_bastion) != (both_ways, both_ways)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        counted = tunnel.snapshot();
+    }
     assert_eq!(
         (counted.bytes_to_bastion, counted.bytes_from_bastion),
         (both_ways, both_ways),
