@@ -291,12 +291,14 @@ pub enum Command {
     },
     /// Lock the key vault: final backup, decrypted keys wiped.
     Lock,
-    /// Show upgrades: with --home, the upgrade record on this disk (no
-    /// RPC; $DAEMON_HOME/cosmovisor/palisade-upgrades.jsonl); otherwise
-    /// the supervisor's staged and pending upgrades.
+    /// Show upgrades: the supervisor's staged and pending upgrades and the
+    /// last records (upgrade.list); with --home, the upgrade record on this
+    /// disk instead (no RPC; <home>/cosmovisor/palisade-upgrades.jsonl).
     Upgrades {
-        /// The node's home (DAEMON_HOME), e.g. /home/gaia/.gaia.
-        #[arg(long, env = "DAEMON_HOME", value_name = "DAEMON_HOME")]
+        /// Read the record offline from this node home (DAEMON_HOME), e.g.
+        /// /home/gaia/.gaia. Only when given: an exported DAEMON_HOME does
+        /// not turn the RPC call into a disk read.
+        #[arg(long, value_name = "DAEMON_HOME")]
         home: Option<PathBuf>,
     },
     /// Stage or cancel an upgrade binary.
