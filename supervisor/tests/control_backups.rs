@@ -15,101 +15,39 @@
 
 mod common;
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Chain, Supervisor};
+use common::{Supervisor, VaultRpc};
 use serde_json::Value;
 
 const BLOCK: Duration = Duration::from_millis(150);
 const LONG: Duration = Duration::from_secs(40);
 const PASSPHRASE: &str = "control backups passphrase";
 
-struct Fixture {
-    chain: Chain,
-    config: PathBuf,
-    socket: PathBuf,
-    tmpfs: PathBuf,
-}
+/// The shared vault-and-RPC fixture ([`common::VaultRpc`]).
+struct Fixture(VaultRpc);
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.tmpfs);
+impl std::ops::Deref for Fixture {
+    type Target = VaultRpc;
+
+    fn deref(&self) -> &VaultRpc {
+        &self.0
     }
 }
 
 /// A chain, a vault, and a config with `extra` appended (whole sections).
-fn setup(name: &str, extra: &str) -> Fixture {
-    let chain = Chain::start(&[], BLOCK);
-    let dir = chain.dir.path();
-    let passphrase_file = dir.join("passphrase");
-    std::fs::write(&passphrase_file, format!("{PASSPHRASE}\n")).unwrap();
-    std::fs::set_permissions(&passphrase_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let tmpfs = PathBuf::from(format!(
-        "/dev/shm/palisade-backups-test-{name}-{}",
-        std::process::id()
-    ));
-    let socket = dir.join("run").join("supervisor.sock");
-    let config = dir.join("palisade.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vault]\nswap = \"warn\"\ntmpfs-dir = {tmpfs:?}\nscrypt-work-factor = 10\n\
-             [backup]\ndebounce = \"100ms\"\nchain-id = \"sim-1\"\n\
-             [rpc]\nsocket = {socket:?}\nname = \"val1\"\n{extra}"
-        ),
-    )
-    .unwrap();
-    let fixture = Fixture {
-        chain,
-        config,
-        socket,
-        tmpfs,
-    };
-    let output = fixture
-        .chain
-        .supervisor_command(&[("PALISADE_CONFIG", fixture.config.to_str().unwrap())])
-        .args(["init-vault", "--passphrase-file"])
-        .arg(&passphrase_file)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "init-vault: {output:?}");
-    fixture
+fn setup(extra: &str) -> Fixture {
+    Fixture(VaultRpc::setup(BLOCK, PASSPHRASE, "", extra))
 }
 
 impl Fixture {
+    /// Runs the supervisor and waits until it is locked and answering.
     fn run(&self) -> Supervisor {
-        let supervisor = self
-            .chain
-            .run_supervisor(&[("PALISADE_CONFIG", self.config.to_str().unwrap())]);
+        let supervisor = self.0.run();
         supervisor.wait_for_line("vault is locked", LONG);
         common::wait_until(LONG, "the control socket", || self.socket.exists());
         supervisor
-    }
-
-    fn ctl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(common::workspace_binary("palisade-ctl"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.chain.dir.path())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            let mut input = child.stdin.take().unwrap();
-            if let Some(text) = stdin {
-                input.write_all(text.as_bytes()).unwrap();
-            }
-        }
-        child.wait_with_output().unwrap()
     }
 
     /// A call that must succeed; its `--json` result.
@@ -185,7 +123,7 @@ fn state_at(height: u64) -> String {
 
 #[test]
 fn backups_are_listed_and_restored_without_ever_lowering_the_sign_state() {
-    let fixture = setup("restore", "");
+    let fixture = setup("");
     let supervisor = fixture.run();
 
     // Locked: the listing needs no secret; a restore cannot decrypt.
@@ -364,13 +302,10 @@ fn backups_are_listed_and_restored_without_ever_lowering_the_sign_state() {
 fn host_shutdown_is_confirmed_then_stops_backs_up_wipes_and_runs_the_command() {
     let probe = tempfile::tempdir().unwrap();
     let marker = probe.path().join("host-shut-down");
-    let fixture = setup(
-        "shutdown",
-        &format!(
-            "[host]\nshutdown-command = [\"/bin/sh\", \"-c\", \"echo poweroff > '{}'\"]\n",
-            marker.display()
-        ),
-    );
+    let fixture = setup(&format!(
+        "[host]\nshutdown-command = [\"/bin/sh\", \"-c\", \"echo poweroff > '{}'\"]\n",
+        marker.display()
+    ));
     let mut supervisor = fixture.run();
     fixture.unlock();
     fixture.chain.wait_signing(3, LONG);

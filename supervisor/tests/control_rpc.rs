@@ -6,94 +6,22 @@
 
 mod common;
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Chain, Supervisor};
+use common::VaultRpc;
 
 const BLOCK: Duration = Duration::from_millis(150);
 const LONG: Duration = Duration::from_secs(40);
 const PASSPHRASE: &str = "control rpc passphrase";
 
-struct Locked {
-    chain: Chain,
-    config: PathBuf,
-    socket: PathBuf,
-    tmpfs: PathBuf,
-}
-
-impl Drop for Locked {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.tmpfs);
-    }
-}
+/// The shared vault-and-RPC fixture, started locked.
+type Locked = VaultRpc;
 
 fn setup() -> Locked {
-    let chain = Chain::start(&[], BLOCK);
-    let dir = chain.dir.path();
-    let passphrase_file = dir.join("passphrase");
-    std::fs::write(&passphrase_file, format!("{PASSPHRASE}\n")).unwrap();
-    std::fs::set_permissions(&passphrase_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let tmpfs = PathBuf::from(format!("/dev/shm/palisade-ctl-test-{}", std::process::id()));
-    let socket = dir.join("run").join("supervisor.sock");
-    let config = dir.join("palisade.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vault]\nswap = \"warn\"\ntmpfs-dir = {tmpfs:?}\nscrypt-work-factor = 10\n\
-             [backup]\ndebounce = \"100ms\"\nchain-id = \"sim-1\"\n\
-             [rpc]\nsocket = {socket:?}\nname = \"val1\"\n"
-        ),
-    )
-    .unwrap();
-    let locked = Locked {
-        chain,
-        config,
-        socket,
-        tmpfs,
-    };
-    let output = locked
-        .chain
-        .supervisor_command(&[("PALISADE_CONFIG", locked.config.to_str().unwrap())])
-        .args(["init-vault", "--passphrase-file"])
-        .arg(&passphrase_file)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "init-vault: {output:?}");
-    locked
+    VaultRpc::setup(BLOCK, PASSPHRASE, "", "")
 }
 
-impl Locked {
-    fn run(&self) -> Supervisor {
-        self.chain
-            .run_supervisor(&[("PALISADE_CONFIG", self.config.to_str().unwrap())])
-    }
-
-    fn ctl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(common::workspace_binary("palisade-ctl"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.chain.dir.path())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            let mut input = child.stdin.take().unwrap();
-            if let Some(text) = stdin {
-                input.write_all(text.as_bytes()).unwrap();
-            }
-        }
-        child.wait_with_output().unwrap()
-    }
-
+impl VaultRpc {
     fn status(&self) -> serde_json::Value {
         let output = self.ctl(&["--json", "status"], None);
         assert!(output.status.success(), "status: {output:?}");
