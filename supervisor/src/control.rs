@@ -71,6 +71,38 @@ pub enum ControlCommand {
 }
 
 impl ControlCommand {
+    fn reply(&self) -> &Reply {
+        match self {
+            ControlCommand::Unlock { reply, .. }
+            | ControlCommand::NodeStop { reply }
+            | ControlCommand::NodeStart { reply }
+            | ControlCommand::NodeRestart { reply }
+            | ControlCommand::Lock { reply }
+            | ControlCommand::Restore { reply, .. }
+            | ControlCommand::HostShutdown { reply, .. } => reply,
+        }
+    }
+
+    /// The RPC method that sent it, for logs.
+    pub fn method(&self) -> &'static str {
+        match self {
+            ControlCommand::Unlock { .. } => "vault.unlock",
+            ControlCommand::NodeStop { .. } => "node.stop",
+            ControlCommand::NodeStart { .. } => "node.start",
+            ControlCommand::NodeRestart { .. } => "node.restart",
+            ControlCommand::Lock { .. } => "vault.lock",
+            ControlCommand::Restore { .. } => "backup.restore",
+            ControlCommand::HostShutdown { .. } => "host.shutdown",
+        }
+    }
+
+    /// Whether the caller still waits for the answer. It stops waiting when
+    /// the loop was busy past [`LOOP_ANSWER_TIMEOUT`] (and was told so), or its
+    /// connection went away.
+    pub fn caller_waiting(&self) -> bool {
+        !self.reply().is_closed()
+    }
+
     /// Answer the command without acting on it.
     pub fn refuse(self, code: i64, message: impl Into<String>) {
         let reply = match self {
@@ -83,6 +115,25 @@ impl ControlCommand {
             | ControlCommand::HostShutdown { reply, .. } => reply,
         };
         let _ = reply.send(Err(RpcError::new(code, message)));
+    }
+}
+
+/// The next command whose caller still waits for it. A command whose
+/// caller gave up (the loop was busy, the operator was told to try again)
+/// is dropped with a warning, never carried out late: an operator must not
+/// find the node stopped minutes after being told the call failed.
+pub async fn recv_live(
+    commands: &mut tokio::sync::mpsc::Receiver<ControlCommand>,
+) -> Option<ControlCommand> {
+    loop {
+        let command = commands.recv().await?;
+        if command.caller_waiting() {
+            return Some(command);
+        }
+        tracing::warn!(
+            method = command.method(),
+            "a control command arrived after its caller stopped waiting; not carried out"
+        );
     }
 }
 
@@ -640,4 +691,33 @@ fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commands_whose_caller_gave_up_are_dropped_not_carried_out() {
+        let (commands, mut inbox) = tokio::sync::mpsc::channel(4);
+        // A caller that stopped waiting (its receiver is gone) …
+        let (reply, answer) = oneshot::channel();
+        drop(answer);
+        commands
+            .send(ControlCommand::NodeStop { reply })
+            .await
+            .unwrap();
+        // … and one still waiting.
+        let (reply, mut answer) = oneshot::channel();
+        commands
+            .send(ControlCommand::NodeStart { reply })
+            .await
+            .unwrap();
+        drop(commands);
+        let live = recv_live(&mut inbox).await.expect("the waiting command");
+        assert_eq!(live.method(), "node.start");
+        live.refuse(code::WRONG_STATE, "test");
+        assert!(answer.try_recv().unwrap().is_err());
+        assert!(recv_live(&mut inbox).await.is_none());
+    }
 }

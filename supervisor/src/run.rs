@@ -576,7 +576,7 @@ impl Supervisor {
                     self.notifier.watchdog();
                     continue;
                 }
-                Some(command) = self.control.recv() => command,
+                Some(command) = crate::control::recv_live(&mut self.control) => command,
             };
             let command = match command {
                 ControlCommand::HostShutdown { operator, reply } if !reply.is_closed() => {
@@ -654,7 +654,7 @@ impl Supervisor {
             tokio::select! {
                 Some(_) = self.shutdown.recv() => return Some(RunOutcome::Shutdown),
                 () = watchdog_tick(&mut self.watchdog) => self.notifier.watchdog(),
-                Some(command) = self.control.recv() => match command {
+                Some(command) = crate::control::recv_live(&mut self.control) => match command {
                     ControlCommand::NodeStart { reply } | ControlCommand::NodeRestart { reply } => {
                         tracing::info!("node start requested over the control RPC");
                         let _ = reply.send(Ok(serde_json::json!({ "node": "starting" })));
@@ -990,7 +990,7 @@ impl Supervisor {
             Some(signal) = self.shutdown.recv() => Wake::Shutdown(signal),
             () = watchdog => Wake::Watchdog,
             _ = self.scheduled_check.tick(), if self.scheduled.is_some() => Wake::CheckScheduled,
-            Some(command) = self.control.recv() => Wake::Control(command),
+            Some(command) = crate::control::recv_live(&mut self.control) => Wake::Control(command),
         }
     }
 
@@ -1240,7 +1240,7 @@ impl Supervisor {
             tokio::select! {
                 Some(_) = self.shutdown.recv() => return Ok(RunOutcome::Shutdown),
                 () = watchdog_tick(&mut self.watchdog) => self.notifier.watchdog(),
-                Some(command) = self.control.recv() => match accept_host_shutdown(command) {
+                Some(command) = crate::control::recv_live(&mut self.control) => match accept_host_shutdown(command) {
                     Ok(()) => return Ok(RunOutcome::HostShutdown),
                     Err(command) => command.refuse(
                         palisade_wire::rpc::code::WRONG_STATE,
@@ -1269,7 +1269,7 @@ impl Supervisor {
         loop {
             tokio::select! {
                 Some(_) = self.shutdown.recv() => return Ok(Some(RunOutcome::Shutdown)),
-                Some(command) = self.control.recv() => match accept_host_shutdown(command) {
+                Some(command) = crate::control::recv_live(&mut self.control) => match accept_host_shutdown(command) {
                     Ok(()) => return Ok(Some(RunOutcome::HostShutdown)),
                     Err(command) => command.refuse(
                         palisade_wire::rpc::code::WRONG_STATE,
