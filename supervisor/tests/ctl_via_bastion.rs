@@ -16,14 +16,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Chain, Supervisor};
+use common::{Chain, Supervisor, VaultRpc};
 use palisade_simchain::testkit::free_port;
 use palisade_testkit::{Sshd, SshdOptions, current_user, ssh_keygen};
 
@@ -139,9 +138,9 @@ fn keys() -> Keys {
 }
 
 struct Setup {
-    chain: Chain,
-    config: PathBuf,
-    tmpfs: PathBuf,
+    /// The chain, the vault and the supervisor's config (`[rpc]` and the
+    /// sections below).
+    vault: VaultRpc,
     sshd: Sshd,
     keys: Keys,
     pin: String,
@@ -150,12 +149,6 @@ struct Setup {
     forwarded: PathBuf,
     /// The recording relay in front of it.
     relayed: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.tmpfs);
-    }
 }
 
 fn setup() -> Setup {
@@ -177,23 +170,12 @@ fn setup() -> Setup {
     let forwarded = sshd.path("val1.sock");
     let relayed = sshd.path("relay.sock");
 
-    let chain = Chain::start(&[], BLOCK);
-    let dir = chain.dir.path();
-    let known_hosts = dir.join("known_hosts");
-    std::fs::write(&known_hosts, format!("{}\n", sshd.known_hosts_line())).unwrap();
-    let passphrase_file = dir.join("passphrase");
-    std::fs::write(&passphrase_file, format!("{PASSPHRASE}\n")).unwrap();
-    std::fs::set_permissions(&passphrase_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let tmpfs = PathBuf::from(format!("/dev/shm/palisade-via-test-{}", std::process::id()));
-    let socket = dir.join("run").join("supervisor.sock");
-    let config = dir.join("palisade.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vault]\nswap = \"warn\"\ntmpfs-dir = {tmpfs:?}\nscrypt-work-factor = 10\n\
-             [backup]\ndebounce = \"100ms\"\nchain-id = \"sim-1\"\n\
-             [rpc]\nsocket = {socket:?}\nname = \"val1\"\n\
-             [tunnel]\nkey-file = {tunnel_key:?}\nkeepalive-interval = \"1s\"\n\
+    let vault = VaultRpc::setup(
+        BLOCK,
+        PASSPHRASE,
+        "",
+        &format!(
+            "[tunnel]\nkey-file = {tunnel_key:?}\nkeepalive-interval = \"1s\"\n\
              [[bastion]]\nname = \"b1\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = {user:?}\n\
              host-key-fingerprints = [{fingerprint:?}]\nrpc-socket = {forwarded:?}\n\
              [[operator]]\nname = \"alice\"\nkey = {alice:?}\nrole = \"admin\"\n\
@@ -205,28 +187,15 @@ fn setup() -> Setup {
             alice = keys.public["alice"],
             bob = keys.public["bob"],
         ),
-    )
-    .unwrap();
-    let env = [("PALISADE_CONFIG", config.to_str().unwrap())];
-    let output = chain
-        .supervisor_command(&env)
-        .args(["init-vault", "--passphrase-file"])
-        .arg(&passphrase_file)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "init-vault: {output:?}");
-    let output = chain
-        .supervisor_command(&env)
-        .arg("init-rpc")
-        .output()
-        .unwrap();
+    );
+    let known_hosts = vault.chain.dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, format!("{}\n", sshd.known_hosts_line())).unwrap();
+    let output = vault.command().arg("init-rpc").output().unwrap();
     assert!(output.status.success(), "init-rpc: {output:?}");
     let pin = String::from_utf8(output.stdout).unwrap().trim().to_string();
     assert!(pin.starts_with("sha256:"), "{pin}");
     Setup {
-        chain,
-        config,
-        tmpfs,
+        vault,
         sshd,
         keys,
         pin,
@@ -244,8 +213,7 @@ struct Ctl {
 
 impl Setup {
     fn run(&self) -> Supervisor {
-        self.chain
-            .run_supervisor(&[("PALISADE_CONFIG", self.config.to_str().unwrap())])
+        self.vault.run()
     }
 
     fn ctl_as(&self, operator: &str, key: &Path) -> Ctl {
@@ -275,7 +243,9 @@ impl Setup {
     }
 
     fn status(&self) -> serde_json::Value {
-        let output = self.alice().run(&self.chain, &["--json", "status"], None);
+        let output = self
+            .alice()
+            .run(&self.vault.chain, &["--json", "status"], None);
         assert!(output.status.success(), "status: {output:?}");
         serde_json::from_slice(&output.stdout).unwrap()
     }
@@ -292,24 +262,13 @@ impl Ctl {
     }
 
     fn run(&self, chain: &Chain, command: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(common::workspace_binary("palisade-ctl"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", chain.dir.path())
-            .args(&self.args)
-            .args(command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            let mut input = child.stdin.take().unwrap();
-            if let Some(text) = stdin {
-                input.write_all(text.as_bytes()).unwrap();
-            }
-        }
-        child.wait_with_output().unwrap()
+        let args: Vec<&str> = self
+            .args
+            .iter()
+            .map(String::as_str)
+            .chain(command.iter().copied())
+            .collect();
+        common::run_ctl(chain.dir.path(), &args, stdin)
     }
 }
 
@@ -366,7 +325,7 @@ fn unlock_through_a_bastion_shows_the_bastion_nothing() {
     assert_eq!(status["vault"]["locked"], true, "{status}");
 
     // Refusals, each with a clear message and the documented exit code.
-    let chain = &setup.chain;
+    let chain = &setup.vault.chain;
     let other_fingerprint = {
         let output = Command::new("ssh-keygen")
             .arg("-lf")

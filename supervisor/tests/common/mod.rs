@@ -474,26 +474,9 @@ impl VaultRpc {
 
     /// `palisade-ctl --socket SOCKET ARGS…` with `stdin`.
     pub fn ctl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        use std::io::Write;
-        let mut child = Command::new(workspace_binary("palisade-ctl"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.chain.dir.path())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            let mut input = child.stdin.take().unwrap();
-            if let Some(text) = stdin {
-                input.write_all(text.as_bytes()).unwrap();
-            }
-        }
-        child.wait_with_output().unwrap()
+        let socket = self.socket.to_str().unwrap();
+        let all: Vec<&str> = ["--socket", socket].iter().chain(args).copied().collect();
+        run_ctl(self.chain.dir.path(), &all, stdin)
     }
 
     /// Unlock with `palisade-ctl unlock --passphrase-stdin`.
@@ -504,6 +487,29 @@ impl VaultRpc {
         );
         assert!(output.status.success(), "unlock: {output:?}");
     }
+}
+
+/// The real `palisade-ctl` with `args`, `stdin` written then closed, a
+/// clean environment (PATH only) and `home` as HOME (no config file there).
+pub fn run_ctl(home: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(workspace_binary("palisade-ctl"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// A raw control-RPC connection over the Unix socket, in plaintext: the
