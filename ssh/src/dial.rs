@@ -98,6 +98,62 @@ impl client::Handler for Pinned {
     }
 }
 
+/// Why [`login`] failed, before the caller names it in its own error type.
+#[derive(Debug)]
+pub enum LoginError<E> {
+    /// The TCP connection failed.
+    Connect(std::io::Error),
+    /// Connect, handshake and authentication did not finish in time.
+    Timeout,
+    /// sshd did not accept the public key for this user.
+    Rejected,
+    /// The handshake or the authentication failed (the handler's error,
+    /// e.g. a refused host key, or a protocol error converted into it).
+    Ssh(E),
+}
+
+/// TCP connect (no Nagle), SSH handshake with `handler` (which checks the
+/// host key), then public-key authentication as `user`, all within
+/// `timeout`. Shared by [`dial`] and the supervisor's tunnels, which differ
+/// only in their handler and error type.
+pub async fn login<H>(
+    host: &str,
+    port: u16,
+    user: &str,
+    key: russh::keys::PrivateKey,
+    config: Arc<client::Config>,
+    handler: H,
+    timeout: Duration,
+) -> Result<client::Handle<H>, LoginError<H::Error>>
+where
+    H: client::Handler + 'static,
+    H::Error: From<russh::Error>,
+{
+    let attempt = async {
+        let stream = TcpStream::connect((host, port))
+            .await
+            .map_err(LoginError::Connect)?;
+        stream.set_nodelay(true).ok();
+        let mut handle = client::connect_stream(config, stream, handler)
+            .await
+            .map_err(LoginError::Ssh)?;
+        let auth = handle
+            .authenticate_publickey(
+                user.to_string(),
+                PrivateKeyWithHashAlg::new(Arc::new(key), None),
+            )
+            .await
+            .map_err(|error| LoginError::Ssh(H::Error::from(error)))?;
+        if !auth.success() {
+            return Err(LoginError::Rejected);
+        }
+        Ok(handle)
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Err(LoginError::Timeout))
+}
+
 /// An authenticated SSH connection to a bastion.
 pub struct Link {
     handle: Arc<client::Handle<Pinned>>,
@@ -129,32 +185,32 @@ pub async fn dial(dial: &Dial) -> Result<Link, DialError> {
         inactivity_timeout: None,
         ..client::Config::default()
     });
-    let handshake = async {
-        let stream = TcpStream::connect((dial.host.as_str(), dial.port))
-            .await
-            .map_err(|source| DialError::Connect {
-                address: address.clone(),
-                source,
-            })?;
-        stream.set_nodelay(true).ok();
-        let mut handle = client::connect_stream(config, stream, handler).await?;
-        let auth = handle
-            .authenticate_publickey(
-                dial.user.clone(),
-                PrivateKeyWithHashAlg::new(Arc::new(key), None),
-            )
-            .await?;
-        if !auth.success() {
+    let attempt = login(
+        &dial.host,
+        dial.port,
+        &dial.user,
+        key,
+        config,
+        handler,
+        dial.timeout,
+    )
+    .await;
+    let handle = match attempt {
+        Ok(handle) => handle,
+        Err(LoginError::Connect(source)) => return Err(DialError::Connect { address, source }),
+        Err(LoginError::Timeout) => {
+            return Err(DialError::Timeout {
+                address,
+                timeout: dial.timeout,
+            });
+        }
+        Err(LoginError::Rejected) => {
             return Err(DialError::AuthenticationRejected {
-                address: address.clone(),
+                address,
                 user: dial.user.clone(),
             });
         }
-        Ok(handle)
-    };
-    let handle = match tokio::time::timeout(dial.timeout, handshake).await {
-        Ok(Ok(handle)) => handle,
-        Ok(Err(error)) => {
+        Err(LoginError::Ssh(error)) => {
             // A refused host key can surface as a generic russh error;
             // report the policy's reason, which names the fingerprints.
             let refused = refused.lock().expect("not poisoned").take();
@@ -164,12 +220,6 @@ pub async fn dial(dial: &Dial) -> Result<Link, DialError> {
                     format!("host key refused: {reason}"),
                 ))),
                 (error, None) => error,
-            });
-        }
-        Err(_) => {
-            return Err(DialError::Timeout {
-                address,
-                timeout: dial.timeout,
             });
         }
     };

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use palisade_ssh::dial::LoginError;
 use russh::client::{self, Msg};
-use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate, load_secret_key};
+use russh::keys::{PublicKeyOrCertificate, load_secret_key};
 use russh::{Channel, ChannelOpenFailure};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
@@ -417,35 +418,31 @@ impl BastionConnection {
             disconnect_reason: disconnect_reason.clone(),
             _closed_on_drop: closed.clone().drop_guard(),
         };
-        let handshake = async {
-            let stream = TcpStream::connect((config.host.as_str(), config.port))
-                .await
-                .map_err(|source| TunnelError::Connect {
-                    address: address.clone(),
-                    source,
-                })?;
-            stream.set_nodelay(true).ok();
-            let mut handle = client::connect_stream(ssh_config, stream, handler).await?;
-            let auth = handle
-                .authenticate_publickey(
-                    config.user.clone(),
-                    PrivateKeyWithHashAlg::new(Arc::new(key), None),
-                )
-                .await?;
-            if !auth.success() {
-                return Err(TunnelError::AuthenticationRejected {
-                    host: address.clone(),
-                    user: config.user.clone(),
-                });
-            }
-            Ok(handle)
-        };
-        let handle = tokio::time::timeout(config.connect_timeout, handshake)
-            .await
-            .map_err(|_| TunnelError::ConnectTimeout {
+        let attempt = palisade_ssh::dial::login(
+            &config.host,
+            config.port,
+            &config.user,
+            key,
+            ssh_config,
+            handler,
+            config.connect_timeout,
+        )
+        .await;
+        let handle = attempt.map_err(|error| match error {
+            LoginError::Connect(source) => TunnelError::Connect {
+                address: address.clone(),
+                source,
+            },
+            LoginError::Timeout => TunnelError::ConnectTimeout {
                 address: address.clone(),
                 timeout: config.connect_timeout,
-            })??;
+            },
+            LoginError::Rejected => TunnelError::AuthenticationRejected {
+                host: address.clone(),
+                user: config.user.clone(),
+            },
+            LoginError::Ssh(error) => error,
+        })?;
         Ok(BastionConnection {
             handle,
             host: address,
