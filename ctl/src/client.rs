@@ -570,10 +570,16 @@ async fn read_greeting(socket: &mut Box<dyn Transport>) -> Result<Greeting, Stri
     Greeting::parse(&line).map_err(|error| error.to_string())
 }
 
-async fn tls_handshake(
-    socket: Box<dyn Transport>,
+/// TLS 1.3 over `socket`, accepting only the certificate pinned by `pin`
+/// (handshake signatures still verified); a different certificate is
+/// [`CallError::PinMismatch`] naming both fingerprints.
+pub async fn tls_handshake<S>(
+    socket: S,
     pin: &Fingerprint,
-) -> Result<tokio_rustls::client::TlsStream<Box<dyn Transport>>, CallError> {
+) -> Result<tokio_rustls::client::TlsStream<S>, CallError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(PinnedCertVerifier {
         pin: pin.clone(),

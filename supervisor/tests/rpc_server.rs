@@ -17,18 +17,16 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::{Signer, SigningKey};
+use palisade_ctl::client::{Fingerprint, tls_handshake};
 use palisade_supervisor::backup::BoxFuture;
 use palisade_supervisor::config::{OperatorSettings, RpcSettings};
 use palisade_supervisor::rpc::{
-    Caller, ControlSocket, Dispatcher, ReplaceIdentity, TrustPolicy, fingerprint_of, init_identity,
+    Caller, ControlSocket, Dispatcher, ReplaceIdentity, TrustPolicy, init_identity,
 };
 use palisade_wire::rpc::{
     EXPORTER_LABEL, Greeting, MAX_LINE_BYTES, Response, Role, RpcError, TlsRequirement,
     auth_message, code,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -183,76 +181,14 @@ async fn plaintext(socket: &Path) -> (Connection, Greeting) {
     (connection, greeting)
 }
 
-/// Accepts exactly the certificate whose fingerprint is pinned.
-#[derive(Debug)]
-struct PinnedCertificate {
-    pin: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint_of(end_entity) == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the server's certificate does not match the pin".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
+/// TLS with the pin, through `palisade-ctl`'s client library (the same
+/// verifier operators use).
 async fn tls(socket: &Path, pin: &str) -> io::Result<(Connection, Greeting)> {
     let (stream, greeting) = connect(socket).await;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-            pin: pin.to_string(),
-            provider,
-        }))
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from("palisade-supervisor").unwrap();
-    let stream = connector.connect(name, stream).await?;
+    let pin = Fingerprint::parse(pin).map_err(io::Error::other)?;
+    let stream = tls_handshake(stream, &pin)
+        .await
+        .map_err(|error| io::Error::other(error.to_string()))?;
     let binding = stream
         .get_ref()
         .1
@@ -535,9 +471,14 @@ async fn the_client_refuses_a_certificate_that_does_not_match_its_pin() {
         ReplaceIdentity::No,
     )
     .unwrap();
-    let error = tls(&server.socket, &other_pin).await.err().unwrap();
+    let error = tls(&server.socket, &other_pin)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
-        error.to_string().contains("does not match the pin"),
+        error.contains(&format!("but {other_pin} is pinned"))
+            && error.contains(server.pin.as_deref().unwrap()),
         "{error}"
     );
     // The server keeps serving.
@@ -659,14 +600,15 @@ async fn without_a_certificate_remote_peers_are_closed_with_a_logged_reason() {
     assert_eq!(greeting.tls, Some(TlsRequirement::Required));
     drop(stream);
     // A TLS client: refused.
-    let error = tls(&server.socket, "sha256:00").await.err().unwrap();
+    // The server closes without a handshake (no certificate to show).
+    let any_pin = format!("sha256:{}", "0".repeat(64));
+    let error = tls(&server.socket, &any_pin)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
-        matches!(
-            error.kind(),
-            io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::BrokenPipe
-        ),
+        error.starts_with("TLS with the supervisor failed") && !error.contains("is pinned"),
         "{error}"
     );
     server.stop().await;
