@@ -1002,6 +1002,25 @@ fn validate_vault(
     })
 }
 
+/// For the config modules' tests: load `text` (TOML) with a minimal
+/// `[daemon]` (home `dir`, name gaiad) and no environment.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::BTreeMap;
+
+    use super::{Config, ConfigError};
+
+    pub(crate) fn load(dir: &std::path::Path, text: &str) -> Result<Config, ConfigError> {
+        let file = dir.join("palisade.toml");
+        std::fs::write(
+            &file,
+            format!("[daemon]\nhome = {dir:?}\nname = \"gaiad\"\n{text}"),
+        )
+        .unwrap();
+        Config::load(Some(&file), &BTreeMap::new())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

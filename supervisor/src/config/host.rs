@@ -102,19 +102,8 @@ pub(super) fn validate_host(r: &mut Resolver<'_>, raw: RawHost) -> HostSettings 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
-    use crate::config::{Config, ConfigError};
-
-    fn load(dir: &std::path::Path, text: &str) -> Result<Config, ConfigError> {
-        let file = dir.join("palisade.toml");
-        std::fs::write(
-            &file,
-            format!("[daemon]\nhome = {dir:?}\nname = \"gaiad\"\n{text}"),
-        )
-        .unwrap();
-        Config::load(Some(&file), &BTreeMap::new())
-    }
+    use crate::config::test_support::load;
 
     #[test]
     fn shutdown_command_is_validated() {

@@ -137,24 +137,12 @@ pub(super) fn validate_operators(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use palisade_wire::rpc::Role;
-
-    use crate::config::{Config, ConfigError};
 
     const ALICE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDScXHDpte7Y+6lBWCe5HCqfwdWjJ/2uOZUmU5UJS9+k alice@laptop";
     const RSA: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDOpiR9d9LmXa3xUJlOmy5SJUZWqs0Cixd/Nssut0glg9QjjuwidJjmBOWOhMoSW3PaEv0gMBA9c0uOhk2rFRi5Mx+dxWCLaCTZpykdSiXWH8Fji/CzcDvorl/aD+1ItHG06EvOPnVt/blPJP3Xr4EoLmWKATThYyCu2FeeqJwXQQ== bob";
 
-    fn load(dir: &std::path::Path, text: &str) -> Result<Config, ConfigError> {
-        let file = dir.join("palisade.toml");
-        std::fs::write(
-            &file,
-            format!("[daemon]\nhome = {dir:?}\nname = \"gaiad\"\n{text}"),
-        )
-        .unwrap();
-        Config::load(Some(&file), &BTreeMap::new())
-    }
+    use crate::config::test_support::load;
 
     #[test]
     fn operators_and_rpc_keys_are_validated() {

@@ -629,21 +629,10 @@ pub(super) fn validate_tunnels(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use crate::config::{Config, ConfigError};
 
     const FINGERPRINT: &str = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
 
-    fn load(dir: &std::path::Path, text: &str) -> Result<Config, ConfigError> {
-        let file = dir.join("palisade.toml");
-        std::fs::write(
-            &file,
-            format!("[daemon]\nhome = {dir:?}\nname = \"gaiad\"\n{text}"),
-        )
-        .unwrap();
-        Config::load(Some(&file), &BTreeMap::new())
-    }
+    use crate::config::test_support::load;
 
     #[test]
     fn bastions_are_validated_into_tunnel_configs() {
