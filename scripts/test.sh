@@ -14,6 +14,13 @@ require_cargo
 apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux
 ensure_nextest
 
+# A clean debug build with every test binary takes about 3.5 GiB (see the
+# dev profile in Cargo.toml); say so up front rather than as a compiler ICE.
+free_gib=$(df --output=avail -BG . | tail -1 | tr -dc '0-9')
+if [ "${free_gib:-0}" -lt 5 ]; then
+    log "warning: only ${free_gib} GiB free here; a clean build needs about 4 GiB (cargo clean frees old artifacts)"
+fi
+
 log "build"
 cargo build --workspace --all-targets --locked
 log "format"
