@@ -65,12 +65,50 @@ pub struct HostKeyPolicy {
     pub first_use: FirstUse,
 }
 
-/// One usable known_hosts entry: the host patterns and the key.
+/// One usable known_hosts entry: the host names and the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct KnownHostEntry {
-    hosts: Vec<String>,
+    hosts: Vec<HostName>,
     revoked: bool,
     fingerprint: String,
+}
+
+/// A host name field of known_hosts: plain (`host`, `[host]:port`) or
+/// hashed as OpenSSH writes it with `HashKnownHosts yes` (the default on
+/// Debian and Ubuntu): `|1|base64(salt)|base64(HMAC-SHA1(salt, name))`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostName {
+    Plain(String),
+    Hashed { salt: Vec<u8>, mac: Vec<u8> },
+}
+
+impl HostName {
+    /// `None` for a hashed field that is not `|1|salt|mac` with valid
+    /// base64 and a 20-byte MAC: such a field can only match nothing.
+    fn parse(field: &str) -> Option<HostName> {
+        use base64::Engine as _;
+        let Some(hashed) = field.strip_prefix("|1|") else {
+            return Some(HostName::Plain(field.to_string()));
+        };
+        let (salt, mac) = hashed.split_once('|')?;
+        let decode = |text: &str| base64::engine::general_purpose::STANDARD.decode(text).ok();
+        let (salt, mac) = (decode(salt)?, decode(mac)?);
+        (mac.len() == 20).then_some(HostName::Hashed { salt, mac })
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        use hmac::{KeyInit as _, Mac as _};
+        match self {
+            HostName::Plain(plain) => plain == name,
+            HostName::Hashed { salt, mac } => {
+                let Ok(mut hmac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(salt) else {
+                    return false;
+                };
+                hmac.update(name.as_bytes());
+                hmac.verify_slice(mac).is_ok()
+            }
+        }
+    }
 }
 
 /// `SHA256:<base64>` exactly as `ssh-keygen -lf` prints it.
@@ -102,9 +140,10 @@ pub fn known_hosts_name(host: &str, port: u16) -> String {
     }
 }
 
-/// Parse known_hosts text. Comments, blank lines, hashed host names
-/// (`|1|…`), `@cert-authority` lines and lines whose key does not parse are
-/// skipped: skipping can only make a host look unknown, which fails closed.
+/// Parse known_hosts text. Comments, blank lines, `@cert-authority` lines,
+/// malformed hashed names and lines whose key does not parse are skipped:
+/// skipping can only make a host look unknown, which fails closed. Wildcard
+/// patterns (`*`, `?`, `!`) are not expanded, so they match only themselves.
 fn parse_known_hosts(text: &str) -> Vec<KnownHostEntry> {
     let mut entries = Vec::new();
     for line in text.lines() {
@@ -125,9 +164,6 @@ fn parse_known_hosts(text: &str) -> Vec<KnownHostEntry> {
                 None => continue,
             };
         }
-        if first.starts_with('|') {
-            continue;
-        }
         let (Some(key_type), Some(key_base64)) = (fields.next(), fields.next()) else {
             continue;
         };
@@ -135,7 +171,7 @@ fn parse_known_hosts(text: &str) -> Vec<KnownHostEntry> {
             continue;
         };
         entries.push(KnownHostEntry {
-            hosts: first.split(',').map(str::to_string).collect(),
+            hosts: first.split(',').filter_map(HostName::parse).collect(),
             revoked,
             fingerprint: fingerprint(&key),
         });
@@ -157,7 +193,7 @@ impl HostKeyPolicy {
         };
         let for_host: Vec<&KnownHostEntry> = entries
             .iter()
-            .filter(|entry| entry.hosts.contains(&name))
+            .filter(|entry| entry.hosts.iter().any(|host| host.matches(&name)))
             .collect();
         if for_host
             .iter()
@@ -250,6 +286,13 @@ mod tests {
     const KEY_B: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBKCadxMLjrce+KlMsNhCL4uY7T1VdEgLntAg1wpAnWb";
 
+    // `bastion-1.example` and `[10.0.0.7]:2222` as `ssh-keygen -H` (OpenSSH
+    // 9.2) hashed them; a well-formed salt with a MAC of the wrong length.
+    const HASHED_BASTION_1: &str = "|1|/42BZCbnJ0JsSd81kSoxRcnzrb4=|Sm0XJB02X3UmBA5PHV0fmWW6dpo=";
+    const HASHED_10_0_0_7_2222: &str =
+        "|1|vdQsu8v7wN6YIGBcl9AZHMZQZuI=|ZlQHF1ysljQWzwH3L4oLIR1w0hI=";
+    const SALT: &str = "/42BZCbnJ0JsSd81kSoxRcnzrb4=";
+
     fn key(text: &str) -> PublicKey {
         PublicKey::from_openssh(text).unwrap()
     }
@@ -267,7 +310,8 @@ mod tests {
         std::fs::write(
             &known_hosts,
             format!(
-                "# comment\n\n|1|hashed= {KEY_A}\n[b1]:2222,other {KEY_A}\nb2 garbage\n@revoked b3 {KEY_A}\nb3 {KEY_B}\n"
+                "# comment\n\n|1|hashed= {KEY_A}\n[b1]:2222,other {KEY_A}\nb2 garbage\n@revoked b3 {KEY_A}\nb3 {KEY_B}\n\
+                 {HASHED_BASTION_1} {KEY_A}\n{HASHED_10_0_0_7_2222} {KEY_B}\n|1|{SALT}|c2hvcnQ= {KEY_A}\n"
             ),
         )
         .unwrap();
@@ -294,6 +338,14 @@ mod tests {
             (&pinned_a, "anything", 22, KEY_A, "ok"),
             (&pinned_a, "anything", 22, KEY_B, "changed"),
             (&nothing, "b1", 2222, KEY_A, "unknown"),
+            // Hashed names (ssh-keygen -H): the name and port must both match.
+            (&from_file, "bastion-1.example", 22, KEY_A, "ok"),
+            (&from_file, "bastion-1.example", 22, KEY_B, "changed"),
+            (&from_file, "bastion-1.example", 2222, KEY_A, "unknown"),
+            (&from_file, "bastion-2.example", 22, KEY_A, "unknown"),
+            (&from_file, "10.0.0.7", 2222, KEY_B, "ok"),
+            (&from_file, "10.0.0.7", 2222, KEY_A, "changed"),
+            (&from_file, "10.0.0.7", 22, KEY_B, "unknown"),
         ];
         for (policy, host, port, offered, expected) in cases {
             let outcome = match policy.check(host, port, &key(offered)) {
@@ -338,6 +390,60 @@ mod tests {
             policy.check("b1", 2222, &key(KEY_B)),
             Err(HostKeyError::Changed { .. })
         ));
+    }
+
+    /// What stock `ssh-keygen -H` writes today is matched, with a fresh salt
+    /// per line: plain and hashed files give the same outcome for every name.
+    #[test]
+    fn files_hashed_by_ssh_keygen_match_like_plain_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        let hashed = dir.path().join("hashed");
+        let text = format!("b1 {KEY_A}\n[b2]:2222 {KEY_B}\n[::1]:2200,b3 {KEY_A}\n");
+        std::fs::write(&plain, &text).unwrap();
+        std::fs::write(&hashed, &text).unwrap();
+        let status = std::process::Command::new("ssh-keygen")
+            .arg("-H")
+            .arg("-f")
+            .arg(&hashed)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("ssh-keygen (openssh-client) must be installed");
+        assert!(status.success());
+        let written = std::fs::read_to_string(&hashed).unwrap();
+        assert_eq!(written.matches("|1|").count(), 4, "{written}");
+        assert!(
+            !written.contains("b1") && !written.contains("::1"),
+            "{written}"
+        );
+        let policy = |path: &Path| HostKeyPolicy {
+            known_hosts_file: Some(path.to_path_buf()),
+            ..HostKeyPolicy::default()
+        };
+        let label = |result: Result<(), HostKeyError>| match result {
+            Ok(()) => "ok",
+            Err(HostKeyError::Changed { .. }) => "changed",
+            Err(HostKeyError::Unknown { .. }) => "unknown",
+            Err(other) => panic!("unexpected {other}"),
+        };
+        let names = [
+            ("b1", 22),
+            ("b1", 2222),
+            ("b2", 2222),
+            ("b2", 22),
+            ("::1", 2200),
+            ("b3", 22),
+            ("b4", 22),
+        ];
+        for (host, port) in names {
+            for offered in [KEY_A, KEY_B] {
+                let want = label(policy(&plain).check(host, port, &key(offered)));
+                let got = label(policy(&hashed).check(host, port, &key(offered)));
+                assert_eq!(got, want, "{host}:{port} offering {offered}");
+            }
+        }
+        assert_eq!(label(policy(&hashed).check("b2", 2222, &key(KEY_B))), "ok");
     }
 
     #[test]

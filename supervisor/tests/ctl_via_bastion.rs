@@ -190,6 +190,18 @@ fn setup() -> Setup {
     );
     let known_hosts = vault.chain.dir.path().join("known_hosts");
     std::fs::write(&known_hosts, format!("{}\n", sshd.known_hosts_line())).unwrap();
+    // Hashed as OpenSSH writes it on Debian and Ubuntu (HashKnownHosts yes),
+    // the operator's usual ~/.ssh/known_hosts (the supervisor's tunnels keep
+    // the plain form in tunnel_sshd).
+    let hashed = Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&known_hosts)
+        .output()
+        .unwrap();
+    assert!(hashed.status.success(), "ssh-keygen -H: {hashed:?}");
+    let text = std::fs::read_to_string(&known_hosts).unwrap();
+    assert!(text.starts_with("|1|"), "{text}");
     let output = vault.command().arg("init-rpc").output().unwrap();
     assert!(output.status.success(), "init-rpc: {output:?}");
     let pin = String::from_utf8(output.stdout).unwrap().trim().to_string();
