@@ -25,6 +25,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::Signer;
+use palisade_ssh::agent::AgentKey;
 use palisade_ssh::dial::{Dial, DialError};
 use palisade_wire::rpc::{
     CHALLENGE_BYTES, EXPORTER_LABEL, Greeting, MAX_GREETING_BYTES, MAX_LINE_BYTES,
@@ -84,17 +85,27 @@ pub enum TlsPolicy {
 }
 
 /// An operator's identity: the name the supervisor knows and the ed25519
-/// signing key (zeroized on drop by ed25519-dalek).
+/// key that signs the login challenge, either from the key file (zeroized
+/// on drop by ed25519-dalek) or held by ssh-agent.
 pub struct OperatorKey {
     pub name: String,
-    signing_key: ed25519_dalek::SigningKey,
+    signer: OperatorSigner,
+}
+
+enum OperatorSigner {
+    Seed(ed25519_dalek::SigningKey),
+    Agent(AgentKey),
 }
 
 impl fmt::Debug for OperatorKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let signer = match &self.signer {
+            OperatorSigner::Seed(_) => "REDACTED".to_string(),
+            OperatorSigner::Agent(agent) => format!("ssh-agent at {}", agent.socket.display()),
+        };
         f.debug_struct("OperatorKey")
             .field("name", &self.name)
-            .field("signing_key", &"REDACTED")
+            .field("signer", &signer)
             .finish()
     }
 }
@@ -102,8 +113,20 @@ impl fmt::Debug for OperatorKey {
 impl OperatorKey {
     /// Load an unencrypted OpenSSH ed25519 private key (as written by
     /// `ssh-keygen -t ed25519 -N ''`). Like ssh, refuse a key file that
-    /// others can read.
+    /// others can read. For services (the bastion's health checks), which
+    /// cannot type a passphrase: a key that has one is refused.
     pub fn load(name: &str, path: &Path) -> Result<OperatorKey, CallError> {
+        OperatorKey::load_with(name, path, false)
+    }
+
+    /// As [`OperatorKey::load`], but a key with a passphrase is used
+    /// through ssh-agent (`$SSH_AUTH_SOCK`, after `ssh-add`), as ssh does:
+    /// for an operator at a terminal.
+    pub fn load_or_agent(name: &str, path: &Path) -> Result<OperatorKey, CallError> {
+        OperatorKey::load_with(name, path, true)
+    }
+
+    fn load_with(name: &str, path: &Path, agent: bool) -> Result<OperatorKey, CallError> {
         let fail = |reason: String| CallError::Key {
             path: path.to_path_buf(),
             reason,
@@ -118,17 +141,29 @@ impl OperatorKey {
         let text = Zeroizing::new(std::fs::read(path).map_err(|error| fail(error.to_string()))?);
         let key = russh::keys::ssh_key::PrivateKey::from_openssh(&*text)
             .map_err(|error| fail(format!("not an OpenSSH private key: {error}")))?;
+        let algorithm = key.algorithm();
+        if key.public_key().key_data().ed25519().is_none() {
+            return Err(fail(format!("a {algorithm} key, not ed25519")));
+        }
         if key.is_encrypted() {
-            return Err(fail(
-                "the key has a passphrase; palisade-ctl needs an unencrypted key \
-                 (keep it on an encrypted disk, or use a dedicated key)"
-                    .into(),
-            ));
+            if !agent {
+                return Err(fail(
+                    "the key has a passphrase, which a service cannot type: use a dedicated \
+                     unencrypted key, mode 0600"
+                        .into(),
+                ));
+            }
+            let agent = AgentKey::for_encrypted_key(path, key.public_key().clone())
+                .map_err(|error| fail(error.to_string()))?;
+            return Ok(OperatorKey {
+                name: name.to_string(),
+                signer: OperatorSigner::Agent(agent),
+            });
         }
         let keypair = key
             .key_data()
             .ed25519()
-            .ok_or_else(|| fail(format!("a {} key, not ed25519", key.algorithm())))?;
+            .ok_or_else(|| fail(format!("a {algorithm} key, not ed25519")))?;
         let seed = Zeroizing::new(keypair.private.to_bytes());
         Ok(OperatorKey::from_seed(name, &seed))
     }
@@ -137,7 +172,30 @@ impl OperatorKey {
     pub fn from_seed(name: &str, seed: &[u8; 32]) -> OperatorKey {
         OperatorKey {
             name: name.to_string(),
-            signing_key: ed25519_dalek::SigningKey::from_bytes(seed),
+            signer: OperatorSigner::Seed(ed25519_dalek::SigningKey::from_bytes(seed)),
+        }
+    }
+
+    /// The ed25519 signature of `message`.
+    async fn sign(&self, message: &[u8]) -> Result<[u8; 64], CallError> {
+        match &self.signer {
+            OperatorSigner::Seed(key) => Ok(key.sign(message).to_bytes()),
+            OperatorSigner::Agent(agent) => {
+                let fail = |reason: String| CallError::Key {
+                    path: agent.path.clone(),
+                    reason,
+                };
+                let signature = agent
+                    .sign(message)
+                    .await
+                    .map_err(|error| fail(error.to_string()))?;
+                <[u8; 64]>::try_from(signature.as_bytes()).map_err(|_| {
+                    fail(format!(
+                        "ssh-agent answered a {} signature, not ed25519",
+                        signature.algorithm()
+                    ))
+                })
+            }
         }
     }
 }
@@ -233,6 +291,7 @@ impl CallError {
             CallError::Key { .. } | CallError::Auth(_) => exit_code::AUTH,
             CallError::Rpc(_) | CallError::Usage(_) => exit_code::CALL,
             CallError::Bastion(DialError::PrivateKey { .. })
+            | CallError::Bastion(DialError::Agent(_))
             | CallError::Bastion(DialError::AuthenticationRejected { .. }) => exit_code::AUTH,
             CallError::Bastion(_) => exit_code::CONNECTION,
         }
@@ -397,10 +456,10 @@ impl Client {
                 )
             })?;
         let message = auth_message(&self.greeting.validator, &challenge, binding);
-        let signature = operator.signing_key.sign(&message);
+        let signature = operator.sign(&message).await?;
         let params = serde_json::json!({
             "operator": operator.name,
-            "signature": BASE64.encode(signature.to_bytes()),
+            "signature": BASE64.encode(signature),
         });
         let answer = self
             .exchange("auth.login", Some(params), None)

@@ -66,8 +66,8 @@ struct RawValidator {
     pin: Option<String>,
     /// Operator name to log in as; needs `key`.
     operator: Option<String>,
-    /// The operator's unencrypted OpenSSH ed25519 private key; needs
-    /// `operator`. `~/` is the home directory.
+    /// The operator's OpenSSH ed25519 private key (with a passphrase: held
+    /// by ssh-agent); needs `operator`. `~/` is the home directory.
     key: Option<String>,
 }
 

@@ -91,9 +91,13 @@ accepted; any other is a hard failure (exit 3) naming both fingerprints.
 
 Authentication: with an operator name and key (--operator, --key, or the
 config), the client signs the supervisor's challenge, bound to the TLS
-session, with the operator's ed25519 key (an unencrypted OpenSSH key from
-`ssh-keygen -t ed25519`, mode 0600). The operator's role (viewer, operator,
-admin) limits what it may call.
+session, with the operator's ed25519 key (an OpenSSH key from
+`ssh-keygen -t ed25519`, mode 0600). A key with a passphrase is used
+through ssh-agent, as ssh does: `ssh-add KEY` once, and palisade-ctl asks
+the agent at $SSH_AUTH_SOCK to sign with that key (no other) for the
+operator login and the bastion login alike; the passphrase never reaches
+palisade-ctl. The operator's role (viewer, operator, admin) limits what it
+may call.
 
 Config file (--config FILE, $PALISADE_CTL_CONFIG, default
 ~/.config/palisade/ctl.toml); flags override it:
@@ -196,7 +200,8 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, value_name = "PATH", requires = "via")]
     pub remote_socket: Option<PathBuf>,
 
-    /// With --via: the SSH key for the bastion login [default: --key].
+    /// With --via: the SSH key for the bastion login [default: --key]; one
+    /// with a passphrase must be in ssh-agent.
     #[arg(long, global = true, value_name = "FILE")]
     pub ssh_key: Option<PathBuf>,
 
@@ -223,7 +228,8 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, value_name = "NAME")]
     pub operator: Option<String>,
 
-    /// The operator's unencrypted OpenSSH ed25519 private key.
+    /// The operator's OpenSSH ed25519 private key (one with a passphrase
+    /// must be in ssh-agent: `ssh-add FILE`).
     #[arg(long, global = true, value_name = "FILE")]
     pub key: Option<PathBuf>,
 
@@ -783,7 +789,7 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
         Endpoint::Socket(socket)
     };
     let operator = match (name, key) {
-        (Some(name), Some(key)) => Some(OperatorKey::load(&name, &key)?),
+        (Some(name), Some(key)) => Some(OperatorKey::load_or_agent(&name, &key)?),
         (Some(_), None) => return Err(Error::Usage("--operator needs --key".into())),
         (None, Some(_)) => return Err(Error::Usage("--key needs --operator".into())),
         (None, None) => None,

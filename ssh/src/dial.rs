@@ -8,7 +8,9 @@
 //! - connect, handshake and authentication are bounded together by
 //!   [`Dial::timeout`]; opening a channel is bounded by the same timeout;
 //! - the private key file must not be readable by group or others (as ssh
-//!   insists), and its bytes are dropped once the key is parsed.
+//!   insists), and its bytes are dropped once the key is parsed;
+//! - a key file with a passphrase is used only through ssh-agent, and only
+//!   that key: the agent's other identities are never offered.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ use russh::{ChannelOpenFailure, ChannelStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::agent::{AgentError, AgentKey};
 use crate::host_key::{HostKeyError, HostKeyPolicy, known_hosts_name};
 
 /// Where and as whom to connect.
@@ -31,7 +34,8 @@ pub struct Dial {
     pub host: String,
     pub port: u16,
     pub user: String,
-    /// An unencrypted OpenSSH private key (ed25519 recommended), mode 0600.
+    /// An OpenSSH private key (ed25519 recommended), mode 0600. One with a
+    /// passphrase must be held by ssh-agent (`ssh-add`).
     pub key_path: PathBuf,
     pub host_keys: HostKeyPolicy,
     /// Bound on TCP connect + handshake + authentication, and on opening
@@ -48,6 +52,8 @@ pub enum DialError {
     HostCertificate { host: String },
     #[error("SSH key {}: {reason}", path.display())]
     PrivateKey { path: PathBuf, reason: String },
+    #[error("SSH key: {0}")]
+    Agent(#[from] AgentError),
     #[error("connecting to {address}: {source}")]
     Connect {
         address: String,
@@ -98,6 +104,13 @@ impl client::Handler for Pinned {
     }
 }
 
+/// The key that logs in: its private half, or a key ssh-agent holds.
+#[derive(Debug)]
+pub enum Credential {
+    Key(Box<russh::keys::PrivateKey>),
+    Agent(AgentKey),
+}
+
 /// Why [`login`] failed, before the caller names it in its own error type.
 #[derive(Debug)]
 pub enum LoginError<E> {
@@ -110,6 +123,9 @@ pub enum LoginError<E> {
     /// The handshake or the authentication failed (the handler's error,
     /// e.g. a refused host key, or a protocol error converted into it).
     Ssh(E),
+    /// ssh-agent could not sign with the key (only for
+    /// [`Credential::Agent`]).
+    Agent(AgentError),
 }
 
 /// TCP connect (no Nagle), SSH handshake with `handler` (which checks the
@@ -120,7 +136,7 @@ pub async fn login<H>(
     host: &str,
     port: u16,
     user: &str,
-    key: russh::keys::PrivateKey,
+    credential: Credential,
     config: Arc<client::Config>,
     handler: H,
     timeout: Duration,
@@ -137,13 +153,32 @@ where
         let mut handle = client::connect_stream(config, stream, handler)
             .await
             .map_err(LoginError::Ssh)?;
-        let auth = handle
-            .authenticate_publickey(
-                user.to_string(),
-                PrivateKeyWithHashAlg::new(Arc::new(key), None),
-            )
-            .await
-            .map_err(|error| LoginError::Ssh(H::Error::from(error)))?;
+        let auth = match credential {
+            Credential::Key(key) => handle
+                .authenticate_publickey(
+                    user.to_string(),
+                    PrivateKeyWithHashAlg::new(Arc::new(*key), None),
+                )
+                .await
+                .map_err(|error| LoginError::Ssh(H::Error::from(error)))?,
+            Credential::Agent(agent) => {
+                let mut signer = agent.connect().await.map_err(LoginError::Agent)?;
+                handle
+                    .authenticate_publickey_with(
+                        user.to_string(),
+                        agent.public.clone(),
+                        None,
+                        &mut signer,
+                    )
+                    .await
+                    .map_err(|error| {
+                        LoginError::Agent(AgentError::Agent {
+                            socket: agent.socket.clone(),
+                            reason: format!("signing the SSH login: {error}"),
+                        })
+                    })?
+            }
+        };
         if !auth.success() {
             return Err(LoginError::Rejected);
         }
@@ -172,7 +207,11 @@ impl std::fmt::Debug for Link {
 /// Connect to the bastion, check its host key, authenticate.
 pub async fn dial(dial: &Dial) -> Result<Link, DialError> {
     let address = format!("{}:{}", known_host_or_bracketed(&dial.host), dial.port);
-    let key = load_key(&dial.key_path)?;
+    let credential = load_credential(&dial.key_path)?;
+    if let Credential::Agent(agent) = &credential {
+        // Say now, before any network, if the agent lacks the key.
+        agent.connect().await?;
+    }
     let refused = Arc::new(Mutex::new(None));
     let handler = Pinned {
         host: dial.host.clone(),
@@ -189,7 +228,7 @@ pub async fn dial(dial: &Dial) -> Result<Link, DialError> {
         &dial.host,
         dial.port,
         &dial.user,
-        key,
+        credential,
         config,
         handler,
         dial.timeout,
@@ -204,6 +243,7 @@ pub async fn dial(dial: &Dial) -> Result<Link, DialError> {
                 timeout: dial.timeout,
             });
         }
+        Err(LoginError::Agent(error)) => return Err(DialError::Agent(error)),
         Err(LoginError::Rejected) => {
             return Err(DialError::AuthenticationRejected {
                 address,
@@ -318,9 +358,10 @@ fn known_host_or_bracketed(host: &str) -> String {
     }
 }
 
-/// Load an unencrypted OpenSSH private key, refusing one that group or
-/// others can read.
-fn load_key(path: &std::path::Path) -> Result<russh::keys::PrivateKey, DialError> {
+/// Load an OpenSSH private key, refusing one that group or others can
+/// read. A key with a passphrase becomes [`Credential::Agent`]: its public
+/// half (stored in clear in the file) names the key ssh-agent must hold.
+pub fn load_credential(path: &std::path::Path) -> Result<Credential, DialError> {
     let fail = |reason: String| DialError::PrivateKey {
         path: path.to_path_buf(),
         reason,
@@ -333,15 +374,22 @@ fn load_key(path: &std::path::Path) -> Result<russh::keys::PrivateKey, DialError
             mode & 0o777
         )));
     }
-    let key = russh::keys::load_secret_key(path, None).map_err(|error| match error {
-        russh::keys::Error::KeyIsEncrypted => fail(
-            "the key has a passphrase; use an unencrypted key kept on an encrypted disk, \
-             or a dedicated key"
-                .into(),
-        ),
-        other => fail(other.to_string()),
-    })?;
-    Ok(key)
+    let text =
+        zeroize::Zeroizing::new(std::fs::read(path).map_err(|error| fail(error.to_string()))?);
+    let text = std::str::from_utf8(&text).map_err(|_| fail("not a text key file".into()))?;
+    match russh::keys::decode_secret_key(text, None) {
+        Ok(key) => Ok(Credential::Key(Box::new(key))),
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            let public = russh::keys::PrivateKey::from_openssh(text)
+                .map_err(|error| fail(format!("an encrypted key that is not OpenSSH's: {error}")))?
+                .public_key()
+                .clone();
+            Ok(Credential::Agent(AgentKey::for_encrypted_key(
+                path, public,
+            )?))
+        }
+        Err(other) => Err(fail(other.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -354,12 +402,14 @@ mod tests {
         let path = dir.path().join("id");
         std::fs::write(&path, "not a key").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let error = load_key(&path).unwrap_err().to_string();
+        let error = load_credential(&path).unwrap_err().to_string();
         assert!(error.contains("too open"), "{error}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let error = load_key(&path).unwrap_err().to_string();
+        let error = load_credential(&path).unwrap_err().to_string();
         assert!(error.starts_with("SSH key"), "{error}");
-        let missing = load_key(&dir.path().join("nope")).unwrap_err().to_string();
+        let missing = load_credential(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("No such file"), "{missing}");
     }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use common::{Chain, Supervisor, VaultRpc};
 use palisade_simchain::testkit::free_port;
-use palisade_testkit::{Sshd, SshdOptions, current_user, ssh_keygen};
+use palisade_testkit::{SshAgent, Sshd, SshdOptions, current_user, encrypted_copy, ssh_keygen};
 
 const BLOCK: Duration = Duration::from_millis(150);
 const LONG: Duration = Duration::from_secs(40);
@@ -217,10 +217,12 @@ fn setup() -> Setup {
     }
 }
 
-/// One `palisade-ctl` run's connection arguments, alice's by default.
+/// One `palisade-ctl` run's connection arguments, alice's by default, and
+/// its environment beyond PATH and HOME.
 #[derive(Clone)]
 struct Ctl {
     args: Vec<String>,
+    env: Vec<(&'static str, PathBuf)>,
 }
 
 impl Setup {
@@ -247,6 +249,7 @@ impl Setup {
                 "--timeout".into(),
                 "20".into(),
             ],
+            env: Vec::new(),
         }
     }
 
@@ -280,7 +283,17 @@ impl Ctl {
             .map(String::as_str)
             .chain(command.iter().copied())
             .collect();
-        common::run_ctl(chain.dir.path(), &args, stdin)
+        let env: Vec<(&str, &Path)> = self
+            .env
+            .iter()
+            .map(|(name, value)| (*name, value.as_path()))
+            .collect();
+        common::run_ctl_env(chain.dir.path(), &args, stdin, &env)
+    }
+
+    fn with_env(mut self, name: &'static str, value: &Path) -> Ctl {
+        self.env.push((name, value.to_path_buf()));
+        self
     }
 }
 
@@ -527,5 +540,72 @@ fn unlock_through_a_bastion_shows_the_bastion_nothing() {
 
     let output = supervisor.stop();
     assert!(!output.contains(PASSPHRASE));
+    chain.assert_no_double_sign();
+}
+
+/// An operator whose key has a passphrase adds it to ssh-agent once
+/// (`ssh-add`), and palisade-ctl logs in to the bastion and to the
+/// supervisor through the agent; without the agent, or with an agent that
+/// lacks that key, it says what to do and exits 4.
+#[test]
+fn a_key_with_a_passphrase_is_used_through_ssh_agent() {
+    let setup = setup();
+    let supervisor = setup.run();
+    supervisor.wait_for_line("vault is locked", LONG);
+    common::wait_until(LONG, "the forwarded control socket on the bastion", || {
+        setup.forwarded.exists()
+    });
+    let chain = &setup.vault.chain;
+    let locked_key = chain.dir.path().join("alice-with-passphrase");
+    encrypted_copy(&setup.keys.alice, &locked_key, "alice's own ssh passphrase").unwrap();
+    let ctl = setup
+        .ctl_as("alice", &locked_key)
+        .with("--remote-socket", setup.forwarded.to_str().unwrap());
+
+    let no_agent = ctl.run(chain, &["status"], None);
+    assert_eq!(no_agent.status.code(), Some(4), "{no_agent:?}");
+    let message = stderr(&no_agent);
+    for needle in [
+        "has a passphrase",
+        "SSH_AUTH_SOCK",
+        "ssh-add",
+        "alice-with-passphrase",
+    ] {
+        assert!(message.contains(needle), "{needle:?} missing: {message}");
+    }
+
+    // An agent with other keys (bob's, which the bastion would accept) but
+    // not this one: refused before any network, bob's key never offered.
+    let agent = SshAgent::start().unwrap();
+    agent.add(&setup.keys.bob, None).unwrap();
+    let ctl = ctl.with_env("SSH_AUTH_SOCK", agent.socket());
+    let connections_before = setup.sshd.log().matches("Accepted publickey").count();
+    let lacking = ctl.run(chain, &["status"], None);
+    assert_eq!(lacking.status.code(), Some(4), "{lacking:?}");
+    assert!(stderr(&lacking).contains("does not hold it"), "{lacking:?}");
+    assert_eq!(
+        setup.sshd.log().matches("Accepted publickey").count(),
+        connections_before,
+        "palisade-ctl reached the bastion with a key it was not given"
+    );
+
+    agent
+        .add(&locked_key, Some("alice's own ssh passphrase"))
+        .unwrap();
+    let unlocked = ctl.run(
+        chain,
+        &["unlock", "--passphrase-stdin"],
+        Some(&format!("{PASSPHRASE}\n")),
+    );
+    assert!(unlocked.status.success(), "unlock: {unlocked:?}");
+    chain.wait_signing(3, LONG);
+    let status = ctl.run(chain, &["--json", "status"], None);
+    assert!(status.status.success(), "status: {status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["vault"]["locked"], false, "{status}");
+    assert!(
+        supervisor.count_lines("operator=alice role=admin tls=true") >= 2,
+        "the supervisor logs the logins as alice"
+    );
     chain.assert_no_double_sign();
 }

@@ -4,7 +4,8 @@
 //! host key, the caller's `authorized_keys`, `UsePAM no`, `StrictModes no`, forwarding allowed.
 //! It listens on loopback, or anywhere a command prefix can put it (`ip netns exec NAME`, see
 //! [`SshdOptions::exec_prefix`] and [`SshdOptions::probe`]). Around it: [`ssh_keygen`],
-//! [`ssh_fingerprint`], [`kill_tree`], [`run`] and [`current_user`].
+//! [`ssh_fingerprint`], [`kill_tree`], [`run`] and [`current_user`]; [`SshAgent`] and
+//! [`encrypted_copy`] for keys that have a passphrase.
 //!
 //! Everything fallible returns [`Error`], whose `Debug` is its plain message: tests `unwrap()`
 //! and still panic readably, the benchmarks report it with `?`.
@@ -475,6 +476,121 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A throwaway OpenSSH `ssh-agent` in the foreground (`-D`) on its own socket, killed on drop.
+/// Keys are added with the real `ssh-add`, a passphrase answered through `SSH_ASKPASS`.
+pub struct SshAgent {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl SshAgent {
+    /// Starts `ssh-agent -D -a SOCKET` and waits until the socket exists.
+    pub fn start() -> Result<SshAgent> {
+        let dir = tempfile::tempdir().map_err(|e| Error::new(format!("tempdir: {e}")))?;
+        let socket = dir.path().join("agent.sock");
+        let mut child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::new(format!("cannot run ssh-agent (openssh-client): {e}")))?;
+        let deadline = Instant::now() + SSHD_WAIT;
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(Error::new(format!("ssh-agent exited at start: {status}")));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(Error::new("ssh-agent did not create its socket"));
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(SshAgent { child, dir, socket })
+    }
+
+    /// The value for `SSH_AUTH_SOCK`.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `ssh-add KEY`, typing `passphrase` (if any) through an `SSH_ASKPASS` script.
+    pub fn add(&self, key: &Path, passphrase: Option<&str>) -> Result<()> {
+        let mut command = Command::new("ssh-add");
+        command
+            .arg(key)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SSH_AUTH_SOCK", &self.socket);
+        if let Some(passphrase) = passphrase {
+            use std::os::unix::fs::PermissionsExt;
+            // The passphrase sits in a file (no shell quoting), and is given once: ssh-add
+            // asks again after a wrong one, and must then get a refusal, not a loop.
+            let secret = self.dir.path().join("passphrase");
+            let asked = self.dir.path().join("asked");
+            let askpass = self.dir.path().join("askpass");
+            let _ = std::fs::remove_file(&asked);
+            let script = format!(
+                "#!/bin/sh\n[ -e '{asked}' ] && exit 1\n: > '{asked}'\ncat '{secret}'\n",
+                asked = asked.display(),
+                secret = secret.display()
+            );
+            std::fs::write(&secret, format!("{passphrase}\n"))
+                .and_then(|()| std::fs::write(&askpass, script))
+                .and_then(|()| {
+                    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|e| Error::new(format!("writing the askpass helper: {e}")))?;
+            command
+                .env("SSH_ASKPASS", &askpass)
+                .env("SSH_ASKPASS_REQUIRE", "force")
+                .env("DISPLAY", ":0");
+        }
+        run(&mut command).map(drop)
+    }
+}
+
+impl fmt::Debug for SshAgent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshAgent")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A copy of the key at `from` at `to` (with `to.pub`), encrypted with `passphrase`
+/// (`ssh-keygen -p`): the same key pair, now needing the passphrase or an agent.
+pub fn encrypted_copy(from: &Path, to: &Path, passphrase: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = |from: &Path, to: &Path| {
+        std::fs::copy(from, to).map(drop).map_err(|e| {
+            Error::new(format!(
+                "copying {} to {}: {e}",
+                from.display(),
+                to.display()
+            ))
+        })
+    };
+    copy(from, to)?;
+    copy(&public_key_path(from), &public_key_path(to))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::new(format!("chmod {}: {e}", to.display())))?;
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-p", "-P", "", "-N", passphrase, "-f"])
+        .arg(to))
+    .map(drop)
 }
 
 #[cfg(test)]

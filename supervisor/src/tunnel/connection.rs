@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use palisade_ssh::dial::LoginError;
+use palisade_ssh::dial::{Credential, LoginError};
 use russh::client::{self, Msg};
 use russh::keys::{PublicKeyOrCertificate, load_secret_key};
 use russh::{Channel, ChannelOpenFailure};
@@ -422,7 +422,7 @@ impl BastionConnection {
             &config.host,
             config.port,
             &config.user,
-            key,
+            Credential::Key(Box::new(key)),
             ssh_config,
             handler,
             config.connect_timeout,
@@ -442,6 +442,10 @@ impl BastionConnection {
                 user: config.user.clone(),
             },
             LoginError::Ssh(error) => error,
+            // Only for Credential::Agent, which the tunnels never use.
+            LoginError::Agent(error) => {
+                TunnelError::Ssh(russh::Error::IO(std::io::Error::other(error.to_string())))
+            }
         })?;
         Ok(BastionConnection {
             handle,

@@ -492,11 +492,23 @@ impl VaultRpc {
 /// The real `palisade-ctl` with `args`, `stdin` written then closed, a
 /// clean environment (PATH only) and `home` as HOME (no config file there).
 pub fn run_ctl(home: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    run_ctl_env(home, args, stdin, &[])
+}
+
+/// [`run_ctl`] with `env` added to the cleared environment (e.g.
+/// `SSH_AUTH_SOCK`).
+pub fn run_ctl_env(
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &Path)],
+) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(workspace_binary("palisade-ctl"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home)
+        .envs(env.iter().copied())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
