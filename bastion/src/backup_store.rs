@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,66 +194,6 @@ fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("setting mode 0700 on {}", dir.display()))
 }
 
-/// Binds the listen socket: its directory is created 0700 if missing and
-/// must not be accessible to group or others; a leftover socket is replaced
-/// only when nothing listens on it.
-fn bind_listener(path: &Path) -> anyhow::Result<UnixListener> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .context("listen-socket has no parent directory")?;
-    if !parent.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .with_context(|| format!("creating directory {}", parent.display()))?;
-    }
-    let mode = fs::metadata(parent)
-        .with_context(|| format!("inspecting {}", parent.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "the listen-socket's directory {} has mode {:o}; it must not be accessible to \
-             group or others (chmod 0700, or RuntimeDirectoryMode=0700 under systemd)",
-            parent.display(),
-            mode & 0o7777
-        );
-    }
-    match fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => bail!(
-                    "another process is listening on {}; not replacing it",
-                    path.display()
-                ),
-                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::info!(socket = %path.display(), "replacing stale socket");
-                    fs::remove_file(path)
-                        .with_context(|| format!("removing stale socket {}", path.display()))?;
-                }
-                Err(error) => {
-                    return Err(error)
-                        .with_context(|| format!("probing existing socket {}", path.display()));
-                }
-            }
-        }
-        Ok(_) => bail!(
-            "{} exists and is not a socket; not replacing it",
-            path.display()
-        ),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error).with_context(|| format!("inspecting {}", path.display())),
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path)
-        .with_context(|| format!("binding {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
-    listener.set_nonblocking(true)?;
-    Ok(UnixListener::from_std(listener)?)
-}
-
 /// A bound backup store: directories prepared, socket listening, not yet
 /// accepting. Binding is separate from serving so that `run` can report
 /// every startup error before it tells systemd it is ready.
@@ -272,7 +212,11 @@ impl BackupStoreServer {
     /// (they could be that instance's uploads in flight).
     pub fn bind(config: &BastionConfig, options: ServeOptions) -> anyhow::Result<Self> {
         options.check()?;
-        let listener = bind_listener(&config.listen_socket)?;
+        let listener = palisade_daemon::socket::bind_private(
+            &config.listen_socket,
+            "listen-socket",
+            palisade_daemon::socket::DirAccess::Owner,
+        )?;
         let store = match Store::open(config, options) {
             Ok(store) => Arc::new(store),
             Err(error) => {

@@ -31,7 +31,7 @@ use crate::config::{BastionConfig, Validator};
 use crate::health_check::{self, Credentials, HealthCheckOptions, ProbeReport, Prober};
 use crate::health_state::{Transition, ValidatorHealth, summary_line};
 use crate::status_file::{self, StatusReport};
-use crate::systemd::Notifier;
+use palisade_daemon::systemd::Notifier;
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: &BastionConfig) -> anyhow::Result<()> {

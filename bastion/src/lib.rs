@@ -19,7 +19,6 @@ pub mod daemon;
 pub mod health_check;
 pub mod health_state;
 pub mod status_file;
-pub mod systemd;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -27,7 +27,6 @@ pub mod rpc;
 pub mod run;
 pub mod sign_state;
 pub mod sys;
-pub mod systemd;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upgrade_plan;

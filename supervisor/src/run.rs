@@ -27,7 +27,6 @@ use crate::process::{Daemon, OutputTarget, Reaper, StopOutcome, kill_remaining_c
 use crate::restart_policy::{AfterExit, RestartPolicy};
 use crate::rpc::ControlSocket;
 use crate::sign_state::StartDecision;
-use crate::systemd::Notifier;
 use crate::tunnel::TunnelMesh;
 use crate::upgrade::{
     RecordBuilder, UpgradeContext, UpgradeFailure, active_plan_name, append_record, plan_version,
@@ -36,6 +35,7 @@ use crate::upgrade::{
 use crate::upgrade_plan::UpgradePlan;
 use crate::upgrade_watch::{FileState, UpgradeFileWatcher, WatchEvent, read_plan_file};
 use crate::vault::{MemoryLock, SwapStatus, TmpfsKeys, VaultError};
+use palisade_daemon::systemd::Notifier;
 
 /// How `run` ended; `main` maps it to an exit code (see `docs/`).
 #[derive(Debug, Clone, PartialEq, Eq)]

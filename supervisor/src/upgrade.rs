@@ -27,8 +27,8 @@ use crate::download::{DownloadError, DownloadLimits, Downloader};
 use crate::layout::{Layout, LayoutError, Version, fsync_dir, upgrade_dir_name};
 use crate::process::Reaper;
 use crate::restart_policy::ExitKind;
-use crate::systemd::Notifier;
 use crate::upgrade_plan::UpgradePlan;
+use palisade_daemon::systemd::Notifier;
 
 /// How long `pre-upgrade` and the custom script may run.
 const PREUPGRADE_TIMEOUT: Duration = Duration::from_secs(600);

@@ -38,12 +38,10 @@ pub mod tls;
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use palisade_wire::rpc::{CHALLENGE_BYTES, EXPORTER_LABEL, Greeting, TlsRequirement};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
@@ -81,7 +79,11 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Bind `settings.socket` (see the module invariants).
     pub fn bind(settings: &RpcSettings) -> anyhow::Result<ControlSocket> {
-        let listener = bind_private_socket(&settings.socket)?;
+        let listener = palisade_daemon::socket::bind_private(
+            &settings.socket,
+            "control socket",
+            palisade_daemon::socket::DirAccess::OwnerAndGroup,
+        )?;
         Ok(ControlSocket {
             listener,
             path: settings.socket.clone(),
@@ -366,68 +368,10 @@ async fn peek_first_byte(stream: &UnixStream) -> io::Result<Option<u8>> {
     }
 }
 
-/// Bind a Unix socket readable only by this user, in a directory closed to
-/// others; replace a stale socket, never a live one or another file.
-pub fn bind_private_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    let parent = path
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    if !parent.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .with_context(|| format!("creating directory {}", parent.display()))?;
-    }
-    let mode = std::fs::metadata(parent)
-        .with_context(|| format!("inspecting {}", parent.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o007 != 0 {
-        bail!(
-            "the control socket's directory {} has mode {:o}: it must not be accessible to \
-             others (chmod o-rwx, or RuntimeDirectoryMode=0700 under systemd)",
-            parent.display(),
-            mode & 0o7777
-        );
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => bail!(
-                    "another process is listening on {}: is a supervisor already running?",
-                    path.display()
-                ),
-                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::info!(socket = %path.display(), "replacing a stale control socket");
-                    std::fs::remove_file(path)
-                        .with_context(|| format!("removing stale socket {}", path.display()))?;
-                }
-                Err(error) => {
-                    return Err(error)
-                        .with_context(|| format!("probing existing socket {}", path.display()));
-                }
-            }
-        }
-        Ok(_) => bail!(
-            "{} exists and is not a socket; not replacing it",
-            path.display()
-        ),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error).with_context(|| format!("inspecting {}", path.display())),
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path)
-        .with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
-    listener.set_nonblocking(true)?;
-    Ok(UnixListener::from_std(listener)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     use tokio::io::AsyncBufReadExt;
 
     fn settings(dir: &Path) -> RpcSettings {

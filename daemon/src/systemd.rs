@@ -1,14 +1,15 @@
 //! systemd `Type=notify` integration: READY, STATUS, STOPPING, WATCHDOG.
 //!
-//! All calls are no-ops when the supervisor is not started by systemd
-//! (no `NOTIFY_SOCKET`). The watchdog is pinged from the main loop, so a
-//! wedged loop stops the pings and systemd restarts the service.
+//! All calls are no-ops when the daemon is not started by systemd (no
+//! `NOTIFY_SOCKET`). The watchdog, when the unit sets `WatchdogSec=`, is
+//! pinged by the caller from its main loop, so a wedged loop stops the pings
+//! and systemd restarts the service.
 //!
 //! Sends never block: the socket is non-blocking, and a notification that
 //! does not fit in the queue is dropped (the next one carries the current
 //! state anyway). `sd_notify::notify` uses a blocking send, which would
-//! stall the supervision loop on a full queue, so only its message format
-//! and watchdog detection are used.
+//! stall a main loop on a full queue, so only its message format and
+//! watchdog detection are used.
 
 use std::fmt::Write as _;
 use std::os::unix::net::UnixDatagram;
@@ -74,18 +75,22 @@ impl Notifier {
         }
     }
 
+    /// READY=1 with a status line.
     pub fn ready(&self, status: &str) {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
+    /// A status line (`systemctl status` shows it).
     pub fn status(&self, status: &str) {
         self.send(&[NotifyState::Status(status)]);
     }
 
+    /// STOPPING=1 with a status line.
     pub fn stopping(&self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
+    /// WATCHDOG=1: the main loop is alive.
     pub fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
     }
