@@ -1,8 +1,7 @@
 //! Wall-clock formatting and human-friendly durations.
 //!
-//! The crate avoids a date-time dependency: CometBFT only needs RFC 3339 timestamps in UTC
-//! (`2024-05-01T12:00:00.123456789Z`) and its console logger's kitchen time (`3:04PM`), both
-//! derived here from [`SystemTime`] with the civil-from-days algorithm.
+//! CometBFT only needs RFC 3339 timestamps in UTC (`2024-05-01T12:00:00.123456789Z`, from
+//! humantime) and its console logger's kitchen time (`3:04PM`, derived here).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,37 +33,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     Ok(Duration::from_secs_f64(value * scale_ms / 1000.0))
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 fn since_epoch(time: SystemTime) -> Duration {
     time.duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
-/// RFC 3339 in UTC with nanoseconds, as CometBFT prints block and vote times.
+/// RFC 3339 in UTC with nanoseconds, as CometBFT prints block and vote times
+/// (times before 1970 clamp to the epoch).
 pub fn rfc3339(time: SystemTime) -> String {
-    let since = since_epoch(time);
-    let secs = since.as_secs() as i64;
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let of_day = secs.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        of_day / 3600,
-        (of_day / 60) % 60,
-        of_day % 60,
-        since.subsec_nanos()
-    )
+    humantime::format_rfc3339_nanos(time.max(UNIX_EPOCH)).to_string()
 }
 
 /// Kitchen time (`3:04PM`, UTC), the timestamp of CometBFT's console log format.

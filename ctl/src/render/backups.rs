@@ -129,32 +129,19 @@ pub fn command_line(command: Option<&Value>) -> String {
     }
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC); past year 9999 (only a
+/// broken or hostile peer sends that) the plain number.
 fn utc(seconds: u64) -> String {
-    let days = seconds / 86_400;
-    let rest = seconds % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    const YEAR_10000: u64 = 253_402_300_800;
+    if seconds >= YEAR_10000 {
+        return format!("{seconds} (unix seconds)");
+    }
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_string()
 }
 
 #[cfg(test)]
@@ -170,6 +157,9 @@ mod tests {
             (951_782_400, "2000-02-29 00:00:00"),
             (1_700_000_000, "2023-11-14 22:13:20"),
             (4_102_444_799, "2099-12-31 23:59:59"),
+            (253_402_300_799, "9999-12-31 23:59:59"),
+            (253_402_300_800, "253402300800 (unix seconds)"),
+            (u64::MAX, "18446744073709551615 (unix seconds)"),
         ];
         for (seconds, expected) in cases {
             assert_eq!(utc(seconds), expected, "{seconds}");
