@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use russh::client::{self, Msg};
-use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelOpenFailure, ChannelStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -153,23 +153,25 @@ where
         let mut handle = client::connect_stream(config, stream, handler)
             .await
             .map_err(LoginError::Ssh)?;
+        let public = match &credential {
+            Credential::Key(key) => key.public_key().clone(),
+            Credential::Agent(agent) => agent.public.clone(),
+        };
+        let hash = rsa_hash(&handle, &public)
+            .await
+            .map_err(|error| LoginError::Ssh(H::Error::from(error)))?;
         let auth = match credential {
             Credential::Key(key) => handle
                 .authenticate_publickey(
                     user.to_string(),
-                    PrivateKeyWithHashAlg::new(Arc::new(*key), None),
+                    PrivateKeyWithHashAlg::new(Arc::new(*key), hash),
                 )
                 .await
                 .map_err(|error| LoginError::Ssh(H::Error::from(error)))?,
             Credential::Agent(agent) => {
                 let mut signer = agent.connect().await.map_err(LoginError::Agent)?;
                 handle
-                    .authenticate_publickey_with(
-                        user.to_string(),
-                        agent.public.clone(),
-                        None,
-                        &mut signer,
-                    )
+                    .authenticate_publickey_with(user.to_string(), public, hash, &mut signer)
                     .await
                     .map_err(|error| {
                         LoginError::Agent(AgentError::Agent {
@@ -187,6 +189,24 @@ where
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or(Err(LoginError::Timeout))
+}
+
+/// The signature hash for an RSA key: what the server announces
+/// (`server-sig-algs`), else SHA-512, never the SHA-1 `ssh-rsa` that
+/// OpenSSH refuses since 8.8. `None` (not applicable) for other keys, which
+/// skips the up-to-a-second wait for the server's announcement.
+async fn rsa_hash<H: client::Handler>(
+    handle: &client::Handle<H>,
+    public: &russh::keys::PublicKey,
+) -> Result<Option<HashAlg>, russh::Error> {
+    if !public.algorithm().is_rsa() {
+        return Ok(None);
+    }
+    Ok(match handle.best_supported_rsa_hash().await? {
+        Some(Some(hash)) => Some(hash),
+        // Announced without rsa-sha2-*, or not announced: try the best.
+        Some(None) | None => Some(HashAlg::Sha512),
+    })
 }
 
 /// An authenticated SSH connection to a bastion.
@@ -411,6 +431,86 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("No such file"), "{missing}");
+    }
+
+    /// An RSA key logs in with an rsa-sha2 signature (OpenSSH refuses the
+    /// SHA-1 `ssh-rsa` since 8.8), from a file and through ssh-agent; an
+    /// ed25519 key as before.
+    #[tokio::test]
+    async fn rsa_and_ed25519_keys_log_in_to_real_sshd() {
+        let dir = tempfile::tempdir().unwrap();
+        let rsa = dir.path().join("id_rsa");
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-C", "", "-f"])
+            .arg(&rsa)
+            .status()
+            .expect("ssh-keygen (openssh-client) is installed");
+        assert!(status.success());
+        let ed25519 = dir.path().join("id_ed25519");
+        palisade_testkit::ssh_keygen(&ed25519).unwrap();
+        let rsa_locked = dir.path().join("id_rsa_locked");
+        palisade_testkit::encrypted_copy(&rsa, &rsa_locked, "rsa passphrase").unwrap();
+        let public = |path: &std::path::Path| {
+            std::fs::read_to_string(path.with_extension(match path.extension() {
+                Some(ext) => format!("{}.pub", ext.to_string_lossy()),
+                None => "pub".into(),
+            }))
+            .unwrap()
+        };
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let sshd = palisade_testkit::Sshd::start(palisade_testkit::SshdOptions::new(
+            "127.0.0.1",
+            port,
+            format!("{}{}", public(&rsa), public(&ed25519)),
+        ))
+        .unwrap();
+        let agent = palisade_testkit::SshAgent::start().unwrap();
+        agent.add(&rsa_locked, Some("rsa passphrase")).unwrap();
+        let dial_with = |key_path: &std::path::Path| Dial {
+            host: "127.0.0.1".into(),
+            port,
+            user: palisade_testkit::current_user().unwrap(),
+            key_path: key_path.to_path_buf(),
+            host_keys: HostKeyPolicy {
+                pinned_fingerprints: vec![sshd.fingerprint().to_string()],
+                ..HostKeyPolicy::default()
+            },
+            timeout: Duration::from_secs(10),
+        };
+        dial(&dial_with(&rsa)).await.unwrap();
+        dial(&dial_with(&ed25519)).await.unwrap();
+        // Through the agent: `for_encrypted_key` reads SSH_AUTH_SOCK, which
+        // a test cannot set safely; build the credential directly.
+        let locked = russh::keys::PrivateKey::read_openssh_file(&rsa_locked).unwrap();
+        let credential = Credential::Agent(AgentKey {
+            path: rsa_locked.clone(),
+            public: locked.public_key().clone(),
+            socket: agent.socket().to_path_buf(),
+        });
+        let target = dial_with(&rsa_locked);
+        let handler = Pinned {
+            host: target.host.clone(),
+            port,
+            policy: target.host_keys.clone(),
+            refused: Arc::new(Mutex::new(None)),
+        };
+        let logged_in = login(
+            "127.0.0.1",
+            port,
+            &target.user,
+            credential,
+            Arc::new(client::Config::default()),
+            handler,
+            target.timeout,
+        )
+        .await;
+        assert!(logged_in.is_ok(), "agent login failed");
+        let log = sshd.log();
+        assert_eq!(log.matches("Accepted publickey").count(), 3, "{log}");
+        assert_eq!(log.matches(": RSA SHA256:").count(), 2, "{log}");
     }
 
     #[tokio::test]
