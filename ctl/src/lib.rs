@@ -42,8 +42,8 @@ use crate::config::ConfigError;
 pub mod exit_code {
     /// Success.
     pub const OK: i32 = 0;
-    /// The call failed: an error answer, an unhealthy `health`, an
-    /// unreadable or partly invalid file, or a command not available yet.
+    /// The call failed: an error answer, an unhealthy `health`, or an
+    /// unreadable or partly invalid file.
     pub const CALL: i32 = 1;
     /// Command-line usage error (from clap), a bad config file, or no
     /// endpoint to talk to.
@@ -127,9 +127,8 @@ as JSON (stable for scripts). Errors go to stderr.";
 
 const AFTER_HELP: &str = "Exit codes:
   0  ok
-  1  the call returned an error (also: `health` found problems, a command
-     not available yet, an unreadable upgrade record, `shutdown-host` not
-     confirmed)
+  1  the call returned an error (also: `health` found problems, an
+     unreadable upgrade record, `shutdown-host` not confirmed)
   2  usage: bad arguments, bad config file, no socket configured
   3  connection: socket missing or refused, bad greeting, TLS failure or
      certificate pin mismatch, timeout
@@ -149,9 +148,6 @@ Examples:
   palisade-ctl call tunnel.reconnect --params '{\"bastion\":\"b1\"}'
   palisade-ctl upgrades --home /home/gaia/.gaia --json | jq '.[-1].switch_ms'
   palisade-ctl --validator val-b shell              # interactive";
-
-/// The message of every command or mode that does not exist yet.
-pub const NOT_AVAILABLE: &str = "not available yet: it arrives in a later release";
 
 /// Command line of `palisade-ctl`.
 #[derive(Debug, Parser)]
@@ -320,8 +316,6 @@ pub enum Command {
         #[arg(long, value_name = "JSON")]
         params: Option<String>,
     },
-    /// Planned handoff of signing to another validator host (not available yet).
-    Handoff,
     /// Interactive shell: the commands above over one connection, with
     /// history, completion and a no-echo unlock prompt.
     #[command(long_about = shell::LONG_ABOUT, after_help = shell::AFTER_HELP)]
@@ -433,8 +427,6 @@ pub fn parse_via(text: &str) -> Result<Via, String> {
 pub enum Error {
     /// The upgrade record could not be read (or had bad lines).
     Records(records::RecordsError),
-    /// A command or mode that does not exist yet.
-    NotAvailable(&'static str),
     /// Writing the output failed (e.g. JSON encoding).
     Output(String),
     /// The config file is unreadable or invalid.
@@ -453,11 +445,9 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Records(_)
-            | Error::NotAvailable(_)
-            | Error::Output(_)
-            | Error::Unhealthy
-            | Error::NotConfirmed(_) => exit_code::CALL,
+            Error::Records(_) | Error::Output(_) | Error::Unhealthy | Error::NotConfirmed(_) => {
+                exit_code::CALL
+            }
             Error::Config(_) | Error::Usage(_) => exit_code::USAGE,
             Error::Call(error) => error.exit_code(),
         }
@@ -468,7 +458,6 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Records(error) => write!(f, "{error}"),
-            Error::NotAvailable(command) => write!(f, "{command}: {NOT_AVAILABLE}"),
             Error::Output(message) | Error::Usage(message) | Error::NotConfirmed(message) => {
                 write!(f, "{message}")
             }
@@ -503,7 +492,7 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
         }))
     };
     match command {
-        Command::Version | Command::Handoff | Command::Shell(_) => Ok(None),
+        Command::Version | Command::Shell(_) => Ok(None),
         Command::Upgrades { home: Some(_) } => Ok(None),
         Command::Upgrades { home: None } => call("upgrade.list", None),
         Command::Status => call("status", None),
@@ -627,7 +616,6 @@ pub fn run_local(command: &Command, json: bool) -> Result<Option<PlannedCall>, E
             Ok(None)
         }
         Command::Upgrades { home: Some(home) } => show_record(home, json).map(|()| None),
-        Command::Handoff => Err(Error::NotAvailable("handoff")),
         Command::Shell(_) => Err(Error::Usage("the shell does not nest".into())),
         Command::ShutdownHost { .. } => Err(Error::Usage(
             "shutdown-host confirms in two steps: run `palisade-ctl shutdown-host`".into(),
@@ -1085,14 +1073,6 @@ mod tests {
             let error = planned_call(&cli.command).unwrap_err();
             assert_eq!(error.exit_code(), exit_code::USAGE, "{args:?}");
         }
-    }
-
-    #[test]
-    fn unbuilt_commands_say_so() {
-        let cli = Cli::try_parse_from(["palisade-ctl", "handoff"]).unwrap();
-        let error = run(cli).unwrap_err();
-        assert_eq!(error.exit_code(), exit_code::CALL);
-        assert_eq!(error.to_string(), format!("handoff: {NOT_AVAILABLE}"));
     }
 
     #[test]

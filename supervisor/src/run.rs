@@ -792,8 +792,9 @@ impl Supervisor {
                     format!("{} pid {}", binary.display(), daemon.pid()),
                 );
                 let record = record.completed();
-                tracing::info!(upgrade = %record.name, switch_ms = ?record.switch_ms, "upgrade completed; new binary running");
+                // Record first: whoever reads the log line finds the record.
                 append_record(&self.layout, &record);
+                tracing::info!(upgrade = %record.name, switch_ms = ?record.switch_ms, "upgrade completed; new binary running");
             }
             if self.ready_sent {
                 self.notifier.status(&status);
@@ -1207,14 +1208,17 @@ impl Supervisor {
                 }
                 Err(failure) => {
                     let message = failure.to_string();
-                    tracing::error!(upgrade = %plan.name, "{message}");
-                    self.notifier
-                        .status(&format!("halted: upgrade {} failed: {message}", plan.name));
+                    let halted = format!("halted: upgrade {} failed: {message}", plan.name);
                     if !failure.waits_for_binary() {
-                        let record = record.finish(UpgradeOutcome::Failed(message));
+                        // Record first: whoever reads the log line finds it.
+                        let record = record.finish(UpgradeOutcome::Failed(message.clone()));
                         append_record(&self.layout, &record);
+                        tracing::error!(upgrade = %plan.name, "{message}");
+                        self.notifier.status(&halted);
                         return self.halted_until_shutdown().await.map(Some);
                     }
+                    tracing::error!(upgrade = %plan.name, "{message}");
+                    self.notifier.status(&halted);
                     let waited = Instant::now();
                     if let Some(outcome) = self.wait_for_binary(&plan, &failure).await? {
                         let record = record.finish(UpgradeOutcome::Failed(message));
