@@ -67,6 +67,9 @@ pub const LOGIN_RETRY_MAX: Duration = Duration::from_secs(15 * 60);
 pub const MAX_PROBLEMS: usize = 16;
 /// Longest text kept of one problem or error message from the supervisor.
 pub const MAX_DETAIL_CHARS: usize = 300;
+/// How long a kept session may take to show that the supervisor closed it
+/// (an idle timeout, a restart) before it is used again.
+const OPEN_CHECK: Duration = Duration::from_millis(10);
 
 /// The configuration's `[health]` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,14 +224,14 @@ impl fmt::Display for DownReason {
 pub struct Credentials {
     /// The bastion's `[[operator]]` name on the supervisor.
     pub operator: String,
-    /// Its private key file (read at each check, zeroized after).
+    /// Its private key file (read at each login, zeroized after).
     pub key: PathBuf,
     /// The supervisor's certificate.
     pub pin: Fingerprint,
 }
 
 /// Probes one validator; keeps what must outlive one probe (the login
-/// back-off, the role warning).
+/// back-off, the role warning, and the logged-in session).
 #[derive(Debug)]
 pub struct Prober {
     /// The validator's name, for log lines.
@@ -239,6 +242,12 @@ pub struct Prober {
     login: LoginBackoff,
     /// The role above `viewer` last warned about.
     warned_role: Option<Role>,
+    /// The authenticated connection of the last good check, reused while
+    /// the supervisor keeps it open (its idle timeout, 60 s by default, is
+    /// longer than the probe interval): one login per connection rather
+    /// than per probe, which keeps the supervisor's log and its shared
+    /// login rate limit for the operators.
+    session: Option<Client>,
 }
 
 impl Prober {
@@ -257,6 +266,7 @@ impl Prober {
             credentials,
             login: LoginBackoff::default(),
             warned_role: None,
+            session: None,
         }
     }
 
@@ -269,7 +279,7 @@ impl Prober {
             ProbeOutcome::Up(greeting) => greeting,
             other => return other,
         };
-        let Some(credentials) = &self.credentials else {
+        let Some(credentials) = self.credentials.clone() else {
             return ProbeOutcome::Up(greeting);
         };
         if let Some(refusal) = self.login.holding(started) {
@@ -280,7 +290,7 @@ impl Prober {
         }
         // The client's own timers start later than `deadline`, so this
         // one fires first and names the whole stage.
-        let stage = authenticated_health(&self.socket, credentials, self.timeout);
+        let stage = self.authenticated_health(&credentials);
         let result = match tokio::time::timeout_at(deadline, stage).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Other(DownReason::HealthFailed(format!(
@@ -307,6 +317,39 @@ impl Prober {
             }
             Err(Failure::Other(reason)) => ProbeOutcome::Unhealthy { greeting, reason },
         }
+    }
+
+    /// `health` on the kept session if the supervisor has not closed it,
+    /// else on a new one (TLS, login); a session is kept only after a good
+    /// answer. A timeout drops the future and with it the session.
+    async fn authenticated_health(
+        &mut self,
+        credentials: &Credentials,
+    ) -> Result<HealthAnswer, Failure> {
+        if let Some(mut client) = self.session.take()
+            && client.is_open(OPEN_CHECK).await
+        {
+            match client.call("health", None).await {
+                Ok(result) => {
+                    let problems = parse_health(&result).map_err(Failure::Other)?;
+                    let role = client.role();
+                    self.session = Some(client);
+                    return Ok(HealthAnswer { problems, role });
+                }
+                // Closed under us (e.g. a supervisor restart): log in anew.
+                Err(CallError::Connection(_)) => {}
+                Err(error) => return Err(Failure::Other(call_failure_reason(&error))),
+            }
+        }
+        let mut client = connect_session(&self.socket, credentials, self.timeout).await?;
+        let result = client
+            .call("health", None)
+            .await
+            .map_err(|error| Failure::Other(call_failure_reason(&error)))?;
+        let problems = parse_health(&result).map_err(Failure::Other)?;
+        let role = client.role();
+        self.session = Some(client);
+        Ok(HealthAnswer { problems, role })
     }
 
     /// A bastion's key should have role `viewer`: warn (once per role)
@@ -385,12 +428,12 @@ enum Failure {
     Other(DownReason),
 }
 
-/// TLS (pinned), login, `health`; one connection, closed when done.
-async fn authenticated_health(
+/// A new session: TLS (pinned) and login as the bastion's `[client]`.
+async fn connect_session(
     socket: &Path,
     credentials: &Credentials,
     timeout: Duration,
-) -> Result<HealthAnswer, Failure> {
+) -> Result<Client, Failure> {
     let key = OperatorKey::load(&credentials.operator, &credentials.key).map_err(|error| {
         Failure::Other(DownReason::HealthFailed(format!(
             "the bastion's [client] key is unusable: {}",
@@ -405,18 +448,9 @@ async fn authenticated_health(
         // Beyond the probe's deadline: the caller's bound fires first.
         call_timeout: timeout + Duration::from_secs(1),
     };
-    let mut client = Client::connect(options)
+    Client::connect(options)
         .await
-        .map_err(|error| connect_failure_reason(&error, &credentials.operator))?;
-    let result = client
-        .call("health", None)
-        .await
-        .map_err(|error| Failure::Other(call_failure_reason(&error)))?;
-    let problems = parse_health(&result).map_err(Failure::Other)?;
-    Ok(HealthAnswer {
-        problems,
-        role: client.role(),
-    })
+        .map_err(|error| connect_failure_reason(&error, &credentials.operator))
 }
 
 /// A failed connect (greeting, TLS, login) as a reason.

@@ -99,13 +99,24 @@ struct Supervisor {
 
 impl Supervisor {
     fn start(dir: &Path, name: &str, socket: &Path, operators: Vec<OperatorSettings>) -> Self {
+        Supervisor::start_with_idle(dir, name, socket, operators, Duration::from_secs(5))
+    }
+
+    /// With the control socket's idle timeout `idle_timeout`.
+    fn start_with_idle(
+        dir: &Path,
+        name: &str,
+        socket: &Path,
+        operators: Vec<OperatorSettings>,
+        idle_timeout: Duration,
+    ) -> Self {
         let tls_dir = dir.join(format!("tls-{name}"));
         let pin = init_identity(&tls_dir, name, ReplaceIdentity::No).unwrap();
         let settings = RpcSettings {
             socket: socket.to_path_buf(),
             name: name.into(),
             tls_dir,
-            idle_timeout: Duration::from_secs(5),
+            idle_timeout,
         };
         let script = Arc::new(Script::default());
         script.set_health(json!({"ok": true, "problems": []}));
@@ -578,13 +589,16 @@ const HEALTH: &str = "[health]\ninterval = \"1s\"\ntimeout = \"1s\"\n";
 fn run_reports_the_supervisors_problems_then_its_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "bastion_ed25519");
+    // The bastion reaches the supervisor through a proxy that counts
+    // connections (its reverse forward, in miniature).
     let socket = dir.path().join("run/val-a.sock");
     let supervisor = Supervisor::start(
         dir.path(),
         "val-a",
-        &socket,
+        &dir.path().join("run/val-a-real.sock"),
         vec![operator("bastion-b1", &key, Role::Viewer)],
     );
+    let connections = proxy(&socket, &dir.path().join("run/val-a-real.sock"));
     supervisor.script.set_health(json!({
         "ok": false,
         "problems": ["vault is locked", "node is locked"],
@@ -676,6 +690,17 @@ fn run_reports_the_supervisors_problems_then_its_recovery() {
     let log = daemon.log();
     assert_eq!(log.matches("validator down").count(), 1, "{log}");
     assert!(!log.contains("grants this bastion's key more"), "{log}");
+
+    // One login for all those checks: each probe opens only its greeting
+    // connection, and `health` goes over the kept session (a new login per
+    // probe would be two connections per call).
+    wait_until("six health calls", || supervisor.script.calls().len() >= 6);
+    let calls = supervisor.script.calls().len();
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        opened <= calls + 3,
+        "{opened} connections for {calls} health calls"
+    );
 }
 
 #[test]
@@ -813,4 +838,46 @@ fn run_names_refused_checks_and_keeps_greeting_only_checks_without_a_pin() {
     // val-a's supervisor dispatched nothing; val-b's neither.
     assert!(a.script.calls().is_empty());
     assert!(b.script.calls().is_empty());
+}
+
+/// A kept session that the supervisor closed meanwhile (here its idle
+/// timeout, shorter than the probe interval; a restart looks the same) is
+/// noticed before use and replaced by a new login: no probe fails for it.
+#[test]
+fn a_session_the_supervisor_closed_is_replaced_by_a_new_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "bastion_ed25519");
+    let socket = dir.path().join("run/val-a.sock");
+    let supervisor = Supervisor::start_with_idle(
+        dir.path(),
+        "val-a",
+        &dir.path().join("run/val-a-real.sock"),
+        vec![operator("bastion-b1", &key, Role::Viewer)],
+        Duration::from_millis(300),
+    );
+    let connections = proxy(&socket, &dir.path().join("run/val-a-real.sock"));
+    let config = write_config(
+        dir.path(),
+        "bastion.toml",
+        HEALTH,
+        Some(("bastion-b1", &key)),
+        &[Entry {
+            name: "val-a",
+            socket: &socket,
+            pin: Some(&supervisor.pin),
+        }],
+    );
+    let daemon = Daemon::start(dir.path(), config);
+    wait_until("four health calls", || supervisor.script.calls().len() >= 4);
+    let entry = daemon.wait_for("val-a", "up", |entry| entry["state"] == "up");
+    assert_eq!(entry["consecutive_failures"], 0, "{entry}");
+    let log = daemon.log();
+    assert!(!log.contains("validator down"), "{log}");
+    // Every check needed its own login: greeting + session per call.
+    let calls = supervisor.script.calls().len();
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        opened + 1 >= 2 * calls,
+        "{opened} connections for {calls} calls: a closed session was reused?"
+    );
 }
