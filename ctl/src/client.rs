@@ -119,9 +119,10 @@ impl OperatorKey {
         OperatorKey::load_with(name, path, false)
     }
 
-    /// As [`OperatorKey::load`], but a key with a passphrase is used
-    /// through ssh-agent (`$SSH_AUTH_SOCK`, after `ssh-add`), as ssh does:
-    /// for an operator at a terminal.
+    /// As [`OperatorKey::load`], but a key with a passphrase, or a file
+    /// with only the public key (a hardware key's, say), is used through
+    /// ssh-agent (`$SSH_AUTH_SOCK`, after `ssh-add`), as ssh does: for an
+    /// operator at a terminal.
     pub fn load_or_agent(name: &str, path: &Path) -> Result<OperatorKey, CallError> {
         OperatorKey::load_with(name, path, true)
     }
@@ -131,6 +132,31 @@ impl OperatorKey {
             path: path.to_path_buf(),
             reason,
         };
+        let text = Zeroizing::new(std::fs::read(path).map_err(|error| fail(error.to_string()))?);
+        let via_agent = |public: &russh::keys::PublicKey, public_only: bool| {
+            if public.key_data().ed25519().is_none() {
+                return Err(fail(format!("a {} key, not ed25519", public.algorithm())));
+            }
+            AgentKey::for_key_file(path, public.clone(), public_only)
+                .map(|agent| OperatorKey {
+                    name: name.to_string(),
+                    signer: OperatorSigner::Agent(agent),
+                })
+                .map_err(|error| fail(error.to_string()))
+        };
+        // Only the public half (e.g. of a hardware key): the agent signs.
+        if let Some(public) = std::str::from_utf8(&text)
+            .ok()
+            .and_then(palisade_ssh::agent::public_key_file)
+        {
+            if !agent {
+                return Err(fail(
+                    "a public key: a service needs the private key file (unencrypted, mode 0600)"
+                        .into(),
+                ));
+            }
+            return via_agent(&public, true);
+        }
         let metadata = std::fs::metadata(path).map_err(|error| fail(error.to_string()))?;
         if metadata.permissions().mode() & 0o077 != 0 {
             return Err(fail(format!(
@@ -138,7 +164,6 @@ impl OperatorKey {
                 metadata.permissions().mode() & 0o777
             )));
         }
-        let text = Zeroizing::new(std::fs::read(path).map_err(|error| fail(error.to_string()))?);
         let key = russh::keys::ssh_key::PrivateKey::from_openssh(&*text)
             .map_err(|error| fail(format!("not an OpenSSH private key: {error}")))?;
         let algorithm = key.algorithm();
@@ -153,12 +178,7 @@ impl OperatorKey {
                         .into(),
                 ));
             }
-            let agent = AgentKey::for_encrypted_key(path, key.public_key().clone())
-                .map_err(|error| fail(error.to_string()))?;
-            return Ok(OperatorKey {
-                name: name.to_string(),
-                signer: OperatorSigner::Agent(agent),
-            });
+            return via_agent(key.public_key(), false);
         }
         let keypair = key
             .key_data()

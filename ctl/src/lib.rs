@@ -96,7 +96,8 @@ session, with the operator's ed25519 key (an OpenSSH key from
 through ssh-agent, as ssh does: `ssh-add KEY` once, and palisade-ctl asks
 the agent at $SSH_AUTH_SOCK to sign with that key (no other) for the
 operator login and the bastion login alike; the passphrase never reaches
-palisade-ctl. The operator's role (viewer, operator, admin) limits what it
+palisade-ctl. For a key the agent holds with no private key file (a
+hardware key), give the public key file: --key KEY.pub. The operator's role (viewer, operator, admin) limits what it
 may call.
 
 Config file (--config FILE, $PALISADE_CTL_CONFIG, default
@@ -225,7 +226,8 @@ pub struct ConnectionArgs {
     pub operator: Option<String>,
 
     /// The operator's OpenSSH ed25519 private key (one with a passphrase
-    /// must be in ssh-agent: `ssh-add FILE`).
+    /// must be in ssh-agent: `ssh-add FILE`), or the public key file of one
+    /// that ssh-agent holds.
     #[arg(long, global = true, value_name = "FILE")]
     pub key: Option<PathBuf>,
 

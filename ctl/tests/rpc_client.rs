@@ -350,10 +350,19 @@ fn an_unusable_operator_key_exits_4_before_connecting() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
+    let garbage = keys.path().join("garbage");
+    std::fs::write(&garbage, "not a key\n").unwrap();
+    std::fs::set_permissions(
+        &garbage,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     // (key file, fragment of the message)
     let cases = [
         (open_key, "too open"),
-        (public_path, "not an OpenSSH private key"),
+        (garbage, "not an OpenSSH private key"),
+        // Only the public half: usable through ssh-agent, and there is none.
+        (public_path, "is a public key"),
         (keys.path().join("missing"), "No such file"),
     ];
     for (key, fragment) in cases {

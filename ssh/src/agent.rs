@@ -36,10 +36,10 @@ pub enum AgentError {
     NoAgent { path: PathBuf },
     /// The agent runs but does not hold this key.
     #[error(
-        "{} has a passphrase and the ssh-agent at {} does not hold it ({fingerprint}): \
-         run `ssh-add {}`",
-        path.display(),
+        "the ssh-agent at {} does not hold the key of {} ({fingerprint}): add it with \
+         `ssh-add` (for a key with a passphrase: `ssh-add {}`)",
         socket.display(),
+        path.display(),
         path.display()
     )]
     NotInAgent {
@@ -47,9 +47,27 @@ pub enum AgentError {
         socket: PathBuf,
         fingerprint: String,
     },
+    /// The key file holds only the public half and there is no agent.
+    #[error(
+        "{} is a public key, whose private half must be in ssh-agent, and no ssh-agent is \
+         available (SSH_AUTH_SOCK is not set)",
+        path.display()
+    )]
+    NoAgentForPublicKey { path: PathBuf },
     /// The agent could not be reached, refused, or answered nonsense.
     #[error("ssh-agent at {}: {reason}", socket.display())]
     Agent { socket: PathBuf, reason: String },
+}
+
+/// The key of a key file that holds only a public key (`ssh-ed25519 AAAA…
+/// [comment]`, one line, as in `id_ed25519.pub`); `None` for anything else.
+pub fn public_key_file(text: &str) -> Option<PublicKey> {
+    let mut lines = text.lines().filter(|line| !line.trim().is_empty());
+    let line = lines.next()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    PublicKey::from_openssh(line.trim()).ok()
 }
 
 /// A public key whose private half is held by the agent at `socket`.
@@ -62,15 +80,25 @@ pub struct AgentKey {
 }
 
 impl AgentKey {
-    /// The agent named by `$SSH_AUTH_SOCK` for the encrypted key file at
-    /// `path` whose public half is `public`. The agent is not contacted
-    /// yet: [`AgentKey::connect`] does that.
-    pub fn for_encrypted_key(path: &Path, public: PublicKey) -> Result<AgentKey, AgentError> {
+    /// The agent named by `$SSH_AUTH_SOCK` for the key file at `path`:
+    /// an encrypted private key, or only the public key of one the agent
+    /// holds (a hardware key, say); `public` is its public half either
+    /// way. The agent is not contacted yet: [`AgentKey::connect`] does that.
+    pub fn for_key_file(
+        path: &Path,
+        public: PublicKey,
+        public_only: bool,
+    ) -> Result<AgentKey, AgentError> {
         let socket = std::env::var_os("SSH_AUTH_SOCK")
             .filter(|value| !value.is_empty())
             .map(PathBuf::from)
-            .ok_or_else(|| AgentError::NoAgent {
-                path: path.to_path_buf(),
+            .ok_or_else(|| {
+                let path = path.to_path_buf();
+                if public_only {
+                    AgentError::NoAgentForPublicKey { path }
+                } else {
+                    AgentError::NoAgent { path }
+                }
             })?;
         Ok(AgentKey {
             path: path.to_path_buf(),
@@ -173,6 +201,18 @@ mod tests {
             message.contains("ssh-add") && message.contains("locked"),
             "{message}"
         );
+        assert!(public_key_file(&std::fs::read_to_string(&locked).unwrap()).is_none());
+        let public_text = std::fs::read_to_string(dir.path().join("locked.pub")).unwrap();
+        assert_eq!(
+            public_key_file(&public_text),
+            Some(file.public_key().clone())
+        );
+        assert_eq!(
+            public_key_file(&format!("\n{public_text}\n")),
+            Some(file.public_key().clone())
+        );
+        assert!(public_key_file(&format!("{public_text}{public_text}")).is_none());
+        assert!(public_key_file("").is_none());
 
         agent.add(&locked, Some(PASSPHRASE)).unwrap();
         let signature = key.sign(b"challenge").await.unwrap();

@@ -381,22 +381,32 @@ fn known_host_or_bracketed(host: &str) -> String {
 /// Load an OpenSSH private key, refusing one that group or others can
 /// read. A key with a passphrase becomes [`Credential::Agent`]: its public
 /// half (stored in clear in the file) names the key ssh-agent must hold.
+/// So does a file with only a public key (`id_ed25519.pub`, or a hardware
+/// key's), whose mode does not matter.
 pub fn load_credential(path: &std::path::Path) -> Result<Credential, DialError> {
     let fail = |reason: String| DialError::PrivateKey {
         path: path.to_path_buf(),
         reason,
     };
-    let metadata = std::fs::metadata(path).map_err(|error| fail(error.to_string()))?;
-    let mode = metadata.permissions().mode();
+    let text =
+        zeroize::Zeroizing::new(std::fs::read(path).map_err(|error| fail(error.to_string()))?);
+    let text = std::str::from_utf8(&text).map_err(|_| fail("not a text key file".into()))?;
+    // Only the public half (e.g. of a hardware key): the agent signs.
+    if let Some(public) = crate::agent::public_key_file(text) {
+        return Ok(Credential::Agent(AgentKey::for_key_file(
+            path, public, true,
+        )?));
+    }
+    let mode = std::fs::metadata(path)
+        .map_err(|error| fail(error.to_string()))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         return Err(fail(format!(
             "permissions {:o} are too open (others can read the key); chmod 600 it",
             mode & 0o777
         )));
     }
-    let text =
-        zeroize::Zeroizing::new(std::fs::read(path).map_err(|error| fail(error.to_string()))?);
-    let text = std::str::from_utf8(&text).map_err(|_| fail("not a text key file".into()))?;
     match russh::keys::decode_secret_key(text, None) {
         Ok(key) => Ok(Credential::Key(Box::new(key))),
         Err(russh::keys::Error::KeyIsEncrypted) => {
@@ -404,8 +414,8 @@ pub fn load_credential(path: &std::path::Path) -> Result<Credential, DialError> 
                 .map_err(|error| fail(format!("an encrypted key that is not OpenSSH's: {error}")))?
                 .public_key()
                 .clone();
-            Ok(Credential::Agent(AgentKey::for_encrypted_key(
-                path, public,
+            Ok(Credential::Agent(AgentKey::for_key_file(
+                path, public, false,
             )?))
         }
         Err(other) => Err(fail(other.to_string())),
@@ -482,7 +492,7 @@ mod tests {
         };
         dial(&dial_with(&rsa)).await.unwrap();
         dial(&dial_with(&ed25519)).await.unwrap();
-        // Through the agent: `for_encrypted_key` reads SSH_AUTH_SOCK, which
+        // Through the agent: `for_key_file` reads SSH_AUTH_SOCK, which
         // a test cannot set safely; build the credential directly.
         let locked = russh::keys::PrivateKey::read_openssh_file(&rsa_locked).unwrap();
         let credential = Credential::Agent(AgentKey {

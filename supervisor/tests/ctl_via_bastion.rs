@@ -16,6 +16,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -573,6 +574,20 @@ fn a_key_with_a_passphrase_is_used_through_ssh_agent() {
     ] {
         assert!(message.contains(needle), "{needle:?} missing: {message}");
     }
+    // Only the public half (as for a hardware key): the same, said so.
+    let public_only = chain.dir.path().join("alice-with-passphrase.pub");
+    let by_public = |ctl: &Ctl| {
+        ctl.clone()
+            .with("--key", public_only.to_str().unwrap())
+            .with("--ssh-key", public_only.to_str().unwrap())
+    };
+    let no_agent = by_public(&ctl).run(chain, &["status"], None);
+    assert_eq!(no_agent.status.code(), Some(4), "{no_agent:?}");
+    assert!(
+        stderr(&no_agent).contains("is a public key")
+            && stderr(&no_agent).contains("SSH_AUTH_SOCK"),
+        "{no_agent:?}"
+    );
 
     // An agent with other keys (bob's, which the bastion would accept) but
     // not this one: refused before any network, bob's key never offered.
@@ -582,7 +597,10 @@ fn a_key_with_a_passphrase_is_used_through_ssh_agent() {
     let connections_before = setup.sshd.log().matches("Accepted publickey").count();
     let lacking = ctl.run(chain, &["status"], None);
     assert_eq!(lacking.status.code(), Some(4), "{lacking:?}");
-    assert!(stderr(&lacking).contains("does not hold it"), "{lacking:?}");
+    assert!(
+        stderr(&lacking).contains("does not hold the key"),
+        "{lacking:?}"
+    );
     assert_eq!(
         setup.sshd.log().matches("Accepted publickey").count(),
         connections_before,
@@ -603,6 +621,14 @@ fn a_key_with_a_passphrase_is_used_through_ssh_agent() {
     assert!(status.status.success(), "status: {status:?}");
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["vault"]["locked"], false, "{status}");
+    // Given only the public key file (mode 0644 is fine for it), the agent
+    // signs both logins just the same.
+    std::fs::set_permissions(&public_only, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let status = by_public(&ctl).run(chain, &["--json", "status"], None);
+    assert!(
+        status.status.success(),
+        "status by the public key: {status:?}"
+    );
     assert!(
         supervisor.count_lines("operator=alice role=admin tls=true") >= 2,
         "the supervisor logs the logins as alice"

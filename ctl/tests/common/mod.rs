@@ -310,6 +310,9 @@ pub fn ctl(args: &[&str], stdin: Option<&[u8]>) -> Output {
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("PALISADE_CTL_CONFIG")
         .env_remove("DAEMON_HOME")
+        // The tests' keys are files; an agent of the developer's own must
+        // not change what they see.
+        .env_remove("SSH_AUTH_SOCK")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
