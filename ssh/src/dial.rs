@@ -105,10 +105,18 @@ impl client::Handler for Pinned {
 }
 
 /// The key that logs in: its private half, or a key ssh-agent holds.
-#[derive(Debug)]
 pub enum Credential {
     Key(Box<russh::keys::PrivateKey>),
     Agent(AgentKey),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Key(_) => f.write_str("Credential::Key(REDACTED)"),
+            Credential::Agent(agent) => f.debug_tuple("Credential::Agent").field(agent).finish(),
+        }
+    }
 }
 
 /// Why [`login`] failed, before the caller names it in its own error type.
