@@ -73,12 +73,14 @@ struct KnownHostEntry {
     fingerprint: String,
 }
 
-/// A host name field of known_hosts: plain (`host`, `[host]:port`) or
-/// hashed as OpenSSH writes it with `HashKnownHosts yes` (the default on
-/// Debian and Ubuntu): `|1|base64(salt)|base64(HMAC-SHA1(salt, name))`.
+/// A host name field of known_hosts: a pattern (`host`, `[host]:port`,
+/// with `*` and `?` wildcards, `!` to exclude; compared case-insensitively,
+/// as OpenSSH does) or a name hashed as OpenSSH writes it with
+/// `HashKnownHosts yes` (the default on Debian and Ubuntu):
+/// `|1|base64(salt)|base64(HMAC-SHA1(salt, name))`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostName {
-    Plain(String),
+    Pattern { negated: bool, glob: String },
     Hashed { salt: Vec<u8>, mac: Vec<u8> },
 }
 
@@ -88,7 +90,14 @@ impl HostName {
     fn parse(field: &str) -> Option<HostName> {
         use base64::Engine as _;
         let Some(hashed) = field.strip_prefix("|1|") else {
-            return Some(HostName::Plain(field.to_string()));
+            let (negated, glob) = match field.strip_prefix('!') {
+                Some(rest) => (true, rest),
+                None => (false, field),
+            };
+            return Some(HostName::Pattern {
+                negated,
+                glob: glob.to_ascii_lowercase(),
+            });
         };
         let (salt, mac) = hashed.split_once('|')?;
         let decode = |text: &str| base64::engine::general_purpose::STANDARD.decode(text).ok();
@@ -96,10 +105,12 @@ impl HostName {
         (mac.len() == 20).then_some(HostName::Hashed { salt, mac })
     }
 
+    /// Whether `name` (lowercase, as [`known_hosts_name`] gives it) is
+    /// this field's, ignoring negation ([`entry_matches`] applies it).
     fn matches(&self, name: &str) -> bool {
         use hmac::{KeyInit as _, Mac as _};
         match self {
-            HostName::Plain(plain) => plain == name,
+            HostName::Pattern { glob, .. } => glob_matches(glob.as_bytes(), name.as_bytes()),
             HostName::Hashed { salt, mac } => {
                 let Ok(mut hmac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(salt) else {
                     return false;
@@ -109,6 +120,50 @@ impl HostName {
             }
         }
     }
+}
+
+/// Whether a known_hosts line's host field (comma-separated) names `name`:
+/// some field matches and no negated one does (OpenSSH's rule).
+fn entry_matches(hosts: &[HostName], name: &str) -> bool {
+    let mut found = false;
+    for host in hosts {
+        if host.matches(name) {
+            match host {
+                HostName::Pattern { negated: true, .. } => return false,
+                _ => found = true,
+            }
+        }
+    }
+    found
+}
+
+/// `*` matches any run of bytes, `?` any one byte, everything else itself.
+fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and the text position it has taken up to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&byte) if byte == b'?' || byte == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                // Let the last `*` take one more byte and try again.
+                Some((star_p, star_t)) => {
+                    p = star_p + 1;
+                    t = star_t + 1;
+                    star = Some((star_p, star_t + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&byte| byte == b'*')
 }
 
 /// `SHA256:<base64>` exactly as `ssh-keygen -lf` prints it.
@@ -131,10 +186,11 @@ pub fn parse_fingerprint(text: &str) -> Result<(), HostKeyError> {
 }
 
 /// The name a host is recorded under in known_hosts (OpenSSH convention:
-/// bare name on port 22, `[name]:port` otherwise).
+/// lowercase, bare name on port 22, `[name]:port` otherwise).
 pub fn known_hosts_name(host: &str, port: u16) -> String {
+    let host = host.to_ascii_lowercase();
     if port == 22 {
-        host.to_string()
+        host
     } else {
         format!("[{host}]:{port}")
     }
@@ -142,8 +198,7 @@ pub fn known_hosts_name(host: &str, port: u16) -> String {
 
 /// Parse known_hosts text. Comments, blank lines, `@cert-authority` lines,
 /// malformed hashed names and lines whose key does not parse are skipped:
-/// skipping can only make a host look unknown, which fails closed. Wildcard
-/// patterns (`*`, `?`, `!`) are not expanded, so they match only themselves.
+/// skipping can only make a host look unknown, which fails closed.
 fn parse_known_hosts(text: &str) -> Vec<KnownHostEntry> {
     let mut entries = Vec::new();
     for line in text.lines() {
@@ -193,7 +248,7 @@ impl HostKeyPolicy {
         };
         let for_host: Vec<&KnownHostEntry> = entries
             .iter()
-            .filter(|entry| entry.hosts.iter().any(|host| host.matches(&name)))
+            .filter(|entry| entry_matches(&entry.hosts, &name))
             .collect();
         if for_host
             .iter()
@@ -301,6 +356,7 @@ mod tests {
     fn known_hosts_name_follows_openssh() {
         assert_eq!(known_hosts_name("bastion", 22), "bastion");
         assert_eq!(known_hosts_name("10.0.0.1", 2222), "[10.0.0.1]:2222");
+        assert_eq!(known_hosts_name("Bastion.Example", 22), "bastion.example");
     }
 
     #[test]
@@ -444,6 +500,87 @@ mod tests {
             }
         }
         assert_eq!(label(policy(&hashed).check("b2", 2222, &key(KEY_B))), "ok");
+    }
+
+    #[test]
+    fn globs() {
+        let cases = [
+            ("*", "anything", true),
+            ("*", "", true),
+            ("", "", true),
+            ("", "a", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*.example.org", "b1.example.org", true),
+            ("*.example.org", "example.org", false),
+            ("*.example.org", "b1.example.org.evil", false),
+            ("b*1*", "b11", true),
+            ("*a*b", "xaybzab", true),
+            ("*a*b", "xaybza", false),
+            ("[gw?.example.com]:2200", "[gw1.example.com]:2200", true),
+            ("[gw?.example.com]:2200", "[gw10.example.com]:2200", false),
+        ];
+        for (pattern, text, expected) in cases {
+            assert_eq!(
+                glob_matches(pattern.as_bytes(), text.as_bytes()),
+                expected,
+                "{pattern:?} ~ {text:?}"
+            );
+        }
+    }
+
+    /// Which names a known_hosts file pins is what OpenSSH's own lookup
+    /// (`ssh-keygen -F`) says, for wildcards, negation, ports and case.
+    #[test]
+    fn matching_agrees_with_ssh_keygen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        std::fs::write(
+            &path,
+            format!(
+                "*.example.org {KEY_A}\n!bad.example.net,*.example.net {KEY_A}\n\
+                 [gw?.example.com]:2200 {KEY_A}\nExact.Example.COM {KEY_A}\n10.0.0.* {KEY_A}\n"
+            ),
+        )
+        .unwrap();
+        let policy = HostKeyPolicy {
+            known_hosts_file: Some(path.clone()),
+            ..HostKeyPolicy::default()
+        };
+        let names = [
+            ("b1.example.org", 22),
+            ("B1.Example.ORG", 22),
+            ("b1.example.org", 2222),
+            ("example.org", 22),
+            ("good.example.net", 22),
+            ("bad.example.net", 22),
+            ("gw1.example.com", 2200),
+            ("gw10.example.com", 2200),
+            ("gw1.example.com", 22),
+            ("exact.example.com", 22),
+            ("10.0.0.7", 22),
+            ("10.0.1.7", 22),
+        ];
+        for (host, port) in names {
+            let lookup = std::process::Command::new("ssh-keygen")
+                .arg("-F")
+                .arg(known_hosts_name(host, port))
+                .arg("-f")
+                .arg(&path)
+                .output()
+                .expect("ssh-keygen (openssh-client) must be installed");
+            let openssh = String::from_utf8_lossy(&lookup.stdout)
+                .lines()
+                .any(|line| !line.starts_with('#') && !line.trim().is_empty());
+            let ours = policy.check(host, port, &key(KEY_A)).is_ok();
+            assert_eq!(ours, openssh, "{host}:{port}");
+        }
+        // And a key that differs is a change, not unknown, where a pattern
+        // pins the name.
+        assert!(matches!(
+            policy.check("b2.example.org", 22, &key(KEY_B)),
+            Err(HostKeyError::Changed { .. })
+        ));
     }
 
     #[test]
