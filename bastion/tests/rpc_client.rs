@@ -585,26 +585,31 @@ impl Drop for Daemon {
 /// never look slow.
 const HEALTH: &str = "[health]\ninterval = \"1s\"\ntimeout = \"1s\"\n";
 
-#[test]
-fn run_reports_the_supervisors_problems_then_its_recovery() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "bastion_ed25519");
-    // The bastion reaches the supervisor through a proxy that counts
-    // connections (its reverse forward, in miniature).
-    let socket = dir.path().join("run/val-a.sock");
-    let supervisor = Supervisor::start(
-        dir.path(),
+/// One supervisor "val-a" that knows the bastion's key as a viewer, with
+/// control-socket idle timeout `idle`, reached through a proxy that counts
+/// connections (the reverse forward, in miniature); the bastion's config
+/// for it, checking every `HEALTH` interval.
+struct Proxied {
+    supervisor: Supervisor,
+    connections: Arc<AtomicUsize>,
+    config: PathBuf,
+    key: PathBuf,
+}
+
+fn proxied(dir: &Path, idle: Duration) -> Proxied {
+    let key = keygen(dir, "bastion_ed25519");
+    let socket = dir.join("run/val-a.sock");
+    let real = dir.join("run/val-a-real.sock");
+    let supervisor = Supervisor::start_with_idle(
+        dir,
         "val-a",
-        &dir.path().join("run/val-a-real.sock"),
+        &real,
         vec![operator("bastion-b1", &key, Role::Viewer)],
+        idle,
     );
-    let connections = proxy(&socket, &dir.path().join("run/val-a-real.sock"));
-    supervisor.script.set_health(json!({
-        "ok": false,
-        "problems": ["vault is locked", "node is locked"],
-    }));
+    let connections = proxy(&socket, &real);
     let config = write_config(
-        dir.path(),
+        dir,
         "bastion.toml",
         HEALTH,
         Some(("bastion-b1", &key)),
@@ -614,6 +619,27 @@ fn run_reports_the_supervisors_problems_then_its_recovery() {
             pin: Some(&supervisor.pin),
         }],
     );
+    Proxied {
+        supervisor,
+        connections,
+        config,
+        key,
+    }
+}
+
+#[test]
+fn run_reports_the_supervisors_problems_then_its_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let Proxied {
+        supervisor,
+        connections,
+        config,
+        key,
+    } = proxied(dir.path(), Duration::from_secs(5));
+    supervisor.script.set_health(json!({
+        "ok": false,
+        "problems": ["vault is locked", "node is locked"],
+    }));
     let check = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&config)
@@ -846,27 +872,12 @@ fn run_names_refused_checks_and_keeps_greeting_only_checks_without_a_pin() {
 #[test]
 fn a_session_the_supervisor_closed_is_replaced_by_a_new_login() {
     let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "bastion_ed25519");
-    let socket = dir.path().join("run/val-a.sock");
-    let supervisor = Supervisor::start_with_idle(
-        dir.path(),
-        "val-a",
-        &dir.path().join("run/val-a-real.sock"),
-        vec![operator("bastion-b1", &key, Role::Viewer)],
-        Duration::from_millis(300),
-    );
-    let connections = proxy(&socket, &dir.path().join("run/val-a-real.sock"));
-    let config = write_config(
-        dir.path(),
-        "bastion.toml",
-        HEALTH,
-        Some(("bastion-b1", &key)),
-        &[Entry {
-            name: "val-a",
-            socket: &socket,
-            pin: Some(&supervisor.pin),
-        }],
-    );
+    let Proxied {
+        supervisor,
+        connections,
+        config,
+        ..
+    } = proxied(dir.path(), Duration::from_millis(300));
     let daemon = Daemon::start(dir.path(), config);
     wait_until("four health calls", || supervisor.script.calls().len() >= 4);
     let entry = daemon.wait_for("val-a", "up", |entry| entry["state"] == "up");
