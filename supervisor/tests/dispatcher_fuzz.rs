@@ -37,20 +37,6 @@ use serde_json::{Value, json};
 /// node; the loop stand-in answers at once).
 const CALL_BOUND: Duration = Duration::from_secs(5);
 
-/// Codes `docs/rpc.md` §5 documents.
-const DOCUMENTED_CODES: &[i64] = &[
-    code::PARSE_ERROR,
-    code::INVALID_REQUEST,
-    code::METHOD_NOT_FOUND,
-    code::INVALID_PARAMS,
-    code::UNAUTHENTICATED,
-    code::FORBIDDEN,
-    code::RATE_LIMITED,
-    code::WRONG_STATE,
-    code::LINE_TOO_LONG,
-    code::INTERNAL,
-];
-
 /// A params string standing for the last `host.shutdown` token answered.
 const LAST_TOKEN: &str = "$last-token";
 /// A params string standing for an executable file to stage.
@@ -370,7 +356,7 @@ proptest! {
                 );
                 if let Some(error) = &parsed.error {
                     assert!(
-                        DOCUMENTED_CODES.contains(&error.code),
+                        code::ALL.contains(&error.code),
                         "{context}: undocumented code {}: {}",
                         error.code,
                         error.message

@@ -669,6 +669,27 @@ fn the_examples_of_docs_rpc_md_section_7_are_what_the_supervisor_answers() {
 }
 
 /// The matcher's own rules, including the ways it must fail.
+/// The error table of §5 lists exactly the codes a supervisor can answer
+/// with (`palisade_wire::rpc::code::ALL`), which the fuzz and abuse tests
+/// accept and nothing else.
+#[test]
+fn section_5_lists_every_error_code() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/rpc.md");
+    let document = std::fs::read_to_string(&path).unwrap();
+    let section = document
+        .split("## 5. Errors")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/rpc.md has a section 5");
+    let listed: Vec<i64> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| "))
+        .filter_map(|rest| rest.split(" |").next())
+        .filter_map(|code| code.replace('\u{2212}', "-").parse().ok())
+        .collect();
+    assert_eq!(listed, palisade_wire::rpc::code::ALL, "docs/rpc.md §5");
+}
+
 #[test]
 fn matching_rules() {
     let mut bindings = Bindings {

@@ -299,6 +299,21 @@ pub mod code {
     pub const WRONG_STATE: i64 = -32004;
     pub const LINE_TOO_LONG: i64 = -32005;
     pub const INTERNAL: i64 = -32010;
+
+    /// Every code above: all a supervisor ever answers with (the table in
+    /// `docs/rpc.md` §5, which a test keeps in step).
+    pub const ALL: &[i64] = &[
+        PARSE_ERROR,
+        INVALID_REQUEST,
+        METHOD_NOT_FOUND,
+        INVALID_PARAMS,
+        UNAUTHENTICATED,
+        FORBIDDEN,
+        RATE_LIMITED,
+        WRONG_STATE,
+        LINE_TOO_LONG,
+        INTERNAL,
+    ];
 }
 
 impl RpcError {
