@@ -160,6 +160,18 @@ impl Drop for Supervisor {
     }
 }
 
+/// The shell's whole environment under tmux: its own home and state
+/// directories, terminal type `term`, a UTF-8 locale.
+fn shell_env<'a>(home: &'a str, state: &'a str, term: &'a str) -> [(&'static str, &'a str); 5] {
+    [
+        ("HOME", home),
+        ("XDG_STATE_HOME", state),
+        ("TERM", term),
+        ("LANG", "C.UTF-8"),
+        ("PATH", "/usr/bin:/bin"),
+    ]
+}
+
 fn socket(dir: &Path) -> String {
     dir.join("run/rpc.sock").to_str().unwrap().to_string()
 }
@@ -431,13 +443,7 @@ fn help_completion_history_unlock_and_errors() {
     let _supervisor = Supervisor::start(place.path(), Duration::from_secs(60), record.clone());
     let socket = socket(place.path());
     let (home, state) = (place.home(), place.state());
-    let env = [
-        ("HOME", home.as_str()),
-        ("XDG_STATE_HOME", state.as_str()),
-        ("TERM", "screen"),
-        ("LANG", "C.UTF-8"),
-        ("PATH", "/usr/bin:/bin"),
-    ];
+    let env = shell_env(&home, &state, "screen");
     let args = ["--socket", socket.as_str(), "shell"];
     let tmux = Tmux::start(&env, &args);
 
@@ -621,13 +627,7 @@ fn dumb_terminal_gets_no_escapes() {
     let _supervisor = Supervisor::start(place.path(), Duration::from_secs(60), record.clone());
     let socket = socket(place.path());
     let (home, state) = (place.home(), place.state());
-    let env = [
-        ("HOME", home.as_str()),
-        ("XDG_STATE_HOME", state.as_str()),
-        ("TERM", "dumb"),
-        ("LANG", "C.UTF-8"),
-        ("PATH", "/usr/bin:/bin"),
-    ];
+    let env = shell_env(&home, &state, "dumb");
     let tmux = Tmux::start(&env, &["--socket", &socket, "shell"]);
     let prompt = "val-a (locked) ▸";
     tmux.wait_last_line(prompt);
@@ -654,13 +654,7 @@ fn reconnects_after_an_idle_close_and_a_restart() {
     let mut supervisor = Supervisor::start(place.path(), idle, record.clone());
     let socket = socket(place.path());
     let (home, state) = (place.home(), place.state());
-    let env = [
-        ("HOME", home.as_str()),
-        ("XDG_STATE_HOME", state.as_str()),
-        ("TERM", "screen"),
-        ("LANG", "C.UTF-8"),
-        ("PATH", "/usr/bin:/bin"),
-    ];
+    let env = shell_env(&home, &state, "screen");
     let tmux = Tmux::start(&env, &["--socket", &socket, "shell"]);
     let prompt = "val-a (locked) ▸";
     tmux.wait_last_line(prompt);

@@ -12,14 +12,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Chain, Supervisor, serve_files, sha256_hex};
+use common::{Chain, Supervisor, serve_files, serve_http, sha256_hex};
 use serde_json::Value;
 
 const BLOCK: Duration = Duration::from_millis(150);
@@ -372,38 +372,20 @@ fn staged_upgrades_are_listed_cancelled_and_used_at_the_plan_height() {
 /// Serves `body` on every path, but holds the second half of it until
 /// `release` is set: an `upgrade.add` from it stays in flight meanwhile.
 fn serve_held(body: Vec<u8>, release: Arc<AtomicBool>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let body = body.clone();
-            let release = release.clone();
-            std::thread::spawn(move || {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buffer) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let half = body.len() / 2;
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(&body[..half]);
-                let _ = stream.flush();
-                while !release.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                let _ = stream.write_all(&body[half..]);
-            });
+    serve_http(move |_path, mut stream| {
+        let half = body.len() / 2;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(&body[..half]);
+        let _ = stream.flush();
+        while !release.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
         }
-    });
-    format!("http://{address}")
+        let _ = stream.write_all(&body[half..]);
+    })
 }
 
 #[test]

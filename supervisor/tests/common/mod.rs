@@ -348,16 +348,19 @@ pub fn all_descendants(root: u32) -> Vec<u32> {
     out
 }
 
-/// Serve `files` over HTTP/1.1 on 127.0.0.1 until the test ends.
-pub fn serve_files(files: Vec<(String, Vec<u8>)>) -> String {
+/// An HTTP/1.1 server on 127.0.0.1 until the test ends: each connection's
+/// request head is read, then `respond` gets the request path (without the
+/// query) and the stream, on a thread of its own. Returns `http://ADDRESS`.
+pub fn serve_http(respond: impl Fn(&str, std::net::TcpStream) + Send + Sync + 'static) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
+    let respond = Arc::new(respond);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let files = files.clone();
+            let respond = respond.clone();
             std::thread::spawn(move || {
-                use std::io::{Read, Write};
+                use std::io::Read;
                 let mut request = Vec::new();
                 let mut buffer = [0u8; 1024];
                 while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -367,28 +370,37 @@ pub fn serve_files(files: Vec<(String, Vec<u8>)>) -> String {
                     }
                 }
                 let text = String::from_utf8_lossy(&request);
-                let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let path = path.split('?').next().unwrap().to_string();
-                match files.iter().find(|(name, _)| *name == path) {
-                    Some((_, body)) => {
-                        let _ = write!(
-                            stream,
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = stream.write_all(body);
-                    }
-                    None => {
-                        let _ = write!(
-                            stream,
-                            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        );
-                    }
-                }
+                let path = text.split_whitespace().nth(1).unwrap_or("/");
+                let path = path.split('?').next().unwrap_or("/").to_string();
+                respond(&path, stream);
             });
         }
     });
     format!("http://{address}")
+}
+
+/// Serve `files` over HTTP/1.1 on 127.0.0.1 until the test ends (404 for
+/// any other path).
+pub fn serve_files(files: Vec<(String, Vec<u8>)>) -> String {
+    serve_http(move |path, mut stream| {
+        use std::io::Write;
+        match files.iter().find(|(name, _)| name == path) {
+            Some((_, body)) => {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(body);
+            }
+            None => {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        }
+    })
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
