@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use anyhow::{Context, bail};
-use palisade_supervisor::data_backup::{BackupMethod, backup_data_dir};
+use palisade_supervisor::upgrade::data_backup::{BackupMethod, backup_data_dir};
 
 use crate::{Measured, result};
 

@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::layout::{InitOutcome, Layout, ReplaceExisting, fsync_dir, upgrade_dir_name};
-use crate::upgrade_watch::{FileState, read_plan_file};
+use crate::upgrade::layout::{InitOutcome, Layout, ReplaceExisting, fsync_dir, upgrade_dir_name};
+use crate::upgrade::watch::{FileState, read_plan_file};
 
 /// Exit codes of `palisade-supervisor` (also in `docs/supervisor.md`).
 pub mod exit_code {
@@ -24,7 +24,7 @@ pub mod exit_code {
     /// Command-line usage error (from clap).
     pub const USAGE: i32 = 2;
     /// The daemon crash-looped and restarting stopped.
-    pub const CRASH_LOOP: i32 = crate::run::EXIT_CRASH_LOOP;
+    pub const CRASH_LOOP: i32 = crate::supervision::EXIT_CRASH_LOOP;
     /// Refused to start: the local sign state is behind a backup.
     pub const STATE_BEHIND_BACKUP: i32 = 4;
 }
@@ -157,7 +157,9 @@ pub fn init(config: &Config, binary: &Path) -> anyhow::Result<()> {
         InitOutcome::Installed => println!(
             "installed {} as {}; current -> genesis",
             binary.display(),
-            layout.binary(&crate::layout::Version::Genesis).display()
+            layout
+                .binary(&crate::upgrade::layout::Version::Genesis)
+                .display()
         ),
         InitOutcome::AlreadyInstalled => println!(
             "{} is already the genesis binary; nothing to do",
@@ -244,7 +246,7 @@ pub fn show_upgrade_info(config: &Config) -> anyhow::Result<()> {
         FileState::Plan(plan) => {
             let layout = Layout::new(&config.daemon_home, &config.daemon_name);
             let dir = upgrade_dir_name(&plan.name, config.recase)?;
-            let version = crate::layout::Version::Upgrade(dir);
+            let version = crate::upgrade::layout::Version::Upgrade(dir);
             let binary = layout.binary(&version);
             let current = layout.current_version().ok();
             println!(

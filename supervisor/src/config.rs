@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::download::ChecksumPolicy;
+use crate::upgrade::download::ChecksumPolicy;
 
 pub use host::{HostSettings, RawHost, check_shutdown_command};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};

@@ -15,6 +15,8 @@
 //! failure doubles the time before the next attempt is accepted (1 s up to
 //! 60 s), whichever operator tries.
 
+pub mod host_shutdown;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,11 +27,11 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::keys::BackupTrigger;
-use crate::node_rpc::NodeRpc;
+use crate::backup::{BackupTrigger, LastBackup};
+use crate::node::rpc::NodeRpc;
 use crate::sign_state::{LocalState, read_local};
 use crate::tunnel::BastionObserver;
-use crate::upgrade_watch::{FileState, read_plan_file};
+use crate::upgrade::watch::{FileState, read_plan_file};
 
 /// How long a command waits for the loop (busy with an upgrade, say)
 /// before the caller is told to retry.
@@ -62,7 +64,7 @@ pub enum ControlCommand {
     /// Restore the sign state from one backup (`backup.restore`): only
     /// with the node stopped by an operator and the vault unlocked.
     Restore {
-        request: crate::backup_rpc::RestoreRequest,
+        request: crate::backup::RestoreChoice,
         reply: Reply,
     },
     /// A confirmed `host.shutdown` by `operator`: answer, stop the node,
@@ -158,17 +160,6 @@ pub enum NodeState {
     Stopping,
 }
 
-/// The last backup written, as the backup worker reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LastBackup {
-    pub file: String,
-    pub sequence: u64,
-    pub watermark: String,
-    pub stores: Vec<String>,
-    /// Unix seconds.
-    pub at: u64,
-}
-
 /// What the loop shares with the control RPC.
 #[derive(Debug)]
 pub struct Board {
@@ -177,14 +168,13 @@ pub struct Board {
     pub version: Option<String>,
     /// `None`: no vault configured.
     pub vault_locked: Option<bool>,
-    pub last_backup: Option<LastBackup>,
     pub backup_trigger: Option<BackupTrigger>,
     /// An upgrade plan the loop is holding until the node reaches its height.
     pub scheduled_upgrade: Option<String>,
     /// The version the loop's last upgrade targets; that upgrade is in
     /// progress while `node` is [`NodeState::Upgrading`] (`upgrade.cancel`
     /// refuses it then).
-    pub upgrading: Option<crate::layout::Version>,
+    pub upgrading: Option<crate::upgrade::layout::Version>,
 }
 
 /// Shared handle on the [`Board`].
@@ -204,7 +194,6 @@ pub fn new_board(vault: bool) -> SharedBoard {
         pid: None,
         version: None,
         vault_locked: vault.then_some(true),
-        last_backup: None,
         backup_trigger: None,
         scheduled_upgrade: None,
         upgrading: None,
@@ -225,12 +214,14 @@ pub struct SupervisorControl {
     /// (failures, not before) for unlocks.
     unlock_backoff: Mutex<(u32, Instant)>,
     /// `upgrade.list`, `upgrade.add`, `upgrade.cancel`.
-    upgrades: crate::upgrade_stage::UpgradeStager,
+    upgrades: crate::upgrade::stage::UpgradeStager,
     /// The stores `backup.list` reads.
-    backups: crate::backup_rpc::BackupCatalog,
+    backups: crate::backup::BackupCatalog,
     /// `host.shutdown` confirmation tokens, and the command it runs.
-    host_shutdown: crate::host_shutdown::Confirmations,
+    host_shutdown: crate::control::host_shutdown::Confirmations,
     shutdown_command: Vec<String>,
+    /// The last backup the backup worker wrote.
+    last_backup: tokio::sync::watch::Receiver<Option<LastBackup>>,
 }
 
 impl SupervisorControl {
@@ -240,13 +231,14 @@ impl SupervisorControl {
         commands: mpsc::Sender<ControlCommand>,
         board: SharedBoard,
         tunnels: Vec<BastionObserver>,
+        last_backup: tokio::sync::watch::Receiver<Option<LastBackup>>,
     ) -> SupervisorControl {
-        let upgrades = crate::upgrade_stage::UpgradeStager::new(config, board.clone());
+        let upgrades = crate::upgrade::stage::UpgradeStager::new(config, board.clone());
         SupervisorControl {
             commands,
             board,
             validator: config.rpc.name.clone(),
-            state_path: crate::keys::state_file(&config.daemon_home),
+            state_path: crate::node::files::state_file(&config.daemon_home),
             upgrade_info_path: config.upgrade_info_path(),
             node_rpc: NodeRpc::new(&config.daemon_home),
             tunnels,
@@ -254,9 +246,10 @@ impl SupervisorControl {
             started_at: SystemTime::now(),
             unlock_backoff: Mutex::new((0, Instant::now())),
             upgrades,
-            backups: crate::backup_rpc::BackupCatalog::new(config.vault.as_ref()),
-            host_shutdown: crate::host_shutdown::Confirmations::default(),
+            backups: crate::backup::BackupCatalog::new(config.vault.as_ref()),
+            host_shutdown: crate::control::host_shutdown::Confirmations::default(),
             shutdown_command: config.host.shutdown_command.clone(),
+            last_backup,
         }
     }
 
@@ -437,19 +430,9 @@ impl SupervisorControl {
                 "no backups while the vault is locked (or without [vault])",
             ));
         };
-        let before = board(&self.board).last_backup.clone();
-        trigger.backup_now("requested over RPC").await;
-        let after = board(&self.board).last_backup.clone();
-        match after {
-            Some(last) if Some(&last) != before.as_ref() => Ok(json!({ "backup": last })),
-            Some(last) => Ok(json!({
-                "backup": last,
-                "note": "the sign state has not moved since this backup, or no store took the new one; see the supervisor log"
-            })),
-            None => Err(RpcError::new(
-                code::WRONG_STATE,
-                "no store took the backup; see the supervisor log",
-            )),
+        match trigger.backup_now("requested over RPC").await {
+            Ok(backup) => Ok(json!({ "backup": backup })),
+            Err(error) => Err(RpcError::new(code::WRONG_STATE, error.to_string())),
         }
     }
 
@@ -481,7 +464,7 @@ impl SupervisorControl {
                 board.pid,
                 board.version.clone(),
                 board.vault_locked,
-                board.last_backup.clone(),
+                self.last_backup.borrow().clone(),
                 board.scheduled_upgrade.clone(),
             )
         };
@@ -559,16 +542,16 @@ impl SupervisorControl {
 }
 
 /// `backup.list`, `backup.restore` and `host.shutdown` (the work is in
-/// [`crate::backup_rpc`] and [`crate::host_shutdown`]).
+/// [`crate::backup_rpc`] and [`crate::control::host_shutdown`]).
 impl SupervisorControl {
     async fn backup_list(&self, params: &Value) -> Result<Value, RpcError> {
-        let limit = crate::backup_rpc::parse_list_params(params)?;
-        let last = board(&self.board).last_backup.clone();
+        let limit = crate::backup::catalog::parse_list_params(params)?;
+        let last = self.last_backup.borrow().clone();
         Ok(self.backups.list(limit, last.as_ref()).await)
     }
 
     async fn backup_restore(&self, params: &Value) -> Result<Value, RpcError> {
-        let request = crate::backup_rpc::parse_restore_params(params)?;
+        let request = parse_restore_params(params)?;
         if board(&self.board).vault_locked.is_none() {
             return Err(RpcError::new(
                 code::WRONG_STATE,
@@ -582,7 +565,7 @@ impl SupervisorControl {
     /// `host.shutdown {}` issues a token for `operator`;
     /// `{"confirm": TOKEN}` spends it and has the loop shut down.
     pub async fn host_shutdown(&self, operator: &str, params: Value) -> Result<Value, RpcError> {
-        use crate::host_shutdown::{ShutdownParams, check_runnable, parse_params};
+        use crate::control::host_shutdown::{ShutdownParams, check_runnable, parse_params};
         match parse_params(&params)? {
             ShutdownParams::Request => {
                 check_runnable(&self.shutdown_command)?;
@@ -672,7 +655,89 @@ fn logs_tail(params: &Value) -> Result<Value, RpcError> {
         }
         other => return Err(invalid(format!("params must be an object, not {other}"))),
     };
-    Ok(json!({ "lines": crate::output::recent_lines(lines as usize) }))
+    Ok(json!({ "lines": crate::node::output::recent_lines(lines as usize) }))
+}
+
+/// The `backup.restore` answer.
+pub fn restored_json(restored: &crate::backup::Restored) -> Value {
+    json!({
+        "restored": {
+            "store": restored.store,
+            "file": restored.file,
+            "sequence": restored.sequence,
+            "watermark": restored.watermark.to_string(),
+        },
+        "previous": crate::backup::describe_local(&restored.previous),
+        "path": restored.path.display().to_string(),
+    })
+}
+
+impl From<crate::backup::RestoreError> for RpcError {
+    fn from(error: crate::backup::RestoreError) -> RpcError {
+        use crate::backup::RestoreError;
+        use crate::sign_state::SignStateWriteError;
+        let message = error.to_string();
+        match error {
+            RestoreError::UnknownStore { known, .. } => {
+                let mut rpc = RpcError::new(code::INVALID_PARAMS, message);
+                rpc.data = Some(json!({ "field": "store", "known": known }));
+                rpc
+            }
+            RestoreError::Write(SignStateWriteError::Refused { .. }) => {
+                RpcError::new(code::WRONG_STATE, message)
+            }
+            RestoreError::Write(_) => RpcError::new(code::INTERNAL, message),
+            _ => RpcError::new(code::WRONG_STATE, message),
+        }
+    }
+}
+
+/// `backup.restore` params: exactly `{"store": NAME, "file": NAME}`, the
+/// file a plain backup file name.
+pub fn parse_restore_params(params: &Value) -> Result<crate::backup::RestoreChoice, RpcError> {
+    use crate::backup::{BackupFileName, validate_file_name};
+    let invalid_params = |field: &str, message: String| {
+        let mut error = RpcError::new(code::INVALID_PARAMS, message);
+        error.data = Some(json!({ "field": field }));
+        error
+    };
+    let Value::Object(map) = params else {
+        return Err(invalid_params(
+            "params",
+            "params must be {\"store\": NAME, \"file\": NAME}".into(),
+        ));
+    };
+    if let Some(unknown) = map
+        .keys()
+        .find(|key| !["store", "file"].contains(&key.as_str()))
+    {
+        return Err(invalid_params(
+            unknown,
+            format!("unknown field `{unknown}`"),
+        ));
+    }
+    let text = |field: &str| match map.get(field) {
+        Some(Value::String(text)) if !text.is_empty() => Ok(text.clone()),
+        _ => Err(invalid_params(
+            field,
+            format!("{field} must be a non-empty string (see backup.list)"),
+        )),
+    };
+    let store = text("store")?;
+    let file = text("file")?;
+    if let Err(error) = validate_file_name(&file) {
+        return Err(invalid_params("file", error.to_string()));
+    }
+    if BackupFileName::parse(&file).is_none() {
+        return Err(invalid_params(
+            "file",
+            format!(
+                "{file:?} is not a backup file name \
+                 (backup-<chain>-<ADDRESS>-<sequence>-h<height>.age, see backup.list)"
+            ),
+        ));
+    }
+    Ok(crate::backup::RestoreChoice::Named { store, file })
 }
 
 fn no_params(params: &Value) -> Result<(), RpcError> {

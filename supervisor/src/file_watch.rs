@@ -4,7 +4,7 @@
 //! file), plus polling as the safety net (inotify can be unavailable, out
 //! of watches, or the directory may not exist yet).
 //!
-//! Used by [`crate::upgrade_watch`] and [`crate::sign_state::StateFollower`],
+//! Used by [`crate::upgrade::watch`] and [`crate::sign_state::StateFollower`],
 //! which decide what a change means.
 
 use std::path::Path;

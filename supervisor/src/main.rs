@@ -6,8 +6,8 @@
 use clap::Parser;
 use palisade_supervisor::cli::{self, Cli, Command, exit_code};
 use palisade_supervisor::config::Config;
-use palisade_supervisor::process::OutputTarget;
-use palisade_supervisor::run::{RunOptions, RunOutcome, run, shutdown_signals};
+use palisade_supervisor::node::process::OutputTarget;
+use palisade_supervisor::supervision::{RunOptions, RunOutcome, run, shutdown_signals};
 
 fn main() {
     let cli = Cli::parse();
@@ -75,7 +75,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             no_import,
         } => {
             let config = load()?;
-            palisade_supervisor::keys::init_vault_command(
+            palisade_supervisor::commands::init_vault::run(
                 &config,
                 passphrase_file.as_deref(),
                 !no_import,
@@ -84,7 +84,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::RestoreState { passphrase_file } => {
             let config = load()?;
-            palisade_supervisor::keys::restore_state_command(&config, passphrase_file.as_deref())?;
+            palisade_supervisor::commands::restore_state::run(&config, passphrase_file.as_deref())?;
             Ok(exit_code::OK)
         }
         Command::Run {

@@ -294,7 +294,7 @@ fn backups_are_listed_and_restored_without_ever_lowering_the_sign_state() {
     fixture.chain.assert_no_double_sign();
 
     let output = supervisor.stop();
-    assert!(output.contains("sign state restored from a backup over the control RPC"));
+    assert!(output.contains("sign state restored from a backup"));
     assert!(!output.contains(PASSPHRASE));
 }
 

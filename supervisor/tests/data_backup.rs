@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use palisade_supervisor::data_backup::{
+use palisade_supervisor::upgrade::data_backup::{
     BackupMethod, BackupProgress, DataBackupError, DataBackupReport, backup_data_dir,
     backup_dir_name,
 };

@@ -319,7 +319,7 @@ proptest! {
                 board.vault_locked = Some(locked);
             }
             let control: Arc<dyn Dispatcher> =
-                Arc::new(SupervisorControl::new(&home.config, commands, shared, Vec::new()));
+                Arc::new(SupervisorControl::new(&home.config, commands, shared, Vec::new(), tokio::sync::watch::channel(None).1));
             let operators = [
                 Caller { operator: "local:root".into(), role: Role::Admin, tls: false },
                 Caller { operator: "ada".into(), role: Role::Admin, tls: true },
@@ -411,7 +411,13 @@ fn the_dispatcher_under_test_serves_real_calls() {
     runtime.block_on(async {
         let (commands, inbox) = tokio::sync::mpsc::channel(8);
         tokio::spawn(loop_stand_in(inbox));
-        let control = SupervisorControl::new(&home.config, commands, new_board(true), Vec::new());
+        let control = SupervisorControl::new(
+            &home.config,
+            commands,
+            new_board(true),
+            Vec::new(),
+            tokio::sync::watch::channel(None).1,
+        );
         let root = Caller {
             operator: "local:root".into(),
             role: Role::Admin,

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use palisade_supervisor::download::{
+use palisade_supervisor::upgrade::download::{
     ArtifactFormat, ChecksumPolicy, DownloadError, DownloadLimits, Downloader, os_arch,
 };
 use sha2::Digest;

@@ -1,298 +1,716 @@
-//! Fan-out over several stores: [`publish`] a bundle to all of them and
-//! [`gather_and_verify`] the best bundle from all of them.
+//! Restoring the sign state from a backup: the one path behind both
+//! `palisade-supervisor restore-state` (the highest valid backup of every
+//! store) and the control RPC's `backup.restore` (one backup the operator
+//! names).
 //!
-//! One store down never fails the whole: each store gets its own timeout and
-//! its own line in the report. Restoring trusts no store: every bundle goes
-//! through [`open_bundle`], its file name must match its signed metadata,
-//! and the winner is the highest watermark (then highest sequence) among the
-//! bundles that pass, so a store that withholds or replays can only make the
-//! result no better than what the other stores hold.
+//! Checks, in order: the backup is fetched and verified (decryption with
+//! the vault's age identity, the signature of the validator's backup key,
+//! chain, validator, the name against the signed metadata, the watermark
+//! inside against the metadata); it must be above the local sign state; no
+//! other valid backup in any store reachable now may be higher; then the
+//! sign-state rule ([`restore_decision`]) and the sign state's atomic
+//! writer ([`write_atomic`]). It never lowers the sign state: every
+//! refusal leaves the file as it was.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
-
 use super::bundle::BackupFileName;
-use super::open::{Expectations, OpenedBundle, Rejection, open_bundle};
+use super::gather::{AcceptedBundle, RestoreReport, gather_and_verify};
+use super::identity::ValidatorIdentity;
+use super::open::{Expectations, Rejection, open_bundle};
+use super::start_check::{STORE_TIMEOUT, log_rejections};
 use super::store::{BackupStore, StoreError};
-use crate::sign_state::Watermark;
+use crate::sign_state::{
+    KnownWatermark, LocalState, SignState, SignStateError, SignStateWriteError, Watermark,
+    WatermarkSource, read_local, restore_decision, write_atomic,
+};
+use crate::vault::UnlockedVault;
 
-/// Most bundles fetched from one store per restore (the newest by name);
-/// bounds the work a store stuffed with junk names can cause.
-pub const MAX_BUNDLES_PER_STORE: usize = 32;
+/// Bound on reading every store for the highest valid backup during a
+/// restore; with the fetch of the backup itself this stays below the
+/// control RPC's wait for the loop (60 s), so an answer is never "busy"
+/// while the restore goes on behind it.
+pub const GATHER_TIMEOUT: Duration = Duration::from_secs(40);
 
-/// The outcome of [`publish`], one line per store.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PublishReport {
-    /// The file name published.
-    pub file_name: String,
-    /// Stores that now hold the bundle.
-    pub stored: Vec<String>,
-    /// Stores that failed, with the reason.
-    pub failed: Vec<(String, String)>,
-}
-
-impl PublishReport {
-    /// True when at least one store holds the bundle.
-    pub fn stored_anywhere(&self) -> bool {
-        !self.stored.is_empty()
-    }
-
-    /// True when every store holds the bundle.
-    pub fn stored_everywhere(&self) -> bool {
-        self.failed.is_empty()
-    }
-}
-
-/// Puts `bytes` under `file_name` in every store concurrently, each bounded
-/// by `timeout`. Never fails as a whole; see the report.
-pub async fn publish(
-    stores: &[Arc<dyn BackupStore>],
-    file_name: &str,
-    bytes: &[u8],
-    timeout: Duration,
-) -> PublishReport {
-    let name: Arc<str> = Arc::from(file_name);
-    let bytes: Arc<[u8]> = Arc::from(bytes);
-    let mut tasks = JoinSet::new();
-    for (index, store) in stores.iter().enumerate() {
-        let (store, name, bytes) = (Arc::clone(store), Arc::clone(&name), Arc::clone(&bytes));
-        tasks.spawn(async move {
-            let outcome = match tokio::time::timeout(timeout, store.put(&name, &bytes)).await {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::Timeout(timeout)),
-            };
-            (index, outcome)
-        });
-    }
-    let mut outcomes: Vec<Option<Result<(), String>>> = vec![None; stores.len()];
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((index, outcome)) = joined {
-            outcomes[index] = Some(outcome.map_err(|e| e.to_string()));
-        }
-    }
-    let mut report = PublishReport {
-        file_name: file_name.to_owned(),
-        ..PublishReport::default()
-    };
-    for (store, outcome) in stores.iter().zip(outcomes) {
-        let store_name = store.name().to_owned();
-        match outcome.unwrap_or_else(|| Err("store task panicked".to_owned())) {
-            Ok(()) => {
-                tracing::debug!(store = %store_name, file = %file_name, "backup published");
-                report.stored.push(store_name);
-            }
-            Err(reason) => {
-                tracing::debug!(store = %store_name, file = %file_name, %reason, "backup not published");
-                report.failed.push((store_name, reason));
-            }
-        }
-    }
-    report
-}
-
-/// A bundle that passed every check.
+/// Which backup to restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcceptedBundle {
+pub enum RestoreChoice {
+    /// The highest valid backup in every store (`restore-state`).
+    Highest,
+    /// One file in one store, as `backup.list` names them
+    /// (`backup.restore`).
+    Named { store: String, file: String },
+}
+
+/// Why a restore did not happen. Every variant leaves the sign state as it
+/// was.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// No store of that name.
+    #[error("no backup store named {store}")]
+    UnknownStore { store: String, known: Vec<String> },
+    /// The store does not hold the file.
+    #[error("{file} is not in store {store}; nothing was changed")]
+    NotInStore { store: String, file: String },
+    /// The store could not return the file.
+    #[error("cannot read {file} from store {store}: {reason}; nothing was changed")]
+    Store {
+        store: String,
+        file: String,
+        reason: String,
+    },
+    /// The backup failed verification (not ours, forged, damaged, renamed…).
+    #[error("backup {file} in store {store} is rejected: {reason}; nothing was changed")]
+    Rejected {
+        store: String,
+        file: String,
+        reason: Rejection,
+    },
+    /// No store holds a valid backup.
+    #[error("no valid backup found in {stores} store(s); nothing restored")]
+    NoValidBackup { stores: usize },
+    /// The backup is not above the local sign state.
+    #[error(
+        "backup {file} is at {backup}, not above the local sign state at {local}: a restore \
+         never lowers or rewrites the sign state; nothing was changed"
+    )]
+    NotAbove {
+        file: String,
+        backup: Watermark,
+        local: Watermark,
+    },
+    /// Another valid backup is higher: restoring this one could let the
+    /// node sign again what was already signed.
+    #[error(
+        "backup {file} is at {backup}, but backup {} in store {} is higher at {}: never \
+         restore below the highest known backup (restore that one); nothing was changed",
+        higher.file_name, higher.store, higher.watermark
+    )]
+    HigherBackupExists {
+        file: String,
+        backup: Watermark,
+        higher: AcceptedBundle,
+    },
+    /// The stores could not all be read in time, so the highest valid
+    /// backup is unknown.
+    #[error(
+        "the backup stores did not all answer within {}; the highest valid backup is \
+         unknown; nothing was changed",
+        humantime::format_duration(*.0)
+    )]
+    StoresTooSlow(Duration),
+    /// The sign-state rules refused the move.
+    #[error("{0}; nothing was changed")]
+    Decision(SignStateError),
+    /// Writing the state file failed; [`write_atomic`] left it as it was.
+    #[error("{0}; the sign state file was left as it was")]
+    Write(SignStateWriteError),
+}
+
+/// A restore that happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
     pub store: String,
-    pub file_name: String,
-    pub watermark: Watermark,
+    pub file: String,
     pub sequence: u64,
+    pub watermark: Watermark,
+    /// What the state file held before.
+    pub previous: LocalState,
+    pub path: PathBuf,
 }
 
-/// Why a bundle (or a whole store) could not be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RejectionReason {
-    /// The bundle was read and failed verification.
-    Bundle(Rejection),
-    /// The store could not list or return it (down, timeout, too large…).
-    Store(String),
-}
-
-impl std::fmt::Display for RejectionReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RejectionReason::Bundle(rejection) => rejection.fmt(f),
-            RejectionReason::Store(reason) => write!(f, "store error: {reason}"),
+impl Restored {
+    /// Where the restored state came from.
+    pub fn source(&self) -> WatermarkSource {
+        WatermarkSource::Backup {
+            store: self.store.clone(),
+            name: self.file.clone(),
+            sequence: self.sequence,
         }
     }
 }
 
-/// A bundle, or a store, that was not used, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RejectedBundle {
-    pub store: String,
-    /// `None` when the store itself failed (its listing).
-    pub file_name: Option<String>,
-    pub reason: RejectionReason,
-}
-
-/// The best verified bundle and where it came from.
-#[derive(Debug)]
-pub struct BestBundle {
-    pub store: String,
-    pub file_name: String,
-    pub bundle: OpenedBundle,
-}
-
-/// The outcome of [`gather_and_verify`].
-#[derive(Debug, Default)]
-pub struct RestoreReport {
-    /// Highest watermark among the accepted bundles, ties broken by highest
-    /// sequence, then by store order.
-    pub best: Option<BestBundle>,
-    /// Every bundle that passed (the same bundle may be on several stores).
-    pub accepted: Vec<AcceptedBundle>,
-    /// Every bundle or store that failed, with the reason.
-    pub rejected: Vec<RejectedBundle>,
-}
-
-impl RestoreReport {
-    /// Highest sequence among accepted bundles: the next backup must use a
-    /// larger one.
-    pub fn max_sequence(&self) -> Option<u64> {
-        self.accepted.iter().map(|a| a.sequence).max()
+/// What a state file held, in words: a watermark, `missing`, or
+/// `unreadable (why)`.
+pub fn describe_local(local: &LocalState) -> String {
+    match local {
+        LocalState::Present(watermark) => watermark.to_string(),
+        LocalState::Missing => "missing".into(),
+        LocalState::Unreadable(error) => format!("unreadable ({error})"),
     }
 }
 
-type Fetched = (
-    String,
-    Result<Vec<(String, Result<Vec<u8>, String>)>, String>,
-);
-
-/// Lists and fetches this validator's bundles from every store concurrently
-/// (each operation bounded by `timeout`), verifies each against
-/// `expectations`, and picks the best.
-pub async fn gather_and_verify(
+/// Every store's valid backups, bounded by [`GATHER_TIMEOUT`].
+async fn gather(
     stores: &[Arc<dyn BackupStore>],
     identity: &age::x25519::Identity,
     expectations: &Expectations,
-    timeout: Duration,
-) -> RestoreReport {
-    let mut tasks = JoinSet::new();
-    for (index, store) in stores.iter().enumerate() {
-        let store = Arc::clone(store);
-        let chain_id = expectations.chain_id.clone();
-        let address = expectations.validator_address.to_ascii_uppercase();
-        tasks.spawn(async move {
-            let fetched = fetch_store(store.as_ref(), &chain_id, &address, timeout).await;
-            (index, (store.name().to_owned(), fetched))
-        });
-    }
-    let mut per_store: Vec<Option<Fetched>> = (0..stores.len()).map(|_| None).collect();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((index, fetched)) = joined {
-            per_store[index] = Some(fetched);
-        }
-    }
-
-    let mut report = RestoreReport::default();
-    for (store, fetched) in stores.iter().zip(per_store) {
-        let (store_name, fetched) = fetched.unwrap_or_else(|| {
-            (
-                store.name().to_owned(),
-                Err("store task panicked".to_owned()),
-            )
-        });
-        let files = match fetched {
-            Ok(files) => files,
-            Err(reason) => {
-                tracing::warn!(store = %store_name, %reason, "backup store unavailable");
-                report.rejected.push(RejectedBundle {
-                    store: store_name,
-                    file_name: None,
-                    reason: RejectionReason::Store(reason),
-                });
-                continue;
-            }
-        };
-        for (file_name, bytes) in files {
-            let outcome = bytes.map_err(RejectionReason::Store).and_then(|bytes| {
-                let bundle =
-                    open_bundle(&bytes, identity, expectations).map_err(RejectionReason::Bundle)?;
-                let expected_name = BackupFileName::for_metadata(&bundle.metadata).to_string();
-                if expected_name != file_name {
-                    return Err(RejectionReason::Bundle(Rejection::NameMismatch {
-                        file_name: file_name.clone(),
-                        expected: expected_name,
-                    }));
-                }
-                Ok(bundle)
-            });
-            match outcome {
-                Ok(bundle) => {
-                    let accepted = AcceptedBundle {
-                        store: store_name.clone(),
-                        file_name: file_name.clone(),
-                        watermark: bundle.metadata.watermark,
-                        sequence: bundle.metadata.sequence,
-                    };
-                    let rank = (accepted.watermark, accepted.sequence);
-                    let better = report.best.as_ref().is_none_or(|best| {
-                        rank > (
-                            best.bundle.metadata.watermark,
-                            best.bundle.metadata.sequence,
-                        )
-                    });
-                    if better {
-                        report.best = Some(BestBundle {
-                            store: store_name.clone(),
-                            file_name,
-                            bundle,
-                        });
-                    }
-                    report.accepted.push(accepted);
-                }
-                Err(reason) => {
-                    tracing::warn!(store = %store_name, file = %file_name, %reason, "backup rejected");
-                    report.rejected.push(RejectedBundle {
-                        store: store_name.clone(),
-                        file_name: Some(file_name),
-                        reason,
-                    });
-                }
-            }
-        }
-    }
-    report
+) -> Result<RestoreReport, RestoreError> {
+    let report = tokio::time::timeout(
+        GATHER_TIMEOUT,
+        gather_and_verify(stores, identity, expectations, STORE_TIMEOUT),
+    )
+    .await
+    .map_err(|_| RestoreError::StoresTooSlow(GATHER_TIMEOUT))?;
+    log_rejections(&report);
+    Ok(report)
 }
 
-async fn fetch_store(
-    store: &dyn BackupStore,
-    chain_id: &str,
-    address: &str,
-    timeout: Duration,
-) -> Result<Vec<(String, Result<Vec<u8>, String>)>, String> {
-    let timed = |_: tokio::time::error::Elapsed| StoreError::Timeout(timeout).to_string();
-    let names = tokio::time::timeout(timeout, store.list())
+/// A verified backup chosen for restoring: where it is, what it holds.
+struct Candidate {
+    store: String,
+    file: String,
+    sequence: u64,
+    watermark: Watermark,
+    state: Vec<u8>,
+}
+
+/// Fetch and verify `file` from `store`.
+async fn fetch_named(
+    stores: &[Arc<dyn BackupStore>],
+    identity: &age::x25519::Identity,
+    expectations: &Expectations,
+    store: &str,
+    file: &str,
+) -> Result<Candidate, RestoreError> {
+    let Some(source) = stores.iter().find(|s| s.name() == store) else {
+        return Err(RestoreError::UnknownStore {
+            store: store.to_owned(),
+            known: stores.iter().map(|s| s.name().to_owned()).collect(),
+        });
+    };
+    let store_error = |reason: String| RestoreError::Store {
+        store: store.to_owned(),
+        file: file.to_owned(),
+        reason,
+    };
+    let bytes = match tokio::time::timeout(STORE_TIMEOUT, source.get(file)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(StoreError::NotFound(_))) => {
+            return Err(RestoreError::NotInStore {
+                store: store.to_owned(),
+                file: file.to_owned(),
+            });
+        }
+        Ok(Err(error)) => return Err(store_error(error.to_string())),
+        Err(_) => return Err(store_error(StoreError::Timeout(STORE_TIMEOUT).to_string())),
+    };
+    let rejected = |reason| RestoreError::Rejected {
+        store: store.to_owned(),
+        file: file.to_owned(),
+        reason,
+    };
+    let bundle = open_bundle(&bytes, identity, expectations).map_err(rejected)?;
+    let expected_name = BackupFileName::for_metadata(&bundle.metadata).to_string();
+    if expected_name != file {
+        return Err(rejected(Rejection::NameMismatch {
+            file_name: file.to_owned(),
+            expected: expected_name,
+        }));
+    }
+    Ok(Candidate {
+        store: store.to_owned(),
+        file: file.to_owned(),
+        sequence: bundle.metadata.sequence,
+        watermark: bundle.metadata.watermark,
+        state: bundle.state,
+    })
+}
+
+/// Restore the sign state at `state_path` from the backup `choice` names,
+/// verified against `expectations` with `identity`. See the module docs
+/// for the checks.
+pub async fn restore_sign_state(
+    stores: &[Arc<dyn BackupStore>],
+    identity: &age::x25519::Identity,
+    expectations: &Expectations,
+    state_path: &Path,
+    choice: &RestoreChoice,
+) -> Result<Restored, RestoreError> {
+    let (candidate, report) = match choice {
+        RestoreChoice::Named { store, file } => {
+            let candidate = fetch_named(stores, identity, expectations, store, file).await?;
+            (candidate, None)
+        }
+        RestoreChoice::Highest => {
+            let report = gather(stores, identity, expectations).await?;
+            let Some(best) = &report.best else {
+                return Err(RestoreError::NoValidBackup {
+                    stores: stores.len(),
+                });
+            };
+            let candidate = Candidate {
+                store: best.store.clone(),
+                file: best.file_name.clone(),
+                sequence: best.bundle.metadata.sequence,
+                watermark: best.bundle.metadata.watermark,
+                state: best.bundle.state.clone(),
+            };
+            (candidate, Some(report))
+        }
+    };
+
+    let local = read_local(state_path);
+    if let LocalState::Present(local) = local
+        && candidate.watermark <= local
+    {
+        return Err(RestoreError::NotAbove {
+            file: candidate.file,
+            backup: candidate.watermark,
+            local,
+        });
+    }
+
+    let report = match report {
+        Some(report) => report,
+        None => gather(stores, identity, expectations).await?,
+    };
+    if let Some(higher) = report
+        .accepted
+        .iter()
+        .filter(|accepted| accepted.watermark > candidate.watermark)
+        .max_by_key(|accepted| (accepted.watermark, accepted.sequence))
+    {
+        return Err(RestoreError::HigherBackupExists {
+            file: candidate.file,
+            backup: candidate.watermark,
+            higher: higher.clone(),
+        });
+    }
+    let known = KnownWatermark {
+        watermark: candidate.watermark,
+        source: WatermarkSource::Backup {
+            store: candidate.store.clone(),
+            name: candidate.file.clone(),
+            sequence: candidate.sequence,
+        },
+    };
+    let highest_known = match local {
+        LocalState::Present(local) => local.max(candidate.watermark),
+        _ => candidate.watermark,
+    };
+    restore_decision(&local, &known, highest_known).map_err(RestoreError::Decision)?;
+    let state = SignState::parse(&candidate.state).map_err(RestoreError::Decision)?;
+    write_atomic(state_path, &state, Some(highest_known)).map_err(RestoreError::Write)?;
+    let restored = Restored {
+        store: candidate.store,
+        file: candidate.file,
+        sequence: candidate.sequence,
+        watermark: candidate.watermark,
+        previous: local,
+        path: state_path.to_path_buf(),
+    };
+    tracing::warn!(
+        from = %describe_local(&restored.previous),
+        to = %restored.watermark,
+        source = %known.source,
+        path = %state_path.display(),
+        "sign state restored from a backup"
+    );
+    Ok(restored)
+}
+
+/// What the supervisor needs to restore while the vault is unlocked: the
+/// vault (for its age identity and backup key), who the validator is,
+/// every store (the same objects the backup worker writes to) and the
+/// state file. Dropped when the vault is locked, with the vault's last
+/// handle.
+#[derive(Clone)]
+pub struct RestoreKit {
+    vault: Arc<UnlockedVault>,
+    validator: ValidatorIdentity,
+    stores: Vec<Arc<dyn BackupStore>>,
+    state_path: PathBuf,
+}
+
+impl RestoreKit {
+    pub fn new(
+        vault: Arc<UnlockedVault>,
+        validator: ValidatorIdentity,
+        stores: Vec<Arc<dyn BackupStore>>,
+        state_path: PathBuf,
+    ) -> RestoreKit {
+        RestoreKit {
+            vault,
+            validator,
+            stores,
+            state_path,
+        }
+    }
+
+    /// [`restore_sign_state`] with the vault's identity and expectations.
+    pub async fn restore(&self, choice: &RestoreChoice) -> Result<Restored, RestoreError> {
+        restore_sign_state(
+            &self.stores,
+            self.vault.age_identity(),
+            &self.validator.expectations(self.vault.verifying_key()),
+            &self.state_path,
+            choice,
+        )
         .await
-        .map_err(timed)?
-        .map_err(|e| e.to_string())?;
-    let mut ours: Vec<String> = names
-        .into_iter()
-        .filter(|name| {
-            BackupFileName::parse(name)
-                .is_some_and(|n| n.chain_id == chain_id && n.validator_address == address)
-        })
-        .collect();
-    ours.sort();
-    if ours.len() > MAX_BUNDLES_PER_STORE {
-        let skipped = ours.len() - MAX_BUNDLES_PER_STORE;
-        tracing::warn!(
-            store = store.name(),
-            skipped,
-            "too many backups; reading the newest only"
-        );
-        ours.drain(..skipped);
     }
-    let mut fetched = Vec::with_capacity(ours.len());
-    for name in ours.into_iter().rev() {
-        let bytes = match tokio::time::timeout(timeout, store.get(&name)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(elapsed) => Err(timed(elapsed)),
+}
+
+/// Names the stores, never the vault's secrets.
+impl std::fmt::Debug for RestoreKit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stores: Vec<&str> = self.stores.iter().map(|s| s.name()).collect();
+        f.debug_struct("RestoreKit")
+            .field("vault", &"REDACTED")
+            .field("validator", &self.validator)
+            .field("stores", &stores)
+            .field("state_path", &self.state_path)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::backup::test_support::{ADDRESS, CHAIN, Scripted, name};
+    use crate::backup::{BundleInput, LocalDirStore, create_bundle};
+    use crate::sign_state::Step;
+
+    /// A validator's keys, and bundles made with them.
+    struct Fixture {
+        signing_key: SigningKey,
+        identity: age::x25519::Identity,
+        dir: tempfile::TempDir,
+        store: Arc<LocalDirStore>,
+    }
+
+    fn wm(height: u64, round: u32, step: Step) -> Watermark {
+        Watermark {
+            height,
+            round,
+            step,
+        }
+    }
+
+    fn state_json(watermark: Watermark) -> Vec<u8> {
+        SignState::from_watermark(watermark).to_json()
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("data")).unwrap();
+            let store = Arc::new(LocalDirStore::new(dir.path().join("store"), "local").unwrap());
+            Fixture {
+                signing_key: SigningKey::from_bytes(&rand::random()),
+                identity: age::x25519::Identity::generate(),
+                dir,
+                store,
+            }
+        }
+
+        fn expectations(&self) -> Expectations {
+            Expectations {
+                verifying_key: self.signing_key.verifying_key(),
+                chain_id: CHAIN.into(),
+                validator_address: ADDRESS.into(),
+                min_sequence: None,
+                min_watermark: None,
+            }
+        }
+
+        fn bundle_with(&self, key: &SigningKey, sequence: u64, watermark: Watermark) -> Vec<u8> {
+            let input = BundleInput {
+                chain_id: CHAIN.into(),
+                validator_address: ADDRESS.into(),
+                watermark,
+                sequence,
+                host_id: "host-a".into(),
+                created_at: SystemTime::now(),
+                software_version: "test".into(),
+                priv_validator_state: state_json(watermark),
+                priv_validator_key: None,
+                node_key: None,
+            };
+            let recipients: Vec<Box<dyn age::Recipient + Send>> =
+                vec![Box::new(self.identity.to_public())];
+            create_bundle(&input, key, &recipients).unwrap()
+        }
+
+        /// Publishes a genuine backup and returns its name.
+        async fn publish(&self, sequence: u64, watermark: Watermark) -> String {
+            let file = name(sequence, watermark.height);
+            let bytes = self.bundle_with(&self.signing_key, sequence, watermark);
+            self.store.put(&file, &bytes).await.unwrap();
+            file
+        }
+
+        fn state_path(&self) -> PathBuf {
+            self.dir.path().join("data/priv_validator_state.json")
+        }
+
+        fn write_local(&self, watermark: Watermark) {
+            std::fs::write(self.state_path(), state_json(watermark)).unwrap();
+        }
+
+        fn local_bytes(&self) -> Option<Vec<u8>> {
+            std::fs::read(self.state_path()).ok()
+        }
+
+        async fn restore(
+            &self,
+            extra: Vec<Arc<dyn BackupStore>>,
+            store: &str,
+            file: &str,
+        ) -> Result<Restored, RestoreError> {
+            let mut stores: Vec<Arc<dyn BackupStore>> = vec![self.store.clone()];
+            stores.extend(extra);
+            restore_sign_state(
+                &stores,
+                &self.identity,
+                &self.expectations(),
+                &self.state_path(),
+                &RestoreChoice::Named {
+                    store: store.into(),
+                    file: file.into(),
+                },
+            )
+            .await
+        }
+    }
+
+    #[tokio::test]
+    async fn restores_raise_the_sign_state_and_nothing_else_changes_it() {
+        let low = wm(10, 0, Step::Precommit);
+        let mid = wm(20, 1, Step::Prevote);
+        let high = wm(30, 0, Step::Precommit);
+
+        // Local state lost: the highest backup restores it.
+        let fixture = Fixture::new();
+        let older = fixture.publish(1, mid).await;
+        let newest = fixture.publish(2, high).await;
+        let restored = fixture.restore(vec![], "local", &newest).await.unwrap();
+        assert_eq!(restored.watermark, high);
+        assert_eq!(restored.previous, LocalState::Missing);
+        assert_eq!(fixture.local_bytes().unwrap(), state_json(high));
+        assert_eq!(restored.sequence, 2);
+        assert_eq!(describe_local(&restored.previous), "missing");
+
+        // At or below the local state: refused, file untouched.
+        for file in [&older, &newest] {
+            let before = fixture.local_bytes();
+            let error = fixture.restore(vec![], "local", file).await.unwrap_err();
+            assert!(matches!(error, RestoreError::NotAbove { .. }), "{error}");
+            let message = error.to_string();
+            assert!(message.contains("never lowers"), "{message}");
+            assert!(message.contains("nothing was changed"), "{message}");
+            assert_eq!(fixture.local_bytes(), before);
+        }
+
+        // Local lagging: an older backup above it is still refused while a
+        // higher valid one exists — in any store.
+        let fixture = Fixture::new();
+        fixture.write_local(low);
+        let older = fixture.publish(1, mid).await;
+        let bastion_only = fixture.bundle_with(&fixture.signing_key, 2, high);
+        let bastion: Arc<dyn BackupStore> = Arc::new(Scripted {
+            name: "bastion:b1".into(),
+            files: Some(vec![(name(2, high.height), bastion_only)]),
+        });
+        let error = fixture
+            .restore(vec![bastion.clone()], "local", &older)
+            .await
+            .unwrap_err();
+        match &error {
+            RestoreError::HigherBackupExists { higher, .. } => {
+                assert_eq!(higher.store, "bastion:b1");
+                assert_eq!(higher.watermark, high);
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(fixture.local_bytes().unwrap(), state_json(low));
+        // The highest one, from the bastion, restores; a down store does
+        // not stop it.
+        let down: Arc<dyn BackupStore> = Arc::new(Scripted {
+            name: "bastion:down".into(),
+            files: None,
+        });
+        let restored = fixture
+            .restore(vec![bastion, down], "bastion:b1", &name(2, high.height))
+            .await
+            .unwrap();
+        assert_eq!(restored.previous, LocalState::Present(low));
+        assert_eq!(fixture.local_bytes().unwrap(), state_json(high));
+
+        // An unreadable local state is replaced by the highest backup.
+        let fixture = Fixture::new();
+        std::fs::write(fixture.state_path(), b"{\"height\":").unwrap();
+        let file = fixture.publish(1, mid).await;
+        let restored = fixture.restore(vec![], "local", &file).await.unwrap();
+        assert!(matches!(restored.previous, LocalState::Unreadable(_)));
+        assert_eq!(fixture.local_bytes().unwrap(), state_json(mid));
+    }
+
+    #[tokio::test]
+    async fn bad_backups_and_bad_stores_are_refused_and_change_nothing() {
+        let low = wm(10, 0, Step::Precommit);
+        let high = wm(30, 0, Step::Precommit);
+        let fixture = Fixture::new();
+        fixture.write_local(low);
+        let genuine = fixture.publish(1, high).await;
+        let genuine_bytes = fixture.store.get(&genuine).await.unwrap();
+
+        // Forged: our chain and validator, encrypted to us, signed by another key.
+        let forger = SigningKey::from_bytes(&rand::random());
+        let forged = name(5, 40);
+        let bytes = fixture.bundle_with(&forger, 5, wm(40, 0, Step::Precommit));
+        fixture.store.put(&forged, &bytes).await.unwrap();
+        // Renamed: a genuine bundle under a name claiming a higher height.
+        let renamed = name(6, 50);
+        fixture.store.put(&renamed, &genuine_bytes).await.unwrap();
+        // Garbage under a backup name.
+        let garbage = name(7, 60);
+        fixture.store.put(&garbage, b"not age").await.unwrap();
+        let down: Arc<dyn BackupStore> = Arc::new(Scripted {
+            name: "bastion:down".into(),
+            files: None,
+        });
+
+        // (store, file, words in the message, whether the store is unknown)
+        let cases: Vec<(&str, String, &str, bool)> = vec![
+            (
+                "nowhere",
+                genuine.clone(),
+                "no backup store named nowhere",
+                true,
+            ),
+            ("local", name(9, 99), "is not in store local", false),
+            ("bastion:down", genuine.clone(), "cannot read", false),
+            ("local", forged, "signature is bad", false),
+            (
+                "local",
+                renamed,
+                "does not match its signed metadata",
+                false,
+            ),
+            ("local", garbage, "cannot be decrypted", false),
+        ];
+        for (store, file, words, unknown_store) in cases {
+            let error = fixture
+                .restore(vec![down.clone()], store, &file)
+                .await
+                .unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains(words), "{store} {file}: {message}");
+            match error {
+                RestoreError::UnknownStore { known, .. } => {
+                    assert!(unknown_store, "{message}");
+                    assert_eq!(known, ["local", "bastion:down"]);
+                }
+                _ => {
+                    assert!(!unknown_store, "{message}");
+                    assert!(message.contains("nothing was changed"), "{message}");
+                }
+            }
+            assert_eq!(
+                fixture.local_bytes().unwrap(),
+                state_json(low),
+                "{store} {file}"
+            );
+        }
+        // The genuine one still works afterwards (the junk is skipped).
+        let restored = fixture
+            .restore(vec![down], "local", &genuine)
+            .await
+            .unwrap();
+        assert_eq!(restored.watermark, high);
+    }
+
+    #[tokio::test]
+    async fn a_bundle_of_another_validator_is_refused() {
+        let fixture = Fixture::new();
+        let mut expectations = fixture.expectations();
+        expectations.validator_address = "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF".into();
+        let file = fixture.publish(1, wm(5, 0, Step::Precommit)).await;
+        let stores: Vec<Arc<dyn BackupStore>> = vec![fixture.store.clone()];
+        let error = restore_sign_state(
+            &stores,
+            &fixture.identity,
+            &expectations,
+            &fixture.state_path(),
+            &RestoreChoice::Named {
+                store: "local".into(),
+                file,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(error.to_string().contains("is for validator"), "{error}");
+        assert_eq!(fixture.local_bytes(), None);
+    }
+
+    #[tokio::test]
+    async fn the_highest_choice_restores_the_best_backup_of_every_store() {
+        let low = wm(10, 0, Step::Precommit);
+        let high = wm(30, 0, Step::Precommit);
+        let fixture = Fixture::new();
+        let stores = |extra: Vec<Arc<dyn BackupStore>>| {
+            let mut stores: Vec<Arc<dyn BackupStore>> = vec![fixture.store.clone()];
+            stores.extend(extra);
+            stores
         };
-        fetched.push((name, bytes));
+        let highest = |stores: Vec<Arc<dyn BackupStore>>| {
+            let expectations = fixture.expectations();
+            let identity = fixture.identity.clone();
+            let path = fixture.state_path();
+            async move {
+                restore_sign_state(
+                    &stores,
+                    &identity,
+                    &expectations,
+                    &path,
+                    &RestoreChoice::Highest,
+                )
+                .await
+            }
+        };
+
+        // No backup anywhere: refused, nothing written.
+        let error = highest(stores(vec![])).await.unwrap_err();
+        assert!(
+            matches!(error, RestoreError::NoValidBackup { stores: 1 }),
+            "{error}"
+        );
+        assert_eq!(fixture.local_bytes(), None);
+
+        // The best backup is the bastion's; a down store does not stop it.
+        fixture.publish(1, low).await;
+        let bastion: Arc<dyn BackupStore> = Arc::new(Scripted {
+            name: "bastion:b1".into(),
+            files: Some(vec![(
+                name(2, high.height),
+                fixture.bundle_with(&fixture.signing_key, 2, high),
+            )]),
+        });
+        let down: Arc<dyn BackupStore> = Arc::new(Scripted {
+            name: "bastion:down".into(),
+            files: None,
+        });
+        let restored = highest(stores(vec![bastion.clone(), down])).await.unwrap();
+        assert_eq!(
+            (restored.store.as_str(), restored.watermark),
+            ("bastion:b1", high)
+        );
+        assert_eq!(fixture.local_bytes().unwrap(), state_json(high));
+        assert_eq!(
+            restored.source().to_string(),
+            format!("backup {} (sequence 2) in store bastion:b1", name(2, 30))
+        );
+
+        // Already at the best backup: refused, nothing rewritten.
+        let error = highest(stores(vec![bastion])).await.unwrap_err();
+        assert!(matches!(error, RestoreError::NotAbove { .. }), "{error}");
+        assert_eq!(fixture.local_bytes().unwrap(), state_json(high));
     }
-    Ok(fetched)
 }

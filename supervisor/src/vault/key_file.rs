@@ -143,6 +143,16 @@ pub(super) fn validate(kind: KeyKind, bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// The consensus address (upper-case hex) of a `priv_validator_key.json`,
+/// after the same checks as [`validate`]: the address must be the one its
+/// key pair gives. The private key is parsed into zeroizing memory only
+/// and dropped here; the error never contains key material.
+pub(super) fn validator_address(bytes: &[u8]) -> Result<String, String> {
+    validate(KeyKind::PrivValidatorKey, bytes)?;
+    let file: PrivValidatorKeyJson = parse_json(bytes)?;
+    Ok(file.address.to_ascii_uppercase())
+}
+
 /// Parses JSON; on error names only the category and position, since
 /// serde's messages may quote (secret) values.
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {

@@ -284,6 +284,20 @@ impl UnlockedVault {
         })
     }
 
+    /// The validator's consensus address (upper-case hex), read from the
+    /// vault's `priv_validator_key.json` through the key-file parser, which
+    /// keeps the private key in zeroizing memory and checks that the
+    /// address belongs to the key.
+    pub fn validator_address(&self) -> Result<String, VaultError> {
+        let kind = KeyKind::PrivValidatorKey;
+        let plaintext = self.decrypt_key(kind)?;
+        key_file::validator_address(&plaintext).map_err(|reason| VaultError::InvalidKeyFile {
+            path: self.key_path(kind),
+            kind,
+            reason,
+        })
+    }
+
     /// The recovery recipients, parsed.
     pub fn recovery_recipients(&self) -> Result<Vec<Box<dyn age::Recipient + Send>>, VaultError> {
         self.info

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::file_watch::FileWatch;
 
-use crate::upgrade_plan::{PlanError, UpgradePlan, parse_upgrade_info};
+use crate::upgrade::plan::{PlanError, UpgradePlan, parse_upgrade_info};
 
 /// What a read of the file found.
 #[derive(Debug, Clone, PartialEq, Eq)]

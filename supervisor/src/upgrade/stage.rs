@@ -7,7 +7,7 @@
 //! finds the binary in place and switches without downloading anything.
 //!
 //! Invariants:
-//! - Installing goes through [`crate::download`] only (staging directory,
+//! - Installing goes through [`crate::upgrade::download`] only (staging directory,
 //!   verification, fsync, `RENAME_NOREPLACE`): an upgrade directory appears
 //!   complete or not at all, and an existing one is never overwritten —
 //!   `upgrade.add` on a staged name is refused ("cancel it first").
@@ -38,12 +38,12 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{Config, UpgradeNameCase};
 use crate::control::{NodeState, SharedBoard, board};
-use crate::download::{
+use crate::upgrade::download::{
     ArtifactUrl, Checksum, ChecksumPolicy, DownloadError, DownloadLimits, Downloader,
     install_local_binary, parse_artifact_url, parse_checksum_value,
 };
-use crate::layout::{Layout, Version, fsync_dir, upgrade_dir_name};
-use crate::upgrade_watch::{FileState, read_plan_file};
+use crate::upgrade::layout::{Layout, Version, fsync_dir, upgrade_dir_name};
+use crate::upgrade::watch::{FileState, read_plan_file};
 
 /// Longest upgrade name accepted over the RPC, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;

@@ -3,9 +3,9 @@
 //! The loop owns the daemon and reacts to five event sources: the daemon
 //! exiting, an upgrade line on its output, a change of
 //! `data/upgrade-info.json`, a shutdown signal, and the systemd watchdog
-//! tick. Decisions are delegated to pure code ([`crate::restart_policy`],
-//! [`crate::upgrade_plan`]); the effects to [`crate::process`] and
-//! [`crate::upgrade`].
+//! tick. Decisions are delegated to pure code ([`crate::node::restart_policy`],
+//! [`crate::upgrade::plan`]); the effects to [`crate::node::process`] and
+//! [`crate::upgrade::perform`].
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -17,23 +17,23 @@ use tokio::sync::mpsc;
 use anyhow::Context as _;
 use secrecy::SecretString;
 
+use crate::backup::{BackupWorker, LastBackup, ValidatorIdentity};
 use crate::config::{Config, SwapPolicy, VaultSettings};
 use crate::control::{ControlCommand, NodeState, Reply, SharedBoard, board};
-use crate::keys::BackupWorker;
-use crate::layout::{Layout, Version};
-use crate::node_rpc::{NodeRpc, plan_is_due};
+use crate::node::process::{Daemon, OutputTarget, Reaper, StopOutcome, kill_remaining_children};
+use crate::node::restart_policy::{AfterExit, RestartPolicy};
+use crate::node::rpc::{NodeRpc, plan_is_due};
 use crate::passphrase::{PassphraseError, PassphraseSource};
-use crate::process::{Daemon, OutputTarget, Reaper, StopOutcome, kill_remaining_children};
-use crate::restart_policy::{AfterExit, RestartPolicy};
 use crate::rpc::ControlSocket;
 use crate::sign_state::StartDecision;
 use crate::tunnel::TunnelMesh;
-use crate::upgrade::{
+use crate::upgrade::layout::{Layout, Version};
+use crate::upgrade::perform::{
     RecordBuilder, UpgradeContext, UpgradeFailure, active_plan_name, append_record, plan_version,
     prepare_and_switch,
 };
-use crate::upgrade_plan::UpgradePlan;
-use crate::upgrade_watch::{FileState, UpgradeFileWatcher, WatchEvent, read_plan_file};
+use crate::upgrade::plan::UpgradePlan;
+use crate::upgrade::watch::{FileState, UpgradeFileWatcher, WatchEvent, read_plan_file};
 use crate::vault::{MemoryLock, SwapStatus, TmpfsKeys, VaultError};
 use palisade_daemon::systemd::Notifier;
 
@@ -120,7 +120,7 @@ pub fn shutdown_signals() -> std::io::Result<ShutdownRequests> {
 }
 
 enum Wake {
-    Exited(crate::restart_policy::ExitKind),
+    Exited(crate::node::restart_policy::ExitKind),
     Upgrade(UpgradePlan, DetectionSource),
     BadPlan(String),
     Shutdown(Signal),
@@ -162,7 +162,9 @@ struct Supervisor {
     lock_reply: Option<Reply>,
     /// What `backup.restore` needs while the vault is unlocked; `None`
     /// while locked (it holds a handle on the unlocked vault).
-    restore_kit: Option<crate::backup_rpc::RestoreKit>,
+    restore_kit: Option<crate::backup::RestoreKit>,
+    /// Where the backup worker publishes the last backup it wrote.
+    last_backup: tokio::sync::watch::Sender<Option<LastBackup>>,
 }
 
 /// Run until shutdown, a clean daemon exit, a crash loop, or an upgrade
@@ -214,6 +216,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     };
     let (commands, control_inbox) = control_channel();
     let board = crate::control::new_board(config.vault.is_some());
+    let (last_backup, last_backup_seen) = tokio::sync::watch::channel(None);
     let dispatcher = std::sync::Arc::new(
         crate::control::SupervisorControl::new(
             &config,
@@ -223,6 +226,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
                 .as_ref()
                 .map(TunnelMesh::observers)
                 .unwrap_or_default(),
+            last_backup_seen,
         )
         .with_remote_backup_stores(
             tunnels
@@ -255,6 +259,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         board,
         lock_reply: None,
         restore_kit: None,
+        last_backup,
         config,
     };
     if supervisor.config.vault.is_some() {
@@ -298,7 +303,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
                 board.backup_trigger = None;
                 board.vault_locked = Some(true);
             }
-            session.backups.finish().await;
+            let _ = session.backups.finish().await;
             match session.tmpfs.wipe() {
                 Ok(files) => {
                     tracing::info!(files = files.len(), "wiped the validator keys from tmpfs")
@@ -334,7 +339,9 @@ fn backup_on_sigusr1(shared: SharedBoard) -> std::io::Result<()> {
             match trigger {
                 Some(trigger) => {
                     tracing::info!("SIGUSR1: backing up the sign state now");
-                    trigger.backup_now("on demand (SIGUSR1)").await;
+                    if let Err(error) = trigger.backup_now("on demand (SIGUSR1)").await {
+                        tracing::warn!(%error, "SIGUSR1: no backup was written");
+                    }
                 }
                 None => tracing::warn!("SIGUSR1: no backup while the vault is locked"),
             }
@@ -459,20 +466,22 @@ impl Supervisor {
                 );
                 None
             }
-            Some((source, Ok(passphrase))) => match crate::keys::unlock(settings, &passphrase) {
-                Ok(vault) => {
-                    tracing::info!(%source, "vault unlocked");
-                    Some(vault)
+            Some((source, Ok(passphrase))) => {
+                match crate::vault::unlock(&settings.dir, &passphrase) {
+                    Ok(vault) => {
+                        tracing::info!(%source, "vault unlocked");
+                        Some(vault)
+                    }
+                    Err(VaultError::WrongPassphrase { .. }) => {
+                        tracing::error!(%source, "wrong passphrase; nothing was changed");
+                        tracing::info!(
+                            "vault is locked; the node starts after an unlock over the control RPC"
+                        );
+                        None
+                    }
+                    Err(error) => return Err(error.into()),
                 }
-                Err(VaultError::WrongPassphrase { .. }) => {
-                    tracing::error!(%source, "wrong passphrase; nothing was changed");
-                    tracing::info!(
-                        "vault is locked; the node starts after an unlock over the control RPC"
-                    );
-                    None
-                }
-                Err(error) => return Err(error.into()),
-            },
+            }
         };
         // The answer to an unlock over RPC waits until the node can start
         // (or the start rule refuses), so the operator learns the outcome.
@@ -490,8 +499,12 @@ impl Supervisor {
                     let _ = reply.send(result);
                 }
             };
-        let validator = crate::keys::identity(&self.config, settings, &vault)?;
-        let mut stores = crate::keys::stores(settings)?;
+        let validator = ValidatorIdentity::of(
+            &vault,
+            &self.config.daemon_home,
+            settings.backup.chain_id.as_deref(),
+        )?;
+        let mut stores = crate::backup::open_dir_stores(&settings.backup)?;
         if let Some(tunnels) = &self.tunnels {
             self.notifier
                 .status("waiting for the bastions that hold backups");
@@ -500,8 +513,13 @@ impl Supervisor {
         }
         self.notifier
             .status("checking the sign state against backups");
-        let check =
-            crate::keys::start_check(&self.config.daemon_home, &vault, &validator, &stores).await;
+        let check = crate::backup::start_check(
+            &crate::node::files::state_file(&self.config.daemon_home),
+            &vault,
+            &validator,
+            &stores,
+        )
+        .await;
         match &check.decision {
             StartDecision::Refuse { reason, .. } => {
                 tracing::error!("refusing to start: {reason}");
@@ -527,22 +545,22 @@ impl Supervisor {
             crate::vault::materialize(&vault, &settings.tmpfs_dir, &self.config.daemon_home)?;
         tracing::info!(dir = %tmpfs.dir().display(), "validator keys decrypted into tmpfs; config.toml points at them");
         let vault = std::sync::Arc::new(vault);
-        let restore_kit = crate::backup_rpc::RestoreKit::new(
+        let restore_kit = crate::backup::RestoreKit::new(
             vault.clone(),
             validator.clone(),
             stores.clone(),
-            crate::keys::state_file(&self.config.daemon_home),
+            crate::node::files::state_file(&self.config.daemon_home),
         );
         let backups = BackupWorker::spawn(
             vault,
             validator,
             stores,
-            settings,
-            crate::keys::FollowFrom {
-                state_path: crate::keys::state_file(&self.config.daemon_home),
+            &settings.backup,
+            crate::backup::FollowFrom {
+                state_path: crate::node::files::state_file(&self.config.daemon_home),
                 next_sequence: check.next_sequence,
                 poll_interval: self.config.poll_interval,
-                board: Some(self.board.clone()),
+                last_backup: self.last_backup.clone(),
             },
         )?;
         self.restore_kit = Some(restore_kit);
@@ -603,7 +621,8 @@ impl Supervisor {
             // scrypt takes a second by design: off the loop's thread.
             let owned = settings.clone();
             let attempt =
-                tokio::task::spawn_blocking(move || crate::keys::unlock(&owned, &passphrase)).await;
+                tokio::task::spawn_blocking(move || crate::vault::unlock(&owned.dir, &passphrase))
+                    .await;
             match attempt {
                 Ok(Ok(vault)) => {
                     tracing::info!(source = "control RPC", "vault unlocked");
@@ -699,7 +718,7 @@ impl Supervisor {
     /// restore's last, synchronous step).
     async fn restore_while_stopped(
         &mut self,
-        request: &crate::backup_rpc::RestoreRequest,
+        request: &crate::backup::RestoreChoice,
     ) -> Result<Result<serde_json::Value, palisade_wire::rpc::RpcError>, RunOutcome> {
         let Some(kit) = self.restore_kit.clone() else {
             return Ok(Err(palisade_wire::rpc::RpcError::new(
@@ -707,14 +726,17 @@ impl Supervisor {
                 "no [vault]: there are no signed backups to restore from",
             )));
         };
-        tracing::info!(store = %request.store, file = %request.file, "sign state restore requested over the control RPC");
+        tracing::info!(
+            ?request,
+            "sign state restore requested over the control RPC"
+        );
         let work = kit.restore(request);
         tokio::pin!(work);
         loop {
             tokio::select! {
                 result = &mut work => {
                     return Ok(result
-                        .map(|restored| restored.to_json())
+                        .map(|restored| crate::control::restored_json(&restored))
                         .map_err(|error| {
                             tracing::warn!(%error, "sign state restore refused");
                             error.into()
@@ -740,7 +762,7 @@ impl Supervisor {
         tokio::task::yield_now().await;
         self.notifier
             .stopping("host shutdown: running the shutdown command");
-        if let Err(error) = crate::host_shutdown::run_shutdown_command(
+        if let Err(error) = crate::control::host_shutdown::run_shutdown_command(
             &self.reaper,
             &self.config.host.shutdown_command,
         )

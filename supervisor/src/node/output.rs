@@ -26,7 +26,7 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::config::OutputSettings;
-use crate::upgrade_plan::{UpgradePlan, parse_upgrade_line};
+use crate::upgrade::plan::{UpgradePlan, parse_upgrade_line};
 
 /// Bytes read from a pipe per `read(2)`; also the largest batch.
 const CHUNK_BYTES: usize = 256 * 1024;

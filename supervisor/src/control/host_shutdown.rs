@@ -24,8 +24,8 @@ use palisade_wire::rpc::{RpcError, code};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::process::Reaper;
-use crate::restart_policy::ExitKind;
+use crate::node::process::Reaper;
+use crate::node::restart_policy::ExitKind;
 
 /// How long a confirmation token is valid.
 pub const CONFIRM_TTL: Duration = Duration::from_secs(60);

@@ -25,9 +25,9 @@ use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
 use crate::config::OutputSettings;
-use crate::output::{OutputStats, Sink, Stream, StreamCapture};
-use crate::restart_policy::ExitKind;
-use crate::upgrade_plan::UpgradePlan;
+use crate::node::output::{OutputStats, Sink, Stream, StreamCapture};
+use crate::node::restart_policy::ExitKind;
+use crate::upgrade::plan::UpgradePlan;
 
 /// Errors starting a process.
 #[derive(Debug, thiserror::Error)]

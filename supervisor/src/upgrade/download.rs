@@ -21,7 +21,7 @@
 //! - URLs may carry access tokens: logs and errors show them through
 //!   [`redact_url`] (no userinfo, no query string except the checksum).
 //! - Binaries staged ahead of time over the control RPC (`upgrade.add`,
-//!   [`crate::upgrade_stage`]) take the same path: a URL through
+//!   [`crate::upgrade::stage`]) take the same path: a URL through
 //!   [`Downloader::install_artifact`], a file on this host through
 //!   [`install_local_binary`] (copied, never moved, installed as is).
 

@@ -1,0 +1,298 @@
+//! Fan-out over several stores: [`publish`] a bundle to all of them and
+//! [`gather_and_verify`] the best bundle from all of them.
+//!
+//! One store down never fails the whole: each store gets its own timeout and
+//! its own line in the report. Restoring trusts no store: every bundle goes
+//! through [`open_bundle`], its file name must match its signed metadata,
+//! and the winner is the highest watermark (then highest sequence) among the
+//! bundles that pass, so a store that withholds or replays can only make the
+//! result no better than what the other stores hold.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::bundle::BackupFileName;
+use super::open::{Expectations, OpenedBundle, Rejection, open_bundle};
+use super::store::{BackupStore, StoreError};
+use crate::sign_state::Watermark;
+
+/// Most bundles fetched from one store per restore (the newest by name);
+/// bounds the work a store stuffed with junk names can cause.
+pub const MAX_BUNDLES_PER_STORE: usize = 32;
+
+/// The outcome of [`publish`], one line per store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// The file name published.
+    pub file_name: String,
+    /// Stores that now hold the bundle.
+    pub stored: Vec<String>,
+    /// Stores that failed, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+impl PublishReport {
+    /// True when at least one store holds the bundle.
+    pub fn stored_anywhere(&self) -> bool {
+        !self.stored.is_empty()
+    }
+
+    /// True when every store holds the bundle.
+    pub fn stored_everywhere(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// Puts `bytes` under `file_name` in every store concurrently, each bounded
+/// by `timeout`. Never fails as a whole; see the report.
+pub async fn publish(
+    stores: &[Arc<dyn BackupStore>],
+    file_name: &str,
+    bytes: &[u8],
+    timeout: Duration,
+) -> PublishReport {
+    let name: Arc<str> = Arc::from(file_name);
+    let bytes: Arc<[u8]> = Arc::from(bytes);
+    let mut tasks = JoinSet::new();
+    for (index, store) in stores.iter().enumerate() {
+        let (store, name, bytes) = (Arc::clone(store), Arc::clone(&name), Arc::clone(&bytes));
+        tasks.spawn(async move {
+            let outcome = match tokio::time::timeout(timeout, store.put(&name, &bytes)).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Timeout(timeout)),
+            };
+            (index, outcome)
+        });
+    }
+    let mut outcomes: Vec<Option<Result<(), String>>> = vec![None; stores.len()];
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, outcome)) = joined {
+            outcomes[index] = Some(outcome.map_err(|e| e.to_string()));
+        }
+    }
+    let mut report = PublishReport {
+        file_name: file_name.to_owned(),
+        ..PublishReport::default()
+    };
+    for (store, outcome) in stores.iter().zip(outcomes) {
+        let store_name = store.name().to_owned();
+        match outcome.unwrap_or_else(|| Err("store task panicked".to_owned())) {
+            Ok(()) => {
+                tracing::debug!(store = %store_name, file = %file_name, "backup published");
+                report.stored.push(store_name);
+            }
+            Err(reason) => {
+                tracing::debug!(store = %store_name, file = %file_name, %reason, "backup not published");
+                report.failed.push((store_name, reason));
+            }
+        }
+    }
+    report
+}
+
+/// A bundle that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedBundle {
+    pub store: String,
+    pub file_name: String,
+    pub watermark: Watermark,
+    pub sequence: u64,
+}
+
+/// Why a bundle (or a whole store) could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectionReason {
+    /// The bundle was read and failed verification.
+    Bundle(Rejection),
+    /// The store could not list or return it (down, timeout, too large…).
+    Store(String),
+}
+
+impl std::fmt::Display for RejectionReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectionReason::Bundle(rejection) => rejection.fmt(f),
+            RejectionReason::Store(reason) => write!(f, "store error: {reason}"),
+        }
+    }
+}
+
+/// A bundle, or a store, that was not used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedBundle {
+    pub store: String,
+    /// `None` when the store itself failed (its listing).
+    pub file_name: Option<String>,
+    pub reason: RejectionReason,
+}
+
+/// The best verified bundle and where it came from.
+#[derive(Debug)]
+pub struct BestBundle {
+    pub store: String,
+    pub file_name: String,
+    pub bundle: OpenedBundle,
+}
+
+/// The outcome of [`gather_and_verify`].
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// Highest watermark among the accepted bundles, ties broken by highest
+    /// sequence, then by store order.
+    pub best: Option<BestBundle>,
+    /// Every bundle that passed (the same bundle may be on several stores).
+    pub accepted: Vec<AcceptedBundle>,
+    /// Every bundle or store that failed, with the reason.
+    pub rejected: Vec<RejectedBundle>,
+}
+
+impl RestoreReport {
+    /// Highest sequence among accepted bundles: the next backup must use a
+    /// larger one.
+    pub fn max_sequence(&self) -> Option<u64> {
+        self.accepted.iter().map(|a| a.sequence).max()
+    }
+}
+
+type Fetched = (
+    String,
+    Result<Vec<(String, Result<Vec<u8>, String>)>, String>,
+);
+
+/// Lists and fetches this validator's bundles from every store concurrently
+/// (each operation bounded by `timeout`), verifies each against
+/// `expectations`, and picks the best.
+pub async fn gather_and_verify(
+    stores: &[Arc<dyn BackupStore>],
+    identity: &age::x25519::Identity,
+    expectations: &Expectations,
+    timeout: Duration,
+) -> RestoreReport {
+    let mut tasks = JoinSet::new();
+    for (index, store) in stores.iter().enumerate() {
+        let store = Arc::clone(store);
+        let chain_id = expectations.chain_id.clone();
+        let address = expectations.validator_address.to_ascii_uppercase();
+        tasks.spawn(async move {
+            let fetched = fetch_store(store.as_ref(), &chain_id, &address, timeout).await;
+            (index, (store.name().to_owned(), fetched))
+        });
+    }
+    let mut per_store: Vec<Option<Fetched>> = (0..stores.len()).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, fetched)) = joined {
+            per_store[index] = Some(fetched);
+        }
+    }
+
+    let mut report = RestoreReport::default();
+    for (store, fetched) in stores.iter().zip(per_store) {
+        let (store_name, fetched) = fetched.unwrap_or_else(|| {
+            (
+                store.name().to_owned(),
+                Err("store task panicked".to_owned()),
+            )
+        });
+        let files = match fetched {
+            Ok(files) => files,
+            Err(reason) => {
+                tracing::warn!(store = %store_name, %reason, "backup store unavailable");
+                report.rejected.push(RejectedBundle {
+                    store: store_name,
+                    file_name: None,
+                    reason: RejectionReason::Store(reason),
+                });
+                continue;
+            }
+        };
+        for (file_name, bytes) in files {
+            let outcome = bytes.map_err(RejectionReason::Store).and_then(|bytes| {
+                let bundle =
+                    open_bundle(&bytes, identity, expectations).map_err(RejectionReason::Bundle)?;
+                let expected_name = BackupFileName::for_metadata(&bundle.metadata).to_string();
+                if expected_name != file_name {
+                    return Err(RejectionReason::Bundle(Rejection::NameMismatch {
+                        file_name: file_name.clone(),
+                        expected: expected_name,
+                    }));
+                }
+                Ok(bundle)
+            });
+            match outcome {
+                Ok(bundle) => {
+                    let accepted = AcceptedBundle {
+                        store: store_name.clone(),
+                        file_name: file_name.clone(),
+                        watermark: bundle.metadata.watermark,
+                        sequence: bundle.metadata.sequence,
+                    };
+                    let rank = (accepted.watermark, accepted.sequence);
+                    let better = report.best.as_ref().is_none_or(|best| {
+                        rank > (
+                            best.bundle.metadata.watermark,
+                            best.bundle.metadata.sequence,
+                        )
+                    });
+                    if better {
+                        report.best = Some(BestBundle {
+                            store: store_name.clone(),
+                            file_name,
+                            bundle,
+                        });
+                    }
+                    report.accepted.push(accepted);
+                }
+                Err(reason) => {
+                    tracing::warn!(store = %store_name, file = %file_name, %reason, "backup rejected");
+                    report.rejected.push(RejectedBundle {
+                        store: store_name.clone(),
+                        file_name: Some(file_name),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    report
+}
+
+async fn fetch_store(
+    store: &dyn BackupStore,
+    chain_id: &str,
+    address: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, Result<Vec<u8>, String>)>, String> {
+    let timed = |_: tokio::time::error::Elapsed| StoreError::Timeout(timeout).to_string();
+    let names = tokio::time::timeout(timeout, store.list())
+        .await
+        .map_err(timed)?
+        .map_err(|e| e.to_string())?;
+    let mut ours: Vec<String> = names
+        .into_iter()
+        .filter(|name| {
+            BackupFileName::parse(name)
+                .is_some_and(|n| n.chain_id == chain_id && n.validator_address == address)
+        })
+        .collect();
+    ours.sort();
+    if ours.len() > MAX_BUNDLES_PER_STORE {
+        let skipped = ours.len() - MAX_BUNDLES_PER_STORE;
+        tracing::warn!(
+            store = store.name(),
+            skipped,
+            "too many backups; reading the newest only"
+        );
+        ours.drain(..skipped);
+    }
+    let mut fetched = Vec::with_capacity(ours.len());
+    for name in ours.into_iter().rev() {
+        let bytes = match tokio::time::timeout(timeout, store.get(&name)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(elapsed) => Err(timed(elapsed)),
+        };
+        fetched.push((name, bytes));
+    }
+    Ok(fetched)
+}

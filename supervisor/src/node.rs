@@ -1,0 +1,14 @@
+//! The supervised node (gaiad): spawning it into its own process group and
+//! reaping it ([`process`]), draining its output without ever blocking it
+//! ([`output`]), the pure restart decision after it exits
+//! ([`restart_policy`]), the files its `config.toml` names ([`files`]) and
+//! its read-only CometBFT RPC ([`rpc`]).
+//!
+//! Only [`process`] sends signals or calls `waitpid`; only the supervision
+//! executor decides when.
+
+pub mod files;
+pub mod output;
+pub mod process;
+pub mod restart_policy;
+pub mod rpc;

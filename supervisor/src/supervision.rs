@@ -1,0 +1,3 @@
+//! The supervisor's lifecycle.
+pub mod run;
+pub use run::*;
