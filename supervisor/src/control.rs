@@ -2,207 +2,48 @@
 //!
 //! The RPC server (`crate::rpc`) authenticates, authorizes and frames;
 //! [`SupervisorControl::call`] answers. Read-only methods are answered here
-//! from the [`Board`] (which the supervision loop keeps current), the files
-//! on disk and the tunnels' observers. Methods that change what the loop
-//! does (unlock, node start/stop/restart) become a [`ControlCommand`] for
-//! the loop, which owns the daemon and the vault, and the answer comes back
-//! once the loop has acted — so a command is never half-applied behind the
-//! loop's back.
+//! from the [`Board`](crate::supervision::board::Board) (which the
+//! supervision executor keeps current), the files on disk and the tunnels'
+//! observers. Methods that change the node or the vault (unlock, lock, node
+//! start/stop/restart, restore, a confirmed host shutdown) become a
+//! [`Command`] for the executor, which answers at once when the phase
+//! cannot honour it and otherwise once it has acted — so a command is never
+//! half-applied behind the machine's back.
 //!
 //! Invariants: a secret (the unlock passphrase) arrives as a
-//! [`SecretString`], is handed to the loop and dropped (zeroized); it never
-//! reaches a log line or a response. Failed unlocks are rate-limited: each
-//! failure doubles the time before the next attempt is accepted (1 s up to
-//! 60 s), whichever operator tries.
+//! [`SecretString`], travels beside its command to the executor and is
+//! dropped (zeroized) after the attempt; it never reaches a log line or a
+//! response. Failed unlocks are rate-limited: each failure doubles the
+//! time before the next attempt is accepted (1 s up to 60 s), whichever
+//! operator tries.
 
 pub mod host_shutdown;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant, SystemTime};
 
 use palisade_wire::rpc::{RpcError, code};
 use secrecy::SecretString;
-use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
 
-use crate::backup::{BackupTrigger, LastBackup};
+use crate::backup::LastBackup;
 use crate::node::rpc::NodeRpc;
 use crate::sign_state::{LocalState, read_local};
+use crate::supervision::board::{NodeState, SharedBoard, board};
+use crate::supervision::command::{Answer, Command, CommandError, CommandSender};
 use crate::tunnel::BastionObserver;
 use crate::upgrade::watch::{FileState, read_plan_file};
-
-/// How long a command waits for the loop (busy with an upgrade, say)
-/// before the caller is told to retry.
-const LOOP_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// First delay after a failed unlock; doubles per failure.
 const UNLOCK_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 /// Longest delay after failed unlocks.
 const UNLOCK_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-/// The loop's answer to a command.
-pub type Reply = oneshot::Sender<Result<Value, RpcError>>;
-
-/// What the supervision loop is asked to do.
-pub enum ControlCommand {
-    /// Unlock the vault with this passphrase, then start the node.
-    Unlock {
-        passphrase: SecretString,
-        reply: Reply,
-    },
-    /// Stop the node gracefully and keep it stopped.
-    NodeStop { reply: Reply },
-    /// Start the node after a `NodeStop`.
-    NodeStart { reply: Reply },
-    /// Stop the node gracefully and start it again (not counted as a crash).
-    NodeRestart { reply: Reply },
-    /// Stop the node, take the final backup, wipe the keys from tmpfs and
-    /// wait for an unlock.
-    Lock { reply: Reply },
-    /// Restore the sign state from one backup (`backup.restore`): only
-    /// with the node stopped by an operator and the vault unlocked.
-    Restore {
-        request: crate::backup::RestoreChoice,
-        reply: Reply,
-    },
-    /// A confirmed `host.shutdown` by `operator`: answer, stop the node,
-    /// final backup, wipe the keys, run `[host] shutdown-command`, exit.
-    HostShutdown { operator: String, reply: Reply },
-}
-
-impl ControlCommand {
-    fn reply(&self) -> &Reply {
-        match self {
-            ControlCommand::Unlock { reply, .. }
-            | ControlCommand::NodeStop { reply }
-            | ControlCommand::NodeStart { reply }
-            | ControlCommand::NodeRestart { reply }
-            | ControlCommand::Lock { reply }
-            | ControlCommand::Restore { reply, .. }
-            | ControlCommand::HostShutdown { reply, .. } => reply,
-        }
-    }
-
-    /// The RPC method that sent it, for logs.
-    pub fn method(&self) -> &'static str {
-        match self {
-            ControlCommand::Unlock { .. } => "vault.unlock",
-            ControlCommand::NodeStop { .. } => "node.stop",
-            ControlCommand::NodeStart { .. } => "node.start",
-            ControlCommand::NodeRestart { .. } => "node.restart",
-            ControlCommand::Lock { .. } => "vault.lock",
-            ControlCommand::Restore { .. } => "backup.restore",
-            ControlCommand::HostShutdown { .. } => "host.shutdown",
-        }
-    }
-
-    /// Whether the caller still waits for the answer. It stops waiting when
-    /// the loop was busy past [`LOOP_ANSWER_TIMEOUT`] (and was told so), or its
-    /// connection went away.
-    pub fn caller_waiting(&self) -> bool {
-        !self.reply().is_closed()
-    }
-
-    /// Answer the command without acting on it.
-    pub fn refuse(self, code: i64, message: impl Into<String>) {
-        let reply = match self {
-            ControlCommand::Unlock { reply, .. }
-            | ControlCommand::NodeStop { reply }
-            | ControlCommand::NodeStart { reply }
-            | ControlCommand::NodeRestart { reply }
-            | ControlCommand::Lock { reply }
-            | ControlCommand::Restore { reply, .. }
-            | ControlCommand::HostShutdown { reply, .. } => reply,
-        };
-        let _ = reply.send(Err(RpcError::new(code, message)));
-    }
-}
-
-/// The next command whose caller still waits for it. A command whose
-/// caller gave up (the loop was busy, the operator was told to try again)
-/// is dropped with a warning, never carried out late: an operator must not
-/// find the node stopped minutes after being told the call failed.
-pub async fn recv_live(
-    commands: &mut tokio::sync::mpsc::Receiver<ControlCommand>,
-) -> Option<ControlCommand> {
-    loop {
-        let command = commands.recv().await?;
-        if command.caller_waiting() {
-            return Some(command);
-        }
-        tracing::warn!(
-            method = command.method(),
-            "a control command arrived after its caller stopped waiting; not carried out"
-        );
-    }
-}
-
-/// The node as the loop last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeState {
-    /// The supervisor is starting (vault, start check).
-    Starting,
-    /// The vault is locked: the node does not run until an unlock.
-    Locked,
-    Running,
-    /// Stopped by an operator (`node.stop`).
-    Stopped,
-    /// Waiting out a restart backoff after a crash.
-    Restarting,
-    /// Stopped for an upgrade that cannot proceed (e.g. binary missing).
-    Halted,
-    /// An upgrade is being performed.
-    Upgrading,
-    /// The supervisor is stopping.
-    Stopping,
-}
-
-/// What the loop shares with the control RPC.
-#[derive(Debug)]
-pub struct Board {
-    pub node: NodeState,
-    pub pid: Option<u32>,
-    pub version: Option<String>,
-    /// `None`: no vault configured.
-    pub vault_locked: Option<bool>,
-    pub backup_trigger: Option<BackupTrigger>,
-    /// An upgrade plan the loop is holding until the node reaches its height.
-    pub scheduled_upgrade: Option<String>,
-    /// The version the loop's last upgrade targets; that upgrade is in
-    /// progress while `node` is [`NodeState::Upgrading`] (`upgrade.cancel`
-    /// refuses it then).
-    pub upgrading: Option<crate::upgrade::layout::Version>,
-}
-
-/// Shared handle on the [`Board`].
-pub type SharedBoard = Arc<Mutex<Board>>;
-
-/// Locks the board, surviving a poisoned lock (the data stays usable).
-pub fn board(shared: &SharedBoard) -> std::sync::MutexGuard<'_, Board> {
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A new board for a supervisor with (or without) a vault.
-pub fn new_board(vault: bool) -> SharedBoard {
-    Arc::new(Mutex::new(Board {
-        node: NodeState::Starting,
-        pid: None,
-        version: None,
-        vault_locked: vault.then_some(true),
-        backup_trigger: None,
-        scheduled_upgrade: None,
-        upgrading: None,
-    }))
-}
-
 /// Answers the control RPC's methods for this supervisor.
 pub struct SupervisorControl {
-    commands: mpsc::Sender<ControlCommand>,
+    commands: CommandSender,
     board: SharedBoard,
     validator: String,
     state_path: PathBuf,
@@ -225,10 +66,10 @@ pub struct SupervisorControl {
 }
 
 impl SupervisorControl {
-    /// `commands` is the supervision loop's inbox.
+    /// `commands` is the supervision executor's inbox.
     pub fn new(
         config: &crate::config::Config,
-        commands: mpsc::Sender<ControlCommand>,
+        commands: CommandSender,
         board: SharedBoard,
         tunnels: Vec<BastionObserver>,
         last_backup: tokio::sync::watch::Receiver<Option<LastBackup>>,
@@ -283,25 +124,13 @@ impl SupervisorControl {
                 no_params(&params)?;
                 Ok(json!({ "tunnels": self.tunnels_json() }))
             }
-            "node.stop" => {
-                self.command(&params, |reply| ControlCommand::NodeStop { reply })
-                    .await
-            }
-            "node.start" => {
-                self.command(&params, |reply| ControlCommand::NodeStart { reply })
-                    .await
-            }
-            "node.restart" => {
-                self.command(&params, |reply| ControlCommand::NodeRestart { reply })
-                    .await
-            }
+            "node.stop" => self.command(&params, Command::NodeStop).await,
+            "node.start" => self.command(&params, Command::NodeStart).await,
+            "node.restart" => self.command(&params, Command::NodeRestart).await,
             "logs.tail" => logs_tail(&params),
             "tunnel.reconnect" => self.reconnect(&params),
             "vault.unlock" => self.unlock(&params, secret).await,
-            "vault.lock" => {
-                self.command(&params, |reply| ControlCommand::Lock { reply })
-                    .await
-            }
+            "vault.lock" => self.command(&params, Command::Lock).await,
             "backup.now" => {
                 no_params(&params)?;
                 self.backup_now().await
@@ -318,34 +147,20 @@ impl SupervisorControl {
         }
     }
 
-    async fn command(
-        &self,
-        params: &Value,
-        make: impl FnOnce(Reply) -> ControlCommand,
-    ) -> Result<Value, RpcError> {
+    async fn command(&self, params: &Value, command: Command) -> Result<Value, RpcError> {
         no_params(params)?;
-        self.send(make).await
+        self.send(command, None).await
     }
 
-    async fn send(&self, make: impl FnOnce(Reply) -> ControlCommand) -> Result<Value, RpcError> {
-        let (reply, answer) = oneshot::channel();
-        let busy = || {
-            RpcError::new(
-                code::WRONG_STATE,
-                "the supervisor is busy (an upgrade or a stop is in progress); try again",
-            )
-        };
-        tokio::time::timeout(LOOP_ANSWER_TIMEOUT, self.commands.send(make(reply)))
-            .await
-            .map_err(|_| busy())?
-            .map_err(|_| RpcError::new(code::WRONG_STATE, "the supervisor is stopping"))?;
-        match tokio::time::timeout(LOOP_ANSWER_TIMEOUT, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(RpcError::new(
-                code::WRONG_STATE,
-                "the supervisor is stopping",
-            )),
-            Err(_) => Err(busy()),
+    /// Send `command` to the executor and put its answer in RPC terms.
+    async fn send(
+        &self,
+        command: Command,
+        passphrase: Option<SecretString>,
+    ) -> Result<Value, RpcError> {
+        match self.commands.send(command, passphrase).await {
+            Ok(answer) => Ok(answer_json(answer)),
+            Err(error) => Err(command_error(error)),
         }
     }
 
@@ -377,9 +192,7 @@ impl SupervisorControl {
                 return Err(error);
             }
         }
-        let result = self
-            .send(|reply| ControlCommand::Unlock { passphrase, reply })
-            .await;
+        let result = self.send(Command::Unlock, Some(passphrase)).await;
         let mut backoff = self
             .unlock_backoff
             .lock()
@@ -551,15 +364,8 @@ impl SupervisorControl {
     }
 
     async fn backup_restore(&self, params: &Value) -> Result<Value, RpcError> {
-        let request = parse_restore_params(params)?;
-        if board(&self.board).vault_locked.is_none() {
-            return Err(RpcError::new(
-                code::WRONG_STATE,
-                "no [vault]: there are no signed backups to restore from",
-            ));
-        }
-        self.send(|reply| ControlCommand::Restore { request, reply })
-            .await
+        let choice = parse_restore_params(params)?;
+        self.send(Command::Restore(choice), None).await
     }
 
     /// `host.shutdown {}` issues a token for `operator`;
@@ -584,10 +390,7 @@ impl SupervisorControl {
                     return Err(error);
                 }
                 let operator = operator.to_owned();
-                match self
-                    .send(|reply| ControlCommand::HostShutdown { operator, reply })
-                    .await
-                {
+                match self.send(Command::HostShutdown { operator }, None).await {
                     Ok(node) => Ok(json!({
                         "shutting_down": true,
                         "node": node["node"],
@@ -658,37 +461,38 @@ fn logs_tail(params: &Value) -> Result<Value, RpcError> {
     Ok(json!({ "lines": crate::node::output::recent_lines(lines as usize) }))
 }
 
-/// The `backup.restore` answer.
-pub fn restored_json(restored: &crate::backup::Restored) -> Value {
-    json!({
-        "restored": {
-            "store": restored.store,
-            "file": restored.file,
-            "sequence": restored.sequence,
-            "watermark": restored.watermark.to_string(),
-        },
-        "previous": crate::backup::describe_local(&restored.previous),
-        "path": restored.path.display().to_string(),
-    })
+/// An executor's answer in RPC terms.
+fn answer_json(answer: Answer) -> Value {
+    match answer {
+        Answer::Node(node) => json!({ "node": node }),
+        Answer::Unlocked => json!({ "locked": false, "node": NodeState::Starting }),
+        Answer::Locked => json!({ "locked": true }),
+        Answer::Restored(restored) => json!({
+            "restored": {
+                "store": restored.store,
+                "file": restored.file,
+                "sequence": restored.sequence,
+                "watermark": restored.watermark.to_string(),
+            },
+            "previous": crate::backup::describe_local(&restored.previous),
+            "path": restored.path.display().to_string(),
+        }),
+        Answer::ShuttingDown(node) => json!({ "node": node }),
+    }
 }
 
-impl From<crate::backup::RestoreError> for RpcError {
-    fn from(error: crate::backup::RestoreError) -> RpcError {
-        use crate::backup::RestoreError;
-        use crate::sign_state::SignStateWriteError;
-        let message = error.to_string();
-        match error {
-            RestoreError::UnknownStore { known, .. } => {
-                let mut rpc = RpcError::new(code::INVALID_PARAMS, message);
-                rpc.data = Some(json!({ "field": "store", "known": known }));
-                rpc
-            }
-            RestoreError::Write(SignStateWriteError::Refused { .. }) => {
-                RpcError::new(code::WRONG_STATE, message)
-            }
-            RestoreError::Write(_) => RpcError::new(code::INTERNAL, message),
-            _ => RpcError::new(code::WRONG_STATE, message),
+/// An executor's refusal in RPC terms (`docs/rpc.md` §5).
+fn command_error(error: CommandError) -> RpcError {
+    let message = error.to_string();
+    match error {
+        CommandError::WrongState(_) => RpcError::new(code::WRONG_STATE, message),
+        CommandError::WrongPassphrase => RpcError::new(code::UNAUTHENTICATED, message),
+        CommandError::InvalidParams { field, known, .. } => {
+            let mut rpc = RpcError::new(code::INVALID_PARAMS, message);
+            rpc.data = Some(json!({ "field": field, "known": known }));
+            rpc
         }
+        CommandError::Internal(_) => RpcError::new(code::INTERNAL, message),
     }
 }
 
@@ -756,33 +560,4 @@ fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn commands_whose_caller_gave_up_are_dropped_not_carried_out() {
-        let (commands, mut inbox) = tokio::sync::mpsc::channel(4);
-        // A caller that stopped waiting (its receiver is gone) …
-        let (reply, answer) = oneshot::channel();
-        drop(answer);
-        commands
-            .send(ControlCommand::NodeStop { reply })
-            .await
-            .unwrap();
-        // … and one still waiting.
-        let (reply, mut answer) = oneshot::channel();
-        commands
-            .send(ControlCommand::NodeStart { reply })
-            .await
-            .unwrap();
-        drop(commands);
-        let live = recv_live(&mut inbox).await.expect("the waiting command");
-        assert_eq!(live.method(), "node.start");
-        live.refuse(code::WRONG_STATE, "test");
-        assert!(answer.try_recv().unwrap().is_err());
-        assert!(recv_live(&mut inbox).await.is_none());
-    }
 }

@@ -127,8 +127,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 | RunOutcome::HostShutdown => exit_code::OK,
                 RunOutcome::CrashLoop { .. } => exit_code::CRASH_LOOP,
                 RunOutcome::RefusedToStart => exit_code::STATE_BEHIND_BACKUP,
-                // `run` handles a lock itself and never returns it.
-                RunOutcome::LockedByOperator => exit_code::OK,
+                RunOutcome::Failed(reason) => {
+                    eprintln!("palisade-supervisor: {reason}");
+                    exit_code::ERROR
+                }
             })
         }
     }

@@ -9,7 +9,7 @@
 //!
 //! The dispatcher is built as the supervisor builds it
 //! ([`SupervisorControl::new`] from a loaded [`Config`]) on a temporary
-//! home, with a stand-in for the supervision loop that answers its
+//! home, with a stand-in for the supervision executor that answers its
 //! commands at once (unlocks fail, node commands succeed, anything else is
 //! refused) and never acts: nothing here starts a node, and `[host]
 //! shutdown-command` is `true` besides. Params are drawn around the real
@@ -24,10 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_supervisor::config::Config;
-use palisade_supervisor::control::{
-    ControlCommand, NodeState, SupervisorControl, board, new_board,
-};
+use palisade_supervisor::control::SupervisorControl;
 use palisade_supervisor::rpc::{Caller, Dispatcher};
+use palisade_supervisor::supervision::board::{NodeState, board, new_board};
+use palisade_supervisor::supervision::command::{
+    Answer, Command, CommandError, CommandInbox, command_channel,
+};
 use palisade_wire::rpc::{MAX_LINE_BYTES, METHODS, Response, Role, SECRET_METHODS, code};
 use proptest::prelude::*;
 use secrecy::SecretString;
@@ -84,24 +86,18 @@ fn home() -> Home {
     Home { dir, config }
 }
 
-/// Answers the loop's commands at once, acting on none.
-async fn loop_stand_in(mut inbox: tokio::sync::mpsc::Receiver<ControlCommand>) {
-    while let Some(command) = inbox.recv().await {
-        match command {
-            ControlCommand::Unlock { reply, .. } => {
-                let _ = reply.send(Err(palisade_wire::rpc::RpcError::new(
-                    code::UNAUTHENTICATED,
-                    "wrong passphrase; nothing was changed",
-                )));
-            }
-            ControlCommand::NodeStop { reply } => {
-                let _ = reply.send(Ok(json!({ "node": "stopped" })));
-            }
-            ControlCommand::NodeStart { reply } | ControlCommand::NodeRestart { reply } => {
-                let _ = reply.send(Ok(json!({ "node": "starting" })));
-            }
-            other => other.refuse(code::WRONG_STATE, "refused by the test's loop stand-in"),
-        }
+/// Answers the executor's commands at once, acting on none.
+async fn executor_stand_in(mut inbox: CommandInbox) {
+    while let Some(request) = inbox.recv().await {
+        let answer = match request.command {
+            Command::Unlock => Err(CommandError::WrongPassphrase),
+            Command::NodeStop => Ok(Answer::Node(NodeState::Stopped)),
+            Command::NodeStart | Command::NodeRestart => Ok(Answer::Node(NodeState::Starting)),
+            _ => Err(CommandError::WrongState(
+                "refused by the test's executor stand-in".into(),
+            )),
+        };
+        let _ = request.reply.send(answer);
     }
 }
 
@@ -310,8 +306,8 @@ proptest! {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let (commands, inbox) = tokio::sync::mpsc::channel(8);
-            let stand_in = tokio::spawn(loop_stand_in(inbox));
+            let (commands, inbox) = command_channel();
+            let stand_in = tokio::spawn(executor_stand_in(inbox));
             let shared = new_board(true);
             {
                 let mut board = board(&shared);
@@ -409,8 +405,8 @@ fn the_dispatcher_under_test_serves_real_calls() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (commands, inbox) = tokio::sync::mpsc::channel(8);
-        tokio::spawn(loop_stand_in(inbox));
+        let (commands, inbox) = command_channel();
+        tokio::spawn(executor_stand_in(inbox));
         let control = SupervisorControl::new(
             &home.config,
             commands,
@@ -495,7 +491,7 @@ fn the_dispatcher_under_test_serves_real_calls() {
         .await;
         assert_eq!(
             confirmed.err().map(|error| error.message),
-            Some("refused by the test's loop stand-in".to_string())
+            Some("refused by the test's executor stand-in".to_string())
         );
 
         let wrong = ask(&control, &root, "vault.unlock", Value::Null, Some("not it")).await;

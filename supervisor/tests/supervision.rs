@@ -27,7 +27,7 @@ fn sigterm_stops_the_daemon_gracefully_and_leaves_no_orphans() {
     assert!(!process_alive(daemon[0]));
     assert!(output.contains("stopping the daemon"), "{output}");
     assert!(
-        output.contains("Exited(Code(0))"),
+        output.contains("daemon stopped") && output.contains("exit=exit status 0"),
         "daemon did not exit cleanly: {output}"
     );
     chain.assert_no_double_sign();

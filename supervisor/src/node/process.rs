@@ -249,6 +249,17 @@ impl Daemon {
         self.pid.as_raw()
     }
 
+    /// When it was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// SIGKILL whatever is left in the daemon's process group (helpers it
+    /// spawned), also after the daemon itself exited.
+    pub fn kill_group(&self) {
+        let _ = killpg(self.pid, Signal::SIGKILL);
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }

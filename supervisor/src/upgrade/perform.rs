@@ -11,6 +11,7 @@
 //!    `current` atomically — last, so every failure above leaves `current`
 //!    on the old version and the node halted, never running a wrong binary.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -82,6 +83,7 @@ impl UpgradeFailure {
 }
 
 /// Accumulates the record of one upgrade.
+#[derive(Debug, Clone)]
 pub struct RecordBuilder {
     record: UpgradeRecord,
     detected: Instant,
@@ -124,6 +126,11 @@ impl RecordBuilder {
 
     pub fn name(&self) -> &str {
         &self.record.name
+    }
+
+    /// When the upgrade was detected.
+    pub fn detected(&self) -> Instant {
+        self.detected
     }
 
     /// Finish with the new binary running.
@@ -174,6 +181,9 @@ pub struct UpgradeContext<'a> {
     pub layout: &'a Layout,
     pub reaper: &'a Reaper,
     pub notifier: &'a Notifier,
+    /// Told when each step begins (the supervision machine names the step
+    /// in its answers).
+    pub progress: &'a dyn Fn(UpgradeStep),
 }
 
 /// The version directory a plan maps to, or why it cannot be used.
@@ -198,7 +208,7 @@ pub fn active_plan_name(layout: &Layout, version: &Version) -> Option<String> {
 pub async fn prepare_and_switch(
     context: &UpgradeContext<'_>,
     plan: &UpgradePlan,
-    record: &mut RecordBuilder,
+    record: &RefCell<RecordBuilder>,
 ) -> Result<Version, UpgradeFailure> {
     let config = context.config;
     let layout = context.layout;
@@ -216,6 +226,7 @@ pub async fn prepare_and_switch(
                 binary,
             });
         }
+        (context.progress)(UpgradeStep::Download);
         context
             .notifier
             .status(&format!("upgrade {}: downloading binary", plan.name));
@@ -234,7 +245,7 @@ pub async fn prepare_and_switch(
                 config.checksum_policy,
             )
             .await?;
-        record.step(
+        record.borrow_mut().step(
             UpgradeStep::Download,
             started,
             format!(
@@ -242,8 +253,10 @@ pub async fn prepare_and_switch(
                 report.url, report.bytes, report.format
             ),
         );
-        record.exclude_from_switch(report.download_duration);
-        record.record.steps.push(StepRecord {
+        record
+            .borrow_mut()
+            .exclude_from_switch(report.download_duration);
+        record.borrow_mut().record.steps.push(StepRecord {
             step: UpgradeStep::Verify,
             duration_ms: report.unpack_duration.as_millis() as u64,
             detail: match &report.checksum {
@@ -262,6 +275,7 @@ pub async fn prepare_and_switch(
 
     // 2. Data backup.
     if let DataBackupPolicy::Before { backup_root } = &config.data_backup {
+        (context.progress)(UpgradeStep::DataBackup);
         let started = Instant::now();
         let data_dir = config.daemon_home.join("data");
         let backup_root = backup_root.clone();
@@ -299,8 +313,8 @@ pub async fn prepare_and_switch(
         .await
         .map_err(|error| UpgradeFailure::DataBackup(error.to_string()))?
         .map_err(|error| UpgradeFailure::DataBackup(error.to_string()))?;
-        record.exclude_from_switch(started.elapsed());
-        record.step(
+        record.borrow_mut().exclude_from_switch(started.elapsed());
+        record.borrow_mut().step(
             UpgradeStep::DataBackup,
             started,
             format!(
@@ -314,6 +328,7 @@ pub async fn prepare_and_switch(
     }
 
     // 3 + 4. Pre-upgrade hooks.
+    (context.progress)(UpgradeStep::PreUpgrade);
     let started = Instant::now();
     let mut detail = Vec::new();
     if let Some(script) = &config.custom_preupgrade {
@@ -342,16 +357,19 @@ pub async fn prepare_and_switch(
         detail.push(format!("custom script {} ok", script.display()));
     }
     detail.push(run_preupgrade(context, &binary, config.preupgrade_max_retries).await?);
-    record.step(UpgradeStep::PreUpgrade, started, detail.join("; "));
+    record
+        .borrow_mut()
+        .step(UpgradeStep::PreUpgrade, started, detail.join("; "));
 
     // 5. Plan copy and atomic switch.
+    (context.progress)(UpgradeStep::Switch);
     let started = Instant::now();
     write_plan_copy(&layout.version_dir(&version), plan).map_err(UpgradeFailure::Switch)?;
     let previous = layout.current_version().map_err(UpgradeFailure::Switch)?;
     layout
         .switch_current(&version)
         .map_err(UpgradeFailure::Switch)?;
-    record.step(
+    record.borrow_mut().step(
         UpgradeStep::Switch,
         started,
         format!("current: {previous} -> {version}"),

@@ -37,7 +37,7 @@ use palisade_wire::upgrade_record::UpgradeRecord;
 use serde_json::{Map, Value, json};
 
 use crate::config::{Config, UpgradeNameCase};
-use crate::control::{NodeState, SharedBoard, board};
+use crate::supervision::board::{NodeState, SharedBoard, board};
 use crate::upgrade::download::{
     ArtifactUrl, Checksum, ChecksumPolicy, DownloadError, DownloadLimits, Downloader,
     install_local_binary, parse_artifact_url, parse_checksum_value,
@@ -1187,7 +1187,7 @@ mod tests {
         let genesis = dir.path().join("genesis-gaiad");
         write_executable(&genesis, b"#!/bin/sh\necho genesis\n");
         layout.init(&genesis).unwrap();
-        let board = crate::control::new_board(false);
+        let board = crate::supervision::board::new_board(false);
         let stager = UpgradeStager::new(&config, board.clone());
         Home {
             dir,
