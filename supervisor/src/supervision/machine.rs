@@ -1628,3 +1628,6 @@ fn step_name(step: UpgradeStep) -> &'static str {
         UpgradeStep::StartNew => "starting the new binary",
     }
 }
+
+#[cfg(test)]
+mod tests;
