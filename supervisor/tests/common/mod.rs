@@ -17,6 +17,25 @@ use palisade_simchain::testkit::{
 
 pub const SUPERVISOR: &str = env!("CARGO_BIN_EXE_palisade-supervisor");
 
+/// The tests' timing, in one place.
+pub mod timing {
+    use std::time::Duration;
+
+    /// Block time of the simulated chain in most tests: fast enough that a
+    /// test sees many blocks, slow enough for 2 loaded cores.
+    pub const BLOCK: Duration = Duration::from_millis(150);
+    /// Block time where many processes share the cores (abuse, docs
+    /// replay).
+    pub const SLOW_BLOCK: Duration = Duration::from_millis(300);
+    /// The longest wait for something that normally takes seconds (a
+    /// supervisor starting, a chain reaching a height): generous, because a
+    /// timeout only fails a test that is already wrong.
+    pub const LONG: Duration = Duration::from_secs(40);
+    /// The wait for an answer that must come at once (a refusal, a
+    /// listing): far below the supervisor's own 60 s bound on commands.
+    pub const PROMPT: Duration = Duration::from_secs(2);
+}
+
 /// `target/<profile>/<name>`: the simulated chain's binaries are built by
 /// `cargo build --workspace` (the README's test command does that first).
 pub fn workspace_binary(name: &str) -> PathBuf {
@@ -599,4 +618,128 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         let rest = line.strip_prefix(field)?.strip_prefix(':')?;
         rest.trim().strip_suffix("kB")?.trim().parse().ok()
     })
+}
+
+/// A stand-in for systemd's notification socket: every datagram the
+/// supervisor sends (`READY=1`, `STATUS=…`, `STOPPING=1`, `WATCHDOG=1`) is
+/// kept with the time it arrived. Pass [`FakeSystemd::env`] to the
+/// supervisor.
+pub struct FakeSystemd {
+    path: PathBuf,
+    messages: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl FakeSystemd {
+    /// Listen on `dir/notify.sock`.
+    pub fn start(dir: &Path) -> FakeSystemd {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let kept = messages.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(length) = socket.recv(&mut buffer) {
+                let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
+                kept.lock().unwrap().push((Instant::now(), text));
+            }
+        });
+        FakeSystemd { path, messages }
+    }
+
+    /// `NOTIFY_SOCKET` and `WATCHDOG_USEC` (systemd's `WatchdogSec=`).
+    pub fn env(&self, watchdog: Duration) -> Vec<(&'static str, String)> {
+        vec![
+            ("NOTIFY_SOCKET", self.path.display().to_string()),
+            ("WATCHDOG_USEC", watchdog.as_micros().to_string()),
+        ]
+    }
+
+    /// Every message so far, with its arrival time.
+    pub fn messages(&self) -> Vec<(Instant, String)> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// How many messages contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.messages()
+            .iter()
+            .filter(|(_, text)| text.contains(needle))
+            .count()
+    }
+
+    /// Wait for a message containing `needle`; its arrival time.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Instant {
+        let mut found = None;
+        wait_until(timeout, &format!("a notification with {needle:?}"), || {
+            found = self
+                .messages()
+                .iter()
+                .find(|(_, text)| text.contains(needle))
+                .map(|(at, _)| *at);
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// The watchdog pings between `from` and `to`.
+    pub fn pings(&self, from: Instant, to: Instant) -> Vec<Instant> {
+        self.messages()
+            .into_iter()
+            .filter(|(at, text)| *at >= from && *at <= to && text.contains("WATCHDOG=1"))
+            .map(|(at, _)| at)
+            .collect()
+    }
+}
+
+/// The longest time without a ping in `[from, to]`, counting the edges.
+pub fn longest_silence(pings: &[Instant], from: Instant, to: Instant) -> Duration {
+    let mut edges = vec![from];
+    edges.extend_from_slice(pings);
+    edges.push(to);
+    edges
+        .windows(2)
+        .map(|pair| pair[1].saturating_duration_since(pair[0]))
+        .max()
+        .unwrap_or_default()
+}
+
+/// One call over a fresh plaintext connection (tests run as root, a trusted
+/// local user): the response and how long it took to come.
+pub fn rpc_call(
+    socket: &Path,
+    method: &str,
+    params: Option<serde_json::Value>,
+    secret: Option<&str>,
+) -> (serde_json::Value, Duration) {
+    let mut rpc = RawRpc::connect(socket, Duration::from_secs(90)).unwrap();
+    let mut request = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method});
+    if let Some(params) = params {
+        request["params"] = params;
+    }
+    let mut bytes = serde_json::to_vec(&request).unwrap();
+    bytes.push(b'\n');
+    if let Some(secret) = secret {
+        bytes.extend_from_slice(secret.as_bytes());
+        bytes.push(b'\n');
+    }
+    let sent = Instant::now();
+    rpc.send(&bytes).unwrap();
+    let line = rpc.read_line().unwrap().expect("an answer");
+    (serde_json::from_str(&line).unwrap(), sent.elapsed())
+}
+
+/// `status`'s `node.state` over `socket` (`None` while the socket does not
+/// answer yet).
+pub fn node_state(socket: &Path) -> Option<String> {
+    if !socket.exists() {
+        return None;
+    }
+    let mut rpc = RawRpc::connect(socket, Duration::from_secs(10)).ok()?;
+    rpc.send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}\n")
+        .ok()?;
+    let line = rpc.read_line().ok()??;
+    let status: serde_json::Value = serde_json::from_str(&line).ok()?;
+    status["result"]["node"]["state"]
+        .as_str()
+        .map(str::to_owned)
 }
