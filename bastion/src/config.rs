@@ -48,7 +48,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use palisade_ctl::client::{Fingerprint, OperatorKey};
+use palisade_client::{Fingerprint, OperatorKey};
 use palisade_wire::backup_store::MAX_LIST_ENTRIES;
 use serde::Deserialize;
 
@@ -222,7 +222,7 @@ pub struct ClientIdentity {
 
 impl ClientIdentity {
     /// Load the key (read, checked, zeroized on drop).
-    pub fn load_key(&self) -> Result<OperatorKey, palisade_ctl::client::CallError> {
+    pub fn load_key(&self) -> Result<OperatorKey, palisade_client::CallError> {
         OperatorKey::load(&self.operator, &self.key)
     }
 }
@@ -681,7 +681,7 @@ fn duration(
 fn key_file_problem(operator: &str, path: &Path) -> Option<String> {
     match OperatorKey::load(operator, path) {
         Ok(_) => None,
-        Err(palisade_ctl::client::CallError::Key { reason, .. })
+        Err(palisade_client::CallError::Key { reason, .. })
             if reason.starts_with("the key has a passphrase") =>
         {
             Some(format!(
@@ -690,7 +690,7 @@ fn key_file_problem(operator: &str, path: &Path) -> Option<String> {
                 path.display()
             ))
         }
-        Err(palisade_ctl::client::CallError::Key { reason, .. }) => {
+        Err(palisade_client::CallError::Key { reason, .. }) => {
             Some(format!("'{}': {reason}", path.display()))
         }
         Err(other) => Some(format!("'{}': {other}", path.display())),

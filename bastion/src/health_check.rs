@@ -9,7 +9,7 @@
 //!
 //! With [`Credentials`] (the bastion's `[client]` identity and the
 //! validator's `pin`), a probe whose greeting arrived goes on over a second
-//! connection with the control-RPC client of `palisade-ctl`: TLS with the
+//! connection with the control-RPC client (`palisade-client`): TLS with the
 //! pinned certificate, login as the bastion's operator (a `viewer` on the
 //! supervisor), then the `health` method. `{"ok":false,"problems":[…]}`
 //! makes the validator down with those problems
@@ -42,7 +42,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use palisade_ctl::client::{
+use palisade_client::peer_text::clean;
+use palisade_client::{
     CallError, Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy,
 };
 use palisade_wire::rpc::{Greeting, GreetingError, MAX_GREETING_BYTES, Role, RpcError};
@@ -525,11 +526,6 @@ fn parse_health(result: &Value) -> Result<Option<Vec<String>>, DownReason> {
             Ok(Some(problems))
         }
     }
-}
-
-/// Control characters escaped: the text goes to logs and terminals.
-pub fn clean(text: &str) -> String {
-    palisade_ctl::render::clean(text)
 }
 
 /// At most [`MAX_DETAIL_CHARS`] characters, `…` marking a cut.

@@ -24,9 +24,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use palisade_client::Fingerprint;
 use serde::Deserialize;
 
-use crate::client::Fingerprint;
 use crate::{Via, parse_via};
 
 /// The file as written.
