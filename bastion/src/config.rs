@@ -50,6 +50,7 @@ use std::time::Duration;
 
 use palisade_client::{Fingerprint, OperatorKey};
 use palisade_wire::backup_store::MAX_LIST_ENTRIES;
+use palisade_wire::names::validator_name_problem;
 use serde::Deserialize;
 
 use crate::backup_store::ServeOptions;
@@ -58,9 +59,6 @@ use crate::health_check::HealthCheckOptions;
 /// Longest usable Unix socket path: `sun_path` is 108 bytes on Linux,
 /// including the terminating NUL.
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
-
-/// Longest validator name.
-pub const MAX_NAME_BYTES: usize = 64;
 
 /// File name of the default status file, in the listen-socket's directory.
 pub const DEFAULT_STATUS_FILE_NAME: &str = "status.json";
@@ -504,7 +502,7 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
     let client = raw.client.and_then(|raw| {
         let operator = match raw.operator {
             Some(operator) => {
-                if let Some(reason) = name_problem(&operator) {
+                if let Some(reason) = validator_name_problem(&operator) {
                     report("client.operator".into(), reason);
                 }
                 operator
@@ -562,7 +560,7 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
         let key = |field: &str| format!("validator[{number}].{field}");
         let name = match entry.name {
             Some(name) => {
-                if let Some(reason) = name_problem(&name) {
+                if let Some(reason) = validator_name_problem(&name) {
                     report(key("name"), reason);
                 } else if let Some(first) = names.insert(name.clone(), number) {
                     report(
@@ -706,23 +704,6 @@ fn socket_path_problem(path: &Path) -> Option<String> {
         return Some(format!(
             "'{}' is {length} bytes long; Unix socket paths are limited to {MAX_SOCKET_PATH_BYTES}",
             path.display()
-        ));
-    }
-    None
-}
-
-fn name_problem(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("must not be empty".into());
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Some(format!("'{name}' is longer than {MAX_NAME_BYTES} bytes"));
-    }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if !name.chars().all(allowed) || name.starts_with(['-', '.']) {
-        return Some(format!(
-            "{name:?} may use only ASCII letters, digits, '-', '_' and '.', \
-             and must not start with '-' or '.'"
         ));
     }
     None
