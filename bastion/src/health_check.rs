@@ -54,10 +54,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Default time between two probes of one validator.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
-/// Default bound on one probe (connect and greeting).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest random extra delay, as a fraction of the interval.
 pub const JITTER_FRACTION: f64 = 0.1;
 /// After a refused login, the first wait before logging in again.
@@ -71,24 +67,6 @@ pub const MAX_DETAIL_CHARS: usize = 300;
 /// How long a kept session may take to show that the supervisor closed it
 /// (an idle timeout, a restart) before it is used again.
 const OPEN_CHECK: Duration = Duration::from_millis(10);
-
-/// The configuration's `[health]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthCheckOptions {
-    /// Time between two probes of one validator (plus jitter).
-    pub interval: Duration,
-    /// Bound on one probe: connecting and receiving the greeting line.
-    pub timeout: Duration,
-}
-
-impl Default for HealthCheckOptions {
-    fn default() -> Self {
-        HealthCheckOptions {
-            interval: DEFAULT_INTERVAL,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-}
 
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
