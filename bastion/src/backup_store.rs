@@ -46,63 +46,29 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::BastionConfig;
+use crate::config::{BackupStoreOptions, BastionConfig};
 
-/// Default number of files kept per validator.
-pub const DEFAULT_KEEP: usize = 500;
-/// Default size cap per validator: 256 MiB.
-pub const DEFAULT_QUOTA_BYTES: u64 = 256 * 1024 * 1024;
-/// Default idle timeout per connection.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default cap on concurrent connections.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Prefix of temporary files; such files are not part of the store.
 const TEMP_PREFIX: &str = ".tmp-";
 
-/// Tunables of the backup store: the configuration's `[backups]` table,
-/// which `serve-backups` flags override.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServeOptions {
-    /// Files kept per validator (at least 1, at most the protocol's listing
-    /// limit).
-    pub keep: usize,
-    /// Bytes stored per validator, after retention.
-    pub quota_bytes: u64,
-    /// See the module documentation.
-    pub idle_timeout: Duration,
-    /// Connections served at once.
-    pub max_connections: usize,
-}
-
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            keep: DEFAULT_KEEP,
-            quota_bytes: DEFAULT_QUOTA_BYTES,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-        }
+/// The options as `serve-backups` flags may have overridden them: the
+/// configuration checked its own `[backups]` values, but not the flags.
+fn check_options(options: &BackupStoreOptions) -> anyhow::Result<()> {
+    if options.keep == 0 || options.keep > MAX_LIST_ENTRIES {
+        bail!("--keep must be between 1 and {MAX_LIST_ENTRIES}");
     }
-}
-
-impl ServeOptions {
-    fn check(&self) -> anyhow::Result<()> {
-        if self.keep == 0 || self.keep > MAX_LIST_ENTRIES {
-            bail!("--keep must be between 1 and {MAX_LIST_ENTRIES}");
-        }
-        if self.quota_bytes == 0 {
-            bail!("--quota-bytes must be positive");
-        }
-        if self.idle_timeout.is_zero() {
-            bail!("--idle-timeout-ms must be positive");
-        }
-        if self.max_connections == 0 {
-            bail!("--max-connections must be positive");
-        }
-        Ok(())
+    if options.quota_bytes == 0 {
+        bail!("--quota-bytes must be positive");
     }
+    if options.idle_timeout.is_zero() {
+        bail!("--idle-timeout-ms must be positive");
+    }
+    if options.max_connections == 0 {
+        bail!("--max-connections must be positive");
+    }
+    Ok(())
 }
 
 /// A request failure reported to the client.
@@ -128,11 +94,11 @@ struct Store {
     root: PathBuf,
     /// One lock per configured validator: serializes its operations.
     validators: HashMap<String, Arc<Mutex<()>>>,
-    options: ServeOptions,
+    options: BackupStoreOptions,
 }
 
 impl Store {
-    fn open(config: &BastionConfig, options: ServeOptions) -> anyhow::Result<Store> {
+    fn open(config: &BastionConfig, options: BackupStoreOptions) -> anyhow::Result<Store> {
         let root = config.backup_dir.clone();
         make_private_dir(&root)?;
         let mut validators = HashMap::new();
@@ -210,8 +176,8 @@ impl BackupStoreServer {
     /// The socket comes first: binding fails if another instance is
     /// listening, and only then may leftover temporary files be cleaned up
     /// (they could be that instance's uploads in flight).
-    pub fn bind(config: &BastionConfig, options: ServeOptions) -> anyhow::Result<Self> {
-        options.check()?;
+    pub fn bind(config: &BastionConfig, options: BackupStoreOptions) -> anyhow::Result<Self> {
+        check_options(&options)?;
         let listener = palisade_daemon::socket::bind_private(
             &config.listen_socket,
             "listen-socket",
@@ -289,7 +255,7 @@ impl BackupStoreServer {
 }
 
 /// Runs the backup store alone (`serve-backups`) until SIGTERM or SIGINT.
-pub async fn serve(config: &BastionConfig, options: ServeOptions) -> anyhow::Result<()> {
+pub async fn serve(config: &BastionConfig, options: BackupStoreOptions) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
     // Handlers first, so a signal sent as soon as the socket appears is not

@@ -1,7 +1,7 @@
 //! `palisade-bastion call`: one RPC call to a validator's supervisor
 //! through its reverse-forwarded socket, for automation on the bastion.
 //!
-//! The call uses the client library of `palisade-ctl` with the bastion's
+//! The call uses the control-RPC client (`palisade-client`) with the bastion's
 //! `[client]` identity and the validator's `pin`: TLS with the pinned
 //! certificate, login as the bastion's operator, the call. What the bastion
 //! may call is decided by the supervisor, from the role of the bastion's
@@ -24,13 +24,14 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use palisade_ctl::client::{CallError, Client, ConnectOptions, Endpoint, TlsPolicy};
+use palisade_client::peer_text::clean;
+use palisade_client::{CallError, Client, ConnectOptions, Endpoint, TlsPolicy};
 use palisade_wire::rpc::{Role, SECRET_METHODS, code};
 use serde_json::Value;
 
 use crate::config::{BastionConfig, ConfigError};
 use crate::exit_code;
-use crate::health_check::{clean, describe_rpc_error, truncate};
+use crate::health_check::{describe_rpc_error, truncate};
 
 /// What `call` was asked to do.
 #[derive(Debug, Clone)]
@@ -138,7 +139,7 @@ pub fn prepare(request: &CallRequest) -> Result<PreparedCall, CallFailure> {
     })?;
     let key = client.load_key().map_err(|error| CallFailure::Client {
         message: clean(&error.to_string()),
-        exit_code: error.exit_code(),
+        exit_code: exit_code::for_failure(error.kind()),
     })?;
     Ok(PreparedCall {
         options: ConnectOptions {
@@ -200,7 +201,7 @@ async fn execute(prepared: PreparedCall) -> Result<Value, CallFailure> {
         };
         CallFailure::Client {
             message,
-            exit_code: error.exit_code(),
+            exit_code: exit_code::for_failure(error.kind()),
         }
     })?;
     let role = client.role();
@@ -233,7 +234,7 @@ async fn execute(prepared: PreparedCall) -> Result<Value, CallFailure> {
         };
         CallFailure::Client {
             message,
-            exit_code: error.exit_code(),
+            exit_code: exit_code::for_failure(error.kind()),
         }
     })
 }

@@ -29,6 +29,11 @@
 //! Durations are strings with a unit (`300ms`, `10s`, `5m`), as in the
 //! supervisor's configuration; a bare number is rejected.
 //!
+//! The validated settings of each table ([`BackupStoreOptions`],
+//! [`HealthCheckOptions`]) are plain types defined here: the store, the
+//! probes and the daemon depend on the configuration, never the other way
+//! round.
+//!
 //! Unknown keys are errors (a typo must not silently fall back to a
 //! default). Validation collects *every* problem and reports them together,
 //! each naming `file: key`. Loading has no side effects: nothing is created,
@@ -48,19 +53,28 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use palisade_ctl::client::{Fingerprint, OperatorKey};
+use palisade_client::{Fingerprint, OperatorKey};
 use palisade_wire::backup_store::MAX_LIST_ENTRIES;
+use palisade_wire::names::validator_name_problem;
 use serde::Deserialize;
-
-use crate::backup_store::ServeOptions;
-use crate::health_check::HealthCheckOptions;
 
 /// Longest usable Unix socket path: `sun_path` is 108 bytes on Linux,
 /// including the terminating NUL.
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 
-/// Longest validator name.
-pub const MAX_NAME_BYTES: usize = 64;
+/// Default number of files kept per validator.
+pub const DEFAULT_KEEP: usize = 500;
+/// Default size cap per validator: 256 MiB.
+pub const DEFAULT_QUOTA_BYTES: u64 = 256 * 1024 * 1024;
+/// Default idle timeout per backup-store connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default cap on concurrent backup-store connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// Default time between two probes of one validator.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+/// Default bound on one probe (connect and greeting).
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// File name of the default status file, in the listen-socket's directory.
 pub const DEFAULT_STATUS_FILE_NAME: &str = "status.json";
@@ -153,7 +167,7 @@ struct RawConfig {
     validator: Vec<RawValidator>,
 }
 
-/// `[backups]`: see [`ServeOptions`] for the meaning and defaults.
+/// `[backups]`: see [`BackupStoreOptions`] for the meaning and defaults.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawBackups {
@@ -187,6 +201,52 @@ struct RawValidator {
     pin: Option<String>,
 }
 
+/// Tunables of the backup store: the `[backups]` table, defaults filled
+/// in, which `serve-backups` flags override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupStoreOptions {
+    /// Files kept per validator (at least 1, at most the protocol's listing
+    /// limit).
+    pub keep: usize,
+    /// Bytes stored per validator, after retention.
+    pub quota_bytes: u64,
+    /// How long a header frame may take to arrive whole (a payload gets
+    /// this plus one second per 64 KiB); a client that stalls is
+    /// disconnected.
+    pub idle_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for BackupStoreOptions {
+    fn default() -> Self {
+        BackupStoreOptions {
+            keep: DEFAULT_KEEP,
+            quota_bytes: DEFAULT_QUOTA_BYTES,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// The `[health]` table, defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheckOptions {
+    /// Time between two probes of one validator (plus jitter).
+    pub interval: Duration,
+    /// Bound on one probe: connecting and receiving the greeting line.
+    pub timeout: Duration,
+}
+
+impl Default for HealthCheckOptions {
+    fn default() -> Self {
+        HealthCheckOptions {
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+        }
+    }
+}
+
 /// Whether loading opens the `[client]` key file to check it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyFile {
@@ -202,7 +262,7 @@ pub struct BastionConfig {
     /// The health status `run` maintains and `status` reads.
     pub status_file: PathBuf,
     /// `[backups]`, defaults filled in.
-    pub backups: ServeOptions,
+    pub backups: BackupStoreOptions,
     /// `[health]`, defaults filled in.
     pub health: HealthCheckOptions,
     /// `[client]`: how the bastion logs in to the supervisors' RPC.
@@ -222,7 +282,7 @@ pub struct ClientIdentity {
 
 impl ClientIdentity {
     /// Load the key (read, checked, zeroized on drop).
-    pub fn load_key(&self) -> Result<OperatorKey, palisade_ctl::client::CallError> {
+    pub fn load_key(&self) -> Result<OperatorKey, palisade_client::CallError> {
         OperatorKey::load(&self.operator, &self.key)
     }
 }
@@ -433,8 +493,8 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
             .unwrap_or_default(),
     };
 
-    let defaults = ServeOptions::default();
-    let backups = ServeOptions {
+    let defaults = BackupStoreOptions::default();
+    let backups = BackupStoreOptions {
         keep: match raw.backups.keep {
             Some(keep) if keep == 0 || keep > MAX_LIST_ENTRIES => {
                 report(
@@ -504,7 +564,7 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
     let client = raw.client.and_then(|raw| {
         let operator = match raw.operator {
             Some(operator) => {
-                if let Some(reason) = name_problem(&operator) {
+                if let Some(reason) = validator_name_problem(&operator) {
                     report("client.operator".into(), reason);
                 }
                 operator
@@ -562,7 +622,7 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
         let key = |field: &str| format!("validator[{number}].{field}");
         let name = match entry.name {
             Some(name) => {
-                if let Some(reason) = name_problem(&name) {
+                if let Some(reason) = validator_name_problem(&name) {
                     report(key("name"), reason);
                 } else if let Some(first) = names.insert(name.clone(), number) {
                     report(
@@ -681,7 +741,7 @@ fn duration(
 fn key_file_problem(operator: &str, path: &Path) -> Option<String> {
     match OperatorKey::load(operator, path) {
         Ok(_) => None,
-        Err(palisade_ctl::client::CallError::Key { reason, .. })
+        Err(palisade_client::CallError::Key { reason, .. })
             if reason.starts_with("the key has a passphrase") =>
         {
             Some(format!(
@@ -690,7 +750,7 @@ fn key_file_problem(operator: &str, path: &Path) -> Option<String> {
                 path.display()
             ))
         }
-        Err(palisade_ctl::client::CallError::Key { reason, .. }) => {
+        Err(palisade_client::CallError::Key { reason, .. }) => {
             Some(format!("'{}': {reason}", path.display()))
         }
         Err(other) => Some(format!("'{}': {other}", path.display())),
@@ -706,23 +766,6 @@ fn socket_path_problem(path: &Path) -> Option<String> {
         return Some(format!(
             "'{}' is {length} bytes long; Unix socket paths are limited to {MAX_SOCKET_PATH_BYTES}",
             path.display()
-        ));
-    }
-    None
-}
-
-fn name_problem(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("must not be empty".into());
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Some(format!("'{name}' is longer than {MAX_NAME_BYTES} bytes"));
-    }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if !name.chars().all(allowed) || name.starts_with(['-', '.']) {
-        return Some(format!(
-            "{name:?} may use only ASCII letters, digits, '-', '_' and '.', \
-             and must not start with '-' or '.'"
         ));
     }
     None
@@ -785,7 +828,7 @@ socket = "/run/palisade-bastion/val-b.sock"
             config.status_file,
             PathBuf::from("/run/palisade-bastion/status.json")
         );
-        assert_eq!(config.backups, ServeOptions::default());
+        assert_eq!(config.backups, BackupStoreOptions::default());
         assert_eq!(config.backups.keep, 500);
         assert_eq!(config.backups.quota_bytes, 256 * 1024 * 1024);
         assert_eq!(config.backups.idle_timeout, Duration::from_secs(30));
@@ -1088,7 +1131,7 @@ socket = "/run/palisade-bastion/val-a.sock"
         );
         assert_eq!(
             config.backups,
-            ServeOptions {
+            BackupStoreOptions {
                 keep: 7,
                 quota_bytes: 1000,
                 idle_timeout: Duration::from_millis(500),

@@ -27,8 +27,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backup_store::BackupStoreServer;
-use crate::config::{BastionConfig, Validator};
-use crate::health_check::{self, Credentials, HealthCheckOptions, ProbeReport, Prober};
+use crate::config::{BastionConfig, HealthCheckOptions, Validator};
+use crate::health_check::{self, Credentials, ProbeReport, Prober};
 use crate::health_state::{Transition, ValidatorHealth, summary_line};
 use crate::status_file::{self, StatusReport};
 use palisade_daemon::systemd::Notifier;

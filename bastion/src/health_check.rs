@@ -9,7 +9,7 @@
 //!
 //! With [`Credentials`] (the bastion's `[client]` identity and the
 //! validator's `pin`), a probe whose greeting arrived goes on over a second
-//! connection with the control-RPC client of `palisade-ctl`: TLS with the
+//! connection with the control-RPC client (`palisade-client`): TLS with the
 //! pinned certificate, login as the bastion's operator (a `viewer` on the
 //! supervisor), then the `health` method. `{"ok":false,"problems":[…]}`
 //! makes the validator down with those problems
@@ -42,7 +42,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use palisade_ctl::client::{
+use palisade_client::peer_text::clean;
+use palisade_client::{
     CallError, Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy,
 };
 use palisade_wire::rpc::{Greeting, GreetingError, MAX_GREETING_BYTES, Role, RpcError};
@@ -53,10 +54,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Default time between two probes of one validator.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
-/// Default bound on one probe (connect and greeting).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest random extra delay, as a fraction of the interval.
 pub const JITTER_FRACTION: f64 = 0.1;
 /// After a refused login, the first wait before logging in again.
@@ -70,24 +67,6 @@ pub const MAX_DETAIL_CHARS: usize = 300;
 /// How long a kept session may take to show that the supervisor closed it
 /// (an idle timeout, a restart) before it is used again.
 const OPEN_CHECK: Duration = Duration::from_millis(10);
-
-/// The configuration's `[health]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthCheckOptions {
-    /// Time between two probes of one validator (plus jitter).
-    pub interval: Duration,
-    /// Bound on one probe: connecting and receiving the greeting line.
-    pub timeout: Duration,
-}
-
-impl Default for HealthCheckOptions {
-    fn default() -> Self {
-        HealthCheckOptions {
-            interval: DEFAULT_INTERVAL,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-}
 
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -525,11 +504,6 @@ fn parse_health(result: &Value) -> Result<Option<Vec<String>>, DownReason> {
             Ok(Some(problems))
         }
     }
-}
-
-/// Control characters escaped: the text goes to logs and terminals.
-pub fn clean(text: &str) -> String {
-    palisade_ctl::render::clean(text)
 }
 
 /// At most [`MAX_DETAIL_CHARS`] characters, `…` marking a cut.

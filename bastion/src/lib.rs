@@ -49,6 +49,16 @@ pub mod exit_code {
     /// `call`: login or authorization refused, or the bastion's key is
     /// unusable.
     pub const AUTH: i32 = 4;
+
+    /// `call`: the exit code of a failed connection or call, as
+    /// palisade-ctl gives it.
+    pub fn for_failure(kind: palisade_client::FailureKind) -> i32 {
+        match kind {
+            palisade_client::FailureKind::Connection => CONNECTION,
+            palisade_client::FailureKind::Authentication => AUTH,
+            palisade_client::FailureKind::Call => CALL,
+        }
+    }
 }
 
 /// Where `call` looks for the configuration without `--config`.
@@ -606,6 +616,19 @@ mod tests {
         for (error, code, fragment) in rows {
             assert_eq!(error.exit_code(), code, "{error}");
             assert!(error.to_string().contains(fragment), "{error}");
+        }
+    }
+
+    #[test]
+    fn call_failures_have_palisade_ctls_exit_codes() {
+        use palisade_client::FailureKind;
+        let rows = [
+            (FailureKind::Connection, 3),
+            (FailureKind::Authentication, 4),
+            (FailureKind::Call, 1),
+        ];
+        for (kind, code) in rows {
+            assert_eq!(exit_code::for_failure(kind), code, "{kind:?}");
         }
     }
 }

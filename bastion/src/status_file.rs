@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::health_check::HealthCheckOptions;
+use crate::config::HealthCheckOptions;
 use crate::health_state::{State, SupervisorIdentity, ValidatorHealth};
 
 /// Version of the document's format.

@@ -29,8 +29,8 @@
 //!   starts with it and `_`).
 //! - `rpc_local_p50_ms` / `rpc_local_p99_ms` (target 1 for p99): `status`
 //!   round trips on the supervisor's local control socket, one plaintext
-//!   connection as a trusted local user through `palisade-ctl`'s client
-//!   library, 2000 timed after 100 warm-up (see [`rpc`]).
+//!   connection as a trusted local user through the client library
+//!   (`palisade-client`), 2000 timed after 100 warm-up (see [`rpc`]).
 //! - `rpc_bastion_p50_ms` / `rpc_bastion_p99_ms` (target 5 for p99): the
 //!   same through a real OpenSSH sshd on 127.0.0.1, as `palisade-ctl --via`
 //!   does it (SSH, direct-streamlocal to the supervisor's reverse-forwarded
@@ -145,7 +145,7 @@ Benchmarks (stable names):
       Chain with 1 s blocks and the supervisor running simd (no vault), its
       [rpc] socket in the fixture's temporary directory (PALISADE_CONFIG).
       One plaintext connection as a trusted local user (root or the
-      supervisor's own user) with palisade-ctl's client library; 100
+      supervisor's own user) with the client library (palisade-client); 100
       warm-up `status` calls, then 2000 timed (request written -> response
       read and parsed).
 

@@ -9,8 +9,8 @@
 //! The real `palisade-supervisor run` supervises a signing validator on the
 //! simulated chain (no vault), with `[rpc] socket` in the fixture's temporary
 //! directory and one `[[bastion]]`: the sshd this module starts. One
-//! connection per path is opened with `palisade-ctl`'s client library
-//! (`Client::connect`), then [`WARMUP`] calls of [`METHOD`] are made and
+//! connection per path is opened with `palisade-client`, the client library
+//! `palisade-ctl` uses (`Client::connect`), then [`WARMUP`] calls of [`METHOD`] are made and
 //! [`RUNS`] more are timed, each from before the request line is encoded and
 //! written until the response line has been read and parsed
 //! (`Client::call`). No peer: there is no other implementation of this RPC;
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use palisade_ctl::client::{Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy};
+use palisade_client::{Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy};
 use palisade_ssh::dial::Dial;
 use palisade_ssh::host_key::HostKeyPolicy;
 use palisade_testkit::{Sshd, SshdOptions, current_user, ssh_keygen};
@@ -154,7 +154,7 @@ pub fn run(bins: &Binaries) -> anyhow::Result<RpcResults> {
     let local_summary = summary(&local);
     let local_detail = format!(
         "method `{METHOD}`, {RUNS} calls after {WARMUP} warm-up on one plaintext connection \
-         (palisade-ctl client, trusted local uid {}); {}",
+         (palisade-client, trusted local uid {}); {}",
         nix::unistd::getuid(),
         local_summary.describe(TARGET_P99_MS),
     );

@@ -24,9 +24,10 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use palisade_client::Fingerprint;
+use palisade_wire::names::validator_name_problem;
 use serde::Deserialize;
 
-use crate::client::Fingerprint;
 use crate::{Via, parse_via};
 
 /// The file as written.
@@ -142,16 +143,8 @@ pub fn parse(text: &str, file: &str) -> Result<CtlConfig, ConfigError> {
     let mut validators = Vec::new();
     for (index, raw) in raw.validator.into_iter().enumerate() {
         let key = |field: &str| format!("validator[{index}].{field}");
-        let name_ok = !raw.name.is_empty()
-            && raw
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !name_ok {
-            problem(
-                key("name"),
-                format!("'{}' is not a name (letters, digits, - _ .)", raw.name),
-            );
+        if let Some(reason) = validator_name_problem(&raw.name) {
+            problem(key("name"), reason);
         } else if !names.insert(raw.name.clone()) {
             problem(key("name"), format!("'{}' appears twice", raw.name));
         }
@@ -407,7 +400,11 @@ key = "/home/alice/.ssh/palisade_alice"
             ),
             (
                 "[[validator]]\nname = \"a b\"\nsocket = \"/s\"",
-                &["validator[0].name: 'a b' is not a name"],
+                &["validator[0].name: \"a b\" may use only ASCII letters"],
+            ),
+            (
+                "[[validator]]\nname = \"-a\"\nsocket = \"/s\"",
+                &["validator[0].name: \"-a\" must not start with '-' or '.'"],
             ),
             // Every problem at once.
             (

@@ -1,19 +1,19 @@
 //! `palisade-ctl`: the operator's client for `palisade-supervisor`.
 //!
-//! One-shot commands over the supervisor's control RPC (`docs/rpc.md`):
-//! [`client`] holds the connection (greeting, pinned TLS, operator login,
-//! calls), [`config`] the endpoints file, [`render`] the readable output.
-//! `upgrades --home` still reads the upgrade record from disk with no RPC.
-//! [`shell`] is the interactive shell: the same commands over one
-//! connection kept open ([`run_local`], [`connect`], [`run_call`] are the
-//! steps both modes share). Remote mode (`--via`, SSH through a bastion) is
-//! listed but fails with exit code 1 and says so.
+//! One-shot commands over the supervisor's control RPC (`docs/rpc.md`),
+//! locally or through a bastion (`--via`): the connection (greeting, pinned
+//! TLS, operator login, calls) is [`palisade_client`]'s; [`config`] holds
+//! the endpoints file, [`render`] the readable output, and [`exit_code`]
+//! turns a client failure into this program's exit code. `upgrades --home`
+//! still reads the upgrade record from disk with no RPC. [`shell`] is the
+//! interactive shell: the same commands over one connection kept open
+//! ([`run_local`], [`connect`], [`run_call`] are the steps both modes
+//! share).
 //!
 //! Invariant: secrets (the vault passphrase) are never taken from argv,
 //! never put in JSON, and live only in zeroizing buffers.
 #![forbid(unsafe_code)]
 
-pub mod client;
 pub mod config;
 pub mod records;
 pub mod render;
@@ -30,12 +30,12 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use palisade_client::{
+    CallError, Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy,
+};
 use palisade_ssh::dial::Dial;
 use palisade_ssh::host_key::{FirstUse, HostKeyPolicy};
 
-use crate::client::{
-    CallError, Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy,
-};
 use crate::config::ConfigError;
 
 /// Exit codes of `palisade-ctl` (`docs/rpc.md` §6).
@@ -54,6 +54,15 @@ pub mod exit_code {
     /// Operator authentication or authorization was refused, or the
     /// operator key is unusable.
     pub const AUTH: i32 = 4;
+
+    /// The exit code of a failed connection or call.
+    pub fn for_failure(kind: palisade_client::FailureKind) -> i32 {
+        match kind {
+            palisade_client::FailureKind::Connection => CONNECTION,
+            palisade_client::FailureKind::Authentication => AUTH,
+            palisade_client::FailureKind::Call => CALL,
+        }
+    }
 }
 
 const ABOUT: &str = "Operator shell and scripting client for palisade-supervisor.";
@@ -451,7 +460,7 @@ impl Error {
                 exit_code::CALL
             }
             Error::Config(_) | Error::Usage(_) => exit_code::USAGE,
-            Error::Call(error) => error.exit_code(),
+            Error::Call(error) => exit_code::for_failure(error.kind()),
         }
     }
 }
@@ -755,7 +764,7 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
                     known_hosts_file: known_hosts,
                     first_use: FirstUse::Refuse,
                 },
-                timeout: client::CONNECT_TIMEOUT.min(Duration::from_secs(args.timeout)),
+                timeout: palisade_client::CONNECT_TIMEOUT.min(Duration::from_secs(args.timeout)),
             },
             socket: remote_socket,
         }
@@ -1087,6 +1096,28 @@ mod tests {
         let declined = Error::NotConfirmed("not confirmed".into());
         assert_eq!(declined.exit_code(), exit_code::CALL);
         assert_eq!(declined.to_string(), "not confirmed");
+    }
+
+    #[test]
+    fn client_errors_map_to_exit_codes() {
+        use palisade_wire::rpc::{RpcError, code};
+        let rpc = |code| RpcError::new(code, "x");
+        let cases = [
+            (CallError::Connection("x".into()), exit_code::CONNECTION),
+            (CallError::NoPin, exit_code::CONNECTION),
+            (
+                CallError::PinMismatch {
+                    pinned: "a".into(),
+                    presented: "b".into(),
+                },
+                exit_code::CONNECTION,
+            ),
+            (CallError::Auth(rpc(code::UNAUTHENTICATED)), exit_code::AUTH),
+            (CallError::Rpc(rpc(code::METHOD_NOT_FOUND)), exit_code::CALL),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(Error::Call(error).exit_code(), expected);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use palisade_client::peer_text::clean;
 use palisade_wire::upgrade_record::{DetectionSource, UpgradeOutcome, UpgradeRecord, UpgradeStep};
 
 /// File name of the record inside `$DAEMON_HOME/cosmovisor`.
@@ -232,21 +233,6 @@ fn outcome_text(outcome: &UpgradeOutcome) -> String {
         UpgradeOutcome::SwitchedNotRestarted => "switched, not restarted".into(),
         UpgradeOutcome::Failed(reason) => format!("failed: {}", clean(reason)),
     }
-}
-
-/// Record fields come from the chain (upgrade names) and from error
-/// messages: escape control characters so they cannot drive the terminal.
-fn clean(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -2,23 +2,11 @@
 //! `key: value`, nested values indented. Everything printed passes through
 //! [`clean`], as results carry text from the chain and from logs.
 
+use palisade_client::peer_text::clean;
 use serde_json::{Map, Value};
 
 mod backups;
 pub use backups::command_line;
-
-/// Escape control characters so they cannot drive the terminal.
-pub fn clean(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// The result of `method`, for people.
 pub fn render(method: &str, result: &Value) -> String {

@@ -16,7 +16,7 @@
 //!   disk ([`history_entry`]); the history file is 0600 in a 0700
 //!   directory and holds at most [`HISTORY_SIZE`] lines;
 //! - text from the supervisor (its name, the node state) passes through
-//!   [`crate::render::clean`] before it reaches the prompt;
+//!   [`palisade_client::peer_text::clean`] before it reaches the prompt;
 //! - colours only when stdout is a terminal, TERM is set and not `dumb`,
 //!   and NO_COLOR is not set ([`Style`]).
 
@@ -32,6 +32,8 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches};
+use palisade_client::peer_text::clean;
+use palisade_client::{Client, FailureKind};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -45,7 +47,6 @@ use tokio::runtime::Runtime;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use zeroize::Zeroizing;
 
-use crate::client::Client;
 use crate::{Cli, Command, ConnectionArgs, Error, exit_code};
 
 /// `palisade-ctl shell --help`.
@@ -1093,7 +1094,7 @@ fn node_state(status: &Value) -> Option<String> {
         .get("node")?
         .get("state")?
         .as_str()
-        .map(|state| short(&crate::render::clean(state)))
+        .map(|state| short(&clean(state)))
 }
 
 /// At most 32 characters of supervisor-given text for the prompt.
@@ -1169,7 +1170,7 @@ impl Session {
         self.node_state = None;
         let opened = interruptible(&self.runtime, &mut self.sigint, crate::connect(&self.args))
             .unwrap_or_else(|| Err(Error::Usage("interrupted".into())))?;
-        self.name = short(&crate::render::clean(&opened.greeting().validator));
+        self.name = short(&clean(&opened.greeting().validator));
         if let Some(asked) = &self.args.validator
             && *asked != opened.greeting().validator
         {
@@ -1218,7 +1219,7 @@ impl Session {
         };
         match interruptible(&self.runtime, &mut self.sigint, client.call("status", None)) {
             Some(Ok(status)) => self.node_state = node_state(&status),
-            Some(Err(error)) if error.exit_code() == exit_code::CONNECTION => {
+            Some(Err(error)) if error.kind() == FailureKind::Connection => {
                 self.client = None;
                 self.lost = Some(format!("{error}"));
             }
@@ -1642,7 +1643,7 @@ pub fn run(connection: ConnectionArgs, args: ShellArgs, json: bool) -> Result<()
                 "connected to {} (palisade-supervisor {}, {security}). `help` lists the \
                  commands, Tab completes, `exit` or Ctrl-D leaves.",
                 session.name,
-                short(&crate::render::clean(&client.greeting().version)),
+                short(&clean(&client.greeting().version)),
             ));
         }
         Ok(()) => {}

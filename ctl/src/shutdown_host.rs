@@ -42,7 +42,7 @@ pub fn run(connection: &ConnectionArgs, yes: bool, json: bool) -> Result<(), Err
             ))
         })?
         .to_owned();
-    let shown = crate::render::clean(&validator);
+    let shown = palisade_client::peer_text::clean(&validator);
     let command = crate::render::command_line(offer.get("command"));
     if !yes {
         eprintln!(

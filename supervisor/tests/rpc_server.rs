@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::{Signer, SigningKey};
-use palisade_ctl::client::{Fingerprint, tls_handshake};
+use palisade_client::{Fingerprint, tls_handshake};
 use palisade_supervisor::backup::BoxFuture;
 use palisade_supervisor::config::{OperatorSettings, RpcSettings};
 use palisade_supervisor::rpc::{
@@ -181,8 +181,8 @@ async fn plaintext(socket: &Path) -> (Connection, Greeting) {
     (connection, greeting)
 }
 
-/// TLS with the pin, through `palisade-ctl`'s client library (the same
-/// verifier operators use).
+/// TLS with the pin, through `palisade-client` (the same verifier
+/// operators use).
 async fn tls(socket: &Path, pin: &str) -> io::Result<(Connection, Greeting)> {
     let (stream, greeting) = connect(socket).await;
     let pin = Fingerprint::parse(pin).map_err(io::Error::other)?;

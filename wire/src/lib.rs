@@ -7,5 +7,6 @@
 
 pub mod backup_store;
 pub mod bench;
+pub mod names;
 pub mod rpc;
 pub mod upgrade_record;

@@ -1,9 +1,10 @@
 //! Renderings of `backup.list`, `backup.restore` and `host.shutdown`.
 //! A result of another shape falls back to the generic rendering.
 
+use palisade_client::peer_text::clean;
 use serde_json::{Map, Value};
 
-use super::{clean, generic, scalar, table};
+use super::{generic, scalar, table};
 
 /// `backup.list`: per store, its backups newest first as a table, or why
 /// the store could not be read.

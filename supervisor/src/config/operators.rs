@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 
+use palisade_wire::names::validator_name_problem;
 use palisade_wire::rpc::Role;
 use serde::Deserialize;
 
@@ -23,7 +24,9 @@ use super::Resolver;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawOperator {
-    /// Required: letters, digits, `-`, `_`, `.` (not first), at most 64.
+    /// Required: a name by the rule of validator names
+    /// ([`validator_name_problem`]): letters, digits, `-`, `_`, `.`, neither
+    /// `-` nor `.` first, at most 64 bytes.
     pub name: Option<String>,
     /// Required: the operator's public key as one OpenSSH line,
     /// `ssh-ed25519 AAAA… comment` (only ed25519 keys).
@@ -80,7 +83,7 @@ pub(super) fn validate_operators(
         let name = raw.name.unwrap_or_default();
         if name.is_empty() {
             problem(r, "name", "is required".into());
-        } else if let Err(reason) = super::tunnels::valid_name(&name) {
+        } else if let Some(reason) = validator_name_problem(&name) {
             problem(r, "name", reason);
         } else if !names.insert(name.clone()) {
             problem(
@@ -188,7 +191,11 @@ mod tests {
             ),
             (
                 format!("[[operator]]\nname = \"al ice\"\nkey = \"{ALICE}\"\nrole = \"viewer\"\n"),
-                "key `operator[1].name`: 'al ice' may contain only letters",
+                "key `operator[1].name`: \"al ice\" may use only ASCII letters",
+            ),
+            (
+                format!("[[operator]]\nname = \"-alice\"\nkey = \"{ALICE}\"\nrole = \"viewer\"\n"),
+                "key `operator[1].name`: \"-alice\" must not start with '-' or '.'",
             ),
             (
                 "[[operator]]\nname = \"alice\"\nrole = \"viewer\"\n".into(),

@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use palisade_wire::names::validator_name_problem;
 use serde::Deserialize;
 
 use super::Resolver;
@@ -37,9 +38,6 @@ use crate::tunnel::{
 
 /// Longest usable Unix socket path (`sun_path` is 108 bytes with the NUL).
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
-
-/// Longest validator or bastion name.
-const MAX_NAME_BYTES: usize = 64;
 
 /// `[rpc]`: the supervisor's control socket.
 #[derive(Debug, Default, Deserialize)]
@@ -198,22 +196,6 @@ impl TunnelSettings {
     }
 }
 
-pub(super) fn valid_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_NAME_BYTES {
-        return Err(format!("'{name}' must be 1 to {MAX_NAME_BYTES} characters"));
-    }
-    if name.starts_with('.')
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(format!(
-            "'{name}' may contain only letters, digits, '-', '_' and '.' (not first)"
-        ));
-    }
-    Ok(())
-}
-
 fn socket_path_problem(path: &str) -> Option<String> {
     if !path.starts_with('/') {
         Some(format!("'{path}' must be an absolute path"))
@@ -272,7 +254,7 @@ fn host_name() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
-        .filter(|name| valid_name(name).is_ok())
+        .filter(|name| validator_name_problem(name).is_none())
         .unwrap_or_else(|| "validator".to_string())
 }
 
@@ -291,7 +273,7 @@ pub(super) fn validate_rpc(r: &mut Resolver<'_>, raw: RawRpc, daemon_home: &Path
     }
     let name = match raw.name {
         Some(name) => {
-            if let Err(problem) = valid_name(&name) {
+            if let Some(problem) = validator_name_problem(&name) {
                 let origin = r.file_origin("rpc.name");
                 r.report(origin, problem);
             }
@@ -444,7 +426,7 @@ pub(super) fn validate_tunnels(
         let name = raw.name.unwrap_or_default();
         if name.is_empty() {
             problem(r, "name", "is required".into());
-        } else if let Err(reason) = valid_name(&name) {
+        } else if let Some(reason) = validator_name_problem(&name) {
             problem(r, "name", reason);
         } else if !names.insert(name.clone()) {
             problem(
@@ -768,7 +750,29 @@ mod tests {
             ),
             (
                 "[rpc]\nname = \"val a\"\n".into(),
-                "key `rpc.name`: 'val a' may contain only letters",
+                "key `rpc.name`: \"val a\" may use only ASCII letters",
+            ),
+            // The rule of palisade_wire::names, as the bastion applies it: a
+            // name starting with '-' would read as an option on its command
+            // line (`backup-session --validator NAME`).
+            (
+                "[rpc]\nname = \"-val-a\"\n".into(),
+                "key `rpc.name`: \"-val-a\" must not start with '-' or '.'",
+            ),
+            (
+                "[rpc]\nname = \".val-a\"\n".into(),
+                "key `rpc.name`: \".val-a\" must not start with '-' or '.'",
+            ),
+            (
+                format!("[rpc]\nname = \"{}\"\n", "v".repeat(65)),
+                "is longer than 64 bytes",
+            ),
+            (
+                format!(
+                    "[tunnel]\nkey-file = {:?}\n[[bastion]]\nname = \"-b1\"\nhost = \"h\"\nuser = \"u\"\nhost-key-fingerprints = [\"{FINGERPRINT}\"]\n",
+                    dir.path().join("missing")
+                ),
+                "key `bastion[1].name`: \"-b1\" must not start with '-' or '.'",
             ),
             (
                 format!(

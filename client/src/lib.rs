@@ -1,6 +1,22 @@
-//! The RPC client: one connection to a supervisor's control socket
-//! (`docs/rpc.md`), optionally TLS with a pinned certificate and operator
-//! authentication, then any number of calls.
+//! `palisade-client`: the client of the supervisor's control RPC
+//! (`docs/rpc.md`), shared by `palisade-ctl`, `palisade-bastion` (health
+//! checks and `call`) and the benchmarks.
+//!
+//! It owns one connection to a supervisor: reaching an [`Endpoint`] (a
+//! local Unix socket, or a bastion through `palisade_ssh::dial` and a
+//! `direct-streamlocal` channel), reading the greeting, TLS 1.3 accepting
+//! only the pinned certificate ([`Fingerprint`]), operator login with an
+//! OpenSSH ed25519 key ([`OperatorKey`], from the key file or ssh-agent),
+//! then any number of calls and the secret line. It also owns
+//! [`peer_text::clean`], the one way text that came from a peer is made
+//! safe to print.
+//!
+//! It must never prompt, print, read a configuration file or decide an
+//! exit code: those are its callers' (a terminal program and a daemon want
+//! different things). [`CallError::kind`] says what kind of failure an
+//! error is, and each caller maps that to its own exit codes. Nothing here
+//! may depend on a line editor or a terminal library: the bastion links
+//! this crate and must stay free of them.
 //!
 //! Invariants:
 //! - every connect, read and write has a timeout, and every line read is
@@ -15,6 +31,9 @@
 //!   on plaintext, to 32 zero bytes, exactly as `auth_message` says;
 //! - secrets travel only as the secret line after a request of a
 //!   [`SECRET_METHODS`] method, from zeroizing buffers; never in JSON.
+#![forbid(unsafe_code)]
+
+pub mod peer_text;
 
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
@@ -42,7 +61,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::UnixStream;
 use zeroize::Zeroizing;
 
-use crate::exit_code;
+use crate::peer_text::clean;
 
 /// Bound on connecting, reading the greeting, the TLS handshake and the
 /// authentication exchange (lowered to the call timeout when that is
@@ -258,8 +277,8 @@ pub struct ConnectOptions {
     pub call_timeout: Duration,
 }
 
-/// Why a connection or a call failed. [`CallError::exit_code`] maps it to
-/// `palisade-ctl`'s exit codes.
+/// Why a connection or a call failed. [`CallError::kind`] says which kind
+/// of failure it is, for callers that turn failures into exit codes.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The socket could not be reached, the peer closed or stalled, or
@@ -300,32 +319,45 @@ pub enum CallError {
     Bastion(#[from] DialError),
 }
 
+/// The kinds of failure a caller tells apart (`palisade-ctl` and
+/// `palisade-bastion call` give each its own exit code, `docs/rpc.md` §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The supervisor could not be reached: the socket, the bastion on the
+    /// way, the greeting, TLS (a pin mismatch included), a timeout.
+    Connection,
+    /// Authentication or authorization was refused (by the supervisor or
+    /// the bastion's sshd), or a key is unusable.
+    Authentication,
+    /// The call itself failed: an error answer, or a request the client
+    /// refuses to send.
+    Call,
+}
+
 impl CallError {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> i32 {
+    /// Which kind of failure this is.
+    pub fn kind(&self) -> FailureKind {
         match self {
             CallError::Connection(_)
             | CallError::Tls(_)
             | CallError::PinMismatch { .. }
-            | CallError::NoPin => exit_code::CONNECTION,
-            CallError::Key { .. } | CallError::Auth(_) => exit_code::AUTH,
-            CallError::Rpc(_) | CallError::Usage(_) => exit_code::CALL,
+            | CallError::NoPin => FailureKind::Connection,
+            CallError::Key { .. } | CallError::Auth(_) => FailureKind::Authentication,
+            CallError::Rpc(_) | CallError::Usage(_) => FailureKind::Call,
             CallError::Bastion(DialError::PrivateKey { .. })
             | CallError::Bastion(DialError::Agent(_))
-            | CallError::Bastion(DialError::AuthenticationRejected { .. }) => exit_code::AUTH,
-            CallError::Bastion(_) => exit_code::CONNECTION,
+            | CallError::Bastion(DialError::AuthenticationRejected { .. }) => {
+                FailureKind::Authentication
+            }
+            CallError::Bastion(_) => FailureKind::Connection,
         }
     }
 }
 
 fn describe_rpc_error(error: &RpcError) -> String {
-    let mut text = format!(
-        "{} (code {})",
-        crate::render::clean(&error.message),
-        error.code
-    );
+    let mut text = format!("{} (code {})", clean(&error.message), error.code);
     if let Some(data) = &error.data {
-        text.push_str(&format!(" {}", crate::render::clean(&data.to_string())));
+        text.push_str(&format!(" {}", clean(&data.to_string())));
     }
     match error.code {
         code::UNAUTHENTICATED => {
@@ -777,23 +809,49 @@ mod tests {
     }
 
     #[test]
-    fn errors_map_to_exit_codes() {
+    fn errors_are_classified_by_kind() {
         let rpc = |code| RpcError::new(code, "x");
         let cases = [
-            (CallError::Connection("x".into()), exit_code::CONNECTION),
-            (CallError::NoPin, exit_code::CONNECTION),
+            (CallError::Connection("x".into()), FailureKind::Connection),
+            (CallError::Tls("x".into()), FailureKind::Connection),
+            (CallError::NoPin, FailureKind::Connection),
             (
                 CallError::PinMismatch {
                     pinned: "a".into(),
                     presented: "b".into(),
                 },
-                exit_code::CONNECTION,
+                FailureKind::Connection,
             ),
-            (CallError::Auth(rpc(code::UNAUTHENTICATED)), exit_code::AUTH),
-            (CallError::Rpc(rpc(code::METHOD_NOT_FOUND)), exit_code::CALL),
+            (
+                CallError::Key {
+                    path: PathBuf::from("k"),
+                    reason: "x".into(),
+                },
+                FailureKind::Authentication,
+            ),
+            (
+                CallError::Auth(rpc(code::UNAUTHENTICATED)),
+                FailureKind::Authentication,
+            ),
+            (
+                CallError::Rpc(rpc(code::METHOD_NOT_FOUND)),
+                FailureKind::Call,
+            ),
+            (CallError::Usage("x".into()), FailureKind::Call),
         ];
         for (error, expected) in cases {
-            assert_eq!(error.exit_code(), expected, "{error}");
+            assert_eq!(error.kind(), expected, "{error}");
         }
+    }
+
+    #[test]
+    fn rpc_errors_are_described_with_peer_text_cleaned() {
+        let text = describe_rpc_error(&RpcError::new(code::FORBIDDEN, "no\u{1b}[2J"));
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.starts_with("no\\u{1b}[2J (code "), "{text}");
+        assert!(
+            text.ends_with("the operator's role does not allow this method"),
+            "{text}"
+        );
     }
 }
