@@ -137,26 +137,9 @@ pub async fn recv_live(
     }
 }
 
-/// The node as the loop last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeState {
-    /// The supervisor is starting (vault, start check).
-    Starting,
-    /// The vault is locked: the node does not run until an unlock.
-    Locked,
-    Running,
-    /// Stopped by an operator (`node.stop`).
-    Stopped,
-    /// Waiting out a restart backoff after a crash.
-    Restarting,
-    /// Stopped for an upgrade that cannot proceed (e.g. binary missing).
-    Halted,
-    /// An upgrade is being performed.
-    Upgrading,
-    /// The supervisor is stopping.
-    Stopping,
-}
+/// The node as the loop last saw it: part of the RPC contract, so it lives
+/// in `palisade-wire`.
+pub use palisade_wire::rpc::results::NodeState;
 
 /// The last backup written, as the backup worker reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
