@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
-use serde_json::{Value, json};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 use palisade_client::{
@@ -35,6 +35,11 @@ use palisade_client::{
 };
 use palisade_ssh::dial::Dial;
 use palisade_ssh::host_key::{FirstUse, HostKeyPolicy};
+use palisade_wire::rpc::methods::{self, Method};
+use palisade_wire::rpc::params::{
+    BackupListParams, BackupRestoreParams, HostShutdownParams, LogsTailParams, NoParams,
+    UpgradeAddParams, UpgradeCancelParams, Validate,
+};
 
 use crate::config::ConfigError;
 
@@ -257,19 +262,18 @@ pub enum Command {
     Health,
     /// Recent daemon and supervisor log lines.
     Logs {
-        /// How many lines.
-        #[arg(long, default_value_t = 100,
-              value_parser = clap::value_parser!(u32).range(1..=1000))]
-        lines: u32,
+        /// How many lines (1-1000).
+        #[arg(long, default_value_t = palisade_wire::rpc::params::DEFAULT_TAIL_LINES)]
+        lines: u64,
     },
     /// Tunnels per bastion: connected since, last error, bytes, reconnects.
     Tunnels,
     /// Backups per store (local and every bastion's), newest first, with
     /// sequence, height and what is known of the watermark.
     Backups {
-        /// Most backups shown per store [default: 20].
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
-        limit: Option<u32>,
+        /// Most backups shown per store (1-100) [default: 20].
+        #[arg(long)]
+        limit: Option<u64>,
     },
     /// Restore the sign state from one backup (see `backups`): only with
     /// the node stopped (`node stop`) and the vault unlocked; refused when
@@ -326,6 +330,10 @@ pub enum Command {
         /// The params as JSON, e.g. '{"bastion":"b1"}'.
         #[arg(long, value_name = "JSON")]
         params: Option<String>,
+        /// Send the params even when this palisade-ctl's contract refuses
+        /// them (a supervisor of another version may take them).
+        #[arg(long)]
+        unchecked: bool,
     },
     /// Interactive shell: the commands above over one connection, with
     /// history, completion and a no-echo unlock prompt.
@@ -363,7 +371,7 @@ pub enum UpgradeAction {
         name: String,
         /// Where the supervisor downloads the binary (http or https; a raw
         /// binary, zip or tar.gz).
-        #[arg(long, requires = "checksum", conflicts_with = "path")]
+        #[arg(long)]
         url: Option<String>,
         /// The download's checksum, sha256:<hex> or sha512:<hex>: required
         /// with --url, optional with --path.
@@ -494,42 +502,55 @@ pub struct PlannedCall {
     pub params: Option<Value>,
 }
 
+/// The call of method `M` with `params`, checked by the contract's own
+/// `validate` first: a value the supervisor would refuse is a usage error
+/// here, with the supervisor's message, before anything connects.
+fn typed_call<M: Method>(params: M::Params) -> Result<Option<PlannedCall>, Error> {
+    params
+        .validate()
+        .map_err(|error| Error::Usage(error.message))?;
+    let params = serde_json::to_value(&params)
+        .map_err(|error| Error::Output(format!("cannot encode the params: {error}")))?;
+    Ok(Some(PlannedCall {
+        method: M::NAME.to_string(),
+        // `NoParams` is `null`: the request leaves `params` out.
+        params: (!params.is_null()).then_some(params),
+    }))
+}
+
 /// The call `command` makes, or `None` for the commands without RPC.
 pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
-    let call = |method: &str, params: Option<Value>| {
-        Ok(Some(PlannedCall {
-            method: method.to_string(),
-            params,
-        }))
-    };
     match command {
         Command::Version | Command::Shell(_) => Ok(None),
         Command::Upgrades { home: Some(_) } => Ok(None),
-        Command::Upgrades { home: None } => call("upgrade.list", None),
-        Command::Status => call("status", None),
-        Command::Health => call("health", None),
-        Command::Logs { lines } => call("logs.tail", Some(json!({ "lines": lines }))),
-        Command::Tunnels => call("tunnel.list", None),
+        Command::Upgrades { home: None } => typed_call::<methods::UpgradeList>(NoParams),
+        Command::Status => typed_call::<methods::Status>(NoParams),
+        Command::Health => typed_call::<methods::Health>(NoParams),
+        Command::Logs { lines } => typed_call::<methods::LogsTail>(LogsTailParams {
+            lines: Some(*lines),
+        }),
+        Command::Tunnels => typed_call::<methods::TunnelList>(NoParams),
         Command::Backups { limit } => {
-            call("backup.list", limit.map(|limit| json!({ "limit": limit })))
+            typed_call::<methods::BackupList>(BackupListParams { limit: *limit })
         }
-        Command::Restore { store, file } => call(
-            "backup.restore",
-            Some(json!({ "store": store, "file": file })),
-        ),
+        Command::Restore { store, file } => {
+            typed_call::<methods::BackupRestore>(BackupRestoreParams {
+                store: store.clone(),
+                file: file.clone(),
+            })
+        }
         // The first step; `run` does both (see `shutdown_host`).
-        Command::ShutdownHost { .. } => call("host.shutdown", Some(json!({}))),
-        Command::BackupNow => call("backup.now", None),
-        Command::Node { action } => call(
-            match action {
-                NodeAction::Start => "node.start",
-                NodeAction::Stop => "node.stop",
-                NodeAction::Restart => "node.restart",
-            },
-            None,
-        ),
-        Command::Unlock { .. } => call("vault.unlock", None),
-        Command::Lock => call("vault.lock", None),
+        Command::ShutdownHost { .. } => {
+            typed_call::<methods::HostShutdown>(HostShutdownParams::request())
+        }
+        Command::BackupNow => typed_call::<methods::BackupNow>(NoParams),
+        Command::Node { action } => match action {
+            NodeAction::Start => typed_call::<methods::NodeStart>(NoParams),
+            NodeAction::Stop => typed_call::<methods::NodeStop>(NoParams),
+            NodeAction::Restart => typed_call::<methods::NodeRestart>(NoParams),
+        },
+        Command::Unlock { .. } => typed_call::<methods::VaultUnlock>(NoParams),
+        Command::Lock => typed_call::<methods::VaultLock>(NoParams),
         Command::Upgrade {
             action:
                 UpgradeAction::Add {
@@ -539,40 +560,29 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
                     path,
                 },
         } => {
-            let params = match (url, checksum, path) {
-                (Some(url), Some(checksum), None) => {
-                    json!({ "name": name, "url": url, "checksum": checksum })
-                }
-                (None, checksum, Some(path)) => {
-                    if !path.is_absolute() {
-                        return Err(Error::Usage(format!(
-                            "--path {} must be absolute: the supervisor reads it on the \
-                             validator host, not from this directory",
-                            path.display()
-                        )));
-                    }
-                    let path = path.to_str().ok_or_else(|| {
+            let path = path
+                .as_deref()
+                .map(|path| {
+                    path.to_str().map(str::to_owned).ok_or_else(|| {
                         Error::Usage(format!("--path {} is not UTF-8", path.display()))
-                    })?;
-                    match checksum {
-                        Some(checksum) => {
-                            json!({ "name": name, "path": path, "checksum": checksum })
-                        }
-                        None => json!({ "name": name, "path": path }),
-                    }
-                }
-                _ => {
-                    return Err(Error::Usage(
-                        "upgrade add needs --url with --checksum, or --path".into(),
-                    ));
-                }
-            };
-            call("upgrade.add", Some(params))
+                    })
+                })
+                .transpose()?;
+            typed_call::<methods::UpgradeAdd>(UpgradeAddParams {
+                name: name.clone(),
+                url: url.clone(),
+                checksum: checksum.clone(),
+                path,
+            })
         }
         Command::Upgrade {
             action: UpgradeAction::Cancel { name },
-        } => call("upgrade.cancel", Some(json!({ "name": name }))),
-        Command::Call { method, params } => {
+        } => typed_call::<methods::UpgradeCancel>(UpgradeCancelParams { name: name.clone() }),
+        Command::Call {
+            method,
+            params,
+            unchecked,
+        } => {
             let params = params
                 .as_deref()
                 .map(serde_json::from_str::<Value>)
@@ -583,7 +593,19 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
                     "{method} takes a secret: use `palisade-ctl unlock`"
                 )));
             }
-            call(method, params)
+            // The params go as given (this is the escape hatch), but a
+            // method the contract knows has them checked here first, so a
+            // typo'd member fails with the supervisor's −32602 text, unless
+            // --unchecked says this supervisor may know better. An unknown
+            // method goes to the supervisor, which says so.
+            if !unchecked && let Some(info) = methods::method_info(method) {
+                (info.check_params)(params.clone().unwrap_or(Value::Null))
+                    .map_err(|error| Error::Usage(format!("--params: {}", error.message)))?;
+            }
+            Ok(Some(PlannedCall {
+                method: method.clone(),
+                params,
+            }))
         }
     }
 }
@@ -871,7 +893,14 @@ fn show_record(home: &std::path::Path, json: bool) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    const BACKUP: &str =
+        "backup-sim-1-00000000000000000000000000000000000000AB-00000000000000000004-h12.age";
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    const SHA256: &str = "sha256:aec070645fe53ee3b3763059376134f058cc337247c978add178b6ccdfb0019f";
 
     #[test]
     fn cli_is_well_formed() {
@@ -940,27 +969,21 @@ mod tests {
                 Some(json!({"lines": 7})),
             ),
             (&["tunnels"], "tunnel.list", None),
-            (&["backups"], "backup.list", None),
+            (&["backups"], "backup.list", Some(json!({}))),
             (
                 &["backups", "--limit", "5"],
                 "backup.list",
                 Some(json!({"limit": 5})),
             ),
             (
-                &[
-                    "restore",
-                    "local",
-                    "backup-sim-1-AB-00000000000000000004-h12.age",
-                ],
+                &["restore", "local", BACKUP],
                 "backup.restore",
-                Some(
-                    json!({"store": "local", "file": "backup-sim-1-AB-00000000000000000004-h12.age"}),
-                ),
+                Some(json!({"store": "local", "file": BACKUP})),
             ),
             (
-                &["restore", "bastion:b1", "backup-x.age"],
+                &["restore", "bastion:b1", BACKUP],
                 "backup.restore",
-                Some(json!({"store": "bastion:b1", "file": "backup-x.age"})),
+                Some(json!({"store": "bastion:b1", "file": BACKUP})),
             ),
             (&["shutdown-host"], "host.shutdown", Some(json!({}))),
             (
@@ -969,9 +992,32 @@ mod tests {
                 Some(json!({})),
             ),
             (
-                &["call", "host.shutdown", "--params", r#"{"confirm":"00ff"}"#],
+                &[
+                    "call",
+                    "host.shutdown",
+                    "--params",
+                    r#"{"confirm":"0123456789abcdef0123456789abcdef"}"#,
+                ],
                 "host.shutdown",
-                Some(json!({"confirm": "00ff"})),
+                Some(json!({"confirm": TOKEN})),
+            ),
+            // Unknown methods go as given: the supervisor answers them.
+            (
+                &["call", "nosuch.method", "--params", r#"{"x":1}"#],
+                "nosuch.method",
+                Some(json!({"x": 1})),
+            ),
+            // --unchecked: as given, even what this contract refuses.
+            (
+                &[
+                    "call",
+                    "logs.tail",
+                    "--unchecked",
+                    "--params",
+                    r#"{"lines":5000,"x":1}"#,
+                ],
+                "logs.tail",
+                Some(json!({"lines": 5000, "x": 1})),
             ),
             (&["backup-now"], "backup.now", None),
             (&["node", "start"], "node.start", None),
@@ -988,10 +1034,10 @@ mod tests {
                     "--url",
                     "https://x/y",
                     "--checksum",
-                    "sha256:ab",
+                    SHA256,
                 ],
                 "upgrade.add",
-                Some(json!({"name": "v2", "url": "https://x/y", "checksum": "sha256:ab"})),
+                Some(json!({"name": "v2", "url": "https://x/y", "checksum": SHA256})),
             ),
             (
                 &["upgrade", "add", "v2", "--path", "/opt/gaiad"],
@@ -1006,10 +1052,10 @@ mod tests {
                     "--path",
                     "/opt/gaiad",
                     "--checksum",
-                    "sha512:ab",
+                    SHA256,
                 ],
                 "upgrade.add",
-                Some(json!({"name": "v2", "path": "/opt/gaiad", "checksum": "sha512:ab"})),
+                Some(json!({"name": "v2", "path": "/opt/gaiad", "checksum": SHA256})),
             ),
             (
                 &["upgrade", "cancel", "v2"],
@@ -1039,14 +1085,12 @@ mod tests {
     #[test]
     fn usage_errors() {
         let clap_rejects: &[&[&str]] = &[
-            &["logs", "--lines", "0"],
-            &["logs", "--lines", "1001"],
+            &["logs", "--lines", "-1"],
+            &["logs", "--lines", "many"],
             &["upgrade", "add", "v2"],
-            &["upgrade", "add", "v2", "--url", "https://x"],
             &["upgrade", "add", "v2", "--checksum", "sha256:ab"],
             &["upgrade", "cancel"],
-            &["backups", "--limit", "0"],
-            &["backups", "--limit", "101"],
+            &["backups", "--limit", "x"],
             &["restore"],
             &["restore", "local"],
             &["restore", "local", "a.age", "b.age"],
@@ -1072,17 +1116,91 @@ mod tests {
                 .unwrap_err();
             assert_eq!(error.exit_code(), exit_code::USAGE, "{args:?}");
         }
-        let planned_rejects: &[&[&str]] = &[
-            &["call", "status", "--params", "{"],
-            &["call", "vault.unlock"],
-            &["upgrade", "add", "v2", "--path", "gaiad"],
-            &["upgrade", "add", "v2", "--path", "./bin/gaiad"],
+        // Refused before connecting, with the contract's own message.
+        let planned_rejects: &[(&[&str], &str)] = &[
+            (&["call", "status", "--params", "{"], "--params is not JSON"),
+            (&["call", "vault.unlock"], "takes a secret"),
+            (
+                &["call", "tunnel.reconnect", "--params", r#"{"bastio":"b1"}"#],
+                "--params: tunnel.reconnect params: unknown field `bastio`, expected `bastion`",
+            ),
+            (
+                &["call", "logs.tail", "--params", r#"{"lines":5000}"#],
+                "--params: lines must be an integer from 1 to 1000, not 5000",
+            ),
+            (
+                &["call", "status", "--params", "[]"],
+                "--params: status takes no params",
+            ),
+            (
+                &["logs", "--lines", "0"],
+                "lines must be an integer from 1 to 1000, not 0",
+            ),
+            (
+                &["logs", "--lines", "1001"],
+                "lines must be an integer from 1 to 1000, not 1001",
+            ),
+            (
+                &["backups", "--limit", "0"],
+                "limit must be an integer from 1 to 100, not 0",
+            ),
+            (
+                &["backups", "--limit", "101"],
+                "limit must be an integer from 1 to 100, not 101",
+            ),
+            (
+                &["upgrade", "add", "v2", "--path", "gaiad"],
+                "`path` must be absolute (a file on the validator host), not gaiad",
+            ),
+            (
+                &["upgrade", "add", "v2", "--path", "./bin/gaiad"],
+                "must be absolute",
+            ),
+            (
+                &["upgrade", "add", "v2", "--url", "https://x"],
+                "`checksum` (sha256:HEX or sha512:HEX) is required with `url`",
+            ),
+            (
+                &[
+                    "upgrade",
+                    "add",
+                    "v2",
+                    "--url",
+                    "https://x",
+                    "--checksum",
+                    "sha256:ab",
+                ],
+                "sha256 digest has 2 hex digits, expected 64",
+            ),
+            (
+                &[
+                    "upgrade",
+                    "add",
+                    "v2",
+                    "--path",
+                    "/x",
+                    "--checksum",
+                    "md5:00",
+                ],
+                "cryptographically broken",
+            ),
+            (
+                &["upgrade", "add", "../v2", "--path", "/x"],
+                "upgrade name \"../v2\" contains a path separator",
+            ),
+            (&["upgrade", "cancel", ".v2"], "starts with '.'"),
+            (
+                &["restore", "local", "notes.txt"],
+                "\"notes.txt\" is not a backup file name",
+            ),
+            (&["restore", "", BACKUP], "store must be a non-empty string"),
         ];
-        for args in planned_rejects {
+        for (args, message) in planned_rejects {
             let cli =
                 Cli::try_parse_from(std::iter::once(&"palisade-ctl").chain(args.iter())).unwrap();
             let error = planned_call(&cli.command).unwrap_err();
             assert_eq!(error.exit_code(), exit_code::USAGE, "{args:?}");
+            assert!(error.to_string().contains(message), "{args:?}: {error}");
         }
     }
 

@@ -1,163 +1,171 @@
 //! Readable renderings of call results (without `--json`): a few lines of
-//! `key: value`, nested values indented. Everything printed passes through
-//! [`clean`], as results carry text from the chain and from logs.
+//! `key: value`, nested values indented. Results the contract types
+//! (`palisade_wire::rpc::results`) are read as those types; one that does
+//! not read as its type (a newer or odd supervisor) falls back to the
+//! generic rendering rather than guessing. Everything printed passes
+//! through [`clean`], as results carry text from the chain and from logs.
 
-use palisade_client::peer_text::clean;
-use serde_json::{Map, Value};
+pub use palisade_client::peer_text::clean;
+use palisade_wire::rpc::results::{
+    HealthResult, LogsTailResult, PlanOnDisk, UpgradeAddResult, UpgradeCancelResult,
+    UpgradeListResult,
+};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 mod backups;
 pub use backups::command_line;
 
 /// The result of `method`, for people.
 pub fn render(method: &str, result: &Value) -> String {
-    match (method, result) {
-        ("health", Value::Object(fields)) => {
-            let ok = fields.get("ok").and_then(Value::as_bool).unwrap_or(false);
-            let mut out = String::from(if ok { "healthy\n" } else { "UNHEALTHY\n" });
-            if let Some(Value::Array(problems)) = fields.get("problems") {
-                for problem in problems {
-                    out.push_str(&format!("  - {}\n", scalar(problem)));
-                }
-            }
-            out
-        }
-        ("logs.tail", _) => {
-            let lines = match result {
-                Value::Object(fields) => fields.get("lines").unwrap_or(result),
-                _ => result,
-            };
-            match lines {
-                Value::Array(lines) => lines.iter().map(|line| scalar(line) + "\n").collect(),
-                other => generic(other),
-            }
-        }
-        ("upgrade.list", Value::Object(fields)) => upgrade_list(fields),
-        ("upgrade.add", Value::Object(fields)) => upgrade_added(fields),
-        ("upgrade.cancel", Value::Object(fields)) => upgrade_cancelled(fields),
-        ("backup.list", Value::Object(fields)) => backups::backup_list(fields),
-        ("backup.restore", Value::Object(fields)) => backups::backup_restored(fields),
-        ("host.shutdown", Value::Object(fields)) => backups::host_shutdown(fields),
+    match method {
+        "health" => typed(result, health),
+        "logs.tail" => typed(result, |tail: LogsTailResult| {
+            tail.lines.iter().map(|line| clean(line) + "\n").collect()
+        }),
+        "upgrade.list" => typed(result, upgrade_list),
+        "upgrade.add" => typed(result, upgrade_added),
+        "upgrade.cancel" => typed(result, upgrade_cancelled),
+        "backup.list" => typed(result, backups::backup_list),
+        "backup.restore" => typed(result, backups::backup_restored),
+        "host.shutdown" => typed(result, backups::host_shutdown),
         _ => generic(result),
     }
 }
 
+/// `render` of `result` read as `T`, or the generic rendering when it does
+/// not read as `T`.
+fn typed<T: DeserializeOwned>(result: &Value, render: impl FnOnce(T) -> String) -> String {
+    match T::deserialize(result) {
+        Ok(typed) => render(typed),
+        Err(_) => generic(result),
+    }
+}
+
+/// Text from the supervisor, cleaned; `-` when absent.
+fn text(value: Option<&str>) -> String {
+    value.map(clean).unwrap_or_else(|| "-".into())
+}
+
+/// A number; `-` when absent.
+fn number(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".into(), |number| number.to_string())
+}
+
+/// `health`: healthy or not, and the problems.
+fn health(health: HealthResult) -> String {
+    let mut out = String::from(if health.ok {
+        "healthy\n"
+    } else {
+        "UNHEALTHY\n"
+    });
+    for problem in &health.problems {
+        out.push_str(&format!("  - {}\n", clean(problem)));
+    }
+    out
+}
+
 /// `upgrade.list`: what `current` runs, the staged binaries as a table,
 /// adds in flight, the plan on disk, then the upgrade record.
-fn upgrade_list(fields: &Map<String, Value>) -> String {
-    let field = |name: &str| fields.get(name).unwrap_or(&Value::Null);
-    let mut out = format!("current: {}\n", scalar(field("current")));
-    match field("staged") {
-        Value::Array(staged) if !staged.is_empty() => {
-            out.push_str("staged:\n");
-            let rows: Vec<[String; 4]> = staged
-                .iter()
-                .map(|entry| {
-                    let current = if entry["current"] == true { "yes" } else { "-" };
-                    let (size, digest) = match entry.get("error") {
-                        Some(error) => ("-".to_string(), format!("unusable: {}", scalar(error))),
-                        None => (scalar(&entry["size"]), scalar(&entry["sha256"])),
-                    };
-                    [scalar(&entry["name"]), current.to_string(), size, digest]
-                })
-                .collect();
-            out.push_str(&table(&["NAME", "CURRENT", "SIZE", "SHA256"], &rows, "  "));
-        }
-        _ => out.push_str("staged: none\n"),
+fn upgrade_list(list: UpgradeListResult) -> String {
+    let mut out = format!("current: {}\n", text(list.current.as_deref()));
+    if list.staged.is_empty() {
+        out.push_str("staged: none\n");
+    } else {
+        out.push_str("staged:\n");
+        let rows: Vec<[String; 4]> = list
+            .staged
+            .iter()
+            .map(|entry| {
+                let current = if entry.current { "yes" } else { "-" };
+                let (size, digest) = match &entry.error {
+                    Some(error) => ("-".to_string(), format!("unusable: {}", clean(error))),
+                    None => (number(entry.size), text(entry.sha256.as_deref())),
+                };
+                [clean(&entry.name), current.to_string(), size, digest]
+            })
+            .collect();
+        out.push_str(&table(&["NAME", "CURRENT", "SIZE", "SHA256"], &rows, "  "));
     }
-    if let Some(more) = fields.get("staged_not_listed") {
-        out.push_str(&format!("  … and {} more not listed\n", scalar(more)));
+    if let Some(more) = list.staged_not_listed {
+        out.push_str(&format!("  … and {more} more not listed\n"));
     }
-    if let Value::Array(staging) = field("staging")
-        && !staging.is_empty()
-    {
-        let names: Vec<String> = staging.iter().map(scalar).collect();
+    if !list.staging.is_empty() {
+        let names: Vec<String> = list.staging.iter().map(|name| clean(name)).collect();
         out.push_str(&format!("being staged now: {}\n", names.join(", ")));
     }
-    let plan = field("plan_on_disk");
-    match plan {
-        Value::Null => out.push_str("plan on disk: none\n"),
-        Value::Object(plan_fields)
-            if plan_fields.contains_key("error") && !plan_fields.contains_key("dir") =>
-        {
-            out.push_str(&format!(
-                "plan on disk: unusable: {}\n",
-                scalar(&plan["error"])
-            ));
+    match &list.plan_on_disk {
+        None => out.push_str("plan on disk: none\n"),
+        Some(PlanOnDisk::BadName { error, .. } | PlanOnDisk::Unreadable { error }) => {
+            out.push_str(&format!("plan on disk: unusable: {}\n", clean(error)));
         }
-        _ => {
-            let state = if plan["applied"] == true {
-                "applied (current)".to_string()
-            } else if plan["staged"] == true {
-                "binary staged".to_string()
-            } else if let Some(error) = plan.get("error") {
-                format!("unusable: {}", scalar(error))
+        Some(PlanOnDisk::Usable {
+            name,
+            height,
+            dir,
+            staged,
+            applied,
+        }) => {
+            let state = if *applied {
+                "applied (current)"
+            } else if *staged {
+                "binary staged"
             } else {
-                "binary NOT staged".to_string()
+                "binary NOT staged"
             };
             out.push_str(&format!(
                 "plan on disk: {} at height {} -> upgrades/{}: {state}\n",
-                scalar(&plan["name"]),
-                scalar(&plan["height"]),
-                scalar(&plan["dir"]),
+                clean(name),
+                number(*height),
+                clean(dir),
             ));
         }
     }
-    if !field("in_progress").is_null() {
-        out.push_str(&format!(
-            "upgrade in progress: {}\n",
-            scalar(field("in_progress"))
-        ));
+    if let Some(in_progress) = &list.in_progress {
+        out.push_str(&format!("upgrade in progress: {}\n", clean(in_progress)));
     }
-    if !field("scheduled").is_null() {
-        out.push_str(&format!("scheduled: {}\n", scalar(field("scheduled"))));
+    if let Some(scheduled) = &list.scheduled {
+        out.push_str(&format!("scheduled: {}\n", clean(scheduled)));
     }
-    let records = field("records");
-    let parsed: Option<Vec<palisade_wire::upgrade_record::UpgradeRecord>> =
-        serde_json::from_value(records.clone()).ok();
-    match parsed {
-        Some(records) if records.is_empty() => out.push_str("upgrade record: none yet\n"),
-        Some(records) => {
-            out.push_str(&format!("upgrade record (last {}):\n", records.len()));
-            for line in crate::records::render_table(&records).lines() {
-                out.push_str(&format!("  {line}\n"));
-            }
-        }
-        None if records.is_null() => {}
-        None => {
-            out.push_str("upgrade record:\n");
-            write_value(&mut out, records, 1);
+    if list.records.is_empty() {
+        out.push_str("upgrade record: none yet\n");
+    } else {
+        out.push_str(&format!("upgrade record (last {}):\n", list.records.len()));
+        for line in crate::records::render_table(&list.records).lines() {
+            out.push_str(&format!("  {line}\n"));
         }
     }
-    if let Some(skipped) = fields.get("records_unreadable_lines") {
+    if let Some(skipped) = list.records_unreadable_lines {
         out.push_str(&format!(
-            "  ({} unreadable line(s) in the record skipped)\n",
-            scalar(skipped)
+            "  ({skipped} unreadable line(s) in the record skipped)\n"
         ));
     }
     out
 }
 
 /// `upgrade.add`: what was staged where.
-fn upgrade_added(fields: &Map<String, Value>) -> String {
-    let get = |name: &str| fields.get(name).map(scalar).unwrap_or_else(|| "-".into());
+fn upgrade_added(added: UpgradeAddResult) -> String {
     format!(
         "staged {} as upgrades/{}\n  path:   {}\n  sha256: {}\n  size:   {} bytes\n  from:   {}\n",
-        get("name"),
-        get("dir"),
-        get("path"),
-        get("sha256"),
-        get("size"),
-        get("source"),
+        clean(&added.name),
+        clean(&added.dir),
+        clean(&added.path),
+        clean(&added.sha256),
+        added.size,
+        clean(&added.source),
     )
 }
 
 /// `upgrade.cancel`: what was removed, and any warning.
-fn upgrade_cancelled(fields: &Map<String, Value>) -> String {
-    let get = |name: &str| fields.get(name).map(scalar).unwrap_or_else(|| "-".into());
-    let mut out = format!("cancelled {}: removed {}\n", get("name"), get("removed"));
-    for key in ["warning", "note"] {
-        if let Some(text) = fields.get(key) {
-            out.push_str(&format!("{key}: {}\n", scalar(text)));
+fn upgrade_cancelled(cancelled: UpgradeCancelResult) -> String {
+    let mut out = format!(
+        "cancelled {}: removed {}\n",
+        clean(&cancelled.name),
+        clean(&cancelled.removed)
+    );
+    for (key, note) in [("warning", &cancelled.warning), ("note", &cancelled.note)] {
+        if let Some(note) = note {
+            out.push_str(&format!("{key}: {}\n", clean(note)));
         }
     }
     out
@@ -354,7 +362,7 @@ mod tests {
             "      switch  1 ms  current: genesis -> upgrades/v2"
         );
 
-        let unstaged = json!({"current": "genesis", "staged": [],
+        let unstaged = json!({"current": "genesis", "staged": [], "staging": [],
             "plan_on_disk": {"name": "v9", "height": 5, "dir": "v9", "staged": false, "applied": false},
             "records": [], "records_unreadable_lines": 2});
         let text = render("upgrade.list", &unstaged);
@@ -366,7 +374,7 @@ mod tests {
             text.contains("(2 unreadable line(s) in the record skipped)"),
             "{text}"
         );
-        let invalid = json!({"current": "genesis", "staged": [],
+        let invalid = json!({"current": "genesis", "staged": [], "staging": [],
             "plan_on_disk": {"error": "height -3 must be positive"}, "records": []});
         assert!(
             render("upgrade.list", &invalid)

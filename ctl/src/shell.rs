@@ -1763,11 +1763,12 @@ mod tests {
             ("node stop", "node.stop", None, false),
             ("unlock", "vault.unlock", None, false),
             (
-                "upgrade add v2 --url https://x/y --checksum sha256:ab",
+                "upgrade add v2 --url https://x/y --checksum sha512:\
+                 00000000000000000000000000000000000000000000000000000000000000000000000000000000\
+                 000000000000000000000000000000000000000000000000",
                 "upgrade.add",
-                Some(
-                    serde_json::json!({"name": "v2", "url": "https://x/y", "checksum": "sha256:ab"}),
-                ),
+                Some(serde_json::json!({"name": "v2", "url": "https://x/y",
+                    "checksum": format!("sha512:{}", "0".repeat(128))})),
                 false,
             ),
             (
@@ -1811,14 +1812,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        for line in [
-            "nosuch",
-            "logs --lines 0",
-            "node",
-            "upgrade add v2",
-            "unlock hunter2",
-        ] {
+        for line in ["nosuch", "node", "upgrade add v2", "unlock hunter2"] {
             assert!(matches!(parse(line), Parsed::Refuse(_)), "{line}");
+        }
+        // Values the grammar takes but the contract refuses: the command
+        // fails before connecting, with the supervisor's message.
+        for (line, message) in [
+            (
+                "logs --lines 0",
+                "lines must be an integer from 1 to 1000, not 0",
+            ),
+            ("upgrade add v2 --path bin/gaiad", "`path` must be absolute"),
+        ] {
+            let error = crate::planned_call(&run_of(line).command).unwrap_err();
+            assert_eq!(error.exit_code(), exit_code::USAGE, "{line}");
+            assert!(error.to_string().contains(message), "{line}: {error}");
         }
         match parse("logs --help") {
             Parsed::Say(text) => {
@@ -1956,7 +1964,7 @@ mod tests {
         );
         assert_eq!(
             hint("call ").map(|hint| hint.display),
-            Some("<METHOD> [--params <JSON>]".into())
+            Some("<METHOD> [--params <JSON>] [--unchecked]".into())
         );
         assert_eq!(
             hint("logs --li"),

@@ -11,9 +11,18 @@
 
 use std::io::{BufRead, Write};
 
-use serde_json::{Value, json};
+use palisade_wire::rpc::methods::{HostShutdown, Method};
+use palisade_wire::rpc::params::HostShutdownParams;
+use palisade_wire::rpc::results::HostShutdownResult;
+use serde_json::Value;
 
 use crate::{ConnectionArgs, Error};
+
+/// `params` as the request's JSON.
+fn params_json(params: &HostShutdownParams) -> Result<Value, Error> {
+    serde_json::to_value(params)
+        .map_err(|error| Error::Output(format!("cannot encode the params: {error}")))
+}
 
 /// Whether the typed line names `validator` (surrounding blanks and the
 /// line ending ignored; nothing else is).
@@ -30,20 +39,20 @@ pub fn run(connection: &ConnectionArgs, yes: bool, json: bool) -> Result<(), Err
     let (validator, offer) = runtime.block_on(async {
         let mut client = crate::connect(connection).await?;
         let validator = client.greeting().validator.clone();
-        let offer = client.call("host.shutdown", Some(json!({}))).await?;
+        let request = params_json(&HostShutdownParams::request())?;
+        let offer = client.call(HostShutdown::NAME, Some(request)).await?;
         Ok::<_, Error>((validator, offer))
     })?;
-    let token = offer
-        .get("confirm")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            Error::Output(format!(
+    let offer = match serde_json::from_value::<HostShutdownResult>(offer.clone()) {
+        Ok(HostShutdownResult::TokenIssued(offer)) => offer,
+        _ => {
+            return Err(Error::Output(format!(
                 "host.shutdown answered without a confirmation token: {offer}"
-            ))
-        })?
-        .to_owned();
+            )));
+        }
+    };
     let shown = palisade_client::peer_text::clean(&validator);
-    let command = crate::render::command_line(offer.get("command"));
+    let command = crate::render::command_line(&offer.command);
     if !yes {
         eprintln!(
             "This stops {shown}'s node, takes a final backup, wipes its keys, runs `{command}` \
@@ -65,9 +74,8 @@ pub fn run(connection: &ConnectionArgs, yes: bool, json: bool) -> Result<(), Err
     }
     let result = runtime.block_on(async {
         let mut client = crate::connect(connection).await?;
-        let result = client
-            .call("host.shutdown", Some(json!({ "confirm": token })))
-            .await?;
+        let confirm = params_json(&HostShutdownParams::confirm(offer.confirm))?;
+        let result = client.call(HostShutdown::NAME, Some(confirm)).await?;
         Ok::<_, Error>(result)
     })?;
     if json {

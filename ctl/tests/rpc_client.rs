@@ -467,6 +467,7 @@ fn commands_send_their_methods_and_params() {
             .answer("tunnel.reconnect", Ok(json!({}))),
     );
     let socket = socket_arg(&server);
+    let checksum = format!("sha256:{}", "ab".repeat(32));
     let output = ctl(&["--socket", &socket, "logs", "--lines", "2"], None);
     assert_eq!(output.status.code(), Some(OK), "{}", stderr(&output));
     assert_eq!(stdout(&output), "one\ntwo\n");
@@ -480,7 +481,7 @@ fn commands_send_their_methods_and_params() {
             "--url",
             "https://x/gaiad",
             "--checksum",
-            "sha256:ab",
+            &checksum,
         ],
         None,
     );
@@ -506,7 +507,7 @@ fn commands_send_their_methods_and_params() {
         params,
         [
             json!({"lines": 2}),
-            json!({"name": "v2", "url": "https://x/gaiad", "checksum": "sha256:ab"}),
+            json!({"name": "v2", "url": "https://x/gaiad", "checksum": checksum}),
             json!({"bastion": "b1"}),
         ]
     );

@@ -216,7 +216,13 @@ fn backups_are_listed_and_restored_without_ever_lowering_the_sign_state() {
         &["no backup store named nowhere", "code -32602"],
     );
     fixture.refused(
-        &["restore", "local", "../data/priv_validator_state.json"],
+        &[
+            "call",
+            "backup.restore",
+            "--unchecked",
+            "--params",
+            r#"{"store":"local","file":"../data/priv_validator_state.json"}"#,
+        ],
         &["code -32602"],
     );
     let (prefix, _) = final_file.rsplit_once("-h").unwrap();
@@ -325,11 +331,23 @@ fn host_shutdown_is_confirmed_then_stops_backs_up_wipes_and_runs_the_command() {
         ],
     );
     fixture.refused(
-        &["call", "host.shutdown", "--params", r#"{"confirm":"yes"}"#],
+        &[
+            "call",
+            "host.shutdown",
+            "--unchecked",
+            "--params",
+            r#"{"confirm":"yes"}"#,
+        ],
         &["code -32602", "confirm"],
     );
     fixture.refused(
-        &["call", "host.shutdown", "--params", r#"{"now":true}"#],
+        &[
+            "call",
+            "host.shutdown",
+            "--unchecked",
+            "--params",
+            r#"{"now":true}"#,
+        ],
         &["code -32602", "unknown field"],
     );
     // A token, then the wrong name typed: not confirmed, and that token

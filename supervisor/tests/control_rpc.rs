@@ -104,7 +104,13 @@ fn locked_supervisor_is_unlocked_and_driven_over_the_control_rpc() {
         "{logs}"
     );
     let too_many = locked.ctl(
-        &["call", "logs.tail", "--params", r#"{"lines":5000}"#],
+        &[
+            "call",
+            "logs.tail",
+            "--unchecked",
+            "--params",
+            r#"{"lines":5000}"#,
+        ],
         None,
     );
     assert_eq!(too_many.status.code(), Some(1), "{too_many:?}");

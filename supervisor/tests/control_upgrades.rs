@@ -229,7 +229,8 @@ fn staged_upgrades_are_listed_cancelled_and_used_at_the_plan_height() {
     assert!(stderr.contains("nothing was installed"), "{stderr}");
     assert_eq!(running.upgrades_entries(), ["v2", "v3"]);
 
-    // Bad params: named field, exit 1; client-side usage errors exit 2.
+    // Bad params: named field, exit 1 (sent --unchecked, so that the
+    // supervisor itself refuses them); client-side usage errors exit 2.
     let bad: &[(&str, &str)] = &[
         (
             r#"{"name":"v5","path":"/bin/true","force":true}"#,
@@ -248,7 +249,10 @@ fn staged_upgrades_are_listed_cancelled_and_used_at_the_plan_height() {
         ),
     ];
     for (params, expected) in bad {
-        let stderr = running.ctl_fails(&["call", "upgrade.add", "--params", params], 1);
+        let stderr = running.ctl_fails(
+            &["call", "upgrade.add", "--unchecked", "--params", params],
+            1,
+        );
         assert!(stderr.contains(expected), "{params}: {stderr}");
         assert!(stderr.contains("code -32602"), "{params}: {stderr}");
     }

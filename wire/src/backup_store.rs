@@ -243,6 +243,92 @@ pub fn file_name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
+/// A backup's file name as the supervisor publishes it:
+/// `backup-<chain_id>-<ADDRESS>-<sequence:020>-h<height>.age`.
+///
+/// The zero-padded sequence makes lexical order equal sequence order for one
+/// validator. A name carries no authority: a restore checks it against the
+/// signed metadata inside the bundle. (The supervisor's
+/// `backup::BackupFileName` follows the same rules.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackupFileName {
+    /// The chain ID ([`chain_id_problem`]).
+    pub chain_id: String,
+    /// The validator's 20-byte CometBFT address, 40 upper-case hex digits.
+    pub validator_address: String,
+    /// The backup's sequence number, increasing with every backup written.
+    pub sequence: u64,
+    /// The sign state's height when the backup was taken.
+    pub height: u64,
+}
+
+impl std::fmt::Display for BackupFileName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "backup-{}-{}-{:020}-h{}.age",
+            self.chain_id, self.validator_address, self.sequence, self.height
+        )
+    }
+}
+
+impl BackupFileName {
+    /// Parses a name written by [`Display`](std::fmt::Display); `None` for
+    /// anything else (other files in a store are ignored, not errors).
+    pub fn parse(name: &str) -> Option<BackupFileName> {
+        let core = name.strip_prefix("backup-")?.strip_suffix(".age")?;
+        // The chain ID may itself contain '-', so split from the right.
+        let mut parts = core.rsplitn(4, '-');
+        let height_part = parts.next()?;
+        let sequence_part = parts.next()?;
+        let address = parts.next()?;
+        let chain_id = parts.next()?;
+        let height_digits = height_part.strip_prefix('h')?;
+        if height_digits.is_empty() || !height_digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if sequence_part.len() != 20 || !sequence_part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // Upper-case only: the supervisor always writes it so, and one
+        // backup must have one name.
+        if address.len() != 40
+            || !address
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+        {
+            return None;
+        }
+        if chain_id_problem(chain_id).is_some() {
+            return None;
+        }
+        Some(BackupFileName {
+            chain_id: chain_id.to_owned(),
+            validator_address: address.to_owned(),
+            sequence: sequence_part.parse().ok()?,
+            height: height_digits.parse().ok()?,
+        })
+    }
+}
+
+/// Why a chain ID cannot go into a backup file name, or `None`: it must be
+/// 1–50 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-`
+/// (CometBFT-style IDs), so that it can never leave or hide in a store.
+pub fn chain_id_problem(chain_id: &str) -> Option<&'static str> {
+    if chain_id.is_empty() || chain_id.len() > 50 {
+        Some("must be 1 to 50 characters")
+    } else if chain_id.starts_with('.') || chain_id.starts_with('-') {
+        Some("must not start with '.' or '-'")
+    } else if !chain_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("may contain only letters, digits, '.', '_' and '-'")
+    } else {
+        None
+    }
+}
+
 /// The 4-byte big-endian length prefix for a frame of `length` bytes, or
 /// `None` when `length` does not fit in 32 bits.
 pub fn length_prefix(length: usize) -> Option<[u8; 4]> {
@@ -343,6 +429,61 @@ mod tests {
         assert_eq!(file_name_problem(&"a".repeat(255)), None);
         for bad in ["", ".hidden", "a/b", "a\\b", "a\nb", "..", &"a".repeat(256)] {
             assert!(file_name_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backup_file_names_round_trip_and_sort_by_sequence() {
+        let name = |sequence| BackupFileName {
+            chain_id: "cosmoshub-4".into(),
+            validator_address: "A1B2C3D4E5F60718293A4B5C6D7E8F9012345678".into(),
+            sequence,
+            height: 20_000_000,
+        };
+        let text = name(42).to_string();
+        assert_eq!(
+            text,
+            "backup-cosmoshub-4-A1B2C3D4E5F60718293A4B5C6D7E8F9012345678-00000000000000000042-h20000000.age"
+        );
+        assert_eq!(BackupFileName::parse(&text), Some(name(42)));
+        assert!(name(9).to_string() < name(10).to_string());
+        let simulated =
+            "backup-sim-1-0000000000000000000000000000000000000000-00000000000000000001-h1.age";
+        assert_eq!(BackupFileName::parse(simulated).unwrap().chain_id, "sim-1");
+    }
+
+    #[test]
+    fn foreign_backup_file_names_do_not_parse() {
+        let too_long_chain = format!(
+            "backup-{}-A1B2C3D4E5F60718293A4B5C6D7E8F9012345678-00000000000000000042-h1.age",
+            "c".repeat(51)
+        );
+        for text in [
+            "README",
+            "backup-x.age",
+            "backup-c-A1B2C3D4E5F60718293A4B5C6D7E8F9012345678-42-h1.age",
+            "backup-c-a1b2c3d4e5f60718293a4b5c6d7e8f9012345678-00000000000000000042-h1.age",
+            "backup-c-A1B2C3D4E5F60718293A4B5C6D7E8F901234567-00000000000000000042-h1.age",
+            "backup-c-A1B2C3D4E5F60718293A4B5C6D7E8F9012345678-00000000000000000042-1.age",
+            "backup-c-A1B2C3D4E5F60718293A4B5C6D7E8F9012345678-00000000000000000042-h.age",
+            "backup-c-A1B2C3D4E5F60718293A4B5C6D7E8F9012345678-0000000000000000004x-h1.age",
+            "backup-.c-A1B2C3D4E5F60718293A4B5C6D7E8F9012345678-00000000000000000042-h1.age",
+            "backup--A1B2C3D4E5F60718293A4B5C6D7E8F9012345678-00000000000000000042-h1.age",
+            "backup-c-A1B2C3D4E5F60718293A4B5C6D7E8F9012345678-00000000000000000042-h1.tar",
+            &too_long_chain,
+        ] {
+            assert_eq!(BackupFileName::parse(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn chain_ids_are_checked_because_they_go_into_file_names() {
+        for good in ["cosmoshub-4", "osmosis-1", "test_chain.v2", "sim-1"] {
+            assert_eq!(chain_id_problem(good), None, "{good}");
+        }
+        let too_long = "x".repeat(51);
+        for bad in ["", "a/b", "../x", ".hidden", "-x", "a b", too_long.as_str()] {
+            assert!(chain_id_problem(bad).is_some(), "{bad}");
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Types that cross a process boundary between Palisade's binaries.
 //!
-//! Invariant: this crate holds data shapes only — no I/O, no policy. Anything
-//! serialized here is a stable format: add fields with `#[serde(default)]`,
-//! never rename or repurpose one.
+//! Invariant: this crate holds data shapes and the pure rules their values
+//! follow (the control RPC's params validation) — no I/O, no state, no
+//! dependency heavier than serde. Anything serialized here is a stable
+//! format: add fields with `#[serde(default)]`, never rename or repurpose
+//! one.
 #![forbid(unsafe_code)]
 
 pub mod backup_store;

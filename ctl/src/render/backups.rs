@@ -1,40 +1,41 @@
 //! Renderings of `backup.list`, `backup.restore` and `host.shutdown`.
-//! A result of another shape falls back to the generic rendering.
 
-use palisade_client::peer_text::clean;
-use serde_json::{Map, Value};
+use palisade_wire::rpc::results::{
+    BackupListResult, BackupRestoreResult, HostShutdownResult, ShutdownToken, ShuttingDown,
+    StoreListing,
+};
 
-use super::{generic, scalar, table};
+use super::{clean, table, text};
 
 /// `backup.list`: per store, its backups newest first as a table, or why
 /// the store could not be read.
-pub(super) fn backup_list(fields: &Map<String, Value>) -> String {
-    let Some(Value::Array(stores)) = fields.get("stores") else {
-        return generic(&Value::Object(fields.clone()));
-    };
-    if stores.is_empty() {
+pub(super) fn backup_list(list: BackupListResult) -> String {
+    if list.stores.is_empty() {
         return "no backup stores (no [vault] configured)\n".into();
     }
     let mut out = String::new();
-    for store in stores {
-        let name = scalar(&store["store"]);
-        if store["reachable"] != true {
-            out.push_str(&format!(
-                "{name}: UNREACHABLE: {}\n",
-                scalar(&store["error"])
-            ));
-            continue;
-        }
-        let backups = store["backups"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let total = store["total"].as_u64().unwrap_or(backups.len() as u64);
+    for store in &list.stores {
+        let (name, total, truncated, backups) = match store {
+            StoreListing::Unreachable { store, error } => {
+                out.push_str(&format!(
+                    "{}: UNREACHABLE: {}\n",
+                    clean(store),
+                    clean(error)
+                ));
+                continue;
+            }
+            StoreListing::Reachable {
+                store,
+                total,
+                truncated,
+                backups,
+            } => (clean(store), total, *truncated, backups),
+        };
         if backups.is_empty() {
             out.push_str(&format!("{name}: no backups\n"));
             continue;
         }
-        if store["truncated"] == true {
+        if truncated {
             out.push_str(&format!(
                 "{name}: {} of {total} backups, newest first (--limit N for more)\n",
                 backups.len()
@@ -46,11 +47,11 @@ pub(super) fn backup_list(fields: &Map<String, Value>) -> String {
             .iter()
             .map(|backup| {
                 [
-                    scalar(&backup["sequence"]),
-                    scalar(&backup["height"]),
-                    scalar(&backup["watermark"]),
-                    backup["at"].as_u64().map(utc).unwrap_or_else(|| "-".into()),
-                    scalar(&backup["file"]),
+                    backup.sequence.to_string(),
+                    backup.height.to_string(),
+                    text(backup.watermark.as_deref()),
+                    backup.at.map(utc).unwrap_or_else(|| "-".into()),
+                    clean(&backup.file),
                 ]
             })
             .collect();
@@ -64,70 +65,55 @@ pub(super) fn backup_list(fields: &Map<String, Value>) -> String {
 }
 
 /// `backup.restore`: what was restored from where, and what it replaced.
-pub(super) fn backup_restored(fields: &Map<String, Value>) -> String {
-    let Some(Value::Object(restored)) = fields.get("restored") else {
-        return generic(&Value::Object(fields.clone()));
-    };
-    let get = |map: &Map<String, Value>, name: &str| {
-        map.get(name).map(scalar).unwrap_or_else(|| "-".into())
-    };
+pub(super) fn backup_restored(result: BackupRestoreResult) -> String {
+    let restored = &result.restored;
     format!(
         "restored the sign state to {} from {} (sequence {}) in store {}\n  file: {}\n  was:  {}\n",
-        get(restored, "watermark"),
-        get(restored, "file"),
-        get(restored, "sequence"),
-        get(restored, "store"),
-        get(fields, "path"),
-        get(fields, "previous"),
+        clean(&restored.watermark),
+        clean(&restored.file),
+        restored.sequence,
+        clean(&restored.store),
+        clean(&result.path),
+        clean(&result.previous),
     )
 }
 
 /// `host.shutdown`: the confirmation offer, or the shutdown under way.
-pub(super) fn host_shutdown(fields: &Map<String, Value>) -> String {
-    let command = command_line(fields.get("command"));
-    if fields.get("shutting_down") == Some(&Value::Bool(true)) {
-        return format!(
-            "host shutdown under way (node: {}): the node stops, a final backup is taken, the \
-             keys are wiped, then `{command}` runs on the validator host and the supervisor \
+pub(super) fn host_shutdown(result: HostShutdownResult) -> String {
+    match result {
+        HostShutdownResult::ShuttingDown(ShuttingDown { node, command, .. }) => format!(
+            "host shutdown under way (node: {node}): the node stops, a final backup is taken, \
+             the keys are wiped, then `{}` runs on the validator host and the supervisor \
              exits\n",
-            fields.get("node").map(scalar).unwrap_or_else(|| "-".into()),
-        );
-    }
-    if let Some(token) = fields.get("confirm") {
-        return format!(
-            "to shut the host down (`{command}`), confirm within {} s with:\n  \
+            command_line(&command),
+        ),
+        HostShutdownResult::TokenIssued(ShutdownToken {
+            confirm,
+            expires_in_s,
+            command,
+        }) => format!(
+            "to shut the host down (`{}`), confirm within {expires_in_s} s with:\n  \
              palisade-ctl call host.shutdown --params '{{\"confirm\":\"{}\"}}'\n",
-            fields
-                .get("expires_in_s")
-                .map(scalar)
-                .unwrap_or_else(|| "-".into()),
-            scalar(token),
-        );
+            command_line(&command),
+            clean(&confirm),
+        ),
     }
-    generic(&Value::Object(fields.clone()))
 }
 
 /// A command vector as one line, arguments with spaces quoted.
-pub fn command_line(command: Option<&Value>) -> String {
-    match command {
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(|part| {
-                let text = match part {
-                    Value::String(text) => clean(text),
-                    other => scalar(other),
-                };
-                if text.is_empty() || text.contains(char::is_whitespace) {
-                    format!("'{text}'")
-                } else {
-                    text
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-        Some(other) => scalar(other),
-        None => "-".into(),
-    }
+pub fn command_line(command: &[String]) -> String {
+    command
+        .iter()
+        .map(|part| {
+            let text = clean(part);
+            if text.is_empty() || text.contains(char::is_whitespace) {
+                format!("'{text}'")
+            } else {
+                text
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC); past year 9999 (only a

@@ -9,54 +9,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-
 use crate::backup::BackupTrigger;
 use crate::upgrade::layout::Version;
 
-/// The node as the supervisor last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeState {
-    /// The supervisor is starting (vault, start check, first spawn).
-    Starting,
-    /// The vault is locked: the node does not run until an unlock.
-    Locked,
-    /// The node runs.
-    Running,
-    /// Stopped by an operator (`node.stop`).
-    Stopped,
-    /// Waiting out a restart backoff after a crash.
-    Restarting,
-    /// Stopped for an upgrade that cannot proceed (e.g. binary missing).
-    Halted,
-    /// An upgrade is being performed.
-    Upgrading,
-    /// The node, or the supervisor, is stopping.
-    Stopping,
-}
-
-impl NodeState {
-    /// The name used in the RPC (`status`, `health`) and in messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Starting => "starting",
-            NodeState::Locked => "locked",
-            NodeState::Running => "running",
-            NodeState::Stopped => "stopped",
-            NodeState::Restarting => "restarting",
-            NodeState::Halted => "halted",
-            NodeState::Upgrading => "upgrading",
-            NodeState::Stopping => "stopping",
-        }
-    }
-}
-
-impl std::fmt::Display for NodeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The node's state as the RPC shows it (the contract's type).
+pub use palisade_wire::rpc::results::NodeState;
 
 /// What the executor shares with the control RPC.
 #[derive(Debug)]

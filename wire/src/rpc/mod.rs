@@ -13,8 +13,20 @@
 //! The request protocol that follows the greeting (JSON-RPC, TLS and
 //! operator authentication) is below and in `docs/rpc.md`; a client that
 //! only wants liveness reads the greeting and closes the connection.
+//!
+//! What each method takes and answers is typed in [`methods`] (one type
+//! per method, and [`methods::parse_params`]), [`params`] (the params and
+//! their value rules) and [`results`] (the answers); a test holds
+//! `docs/rpc.md` to those types.
 
 use serde::{Deserialize, Serialize};
+
+pub mod methods;
+pub mod params;
+pub mod results;
+
+#[cfg(test)]
+mod docs_check;
 
 /// Value of [`Greeting::service`].
 pub const SERVICE: &str = "palisade-supervisor";
@@ -218,6 +230,8 @@ impl std::fmt::Display for Role {
 /// Every method, with the role it needs (`None`: the authentication calls,
 /// open to anyone). Methods under the reserved prefixes `failover.` and
 /// `ip.` are admin-only and answered "unknown method" until they exist.
+/// Each has a type in [`methods`]; a test keeps [`methods::CATALOGUE`] and
+/// this list in step.
 pub const METHODS: &[(&str, Option<Role>)] = &[
     ("auth.challenge", None),
     ("auth.login", None),
@@ -324,6 +338,35 @@ impl RpcError {
             message: message.into(),
             data: None,
         }
+    }
+
+    /// −32602 naming the params member at fault: `data: {"field": …}`.
+    pub fn invalid_params(field: &str, message: impl Into<String>) -> RpcError {
+        RpcError {
+            code: code::INVALID_PARAMS,
+            message: message.into(),
+            data: Some(serde_json::json!({ "field": field })),
+        }
+    }
+
+    /// −32602 for a name that the supervisor does not know (a store, a
+    /// bastion): `data: {"field": …, "known": [the names it knows]}`.
+    pub fn unknown_name<S: Into<String>>(
+        field: &str,
+        message: impl Into<String>,
+        known: impl IntoIterator<Item = S>,
+    ) -> RpcError {
+        let known: Vec<String> = known.into_iter().map(Into::into).collect();
+        RpcError {
+            code: code::INVALID_PARAMS,
+            message: message.into(),
+            data: Some(serde_json::json!({ "field": field, "known": known })),
+        }
+    }
+
+    /// `data.field`, when the error names one.
+    pub fn field(&self) -> Option<&str> {
+        self.data.as_ref()?.get("field")?.as_str()
     }
 }
 
