@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use palisade_daemon::durable::DurableError;
+
 use super::KeyKind;
 use super::store::WorkFactor;
 
@@ -242,6 +244,18 @@ impl VaultError {
             action,
             path,
             source,
+        }
+    }
+}
+
+/// A failed atomic write, directory fsync or the like, as the vault reports
+/// every filesystem failure.
+impl From<DurableError> for VaultError {
+    fn from(error: DurableError) -> Self {
+        Self::Io {
+            action: error.step.action(),
+            path: error.path,
+            source: error.source,
         }
     }
 }
