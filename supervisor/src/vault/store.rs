@@ -63,7 +63,11 @@ impl WorkFactor {
         if (Self::MIN_FOR_TESTS.0..=Self::MAX.0).contains(&log_n) {
             Ok(Self(log_n))
         } else {
-            Err(VaultError::InvalidWorkFactor { value: log_n })
+            Err(VaultError::InvalidWorkFactor {
+                value: log_n,
+                min: Self::MIN_FOR_TESTS.0,
+                max: Self::MAX.0,
+            })
         }
     }
 
