@@ -7,9 +7,10 @@
 //! bastion holds ciphertext it cannot read (DESIGN invariant 4): it checks
 //! names, sizes and framing only, never a bundle's contents.
 //!
-//! - Writes are atomic: the payload is streamed to a hidden temporary file,
-//!   fsynced, hard-linked to its final name (which fails if the name exists:
-//!   nothing is ever overwritten), and the directory is fsynced.
+//! - Writes are atomic (`palisade_daemon::durable`, never clobbering): the
+//!   payload is streamed to a hidden temporary file, fsynced, hard-linked to
+//!   its final name (which fails if the name exists: nothing is ever
+//!   overwritten), and the directory is fsynced.
 //! - Retention: after a put, only the newest `keep` files of the validator
 //!   remain ("newest" = latest modification time, i.e. arrival, ties broken
 //!   by name). The per-validator size cap applies to what remains after
@@ -29,13 +30,13 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
+use palisade_daemon::durable::{self, AtomicWrite, Existing, StagedFile};
 use palisade_wire::backup_store::{
     ErrorKind, MAX_LIST_ENTRIES, MAX_PAYLOAD_BYTES, MAX_REQUEST_HEADER_BYTES, Request, Response,
     decode_request, encode_header, file_name_problem,
@@ -50,8 +51,9 @@ use crate::config::{BackupStoreOptions, BastionConfig};
 
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Prefix of temporary files; such files are not part of the store.
-const TEMP_PREFIX: &str = ".tmp-";
+/// How the store named its temporary files before `palisade_daemon::durable`
+/// wrote them; still cleaned up at start-up.
+const LEGACY_TEMP_PREFIX: &str = ".tmp-";
 
 /// The options as `serve-backups` flags may have overridden them: the
 /// configuration checked its own `[backups]` values, but not the flags.
@@ -107,7 +109,12 @@ impl Store {
             make_private_dir(&dir)?;
             for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
                 let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-                if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let name = entry.file_name();
+                if durable::is_temp_file_name(&name)
+                    || name
+                        .as_encoded_bytes()
+                        .starts_with(LEGACY_TEMP_PREFIX.as_bytes())
+                {
                     let _ = fs::remove_file(entry.path());
                 }
             }
@@ -483,36 +490,36 @@ async fn put(
         }
     };
 
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let temp = dir.join(format!(
-        "{TEMP_PREFIX}{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let received = timeout(deadline, receive_to_file(stream, &temp, bytes)).await;
-    let received = match received {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Err((
-            failure(ErrorKind::BadFrame, "payload frame incomplete"),
+    // The temp file is removed when `staged` is dropped uncommitted: on
+    // every refusal below, and when the connection's task is cancelled.
+    let received = match AtomicWrite::new(0o600, Existing::Refuse).stage(&dir.join(file)) {
+        Err(error) => Err((
+            internal(error.step.action(), &error.path, error.source),
             After::Close,
         )),
-        Ok(Err(error)) => Err((internal("write", &temp, error), After::Close)),
-        Err(_) => Err((
-            failure(ErrorKind::BadFrame, "payload not received in time"),
-            After::Close,
-        )),
+        Ok(staged) => match timeout(deadline, receive_to_file(stream, &staged, bytes)).await {
+            Ok(Ok(())) => Ok(staged),
+            Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => Err((
+                failure(ErrorKind::BadFrame, "payload frame incomplete"),
+                After::Close,
+            )),
+            Ok(Err(error)) => Err((internal("write", staged.temp_path(), error), After::Close)),
+            Err(_) => Err((
+                failure(ErrorKind::BadFrame, "payload not received in time"),
+                After::Close,
+            )),
+        },
     };
-    if let Err((refusal, after)) = received {
-        let _ = tokio::fs::remove_file(&temp).await;
-        return (Err(refusal), after);
-    }
+    let staged = match received {
+        Ok(staged) => staged,
+        Err((refusal, after)) => return (Err(refusal), after),
+    };
 
     let guard = lock.lock().await;
     let (keep, quota) = (store.options.keep, store.options.quota_bytes);
-    let (name, temp_path) = (file.to_owned(), temp.clone());
-    let committed = blocking(move || commit(&dir, &temp_path, &name, bytes, keep, quota)).await;
+    let name = file.to_owned();
+    let committed = blocking(move || commit(&dir, staged, &name, bytes, keep, quota)).await;
     drop(guard);
-    let _ = tokio::fs::remove_file(&temp).await;
     match committed {
         Ok(removed) => {
             tracing::info!(validator, file, bytes, "backup stored");
@@ -525,13 +532,14 @@ async fn put(
     }
 }
 
-async fn receive_to_file(stream: &mut UnixStream, temp: &Path, bytes: u64) -> io::Result<()> {
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(temp)?;
-    let mut file = tokio::fs::File::from_std(file);
+/// Streams the payload into the staged file and fsyncs it, before the
+/// validator's lock is taken.
+async fn receive_to_file(
+    stream: &mut UnixStream,
+    staged: &StagedFile,
+    bytes: u64,
+) -> io::Result<()> {
+    let mut file = tokio::fs::File::from_std(staged.file().try_clone()?);
     let copied = tokio::io::copy(&mut stream.take(bytes), &mut file).await?;
     if copied != bytes {
         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -575,17 +583,16 @@ fn entries(dir: &Path) -> Result<Vec<Entry>, Failure> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Failure> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| internal("fsync directory", dir, e))
+    durable::fsync_dir(dir)
+        .map_err(|error| internal(error.step.action(), &error.path, error.source))
 }
 
-/// Links the received `temp` file in as `name` unless that exists, applying
+/// Links the received `staged` file in as `name` unless that exists, applying
 /// retention and the quota; returns the names removed by retention. Changes
-/// nothing when it fails.
+/// nothing when it fails before the link.
 fn commit(
     dir: &Path,
-    temp: &Path,
+    staged: StagedFile,
     name: &str,
     bytes: u64,
     keep: usize,
@@ -610,12 +617,9 @@ fn commit(
             ),
         ));
     }
-    fs::hard_link(temp, &target).map_err(|e| {
-        if e.kind() == io::ErrorKind::AlreadyExists {
-            exists()
-        } else {
-            internal("link into place", &target, e)
-        }
+    staged.commit().map_err(|error| match error.kind() {
+        io::ErrorKind::AlreadyExists => exists(),
+        _ => internal(error.step.action(), &error.path, error.source),
     })?;
     let mut removed = Vec::new();
     for victim in victims {

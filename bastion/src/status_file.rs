@@ -1,11 +1,12 @@
 //! The health status file: written by `run`, read by `status`.
 //!
 //! One JSON document (format [`FORMAT`]), replaced atomically after every
-//! probe: written to a temporary file in the same directory (mode 0600),
-//! fsynced, renamed over the old one, and the directory fsynced, so a reader
-//! sees either the previous or the new document, never a mix. `run` removes
-//! it on a clean shutdown; a file that has not been updated for a while
-//! ([`StatusReport::stale_after`]) belongs to a daemon that is gone.
+//! probe through `palisade_daemon::durable`: written to a temporary file in
+//! the same directory (mode 0600), fsynced, renamed over the old one, and the
+//! directory fsynced, so a reader sees either the previous or the new
+//! document, never a mix. `run` removes it on a clean shutdown; a file that
+//! has not been updated for a while ([`StatusReport::stale_after`]) belongs
+//! to a daemon that is gone.
 //!
 //! ```json
 //! {"format":1,"service":"palisade-bastion","version":"0.1.0","pid":4242,
@@ -19,11 +20,12 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use palisade_daemon::durable::{AtomicWrite, Existing};
 use serde::{Deserialize, Serialize};
 
 use crate::config::HealthCheckOptions;
@@ -321,42 +323,9 @@ pub fn prepare_dir(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Replace `path` with `bytes` atomically: temporary file (0600) in the
-/// same directory, fsync, rename, fsync of the directory.
+/// Replace `path` with `bytes` atomically and durably, mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "status file has no name"))?;
-    let temp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| {
-        match fs::remove_file(&temp) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error),
-        }
-        // create_new is O_CREAT|O_EXCL: it never follows a planted symlink.
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    written
+    Ok(AtomicWrite::new(0o600, Existing::Replace).write(path, bytes)?)
 }
 
 #[cfg(test)]

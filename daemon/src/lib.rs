@@ -5,8 +5,12 @@
 //!   caller allows, its group) can reach, replacing a stale socket but never
 //!   a live one or another file;
 //! - [`systemd`]: `Type=notify` notifications (READY, STATUS, STOPPING,
-//!   WATCHDOG) that never block.
+//!   WATCHDOG) that never block;
+//! - [`durable`]: file operations that survive a crash: fsync of a
+//!   directory, atomic writes (replace, or never clobber), durable appends,
+//!   renames that never replace.
 #![forbid(unsafe_code)]
 
+pub mod durable;
 pub mod socket;
 pub mod systemd;

@@ -50,7 +50,7 @@ pub mod worker;
 
 pub use bundle::{
     BackupError, BackupFileName, BackupMetadata, BundleInput, FORMAT_VERSION, FileEntry,
-    create_bundle,
+    create_bundle, parse_state_watermark,
 };
 pub use catalog::BackupCatalog;
 pub use fanout::StoreFanout;
@@ -61,7 +61,6 @@ pub use gather::{
 pub use identity::ValidatorIdentity;
 pub use open::{
     Expectations, MAX_CIPHERTEXT_BYTES, MAX_TAR_ENTRIES, OpenedBundle, Rejection, open_bundle,
-    parse_state_watermark,
 };
 pub use remote::{BoxedStream, DuplexStream, RemoteStore, StreamDialer, UnixDialer};
 pub use restore::{

@@ -4,15 +4,14 @@
 //! `run` is in [`crate::run`].
 
 use std::ffi::OsString;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use palisade_daemon::durable::{AtomicWrite, Existing};
 
 use crate::config::Config;
-use crate::upgrade::layout::{InitOutcome, Layout, ReplaceExisting, fsync_dir, upgrade_dir_name};
+use crate::upgrade::layout::{InitOutcome, Layout, ReplaceExisting, upgrade_dir_name};
 use crate::upgrade::watch::{FileState, read_plan_file};
 
 /// Exit codes of `palisade-supervisor` (also in `docs/supervisor.md`).
@@ -218,21 +217,8 @@ fn write_manual_plan(path: &Path, name: &str, height: u64) -> anyhow::Result<()>
         .parent()
         .context("upgrade-info.json has no parent directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let staging = dir.join(".upgrade-info.json.palisade.tmp");
     let body = serde_json::json!({ "name": name, "height": height, "info": "" }).to_string();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&staging)
-        .with_context(|| format!("cannot create {}", staging.display()))?;
-    file.write_all(body.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", staging.display()))?;
-    std::fs::rename(&staging, path)
-        .with_context(|| format!("cannot rename into {}", path.display()))?;
-    fsync_dir(dir)?;
+    AtomicWrite::new(0o600, Existing::Replace).write(path, body.as_bytes())?;
     Ok(())
 }
 

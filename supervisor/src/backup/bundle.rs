@@ -45,6 +45,17 @@ pub(crate) const MAX_MEMBER_BYTES: usize = 1024 * 1024;
 
 const TAR_BLOCK: usize = 512;
 
+/// Parses the watermark out of a bundle's [`STATE_NAME`] member, CometBFT's
+/// `priv_validator_state.json` (`{"height":"123","round":0,"step":3,...}`;
+/// height is a decimal string in CometBFT, a bare number is accepted too).
+/// Other fields are ignored. The writer checks it against the declared
+/// watermark and [`crate::backup::open`] against the signed metadata.
+pub fn parse_state_watermark(bytes: &[u8]) -> Result<Watermark, String> {
+    crate::sign_state::SignState::parse(bytes)
+        .map(|state| state.watermark())
+        .map_err(|error| error.to_string())
+}
+
 /// The signed description of a bundle: `metadata.json`.
 ///
 /// Field order is the serialization order; the signature covers the exact
@@ -307,7 +318,7 @@ pub fn create_bundle(
         return Err(BackupError::Encrypt("no recipients".into()));
     }
 
-    let state_watermark = crate::backup::open::parse_state_watermark(&input.priv_validator_state)
+    let state_watermark = parse_state_watermark(&input.priv_validator_state)
         .map_err(BackupError::UnparseableState)?;
     if state_watermark != input.watermark {
         return Err(BackupError::WatermarkMismatch {

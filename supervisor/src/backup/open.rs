@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use super::bundle::{
     AGE_ENCRYPTED_CHUNK_BYTES, BackupMetadata, FORMAT_VERSION, MAX_MEMBER_BYTES, METADATA_NAME,
-    NODE_KEY_NAME, SIGNATURE_NAME, STATE_NAME, VALIDATOR_KEY_NAME,
+    NODE_KEY_NAME, SIGNATURE_NAME, STATE_NAME, VALIDATOR_KEY_NAME, parse_state_watermark,
 };
 use crate::sign_state::Watermark;
 
@@ -248,15 +248,6 @@ pub fn open_bundle(
         priv_validator_key,
         node_key,
     })
-}
-
-/// Parses the watermark out of CometBFT's `priv_validator_state.json`
-/// (`{"height":"123","round":0,"step":3,...}`; height is a decimal string in
-/// CometBFT, a bare number is accepted too). Other fields are ignored.
-pub fn parse_state_watermark(bytes: &[u8]) -> Result<Watermark, String> {
-    crate::sign_state::SignState::parse(bytes)
-        .map(|state| state.watermark())
-        .map_err(|error| error.to_string())
 }
 
 fn decrypt(

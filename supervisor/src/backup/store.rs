@@ -8,12 +8,13 @@
 
 use std::fs;
 use std::future::Future;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use palisade_daemon::durable::{self, AtomicWrite, DurableError, Existing};
 
 use super::bundle::BackupFileName;
 use super::open::MAX_CIPHERTEXT_BYTES;
@@ -103,10 +104,11 @@ pub fn validate_file_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A store in a local directory (0700, files 0600). Writes go to a hidden
-/// temporary file that is fsynced, then hard-linked to its final name (which
-/// fails if the name exists, so nothing is ever overwritten), then the
-/// directory is fsynced. Hidden (`.`) files are not part of the store.
+/// A store in a local directory (0700, files 0600). Writes go through
+/// `palisade_daemon::durable` with [`Existing::Refuse`]: a hidden temporary
+/// file that is fsynced, then hard-linked to its final name (which fails if
+/// the name exists, so nothing is ever overwritten), then the directory is
+/// fsynced. Hidden (`.`) files are not part of the store.
 #[derive(Debug)]
 pub struct LocalDirStore {
     dir: PathBuf,
@@ -140,7 +142,12 @@ impl LocalDirStore {
             .map_err(|e| io_error("set mode 0700 on", e))?;
         for entry in fs::read_dir(&dir).map_err(|e| io_error("list", e))? {
             let entry = entry.map_err(|e| io_error("list", e))?;
-            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let name = entry.file_name();
+            if durable::is_temp_file_name(&name)
+                || name
+                    .as_encoded_bytes()
+                    .starts_with(LEGACY_TEMP_PREFIX.as_bytes())
+            {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -156,7 +163,9 @@ impl LocalDirStore {
     }
 }
 
-const TEMP_PREFIX: &str = ".tmp-";
+/// How this store named its temp files before `palisade_daemon::durable`
+/// wrote them; still cleaned up on open.
+const LEGACY_TEMP_PREFIX: &str = ".tmp-";
 
 fn io_at<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
     move |source| StoreError::Io {
@@ -166,43 +175,27 @@ fn io_at<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> Stor
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at("fsync directory", dir))
+impl From<DurableError> for StoreError {
+    fn from(error: DurableError) -> Self {
+        StoreError::Io {
+            op: error.step.action(),
+            path: error.path,
+            source: error.source,
+        }
+    }
 }
 
 fn put_blocking(dir: &Path, file_name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let target = dir.join(file_name);
     if target.symlink_metadata().is_ok() {
         return Err(StoreError::AlreadyExists(file_name.to_owned()));
     }
-    let temp = dir.join(format!(
-        "{TEMP_PREFIX}{}-{}-{file_name}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(io_at("create", &temp))?;
-        file.write_all(bytes).map_err(io_at("write", &temp))?;
-        file.sync_all().map_err(io_at("fsync", &temp))?;
-        fs::hard_link(&temp, &target).map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                StoreError::AlreadyExists(file_name.to_owned())
-            } else {
-                io_at("link into place", &target)(e)
-            }
+    AtomicWrite::new(0o600, Existing::Refuse)
+        .write(&target, bytes)
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::AlreadyExists => StoreError::AlreadyExists(file_name.to_owned()),
+            _ => StoreError::from(error),
         })
-    })();
-    let _ = fs::remove_file(&temp);
-    result?;
-    sync_dir(dir)
 }
 
 fn list_blocking(dir: &Path) -> Result<Vec<String>, StoreError> {
@@ -258,7 +251,7 @@ fn remove_blocking(dir: &Path, file_name: &str) -> Result<(), StoreError> {
             io_at("remove", &path)(e)
         }
     })?;
-    sync_dir(dir)
+    Ok(durable::fsync_dir(dir)?)
 }
 
 /// Runs blocking file-system work off the async runtime's worker threads.

@@ -14,12 +14,12 @@
 //!   authenticate inside the channel, bound to it by the exporter).
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use palisade_daemon::durable::{self, AtomicWrite, Existing};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
@@ -87,7 +87,6 @@ pub fn init_identity(
     // Key first: a certificate never exists without its key.
     write_private_file(&key_path, key_pem.as_bytes())?;
     write_private_file(&cert_path, certificate.pem().as_bytes())?;
-    fsync(dir)?;
     Ok(fingerprint_of(certificate.der()))
 }
 
@@ -209,34 +208,13 @@ fn read_private_file(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     Ok(bytes)
 }
 
-/// Write `bytes` to `path` atomically, mode 0600.
+/// Write `bytes` to `path` atomically and durably, mode 0600, first
+/// removing what an interrupted earlier `init-rpc` left (a temp file may
+/// hold a private key).
 fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let staging = staging_path(path);
-    let _ = fs::remove_file(&staging);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(&staging)
-        .with_context(|| format!("creating {}", staging.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", staging.display()))?;
-    fs::rename(&staging, path).with_context(|| format!("renaming into {}", path.display()))?;
+    let _ = durable::remove_leftover_temp_files(path);
+    AtomicWrite::new(0o600, Existing::Replace).write(path, bytes)?;
     Ok(())
-}
-
-fn staging_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
-fn fsync(dir: &Path) -> anyhow::Result<()> {
-    fs::File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .with_context(|| format!("fsync {}", dir.display()))
 }
 
 #[cfg(test)]

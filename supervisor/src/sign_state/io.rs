@@ -1,11 +1,11 @@
 //! The thin effects: reading the local state file and replacing it
-//! atomically (temp file in the same directory, fsync, rename, fsync the
-//! directory), refusing before touching anything if the new state is below
-//! the highest known watermark.
+//! atomically through `palisade_daemon::durable` (temp file in the same
+//! directory, fsync, rename, fsync the directory), refusing before touching
+//! anything if the new state is below the highest known watermark.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use palisade_daemon::durable::{self, AtomicWrite, DurableError, Existing};
 
 use super::decision::LocalState;
 use super::file::SignState;
@@ -51,14 +51,25 @@ pub enum SignStateWriteError {
     },
 }
 
+impl From<DurableError> for SignStateWriteError {
+    fn from(error: DurableError) -> Self {
+        SignStateWriteError::Io {
+            action: error.step.action(),
+            path: error.path,
+            error: error.source,
+        }
+    }
+}
+
 /// Replace `path` with `state`, atomically and durably, in CometBFT's
-/// layout.
+/// layout (mode 0600).
 ///
 /// Refuses, before touching anything, if `state` is below `highest_known`.
-/// Otherwise: removes a stale `.<name>.palisade.tmp` in the same directory,
-/// creates it anew (`O_EXCL`, mode 0600), writes, fsyncs it, renames it
-/// over `path`, and fsyncs the directory so the rename survives a crash.
-/// On failure the temp file is removed and `path` is left as it was.
+/// Otherwise removes the temp files an interrupted earlier write left beside
+/// `path` (this is the file's only writer), then writes it through
+/// [`AtomicWrite`]: a new temp file, fsynced, renamed over `path`, and the
+/// directory fsynced so the rename survives a crash. On failure the temp
+/// file is removed and `path` is left as it was.
 pub fn write_atomic(
     path: &Path,
     state: &SignState,
@@ -76,51 +87,12 @@ pub fn write_atomic(
             },
         });
     }
-    let Some(name) = path.file_name() else {
+    if path.file_name().is_none() {
         return Err(SignStateWriteError::NotAFilePath(path.to_path_buf()));
-    };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(".palisade.tmp");
-    let temp = dir.join(temp_name);
-
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |error| SignStateWriteError::Io {
-            action,
-            path,
-            error,
-        }
-    };
-
-    match std::fs::remove_file(&temp) {
-        Ok(()) => tracing::info!(temp = %temp.display(), "removed a stale sign-state temp file"),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io("remove the stale temp file", &temp)(error)),
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(io("create", &temp))?;
-    let written = file
-        .write_all(&state.to_json())
-        .map_err(io("write", &temp))
-        .and_then(|()| file.sync_all().map_err(io("fsync", &temp)));
-    drop(file);
-    if let Err(error) =
-        written.and_then(|()| std::fs::rename(&temp, path).map_err(io("rename over", path)))
-    {
-        let _ = std::fs::remove_file(&temp);
-        return Err(error);
+    for temp in durable::remove_leftover_temp_files(path)? {
+        tracing::info!(temp = %temp.display(), "removed a stale sign-state temp file");
     }
-    std::fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io("fsync the directory", dir))?;
+    AtomicWrite::new(0o600, Existing::Replace).write(path, &state.to_json())?;
     Ok(())
 }

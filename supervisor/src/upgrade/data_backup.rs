@@ -29,6 +29,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt,
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use palisade_daemon::durable::{self, DurableError};
 use tracing::{info, warn};
 
 /// Progress is reported at most this often by time...
@@ -78,6 +79,18 @@ pub enum DataBackupError {
         #[source]
         source: io::Error,
     },
+}
+
+/// A failed durable step (rename, fsync), as every filesystem failure of a
+/// data backup is reported.
+impl From<DurableError> for DataBackupError {
+    fn from(error: DurableError) -> Self {
+        DataBackupError::Io {
+            operation: error.step.action(),
+            path: error.path,
+            source: error.source,
+        }
+    }
 }
 
 fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DataBackupError {
@@ -307,33 +320,13 @@ fn finish(
     let partial = File::open(partial_path).map_err(io_error("open", partial_path))?;
     nix::unistd::syncfs(&partial)
         .map_err(|errno| io_error("sync filesystem of", partial_path)(errno.into()))?;
-    rename_no_replace(partial_path, final_path)?;
-    File::open(backup_root)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_error("fsync", backup_root))
-}
-
-fn rename_no_replace(from: &Path, to: &Path) -> Result<(), DataBackupError> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
-            Ok(()) => Ok(()),
-            Err(nix::errno::Errno::EEXIST) => Err(DataBackupError::FinalNameTaken {
-                path: to.to_path_buf(),
-            }),
-            Err(errno) => Err(io_error("rename into place", to)(errno.into())),
-        }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        if fs::symlink_metadata(to).is_ok() {
-            return Err(DataBackupError::FinalNameTaken {
-                path: to.to_path_buf(),
-            });
-        }
-        fs::rename(from, to).map_err(io_error("rename into place", to))
-    }
+    durable::rename_no_replace(partial_path, final_path).map_err(|error| match error.kind() {
+        io::ErrorKind::AlreadyExists => DataBackupError::FinalNameTaken {
+            path: final_path.to_path_buf(),
+        },
+        _ => DataBackupError::from(error),
+    })?;
+    Ok(durable::fsync_dir(backup_root)?)
 }
 
 /// Remove a partial backup, making read-only directories writable first.

@@ -33,6 +33,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use palisade_daemon::durable::{self, DurableError};
 use rand::RngExt;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
@@ -1100,10 +1101,15 @@ fn move_into_place(
     upgrade_dir: &Path,
 ) -> Result<(), DownloadError> {
     refuse_existing(upgrade_dir)?;
-    rename_no_replace(tree, upgrade_dir)?;
-    if let Err(error) = sync_dir(upgrades_dir) {
+    durable::rename_no_replace(tree, upgrade_dir).map_err(|error| match error.kind() {
+        io::ErrorKind::AlreadyExists => DownloadError::UpgradeDirExists {
+            path: upgrade_dir.to_path_buf(),
+        },
+        _ => DownloadError::from(error),
+    })?;
+    if let Err(error) = durable::fsync_dir(upgrades_dir) {
         let _ = std::fs::remove_dir_all(upgrade_dir);
-        return Err(error);
+        return Err(error.into());
     }
     Ok(())
 }
@@ -1264,30 +1270,15 @@ impl Drop for StagingDir {
     }
 }
 
-fn sync_dir(path: &Path) -> Result<(), DownloadError> {
-    std::fs::File::open(path)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_error("fsync", path))
-}
-
-/// Rename that fails instead of replacing an existing (even empty) target
-/// directory, which plain `rename(2)` would silently do.
-fn rename_no_replace(from: &Path, to: &Path) -> Result<(), DownloadError> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
-            Ok(()) => Ok(()),
-            Err(nix::errno::Errno::EEXIST) => Err(DownloadError::UpgradeDirExists {
-                path: to.to_path_buf(),
-            }),
-            Err(errno) => Err(io_error("rename into place", to)(io::Error::from(errno))),
+/// A failed durable step (fsync, rename), as every filesystem failure of a
+/// download is reported.
+impl From<DurableError> for DownloadError {
+    fn from(error: DurableError) -> Self {
+        DownloadError::Io {
+            operation: error.step.action(),
+            path: error.path,
+            source: error.source,
         }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        refuse_existing(to)?;
-        std::fs::rename(from, to).map_err(io_error("rename into place", to))
     }
 }
 

@@ -13,10 +13,11 @@
 //! the link and then creates a new one, which can leave no `current` at all).
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use palisade_daemon::durable::{self, AtomicWrite, DurableError, Existing};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::config::UpgradeNameCase;
@@ -32,6 +33,10 @@ pub enum LayoutError {
         #[source]
         source: io::Error,
     },
+    /// An atomic write or a directory fsync failed (the message names the
+    /// step and the path).
+    #[error(transparent)]
+    Durable(#[from] DurableError),
     /// An upgrade name that cannot be a directory name.
     #[error("upgrade name {0:?} is not usable as a directory name")]
     BadUpgradeName(String),
@@ -292,47 +297,18 @@ fn same_contents(a: &Path, b: &Path) -> Result<bool, LayoutError> {
     Ok(left == right)
 }
 
-/// Copy a binary into place atomically (temp file, fsync, rename, fsync
-/// directory), mode 0755.
+/// Copy a binary into place atomically and durably, mode 0755.
 fn install_binary(source: &Path, destination: &Path) -> Result<(), LayoutError> {
     let dir = destination.parent().expect("binary path has a parent");
     fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
-    let staging = dir.join(format!(
-        ".{}.{}.tmp",
-        destination
-            .file_name()
-            .map(|name| name.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let bytes = fs::read(source).map_err(io_error("cannot read", source))?;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o755)
-            .open(&staging)
-            .map_err(io_error("cannot create", &staging))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(io_error("cannot write", &staging))?;
-        fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))
-            .map_err(io_error("cannot chmod", &staging))?;
-        fs::rename(&staging, destination).map_err(io_error("cannot rename into", destination))?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&staging);
-    }
-    result
+    let bytes = fs::read(source).map_err(io_error("cannot read", source))?;
+    AtomicWrite::new(0o755, Existing::Replace).write(destination, &bytes)?;
+    Ok(())
 }
 
 /// fsync a directory so a rename inside it is durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), LayoutError> {
-    fs::File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(io_error("cannot fsync directory", dir))
+    Ok(durable::fsync_dir(dir)?)
 }
 
 #[cfg(test)]

@@ -13,8 +13,6 @@
 
 use std::cell::RefCell;
 use std::ffi::OsString;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,8 +25,9 @@ use crate::node::process::Reaper;
 use crate::node::restart_policy::ExitKind;
 use crate::upgrade::data_backup::{BackupProgress, backup_data_dir};
 use crate::upgrade::download::{DownloadError, DownloadLimits, Downloader};
-use crate::upgrade::layout::{Layout, LayoutError, Version, fsync_dir, upgrade_dir_name};
+use crate::upgrade::layout::{Layout, LayoutError, Version, upgrade_dir_name};
 use crate::upgrade::plan::UpgradePlan;
+use palisade_daemon::durable::{self, AtomicWrite, Existing};
 use palisade_daemon::systemd::Notifier;
 
 /// How long `pre-upgrade` and the custom script may run.
@@ -158,15 +157,7 @@ pub fn append_record(layout: &Layout, record: &UpgradeRecord) {
             return;
         }
     };
-    let result = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .open(&path)
-        .and_then(|mut file| {
-            file.write_all(format!("{line}\n").as_bytes())?;
-            file.sync_all()
-        });
+    let result = durable::append(&path, 0o644, format!("{line}\n").as_bytes());
     match result {
         Ok(()) => tracing::info!(record = %line, "upgrade record written to {}", path.display()),
         Err(error) => {
@@ -429,25 +420,6 @@ fn write_plan_copy(dir: &Path, plan: &UpgradePlan) -> Result<(), LayoutError> {
         "info": plan.info,
     });
     let path = dir.join("upgrade-info.json");
-    let staging = dir.join(".upgrade-info.json.tmp");
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| LayoutError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&staging)
-        .map_err(io("cannot create", &staging))?;
-    file.write_all(json.to_string().as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io("cannot write", &staging))?;
-    std::fs::rename(&staging, &path).map_err(io("cannot rename into", &path))?;
-    fsync_dir(dir)
+    AtomicWrite::new(0o644, Existing::Replace).write(&path, json.to_string().as_bytes())?;
+    Ok(())
 }

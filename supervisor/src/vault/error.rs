@@ -4,8 +4,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use palisade_daemon::durable::DurableError;
+
 use super::KeyKind;
-use super::store::WorkFactor;
 
 /// A recovery recipient that is not an age X25519 (`age1…`) or `ssh-ed25519`
 /// public key.
@@ -85,14 +86,14 @@ pub enum VaultError {
         reason: String,
     },
     /// The scrypt work factor is outside the accepted range.
-    #[error(
-        "scrypt work factor {value} is out of range {}..={} (log2 of N)",
-        WorkFactor::MIN_FOR_TESTS.get(),
-        WorkFactor::MAX.get()
-    )]
+    #[error("scrypt work factor {value} is out of range {min}..={max} (log2 of N)")]
     InvalidWorkFactor {
         /// The rejected value.
         value: u8,
+        /// The lowest accepted value (`WorkFactor::MIN_FOR_TESTS`).
+        min: u8,
+        /// The highest accepted value (`WorkFactor::MAX`).
+        max: u8,
     },
     /// One or more recovery recipients are not age X25519 or ssh-ed25519 public keys.
     #[error("invalid recovery recipients: {}", list_invalid(invalid))]
@@ -242,6 +243,18 @@ impl VaultError {
             action,
             path,
             source,
+        }
+    }
+}
+
+/// A failed atomic write, directory fsync or the like, as the vault reports
+/// every filesystem failure.
+impl From<DurableError> for VaultError {
+    fn from(error: DurableError) -> Self {
+        Self::Io {
+            action: error.step.action(),
+            path: error.path,
+            source: error.source,
         }
     }
 }

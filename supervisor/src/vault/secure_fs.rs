@@ -1,13 +1,15 @@
-//! File operations the vault needs: private directories, atomic writes,
+//! File operations the vault needs beyond `palisade_daemon::durable` (which
+//! does its atomic writes and directory fsyncs): private directories,
 //! bounded reads of secrets into zeroizing buffers, and destruction of files
 //! by overwriting them with zeros before unlinking.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::fcntl::OFlag;
+use palisade_daemon::durable;
 use zeroize::Zeroizing;
 
 use super::VaultError;
@@ -23,13 +25,6 @@ pub(super) fn parent_of(path: &Path) -> &Path {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     }
-}
-
-/// fsync a directory so that creations, renames and unlinks inside it are durable.
-pub(super) fn fsync_dir(dir: &Path) -> Result<(), VaultError> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(VaultError::io("fsync directory", dir))
 }
 
 /// Checks that `path` is a real directory (not a symlink) owned by the
@@ -77,99 +72,11 @@ pub(super) fn ensure_private_dir(path: &Path) -> Result<(), VaultError> {
             // The umask may have removed bits we asked for; set the exact mode.
             fs::set_permissions(path, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
                 .map_err(VaultError::io("chmod", path))?;
-            fsync_dir(parent)?;
+            durable::fsync_dir(parent)?;
             check_private_dir(path)
         }
         Err(error) => Err(VaultError::io("inspect", path)(error)),
     }
-}
-
-/// Ownership and mode to give a file written by [`write_atomic`].
-#[derive(Debug, Clone, Copy)]
-pub(super) struct FileAttributes {
-    /// Permission bits.
-    pub mode: u32,
-    /// Owner to restore (uid, gid) when it differs from the writer's, as when
-    /// the supervisor runs as root and edits a file owned by the node's user.
-    pub owner: Option<(u32, u32)>,
-}
-
-impl FileAttributes {
-    /// 0600, owned by the writer.
-    pub(super) const PRIVATE: Self = Self {
-        mode: PRIVATE_FILE_MODE,
-        owner: None,
-    };
-}
-
-/// How [`write_atomic`] treats an existing file at the destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Existing {
-    /// Replace it (rename over it).
-    Replace,
-    /// Fail with `AlreadyExists` (hard-link the temp file into place, which
-    /// never clobbers).
-    Refuse,
-}
-
-/// Writes `bytes` to `path` atomically: a temp file in the same directory,
-/// fsync, rename (or link), fsync of the directory. On error the temp file is
-/// removed and `path` is untouched.
-pub(super) fn write_atomic(
-    path: &Path,
-    bytes: &[u8],
-    attributes: FileAttributes,
-    existing: Existing,
-) -> Result<(), VaultError> {
-    let dir = parent_of(path);
-    let temp = temp_path(path);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(attributes.mode)
-            .custom_flags(OFlag::O_NOFOLLOW.bits())
-            .open(&temp)
-            .map_err(VaultError::io("create", &temp))?;
-        file.set_permissions(fs::Permissions::from_mode(attributes.mode))
-            .map_err(VaultError::io("chmod", &temp))?;
-        if let Some((uid, gid)) = attributes.owner {
-            let metadata = file.metadata().map_err(VaultError::io("inspect", &temp))?;
-            if (metadata.uid(), metadata.gid()) != (uid, gid) {
-                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                    .map_err(VaultError::io("chown", &temp))?;
-            }
-        }
-        file.write_all(bytes)
-            .map_err(VaultError::io("write", &temp))?;
-        file.sync_all().map_err(VaultError::io("fsync", &temp))?;
-        drop(file);
-        match existing {
-            Existing::Replace => {
-                fs::rename(&temp, path).map_err(VaultError::io("rename into", path))?;
-            }
-            Existing::Refuse => {
-                fs::hard_link(&temp, path).map_err(VaultError::io("create", path))?;
-                fs::remove_file(&temp).map_err(VaultError::io("remove", &temp))?;
-            }
-        }
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
-}
-
-/// `dir/.name.tmp-<random>`: hidden, unique, in the destination's directory
-/// so the final rename never crosses a filesystem.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let suffix: u64 = rand::random();
-    parent_of(path).join(format!(".{name}.tmp-{suffix:016x}"))
 }
 
 /// Creates `path` (0600, must not exist, symlinks not followed) and writes
@@ -257,33 +164,12 @@ pub(super) fn destroy_file(path: &Path) -> Result<(), VaultError> {
     file.sync_all().map_err(VaultError::io("fsync", path))?;
     drop(file);
     fs::remove_file(path).map_err(VaultError::io("remove", path))?;
-    fsync_dir(parent_of(path))
+    Ok(durable::fsync_dir(parent_of(path))?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn atomic_write_refuses_to_clobber_and_leaves_no_temp_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("file");
-        write_atomic(&path, b"one", FileAttributes::PRIVATE, Existing::Refuse).unwrap();
-        let error =
-            write_atomic(&path, b"two", FileAttributes::PRIVATE, Existing::Refuse).unwrap_err();
-        assert!(
-            matches!(error, VaultError::Io { ref source, .. } if source.kind() == io::ErrorKind::AlreadyExists)
-        );
-        assert_eq!(fs::read(&path).unwrap(), b"one");
-        write_atomic(&path, b"three", FileAttributes::PRIVATE, Existing::Replace).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"three");
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("file")]);
-        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-    }
 
     #[test]
     fn destroy_overwrites_then_unlinks_and_refuses_symlinks() {

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use palisade_daemon::durable::{self, AtomicWrite, Existing};
 use rand::TryRng;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,7 @@ use zeroize::Zeroizing;
 use super::VaultError;
 use super::error::InvalidRecipient;
 use super::key_file::{self, KeyKind};
-use super::secure_fs::{self, Existing, FileAttributes};
+use super::secure_fs::{self, PRIVATE_FILE_MODE};
 
 /// Format version written to `vault.json` and inside `identity.age`.
 pub const FORMAT_VERSION: u32 = 1;
@@ -62,7 +63,11 @@ impl WorkFactor {
         if (Self::MIN_FOR_TESTS.0..=Self::MAX.0).contains(&log_n) {
             Ok(Self(log_n))
         } else {
-            Err(VaultError::InvalidWorkFactor { value: log_n })
+            Err(VaultError::InvalidWorkFactor {
+                value: log_n,
+                min: Self::MIN_FOR_TESTS.0,
+                max: Self::MAX.0,
+            })
         }
     }
 
@@ -391,12 +396,7 @@ pub fn init_vault(
         age::scrypt::Recipient::new(SecretString::from(passphrase.expose_secret()));
     passphrase_recipient.set_work_factor(work_factor.get());
     let ciphertext = encrypt(&[&passphrase_recipient], &plaintext, &identity_path)?;
-    secure_fs::write_atomic(
-        &identity_path,
-        &ciphertext,
-        FileAttributes::PRIVATE,
-        Existing::Refuse,
-    )?;
+    AtomicWrite::new(PRIVATE_FILE_MODE, Existing::Refuse).write(&identity_path, &ciphertext)?;
 
     secure_fs::ensure_private_dir(&keys_dir)?;
 
@@ -631,26 +631,20 @@ pub fn import_key_files(
     for ((kind, original), plaintext) in files.iter().zip(&plaintexts) {
         let stored = vault.key_path(*kind);
         let ciphertext = encrypt(&[&vault.recipient()], plaintext, &stored)?;
-        secure_fs::write_atomic(
-            &stored,
-            &ciphertext,
-            FileAttributes::PRIVATE,
-            Existing::Refuse,
-        )
-        .map_err(|error| match error {
-            VaultError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
-                VaultError::KeyAlreadyImported {
+        AtomicWrite::new(PRIVATE_FILE_MODE, Existing::Refuse)
+            .write(&stored, &ciphertext)
+            .map_err(|error| match error.kind() {
+                io::ErrorKind::AlreadyExists => VaultError::KeyAlreadyImported {
                     kind: *kind,
                     path: stored.clone(),
-                }
-            }
-            other => other,
-        })?;
+                },
+                _ => VaultError::from(error),
+            })?;
 
         if let Err(reason) = verify_stored(vault, &stored, plaintext) {
             // The copy is ours and bad; the original is untouched.
             let _ = fs::remove_file(&stored);
-            let _ = secure_fs::fsync_dir(&keys_dir);
+            let _ = durable::fsync_dir(&keys_dir);
             return Err(VaultError::VerificationFailed {
                 stored,
                 original: original.clone(),
@@ -695,16 +689,14 @@ fn verify_stored(vault: &UnlockedVault, stored: &Path, expected: &[u8]) -> Resul
 fn write_info(path: &Path, info: &VaultInfo, existing: Existing) -> Result<(), VaultError> {
     let mut json = serde_json::to_vec_pretty(info).expect("vault info serializes");
     json.push(b'\n');
-    secure_fs::write_atomic(path, &json, FileAttributes::PRIVATE, existing).map_err(|error| {
-        match error {
-            VaultError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
-                VaultError::AlreadyInitialized {
-                    path: path.to_path_buf(),
-                }
-            }
-            other => other,
-        }
-    })
+    AtomicWrite::new(PRIVATE_FILE_MODE, existing)
+        .write(path, &json)
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::AlreadyExists => VaultError::AlreadyInitialized {
+                path: path.to_path_buf(),
+            },
+            _ => VaultError::from(error),
+        })
 }
 
 fn read_vault_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, VaultError> {

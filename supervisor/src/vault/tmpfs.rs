@@ -18,8 +18,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::statfs::{self, FsType};
+use palisade_daemon::durable::{self, AtomicWrite, Existing};
 
-use super::secure_fs::{self, Existing, FileAttributes};
+use super::secure_fs;
 use super::{KeyKind, UnlockedVault, VaultError};
 
 /// Marker written into a tmpfs directory created by [`materialize`]. Its
@@ -133,7 +134,7 @@ pub fn materialize(
 
     check_ram_filesystem(nearest_existing(tmpfs_dir))?;
     let config_path = daemon_home.join("config").join("config.toml");
-    let (config_text, config_attributes) = read_config(&config_path)?;
+    let (config_text, config_write) = read_config(&config_path)?;
     // Fail on a bad config.toml before a single key is decrypted.
     let mut document = parse_config(&config_path, &config_text)?;
 
@@ -174,7 +175,7 @@ pub fn materialize(
         })?;
         keys.files.push((kind, path));
     }
-    secure_fs::fsync_dir(&dir)?;
+    durable::fsync_dir(&dir)?;
 
     let mut changed = false;
     for (kind, path) in &keys.files {
@@ -187,12 +188,7 @@ pub fn materialize(
             })?;
     }
     if changed {
-        secure_fs::write_atomic(
-            &config_path,
-            document.to_string().as_bytes(),
-            config_attributes,
-            Existing::Replace,
-        )?;
+        config_write.write(&config_path, document.to_string().as_bytes())?;
     }
     tracing::info!(
         dir = %dir.display(),
@@ -297,7 +293,7 @@ fn wipe_directory(dir: &Path, scope: WipeScope<'_>) -> Result<Vec<PathBuf>, Vaul
             fs::remove_file(&marker).map_err(VaultError::io("remove", &marker))?;
         }
         fs::remove_dir(dir).map_err(VaultError::io("remove directory", dir))?;
-        secure_fs::fsync_dir(secure_fs::parent_of(dir))?;
+        durable::fsync_dir(secure_fs::parent_of(dir))?;
     } else {
         tracing::warn!(
             dir = %dir.display(),
@@ -379,8 +375,8 @@ fn filesystem_name(filesystem: FsType) -> String {
     format!("{name} (type {magic:#x})")
 }
 
-/// Reads `config.toml` and the mode/owner to keep when rewriting it.
-fn read_config(path: &Path) -> Result<(String, FileAttributes), VaultError> {
+/// Reads `config.toml`, and how to rewrite it keeping its mode and owner.
+fn read_config(path: &Path) -> Result<(String, AtomicWrite), VaultError> {
     let metadata = fs::metadata(path).map_err(VaultError::io("inspect", path))?;
     if metadata.len() > MAX_CONFIG_BYTES as u64 {
         return Err(VaultError::Config {
@@ -389,11 +385,9 @@ fn read_config(path: &Path) -> Result<(String, FileAttributes), VaultError> {
         });
     }
     let text = fs::read_to_string(path).map_err(VaultError::io("read", path))?;
-    let attributes = FileAttributes {
-        mode: metadata.mode() & 0o7777,
-        owner: Some((metadata.uid(), metadata.gid())),
-    };
-    Ok((text, attributes))
+    let write = AtomicWrite::new(metadata.mode() & 0o7777, Existing::Replace)
+        .owned_by(metadata.uid(), metadata.gid());
+    Ok((text, write))
 }
 
 fn parse_config(path: &Path, text: &str) -> Result<toml_edit::DocumentMut, VaultError> {

@@ -20,6 +20,8 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use palisade_daemon::durable;
+
 use super::{DownloadError, io_error};
 
 /// What the downloaded artifact was.
@@ -553,9 +555,7 @@ fn sync_tree(root: &Path) -> Result<(), DownloadError> {
         }
     }
     for directory in directories.iter().rev() {
-        File::open(directory)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error("fsync", directory))?;
+        durable::fsync_dir(directory)?;
     }
     Ok(())
 }
