@@ -117,6 +117,12 @@ pub fn prepare(request: &CallRequest) -> Result<PreparedCall, CallFailure> {
         .map(serde_json::from_str::<Value>)
         .transpose()
         .map_err(|error| CallFailure::Usage(format!("--params is not JSON: {error}")))?;
+    // The contract's check, before anything connects: a typo'd field is a
+    // usage error here rather than a refusal there.
+    if let Some(info) = palisade_wire::rpc::methods::method_info(method) {
+        (info.check_params)(params.clone().unwrap_or(Value::Null))
+            .map_err(|error| CallFailure::Usage(format!("{method}: {}", clean(&error.message))))?;
+    }
     // The key is loaded below, so that an unusable key is an
     // authentication failure (exit 4) as in palisade-ctl.
     let config = BastionConfig::load_skipping_key(&request.config).map_err(CallFailure::Config)?;
@@ -172,7 +178,11 @@ pub fn run(request: &CallRequest) -> Result<(), CallFailure> {
     .map_err(|error| CallFailure::Output(format!("cannot encode JSON: {error}")))?;
     println!("{text}");
     // As palisade-ctl: a `health` with problems is a failed call.
-    if request.method == "health" && result.get("ok").and_then(Value::as_bool) != Some(true) {
+    let healthy = || {
+        serde_json::from_value::<palisade_wire::rpc::results::HealthResult>(result.clone())
+            .is_ok_and(|health| health.ok)
+    };
+    if request.method == "health" && !healthy() {
         return Err(CallFailure::Unhealthy {
             validator: request.validator.clone(),
         });

@@ -46,7 +46,9 @@ use palisade_client::peer_text::clean;
 use palisade_client::{
     CallError, Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy,
 };
+use palisade_wire::rpc::results::HealthResult;
 use palisade_wire::rpc::{Greeting, GreetingError, MAX_GREETING_BYTES, Role, RpcError};
+use serde::Deserialize as _;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
@@ -470,40 +472,30 @@ pub fn describe_rpc_error(error: &RpcError) -> String {
 /// Read a `health` result: `Ok(None)` when `ok` is true, `Ok(Some(problems))`
 /// when false, an error reason when it is not a `health` result.
 fn parse_health(result: &Value) -> Result<Option<Vec<String>>, DownReason> {
-    let not_health = || {
+    let health = HealthResult::deserialize(result).map_err(|_| {
         let mut shown = clean(&result.to_string());
         truncate(&mut shown);
         DownReason::HealthFailed(format!(
             "the health answer is not {{\"ok\":bool,\"problems\":[…]}}: {shown}"
         ))
-    };
-    match result.get("ok").and_then(Value::as_bool) {
-        None => Err(not_health()),
-        Some(true) => Ok(None),
-        Some(false) => {
-            let listed = match result.get("problems") {
-                None | Some(Value::Null) => &[][..],
-                Some(Value::Array(items)) => items.as_slice(),
-                Some(_) => return Err(not_health()),
-            };
-            let mut problems: Vec<String> = listed
-                .iter()
-                .take(MAX_PROBLEMS)
-                .map(|item| {
-                    let mut text = match item {
-                        Value::String(text) => clean(text),
-                        other => clean(&other.to_string()),
-                    };
-                    truncate(&mut text);
-                    text
-                })
-                .collect();
-            if listed.len() > MAX_PROBLEMS {
-                problems.push(format!("and {} more", listed.len() - MAX_PROBLEMS));
-            }
-            Ok(Some(problems))
-        }
+    })?;
+    if health.ok {
+        return Ok(None);
     }
+    let mut problems: Vec<String> = health
+        .problems
+        .iter()
+        .take(MAX_PROBLEMS)
+        .map(|problem| {
+            let mut text = clean(problem);
+            truncate(&mut text);
+            text
+        })
+        .collect();
+    if health.problems.len() > MAX_PROBLEMS {
+        problems.push(format!("and {} more", health.problems.len() - MAX_PROBLEMS));
+    }
+    Ok(Some(problems))
 }
 
 /// At most [`MAX_DETAIL_CHARS`] characters, `…` marking a cut.
@@ -731,10 +723,9 @@ mod tests {
         use serde_json::json;
         assert_eq!(parse_health(&json!({"ok": true, "problems": []})), Ok(None));
         assert_eq!(
-            parse_health(&json!({"ok": false, "problems": ["vault is locked", 7]})),
-            Ok(Some(vec!["vault is locked".to_string(), "7".to_string()]))
+            parse_health(&json!({"ok": false, "problems": ["vault is locked"]})),
+            Ok(Some(vec!["vault is locked".to_string()]))
         );
-        assert_eq!(parse_health(&json!({"ok": false})), Ok(Some(Vec::new())));
         // Control characters are escaped, long texts cut, long lists counted.
         let long = "x".repeat(MAX_DETAIL_CHARS + 50);
         let mut many: Vec<Value> = (0..MAX_PROBLEMS + 3)
@@ -754,6 +745,8 @@ mod tests {
             json!({"problems": []}),
             json!({"ok": "false"}),
             json!({"ok": false, "problems": "vault is locked"}),
+            json!({"ok": false, "problems": ["vault is locked", 7]}),
+            json!({"ok": false}),
             json!([true]),
             json!(null),
         ] {

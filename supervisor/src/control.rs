@@ -1,14 +1,20 @@
 //! The supervisor's side of the control RPC: what each method does.
 //!
 //! The RPC server (`crate::rpc`) authenticates, authorizes and frames;
-//! [`SupervisorControl::call`] answers. Read-only methods are answered here
-//! from the [`Board`](crate::supervision::board::Board) (which the
-//! supervision executor keeps current), the files on disk and the tunnels'
-//! observers. Methods that change the node or the vault (unlock, lock, node
-//! start/stop/restart, restore, a confirmed host shutdown) become a
-//! [`Command`] for the executor, which answers at once when the phase
-//! cannot honour it and otherwise once it has acted — so a command is never
-//! half-applied behind the machine's back.
+//! [`SupervisorControl`] answers. Every method is typed by the contract in
+//! `palisade_wire::rpc::methods`: its params are parsed once by
+//! `parse_params` (−32602 naming the field), its answer is the method's
+//! result type, serialized at this boundary only.
+//!
+//! Read-only methods are answered here from the
+//! [`Board`](crate::supervision::board::Board) (which the supervision
+//! executor keeps current), the files on disk and the tunnels' observers
+//! ([`status`]). Methods that change the node or the vault (unlock, lock,
+//! node start/stop/restart, restore, a confirmed host shutdown) become a
+//! [`Command`] for the executor, which answers at once when the phase cannot
+//! honour it and otherwise once it has acted — so a command is never
+//! half-applied behind the machine's back. Staging upgrades is
+//! [`crate::upgrade::stage`]'s, listing backups [`crate::backup::catalog`]'s.
 //!
 //! Invariants: a secret (the unlock passphrase) arrives as a
 //! [`SecretString`], travels beside its command to the executor and is
@@ -18,23 +24,27 @@
 //! operator tries.
 
 pub mod host_shutdown;
+mod status;
 
-use std::path::PathBuf;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use std::time::{Duration, Instant, SystemTime};
-
+use palisade_wire::rpc::methods::{self, Method, parse_params};
+use palisade_wire::rpc::results::{
+    BackupNowResult, BackupRestoreResult, HostShutdownResult, LogsTailResult, NodeResult,
+    RestoredBackup, ShutdownToken, ShuttingDown, TunnelListResult, TunnelReconnectResult,
+    VaultLockResult, VaultUnlockResult,
+};
 use palisade_wire::rpc::{RpcError, code};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::backup::LastBackup;
-use crate::node::rpc::NodeRpc;
-use crate::sign_state::{LocalState, read_local};
+use crate::backup::{LastBackup, RestoreChoice};
+use crate::rpc::Caller;
 use crate::supervision::board::{NodeState, SharedBoard, board};
 use crate::supervision::command::{Answer, Command, CommandError, CommandSender};
 use crate::tunnel::BastionObserver;
-use crate::upgrade::watch::{FileState, read_plan_file};
 
 /// First delay after a failed unlock; doubles per failure.
 const UNLOCK_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
@@ -45,13 +55,7 @@ const UNLOCK_BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub struct SupervisorControl {
     commands: CommandSender,
     board: SharedBoard,
-    validator: String,
-    state_path: PathBuf,
-    upgrade_info_path: PathBuf,
-    node_rpc: NodeRpc,
-    tunnels: Vec<BastionObserver>,
-    started: Instant,
-    started_at: SystemTime,
+    status: status::StatusReader,
     /// (failures, not before) for unlocks.
     unlock_backoff: Mutex<(u32, Instant)>,
     /// `upgrade.list`, `upgrade.add`, `upgrade.cancel`.
@@ -59,7 +63,7 @@ pub struct SupervisorControl {
     /// The stores `backup.list` reads.
     backups: crate::backup::BackupCatalog,
     /// `host.shutdown` confirmation tokens, and the command it runs.
-    host_shutdown: crate::control::host_shutdown::Confirmations,
+    host_shutdown: host_shutdown::Confirmations,
     shutdown_command: Vec<String>,
     /// The last backup the backup worker wrote.
     last_backup: tokio::sync::watch::Receiver<Option<LastBackup>>,
@@ -74,21 +78,14 @@ impl SupervisorControl {
         tunnels: Vec<BastionObserver>,
         last_backup: tokio::sync::watch::Receiver<Option<LastBackup>>,
     ) -> SupervisorControl {
-        let upgrades = crate::upgrade::stage::UpgradeStager::new(config, board.clone());
         SupervisorControl {
+            upgrades: crate::upgrade::stage::UpgradeStager::new(config, board.clone()),
+            status: status::StatusReader::new(config, board.clone(), tunnels, last_backup.clone()),
             commands,
             board,
-            validator: config.rpc.name.clone(),
-            state_path: crate::node::files::state_file(&config.daemon_home),
-            upgrade_info_path: config.upgrade_info_path(),
-            node_rpc: NodeRpc::new(&config.daemon_home),
-            tunnels,
-            started: Instant::now(),
-            started_at: SystemTime::now(),
             unlock_backoff: Mutex::new((0, Instant::now())),
-            upgrades,
             backups: crate::backup::BackupCatalog::new(config.vault.as_ref()),
-            host_shutdown: crate::control::host_shutdown::Confirmations::default(),
+            host_shutdown: host_shutdown::Confirmations::default(),
             shutdown_command: config.host.shutdown_command.clone(),
             last_backup,
         }
@@ -104,42 +101,113 @@ impl SupervisorControl {
         self
     }
 
-    /// Answer one call. `method` has already been authorized.
+    /// Answer one call of `caller`, already authorized for `method`.
     pub async fn call(
         &self,
+        caller: &Caller,
         method: &str,
         params: Value,
         secret: Option<SecretString>,
     ) -> Result<Value, RpcError> {
+        use methods::*;
         match method {
-            "status" => {
-                no_params(&params)?;
-                Ok(self.status().await)
+            Status::NAME => {
+                answer::<Status, _, _>(params, |_| async { Ok(self.status.status().await) }).await
             }
-            "health" => {
-                no_params(&params)?;
-                Ok(self.health().await)
+            Health::NAME => {
+                answer::<Health, _, _>(params, |_| async { Ok(self.status.health().await) }).await
             }
-            "tunnel.list" => {
-                no_params(&params)?;
-                Ok(json!({ "tunnels": self.tunnels_json() }))
+            LogsTail::NAME => {
+                answer::<LogsTail, _, _>(params, |params| async move {
+                    Ok(LogsTailResult {
+                        lines: crate::node::output::recent_lines(params.lines() as usize),
+                    })
+                })
+                .await
             }
-            "node.stop" => self.command(&params, Command::NodeStop).await,
-            "node.start" => self.command(&params, Command::NodeStart).await,
-            "node.restart" => self.command(&params, Command::NodeRestart).await,
-            "logs.tail" => logs_tail(&params),
-            "tunnel.reconnect" => self.reconnect(&params),
-            "vault.unlock" => self.unlock(&params, secret).await,
-            "vault.lock" => self.command(&params, Command::Lock).await,
-            "backup.now" => {
-                no_params(&params)?;
-                self.backup_now().await
+            TunnelList::NAME => {
+                answer::<TunnelList, _, _>(params, |_| async {
+                    Ok(TunnelListResult {
+                        tunnels: self.status.tunnels(),
+                    })
+                })
+                .await
             }
-            "upgrade.list" => self.upgrades.list(&params).await,
-            "upgrade.add" => self.upgrades.add(&params).await,
-            "upgrade.cancel" => self.upgrades.cancel(&params).await,
-            "backup.list" => self.backup_list(&params).await,
-            "backup.restore" => self.backup_restore(&params).await,
+            TunnelReconnect::NAME => {
+                answer::<TunnelReconnect, _, _>(params, |params| async move {
+                    self.reconnect(&params.bastion)
+                })
+                .await
+            }
+            UpgradeList::NAME => {
+                answer::<UpgradeList, _, _>(params, |_| self.upgrades.list()).await
+            }
+            UpgradeAdd::NAME => {
+                answer::<UpgradeAdd, _, _>(params, |params| self.upgrades.add(params)).await
+            }
+            UpgradeCancel::NAME => {
+                answer::<UpgradeCancel, _, _>(params, |params| self.upgrades.cancel(params)).await
+            }
+            BackupList::NAME => {
+                answer::<BackupList, _, _>(params, |params| async move {
+                    let last = self.last_backup.borrow().clone();
+                    Ok(self
+                        .backups
+                        .list(params.limit() as usize, last.as_ref())
+                        .await)
+                })
+                .await
+            }
+            BackupNow::NAME => answer::<BackupNow, _, _>(params, |_| self.backup_now()).await,
+            BackupRestore::NAME => {
+                answer::<BackupRestore, _, _>(params, |params| async move {
+                    let choice = RestoreChoice::Named {
+                        store: params.store,
+                        file: params.file,
+                    };
+                    match self.send(Command::Restore(choice), None).await? {
+                        Answer::Restored(restored) => Ok(BackupRestoreResult {
+                            restored: RestoredBackup {
+                                store: restored.store.clone(),
+                                file: restored.file.clone(),
+                                sequence: restored.sequence,
+                                watermark: restored.watermark.to_string(),
+                            },
+                            previous: crate::backup::describe_local(&restored.previous),
+                            path: restored.path.display().to_string(),
+                        }),
+                        other => Err(unexpected(other)),
+                    }
+                })
+                .await
+            }
+            NodeStart::NAME => {
+                answer::<NodeStart, _, _>(params, |_| self.node(Command::NodeStart)).await
+            }
+            NodeStop::NAME => {
+                answer::<NodeStop, _, _>(params, |_| self.node(Command::NodeStop)).await
+            }
+            NodeRestart::NAME => {
+                answer::<NodeRestart, _, _>(params, |_| self.node(Command::NodeRestart)).await
+            }
+            VaultUnlock::NAME => answer::<VaultUnlock, _, _>(params, |_| self.unlock(secret)).await,
+            VaultLock::NAME => {
+                answer::<VaultLock, _, _>(params, |_| async {
+                    match self.send(Command::Lock, None).await? {
+                        Answer::Locked => Ok(VaultLockResult { locked: true }),
+                        other => Err(unexpected(other)),
+                    }
+                })
+                .await
+            }
+            HostShutdown::NAME => {
+                // The one method whose effect depends on who asks: the
+                // token is bound to the operator.
+                answer::<HostShutdown, _, _>(params, |params| {
+                    self.host_shutdown(&caller.operator, params.confirm)
+                })
+                .await
+            }
             other => Err(RpcError::new(
                 code::METHOD_NOT_FOUND,
                 format!("{other} is not available in this release yet (see docs/rpc.md)"),
@@ -147,32 +215,29 @@ impl SupervisorControl {
         }
     }
 
-    async fn command(&self, params: &Value, command: Command) -> Result<Value, RpcError> {
-        no_params(params)?;
-        self.send(command, None).await
-    }
-
-    /// Send `command` to the executor and put its answer in RPC terms.
+    /// Send `command` to the executor; its refusal in RPC terms.
     async fn send(
         &self,
         command: Command,
         passphrase: Option<SecretString>,
-    ) -> Result<Value, RpcError> {
-        match self.commands.send(command, passphrase).await {
-            Ok(answer) => Ok(answer_json(answer)),
-            Err(error) => Err(command_error(error)),
+    ) -> Result<Answer, RpcError> {
+        self.commands
+            .send(command, passphrase)
+            .await
+            .map_err(command_error)
+    }
+
+    async fn node(&self, command: Command) -> Result<NodeResult, RpcError> {
+        match self.send(command, None).await? {
+            Answer::Node(node) => Ok(NodeResult { node }),
+            other => Err(unexpected(other)),
         }
     }
 
-    async fn unlock(
-        &self,
-        params: &Value,
-        secret: Option<SecretString>,
-    ) -> Result<Value, RpcError> {
-        no_params(params)?;
+    async fn unlock(&self, secret: Option<SecretString>) -> Result<VaultUnlockResult, RpcError> {
         let Some(passphrase) = secret else {
-            return Err(RpcError::new(
-                code::INVALID_PARAMS,
+            return Err(RpcError::invalid_params(
+                "secret",
                 "vault.unlock needs the passphrase on the line after the request",
             ));
         };
@@ -208,34 +273,32 @@ impl SupervisorControl {
             Ok(_) => *backoff = (0, Instant::now()),
             Err(_) => {}
         }
-        result
+        match result? {
+            Answer::Unlocked => Ok(VaultUnlockResult {
+                locked: false,
+                node: NodeState::Starting,
+            }),
+            other => Err(unexpected(other)),
+        }
     }
 
-    /// `tunnel.reconnect {"bastion": NAME}`.
-    fn reconnect(&self, params: &Value) -> Result<Value, RpcError> {
-        let name = params
-            .as_object()
-            .filter(|map| map.len() == 1)
-            .and_then(|map| map.get("bastion"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                let mut error =
-                    RpcError::new(code::INVALID_PARAMS, "params must be {\"bastion\": NAME}");
-                error.data = Some(json!({ "field": "bastion" }));
-                error
-            })?;
-        let Some(observer) = self.tunnels.iter().find(|o| o.name() == name) else {
-            let known: Vec<&str> = self.tunnels.iter().map(BastionObserver::name).collect();
-            let mut error =
-                RpcError::new(code::INVALID_PARAMS, format!("no bastion named {name:?}"));
-            error.data = Some(json!({ "field": "bastion", "known": known }));
-            return Err(error);
+    /// `tunnel.reconnect`: the named bastion reconnects now.
+    fn reconnect(&self, name: &str) -> Result<TunnelReconnectResult, RpcError> {
+        let Some(observer) = self.status.tunnel(name) else {
+            return Err(RpcError::unknown_name(
+                "bastion",
+                format!("no bastion named {name:?}"),
+                self.status.tunnel_names(),
+            ));
         };
         observer.request_reconnect();
-        Ok(json!({ "bastion": name, "reconnecting": true }))
+        Ok(TunnelReconnectResult {
+            bastion: name.to_owned(),
+            reconnecting: true,
+        })
     }
 
-    async fn backup_now(&self) -> Result<Value, RpcError> {
+    async fn backup_now(&self) -> Result<BackupNowResult, RpcError> {
         let trigger = board(&self.board).backup_trigger.clone();
         let Some(trigger) = trigger else {
             return Err(RpcError::new(
@@ -244,163 +307,49 @@ impl SupervisorControl {
             ));
         };
         match trigger.backup_now("requested over RPC").await {
-            Ok(backup) => Ok(json!({ "backup": backup })),
+            Ok(backup) => Ok(BackupNowResult { backup, note: None }),
             Err(error) => Err(RpcError::new(code::WRONG_STATE, error.to_string())),
         }
     }
 
-    fn tunnels_json(&self) -> Vec<Value> {
-        self.tunnels
-            .iter()
-            .map(|observer| {
-                let state = observer.snapshot();
-                json!({
-                    "name": observer.name(),
-                    "connected": state.connected_since.is_some(),
-                    "connected_since": state.connected_since.map(unix_seconds),
-                    "last_error": state.last_error,
-                    "last_forward_error": state.last_forward_error,
-                    "bytes_to_bastion": state.bytes_to_bastion,
-                    "bytes_from_bastion": state.bytes_from_bastion,
-                    "reconnects": state.reconnects,
-                    "stopped": state.stopped,
-                })
-            })
-            .collect()
-    }
-
-    async fn status(&self) -> Value {
-        let (node, pid, version, vault_locked, last_backup, scheduled) = {
-            let board = board(&self.board);
-            (
-                board.node,
-                board.pid,
-                board.version.clone(),
-                board.vault_locked,
-                self.last_backup.borrow().clone(),
-                board.scheduled_upgrade.clone(),
-            )
-        };
-        let height = if node == NodeState::Running {
-            self.node_rpc.latest_height().await
-        } else {
-            None
-        };
-        let watermark = match read_local(&self.state_path) {
-            LocalState::Present(watermark) => json!({
-                "height": watermark.height,
-                "round": watermark.round,
-                "step": u8::from(watermark.step),
-            }),
-            LocalState::Missing => Value::Null,
-            LocalState::Unreadable(error) => json!({ "error": error.to_string() }),
-        };
-        let pending_upgrade = match read_plan_file(&self.upgrade_info_path) {
-            FileState::Plan(plan) => json!({ "name": plan.name, "height": plan.height }),
-            _ => Value::Null,
-        };
-        json!({
-            "validator": self.validator,
-            "supervisor": {
-                "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(),
-                "started_at": unix_seconds(self.started_at),
-                "uptime_s": self.started.elapsed().as_secs(),
-            },
-            "node": {
-                "state": node,
-                "pid": pid,
-                "version": version,
-                "height": height,
-            },
-            "vault": match vault_locked {
-                Some(locked) => json!({ "enabled": true, "locked": locked }),
-                None => json!({ "enabled": false }),
-            },
-            "watermark": watermark,
-            "last_backup": last_backup,
-            "tunnels": self.tunnels_json(),
-            "upgrades": {
-                "plan_on_disk": pending_upgrade,
-                "scheduled": scheduled,
-            },
-        })
-    }
-
-    async fn health(&self) -> Value {
-        let status = self.status().await;
-        let mut problems = Vec::new();
-        if status["node"]["state"] != "running" {
-            problems.push(format!(
-                "node is {}",
-                status["node"]["state"].as_str().unwrap_or("?")
-            ));
-        } else if status["node"]["height"].is_null() {
-            problems.push("node RPC does not answer".to_string());
-        }
-        if status["vault"]["locked"] == true {
-            problems.push("vault is locked".to_string());
-        }
-        for tunnel in status["tunnels"].as_array().into_iter().flatten() {
-            if tunnel["connected"] != true {
-                problems.push(format!(
-                    "tunnel to {} is down: {}",
-                    tunnel["name"].as_str().unwrap_or("?"),
-                    tunnel["last_error"].as_str().unwrap_or("not connected yet")
-                ));
-            }
-        }
-        json!({ "ok": problems.is_empty(), "problems": problems })
-    }
-}
-
-/// `backup.list`, `backup.restore` and `host.shutdown` (the work is in
-/// [`crate::backup_rpc`] and [`crate::control::host_shutdown`]).
-impl SupervisorControl {
-    async fn backup_list(&self, params: &Value) -> Result<Value, RpcError> {
-        let limit = crate::backup::catalog::parse_list_params(params)?;
-        let last = self.last_backup.borrow().clone();
-        Ok(self.backups.list(limit, last.as_ref()).await)
-    }
-
-    async fn backup_restore(&self, params: &Value) -> Result<Value, RpcError> {
-        let choice = parse_restore_params(params)?;
-        self.send(Command::Restore(choice), None).await
-    }
-
     /// `host.shutdown {}` issues a token for `operator`;
-    /// `{"confirm": TOKEN}` spends it and has the loop shut down.
-    pub async fn host_shutdown(&self, operator: &str, params: Value) -> Result<Value, RpcError> {
-        use crate::control::host_shutdown::{ShutdownParams, check_runnable, parse_params};
-        match parse_params(&params)? {
-            ShutdownParams::Request => {
-                check_runnable(&self.shutdown_command)?;
-                let (token, valid_for) = self.host_shutdown.issue(operator);
-                tracing::warn!(%operator, "host shutdown requested; waiting for its confirmation");
-                Ok(json!({
-                    "confirm": token,
-                    "expires_in_s": valid_for.as_secs(),
-                    "command": self.shutdown_command,
-                }))
-            }
-            ShutdownParams::Confirm(token) => {
-                let spent = self.host_shutdown.spend(operator, &token)?;
-                if let Err(error) = check_runnable(&self.shutdown_command) {
-                    self.host_shutdown.put_back(spent);
-                    return Err(error);
-                }
-                let operator = operator.to_owned();
-                match self.send(Command::HostShutdown { operator }, None).await {
-                    Ok(node) => Ok(json!({
-                        "shutting_down": true,
-                        "node": node["node"],
-                        "command": self.shutdown_command,
-                    })),
-                    Err(error) => {
-                        self.host_shutdown.put_back(spent);
-                        Err(error)
-                    }
-                }
+    /// `{"confirm": TOKEN}` spends it and has the executor shut down.
+    async fn host_shutdown(
+        &self,
+        operator: &str,
+        confirm: Option<String>,
+    ) -> Result<HostShutdownResult, RpcError> {
+        use host_shutdown::check_runnable;
+        let Some(token) = confirm else {
+            check_runnable(&self.shutdown_command)?;
+            let (token, valid_for) = self.host_shutdown.issue(operator);
+            tracing::warn!(%operator, "host shutdown requested; waiting for its confirmation");
+            return Ok(HostShutdownResult::TokenIssued(ShutdownToken {
+                confirm: token,
+                expires_in_s: valid_for.as_secs(),
+                command: self.shutdown_command.clone(),
+            }));
+        };
+        let spent = self.host_shutdown.spend(operator, &token)?;
+        if let Err(error) = check_runnable(&self.shutdown_command) {
+            self.host_shutdown.put_back(spent);
+            return Err(error);
+        }
+        let command = Command::HostShutdown {
+            operator: operator.to_owned(),
+        };
+        match self.send(command, None).await {
+            Ok(Answer::ShuttingDown(node)) => Ok(HostShutdownResult::ShuttingDown(ShuttingDown {
+                shutting_down: true,
+                node,
+                command: self.shutdown_command.clone(),
+            })),
+            Ok(other) => Err(unexpected(other)),
+            Err(error) => {
+                // Not started (the supervisor was busy or refused): the
+                // operator may confirm again with the same token.
+                self.host_shutdown.put_back(spent);
+                Err(error)
             }
         }
     }
@@ -409,76 +358,46 @@ impl SupervisorControl {
 impl crate::rpc::Dispatcher for SupervisorControl {
     fn call<'a>(
         &'a self,
-        caller: &'a crate::rpc::Caller,
+        caller: &'a Caller,
         method: &'a str,
         params: Value,
         secret: Option<SecretString>,
     ) -> crate::backup::BoxFuture<'a, Result<Value, RpcError>> {
         // The caller is already authorized for `method` and logged by the
-        // server; what happens does not depend on who asked, except for
-        // `host.shutdown`, whose token is bound to the operator.
-        if method == "host.shutdown" {
-            return Box::pin(self.host_shutdown(&caller.operator, params));
-        }
-        Box::pin(SupervisorControl::call(self, method, params, secret))
+        // server.
+        Box::pin(SupervisorControl::call(
+            self, caller, method, params, secret,
+        ))
     }
 }
 
-/// Most lines `logs.tail` returns.
-const MAX_TAIL_LINES: u64 = 1000;
-
-/// `logs.tail {"lines": N}` (default 100, at most 1000): the daemon's
-/// recent output lines.
-fn logs_tail(params: &Value) -> Result<Value, RpcError> {
-    let invalid = |message: String| {
-        let mut error = RpcError::new(code::INVALID_PARAMS, message);
-        error.data = Some(json!({ "field": "lines" }));
-        error
-    };
-    let lines = match params {
-        Value::Null => 100,
-        Value::Object(map) => {
-            if let Some(unknown) = map.keys().find(|key| *key != "lines") {
-                let mut error =
-                    RpcError::new(code::INVALID_PARAMS, format!("unknown field `{unknown}`"));
-                error.data = Some(json!({ "field": unknown }));
-                return Err(error);
-            }
-            match map.get("lines") {
-                None => 100,
-                Some(value) => match value.as_u64() {
-                    Some(lines) if (1..=MAX_TAIL_LINES).contains(&lines) => lines,
-                    _ => {
-                        return Err(invalid(format!(
-                            "lines must be an integer from 1 to {MAX_TAIL_LINES}, not {value}"
-                        )));
-                    }
-                },
-            }
-        }
-        other => return Err(invalid(format!("params must be an object, not {other}"))),
-    };
-    Ok(json!({ "lines": crate::node::output::recent_lines(lines as usize) }))
+/// Parse `params` as `M`'s, run `work`, and serialize its typed answer:
+/// the one place a method's params and result meet JSON.
+async fn answer<M, F, Fut>(params: Value, work: F) -> Result<Value, RpcError>
+where
+    M: Method,
+    F: FnOnce(M::Params) -> Fut,
+    Fut: Future<Output = Result<M::Result, RpcError>>,
+{
+    let params = parse_params::<M>(params)?;
+    let result = work(params).await?;
+    serde_json::to_value(result).map_err(|error| {
+        tracing::error!(method = M::NAME, %error, "cannot encode an answer");
+        RpcError::new(
+            code::INTERNAL,
+            "cannot encode the answer; see the supervisor log",
+        )
+    })
 }
 
-/// An executor's answer in RPC terms.
-fn answer_json(answer: Answer) -> Value {
-    match answer {
-        Answer::Node(node) => json!({ "node": node }),
-        Answer::Unlocked => json!({ "locked": false, "node": NodeState::Starting }),
-        Answer::Locked => json!({ "locked": true }),
-        Answer::Restored(restored) => json!({
-            "restored": {
-                "store": restored.store,
-                "file": restored.file,
-                "sequence": restored.sequence,
-                "watermark": restored.watermark.to_string(),
-            },
-            "previous": crate::backup::describe_local(&restored.previous),
-            "path": restored.path.display().to_string(),
-        }),
-        Answer::ShuttingDown(node) => json!({ "node": node }),
-    }
+/// An answer of the wrong kind for the command sent: a bug, reported as
+/// one rather than guessed at.
+fn unexpected(answer: Answer) -> RpcError {
+    tracing::error!(
+        ?answer,
+        "the executor answered a command with another command's answer"
+    );
+    RpcError::new(code::INTERNAL, "unexpected answer; see the supervisor log")
 }
 
 /// An executor's refusal in RPC terms (`docs/rpc.md` §5).
@@ -488,76 +407,8 @@ fn command_error(error: CommandError) -> RpcError {
         CommandError::WrongState(_) => RpcError::new(code::WRONG_STATE, message),
         CommandError::WrongPassphrase => RpcError::new(code::UNAUTHENTICATED, message),
         CommandError::InvalidParams { field, known, .. } => {
-            let mut rpc = RpcError::new(code::INVALID_PARAMS, message);
-            rpc.data = Some(json!({ "field": field, "known": known }));
-            rpc
+            RpcError::unknown_name(field, message, known)
         }
         CommandError::Internal(_) => RpcError::new(code::INTERNAL, message),
     }
-}
-
-/// `backup.restore` params: exactly `{"store": NAME, "file": NAME}`, the
-/// file a plain backup file name.
-pub fn parse_restore_params(params: &Value) -> Result<crate::backup::RestoreChoice, RpcError> {
-    use crate::backup::{BackupFileName, validate_file_name};
-    let invalid_params = |field: &str, message: String| {
-        let mut error = RpcError::new(code::INVALID_PARAMS, message);
-        error.data = Some(json!({ "field": field }));
-        error
-    };
-    let Value::Object(map) = params else {
-        return Err(invalid_params(
-            "params",
-            "params must be {\"store\": NAME, \"file\": NAME}".into(),
-        ));
-    };
-    if let Some(unknown) = map
-        .keys()
-        .find(|key| !["store", "file"].contains(&key.as_str()))
-    {
-        return Err(invalid_params(
-            unknown,
-            format!("unknown field `{unknown}`"),
-        ));
-    }
-    let text = |field: &str| match map.get(field) {
-        Some(Value::String(text)) if !text.is_empty() => Ok(text.clone()),
-        _ => Err(invalid_params(
-            field,
-            format!("{field} must be a non-empty string (see backup.list)"),
-        )),
-    };
-    let store = text("store")?;
-    let file = text("file")?;
-    if let Err(error) = validate_file_name(&file) {
-        return Err(invalid_params("file", error.to_string()));
-    }
-    if BackupFileName::parse(&file).is_none() {
-        return Err(invalid_params(
-            "file",
-            format!(
-                "{file:?} is not a backup file name \
-                 (backup-<chain>-<ADDRESS>-<sequence>-h<height>.age, see backup.list)"
-            ),
-        ));
-    }
-    Ok(crate::backup::RestoreChoice::Named { store, file })
-}
-
-fn no_params(params: &Value) -> Result<(), RpcError> {
-    match params {
-        Value::Null => Ok(()),
-        Value::Object(map) if map.is_empty() => Ok(()),
-        other => {
-            let mut error = RpcError::new(code::INVALID_PARAMS, "this method takes no params");
-            error.data = Some(json!({ "got": other }));
-            Err(error)
-        }
-    }
-}
-
-fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0)
 }

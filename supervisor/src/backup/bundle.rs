@@ -191,86 +191,27 @@ pub enum BackupError {
     Assemble(#[from] std::io::Error),
 }
 
-/// A store file name: `backup-<chain_id>-<ADDRESS>-<sequence:020>-h<height>.age`.
-///
-/// The zero-padded sequence makes lexical order equal sequence order for one
-/// validator. Names carry no authority: a restore checks them against the
-/// signed metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct BackupFileName {
-    pub chain_id: String,
-    pub validator_address: String,
-    pub sequence: u64,
-    pub height: u64,
-}
+/// A store file name: `backup-<chain_id>-<ADDRESS>-<sequence:020>-h<height>.age`
+/// (the one rule, in `palisade-wire`, shared with the RPC's params).
+pub use palisade_wire::backup_store::BackupFileName;
 
-impl fmt::Display for BackupFileName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "backup-{}-{}-{:020}-h{}.age",
-            self.chain_id, self.validator_address, self.sequence, self.height
-        )
+/// The name a bundle with this metadata is published under.
+pub fn file_name_for(metadata: &BackupMetadata) -> BackupFileName {
+    BackupFileName {
+        chain_id: metadata.chain_id.clone(),
+        validator_address: metadata.validator_address.clone(),
+        sequence: metadata.sequence,
+        height: metadata.watermark.height,
     }
 }
 
-impl BackupFileName {
-    /// Parses a name written by [`fmt::Display`]; `None` for anything else
-    /// (other files in a store are ignored, not errors).
-    pub fn parse(name: &str) -> Option<BackupFileName> {
-        let core = name.strip_prefix("backup-")?.strip_suffix(".age")?;
-        // The chain ID may itself contain '-', so split from the right.
-        let mut parts = core.rsplitn(4, '-');
-        let height_part = parts.next()?;
-        let sequence_part = parts.next()?;
-        let address = parts.next()?;
-        let chain_id = parts.next()?;
-        let height_digits = height_part.strip_prefix('h')?;
-        if height_digits.is_empty() || !height_digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        if sequence_part.len() != 20 || !sequence_part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        if validate_validator_address(address).ok()? != address {
-            return None;
-        }
-        validate_chain_id(chain_id).ok()?;
-        Some(BackupFileName {
-            chain_id: chain_id.to_owned(),
-            validator_address: address.to_owned(),
-            sequence: sequence_part.parse().ok()?,
-            height: height_digits.parse().ok()?,
-        })
-    }
-
-    /// The name a bundle with this metadata is published under.
-    pub fn for_metadata(metadata: &BackupMetadata) -> BackupFileName {
-        BackupFileName {
-            chain_id: metadata.chain_id.clone(),
-            validator_address: metadata.validator_address.clone(),
-            sequence: metadata.sequence,
-            height: metadata.watermark.height,
-        }
-    }
-}
-
-/// Chain IDs appear in file names, so only CometBFT-style IDs are accepted:
-/// 1–50 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
+/// Chain IDs appear in file names, so only CometBFT-style IDs are accepted
+/// (`palisade_wire::backup_store::chain_id_problem`).
 pub(crate) fn validate_chain_id(chain_id: &str) -> Result<(), String> {
-    if chain_id.is_empty() || chain_id.len() > 50 {
-        return Err("must be 1 to 50 characters".into());
+    match palisade_wire::backup_store::chain_id_problem(chain_id) {
+        Some(problem) => Err(problem.to_owned()),
+        None => Ok(()),
     }
-    if chain_id.starts_with('.') || chain_id.starts_with('-') {
-        return Err("must not start with '.' or '-'".into());
-    }
-    if !chain_id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err("may contain only letters, digits, '.', '_' and '-'".into());
-    }
-    Ok(())
 }
 
 /// A CometBFT address is 20 bytes; returns it as 40 uppercase hex characters.

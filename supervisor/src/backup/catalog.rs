@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use palisade_wire::rpc::{RpcError, code};
-use serde_json::{Value, json};
+use palisade_wire::rpc::results::{BackupListResult, ListedBackup, StoreListing};
 use tokio::task::JoinSet;
 
 use super::bundle::BackupFileName;
@@ -24,50 +23,9 @@ use super::stores::dir_stores;
 use super::worker::LastBackup;
 use crate::config::VaultSettings;
 
-/// Backups listed per store when the call does not say.
-pub const DEFAULT_LIST_LIMIT: usize = 20;
-/// Most backups listed per store.
-pub const MAX_LIST_LIMIT: usize = 100;
 /// Most backups listed in one answer, all stores together, so that the
 /// answer stays well within the RPC's line limit.
 pub const MAX_LISTED_TOTAL: usize = 200;
-
-fn invalid_params(field: &str, message: String) -> RpcError {
-    let mut error = RpcError::new(code::INVALID_PARAMS, message);
-    error.data = Some(json!({ "field": field }));
-    error
-}
-
-/// `backup.list` params: none, `{}` or `{"limit": N}` (1–[`MAX_LIST_LIMIT`]);
-/// returns the per-store limit.
-pub fn parse_list_params(params: &Value) -> Result<usize, RpcError> {
-    let map = match params {
-        Value::Null => return Ok(DEFAULT_LIST_LIMIT),
-        Value::Object(map) => map,
-        other => {
-            return Err(invalid_params(
-                "params",
-                format!("params must be an object, not {other}"),
-            ));
-        }
-    };
-    if let Some(unknown) = map.keys().find(|key| *key != "limit") {
-        return Err(invalid_params(
-            unknown,
-            format!("unknown field `{unknown}`"),
-        ));
-    }
-    match map.get("limit") {
-        None => Ok(DEFAULT_LIST_LIMIT),
-        Some(value) => match value.as_u64() {
-            Some(limit) if (1..=MAX_LIST_LIMIT as u64).contains(&limit) => Ok(limit as usize),
-            _ => Err(invalid_params(
-                "limit",
-                format!("limit must be an integer from 1 to {MAX_LIST_LIMIT}, not {value}"),
-            )),
-        },
-    }
-}
 
 /// One backup as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +76,7 @@ impl BackupCatalog {
     /// `backup.list`: every store, concurrently, each bounded by
     /// [`STORE_TIMEOUT`]; `last` fills in what this supervisor knows of
     /// the backup it wrote last.
-    pub async fn list(&self, limit: usize, last: Option<&LastBackup>) -> Value {
+    pub async fn list(&self, limit: usize, last: Option<&LastBackup>) -> BackupListResult {
         let mut tasks = JoinSet::new();
         for (index, (_, dir)) in self.local.iter().enumerate() {
             let dir = dir.clone();
@@ -152,54 +110,53 @@ impl BackupCatalog {
             }
         }
         let mut budget = MAX_LISTED_TOTAL;
-        let stores: Vec<Value> = names
+        let stores = names
             .into_iter()
             .zip(results)
             .map(|(name, result)| {
                 match result.unwrap_or_else(|| Err("listing task failed".into())) {
-                    Ok(backups) => store_json(&name, backups, limit, &mut budget, last),
-                    Err(error) => json!({ "store": name, "reachable": false, "error": error }),
+                    Ok(backups) => store_listing(name, backups, limit, &mut budget, last),
+                    Err(error) => StoreListing::Unreachable { store: name, error },
                 }
             })
             .collect();
-        json!({ "stores": stores })
+        BackupListResult { stores }
     }
 }
 
 /// A store's answer: its backups newest first, at most `limit` (and what
 /// is left of the answer's `budget`).
-fn store_json(
-    name: &str,
+fn store_listing(
+    store: String,
     mut backups: Vec<Listed>,
     limit: usize,
     budget: &mut usize,
     last: Option<&LastBackup>,
-) -> Value {
+) -> StoreListing {
     backups.sort_by(|a, b| (b.sequence, &b.file).cmp(&(a.sequence, &a.file)));
     let total = backups.len();
     let shown = total.min(limit).min(*budget);
     *budget -= shown;
-    let entries: Vec<Value> = backups
+    let entries = backups
         .into_iter()
         .take(shown)
         .map(|backup| {
             let known = last.filter(|last| last.file == backup.file);
-            json!({
-                "file": backup.file,
-                "sequence": backup.sequence,
-                "height": backup.height,
-                "watermark": known.map(|last| last.watermark.clone()),
-                "at": backup.at.or(known.map(|last| last.at)),
-            })
+            ListedBackup {
+                watermark: known.map(|last| last.watermark.clone()),
+                at: backup.at.or(known.map(|last| last.at)),
+                file: backup.file,
+                sequence: backup.sequence,
+                height: backup.height,
+            }
         })
         .collect();
-    json!({
-        "store": name,
-        "reachable": true,
-        "total": total,
-        "truncated": shown < total,
-        "backups": entries,
-    })
+    StoreListing::Reachable {
+        store,
+        total: total as u64,
+        truncated: shown < total,
+        backups: entries,
+    }
 }
 
 fn listed(file: String, at: Option<u64>) -> Option<Listed> {
@@ -246,35 +203,13 @@ fn list_dir(dir: &Path) -> Result<Vec<Listed>, String> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
     use crate::backup::test_support::{Scripted, name};
 
-    #[test]
-    fn list_params_table() {
-        let cases: Vec<(Value, Result<usize, &str>)> = vec![
-            (Value::Null, Ok(DEFAULT_LIST_LIMIT)),
-            (json!({}), Ok(DEFAULT_LIST_LIMIT)),
-            (json!({ "limit": 1 }), Ok(1)),
-            (json!({ "limit": 100 }), Ok(100)),
-            (json!({ "limit": 0 }), Err("limit")),
-            (json!({ "limit": 101 }), Err("limit")),
-            (json!({ "limit": -1 }), Err("limit")),
-            (json!({ "limit": 2.5 }), Err("limit")),
-            (json!({ "limit": "5" }), Err("limit")),
-            (json!({ "store": "local" }), Err("store")),
-            (json!([1]), Err("params")),
-            (json!("all"), Err("params")),
-        ];
-        for (params, expected) in cases {
-            match (parse_list_params(&params), expected) {
-                (Ok(limit), Ok(want)) => assert_eq!(limit, want, "{params}"),
-                (Err(error), Err(field)) => {
-                    assert_eq!(error.code, code::INVALID_PARAMS, "{params}");
-                    assert_eq!(error.data.unwrap()["field"], field, "{params}");
-                }
-                (got, want) => panic!("{params}: got {got:?}, want {want:?}"),
-            }
-        }
+    fn json_of(value: impl serde::Serialize) -> Value {
+        serde_json::to_value(value).unwrap()
     }
 
     fn listed_entry(sequence: u64, height: u64) -> Listed {
@@ -297,7 +232,13 @@ mod tests {
             at: 1_800_000_000,
         };
         let mut budget = 100;
-        let all = store_json("local", backups.clone(), 10, &mut budget, Some(&last));
+        let all = json_of(store_listing(
+            "local".into(),
+            backups.clone(),
+            10,
+            &mut budget,
+            Some(&last),
+        ));
         assert_eq!(budget, 97);
         let sequences: Vec<u64> = all["backups"]
             .as_array()
@@ -315,12 +256,18 @@ mod tests {
         assert_eq!(all["backups"][0]["at"], 1_700_000_009u64);
         assert_eq!(all["backups"][1]["watermark"], Value::Null);
 
-        let limited = store_json("local", backups.clone(), 2, &mut budget, None);
+        let limited = json_of(store_listing(
+            "local".into(),
+            backups.clone(),
+            2,
+            &mut budget,
+            None,
+        ));
         assert_eq!(limited["backups"].as_array().unwrap().len(), 2);
         assert_eq!(limited["total"], 3);
         assert_eq!(limited["truncated"], true);
         let mut small = 1;
-        let budgeted = store_json("b", backups, 10, &mut small, None);
+        let budgeted = json_of(store_listing("b".into(), backups, 10, &mut small, None));
         assert_eq!(budgeted["backups"].as_array().unwrap().len(), 1);
         assert_eq!(budgeted["truncated"], true);
         assert_eq!(small, 0);
@@ -355,7 +302,7 @@ mod tests {
                 }),
             ],
         };
-        let listing = catalog.list(DEFAULT_LIST_LIMIT, None).await;
+        let listing = json_of(catalog.list(20, None).await);
         let stores = listing["stores"].as_array().unwrap();
         let names: Vec<&str> = stores
             .iter()

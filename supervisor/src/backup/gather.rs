@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use super::bundle::BackupFileName;
+use super::bundle::{BackupFileName, file_name_for};
 use super::open::{Expectations, OpenedBundle, Rejection, open_bundle};
 use super::store::{BackupStore, StoreError};
 use crate::sign_state::Watermark;
@@ -211,7 +211,7 @@ pub async fn gather_and_verify(
             let outcome = bytes.map_err(RejectionReason::Store).and_then(|bytes| {
                 let bundle =
                     open_bundle(&bytes, identity, expectations).map_err(RejectionReason::Bundle)?;
-                let expected_name = BackupFileName::for_metadata(&bundle.metadata).to_string();
+                let expected_name = file_name_for(&bundle.metadata).to_string();
                 if expected_name != file_name {
                     return Err(RejectionReason::Bundle(Rejection::NameMismatch {
                         file_name: file_name.clone(),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bundle::BackupFileName;
+use super::bundle::file_name_for;
 use super::gather::{AcceptedBundle, RestoreReport, gather_and_verify};
 use super::identity::ValidatorIdentity;
 use super::open::{Expectations, Rejection, open_bundle};
@@ -203,7 +203,7 @@ async fn fetch_named(
         reason,
     };
     let bundle = open_bundle(&bytes, identity, expectations).map_err(rejected)?;
-    let expected_name = BackupFileName::for_metadata(&bundle.metadata).to_string();
+    let expected_name = file_name_for(&bundle.metadata).to_string();
     if expected_name != file {
         return Err(rejected(Rejection::NameMismatch {
             file_name: file.to_owned(),

@@ -80,28 +80,17 @@ pub trait BackupStore: Send + Sync {
     fn remove<'a>(&'a self, file_name: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
-/// Checks that a name is a plain file name inside the store.
+/// Checks that a name is a plain file name inside the store
+/// (`palisade_wire::backup_store::file_name_problem`, the rule the bastion's
+/// store applies too).
 pub fn validate_file_name(name: &str) -> Result<(), StoreError> {
-    let invalid = |reason| StoreError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    };
-    if name.is_empty() {
-        return Err(invalid("empty"));
+    match palisade_wire::backup_store::file_name_problem(name) {
+        Some(reason) => Err(StoreError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
     }
-    if name.len() > 255 {
-        return Err(invalid("longer than 255 bytes"));
-    }
-    if name.contains('/') || name.contains('\\') {
-        return Err(invalid("contains a path separator"));
-    }
-    if name.starts_with('.') {
-        return Err(invalid("starts with '.'"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(invalid("contains control characters"));
-    }
-    Ok(())
 }
 
 /// A store in a local directory (0700, files 0600). Writes go through

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use zeroize::Zeroizing;
 
@@ -38,16 +37,9 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 /// an SSH session.
 const RETENTION_EVERY: u64 = 10;
 
-/// The last backup written, as the worker reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LastBackup {
-    pub file: String,
-    pub sequence: u64,
-    pub watermark: String,
-    pub stores: Vec<String>,
-    /// Unix seconds.
-    pub at: u64,
-}
+/// The last backup written, as the worker reports it (the contract's
+/// type: `status` and `backup.now` show it as is).
+pub use palisade_wire::rpc::results::LastBackup;
 
 /// Why a requested backup was not written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

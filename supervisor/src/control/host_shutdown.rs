@@ -12,7 +12,8 @@
 //!    restart a validator its operator asked to take down.
 //!
 //! A wrong, expired, spent or other operator's token changes nothing
-//! (−32004); malformed params get −32602. [`Confirmations`] is pure state
+//! (−32004); malformed params get −32602 (the contract's
+//! `HostShutdownParams`). [`Confirmations`] is pure state
 //! over `tokio::time::Instant`, so its lifecycle is tested with paused time.
 
 use std::ffi::OsString;
@@ -21,7 +22,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use palisade_wire::rpc::{RpcError, code};
-use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::node::process::Reaper;
@@ -36,58 +36,9 @@ const MAX_PENDING: usize = 16;
 /// Bound on the shutdown command; after it the command is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Length of a token: 16 random bytes as lower-case hex.
-const TOKEN_HEX_CHARS: usize = 32;
-
-/// What a `host.shutdown` call asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShutdownParams {
-    /// `{}` (or no params): issue a confirmation token.
-    Request,
-    /// `{"confirm": TOKEN}`: shut down now.
-    Confirm(String),
-}
-
-/// Parse `host.shutdown` params. Anything but `{}`/`null` or
-/// `{"confirm": <32 lower-case hex digits>}` is −32602 naming the field.
-pub fn parse_params(params: &Value) -> Result<ShutdownParams, RpcError> {
-    let invalid = |field: &str, message: String| {
-        let mut error = RpcError::new(code::INVALID_PARAMS, message);
-        error.data = Some(json!({ "field": field }));
-        error
-    };
-    let map = match params {
-        Value::Null => return Ok(ShutdownParams::Request),
-        Value::Object(map) => map,
-        other => {
-            return Err(invalid(
-                "params",
-                format!("params must be {{}} or {{\"confirm\": TOKEN}}, not {other}"),
-            ));
-        }
-    };
-    if let Some(unknown) = map.keys().find(|key| *key != "confirm") {
-        return Err(invalid(unknown, format!("unknown field `{unknown}`")));
-    }
-    match map.get("confirm") {
-        None => Ok(ShutdownParams::Request),
-        Some(Value::String(token))
-            if token.len() == TOKEN_HEX_CHARS
-                && token
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            Ok(ShutdownParams::Confirm(token.clone()))
-        }
-        Some(_) => Err(invalid(
-            "confirm",
-            format!(
-                "confirm must be the {TOKEN_HEX_CHARS}-hex-digit token that host.shutdown {{}} \
-                 returned"
-            ),
-        )),
-    }
-}
+/// Length of a token: 16 random bytes as lower-case hex (the params rule
+/// is `palisade_wire::rpc::params::is_confirmation_token`).
+use palisade_wire::rpc::params::TOKEN_HEX_CHARS;
 
 /// Why a confirmation was refused. Each changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -274,152 +225,6 @@ pub async fn run_shutdown_command(reaper: &Reaper, command: &[String]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn params_table() {
-        let token = "0123456789abcdef0123456789abcdef";
-        // (params, expected: Ok(parsed) or Err((code, field)))
-        /// The parsed params, or the error's code and field.
-        type Expected = Result<ShutdownParams, (i64, &'static str)>;
-        let cases: Vec<(Value, Expected)> = vec![
-            (Value::Null, Ok(ShutdownParams::Request)),
-            (json!({}), Ok(ShutdownParams::Request)),
-            (
-                json!({ "confirm": token }),
-                Ok(ShutdownParams::Confirm(token.into())),
-            ),
-            (json!([]), Err((code::INVALID_PARAMS, "params"))),
-            (json!("now"), Err((code::INVALID_PARAMS, "params"))),
-            (
-                json!({ "confirm": token, "force": true }),
-                Err((code::INVALID_PARAMS, "force")),
-            ),
-            (
-                json!({ "confirm": 42 }),
-                Err((code::INVALID_PARAMS, "confirm")),
-            ),
-            (
-                json!({ "confirm": null }),
-                Err((code::INVALID_PARAMS, "confirm")),
-            ),
-            (
-                json!({ "confirm": "" }),
-                Err((code::INVALID_PARAMS, "confirm")),
-            ),
-            (
-                json!({ "confirm": "0123456789ABCDEF0123456789ABCDEF" }),
-                Err((code::INVALID_PARAMS, "confirm")),
-            ),
-            (
-                json!({ "confirm": &token[1..] }),
-                Err((code::INVALID_PARAMS, "confirm")),
-            ),
-            (
-                json!({ "confirm": format!("{token}0") }),
-                Err((code::INVALID_PARAMS, "confirm")),
-            ),
-        ];
-        for (params, expected) in cases {
-            let parsed = parse_params(&params);
-            match expected {
-                Ok(want) => assert_eq!(parsed.unwrap(), want, "{params}"),
-                Err((want_code, field)) => {
-                    let error = parsed.expect_err(&params.to_string());
-                    assert_eq!(error.code, want_code, "{params}");
-                    assert_eq!(error.data.unwrap()["field"], field, "{params}");
-                }
-            }
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn token_lifecycle() {
-        let confirmations = Confirmations::default();
-        let (token, ttl) = confirmations.issue("alice");
-        assert_eq!(ttl, CONFIRM_TTL);
-        assert_eq!(token.len(), TOKEN_HEX_CHARS);
-        assert!(matches!(
-            parse_params(&json!({ "confirm": token })),
-            Ok(ShutdownParams::Confirm(_))
-        ));
-
-        // A wrong token and another operator change nothing.
-        let wrong = "f".repeat(TOKEN_HEX_CHARS);
-        assert_eq!(
-            confirmations.spend("alice", &wrong).unwrap_err(),
-            ConfirmError::Unknown
-        );
-        assert_eq!(
-            confirmations.spend("bob", &token).unwrap_err(),
-            ConfirmError::OtherOperator
-        );
-        assert_eq!(
-            confirmations.spend("local:root", &token).unwrap_err(),
-            ConfirmError::OtherOperator
-        );
-        // Still valid just before expiry, single use.
-        tokio::time::advance(CONFIRM_TTL - Duration::from_millis(1)).await;
-        let spent = confirmations.spend("alice", &token).unwrap();
-        assert_eq!(
-            confirmations.spend("alice", &token).unwrap_err(),
-            ConfirmError::Unknown
-        );
-        // Put back when the shutdown could not start: usable again, but
-        // only until the original expiry.
-        confirmations.put_back(spent);
-        let spent = confirmations.spend("alice", &token).unwrap();
-        confirmations.put_back(spent);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(
-            confirmations.spend("alice", &token).unwrap_err(),
-            ConfirmError::Expired
-        );
-        assert_eq!(
-            confirmations.spend("alice", &token).unwrap_err(),
-            ConfirmError::Unknown,
-            "an expired token is gone"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_new_token_replaces_the_operators_previous_one_only() {
-        let confirmations = Confirmations::default();
-        let (first, _) = confirmations.issue("alice");
-        let (bobs, _) = confirmations.issue("bob");
-        let (second, _) = confirmations.issue("alice");
-        assert_ne!(first, second);
-        assert_eq!(
-            confirmations.spend("alice", &first).unwrap_err(),
-            ConfirmError::Unknown
-        );
-        // The expiry runs from each token's own issue.
-        tokio::time::advance(Duration::from_secs(30)).await;
-        let (late, _) = confirmations.issue("carol");
-        tokio::time::advance(Duration::from_secs(31)).await;
-        assert_eq!(
-            confirmations.spend("bob", &bobs).unwrap_err(),
-            ConfirmError::Expired
-        );
-        assert_eq!(
-            confirmations.spend("alice", &second).unwrap_err(),
-            ConfirmError::Expired
-        );
-        assert!(confirmations.spend("carol", &late).is_ok());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn outstanding_tokens_are_bounded() {
-        let confirmations = Confirmations::default();
-        let (oldest, _) = confirmations.issue("operator-0");
-        for index in 1..=MAX_PENDING {
-            confirmations.issue(&format!("operator-{index}"));
-        }
-        assert_eq!(confirmations.pending().len(), MAX_PENDING);
-        assert_eq!(
-            confirmations.spend("operator-0", &oldest).unwrap_err(),
-            ConfirmError::Unknown
-        );
-    }
 
     #[test]
     fn refusals_are_wrong_state_errors_that_say_nothing_changed() {

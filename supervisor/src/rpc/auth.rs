@@ -17,7 +17,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use palisade_wire::rpc::{CHALLENGE_BYTES, Role, auth_message};
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::config::OperatorSettings;
@@ -82,14 +81,8 @@ pub enum Challenge {
     Consumed,
 }
 
-/// `auth.login` params.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoginParams {
-    pub operator: String,
-    /// base64 of the 64-byte ed25519 signature.
-    pub signature: String,
-}
+/// `auth.login` params (the contract's type).
+pub use palisade_wire::rpc::params::AuthLoginParams as LoginParams;
 
 /// Why a login failed (for the log; the peer only learns "refused").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use palisade_wire::rpc::methods::{AuthChallenge, AuthLogin, parse_params};
+use palisade_wire::rpc::results::{AuthChallengeResult, AuthLoginResult};
 use palisade_wire::rpc::{
     CHALLENGE_BYTES, MAX_LINE_BYTES, MAX_SECRET_LINE_BYTES, Request, Response, Role, RpcError,
     SECRET_METHODS, code, parse_request, required_role,
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::WRITE_TIMEOUT;
-use super::auth::{Challenge, LoginParams, LoginThrottle, Operators, new_challenge};
+use super::auth::{Challenge, LoginThrottle, Operators, new_challenge};
 use super::dispatcher::{Caller, Dispatcher};
 
 /// Method prefixes reserved for planned features (`docs/rpc.md` §3).
@@ -478,21 +480,9 @@ impl Session<'_> {
     ) -> Next {
         match method {
             "auth.challenge" => {
-                let empty = match &params {
-                    None | Some(Value::Null) => true,
-                    Some(Value::Object(map)) => map.is_empty(),
-                    Some(_) => false,
-                };
-                if !empty {
+                if let Err(error) = parse_params::<AuthChallenge>(params.unwrap_or(Value::Null)) {
                     self.log_call(method, code::INVALID_PARAMS);
-                    return Next::Answer(Response::err(
-                        id,
-                        RpcError {
-                            code: code::INVALID_PARAMS,
-                            message: "auth.challenge takes no params".into(),
-                            data: Some(json!({ "field": "params" })),
-                        },
-                    ));
+                    return Next::Answer(Response::err(id, error));
                 }
                 if self.challenge != Challenge::NotIssued {
                     self.log_call(method, code::WRONG_STATE);
@@ -506,7 +496,9 @@ impl Session<'_> {
                 self.log_call(method, 0);
                 Next::Answer(Response::ok(
                     id,
-                    json!({ "challenge": BASE64.encode(nonce) }),
+                    encode(AuthChallengeResult {
+                        challenge: BASE64.encode(nonce),
+                    }),
                 ))
             }
             _ => self.login(id, params).await,
@@ -514,30 +506,17 @@ impl Session<'_> {
     }
 
     async fn login(&mut self, id: Value, params: Option<Value>) -> Next {
-        let params: LoginParams = match serde_json::from_value(params.unwrap_or(Value::Null)) {
+        let params = match parse_params::<AuthLogin>(params.unwrap_or(Value::Null)) {
             Ok(params) => params,
             Err(error) => {
                 // The challenge is spent: this connection cannot log in.
                 self.challenge = Challenge::Consumed;
-                let message = error.to_string();
-                let field = message
-                    .split('`')
-                    .nth(1)
-                    .filter(|field| matches!(*field, "operator" | "signature"))
-                    .unwrap_or("params");
                 tracing::warn!(
                     validator = %self.shared.validator,
                     code = code::INVALID_PARAMS,
                     "rpc login refused: malformed params; closing"
                 );
-                return Next::Close(Some(Response::err(
-                    id,
-                    RpcError {
-                        code: code::INVALID_PARAMS,
-                        message: format!("auth.login params: {message}"),
-                        data: Some(json!({ "field": field })),
-                    },
-                )));
+                return Next::Close(Some(Response::err(id, error)));
             }
         };
         let claimed: String = params.operator.chars().take(64).collect();
@@ -570,7 +549,10 @@ impl Session<'_> {
                 self.ticket = None;
                 Next::Answer(Response::ok(
                     id,
-                    json!({ "operator": params.operator, "role": role }),
+                    encode(AuthLoginResult {
+                        operator: params.operator,
+                        role,
+                    }),
                 ))
             }
             Err(failure) => {
@@ -593,6 +575,11 @@ impl Session<'_> {
 
 /// The role a trusted local user acts with.
 pub const LOCAL_ROLE: Role = Role::Admin;
+
+/// A result as JSON (the contract's types always serialize).
+fn encode(result: impl serde::Serialize) -> Value {
+    serde_json::to_value(result).unwrap_or(Value::Null)
+}
 
 #[cfg(test)]
 mod tests {

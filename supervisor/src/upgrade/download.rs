@@ -361,51 +361,30 @@ pub fn parse_artifact_url(s: &str) -> Result<ArtifactUrl, DownloadError> {
 }
 
 fn parse_checksum(value: &str, redacted_url: &str) -> Result<Checksum, DownloadError> {
-    let malformed = |reason: String| DownloadError::MalformedChecksum {
-        url: redacted_url.to_owned(),
-        reason,
-    };
-    let Some((algorithm, hex_digest)) = value.split_once(':') else {
-        return Err(malformed(format!(
-            "{value:?} has no algorithm; write sha256:HEX or sha512:HEX"
-        )));
-    };
-    let algorithm = algorithm.trim().to_ascii_lowercase();
-    let expected_len = match algorithm.as_str() {
-        "sha256" => 32,
-        "sha512" => 64,
-        "md5" | "sha1" => {
-            return Err(DownloadError::WeakChecksumAlgorithm {
-                url: redacted_url.to_owned(),
-                algorithm,
-            });
+    use palisade_wire::rpc::params::{ChecksumAlgorithm, ChecksumProblem};
+    let url = redacted_url.to_owned();
+    match palisade_wire::rpc::params::parse_checksum(value) {
+        Ok((ChecksumAlgorithm::Sha256, digest)) => Ok(Checksum::Sha256(
+            digest
+                .try_into()
+                .expect("parse_checksum checked the length"),
+        )),
+        Ok((ChecksumAlgorithm::Sha512, digest)) => Ok(Checksum::Sha512(
+            digest
+                .try_into()
+                .expect("parse_checksum checked the length"),
+        )),
+        Err(ChecksumProblem::Weak { algorithm }) => {
+            Err(DownloadError::WeakChecksumAlgorithm { url, algorithm })
         }
-        "file" => {
-            return Err(DownloadError::UnknownChecksumAlgorithm {
-                url: redacted_url.to_owned(),
-                algorithm: "file (checksum files are not supported)".to_owned(),
-            });
+        Err(ChecksumProblem::Unknown { algorithm }) => {
+            Err(DownloadError::UnknownChecksumAlgorithm { url, algorithm })
         }
-        _ => {
-            return Err(DownloadError::UnknownChecksumAlgorithm {
-                url: redacted_url.to_owned(),
-                algorithm,
-            });
-        }
-    };
-    let digest = hex::decode(hex_digest.trim())
-        .map_err(|error| malformed(format!("{algorithm} digest is not hex: {error}")))?;
-    if digest.len() != expected_len {
-        return Err(malformed(format!(
-            "{algorithm} digest has {} hex digits, expected {}",
-            hex_digest.trim().len(),
-            expected_len * 2
-        )));
+        Err(malformed) => Err(DownloadError::MalformedChecksum {
+            url,
+            reason: malformed.malformed_reason().unwrap_or_default(),
+        }),
     }
-    Ok(match algorithm.as_str() {
-        "sha256" => Checksum::Sha256(digest.try_into().expect("length checked")),
-        _ => Checksum::Sha512(digest.try_into().expect("length checked")),
-    })
 }
 
 /// Parse a checksum given on its own (`sha256:HEX` or `sha512:HEX`, as in

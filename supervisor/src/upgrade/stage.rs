@@ -32,9 +32,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use palisade_wire::rpc::params::{
+    UpgradeAddParams, UpgradeCancelParams, UpgradeSource, check_upgrade_name,
+};
+use palisade_wire::rpc::results::{
+    PlanOnDisk, StagedUpgrade, UpgradeAddResult, UpgradeCancelResult, UpgradeListResult,
+};
 use palisade_wire::rpc::{RpcError, code};
 use palisade_wire::upgrade_record::UpgradeRecord;
-use serde_json::{Map, Value, json};
 
 use crate::config::{Config, UpgradeNameCase};
 use crate::supervision::board::{NodeState, SharedBoard, board};
@@ -45,8 +50,6 @@ use crate::upgrade::download::{
 use crate::upgrade::layout::{Layout, Version, fsync_dir, upgrade_dir_name};
 use crate::upgrade::watch::{FileState, read_plan_file};
 
-/// Longest upgrade name accepted over the RPC, in bytes.
-pub const MAX_NAME_BYTES: usize = 128;
 /// Longest upgrade directory name (after escaping): leaves room for the
 /// staging prefix and suffix within the usual 255-byte file name limit.
 const MAX_DIR_NAME_BYTES: usize = 200;
@@ -84,11 +87,8 @@ pub struct AddRequest {
     pub source: StageSource,
 }
 
-/// `-32602` naming the offending field.
 fn invalid(field: &str, message: impl Into<String>) -> RpcError {
-    let mut error = RpcError::new(code::INVALID_PARAMS, message);
-    error.data = Some(json!({ "field": field }));
-    error
+    RpcError::invalid_params(field, message)
 }
 
 fn wrong_state(message: impl Into<String>) -> RpcError {
@@ -99,36 +99,11 @@ fn internal(message: impl Into<String>) -> RpcError {
     RpcError::new(code::INTERNAL, message)
 }
 
-/// Why an upgrade name given over the RPC is refused, or `None`. Plan
-/// names become directory names, so anything that could leave
-/// `upgrades/`, hide there or confuse a terminal is refused outright
-/// rather than escaped.
-pub fn name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("is empty")
-    } else if name.len() > MAX_NAME_BYTES {
-        Some("is longer than 128 bytes")
-    } else if name == "." || name == ".." {
-        Some("is a relative path component")
-    } else if name.contains('/') || name.contains('\\') {
-        Some("contains a path separator ('/' or '\\')")
-    } else if name.chars().any(char::is_control) {
-        Some("contains a control character")
-    } else if name.starts_with('.') {
-        Some("starts with '.' (hidden and reserved names)")
-    } else if name.trim() != name {
-        Some("starts or ends with whitespace")
-    } else {
-        None
-    }
-}
-
 /// The `upgrades/` directory name for `name`, as the supervision loop maps
-/// a plan of that name (recasing, then Go's path escaping).
+/// a plan of that name (recasing, then Go's path escaping). The name rule
+/// is the contract's (`check_upgrade_name`); the escaped length is ours.
 pub fn stage_dir_name(name: &str, case: UpgradeNameCase) -> Result<String, RpcError> {
-    if let Some(problem) = name_problem(name) {
-        return Err(invalid("name", format!("upgrade name {name:?} {problem}")));
-    }
+    check_upgrade_name(name)?;
     let dir = upgrade_dir_name(name, case).map_err(|error| invalid("name", error.to_string()))?;
     if dir.len() > MAX_DIR_NAME_BYTES {
         return Err(invalid(
@@ -139,94 +114,23 @@ pub fn stage_dir_name(name: &str, case: UpgradeNameCase) -> Result<String, RpcEr
     Ok(dir)
 }
 
-/// The params object, or `-32602`.
-fn object<'a>(params: &'a Value, shape: &str) -> Result<&'a Map<String, Value>, RpcError> {
-    match params {
-        Value::Object(map) => Ok(map),
-        Value::Null => Err(invalid("name", format!("params must be {shape}"))),
-        other => Err(invalid(
-            "params",
-            format!("params must be {shape}, not {other}"),
-        )),
-    }
-}
-
-fn refuse_unknown(map: &Map<String, Value>, known: &[&str]) -> Result<(), RpcError> {
-    match map.keys().find(|key| !known.contains(&key.as_str())) {
-        Some(unknown) => Err(invalid(
-            unknown,
-            format!(
-                "unknown field `{unknown}` (expected {})",
-                known
-                    .iter()
-                    .map(|key| format!("`{key}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
-        None => Ok(()),
-    }
-}
-
-fn string_field<'a>(map: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, RpcError> {
-    match map.get(field) {
-        None => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text)),
-        Some(other) => Err(invalid(
-            field,
-            format!("`{field}` must be a string, not {other}"),
-        )),
-    }
-}
-
-fn required_name(map: &Map<String, Value>) -> Result<String, RpcError> {
-    let name = string_field(map, "name")?
-        .ok_or_else(|| invalid("name", "`name` is required: the upgrade's on-chain name"))?;
-    if let Some(problem) = name_problem(name) {
-        return Err(invalid("name", format!("upgrade name {name:?} {problem}")));
-    }
-    Ok(name.to_owned())
-}
-
-const ADD_SHAPE: &str = r#"{"name","url","checksum"} or {"name","path"[,"checksum"]}"#;
-
-/// Validate `upgrade.add` params: exactly `{"name","url","checksum"}` (the
-/// checksum `sha256:HEX` or `sha512:HEX`, required) or
-/// `{"name","path"}` with an optional `checksum`; the path absolute.
-pub fn parse_add_params(params: &Value) -> Result<AddRequest, RpcError> {
-    let map = object(params, ADD_SHAPE)?;
-    refuse_unknown(map, &["name", "url", "checksum", "path"])?;
-    let name = required_name(map)?;
-    let url = string_field(map, "url")?;
-    let path = string_field(map, "path")?;
-    let checksum = string_field(map, "checksum")?
-        .map(|text| {
-            parse_checksum_value(text.trim(), "the checksum field")
-                .map_err(|error| invalid("checksum", error.to_string()))
-        })
-        .transpose()?;
-    let source = match (url, path) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "path",
-                "give either `url` (with `checksum`) or `path`, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(invalid(
-                "url",
-                format!("a binary source is required: {ADD_SHAPE}"),
-            ));
-        }
-        (Some(url), None) => {
+/// What the supervisor makes of validated `upgrade.add` params: the URL
+/// parsed by the download rules (which redact tokens in every message)
+/// and the checksum decoded; a URL's own `?checksum=` must agree with
+/// `checksum`.
+pub fn add_request(params: UpgradeAddParams) -> Result<AddRequest, RpcError> {
+    let checksum = |text: &str| {
+        parse_checksum_value(text.trim(), "the checksum field")
+            .map_err(|error| invalid("checksum", error.to_string()))
+    };
+    let source = match params.source() {
+        Some(UpgradeSource::Url {
+            url,
+            checksum: text,
+        }) => {
             let mut parsed =
                 parse_artifact_url(url).map_err(|error| invalid("url", error.to_string()))?;
-            let Some(checksum) = checksum else {
-                return Err(invalid(
-                    "checksum",
-                    "`checksum` (sha256:HEX or sha512:HEX) is required with `url`",
-                ));
-            };
+            let checksum = checksum(text)?;
             if let Some(in_url) = &parsed.checksum
                 && *in_url != checksum
             {
@@ -238,49 +142,29 @@ pub fn parse_add_params(params: &Value) -> Result<AddRequest, RpcError> {
             parsed.checksum = Some(checksum);
             StageSource::Url(parsed)
         }
-        (None, Some(path)) => {
-            if path.is_empty() || path.contains('\0') {
-                return Err(invalid("path", "`path` is empty or contains NUL"));
-            }
-            let path = PathBuf::from(path);
-            if !path.is_absolute() {
-                return Err(invalid(
-                    "path",
-                    format!(
-                        "`path` must be absolute (a file on the validator host), not {}",
-                        path.display()
-                    ),
-                ));
-            }
-            StageSource::Path { path, checksum }
+        Some(UpgradeSource::Path {
+            path,
+            checksum: text,
+        }) => StageSource::Path {
+            path: PathBuf::from(path),
+            checksum: text.map(checksum).transpose()?,
+        },
+        // `parse_params` validated the shape; this is unreachable from the
+        // RPC, and still an answer rather than a panic.
+        None => {
+            return Err(invalid(
+                "url",
+                format!(
+                    "a binary source is required: {}",
+                    palisade_wire::rpc::params::UPGRADE_ADD_SHAPE
+                ),
+            ));
         }
     };
-    Ok(AddRequest { name, source })
-}
-
-/// Validate `upgrade.cancel` params: exactly `{"name"}`.
-pub fn parse_cancel_params(params: &Value) -> Result<String, RpcError> {
-    let map = object(params, r#"{"name"}"#)?;
-    refuse_unknown(map, &["name"])?;
-    required_name(map)
-}
-
-/// `upgrade.list` takes no params (`null` or `{}`).
-pub fn parse_list_params(params: &Value) -> Result<(), RpcError> {
-    match params {
-        Value::Null => Ok(()),
-        Value::Object(map) => match map.keys().next() {
-            None => Ok(()),
-            Some(unknown) => Err(invalid(
-                unknown,
-                format!("unknown field `{unknown}`: upgrade.list takes no params"),
-            )),
-        },
-        other => Err(invalid(
-            "params",
-            format!("upgrade.list takes no params, not {other}"),
-        )),
-    }
+    Ok(AddRequest {
+        name: params.name,
+        source,
+    })
 }
 
 /// Marks an upgrade name as being written; released on drop.
@@ -375,8 +259,8 @@ impl UpgradeStager {
     }
 
     /// `upgrade.add`: stage a binary, answering once it is installed.
-    pub async fn add(&self, params: &Value) -> Result<Value, RpcError> {
-        let request = parse_add_params(params)?;
+    pub async fn add(&self, params: UpgradeAddParams) -> Result<UpgradeAddResult, RpcError> {
+        let request = add_request(params)?;
         let name = request.name.as_str();
         let dir = stage_dir_name(name, self.recase)?;
         let _slot = self.claim(name, &dir)?;
@@ -461,14 +345,14 @@ impl UpgradeStager {
             }
         };
         tracing::info!(upgrade = %name, path = %binary.display(), %sha256, size, %source, "upgrade binary staged");
-        Ok(json!({
-            "name": name,
-            "dir": dir,
-            "path": binary,
-            "sha256": sha256,
-            "size": size,
-            "source": source,
-        }))
+        Ok(UpgradeAddResult {
+            name: name.to_owned(),
+            dir,
+            path: binary.display().to_string(),
+            sha256,
+            size,
+            source,
+        })
     }
 
     /// Whether `current` resolves to `dir` (any spelling of the link).
@@ -483,8 +367,11 @@ impl UpgradeStager {
     }
 
     /// `upgrade.cancel`: remove a staged upgrade.
-    pub async fn cancel(&self, params: &Value) -> Result<Value, RpcError> {
-        let name = parse_cancel_params(params)?;
+    pub async fn cancel(
+        &self,
+        params: UpgradeCancelParams,
+    ) -> Result<UpgradeCancelResult, RpcError> {
+        let name = params.name;
         let dir = stage_dir_name(&name, self.recase)?;
         let _slot = self.claim(&name, &dir)?;
         let upgrades_dir = self.layout.upgrades_dir();
@@ -546,16 +433,18 @@ impl UpgradeStager {
             let aside = aside.clone();
             tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&aside)).await
         };
-        let mut result = json!({
-            "name": name,
-            "dir": dir,
-            "removed": upgrade_dir,
-        });
+        let mut result = UpgradeCancelResult {
+            name: name.clone(),
+            dir: dir.clone(),
+            removed: upgrade_dir.display().to_string(),
+            note: None,
+            warning: None,
+        };
         match removal {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::warn!(path = %aside.display(), %error, "cannot delete a cancelled upgrade; it is removed at the next start");
-                result["note"] = json!(format!(
+                result.note = Some(format!(
                     "no longer staged, but {} could not be deleted ({error}); it is removed at the next start",
                     aside.display()
                 ));
@@ -567,7 +456,7 @@ impl UpgradeStager {
         if let FileState::Plan(plan) = read_plan_file(&self.upgrade_info_path)
             && upgrade_dir_name(&plan.name, self.recase).ok().as_deref() == Some(dir.as_str())
         {
-            result["warning"] = json!(format!(
+            result.warning = Some(format!(
                 "data/upgrade-info.json plans upgrade {} at height {}: stage its binary again \
                  before then, or the node halts there (unless DAEMON_ALLOW_DOWNLOAD_BINARIES \
                  lets it download one)",
@@ -580,8 +469,7 @@ impl UpgradeStager {
     }
 
     /// `upgrade.list`: staged upgrades, the plan on disk, the record.
-    pub async fn list(&self, params: &Value) -> Result<Value, RpcError> {
-        parse_list_params(params)?;
+    pub async fn list(&self) -> Result<UpgradeListResult, RpcError> {
         let (node, upgrading, scheduled) = {
             let board = board(&self.board);
             (
@@ -604,9 +492,9 @@ impl UpgradeStager {
         })
         .await
         .map_err(|error| internal(format!("listing task failed: {error}")))?;
-        listing["in_progress"] = json!(in_progress);
-        listing["scheduled"] = json!(scheduled);
-        listing["staging"] = json!(staging);
+        listing.in_progress = in_progress;
+        listing.scheduled = scheduled;
+        listing.staging = staging;
         trim_to_fit(&mut listing);
         Ok(listing)
     }
@@ -667,19 +555,15 @@ fn cached_sha256(path: &Path, cache: &DigestCache) -> std::io::Result<String> {
     Ok(digest)
 }
 
-/// The blocking part of `upgrade.list`.
+/// The blocking part of `upgrade.list`; `staging`, `in_progress` and
+/// `scheduled` are the caller's.
 fn scan(
     layout: &Layout,
     recase: UpgradeNameCase,
     upgrade_info_path: &Path,
     digests: &DigestCache,
-) -> Value {
+) -> UpgradeListResult {
     let current = layout.current_version().ok();
-    let mut result = Map::new();
-    result.insert(
-        "current".into(),
-        json!(current.as_ref().map(Version::to_string)),
-    );
 
     // Staged upgrades: every visible directory under upgrades/.
     let mut names: Vec<String> = match std::fs::read_dir(layout.upgrades_dir()) {
@@ -693,18 +577,20 @@ fn scan(
     names.sort();
     let total = names.len();
     let mut seen = HashSet::new();
-    let staged: Vec<Value> = names
+    let staged: Vec<StagedUpgrade> = names
         .into_iter()
         .take(MAX_LISTED_STAGED)
         .map(|name| {
             let version = Version::Upgrade(name.clone());
             let path = layout.binary(&version);
-            let is_current = current.as_ref() == Some(&version);
-            let mut entry = json!({
-                "name": name,
-                "path": path,
-                "current": is_current,
-            });
+            let mut entry = StagedUpgrade {
+                name,
+                path: path.display().to_string(),
+                current: current.as_ref() == Some(&version),
+                sha256: None,
+                size: None,
+                error: None,
+            };
             let usable = layout.check_binary(&version);
             match usable.map_err(|error| error.to_string()).and_then(|path| {
                 let size = std::fs::metadata(&path)
@@ -714,58 +600,61 @@ fn scan(
                 Ok((digest, size))
             }) {
                 Ok((digest, size)) => {
-                    entry["sha256"] = json!(digest);
-                    entry["size"] = json!(size);
+                    entry.sha256 = Some(digest);
+                    entry.size = Some(size);
                     seen.insert(path);
                 }
-                Err(error) => entry["error"] = json!(error),
+                Err(error) => entry.error = Some(error),
             }
             entry
         })
         .collect();
     lock(digests).retain(|path, _| seen.contains(path));
-    result.insert("staged".into(), Value::Array(staged));
-    if total > MAX_LISTED_STAGED {
-        result.insert("staged_not_listed".into(), json!(total - MAX_LISTED_STAGED));
-    }
 
     // The plan the node wrote, and whether it can be carried out as is.
-    let plan = match read_plan_file(upgrade_info_path) {
-        FileState::Absent => Value::Null,
-        FileState::Plan(plan) => match upgrade_dir_name(&plan.name, recase) {
+    let plan_on_disk = match read_plan_file(upgrade_info_path) {
+        FileState::Absent => None,
+        FileState::Plan(plan) => Some(match upgrade_dir_name(&plan.name, recase) {
             Ok(dir) => {
                 let version = Version::Upgrade(dir.clone());
-                json!({
-                    "name": plan.name,
-                    "height": plan.height,
-                    "dir": dir,
-                    "staged": layout.check_binary(&version).is_ok(),
-                    "applied": current.as_ref() == Some(&version),
-                })
+                PlanOnDisk::Usable {
+                    staged: layout.check_binary(&version).is_ok(),
+                    applied: current.as_ref() == Some(&version),
+                    name: plan.name,
+                    height: plan.height,
+                    dir,
+                }
             }
-            Err(error) => json!({
-                "name": plan.name,
-                "height": plan.height,
-                "error": error.to_string(),
-            }),
-        },
-        FileState::Incomplete => json!({ "error": "incomplete (still being written?)" }),
-        FileState::Invalid(reason) => json!({ "error": reason }),
+            Err(error) => PlanOnDisk::BadName {
+                name: plan.name,
+                height: plan.height,
+                error: error.to_string(),
+            },
+        }),
+        FileState::Incomplete => Some(PlanOnDisk::Unreadable {
+            error: "incomplete (still being written?)".into(),
+        }),
+        FileState::Invalid(reason) => Some(PlanOnDisk::Unreadable { error: reason }),
     };
-    result.insert("plan_on_disk".into(), plan);
 
     let (records, skipped) = recent_records(&layout.root().join(RECORD_FILE), MAX_LISTED_RECORDS);
-    result.insert("records".into(), Value::Array(records));
-    if skipped > 0 {
-        result.insert("records_unreadable_lines".into(), json!(skipped));
+    UpgradeListResult {
+        current: current.as_ref().map(Version::to_string),
+        staged,
+        staged_not_listed: (total > MAX_LISTED_STAGED).then(|| (total - MAX_LISTED_STAGED) as u64),
+        staging: Vec::new(),
+        plan_on_disk,
+        in_progress: None,
+        scheduled: None,
+        records,
+        records_unreadable_lines: (skipped > 0).then_some(skipped as u64),
     }
-    Value::Object(result)
 }
 
 /// The newest `max` records (oldest first) from the last
 /// [`RECORD_TAIL_BYTES`] of the record file, and how many lines there did
 /// not parse. A missing file has no records.
-pub fn recent_records(path: &Path, max: usize) -> (Vec<Value>, usize) {
+pub fn recent_records(path: &Path, max: usize) -> (Vec<UpgradeRecord>, usize) {
     let Ok(mut file) = std::fs::File::open(path) else {
         return (Vec::new(), 0);
     };
@@ -800,29 +689,57 @@ pub fn recent_records(path: &Path, max: usize) -> (Vec<Value>, usize) {
         }
     }
     let keep = records.len().saturating_sub(max);
-    let records = records
-        .into_iter()
-        .skip(keep)
-        .filter_map(|record| serde_json::to_value(record).ok())
-        .collect();
-    (records, skipped)
+    (records.into_iter().skip(keep).collect(), skipped)
 }
 
 /// Drop the oldest records until the answer fits in one RPC line.
-fn trim_to_fit(listing: &mut Value) {
-    while listing.to_string().len() > MAX_LIST_BYTES {
-        match listing["records"].as_array_mut() {
-            Some(records) if !records.is_empty() => {
-                records.remove(0);
-            }
-            _ => break,
-        }
+fn trim_to_fit(listing: &mut UpgradeListResult) {
+    let size = |listing: &UpgradeListResult| {
+        serde_json::to_string(listing).map_or(usize::MAX, |text| text.len())
+    };
+    while size(listing) > MAX_LIST_BYTES && !listing.records.is_empty() {
+        listing.records.remove(0);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use palisade_wire::rpc::methods::{UpgradeAdd, UpgradeCancel, UpgradeList, parse_params};
+    use palisade_wire::rpc::params::MAX_UPGRADE_NAME_BYTES as MAX_NAME_BYTES;
+    use serde_json::{Value, json};
+
     use super::*;
+
+    /// What `upgrade.add` makes of `params`: the contract's parse, then ours.
+    fn parse_add_params(params: &Value) -> Result<AddRequest, RpcError> {
+        parse_params::<UpgradeAdd>(params.clone()).and_then(add_request)
+    }
+
+    fn parse_cancel_params(params: &Value) -> Result<String, RpcError> {
+        parse_params::<UpgradeCancel>(params.clone()).map(|params| params.name)
+    }
+
+    fn parse_list_params(params: &Value) -> Result<(), RpcError> {
+        parse_params::<UpgradeList>(params.clone()).map(drop)
+    }
+
+    /// The three methods as the RPC calls them: JSON params in, JSON out.
+    impl UpgradeStager {
+        async fn add_json(&self, params: &Value) -> Result<Value, RpcError> {
+            let params = parse_params::<UpgradeAdd>(params.clone())?;
+            Ok(serde_json::to_value(self.add(params).await?).unwrap())
+        }
+
+        async fn cancel_json(&self, params: &Value) -> Result<Value, RpcError> {
+            let params = parse_params::<UpgradeCancel>(params.clone())?;
+            Ok(serde_json::to_value(self.cancel(params).await?).unwrap())
+        }
+
+        async fn list_json(&self, params: &Value) -> Result<Value, RpcError> {
+            parse_list_params(params)?;
+            Ok(serde_json::to_value(self.list().await?).unwrap())
+        }
+    }
 
     const SHA256: &str = "aec070645fe53ee3b3763059376134f058cc337247c978add178b6ccdfb0019f";
 
@@ -909,13 +826,13 @@ mod tests {
                 json!({"name": "v2", "path": "/opt/gaiad", "checksum": good_checksum}),
                 Ok("path sha256"),
             ),
-            (Value::Null, Err(("name", "params must be"))),
+            (Value::Null, Err(("name", "missing field `name`"))),
             (json!([1]), Err(("params", "params must be"))),
             (json!("v2"), Err(("params", "params must be"))),
-            (json!({}), Err(("name", "`name` is required"))),
+            (json!({}), Err(("name", "missing field `name`"))),
             (
                 json!({"url": url, "checksum": good_checksum}),
-                Err(("name", "`name` is required")),
+                Err(("name", "missing field `name`")),
             ),
             (
                 json!({"name": 2, "path": "/x"}),
@@ -1061,8 +978,8 @@ mod tests {
         let cases: Vec<(Value, Expected)> = vec![
             (json!({"name": "v2"}), Ok("v2")),
             (json!({"name": "V2"}), Ok("V2")),
-            (Value::Null, Err(("name", "params must be"))),
-            (json!({}), Err(("name", "is required"))),
+            (Value::Null, Err(("name", "missing field `name`"))),
+            (json!({}), Err(("name", "missing field `name`"))),
             (
                 json!({"name": "v2", "force": true}),
                 Err(("force", "unknown field")),
@@ -1119,6 +1036,10 @@ mod tests {
         }
         std::fs::write(&path, &text).unwrap();
         let (records, skipped) = recent_records(&path, 10);
+        let records: Vec<Value> = records
+            .iter()
+            .map(|record| serde_json::to_value(record).unwrap())
+            .collect();
         let names: Vec<&str> = records
             .iter()
             .map(|r| r["name"].as_str().unwrap())
@@ -1147,21 +1068,33 @@ mod tests {
             "the cut line at the start is not counted as bad"
         );
         assert_eq!(records.len(), 3);
-        assert_eq!(records[2]["name"], "last");
+        assert_eq!(records[2].name, "last");
     }
 
     #[test]
     fn listing_is_trimmed_to_one_line() {
         let big = "x".repeat(20_000);
-        let mut listing = json!({
-            "staged": [],
-            "records": [{"a": big}, {"b": big}, {"c": big}, {"d": big}],
-        });
+        let record = |name: &str| {
+            serde_json::from_str::<UpgradeRecord>(&record_line(&format!("{name}{big}"))).unwrap()
+        };
+        let mut listing = UpgradeListResult {
+            current: None,
+            staged: Vec::new(),
+            staged_not_listed: None,
+            staging: Vec::new(),
+            plan_on_disk: None,
+            in_progress: None,
+            scheduled: None,
+            records: vec![record("a"), record("b"), record("c"), record("d")],
+            records_unreadable_lines: None,
+        };
         trim_to_fit(&mut listing);
-        assert!(listing.to_string().len() <= MAX_LIST_BYTES);
-        let records = listing["records"].as_array().unwrap();
-        assert_eq!(records.len(), 2);
-        assert!(records[1].get("d").is_some(), "the newest are kept");
+        assert!(serde_json::to_string(&listing).unwrap().len() <= MAX_LIST_BYTES);
+        assert_eq!(listing.records.len(), 2);
+        assert!(
+            listing.records[1].name.starts_with('d'),
+            "the newest are kept"
+        );
     }
 
     struct Home {
@@ -1226,7 +1159,7 @@ mod tests {
         write_executable(&source, contents);
         let result = home
             .stager
-            .add(&json!({"name": "V2", "path": source, "checksum": format!("sha256:{}", sha256_hex(contents))}))
+            .add_json(&json!({"name": "V2", "path": source, "checksum": format!("sha256:{}", sha256_hex(contents))}))
             .await
             .unwrap();
         assert_eq!(result["name"], "V2");
@@ -1242,7 +1175,7 @@ mod tests {
         // Staged already: refused, whatever the source.
         let again = home
             .stager
-            .add(&json!({"name": "v2", "path": source}))
+            .add_json(&json!({"name": "v2", "path": source}))
             .await
             .unwrap_err();
         assert_eq!(again.code, code::WRONG_STATE);
@@ -1254,7 +1187,7 @@ mod tests {
             r#"{"name":"V2","height":40,"info":""}"#,
         )
         .unwrap();
-        let listing = home.stager.list(&Value::Null).await.unwrap();
+        let listing = home.stager.list_json(&Value::Null).await.unwrap();
         assert_eq!(listing["current"], "genesis");
         assert_eq!(listing["staged"][0]["name"], "v2", "{listing}");
         assert_eq!(listing["staged"][0]["sha256"], sha256_hex(contents));
@@ -1274,17 +1207,21 @@ mod tests {
         }
         let busy = home
             .stager
-            .cancel(&json!({"name": "v2"}))
+            .cancel_json(&json!({"name": "v2"}))
             .await
             .unwrap_err();
         assert_eq!(busy.code, code::WRONG_STATE);
         assert!(busy.message.contains("in progress"), "{busy:?}");
         assert!(binary.exists());
-        let listing = home.stager.list(&json!({})).await.unwrap();
+        let listing = home.stager.list_json(&json!({})).await.unwrap();
         assert_eq!(listing["in_progress"], "upgrades/v2");
         board(&home.board).node = NodeState::Halted;
 
-        let cancelled = home.stager.cancel(&json!({"name": "V2"})).await.unwrap();
+        let cancelled = home
+            .stager
+            .cancel_json(&json!({"name": "V2"}))
+            .await
+            .unwrap();
         assert_eq!(cancelled["dir"], "v2");
         assert!(
             cancelled["warning"].as_str().unwrap().contains("height 40"),
@@ -1295,13 +1232,13 @@ mod tests {
             "{:?}",
             upgrades_entries(&home)
         );
-        let listing = home.stager.list(&Value::Null).await.unwrap();
+        let listing = home.stager.list_json(&Value::Null).await.unwrap();
         assert_eq!(listing["staged"], json!([]));
         assert_eq!(listing["plan_on_disk"]["staged"], false);
 
         let missing = home
             .stager
-            .cancel(&json!({"name": "v2"}))
+            .cancel_json(&json!({"name": "v2"}))
             .await
             .unwrap_err();
         assert_eq!(missing.code, code::WRONG_STATE);
@@ -1314,7 +1251,7 @@ mod tests {
         let source = home.dir.path().join("gaiad-v3");
         write_executable(&source, b"#!/bin/sh\n");
         home.stager
-            .add(&json!({"name": "v3", "path": source}))
+            .add_json(&json!({"name": "v3", "path": source}))
             .await
             .unwrap();
         home.layout
@@ -1322,7 +1259,7 @@ mod tests {
             .unwrap();
         let refused = home
             .stager
-            .cancel(&json!({"name": "v3"}))
+            .cancel_json(&json!({"name": "v3"}))
             .await
             .unwrap_err();
         assert_eq!(refused.code, code::WRONG_STATE);
@@ -1332,7 +1269,7 @@ mod tests {
         );
         let replaced = home
             .stager
-            .add(&json!({"name": "v3", "path": source}))
+            .add_json(&json!({"name": "v3", "path": source}))
             .await
             .unwrap_err();
         assert_eq!(replaced.code, code::WRONG_STATE);
@@ -1345,7 +1282,7 @@ mod tests {
                 .check_binary(&Version::Upgrade("v3".into()))
                 .is_ok()
         );
-        let listing = home.stager.list(&Value::Null).await.unwrap();
+        let listing = home.stager.list_json(&Value::Null).await.unwrap();
         assert_eq!(listing["current"], "upgrades/v3");
         assert_eq!(listing["staged"][0]["current"], true);
 
@@ -1358,7 +1295,7 @@ mod tests {
         .unwrap();
         let refused = home
             .stager
-            .cancel(&json!({"name": "v3"}))
+            .cancel_json(&json!({"name": "v3"}))
             .await
             .unwrap_err();
         assert!(
@@ -1418,7 +1355,7 @@ mod tests {
             ),
         ];
         for (params, field, fragment) in cases {
-            let error = home.stager.add(&params).await.unwrap_err();
+            let error = home.stager.add_json(&params).await.unwrap_err();
             assert_eq!(error.code, code::INVALID_PARAMS, "{params}: {error:?}");
             assert_eq!(
                 error.data,
@@ -1444,7 +1381,7 @@ mod tests {
         // A symlink to an executable is followed; the file is copied.
         let result = home
             .stager
-            .add(&json!({"name": "v2", "path": link}))
+            .add_json(&json!({"name": "v2", "path": link}))
             .await
             .unwrap();
         let binary = home.layout.binary(&Version::Upgrade("v2".into()));
@@ -1465,30 +1402,30 @@ mod tests {
         let slot = home.stager.claim("v2", "v2").unwrap();
         for result in [
             home.stager
-                .add(&json!({"name": "v2", "path": source}))
+                .add_json(&json!({"name": "v2", "path": source}))
                 .await,
             home.stager
-                .add(&json!({"name": "V2", "path": source}))
+                .add_json(&json!({"name": "V2", "path": source}))
                 .await,
-            home.stager.cancel(&json!({"name": "v2"})).await,
+            home.stager.cancel_json(&json!({"name": "v2"})).await,
         ] {
             let error = result.unwrap_err();
             assert_eq!(error.code, code::WRONG_STATE);
             assert!(error.message.contains("is running"), "{error:?}");
         }
-        let listing = home.stager.list(&Value::Null).await.unwrap();
+        let listing = home.stager.list_json(&Value::Null).await.unwrap();
         assert_eq!(listing["staging"], json!(["v2"]));
         // Other names are not blocked.
         home.stager
-            .add(&json!({"name": "v3", "path": source}))
+            .add_json(&json!({"name": "v3", "path": source}))
             .await
             .unwrap();
         drop(slot);
         home.stager
-            .add(&json!({"name": "v2", "path": source}))
+            .add_json(&json!({"name": "v2", "path": source}))
             .await
             .unwrap();
-        let listing = home.stager.list(&Value::Null).await.unwrap();
+        let listing = home.stager.list_json(&Value::Null).await.unwrap();
         assert_eq!(listing["staging"], json!([]));
         let names: Vec<&str> = listing["staged"]
             .as_array()
@@ -1503,7 +1440,7 @@ mod tests {
     async fn unusable_upgrade_dirs_are_listed_with_the_reason_and_can_be_cancelled() {
         let home = home();
         std::fs::create_dir_all(home.layout.upgrades_dir().join("broken/bin")).unwrap();
-        let listing = home.stager.list(&Value::Null).await.unwrap();
+        let listing = home.stager.list_json(&Value::Null).await.unwrap();
         assert_eq!(listing["staged"][0]["name"], "broken");
         assert!(
             listing["staged"][0]["error"]
@@ -1514,7 +1451,7 @@ mod tests {
         );
         assert!(listing["staged"][0].get("sha256").is_none());
         home.stager
-            .cancel(&json!({"name": "broken"}))
+            .cancel_json(&json!({"name": "broken"}))
             .await
             .unwrap();
         assert!(upgrades_entries(&home).is_empty());

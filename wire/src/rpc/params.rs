@@ -282,67 +282,163 @@ pub fn check_upgrade_name(name: &str) -> Result<(), RpcError> {
 
 // ------------------------------------------------------------ checksums
 
-/// Why `text` is not a usable download checksum (`sha256:HEX` or
-/// `sha512:HEX`, the algorithm in any case, blanks around the parts
-/// ignored), or `None`. md5 and sha1 are refused as broken. The messages
-/// are the supervisor's for a checksum given on its own (`upgrade.add`).
-pub fn checksum_problem(text: &str) -> Option<String> {
-    const WHERE: &str = "the checksum field";
-    let value = text.trim();
-    let Some((algorithm, digest)) = value.split_once(':') else {
-        return Some(format!(
-            "malformed checksum in {WHERE}: {value:?} has no algorithm; write sha256:HEX or \
-             sha512:HEX"
-        ));
-    };
-    let algorithm = algorithm.trim().to_ascii_lowercase();
-    let digest_bytes = match algorithm.as_str() {
-        "sha256" => 32,
-        "sha512" => 64,
-        "md5" | "sha1" => {
-            return Some(format!(
-                "checksum algorithm {algorithm} in {WHERE} is refused as cryptographically \
-                 broken; use sha256 or sha512"
-            ));
-        }
-        "file" => {
-            return Some(format!(
-                "unknown checksum algorithm {:?} in {WHERE}; use sha256 or sha512",
-                "file (checksum files are not supported)"
-            ));
-        }
-        _ => {
-            return Some(format!(
-                "unknown checksum algorithm {algorithm:?} in {WHERE}; use sha256 or sha512"
-            ));
-        }
-    };
-    let digest = digest.trim();
-    if let Some(problem) = hex_problem(digest) {
-        return Some(format!(
-            "malformed checksum in {WHERE}: {algorithm} digest is not hex: {problem}"
-        ));
-    }
-    if digest.len() != digest_bytes * 2 {
-        return Some(format!(
-            "malformed checksum in {WHERE}: {algorithm} digest has {} hex digits, expected {}",
-            digest.len(),
-            digest_bytes * 2
-        ));
-    }
-    None
+/// A checksum's algorithm: the two Palisade accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumAlgorithm {
+    Sha256,
+    Sha512,
 }
 
-/// Why `text` does not decode as hex, worded as the `hex` crate (which
-/// the supervisor decodes with) words it.
-fn hex_problem(text: &str) -> Option<String> {
-    if !text.len().is_multiple_of(2) {
-        return Some("Odd number of digits".into());
+impl ChecksumAlgorithm {
+    /// Its name as written before the `:`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChecksumAlgorithm::Sha256 => "sha256",
+            ChecksumAlgorithm::Sha512 => "sha512",
+        }
     }
-    text.bytes()
+
+    /// The digest's length in bytes.
+    pub fn digest_bytes(self) -> usize {
+        match self {
+            ChecksumAlgorithm::Sha256 => 32,
+            ChecksumAlgorithm::Sha512 => 64,
+        }
+    }
+}
+
+/// Why a checksum (`sha256:HEX` or `sha512:HEX`) is not usable: the one
+/// rule, for `upgrade.add`'s `checksum` and for the supervisor's download
+/// checksums (a URL's `?checksum=`, a plan's `binaries`), which words each
+/// case with where the checksum came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChecksumProblem {
+    /// No `algorithm:` prefix.
+    NoAlgorithm { value: String },
+    /// md5 or sha1: refused as cryptographically broken.
+    Weak { algorithm: String },
+    /// Anything else that is not sha256 or sha512 (`file:` checksum files
+    /// among them).
+    Unknown { algorithm: String },
+    /// The digest is not hex (the reason as the `hex` crate words it).
+    NotHex {
+        algorithm: ChecksumAlgorithm,
+        reason: String,
+    },
+    /// The digest has the wrong length.
+    WrongLength {
+        algorithm: ChecksumAlgorithm,
+        hex_digits: usize,
+    },
+}
+
+impl ChecksumProblem {
+    /// The malformed cases' reason, without where the checksum came from
+    /// (the weak and unknown algorithms are worded by the caller).
+    pub fn malformed_reason(&self) -> Option<String> {
+        match self {
+            ChecksumProblem::NoAlgorithm { value } => Some(format!(
+                "{value:?} has no algorithm; write sha256:HEX or sha512:HEX"
+            )),
+            ChecksumProblem::NotHex { algorithm, reason } => {
+                Some(format!("{} digest is not hex: {reason}", algorithm.name()))
+            }
+            ChecksumProblem::WrongLength {
+                algorithm,
+                hex_digits,
+            } => Some(format!(
+                "{} digest has {hex_digits} hex digits, expected {}",
+                algorithm.name(),
+                algorithm.digest_bytes() * 2
+            )),
+            ChecksumProblem::Weak { .. } | ChecksumProblem::Unknown { .. } => None,
+        }
+    }
+
+    /// The whole message, for a checksum found in `place` (e.g. "the
+    /// checksum field").
+    pub fn message(&self, place: &str) -> String {
+        match self {
+            ChecksumProblem::Weak { algorithm } => format!(
+                "checksum algorithm {algorithm} in {place} is refused as cryptographically \
+                 broken; use sha256 or sha512"
+            ),
+            ChecksumProblem::Unknown { algorithm } => {
+                format!("unknown checksum algorithm {algorithm:?} in {place}; use sha256 or sha512")
+            }
+            malformed => format!(
+                "malformed checksum in {place}: {}",
+                malformed.malformed_reason().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// Parse `sha256:HEX` or `sha512:HEX` (the algorithm in any case, blanks
+/// around the parts ignored) into its algorithm and digest bytes.
+pub fn parse_checksum(text: &str) -> Result<(ChecksumAlgorithm, Vec<u8>), ChecksumProblem> {
+    let value = text.trim();
+    let Some((algorithm, digest)) = value.split_once(':') else {
+        return Err(ChecksumProblem::NoAlgorithm {
+            value: value.to_owned(),
+        });
+    };
+    let name = algorithm.trim().to_ascii_lowercase();
+    let algorithm = match name.as_str() {
+        "sha256" => ChecksumAlgorithm::Sha256,
+        "sha512" => ChecksumAlgorithm::Sha512,
+        "md5" | "sha1" => return Err(ChecksumProblem::Weak { algorithm: name }),
+        "file" => {
+            return Err(ChecksumProblem::Unknown {
+                algorithm: "file (checksum files are not supported)".into(),
+            });
+        }
+        _ => return Err(ChecksumProblem::Unknown { algorithm: name }),
+    };
+    let digest = digest.trim();
+    let bytes =
+        decode_hex(digest).map_err(|reason| ChecksumProblem::NotHex { algorithm, reason })?;
+    if bytes.len() != algorithm.digest_bytes() {
+        return Err(ChecksumProblem::WrongLength {
+            algorithm,
+            hex_digits: digest.len(),
+        });
+    }
+    Ok((algorithm, bytes))
+}
+
+/// Why `text` is not a usable download checksum, or `None`: the message
+/// for `upgrade.add`'s `checksum` field.
+pub fn checksum_problem(text: &str) -> Option<String> {
+    parse_checksum(text)
+        .err()
+        .map(|problem| problem.message("the checksum field"))
+}
+
+/// Decode hex, with the reasons worded as the `hex` crate words them
+/// (what operators saw before this rule moved here).
+fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
+    if !text.len().is_multiple_of(2) {
+        return Err("Odd number of digits".into());
+    }
+    if let Some((index, byte)) = text
+        .bytes()
         .enumerate()
         .find(|(_, byte)| !byte.is_ascii_hexdigit())
-        .map(|(index, byte)| format!("Invalid character {:?} at position {index}", byte as char))
+    {
+        return Err(format!(
+            "Invalid character {:?} at position {index}",
+            byte as char
+        ));
+    }
+    Ok(text
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let digit = |byte: u8| (byte as char).to_digit(16).unwrap_or(0) as u8;
+            digit(pair[0]) << 4 | digit(pair[1])
+        })
+        .collect())
 }
 
 // ----------------------------------------------------------- upgrade.add
