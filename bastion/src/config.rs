@@ -350,6 +350,7 @@ impl BastionConfig {
 
     /// Validate `text`; `path` is only used in messages. Opens no file
     /// (the `[client]` key is not checked).
+    #[cfg(test)]
     pub fn parse(text: &str, path: &Path) -> Result<BastionConfig, ConfigError> {
         BastionConfig::parse_with(text, path, KeyFile::Skip)
     }

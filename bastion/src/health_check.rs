@@ -508,6 +508,7 @@ pub fn truncate(text: &mut String) {
 
 /// Probe the validator socket at `socket` once, within `timeout`: the
 /// greeting only.
+#[cfg(test)]
 pub async fn probe(socket: &Path, timeout: Duration) -> ProbeOutcome {
     probe_until(socket, Instant::now() + timeout, timeout).await
 }

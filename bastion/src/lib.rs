@@ -11,14 +11,14 @@
 //! `check-config` and `version`.
 #![forbid(unsafe_code)]
 
-pub mod backup_session;
-pub mod backup_store;
-pub mod call;
-pub mod config;
-pub mod daemon;
-pub mod health_check;
-pub mod health_state;
-pub mod status_file;
+pub(crate) mod backup_session;
+pub(crate) mod backup_store;
+pub(crate) mod call;
+pub(crate) mod config;
+pub(crate) mod daemon;
+pub(crate) mod health_check;
+pub(crate) mod health_state;
+pub(crate) mod status_file;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -14,11 +14,11 @@
 //! never put in JSON, and live only in zeroizing buffers.
 #![forbid(unsafe_code)]
 
-pub mod config;
-pub mod records;
-pub mod render;
-pub mod shell;
-pub mod shutdown_host;
+pub(crate) mod config;
+pub(crate) mod records;
+pub(crate) mod render;
+pub(crate) mod shell;
+pub(crate) mod shutdown_host;
 
 use std::fmt;
 use std::io::Read;

@@ -32,44 +32,35 @@
 //! the sign state and publishes), [`restore`] (the one restore path) and
 //! [`catalog`] (`backup.list`). None of these modules starts gaiad.
 
-pub mod bundle;
-pub mod catalog;
-pub mod fanout;
-pub mod gather;
-pub mod identity;
-pub mod open;
-pub mod remote;
-pub mod restore;
-pub mod scheduler;
-pub mod start_check;
-pub mod store;
-pub mod stores;
+pub(crate) mod bundle;
+pub(crate) mod catalog;
+pub(crate) mod fanout;
+pub(crate) mod gather;
+pub(crate) mod identity;
+pub(crate) mod open;
+pub(crate) mod remote;
+pub(crate) mod restore;
+pub(crate) mod scheduler;
+pub(crate) mod start_check;
+pub(crate) mod store;
+pub(crate) mod stores;
 #[cfg(test)]
 mod test_support;
-pub mod worker;
+pub(crate) mod worker;
 
-pub use bundle::{
-    BackupError, BackupFileName, BackupMetadata, BundleInput, FORMAT_VERSION, FileEntry,
-    create_bundle, parse_state_watermark,
-};
+pub use bundle::{BackupFileName, BackupMetadata, BundleInput, FileEntry, create_bundle};
 pub use catalog::BackupCatalog;
 pub use fanout::StoreFanout;
-pub use gather::{
-    AcceptedBundle, BestBundle, MAX_BUNDLES_PER_STORE, PublishReport, RejectedBundle,
-    RejectionReason, RestoreReport, gather_and_verify, publish,
-};
+pub use gather::{RejectionReason, gather_and_verify, publish};
 pub use identity::ValidatorIdentity;
-pub use open::{
-    Expectations, MAX_CIPHERTEXT_BYTES, MAX_TAR_ENTRIES, OpenedBundle, Rejection, open_bundle,
-};
-pub use remote::{BoxedStream, DuplexStream, RemoteStore, StreamDialer, UnixDialer};
-pub use restore::{
-    RestoreChoice, RestoreError, RestoreKit, Restored, describe_local, restore_sign_state,
-};
+pub use open::{Expectations, MAX_CIPHERTEXT_BYTES, OpenedBundle, Rejection, open_bundle};
+pub use remote::{BoxedStream, RemoteStore, StreamDialer};
+pub(crate) use restore::RestoreKit;
+pub use restore::{RestoreChoice, RestoreError, Restored, describe_local, restore_sign_state};
 pub use scheduler::BackupScheduler;
-pub use start_check::{StartCheck, start_check};
-pub use store::{
-    BackupStore, BoxFuture, LocalDirStore, StoreError, apply_retention, validate_file_name,
-};
-pub use stores::{LOCAL_STORE, bastion_store_name, dir_stores, open_dir_stores};
-pub use worker::{BackupNowError, BackupTrigger, BackupWorker, FollowFrom, LastBackup};
+pub(crate) use start_check::start_check;
+pub use store::{BackupStore, BoxFuture, LocalDirStore, StoreError, apply_retention};
+pub(crate) use stores::bastion_store_name;
+pub use stores::open_dir_stores;
+pub use worker::{BackupTrigger, LastBackup};
+pub(crate) use worker::{BackupWorker, FollowFrom};

@@ -23,7 +23,7 @@
 //! time before the next attempt is accepted (1 s up to 60 s), whichever
 //! operator tries.
 
-pub mod host_shutdown;
+pub(crate) mod host_shutdown;
 mod status;
 
 use std::future::Future;

@@ -7,8 +7,8 @@
 //! Only [`process`] sends signals or calls `waitpid`; only the supervision
 //! executor decides when.
 
-pub mod files;
-pub mod output;
+pub(crate) mod files;
+pub(crate) mod output;
 pub mod process;
-pub mod restart_policy;
-pub mod rpc;
+pub(crate) mod restart_policy;
+pub(crate) mod rpc;

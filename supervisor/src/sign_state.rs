@@ -10,15 +10,13 @@
 
 use serde::{Deserialize, Serialize};
 
-pub mod decision;
-pub mod file;
-pub mod follow;
-pub mod io;
+pub(crate) mod decision;
+pub(crate) mod file;
+pub(crate) mod follow;
+pub(crate) mod io;
 
-pub use decision::{
-    KnownWatermark, LocalState, StartDecision, WatermarkSource, check_advance, restore_decision,
-    start_decision,
-};
+pub(crate) use decision::restore_decision;
+pub use decision::{KnownWatermark, LocalState, StartDecision, WatermarkSource, start_decision};
 pub use file::SignState;
 pub use follow::StateFollower;
 pub use io::{SignStateWriteError, read_local, write_atomic};

@@ -23,7 +23,7 @@
 pub mod board;
 pub mod command;
 mod executor;
-pub mod machine;
+pub(crate) mod machine;
 mod plans;
 mod run;
 

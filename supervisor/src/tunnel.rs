@@ -19,12 +19,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use connection::{
-    BastionConnection, BastionObserver, BastionState, BastionTunnel, ChannelDialer, DialTarget,
-    ReconnectBackoff, run_bastion,
+    BastionConnection, BastionObserver, BastionState, BastionTunnel, DialTarget, ReconnectBackoff,
+    run_bastion,
 };
 pub use mesh::TunnelMesh;
+pub(crate) use palisade_ssh::host_key::known_hosts_name;
 pub use palisade_ssh::host_key::{
-    FirstUse, HostKeyError, HostKeyPolicy, fingerprint, known_hosts_name, parse_fingerprint,
+    FirstUse, HostKeyError, HostKeyPolicy, fingerprint, parse_fingerprint,
 };
 
 /// Which kind of forward sshd refused.

@@ -11,8 +11,8 @@
 
 pub mod data_backup;
 pub mod download;
-pub mod layout;
-pub mod perform;
-pub mod plan;
-pub mod stage;
-pub mod watch;
+pub(crate) mod layout;
+pub(crate) mod perform;
+pub(crate) mod plan;
+pub(crate) mod stage;
+pub(crate) mod watch;

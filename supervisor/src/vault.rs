@@ -42,11 +42,11 @@ mod secure_fs;
 mod store;
 mod tmpfs;
 
-pub use error::{InvalidRecipient, VaultError};
+pub use error::VaultError;
 pub use key_file::KeyKind;
 pub use memory::{MemoryLock, SwapStatus, lock_memory, swap_status};
 pub use store::{
-    FORMAT_VERSION, IDENTITY_FILE, INFO_FILE, ImportReport, ImportedKey, KEYS_DIR, UnlockedVault,
-    VaultInfo, WorkFactor, import_key_files, init_vault, parse_recipient, read_info, unlock,
+    IDENTITY_FILE, INFO_FILE, KEYS_DIR, UnlockedVault, WorkFactor, import_key_files, init_vault,
+    read_info, unlock,
 };
-pub use tmpfs::{TMPFS_MARKER_FILE, TmpfsKeys, materialize, wipe_leftovers};
+pub use tmpfs::{TmpfsKeys, materialize, wipe_leftovers};

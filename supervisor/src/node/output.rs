@@ -59,8 +59,6 @@ pub enum Sink {
     Inherit,
     /// Discard (used by benchmarks).
     Discard,
-    /// Any writer (used by tests).
-    Writer(Box<dyn Write + Send>),
 }
 
 /// Bytes of the daemon's most recent output kept for `logs.tail`.
@@ -174,7 +172,6 @@ impl StreamCapture {
                         Stream::Stderr => Box::new(io::stderr()),
                     },
                     Sink::Discard => Box::new(io::sink()),
-                    Sink::Writer(writer) => writer,
                 };
                 for batch in batch_receiver {
                     remember(&batch.bytes);

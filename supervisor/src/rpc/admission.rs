@@ -100,10 +100,12 @@ impl Unauthenticated {
     }
 
     /// How many are waiting to log in.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -29,12 +29,12 @@
 //! - a connection from a bastion is never trusted and never served without
 //!   TLS: with no certificate it gets the greeting and is closed.
 
-pub mod admission;
-pub mod auth;
-pub mod connection;
-pub mod dispatcher;
-pub mod peer;
-pub mod tls;
+pub(crate) mod admission;
+pub(crate) mod auth;
+pub(crate) mod connection;
+pub(crate) mod dispatcher;
+pub(crate) mod peer;
+pub(crate) mod tls;
 
 use std::io;
 use std::os::fd::AsRawFd;

@@ -75,7 +75,7 @@ impl TunnelMesh {
                 let store = RemoteStore::new(
                     Arc::new(tunnel.dialer(DialTarget::Exec(command.clone()))),
                     validator,
-                    format!("bastion:{}", tunnel.name()),
+                    crate::backup::bastion_store_name(tunnel.name()),
                 );
                 Some(Arc::new(store) as Arc<dyn BackupStore>)
             })

@@ -123,10 +123,6 @@ impl RecordBuilder {
         self.excluded_from_switch += duration;
     }
 
-    pub fn name(&self) -> &str {
-        &self.record.name
-    }
-
     /// When the upgrade was detected.
     pub fn detected(&self) -> Instant {
         self.detected

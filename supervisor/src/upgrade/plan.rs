@@ -98,13 +98,6 @@ static UPGRADE_LINE: LazyLock<Regex> = LazyLock::new(|| {
 static ANSI_ESCAPE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\x1b\[[0-9;]*[A-Za-z]").expect("static regex"));
 
-/// Cheap pre-filter so the regex only runs on candidate lines; the output
-/// reader calls this for every line the daemon prints.
-pub fn may_be_upgrade_line(line: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"NEEDED at ";
-    line.len() >= NEEDLE.len() && line.windows(NEEDLE.len()).any(|window| window == NEEDLE)
-}
-
 /// Parse an output line; `None` when it is not an upgrade line.
 pub fn parse_upgrade_line(line: &str) -> Option<UpgradePlan> {
     let line = line.trim_end_matches(['\n', '\r']);
@@ -231,7 +224,6 @@ mod tests {
                     assert_eq!(plan.name, *name, "{line}");
                     assert_eq!(plan.height, *height, "{line}");
                     assert_eq!(plan.info, *info, "{line}");
-                    assert!(may_be_upgrade_line(line.as_bytes()));
                 }
                 None => assert_eq!(got, None, "{line}"),
             }
