@@ -1,7 +1,7 @@
 //! Command-line interface: argument parsing and the small commands
 //! (`init`, `add-upgrade`, `show-upgrade-info`, `init-rpc`, `rpc-fingerprint`,
 //! `config`, `version`).
-//! `run` is in [`crate::run`].
+//! `run` is in [`crate::supervision`].
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! rule that it never goes backwards (DESIGN.md, safety invariant 2).
 //!
 //! - [`file`]: parsing and writing the file exactly as CometBFT's FilePV does.
-//! - [`decision`]: the pure rules — [`check_advance`], the start rule
+//! - [`decision`]: the pure rules — [`decision::check_advance`], the start rule
 //!   [`start_decision`] and [`restore_decision`]. No I/O.
 //! - [`io`]: the thin effects — [`read_local`] and [`write_atomic`]
 //!   (temp file, fsync, rename, fsync the directory).

@@ -30,7 +30,7 @@ use crate::vault::UnlockedVault;
 
 /// Bound on reading every store for the highest valid backup during a
 /// restore; with the fetch of the backup itself this stays below the
-/// control RPC's wait for the loop (60 s), so an answer is never "busy"
+/// control RPC's wait for a command's answer (60 s), so an answer is never "busy"
 /// while the restore goes on behind it.
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(40);
 

@@ -69,7 +69,7 @@ impl From<ConfirmError> for RpcError {
 }
 
 /// A token being spent; [`Confirmations::put_back`] returns it when the
-/// shutdown could not start (the loop was busy), so a retry works.
+/// shutdown could not start (the supervisor was busy), so a retry works.
 #[derive(Debug)]
 pub struct SpentToken(Pending);
 

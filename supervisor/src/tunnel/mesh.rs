@@ -2,7 +2,7 @@
 //! stopped together, plus the backup stores reached through them.
 //!
 //! Each tunnel runs on its own tasks: a bastion that is down, slow or
-//! refusing never delays the others, gaiad, or the supervision loop (its
+//! refusing never delays the others, gaiad, or the supervision executor (its
 //! local listeners stay bound and refuse connections while it is down, so
 //! gaiad simply peers through the other bastions).
 

@@ -3,7 +3,7 @@
 //!
 //! Staging pre-installs a binary Cosmovisor-style at
 //! `$DAEMON_HOME/cosmovisor/upgrades/<name>/bin/$DAEMON_NAME` before the
-//! chain reaches the upgrade height; when it does, the supervision loop
+//! chain reaches the upgrade height; when it does, the supervision executor
 //! finds the binary in place and switches without downloading anything.
 //!
 //! Invariants:
@@ -17,12 +17,13 @@
 //! - `upgrade.cancel` never removes what the node runs or is about to run:
 //!   it refuses the version `current` points at, and the target of an
 //!   upgrade in progress. The check and the rename aside happen under the
-//!   [`Board`](crate::control::Board) lock, which the loop also takes to
-//!   mark an upgrade in progress, so the two cannot interleave. The
+//!   [`Board`](crate::supervision::board::Board) lock, which the
+//!   supervision executor also takes to publish an upgrade in progress
+//!   (before the upgrade's job starts), so the two cannot interleave. The
 //!   directory is renamed aside (`upgrades/.cancelled-<name>-<random>`)
 //!   in one step and deleted after; a leftover is removed at the next start.
 //! - All of this runs in the RPC dispatcher's task, never in the
-//!   supervision loop: the node keeps running while a binary downloads.
+//!   supervision executor: the node keeps running while a binary downloads.
 //! - URLs may carry tokens: only their redacted form reaches answers and
 //!   logs.
 
@@ -99,7 +100,7 @@ fn internal(message: impl Into<String>) -> RpcError {
     RpcError::new(code::INTERNAL, message)
 }
 
-/// The `upgrades/` directory name for `name`, as the supervision loop maps
+/// The `upgrades/` directory name for `name`, as the supervision executor maps
 /// a plan of that name (recasing, then Go's path escaping). The name rule
 /// is the contract's (`check_upgrade_name`); the escaped length is ours.
 pub fn stage_dir_name(name: &str, case: UpgradeNameCase) -> Result<String, RpcError> {
@@ -225,7 +226,7 @@ pub struct UpgradeStager {
 
 impl UpgradeStager {
     /// Downloads use `[upgrade] download-max-bytes` and
-    /// `download-timeout`, like the loop's own downloads.
+    /// `download-timeout`, like the upgrade-time downloads.
     pub fn new(config: &Config, board: SharedBoard) -> UpgradeStager {
         UpgradeStager {
             layout: Layout::new(&config.daemon_home, &config.daemon_name),
@@ -381,7 +382,7 @@ impl UpgradeStager {
             rand::random::<u64>()
         ));
         {
-            // Held across the checks and the rename: the loop marks an
+            // Held across the checks and the rename: the executor publishes an
             // upgrade in progress under this lock before it looks for the
             // binary, so it either sees the upgrade gone or we see it busy.
             let board = board(&self.board);
