@@ -10,13 +10,10 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{BIN, kind, wait_for_socket, write_config};
+use common::{BIN, PATIENCE, kind, wait_for_socket, write_config};
 use palisade_wire::backup_store::{
     ErrorKind, MAX_PAYLOAD_BYTES, Request, Response, decode_response, encode_header,
 };
-
-/// How long a test waits for output or an exit before failing.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A temporary bastion configuration, with the store running or not.
 struct Bastion {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{BIN, Client, mode, wait_for_socket, wait_until};
+use common::{BIN, Client, PATIENCE, mode, wait_for_socket, wait_until};
 use palisade_wire::rpc::Greeting;
 use serde_json::Value;
 
@@ -555,9 +555,7 @@ struct Notifications {
 impl Notifications {
     fn bind(path: &Path) -> Notifications {
         let socket = UnixDatagram::bind(path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
         Notifications {
             socket,
             lines: Vec::new(),

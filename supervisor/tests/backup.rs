@@ -6,6 +6,8 @@
 //!
 //! The CLI test needs `/usr/bin/age` (Debian package `age`) and GNU tar.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -15,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use common::timing::OPERATION;
 use ed25519_dalek::{Signer, SigningKey};
 use palisade_supervisor::backup::{
     BackupFileName, BackupMetadata, BackupStore, BoxFuture, BundleInput, Expectations,
@@ -29,7 +32,6 @@ use zeroize::Zeroizing;
 const CHAIN: &str = "testchain-1";
 const ADDRESS: &str = "A1B2C3D4E5F60718293A4B5C6D7E8F9012345678";
 const OTHER_ADDRESS: &str = "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF";
-const TIMEOUT: Duration = Duration::from_secs(5);
 
 const VALIDATOR_KEY: &[u8] = br#"{
   "address": "A1B2C3D4E5F60718293A4B5C6D7E8F9012345678",
@@ -866,7 +868,7 @@ async fn gather_picks_the_best_bundle_and_reports_every_rejection() {
     let stores: Vec<Arc<dyn BackupStore>> = vec![store_a, store_b, Arc::new(DownStore)];
     let mut expectations = fixture.expectations();
     expectations.min_sequence = Some(1);
-    let report = gather_and_verify(&stores, &fixture.identity, &expectations, TIMEOUT).await;
+    let report = gather_and_verify(&stores, &fixture.identity, &expectations, OPERATION).await;
 
     let best = report.best.as_ref().expect("a bundle is accepted");
     assert_eq!(best.store, "bastion-a");

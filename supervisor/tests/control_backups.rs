@@ -16,13 +16,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use common::timing::{BLOCK, LONG};
 use common::{Supervisor, VaultRpc};
 use serde_json::Value;
 
-const BLOCK: Duration = Duration::from_millis(150);
-const LONG: Duration = Duration::from_secs(40);
 const PASSPHRASE: &str = "control backups passphrase";
 
 /// The shared vault-and-RPC fixture ([`common::VaultRpc`]).
@@ -45,8 +43,7 @@ impl Fixture {
     /// Runs the supervisor and waits until it is locked and answering.
     fn run(&self) -> Supervisor {
         let supervisor = self.0.run();
-        supervisor.wait_for_line("vault is locked", LONG);
-        common::wait_until(LONG, "the control socket", || self.socket.exists());
+        common::wait_for_node_state(&self.socket, "locked", LONG);
         supervisor
     }
 

@@ -9,9 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::VaultRpc;
+use common::timing::{BLOCK, LONG};
 
-const BLOCK: Duration = Duration::from_millis(150);
-const LONG: Duration = Duration::from_secs(40);
 const PASSPHRASE: &str = "control rpc passphrase";
 
 /// The shared vault-and-RPC fixture, started locked.
@@ -33,8 +32,7 @@ impl VaultRpc {
 fn locked_supervisor_is_unlocked_and_driven_over_the_control_rpc() {
     let locked = setup();
     let supervisor = locked.run();
-    supervisor.wait_for_line("vault is locked", LONG);
-    common::wait_until(LONG, "the control socket", || locked.socket.exists());
+    common::wait_for_node_state(&locked.socket, "locked", LONG);
     let status = locked.status();
     assert_eq!(status["node"]["state"], "locked", "{status}");
     assert_eq!(status["vault"]["locked"], true, "{status}");
@@ -126,9 +124,13 @@ fn locked_supervisor_is_unlocked_and_driven_over_the_control_rpc() {
     let stop = locked.ctl(&["node", "stop"], None);
     assert!(stop.status.success(), "{stop:?}");
     assert_eq!(locked.status()["node"]["state"], "stopped");
-    let stopped_at = locked.chain.network.record().unwrap().validators["val1"].signed_heights;
-    std::thread::sleep(BLOCK * 6);
-    let record = locked.chain.network.record().unwrap();
+    let stopped = locked.chain.network.record().unwrap();
+    let stopped_at = stopped.validators["val1"].signed_heights;
+    let record = locked
+        .chain
+        .network
+        .wait_for(LONG, |record| record.height >= stopped.height + 6)
+        .unwrap();
     assert!(
         record.validators["val1"].signed_heights <= stopped_at + 1,
         "still signing while stopped"
@@ -166,8 +168,9 @@ fn locked_supervisor_is_unlocked_and_driven_over_the_control_rpc() {
             >= backups_before,
         "backups disappeared"
     );
-    supervisor.wait_for_line("vault locked by an operator", LONG);
-    // The final backup was taken before the keys were wiped.
+    // The final backup was taken before the keys were wiped: the audit
+    // trail says so in that order (both lines came before the answer).
+    supervisor.wait_for_line("wiped the validator keys from tmpfs", LONG);
     let lines = supervisor.output();
     let final_backup = lines
         .find("reason=\"final backup on stop\"")

@@ -4,7 +4,7 @@
 //! ones) with arbitrary JSON params and arbitrary secrets, on one
 //! dispatcher per case — so tokens, staged upgrades and the unlock
 //! back-off carry from call to call. Every answer must come within
-//! [`CALL_BOUND`], never panic, and be a valid JSON-RPC result or an error
+//! [`OPERATION`], never panic, and be a valid JSON-RPC result or an error
 //! with a code `docs/rpc.md` §5 documents.
 //!
 //! The dispatcher is built as the supervisor builds it
@@ -18,11 +18,13 @@
 //! reached, including an executable to stage and a `host.shutdown` token
 //! from an earlier answer.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
+use common::timing::OPERATION;
 use palisade_supervisor::config::Config;
 use palisade_supervisor::control::SupervisorControl;
 use palisade_supervisor::rpc::{Caller, Dispatcher};
@@ -34,10 +36,6 @@ use palisade_wire::rpc::{MAX_LINE_BYTES, METHODS, Response, Role, SECRET_METHODS
 use proptest::prelude::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-
-/// The longest one call may take (nothing here waits on a network or a
-/// node; the loop stand-in answers at once).
-const CALL_BOUND: Duration = Duration::from_secs(5);
 
 /// A params string standing for the last `host.shutdown` token answered.
 const LAST_TOKEN: &str = "$last-token";
@@ -330,11 +328,11 @@ proptest! {
                 let caller = &operators[usize::from(*second)];
                 let context = format!("call {index}: {method} {params}");
                 let answer = tokio::time::timeout(
-                    CALL_BOUND,
+                    OPERATION,
                     control.call(caller, method, params.clone(), secret),
                 )
                 .await
-                .unwrap_or_else(|_| panic!("{context}: no answer within {CALL_BOUND:?}"));
+                .unwrap_or_else(|_| panic!("{context}: no answer within {OPERATION:?}"));
                 // As the server would write it, and as a client reads it.
                 let response = match answer {
                     Ok(result) => Response::ok(json!(index), result),
@@ -368,7 +366,7 @@ proptest! {
                 }
             }
             drop(control);
-            tokio::time::timeout(CALL_BOUND, stand_in)
+            tokio::time::timeout(OPERATION, stand_in)
                 .await
                 .expect("the loop stand-in ends with the dispatcher")
                 .unwrap();
@@ -376,7 +374,7 @@ proptest! {
     }
 }
 
-/// One call through the [`Dispatcher`] trait, within [`CALL_BOUND`].
+/// One call through the [`Dispatcher`] trait, within [`OPERATION`].
 async fn ask(
     control: &SupervisorControl,
     caller: &Caller,
@@ -386,11 +384,11 @@ async fn ask(
 ) -> Result<Value, palisade_wire::rpc::RpcError> {
     let secret = secret.map(SecretString::from);
     tokio::time::timeout(
-        CALL_BOUND,
+        OPERATION,
         Dispatcher::call(control, caller, method, params, secret),
     )
     .await
-    .unwrap_or_else(|_| panic!("{method}: no answer within {CALL_BOUND:?}"))
+    .unwrap_or_else(|_| panic!("{method}: no answer within {OPERATION:?}"))
 }
 
 /// The harness reaches the real code paths: the dispatcher built this way

@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::netns::{Link, Netns, NsProcess, NsSshd, link, require_root, run_ok, ssh_keygen};
+use common::timing::{LONG, MESH_BLOCK, TUNNEL};
 use palisade_simchain::key::{PUB_KEY_TYPE, TypedKey};
 use palisade_simchain::network::{Genesis, GenesisValidator};
 use palisade_simchain::record::Record;
@@ -53,8 +54,6 @@ pub const CHAIN_NODE_PORT: u16 = 26600;
 /// simchain-net's HTTP port (listening on 0.0.0.0 in `chain`).
 pub const CHAIN_HTTP_PORT: u16 = 26680;
 
-const WAIT: Duration = Duration::from_secs(15);
-
 /// What to run in the mesh.
 #[derive(Debug, Clone)]
 pub struct MeshOptions {
@@ -76,7 +75,7 @@ impl Default for MeshOptions {
         Self {
             validators: Vec::new(),
             network: SimNetworkOptions {
-                block_time: Duration::from_millis(200),
+                block_time: MESH_BLOCK,
                 ..SimNetworkOptions::default()
             },
             ba_key_options: format!(
@@ -185,7 +184,7 @@ impl Mesh {
         .unwrap();
 
         let network = spawn_network(&chain, dir.path(), options);
-        chain.wait_reachable("127.0.0.1", CHAIN_NODE_PORT, WAIT);
+        chain.wait_reachable("127.0.0.1", CHAIN_NODE_PORT, TUNNEL);
         Mesh {
             network,
             sshd_ba,
@@ -429,7 +428,7 @@ fn topology_isolates_the_validator() {
     mesh.ba.assert_unreachable(VAL_BB_IP, SSH_PORT);
     // The chain commits blocks (queried from inside `chain`).
     let height = mesh.height();
-    mesh.wait_for(WAIT, |record| record.height > height);
+    mesh.wait_for(TUNNEL, |record| record.height > height);
 
     // The only way from val to the chain: SSH to a bastion (host key pinned through the
     // known_hosts lines), inside what its authorized_keys line permits.
@@ -540,7 +539,6 @@ const PASSPHRASE: &str = "netns mesh passphrase";
 /// chain through ba and through bb.
 const PEER_VIA_BA: u16 = 26701;
 const PEER_VIA_BB: u16 = 26702;
-const LONG: Duration = Duration::from_secs(40);
 
 /// Everything on the validator host's disk plus the bastions' stores.
 struct ValidatorHost {
@@ -647,7 +645,7 @@ impl ValidatorHost {
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join(label).join("store.log")).unwrap());
             stores.push(ns.spawn(&mut command));
-            common::wait_until(WAIT, "the bastion's backup store listens", || {
+            common::wait_until(TUNNEL, "the bastion's backup store listens", || {
                 listen.exists()
             });
             // ba is pinned through known_hosts, bb by fingerprint: both paths.
@@ -799,6 +797,12 @@ impl ValidatorHost {
         (output.status.code().unwrap_or(-1), state)
     }
 
+    /// The supervisor's control socket (`[rpc] socket`), reachable from
+    /// the test's own namespace: a path, not an address.
+    fn socket(&self) -> PathBuf {
+        self.scratch.path().join("run/supervisor.sock")
+    }
+
     fn state_file(&self) -> PathBuf {
         self.home.join("data/priv_validator_state.json")
     }
@@ -816,7 +820,7 @@ fn greeting_through(socket: &std::path::Path) -> palisade_wire::rpc::Greeting {
     use std::io::{BufRead, Read};
     let stream = std::os::unix::net::UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
-    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_read_timeout(Some(TUNNEL)).unwrap();
     let mut line = Vec::new();
     std::io::BufReader::new(stream.take(palisade_wire::rpc::MAX_GREETING_BYTES as u64))
         .read_until(b'\n', &mut line)
@@ -849,7 +853,8 @@ fn validator_votes_through_either_bastion_misses_without_both_and_heals() {
         .assert_unreachable(CHAIN_VIA_BA_IP, CHAIN_NODE_PORT);
     let record = mesh.wait_for(LONG, |record| signed(record).0 >= 5);
     eprintln!("signing through the tunnels: {:?}", signed(&record));
-    supervisor.wait_for_line("bastion tunnel up", WAIT);
+    let socket = host.socket();
+    common::wait_for_all_tunnels_up(&socket, TUNNEL);
 
     // Both bastions reach the supervisor through the reverse-forwarded
     // control socket, and both hold backups.
@@ -858,12 +863,12 @@ fn validator_votes_through_either_bastion_misses_without_both_and_heals() {
     }
     for bastion in 0..2 {
         common::wait_until(
-            WAIT,
+            TUNNEL,
             "the bastion's health check sees the validator up",
             || host.bastion_status(bastion) == (0, "up".to_string()),
         );
     }
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + TUNNEL;
     while host.backups_on(0) == 0 || host.backups_on(1) == 0 {
         assert!(
             Instant::now() < deadline,
@@ -884,7 +889,7 @@ fn validator_votes_through_either_bastion_misses_without_both_and_heals() {
     let missed_during_failover = record.missed_between(VALIDATOR, cut, cut + 10);
     eprintln!("ba cut at {cut}: missed during failover {missed_during_failover:?}");
     let bb_backups = host.backups_on(1);
-    common::wait_until(WAIT, "backups keep reaching bb", || {
+    common::wait_until(TUNNEL, "backups keep reaching bb", || {
         host.backups_on(1) > bb_backups
     });
 
@@ -902,10 +907,16 @@ fn validator_votes_through_either_bastion_misses_without_both_and_heals() {
     // The supervisor keeps supervising and says why; both bastions report
     // the validator down.
     assert!(supervisor.child.try_wait().unwrap().is_none());
-    supervisor.wait_for_line("bastion tunnel down", WAIT);
+    let status = common::wait_for_all_tunnels_down(&socket, TUNNEL);
+    for tunnel in status["tunnels"].as_array().unwrap() {
+        assert!(
+            tunnel["last_error"].is_string(),
+            "no reason given: {status}"
+        );
+    }
     for bastion in 0..2 {
         common::wait_until(
-            WAIT,
+            TUNNEL,
             "the bastion's health check sees the validator down",
             || host.bastion_status(bastion) == (3, "down".to_string()),
         );
@@ -924,14 +935,14 @@ fn validator_votes_through_either_bastion_misses_without_both_and_heals() {
         restored_at.elapsed()
     );
     for socket in &host.rpc_sockets {
-        common::wait_until(WAIT, "control socket reachable again", || {
+        common::wait_until(TUNNEL, "control socket reachable again", || {
             std::os::unix::net::UnixStream::connect(socket).is_ok()
         });
         assert_eq!(greeting_through(socket).validator, VALIDATOR);
     }
     for bastion in 0..2 {
         common::wait_until(
-            WAIT,
+            TUNNEL,
             "the bastion's health check sees the validator up again",
             || host.bastion_status(bastion) == (0, "up".to_string()),
         );
@@ -942,7 +953,7 @@ fn validator_votes_through_either_bastion_misses_without_both_and_heals() {
     // Stop (the final backup goes to both bastions).
     let before = [host.backups_on(0), host.backups_on(1)];
     supervisor.signal("TERM");
-    let status = supervisor.wait_exit(WAIT);
+    let status = supervisor.wait_exit(TUNNEL);
     assert!(status.success(), "{status:?}\n{}", supervisor.output());
     assert!(host.backups_on(0) > before[0] || host.backups_on(1) > before[1]);
     let last_signed = signed(&mesh.record()).1.unwrap();
@@ -981,5 +992,5 @@ fn validator_votes_through_either_bastion_misses_without_both_and_heals() {
     let record = mesh.record();
     assert!(record.double_signs.is_empty(), "{:?}", record.double_signs);
     supervisor.signal("TERM");
-    assert!(supervisor.wait_exit(WAIT).success());
+    assert!(supervisor.wait_exit(TUNNEL).success());
 }

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use common::timing::{LONG, OPERATION};
 use ed25519_dalek::SigningKey;
 use palisade_supervisor::backup::{
     BackupStore, BundleInput, Expectations, RejectionReason, RemoteStore, StoreError,
@@ -22,7 +23,6 @@ use zeroize::Zeroizing;
 
 const CHAIN: &str = "testchain-1";
 const ADDRESS: &str = "A1B2C3D4E5F60718293A4B5C6D7E8F9012345678";
-const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn bastion_binary() -> PathBuf {
     common::workspace_binary("palisade-bastion")
@@ -65,11 +65,9 @@ impl Bastion {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
-            assert!(Instant::now() < deadline, "bastion never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_until(LONG, "the bastion to listen", || {
+            std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
+        });
     }
 
     fn kill(&mut self) {
@@ -84,7 +82,7 @@ impl Bastion {
     }
 
     fn store(&self, name: &str) -> Arc<dyn BackupStore> {
-        Arc::new(RemoteStore::unix(self.socket(), "val-a", name).with_timeout(TIMEOUT))
+        Arc::new(RemoteStore::unix(self.socket(), "val-a", name).with_timeout(OPERATION))
     }
 }
 
@@ -157,12 +155,17 @@ async fn publish_and_restore_across_two_bastions_with_one_dying() {
 
     for (sequence, height) in [(1, 10), (2, 20)] {
         let (name, bytes) = fixture.bundle(sequence, height);
-        let report = publish(&stores, &name, &bytes, TIMEOUT).await;
+        let report = publish(&stores, &name, &bytes, OPERATION).await;
         assert!(report.stored_everywhere(), "{report:?}");
         assert_eq!(report.stored, ["bastion-1", "bastion-2"]);
     }
-    let report =
-        gather_and_verify(&stores, &fixture.identity, &fixture.expectations(), TIMEOUT).await;
+    let report = gather_and_verify(
+        &stores,
+        &fixture.identity,
+        &fixture.expectations(),
+        OPERATION,
+    )
+    .await;
     assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     assert_eq!(report.accepted.len(), 4);
     let best = report.best.unwrap();
@@ -175,8 +178,8 @@ async fn publish_and_restore_across_two_bastions_with_one_dying() {
     second.kill();
     let (name3, bytes3) = fixture.bundle(3, 30);
     let started = Instant::now();
-    let report = publish(&stores, &name3, &bytes3, TIMEOUT).await;
-    assert!(started.elapsed() < TIMEOUT, "a dead bastion fails fast");
+    let report = publish(&stores, &name3, &bytes3, OPERATION).await;
+    assert!(started.elapsed() < OPERATION, "a dead bastion fails fast");
     assert_eq!(report.stored, ["bastion-1"]);
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert_eq!(report.failed[0].0, "bastion-2");
@@ -185,8 +188,13 @@ async fn publish_and_restore_across_two_bastions_with_one_dying() {
         "{report:?}"
     );
 
-    let report =
-        gather_and_verify(&stores, &fixture.identity, &fixture.expectations(), TIMEOUT).await;
+    let report = gather_and_verify(
+        &stores,
+        &fixture.identity,
+        &fixture.expectations(),
+        OPERATION,
+    )
+    .await;
     let best = report.best.as_ref().unwrap();
     assert_eq!(
         (best.bundle.metadata.sequence, best.store.as_str()),
@@ -203,8 +211,13 @@ async fn publish_and_restore_across_two_bastions_with_one_dying() {
     // socket) and bastion 1 dies; bastion 2 still has sequence 2.
     second.restart();
     first.kill();
-    let report =
-        gather_and_verify(&stores, &fixture.identity, &fixture.expectations(), TIMEOUT).await;
+    let report = gather_and_verify(
+        &stores,
+        &fixture.identity,
+        &fixture.expectations(),
+        OPERATION,
+    )
+    .await;
     let best = report.best.as_ref().unwrap();
     assert_eq!(
         (best.bundle.metadata.sequence, best.store.as_str()),
@@ -220,7 +233,7 @@ async fn publish_and_restore_across_two_bastions_with_one_dying() {
 #[tokio::test(flavor = "multi_thread")]
 async fn remote_errors_map_to_store_errors() {
     let bastion = Bastion::start();
-    let store = RemoteStore::unix(bastion.socket(), "val-a", "bastion-1").with_timeout(TIMEOUT);
+    let store = RemoteStore::unix(bastion.socket(), "val-a", "bastion-1").with_timeout(OPERATION);
     let fixture = Fixture::new();
     let (name, bytes) = fixture.bundle(1, 10);
 

@@ -34,14 +34,11 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::timing::{LONG, SLOW_BLOCK};
 use common::{RawRpc, VaultRpc};
 use palisade_wire::rpc::{MAX_LINE_BYTES, Response, code};
 use serde_json::{Value, json};
 
-/// Slow enough that two cores running the abuse, the supervisor, the node
-/// and the network still commit every block on time.
-const BLOCK: Duration = Duration::from_millis(300);
-const LONG: Duration = Duration::from_secs(40);
 const PASSPHRASE: &str = "rpc abuse passphrase";
 /// `[rpc] idle-timeout` for this test (see the module comment).
 const IDLE: Duration = Duration::from_millis(300);
@@ -919,7 +916,7 @@ fn missed(fixture: &VaultRpc, from: u64, to: u64) -> (Vec<u64>, u64) {
 #[test]
 fn abuse_of_the_control_socket_leaves_the_supervisor_supervising() {
     let fixture = VaultRpc::setup(
-        BLOCK,
+        SLOW_BLOCK,
         PASSPHRASE,
         &format!("idle-timeout = \"{}ms\"", IDLE.as_millis()),
         "",
@@ -1086,7 +1083,7 @@ fn abuse_of_the_control_socket_leaves_the_supervisor_supervising() {
 
     // The node signed every block of the window, and nothing twice.
     let heights = end_height - start_height;
-    let expected = ABUSE.as_millis() as u64 / BLOCK.as_millis() as u64;
+    let expected = ABUSE.as_millis() as u64 / SLOW_BLOCK.as_millis() as u64;
     assert!(
         heights >= expected / 2,
         "the chain committed only {heights} blocks in {abuse_took:?} (expected ~{expected})"

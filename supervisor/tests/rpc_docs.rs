@@ -35,15 +35,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::timing::{ANSWER, BLOCK, LONG};
 use common::{RawRpc, VaultRpc};
 use palisade_wire::rpc::{METHODS, SECRET_METHODS, code};
 use serde_json::{Value, json};
 
-const BLOCK: Duration = Duration::from_millis(200);
-const LONG: Duration = Duration::from_secs(40);
 const PASSPHRASE: &str = "rpc docs passphrase";
-/// How long one response may take (an unlock runs the start rule first).
-const ANSWER: Duration = Duration::from_secs(60);
 /// Method prefixes reserved for later (`docs/rpc.md` §3): not examples.
 const RESERVED_PREFIXES: &[&str] = &["failover.", "ip."];
 
@@ -624,8 +621,7 @@ fn the_examples_of_docs_rpc_md_section_7_are_what_the_supervisor_answers() {
         bound: BTreeMap::new(),
     };
     let mut supervisor = fixture.vault.run();
-    supervisor.wait_for_line("vault is locked", LONG);
-    common::wait_until(LONG, "the control socket", || fixture.vault.socket.exists());
+    common::wait_for_node_state(&fixture.vault.socket, "locked", LONG);
 
     let mut shut_down = false;
     for block in &blocks {

@@ -6,10 +6,13 @@
 //! documented in docs/bastion-sshd.md. sshd must be installed
 //! (scripts/test.sh installs openssh-server); a missing sshd fails loudly.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::timing::TUNNEL;
 use palisade_simchain::testkit::free_port;
 use palisade_supervisor::tunnel::{
     BastionConfig, BastionConnection, BastionState, BastionTunnel, DialTarget, FirstUse,
@@ -21,8 +24,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(15);
 
 /// A throwaway bastion: sshd ([`palisade_testkit::Sshd`]) with its own host
 /// key, one authorized client key restricted to forwarding and to
@@ -123,7 +124,7 @@ async fn echo_roundtrip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
 ) {
     stream.write_all(message).await.unwrap();
     let mut answer = vec![0; message.len()];
-    tokio::time::timeout(WAIT, stream.read_exact(&mut answer))
+    tokio::time::timeout(TUNNEL, stream.read_exact(&mut answer))
         .await
         .expect("echo answered in time")
         .unwrap();
@@ -135,7 +136,7 @@ async fn wait_state(
     what: &str,
     condition: impl FnMut(&BastionState) -> bool,
 ) -> BastionState {
-    let waited = tokio::time::timeout(WAIT, state.wait_for(condition))
+    let waited = tokio::time::timeout(TUNNEL, state.wait_for(condition))
         .await
         .map(|result| result.map(|state| state.clone()));
     match waited {
@@ -223,7 +224,7 @@ async fn pinned_host_key_carries_reverse_unix_and_local_tcp_forwards() {
     drop(local);
 
     shutdown.cancel();
-    tokio::time::timeout(WAIT, tunnel.stopped())
+    tokio::time::timeout(TUNNEL, tunnel.stopped())
         .await
         .expect("tunnel stops on shutdown")
         .unwrap();
@@ -253,7 +254,7 @@ async fn changed_host_key_is_refused_with_both_fingerprints() {
     assert!(message.contains(&expected) && message.contains(bastion.sshd.fingerprint()));
 
     // The supervisor loop treats it as fatal instead of retrying forever.
-    let result = tokio::time::timeout(WAIT, run_bastion(config, CancellationToken::new()))
+    let result = tokio::time::timeout(TUNNEL, run_bastion(config, CancellationToken::new()))
         .await
         .expect("run_bastion stops on a changed host key");
     assert!(
@@ -361,7 +362,7 @@ async fn local_forward_outside_permitopen_is_reported_as_refused() {
         .await
         .unwrap();
     let mut buffer = [0; 1];
-    let read = tokio::time::timeout(WAIT, local.read(&mut buffer))
+    let read = tokio::time::timeout(TUNNEL, local.read(&mut buffer))
         .await
         .unwrap();
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
@@ -413,7 +414,7 @@ async fn tunnel_reconnects_and_restores_forwards_after_sshd_restart() {
 
     shutdown.cancel();
     let local_addr = tunnel.local_tcp_addrs()[0];
-    tokio::time::timeout(WAIT, tunnel.stopped())
+    tokio::time::timeout(TUNNEL, tunnel.stopped())
         .await
         .expect("tunnel stops on shutdown")
         .unwrap();
@@ -421,7 +422,7 @@ async fn tunnel_reconnects_and_restores_forwards_after_sshd_restart() {
     // the session is gone, so the next client of the forwarded socket finds
     // no one (sshd keeps the file; StreamLocalBindUnlink replaces it).
     assert!(TcpStream::connect(local_addr).await.is_err());
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + TUNNEL;
     while UnixStream::connect(bastion.path("bastion.sock"))
         .await
         .is_ok()

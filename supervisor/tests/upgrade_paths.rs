@@ -10,10 +10,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Chain, process_alive, serve_files, sha256_hex, wait_until};
+use common::timing::{BLOCK, LONG};
+use common::{
+    Chain, FakeSystemd, default_socket, process_alive, serve_files, sha256_hex,
+    wait_for_node_state, wait_for_status, wait_until,
+};
 
-const BLOCK: Duration = Duration::from_millis(150);
-const LONG: Duration = Duration::from_secs(40);
 const NO_BACKUP: (&str, &str) = ("UNSAFE_SKIP_BACKUP", "true");
 
 #[test]
@@ -21,12 +23,21 @@ fn preupgrade_abort_keeps_the_old_version_and_halts() {
     let chain = Chain::start(&[("v2", 12)], BLOCK);
     chain.add_upgrade("v2", &chain.version_binary("v2", &["v2"]), &[]);
     let mut supervisor = chain.run_supervisor(&[NO_BACKUP, ("SIMD_PREUPGRADE_EXIT", "30")]);
-    supervisor.wait_for_line("the new binary aborted the upgrade (exit 30)", LONG);
-    supervisor.wait_for_line("the node stays halted", LONG);
+    // The record says the upgrade failed and why; the node stays halted.
+    let record = chain.wait_for_upgrade_record("v2", LONG);
+    assert_eq!(record["outcome"]["status"], "failed", "{record}");
+    let reason = "the new binary aborted the upgrade (exit 30)";
+    assert!(
+        record["outcome"]["reason"]
+            .as_str()
+            .is_some_and(|text| text.contains(reason)),
+        "{record}"
+    );
+    wait_for_node_state(&default_socket(&chain.home), "halted", LONG);
+    // The operator reads why in the log.
+    supervisor.wait_for_line(reason, LONG);
     assert_eq!(chain.current_target(), Path::new("genesis"));
     assert!(supervisor.children().is_empty());
-    let record = &chain.upgrade_records()[0];
-    assert_eq!(record["outcome"]["status"], "failed", "{record}");
     supervisor.signal("TERM");
     assert!(supervisor.wait_exit(LONG).success());
 }
@@ -40,8 +51,18 @@ fn preupgrade_retry_is_bounded_by_max_retries() {
         ("SIMD_PREUPGRADE_EXIT", "31"),
         ("DAEMON_PREUPGRADE_MAX_RETRIES", "2"),
     ]);
-    supervisor.wait_for_line("still asking to retry (exit 31) after 3 attempts", LONG);
-    assert_eq!(supervisor.count_lines("pre-upgrade asked to retry"), 2);
+    // Two retries, then the third attempt gives up: the record's reason
+    // counts the attempts, and the operator reads it in the log.
+    let record = chain.wait_for_upgrade_record("v2", LONG);
+    assert_eq!(record["outcome"]["status"], "failed", "{record}");
+    let reason = "still asking to retry (exit 31) after 3 attempts";
+    assert!(
+        record["outcome"]["reason"]
+            .as_str()
+            .is_some_and(|text| text.contains(reason)),
+        "{record}"
+    );
+    supervisor.wait_for_line(reason, LONG);
     assert_eq!(chain.current_target(), Path::new("genesis"));
     supervisor.stop();
 }
@@ -63,9 +84,8 @@ fn preupgrade_not_implemented_is_fine_and_custom_script_gets_name_and_height() {
         ("SIMD_PREUPGRADE_EXIT", "1"),
         ("COSMOVISOR_CUSTOM_PREUPGRADE", "pre-upgrade.sh"),
     ]);
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    let record = chain.wait_for_upgrade_completed("v2", LONG);
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "v2 12");
-    let record = &chain.upgrade_records()[0];
     let detail = record["steps"][1]["detail"].as_str().unwrap();
     assert!(detail.contains("not implemented"), "{record}");
     assert!(detail.contains("custom script"), "{record}");
@@ -90,14 +110,17 @@ fn no_restart_after_upgrade_exits_and_a_restart_runs_the_new_binary_once() {
     // again although data/upgrade-info.json still names v2.
     assert!(chain.home.join("data/upgrade-info.json").exists());
     let supervisor = chain.run_supervisor(&[NO_BACKUP]);
+    let socket = default_socket(&chain.home);
+    let daemon = wait_for_node_state(&socket, "running", LONG)["node"]["pid"].clone();
     let last = chain.wait_signing(3, LONG);
     assert!(last > 12);
-    assert!(
-        !supervisor.has_line("upgrade detected"),
-        "{}",
-        supervisor.output()
-    );
+    // Not upgraded again: at start (that would have left a second record
+    // before the node signed) nor later (that would have replaced the
+    // daemon, or would show now).
     assert_eq!(chain.upgrade_records().len(), 1);
+    let status = common::status(&socket).expect("status");
+    assert_eq!(status["node"]["state"], "running", "{status}");
+    assert_eq!(status["node"]["pid"], daemon, "{status}");
     chain.assert_no_double_sign();
     supervisor.stop();
 }
@@ -116,10 +139,29 @@ fn plan_left_while_the_supervisor_was_down_is_applied_at_start() {
     .unwrap();
     node.wait_for_output("UPGRADE \"v2\" NEEDED", LONG).unwrap();
     node.kill();
-    let supervisor = chain.run_supervisor(&[NO_BACKUP]);
-    supervisor.wait_for_line("found a pending upgrade plan", LONG);
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    let systemd = FakeSystemd::start(chain.dir.path());
+    let notify = systemd.env(LONG);
+    let mut env: Vec<(&str, &str)> = notify.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(NO_BACKUP);
+    let supervisor = chain.run_supervisor(&env);
+    let record = chain.wait_for_upgrade_completed("v2", LONG);
+    assert_eq!(record["detected_by"], "upgrade_info_file", "{record}");
     assert_eq!(chain.current_target(), Path::new("upgrades/v2"));
+    // Applied at start, before any daemon ran: the first daemon the
+    // supervisor reported ready is the new binary's.
+    let socket = default_socket(&chain.home);
+    let status = wait_for_node_state(&socket, "running", LONG);
+    systemd.wait_for("READY=1", LONG);
+    let first = systemd
+        .messages()
+        .into_iter()
+        .map(|(_, text)| text)
+        .find(|text| text.contains("READY=1"))
+        .unwrap();
+    assert!(
+        first.contains(&format!("(pid {})", status["node"]["pid"])),
+        "the first daemon was not the new binary: {first}; {status}"
+    );
     chain.wait_signing(3, LONG);
     chain.assert_no_double_sign();
     supervisor.stop();
@@ -140,23 +182,28 @@ fn manual_upgrade_waits_for_the_height() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
-    supervisor.wait_for_line(
-        "upgrade scheduled; waiting for the node to reach the height",
-        LONG,
+    // The plan is held until the node reaches its height…
+    let socket = default_socket(&chain.home);
+    let held = wait_for_status(&socket, LONG, "the plan to be held", |status| {
+        status["upgrades"]["scheduled"].is_string()
+    });
+    let scheduled = held["upgrades"]["scheduled"].as_str().unwrap();
+    assert!(
+        scheduled.contains("v2") && scheduled.contains(&height.to_string()),
+        "{held}"
     );
     assert_eq!(chain.current_target(), Path::new("genesis"));
-    // Detection happens only once the node has committed height - 1.
-    let deadline = Instant::now() + LONG;
-    while !supervisor.has_line("upgrade detected") {
-        assert!(Instant::now() < deadline, "{}", supervisor.output());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // …and released (the upgrade begins) only once the node has committed
+    // height - 1.
+    wait_for_status(&socket, LONG, "the held plan to be due", |status| {
+        status["upgrades"]["scheduled"].is_null()
+    });
     let chain_height = chain.network.height().unwrap();
     assert!(
         chain_height + 2 >= height,
         "upgraded at chain height {chain_height}, plan height {height}"
     );
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    chain.wait_for_upgrade_completed("v2", LONG);
     assert_eq!(chain.current_target(), Path::new("upgrades/v2"));
     chain.wait_signing(2, LONG);
     supervisor.stop();
@@ -189,7 +236,7 @@ fn download_and_run(artifact: Vec<u8>, name: &str) {
     let chain = Chain::start(&[], BLOCK);
     chain.network.schedule_upgrade("v2", 14, &info).unwrap();
     let supervisor = chain.run_supervisor(&[("DAEMON_ALLOW_DOWNLOAD_BINARIES", "true"), NO_BACKUP]);
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    chain.wait_for_upgrade_completed("v2", LONG);
     assert_eq!(chain.current_target(), Path::new("upgrades/v2"));
     let last = chain.wait_signing(3, LONG);
     assert!(last > 14);

@@ -6,10 +6,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{Chain, serve_files, sha256_hex};
-
-const BLOCK: Duration = Duration::from_millis(150);
-const LONG: Duration = Duration::from_secs(40);
+use common::timing::{BLOCK, LONG};
+use common::{Chain, default_socket, holds_for, serve_files, sha256_hex, wait_for_node_state};
 
 fn assert_upgraded(chain: &Chain, dir_name: &str, upgrade_height: u64) {
     assert_eq!(
@@ -37,7 +35,7 @@ fn upgrade_through_upgrade_info_json() {
     chain.add_upgrade("v2", &chain.version_binary("v2", &["v2"]), &[]);
     let supervisor = chain.run_supervisor(&[]);
     chain.wait_signing(2, LONG);
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    chain.wait_for_upgrade_completed("v2", LONG);
     assert_upgraded(&chain, "v2", 12);
 
     let records = chain.upgrade_records();
@@ -87,7 +85,7 @@ fn upgrade_through_the_output_line_only() {
         .unwrap();
     chain.add_upgrade("v2", &chain.version_binary("v2", &["v2"]), &[]);
     let supervisor = chain.run_supervisor(&[("UNSAFE_SKIP_BACKUP", "true")]);
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    chain.wait_for_upgrade_completed("v2", LONG);
     assert!(!chain.home.join("data/upgrade-info.json").exists());
     assert_eq!(chain.upgrade_records()[0]["detected_by"], "output_line");
     assert_upgraded(&chain, "v2", 12);
@@ -105,7 +103,7 @@ fn mixed_case_upgrade_name_is_recased_by_default() {
             .exists()
     );
     let supervisor = chain.run_supervisor(&[("UNSAFE_SKIP_BACKUP", "true")]);
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    chain.wait_for_upgrade_completed("V2-Upper", LONG);
     assert_upgraded(&chain, "v2-upper", 12);
     supervisor.stop();
 }
@@ -125,7 +123,7 @@ fn mixed_case_upgrade_name_kept_with_disable_recase() {
             .exists()
     );
     let supervisor = chain.run_supervisor(&env);
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    chain.wait_for_upgrade_completed("V2-Upper", LONG);
     assert_upgraded(&chain, "V2-Upper", 12);
     supervisor.stop();
 }
@@ -134,24 +132,19 @@ fn mixed_case_upgrade_name_kept_with_disable_recase() {
 fn missing_binary_halts_without_crash_loop_then_continues_when_installed() {
     let chain = Chain::start(&[("v2", 12)], BLOCK);
     let supervisor = chain.run_supervisor(&[("UNSAFE_SKIP_BACKUP", "true")]);
+    // The operator is told why the node halted, and what to do.
     supervisor.wait_for_line("DAEMON_ALLOW_DOWNLOAD_BINARIES is off", LONG);
     assert!(supervisor.has_line("palisade-supervisor add-upgrade v2"));
     // Halted: the old binary is not restarted into a crash loop.
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        supervisor.count_lines("daemon started"),
-        1,
-        "{}",
-        supervisor.output()
-    );
-    assert!(
-        supervisor.children().is_empty(),
-        "a daemon is running while halted"
-    );
+    let socket = default_socket(&chain.home);
+    wait_for_node_state(&socket, "halted", LONG);
+    holds_for(Duration::from_secs(1), "halted, with no daemon", || {
+        common::node_state(&socket).as_deref() == Some("halted") && supervisor.children().is_empty()
+    });
     assert_eq!(chain.current_target(), std::path::Path::new("genesis"));
 
     chain.add_upgrade("v2", &chain.version_binary("v2", &["v2"]), &[]);
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    chain.wait_for_upgrade_completed("v2", LONG);
     assert_upgraded(&chain, "v2", 12);
     supervisor.stop();
 }
@@ -168,7 +161,7 @@ fn non_executable_upgrade_binary_is_refused() {
     assert_eq!(chain.current_target(), std::path::Path::new("genesis"));
     // Fixing the mode lets the waiting supervisor finish the upgrade.
     std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    chain.wait_for_upgrade_completed("v2", LONG);
     assert_upgraded(&chain, "v2", 12);
     supervisor.stop();
 }
@@ -212,9 +205,8 @@ fn auto_download_with_checksum_installs_and_runs() {
         ("DAEMON_ALLOW_DOWNLOAD_BINARIES", "true"),
         ("UNSAFE_SKIP_BACKUP", "true"),
     ]);
-    supervisor.wait_for_line("upgrade completed; new binary running", LONG);
+    let record = chain.wait_for_upgrade_completed("v2", LONG);
     assert_upgraded(&chain, "v2", 14);
-    let record = &chain.upgrade_records()[0];
     let steps = record["steps"].as_array().unwrap();
     assert_eq!(steps[1]["step"], "download");
     assert!(
@@ -238,11 +230,18 @@ fn auto_download_with_bad_checksum_installs_nothing_and_stays_halted() {
         ("DAEMON_ALLOW_DOWNLOAD_BINARIES", "true"),
         ("UNSAFE_SKIP_BACKUP", "true"),
     ]);
+    // Why the upgrade failed, for the operator.
     supervisor.wait_for_line("download failed", LONG);
     assert!(
         supervisor.output().contains("checksum"),
         "{}",
         supervisor.output()
+    );
+    // Halted on the old version: not restarted, nothing running.
+    wait_for_node_state(&default_socket(&chain.home), "halted", LONG);
+    assert!(
+        supervisor.children().is_empty(),
+        "a daemon is running while halted"
     );
     assert!(!chain.cosmovisor().join("upgrades/v2").exists());
     let leftovers: Vec<_> = std::fs::read_dir(chain.cosmovisor().join("upgrades"))
@@ -250,7 +249,6 @@ fn auto_download_with_bad_checksum_installs_nothing_and_stays_halted() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(chain.current_target(), std::path::Path::new("genesis"));
-    assert_eq!(supervisor.count_lines("daemon started"), 1);
     let records = chain.upgrade_records();
     assert!(records.is_empty() || records[0]["outcome"]["status"] == "failed");
     supervisor.stop();
@@ -278,13 +276,19 @@ fn invalid_plan_file_is_reported_and_the_node_keeps_signing() {
     let chain = Chain::start(&[], BLOCK);
     let supervisor = chain.run_supervisor(&[]);
     chain.wait_signing(2, LONG);
+    let socket = default_socket(&chain.home);
+    let daemon = wait_for_node_state(&socket, "running", LONG)["node"]["pid"].clone();
     std::fs::write(
         chain.home.join("data/upgrade-info.json"),
         br#"{"name":"v9","height":-3}"#,
     )
     .unwrap();
+    // The operator is told the plan is invalid and ignored.
     supervisor.wait_for_line("ignoring invalid upgrade plan", LONG);
     chain.wait_signing(3, LONG);
-    assert_eq!(supervisor.count_lines("daemon started"), 1);
+    // The same daemon still runs: never stopped for the plan.
+    let status = common::status(&socket).expect("status");
+    assert_eq!(status["node"]["state"], "running", "{status}");
+    assert_eq!(status["node"]["pid"], daemon, "{status}");
     supervisor.stop();
 }

@@ -9,10 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Chain, Supervisor, process_alive, wait_until};
+use common::timing::{BLOCK, LONG};
+use common::{
+    Chain, Supervisor, default_socket, process_alive, wait_for_node_state, wait_for_status,
+    wait_until,
+};
 
-const BLOCK: Duration = Duration::from_millis(150);
-const LONG: Duration = Duration::from_secs(40);
 const PASSPHRASE: &str = "correct horse battery staple";
 
 /// A chain plus a vault configuration: tmpfs dir under /dev/shm, two
@@ -117,6 +119,11 @@ impl Vaulted {
             .unwrap()
     }
 
+    /// The control socket (the default one: the config has no `[rpc]`).
+    fn socket(&self) -> PathBuf {
+        default_socket(&self.chain.home)
+    }
+
     fn run(&self) -> Supervisor {
         let env = self.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -212,20 +219,37 @@ fn full_lifecycle_locked_unlock_sign_from_tmpfs_backup_stop_and_crash_recovery()
     assert!(!home.join("config/priv_validator_key.json").exists());
     assert!(!home.join("config/node_key.json").exists());
 
-    // Without a passphrase source the supervisor stays locked: no gaiad.
+    // Without a passphrase source the supervisor stays locked: no gaiad,
+    // and no vote while the chain goes on.
     let supervisor = vaulted.run();
-    supervisor.wait_for_line("vault is locked", LONG);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_node_state(&vaulted.socket(), "locked", LONG);
+    let record = vaulted.chain.network.record().unwrap();
+    vaulted
+        .chain
+        .network
+        .wait_for_height(record.height + 3, LONG)
+        .unwrap();
     assert!(
         supervisor.children().is_empty(),
         "gaiad started while locked"
+    );
+    assert_eq!(
+        vaulted.chain.network.record().unwrap().validators["val1"].signed_heights,
+        record.validators["val1"].signed_heights,
+        "signed while locked"
+    );
+    assert_eq!(
+        common::node_state(&vaulted.socket()).as_deref(),
+        Some("locked")
     );
     supervisor.stop();
 
     // With the passphrase (inherited descriptor) it unlocks and signs with
     // keys from tmpfs.
     let supervisor = run_with_passphrase_fd(&vaulted);
-    supervisor.wait_for_line("vault unlocked", LONG);
+    wait_for_status(&vaulted.socket(), LONG, "the vault unlocked", |status| {
+        status["vault"]["locked"] == false
+    });
     vaulted.chain.wait_signing(3, LONG);
     let config = std::fs::read_to_string(home.join("config/config.toml")).unwrap();
     assert!(
@@ -301,10 +325,13 @@ fn full_lifecycle_locked_unlock_sign_from_tmpfs_backup_stop_and_crash_recovery()
         daemon.iter().all(|pid| !process_alive(*pid))
     });
     assert!(!tmpfs_files(&vaulted.tmpfs).is_empty());
+    // The wipe comes before the control socket, which answers only once
+    // the supervisor is locked and waiting.
     let supervisor = vaulted.run();
-    supervisor.wait_for_line("wiped leftover keys", LONG);
-    supervisor.wait_for_line("vault is locked", LONG);
+    wait_for_node_state(&vaulted.socket(), "locked", LONG);
     assert!(tmpfs_files(&vaulted.tmpfs).is_empty());
+    // The operator learns that the last run did not stop cleanly.
+    supervisor.wait_for_line("wiped leftover keys", LONG);
     let output = supervisor.stop();
     vaulted.assert_no_secrets_in(&output);
 
@@ -424,8 +451,9 @@ fn wrong_passphrase_is_a_clear_error_and_changes_nothing() {
     std::fs::write(&vaulted.passphrase_file, "wrong horse\n").unwrap();
 
     let supervisor = vaulted.run();
+    // Told why, then locked and waiting for an unlock.
     supervisor.wait_for_line("wrong passphrase", LONG);
-    supervisor.wait_for_line("vault is locked", LONG);
+    wait_for_node_state(&vaulted.socket(), "locked", LONG);
     assert!(supervisor.children().is_empty());
     let output = supervisor.stop();
     vaulted.assert_no_secrets_in(&output);

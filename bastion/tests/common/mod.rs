@@ -12,11 +12,17 @@ use std::time::{Duration, Instant};
 use palisade_wire::backup_store::{ErrorKind, Response, decode_response, encode_header};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade-bastion");
+/// The read timeout of a connection to the backup store: an answer that
+/// takes longer means the store is stuck.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a test waits for a process to do what it must (listen, answer,
+/// exit, notify systemd, change a validator's state) before failing:
+/// generous, because a timeout only fails a test that is already wrong.
+pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// Poll `condition` until it holds; panic with `what` after 20 s.
+/// Poll `condition` until it holds; panic with `what` after [`PATIENCE`].
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));

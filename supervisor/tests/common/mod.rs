@@ -17,23 +17,57 @@ use palisade_simchain::testkit::{
 
 pub const SUPERVISOR: &str = env!("CARGO_BIN_EXE_palisade-supervisor");
 
-/// The tests' timing, in one place.
+/// The tests' timing, in one place: every integration test of the
+/// supervisor takes its block times, waits and bounds from here, so that
+/// one change (a slower CI machine, say) is made once. A file keeps a
+/// duration of its own only when it is a parameter of its scenario (an
+/// idle timeout it configures, how long its abuse lasts), not a wait.
 pub mod timing {
     use std::time::Duration;
 
     /// Block time of the simulated chain in most tests: fast enough that a
     /// test sees many blocks, slow enough for 2 loaded cores.
     pub const BLOCK: Duration = Duration::from_millis(150);
-    /// Block time where many processes share the cores (abuse, docs
-    /// replay).
+    /// Block time where many processes share the cores (the RPC abuse
+    /// test's flood of connections), so that the chain still commits every
+    /// block on time and a missed block means the supervisor was at fault.
     pub const SLOW_BLOCK: Duration = Duration::from_millis(300);
+    /// Block time in the network-namespace mesh, where sshd, the bastions'
+    /// daemons and the tunnels share the cores with the chain and the
+    /// supervisor; what its failover test counts in blocks (misses while
+    /// both bastions are cut, recovery) is tuned to it.
+    pub const MESH_BLOCK: Duration = Duration::from_millis(200);
+    /// Block time while the daemon floods the supervisor with output
+    /// (hundreds of MB): slower still, so that a missed block is the
+    /// supervisor's fault, not the starvation of 2 cores.
+    pub const FLOOD_BLOCK: Duration = Duration::from_millis(400);
     /// The longest wait for something that normally takes seconds (a
-    /// supervisor starting, a chain reaching a height): generous, because a
-    /// timeout only fails a test that is already wrong.
+    /// supervisor starting, a chain reaching a height, an upgrade
+    /// completing): generous, because a timeout only fails a test that is
+    /// already wrong.
     pub const LONG: Duration = Duration::from_secs(40);
     /// The wait for an answer that must come at once (a refusal, a
     /// listing): far below the supervisor's own 60 s bound on commands.
     pub const PROMPT: Duration = Duration::from_secs(2);
+    /// The wait for an SSH tunnel to a bastion (real sshd, or one in the
+    /// network-namespace mesh) to connect, reconnect, notice a cut link or
+    /// carry a forward, and for what follows from it at once (a bastion's
+    /// health check, a backup reaching it, the mesh's chain answering).
+    /// Tighter than [`LONG`]: these tests configure reconnect delays and
+    /// keepalives of at most a few seconds, so a tunnel that takes longer
+    /// has not healed (or noticed the cut) as promised.
+    pub const TUNNEL: Duration = Duration::from_secs(15);
+    /// The bound on one operation that waits on nothing slow: a call
+    /// through the control RPC's dispatcher answered by an in-process
+    /// stand-in, or one backup-store operation over a local socket (also
+    /// the store's own timeout there, so a dead store must fail within
+    /// it). Seconds here mean a hang, not a slow machine.
+    pub const OPERATION: Duration = Duration::from_secs(5);
+    /// The longest a test waits for one control-RPC answer (an unlock runs
+    /// the start rule first): above the supervisor's own 60 s bound on a
+    /// command, so that a command the loop never answers shows as the
+    /// supervisor's error, not as the test's read timeout.
+    pub const ANSWER: Duration = Duration::from_secs(90);
 }
 
 /// `target/<profile>/<name>`: the simulated chain's binaries are built by
@@ -60,6 +94,22 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Check `condition` at every poll for `duration`, failing at once when it
+/// does not hold: for what must *not* happen within a window (a restart
+/// after a stop, an unlock from a replay), where there is no event to wait
+/// for. Polling, unlike one look after a sleep, also catches a change that
+/// came and went within the window.
+pub fn holds_for(duration: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + duration;
+    loop {
+        assert!(condition(), "{what} stopped holding within {duration:?}");
+        if Instant::now() >= end {
+            return;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -169,12 +219,48 @@ impl Chain {
         std::fs::read_link(self.cosmovisor().join("current")).unwrap()
     }
 
+    /// The entries of `cosmovisor/palisade-upgrades.jsonl`, oldest first
+    /// (a last line still being appended, without its newline, is left
+    /// out).
     pub fn upgrade_records(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.cosmovisor().join("palisade-upgrades.jsonl"))
-            .unwrap_or_default()
-            .lines()
+        let text = std::fs::read_to_string(self.cosmovisor().join("palisade-upgrades.jsonl"))
+            .unwrap_or_default();
+        text.split_inclusive('\n')
+            .filter(|line| line.ends_with('\n'))
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
+    }
+
+    /// Wait until the upgrade record holds an entry for upgrade `name` (as
+    /// the plan names it); the newest such entry. The supervisor writes it
+    /// when the upgrade ends, before it logs the outcome: at the new
+    /// binary's start (`completed`), when it gives up (`failed`, with the
+    /// reason), or when it exits after the switch
+    /// (`switched_not_restarted`).
+    pub fn wait_for_upgrade_record(&self, name: &str, timeout: Duration) -> serde_json::Value {
+        let mut found = None;
+        wait_until(timeout, &format!("the upgrade record of {name}"), || {
+            found = self
+                .upgrade_records()
+                .into_iter()
+                .rev()
+                .find(|record| record["name"] == name);
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Wait until upgrade `name` has completed: the new binary runs and the
+    /// record says so (what the "upgrade completed; new binary running"
+    /// line reports). Fails at once, with the entry, when the upgrade ended
+    /// otherwise. The entry.
+    pub fn wait_for_upgrade_completed(&self, name: &str, timeout: Duration) -> serde_json::Value {
+        let record = self.wait_for_upgrade_record(name, timeout);
+        assert_eq!(
+            record["outcome"]["status"], "completed",
+            "upgrade {name} did not complete: {record}"
+        );
+        record
     }
 
     /// Wait until the validator has signed `count` more heights.
@@ -711,7 +797,7 @@ pub fn rpc_call(
     params: Option<serde_json::Value>,
     secret: Option<&str>,
 ) -> (serde_json::Value, Duration) {
-    let mut rpc = RawRpc::connect(socket, Duration::from_secs(90)).unwrap();
+    let mut rpc = RawRpc::connect(socket, timing::ANSWER).unwrap();
     let mut request = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method});
     if let Some(params) = params {
         request["params"] = params;
@@ -728,9 +814,15 @@ pub fn rpc_call(
     (serde_json::from_str(&line).unwrap(), sent.elapsed())
 }
 
-/// `status`'s `node.state` over `socket` (`None` while the socket does not
-/// answer yet).
-pub fn node_state(socket: &Path) -> Option<String> {
+/// The control socket a supervisor binds when `[rpc] socket` is not set:
+/// `$DAEMON_HOME/palisade/run/supervisor.sock`.
+pub fn default_socket(home: &Path) -> PathBuf {
+    home.join("palisade").join("run").join("supervisor.sock")
+}
+
+/// `status`'s result over `socket`, as a trusted local user (`None` while
+/// the socket does not answer: not bound yet, or its supervisor gone).
+pub fn status(socket: &Path) -> Option<serde_json::Value> {
     if !socket.exists() {
         return None;
     }
@@ -738,8 +830,81 @@ pub fn node_state(socket: &Path) -> Option<String> {
     rpc.send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}\n")
         .ok()?;
     let line = rpc.read_line().ok()??;
-    let status: serde_json::Value = serde_json::from_str(&line).ok()?;
-    status["result"]["node"]["state"]
-        .as_str()
-        .map(str::to_owned)
+    let mut answer: serde_json::Value = serde_json::from_str(&line).ok()?;
+    answer.get_mut("result").map(serde_json::Value::take)
+}
+
+/// `status`'s `node.state` over `socket` (`None` while the socket does not
+/// answer yet).
+pub fn node_state(socket: &Path) -> Option<String> {
+    status(socket)?["node"]["state"].as_str().map(str::to_owned)
+}
+
+/// Poll `status` over `socket` until `condition` holds; that status. The
+/// failure names `what` and shows the last status seen.
+pub fn wait_for_status(
+    socket: &Path,
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Some(status) = status(socket) {
+            if condition(&status) {
+                return status;
+            }
+            last = Some(status);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last status: {}",
+            last.map_or_else(
+                || "none (the socket did not answer)".to_owned(),
+                |s| s.to_string()
+            )
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until `status` shows the node in `state` (`starting`, `locked`,
+/// `running`, `stopped`, `restarting`, `halted`, `upgrading`,
+/// `stopping`); that status.
+pub fn wait_for_node_state(socket: &Path, state: &str, timeout: Duration) -> serde_json::Value {
+    wait_for_status(
+        socket,
+        timeout,
+        &format!("node state {state:?}"),
+        |status| status["node"]["state"] == state,
+    )
+}
+
+/// Wait until `status` lists at least one bastion tunnel and every one is
+/// connected; that status.
+pub fn wait_for_all_tunnels_up(socket: &Path, timeout: Duration) -> serde_json::Value {
+    wait_for_every_tunnel(socket, timeout, "every bastion tunnel up", true)
+}
+
+/// Wait until `status` lists at least one bastion tunnel and none is
+/// connected; that status.
+pub fn wait_for_all_tunnels_down(socket: &Path, timeout: Duration) -> serde_json::Value {
+    wait_for_every_tunnel(socket, timeout, "every bastion tunnel down", false)
+}
+
+fn wait_for_every_tunnel(
+    socket: &Path,
+    timeout: Duration,
+    what: &str,
+    connected: bool,
+) -> serde_json::Value {
+    wait_for_status(socket, timeout, what, |status| {
+        status["tunnels"].as_array().is_some_and(|tunnels| {
+            !tunnels.is_empty()
+                && tunnels
+                    .iter()
+                    .all(|tunnel| tunnel["connected"] == connected)
+        })
+    })
 }
