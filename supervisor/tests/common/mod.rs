@@ -289,17 +289,21 @@ impl Chain {
 pub struct Supervisor {
     pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// How many of the two output readers reached the end of their pipe.
+    drained: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Supervisor {
     pub fn spawn(mut command: Command) -> Supervisor {
         let mut child = command.spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let drained = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let lines = lines.clone();
+            let drained = drained.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     // The simulated node's flood lines are only load; keep
@@ -312,9 +316,14 @@ impl Supervisor {
                         lines.push(line);
                     }
                 }
+                drained.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
-        Supervisor { child, lines }
+        Supervisor {
+            child,
+            lines,
+            drained,
+        }
     }
 
     pub fn output(&self) -> String {
@@ -359,10 +368,20 @@ impl Supervisor {
         assert!(status.success());
     }
 
+    /// Wait for the supervisor to exit, then for its last output lines to
+    /// be read (so that a log check right after sees everything it wrote).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // A process the supervisor left behind could hold the
+                // pipes open: bounded.
+                let read_all = Instant::now() + Duration::from_secs(5);
+                while self.drained.load(std::sync::atomic::Ordering::SeqCst) < 2
+                    && Instant::now() < read_all
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status;
             }
             if Instant::now() > deadline {
