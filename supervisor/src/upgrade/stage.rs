@@ -716,10 +716,6 @@ mod tests {
         parse_params::<UpgradeAdd>(params.clone()).and_then(add_request)
     }
 
-    fn parse_cancel_params(params: &Value) -> Result<String, RpcError> {
-        parse_params::<UpgradeCancel>(params.clone()).map(|params| params.name)
-    }
-
     fn parse_list_params(params: &Value) -> Result<(), RpcError> {
         parse_params::<UpgradeList>(params.clone()).map(drop)
     }
@@ -803,6 +799,9 @@ mod tests {
         );
     }
 
+    /// What the supervisor adds to the contract's checks of `upgrade.add`
+    /// (which `palisade_wire::rpc::params` tests): the URL parsed and
+    /// redacted, the checksum decoded and matched against the URL's own.
     #[test]
     fn add_params_table() {
         let url = "http://127.0.0.1:9/simd";
@@ -827,67 +826,6 @@ mod tests {
                 json!({"name": "v2", "path": "/opt/gaiad", "checksum": good_checksum}),
                 Ok("path sha256"),
             ),
-            (Value::Null, Err(("name", "missing field `name`"))),
-            (json!([1]), Err(("params", "params must be"))),
-            (json!("v2"), Err(("params", "params must be"))),
-            (json!({}), Err(("name", "missing field `name`"))),
-            (
-                json!({"url": url, "checksum": good_checksum}),
-                Err(("name", "missing field `name`")),
-            ),
-            (
-                json!({"name": 2, "path": "/x"}),
-                Err(("name", "must be a string")),
-            ),
-            (
-                json!({"name": null, "path": "/x"}),
-                Err(("name", "must be a string")),
-            ),
-            (
-                json!({"name": "../x", "path": "/x"}),
-                Err(("name", "path separator")),
-            ),
-            (json!({"name": "", "path": "/x"}), Err(("name", "is empty"))),
-            (
-                json!({"name": "v2"}),
-                Err(("url", "a binary source is required")),
-            ),
-            (
-                json!({"name": "v2", "path": "/x", "force": true}),
-                Err(("force", "unknown field `force`")),
-            ),
-            (
-                json!({"name": "v2", "url": url, "checksum": good_checksum, "Path": "/x"}),
-                Err(("Path", "unknown field")),
-            ),
-            (
-                json!({"name": "v2", "url": url, "checksum": good_checksum, "path": "/x"}),
-                Err(("path", "not both")),
-            ),
-            (
-                json!({"name": "v2", "url": url}),
-                Err(("checksum", "is required with `url`")),
-            ),
-            (
-                json!({"name": "v2", "url": url, "checksum": SHA256}),
-                Err(("checksum", "has no algorithm")),
-            ),
-            (
-                json!({"name": "v2", "url": url, "checksum": "md5:d41d8cd98f00b204e9800998ecf8427e"}),
-                Err(("checksum", "cryptographically broken")),
-            ),
-            (
-                json!({"name": "v2", "url": url, "checksum": "sha256:abcd"}),
-                Err(("checksum", "expected 64")),
-            ),
-            (
-                json!({"name": "v2", "url": url, "checksum": "sha256:zz"}),
-                Err(("checksum", "is not hex")),
-            ),
-            (
-                json!({"name": "v2", "url": url, "checksum": 7}),
-                Err(("checksum", "must be a string")),
-            ),
             (
                 json!({"name": "v2", "url": format!("{url}?checksum={other_checksum}"), "checksum": good_checksum}),
                 Err(("checksum", "differs")),
@@ -899,31 +837,6 @@ mod tests {
             (
                 json!({"name": "v2", "url": "not a url", "checksum": good_checksum}),
                 Err(("url", "invalid download URL")),
-            ),
-            (
-                json!({"name": "v2", "url": ["http://x"], "checksum": good_checksum}),
-                Err(("url", "must be a string")),
-            ),
-            (
-                json!({"name": "v2", "path": "gaiad"}),
-                Err(("path", "must be absolute")),
-            ),
-            (
-                json!({"name": "v2", "path": "./bin/gaiad"}),
-                Err(("path", "must be absolute")),
-            ),
-            (json!({"name": "v2", "path": ""}), Err(("path", "empty"))),
-            (
-                json!({"name": "v2", "path": "/x\u{0}y"}),
-                Err(("path", "NUL")),
-            ),
-            (
-                json!({"name": "v2", "path": 1}),
-                Err(("path", "must be a string")),
-            ),
-            (
-                json!({"name": "v2", "path": "/x", "checksum": "sha1:da39a3ee5e6b4b0d3255bfef95601890afd80709"}),
-                Err(("checksum", "cryptographically broken")),
             ),
         ];
         for (params, expected) in cases {
@@ -972,48 +885,6 @@ mod tests {
         }))
         .unwrap_err();
         assert!(!error.message.contains("hunter2"), "{}", error.message);
-    }
-
-    #[test]
-    fn cancel_and_list_params_table() {
-        let cases: Vec<(Value, Expected)> = vec![
-            (json!({"name": "v2"}), Ok("v2")),
-            (json!({"name": "V2"}), Ok("V2")),
-            (Value::Null, Err(("name", "missing field `name`"))),
-            (json!({}), Err(("name", "missing field `name`"))),
-            (
-                json!({"name": "v2", "force": true}),
-                Err(("force", "unknown field")),
-            ),
-            (json!({"name": 3}), Err(("name", "must be a string"))),
-            (json!({"name": "a/b"}), Err(("name", "path separator"))),
-            (
-                json!({"name": ".."}),
-                Err(("name", "relative path component")),
-            ),
-            (json!(["v2"]), Err(("params", "params must be"))),
-        ];
-        for (params, expected) in cases {
-            match (parse_cancel_params(&params), expected) {
-                (Ok(name), Ok(expected)) => assert_eq!(name, expected, "{params}"),
-                (Err(error), Err((field, fragment))) => {
-                    assert_eq!(error.code, code::INVALID_PARAMS, "{params}");
-                    assert_eq!(error.data, Some(json!({"field": field})), "{params}");
-                    assert!(
-                        error.message.contains(fragment),
-                        "{params}: {}",
-                        error.message
-                    );
-                }
-                (got, expected) => panic!("{params}: got {got:?}, expected {expected:?}"),
-            }
-        }
-        parse_list_params(&Value::Null).unwrap();
-        parse_list_params(&json!({})).unwrap();
-        let error = parse_list_params(&json!({"all": true})).unwrap_err();
-        assert_eq!(error.data, Some(json!({"field": "all"})));
-        let error = parse_list_params(&json!(5)).unwrap_err();
-        assert_eq!(error.data, Some(json!({"field": "params"})));
     }
 
     fn record_line(name: &str) -> String {
