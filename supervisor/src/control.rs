@@ -70,9 +70,11 @@ pub struct SupervisorControl {
 }
 
 impl SupervisorControl {
-    /// `commands` is the supervision executor's inbox.
+    /// `node` is where the node's files are; `commands` the supervision
+    /// executor's inbox.
     pub fn new(
         config: &crate::config::Config,
+        node: &crate::node::files::NodePaths,
         commands: CommandSender,
         board: SharedBoard,
         tunnels: Vec<BastionObserver>,
@@ -80,7 +82,13 @@ impl SupervisorControl {
     ) -> SupervisorControl {
         SupervisorControl {
             upgrades: crate::upgrade::stage::UpgradeStager::new(config, board.clone()),
-            status: status::StatusReader::new(config, board.clone(), tunnels, last_backup.clone()),
+            status: status::StatusReader::new(
+                config,
+                node,
+                board.clone(),
+                tunnels,
+                last_backup.clone(),
+            ),
             commands,
             board,
             unlock_backoff: Mutex::new((0, Instant::now())),

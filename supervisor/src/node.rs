@@ -7,7 +7,7 @@
 //! Only [`process`] sends signals or calls `waitpid`; only the supervision
 //! executor decides when.
 
-pub(crate) mod files;
+pub mod files;
 pub(crate) mod output;
 pub mod process;
 pub(crate) mod restart_policy;

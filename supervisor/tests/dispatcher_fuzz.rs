@@ -27,6 +27,7 @@ use std::sync::Arc;
 use common::timing::OPERATION;
 use palisade_supervisor::config::Config;
 use palisade_supervisor::control::SupervisorControl;
+use palisade_supervisor::node::files::NodePaths;
 use palisade_supervisor::rpc::{Caller, Dispatcher};
 use palisade_supervisor::supervision::board::{NodeState, board, new_board};
 use palisade_supervisor::supervision::command::{
@@ -82,6 +83,16 @@ fn home() -> Home {
     ]);
     let config = Config::load(Some(&file), &env).unwrap_or_else(|error| panic!("{error}"));
     Home { dir, config }
+}
+
+/// CometBFT's default file places in the home.
+fn node_paths(home: &Home) -> NodePaths {
+    let daemon_home = &home.config.daemon_home;
+    NodePaths {
+        state: daemon_home.join("data/priv_validator_state.json"),
+        priv_validator_key: daemon_home.join("config/priv_validator_key.json"),
+        node_key: daemon_home.join("config/node_key.json"),
+    }
 }
 
 /// Answers the executor's commands at once, acting on none.
@@ -313,7 +324,7 @@ proptest! {
                 board.vault_locked = Some(locked);
             }
             let control: Arc<dyn Dispatcher> =
-                Arc::new(SupervisorControl::new(&home.config, commands, shared, Vec::new(), tokio::sync::watch::channel(None).1));
+                Arc::new(SupervisorControl::new(&home.config, &node_paths(&home), commands, shared, Vec::new(), tokio::sync::watch::channel(None).1));
             let operators = [
                 Caller { operator: "local:root".into(), role: Role::Admin, tls: false },
                 Caller { operator: "ada".into(), role: Role::Admin, tls: true },
@@ -407,6 +418,7 @@ fn the_dispatcher_under_test_serves_real_calls() {
         tokio::spawn(executor_stand_in(inbox));
         let control = SupervisorControl::new(
             &home.config,
+            &node_paths(&home),
             commands,
             new_board(true),
             Vec::new(),

@@ -264,3 +264,31 @@ fn cosmovisor_commands() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
+
+#[test]
+fn a_node_config_toml_that_cannot_be_read_stops_the_start_and_names_it() {
+    let chain = Chain::start(&[], BLOCK);
+    let config_toml = chain.home.join("config/config.toml");
+    let original = std::fs::read_to_string(&config_toml).unwrap();
+    for (broken, words) in [
+        ("[p2p\nladdr = 1\n", "is not valid TOML"),
+        (
+            "priv_validator_state_file = 42\n",
+            "`priv_validator_state_file` must be a string",
+        ),
+    ] {
+        std::fs::write(&config_toml, broken).unwrap();
+        let output = chain
+            .supervisor_command(&[])
+            .args(["run", "start"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("config/config.toml"), "{stderr}");
+        assert!(stderr.contains(words), "{stderr}");
+        // Nothing started: no daemon, no control socket left behind.
+        assert!(!common::default_socket(&chain.home).exists(), "{stderr}");
+    }
+    std::fs::write(&config_toml, original).unwrap();
+}

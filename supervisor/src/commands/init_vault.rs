@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 
 use crate::config::Config;
-use crate::node::files::key_file;
+use crate::node::files::NodePaths;
 use crate::vault::{KeyKind, WorkFactor};
 
 /// Create the vault in `[vault] dir` under a new passphrase (from
@@ -15,6 +15,13 @@ use crate::vault::{KeyKind, WorkFactor};
 /// `import`, move the key files into it.
 pub fn run(config: &Config, passphrase_file: Option<&Path>, import: bool) -> anyhow::Result<()> {
     let settings = super::vault_settings(config)?;
+    // The key files config.toml names, read before anything is created: a
+    // config.toml that cannot be read stops here with nothing changed.
+    let paths = if import {
+        Some(NodePaths::read(&config.daemon_home)?)
+    } else {
+        None
+    };
     // An explicit --passphrase-file only: a new passphrase is never taken
     // from the unattended-unlock file by accident.
     let passphrase = match passphrase_file {
@@ -37,13 +44,13 @@ pub fn run(config: &Config, passphrase_file: Option<&Path>, import: bool) -> any
             settings.recovery_recipients.len()
         );
     }
-    if !import {
+    let Some(paths) = paths else {
         return Ok(());
-    }
+    };
     let mut vault = crate::vault::unlock(&settings.dir, &passphrase)?;
     let files: Vec<(KeyKind, PathBuf)> = KeyKind::ALL
         .into_iter()
-        .map(|kind| (kind, key_file(&config.daemon_home, kind)))
+        .map(|kind| (kind, paths.key(kind).to_path_buf()))
         .filter(|(kind, path)| {
             let present = path.exists();
             if !present {

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::backup::{RestoreChoice, ValidatorIdentity, describe_local, restore_sign_state};
 use crate::config::{Config, TunnelSettings};
-use crate::node::files::state_file;
+use crate::node::files::NodePaths;
 
 /// The `[[bastion]]`s that hold backups, with every forward removed, so a
 /// running supervisor's listeners and sockets are left alone.
@@ -44,7 +44,7 @@ pub fn run(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<()
     )?;
     let mut stores = crate::backup::open_dir_stores(&settings.backup)
         .context("cannot open the backup directories")?;
-    let path = state_file(&config.daemon_home);
+    let path = NodePaths::read(&config.daemon_home)?.state;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -11,6 +11,7 @@ use palisade_wire::rpc::results::{
     TunnelEntry, UpgradesStatus, VaultStatus, WatermarkStatus,
 };
 
+use crate::node::files::NodePaths;
 use crate::node::rpc::NodeRpc;
 use crate::sign_state::{LocalState, read_local};
 use crate::supervision::board::{NodeState, SharedBoard, board};
@@ -33,6 +34,7 @@ pub(super) struct StatusReader {
 impl StatusReader {
     pub(super) fn new(
         config: &crate::config::Config,
+        node: &NodePaths,
         board: SharedBoard,
         tunnels: Vec<BastionObserver>,
         last_backup: tokio::sync::watch::Receiver<Option<LastBackup>>,
@@ -40,7 +42,7 @@ impl StatusReader {
         StatusReader {
             board,
             validator: config.rpc.name.clone(),
-            state_path: crate::node::files::state_file(&config.daemon_home),
+            state_path: node.state.clone(),
             upgrade_info_path: config.upgrade_info_path(),
             node_rpc: NodeRpc::new(&config.daemon_home),
             tunnels,

@@ -46,7 +46,7 @@ use crate::backup::{
     open_dir_stores, start_check,
 };
 use crate::config::Config;
-use crate::node::files::state_file;
+use crate::node::files::NodePaths;
 use crate::node::process::{Daemon, OutputTarget, Reaper, kill_remaining_children};
 use crate::node::restart_policy::ExitKind;
 use crate::node::rpc::NodeRpc;
@@ -105,6 +105,8 @@ struct Pending {
 /// What the executor needs from `run`'s setup.
 pub(super) struct Setup {
     pub config: Config,
+    /// Where the node's files are.
+    pub node: NodePaths,
     pub daemon_args: Vec<OsString>,
     pub output: OutputTarget,
     pub reaper: Reaper,
@@ -125,6 +127,7 @@ pub(super) struct Setup {
 pub(super) struct Executor {
     machine: Machine,
     config: Arc<Config>,
+    node: NodePaths,
     layout: Layout,
     reaper: Reaper,
     notifier: Notifier,
@@ -209,6 +212,7 @@ impl Executor {
             record_paused: None,
             progress_sender,
             progress,
+            node: setup.node,
             config,
         }
     }
@@ -679,6 +683,7 @@ impl Executor {
             return;
         };
         let config = Arc::clone(&self.config);
+        let state_path = self.node.state.clone();
         let tunnels = self.tunnels.clone();
         let notifier = self.notifier.clone();
         self.start(
@@ -703,13 +708,7 @@ impl Executor {
                         stores.extend(tunnels.backup_stores(&config.rpc.name));
                     }
                     notifier.status("checking the sign state against backups");
-                    let check = start_check(
-                        &state_file(&config.daemon_home),
-                        &vault,
-                        &validator,
-                        &stores,
-                    )
-                    .await;
+                    let check = start_check(&state_path, &vault, &validator, &stores).await;
                     Ok(Prepared {
                         validator,
                         stores,
@@ -743,7 +742,7 @@ impl Executor {
         let tmpfs =
             crate::vault::materialize(&vault, &settings.tmpfs_dir, &self.config.daemon_home)?;
         tracing::info!(dir = %tmpfs.dir().display(), "validator keys decrypted into tmpfs; config.toml points at them");
-        let state_path = state_file(&self.config.daemon_home);
+        let state_path = self.node.state.clone();
         let backups = match BackupWorker::spawn(
             Arc::clone(&vault),
             prepared.validator.clone(),

@@ -20,6 +20,7 @@ use super::command::command_channel;
 use super::executor::{Executor, Setup};
 use super::machine::{Machine, MachineSettings, RunOutcome, VaultAtStart};
 use crate::config::{Config, SwapPolicy};
+use crate::node::files::NodePaths;
 use crate::node::process::{OutputTarget, Reaper};
 use crate::passphrase::{PassphraseError, PassphraseSource};
 use crate::rpc::ControlSocket;
@@ -86,6 +87,10 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         }
         check_memory(settings.swap)?;
     }
+    // The node's own files, as its config.toml names them: a config.toml
+    // that cannot be read stops the start here, before anything runs.
+    let node = NodePaths::read(&config.daemon_home)
+        .context("cannot find the node's files from its config.toml")?;
     let layout = Layout::new(&config.daemon_home, &config.daemon_name);
     remove_interrupted_work(&config, &layout);
     let reaper = Reaper::start()?;
@@ -116,6 +121,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     let dispatcher = std::sync::Arc::new(
         crate::control::SupervisorControl::new(
             &config,
+            &node,
             commands,
             board.clone(),
             tunnels
@@ -169,6 +175,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         machine,
         Setup {
             config,
+            node,
             daemon_args: options.daemon_args,
             output: options.output,
             reaper,

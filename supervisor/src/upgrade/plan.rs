@@ -98,9 +98,21 @@ static UPGRADE_LINE: LazyLock<Regex> = LazyLock::new(|| {
 static ANSI_ESCAPE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\x1b\[[0-9;]*[A-Za-z]").expect("static regex"));
 
-/// Parse an output line; `None` when it is not an upgrade line.
+/// Parse an output line; `None` when it is not an upgrade line. Three
+/// forms, as the SDK writes them (`x/upgrade/keeper/abci.go` logs the
+/// message at error level through its logger):
+/// - plain console text, with logger fields after the message;
+/// - the console format coloured with ANSI escapes (gaiad's default on a
+///   terminal, unless `--log_no_color`);
+/// - `log_format = "json"`: one JSON object whose message field (zerolog's
+///   `message`, older Tendermint-logger `_msg`, or `msg`) holds the text with
+///   its quotes escaped.
 pub fn parse_upgrade_line(line: &str) -> Option<UpgradePlan> {
     let line = line.trim_end_matches(['\n', '\r']);
+    if let Some(message) = json_log_message(line) {
+        // Inside a JSON message nothing follows the info: take all of it.
+        return parse_message(&message, InfoExtent::Rest);
+    }
     let cleaned;
     let line = if line.contains('\x1b') {
         cleaned = ANSI_ESCAPE.replace_all(line, "");
@@ -108,7 +120,33 @@ pub fn parse_upgrade_line(line: &str) -> Option<UpgradePlan> {
     } else {
         line
     };
-    let captures = UPGRADE_LINE.captures(line)?;
+    parse_message(line, InfoExtent::FirstValue)
+}
+
+/// How much of the text after the height is the plan's info.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InfoExtent {
+    /// All of it (a JSON log message).
+    Rest,
+    /// One JSON value or one token: console lines go on with the logger's
+    /// `key=value` fields.
+    FirstValue,
+}
+
+/// The message of a JSON log line, if `line` is one.
+fn json_log_message(line: &str) -> Option<String> {
+    let trimmed = line.trim_start();
+    if !trimmed.starts_with('{') {
+        return None;
+    }
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(trimmed).ok()?;
+    ["message", "_msg", "msg"]
+        .iter()
+        .find_map(|field| object.get(*field)?.as_str().map(str::to_owned))
+}
+
+fn parse_message(text: &str, extent: InfoExtent) -> Option<UpgradePlan> {
+    let captures = UPGRADE_LINE.captures(text)?;
     let name = captures.get(1)?.as_str().to_string();
     if name.is_empty() {
         return None;
@@ -118,11 +156,11 @@ pub fn parse_upgrade_line(line: &str) -> Option<UpgradePlan> {
         None => None,
     };
     let rest = captures.get(4).map(|m| m.as_str()).unwrap_or("").trim();
-    Some(UpgradePlan {
-        name,
-        height,
-        info: leading_info(rest),
-    })
+    let info = match extent {
+        InfoExtent::Rest => rest.to_string(),
+        InfoExtent::FirstValue => leading_info(rest),
+    };
+    Some(UpgradePlan { name, height, info })
 }
 
 /// The info is whatever follows the height. Log lines carry trailing
@@ -135,7 +173,23 @@ fn leading_info(rest: &str) -> String {
             return rest[..stream.byte_offset()].to_string();
         }
     }
-    rest.split_whitespace().next().unwrap_or("").to_string()
+    let token = rest.split_whitespace().next().unwrap_or("");
+    // An empty info leaves the first logger field (`module=x/upgrade`)
+    // right after the height: that is not the plan's info.
+    if is_logger_field(token) {
+        return String::new();
+    }
+    token.to_string()
+}
+
+/// `key=value` as the console logger prints its fields (a lower-case key).
+fn is_logger_field(token: &str) -> bool {
+    token.split_once('=').is_some_and(|(key, _)| {
+        !key.is_empty()
+            && key
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
+    })
 }
 
 #[cfg(test)]
@@ -202,8 +256,30 @@ mod tests {
             ),
             (
                 "\x1b[31mERR\x1b[0m UPGRADE \"v2\" NEEDED at height: 9: \x1b[36mmodule=\x1b[0mx/upgrade",
-                Some(("v2", Some(9), "module=x/upgrade")),
+                Some(("v2", Some(9), "")),
             ),
+            (
+                "\x1b[90m3:04PM\x1b[0m \x1b[31mERR\x1b[0m UPGRADE \"v2\" NEEDED at height: 9: https://x/info.json \x1b[36mmodule=\x1b[0mx/upgrade",
+                Some(("v2", Some(9), "https://x/info.json")),
+            ),
+            (
+                r#"{"level":"error","module":"x/upgrade","time":"2026-12-06T10:00:00Z","message":"UPGRADE \"v2\" NEEDED at height: 50: {\"binaries\":{\"linux/amd64\":\"https://x/g?checksum=sha256:ab\"}}"}"#,
+                Some((
+                    "v2",
+                    Some(50),
+                    r#"{"binaries":{"linux/amd64":"https://x/g?checksum=sha256:ab"}}"#,
+                )),
+            ),
+            (
+                r#"{"level":"error","module":"x/upgrade","message":"UPGRADE \"v3 beta\" NEEDED at height: 7: some text with spaces"}"#,
+                Some(("v3 beta", Some(7), "some text with spaces")),
+            ),
+            (
+                r#"{"level":"error","_msg":"UPGRADE \"v4\" NEEDED at height: 8: "}"#,
+                Some(("v4", Some(8), "")),
+            ),
+            (r#"{"level":"info","message":"committed state"}"#, None),
+            (r#"{"message": 5}"#, None),
             (
                 r#"UPGRADE "v4" NEEDED at height: 77:"#,
                 Some(("v4", Some(77), "")),
