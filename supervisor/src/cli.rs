@@ -289,6 +289,38 @@ pub fn print_config(config: &Config) {
     for (key, value) in config.describe() {
         println!("{key}={value}");
     }
+    print_peering(config);
+}
+
+/// The peering the supervisor writes into the node's config.toml.
+fn print_peering(config: &Config) {
+    let sentries = crate::node::peering::sentries(config);
+    if sentries.is_empty() {
+        println!(
+            "# peering: not managed (no [[bastion]] has a sentry); config.toml's [p2p] is left as written"
+        );
+        return;
+    }
+    println!("# peering: written into config.toml at start (the sentries behind the [[bastion]]s)");
+    for sentry in &sentries {
+        println!(
+            "#   {} → sentry {} through the forward on {}",
+            sentry.bastion, sentry.node_id, sentry.listen
+        );
+    }
+    match crate::node::peering::preview(config) {
+        Ok(Some(peering)) => {
+            println!("p2p.persistent_peers={}", peering.persistent_peers);
+            println!("p2p.pex=false");
+            println!("p2p.addr_book_strict=false");
+            println!(
+                "consensus.double_sign_check_height={}",
+                peering.double_sign_check_height
+            );
+        }
+        Ok(None) => {}
+        Err(error) => println!("# the start would be refused: {error}"),
+    }
 }
 
 /// `version`: ours, then the current daemon binary's.

@@ -25,8 +25,8 @@ use crate::upgrade::download::ChecksumPolicy;
 pub use host::{HostSettings, RawHost, check_shutdown_command};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
 pub use tunnels::{
-    BastionSettings, MAX_SOCKET_PATH_BYTES, RawBastion, RawForward, RawRpc, RawTunnel, RpcSettings,
-    TunnelSettings,
+    BastionSettings, DEFAULT_SENTRY_PORT, MAX_SOCKET_PATH_BYTES, RawBastion, RawForward, RawRpc,
+    RawSentry, RawTunnel, RpcSettings, SentrySettings, TunnelSettings,
 };
 
 /// Everything wrong with a configuration, reported at once.
@@ -173,6 +173,10 @@ pub struct RawDaemon {
     /// `DAEMON_RESTART_AFTER_UPGRADE`. Default `true`: start the new binary
     /// after an upgrade; `false` exits the supervisor after the switch.
     pub restart_after_upgrade: Option<bool>,
+    /// Default `10`: CometBFT's `[consensus] double_sign_check_height`,
+    /// written to `config.toml` when the supervisor manages the node's
+    /// peering (a `[[bastion]]` with a `sentry`); `0` turns the check off.
+    pub double_sign_check_height: Option<u64>,
 }
 
 /// `[upgrade]`: how upgrades are detected, prepared and performed.
@@ -244,6 +248,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub restart_delay: Duration,
     pub restart_after_upgrade: bool,
+    /// `[consensus] double_sign_check_height` for the node's config.toml
+    /// (written with the peering).
+    pub double_sign_check_height: u64,
     pub poll_interval: Duration,
     pub allow_download_binaries: bool,
     pub checksum_policy: ChecksumPolicy,
@@ -860,6 +867,7 @@ fn validate(
         shutdown_grace,
         restart_delay,
         restart_after_upgrade,
+        double_sign_check_height: raw.daemon.double_sign_check_height.unwrap_or(10),
         poll_interval,
         allow_download_binaries,
         checksum_policy: if must_have_checksum {

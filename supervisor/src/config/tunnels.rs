@@ -104,6 +104,26 @@ pub struct RawBastion {
     pub local_forwards: Option<Vec<RawForward>>,
     /// TCP listeners on the bastion carried back to a local target.
     pub remote_forwards: Option<Vec<RawForward>>,
+    /// Default none: the sentry node behind this bastion. With it the
+    /// supervisor forwards a loopback address of its own to the sentry's
+    /// P2P port and writes gaiad's `[p2p]` peering to it (`docs/supervisor.md`).
+    pub sentry: Option<RawSentry>,
+}
+
+/// `sentry = { node-id = "…", target = "…", listen = "…" }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSentry {
+    /// Required: the sentry's CometBFT node ID (`gaiad tendermint show-node-id`
+    /// on the sentry), 40 hex digits.
+    pub node_id: Option<String>,
+    /// Required: the sentry's P2P address as the bastion reaches it
+    /// (`host:port`, e.g. `10.0.0.5:26656`).
+    pub target: Option<String>,
+    /// Default `127.0.0.<2 + n>:26756` for the n-th `[[bastion]]` (from 0):
+    /// a loopback address of its own per sentry, so CometBFT's duplicate-IP
+    /// filter keeps every sentry connected.
+    pub listen: Option<String>,
 }
 
 /// `{ listen = "…", target = "…" }`.
@@ -150,9 +170,39 @@ pub struct BastionSettings {
     pub backup_command: Option<String>,
     pub local_forwards: Vec<LocalTcpForward>,
     pub remote_forwards: Vec<ReverseTcpForward>,
+    /// The sentry behind this bastion; its forward is among
+    /// `local_forwards` too.
+    pub sentry: Option<SentrySettings>,
 }
 
+/// A validated `sentry`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentrySettings {
+    /// Lower-case hex, 40 digits.
+    pub node_id: String,
+    /// The local end of its forward: what gaiad dials.
+    pub listen: SocketAddr,
+    pub target_host: String,
+    pub target_port: u16,
+}
+
+/// The port of a sentry's forward when `listen` is not given: not gaiad's
+/// P2P (26656) or RPC (26657) port, which a node listening on `0.0.0.0`
+/// holds on every loopback address too.
+pub const DEFAULT_SENTRY_PORT: u16 = 26756;
+
 impl TunnelSettings {
+    /// Every `[[bastion]]`'s sentry, in configuration order, with its
+    /// bastion's name.
+    pub fn sentries(&self) -> impl Iterator<Item = (&str, &SentrySettings)> {
+        self.bastions.iter().filter_map(|bastion| {
+            bastion
+                .sentry
+                .as_ref()
+                .map(|sentry| (bastion.name.as_str(), sentry))
+        })
+    }
+
     /// The tunnel library's configuration for `bastion`; the control socket
     /// `rpc_socket` is what its `rpc-socket` forwards to.
     pub fn bastion_config(&self, bastion: &BastionSettings, rpc_socket: &Path) -> BastionConfig {
@@ -230,6 +280,17 @@ fn host_port(text: &str) -> Result<(String, u16), String> {
         ));
     }
     Ok((host.to_string(), port))
+}
+
+/// A CometBFT node ID: the hex of 20 bytes (`p2p/key.go`).
+fn is_node_id(text: &str) -> bool {
+    text.len() == 40 && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// `127.0.0.<2 + index>:26756`: one loopback address per bastion's sentry.
+fn default_sentry_listen(index: usize) -> SocketAddr {
+    let last = u8::try_from(2 + index).unwrap_or(u8::MAX);
+    SocketAddr::from(([127, 0, 0, last], DEFAULT_SENTRY_PORT))
 }
 
 fn loopback_socket_addr(text: &str) -> Result<SocketAddr, String> {
@@ -585,6 +646,83 @@ pub(super) fn validate_tunnels(
                 });
             }
         }
+        let sentry = raw.sentry.and_then(|raw| {
+            let node_id = match raw.node_id {
+                Some(id) if is_node_id(&id) => Some(id.to_ascii_lowercase()),
+                Some(id) => {
+                    problem(
+                        r,
+                        "sentry.node-id",
+                        format!(
+                            "'{id}' is not a CometBFT node ID (40 hex digits; \
+                             `gaiad tendermint show-node-id` on the sentry)"
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    problem(
+                        r,
+                        "sentry.node-id",
+                        "is required: the sentry's node ID (`gaiad tendermint show-node-id`)"
+                            .into(),
+                    );
+                    None
+                }
+            };
+            let target = match raw.target.as_deref().map(host_port) {
+                Some(Ok(target)) => Some(target),
+                Some(Err(reason)) => {
+                    problem(r, "sentry.target", reason);
+                    None
+                }
+                None => {
+                    problem(
+                        r,
+                        "sentry.target",
+                        "is required: the sentry's P2P address as the bastion reaches it \
+                         (host:port)"
+                            .into(),
+                    );
+                    None
+                }
+            };
+            let listen = match raw.listen.as_deref().map(loopback_socket_addr) {
+                Some(Ok(listen)) => Some(listen),
+                Some(Err(reason)) => {
+                    problem(r, "sentry.listen", reason);
+                    None
+                }
+                None => Some(default_sentry_listen(index)),
+            };
+            if let Some(listen) = listen
+                && !listens.insert(listen)
+            {
+                problem(
+                    r,
+                    "sentry.listen",
+                    format!("listen address {listen} is used twice"),
+                );
+            }
+            match (node_id, target, listen) {
+                (Some(node_id), Some((target_host, target_port)), Some(listen)) => {
+                    Some(SentrySettings {
+                        node_id,
+                        listen,
+                        target_host,
+                        target_port,
+                    })
+                }
+                _ => None,
+            }
+        });
+        if let Some(sentry) = &sentry {
+            local_forwards.push(LocalTcpForward {
+                listen: sentry.listen,
+                target_host: sentry.target_host.clone(),
+                target_port: sentry.target_port,
+            });
+        }
         settings.push(BastionSettings {
             name,
             host,
@@ -595,6 +733,7 @@ pub(super) fn validate_tunnels(
             backup_command: raw.backup_command,
             local_forwards,
             remote_forwards,
+            sentry,
         });
     }
     Some(TunnelSettings {
@@ -615,6 +754,93 @@ mod tests {
     const FINGERPRINT: &str = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
 
     use crate::config::test_support::load;
+
+    #[test]
+    fn sentries_get_a_loopback_address_each_and_a_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("tunnel_ed25519");
+        std::fs::write(&key, "not parsed at load time").unwrap();
+        let bastion = |name: &str, sentry: &str| {
+            format!(
+                "[[bastion]]\nname = \"{name}\"\nhost = \"203.0.113.10\"\nuser = \"t\"\n\
+                 host-key-fingerprints = [\"{FINGERPRINT}\"]\n{sentry}\n"
+            )
+        };
+        let id = "0123456789ABCDEF0123456789abcdef01234567";
+        let good = format!(
+            "[tunnel]\nkey-file = {key:?}\n{}{}{}",
+            bastion(
+                "ba",
+                &format!("sentry = {{ node-id = \"{id}\", target = \"10.0.0.5:26656\" }}")
+            ),
+            bastion(
+                "bb",
+                &format!(
+                    "sentry = {{ node-id = \"{id}\", target = \"10.0.1.5:26656\", listen = \"127.0.0.9:26656\" }}"
+                )
+            ),
+            bastion("bc", ""),
+        );
+        let config = load(dir.path(), &good).unwrap();
+        let tunnels = config.tunnels.unwrap();
+        let sentries: Vec<(&str, String, String)> = tunnels
+            .sentries()
+            .map(|(name, s)| (name, s.node_id.clone(), s.listen.to_string()))
+            .collect();
+        let lower = id.to_ascii_lowercase();
+        assert_eq!(
+            sentries,
+            [
+                ("ba", lower.clone(), "127.0.0.2:26756".to_string()),
+                ("bb", lower, "127.0.0.9:26656".to_string()),
+            ]
+        );
+        // The sentry's forward is a local forward like any other.
+        let forward = &tunnels.bastions[0].local_forwards[0];
+        assert_eq!(forward.listen.to_string(), "127.0.0.2:26756");
+        assert_eq!(
+            (forward.target_host.as_str(), forward.target_port),
+            ("10.0.0.5", 26656)
+        );
+        assert!(tunnels.bastions[2].sentry.is_none());
+
+        for (sentry, words) in [
+            (
+                "sentry = { target = \"10.0.0.5:26656\" }",
+                "`bastion[1].sentry.node-id`: is required",
+            ),
+            (
+                "sentry = { node-id = \"abc\", target = \"10.0.0.5:26656\" }",
+                "is not a CometBFT node ID",
+            ),
+            (
+                &format!("sentry = {{ node-id = \"{id}\" }}"),
+                "`bastion[1].sentry.target`: is required",
+            ),
+            (
+                &format!(
+                    "sentry = {{ node-id = \"{id}\", target = \"10.0.0.5:26656\", listen = \"0.0.0.0:26756\" }}"
+                ),
+                "must be a loopback address",
+            ),
+            (
+                &format!(
+                    "sentry = {{ node-id = \"{id}\", target = \"10.0.0.5:26656\", listen = \"127.0.0.1:26701\" }}\nlocal-forwards = [{{ listen = \"127.0.0.1:26701\", target = \"10.0.0.6:1\" }}]"
+                ),
+                "listen address 127.0.0.1:26701 is used twice",
+            ),
+            (
+                &format!(
+                    "sentry = {{ node-id = \"{id}\", target = \"10.0.0.5:26656\", port = 1 }}"
+                ),
+                "unknown field `port`",
+            ),
+        ] {
+            let text = format!("[tunnel]\nkey-file = {key:?}\n{}", bastion("ba", sentry));
+            let error = load(dir.path(), &text).unwrap_err().to_string();
+            assert!(error.contains(words), "{sentry}: {error}");
+        }
+    }
 
     #[test]
     fn bastions_are_validated_into_tunnel_configs() {

@@ -91,6 +91,19 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     // that cannot be read stops the start here, before anything runs.
     let node = NodePaths::read(&config.daemon_home)
         .context("cannot find the node's files from its config.toml")?;
+    // gaiad peers with the bastions' sentries only, through the tunnels:
+    // written before anything starts, refused (nothing written) when the
+    // mesh would leave it without a sentry.
+    let changes = crate::node::peering::apply(&config)
+        .context("cannot set the node's peering from the [[bastion]] sentries")?;
+    for change in &changes {
+        tracing::info!(
+            key = %change.key,
+            from = change.from.as_deref().unwrap_or("(unset)"),
+            to = %change.to,
+            "config.toml: peering set from the bastion mesh"
+        );
+    }
     let layout = Layout::new(&config.daemon_home, &config.daemon_name);
     remove_interrupted_work(&config, &layout);
     let reaper = Reaper::start()?;

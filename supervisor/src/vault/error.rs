@@ -222,14 +222,10 @@ pub enum VaultError {
         /// The existing file.
         path: PathBuf,
     },
-    /// The daemon's `config.toml` cannot be parsed or edited.
-    #[error("cannot edit {}: {reason}", path.display())]
-    Config {
-        /// The `config.toml`.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    /// The daemon's `config.toml` cannot be read, parsed, edited or
+    /// written (the message names the file).
+    #[error("{0}")]
+    Config(#[from] crate::node::config_toml::ConfigTomlError),
 }
 
 impl VaultError {

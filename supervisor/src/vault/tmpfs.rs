@@ -18,7 +18,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::statfs::{self, FsType};
-use palisade_daemon::durable::{self, AtomicWrite, Existing};
+use palisade_daemon::durable;
+
+use crate::node::config_toml::ConfigToml;
 
 use super::secure_fs;
 use super::{KeyKind, UnlockedVault, VaultError};
@@ -28,9 +30,6 @@ use super::{KeyKind, UnlockedVault, VaultError};
 /// without it only the known key file names are touched, so a misconfigured
 /// path (say, a shared runtime directory) never loses unrelated files.
 pub const TMPFS_MARKER_FILE: &str = ".palisade-tmpfs-keys";
-
-/// Largest `config.toml` accepted.
-const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
 
 /// Decrypted key files in a tmpfs directory. Wiped by [`TmpfsKeys::wipe`], or
 /// on drop as a fallback (errors then only logged).
@@ -133,10 +132,8 @@ pub fn materialize(
     }
 
     check_ram_filesystem(nearest_existing(tmpfs_dir))?;
-    let config_path = daemon_home.join("config").join("config.toml");
-    let (config_text, config_write) = read_config(&config_path)?;
     // Fail on a bad config.toml before a single key is decrypted.
-    let mut document = parse_config(&config_path, &config_text)?;
+    let mut config = ConfigToml::open(daemon_home)?;
 
     secure_fs::ensure_private_dir(tmpfs_dir)?;
     let dir = fs::canonicalize(tmpfs_dir).map_err(VaultError::io("resolve", tmpfs_dir))?;
@@ -177,19 +174,17 @@ pub fn materialize(
     }
     durable::fsync_dir(&dir)?;
 
-    let mut changed = false;
     for (kind, path) in &keys.files {
-        changed |=
-            set_top_level_path(&mut document, kind.config_key(), path).map_err(|reason| {
-                VaultError::Config {
-                    path: config_path.clone(),
-                    reason,
-                }
-            })?;
+        let Some(path) = path.to_str() else {
+            return Err(VaultError::NotRegularFile {
+                path: path.clone(),
+                reason: "the path is not UTF-8, so config.toml cannot name it".into(),
+            });
+        };
+        config.set(None, kind.config_key(), path)?;
     }
-    if changed {
-        config_write.write(&config_path, document.to_string().as_bytes())?;
-    }
+    let config_path = config.path().to_path_buf();
+    config.save()?;
     tracing::info!(
         dir = %dir.display(),
         files = keys.files.len(),
@@ -375,59 +370,6 @@ fn filesystem_name(filesystem: FsType) -> String {
     format!("{name} (type {magic:#x})")
 }
 
-/// Reads `config.toml`, and how to rewrite it keeping its mode and owner.
-fn read_config(path: &Path) -> Result<(String, AtomicWrite), VaultError> {
-    let metadata = fs::metadata(path).map_err(VaultError::io("inspect", path))?;
-    if metadata.len() > MAX_CONFIG_BYTES as u64 {
-        return Err(VaultError::Config {
-            path: path.to_path_buf(),
-            reason: format!("larger than {MAX_CONFIG_BYTES} bytes"),
-        });
-    }
-    let text = fs::read_to_string(path).map_err(VaultError::io("read", path))?;
-    let write = AtomicWrite::new(metadata.mode() & 0o7777, Existing::Replace)
-        .owned_by(metadata.uid(), metadata.gid());
-    Ok((text, write))
-}
-
-fn parse_config(path: &Path, text: &str) -> Result<toml_edit::DocumentMut, VaultError> {
-    text.parse::<toml_edit::DocumentMut>()
-        .map_err(|error| VaultError::Config {
-            path: path.to_path_buf(),
-            reason: format!("not valid TOML: {error}"),
-        })
-}
-
-/// Sets top-level `key = "<path>"`, keeping the comments around an existing
-/// value. Returns whether the document changed.
-fn set_top_level_path(
-    document: &mut toml_edit::DocumentMut,
-    key: &str,
-    path: &Path,
-) -> Result<bool, String> {
-    let value = path
-        .to_str()
-        .ok_or_else(|| format!("the path {} is not UTF-8", path.display()))?;
-    let table = document.as_table_mut();
-    match table.get_mut(key) {
-        Some(item) => {
-            let existing = item
-                .as_value_mut()
-                .ok_or_else(|| format!("top-level `{key}` is not a plain value"))?;
-            if existing.as_str() == Some(value) {
-                return Ok(false);
-            }
-            let decor = existing.decor().clone();
-            *existing = toml_edit::Value::from(value);
-            *existing.decor_mut() = decor;
-        }
-        None => {
-            table.insert(key, toml_edit::value(value));
-        }
-    }
-    Ok(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,20 +377,28 @@ mod tests {
     #[test]
     fn config_edit_keeps_comments_and_layout() {
         let text = "# top comment\nmoniker = \"val\"\n\n# key file, relative to home\npriv_validator_key_file = \"config/priv_validator_key.json\"   # trailing\n\n[p2p]\n# p2p comment\nladdr = \"tcp://0.0.0.0:26656\"\n";
-        let mut document: toml_edit::DocumentMut = text.parse().unwrap();
-        let pv = Path::new("/dev/shm/keys/priv_validator_key.json");
-        let nk = Path::new("/dev/shm/keys/node_key.json");
-        assert!(set_top_level_path(&mut document, "priv_validator_key_file", pv).unwrap());
-        assert!(set_top_level_path(&mut document, "node_key_file", nk).unwrap());
-        assert!(!set_top_level_path(&mut document, "node_key_file", nk).unwrap());
-        let edited = document.to_string();
+        let home = tempfile::tempdir().unwrap();
+        fs::create_dir(home.path().join("config")).unwrap();
+        fs::write(home.path().join("config/config.toml"), text).unwrap();
+        let mut config = ConfigToml::open(home.path()).unwrap();
+        let pv = "/dev/shm/keys/priv_validator_key.json";
+        let nk = "/dev/shm/keys/node_key.json";
+        assert!(config.set(None, "priv_validator_key_file", pv).unwrap());
+        assert!(config.set(None, "node_key_file", nk).unwrap());
+        assert!(!config.set(None, "node_key_file", nk).unwrap());
+        config.save().unwrap();
         assert_eq!(
-            edited,
+            fs::read_to_string(home.path().join("config/config.toml")).unwrap(),
             "# top comment\nmoniker = \"val\"\n\n# key file, relative to home\npriv_validator_key_file = \"/dev/shm/keys/priv_validator_key.json\"   # trailing\nnode_key_file = \"/dev/shm/keys/node_key.json\"\n\n[p2p]\n# p2p comment\nladdr = \"tcp://0.0.0.0:26656\"\n"
         );
         // A table where a path belongs is refused, not replaced.
-        let mut document: toml_edit::DocumentMut = "[node_key_file]\na = 1\n".parse().unwrap();
-        assert!(set_top_level_path(&mut document, "node_key_file", nk).is_err());
+        fs::write(
+            home.path().join("config/config.toml"),
+            "[node_key_file]\na = 1\n",
+        )
+        .unwrap();
+        let mut config = ConfigToml::open(home.path()).unwrap();
+        assert!(config.set(None, "node_key_file", nk).is_err());
     }
 
     #[test]
