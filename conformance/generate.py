@@ -37,6 +37,17 @@ BINARIES_INFO = (
     '?checksum=sha256:1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809"}}'
 )
 
+# The same binaries, as JSON with a space after each colon and comma: how
+# the plan's info looked in a real upgrade-info.json quoted in
+# cosmos/cosmos-sdk issue #16476 (SDK v0.47). On the console the info then
+# holds spaces, so it is more than the first token after the height.
+BINARIES_INFO_SPACED = json.dumps(json.loads(BINARIES_INFO))
+AMPERSAND_INFO = (
+    '{"binaries":{"linux/amd64":"https://downloads.example.org/gaiad-v25.0.0-linux-amd64'
+    '?X-Amz-Expires=604800&X-Amz-Signature=5f1d&checksum=sha256:'
+    '9c2f5d1f4c6e1b7a0f3e2d5c8b9a6f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a"}}'
+)
+
 
 def seed(label):
     return hashlib.sha256(b"palisade conformance " + label.encode()).digest()
@@ -284,6 +295,18 @@ def build():
     plan = {"name": UPGRADE_NAME, "time": "0001-01-01T00:00:00Z", "height": UPGRADE_HEIGHT}
     files["sdk-v0.50/upgrade-info.json"] = compact_json(plan)
     files["sdk-v0.50/upgrade-info.binaries.json"] = compact_json({**plan, "info": BINARIES_INFO})
+    files["sdk-v0.50/upgrade-info.binaries-spaced.json"] = compact_json(
+        {**plan, "info": BINARIES_INFO_SPACED}
+    )
+    # Go's json.Marshal escapes &, < and > in strings as \u0026, \u003c,
+    # \u003e: a binaries URL with a query string of its own (a presigned
+    # download URL) reaches the file escaped.
+    files["sdk-v0.50/upgrade-info.html-escaped.json"] = (
+        compact_json({**plan, "info": AMPERSAND_INFO})
+        .replace("&", "\\u0026")
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+    )
     # os.WriteFile is not atomic: a reader can see the first bytes only.
     whole = compact_json({**plan, "info": BINARIES_INFO})
     files["sdk-v0.50/incomplete/upgrade-info.truncated.json"] = whole[:57]
@@ -307,7 +330,11 @@ def build():
     def colour(code, text):
         return f"\x1b[{code}m{text}\x1b[0m"
 
-    for kind, info in (("empty-info", ""), ("binaries", BINARIES_INFO)):
+    for kind, info in (
+        ("empty-info", ""),
+        ("binaries", BINARIES_INFO),
+        ("binaries-spaced", BINARIES_INFO_SPACED),
+    ):
         text = message(info)
         # cosmossdk.io/log (zerolog v1.32/v1.33 ConsoleWriter, time.Kitchen):
         # time, level, message, then the fields sorted, each part joined by
@@ -329,8 +356,28 @@ def build():
         files[f"sdk-v0.50/upgrade-line.json.{kind}.log"] = json_line
         # SDK v0.47 and before (zerolog <= v1.29 ConsoleWriter): the level is
         # red then bold, the message plain; no module field is guaranteed.
+        if kind == "binaries-spaced":
+            continue
         files[f"older/upgrade-line.sdk-v0.47.color.{kind}.log"] = (
             f"{colour(90, '2:03PM')} {bold(colour(31, 'ERR'))} {text}\n"
+        )
+        # Tendermint-era SDK (v0.40-v0.42, Tendermint v0.34 loggers), the
+        # server logger carrying module=main:
+        # libs/log/tmfmt_logger.go: level initial, time, the message padded
+        # to 44 columns, a space, module=..., a space, then the newline.
+        files[f"older/upgrade-line.tendermint.plain.{kind}.log"] = (
+            f"E[2021-05-18|12:00:00.123] {text:<44} module=main \n"
+        )
+        # libs/log/tm_json_logger.go: go-kit's JSON logger, a map encoded by
+        # encoding/json (keys sorted, HTML not escaped), message under _msg,
+        # ts in RFC 3339 with nanoseconds, UTC.
+        files[f"older/upgrade-line.tendermint.json.{kind}.log"] = (
+            json.dumps(
+                {"_msg": text, "level": "error", "module": "main", "ts": "2021-05-18T12:00:00.123456789Z"},
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            + "\n"
         )
     return files
 
