@@ -214,7 +214,9 @@ def build():
     # Signatures are ordered as the validator set (by power, then address);
     # keep ours first, as the highest power here.
     header = {
-        "version": {"block": "11", "app": "0"},
+        # proto/tendermint/version Consensus: both fields `omitempty`, which
+        # libs/json honours, so an app version of 0 is left out.
+        "version": {"block": "11"},
         "chain_id": CHAIN_ID,
         "height": str(HEIGHT),
         "time": rfc3339_nano(header_seconds, header_nanos),

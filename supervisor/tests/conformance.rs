@@ -290,7 +290,7 @@ fn the_goldens_describe_one_node() {
     );
 }
 
-// ------------------------------------------------------------ upgrade-info.json
+// ------------------------------------- a node home for the end-to-end tests
 
 /// A node home with the Cosmovisor layout: a fake `gaiad` (a shell script)
 /// as the genesis binary, the golden config.toml and initial sign state.
@@ -315,7 +315,8 @@ impl Home {
             assert!(config.contains(default));
             config = config.replace(default, &format!("laddr = \"tcp://{address}\""));
         } else {
-            // No node RPC at all: nothing may answer on the default port.
+            // No node RPC: a port nothing listens on, so that a real node
+            // on this machine's default port is never asked.
             config = config.replace(
                 "laddr = \"tcp://127.0.0.1:26657\"",
                 "laddr = \"tcp://127.0.0.1:1\"",
@@ -340,6 +341,8 @@ impl Home {
             .env("DAEMON_NAME", "gaiad")
             .env("DAEMON_POLL_INTERVAL", "50ms")
             .env("DAEMON_SHUTDOWN_GRACE", "5s")
+            // The data backup before an upgrade is not what these tests
+            // check; skipping it keeps each run short.
             .env("UNSAFE_SKIP_BACKUP", "true")
             .env("PALISADE_LOG", "info");
         command
@@ -413,6 +416,8 @@ fn write_script(path: &Path, body: &str) {
     std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+// -------------------------------------------------------- upgrade-info.json
 
 /// Every complete `upgrade-info.json` golden, with the plan it holds.
 #[test]
