@@ -881,6 +881,15 @@ impl Machine {
         // An exit right after printing an upgrade line, or with a fresh plan
         // on disk, is an upgrade halt…
         let plan = match (exit.plan_from_output, exit.plan_in_file) {
+            // The line and the file name the same upgrade: the file's info
+            // is whole (a console line's info ends at the first logger
+            // field or space), so it is the one downloads use.
+            (Some(line), Some(file)) if line.name == file.name && line.height == file.height => {
+                Some(DetectedPlan {
+                    plan: file,
+                    source: DetectionSource::OutputLine,
+                })
+            }
             (Some(plan), _) => Some(DetectedPlan {
                 plan,
                 source: DetectionSource::OutputLine,

@@ -1099,6 +1099,39 @@ fn a_held_plan_waits_for_its_height_and_a_crash_short_of_it_is_a_crash() {
 }
 
 #[test]
+fn an_upgrade_halt_takes_the_whole_info_from_the_file_when_both_name_it() {
+    let line = UpgradePlan {
+        info: "https://x/info.json".into(),
+        ..plan("v2", 40)
+    };
+    let file = UpgradePlan {
+        info: "https://x/info.json with the rest the console cut".into(),
+        ..plan("v2", 40)
+    };
+    let mut machine = machine_at("Running", true);
+    let actions = machine.step(Event::DaemonExited(DaemonExit {
+        plan_from_output: Some(line.clone()),
+        plan_in_file: Some(file.clone()),
+        ..exit(1)
+    }));
+    assert!(actions.contains(&Action::BeginUpgrade(DetectedPlan {
+        plan: file,
+        source: DetectionSource::OutputLine,
+    })));
+    // Another plan in the file does not replace the line's.
+    let mut machine = machine_at("Running", true);
+    let actions = machine.step(Event::DaemonExited(DaemonExit {
+        plan_from_output: Some(line.clone()),
+        plan_in_file: Some(plan("v3", 90)),
+        ..exit(1)
+    }));
+    assert!(actions.contains(&Action::BeginUpgrade(DetectedPlan {
+        plan: line,
+        source: DetectionSource::OutputLine,
+    })));
+}
+
+#[test]
 fn repeated_crashes_become_a_crash_loop() {
     let mut machine = machine_at("Running", true);
     for crash in 1..=2 {
