@@ -68,6 +68,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DELIVERY_QUEUE: usize = 64;
 /// Reconnect requests queued (one per persistent peer at most in practice).
 const RECONNECT_QUEUE: usize = 256;
+/// Inbound connections held at once while they wait for a handshake; more are closed at once
+/// (the transport limits accepted connections too: `netutil.LimitListener` in `createTransport`).
+const MAX_INBOUND_PENDING: usize = 64;
 
 fn p2p_log(level: Level, message: &str, fields: &[(&str, &dyn LogValue)]) {
     let mut all: Vec<(&str, &dyn LogValue)> = fields.to_vec();
@@ -713,13 +716,19 @@ impl Switch {
     /// node dials a validator, so none completes one: the connection is dropped when the remote
     /// closes it or after the handshake timeout.
     pub async fn accept_inbound(self: Arc<Self>, listener: TcpListener) {
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_PENDING));
         loop {
             let Ok((stream, remote)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
             let switch = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let peers = switch.peer_count();
                 let key = match switch.filter_conn(remote) {
                     Ok(key) => key,
