@@ -1065,7 +1065,7 @@ async fn handle_node(
         listen_addr: listener.addr.to_string(),
         network: listener.chain_id.clone(),
         moniker: listener.name.clone(),
-        version: crate::node::COMETBFT_VERSION.to_string(),
+        version: crate::protocol::COMETBFT_VERSION.to_string(),
     };
     write_line(
         &mut write_half,

@@ -43,8 +43,7 @@ use crate::upgrade::{
 };
 use crate::vote::{CanonicalVote, VoteType};
 
-/// CometBFT version reported by `/status`.
-pub const COMETBFT_VERSION: &str = "0.38.17";
+pub use crate::protocol::COMETBFT_VERSION;
 /// Exit code when the binary cannot run the chain (upgrade needed / updated too early).
 pub const EXIT_UPGRADE: i32 = 1;
 /// Exit code of the simulated crash (`SIMD_CRASH_AFTER`).

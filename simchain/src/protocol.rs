@@ -24,6 +24,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// CometBFT version the simulation reports (`/status`, NodeInfo).
+pub const COMETBFT_VERSION: &str = "0.38.17";
+
 /// Upper bound on one protocol line.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
