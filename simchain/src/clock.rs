@@ -43,6 +43,28 @@ pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_nanos(time.max(UNIX_EPOCH)).to_string()
 }
 
+/// RFC 3339 in UTC the way Go's `time.Time.MarshalJSON` writes it (`time.RFC3339Nano`): the
+/// fraction keeps only its significant digits and disappears when zero
+/// (`2024-02-29T15:04:05.1Z`, `2024-02-29T15:04:05Z`). CometBFT's RPC JSON encodes times like this
+/// after converting them to UTC (`libs/json/encoder.go`, v0.38), e.g. `/status`'s
+/// `latest_block_time`, and so does the SDK's `genesis_time`.
+pub fn rfc3339_go(time: SystemTime) -> String {
+    let full = rfc3339(time);
+    // `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`: trim the fraction's trailing zeros, then a bare dot.
+    let Some(body) = full.strip_suffix('Z') else {
+        return full;
+    };
+    let trimmed = body.trim_end_matches('0').trim_end_matches('.');
+    format!("{trimmed}Z")
+}
+
+/// RFC 3339 in UTC to the second (`2024-02-29T15:04:05Z`): zerolog's default `TimeFieldFormat`
+/// (`time.RFC3339`), the `time` field of the SDK's JSON log lines (rs/zerolog v1.33
+/// `globals.go`). zerolog writes local time; simd's zone is UTC.
+pub fn rfc3339_seconds(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time.max(UNIX_EPOCH)).to_string()
+}
+
 /// Kitchen time (`3:04PM`, UTC), the timestamp of CometBFT's console log format.
 pub fn kitchen(time: SystemTime) -> String {
     let of_day = since_epoch(time).as_secs() % 86_400;
@@ -86,5 +108,12 @@ mod tests {
         assert_eq!(kitchen(t), "3:04PM");
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(kitchen(UNIX_EPOCH), "12:00AM");
+        assert_eq!(rfc3339_go(t), "2024-02-29T15:04:05.000000007Z");
+        assert_eq!(
+            rfc3339_go(UNIX_EPOCH + Duration::new(1_709_219_045, 120_000_000)),
+            "2024-02-29T15:04:05.12Z"
+        );
+        assert_eq!(rfc3339_go(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_seconds(t), "2024-02-29T15:04:05Z");
     }
 }

@@ -3,11 +3,21 @@
 //! [`ChainState`] is the pure core (no I/O): it verifies votes, flags double signs, commits
 //! heights and renders the [`Record`]. [`run`] wraps it in tokio servers:
 //!
-//! - a TCP listener for nodes speaking [`crate::protocol`] (at most [`MAX_NODE_CONNECTIONS`];
-//!   each gets a bounded queue of [`NODE_QUEUE`] new heights — a node that falls behind or does
-//!   not accept a write within [`NODE_WRITE_TIMEOUT`] is dropped, never waited for);
-//! - an HTTP endpoint: `GET /record`, `GET /status` (`{"height":H}`, latest committed height)
-//!   and `POST /upgrade` (`{"name","height","info"}`, like a governance proposal passing);
+//! - one or more TCP listeners for nodes speaking [`crate::protocol`], each standing for a
+//!   sentry: its own name and node key (so its own node ID, `p2p/key.go`), one chain behind
+//!   all of them. A listener accepts any number of sessions, from any IP and node ID — more
+//!   than a sentry would, which refuses a second session from an IP (unless
+//!   `allow_duplicate_ip`) or from a node ID it already has (`p2p/switch.go` `filterPeer`):
+//!   every test node is on loopback, and one listener may be reached through two paths whose
+//!   first session lingers after its link was cut. The *validator's* side applies those rules
+//!   ([`crate::switch`]). At most
+//!   [`MAX_NODE_CONNECTIONS`] sessions per listener; each gets a bounded queue of
+//!   [`NODE_QUEUE`] new heights — a node that falls behind or does not accept a write within
+//!   [`NODE_WRITE_TIMEOUT`] is dropped, never waited for;
+//! - an HTTP endpoint: `GET /record`, `GET /status` (`{"height":H}`, latest committed height),
+//!   `POST /upgrade` (`{"name","height","info"}`, like a governance proposal passing) and
+//!   `POST /listeners/NAME/down` / `up` (a sentry stops — its port closes and its sessions
+//!   drop — or comes back on the same address);
 //! - a block timer: every block time it commits the current height if precommit power
 //!   (internal validators included) reaches 2/3 of the total, records which external validators
 //!   missed it, and broadcasts `new_height` for the next one;
@@ -17,7 +27,7 @@
 //! Internal validators always vote and "upgrade instantly", so the chain never halts; external
 //! validators that halt or disconnect visibly miss blocks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,16 +40,19 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
 use crate::clock::rfc3339;
 use crate::console_log::{Level, Sink, log};
 use crate::http::{HttpRequest, HttpResponse};
-use crate::key::{PUB_KEY_TYPE, TypedKey, address_of, decode_pub_key};
+use crate::key::{PUB_KEY_TYPE, TypedKey, ValidatorKey, address_of, decode_pub_key};
 use crate::protocol::{
-    MAX_LINE_BYTES, NetworkMessage, NewHeight, NodeMessage, SignedVote, UpgradePlan,
+    Hello, MAX_LINE_BYTES, NetworkMessage, NewHeight, NodeInfo, NodeMessage, SignedVote,
+    UpgradePlan, auth_message,
 };
-use crate::record::{DoubleSign, MAX_MISSED_LISTED, Record, ValidatorRecord};
+use crate::record::{
+    ConnectionRecord, DoubleSign, ListenerRecord, MAX_MISSED_LISTED, Record, ValidatorRecord,
+};
 use crate::sign_state::write_atomically;
 use crate::vote::{CanonicalVote, VoteType};
 
@@ -49,8 +62,10 @@ pub const MAX_NODE_CONNECTIONS: usize = 256;
 pub const NODE_QUEUE: usize = 64;
 /// Deadline for writing one line to a node.
 pub const NODE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-/// A node that sends nothing (not even `hello`) for this long is disconnected.
+/// A node that sends nothing for this long is disconnected (a node pings every 60 s).
 pub const NODE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A node must send its `hello` within this long.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heights of vote history kept for double-sign detection.
 pub const VOTE_HISTORY_HEIGHTS: u64 = 5_000;
 /// Distinct sign bytes remembered per (validator, height, round, step).
@@ -219,6 +234,22 @@ pub struct ChainState {
     double_signs: Vec<DoubleSign>,
     invalid_votes: u64,
     upgrade_plans: Vec<UpgradePlan>,
+    /// Time of the last committed block.
+    last_block_time: Option<SystemTime>,
+    listeners: Vec<ListenerRecord>,
+    sessions: BTreeMap<u64, OpenSession>,
+    next_session: u64,
+}
+
+/// A session that passed the handshake.
+#[derive(Debug, Clone)]
+struct OpenSession {
+    validator: Option<usize>,
+    listener: String,
+    listener_node_id: String,
+    node_id: String,
+    remote: String,
+    since_height: u64,
 }
 
 /// Deterministic hex block ID for a height.
@@ -265,7 +296,66 @@ impl ChainState {
             double_signs: Vec::new(),
             invalid_votes: 0,
             upgrade_plans: config.upgrade_plans.clone(),
+            last_block_time: None,
+            listeners: Vec::new(),
+            sessions: BTreeMap::new(),
+            next_session: 1,
         })
+    }
+
+    /// Registers a listener for the record.
+    pub fn add_listener(&mut self, name: &str, listen_addr: SocketAddr, node_id: &str) {
+        self.listeners.push(ListenerRecord {
+            name: name.to_string(),
+            listen_addr: listen_addr.to_string(),
+            node_id: node_id.to_string(),
+            up: true,
+            sessions: 0,
+        });
+    }
+
+    /// Marks a listener up or down; false when there is no such listener.
+    pub fn set_listener_up(&mut self, name: &str, up: bool) -> bool {
+        match self.listeners.iter_mut().find(|l| l.name == name) {
+            Some(listener) => {
+                listener.up = up;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Opens a session after its handshake; returns its key.
+    pub fn open_session(
+        &mut self,
+        listener: &str,
+        listener_node_id: &str,
+        hello: &Hello,
+        remote: SocketAddr,
+    ) -> u64 {
+        let validator = self.by_address.get(&hello.address.to_uppercase()).copied();
+        if let Some(index) = validator {
+            self.validators[index].record.sessions_opened += 1;
+        }
+        let key = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            key,
+            OpenSession {
+                validator,
+                listener: listener.to_string(),
+                listener_node_id: listener_node_id.to_string(),
+                node_id: hello.node_id.clone(),
+                remote: remote.to_string(),
+                since_height: self.height,
+            },
+        );
+        key
+    }
+
+    /// Closes a session.
+    pub fn close_session(&mut self, key: u64) {
+        self.sessions.remove(&key);
     }
 
     /// Latest committed height.
@@ -281,6 +371,7 @@ impl ChainState {
             round: 0,
             block_id: block_id(&self.chain_id, self.height),
             time: rfc3339(self.height_time),
+            last_block_time: self.last_block_time.map(rfc3339).unwrap_or_default(),
             upgrade_plans: self.upgrade_plans.clone(),
         }
     }
@@ -414,6 +505,7 @@ impl ChainState {
                 missing.push(validator.name.clone());
             }
         }
+        self.last_block_time = Some(self.height_time);
         self.height += 1;
         self.height_time = now;
         let floor = self.height.saturating_sub(VOTE_HISTORY_HEIGHTS);
@@ -428,17 +520,43 @@ impl ChainState {
 
     /// The record as served on `GET /record`.
     pub fn record(&self) -> Record {
+        let mut validators: BTreeMap<String, ValidatorRecord> = self
+            .validators
+            .iter()
+            .map(|v| (v.name.clone(), v.record.clone()))
+            .collect();
+        let mut listeners = self.listeners.clone();
+        for session in self.sessions.values() {
+            if let Some(listener) = listeners.iter_mut().find(|l| l.name == session.listener) {
+                listener.sessions += 1;
+            }
+            let Some(index) = session.validator else {
+                continue;
+            };
+            let Some(record) = validators.get_mut(&self.validators[index].name) else {
+                continue;
+            };
+            record.sessions += 1;
+            if !record.connected_via.contains(&session.listener) {
+                record.connected_via.push(session.listener.clone());
+                record.connected_via.sort();
+            }
+            record.connections.push(ConnectionRecord {
+                listener: session.listener.clone(),
+                listener_node_id: session.listener_node_id.clone(),
+                node_id: session.node_id.clone(),
+                remote_addr: session.remote.clone(),
+                since_height: session.since_height,
+            });
+        }
         Record {
             chain_id: self.chain_id.clone(),
             height: self.committed_height(),
-            validators: self
-                .validators
-                .iter()
-                .map(|v| (v.name.clone(), v.record.clone()))
-                .collect(),
+            validators,
             double_signs: self.double_signs.clone(),
             invalid_votes: self.invalid_votes,
             upgrade_plans: self.upgrade_plans.clone(),
+            listeners,
         }
     }
 
@@ -449,24 +567,120 @@ impl ChainState {
     }
 }
 
+/// A listener to open: `[NAME=]ADDR`, and optionally a node key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// Its name in the record (default `sentry-N`, N counting from 1).
+    pub name: Option<String>,
+    /// Address to bind (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// `node_key.json` to use; created when missing, as CometBFT's `LoadOrGenNodeKey` does.
+    /// Without one the listener gets a fresh key each run.
+    pub node_key: Option<PathBuf>,
+}
+
+/// Parses `--listen [NAME=]ADDR`.
+pub fn parse_listen_spec(text: &str) -> Result<ListenerSpec, String> {
+    let (name, addr) = match text.split_once('=') {
+        Some((name, addr)) => (Some(name.trim().to_string()), addr),
+        None => (None, text),
+    };
+    if name.as_deref().is_some_and(|n| {
+        n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    }) {
+        return Err(format!(
+            "--listen {text:?}: a name is letters, digits, '-', '_' or '.'"
+        ));
+    }
+    let addr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("--listen {text:?}: expected [NAME=]IP:PORT"))?;
+    Ok(ListenerSpec {
+        name,
+        addr,
+        node_key: None,
+    })
+}
+
+/// A bound listener with its identity.
+pub struct BoundListener {
+    name: String,
+    listener: TcpListener,
+    key: Arc<ValidatorKey>,
+}
+
+/// What a listener looks like from outside: name, bound address, node ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// Name.
+    pub name: String,
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Node ID.
+    pub node_id: String,
+}
+
 /// Bound sockets, ready to [`serve`].
 pub struct BoundNetwork {
-    nodes: TcpListener,
+    listeners: Vec<BoundListener>,
     http: TcpListener,
 }
 
 impl BoundNetwork {
-    /// Binds both listeners (port 0 allowed).
-    pub async fn bind(nodes: SocketAddr, http: SocketAddr) -> std::io::Result<Self> {
-        Ok(Self {
-            nodes: TcpListener::bind(nodes).await?,
-            http: TcpListener::bind(http).await?,
-        })
+    /// Binds the listeners and the HTTP endpoint (port 0 allowed), loading or creating each
+    /// listener's node key. Names must be unique.
+    pub async fn bind(specs: &[ListenerSpec], http: SocketAddr) -> anyhow::Result<Self> {
+        anyhow::ensure!(!specs.is_empty(), "at least one --listen address is needed");
+        let mut listeners = Vec::new();
+        let mut names = BTreeSet::new();
+        for (index, spec) in specs.iter().enumerate() {
+            let name = spec
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("sentry-{}", index + 1));
+            anyhow::ensure!(
+                names.insert(name.clone()),
+                "listener name {name:?} is used twice"
+            );
+            let key = match &spec.node_key {
+                Some(path) if path.exists() => ValidatorKey::load_node_key(path)?,
+                Some(path) => {
+                    let key = ValidatorKey::generate();
+                    key.save_as_node_key(path)?;
+                    key
+                }
+                None => ValidatorKey::generate(),
+            };
+            let listener = TcpListener::bind(spec.addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("listen {}: {e}", spec.addr))?;
+            listeners.push(BoundListener {
+                name,
+                listener,
+                key: Arc::new(key),
+            });
+        }
+        let http = TcpListener::bind(http)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen {http}: {e}"))?;
+        Ok(Self { listeners, http })
     }
 
-    /// The actual (node, http) addresses.
-    pub fn local_addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
-        Ok((self.nodes.local_addr()?, self.http.local_addr()?))
+    /// The listeners as bound, and the HTTP address.
+    pub fn local_addrs(&self) -> std::io::Result<(Vec<ListenerInfo>, SocketAddr)> {
+        let mut listeners = Vec::new();
+        for bound in &self.listeners {
+            listeners.push(ListenerInfo {
+                name: bound.name.clone(),
+                addr: bound.listener.local_addr()?,
+                node_id: bound.key.node_id(),
+            });
+        }
+        Ok((listeners, self.http.local_addr()?))
     }
 }
 
@@ -478,6 +692,81 @@ fn lock(state: &Shared) -> std::sync::MutexGuard<'_, ChainState> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A listener while the network runs: it can be taken down and brought back.
+struct ListenerRuntime {
+    name: String,
+    addr: SocketAddr,
+    key: Arc<ValidatorKey>,
+    node_id: String,
+    chain_id: String,
+    /// `true` while up; sessions end when it turns `false`.
+    up: watch::Sender<bool>,
+    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct Runtime {
+    state: Shared,
+    heights: broadcast::Sender<Arc<str>>,
+    listeners: Vec<Arc<ListenerRuntime>>,
+}
+
+impl Runtime {
+    fn start_accepting(&self, listener: &Arc<ListenerRuntime>, socket: TcpListener) {
+        let task = tokio::spawn(accept_nodes(
+            socket,
+            listener.clone(),
+            self.state.clone(),
+            self.heights.clone(),
+        ));
+        let mut slot = listener
+            .accept_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.replace(task) {
+            old.abort();
+        }
+    }
+
+    /// `POST /listeners/NAME/down|up`.
+    fn set_up(&self, name: &str, up: bool) -> Result<(), (u16, String)> {
+        let listener = self
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| (404, format!("no listener named {name:?}")))?;
+        if *listener.up.borrow() == up {
+            return Ok(());
+        }
+        if up {
+            let socket = std::net::TcpListener::bind(listener.addr)
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(TcpListener::from_std)
+                .map_err(|e| (500, format!("listen {}: {e}", listener.addr)))?;
+            listener.up.send_replace(true);
+            self.start_accepting(listener, socket);
+        } else {
+            listener.up.send_replace(false);
+            if let Some(task) = listener
+                .accept_task
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                // Dropping the accept loop closes the listening socket.
+                task.abort();
+            }
+        }
+        lock(&self.state).set_listener_up(name, up);
+        log(
+            Sink::Stderr,
+            Level::Info,
+            if up { "listener up" } else { "listener down" },
+            &[("name", &name), ("addr", &listener.addr)],
+        );
+        Ok(())
+    }
+}
+
 /// Runs the network until `shutdown` resolves, then writes the record file a final time.
 pub async fn serve(
     config: NetworkConfig,
@@ -486,6 +775,31 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let state: Shared = Arc::new(Mutex::new(ChainState::new(&config, SystemTime::now())?));
     let (heights_tx, _) = broadcast::channel::<Arc<str>>(NODE_QUEUE);
+    let mut listeners = Vec::new();
+    let mut sockets = Vec::new();
+    for bound_listener in bound.listeners {
+        let addr = bound_listener.listener.local_addr()?;
+        let node_id = bound_listener.key.node_id();
+        lock(&state).add_listener(&bound_listener.name, addr, &node_id);
+        listeners.push(Arc::new(ListenerRuntime {
+            name: bound_listener.name,
+            addr,
+            key: bound_listener.key,
+            node_id,
+            chain_id: config.chain_id.clone(),
+            up: watch::channel(true).0,
+            accept_task: Mutex::new(None),
+        }));
+        sockets.push(bound_listener.listener);
+    }
+    let runtime = Arc::new(Runtime {
+        state: state.clone(),
+        heights: heights_tx.clone(),
+        listeners,
+    });
+    for (listener, socket) in runtime.listeners.iter().zip(sockets) {
+        runtime.start_accepting(listener, socket);
+    }
     let (record_tx, record_rx) = watch::channel(lock(&state).record());
 
     let record_writer = config
@@ -493,10 +807,9 @@ pub async fn serve(
         .clone()
         .map(|path| tokio::spawn(write_records(path, record_rx)));
     let http_task = tokio::spawn(crate::http::serve(bound.http, {
-        let state = state.clone();
-        move |request| handle_http(&state, request)
+        let runtime = runtime.clone();
+        move |request| handle_http(&runtime, request)
     }));
-    let node_task = tokio::spawn(accept_nodes(bound.nodes, state.clone(), heights_tx.clone()));
     let block_task = tokio::spawn(produce_blocks(
         config.block_time,
         state.clone(),
@@ -505,7 +818,17 @@ pub async fn serve(
     ));
 
     shutdown.await;
-    node_task.abort();
+    for listener in &runtime.listeners {
+        listener.up.send_replace(false);
+        if let Some(task) = listener
+            .accept_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
     http_task.abort();
     // Stop block production (dropping its record sender), let the writer finish any write in
     // flight, then write the final record ourselves so nothing older can overwrite it.
@@ -586,7 +909,25 @@ async fn produce_blocks(
     }
 }
 
-fn handle_http(state: &Shared, request: HttpRequest) -> HttpResponse {
+fn handle_http(runtime: &Runtime, request: HttpRequest) -> HttpResponse {
+    let state = &runtime.state;
+    if let Some(rest) = request.path.strip_prefix("/listeners/") {
+        let Some((name, action)) = rest.rsplit_once('/') else {
+            return HttpResponse::error(404, "not found");
+        };
+        let up = match action {
+            "up" => true,
+            "down" => false,
+            _ => return HttpResponse::error(404, "not found"),
+        };
+        if request.method != "POST" {
+            return HttpResponse::error(405, "method not allowed");
+        }
+        return match runtime.set_up(name, up) {
+            Ok(()) => HttpResponse::json(&serde_json::json!({ "name": name, "up": up })),
+            Err((status, reason)) => HttpResponse::error(status, &reason),
+        };
+    }
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/record") => match serde_json::to_value(lock(state).record()) {
             Ok(value) => HttpResponse::json(&value),
@@ -618,7 +959,12 @@ fn handle_http(state: &Shared, request: HttpRequest) -> HttpResponse {
     }
 }
 
-async fn accept_nodes(listener: TcpListener, state: Shared, heights: broadcast::Sender<Arc<str>>) {
+async fn accept_nodes(
+    listener: TcpListener,
+    runtime: Arc<ListenerRuntime>,
+    state: Shared,
+    heights: broadcast::Sender<Arc<str>>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_NODE_CONNECTIONS));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -636,14 +982,24 @@ async fn accept_nodes(listener: TcpListener, state: Shared, heights: broadcast::
         };
         let state = state.clone();
         let receiver = heights.subscribe();
+        let runtime = runtime.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(reason) = handle_node(stream, state, receiver).await {
+            let mut session = None;
+            let result = handle_node(stream, peer, &runtime, &state, receiver, &mut session).await;
+            if let Some(key) = session {
+                lock(&state).close_session(key);
+            }
+            if let Err(reason) = result {
                 log(
                     Sink::Stderr,
                     Level::Info,
                     "node disconnected",
-                    &[("peer", &peer), ("reason", &reason)],
+                    &[
+                        ("listener", &runtime.name),
+                        ("peer", &peer),
+                        ("reason", &reason),
+                    ],
                 );
             }
         });
@@ -653,10 +1009,11 @@ async fn accept_nodes(listener: TcpListener, state: Shared, heights: broadcast::
 async fn read_line(
     reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     buffer: &mut Vec<u8>,
+    timeout: Duration,
 ) -> Result<(), String> {
     buffer.clear();
     let read = tokio::time::timeout(
-        NODE_IDLE_TIMEOUT,
+        timeout,
         (&mut *reader)
             .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', buffer),
@@ -673,24 +1030,54 @@ async fn read_line(
     Ok(())
 }
 
+/// One node session on one listener: the handshake (the node's `hello`, our NodeInfo with the
+/// proof of our node key), then blocks out and votes in until the link
+/// fails, the node leaves or the listener goes down. `session` receives the session's key once
+/// it is open, so the caller closes it whatever happens.
 async fn handle_node(
     stream: TcpStream,
-    state: Shared,
+    peer: SocketAddr,
+    listener: &ListenerRuntime,
+    state: &Shared,
     mut heights: broadcast::Receiver<Arc<str>>,
+    session: &mut Option<u64>,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
+    let mut down = listener.up.subscribe();
+    if !*down.borrow_and_update() {
+        return Err("listener down".into());
+    }
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::new(read_half);
     let mut line = Vec::new();
-    read_line(&mut reader, &mut line).await?;
-    let address = match serde_json::from_slice::<NodeMessage>(&line) {
-        Ok(NodeMessage::Hello { address }) => address,
+    read_line(&mut reader, &mut line, HELLO_TIMEOUT).await?;
+    let hello = match serde_json::from_slice::<NodeMessage>(&line) {
+        Ok(NodeMessage::Hello(hello)) => hello,
         _ => return Err("first message must be hello".into()),
     };
+    let nonce = B64
+        .decode(&hello.nonce)
+        .map_err(|_| "hello nonce is not base64".to_string())?;
+    let node_info = NodeInfo {
+        id: listener.node_id.clone(),
+        pub_key: listener.key.pub_key_b64(),
+        signature: B64.encode(listener.key.sign(&auth_message(&nonce))),
+        listen_addr: listener.addr.to_string(),
+        network: listener.chain_id.clone(),
+        moniker: listener.name.clone(),
+        version: crate::protocol::COMETBFT_VERSION.to_string(),
+    };
+    write_line(
+        &mut write_half,
+        &serde_json::to_string(&NetworkMessage::NodeInfo(node_info)).expect("node_info serializes"),
+    )
+    .await?;
     let (name, current) = {
-        let chain = lock(&state);
+        let mut chain = lock(state);
+        let key = chain.open_session(&listener.name, &listener.node_id, &hello, peer);
+        *session = Some(key);
         let name = chain
-            .validator_name(&address)
+            .validator_name(&hello.address)
             .unwrap_or("unknown")
             .to_string();
         let current = serde_json::to_string(&NetworkMessage::NewHeight(chain.new_height()))
@@ -701,16 +1088,22 @@ async fn handle_node(
         Sink::Stderr,
         Level::Info,
         "node connected",
-        &[("validator", &name), ("address", &address)],
+        &[
+            ("validator", &name),
+            ("address", &hello.address),
+            ("listener", &listener.name),
+            ("peer", &peer),
+        ],
     );
     write_line(&mut write_half, &current).await?;
 
+    let (pongs_tx, mut pongs) = mpsc::channel::<()>(4);
     let reading = async {
         loop {
-            read_line(&mut reader, &mut line).await?;
+            read_line(&mut reader, &mut line, NODE_IDLE_TIMEOUT).await?;
             match serde_json::from_slice::<NodeMessage>(&line) {
                 Ok(NodeMessage::Vote(vote)) => {
-                    let outcome = lock(&state).on_vote(&vote);
+                    let outcome = lock(state).on_vote(&vote);
                     match outcome {
                         VoteOutcome::Accepted => {}
                         VoteOutcome::DoubleSign(ds) => log(
@@ -732,22 +1125,36 @@ async fn handle_node(
                         ),
                     }
                 }
-                Ok(NodeMessage::Hello { .. }) => {}
+                Ok(NodeMessage::Ping) => {
+                    // A node pings at most once a minute (scaled); a full queue means pongs
+                    // are already due.
+                    let _ = pongs_tx.try_send(());
+                }
+                Ok(NodeMessage::Hello(_)) => {}
                 Err(_) => {
-                    lock(&state).invalid_votes += 1;
+                    lock(state).invalid_votes += 1;
                     return Err::<(), String>("malformed message".into());
                 }
             }
         }
     };
+    let pong = serde_json::to_string(&NetworkMessage::Pong).expect("pong serializes");
     let writing = async {
         loop {
-            match heights.recv().await {
-                Ok(message) => write_line(&mut write_half, &message).await?,
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Err::<(), String>("too slow; dropped".into());
+            tokio::select! {
+                height = heights.recv() => match height {
+                    Ok(message) => write_line(&mut write_half, &message).await?,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Err::<(), String>("too slow; dropped".into());
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                Some(()) = pongs.recv() => write_line(&mut write_half, &pong).await?,
+                changed = down.changed() => {
+                    if changed.is_err() || !*down.borrow_and_update() {
+                        return Err("listener down".into());
+                    }
                 }
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
             }
         }
     };

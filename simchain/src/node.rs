@@ -26,41 +26,45 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
-use crate::clock::rfc3339;
-use crate::console_log::{Level, Sink, log};
+use crate::clock::{rfc3339, rfc3339_go};
+use crate::console_log::{Level, LogFormat, LogValue, Sink, configure_node_log, log};
+use crate::genesis::{GenesisSpec, write_genesis};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::key::{PUB_KEY_TYPE, ValidatorKey};
-use crate::node_config::{ConfigTemplate, NodeConfig, render_config};
-use crate::protocol::{
-    MAX_LINE_BYTES, NetworkMessage, NewHeight, NodeMessage, SignedVote, UpgradePlan,
-};
+use crate::node_config::{ConfigTemplate, NodeConfig, Peering, render_config};
+use crate::protocol::{NewHeight, NodeMessage, SignedVote, UpgradePlan};
 use crate::sign_state::{SignDecision, SignState, check, write_atomically};
+use crate::switch::{DELIVERY_QUEUE, Delivery, Switch, SwitchConfig};
 use crate::upgrade::{
-    Phase, UpgradeAction, decide, updated_before_trigger_message, upgrade_needed_message,
+    Phase, UpgradeAction, decide, updated_before_trigger_message, upgrade_info_json,
+    upgrade_needed_message,
 };
 use crate::vote::{CanonicalVote, VoteType};
 
-/// CometBFT version reported by `/status`.
-pub const COMETBFT_VERSION: &str = "0.38.17";
+pub use crate::protocol::COMETBFT_VERSION;
 /// Exit code when the binary cannot run the chain (upgrade needed / updated too early).
 pub const EXIT_UPGRADE: i32 = 1;
 /// Exit code of the simulated crash (`SIMD_CRASH_AFTER`).
 pub const EXIT_SIMULATED_CRASH: i32 = 2;
-/// How long one connection attempt to a network address may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const RECONNECT_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// `latest_block_time` and `earliest_block_time` before any block: CometBFT's `/status` takes
+/// `time.Unix(0, 0)` (`rpc/core/status.go`).
+const NO_BLOCK_TIME: &str = "1970-01-01T00:00:00Z";
 
-fn info(message: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
+fn info(message: &str, fields: &[(&str, &dyn LogValue)]) {
     log(Sink::Stdout, Level::Info, message, fields);
 }
 
-fn error(message: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
+fn error(message: &str, fields: &[(&str, &dyn LogValue)]) {
     log(Sink::Stdout, Level::Error, message, fields);
 }
+
+/// An error that ends `simd start` with CometBFT's own message on stdout and exit code 1
+/// (`libs/os` `Exit`: `fmt.Println` then `os.Exit(1)`), as when FilePV cannot read its state.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CometExit(pub String);
 
 /// The binary's identity: its version and the upgrade handlers compiled into it.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +98,26 @@ pub struct ApplicationDb {
     /// Plans learned from the chain.
     #[serde(default)]
     pub known_plans: Vec<UpgradePlan>,
+    /// Time of the block at `last_height` (RFC 3339), when known.
+    #[serde(default)]
+    pub last_block_time: String,
+    /// The first block this node stored: the block store's base, what `/status` reports as
+    /// `earliest_*`.
+    #[serde(default)]
+    pub earliest_block: Option<BlockMeta>,
+}
+
+/// What `/status` shows of a stored block.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockMeta {
+    /// Height.
+    pub height: u64,
+    /// Upper-case hex block hash.
+    pub hash: String,
+    /// Upper-case hex app hash.
+    pub app_hash: String,
+    /// Block time, RFC 3339.
+    pub time: String,
 }
 
 impl ApplicationDb {
@@ -153,6 +177,8 @@ pub struct InitOptions {
     pub p2p_laddr: String,
     /// Replace an existing config.toml / genesis.json (keys are always kept).
     pub overwrite: bool,
+    /// Approximate size of a generated `genesis.json` (0: a small one). See [`crate::genesis`].
+    pub genesis_size: u64,
 }
 
 /// What `simd init` produced.
@@ -184,6 +210,7 @@ pub fn init_home(options: &InitOptions) -> anyhow::Result<InitOutput> {
             rpc_laddr: options.rpc_laddr.clone(),
             p2p_laddr: options.p2p_laddr.clone(),
             network: options.network.clone(),
+            persistent_peers: String::new(),
             write_upgrade_info: true,
             log_flood: false,
         });
@@ -210,17 +237,16 @@ pub fn init_home(options: &InitOptions) -> anyhow::Result<InitOutput> {
     }
     let genesis_path = config_dir.join("genesis.json");
     if options.overwrite || !genesis_path.exists() {
-        let genesis = serde_json::json!({
-            "genesis_time": rfc3339(SystemTime::now()),
-            "chain_id": options.chain_id,
-            "initial_height": "1",
-            "app_name": "simd",
-        });
-        write_atomically(
+        write_genesis(
             &genesis_path,
-            serde_json::to_string_pretty(&genesis)?.as_bytes(),
-            0o644,
-        )?;
+            &GenesisSpec {
+                chain_id: options.chain_id.clone(),
+                app_version: "v1.0.0".into(),
+                genesis_time: SystemTime::now(),
+                target_bytes: options.genesis_size,
+            },
+        )
+        .with_context(|| format!("{}", genesis_path.display()))?;
     }
     ensure_data_files(home)?;
     Ok(InitOutput {
@@ -268,10 +294,11 @@ fn ensure_data_files(home: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The genesis `chain_id`, read as a stream (a mainnet genesis can be hundreds of MiB).
 fn read_chain_id(home: &Path) -> Option<String> {
-    let text = fs::read_to_string(home.join("config").join("genesis.json")).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.get("chain_id")?.as_str().map(str::to_string)
+    crate::genesis::read_chain_id(&home.join("config").join("genesis.json"))
+        .ok()
+        .flatten()
 }
 
 /// `{"@type":"/cosmos.crypto.ed25519.PubKey","key":"<b64>"}`, as `gaiad tendermint show-validator`.
@@ -308,8 +335,10 @@ pub struct NodeStatus {
     pub latest_block_hash: String,
     /// Hex app hash.
     pub latest_app_hash: String,
-    /// RFC 3339 time of the latest block.
+    /// RFC 3339 time of the latest block (empty: none yet).
     pub latest_block_time: String,
+    /// The block store's first block, if any.
+    pub earliest: Option<BlockMeta>,
     /// Whether the node halted for an upgrade.
     pub halted: bool,
 }
@@ -332,7 +361,10 @@ impl NodeCore {
     pub fn load(config: NodeConfig, identity: AppIdentity) -> anyhow::Result<Self> {
         let key = ValidatorKey::load(&config.priv_validator_key_file)?;
         let sign_state = if config.priv_validator_state_file.exists() {
-            SignState::load(&config.priv_validator_state_file)?
+            // FilePV reads its state at start and exits on any error (`privval/file.go`
+            // `loadFilePV`), before the node serves anything.
+            SignState::load(&config.priv_validator_state_file)
+                .map_err(|e| CometExit(e.to_string()))?
         } else {
             let fresh = SignState::default();
             fresh.save(&config.priv_validator_state_file)?;
@@ -371,19 +403,43 @@ impl NodeCore {
             Phase::Running,
         );
         if let UpgradeAction::Halt(plan) | UpgradeAction::ExitNeeded(plan) = action {
-            self.upgrade_needed(&plan)?;
+            // The chain halted at the plan's height; the block re-executed there is that one.
+            self.upgrade_needed(&plan, plan.height)?;
             return Ok(Some(EXIT_UPGRADE));
         }
         Ok(None)
     }
 
-    fn upgrade_needed(&self, plan: &UpgradePlan) -> anyhow::Result<()> {
+    /// What x/upgrade's PreBlocker does when no handler exists (`x/upgrade/abci.go`, SDK
+    /// v0.50): `DumpUpgradeInfoToDisk(blockHeight, plan)`, then `logger.Error` of
+    /// `BuildUpgradeNeededMsg` on the keeper's logger (`module=x/upgrade`).
+    ///
+    /// The file is written as `os.WriteFile(path, json, 0o600)` does: opened with
+    /// create+truncate and written in place, not replaced atomically and not synced, so a
+    /// reader can see it empty or half-written; an existing file keeps its mode. The data
+    /// directory is created if missing (`GetUpgradeInfoPath`: `os.MkdirAll`).
+    fn upgrade_needed(&self, plan: &UpgradePlan, height: u64) -> anyhow::Result<()> {
         if self.config.write_upgrade_info {
-            let path = self.config.home.join("data").join("upgrade-info.json");
-            let json = serde_json::to_vec(plan)?;
-            write_atomically(&path, &json, 0o600).with_context(|| format!("{}", path.display()))?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let data = self.config.home.join("data");
+            fs::create_dir_all(&data).with_context(|| format!("{}", data.display()))?;
+            let path = data.join("upgrade-info.json");
+            let json = upgrade_info_json(plan, height);
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut file| file.write_all(json.as_bytes()))
+                .with_context(|| {
+                    format!(
+                        "unable to write upgrade info to filesystem: {}",
+                        path.display()
+                    )
+                })?;
         }
-        error(&upgrade_needed_message(plan), &[]);
+        error(&upgrade_needed_message(plan), &[("module", &"x/upgrade")]);
         Ok(())
     }
 
@@ -399,7 +455,8 @@ impl NodeCore {
                 crate::network::block_id(self.chain_id.as_deref().unwrap_or(""), height)
             },
             latest_app_hash: self.app.app_hash.clone(),
-            latest_block_time: String::new(),
+            latest_block_time: self.app.last_block_time.clone(),
+            earliest: self.app.earliest_block.clone(),
             halted: self.halted,
         }
     }
@@ -428,7 +485,11 @@ impl NodeCore {
         let phase = std::mem::replace(&mut self.phase, Phase::Running);
         self.app.learn_plans(&new_height.upgrade_plans);
         // Block H-1 is committed whatever happens at H (the upgrade halts *at* H).
-        self.commit_application(height.saturating_sub(1), &new_height.block_id)?;
+        self.commit_application(
+            height.saturating_sub(1),
+            &new_height.chain_id,
+            &new_height.last_block_time,
+        )?;
         let action = decide(
             &self.app.known_plans,
             &self.app.applied_names(),
@@ -439,8 +500,12 @@ impl NodeCore {
         match action {
             UpgradeAction::Continue => {}
             UpgradeAction::Apply(plan) => {
+                // `x/upgrade/abci.go`: "applying upgrade %q at %s" with `plan.DueAt()`.
                 info(
-                    &format!("applying upgrade \"{}\" at height: {}", plan.name, height),
+                    &format!(
+                        "applying upgrade \"{}\" at height: {}",
+                        plan.name, plan.height
+                    ),
                     &[("module", &"x/upgrade")],
                 );
                 self.app.applied_upgrades.push(crate::node::AppliedUpgrade {
@@ -450,17 +515,20 @@ impl NodeCore {
             }
             UpgradeAction::Halt(plan) => {
                 self.app.save(&self.config.home)?;
-                self.upgrade_needed(&plan)?;
                 self.halted = true;
+                self.upgrade_needed(&plan, height)?;
                 return Ok(HeightOutcome::Halted);
             }
             UpgradeAction::ExitNeeded(plan) => {
                 self.app.save(&self.config.home)?;
-                self.upgrade_needed(&plan)?;
+                self.upgrade_needed(&plan, plan.height)?;
                 return Ok(HeightOutcome::Exit(EXIT_UPGRADE));
             }
             UpgradeAction::UpdatedBeforeTrigger(plan) => {
-                error(&updated_before_trigger_message(&plan), &[]);
+                error(
+                    &updated_before_trigger_message(&plan),
+                    &[("module", &"x/upgrade")],
+                );
                 return Ok(HeightOutcome::Exit(EXIT_UPGRADE));
             }
         }
@@ -488,11 +556,18 @@ impl NodeCore {
         })
     }
 
-    fn commit_application(&mut self, committed: u64, block_id: &str) -> anyhow::Result<()> {
+    fn commit_application(
+        &mut self,
+        committed: u64,
+        chain_id: &str,
+        block_time: &str,
+    ) -> anyhow::Result<()> {
         if committed <= self.app.last_height {
             return Ok(());
         }
+        let block_id = crate::network::block_id(chain_id, committed);
         self.app.last_height = committed;
+        self.app.last_block_time = block_time.to_string();
         let mut hasher = Sha256::new();
         hasher.update(self.app.app_hash.as_bytes());
         hasher.update(committed.to_be_bytes());
@@ -500,6 +575,14 @@ impl NodeCore {
             hasher.update(upgrade.name.as_bytes());
         }
         self.app.app_hash = hex::encode_upper(hasher.finalize());
+        if self.app.earliest_block.is_none() {
+            self.app.earliest_block = Some(BlockMeta {
+                height: committed,
+                hash: block_id.clone(),
+                app_hash: self.app.app_hash.clone(),
+                time: block_time.to_string(),
+            });
+        }
         self.app.save(&self.config.home)?;
         let blockstore = self
             .config
@@ -602,24 +685,52 @@ impl TestKnobs {
     }
 }
 
+/// Command-line log settings that override `config.toml` (the SDK binds its flags into viper,
+/// so a flag wins over the file).
+#[derive(Debug, Clone, Default)]
+pub struct LogFlags {
+    /// `--log_format`.
+    pub log_format: Option<String>,
+    /// `--log_no_color`.
+    pub log_no_color: bool,
+    /// `--log_level`.
+    pub log_level: Option<String>,
+}
+
+/// The effective log format; CometBFT's `BaseConfig.ValidateBasic` refuses anything but
+/// `plain` and `json`.
+fn log_format(config: &NodeConfig, flags: &LogFlags) -> anyhow::Result<(LogFormat, bool)> {
+    let format = flags.log_format.as_deref().unwrap_or(&config.log_format);
+    let level = flags.log_level.as_deref().unwrap_or(&config.log_level);
+    let debug = level.contains("debug") || level.contains("trace");
+    let format = match format {
+        "json" => LogFormat::Json,
+        "plain" => LogFormat::Plain {
+            color: !(flags.log_no_color || config.log_no_color),
+        },
+        _ => bail!("error in config file: unknown log_format (must be 'plain' or 'json')"),
+    };
+    Ok((format, debug))
+}
+
 /// `simd start`: runs the node until a signal, a simulated crash or an upgrade exit.
 /// Returns the process exit code.
 pub async fn run_start(
     home: &Path,
     identity: AppIdentity,
     knobs: TestKnobs,
+    flags: LogFlags,
 ) -> anyhow::Result<i32> {
     let config = NodeConfig::load(home)?;
-    if config.network.is_empty() {
+    let (format, debug) = log_format(&config, &flags)
+        .with_context(|| format!("{}", NodeConfig::path(home).display()))?;
+    configure_node_log(format, debug);
+    if config.peering == Peering::Unset {
         bail!(
-            "{}: [simchain] network is not set",
+            "{}: no peers: set [p2p] persistent_peers (or the older [simchain] network)",
             NodeConfig::path(home).display()
         );
     }
-    let network = NetworkLink {
-        dialer: Dialer::new(config.network.clone()),
-        idle_timeout: config.network_idle_timeout,
-    };
     info(
         "starting node",
         &[
@@ -635,9 +746,11 @@ pub async fn run_start(
     let address = core.address();
     let pub_key = ValidatorKey::load(&config.priv_validator_key_file)?.pub_key_b64();
     let node_id = ValidatorKey::load_node_key(&config.node_key_file)
-        .map(|k| k.node_id())
-        .unwrap_or_default();
+        .with_context(|| format!("{}", config.node_key_file.display()))?
+        .node_id();
     let status = Arc::new(Mutex::new(core.status()));
+    // CometBFT starts the RPC server before the P2P transport (`node/node.go` `OnStart`); a
+    // port in use on either stops the node.
     let rpc_listener = tokio::net::TcpListener::bind(config.rpc_laddr)
         .await
         .with_context(|| format!("binding RPC on {}", config.rpc_laddr))?;
@@ -648,6 +761,29 @@ pub async fn run_start(
             ("module", &"rpc-server"),
         ],
     );
+    let p2p_listener = tokio::net::TcpListener::bind(config.p2p_listen)
+        .await
+        .with_context(|| format!("listen tcp {}", config.p2p_listen))?;
+    let (deliveries_tx, deliveries) = mpsc::channel(DELIVERY_QUEUE);
+    let persistent = match &config.peering {
+        Peering::Persistent(peers) => peers.clone(),
+        _ => Vec::new(),
+    };
+    let switch = Switch::new(
+        SwitchConfig {
+            own_id: node_id.clone(),
+            moniker: config.moniker.clone(),
+            validator_address: address.clone(),
+            chain_id: core.chain_id.clone(),
+            allow_duplicate_ip: config.allow_duplicate_ip,
+            timing: crate::p2p::Timing {
+                scale: config.p2p_time_scale,
+            },
+            persistent_peers: persistent,
+        },
+        deliveries_tx,
+    );
+    let inbound_task = tokio::spawn(switch.clone().accept_inbound(p2p_listener));
     let rpc_info = RpcIdentity {
         moniker: config.moniker.clone(),
         node_id,
@@ -655,12 +791,31 @@ pub async fn run_start(
         pub_key,
         voting_power: config.voting_power,
         p2p_laddr: config.p2p_laddr.clone(),
+        external_address: config.external_address.clone(),
         rpc_laddr: format!("tcp://{}", config.rpc_laddr),
     };
     let rpc_task = tokio::spawn(crate::http::serve(rpc_listener, {
         let status = status.clone();
-        move |request| handle_rpc(&rpc_info, &status, request)
+        let switch = switch.clone();
+        move |request| handle_rpc(&rpc_info, &status, &switch, request)
     }));
+    for skipped in &config.skipped_peers {
+        error(
+            "Error in peer's address",
+            &[("err", &skipped.to_string()), ("module", &"p2p")],
+        );
+    }
+    let peering_task = match &config.peering {
+        Peering::Legacy(addrs) => tokio::spawn(
+            switch
+                .clone()
+                .run_legacy(addrs.clone(), config.network_idle_timeout),
+        ),
+        _ => {
+            switch.start();
+            tokio::spawn(async {})
+        }
+    };
     if config.log_flood {
         start_log_flood();
     }
@@ -675,12 +830,64 @@ pub async fn run_start(
         }
     };
     let code = tokio::select! {
-        code = network_loop(core, network, address, status) => code,
+        code = run_core(core, switch.clone(), deliveries, status) => code,
         code = wait_for_signal(knobs.ignore_signals) => code,
         code = crash => code,
     };
+    peering_task.abort();
+    inbound_task.abort();
     rpc_task.abort();
     Ok(code)
+}
+
+/// The node's consensus side: takes blocks from every session in arrival order (a height
+/// already seen is not processed again), signs, and sends its votes on every session. A
+/// session that delivers a height the node already voted on gets those votes, as CometBFT's
+/// vote gossip sends a peer the votes it lacks.
+async fn run_core(
+    mut core: NodeCore,
+    switch: Arc<Switch>,
+    mut deliveries: mpsc::Receiver<Delivery>,
+    status: Arc<Mutex<NodeStatus>>,
+) -> i32 {
+    let mut voted: Option<(u64, Vec<Arc<str>>)> = None;
+    while let Some(Delivery { peer, new_height }) = deliveries.recv().await {
+        let outcome = match tokio::task::block_in_place(|| core.on_new_height(&new_height)) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                error(
+                    "cannot process block; waiting for the next one",
+                    &[("height", &new_height.height), ("err", &format!("{e:#}"))],
+                );
+                continue;
+            }
+        };
+        *status.lock().unwrap_or_else(|p| p.into_inner()) = core.status();
+        match outcome {
+            HeightOutcome::Vote(votes) => {
+                let lines: Vec<Arc<str>> = votes
+                    .into_iter()
+                    .map(|vote| {
+                        Arc::from(
+                            serde_json::to_string(&NodeMessage::Vote(vote))
+                                .expect("vote serializes"),
+                        )
+                    })
+                    .collect();
+                switch.broadcast_votes(new_height.height, &lines);
+                voted = Some((new_height.height, lines));
+            }
+            HeightOutcome::Idle | HeightOutcome::Halted => {
+                if let Some((height, lines)) = &voted
+                    && *height == new_height.height
+                {
+                    switch.gossip_votes(peer, *height, lines);
+                }
+            }
+            HeightOutcome::Exit(code) => return code,
+        }
+    }
+    0
 }
 
 async fn wait_for_signal(ignore: bool) -> i32 {
@@ -715,7 +922,7 @@ fn start_log_flood() {
             chunk.clear();
             for _ in 0..256 {
                 counter += 1;
-                chunk.push_str(&crate::console_log::format_line(
+                chunk.push_str(&crate::console_log::format_node_line(
                     Level::Debug,
                     "flood",
                     &[
@@ -740,206 +947,6 @@ fn start_log_flood() {
     });
 }
 
-/// Which simchain-net address to dial next, and when to back off.
-///
-/// One session at a time. Addresses are tried round-robin: a failed attempt or a lost session
-/// moves on to the next address at once, so failing over to a healthy address costs no delay;
-/// the backoff applies only once a whole cycle of addresses failed in a row. A healthy session
-/// (the network sent at least one height) resets the count and the backoff, and when it is lost
-/// the *next* address is tried first. A session that dies before sending anything counts as a
-/// failed attempt, so peers that accept and hang up cannot make the node spin.
-#[derive(Debug, Clone)]
-struct Dialer {
-    addresses: Vec<String>,
-    next: usize,
-    failures_in_a_row: usize,
-    backoff: Duration,
-}
-
-impl Dialer {
-    fn new(addresses: Vec<String>) -> Self {
-        assert!(!addresses.is_empty(), "no network address to dial");
-        Self {
-            addresses,
-            next: 0,
-            failures_in_a_row: 0,
-            backoff: RECONNECT_MIN,
-        }
-    }
-
-    /// The address to dial now, as (index, address); the following call returns the next one.
-    fn next_address(&mut self) -> (usize, String) {
-        let index = self.next;
-        self.next = (self.next + 1) % self.addresses.len();
-        (index, self.addresses[index].clone())
-    }
-
-    /// A session proved healthy (the network sent something).
-    fn healthy(&mut self) {
-        self.failures_in_a_row = 0;
-        self.backoff = RECONNECT_MIN;
-    }
-
-    /// A connection attempt failed or a session was lost. Returns how long to wait before the
-    /// next attempt: `None` (go on at once) until every address failed in a row.
-    fn failed(&mut self) -> Option<Duration> {
-        self.failures_in_a_row += 1;
-        if self.failures_in_a_row < self.addresses.len() {
-            return None;
-        }
-        self.failures_in_a_row = 0;
-        let wait = self.backoff;
-        self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
-        Some(wait)
-    }
-}
-
-/// The node's side of `[simchain]`: where to connect and when to give up on a silent session.
-struct NetworkLink {
-    dialer: Dialer,
-    idle_timeout: Duration,
-}
-
-async fn network_loop(
-    mut core: NodeCore,
-    mut network: NetworkLink,
-    address: String,
-    status: Arc<Mutex<NodeStatus>>,
-) -> i32 {
-    let count = network.dialer.addresses.len();
-    loop {
-        let (index, addr) = network.dialer.next_address();
-        let which = format!("{}/{count}", index + 1);
-        info(
-            "connecting to network",
-            &[("addr", &addr), ("peer", &which)],
-        );
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-            Ok(Ok(stream)) => {
-                let mut healthy = false;
-                let ended = session(
-                    stream,
-                    &addr,
-                    network.idle_timeout,
-                    &mut core,
-                    &address,
-                    &status,
-                    &mut healthy,
-                )
-                .await;
-                if healthy {
-                    network.dialer.healthy();
-                }
-                match ended {
-                    Ok(Some(code)) => return code,
-                    Ok(None) => error(
-                        "lost connection to network; reconnecting",
-                        &[("addr", &addr), ("err", &"closed by peer")],
-                    ),
-                    Err(e) => error(
-                        "lost connection to network; reconnecting",
-                        &[("addr", &addr), ("err", &format!("{e:#}"))],
-                    ),
-                }
-            }
-            Ok(Err(e)) => error(
-                "cannot reach network",
-                &[("addr", &addr), ("peer", &which), ("err", &e)],
-            ),
-            Err(_) => error(
-                "cannot reach network",
-                &[("addr", &addr), ("peer", &which), ("err", &"timeout")],
-            ),
-        }
-        if let Some(backoff) = network.dialer.failed() {
-            let jitter = Duration::from_millis(rand::random::<u64>() % 50);
-            let wait = backoff + jitter;
-            if count > 1 {
-                info(
-                    "no network address reachable; retrying",
-                    &[("addrs", &count), ("wait", &format!("{wait:?}"))],
-                );
-            }
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// One connection to the network. `Ok(Some(code))` means exit. Sets `healthy` once the
-/// network sent a valid message.
-async fn session(
-    stream: TcpStream,
-    addr: &str,
-    idle_timeout: Duration,
-    core: &mut NodeCore,
-    address: &str,
-    status: &Arc<Mutex<NodeStatus>>,
-    healthy: &mut bool,
-) -> anyhow::Result<Option<i32>> {
-    let _ = stream.set_nodelay(true);
-    let (read_half, mut write_half) = stream.into_split();
-    let mut reader = BufReader::new(read_half);
-    let hello = serde_json::to_string(&NodeMessage::Hello {
-        address: address.to_string(),
-    })?;
-    send_line(&mut write_half, &hello).await?;
-    info("connected to network", &[("addr", &addr)]);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = tokio::time::timeout(
-            idle_timeout,
-            (&mut reader)
-                .take(MAX_LINE_BYTES as u64 + 1)
-                .read_until(b'\n', &mut line),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("network silent for {idle_timeout:?}"))??;
-        if read == 0 {
-            return Ok(None);
-        }
-        if line.len() > MAX_LINE_BYTES {
-            bail!("line too long from network");
-        }
-        let NetworkMessage::NewHeight(new_height) = serde_json::from_slice(&line)?;
-        *healthy = true;
-        let outcome = tokio::task::block_in_place(|| core.on_new_height(&new_height))?;
-        {
-            let mut shared = status.lock().unwrap_or_else(|p| p.into_inner());
-            *shared = NodeStatus {
-                latest_block_time: if core.halted {
-                    shared.latest_block_time.clone()
-                } else {
-                    new_height.time.clone()
-                },
-                ..core.status()
-            };
-        }
-        match outcome {
-            HeightOutcome::Vote(votes) => {
-                for vote in votes {
-                    send_line(
-                        &mut write_half,
-                        &serde_json::to_string(&NodeMessage::Vote(vote))?,
-                    )
-                    .await?;
-                }
-            }
-            HeightOutcome::Idle | HeightOutcome::Halted => {}
-            HeightOutcome::Exit(code) => return Ok(Some(code)),
-        }
-    }
-}
-
-async fn send_line(writer: &mut tokio::net::tcp::OwnedWriteHalf, line: &str) -> anyhow::Result<()> {
-    let mut bytes = line.as_bytes().to_vec();
-    bytes.push(b'\n');
-    tokio::time::timeout(Duration::from_secs(2), writer.write_all(&bytes))
-        .await
-        .context("write to network timed out")??;
-    Ok(())
-}
-
 struct RpcIdentity {
     moniker: String,
     node_id: String,
@@ -947,17 +954,20 @@ struct RpcIdentity {
     pub_key: String,
     voting_power: u64,
     p2p_laddr: String,
+    external_address: String,
     rpc_laddr: String,
 }
 
 fn handle_rpc(
     identity: &RpcIdentity,
     status: &Mutex<NodeStatus>,
+    switch: &Switch,
     request: HttpRequest,
 ) -> HttpResponse {
     let status = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let result = match request.path.as_str() {
         "/status" => status_result(identity, &status),
+        "/net_info" => switch.net_info(true, &identity.external_address),
         "/health" => serde_json::json!({}),
         _ => {
             return HttpResponse {
@@ -969,7 +979,23 @@ fn handle_rpc(
     HttpResponse::json(&serde_json::json!({"jsonrpc": "2.0", "id": -1, "result": result}))
 }
 
+/// A block time as CometBFT's RPC writes it: UTC, RFC 3339 with only the significant fraction
+/// digits; the Unix epoch when there is no block (`rpc/core/status.go` takes
+/// `time.Unix(0, 0)`).
+fn rpc_time(time: &str) -> String {
+    if time.is_empty() {
+        return NO_BLOCK_TIME.to_string();
+    }
+    humantime::parse_rfc3339(time)
+        .map(rfc3339_go)
+        .unwrap_or_else(|_| time.to_string())
+}
+
+/// `/status` (`rpc/core/status.go`, `rpc/core/types/responses.go` `ResultStatus`, v0.38):
+/// 64-bit integers as strings, hashes as upper-case hex (empty when there is none), times per
+/// [`rpc_time`]. `earliest_*` is the block store's base: the first block this node stored.
 fn status_result(identity: &RpcIdentity, status: &NodeStatus) -> serde_json::Value {
+    let earliest = status.earliest.clone().unwrap_or_default();
     serde_json::json!({
         "node_info": {
             "protocol_version": {"p2p": "8", "block": "11", "app": "0"},
@@ -985,11 +1011,11 @@ fn status_result(identity: &RpcIdentity, status: &NodeStatus) -> serde_json::Val
             "latest_block_hash": status.latest_block_hash,
             "latest_app_hash": status.latest_app_hash,
             "latest_block_height": status.latest_height.to_string(),
-            "latest_block_time": status.latest_block_time,
-            "earliest_block_hash": "",
-            "earliest_app_hash": "",
-            "earliest_block_height": "1",
-            "earliest_block_time": "",
+            "latest_block_time": rpc_time(&status.latest_block_time),
+            "earliest_block_hash": earliest.hash,
+            "earliest_app_hash": earliest.app_hash,
+            "earliest_block_height": earliest.height.to_string(),
+            "earliest_block_time": rpc_time(&earliest.time),
             "catching_up": false,
         },
         "validator_info": {
@@ -1027,6 +1053,7 @@ mod tests {
             rpc_laddr: "tcp://127.0.0.1:0".into(),
             p2p_laddr: "tcp://127.0.0.1:0".into(),
             overwrite: false,
+            genesis_size: 0,
         })
         .unwrap();
         let config = NodeConfig::load(dir.path()).unwrap();
@@ -1047,7 +1074,8 @@ mod tests {
             height,
             round: 0,
             block_id: crate::network::block_id("sim-1", height),
-            time: "t".into(),
+            time: "2024-02-29T15:04:05.000000007Z".into(),
+            last_block_time: "2024-02-29T15:04:04.500000000Z".into(),
             upgrade_plans: plans,
         }
     }
@@ -1084,6 +1112,7 @@ mod tests {
             rpc_laddr: "tcp://127.0.0.1:0".into(),
             p2p_laddr: "tcp://127.0.0.1:0".into(),
             overwrite: true,
+            genesis_size: 0,
         })
         .unwrap();
         assert_eq!(again.validator_address, core.address());
@@ -1124,92 +1153,17 @@ mod tests {
                 .unwrap(),
             HeightOutcome::Halted
         );
-        let info: UpgradePlan = serde_json::from_str(
-            &fs::read_to_string(dir.path().join("data/upgrade-info.json")).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(info, plan);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("data/upgrade-info.json")).unwrap(),
+            r#"{"name":"v2","time":"0001-01-01T00:00:00Z","height":3,"info":"{}"}"#
+        );
+        let status = core.status();
+        assert_eq!(status.latest_height, 2);
+        assert_eq!(
+            rpc_time(&status.latest_block_time),
+            "2024-02-29T15:04:04.5Z"
+        );
+        assert_eq!(status.earliest.as_ref().map(|e| e.height), Some(1));
         assert_eq!(core.startup_check().unwrap(), Some(EXIT_UPGRADE));
-    }
-
-    #[test]
-    fn dialer_fails_over_at_once_and_backs_off_only_after_a_full_cycle() {
-        let addrs = |n: usize| {
-            (1..=n)
-                .map(|i| format!("127.0.0.1:{i}"))
-                .collect::<Vec<_>>()
-        };
-        // Each step: what happened to the attempt on the address just dialled (a failed connect,
-        // a session that ended before the network sent anything, or a healthy session that was
-        // then lost), the expected wait before the next attempt (None: at once) and the next
-        // address index.
-        enum Event {
-            Fail,
-            HealthySessionLost,
-        }
-        use Event::*;
-        let ms = |n| Some(Duration::from_millis(n));
-        type Step = (Event, Option<Duration>, usize);
-        let cases: Vec<(usize, Vec<Step>)> = vec![
-            // One address: as before, every failure waits, the wait doubles up to the cap and
-            // a session resets it.
-            (
-                1,
-                vec![
-                    (Fail, ms(100), 0),
-                    (Fail, ms(200), 0),
-                    (Fail, ms(400), 0),
-                    (HealthySessionLost, ms(100), 0),
-                    (Fail, ms(200), 0),
-                    (Fail, ms(400), 0),
-                    (Fail, ms(800), 0),
-                    (Fail, ms(1600), 0),
-                    (Fail, ms(2000), 0),
-                    (Fail, ms(2000), 0),
-                ],
-            ),
-            // Two addresses: failing over to the second is immediate; a full failed cycle
-            // waits; a lost session moves on to the *other* address first, at once.
-            (
-                2,
-                vec![
-                    (Fail, None, 1),
-                    (Fail, ms(100), 0),
-                    (Fail, None, 1),
-                    (Fail, ms(200), 0),
-                    (Fail, None, 1),
-                    (HealthySessionLost, None, 0),
-                    (Fail, ms(100), 1),
-                    (HealthySessionLost, None, 0),
-                    (HealthySessionLost, None, 1),
-                ],
-            ),
-            // Three: round-robin order, backoff after three failures in a row.
-            (
-                3,
-                vec![
-                    (Fail, None, 1),
-                    (Fail, None, 2),
-                    (Fail, ms(100), 0),
-                    (HealthySessionLost, None, 1),
-                    (Fail, None, 2),
-                    (Fail, ms(100), 0),
-                ],
-            ),
-        ];
-        for (count, steps) in cases {
-            let mut dialer = Dialer::new(addrs(count));
-            let (first, addr) = dialer.next_address();
-            assert_eq!((first, addr.as_str()), (0, "127.0.0.1:1"));
-            for (step, (event, wait, next)) in steps.into_iter().enumerate() {
-                if matches!(event, HealthySessionLost) {
-                    dialer.healthy();
-                }
-                assert_eq!(dialer.failed(), wait, "{count} addresses, step {step}");
-                let (index, addr) = dialer.next_address();
-                assert_eq!(index, next, "{count} addresses, step {step}");
-                assert_eq!(addr, format!("127.0.0.1:{}", next + 1));
-            }
-        }
     }
 }

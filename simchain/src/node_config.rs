@@ -5,6 +5,9 @@
 //!
 //! ```toml
 //! moniker = "val1"
+//! log_level = "info"               # "debug"/"trace" also print debug lines
+//! log_format = "plain"             # or "json" (CometBFT refuses anything else)
+//! log_no_color = false             # the SDK reads it from here too (viper); also --log_no_color
 //! priv_validator_key_file = "config/priv_validator_key.json"   # relative to home
 //! priv_validator_state_file = "data/priv_validator_state.json"
 //! node_key_file = "config/node_key.json"
@@ -12,19 +15,31 @@
 //! laddr = "tcp://127.0.0.1:26657"
 //! [p2p]
 //! laddr = "tcp://0.0.0.0:26656"
+//! external_address = ""
+//! persistent_peers = "<id>@127.0.0.2:26656,<id>@127.0.0.3:26656"
+//! allow_duplicate_ip = false
+//! pex = true                       # read and reported; simd has no PEX
+//! addr_book_strict = true          # read and reported; simd has no address book
+//! max_num_inbound_peers = 40       # checked non-negative, as CometBFT does
+//! max_num_outbound_peers = 10      # likewise (persistent peers are not counted)
 //! [simchain]
-//! network = "127.0.0.1:26600"     # simchain-net address(es), comma-separated, tried in order
-//! network_idle_timeout = "30s"     # reconnect (to the next address) after this much silence
+//! network = "127.0.0.1:26600"     # the older form: simchain-net address(es), one session at a time
+//! network_idle_timeout = "30s"     # older form: reconnect (to the next address) after this much silence
+//! p2p_time_scale = 1.0             # multiplies CometBFT's redial and ping waits (tests: e.g. 0.05)
 //! write_upgrade_info = true        # false: old SDK, only the log line
 //! log_flood = false                # true: flood stdout from a separate thread
 //! voting_power = 10                # reported by /status
 //! ```
+//!
+//! Exactly one of `[p2p] persistent_peers` and `[simchain] network` may be set.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::p2p::{AddressError, NetAddress, parse_persistent_peers};
 
 /// Errors reading or writing the node configuration.
 #[derive(Debug, thiserror::Error)]
@@ -50,13 +65,16 @@ pub enum NodeConfigError {
 #[derive(Debug, Default, Deserialize)]
 struct RawConfig {
     moniker: Option<String>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    log_no_color: Option<bool>,
     priv_validator_key_file: Option<String>,
     priv_validator_state_file: Option<String>,
     node_key_file: Option<String>,
     #[serde(default)]
     rpc: RawListen,
     #[serde(default)]
-    p2p: RawListen,
+    p2p: RawP2p,
     #[serde(default)]
     simchain: RawSimchain,
 }
@@ -66,13 +84,38 @@ struct RawListen {
     laddr: Option<String>,
 }
 
+/// The `[p2p]` keys simd reads (CometBFT's `P2PConfig`, `config/config.go`).
+#[derive(Debug, Default, Deserialize)]
+struct RawP2p {
+    laddr: Option<String>,
+    external_address: Option<String>,
+    persistent_peers: Option<String>,
+    allow_duplicate_ip: Option<bool>,
+    pex: Option<bool>,
+    addr_book_strict: Option<bool>,
+    max_num_inbound_peers: Option<i64>,
+    max_num_outbound_peers: Option<i64>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct RawSimchain {
     network: Option<String>,
     network_idle_timeout: Option<String>,
+    p2p_time_scale: Option<f64>,
     write_upgrade_info: Option<bool>,
     log_flood: Option<bool>,
     voting_power: Option<u64>,
+}
+
+/// How the node finds the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Peering {
+    /// `[p2p] persistent_peers`: CometBFT's switch ([`crate::switch`]).
+    Persistent(Vec<NetAddress>),
+    /// `[simchain] network`: the older one-session-at-a-time simulation.
+    Legacy(Vec<String>),
+    /// Neither is set: `simd start` refuses to run.
+    Unset,
 }
 
 /// Validated node configuration with absolute paths.
@@ -90,14 +133,37 @@ pub struct NodeConfig {
     pub node_key_file: PathBuf,
     /// RPC listen address (`tcp://` stripped).
     pub rpc_laddr: SocketAddr,
-    /// P2P listen address, reported only.
+    /// `[p2p] laddr` as written (`/status` reports it).
     pub p2p_laddr: String,
-    /// simchain-net node addresses (`host:port`) in failover order; empty when not configured.
-    /// `[simchain] network` holds them comma-separated, like CometBFT's `persistent_peers`.
+    /// `[p2p] laddr` as a socket address: the node listens there, as gaiad does.
+    pub p2p_listen: SocketAddr,
+    /// `[p2p] external_address`.
+    pub external_address: String,
+    /// Where the node connects.
+    pub peering: Peering,
+    /// `persistent_peers` entries skipped because their host did not resolve (CometBFT logs
+    /// and skips them).
+    pub skipped_peers: Vec<AddressError>,
+    /// `[p2p] allow_duplicate_ip` (CometBFT's default: false).
+    pub allow_duplicate_ip: bool,
+    /// `[p2p] pex` (default true). Read for the record; simd does not exchange peers.
+    pub pex: bool,
+    /// `[p2p] addr_book_strict` (default true). Read for the record; simd keeps no address book.
+    pub addr_book_strict: bool,
+    /// simchain-net node addresses (`host:port`) for the older mode, in failover order; empty
+    /// when not configured (the same as [`Peering::Legacy`]'s).
     pub network: Vec<String>,
     /// How long the network may stay silent (it sends every block) before the node drops the
-    /// session and moves on to the next address.
+    /// session and moves on to the next address (older mode).
     pub network_idle_timeout: Duration,
+    /// `[simchain] p2p_time_scale`: multiplies CometBFT's redial and keep-alive waits.
+    pub p2p_time_scale: f64,
+    /// `log_level` (CometBFT's default `info`).
+    pub log_level: String,
+    /// `log_format`: `plain` or `json`.
+    pub log_format: String,
+    /// `log_no_color`.
+    pub log_no_color: bool,
     /// Write `data/upgrade-info.json` on upgrade halts.
     pub write_upgrade_info: bool,
     /// Flood stdout from a separate thread.
@@ -177,6 +243,17 @@ pub fn parse_network_idle_timeout(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Parses `[simchain] p2p_time_scale`: a positive, finite multiplier.
+pub fn parse_time_scale(value: f64) -> Result<f64, String> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!(
+            "[simchain] p2p_time_scale {value} must be a positive number (1.0 is CometBFT's timing)"
+        ))
+    }
+}
+
 /// Parses a `tcp://host:port` or `host:port` address.
 pub fn parse_laddr(text: &str) -> Option<SocketAddr> {
     text.trim_start_matches("tcp://").parse().ok()
@@ -207,6 +284,42 @@ impl NodeConfig {
             .unwrap_or_else(|| "tcp://127.0.0.1:26657".into());
         let rpc_laddr = parse_laddr(&rpc_text)
             .ok_or_else(|| format!("rpc.laddr {rpc_text:?} is not tcp://IP:PORT"))?;
+        let p2p_text = raw
+            .p2p
+            .laddr
+            .clone()
+            .unwrap_or_else(|| "tcp://0.0.0.0:26656".into());
+        let p2p_listen = parse_laddr(&p2p_text)
+            .ok_or_else(|| format!("p2p.laddr {p2p_text:?} is not tcp://IP:PORT"))?;
+        // `P2PConfig.ValidateBasic` (`config/config.go`).
+        for (key, value) in [
+            ("max_num_inbound_peers", raw.p2p.max_num_inbound_peers),
+            ("max_num_outbound_peers", raw.p2p.max_num_outbound_peers),
+        ] {
+            if value.is_some_and(|v| v < 0) {
+                return Err(format!("error in [p2p] section: {key} can't be negative"));
+            }
+        }
+        let log_format = raw.log_format.clone().unwrap_or_else(|| "plain".into());
+        let network = parse_network_addresses(raw.simchain.network.as_deref().unwrap_or(""))?;
+        // `Switch.AddPersistentPeers` at node creation (`node/node.go`): the first malformed
+        // entry stops the node.
+        let (persistent, skipped_peers) =
+            parse_persistent_peers(raw.p2p.persistent_peers.as_deref().unwrap_or(""))
+                .map_err(|e| format!("could not add peers from persistent_peers field: {e}"))?;
+        let peering = match (persistent.is_empty(), network.is_empty()) {
+            (false, false) => {
+                return Err(
+                    "[p2p] persistent_peers and [simchain] network are both set; \
+                            set only persistent_peers (CometBFT's peering) or only network \
+                            (the simulation's older single-session form)"
+                        .into(),
+                );
+            }
+            (false, true) => Peering::Persistent(persistent),
+            (true, false) => Peering::Legacy(network.clone()),
+            (true, true) => Peering::Unset,
+        };
         Ok(Self {
             home: home.to_path_buf(),
             moniker: raw.moniker.unwrap_or_else(|| "simd".into()),
@@ -229,15 +342,23 @@ impl NodeConfig {
                     .unwrap_or("config/node_key.json"),
             ),
             rpc_laddr,
-            p2p_laddr: raw
-                .p2p
-                .laddr
-                .unwrap_or_else(|| "tcp://0.0.0.0:26656".into()),
-            network: parse_network_addresses(raw.simchain.network.as_deref().unwrap_or(""))?,
+            p2p_laddr: p2p_text,
+            p2p_listen,
+            external_address: raw.p2p.external_address.unwrap_or_default(),
+            peering,
+            skipped_peers,
+            allow_duplicate_ip: raw.p2p.allow_duplicate_ip.unwrap_or(false),
+            pex: raw.p2p.pex.unwrap_or(true),
+            addr_book_strict: raw.p2p.addr_book_strict.unwrap_or(true),
+            network,
             network_idle_timeout: match raw.simchain.network_idle_timeout.as_deref() {
                 Some(text) => parse_network_idle_timeout(text)?,
                 None => DEFAULT_NETWORK_IDLE_TIMEOUT,
             },
+            p2p_time_scale: parse_time_scale(raw.simchain.p2p_time_scale.unwrap_or(1.0))?,
+            log_level: raw.log_level.unwrap_or_else(|| "info".into()),
+            log_format,
+            log_no_color: raw.log_no_color.unwrap_or(false),
             write_upgrade_info: raw.simchain.write_upgrade_info.unwrap_or(true),
             log_flood: raw.simchain.log_flood.unwrap_or(false),
             voting_power: raw.simchain.voting_power.unwrap_or(10),
@@ -254,8 +375,10 @@ pub struct ConfigTemplate {
     pub rpc_laddr: String,
     /// `tcp://IP:PORT` for P2P.
     pub p2p_laddr: String,
-    /// simchain-net node address(es), comma-separated.
+    /// simchain-net node address(es), comma-separated (the older form).
     pub network: String,
+    /// `[p2p] persistent_peers`.
+    pub persistent_peers: String,
     /// See [`NodeConfig::write_upgrade_info`].
     pub write_upgrade_info: bool,
     /// See [`NodeConfig::log_flood`].
@@ -361,9 +484,13 @@ external_address = ""
 seeds = ""
 
 # Comma separated list of nodes to keep persistent connections to
-persistent_peers = ""
+persistent_peers = "{persistent_peers}"
+
+# Path to address book
+addr_book_file = "config/addrbook.json"
 
 # Set true for strict address routability rules
+# Set false for private or local networks
 addr_book_strict = true
 
 # Maximum number of inbound peers
@@ -372,9 +499,42 @@ max_num_inbound_peers = 40
 # Maximum number of outbound peers to connect to, excluding persistent peers
 max_num_outbound_peers = 10
 
+# List of node IDs, to which a connection will be (re)established ignoring any existing limits
+unconditional_peer_ids = ""
+
+# Maximum pause when redialing a persistent peer (if zero, exponential backoff is used)
+persistent_peers_max_dial_period = "0s"
+
+# Time to wait before flushing messages out on the connection
+flush_throttle_timeout = "100ms"
+
+# Maximum size of a message packet payload, in bytes
+max_packet_msg_payload_size = 1024
+
+# Rate at which packets can be sent, in bytes/second
+send_rate = 5120000
+
+# Rate at which packets can be received, in bytes/second
+recv_rate = 5120000
+
+# Set true to enable the peer-exchange reactor
+pex = true
+
 # Seed mode, in which node constantly crawls the network and looks for
 # peers. If another node asks it for addresses, it responds and disconnects.
-pex = true
+#
+# Does not work if the peer-exchange reactor is disabled.
+seed_mode = false
+
+# Comma separated list of peer IDs to keep private (will not be gossiped to other peers)
+private_peer_ids = ""
+
+# Toggle to disable guard against peers connecting from the same ip.
+allow_duplicate_ip = false
+
+# Peer connection configuration.
+handshake_timeout = "20s"
+dial_timeout = "3s"
 
 #######################################################
 ###         Mempool Configuration Option          ###
@@ -425,14 +585,19 @@ namespace = "cometbft"
 #######################################################
 [simchain]
 
-# Address of the simchain-net process this node votes to (host:port). Like persistent_peers,
-# several comma-separated addresses may be given: the node keeps one session at a time and,
-# when it cannot connect or loses the session, moves on to the next address (round-robin).
+# The simulation's older peering, used only when [p2p] persistent_peers is empty: the address
+# of the simchain-net process this node votes to (host:port), or several comma-separated; the
+# node keeps one session at a time and, when it cannot connect or loses the session, moves on
+# to the next address (round-robin). No node IDs, no duplicate-IP filter: not CometBFT.
 network = "{network}"
 
-# Drop the session and move on to the next address when the network has sent nothing for this
-# long (it sends every block).
+# Older peering only: drop the session and move on to the next address when the network has
+# sent nothing for this long (it sends every block).
 network_idle_timeout = "30s"
+
+# Not a CometBFT setting: multiplies CometBFT's redial waits (5 s, 3^i s, up to 3 s of jitter)
+# and keep-alive (60 s ping, 45 s pong timeout) so tests need not wait minutes. The rules stay.
+p2p_time_scale = 1.0
 
 # Write data/upgrade-info.json when halting for an upgrade (the SDK's behaviour since v0.44).
 # false reproduces older SDKs, which only log the UPGRADE NEEDED line.
@@ -446,6 +611,7 @@ log_flood = {log_flood}
         rpc_laddr = template.rpc_laddr,
         p2p_laddr = template.p2p_laddr,
         network = template.network,
+        persistent_peers = template.persistent_peers,
         write_upgrade_info = template.write_upgrade_info,
         log_flood = template.log_flood,
     )
@@ -454,6 +620,19 @@ log_flood = {log_flood}
 /// Rewrites one key of the `[simchain]` section in place, keeping every other line (and any
 /// operator edits) intact. Appends the section or key when missing.
 pub fn set_simchain_value(home: &Path, key: &str, toml_value: &str) -> Result<(), NodeConfigError> {
+    set_config_value(home, Some("simchain"), key, toml_value)
+}
+
+/// Rewrites one key of `config.toml` in place — in `[section]`, or among the top-level keys
+/// when `section` is `None` — keeping every other line intact. A missing key is added at the
+/// end of its section (top-level keys before the first section), a missing section at the end
+/// of the file.
+pub fn set_config_value(
+    home: &Path,
+    section: Option<&str>,
+    key: &str,
+    toml_value: &str,
+) -> Result<(), NodeConfigError> {
     let path = NodeConfig::path(home);
     let io = |source| NodeConfigError::Io {
         path: path.clone(),
@@ -461,23 +640,32 @@ pub fn set_simchain_value(home: &Path, key: &str, toml_value: &str) -> Result<()
     };
     let text = std::fs::read_to_string(&path).map_err(io)?;
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let section_start = lines.iter().position(|l| l.trim() == "[simchain]");
     let new_line = format!("{key} = {toml_value}");
-    match section_start {
+    let is_header = |line: &str| line.trim_start().starts_with('[');
+    let body_start = match section {
+        None => Some(0),
+        Some(name) => {
+            let header = format!("[{name}]");
+            lines
+                .iter()
+                .position(|l| l.trim() == header)
+                .map(|position| position + 1)
+        }
+    };
+    match body_start {
         None => {
             lines.push(String::new());
-            lines.push("[simchain]".into());
+            lines.push(format!("[{}]", section.unwrap_or_default()));
             lines.push(new_line);
         }
         Some(start) => {
-            let end = lines[start + 1..]
+            let end = lines[start..]
                 .iter()
-                .position(|l| l.trim_start().starts_with('['))
-                .map_or(lines.len(), |p| start + 1 + p);
-            let existing = (start + 1..end).find(|&i| {
-                lines[i]
-                    .split_once('=')
-                    .is_some_and(|(k, _)| k.trim() == key)
+                .position(|l| is_header(l))
+                .map_or(lines.len(), |p| start + p);
+            let existing = (start..end).find(|&i| {
+                let line = lines[i].trim_start();
+                !line.starts_with('#') && line.split_once('=').is_some_and(|(k, _)| k.trim() == key)
             });
             match existing {
                 Some(i) => lines[i] = new_line,
@@ -500,6 +688,7 @@ mod tests {
             rpc_laddr: "tcp://127.0.0.1:26657".into(),
             p2p_laddr: "tcp://0.0.0.0:26656".into(),
             network: "127.0.0.1:9".into(),
+            persistent_peers: String::new(),
             write_upgrade_info: true,
             log_flood: false,
         }
@@ -515,8 +704,58 @@ mod tests {
         );
         assert_eq!(config.rpc_laddr.port(), 26657);
         assert_eq!(config.network, vec!["127.0.0.1:9".to_string()]);
+        assert_eq!(config.peering, Peering::Legacy(vec!["127.0.0.1:9".into()]));
         assert_eq!(config.network_idle_timeout, DEFAULT_NETWORK_IDLE_TIMEOUT);
         assert!(config.write_upgrade_info);
+        // CometBFT's defaults.
+        assert!(!config.allow_duplicate_ip);
+        assert!(config.pex && config.addr_book_strict);
+        assert_eq!(config.p2p_listen.port(), 26656);
+        assert_eq!(config.log_format, "plain");
+        assert_eq!(config.p2p_time_scale, 1.0);
+    }
+
+    #[test]
+    fn persistent_peers_parse_like_cometbft_and_exclude_the_older_form() {
+        let id = "f2a5c5a1e1b5c0f9d1e6d1c3b3a8e2f4a5b6c7d8";
+        let text = format!(
+            "[p2p]\npersistent_peers = \"{id}@127.0.0.2:26656, ,{id}@127.0.0.3:26656,\"\n\
+             allow_duplicate_ip = true\npex = false\naddr_book_strict = false\n"
+        );
+        let config = NodeConfig::parse(Path::new("/h"), &text).unwrap();
+        let Peering::Persistent(peers) = &config.peering else {
+            panic!("{:?}", config.peering)
+        };
+        assert_eq!(peers.len(), 2);
+        assert!(config.allow_duplicate_ip && !config.pex && !config.addr_book_strict);
+        for (text, expected) in [
+            (
+                "[p2p]\npersistent_peers = \"127.0.0.1:26656\"".to_string(),
+                "could not add peers from persistent_peers field: address (127.0.0.1:26656) \
+                 does not contain ID",
+            ),
+            (
+                format!(
+                    "[p2p]\npersistent_peers = \"{id}@127.0.0.1:1\"\n[simchain]\nnetwork = \"127.0.0.1:2\""
+                ),
+                "both set",
+            ),
+            (
+                "[p2p]\nmax_num_outbound_peers = -1".to_string(),
+                "error in [p2p] section: max_num_outbound_peers can't be negative",
+            ),
+            (
+                "[simchain]\np2p_time_scale = 0.0".to_string(),
+                "p2p_time_scale",
+            ),
+            (
+                "[p2p]\nallow_duplicate_ip = \"no\"".to_string(),
+                "allow_duplicate_ip",
+            ),
+        ] {
+            let error = NodeConfig::parse(Path::new("/h"), &text).unwrap_err();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
     }
 
     #[test]
@@ -544,8 +783,20 @@ mod tests {
         assert_eq!(config.network, vec!["127.0.0.1:4242".to_string()]);
         assert!(config.log_flood);
         assert_eq!(config.voting_power, 7);
+        set_config_value(dir.path(), Some("p2p"), "allow_duplicate_ip", "true").unwrap();
+        set_config_value(dir.path(), None, "log_format", "\"json\"").unwrap();
+        set_config_value(dir.path(), None, "log_no_color", "true").unwrap();
+        set_config_value(dir.path(), Some("new"), "k", "1").unwrap();
+        let config = NodeConfig::load(dir.path()).unwrap();
+        assert!(config.allow_duplicate_ip);
+        assert_eq!(config.log_format, "json");
+        assert!(config.log_no_color);
         let text = std::fs::read_to_string(NodeConfig::path(dir.path())).unwrap();
-        assert!(text.contains("# Address of the simchain-net process"));
+        assert!(text.contains("# The simulation's older peering"));
+        assert!(text.ends_with("[new]\nk = 1\n"), "{text}");
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["p2p"]["allow_duplicate_ip"].as_bool(), Some(true));
+        assert_eq!(value["log_format"].as_str(), Some("json"));
     }
 
     #[test]

@@ -1,17 +1,31 @@
 //! Node ↔ network wire protocol: one JSON object per line over TCP.
 //!
+//! A session opens with a handshake standing in for CometBFT's secret connection and NodeInfo
+//! exchange (`p2p/transport.go` `upgrade`, v0.38): the node proves nothing, the network proves
+//! its node key, so the node can check the ID it dialed.
+//!
 //! Node → network:
-//! - `{"type":"hello","address":"HEX"}` once after connecting; answered with the current
-//!   `new_height`.
+//! - `{"type":"hello","address":"HEX","node_id":"<hex>","moniker":"val1","nonce":"<b64 32 bytes>"}`
+//!   once after connecting.
 //! - `{"type":"vote","address":"HEX","height":H,"round":R,"step":2|3,"sign_bytes":"<b64>","signature":"<b64>"}`
+//! - `{"type":"ping"}` (MConnection's keep-alive); answered with `{"type":"pong"}`.
 //!
 //! Network → node:
-//! - `{"type":"new_height","chain_id":..,"height":H,"round":0,"block_id":"<hex>","time":"<RFC3339>","upgrade_plans":[{"name","height","info"}]}`
-//!   where `height` is the height to vote on now (the previous one was just committed).
+//! - `{"type":"node_info","id":"<hex>","pub_key":"<b64>","signature":"<b64>","listen_addr":"IP:PORT","network":"<chain id>","moniker":"sentry-1","version":"0.38.17"}`
+//!   first, answering `hello`: `pub_key` is the listener's node key, `signature` its ed25519
+//!   signature over [`auth_message`] of the hello's nonce, and `id` the node ID derived from the
+//!   key (`p2p/key.go` `PubKeyToID`). Then the current `new_height`.
+//! - `{"type":"new_height","chain_id":..,"height":H,"round":0,"block_id":"<hex>","time":"<RFC3339>","last_block_time":"<RFC3339>","upgrade_plans":[{"name","height","info"}]}`
+//!   where `height` is the height to vote on now (the previous one was just committed, at
+//!   `last_block_time`).
+//! - `{"type":"pong"}`.
 //!
 //! Lines longer than [`MAX_LINE_BYTES`] are a protocol violation and close the connection.
 
 use serde::{Deserialize, Serialize};
+
+/// CometBFT version the simulation reports (`/status`, NodeInfo).
+pub const COMETBFT_VERSION: &str = "0.38.17";
 
 /// Upper bound on one protocol line.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -28,17 +42,61 @@ pub struct UpgradePlan {
     pub info: String,
 }
 
+/// Domain separation for the network's handshake signature.
+pub const AUTH_DOMAIN: &[u8] = b"palisade-simchain/p2p-auth/v1:";
+
+/// What the network signs with its node key to prove it holds the key behind its node ID.
+pub fn auth_message(nonce: &[u8]) -> Vec<u8> {
+    let mut message = AUTH_DOMAIN.to_vec();
+    message.extend_from_slice(nonce);
+    message
+}
+
+/// The node's greeting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Uppercase hex validator address.
+    pub address: String,
+    /// The node's own node ID (lowercase hex), as CometBFT's NodeInfo carries it.
+    #[serde(default)]
+    pub node_id: String,
+    /// The node's moniker.
+    #[serde(default)]
+    pub moniker: String,
+    /// Base64 random challenge the network must sign.
+    #[serde(default)]
+    pub nonce: String,
+}
+
 /// Messages a node sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum NodeMessage {
     /// Identifies the validator behind this connection.
-    Hello {
-        /// Uppercase hex validator address.
-        address: String,
-    },
+    Hello(Hello),
     /// A signed vote.
     Vote(SignedVote),
+    /// Keep-alive.
+    Ping,
+}
+
+/// The network's NodeInfo, with the proof of its node key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node ID: lowercase hex of the first 20 bytes of SHA-256 of `pub_key`.
+    pub id: String,
+    /// Base64 ed25519 node public key.
+    pub pub_key: String,
+    /// Base64 ed25519 signature over [`auth_message`] of the hello's nonce.
+    pub signature: String,
+    /// The address this listener accepts on.
+    pub listen_addr: String,
+    /// Chain ID.
+    pub network: String,
+    /// The listener's name.
+    pub moniker: String,
+    /// CometBFT version.
+    pub version: String,
 }
 
 /// A signed prevote or precommit.
@@ -62,8 +120,12 @@ pub struct SignedVote {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum NetworkMessage {
+    /// Answer to `hello`: who the node is talking to.
+    NodeInfo(NodeInfo),
     /// A new height begins (the previous one was committed).
     NewHeight(NewHeight),
+    /// Answer to a ping.
+    Pong,
 }
 
 /// Start of a height.
@@ -79,6 +141,9 @@ pub struct NewHeight {
     pub block_id: String,
     /// Block time, RFC 3339.
     pub time: String,
+    /// Time of the block just committed (`height - 1`), RFC 3339; empty before the first.
+    #[serde(default)]
+    pub last_block_time: String,
     /// Every upgrade plan known to the chain.
     #[serde(default)]
     pub upgrade_plans: Vec<UpgradePlan>,
@@ -90,13 +155,26 @@ mod tests {
 
     #[test]
     fn messages_use_documented_shapes() {
-        let hello: NodeMessage =
-            serde_json::from_str(r#"{"type":"hello","address":"AB"}"#).unwrap();
+        let hello: NodeMessage = serde_json::from_str(
+            r#"{"type":"hello","address":"AB","node_id":"ab","moniker":"m","nonce":"bm9uY2U="}"#,
+        )
+        .unwrap();
         assert_eq!(
             hello,
-            NodeMessage::Hello {
-                address: "AB".into()
-            }
+            NodeMessage::Hello(Hello {
+                address: "AB".into(),
+                node_id: "ab".into(),
+                moniker: "m".into(),
+                nonce: "bm9uY2U=".into(),
+            })
+        );
+        assert_eq!(
+            serde_json::to_string(&NodeMessage::Ping).unwrap(),
+            r#"{"type":"ping"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<NetworkMessage>(r#"{"type":"pong"}"#).unwrap(),
+            NetworkMessage::Pong
         );
         let vote = NodeMessage::Vote(SignedVote {
             address: "AB".into(),
@@ -115,6 +193,7 @@ mod tests {
             round: 0,
             block_id: "00".into(),
             time: "t".into(),
+            last_block_time: String::new(),
             upgrade_plans: vec![],
         });
         let json: serde_json::Value = serde_json::to_value(&new_height).unwrap();

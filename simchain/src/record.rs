@@ -7,8 +7,14 @@
 //!                        "missed_count":2,"first_signed_height":1,"last_signed_height":42}},
 //!  "double_signs":[{"validator":"val1","height":9,"round":0,"step":3,
 //!                   "sign_bytes_a":"<b64>","sign_bytes_b":"<b64>"}],
-//!  "invalid_votes":0,"upgrade_plans":[{"name":"v2","height":50,"info":""}]}
+//!  "invalid_votes":0,"upgrade_plans":[{"name":"v2","height":50,"info":""}],
+//!  "listeners":[{"name":"sentry-a","listen_addr":"127.0.0.2:26656","node_id":"<hex>","up":true,"sessions":1}]}
 //! ```
+//!
+//! Each validator also shows its sessions open right now: `sessions` (how many),
+//! `connected_via` (the names of the listeners — sentries — they go through, sorted, each
+//! once) and `connections` (one entry per session), plus `sessions_opened` (ever). A session
+//! belongs to the validator whose address its `hello` named.
 //!
 //! `height` is the latest committed height. A height counts as signed by a validator when the
 //! network received a valid precommit from it for that height (at any time); it counts as
@@ -41,6 +47,39 @@ pub struct Record {
     /// Upgrade plans known to the chain.
     #[serde(default)]
     pub upgrade_plans: Vec<UpgradePlan>,
+    /// The network's listeners (each a sentry with its own node ID).
+    #[serde(default)]
+    pub listeners: Vec<ListenerRecord>,
+}
+
+/// One listener of `simchain-net`: a sentry node the validators dial.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerRecord {
+    /// Its name (`--listen NAME=ADDR`; `sentry-N` by default).
+    pub name: String,
+    /// The address it accepts on.
+    pub listen_addr: String,
+    /// Its node ID.
+    pub node_id: String,
+    /// Whether it accepts connections now (`POST /listeners/NAME/down` takes it down).
+    pub up: bool,
+    /// Sessions open through it now.
+    pub sessions: u64,
+}
+
+/// One open session of a validator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionRecord {
+    /// The listener (sentry) it goes through.
+    pub listener: String,
+    /// That listener's node ID.
+    pub listener_node_id: String,
+    /// The node ID the validator's node announced.
+    pub node_id: String,
+    /// The connection's remote address as the network sees it.
+    pub remote_addr: String,
+    /// The height being voted on when it opened.
+    pub since_height: u64,
 }
 
 /// One validator's signing history.
@@ -61,6 +100,18 @@ pub struct ValidatorRecord {
     pub first_signed_height: Option<u64>,
     /// Highest height with a valid precommit.
     pub last_signed_height: Option<u64>,
+    /// Sessions open now.
+    #[serde(default)]
+    pub sessions: u64,
+    /// Listeners (sentries) it is connected through now, sorted, each once.
+    #[serde(default)]
+    pub connected_via: Vec<String>,
+    /// Every open session.
+    #[serde(default)]
+    pub connections: Vec<ConnectionRecord>,
+    /// Sessions ever opened.
+    #[serde(default)]
+    pub sessions_opened: u64,
 }
 
 /// Two different sign bytes from one key at the same (height, round, step).

@@ -74,8 +74,9 @@ pub enum SignStateFileError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// The file is not valid FilePV state JSON.
-    #[error("{path}: invalid priv_validator_state JSON: {source}")]
+    /// The file is not valid FilePV state JSON. The text is CometBFT's (`privval/file.go`
+    /// `loadFilePV`), which names the file.
+    #[error("Error reading PrivValidator state from {}: {source}", path.display())]
     Json {
         /// File involved.
         path: PathBuf,
@@ -87,8 +88,9 @@ pub enum SignStateFileError {
 /// Contents of `priv_validator_state.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignState {
-    /// Last signed height (a decimal string on disk).
+    /// Last signed height (a decimal string on disk; a JSON number is refused, as CometBFT does).
     #[serde(
+        default,
         serialize_with = "height_to_string",
         deserialize_with = "height_from_string"
     )]
@@ -109,16 +111,27 @@ fn height_to_string<S: Serializer>(height: &u64, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&height.to_string())
 }
 
+/// CometBFT reads this file with its Amino-compatible JSON decoder (`privval/file.go`
+/// `loadFilePV` → `libs/json/decoder.go`, v0.38), which insists that 64-bit integers are
+/// strings: `"height": 120` is refused with `invalid 64-bit integer encoding "120", expected
+/// string` (and so is `null`), and the node exits at start. A missing field decodes to zero.
 fn height_from_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Height {
-        Text(String),
-        Number(u64),
-    }
-    match Height::deserialize(d)? {
-        Height::Text(text) => text.parse().map_err(serde::de::Error::custom),
-        Height::Number(n) => Ok(n),
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => {
+            let height: i64 = text.parse().map_err(|e| {
+                D::Error::custom(format!("strconv.ParseInt: parsing {text:?}: {e}"))
+            })?;
+            u64::try_from(height).map_err(|_| {
+                // FilePV would load a negative height and sign anything above it; refusing is
+                // the safe reading of a file no CometBFT ever writes.
+                D::Error::custom(format!("negative height {height}"))
+            })
+        }
+        other => Err(D::Error::custom(format!(
+            "invalid 64-bit integer encoding {:?}, expected string",
+            other.to_string()
+        ))),
     }
 }
 
@@ -462,6 +475,40 @@ mod tests {
         let parsed: SignState =
             serde_json::from_str(r#"{"height":"7","round":1,"step":2}"#).unwrap();
         assert_eq!(parsed.watermark(), (7, 1, 2));
+        let missing: SignState = serde_json::from_str(r#"{"round":0,"step":0}"#).unwrap();
+        assert_eq!(missing.height, 0);
+    }
+
+    #[test]
+    fn numeric_or_null_height_is_refused_as_cometbft_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("priv_validator_state.json");
+        for (text, expected) in [
+            (
+                r#"{"height":120,"round":0,"step":3}"#,
+                r#"invalid 64-bit integer encoding "120", expected string"#,
+            ),
+            (
+                r#"{"height":null,"round":0,"step":3}"#,
+                r#"invalid 64-bit integer encoding "null", expected string"#,
+            ),
+            (r#"{"height":"12x","round":0,"step":3}"#, "parsing \"12x\""),
+            (
+                r#"{"height":"-1","round":0,"step":3}"#,
+                "negative height -1",
+            ),
+            (r#"{"height":"1","round":"0","step":3}"#, "invalid type"),
+        ] {
+            fs::write(&path, text).unwrap();
+            let message = SignState::load(&path).unwrap_err().to_string();
+            assert!(
+                message.starts_with(&format!(
+                    "Error reading PrivValidator state from {}: ",
+                    path.display()
+                )) && message.contains(expected),
+                "{text}: {message}"
+            );
+        }
     }
 
     #[test]

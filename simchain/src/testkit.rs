@@ -11,7 +11,7 @@
 //! let val1 = write_validator_home(home, "val1", "sim-1", "127.0.0.1:1", free_port())?;
 //! let net = SimNetwork::spawn("target/debug/simchain-net".as_ref(), &[val1.clone()],
 //!                             &SimNetworkOptions::default())?;
-//! net.attach_home(home)?; // point the home at this network
+//! net.attach_home(home)?; // persistent_peers = this network's listener(s)
 //! let node = SimdProcess::start("target/debug/simd".as_ref(), home, &[], &[])?;
 //! net.wait_for(std::time::Duration::from_secs(10), |r| r.validators["val1"].signed_heights > 3)?;
 //! # Ok(()) }
@@ -27,12 +27,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::http;
-use crate::key::{PUB_KEY_TYPE, TypedKey};
+use crate::key::{PUB_KEY_TYPE, TypedKey, ValidatorKey};
 use crate::network::{Genesis, GenesisValidator};
 use crate::node::{InitOptions, init_home};
-use crate::node_config::set_simchain_value;
+use crate::node_config::{set_config_value, set_simchain_value};
 use crate::protocol::UpgradePlan;
 use crate::record::Record;
+
+/// `[simchain] p2p_time_scale` that [`SimNetwork::attach_home`] sets: CometBFT's redial and
+/// keep-alive waits at a tenth (a node's first dial waits 0–0.3 s instead of 0–3 s).
+pub const TEST_P2P_TIME_SCALE: &str = "0.1";
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CAPTURED_LINES: usize = 20_000;
@@ -81,6 +85,7 @@ pub fn write_validator_home(
         rpc_laddr: rpc_laddr.clone(),
         p2p_laddr: format!("tcp://127.0.0.1:{}", free_port()),
         overwrite: true,
+        genesis_size: 0,
     })?;
     Ok(ValidatorKeyInfo {
         moniker: moniker.to_string(),
@@ -92,10 +97,54 @@ pub fn write_validator_home(
     })
 }
 
-/// Points a home's `[simchain] network` at `network_addr`, leaving the rest of config.toml alone.
+/// Points a home's `[simchain] network` (the older, single-session peering) at `network_addr`
+/// and clears `[p2p] persistent_peers`, leaving the rest of config.toml alone.
 pub fn set_network_address(home: &Path, network_addr: &str) -> anyhow::Result<()> {
+    set_config_value(home, Some("p2p"), "persistent_peers", "\"\"")?;
     set_simchain_value(home, "network", &format!("{network_addr:?}"))?;
     Ok(())
+}
+
+/// Sets `[p2p] persistent_peers` (`id@host:port,…`) and clears the older `[simchain] network`.
+pub fn set_persistent_peers(home: &Path, peers: &str) -> anyhow::Result<()> {
+    set_simchain_value(home, "network", "\"\"")?;
+    set_config_value(home, Some("p2p"), "persistent_peers", &format!("{peers:?}"))?;
+    Ok(())
+}
+
+/// Sets any `[p2p]` key (e.g. `allow_duplicate_ip`) to a TOML literal.
+pub fn set_p2p_option(home: &Path, key: &str, toml_value: &str) -> anyhow::Result<()> {
+    set_config_value(home, Some("p2p"), key, toml_value)?;
+    Ok(())
+}
+
+/// Sets a top-level config.toml key (e.g. `log_format`, `log_no_color`) to a TOML literal.
+pub fn set_base_option(home: &Path, key: &str, toml_value: &str) -> anyhow::Result<()> {
+    set_config_value(home, None, key, toml_value)?;
+    Ok(())
+}
+
+/// Writes a fresh `node_key.json` at `path` (mode 0600) and returns its node ID: give it to
+/// `simchain-net --node-key` to know a listener's ID before the network starts.
+pub fn write_node_key(path: &Path) -> anyhow::Result<String> {
+    let key = ValidatorKey::generate();
+    key.save_as_node_key(path)?;
+    Ok(key.node_id())
+}
+
+/// Replaces a home's `config/genesis.json` with a generated one of about `bytes` bytes
+/// ([`crate::genesis`]).
+pub fn write_large_genesis(home: &Path, chain_id: &str, bytes: u64) -> anyhow::Result<u64> {
+    let accounts = crate::genesis::write_genesis(
+        &home.join("config").join("genesis.json"),
+        &crate::genesis::GenesisSpec {
+            chain_id: chain_id.to_string(),
+            app_version: "v1.0.0".into(),
+            genesis_time: std::time::SystemTime::now(),
+            target_bytes: bytes,
+        },
+    )?;
+    Ok(accounts)
 }
 
 /// Sets any `[simchain]` key (e.g. `log_flood`, `write_upgrade_info`) to a TOML literal.
@@ -121,6 +170,37 @@ pub struct SimNetworkOptions {
     pub record_file: Option<PathBuf>,
     /// Where the network's stderr log goes (discarded when `None`).
     pub log_file: Option<PathBuf>,
+    /// The listeners (sentries); empty: one on `127.0.0.1:0`.
+    pub listeners: Vec<ListenerOptions>,
+}
+
+/// One `--listen` of [`SimNetwork::spawn`].
+#[derive(Debug, Clone, Default)]
+pub struct ListenerOptions {
+    /// Its name (`sentry-N` when `None`).
+    pub name: Option<String>,
+    /// `IP:PORT` to listen on (port 0: a free one).
+    pub addr: String,
+    /// Its `node_key.json` (see [`write_node_key`]); a fresh key when `None`.
+    pub node_key: Option<PathBuf>,
+}
+
+/// A listener of a running network, from its ready line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Name.
+    pub name: String,
+    /// Address it accepts on.
+    pub addr: String,
+    /// Node ID.
+    pub node_id: String,
+}
+
+impl Listener {
+    /// `id@ip:port`, a `persistent_peers` entry.
+    pub fn peer(&self) -> String {
+        format!("{}@{}", self.node_id, self.addr)
+    }
 }
 
 impl Default for SimNetworkOptions {
@@ -133,6 +213,7 @@ impl Default for SimNetworkOptions {
             upgrades: Vec::new(),
             record_file: None,
             log_file: None,
+            listeners: Vec::new(),
         }
     }
 }
@@ -143,6 +224,7 @@ pub struct SimNetwork {
     child: Child,
     node_addr: String,
     http_addr: String,
+    listeners: Vec<Listener>,
     genesis_path: PathBuf,
 }
 
@@ -196,6 +278,23 @@ impl SimNetwork {
         if let Some(record) = &options.record_file {
             command.arg("--record").arg(record);
         }
+        // Keys pair with listeners by position, so a listener without one gets a throwaway
+        // key file when a later listener has one.
+        let keyed = options.listeners.iter().rposition(|l| l.node_key.is_some());
+        for (index, listener) in options.listeners.iter().enumerate() {
+            let spec = match &listener.name {
+                Some(name) => format!("{name}={}", listener.addr),
+                None => listener.addr.clone(),
+            };
+            command.arg("--listen").arg(spec);
+            if keyed.is_some_and(|last| index <= last) {
+                let key = match &listener.node_key {
+                    Some(key) => key.clone(),
+                    None => genesis_path.with_extension(format!("node-key-{index}.json")),
+                };
+                command.arg("--node-key").arg(key);
+            }
+        }
         match &options.log_file {
             Some(path) => command.stderr(std::fs::File::create(path)?),
             None => command.stderr(Stdio::null()),
@@ -212,7 +311,7 @@ impl SimNetwork {
             let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
         let parsed = read.ok().and_then(|_| parse_ready_line(&line));
-        let Some((node_addr, http_addr)) = parsed else {
+        let Some(ready) = parsed else {
             let _ = child.kill();
             let _ = child.wait();
             let _ = std::fs::remove_file(&genesis_path);
@@ -220,15 +319,41 @@ impl SimNetwork {
         };
         Ok(Self {
             child,
-            node_addr,
-            http_addr,
+            node_addr: ready.nodes,
+            http_addr: ready.http,
+            listeners: ready.listeners,
             genesis_path,
         })
     }
 
-    /// Address nodes connect to (`host:port`).
+    /// Address(es) nodes connect to (`host:port[,host:port…]`, one per listener).
     pub fn node_addr(&self) -> &str {
         &self.node_addr
+    }
+
+    /// The listeners (sentries), in `--listen` order.
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    /// `[p2p] persistent_peers` reaching every listener: `id@addr,…`.
+    pub fn persistent_peers(&self) -> String {
+        self.listeners
+            .iter()
+            .map(Listener::peer)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Takes a listener down (its port closes, its sessions drop) or brings it back on the
+    /// same address (`POST /listeners/NAME/down|up`).
+    pub fn set_listener_up(&self, name: &str, up: bool) -> anyhow::Result<()> {
+        let path = format!("/listeners/{name}/{}", if up { "up" } else { "down" });
+        let (status, body) = http::request(&self.http_addr, "POST", &path, None, HTTP_TIMEOUT)?;
+        if status != 200 {
+            bail!("POST {path}: HTTP {status}: {body}");
+        }
+        Ok(())
     }
 
     /// HTTP query address (`host:port`).
@@ -241,9 +366,13 @@ impl SimNetwork {
         self.child.id()
     }
 
-    /// Points a node home at this network.
+    /// Points a node home at this network the way gaiad peers: `[p2p] persistent_peers` with
+    /// every listener's `id@addr` (the older `[simchain] network` is cleared), and
+    /// `[simchain] p2p_time_scale` = [`TEST_P2P_TIME_SCALE`].
     pub fn attach_home(&self, home: &Path) -> anyhow::Result<()> {
-        set_network_address(home, &self.node_addr)
+        set_persistent_peers(home, &self.persistent_peers())?;
+        set_simchain_value(home, "p2p_time_scale", TEST_P2P_TIME_SCALE)?;
+        Ok(())
     }
 
     /// `GET /record`.
@@ -326,18 +455,47 @@ impl Drop for SimNetwork {
     }
 }
 
-fn parse_ready_line(line: &str) -> Option<(String, String)> {
+struct Ready {
+    nodes: String,
+    http: String,
+    listeners: Vec<Listener>,
+}
+
+/// `simchain-net listening nodes=A[,B] node_ids=I[,J] names=N[,M] http=H`.
+fn parse_ready_line(line: &str) -> Option<Ready> {
     let rest = line.trim().strip_prefix("simchain-net listening ")?;
     let mut nodes = None;
     let mut http = None;
+    let mut ids = "";
+    let mut names = "";
     for part in rest.split_whitespace() {
         if let Some(v) = part.strip_prefix("nodes=") {
             nodes = Some(v.to_string());
         } else if let Some(v) = part.strip_prefix("http=") {
             http = Some(v.to_string());
+        } else if let Some(v) = part.strip_prefix("node_ids=") {
+            ids = v;
+        } else if let Some(v) = part.strip_prefix("names=") {
+            names = v;
         }
     }
-    Some((nodes?, http?))
+    let nodes = nodes?;
+    let ids: Vec<&str> = ids.split(',').collect();
+    let names: Vec<&str> = names.split(',').collect();
+    let listeners = nodes
+        .split(',')
+        .enumerate()
+        .map(|(i, addr)| Listener {
+            name: names.get(i).unwrap_or(&"").to_string(),
+            addr: addr.to_string(),
+            node_id: ids.get(i).unwrap_or(&"").to_string(),
+        })
+        .collect();
+    Some(Ready {
+        nodes,
+        http: http?,
+        listeners,
+    })
 }
 
 fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
@@ -517,10 +675,21 @@ mod tests {
 
     #[test]
     fn ready_line_parses() {
+        let ready = parse_ready_line(
+            "simchain-net listening nodes=127.0.0.2:1,127.0.0.3:2 node_ids=aa,bb names=a,b http=127.0.0.1:2\n",
+        )
+        .unwrap();
+        assert_eq!(ready.nodes, "127.0.0.2:1,127.0.0.3:2");
+        assert_eq!(ready.http, "127.0.0.1:2");
         assert_eq!(
-            parse_ready_line("simchain-net listening nodes=127.0.0.1:1 http=127.0.0.1:2\n"),
-            Some(("127.0.0.1:1".into(), "127.0.0.1:2".into()))
+            ready.listeners[1],
+            Listener {
+                name: "b".into(),
+                addr: "127.0.0.3:2".into(),
+                node_id: "bb".into()
+            }
         );
-        assert_eq!(parse_ready_line("hello"), None);
+        assert_eq!(ready.listeners[1].peer(), "bb@127.0.0.3:2");
+        assert!(parse_ready_line("hello").is_none());
     }
 }

@@ -9,7 +9,9 @@
 //! | already passed when the process starts             | no                 | [`UpgradeAction::ExitNeeded`]: same file and line, exit non-zero (the real app panics) |
 //! | not reached yet                                    | yes                | [`UpgradeAction::UpdatedBeforeTrigger`]: `BINARY UPDATED BEFORE TRIGGER!`, exit non-zero |
 //!
-//! `data/upgrade-info.json` is `{"name":"v2","height":50,"info":"..."}`, mode 0600.
+//! `data/upgrade-info.json` is what the SDK's `DumpUpgradeInfoToDisk` writes
+//! ([`upgrade_info_json`]): `{"name":"v2","time":"0001-01-01T00:00:00Z","height":50,"info":"..."}`,
+//! `info` left out when empty, mode 0600, written in place (not atomically).
 
 use crate::protocol::UpgradePlan;
 
@@ -66,6 +68,57 @@ pub fn decide(
         }
     }
     UpgradeAction::Continue
+}
+
+/// The contents of `data/upgrade-info.json` for `plan` halting at `height`.
+///
+/// `x/upgrade/keeper/keeper.go` `DumpUpgradeInfoToDisk` (SDK v0.47, v0.50) builds
+/// `types.Plan{Name, Height: blockHeight, Info}` and writes `json.Marshal` of it. `Plan`'s Go
+/// struct tags (`x/upgrade/types/upgrade.pb.go`) give the shape: `name` and `info` are
+/// `omitempty`, `height` is `omitempty` and a bare number (plain `encoding/json`, not Amino), and
+/// the deprecated `time` is a non-pointer `time.Time` without `omitempty`, so the zero time
+/// `"0001-01-01T00:00:00Z"` is always there. Keys come in struct order, compact, no newline.
+pub fn upgrade_info_json(plan: &UpgradePlan, height: u64) -> String {
+    let mut out = String::from("{");
+    if !plan.name.is_empty() {
+        out.push_str("\"name\":");
+        go_json_string(&mut out, &plan.name);
+        out.push(',');
+    }
+    out.push_str("\"time\":\"0001-01-01T00:00:00Z\"");
+    if height != 0 {
+        out.push_str(&format!(",\"height\":{height}"));
+    }
+    if !plan.info.is_empty() {
+        out.push_str(",\"info\":");
+        go_json_string(&mut out, &plan.info);
+    }
+    out.push('}');
+    out
+}
+
+/// Go's `encoding/json` string encoding (Go 1.22+, which SDK v0.50 builds with): `"` and `\`
+/// escaped, `\b \f \n \r \t` short, other control bytes as `\u00xx`, and the HTML-safe escapes
+/// `<` `>` `&` (`\u003c` …) and U+2028/U+2029.
+pub fn go_json_string(out: &mut String, text: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || matches!(c, '<' | '>' | '&' | '\u{2028}' | '\u{2029}') => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The SDK's upgrade-needed message (Cosmovisor's legacy regex matches it).
@@ -177,6 +230,31 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn upgrade_info_has_the_sdk_plan_shape() {
+        let with_info = UpgradePlan {
+            name: "v2".into(),
+            height: 50,
+            info: r#"{"binaries":{"linux/amd64":"https://x/y?a=1&b=<2>"}}"#.into(),
+        };
+        assert_eq!(
+            upgrade_info_json(&with_info, 50),
+            r#"{"name":"v2","time":"0001-01-01T00:00:00Z","height":50,"info":"{\"binaries\":{\"linux/amd64\":\"https://x/y?a=1\u0026b=\u003c2\u003e\"}}"}"#
+        );
+        let bare = UpgradePlan {
+            name: "v3".into(),
+            height: 7,
+            info: String::new(),
+        };
+        assert_eq!(
+            upgrade_info_json(&bare, 7),
+            r#"{"name":"v3","time":"0001-01-01T00:00:00Z","height":7}"#
+        );
+        let mut out = String::new();
+        go_json_string(&mut out, "a\u{1}\n\u{2028}\u{7f}");
+        assert_eq!(out, "\"a\\u0001\\n\\u2028\u{7f}\"");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use palisade_simchain::sign_state::SignState;
 use palisade_simchain::testkit::{
-    SimNetwork, SimNetworkOptions, SimdProcess, ValidatorKeyInfo, free_port, set_network_address,
-    set_simchain_option, write_validator_home, write_versioned_binary,
+    SimNetwork, SimNetworkOptions, SimdProcess, ValidatorKeyInfo, free_port, set_base_option,
+    set_network_address, set_simchain_option, write_validator_home, write_versioned_binary,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -226,7 +226,7 @@ fn upgrade_halts_old_binary_and_new_binary_takes_over() {
         serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
     assert_eq!(
         written,
-        serde_json::json!({"name": "v2", "height": upgrade_height, "info": info})
+        serde_json::json!({"name": "v2", "time": "0001-01-01T00:00:00Z", "height": upgrade_height, "info": info})
     );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&info_path).unwrap().permissions().mode() & 0o777;
@@ -410,6 +410,8 @@ fn network_writes_record_file_and_accepts_runtime_upgrades() {
 fn node_fails_over_from_a_dead_address_to_the_next_one() {
     let s = setup(&["val1"], fast());
     let home = &s.validators[0].home;
+    // These lines are matched as `key=value`: no colour codes between key and value.
+    set_base_option(home, "log_no_color", "true").unwrap();
     // Bound and released: nothing listens there, connecting is refused.
     let closed = format!("127.0.0.1:{}", free_port());
     let real = s.net.node_addr().to_string();
@@ -447,6 +449,8 @@ fn node_fails_over_from_a_dead_address_to_the_next_one() {
 fn silent_network_is_dropped_after_the_idle_timeout_and_the_next_address_takes_over() {
     let s = setup(&["val1"], fast());
     let home = &s.validators[0].home;
+    // These lines are matched as `key=value`: no colour codes between key and value.
+    set_base_option(home, "log_no_color", "true").unwrap();
     // A peer that accepts and then never says anything (a half-dead link or a hung process).
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap().to_string();
@@ -486,6 +490,8 @@ fn silent_network_is_dropped_after_the_idle_timeout_and_the_next_address_takes_o
 fn lost_session_moves_on_to_the_next_address_first() {
     let s = setup(&["val1"], fast());
     let home = &s.validators[0].home;
+    // These lines are matched as `key=value`: no colour codes between key and value.
+    set_base_option(home, "log_no_color", "true").unwrap();
     // A second network with the same genesis, as a second sentry would be.
     let other = SimNetwork::spawn(net_bin(), &s.validators, &fast()).unwrap();
     let first = s.net.node_addr().to_string();

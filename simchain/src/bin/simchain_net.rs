@@ -10,20 +10,28 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use palisade_simchain::clock::parse_duration;
-use palisade_simchain::network::{self, BoundNetwork, Genesis, NetworkConfig, parse_upgrade_plan};
+use palisade_simchain::network::{
+    self, BoundNetwork, Genesis, ListenerSpec, NetworkConfig, parse_listen_spec, parse_upgrade_plan,
+};
 use palisade_simchain::protocol::UpgradePlan;
 
 /// Simulated CometBFT network: commits a block every --block-time, records every vote from
 /// external validators (simd nodes), flags double signs and missed blocks.
 ///
-/// Prints `simchain-net listening nodes=ADDR http=ADDR` on stdout once ready.
-/// HTTP: GET /record, GET /status, POST /upgrade {"name","height","info"}.
+/// Prints `simchain-net listening nodes=ADDR[,ADDR…] node_ids=ID[,ID…] names=NAME[,NAME…]
+/// http=ADDR` on stdout once ready. HTTP: GET /record, GET /status, POST /upgrade
+/// {"name","height","info"}, POST /listeners/NAME/down and /up.
 #[derive(Debug, Parser)]
 #[command(name = "simchain-net", version)]
 struct Cli {
-    /// TCP address for nodes (line-delimited JSON). Port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
+    /// A listener for nodes, `[NAME=]IP:PORT`: a sentry with its own node ID in front of the
+    /// one chain. Repeatable. Port 0 picks a free port. Names default to sentry-1, sentry-2…
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_listen_spec)]
+    listen: Vec<ListenerSpec>,
+    /// node_key.json of the listener at the same position (the first --node-key for the
+    /// first --listen…), created when missing. A listener without one gets a fresh key.
+    #[arg(long)]
+    node_key: Vec<PathBuf>,
     /// HTTP query endpoint address. Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     http: SocketAddr,
@@ -79,6 +87,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (None, None) => "simchain-1".to_string(),
     };
     anyhow::ensure!(!cli.block_time.is_zero(), "--block-time must be positive");
+    anyhow::ensure!(
+        cli.node_key.len() <= cli.listen.len(),
+        "{} --node-key files for {} --listen addresses",
+        cli.node_key.len(),
+        cli.listen.len()
+    );
+    let mut listeners = cli.listen.clone();
+    for (listener, key) in listeners.iter_mut().zip(&cli.node_key) {
+        listener.node_key = Some(key.clone());
+    }
     let config = NetworkConfig {
         chain_id,
         block_time: cli.block_time,
@@ -93,12 +111,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let bound = BoundNetwork::bind(cli.listen, cli.http)
+        let bound = BoundNetwork::bind(&listeners, cli.http)
             .await
             .context("binding listeners")?;
         let (nodes, http) = bound.local_addrs()?;
+        let join = |f: &dyn Fn(&network::ListenerInfo) -> String| {
+            nodes.iter().map(f).collect::<Vec<_>>().join(",")
+        };
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "simchain-net listening nodes={nodes} http={http}")?;
+        writeln!(
+            stdout,
+            "simchain-net listening nodes={} node_ids={} names={} http={http}",
+            join(&|l| l.addr.to_string()),
+            join(&|l| l.node_id.clone()),
+            join(&|l| l.name.clone()),
+        )?;
         stdout.flush()?;
         drop(stdout);
         network::serve(config, bound, shutdown_signal()).await

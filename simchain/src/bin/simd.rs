@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use palisade_simchain::node::{self, AppIdentity, InitOptions, TestKnobs};
+use palisade_simchain::node::{self, AppIdentity, CometExit, InitOptions, LogFlags, TestKnobs};
 use palisade_simchain::node_config::NodeConfig;
 
 /// Simulated Cosmos SDK node (gaiad's command line, CometBFT's files and RPC).
@@ -25,6 +25,15 @@ struct Cli {
         value_delimiter = ','
     )]
     sim_upgrade_handler: Vec<String>,
+    /// The logging format (json|plain); overrides config.toml's log_format.
+    #[arg(long = "log_format", global = true)]
+    log_format: Option<String>,
+    /// Disable colored logs.
+    #[arg(long = "log_no_color", global = true)]
+    log_no_color: bool,
+    /// The logging level; overrides config.toml's log_level.
+    #[arg(long = "log_level", global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,6 +92,10 @@ enum Command {
         /// Rewrite config.toml and genesis.json (keys are kept).
         #[arg(long)]
         overwrite: bool,
+        /// Pad genesis.json with accounts to about this size (e.g. 256MiB, 1GiB), for tests of
+        /// readers that must not load it whole.
+        #[arg(long, value_parser = palisade_simchain::genesis::parse_size)]
+        genesis_size: Option<u64>,
     },
     /// Print the validator's consensus public key.
     ShowValidator {
@@ -98,15 +111,17 @@ fn default_home(home: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".simapp"))
 }
 
-/// `--home X` / `--home=X` hidden among ignored flags after an unknown one.
-fn home_from_ignored(ignored: &[String]) -> Option<PathBuf> {
+/// `--NAME X` / `--NAME=X` hidden among ignored flags after an unknown one.
+fn value_from_ignored(ignored: &[String], name: &str) -> Option<String> {
+    let flag = format!("--{name}");
+    let prefix = format!("--{name}=");
     let mut iter = ignored.iter();
     while let Some(arg) = iter.next() {
-        if arg == "--home" {
-            return iter.next().map(PathBuf::from);
+        if *arg == flag {
+            return iter.next().cloned();
         }
-        if let Some(value) = arg.strip_prefix("--home=") {
-            return Some(PathBuf::from(value));
+        if let Some(value) = arg.strip_prefix(&prefix) {
+            return Some(value.to_string());
         }
     }
     None
@@ -117,7 +132,12 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(code) => std::process::ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            if let Some(CometExit(message)) = e.downcast_ref::<CometExit>() {
+                // CometBFT's `cmtos.Exit`: the message on stdout, exit code 1.
+                println!("{message}");
+            } else {
+                eprintln!("Error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -131,6 +151,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             .into_iter()
             .filter(|h| !h.is_empty())
             .collect(),
+    };
+    let mut flags = LogFlags {
+        log_format: cli.log_format,
+        log_no_color: cli.log_no_color,
+        log_level: cli.log_level,
     };
     match cli.command {
         Command::Version { .. } => {
@@ -149,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             rpc_laddr,
             p2p_laddr,
             overwrite,
+            genesis_size,
         } => {
             let output = node::init_home(&InitOptions {
                 home: default_home(home),
@@ -158,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 rpc_laddr,
                 p2p_laddr,
                 overwrite,
+                genesis_size: genesis_size.unwrap_or(0),
             })?;
             println!("{}", serde_json::to_string(&output)?);
             Ok(0)
@@ -181,13 +208,22 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Start { home, ignored } => {
-            let home = default_home(home.or_else(|| home_from_ignored(&ignored)));
+            let home = default_home(
+                home.or_else(|| value_from_ignored(&ignored, "home").map(PathBuf::from)),
+            );
+            flags.log_format = flags
+                .log_format
+                .or_else(|| value_from_ignored(&ignored, "log_format"));
+            flags.log_level = flags
+                .log_level
+                .or_else(|| value_from_ignored(&ignored, "log_level"));
+            flags.log_no_color |= ignored.iter().any(|a| a == "--log_no_color");
             let knobs = TestKnobs::from_env()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let code = runtime.block_on(node::run_start(&home, identity, knobs));
+            let code = runtime.block_on(node::run_start(&home, identity, knobs, flags));
             // Do not wait for blocking tasks (the log flood thread, file writes) at exit.
             runtime.shutdown_background();
             let code = code?;
