@@ -9,7 +9,8 @@
 #     checks through the reverse-forwarded control socket)
 #     ^ one outbound SSH connection
 #   validator: palisade-supervisor (key vault on, started LOCKED) running
-#     simd, which reaches the chain ONLY through the tunnel's local forward;
+#     simd, which reaches the chain ONLY through the tunnel's sentry forward
+#     (the supervisor writes its [p2p] persistent_peers: 127.0.0.2:26756);
 #     sign-state backups go to the bastion's store.
 #   operator: `palisade-ctl --via` from "elsewhere": SSH to the bastion
 #     (pinned host key), then the supervisor's socket that the validator's
@@ -83,7 +84,7 @@ chmod 0700 "$BASTION_DIR" "$SSH_DIR" "$CLIENT_DIR" "$OPERATOR_DIR"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NET_PORT=$(free_port); HTTP_PORT=$(free_port); RPC_PORT=$(free_port); P2P_PORT=$(free_port)
-SSH_PORT=$(free_port); FWD_PORT=$(free_port)
+SSH_PORT=$(free_port)
 
 # Unix sockets: at most 107 bytes of path. Under target/demo when it fits,
 # else a short private directory under /tmp.
@@ -167,24 +168,26 @@ wait_tcp() { # host port what
   die "$3 is not listening on $1:$2"
 }
 
-log "creating validator home $HOME_DIR (simd init; its only network address is the tunnel's local forward 127.0.0.1:$FWD_PORT)"
+log "creating validator home $HOME_DIR (simd init, no peers: the supervisor writes [p2p] persistent_peers from its bastion's sentry)"
 "$BIN/simd" init "$VALIDATOR" --home "$HOME_DIR" --chain-id "$CHAIN_ID" \
-  --network "127.0.0.1:$FWD_PORT" --rpc-laddr "tcp://127.0.0.1:$RPC_PORT" \
+  --network "" --rpc-laddr "tcp://127.0.0.1:$RPC_PORT" \
   --p2p-laddr "tcp://127.0.0.1:$P2P_PORT" >/dev/null
-# Notice a silent (cut) link quickly, as the multi-host tests do.
-sed -i 's/^network_idle_timeout = .*/network_idle_timeout = "3s"/' "$HOME_DIR/config/config.toml"
 PUBKEY=$("$BIN/simd" show-validator --home "$HOME_DIR" | jq -r .key)
 jq -n --arg chain "$CHAIN_ID" --arg key "$PUBKEY" --arg name "$VALIDATOR" \
   '{chain_id:$chain, validators:[{name:$name, pub_key:{type:"tendermint/PubKeyEd25519", value:$key}, power:"10"}]}' \
   > "$DEMO/genesis.json"
 
-log "starting the simulated chain on 127.0.0.1:$NET_PORT (1 s blocks, upgrade \"v2\" at height $UPGRADE_HEIGHT)"
-"$BIN/simchain-net" --listen "127.0.0.1:$NET_PORT" --http "127.0.0.1:$HTTP_PORT" \
+log "starting the simulated chain behind a sentry on 127.0.0.1:$NET_PORT (1 s blocks, upgrade \"v2\" at height $UPGRADE_HEIGHT)"
+"$BIN/simchain-net" --listen "sentry=127.0.0.1:$NET_PORT" --node-key "$DEMO/sentry_node_key.json" \
+  --http "127.0.0.1:$HTTP_PORT" \
   --chain-id "$CHAIN_ID" --block-time 1s --genesis "$DEMO/genesis.json" \
   --upgrade "v2:$UPGRADE_HEIGHT" --record "$DEMO/record.json" \
   >"$DEMO/network.out" 2>"$DEMO/network.log" &
 pids+=($!)
 for _ in $(seq 50); do grep -q listening "$DEMO/network.out" 2>/dev/null && break; sleep 0.1; done
+SENTRY_ID=$(sed -n 's/.* node_ids=\([0-9a-f]*\) .*/\1/p' "$DEMO/network.out")
+[[ -n $SENTRY_ID ]] || die "simchain-net did not start: $(cat "$DEMO/network.log")"
+echo "  sentry node ID $SENTRY_ID"
 
 # ---------------------------------------------------------------------------
 # The bastion: keys, sshd, palisade-bastion.
@@ -307,7 +310,7 @@ port = $SSH_PORT
 user = "$TUNNEL_USER"
 rpc-socket = "$FORWARDED_SOCKET"
 backup-command = "palisade-bastion backup-session"
-local-forwards = [{ listen = "127.0.0.1:$FWD_PORT", target = "127.0.0.1:$NET_PORT" }]
+sentry = { node-id = "$SENTRY_ID", target = "127.0.0.1:$NET_PORT" }
 EOF
 
 export DAEMON_HOME=$HOME_DIR DAEMON_NAME=simd DAEMON_POLL_INTERVAL=100ms PALISADE_CONFIG
@@ -326,7 +329,7 @@ ctl() {
 
 log "palisade-supervisor run start --home $HOME_DIR   (logs: $DEMO/supervisor.log)"
 echo "  tunnel: validator -> ssh $TUNNEL_USER@127.0.0.1:$SSH_PORT (host key $HOST_FINGERPRINT)"
-echo "          local forward 127.0.0.1:$FWD_PORT -> 127.0.0.1:$NET_PORT (chain), reverse $FORWARDED_SOCKET -> $SUPERVISOR_SOCKET"
+echo "          sentry forward 127.0.0.2:26756 -> 127.0.0.1:$NET_PORT (chain), reverse $FORWARDED_SOCKET -> $SUPERVISOR_SOCKET"
 "$BIN/palisade-supervisor" run start --home "$HOME_DIR" >"$DEMO/node.log" 2>"$DEMO/supervisor.log" &
 SUPERVISOR=$!
 pids+=("$SUPERVISOR")
