@@ -78,18 +78,77 @@ fn upgrade_through_upgrade_info_json() {
     supervisor.stop();
 }
 
-#[test]
-fn upgrade_through_the_output_line_only() {
+/// The node's log forms the halt line comes in (docs/simchain.md "Output"):
+/// a config.toml setting, and how the `UPGRADE "v2" NEEDED` line looks in it.
+#[derive(Debug, Clone, Copy)]
+enum LogForm {
+    /// The SDK's console default: zerolog's coloured console writer.
+    Coloured,
+    /// `log_no_color = true`.
+    Plain,
+    /// `log_format = "json"`: the message is a JSON string, quotes escaped.
+    Json,
+}
+
+/// With no upgrade-info.json written, the halt line alone triggers the
+/// upgrade, whichever form gaiad logs it in; the name and height are taken
+/// exactly.
+fn upgrade_through_the_output_line_only(form: LogForm) {
     let chain = Chain::start(&[("v2", 12)], BLOCK);
+    let set = |key, value| {
+        palisade_simchain::testkit::set_base_option(&chain.home, key, value).unwrap();
+    };
+    match form {
+        LogForm::Coloured => set("log_no_color", "false"),
+        LogForm::Plain => set("log_no_color", "true"),
+        LogForm::Json => set("log_format", "\"json\""),
+    }
     palisade_simchain::testkit::set_simchain_option(&chain.home, "write_upgrade_info", "false")
         .unwrap();
     chain.add_upgrade("v2", &chain.version_binary("v2", &["v2"]), &[]);
     let supervisor = chain.run_supervisor(&[("UNSAFE_SKIP_BACKUP", "true")]);
     chain.wait_for_upgrade_completed("v2", LONG);
     assert!(!chain.home.join("data/upgrade-info.json").exists());
-    assert_eq!(chain.upgrade_records()[0]["detected_by"], "output_line");
+    let record = &chain.upgrade_records()[0];
+    assert_eq!(record["detected_by"], "output_line", "{record}");
+    assert_eq!(record["name"], "v2", "{record}");
+    assert_eq!(record["height"], 12, "{record}");
+    // The line really came in that form (the node's output passes through).
+    let output = supervisor.output();
+    let halt = output
+        .lines()
+        .find(|line| line.contains("NEEDED at height: 12"))
+        .unwrap_or_else(|| panic!("no halt line in:\n{}", common::tail(&output, 40)));
+    match form {
+        LogForm::Coloured => assert!(halt.contains("\u{1b}["), "{halt:?}"),
+        LogForm::Plain => {
+            assert!(!halt.contains('\u{1b}'), "{halt:?}");
+            assert!(halt.contains("UPGRADE \"v2\" NEEDED"), "{halt:?}");
+        }
+        LogForm::Json => {
+            let json: serde_json::Value = serde_json::from_str(halt.trim())
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {halt:?}"));
+            assert!(halt.contains("UPGRADE \\\"v2\\\" NEEDED"), "{halt:?}");
+            assert_eq!(json["level"], "error", "{halt}");
+        }
+    }
     assert_upgraded(&chain, "v2", 12);
     supervisor.stop();
+}
+
+#[test]
+fn upgrade_through_a_coloured_console_line_only() {
+    upgrade_through_the_output_line_only(LogForm::Coloured);
+}
+
+#[test]
+fn upgrade_through_a_plain_console_line_only() {
+    upgrade_through_the_output_line_only(LogForm::Plain);
+}
+
+#[test]
+fn upgrade_through_a_json_log_line_only() {
+    upgrade_through_the_output_line_only(LogForm::Json);
 }
 
 #[test]
