@@ -292,3 +292,90 @@ fn a_node_config_toml_that_cannot_be_read_stops_the_start_and_names_it() {
     }
     std::fs::write(&config_toml, original).unwrap();
 }
+
+/// A [`common::VaultRpc`] whose config has no `[backup] chain-id`: the
+/// supervisor takes the chain id from `config/genesis.json` at unlock.
+fn vault_reading_the_genesis() -> common::VaultRpc {
+    let fixture = common::VaultRpc::setup(BLOCK, "genesis passphrase", "", "");
+    let config = std::fs::read_to_string(&fixture.config).unwrap();
+    let without = config.replace("chain-id = \"sim-1\"\n", "");
+    assert_ne!(config, without, "the fixture's config changed: {config}");
+    std::fs::write(&fixture.config, without).unwrap();
+    fixture
+}
+
+/// A long-running chain's genesis.json is gigabytes. Reading its chain id
+/// (here at unlock, for the backups) streams up to that field: the
+/// supervisor's peak memory stays far below the file's size.
+#[test]
+fn a_256_mib_genesis_keeps_the_supervisor_under_32_mib() {
+    let fixture = vault_reading_the_genesis();
+    let genesis = fixture.chain.home.join("config/genesis.json");
+    palisade_simchain::testkit::write_large_genesis(&fixture.chain.home, "sim-1", 256 << 20)
+        .unwrap();
+    let size = std::fs::metadata(&genesis).unwrap().len();
+    assert!(size >= 256 << 20, "genesis is only {size} bytes");
+
+    let supervisor = fixture.run();
+    wait_for_node_state(&fixture.socket, "locked", LONG);
+    fixture.unlock();
+    fixture.chain.wait_signing(3, LONG);
+    // The chain id came from the genesis: backups carry it.
+    let status = common::wait_for_status(&fixture.socket, LONG, "a backup", |status| {
+        status["last_backup"]["file"]
+            .as_str()
+            .is_some_and(|file| file.starts_with("backup-sim-1-"))
+    });
+    let peak_kib = common::proc_status_kib(supervisor.child.id(), "VmHWM").unwrap();
+    eprintln!(
+        "supervisor peak RSS {:.1} MiB with a {:.0} MiB genesis",
+        peak_kib as f64 / 1024.0,
+        size as f64 / (1 << 20) as f64
+    );
+    assert!(
+        peak_kib < 32 * 1024,
+        "peak RSS {peak_kib} KiB with a {size}-byte genesis; status: {status}"
+    );
+    supervisor.stop();
+}
+
+/// A genesis.json the chain id cannot be read from is an error naming the
+/// file and the problem, never a guess: the unlock is answered with it, the
+/// start is refused (the supervisor exits 1, as for any start rule that
+/// cannot run) and the node never starts.
+#[test]
+fn an_unreadable_genesis_refuses_the_start_and_names_the_file() {
+    let fixture = vault_reading_the_genesis();
+    let genesis = fixture.chain.home.join("config/genesis.json");
+    let state = fixture.chain.home.join("data/priv_validator_state.json");
+    let state_before = std::fs::read(&state).unwrap();
+    for (content, words) in [
+        (
+            &b"{\"genesis_time\": \"2026-01-01T00:00:00Z\", \"chain_id\": 7}"[..],
+            "expected a string",
+        ),
+        (b"{\"app_state\": {}}", "no chain_id"),
+        (b"{\"genesis_time\": \"2026-01-01", "EOF"),
+        (b"", "EOF"),
+    ] {
+        std::fs::write(&genesis, content).unwrap();
+        let mut supervisor = fixture.run();
+        wait_for_node_state(&fixture.socket, "locked", LONG);
+        let output = fixture.ctl(
+            &["unlock", "--passphrase-stdin"],
+            Some(&format!("{}\n", fixture.passphrase)),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{output:?}");
+        assert!(stderr.contains("config/genesis.json"), "{stderr}");
+        assert!(stderr.contains(words), "{words:?} not in {stderr}");
+        let status = supervisor.wait_exit(LONG);
+        assert_eq!(status.code(), Some(1), "{}", supervisor.output());
+        assert!(
+            !supervisor.has_line("daemon started"),
+            "the node started: {}",
+            supervisor.output()
+        );
+        assert_eq!(std::fs::read(&state).unwrap(), state_before);
+    }
+}
