@@ -211,6 +211,19 @@ impl SupervisorProcess {
         self.child.id()
     }
 
+    /// A `Vm*` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, …), in KiB.
+    pub fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::fixture::{Binaries, Fixture};
-use crate::{Measured, result};
+use crate::{Measured, result, round2};
 
 /// Block time of the chain during the idle measurement. Real Cosmos chains
 /// produce blocks every 1–6 s; 1 s keeps the daemon's log output (which the
@@ -29,15 +29,15 @@ pub fn run(bins: &Binaries, window: Duration) -> anyhow::Result<IdleFigures> {
 
     let started = Instant::now();
     let cpu_start = cpu_ticks(pid)?;
-    let mut max_rss_kib = rss_kib(pid)?;
+    let mut max_rss_kib = supervisor.status_kib("VmRSS")?;
     while started.elapsed() < window {
         std::thread::sleep(Duration::from_millis(500).min(window));
         supervisor.ensure_running()?;
-        max_rss_kib = max_rss_kib.max(rss_kib(pid)?);
+        max_rss_kib = max_rss_kib.max(supervisor.status_kib("VmRSS")?);
     }
     let cpu_end = cpu_ticks(pid)?;
     let elapsed = started.elapsed().as_secs_f64();
-    let rss_end_kib = rss_kib(pid)?;
+    let rss_end_kib = supervisor.status_kib("VmRSS")?;
     max_rss_kib = max_rss_kib.max(rss_end_kib);
 
     let signed = fixture.signed_heights()? - signed_before;
@@ -72,22 +72,6 @@ pub fn run(bins: &Binaries, window: Duration) -> anyhow::Result<IdleFigures> {
             ),
         },
     })
-}
-
-fn round2(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
-}
-
-/// `VmRSS` of `pid` in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// `utime + stime` of `pid` (all its threads, not its children), in clock ticks.

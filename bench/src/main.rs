@@ -22,6 +22,9 @@
 //! - `supervisor_idle_rss_mib` (target 20) / `supervisor_idle_cpu_pct` (target 1):
 //!   the supervisor process alone (not the daemon) while its validator signs,
 //!   sampled from `/proc` over `--idle-secs`.
+//! - `supervisor_start_genesis_1gib_rss_mib` (target 32): the supervisor's
+//!   peak RSS (`VmHWM`) when it starts a validator whose `genesis.json` is
+//!   1 GiB and reads the chain id from it at unlock (see [`genesis`]).
 //! - `tunnel_connect_ms`, `tunnel_throughput_mib_s`, `tunnel_heal_s` (target 2):
 //!   the SSH tunnel library against a real OpenSSH sshd on 127.0.0.1 that the
 //!   benchmark starts, with the OpenSSH client as the peer (see [`tunnel`]).
@@ -43,6 +46,7 @@
 
 mod backup;
 mod fixture;
+mod genesis;
 mod idle;
 mod rpc;
 mod sign_backup;
@@ -66,6 +70,7 @@ const BACKUP_REFLINK: &str = "data_backup_2gib_reflink_s";
 const BACKUP_COPY: &str = "data_backup_2gib_copy_s";
 const IDLE_RSS: &str = "supervisor_idle_rss_mib";
 const IDLE_CPU: &str = "supervisor_idle_cpu_pct";
+const GENESIS_RSS: &str = genesis::NAME;
 const BACKUP_CREATE_P50: &str = "backup_create_ms_p50";
 const BACKUP_CREATE_P99: &str = "backup_create_ms_p99";
 const TUNNEL_CONNECT: &str = tunnel::CONNECT;
@@ -77,12 +82,13 @@ const RPC_BASTION_P50: &str = rpc::BASTION_P50;
 const RPC_BASTION_P99: &str = rpc::BASTION_P99;
 
 /// Every benchmark, in the order they run.
-const ALL: [&str; 14] = [
+const ALL: [&str; 15] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
     IDLE_RSS,
     IDLE_CPU,
+    GENESIS_RSS,
     BACKUP_CREATE_P50,
     BACKUP_CREATE_P99,
     TUNNEL_CONNECT,
@@ -123,6 +129,15 @@ Benchmarks (stable names):
       signs, the supervisor process alone (not the daemon) is sampled from
       /proc for --idle-secs: VmRSS at the end in MiB, and utime+stime as a
       percentage of one core over the window.
+
+  supervisor_start_genesis_1gib_rss_mib (target 32)
+      The same chain with config/genesis.json replaced by a 1 GiB one in the
+      Cosmos SDK v0.50 shape (padded with accounts); a vault (init-vault,
+      unattended unlock from [vault] passphrase-file) and no [backup]
+      chain-id, so the supervisor reads the chain id from the genesis at
+      unlock. Value: the supervisor's VmHWM (peak RSS, not the daemon's) once
+      the validator signs and a backup-sim-1-* bundle exists. Needs ~1 GiB of
+      free disk in the temporary directory.
 
   backup_create_ms_p50, backup_create_ms_p99 (target 100)
       200 sign-state backups as the supervisor makes them on every watermark
@@ -206,6 +221,11 @@ pub fn result(name: &str, value: f64, unit: &str, target: Option<f64>) -> BenchR
     }
 }
 
+/// Rounded to two decimals for the results file.
+pub fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
 fn main() {
     let args = Args::parse();
     match run(args) {
@@ -263,6 +283,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let needs_binaries = wants(UPGRADE_SWITCH)
         || wants(IDLE_RSS)
         || wants(IDLE_CPU)
+        || wants(GENESIS_RSS)
         || wants(RPC_LOCAL_P50)
         || wants(RPC_LOCAL_P99)
         || wants(RPC_BASTION_P50)
@@ -333,6 +354,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 }
             }
         }
+    }
+
+    if let (true, Some(bins)) = (wants(GENESIS_RSS), &bins) {
+        eprintln!("palisade-bench: running {GENESIS_RSS}");
+        record(genesis::run(bins), GENESIS_RSS);
     }
 
     if wants(BACKUP_CREATE_P50) || wants(BACKUP_CREATE_P99) {
@@ -434,10 +460,10 @@ fn append(out: &Path, result: &BenchResult) -> anyhow::Result<()> {
 fn print_summary(done: &[Measured], failed: &[(&str, String)], out: &Path, elapsed: Duration) {
     println!();
     println!(
-        "{:<28} {:>10} {:<4} {:>8} {:<6} detail",
+        "{:<38} {:>10} {:<4} {:>8} {:<6} detail",
         "benchmark", "value", "unit", "target", "status"
     );
-    println!("{}", "-".repeat(100));
+    println!("{}", "-".repeat(110));
     for measured in done {
         let result = &measured.result;
         let (target, status) = match result.target {
@@ -446,14 +472,14 @@ fn print_summary(done: &[Measured], failed: &[(&str, String)], out: &Path, elaps
             None => ("-".to_owned(), "-"),
         };
         println!(
-            "{:<28} {:>10} {:<4} {:>8} {:<6} {}",
+            "{:<38} {:>10} {:<4} {:>8} {:<6} {}",
             result.name, result.value, result.unit, target, status, measured.detail
         );
     }
     for (name, error) in failed {
         let first_line = error.lines().next().unwrap_or_default();
         println!(
-            "{name:<28} {:>10} {:<4} {:>8} {:<6} {first_line}",
+            "{name:<38} {:>10} {:<4} {:>8} {:<6} {first_line}",
             "-", "", "", "FAILED"
         );
     }
