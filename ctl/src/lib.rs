@@ -38,7 +38,7 @@ use palisade_ssh::host_key::{FirstUse, HostKeyPolicy};
 use palisade_wire::rpc::methods::{self, Method};
 use palisade_wire::rpc::params::{
     BackupListParams, BackupRestoreParams, HostShutdownParams, LogsTailParams, NoParams,
-    UpgradeAddParams, UpgradeCancelParams, Validate,
+    UpgradeAddParams, UpgradeCancelParams, Validate, VaultUnlockParams,
 };
 
 use crate::config::ConfigError;
@@ -305,6 +305,11 @@ pub enum Command {
         /// Read the passphrase from the first line of stdin.
         #[arg(long)]
         passphrase_stdin: bool,
+        /// Start even if fewer backup stores than the supervisor's
+        /// start quorum can be read (admin). The supervisor logs and
+        /// records it: an unreachable store may hold a newer sign state.
+        #[arg(long)]
+        accept_unreachable_stores: bool,
     },
     /// Lock the key vault: final backup, decrypted keys wiped.
     Lock,
@@ -549,7 +554,12 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
             NodeAction::Stop => typed_call::<methods::NodeStop>(NoParams),
             NodeAction::Restart => typed_call::<methods::NodeRestart>(NoParams),
         },
-        Command::Unlock { .. } => typed_call::<methods::VaultUnlock>(NoParams),
+        Command::Unlock {
+            accept_unreachable_stores,
+            ..
+        } => typed_call::<methods::VaultUnlock>(VaultUnlockParams {
+            accept_unreachable_stores: *accept_unreachable_stores,
+        }),
         Command::Lock => typed_call::<methods::VaultLock>(NoParams),
         Command::Upgrade {
             action:
@@ -624,7 +634,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     // Ask for the passphrase before connecting: no connection waits on a
     // person typing.
     let secret = match &cli.command {
-        Command::Unlock { passphrase_stdin } => Some(read_passphrase(*passphrase_stdin)?),
+        Command::Unlock {
+            passphrase_stdin, ..
+        } => Some(read_passphrase(*passphrase_stdin)?),
         _ => None,
     };
     let options = connect_options(&cli.connection)?;

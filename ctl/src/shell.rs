@@ -1372,6 +1372,7 @@ impl Session {
             }
             Command::Unlock {
                 passphrase_stdin: true,
+                ..
             } => {
                 self.fail(
                     &"in the shell `unlock` asks for the passphrase with no echo; \

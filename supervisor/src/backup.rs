@@ -28,7 +28,8 @@
 //! [`gather`] fans out to several stores, [`fanout`] publishes without one
 //! slow store holding up the others, [`scheduler`] is the pure debouncer.
 //! The run-time users of an unlocked vault: [`identity`] (whose backups),
-//! [`start_check`] (the start rule over every store), [`worker`] (follows
+//! [`start_check`] (the start rule over a quorum of stores and the host's
+//! [`high_water`] record), [`worker`] (follows
 //! the sign state and publishes), [`restore`] (the one restore path) and
 //! [`catalog`] (`backup.list`). None of these modules starts gaiad.
 
@@ -36,6 +37,7 @@ pub(crate) mod bundle;
 pub(crate) mod catalog;
 pub(crate) mod fanout;
 pub(crate) mod gather;
+pub(crate) mod high_water;
 pub(crate) mod identity;
 pub(crate) mod open;
 pub(crate) mod remote;
@@ -58,7 +60,7 @@ pub use remote::{BoxedStream, RemoteStore, StreamDialer};
 pub(crate) use restore::RestoreKit;
 pub use restore::{RestoreChoice, RestoreError, Restored, describe_local, restore_sign_state};
 pub use scheduler::BackupScheduler;
-pub(crate) use start_check::start_check;
+pub(crate) use start_check::{StartCheckError, StartRule, start_check};
 pub use store::{BackupStore, BoxFuture, LocalDirStore, StoreError, apply_retention};
 pub(crate) use stores::bastion_store_name;
 pub use stores::open_dir_stores;

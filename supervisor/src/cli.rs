@@ -78,6 +78,13 @@ pub enum Command {
         /// `vault.passphrase-file`. Without one the supervisor starts locked.
         #[arg(long, value_name = "FD")]
         passphrase_fd: Option<i32>,
+        /// Start even if fewer backup stores than `[backup] start-quorum`
+        /// can be read once `start-quorum-wait` has passed. Applies to the
+        /// first start only; logged and recorded in the vault directory's
+        /// start-overrides.jsonl. An unreachable store may hold a newer sign
+        /// state than this host knows: use it only when you know it does not.
+        #[arg(long)]
+        accept_unreachable_stores: bool,
         /// Arguments for the daemon, e.g. `start --home ~/.gaia`.
         #[arg(
             trailing_var_arg = true,

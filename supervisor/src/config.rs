@@ -154,6 +154,20 @@ pub struct RawBackup {
     pub debounce: Option<String>,
     /// Default: `chain_id` from `$DAEMON_HOME/config/genesis.json`.
     pub chain_id: Option<String>,
+    /// Default `"all"`: how many backup stores (the local directories and
+    /// the bastions with `backup-command`) must be read before gaiad starts.
+    pub start_quorum: Option<RawStartQuorum>,
+    /// Default `60s`: how long unreachable stores are retried at start
+    /// before the start is refused.
+    pub start_quorum_wait: Option<String>,
+}
+
+/// `backup.start-quorum`: `"all"` or a count.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawStartQuorum {
+    Count(i64),
+    Word(String),
 }
 
 /// `[daemon]`: the supervised binary (Cosmovisor's `DAEMON_*`).
@@ -305,6 +319,19 @@ pub struct BackupSettings {
     pub debounce: Duration,
     /// `None`: read from `config/genesis.json` when needed.
     pub chain_id: Option<String>,
+    /// Stores that must be read before gaiad starts.
+    pub start_quorum: StartQuorum,
+    /// How long unreachable stores are retried before the start is refused.
+    pub start_quorum_wait: Duration,
+}
+
+/// How many backup stores the start rule must read (`backup.start-quorum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartQuorum {
+    /// Every configured store (the default).
+    All,
+    /// At least this many (1 or more).
+    AtLeast(usize),
 }
 
 /// Whether `data/` is snapshotted before an upgrade.
@@ -993,6 +1020,31 @@ fn validate_vault(
         let origin = r.file_origin("backup.chain-id");
         r.report(origin, "must not be empty");
     }
+    let start_quorum = match backup.start_quorum {
+        None => StartQuorum::All,
+        Some(RawStartQuorum::Word(word)) if word == "all" => StartQuorum::All,
+        Some(RawStartQuorum::Count(count)) if count >= 1 => {
+            StartQuorum::AtLeast(usize::try_from(count).unwrap_or(usize::MAX))
+        }
+        Some(other) => {
+            let origin = r.file_origin("backup.start-quorum");
+            let shown = match other {
+                RawStartQuorum::Count(count) => count.to_string(),
+                RawStartQuorum::Word(word) => format!("{word:?}"),
+            };
+            r.report(
+                origin,
+                format!("{shown} must be \"all\" or a number of stores, at least 1"),
+            );
+            StartQuorum::All
+        }
+    };
+    let start_quorum_wait = r.duration(
+        None,
+        "backup.start-quorum-wait",
+        backup.start_quorum_wait.as_deref(),
+        Duration::from_secs(60),
+    );
     Some(VaultSettings {
         dir,
         tmpfs_dir,
@@ -1006,6 +1058,8 @@ fn validate_vault(
             retention,
             debounce,
             chain_id: backup.chain_id,
+            start_quorum,
+            start_quorum_wait,
         },
     })
 }

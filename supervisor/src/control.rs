@@ -198,7 +198,15 @@ impl SupervisorControl {
             NodeRestart::NAME => {
                 answer::<NodeRestart, _, _>(params, |_| self.node(Command::NodeRestart)).await
             }
-            VaultUnlock::NAME => answer::<VaultUnlock, _, _>(params, |_| self.unlock(secret)).await,
+            VaultUnlock::NAME => {
+                answer::<VaultUnlock, _, _>(params, |params| {
+                    let accept_unreachable_by = params
+                        .accept_unreachable_stores
+                        .then(|| format!("operator {} (vault.unlock)", caller.operator));
+                    self.unlock(secret, accept_unreachable_by)
+                })
+                .await
+            }
             VaultLock::NAME => {
                 answer::<VaultLock, _, _>(params, |_| async {
                     match self.send(Command::Lock, None).await? {
@@ -242,7 +250,11 @@ impl SupervisorControl {
         }
     }
 
-    async fn unlock(&self, secret: Option<SecretString>) -> Result<VaultUnlockResult, RpcError> {
+    async fn unlock(
+        &self,
+        secret: Option<SecretString>,
+        accept_unreachable_by: Option<String>,
+    ) -> Result<VaultUnlockResult, RpcError> {
         let Some(passphrase) = secret else {
             return Err(RpcError::invalid_params(
                 "secret",
@@ -265,7 +277,11 @@ impl SupervisorControl {
                 return Err(error);
             }
         }
-        let result = self.send(Command::Unlock, Some(passphrase)).await;
+        let result = self
+            .commands
+            .send_unlock(passphrase, accept_unreachable_by)
+            .await
+            .map_err(command_error);
         let mut backoff = self
             .unlock_backoff
             .lock()

@@ -89,6 +89,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Run {
             passphrase_fd,
+            accept_unreachable_stores,
             args,
         } => {
             let config = load()?;
@@ -114,6 +115,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         daemon_args: args,
                         output: OutputTarget::Inherit,
                         passphrase,
+                        accept_unreachable_stores,
                     },
                     shutdown,
                 )

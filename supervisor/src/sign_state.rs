@@ -16,7 +16,10 @@ pub(crate) mod follow;
 pub(crate) mod io;
 
 pub(crate) use decision::restore_decision;
-pub use decision::{KnownWatermark, LocalState, StartDecision, WatermarkSource, start_decision};
+pub use decision::{
+    BackedUpSignature, KnownWatermark, LocalState, StartDecision, WatermarkSource,
+    signbytes_conflict, start_decision,
+};
 pub use file::SignState;
 pub use follow::StateFollower;
 pub use io::{SignStateWriteError, read_local, write_atomic};

@@ -732,6 +732,41 @@ async fn retention_keeps_the_newest_per_validator() {
     assert_eq!(store.list().await.unwrap(), expected);
 }
 
+/// A sequence that started over (new bundles with small sequences but the
+/// highest sign state) never makes retention delete the highest bundles.
+#[tokio::test]
+async fn retention_never_deletes_the_highest_bundles_after_a_sequence_reset() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LocalDirStore::new(root.path().join("s"), "local").unwrap();
+    let name = |sequence: u64, height: u64| {
+        BackupFileName {
+            chain_id: CHAIN.into(),
+            validator_address: ADDRESS.into(),
+            sequence,
+            height,
+        }
+        .to_string()
+    };
+    // Before the reset: sequences 50..=54 up to height 500; after it:
+    // sequences 1..=3 at heights 501..=503.
+    for (sequence, height) in [(50, 100), (51, 200), (52, 300), (53, 400), (54, 500)] {
+        store.put(&name(sequence, height), b"x").await.unwrap();
+    }
+    for (sequence, height) in [(1, 501), (2, 502), (3, 503)] {
+        store.put(&name(sequence, height), b"x").await.unwrap();
+    }
+    let mut removed = apply_retention(&store, 2).await.unwrap();
+    removed.sort();
+    // Kept: the two highest sequences (53, 54) and the two highest heights
+    // (502, 503); everything else goes.
+    let mut expected = vec![name(50, 100), name(51, 200), name(52, 300), name(1, 501)];
+    expected.sort();
+    assert_eq!(removed, expected);
+    let mut left = vec![name(53, 400), name(54, 500), name(2, 502), name(3, 503)];
+    left.sort();
+    assert_eq!(store.list().await.unwrap(), left);
+}
+
 // ---- publish and gather ----
 
 /// A store whose host is down: every call fails at once.
@@ -912,18 +947,24 @@ async fn gather_picks_the_best_bundle_and_reports_every_rejection() {
         reason_for(Some(&renamed)),
         RejectionReason::Bundle(Rejection::NameMismatch { .. })
     ));
-    assert_eq!(
-        reason_for(Some(&name_of(&replay))),
-        RejectionReason::Bundle(Rejection::RolledBack {
-            sequence: 0,
-            min: 1
-        })
+    // A bundle below the caller's floor (`min_sequence`) is superseded,
+    // counted per store, not reported as suspicious.
+    assert!(
+        report
+            .rejected
+            .iter()
+            .all(|r| r.file_name.as_deref() != Some(&name_of(&replay))),
+        "{:#?}",
+        report.rejected
     );
+    assert_eq!(report.superseded, [("bastion-b".to_owned(), 1)]);
     match reason_for(None) {
         RejectionReason::Store(reason) => assert!(reason.contains("connection refused")),
         other => panic!("{other:?}"),
     }
-    assert_eq!(report.rejected.len(), 5, "{:#?}", report.rejected);
+    assert_eq!(report.rejected.len(), 4, "{:#?}", report.rejected);
+    assert_eq!(report.answered, ["bastion-a", "bastion-b"]);
+    assert_eq!(report.unreachable().len(), 1);
     assert!(report.rejected.iter().all(|r| r.store != "bastion-a"));
 }
 

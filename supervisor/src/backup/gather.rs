@@ -99,6 +99,10 @@ pub struct AcceptedBundle {
     pub file_name: String,
     pub watermark: Watermark,
     pub sequence: u64,
+    /// The host that wrote it (signed metadata).
+    pub host_id: String,
+    /// `signbytes` of the bundled sign state (empty when it has none).
+    pub signbytes: Vec<u8>,
 }
 
 /// Why a bundle (or a whole store) could not be used.
@@ -146,6 +150,13 @@ pub struct RestoreReport {
     pub accepted: Vec<AcceptedBundle>,
     /// Every bundle or store that failed, with the reason.
     pub rejected: Vec<RejectedBundle>,
+    /// The stores whose listing was read (each of their bundles then
+    /// accepted or rejected), in configuration order.
+    pub answered: Vec<String>,
+    /// Valid bundles older than the caller's floor (`min_sequence`,
+    /// `min_watermark`): superseded, not suspicious, so not in
+    /// `rejected`; counted per store.
+    pub superseded: Vec<(String, usize)>,
 }
 
 impl RestoreReport {
@@ -153,6 +164,15 @@ impl RestoreReport {
     /// larger one.
     pub fn max_sequence(&self) -> Option<u64> {
         self.accepted.iter().map(|a| a.sequence).max()
+    }
+
+    /// The stores that could not be listed, with the reason.
+    pub fn unreachable(&self) -> Vec<(String, String)> {
+        self.rejected
+            .iter()
+            .filter(|rejected| rejected.file_name.is_none())
+            .map(|rejected| (rejected.store.clone(), rejected.reason.to_string()))
+            .collect()
     }
 }
 
@@ -196,7 +216,10 @@ pub async fn gather_and_verify(
             )
         });
         let files = match fetched {
-            Ok(files) => files,
+            Ok(files) => {
+                report.answered.push(store_name.clone());
+                files
+            }
             Err(reason) => {
                 tracing::warn!(store = %store_name, %reason, "backup store unavailable");
                 report.rejected.push(RejectedBundle {
@@ -222,11 +245,18 @@ pub async fn gather_and_verify(
             });
             match outcome {
                 Ok(bundle) => {
+                    // The state parsed when the bundle was opened
+                    // (its watermark had to match the metadata's).
+                    let signbytes = crate::sign_state::SignState::parse(&bundle.state)
+                        .map(|state| state.signbytes)
+                        .unwrap_or_default();
                     let accepted = AcceptedBundle {
                         store: store_name.clone(),
                         file_name: file_name.clone(),
                         watermark: bundle.metadata.watermark,
                         sequence: bundle.metadata.sequence,
+                        host_id: bundle.metadata.host_id.clone(),
+                        signbytes,
                     };
                     let rank = (accepted.watermark, accepted.sequence);
                     let better = report.best.as_ref().is_none_or(|best| {
@@ -244,6 +274,19 @@ pub async fn gather_and_verify(
                     }
                     report.accepted.push(accepted);
                 }
+                Err(RejectionReason::Bundle(
+                    reason @ (Rejection::RolledBack { .. } | Rejection::BelowWatermark { .. }),
+                )) => {
+                    tracing::debug!(store = %store_name, file = %file_name, %reason, "backup superseded");
+                    match report
+                        .superseded
+                        .iter_mut()
+                        .find(|(store, _)| *store == store_name)
+                    {
+                        Some((_, count)) => *count += 1,
+                        None => report.superseded.push((store_name.clone(), 1)),
+                    }
+                }
                 Err(reason) => {
                     tracing::warn!(store = %store_name, file = %file_name, %reason, "backup rejected");
                     report.rejected.push(RejectedBundle {
@@ -253,6 +296,19 @@ pub async fn gather_and_verify(
                     });
                 }
             }
+        }
+    }
+    for (store, count) in &report.superseded {
+        if !report
+            .accepted
+            .iter()
+            .any(|accepted| accepted.store == *store)
+        {
+            tracing::warn!(
+                store = %store,
+                superseded = count,
+                "this store holds no backup at or above what this host already knows: it missed the newest backups, or withholds them"
+            );
         }
     }
     report

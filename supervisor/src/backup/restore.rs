@@ -101,6 +101,9 @@ pub enum RestoreError {
         humantime::format_duration(*.0)
     )]
     StoresTooSlow(Duration),
+    /// This host's high-water record cannot be read.
+    #[error("{0}; nothing was changed")]
+    HighWater(String),
     /// The sign-state rules refused the move.
     #[error("{0}; nothing was changed")]
     Decision(SignStateError),
@@ -222,20 +225,35 @@ async fn fetch_named(
 /// Restore the sign state at `state_path` from the backup `choice` names,
 /// verified against `expectations` with `identity`. See the module docs
 /// for the checks.
+///
+/// `record_path` is this host's high-water record
+/// ([`super::high_water`]): nothing below its watermark is restored, a
+/// bundle older than its sequence is a rollback, and a restore raises it.
 pub async fn restore_sign_state(
     stores: &[Arc<dyn BackupStore>],
     identity: &age::x25519::Identity,
     expectations: &Expectations,
     state_path: &Path,
+    record_path: &Path,
     choice: &RestoreChoice,
 ) -> Result<Restored, RestoreError> {
+    let record = super::high_water::load(record_path)
+        .map_err(|error| RestoreError::HighWater(error.to_string()))?
+        .unwrap_or_default();
+    let mut floors = expectations.clone();
+    floors.min_watermark = floors.min_watermark.max(record.watermark);
+    if record.sequence > 0 {
+        floors.min_sequence = floors.min_sequence.max(Some(record.sequence));
+    }
     let (candidate, report) = match choice {
         RestoreChoice::Named { store, file } => {
+            // The floors are checked below, after the plainer "not above
+            // the local state".
             let candidate = fetch_named(stores, identity, expectations, store, file).await?;
             (candidate, None)
         }
         RestoreChoice::Highest => {
-            let report = gather(stores, identity, expectations).await?;
+            let report = gather(stores, identity, &floors).await?;
             let Some(best) = &report.best else {
                 return Err(RestoreError::NoValidBackup {
                     stores: stores.len(),
@@ -265,7 +283,7 @@ pub async fn restore_sign_state(
 
     let report = match report {
         Some(report) => report,
-        None => gather(stores, identity, expectations).await?,
+        None => gather(stores, identity, &floors).await?,
     };
     if let Some(higher) = report
         .accepted
@@ -279,6 +297,32 @@ pub async fn restore_sign_state(
             higher: higher.clone(),
         });
     }
+    // This host's high-water record is a floor, as the metadata checks of
+    // `open_bundle` apply it.
+    let floor = if let Some(min) = floors.min_sequence
+        && candidate.sequence < min
+    {
+        Some(Rejection::RolledBack {
+            sequence: candidate.sequence,
+            min,
+        })
+    } else if let Some(min) = floors.min_watermark
+        && candidate.watermark < min
+    {
+        Some(Rejection::BelowWatermark {
+            found: candidate.watermark,
+            min,
+        })
+    } else {
+        None
+    };
+    if let Some(reason) = floor {
+        return Err(RestoreError::Rejected {
+            store: candidate.store,
+            file: candidate.file,
+            reason,
+        });
+    }
     let known = KnownWatermark {
         watermark: candidate.watermark,
         source: WatermarkSource::Backup {
@@ -290,10 +334,22 @@ pub async fn restore_sign_state(
     let highest_known = match local {
         LocalState::Present(local) => local.max(candidate.watermark),
         _ => candidate.watermark,
-    };
+    }
+    .max(record.watermark.unwrap_or(candidate.watermark));
     restore_decision(&local, &known, highest_known).map_err(RestoreError::Decision)?;
     let state = SignState::parse(&candidate.state).map_err(RestoreError::Decision)?;
     write_atomic(state_path, &state, Some(highest_known)).map_err(RestoreError::Write)?;
+    if let Err(error) = super::high_water::raise(
+        record_path,
+        super::high_water::HighWater {
+            watermark: Some(candidate.watermark),
+            sequence: candidate.sequence,
+        },
+    ) {
+        // The state file is restored; the record catches up at the next
+        // start check or backup.
+        tracing::error!(%error, "the high-water record was not raised after the restore");
+    }
     let restored = Restored {
         store: candidate.store,
         file: candidate.file,
@@ -323,6 +379,8 @@ pub struct RestoreKit {
     validator: ValidatorIdentity,
     stores: Vec<Arc<dyn BackupStore>>,
     state_path: PathBuf,
+    /// This host's high-water record.
+    record_path: PathBuf,
 }
 
 impl RestoreKit {
@@ -331,12 +389,14 @@ impl RestoreKit {
         validator: ValidatorIdentity,
         stores: Vec<Arc<dyn BackupStore>>,
         state_path: PathBuf,
+        record_path: PathBuf,
     ) -> RestoreKit {
         RestoreKit {
             vault,
             validator,
             stores,
             state_path,
+            record_path,
         }
     }
 
@@ -347,6 +407,7 @@ impl RestoreKit {
             self.vault.age_identity(),
             &self.validator.expectations(self.vault.verifying_key()),
             &self.state_path,
+            &self.record_path,
             choice,
         )
         .await
@@ -401,6 +462,7 @@ mod tests {
         fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             std::fs::create_dir(dir.path().join("data")).unwrap();
+            std::fs::create_dir(dir.path().join("vault")).unwrap();
             let store = Arc::new(LocalDirStore::new(dir.path().join("store"), "local").unwrap());
             Fixture {
                 signing_key: SigningKey::from_bytes(&rand::random()),
@@ -450,6 +512,10 @@ mod tests {
             self.dir.path().join("data/priv_validator_state.json")
         }
 
+        fn record_path(&self) -> PathBuf {
+            self.dir.path().join("vault/high-water.json")
+        }
+
         fn write_local(&self, watermark: Watermark) {
             std::fs::write(self.state_path(), state_json(watermark)).unwrap();
         }
@@ -471,6 +537,7 @@ mod tests {
                 &self.identity,
                 &self.expectations(),
                 &self.state_path(),
+                &self.record_path(),
                 &RestoreChoice::Named {
                     store: store.into(),
                     file: file.into(),
@@ -639,6 +706,7 @@ mod tests {
             &fixture.identity,
             &expectations,
             &fixture.state_path(),
+            &fixture.record_path(),
             &RestoreChoice::Named {
                 store: "local".into(),
                 file,
@@ -664,12 +732,14 @@ mod tests {
             let expectations = fixture.expectations();
             let identity = fixture.identity.clone();
             let path = fixture.state_path();
+            let record = fixture.record_path();
             async move {
                 restore_sign_state(
                     &stores,
                     &identity,
                     &expectations,
                     &path,
+                    &record,
                     &RestoreChoice::Highest,
                 )
                 .await
@@ -712,5 +782,69 @@ mod tests {
         let error = highest(stores(vec![bastion])).await.unwrap_err();
         assert!(matches!(error, RestoreError::NotAbove { .. }), "{error}");
         assert_eq!(fixture.local_bytes().unwrap(), state_json(high));
+    }
+
+    /// The high-water record is a floor: nothing below its watermark is
+    /// restored, a bundle below its sequence is a rollback, and a restore
+    /// raises it. A damaged record stops the restore.
+    #[tokio::test]
+    async fn the_high_water_record_is_a_floor_for_restores() {
+        use super::super::high_water::{HighWater, load, raise};
+        let fixture = Fixture::new();
+        let below = fixture.publish(3, wm(10, 0, Step::Precommit)).await;
+        let old_sequence = fixture.publish(4, wm(40, 0, Step::Precommit)).await;
+        raise(
+            &fixture.record_path(),
+            HighWater {
+                watermark: Some(wm(20, 0, Step::Precommit)),
+                sequence: 5,
+            },
+        )
+        .unwrap();
+        for (file, words) in [
+            (&below, "sequence 3 is older than the known sequence 5"),
+            (
+                &old_sequence,
+                "sequence 4 is older than the known sequence 5",
+            ),
+        ] {
+            let error = fixture.restore(vec![], "local", file).await.unwrap_err();
+            assert!(error.to_string().contains(words), "{error}");
+            assert_eq!(fixture.local_bytes(), None);
+        }
+        let above = fixture.publish(6, wm(30, 0, Step::Precommit)).await;
+        let restored = fixture.restore(vec![], "local", &above).await.unwrap();
+        assert_eq!(restored.watermark, wm(30, 0, Step::Precommit));
+        assert_eq!(
+            load(&fixture.record_path()).unwrap(),
+            Some(HighWater {
+                watermark: Some(wm(30, 0, Step::Precommit)),
+                sequence: 6,
+            })
+        );
+        // Below the record's watermark, whatever the sequence, even with
+        // the local state and the higher backup lost: the record knows.
+        std::fs::remove_file(fixture.state_path()).unwrap();
+        fixture.store.remove(&above).await.unwrap();
+        let low_again = fixture.publish(7, wm(25, 0, Step::Precommit)).await;
+        let error = fixture
+            .restore(vec![], "local", &low_again)
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("below the known watermark"),
+            "{error}"
+        );
+
+        std::fs::write(fixture.record_path(), b"{").unwrap();
+        let error = fixture
+            .restore(vec![], "local", &low_again)
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("high-water.json") && message.contains("nothing was changed"),
+            "{message}"
+        );
     }
 }

@@ -314,6 +314,13 @@ impl BackupStore for LocalDirStore {
 /// Keeps the newest `keep` bundles of each (chain, validator) in `store` and
 /// removes the older ones; files that are not bundle names are left alone.
 /// Returns the removed names. Stops at the first failed removal.
+///
+/// "Newest" is judged twice, and a bundle goes only when it is old by
+/// both: the `keep` highest sequences and the `keep` highest heights
+/// (then sequences) stay. So a sequence that started over (a host that
+/// lost its high-water record) never makes retention delete the bundles
+/// with the highest sign state, and a bundle named with a huge height
+/// cannot push out the newest sequences.
 pub async fn apply_retention(
     store: &dyn BackupStore,
     keep: usize,
@@ -321,21 +328,31 @@ pub async fn apply_retention(
     if keep == 0 {
         return Err(StoreError::InvalidRetention);
     }
-    let mut groups: std::collections::BTreeMap<(String, String), Vec<(u64, String)>> =
+    let mut groups: std::collections::BTreeMap<(String, String), Vec<(u64, u64, String)>> =
         Default::default();
     for name in store.list().await? {
         if let Some(parsed) = BackupFileName::parse(&name) {
             groups
                 .entry((parsed.chain_id, parsed.validator_address))
                 .or_default()
-                .push((parsed.sequence, name));
+                .push((parsed.sequence, parsed.height, name));
         }
     }
     let mut removed = Vec::new();
     for mut bundles in groups.into_values() {
+        if bundles.len() <= keep {
+            continue;
+        }
+        let mut kept = std::collections::BTreeSet::new();
+        bundles.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+        kept.extend(bundles.iter().take(keep).map(|(_, _, name)| name.clone()));
+        bundles.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+        kept.extend(bundles.iter().take(keep).map(|(_, _, name)| name.clone()));
         bundles.sort();
-        let excess = bundles.len().saturating_sub(keep);
-        for (_, name) in bundles.into_iter().take(excess) {
+        for (_, _, name) in bundles {
+            if kept.contains(&name) {
+                continue;
+            }
             store.remove(&name).await?;
             tracing::info!(store = store.name(), file = %name, "removed old backup (retention)");
             removed.push(name);

@@ -65,6 +65,8 @@ mod tests {
             retention: 10,
             debounce: Duration::from_millis(100),
             chain_id: None,
+            start_quorum: crate::config::StartQuorum::All,
+            start_quorum_wait: std::time::Duration::from_secs(60),
         };
         let named: Vec<String> = dir_stores(&settings)
             .into_iter()

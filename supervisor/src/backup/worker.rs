@@ -109,6 +109,8 @@ struct BackupJob {
     retention: usize,
     next_sequence: u64,
     host_id: String,
+    /// This host's high-water record, raised after every backup.
+    record_path: PathBuf,
     last_published: Option<Watermark>,
     /// Where the control RPC reads the last backup written.
     last_backup: watch::Sender<Option<LastBackup>>,
@@ -167,6 +169,17 @@ impl BackupJob {
         }
         self.next_sequence += 1;
         self.last_published = Some(watermark);
+        if let Err(error) = super::high_water::raise(
+            &self.record_path,
+            super::high_water::HighWater {
+                watermark: Some(watermark),
+                sequence: input.sequence,
+            },
+        ) {
+            // The backup is out; the next start takes the stores' sequence
+            // and the local state into account as well.
+            tracing::error!(%error, "the high-water record was not raised after a backup");
+        }
         tracing::info!(%watermark, sequence = input.sequence, file = %file_name, stores = ?stored, reason, took_ms = started.elapsed().as_millis() as u64, "backup written");
         let written = LastBackup {
             file: file_name,
@@ -203,6 +216,8 @@ pub struct FollowFrom {
     pub poll_interval: Duration,
     /// Where the last backup written is published.
     pub last_backup: watch::Sender<Option<LastBackup>>,
+    /// This host's high-water record ([`super::high_water`]).
+    pub record_path: PathBuf,
 }
 
 impl BackupWorker {
@@ -219,6 +234,7 @@ impl BackupWorker {
             next_sequence,
             poll_interval,
             last_backup,
+            record_path,
         } = from;
         let (requests, mut incoming) = mpsc::channel::<BackupRequest>(4);
         let debounce = settings.debounce;
@@ -234,6 +250,7 @@ impl BackupWorker {
             retention: settings.retention,
             next_sequence,
             host_id: host_id(),
+            record_path,
             last_published: None,
             last_backup,
         };
@@ -292,7 +309,7 @@ impl BackupWorker {
 }
 
 /// `/etc/machine-id`, else the host name: which host wrote a bundle.
-fn host_id() -> String {
+pub(crate) fn host_id() -> String {
     std::fs::read_to_string("/etc/machine-id")
         .ok()
         .map(|id| id.trim().to_string())

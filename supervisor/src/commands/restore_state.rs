@@ -67,6 +67,7 @@ pub fn run(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<()
             vault.age_identity(),
             &validator.expectations(vault.verifying_key()),
             &path,
+            &crate::backup::high_water::path_in(&settings.dir),
             &RestoreChoice::Highest,
         )
         .await;

@@ -30,6 +30,9 @@ pub enum WatermarkSource {
         name: String,
         sequence: u64,
     },
+    /// This host's high-water record (`<vault dir>/high-water.json`): the
+    /// highest watermark it has signed or backed up.
+    HighWaterRecord(PathBuf),
 }
 
 impl std::fmt::Display for WatermarkSource {
@@ -41,6 +44,9 @@ impl std::fmt::Display for WatermarkSource {
                 name,
                 sequence,
             } => write!(f, "backup {name} (sequence {sequence}) in store {store}"),
+            WatermarkSource::HighWaterRecord(path) => {
+                write!(f, "this host's high-water record {}", path.display())
+            }
         }
     }
 }
@@ -90,6 +96,20 @@ pub enum StartDecision {
 const RESTORE_ADVICE: &str =
     "run `palisade-supervisor restore-state` to restore the backup's state, or investigate";
 
+/// What to do when `highest` is above the local state: restore a backup,
+/// or, when only the host's own record knows that watermark, find out why
+/// the state file went back.
+fn advice(highest: &WatermarkSource) -> &'static str {
+    match highest {
+        WatermarkSource::HighWaterRecord(_) => {
+            "the state file went back (a restored snapshot or disk?); run `palisade-supervisor \
+             restore-state` if a backup at or above it exists, otherwise see \
+             docs/backup-format.md \"High-water record\" before doing anything else"
+        }
+        _ => RESTORE_ADVICE,
+    }
+}
+
 /// The start rule. The highest known watermark is the maximum over the
 /// local state (if readable) and every backup.
 ///
@@ -118,8 +138,12 @@ pub fn start_decision(
                 Some(backup) if backup.watermark > local.watermark => StartDecision::Refuse {
                     reason: format!(
                         "refusing to start: {} is at {}, but {} is higher at {}; gaiad could sign \
-                         again what was already signed; {RESTORE_ADVICE}",
-                        local.source, local.watermark, backup.source, backup.watermark
+                         again what was already signed; {}",
+                        local.source,
+                        local.watermark,
+                        backup.source,
+                        backup.watermark,
+                        advice(&backup.source)
                     ),
                     local: Some(local),
                     highest: Some(backup.clone()),
@@ -133,9 +157,10 @@ pub fn start_decision(
         (LocalState::Missing, Some(backup)) => StartDecision::Refuse {
             reason: format!(
                 "refusing to start: {local_source} is missing, but {} is at {}; without the \
-                 state gaiad would sign again from height 0 and could double-sign; \
-                 {RESTORE_ADVICE}",
-                backup.source, backup.watermark
+                 state gaiad would sign again from height 0 and could double-sign; {}",
+                backup.source,
+                backup.watermark,
+                advice(&backup.source)
             ),
             local: None,
             highest: Some(backup.clone()),
@@ -143,8 +168,10 @@ pub fn start_decision(
         (LocalState::Unreadable(error), Some(backup)) => StartDecision::Refuse {
             reason: format!(
                 "refusing to start: {local_source} is unreadable ({error}), and {} is at {}; \
-                 never start on a corrupt state file; {RESTORE_ADVICE}",
-                backup.source, backup.watermark
+                 never start on a corrupt state file; {}",
+                backup.source,
+                backup.watermark,
+                advice(&backup.source)
             ),
             local: None,
             highest: Some(backup.clone()),
@@ -160,6 +187,50 @@ pub fn start_decision(
             highest: None,
         },
     }
+}
+
+/// A backup's sign state, for [`signbytes_conflict`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackedUpSignature {
+    pub known: KnownWatermark,
+    /// `signbytes` of the bundled state (empty when it has none).
+    pub signbytes: Vec<u8>,
+    /// The host that wrote the bundle.
+    pub host_id: String,
+}
+
+/// Evidence of two signers: the local state and a backup at the same
+/// height, round and step with different sign bytes. One signer at one
+/// HRS signs one vote (CometBFT's FilePV re-signs only a vote that
+/// differs by its timestamp, and then keeps the first sign bytes:
+/// `privval/file.go` `signVote`), so two different sign bytes mean two
+/// signatures, or a tampered file. Either way nobody may start before a
+/// human has looked. States without sign bytes (nothing signed yet, or a
+/// state the supervisor raised) prove nothing and are skipped.
+pub fn signbytes_conflict(
+    local_path: &Path,
+    local: &super::SignState,
+    backups: &[BackedUpSignature],
+) -> Option<String> {
+    if local.signbytes.is_empty() {
+        return None;
+    }
+    let conflict = backups.iter().find(|backup| {
+        backup.known.watermark == local.watermark()
+            && !backup.signbytes.is_empty()
+            && backup.signbytes != local.signbytes
+    })?;
+    Some(format!(
+        "refusing to start: {} and {} (written by host {}) are both at {} but hold different \
+         sign bytes: two different votes or proposals were signed at that height, round and step \
+         (a second signer with this key), or one file was altered; stop every other host that \
+         holds this key, compare the two states, and see docs/backup-format.md \"Conflicting sign \
+         bytes\" before starting",
+        WatermarkSource::LocalFile(local_path.to_path_buf()),
+        conflict.known.source,
+        conflict.host_id,
+        conflict.known.watermark
+    ))
 }
 
 /// Whether `candidate` (a backup) may be restored over the local state.
@@ -560,6 +631,105 @@ mod tests {
                     message.contains(&candidate.watermark.to_string()),
                     "{message}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_high_water_record_counts_as_a_known_watermark() {
+        let record = KnownWatermark {
+            watermark: mark(20, 0, Step::Precommit),
+            source: WatermarkSource::HighWaterRecord(
+                "/var/lib/palisade/vault/high-water.json".into(),
+            ),
+        };
+        // (local state, refused?, words the reason must hold)
+        let table: [(LocalState, bool, &[&str]); 5] = [
+            (
+                LocalState::Present(mark(20, 0, Step::Precommit)),
+                false,
+                &[],
+            ),
+            (LocalState::Present(mark(21, 0, Step::None)), false, &[]),
+            (
+                LocalState::Present(mark(20, 0, Step::Prevote)),
+                true,
+                &["high-water record", "went back", "High-water record"],
+            ),
+            (
+                LocalState::Present(mark(3, 0, Step::Precommit)),
+                true,
+                &["is higher at height 20 round 0 step 3", "restore-state"],
+            ),
+            (
+                LocalState::Missing,
+                true,
+                &["is missing", "high-water.json"],
+            ),
+        ];
+        for (local_state, refused, words) in table {
+            let decision =
+                start_decision(&local_state, Path::new(PATH), std::slice::from_ref(&record));
+            match decision {
+                StartDecision::Refuse {
+                    reason, highest, ..
+                } => {
+                    assert!(refused, "{local_state:?} refused: {reason}");
+                    assert_eq!(highest, Some(record.clone()));
+                    for word in words {
+                        assert!(reason.contains(word), "{word:?} not in {reason}");
+                    }
+                }
+                StartDecision::Start { .. } => assert!(!refused, "{local_state:?} started"),
+            }
+        }
+    }
+
+    #[test]
+    fn equal_hrs_with_different_sign_bytes_is_a_conflict() {
+        let at = mark(7, 1, Step::Precommit);
+        let local_state = |signbytes: &[u8]| super::super::SignState {
+            height: at.height,
+            round: at.round,
+            step: at.step,
+            signature: vec![1; 64],
+            signbytes: signbytes.to_vec(),
+        };
+        let signed = |watermark: Watermark, signbytes: &[u8]| BackedUpSignature {
+            known: backup("b-7", 9, watermark),
+            signbytes: signbytes.to_vec(),
+            host_id: "host-b".into(),
+        };
+        // (local sign bytes, backups, conflict?)
+        let table: Vec<(&[u8], Vec<BackedUpSignature>, bool)> = vec![
+            (b"AA", vec![signed(at, b"AA")], false),
+            (b"AA", vec![signed(at, b"AB")], true),
+            (b"AA", vec![signed(at, b"AA"), signed(at, b"AB")], true),
+            // Another HRS: not comparable.
+            (b"AA", vec![signed(mark(7, 1, Step::Prevote), b"AB")], false),
+            (b"AA", vec![signed(mark(8, 0, Step::Propose), b"AB")], false),
+            // No sign bytes on either side prove nothing.
+            (b"", vec![signed(at, b"AB")], false),
+            (b"AA", vec![signed(at, b"")], false),
+            (b"AA", vec![], false),
+        ];
+        for (local_bytes, backups, conflict) in table {
+            let found = signbytes_conflict(Path::new(PATH), &local_state(local_bytes), &backups);
+            assert_eq!(
+                found.is_some(),
+                conflict,
+                "{local_bytes:?} vs {backups:?}: {found:?}"
+            );
+            if let Some(reason) = found {
+                for word in [
+                    "b-7",
+                    "host-b",
+                    "height 7 round 1 step 3",
+                    "different",
+                    PATH,
+                ] {
+                    assert!(reason.contains(word), "{word:?} not in {reason}");
+                }
             }
         }
     }

@@ -131,6 +131,9 @@ pub struct Request {
     pub command: Command,
     /// The `vault.unlock` passphrase (zeroized on drop); `None` otherwise.
     pub passphrase: Option<SecretString>,
+    /// `vault.unlock` with `accept_unreachable_stores`: who accepted them
+    /// for the start that follows (logged and recorded).
+    pub accept_unreachable_by: Option<String>,
     pub reply: oneshot::Sender<CommandResult>,
 }
 
@@ -161,6 +164,26 @@ impl CommandSender {
     /// Send `command` and wait for its answer (at most [`ANSWER_TIMEOUT`]
     /// for the queue and as much again for the answer).
     pub async fn send(&self, command: Command, passphrase: Option<SecretString>) -> CommandResult {
+        self.send_request(command, passphrase, None).await
+    }
+
+    /// `vault.unlock` with its passphrase; `accept_unreachable_by` names
+    /// the operator who accepts unreachable backup stores for this start.
+    pub async fn send_unlock(
+        &self,
+        passphrase: SecretString,
+        accept_unreachable_by: Option<String>,
+    ) -> CommandResult {
+        self.send_request(Command::Unlock, Some(passphrase), accept_unreachable_by)
+            .await
+    }
+
+    async fn send_request(
+        &self,
+        command: Command,
+        passphrase: Option<SecretString>,
+        accept_unreachable_by: Option<String>,
+    ) -> CommandResult {
         let (reply, answer) = oneshot::channel();
         let busy = || {
             CommandError::WrongState(
@@ -172,6 +195,7 @@ impl CommandSender {
         let request = Request {
             command,
             passphrase,
+            accept_unreachable_by,
             reply,
         };
         tokio::time::timeout(ANSWER_TIMEOUT, self.0.send(request))

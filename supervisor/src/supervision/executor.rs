@@ -42,8 +42,8 @@ use super::machine::{
 };
 use super::plans::{is_new_plan, new_plan_in_file};
 use crate::backup::{
-    BackupWorker, FollowFrom, LastBackup, RestoreChoice, RestoreKit, ValidatorIdentity,
-    open_dir_stores, start_check,
+    BackupWorker, FollowFrom, LastBackup, RestoreChoice, RestoreKit, StartCheckError, StartRule,
+    ValidatorIdentity, open_dir_stores, start_check,
 };
 use crate::config::Config;
 use crate::node::files::NodePaths;
@@ -78,7 +78,7 @@ enum Work {
 enum Done {
     Event(Event),
     Unlocked(Result<UnlockedVault, VaultError>),
-    StartChecked(Result<Prepared, String>),
+    StartChecked(Result<Prepared, StartCheckError>),
 }
 
 /// What the start check found, kept for [`Action::OpenSession`].
@@ -100,6 +100,7 @@ struct Pending {
     method: &'static str,
     reply: tokio::sync::oneshot::Sender<CommandResult>,
     passphrase: Option<SecretString>,
+    accept_unreachable_by: Option<String>,
 }
 
 /// What the executor needs from `run`'s setup.
@@ -120,6 +121,9 @@ pub(super) struct Setup {
     pub control_server: tokio::task::JoinHandle<()>,
     /// The unattended passphrase, if one was read.
     pub unattended: Option<SecretString>,
+    /// `run --accept-unreachable-stores`: the first start may go ahead
+    /// without the store quorum (recorded as accepted by this name).
+    pub accept_unreachable_at_start: Option<String>,
     /// How the vault stands at start.
     pub vault_at_start: VaultAtStart,
 }
@@ -152,6 +156,9 @@ pub(super) struct Executor {
     background: CancellationToken,
     control_server: Option<tokio::task::JoinHandle<()>>,
     unattended: Option<SecretString>,
+    accept_unreachable_at_start: Option<String>,
+    /// Who accepted unreachable stores for the start check to come.
+    accept_unreachable_by: Option<String>,
     vault_at_start: VaultAtStart,
     /// The unlocked vault, from the unlock to the end of the session.
     vault: Option<Arc<UnlockedVault>>,
@@ -203,6 +210,8 @@ impl Executor {
             background: setup.background,
             control_server: Some(setup.control_server),
             unattended: setup.unattended,
+            accept_unreachable_at_start: setup.accept_unreachable_at_start,
+            accept_unreachable_by: None,
             vault_at_start: setup.vault_at_start,
             vault: None,
             prepared: None,
@@ -349,6 +358,7 @@ impl Executor {
                 method,
                 reply: request.reply,
                 passphrase: request.passphrase,
+                accept_unreachable_by: request.accept_unreachable_by,
             },
         );
         Some(Event::Command(id, request.command))
@@ -433,7 +443,8 @@ impl Executor {
                     self.prepared = Some(prepared);
                     verdict
                 }
-                Err(reason) => StartVerdict::Failed(reason),
+                Err(StartCheckError::QuorumMissing(reason)) => StartVerdict::Unavailable(reason),
+                Err(StartCheckError::Failed(reason)) => StartVerdict::Failed(reason),
             })),
         }
     }
@@ -466,6 +477,12 @@ impl Executor {
             Action::CheckStart => self.check_start(),
             Action::OpenSession => self.open_session(),
             Action::CloseSession => self.close_session(),
+            Action::ForgetVault => {
+                // No session was opened: nothing is in tmpfs and no worker
+                // runs; the unlocked vault is simply dropped.
+                self.prepared = None;
+                self.vault = None;
+            }
             Action::LookForPendingPlan => {
                 let plan = new_plan_in_file(&self.config, &self.layout).map(|plan| {
                     tracing::info!(upgrade = %plan.name, height = ?plan.height, "found a pending upgrade plan in upgrade-info.json at start");
@@ -635,6 +652,16 @@ impl Executor {
     }
 
     fn try_unlock(&mut self, by: Option<CommandId>) {
+        // Who accepts unreachable stores for the start this unlock leads
+        // to: the unlocking operator, or `run --accept-unreachable-stores`
+        // for the unattended unlock (once).
+        self.accept_unreachable_by = match by {
+            Some(id) => self
+                .pending
+                .get_mut(&id)
+                .and_then(|pending| pending.accept_unreachable_by.take()),
+            None => self.accept_unreachable_at_start.take(),
+        };
         let passphrase = match by {
             Some(id) => self
                 .pending
@@ -686,29 +713,38 @@ impl Executor {
         let state_path = self.node.state.clone();
         let tunnels = self.tunnels.clone();
         let notifier = self.notifier.clone();
+        let accept_unreachable_by = self.accept_unreachable_by.take();
         self.start(
             Work::Job(Job::StartCheck),
             Box::pin(async move {
                 let prepared = async {
-                    let settings = config
-                        .vault
-                        .as_ref()
-                        .ok_or_else(|| "no [vault] is configured".to_owned())?;
+                    let settings = config.vault.as_ref().ok_or_else(|| {
+                        StartCheckError::Failed("no [vault] is configured".to_owned())
+                    })?;
                     let validator = ValidatorIdentity::of(
                         &vault,
                         &config.daemon_home,
                         settings.backup.chain_id.as_deref(),
                     )
-                    .map_err(|error| format!("{error:#}"))?;
-                    let mut stores = open_dir_stores(&settings.backup)
-                        .map_err(|error| format!("cannot open a backup directory: {error}"))?;
+                    .map_err(|error| StartCheckError::Failed(format!("{error:#}")))?;
+                    let mut stores = open_dir_stores(&settings.backup).map_err(|error| {
+                        StartCheckError::Failed(format!("cannot open a backup directory: {error}"))
+                    })?;
                     if let Some(tunnels) = &tunnels {
                         notifier.status("waiting for the bastions that hold backups");
                         tunnels.wait_for_backup_bastions().await;
                         stores.extend(tunnels.backup_stores(&config.rpc.name));
                     }
                     notifier.status("checking the sign state against backups");
-                    let check = start_check(&state_path, &vault, &validator, &stores).await;
+                    let rule = StartRule {
+                        state_path,
+                        vault_dir: settings.dir.clone(),
+                        quorum: settings.backup.start_quorum,
+                        quorum_wait: settings.backup.start_quorum_wait,
+                        accept_unreachable_by,
+                    };
+                    let waiting = |status: &str| notifier.status(status);
+                    let check = start_check(&rule, &vault, &validator, &stores, &waiting).await?;
                     Ok(Prepared {
                         validator,
                         stores,
@@ -753,6 +789,7 @@ impl Executor {
                 next_sequence: prepared.next_sequence,
                 poll_interval: self.config.poll_interval,
                 last_backup: self.last_backup.clone(),
+                record_path: crate::backup::high_water::path_in(&settings.dir),
             },
         ) {
             Ok(backups) => backups,
@@ -769,6 +806,7 @@ impl Executor {
             prepared.validator,
             prepared.stores,
             state_path,
+            crate::backup::high_water::path_in(&settings.dir),
         ));
         board(&self.board).backup_trigger = Some(backups.trigger());
         self.session = Some(Session { tmpfs, backups });

@@ -173,6 +173,10 @@ pub enum StartVerdict {
     /// The check itself could not run (no validator key in the vault, a
     /// store directory that cannot be opened).
     Failed(String),
+    /// Too few backup stores could be read (`start-quorum`) and nobody
+    /// accepted that: the vault is locked again, so that an operator can
+    /// unlock once the stores are back, or accept them as unreachable.
+    Unavailable(String),
 }
 
 /// Why an upgrade's preparation failed.
@@ -278,6 +282,9 @@ pub enum Action {
     /// Kill what the daemon left behind, take the final backup, wipe the
     /// keys, drop the unlocked vault → [`Event::SessionClosed`].
     CloseSession,
+    /// Drop the unlocked vault when no session was opened (nothing is in
+    /// tmpfs): done at once, no event.
+    ForgetVault,
     /// → [`Event::PendingPlan`].
     LookForPendingPlan,
     /// Start `current`'s binary → [`Event::DaemonSpawned`] or
@@ -654,6 +661,25 @@ impl Machine {
                         ));
                     }
                     self.shut_down(RunOutcome::RefusedToStart, out);
+                }
+                StartVerdict::Unavailable(reason) => {
+                    out.push(Action::Log(
+                        Level::Error,
+                        format!("refusing to start: {reason}"),
+                    ));
+                    if let Some(id) = by {
+                        out.push(Action::Answer(
+                            id,
+                            Err(CommandError::WrongState(format!(
+                                "refusing to start, the vault is locked again: {reason}"
+                            ))),
+                        ));
+                    }
+                    out.push(Action::ForgetVault);
+                    self.lock_and_wait(out);
+                    out.push(Action::NotifyStatus(format!(
+                        "locked: refused to start: {reason}"
+                    )));
                 }
                 StartVerdict::Failed(reason) => {
                     if let Some(id) = by {

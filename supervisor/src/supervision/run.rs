@@ -41,6 +41,9 @@ pub struct RunOptions {
     /// The unattended-unlock passphrase, if a source was configured (read
     /// before the runtime started; see [`crate::passphrase::unattended`]).
     pub passphrase: Option<(PassphraseSource, Result<SecretString, PassphraseError>)>,
+    /// `run --accept-unreachable-stores`: the first start check may go
+    /// ahead without the backup-store quorum (logged and recorded).
+    pub accept_unreachable_stores: bool,
 }
 
 /// Shutdown requests: SIGTERM/SIGINT, delivered as the signal received.
@@ -201,6 +204,9 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
             background,
             control_server,
             unattended,
+            accept_unreachable_at_start: options
+                .accept_unreachable_stores
+                .then(|| "the command line (run --accept-unreachable-stores)".to_owned()),
             vault_at_start,
         },
     );

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use super::params::{
     AuthLoginParams, BackupListParams, BackupRestoreParams, HostShutdownParams, LogsTailParams,
     NoParams, TunnelReconnectParams, UpgradeAddParams, UpgradeCancelParams, Validate,
+    VaultUnlockParams,
 };
 use super::results::{
     AuthChallengeResult, AuthLoginResult, BackupListResult, BackupNowResult, BackupRestoreResult,
@@ -134,7 +135,7 @@ methods! {
     TunnelReconnect = "tunnel.reconnect", Some(Role::Operator), TunnelReconnectParams => TunnelReconnectResult;
     /// `vault.unlock`: unlock the vault with the passphrase on the secret
     /// line, then start the node.
-    VaultUnlock = "vault.unlock", Some(Role::Admin), NoParams => VaultUnlockResult, secret = true;
+    VaultUnlock = "vault.unlock", Some(Role::Admin), VaultUnlockParams => VaultUnlockResult, secret = true;
     /// `vault.lock`: stop the node, final backup, wipe the keys.
     VaultLock = "vault.lock", Some(Role::Admin), NoParams => VaultLockResult;
     /// `backup.restore`: replace the sign state by one backup's.

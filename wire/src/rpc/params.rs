@@ -239,6 +239,22 @@ impl Validate for BackupListParams {
     }
 }
 
+/// `vault.unlock`: `{}` or `{"accept_unreachable_stores": true}` (the
+/// method is admin only): start even if fewer backup stores than the
+/// supervisor's start quorum can be read; logged and recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultUnlockParams {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_unreachable_stores: bool,
+}
+
+impl Validate for VaultUnlockParams {
+    fn validate(&self) -> Result<(), RpcError> {
+        Ok(())
+    }
+}
+
 // --------------------------------------------------------- upgrade names
 
 /// Longest upgrade name accepted over the RPC, in bytes.

@@ -642,6 +642,23 @@ fn transitions() -> Vec<(&'static str, Event, &'static str, Vec<Action>)> {
         ),
         (
             "CheckingStart",
+            Event::StartChecked(StartVerdict::Unavailable("only 1 of 2 stores".into())),
+            "Locked",
+            vec![
+                Action::Log(Level::Error, "refusing to start: only 1 of 2 stores".into()),
+                Action::Answer(
+                    CommandId(1),
+                    Err(CommandError::WrongState(
+                        "refusing to start, the vault is locked again: only 1 of 2 stores".into(),
+                    )),
+                ),
+                Action::ForgetVault,
+                Action::NotifyStatus("locked: waiting for the vault passphrase".into()),
+                Action::NotifyStatus("locked: refused to start: only 1 of 2 stores".into()),
+            ],
+        ),
+        (
+            "CheckingStart",
             Event::SessionOpened,
             "Launching",
             vec![
@@ -1380,10 +1397,10 @@ impl World {
             } else {
                 UnlockOutcome::Unlocked
             }),
-            Action::CheckStart => Event::StartChecked(if pick.is_multiple_of(7) {
-                StartVerdict::Refuse("behind a backup".into())
-            } else {
-                StartVerdict::Start
+            Action::CheckStart => Event::StartChecked(match pick % 7 {
+                0 => StartVerdict::Refuse("behind a backup".into()),
+                1 => StartVerdict::Unavailable("only 1 of 2 stores".into()),
+                _ => StartVerdict::Start,
             }),
             Action::OpenSession => {
                 self.session_open = true;
