@@ -329,7 +329,7 @@ mod tests {
     fn param_fields_are_what_serde_expects() {
         let fields = |name: &str| (method_info(name).unwrap().param_fields)();
         assert_eq!(fields("status"), [] as [&str; 0]);
-        assert_eq!(fields("vault.unlock"), [] as [&str; 0]);
+        assert_eq!(fields("vault.unlock"), ["accept_unreachable_stores"]);
         assert_eq!(fields("logs.tail"), ["lines"]);
         assert_eq!(fields("upgrade.add"), ["name", "url", "checksum", "path"]);
         assert_eq!(fields("host.shutdown"), ["confirm"]);
