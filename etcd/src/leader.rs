@@ -383,7 +383,14 @@ mod tests {
         let current = t0 + 10 * S; // signing deadline t0 + 8 s with a 2 s margin
         let margin = 2 * S;
         // (name, sent, received, ttl, expected)
-        let cases: &[(&str, Duration, Duration, i64, Result<Instant, Duration>)] = &[
+        type Case = (
+            &'static str,
+            Duration,
+            Duration,
+            i64,
+            Result<Instant, Duration>,
+        );
+        let cases: &[Case] = &[
             (
                 "prompt answer: send time + TTL",
                 5 * S,

@@ -64,7 +64,12 @@ impl Transport {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // A fresh connection per request: on a pooled one, a member that died since
+            // shows as "connection closed before message completed", which cannot be told
+            // from a crash after the request arrived, so a compare-and-swap could not move on
+            // to the next member. A refused connect is unambiguous; a loopback or LAN
+            // handshake per request is cheap at Palisade's rate (about one per second).
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| Error::Build(e.to_string()))?;
         Ok(Transport {

@@ -171,11 +171,10 @@ impl RawKeyValue {
     }
 }
 
-/// `RangeResponse`.
+/// `RangeResponse` (also nested in a `TxnResponse`).
 #[derive(Deserialize)]
 struct RawRange {
-    #[serde(default)]
-    header: Header,
+    header: Option<Header>,
     #[serde(default)]
     kvs: Vec<RawKeyValue>,
 }
@@ -211,9 +210,12 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, Malfor
 /// Parses a `RangeResponse` for exactly `key`.
 pub fn parse_range(body: &[u8], key: &[u8]) -> Result<Range, Malformed> {
     let raw: RawRange = parse(body, "range")?;
+    let header = raw
+        .header
+        .ok_or_else(|| Malformed("a range answer without a header".into()))?;
     Ok(Range {
         kv: single_key(raw.kvs, key)?,
-        header: raw.header,
+        header,
     })
 }
 
@@ -602,18 +604,19 @@ mod tests {
         let cases: &[(&str, &[u8])] = &[
             ("garbage", b"\x00\xffnot json"),
             ("empty", b""),
-            ("bad base64", br#"{"kvs":[{"key":"!!!","create_revision":"1","mod_revision":"1"}]}"#),
-            ("another key", br#"{"kvs":[{"key":"eA==","create_revision":"1","mod_revision":"1"}]}"#),
-            ("two keys", br#"{"kvs":[{"key":"azE=","create_revision":"1","mod_revision":"1"},{"key":"azE=","create_revision":"1","mod_revision":"1"}]}"#),
-            ("revision not a number", br#"{"kvs":[{"key":"azE=","create_revision":"x","mod_revision":"1"}]}"#),
-            ("revision out of range", br#"{"kvs":[{"key":"azE=","create_revision":18446744073709551616,"mod_revision":"1"}]}"#),
-            ("created at 0", br#"{"kvs":[{"key":"azE="}]}"#),
-            ("kvs not a list", br#"{"kvs":"azE="}"#),
+            ("bad base64", br#"{"header":{},"kvs":[{"key":"!!!","create_revision":"1","mod_revision":"1"}]}"#),
+            ("another key", br#"{"header":{},"kvs":[{"key":"eA==","create_revision":"1","mod_revision":"1"}]}"#),
+            ("two keys", br#"{"header":{},"kvs":[{"key":"azE=","create_revision":"1","mod_revision":"1"},{"key":"azE=","create_revision":"1","mod_revision":"1"}]}"#),
+            ("revision not a number", br#"{"header":{},"kvs":[{"key":"azE=","create_revision":"x","mod_revision":"1"}]}"#),
+            ("revision out of range", br#"{"header":{},"kvs":[{"key":"azE=","create_revision":18446744073709551616,"mod_revision":"1"}]}"#),
+            ("created at 0", br#"{"header":{},"kvs":[{"key":"azE="}]}"#),
+            ("kvs not a list", br#"{"header":{},"kvs":"azE="}"#),
         ];
         for (name, body) in cases {
             assert!(parse_range(body, b"k1").is_err(), "{name}");
         }
         assert!(parse_header(b"{}", "put").is_err(), "no header");
+        assert!(parse_range(b"{}", b"k1").is_err(), "no header");
         assert!(parse_delete(b"[]").is_err());
         assert!(parse_grant(br#"{"ID":"0","TTL":"5"}"#).is_err());
         assert!(parse_grant(br#"{"ID":"1","TTL":"-1"}"#).is_err());
