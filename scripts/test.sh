@@ -10,8 +10,10 @@ require_cargo
 # xfsprogs: reflink data-backup tests on a loop-mounted XFS; age: backups must
 # open with the stock age CLI; curl: demo; openssh-server/-client: the tunnel
 # tests run against real sshd (and ssh as the benchmark peer); iproute2: the
-# multi-host tests build network namespaces (`ip netns`, root).
-apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux
+# multi-host tests build network namespaces (`ip netns`, root); etcd-server: the
+# failover tests run a real 3-member etcd cluster (`palisade_testkit::EtcdCluster`) on
+# ports of their own (the package's etcd.service, if systemd starts it, keeps 2379).
+apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux etcd-server
 ensure_nextest
 
 # A clean debug build with every test binary takes about 3.5 GiB (see the

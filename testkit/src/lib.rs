@@ -7,11 +7,15 @@
 //! [`ssh_fingerprint`], [`kill_tree`], [`run`] and [`current_user`]; [`SshAgent`] and
 //! [`encrypted_copy`] for keys that have a passphrase.
 //!
+//! [`EtcdCluster`] runs a real etcd cluster (3 members by default) on loopback for the failover
+//! tests: kill, stop and restart members, wait for a linearizable read.
+//!
 //! Everything fallible returns [`Error`], whose `Debug` is its plain message: tests `unwrap()`
 //! and still panic readably, the benchmarks report it with `?`.
 //!
 //! sshd must be installed at [`SSHD`] (`scripts/test.sh` and `scripts/bench.sh` install
-//! openssh-server); a missing sshd is an error, never a skipped test.
+//! openssh-server), etcd at [`ETCD`] (`scripts/test.sh` installs etcd-server); a missing one is
+//! an error, never a skipped test.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
@@ -22,6 +26,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+
+mod etcd_cluster;
+pub use etcd_cluster::{ETCD, ETCD_WAIT, EtcdCluster};
 
 /// Where sshd is expected.
 pub const SSHD: &str = "/usr/sbin/sshd";
