@@ -58,6 +58,17 @@ pub enum PassphraseError {
     /// A passphrase file readable by group or others.
     #[error("{} is readable by group or others (mode {mode:o}); chmod 600 it", path.display())]
     InsecureFile { path: PathBuf, mode: u32 },
+    /// A passphrase file that is a symbolic link (it could be pointed
+    /// anywhere by whoever may write its directory).
+    #[error("{} is a symbolic link; name the file itself", path.display())]
+    Symlink { path: PathBuf },
+    /// A passphrase file owned by another user, who could change it.
+    #[error("{} is owned by uid {owner}, not by this process's user (uid {user}); chown it", path.display())]
+    ForeignOwner {
+        path: PathBuf,
+        owner: u32,
+        user: u32,
+    },
     /// Terminal prompt failed.
     #[error("cannot read the passphrase from the terminal: {0}")]
     Prompt(std::io::Error),
@@ -66,12 +77,19 @@ pub enum PassphraseError {
     Mismatch,
 }
 
-fn read_bounded(mut reader: impl Read, name: &str) -> Result<SecretString, PassphraseError> {
-    let mut buffer = Zeroizing::new(Vec::with_capacity(256));
+/// Reads at most [`MAX_PASSPHRASE_BYTES`] (one more to tell "too long")
+/// into `buffer`, whose capacity must already hold that many: it never
+/// grows.
+fn read_into(
+    mut reader: impl Read,
+    name: &str,
+    buffer: &mut Zeroizing<Vec<u8>>,
+) -> Result<(), PassphraseError> {
+    debug_assert!(buffer.capacity() > MAX_PASSPHRASE_BYTES);
     reader
         .by_ref()
         .take(MAX_PASSPHRASE_BYTES as u64 + 1)
-        .read_to_end(&mut buffer)
+        .read_to_end(buffer)
         .map_err(|error| PassphraseError::Read {
             source_name: name.to_string(),
             error,
@@ -79,6 +97,15 @@ fn read_bounded(mut reader: impl Read, name: &str) -> Result<SecretString, Passp
     if buffer.len() > MAX_PASSPHRASE_BYTES {
         return Err(PassphraseError::TooLong(name.to_string()));
     }
+    Ok(())
+}
+
+fn read_bounded(reader: impl Read, name: &str) -> Result<SecretString, PassphraseError> {
+    // Allocated once, at the largest size read: a buffer that grew would
+    // leave the earlier, shorter copies of the passphrase behind in freed
+    // memory, where zeroizing the final one does not reach.
+    let mut buffer = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE_BYTES + 1));
+    read_into(reader, name, &mut buffer)?;
     let mut end = buffer.len();
     if buffer[..end].ends_with(b"\n") {
         end -= 1;
@@ -99,20 +126,37 @@ fn read_bounded(mut reader: impl Read, name: &str) -> Result<SecretString, Passp
 /// Read a passphrase file; it must not be readable by group or others.
 pub fn from_file(path: &Path) -> Result<SecretString, PassphraseError> {
     use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let name = PassphraseSource::File(path.to_path_buf()).to_string();
-    let file = std::fs::File::open(path).map_err(|error| PassphraseError::Read {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|error| {
+            if error.raw_os_error() == Some(nix::libc::ELOOP) {
+                PassphraseError::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                PassphraseError::Read {
+                    source_name: name.clone(),
+                    error,
+                }
+            }
+        })?;
+    let metadata = file.metadata().map_err(|error| PassphraseError::Read {
         source_name: name.clone(),
         error,
     })?;
-    let mode = file
-        .metadata()
-        .map_err(|error| PassphraseError::Read {
-            source_name: name.clone(),
-            error,
-        })?
-        .permissions()
-        .mode()
-        & 0o777;
+    let user = nix::unistd::geteuid().as_raw();
+    if metadata.uid() != user {
+        return Err(PassphraseError::ForeignOwner {
+            path: path.to_path_buf(),
+            owner: metadata.uid(),
+            user,
+        });
+    }
+    let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(PassphraseError::InsecureFile {
             path: path.to_path_buf(),
@@ -243,6 +287,44 @@ mod tests {
         std::fs::write(&big, vec![b'a'; MAX_PASSPHRASE_BYTES + 1]).unwrap();
         std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(from_file(&big), Err(PassphraseError::TooLong(_))));
+
+        // A symbolic link is refused, even to a good file.
+        let good = dir.path().join("p0");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let error = from_file(&link).unwrap_err().to_string();
+        assert!(error.contains("is a symbolic link"), "{error}");
+        // A file owned by another user is refused (run as root: chown).
+        if nix::unistd::geteuid().is_root() {
+            let foreign = dir.path().join("foreign");
+            std::fs::write(&foreign, b"secret\n").unwrap();
+            std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
+            let error = from_file(&foreign).unwrap_err().to_string();
+            assert!(error.contains("owned by uid 65534"), "{error}");
+        }
+    }
+
+    /// The buffer never grows: no shorter copy of the passphrase is left
+    /// behind in memory the allocator freed.
+    #[test]
+    fn the_read_buffer_is_allocated_once() {
+        for length in [
+            1,
+            255,
+            256,
+            257,
+            1000,
+            MAX_PASSPHRASE_BYTES,
+            MAX_PASSPHRASE_BYTES + 1,
+        ] {
+            let input = vec![b'p'; length];
+            let mut buffer = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE_BYTES + 1));
+            let (capacity, pointer) = (buffer.capacity(), buffer.as_ptr());
+            let _ = read_into(&input[..], "test", &mut buffer);
+            assert_eq!(buffer.capacity(), capacity, "grew at {length} bytes");
+            assert_eq!(buffer.as_ptr(), pointer, "moved at {length} bytes");
+        }
     }
 
     #[test]

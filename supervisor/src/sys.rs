@@ -52,13 +52,20 @@ pub fn child_in_own_group_killed_with_parent(command: &mut std::process::Command
             // The parent may have died between fork and prctl: then the death
             // signal was never armed, so leave now instead of running orphaned.
             if nix::unistd::getppid() != parent_pid {
-                return Err(io::Error::other(
-                    "supervisor exited before the daemon started",
-                ));
+                return Err(orphaned());
             }
             Ok(())
         });
     }
+}
+
+/// The error a child reports when the supervisor died between fork and
+/// exec: `ESRCH`, an OS error code held inline. The child of a
+/// multi-threaded process must not allocate before exec (another thread may
+/// have held the allocator's lock at fork), so no message is built here;
+/// the parent is gone and would not read one anyway.
+fn orphaned() -> io::Error {
+    io::Error::from(nix::errno::Errno::ESRCH)
 }
 
 /// Take ownership of a descriptor inherited from the parent process (e.g.
@@ -74,4 +81,16 @@ pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: the descriptor is open and, per this function's contract, was
     // passed by the parent for us to consume and is owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    /// `io::Error::other` would box its message: an allocation in the
+    /// forked child. An OS error carries only its code.
+    #[test]
+    fn the_orphaned_child_error_does_not_allocate() {
+        let error = super::orphaned();
+        assert_eq!(error.raw_os_error(), Some(nix::libc::ESRCH));
+        assert!(error.get_ref().is_none(), "a boxed payload was allocated");
+    }
 }

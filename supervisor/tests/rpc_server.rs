@@ -389,6 +389,14 @@ async fn remote_peers_need_tls_and_a_login_and_roles_are_enforced() {
     assert_eq!(result["role"], "operator");
     let response = operator.call("backup.restore", None).await;
     assert_eq!(error_code(&response), Some(code::FORBIDDEN));
+    // An operator runs the node but cannot change what runs: a staged
+    // binary runs with the keys in tmpfs (issue 16, finding 2).
+    for method in ["upgrade.add", "upgrade.cancel"] {
+        let response = operator
+            .call(method, Some(json!({"name": "v2", "path": "/bin/true"})))
+            .await;
+        assert_eq!(error_code(&response), Some(code::FORBIDDEN), "{method}");
+    }
     let response = operator.call("ip.rotate", None).await;
     assert_eq!(error_code(&response), Some(code::METHOD_NOT_FOUND));
     assert!(server.echo.secrets.lock().unwrap().is_empty());

@@ -27,9 +27,28 @@ fn backup_only_tunnels(config: &Config) -> Option<TunnelSettings> {
     (!settings.bastions.is_empty()).then_some(settings)
 }
 
+/// A running supervisor (its control socket accepts a connection) may have
+/// gaiad running, which keeps its sign state in memory and would write it
+/// back over the restored one: refuse, and name the way that works while
+/// it runs.
+fn refuse_while_supervised(socket: &Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        anyhow::bail!(
+            "a supervisor is running (its control socket {} answers): gaiad may be signing and \
+             would overwrite a restored state with its own; either stop the node and restore \
+             through the running supervisor (`palisade-ctl node stop`, then `palisade-ctl restore \
+             STORE FILE`), or stop the supervisor (`systemctl stop palisade-supervisor`) and run \
+             restore-state again; nothing was changed",
+            socket.display()
+        );
+    }
+    Ok(())
+}
+
 /// Unlock (passphrase from `passphrase_file`, `[vault] passphrase-file`, or
 /// the terminal), gather every store and restore the highest backup.
 pub fn run(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<()> {
+    refuse_while_supervised(&config.rpc.socket)?;
     let settings = super::vault_settings(config)?;
     let passphrase = match passphrase_file.or(settings.passphrase_file.as_deref()) {
         Some(file) => crate::passphrase::from_file(file)?,

@@ -128,9 +128,9 @@ methods! {
     /// `backup.now`: take a backup now.
     BackupNow = "backup.now", Some(Role::Operator), NoParams => BackupNowResult;
     /// `upgrade.add`: stage an upgrade's binary.
-    UpgradeAdd = "upgrade.add", Some(Role::Operator), UpgradeAddParams => UpgradeAddResult;
+    UpgradeAdd = "upgrade.add", Some(Role::Admin), UpgradeAddParams => UpgradeAddResult;
     /// `upgrade.cancel`: remove a staged upgrade.
-    UpgradeCancel = "upgrade.cancel", Some(Role::Operator), UpgradeCancelParams => UpgradeCancelResult;
+    UpgradeCancel = "upgrade.cancel", Some(Role::Admin), UpgradeCancelParams => UpgradeCancelResult;
     /// `tunnel.reconnect`: reconnect one tunnel now.
     TunnelReconnect = "tunnel.reconnect", Some(Role::Operator), TunnelReconnectParams => TunnelReconnectResult;
     /// `vault.unlock`: unlock the vault with the passphrase on the secret
