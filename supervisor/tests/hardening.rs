@@ -60,3 +60,122 @@ fn restore_state_is_refused_while_a_supervisor_runs() {
     assert!(!stderr.contains("a supervisor is running"), "{stderr}");
     assert!(state.exists());
 }
+
+/// A real age file encrypted to `stanzas` random X25519 recipients: to
+/// find out that none is ours, age does a scalar multiplication per
+/// stanza (and age 0.11 re-parses the header once per line).
+fn stanza_bomb(stanzas: usize) -> Vec<u8> {
+    use std::io::Write;
+    let recipients: Vec<age::x25519::Recipient> = (0..stanzas)
+        .map(|_| age::x25519::Identity::generate().to_public())
+        .collect();
+    let encryptor = age::Encryptor::with_recipients(
+        recipients.iter().map(|recipient| recipient as &dyn age::Recipient),
+    )
+    .unwrap();
+    let mut file = Vec::new();
+    let mut writer = encryptor.wrap_output(&mut file).unwrap();
+    writer.write_all(b"not a bundle").unwrap();
+    writer.finish().unwrap();
+    file
+}
+
+/// Finding 1: a store full of bundles whose age headers hold thousands of
+/// recipient stanzas. The supervisor bounds the header before age sees it
+/// and verifies off its event loop, newest first, one at a time: through
+/// the whole start check the watchdog is fed and `status` answers, and the
+/// node starts from its genuine backup.
+#[test]
+fn hostile_bundles_never_stall_the_supervisor() {
+    use common::{FakeSystemd, longest_silence};
+    use std::time::{Duration, Instant};
+    const WATCHDOG: Duration = Duration::from_secs(1);
+
+    let fixture = VaultRpc::setup(BLOCK, PASSPHRASE, "", "");
+    // A first run leaves genuine backups, whose names give the validator's
+    // address.
+    let supervisor = fixture.run();
+    wait_for_node_state(&fixture.socket, "locked", LONG);
+    fixture.unlock();
+    fixture.chain.wait_signing(2, LONG);
+    supervisor.stop();
+    let genuine: Vec<String> = std::fs::read_dir(fixture.chain.home.join("palisade/backups"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("backup-"))
+        .collect();
+    let address = genuine[0].split('-').nth(3).unwrap().to_owned();
+    assert_eq!(address.len(), 40, "{genuine:?}");
+
+    // A second store (another disk, or a bastion: the same code) serves
+    // 32 stanza bombs named as the newest bundles, just under 1 MiB each.
+    let hostile = fixture.chain.dir.path().join("hostile");
+    std::fs::create_dir(&hostile).unwrap();
+    let bomb = stanza_bomb(9_000);
+    assert!(bomb.len() < 1024 * 1024, "{}", bomb.len());
+    for index in 0..32u64 {
+        let name = format!(
+            "backup-sim-1-{address}-{:020}-h{}.age",
+            1_000_000 + index,
+            9_000_000 + index
+        );
+        std::fs::write(hostile.join(name), &bomb).unwrap();
+    }
+    let config = std::fs::read_to_string(&fixture.config).unwrap();
+    let config = config.replace(
+        "[backup]\n",
+        &format!("[backup]\nextra-dirs = [{hostile:?}]\n"),
+    );
+    std::fs::write(&fixture.config, config).unwrap();
+
+    let systemd = FakeSystemd::start(fixture.chain.dir.path());
+    let notify = systemd.env(WATCHDOG);
+    let mut env: Vec<(&str, &str)> = notify.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("PALISADE_CONFIG", fixture.config.to_str().unwrap()));
+    let supervisor = fixture.chain.run_supervisor(&env);
+    wait_for_node_state(&fixture.socket, "locked", LONG);
+    let unlocked = Instant::now();
+    let socket = fixture.socket.clone();
+    let passphrase = format!("{PASSPHRASE}\n");
+    let home = fixture.chain.dir.path().to_path_buf();
+    let unlocking = std::thread::spawn(move || {
+        common::run_ctl(
+            &home,
+            &[
+                "--socket",
+                socket.to_str().unwrap(),
+                "unlock",
+                "--passphrase-stdin",
+            ],
+            Some(&passphrase),
+        )
+    });
+    // `status` answers promptly all through the start check.
+    let mut slowest = Duration::ZERO;
+    while !unlocking.is_finished() {
+        let asked = Instant::now();
+        let status = common::status(&fixture.socket);
+        slowest = slowest.max(asked.elapsed());
+        assert!(status.is_some(), "status did not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = unlocking.join().unwrap();
+    assert!(output.status.success(), "unlock: {output:?}");
+    fixture.chain.wait_signing(2, LONG);
+    let signing = Instant::now();
+    assert!(slowest < Duration::from_secs(1), "status took {slowest:?}");
+    let pings = systemd.pings(unlocked, signing);
+    let silence = longest_silence(&pings, unlocked, signing);
+    assert!(
+        silence < WATCHDOG,
+        "{silence:?} without a watchdog ping during the start check ({} pings)",
+        pings.len()
+    );
+    assert!(
+        supervisor.has_line("recipient stanzas"),
+        "{}",
+        supervisor.output()
+    );
+    fixture.chain.assert_no_double_sign();
+    supervisor.stop();
+}

@@ -176,14 +176,33 @@ impl RestoreReport {
     }
 }
 
-type Fetched = (
-    String,
-    Result<Vec<(String, Result<Vec<u8>, String>)>, String>,
-);
+/// How long verifying one bundle may take, off the event loop. A real one
+/// takes about a millisecond; one that takes longer is given up (its thread
+/// finishes on its own, and [`open_bundle`]'s bounds keep that short).
+pub const VERIFY_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Lists and fetches this validator's bundles from every store concurrently
-/// (each operation bounded by `timeout`), verifies each against
-/// `expectations`, and picks the best.
+/// What reading one store found.
+struct StoreScan {
+    name: String,
+    /// `Err` when the store could not be listed.
+    listed: Result<(), String>,
+    /// The first bundle that passed (the newest by name), with its file.
+    accepted: Option<(String, OpenedBundle)>,
+    rejected: Vec<(String, RejectionReason)>,
+    superseded: usize,
+}
+
+/// Lists this validator's bundles in every store concurrently (each
+/// operation bounded by `timeout`) and, per store, fetches and verifies
+/// them one at a time, newest first (by the height, then the sequence, in
+/// the name), off the event loop with a deadline, stopping at the first
+/// that passes. The best is the highest watermark (then sequence) among
+/// the stores' newest valid bundles.
+///
+/// A hostile store can therefore cost at most [`MAX_BUNDLES_PER_STORE`]
+/// bounded verifications ([`open_bundle`] bounds the ciphertext and the
+/// age header before age parses it), one bundle in memory at a time, and
+/// never the event loop.
 pub async fn gather_and_verify(
     stores: &[Arc<dyn BackupStore>],
     identity: &age::x25519::Identity,
@@ -193,110 +212,84 @@ pub async fn gather_and_verify(
     let mut tasks = JoinSet::new();
     for (index, store) in stores.iter().enumerate() {
         let store = Arc::clone(store);
-        let chain_id = expectations.chain_id.clone();
-        let address = expectations.validator_address.to_ascii_uppercase();
+        let identity = identity.clone();
+        let expectations = expectations.clone();
         tasks.spawn(async move {
-            let fetched = fetch_store(store.as_ref(), &chain_id, &address, timeout).await;
-            (index, (store.name().to_owned(), fetched))
+            let scan = scan_store(store.as_ref(), identity, expectations, timeout).await;
+            (index, scan)
         });
     }
-    let mut per_store: Vec<Option<Fetched>> = (0..stores.len()).map(|_| None).collect();
+    let mut per_store: Vec<Option<StoreScan>> = (0..stores.len()).map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
-        if let Ok((index, fetched)) = joined {
-            per_store[index] = Some(fetched);
+        if let Ok((index, scan)) = joined {
+            per_store[index] = Some(scan);
         }
     }
 
     let mut report = RestoreReport::default();
-    for (store, fetched) in stores.iter().zip(per_store) {
-        let (store_name, fetched) = fetched.unwrap_or_else(|| {
-            (
-                store.name().to_owned(),
-                Err("store task panicked".to_owned()),
+    for (store, scan) in stores.iter().zip(per_store) {
+        let scan = scan.unwrap_or_else(|| StoreScan {
+            name: store.name().to_owned(),
+            listed: Err("store task panicked".to_owned()),
+            accepted: None,
+            rejected: Vec::new(),
+            superseded: 0,
+        });
+        let store_name = scan.name;
+        if let Err(reason) = scan.listed {
+            tracing::warn!(store = %store_name, %reason, "backup store unavailable");
+            report.rejected.push(RejectedBundle {
+                store: store_name,
+                file_name: None,
+                reason: RejectionReason::Store(reason),
+            });
+            continue;
+        }
+        report.answered.push(store_name.clone());
+        for (file_name, reason) in scan.rejected {
+            tracing::warn!(store = %store_name, file = %file_name, %reason, "backup rejected");
+            report.rejected.push(RejectedBundle {
+                store: store_name.clone(),
+                file_name: Some(file_name),
+                reason,
+            });
+        }
+        if scan.superseded > 0 {
+            report
+                .superseded
+                .push((store_name.clone(), scan.superseded));
+        }
+        let Some((file_name, bundle)) = scan.accepted else {
+            continue;
+        };
+        // The state parsed when the bundle was opened (its watermark had to
+        // match the metadata's).
+        let signbytes = crate::sign_state::SignState::parse(&bundle.state)
+            .map(|state| state.signbytes)
+            .unwrap_or_default();
+        let accepted = AcceptedBundle {
+            store: store_name.clone(),
+            file_name: file_name.clone(),
+            watermark: bundle.metadata.watermark,
+            sequence: bundle.metadata.sequence,
+            host_id: bundle.metadata.host_id.clone(),
+            signbytes,
+        };
+        let rank = (accepted.watermark, accepted.sequence);
+        let better = report.best.as_ref().is_none_or(|best| {
+            rank > (
+                best.bundle.metadata.watermark,
+                best.bundle.metadata.sequence,
             )
         });
-        let files = match fetched {
-            Ok(files) => {
-                report.answered.push(store_name.clone());
-                files
-            }
-            Err(reason) => {
-                tracing::warn!(store = %store_name, %reason, "backup store unavailable");
-                report.rejected.push(RejectedBundle {
-                    store: store_name,
-                    file_name: None,
-                    reason: RejectionReason::Store(reason),
-                });
-                continue;
-            }
-        };
-        for (file_name, bytes) in files {
-            let outcome = bytes.map_err(RejectionReason::Store).and_then(|bytes| {
-                let bundle =
-                    open_bundle(&bytes, identity, expectations).map_err(RejectionReason::Bundle)?;
-                let expected_name = file_name_for(&bundle.metadata).to_string();
-                if expected_name != file_name {
-                    return Err(RejectionReason::Bundle(Rejection::NameMismatch {
-                        file_name: file_name.clone(),
-                        expected: expected_name,
-                    }));
-                }
-                Ok(bundle)
+        if better {
+            report.best = Some(BestBundle {
+                store: store_name.clone(),
+                file_name,
+                bundle,
             });
-            match outcome {
-                Ok(bundle) => {
-                    // The state parsed when the bundle was opened
-                    // (its watermark had to match the metadata's).
-                    let signbytes = crate::sign_state::SignState::parse(&bundle.state)
-                        .map(|state| state.signbytes)
-                        .unwrap_or_default();
-                    let accepted = AcceptedBundle {
-                        store: store_name.clone(),
-                        file_name: file_name.clone(),
-                        watermark: bundle.metadata.watermark,
-                        sequence: bundle.metadata.sequence,
-                        host_id: bundle.metadata.host_id.clone(),
-                        signbytes,
-                    };
-                    let rank = (accepted.watermark, accepted.sequence);
-                    let better = report.best.as_ref().is_none_or(|best| {
-                        rank > (
-                            best.bundle.metadata.watermark,
-                            best.bundle.metadata.sequence,
-                        )
-                    });
-                    if better {
-                        report.best = Some(BestBundle {
-                            store: store_name.clone(),
-                            file_name,
-                            bundle,
-                        });
-                    }
-                    report.accepted.push(accepted);
-                }
-                Err(RejectionReason::Bundle(
-                    reason @ (Rejection::RolledBack { .. } | Rejection::BelowWatermark { .. }),
-                )) => {
-                    tracing::debug!(store = %store_name, file = %file_name, %reason, "backup superseded");
-                    match report
-                        .superseded
-                        .iter_mut()
-                        .find(|(store, _)| *store == store_name)
-                    {
-                        Some((_, count)) => *count += 1,
-                        None => report.superseded.push((store_name.clone(), 1)),
-                    }
-                }
-                Err(reason) => {
-                    tracing::warn!(store = %store_name, file = %file_name, %reason, "backup rejected");
-                    report.rejected.push(RejectedBundle {
-                        store: store_name.clone(),
-                        file_name: Some(file_name),
-                        reason,
-                    });
-                }
-            }
         }
+        report.accepted.push(accepted);
     }
     for (store, count) in &report.superseded {
         if !report
@@ -314,41 +307,108 @@ pub async fn gather_and_verify(
     report
 }
 
-async fn fetch_store(
+/// Verifies `bytes` as `file_name` off the event loop, within
+/// [`VERIFY_DEADLINE`].
+pub async fn verify_off_loop(
+    bytes: Vec<u8>,
+    file_name: String,
+    identity: age::x25519::Identity,
+    expectations: Expectations,
+) -> Result<OpenedBundle, RejectionReason> {
+    let task = tokio::task::spawn_blocking(move || {
+        let bundle = open_bundle(&bytes, &identity, &expectations)?;
+        let expected_name = file_name_for(&bundle.metadata).to_string();
+        if expected_name != file_name {
+            return Err(Rejection::NameMismatch {
+                file_name,
+                expected: expected_name,
+            });
+        }
+        Ok(bundle)
+    });
+    match tokio::time::timeout(VERIFY_DEADLINE, task).await {
+        Ok(Ok(outcome)) => outcome.map_err(RejectionReason::Bundle),
+        Ok(Err(join)) => Err(RejectionReason::Store(format!(
+            "the verification task failed: {join}"
+        ))),
+        Err(_) => Err(RejectionReason::Bundle(Rejection::Malformed(format!(
+            "verification took longer than {}",
+            humantime::format_duration(VERIFY_DEADLINE)
+        )))),
+    }
+}
+
+async fn scan_store(
     store: &dyn BackupStore,
-    chain_id: &str,
-    address: &str,
+    identity: age::x25519::Identity,
+    expectations: Expectations,
     timeout: Duration,
-) -> Result<Vec<(String, Result<Vec<u8>, String>)>, String> {
+) -> StoreScan {
+    let mut scan = StoreScan {
+        name: store.name().to_owned(),
+        listed: Ok(()),
+        accepted: None,
+        rejected: Vec::new(),
+        superseded: 0,
+    };
     let timed = |_: tokio::time::error::Elapsed| StoreError::Timeout(timeout).to_string();
-    let names = tokio::time::timeout(timeout, store.list())
-        .await
-        .map_err(timed)?
-        .map_err(|e| e.to_string())?;
-    let mut ours: Vec<String> = names
+    let names = match tokio::time::timeout(timeout, store.list()).await {
+        Ok(Ok(names)) => names,
+        Ok(Err(error)) => {
+            scan.listed = Err(error.to_string());
+            return scan;
+        }
+        Err(elapsed) => {
+            scan.listed = Err(timed(elapsed));
+            return scan;
+        }
+    };
+    let address = expectations.validator_address.to_ascii_uppercase();
+    let mut ours: Vec<(u64, u64, String)> = names
         .into_iter()
-        .filter(|name| {
-            BackupFileName::parse(name)
-                .is_some_and(|n| n.chain_id == chain_id && n.validator_address == address)
+        .filter_map(|name| {
+            let parsed = BackupFileName::parse(&name)?;
+            (parsed.chain_id == expectations.chain_id && parsed.validator_address == address)
+                .then_some((parsed.height, parsed.sequence, name))
         })
         .collect();
-    ours.sort();
+    // Newest first: the highest height, then the highest sequence.
+    ours.sort_by(|a, b| b.cmp(a));
     if ours.len() > MAX_BUNDLES_PER_STORE {
-        let skipped = ours.len() - MAX_BUNDLES_PER_STORE;
         tracing::warn!(
             store = store.name(),
-            skipped,
+            skipped = ours.len() - MAX_BUNDLES_PER_STORE,
             "too many backups; reading the newest only"
         );
-        ours.drain(..skipped);
+        ours.truncate(MAX_BUNDLES_PER_STORE);
     }
-    let mut fetched = Vec::with_capacity(ours.len());
-    for name in ours.into_iter().rev() {
+    for (_, _, name) in ours {
         let bytes = match tokio::time::timeout(timeout, store.get(&name)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(elapsed) => Err(timed(elapsed)),
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(error)) => {
+                scan.rejected
+                    .push((name, RejectionReason::Store(error.to_string())));
+                continue;
+            }
+            Err(elapsed) => {
+                scan.rejected
+                    .push((name, RejectionReason::Store(timed(elapsed))));
+                continue;
+            }
         };
-        fetched.push((name, bytes));
+        match verify_off_loop(bytes, name.clone(), identity.clone(), expectations.clone()).await {
+            Ok(bundle) => {
+                scan.accepted = Some((name, bundle));
+                break;
+            }
+            Err(RejectionReason::Bundle(
+                reason @ (Rejection::RolledBack { .. } | Rejection::BelowWatermark { .. }),
+            )) => {
+                tracing::debug!(store = store.name(), file = %name, %reason, "backup superseded");
+                scan.superseded += 1;
+            }
+            Err(reason) => scan.rejected.push((name, reason)),
+        }
     }
-    Ok(fetched)
+    scan
 }

@@ -22,9 +22,20 @@ use super::bundle::{
 };
 use crate::sign_state::Watermark;
 
-/// Largest ciphertext [`open_bundle`] looks at. Real bundles are 64 KiB; the
-/// cap bounds the memory a hostile store can make a restore spend.
-pub const MAX_CIPHERTEXT_BYTES: usize = 16 * 1024 * 1024;
+/// Largest ciphertext [`open_bundle`] looks at. Real bundles are a few KiB
+/// (one age chunk); the cap bounds the memory and work a hostile store can
+/// make a restore spend.
+pub const MAX_CIPHERTEXT_BYTES: usize = 1024 * 1024;
+/// Largest age header [`open_bundle`] hands to age. A real one has a stanza
+/// per recipient (the vault and the recovery recipients), about 100–200
+/// bytes each.
+pub const MAX_AGE_HEADER_BYTES: usize = 16 * 1024;
+/// Most recipient stanzas in an age header. Each costs age a scalar
+/// multiplication (and age 0.11 re-parses the header per line), so a
+/// header stuffed with stanzas is a CPU bomb.
+pub const MAX_AGE_STANZAS: usize = 32;
+/// The first line of a binary age file.
+const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
 /// Most tar entries [`open_bundle`] reads before giving up.
 pub const MAX_TAR_ENTRIES: usize = 64;
 
@@ -150,6 +161,7 @@ pub fn open_bundle(
             limit: MAX_CIPHERTEXT_BYTES,
         });
     }
+    check_age_header(ciphertext)?;
     let plaintext = decrypt(ciphertext, identity)?;
     let mut members = read_tar(&plaintext)?;
 
@@ -248,6 +260,39 @@ pub fn open_bundle(
         priv_validator_key,
         node_key,
     })
+}
+
+/// Bounds the age header before age parses it: the binary magic, a header
+/// that ends (`--- ` line) within [`MAX_AGE_HEADER_BYTES`], and at most
+/// [`MAX_AGE_STANZAS`] recipient stanzas (`-> ` lines).
+fn check_age_header(ciphertext: &[u8]) -> Result<(), Rejection> {
+    if !ciphertext.starts_with(AGE_MAGIC) {
+        return Err(Rejection::NotDecryptable(
+            "not a binary age file (no age-encryption.org/v1 header)".into(),
+        ));
+    }
+    let window = &ciphertext[..ciphertext.len().min(MAX_AGE_HEADER_BYTES)];
+    let mut stanzas = 0usize;
+    for line in window.split(|&byte| byte == b'\n') {
+        if line.starts_with(b"--- ") {
+            return Ok(());
+        }
+        if line.starts_with(b"-> ") {
+            stanzas += 1;
+            if stanzas > MAX_AGE_STANZAS {
+                return Err(Rejection::Malformed(format!(
+                    "age header has more than {MAX_AGE_STANZAS} recipient stanzas"
+                )));
+            }
+        }
+    }
+    if ciphertext.len() <= MAX_AGE_HEADER_BYTES {
+        Err(Rejection::Truncated("age header: no --- line".into()))
+    } else {
+        Err(Rejection::Malformed(format!(
+            "age header is longer than {MAX_AGE_HEADER_BYTES} bytes"
+        )))
+    }
 }
 
 fn decrypt(
@@ -422,6 +467,49 @@ mod tests {
     use crate::sign_state::Step;
 
     type Expected = Option<(u64, u32, Step)>;
+
+    /// The age header is bounded before age parses it (issue 16, finding
+    /// 1): stanza count and header size.
+    #[test]
+    fn the_age_header_is_bounded_before_age_sees_it() {
+        let header = |stanzas: usize, padding: usize| {
+            let mut file = AGE_MAGIC.to_vec();
+            for _ in 0..stanzas {
+                file.extend_from_slice(b"-> X25519 AAAA\nBBBB\n");
+            }
+            file.extend_from_slice(&vec![b'x'; padding]);
+            file.extend_from_slice(b"\n--- CCCC\npayload");
+            file
+        };
+        // (file, accepted?, words in the rejection)
+        let table: Vec<(Vec<u8>, bool, &str)> = vec![
+            (header(1, 0), true, ""),
+            (header(MAX_AGE_STANZAS, 0), true, ""),
+            (header(MAX_AGE_STANZAS + 1, 0), false, "recipient stanzas"),
+            (header(10_000, 0), false, "recipient stanzas"),
+            (header(1, MAX_AGE_HEADER_BYTES), false, "longer than"),
+            (
+                b"-----BEGIN AGE ENCRYPTED FILE-----\n".to_vec(),
+                false,
+                "not a binary age file",
+            ),
+            (
+                b"age-encryption.org/v1\n-> X25519 AAAA\n".to_vec(),
+                false,
+                "no --- line",
+            ),
+            (Vec::new(), false, "not a binary age file"),
+        ];
+        for (file, accepted, words) in table {
+            match check_age_header(&file) {
+                Ok(()) => assert!(accepted, "{} bytes accepted", file.len()),
+                Err(rejection) => {
+                    assert!(!accepted, "{rejection}");
+                    assert!(rejection.to_string().contains(words), "{rejection}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn parses_the_watermark_of_cometbft_state_files() {

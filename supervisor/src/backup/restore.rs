@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bundle::file_name_for;
-use super::gather::{AcceptedBundle, RestoreReport, gather_and_verify};
+use super::gather::{
+    AcceptedBundle, RejectionReason, RestoreReport, gather_and_verify, verify_off_loop,
+};
 use super::identity::ValidatorIdentity;
-use super::open::{Expectations, Rejection, open_bundle};
+use super::open::{Expectations, Rejection};
 use super::start_check::{STORE_TIMEOUT, log_rejections};
 use super::store::{BackupStore, StoreError};
 use crate::sign_state::{
@@ -205,14 +206,17 @@ async fn fetch_named(
         file: file.to_owned(),
         reason,
     };
-    let bundle = open_bundle(&bytes, identity, expectations).map_err(rejected)?;
-    let expected_name = file_name_for(&bundle.metadata).to_string();
-    if expected_name != file {
-        return Err(rejected(Rejection::NameMismatch {
-            file_name: file.to_owned(),
-            expected: expected_name,
-        }));
-    }
+    let bundle = verify_off_loop(
+        bytes,
+        file.to_owned(),
+        identity.clone(),
+        expectations.clone(),
+    )
+    .await
+    .map_err(|reason| match reason {
+        RejectionReason::Bundle(rejection) => rejected(rejection),
+        RejectionReason::Store(reason) => store_error(reason),
+    })?;
     Ok(Candidate {
         store: store.to_owned(),
         file: file.to_owned(),
