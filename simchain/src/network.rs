@@ -18,9 +18,14 @@
 //!   `POST /upgrade` (`{"name","height","info"}`, like a governance proposal passing) and
 //!   `POST /listeners/NAME/down` / `up` (a sentry stops — its port closes and its sessions
 //!   drop — or comes back on the same address);
+//! - per sentry, optionally (`--rpc NAME=ADDR`), CometBFT's RPC: `/status` (the network's view
+//!   under the sentry's identity) and `/commit`, rendered by [`crate::rpc`] as `simd` renders
+//!   them;
 //! - a block timer: every block time it commits the current height if precommit power
 //!   (internal validators included) reaches 2/3 of the total, records which external validators
-//!   missed it, and broadcasts `new_height` for the next one;
+//!   missed it, builds its commit (every validator of the set in CometBFT's order, with the
+//!   precommits that arrived in time; internal validators sign with deterministic keys), and
+//!   broadcasts `new_height` for the next one, carrying that commit;
 //! - an optional record file rewritten atomically after each commit (by a separate task, so a
 //!   slow disk never delays blocks) and on exit.
 //!
@@ -207,7 +212,7 @@ pub struct NetworkConfig {
 /// Who signs for a member of the validator set.
 enum Signer {
     /// Simulated in-process: a deterministic key, always precommits at commit time.
-    Internal(ValidatorKey),
+    Internal(Box<ValidatorKey>),
     /// A genesis validator: index into `ChainState::validators`.
     External(usize),
 }
@@ -334,7 +339,7 @@ impl ChainState {
                 SetMember {
                     address: key.address(),
                     power: config.internal_power,
-                    signer: Signer::Internal(key),
+                    signer: Signer::Internal(Box::new(key)),
                 }
             })
             .chain(validators.iter().enumerate().map(|(index, v)| SetMember {
@@ -1543,8 +1548,6 @@ mod tests {
             .collect();
         let mut expected_order = internal.clone();
         expected_order.sort();
-        let mut external = vec![signer.address(), idle.address()];
-        external.sort();
         let listed: Vec<&str> = commit
             .signatures
             .iter()

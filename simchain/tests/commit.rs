@@ -277,10 +277,9 @@ fn check_commit(chain: &Chain, body: &str, value: &serde_json::Value) {
         .iter()
         .map(|s| s["block_id_flag"].as_u64().unwrap())
         .collect();
-    assert_eq!(
+    assert!(
         flags.iter().filter(|f| **f == 2).count() >= 3,
-        true,
-        "{flags:?}"
+        "the internal validators always sign: {flags:?}"
     );
     assert!(
         flags[val1_position] == 2 || flags[val1_position] == 1,

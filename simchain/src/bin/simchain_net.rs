@@ -19,8 +19,8 @@ use palisade_simchain::protocol::UpgradePlan;
 /// external validators (simd nodes), flags double signs and missed blocks.
 ///
 /// Prints `simchain-net listening nodes=ADDR[,ADDR…] node_ids=ID[,ID…] names=NAME[,NAME…]
-/// http=ADDR[ rpc=ADDR|-,…]` on stdout once ready (`rpc=` only with --rpc). HTTP: GET /record, GET /status, POST /upgrade
-/// {"name","height","info"}, POST /listeners/NAME/down and /up.
+/// http=ADDR[ rpc=ADDR|-,…]` on stdout once ready (`rpc=` only with --rpc). HTTP: GET /record,
+/// GET /status, POST /upgrade {"name","height","info"}, POST /listeners/NAME/down and /up.
 #[derive(Debug, Parser)]
 #[command(name = "simchain-net", version)]
 struct Cli {
