@@ -32,6 +32,8 @@ pub struct HttpRequest {
     pub method: String,
     /// Path without the query string.
     pub path: String,
+    /// The query string after `?` (raw, not decoded); empty when there is none.
+    pub query: String,
     /// Body bytes.
     pub body: Vec<u8>,
 }
@@ -151,7 +153,10 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Result<HttpRequest,
     if method.is_empty() || !target.starts_with('/') {
         return Err(HttpResponse::error(400, "malformed request line"));
     }
-    let path = target.split('?').next().unwrap_or("/").to_string();
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path.to_string(), query.to_string()),
+        None => (target.to_string(), String::new()),
+    };
     let mut content_length = 0usize;
     for line in lines {
         if let Some((name, value)) = line.split_once(':')
@@ -179,7 +184,12 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Result<HttpRequest,
         body.extend_from_slice(&chunk[..n]);
     }
     body.truncate(content_length);
-    Ok(HttpRequest { method, path, body })
+    Ok(HttpRequest {
+        method,
+        path,
+        query,
+        body,
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -268,6 +278,7 @@ mod tests {
             HttpResponse::json(&serde_json::json!({
                 "method": request.method,
                 "path": request.path,
+                "query": request.query,
                 "body": String::from_utf8_lossy(&request.body),
             }))
         }));
@@ -287,6 +298,7 @@ mod tests {
         assert_eq!(status, 200);
         let value: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(value["path"], "/x");
+        assert_eq!(value["query"], "y=1");
         assert_eq!(value["body"], "{\"a\":1}");
         let big = "x".repeat(MAX_BODY_BYTES + 1);
         let (status, _) = tokio::task::spawn_blocking(move || {

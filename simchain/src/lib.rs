@@ -9,7 +9,8 @@
 //!   rules, the SDK's upgrade halt ([`upgrade`]) and log formats ([`console_log`]), and
 //!   CometBFT's peering rules ([`p2p`], run by [`switch`]).
 //!
-//! Wire formats are in [`protocol`], sign bytes in [`vote`]. [`testkit`] drives both binaries
+//! Wire formats are in [`protocol`], sign bytes in [`vote`], the CometBFT RPC JSON both
+//! binaries serve (`/status`, `/commit`) in [`rpc`]. [`testkit`] drives both binaries
 //! from other crates' tests.
 //!
 //! Invariants: [`sign_state`] and [`upgrade`] decide without I/O; the node persists its sign
@@ -29,6 +30,7 @@ pub mod node_config;
 pub mod p2p;
 pub mod protocol;
 pub mod record;
+pub mod rpc;
 pub mod sign_state;
 pub mod switch;
 pub mod testkit;

@@ -18,9 +18,14 @@
 //!   `POST /upgrade` (`{"name","height","info"}`, like a governance proposal passing) and
 //!   `POST /listeners/NAME/down` / `up` (a sentry stops — its port closes and its sessions
 //!   drop — or comes back on the same address);
+//! - per sentry, optionally (`--rpc NAME=ADDR`), CometBFT's RPC: `/status` (the network's view
+//!   under the sentry's identity) and `/commit`, rendered by [`crate::rpc`] as `simd` renders
+//!   them;
 //! - a block timer: every block time it commits the current height if precommit power
 //!   (internal validators included) reaches 2/3 of the total, records which external validators
-//!   missed it, and broadcasts `new_height` for the next one;
+//!   missed it, builds its commit (every validator of the set in CometBFT's order, with the
+//!   precommits that arrived in time; internal validators sign with deterministic keys), and
+//!   broadcasts `new_height` for the next one, carrying that commit;
 //! - an optional record file rewritten atomically after each commit (by a separate task, so a
 //!   slow disk never delays blocks) and on exit.
 //!
@@ -47,12 +52,14 @@ use crate::console_log::{Level, Sink, log};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::key::{PUB_KEY_TYPE, TypedKey, ValidatorKey, address_of, decode_pub_key};
 use crate::protocol::{
-    Hello, MAX_LINE_BYTES, NetworkMessage, NewHeight, NodeInfo, NodeMessage, SignedVote,
-    UpgradePlan, auth_message,
+    BLOCK_ID_FLAG_COMMIT, BLOCK_ID_FLAG_NIL, BlockCommit, CommitSig, Hello, MAX_LINE_BYTES,
+    NetworkMessage, NewHeight, NodeInfo, NodeMessage, SignedVote, UpgradePlan, auth_message,
 };
 use crate::record::{
     ConnectionRecord, DoubleSign, ListenerRecord, MAX_MISSED_LISTED, Record, ValidatorRecord,
 };
+use crate::rpc::commit::CommitHistory;
+use crate::rpc::status::{BlockMeta, NodeStatus, RpcIdentity};
 use crate::sign_state::write_atomically;
 use crate::vote::{CanonicalVote, VoteType};
 
@@ -202,6 +209,34 @@ pub struct NetworkConfig {
     pub record_path: Option<PathBuf>,
 }
 
+/// Who signs for a member of the validator set.
+enum Signer {
+    /// Simulated in-process: a deterministic key, always precommits at commit time.
+    Internal(Box<ValidatorKey>),
+    /// A genesis validator: index into `ChainState::validators`.
+    External(usize),
+}
+
+/// One member of the validator set.
+struct SetMember {
+    address: String,
+    power: u64,
+    signer: Signer,
+}
+
+/// A valid precommit kept until its height is committed: what goes into the commit.
+#[derive(Debug, Clone)]
+struct Precommit {
+    block_id_flag: u8,
+    /// Exactly as in the sign bytes.
+    timestamp: String,
+    /// Base64.
+    signature: String,
+}
+
+/// Precommits are kept for heights up to this far above the one being voted on.
+const PRECOMMIT_LOOKAHEAD: u64 = 10;
+
 struct ExternalValidator {
     name: String,
     key: VerifyingKey,
@@ -239,6 +274,15 @@ pub struct ChainState {
     listeners: Vec<ListenerRecord>,
     sessions: BTreeMap<u64, OpenSession>,
     next_session: u64,
+    /// The validator set in CometBFT's order (`types/validator_set.go`: power descending, then
+    /// address ascending).
+    set: Vec<SetMember>,
+    /// Hex hash standing for the set (`validators_hash`).
+    validators_hash: String,
+    /// Precommits for heights not yet committed: height → external validator → precommit.
+    precommits: BTreeMap<u64, BTreeMap<usize, Precommit>>,
+    /// The last commits, for `new_height`'s `last_commit` and the sentries' `/commit`.
+    commits: CommitHistory,
 }
 
 /// A session that passed the handshake.
@@ -252,11 +296,16 @@ struct OpenSession {
     since_height: u64,
 }
 
-/// Deterministic hex block ID for a height.
-pub fn block_id(chain_id: &str, height: u64) -> String {
-    hex::encode_upper(Sha256::digest(
-        format!("{chain_id}/block/{height}").as_bytes(),
-    ))
+pub use crate::protocol::block_id;
+
+/// The key of internal validator `index` (from 0) of `chain_id`: deterministic, so its
+/// signatures in `/commit` are real and checkable from outside.
+pub fn internal_validator_key(chain_id: &str, index: u32) -> ValidatorKey {
+    let seed: [u8; 32] = Sha256::digest(
+        format!("palisade-simchain/internal-validator/{chain_id}/{index}").as_bytes(),
+    )
+    .into();
+    ValidatorKey::from_seed(seed)
 }
 
 impl ChainState {
@@ -284,7 +333,36 @@ impl ChainState {
                 precommitted: BTreeSet::new(),
             });
         }
+        let mut set: Vec<SetMember> = (0..config.internal_validators)
+            .map(|index| {
+                let key = internal_validator_key(&config.chain_id, index);
+                SetMember {
+                    address: key.address(),
+                    power: config.internal_power,
+                    signer: Signer::Internal(Box::new(key)),
+                }
+            })
+            .chain(validators.iter().enumerate().map(|(index, v)| SetMember {
+                address: v.record.address.clone(),
+                power: v.record.power,
+                signer: Signer::External(index),
+            }))
+            .collect();
+        set.sort_by(|a, b| {
+            b.power
+                .cmp(&a.power)
+                .then_with(|| a.address.cmp(&b.address))
+        });
+        let mut hasher = Sha256::new();
+        for member in &set {
+            hasher.update(format!("{}:{};", member.address, member.power).as_bytes());
+        }
+        let validators_hash = hex::encode_upper(hasher.finalize());
         Ok(Self {
+            set,
+            validators_hash,
+            precommits: BTreeMap::new(),
+            commits: CommitHistory::default(),
             chain_id: config.chain_id.clone(),
             height: 1,
             height_time: now,
@@ -373,6 +451,36 @@ impl ChainState {
             time: rfc3339(self.height_time),
             last_block_time: self.last_block_time.map(rfc3339).unwrap_or_default(),
             upgrade_plans: self.upgrade_plans.clone(),
+            last_commit: self.commits.get(self.committed_height()).cloned(),
+        }
+    }
+
+    /// The kept commits (the last [`crate::rpc::commit::COMMIT_HISTORY_HEIGHTS`]).
+    pub fn commits(&self) -> &CommitHistory {
+        &self.commits
+    }
+
+    /// The network's view of the chain for a sentry's `/status`: the latest committed block,
+    /// and the oldest whose commit is still kept.
+    pub fn chain_status(&self) -> NodeStatus {
+        let latest = self.committed_height();
+        let meta = |height: u64| {
+            self.commits.get(height).map(|commit| BlockMeta {
+                height,
+                hash: commit.block_id.clone(),
+                app_hash: String::new(),
+                time: commit.time.clone(),
+            })
+        };
+        let latest_meta = meta(latest).unwrap_or_default();
+        NodeStatus {
+            chain_id: self.chain_id.clone(),
+            latest_height: latest,
+            latest_block_hash: latest_meta.hash,
+            latest_app_hash: String::new(),
+            latest_block_time: latest_meta.time,
+            earliest: self.commits.base().and_then(meta),
+            halted: false,
         }
     }
 
@@ -458,6 +566,7 @@ impl ChainState {
             }
         }
         if canonical.vote_type == VoteType::Precommit {
+            self.keep_precommit(index, &canonical, &vote.signature);
             let validator = &mut self.validators[index];
             if validator.precommitted.insert(vote.height) {
                 let record = &mut validator.record;
@@ -475,6 +584,91 @@ impl ChainState {
             }
         }
         Ok(outcome)
+    }
+
+    /// Keeps the first valid precommit of a validator for a height not yet committed, if it
+    /// can go into that height's commit: for the block (flag 2) or for nil (empty block ID,
+    /// flag 3), with a timestamp in the form sign bytes carry.
+    fn keep_precommit(&mut self, index: usize, vote: &CanonicalVote, signature: &str) {
+        if vote.height < self.height || vote.height > self.height + PRECOMMIT_LOOKAHEAD {
+            return;
+        }
+        let block_id_flag = if vote.block_id == block_id(&self.chain_id, vote.height) {
+            BLOCK_ID_FLAG_COMMIT
+        } else if vote.block_id.is_empty() {
+            BLOCK_ID_FLAG_NIL
+        } else {
+            return;
+        };
+        let canonical_time = humantime::parse_rfc3339(&vote.timestamp).ok().map(rfc3339);
+        if canonical_time.as_deref() != Some(vote.timestamp.as_str()) {
+            return;
+        }
+        self.precommits
+            .entry(vote.height)
+            .or_default()
+            .entry(index)
+            .or_insert_with(|| Precommit {
+                block_id_flag,
+                timestamp: vote.timestamp.clone(),
+                signature: signature.to_string(),
+            });
+    }
+
+    /// The commit of the current height, as decided now: every member of the set in order,
+    /// internal validators precommitting at `now`.
+    fn build_commit(&self, now: SystemTime) -> BlockCommit {
+        let height = self.height;
+        let hash = block_id(&self.chain_id, height);
+        let kept = self.precommits.get(&height);
+        let signatures = self
+            .set
+            .iter()
+            .map(|member| match &member.signer {
+                Signer::Internal(key) => {
+                    let timestamp = rfc3339(now);
+                    let sign_bytes = CanonicalVote {
+                        block_id: hash.clone(),
+                        chain_id: self.chain_id.clone(),
+                        height,
+                        round: 0,
+                        timestamp: timestamp.clone(),
+                        vote_type: VoteType::Precommit,
+                    }
+                    .sign_bytes();
+                    CommitSig {
+                        block_id_flag: BLOCK_ID_FLAG_COMMIT,
+                        validator_address: member.address.clone(),
+                        timestamp,
+                        signature: Some(B64.encode(key.sign(&sign_bytes))),
+                    }
+                }
+                Signer::External(index) => match kept.and_then(|k| k.get(index)) {
+                    Some(precommit) => CommitSig {
+                        block_id_flag: precommit.block_id_flag,
+                        validator_address: member.address.clone(),
+                        timestamp: precommit.timestamp.clone(),
+                        signature: Some(precommit.signature.clone()),
+                    },
+                    None => CommitSig::absent(),
+                },
+            })
+            .collect();
+        // Round-robin by height: CometBFT weighs proposers by power (`IncrementProposerPriority`).
+        let proposer_address = self
+            .set
+            .get((height as usize).wrapping_sub(1) % self.set.len().max(1))
+            .map(|m| m.address.clone())
+            .unwrap_or_default();
+        BlockCommit {
+            height,
+            round: 0,
+            block_id: hash,
+            time: rfc3339(self.height_time),
+            proposer_address,
+            validators_hash: self.validators_hash.clone(),
+            signatures,
+        }
     }
 
     /// Commits the current height if precommit power reaches 2/3; returns the missing
@@ -505,6 +699,9 @@ impl ChainState {
                 missing.push(validator.name.clone());
             }
         }
+        let commit = self.build_commit(now);
+        self.commits.insert(commit);
+        self.precommits = self.precommits.split_off(&(height + 1));
         self.last_block_time = Some(self.height_time);
         self.height += 1;
         self.height_time = now;
@@ -577,6 +774,8 @@ pub struct ListenerSpec {
     /// `node_key.json` to use; created when missing, as CometBFT's `LoadOrGenNodeKey` does.
     /// Without one the listener gets a fresh key each run.
     pub node_key: Option<PathBuf>,
+    /// Where this sentry serves CometBFT's RPC (`--rpc NAME=ADDR`), if anywhere.
+    pub rpc: Option<SocketAddr>,
 }
 
 /// Parses `--listen [NAME=]ADDR`.
@@ -603,7 +802,48 @@ pub fn parse_listen_spec(text: &str) -> Result<ListenerSpec, String> {
         name,
         addr,
         node_key: None,
+        rpc: None,
     })
+}
+
+/// Parses `--rpc NAME=ADDR`: the listener (sentry) named NAME — `sentry-N` for an unnamed
+/// `--listen` — serves CometBFT's RPC on ADDR.
+pub fn parse_rpc_spec(text: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("--rpc {text:?}: expected NAME=IP:PORT"))?;
+    let addr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("--rpc {text:?}: expected NAME=IP:PORT"))?;
+    Ok((name.trim().to_string(), addr))
+}
+
+/// Gives each `--rpc NAME=ADDR` to its listener (names as [`BoundNetwork::bind`] gives them).
+pub fn assign_rpc_addresses(
+    listeners: &mut [ListenerSpec],
+    rpcs: &[(String, SocketAddr)],
+) -> Result<(), String> {
+    for (name, addr) in rpcs {
+        let listener = listeners
+            .iter_mut()
+            .enumerate()
+            .find(|(index, l)| listener_name(l, *index) == *name)
+            .map(|(_, l)| l)
+            .ok_or_else(|| format!("--rpc {name}={addr}: no --listen is named {name:?}"))?;
+        if listener.rpc.replace(*addr).is_some() {
+            return Err(format!(
+                "--rpc: listener {name:?} is given two RPC addresses"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn listener_name(spec: &ListenerSpec, index: usize) -> String {
+    spec.name
+        .clone()
+        .unwrap_or_else(|| format!("sentry-{}", index + 1))
 }
 
 /// A bound listener with its identity.
@@ -611,6 +851,7 @@ pub struct BoundListener {
     name: String,
     listener: TcpListener,
     key: Arc<ValidatorKey>,
+    rpc: Option<TcpListener>,
 }
 
 /// What a listener looks like from outside: name, bound address, node ID.
@@ -622,6 +863,8 @@ pub struct ListenerInfo {
     pub addr: SocketAddr,
     /// Node ID.
     pub node_id: String,
+    /// Where it serves CometBFT's RPC, if it does.
+    pub rpc_addr: Option<SocketAddr>,
 }
 
 /// Bound sockets, ready to [`serve`].
@@ -638,10 +881,7 @@ impl BoundNetwork {
         let mut listeners = Vec::new();
         let mut names = BTreeSet::new();
         for (index, spec) in specs.iter().enumerate() {
-            let name = spec
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("sentry-{}", index + 1));
+            let name = listener_name(spec, index);
             anyhow::ensure!(
                 names.insert(name.clone()),
                 "listener name {name:?} is used twice"
@@ -658,10 +898,19 @@ impl BoundNetwork {
             let listener = TcpListener::bind(spec.addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("listen {}: {e}", spec.addr))?;
+            let rpc = match spec.rpc {
+                Some(addr) => Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("--rpc {name}: listen {addr}: {e}"))?,
+                ),
+                None => None,
+            };
             listeners.push(BoundListener {
                 name,
                 listener,
                 key: Arc::new(key),
+                rpc,
             });
         }
         let http = TcpListener::bind(http)
@@ -678,6 +927,7 @@ impl BoundNetwork {
                 name: bound.name.clone(),
                 addr: bound.listener.local_addr()?,
                 node_id: bound.key.node_id(),
+                rpc_addr: bound.rpc.as_ref().map(|l| l.local_addr()).transpose()?,
             });
         }
         Ok((listeners, self.http.local_addr()?))
@@ -777,10 +1027,27 @@ pub async fn serve(
     let (heights_tx, _) = broadcast::channel::<Arc<str>>(NODE_QUEUE);
     let mut listeners = Vec::new();
     let mut sockets = Vec::new();
+    let mut rpc_tasks = Vec::new();
     for bound_listener in bound.listeners {
         let addr = bound_listener.listener.local_addr()?;
         let node_id = bound_listener.key.node_id();
         lock(&state).add_listener(&bound_listener.name, addr, &node_id);
+        if let Some(rpc) = bound_listener.rpc {
+            let identity = RpcIdentity {
+                moniker: bound_listener.name.clone(),
+                node_id: node_id.clone(),
+                address: bound_listener.key.address(),
+                pub_key: bound_listener.key.pub_key_b64(),
+                voting_power: 0,
+                p2p_laddr: format!("tcp://{addr}"),
+                external_address: String::new(),
+                rpc_laddr: format!("tcp://{}", rpc.local_addr()?),
+            };
+            let state = state.clone();
+            rpc_tasks.push(tokio::spawn(crate::http::serve(rpc, move |request| {
+                handle_sentry_rpc(&state, &identity, &request)
+            })));
+        }
         listeners.push(Arc::new(ListenerRuntime {
             name: bound_listener.name,
             addr,
@@ -830,6 +1097,9 @@ pub async fn serve(
         }
     }
     http_task.abort();
+    for task in rpc_tasks {
+        task.abort();
+    }
     // Stop block production (dropping its record sender), let the writer finish any write in
     // flight, then write the final record ourselves so nothing older can overwrite it.
     block_task.abort();
@@ -957,6 +1227,18 @@ fn handle_http(runtime: &Runtime, request: HttpRequest) -> HttpResponse {
         (_, "/record" | "/status" | "/upgrade") => HttpResponse::error(405, "method not allowed"),
         _ => HttpResponse::error(404, "not found"),
     }
+}
+
+/// A sentry's CometBFT RPC: `/status` (the network's view, the sentry's identity) and
+/// `/commit`, rendered as `simd` renders them.
+fn handle_sentry_rpc(
+    state: &Shared,
+    identity: &RpcIdentity,
+    request: &HttpRequest,
+) -> HttpResponse {
+    let chain = lock(state);
+    crate::rpc::answer_chain_route(request, identity, &chain.chain_status(), chain.commits())
+        .unwrap_or_else(crate::rpc::method_not_found)
 }
 
 async fn accept_nodes(
@@ -1242,6 +1524,93 @@ mod tests {
         assert_eq!(val1.missed_heights, vec![2]);
         assert_eq!(val1.first_signed_height, Some(1));
         assert_eq!(val1.last_signed_height, Some(1));
+    }
+
+    #[test]
+    fn commits_list_the_set_in_order_with_real_signatures() {
+        let signer = ValidatorKey::from_seed([1; 32]);
+        let idle = ValidatorKey::from_seed([2; 32]);
+        let mut chain = ChainState::new(&config(&[&signer, &idle], 3), SystemTime::now()).unwrap();
+        let precommit = vote(
+            &signer,
+            1,
+            VoteType::Precommit,
+            "2024-02-29T15:04:05.000000007Z",
+        );
+        assert_eq!(chain.on_vote(&precommit), VoteOutcome::Accepted);
+        chain.try_commit(SystemTime::now()).unwrap();
+        let commit = chain.new_height().last_commit.expect("commit of height 1");
+        assert_eq!(commit.height, 1);
+        assert_eq!(commit.block_id, block_id("sim-1", 1));
+        // Internal validators (power 100) first, by address; then the external ones (10).
+        let internal: Vec<String> = (0..3)
+            .map(|i| internal_validator_key("sim-1", i).address())
+            .collect();
+        let mut expected_order = internal.clone();
+        expected_order.sort();
+        let listed: Vec<&str> = commit
+            .signatures
+            .iter()
+            .map(|s| s.validator_address.as_str())
+            .collect();
+        assert_eq!(
+            &listed[..3],
+            expected_order
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        );
+        for sig in &commit.signatures {
+            if sig.validator_address.is_empty() {
+                assert_eq!(sig, &CommitSig::absent());
+                continue;
+            }
+            assert_eq!(sig.block_id_flag, BLOCK_ID_FLAG_COMMIT);
+            let key = if sig.validator_address == signer.address() {
+                VerifyingKey::from_bytes(&signer.pub_key_bytes()).unwrap()
+            } else {
+                let index = internal
+                    .iter()
+                    .position(|a| *a == sig.validator_address)
+                    .unwrap();
+                VerifyingKey::from_bytes(
+                    &internal_validator_key("sim-1", index as u32).pub_key_bytes(),
+                )
+                .unwrap()
+            };
+            let sign_bytes =
+                crate::vote::commit_precommit("sim-1", 1, 0, &commit.block_id, &sig.timestamp)
+                    .unwrap()
+                    .sign_bytes();
+            let signature: [u8; 64] = B64
+                .decode(sig.signature.as_ref().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
+            key.verify_strict(&sign_bytes, &Signature::from_bytes(&signature))
+                .unwrap();
+        }
+        assert_eq!(commit.signatures.len(), 5);
+        assert_eq!(
+            commit
+                .signatures
+                .iter()
+                .filter(|s| s.block_id_flag == 1)
+                .count(),
+            1,
+            "idle is absent"
+        );
+        // A late precommit is recorded but never changes the commit.
+        assert_eq!(
+            chain.on_vote(&vote(
+                &idle,
+                1,
+                VoteType::Precommit,
+                "2024-02-29T15:04:06.000000007Z"
+            )),
+            VoteOutcome::Accepted
+        );
+        assert_eq!(chain.new_height().last_commit.unwrap(), commit);
     }
 
     #[test]

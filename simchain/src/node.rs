@@ -28,13 +28,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::clock::{rfc3339, rfc3339_go};
+use crate::clock::rfc3339;
 use crate::console_log::{Level, LogFormat, LogValue, Sink, configure_node_log, log};
 use crate::genesis::{GenesisSpec, write_genesis};
 use crate::http::{HttpRequest, HttpResponse};
-use crate::key::{PUB_KEY_TYPE, ValidatorKey};
+use crate::key::ValidatorKey;
 use crate::node_config::{ConfigTemplate, NodeConfig, Peering, render_config};
 use crate::protocol::{NewHeight, NodeMessage, SignedVote, UpgradePlan};
+use crate::rpc::commit::CommitHistory;
+use crate::rpc::status::RpcIdentity;
 use crate::sign_state::{SignDecision, SignState, check, write_atomically};
 use crate::switch::{DELIVERY_QUEUE, Delivery, Switch, SwitchConfig};
 use crate::upgrade::{
@@ -44,13 +46,11 @@ use crate::upgrade::{
 use crate::vote::{CanonicalVote, VoteType};
 
 pub use crate::protocol::COMETBFT_VERSION;
+pub use crate::rpc::status::{BlockMeta, NodeStatus};
 /// Exit code when the binary cannot run the chain (upgrade needed / updated too early).
 pub const EXIT_UPGRADE: i32 = 1;
 /// Exit code of the simulated crash (`SIMD_CRASH_AFTER`).
 pub const EXIT_SIMULATED_CRASH: i32 = 2;
-/// `latest_block_time` and `earliest_block_time` before any block: CometBFT's `/status` takes
-/// `time.Unix(0, 0)` (`rpc/core/status.go`).
-const NO_BLOCK_TIME: &str = "1970-01-01T00:00:00Z";
 
 fn info(message: &str, fields: &[(&str, &dyn LogValue)]) {
     log(Sink::Stdout, Level::Info, message, fields);
@@ -105,19 +105,6 @@ pub struct ApplicationDb {
     /// `earliest_*`.
     #[serde(default)]
     pub earliest_block: Option<BlockMeta>,
-}
-
-/// What `/status` shows of a stored block.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockMeta {
-    /// Height.
-    pub height: u64,
-    /// Upper-case hex block hash.
-    pub hash: String,
-    /// Upper-case hex app hash.
-    pub app_hash: String,
-    /// Block time, RFC 3339.
-    pub time: String,
 }
 
 impl ApplicationDb {
@@ -324,25 +311,6 @@ pub enum HeightOutcome {
     Exit(i32),
 }
 
-/// Status shared with the RPC server.
-#[derive(Debug, Clone, Default)]
-pub struct NodeStatus {
-    /// Chain ID.
-    pub chain_id: String,
-    /// Latest committed height known.
-    pub latest_height: u64,
-    /// Hex hash of that block.
-    pub latest_block_hash: String,
-    /// Hex app hash.
-    pub latest_app_hash: String,
-    /// RFC 3339 time of the latest block (empty: none yet).
-    pub latest_block_time: String,
-    /// The block store's first block, if any.
-    pub earliest: Option<BlockMeta>,
-    /// Whether the node halted for an upgrade.
-    pub halted: bool,
-}
-
 /// The node's signing and application logic, without sockets.
 pub struct NodeCore {
     config: NodeConfig,
@@ -452,7 +420,7 @@ impl NodeCore {
             latest_block_hash: if height == 0 {
                 String::new()
             } else {
-                crate::network::block_id(self.chain_id.as_deref().unwrap_or(""), height)
+                crate::protocol::block_id(self.chain_id.as_deref().unwrap_or(""), height)
             },
             latest_app_hash: self.app.app_hash.clone(),
             latest_block_time: self.app.last_block_time.clone(),
@@ -565,7 +533,7 @@ impl NodeCore {
         if committed <= self.app.last_height {
             return Ok(());
         }
-        let block_id = crate::network::block_id(chain_id, committed);
+        let block_id = crate::protocol::block_id(chain_id, committed);
         self.app.last_height = committed;
         self.app.last_block_time = block_time.to_string();
         let mut hasher = Sha256::new();
@@ -749,6 +717,7 @@ pub async fn run_start(
         .with_context(|| format!("{}", config.node_key_file.display()))?
         .node_id();
     let status = Arc::new(Mutex::new(core.status()));
+    let commits = Arc::new(Mutex::new(CommitHistory::default()));
     // CometBFT starts the RPC server before the P2P transport (`node/node.go` `OnStart`); a
     // port in use on either stops the node.
     let rpc_listener = tokio::net::TcpListener::bind(config.rpc_laddr)
@@ -797,7 +766,8 @@ pub async fn run_start(
     let rpc_task = tokio::spawn(crate::http::serve(rpc_listener, {
         let status = status.clone();
         let switch = switch.clone();
-        move |request| handle_rpc(&rpc_info, &status, &switch, request)
+        let commits = commits.clone();
+        move |request| handle_rpc(&rpc_info, &status, &commits, &switch, request)
     }));
     for skipped in &config.skipped_peers {
         error(
@@ -830,7 +800,7 @@ pub async fn run_start(
         }
     };
     let code = tokio::select! {
-        code = run_core(core, switch.clone(), deliveries, status) => code,
+        code = run_core(core, switch.clone(), deliveries, status, commits) => code,
         code = wait_for_signal(knobs.ignore_signals) => code,
         code = crash => code,
     };
@@ -849,6 +819,7 @@ async fn run_core(
     switch: Arc<Switch>,
     mut deliveries: mpsc::Receiver<Delivery>,
     status: Arc<Mutex<NodeStatus>>,
+    commits: Arc<Mutex<CommitHistory>>,
 ) -> i32 {
     let mut voted: Option<(u64, Vec<Arc<str>>)> = None;
     while let Some(Delivery { peer, new_height }) = deliveries.recv().await {
@@ -862,7 +833,18 @@ async fn run_core(
                 continue;
             }
         };
-        *status.lock().unwrap_or_else(|p| p.into_inner()) = core.status();
+        let latest = core.status();
+        // The block store keeps the commit of every block the node committed: the one the
+        // network sent with the next height (CometBFT's block H+1 carries LastCommit for H).
+        if let Some(last_commit) = &new_height.last_commit
+            && last_commit.height <= latest.latest_height
+        {
+            commits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(last_commit.clone());
+        }
+        *status.lock().unwrap_or_else(|p| p.into_inner()) = latest;
         match outcome {
             HeightOutcome::Vote(votes) => {
                 let lines: Vec<Arc<str>> = votes
@@ -947,83 +929,20 @@ fn start_log_flood() {
     });
 }
 
-struct RpcIdentity {
-    moniker: String,
-    node_id: String,
-    address: String,
-    pub_key: String,
-    voting_power: u64,
-    p2p_laddr: String,
-    external_address: String,
-    rpc_laddr: String,
-}
-
 fn handle_rpc(
     identity: &RpcIdentity,
     status: &Mutex<NodeStatus>,
+    commits: &Mutex<CommitHistory>,
     switch: &Switch,
     request: HttpRequest,
 ) -> HttpResponse {
-    let status = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let result = match request.path.as_str() {
-        "/status" => status_result(identity, &status),
-        "/net_info" => switch.net_info(true, &identity.external_address),
-        "/health" => serde_json::json!({}),
-        _ => {
-            return HttpResponse {
-                status: 404,
-                body: serde_json::json!({"jsonrpc":"2.0","id":-1,"error":{"code":-32601,"message":"Method not found"}}).to_string(),
-            };
-        }
-    };
-    HttpResponse::json(&serde_json::json!({"jsonrpc": "2.0", "id": -1, "result": result}))
-}
-
-/// A block time as CometBFT's RPC writes it: UTC, RFC 3339 with only the significant fraction
-/// digits; the Unix epoch when there is no block (`rpc/core/status.go` takes
-/// `time.Unix(0, 0)`).
-fn rpc_time(time: &str) -> String {
-    if time.is_empty() {
-        return NO_BLOCK_TIME.to_string();
+    if request.path == "/net_info" {
+        return crate::rpc::success(&switch.net_info(true, &identity.external_address));
     }
-    humantime::parse_rfc3339(time)
-        .map(rfc3339_go)
-        .unwrap_or_else(|_| time.to_string())
-}
-
-/// `/status` (`rpc/core/status.go`, `rpc/core/types/responses.go` `ResultStatus`, v0.38):
-/// 64-bit integers as strings, hashes as upper-case hex (empty when there is none), times per
-/// [`rpc_time`]. `earliest_*` is the block store's base: the first block this node stored.
-fn status_result(identity: &RpcIdentity, status: &NodeStatus) -> serde_json::Value {
-    let earliest = status.earliest.clone().unwrap_or_default();
-    serde_json::json!({
-        "node_info": {
-            "protocol_version": {"p2p": "8", "block": "11", "app": "0"},
-            "id": identity.node_id,
-            "listen_addr": identity.p2p_laddr,
-            "network": status.chain_id,
-            "version": COMETBFT_VERSION,
-            "channels": "40202122233038606100",
-            "moniker": identity.moniker,
-            "other": {"tx_index": "on", "rpc_address": identity.rpc_laddr},
-        },
-        "sync_info": {
-            "latest_block_hash": status.latest_block_hash,
-            "latest_app_hash": status.latest_app_hash,
-            "latest_block_height": status.latest_height.to_string(),
-            "latest_block_time": rpc_time(&status.latest_block_time),
-            "earliest_block_hash": earliest.hash,
-            "earliest_app_hash": earliest.app_hash,
-            "earliest_block_height": earliest.height.to_string(),
-            "earliest_block_time": rpc_time(&earliest.time),
-            "catching_up": false,
-        },
-        "validator_info": {
-            "address": identity.address,
-            "pub_key": {"type": PUB_KEY_TYPE, "value": identity.pub_key},
-            "voting_power": identity.voting_power.to_string(),
-        },
-    })
+    let status = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let commits = commits.lock().unwrap_or_else(|p| p.into_inner());
+    crate::rpc::answer_chain_route(&request, identity, &status, &commits)
+        .unwrap_or_else(crate::rpc::method_not_found)
 }
 
 /// `simd status`: fetches `/status` from `node` (`tcp://host:port`) and returns its `result`.
@@ -1073,10 +992,11 @@ mod tests {
             chain_id: "sim-1".into(),
             height,
             round: 0,
-            block_id: crate::network::block_id("sim-1", height),
+            block_id: crate::protocol::block_id("sim-1", height),
             time: "2024-02-29T15:04:05.000000007Z".into(),
             last_block_time: "2024-02-29T15:04:04.500000000Z".into(),
             upgrade_plans: plans,
+            last_commit: None,
         }
     }
 
@@ -1160,7 +1080,7 @@ mod tests {
         let status = core.status();
         assert_eq!(status.latest_height, 2);
         assert_eq!(
-            rpc_time(&status.latest_block_time),
+            crate::rpc::status::rpc_time(&status.latest_block_time),
             "2024-02-29T15:04:04.5Z"
         );
         assert_eq!(status.earliest.as_ref().map(|e| e.height), Some(1));

@@ -15,14 +15,18 @@
 //!   first, answering `hello`: `pub_key` is the listener's node key, `signature` its ed25519
 //!   signature over [`auth_message`] of the hello's nonce, and `id` the node ID derived from the
 //!   key (`p2p/key.go` `PubKeyToID`). Then the current `new_height`.
-//! - `{"type":"new_height","chain_id":..,"height":H,"round":0,"block_id":"<hex>","time":"<RFC3339>","last_block_time":"<RFC3339>","upgrade_plans":[{"name","height","info"}]}`
+//! - `{"type":"new_height","chain_id":..,"height":H,"round":0,"block_id":"<hex>","time":"<RFC3339>","last_block_time":"<RFC3339>","upgrade_plans":[{"name","height","info"}],"last_commit":{…}}`
 //!   where `height` is the height to vote on now (the previous one was just committed, at
-//!   `last_block_time`).
+//!   `last_block_time`). `last_commit` ([`BlockCommit`]) is the commit of `H - 1`, as CometBFT's
+//!   block `H` carries `LastCommit` (`types/block.go`): which validators' precommits made it in,
+//!   with their timestamps and signatures. Absent before the first commit; a node that does
+//!   not know the field ignores it.
 //! - `{"type":"pong"}`.
 //!
 //! Lines longer than [`MAX_LINE_BYTES`] are a protocol violation and close the connection.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// CometBFT version the simulation reports (`/status`, NodeInfo).
 pub const COMETBFT_VERSION: &str = "0.38.17";
@@ -40,6 +44,14 @@ pub struct UpgradePlan {
     /// Free-form info (often JSON with binary URLs).
     #[serde(default)]
     pub info: String,
+}
+
+/// Deterministic upper-case hex block hash of a height: what the network, every node and
+/// every RPC call the block at `height` of `chain_id`.
+pub fn block_id(chain_id: &str, height: u64) -> String {
+    hex::encode_upper(Sha256::digest(
+        format!("{chain_id}/block/{height}").as_bytes(),
+    ))
 }
 
 /// Domain separation for the network's handshake signature.
@@ -147,6 +159,66 @@ pub struct NewHeight {
     /// Every upgrade plan known to the chain.
     #[serde(default)]
     pub upgrade_plans: Vec<UpgradePlan>,
+    /// The commit of `height - 1`; `None` before the first commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit: Option<BlockCommit>,
+}
+
+/// `BlockIDFlag` of a commit signature (`types/block.go`, v0.38): the validator's precommit is
+/// not in the commit.
+pub const BLOCK_ID_FLAG_ABSENT: u8 = 1;
+/// The validator precommitted the committed block.
+pub const BLOCK_ID_FLAG_COMMIT: u8 = 2;
+/// The validator precommitted nil (signed, but not for this block).
+pub const BLOCK_ID_FLAG_NIL: u8 = 3;
+
+/// A committed block as the network decided it: its header's facts and the commit's
+/// signatures, one per validator of the set in the set's order (`types/validator_set.go`:
+/// voting power descending, then address ascending). What the RPC renders as `/commit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockCommit {
+    /// Height of the committed block.
+    pub height: u64,
+    /// Round it was committed in.
+    pub round: u32,
+    /// Upper-case hex block hash (what the precommits signed).
+    pub block_id: String,
+    /// Block time, RFC 3339.
+    pub time: String,
+    /// Upper-case hex address of the block's proposer.
+    pub proposer_address: String,
+    /// Upper-case hex hash standing for the validator set.
+    pub validators_hash: String,
+    /// One entry per validator of the set, in the set's order.
+    pub signatures: Vec<CommitSig>,
+}
+
+/// One validator's entry in a commit (`types/block.go` `CommitSig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitSig {
+    /// [`BLOCK_ID_FLAG_ABSENT`], [`BLOCK_ID_FLAG_COMMIT`] or [`BLOCK_ID_FLAG_NIL`].
+    pub block_id_flag: u8,
+    /// Upper-case hex address; empty when absent.
+    #[serde(default)]
+    pub validator_address: String,
+    /// The precommit's timestamp exactly as in its sign bytes; empty when absent.
+    #[serde(default)]
+    pub timestamp: String,
+    /// Base64 ed25519 signature over the precommit's sign bytes; `None` when absent.
+    #[serde(default)]
+    pub signature: Option<String>,
+}
+
+impl CommitSig {
+    /// `types.NewCommitSigAbsent`.
+    pub fn absent() -> Self {
+        Self {
+            block_id_flag: BLOCK_ID_FLAG_ABSENT,
+            validator_address: String::new(),
+            timestamp: String::new(),
+            signature: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -195,9 +267,16 @@ mod tests {
             time: "t".into(),
             last_block_time: String::new(),
             upgrade_plans: vec![],
+            last_commit: None,
         });
         let json: serde_json::Value = serde_json::to_value(&new_height).unwrap();
         assert_eq!(json["type"], "new_height");
         assert_eq!(json["upgrade_plans"], serde_json::json!([]));
+        assert!(json.get("last_commit").is_none(), "left out when unknown");
+        let old: NetworkMessage = serde_json::from_str(
+            r#"{"type":"new_height","chain_id":"c","height":2,"round":0,"block_id":"00","time":"t"}"#,
+        )
+        .unwrap();
+        assert!(matches!(old, NetworkMessage::NewHeight(h) if h.last_commit.is_none()));
     }
 }

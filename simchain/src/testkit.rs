@@ -183,6 +183,9 @@ pub struct ListenerOptions {
     pub addr: String,
     /// Its `node_key.json` (see [`write_node_key`]); a fresh key when `None`.
     pub node_key: Option<PathBuf>,
+    /// `IP:PORT` where this sentry serves CometBFT's RPC (`--rpc NAME=ADDR`; port 0: a free
+    /// one); none when `None`. See [`Listener::rpc_url`].
+    pub rpc_addr: Option<String>,
 }
 
 /// A listener of a running network, from its ready line.
@@ -194,6 +197,8 @@ pub struct Listener {
     pub addr: String,
     /// Node ID.
     pub node_id: String,
+    /// Where it serves CometBFT's RPC (`IP:PORT`), if it does.
+    pub rpc_addr: Option<String>,
 }
 
 impl Listener {
@@ -201,6 +206,23 @@ impl Listener {
     pub fn peer(&self) -> String {
         format!("{}@{}", self.node_id, self.addr)
     }
+
+    /// `http://IP:PORT` of its CometBFT RPC (`/status`, `/commit`), if it serves one.
+    pub fn rpc_url(&self) -> Option<String> {
+        self.rpc_addr.as_ref().map(|addr| format!("http://{addr}"))
+    }
+}
+
+/// A blocking `GET` of a CometBFT RPC path (`/commit?height=5`) at `IP:PORT`, `tcp://IP:PORT`
+/// or `http://IP:PORT`: HTTP status and body.
+pub fn rpc_get(addr: &str, path_and_query: &str) -> anyhow::Result<(u16, String)> {
+    Ok(http::request(
+        addr,
+        "GET",
+        path_and_query,
+        None,
+        HTTP_TIMEOUT,
+    )?)
 }
 
 impl Default for SimNetworkOptions {
@@ -287,6 +309,13 @@ impl SimNetwork {
                 None => listener.addr.clone(),
             };
             command.arg("--listen").arg(spec);
+            if let Some(rpc) = &listener.rpc_addr {
+                let name = listener
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("sentry-{}", index + 1));
+                command.arg("--rpc").arg(format!("{name}={rpc}"));
+            }
             if keyed.is_some_and(|last| index <= last) {
                 let key = match &listener.node_key {
                     Some(key) => key.clone(),
@@ -354,6 +383,11 @@ impl SimNetwork {
             bail!("POST {path}: HTTP {status}: {body}");
         }
         Ok(())
+    }
+
+    /// The listener named `name`.
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
     }
 
     /// HTTP query address (`host:port`).
@@ -461,13 +495,14 @@ struct Ready {
     listeners: Vec<Listener>,
 }
 
-/// `simchain-net listening nodes=A[,B] node_ids=I[,J] names=N[,M] http=H`.
+/// `simchain-net listening nodes=A[,B] node_ids=I[,J] names=N[,M] http=H[ rpc=R|-[,…]]`.
 fn parse_ready_line(line: &str) -> Option<Ready> {
     let rest = line.trim().strip_prefix("simchain-net listening ")?;
     let mut nodes = None;
     let mut http = None;
     let mut ids = "";
     let mut names = "";
+    let mut rpcs = "";
     for part in rest.split_whitespace() {
         if let Some(v) = part.strip_prefix("nodes=") {
             nodes = Some(v.to_string());
@@ -477,11 +512,14 @@ fn parse_ready_line(line: &str) -> Option<Ready> {
             ids = v;
         } else if let Some(v) = part.strip_prefix("names=") {
             names = v;
+        } else if let Some(v) = part.strip_prefix("rpc=") {
+            rpcs = v;
         }
     }
     let nodes = nodes?;
     let ids: Vec<&str> = ids.split(',').collect();
     let names: Vec<&str> = names.split(',').collect();
+    let rpcs: Vec<&str> = rpcs.split(',').collect();
     let listeners = nodes
         .split(',')
         .enumerate()
@@ -489,6 +527,10 @@ fn parse_ready_line(line: &str) -> Option<Ready> {
             name: names.get(i).unwrap_or(&"").to_string(),
             addr: addr.to_string(),
             node_id: ids.get(i).unwrap_or(&"").to_string(),
+            rpc_addr: rpcs
+                .get(i)
+                .filter(|r| !r.is_empty() && **r != "-")
+                .map(|r| r.to_string()),
         })
         .collect();
     Some(Ready {
@@ -676,9 +718,10 @@ mod tests {
     #[test]
     fn ready_line_parses() {
         let ready = parse_ready_line(
-            "simchain-net listening nodes=127.0.0.2:1,127.0.0.3:2 node_ids=aa,bb names=a,b http=127.0.0.1:2\n",
+            "simchain-net listening nodes=127.0.0.2:1,127.0.0.3:2 node_ids=aa,bb names=a,b http=127.0.0.1:2 rpc=-,127.0.0.1:7\n",
         )
         .unwrap();
+        assert_eq!(ready.listeners[0].rpc_url(), None);
         assert_eq!(ready.nodes, "127.0.0.2:1,127.0.0.3:2");
         assert_eq!(ready.http, "127.0.0.1:2");
         assert_eq!(
@@ -686,9 +729,17 @@ mod tests {
             Listener {
                 name: "b".into(),
                 addr: "127.0.0.3:2".into(),
-                node_id: "bb".into()
+                node_id: "bb".into(),
+                rpc_addr: Some("127.0.0.1:7".into()),
             }
         );
+        assert_eq!(
+            ready.listeners[1].rpc_url().as_deref(),
+            Some("http://127.0.0.1:7")
+        );
+        let old =
+            parse_ready_line("simchain-net listening nodes=127.0.0.1:1 http=127.0.0.1:2").unwrap();
+        assert_eq!(old.listeners[0].rpc_addr, None);
         assert_eq!(ready.listeners[1].peer(), "bb@127.0.0.3:2");
         assert!(parse_ready_line("hello").is_none());
     }

@@ -72,6 +72,30 @@ impl CanonicalVote {
     }
 }
 
+/// The precommit behind a commit signature (`types/block.go` `Commit.GetVote`, v0.38: the
+/// vote is rebuilt from the commit's height, round and block ID and the signature's
+/// timestamp). `timestamp` may be in any RFC 3339 form — the RPC's (`libs/json`, trailing
+/// zeros dropped) or the signed one — and is re-encoded the way sign bytes carry it; a nil
+/// vote (`block_id_flag` 3) signs an empty `block_id`. `None` when the timestamp is not
+/// RFC 3339.
+pub fn commit_precommit(
+    chain_id: &str,
+    height: u64,
+    round: u32,
+    block_id: &str,
+    timestamp: &str,
+) -> Option<CanonicalVote> {
+    let time = humantime::parse_rfc3339(timestamp).ok()?;
+    Some(CanonicalVote {
+        block_id: block_id.to_string(),
+        chain_id: chain_id.to_string(),
+        height,
+        round,
+        timestamp: crate::clock::rfc3339(time),
+        vote_type: VoteType::Precommit,
+    })
+}
+
 /// If two sign bytes encode votes that differ only in their timestamp, returns the first one's
 /// timestamp (CometBFT's `checkVotesOnlyDifferByTimestamp`).
 pub fn only_differ_by_timestamp(last: &[u8], new: &[u8]) -> Option<String> {
@@ -109,6 +133,19 @@ mod tests {
         );
         let via_value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(serde_json::to_vec(&via_value).unwrap(), bytes);
+    }
+
+    #[test]
+    fn commit_precommits_re_encode_the_rpc_timestamp() {
+        let signed = "2024-02-29T15:04:05.120000000Z";
+        let from_rpc = commit_precommit("sim-1", 5, 0, "AB", "2024-02-29T15:04:05.12Z").unwrap();
+        assert_eq!(from_rpc.timestamp, signed);
+        assert_eq!(
+            from_rpc,
+            commit_precommit("sim-1", 5, 0, "AB", signed).unwrap()
+        );
+        assert_eq!(from_rpc.vote_type, VoteType::Precommit);
+        assert!(commit_precommit("sim-1", 5, 0, "AB", "yesterday").is_none());
     }
 
     #[test]

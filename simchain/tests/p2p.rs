@@ -86,6 +86,7 @@ fn setup(listeners: &[(&str, &str)]) -> Setup {
                     name: Some(name.to_string()),
                     addr: addr.to_string(),
                     node_key: Some(key.clone()),
+                    rpc_addr: None,
                 })
                 .collect(),
             ..SimNetworkOptions::default()

@@ -2,7 +2,8 @@
 //! reaping it ([`process`]), draining its output without ever blocking it
 //! ([`output`]), the pure restart decision after it exits
 //! ([`restart_policy`]), the files its `config.toml` names ([`files`]) and
-//! its read-only CometBFT RPC ([`rpc`]), its `config.toml` as an editable
+//! its read-only CometBFT RPC and the chain's record of who signed recent
+//! blocks ([`rpc`]), its `config.toml` as an editable
 //! document ([`config_toml`]) and the peering written into it from the
 //! bastion mesh ([`peering`]).
 //!
@@ -15,4 +16,4 @@ pub(crate) mod output;
 pub(crate) mod peering;
 pub mod process;
 pub(crate) mod restart_policy;
-pub(crate) mod rpc;
+pub mod rpc;

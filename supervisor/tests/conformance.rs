@@ -8,10 +8,12 @@
 //! Every golden the supervisor reads must be read exactly; every golden
 //! marked invalid must be refused with an error that says why; a
 //! half-written `upgrade-info.json` must be waited out, not refused. Where a
-//! reader is internal to the crate (`upgrade::plan`, `node::rpc`), the test
-//! goes through the real binary: `show-upgrade-info`, or `run` with a small
-//! fake daemon that prints a golden log line, with a loopback HTTP server
-//! answering `/status` with the golden response.
+//! reader is internal to the crate (`upgrade::plan`, the supervisor's use of
+//! `/status`), the test goes through the real binary: `show-upgrade-info`,
+//! or `run` with a small fake daemon that prints a golden log line, with a
+//! loopback HTTP server answering `/status` with the golden response. The
+//! `/commit` reader (`node::rpc::parse_commit`, `signed_in_last`) is public
+//! and read directly.
 
 mod common;
 
@@ -26,8 +28,11 @@ use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
 use common::timing::LONG;
-use common::{SUPERVISOR, Supervisor, default_socket, serve_http, wait_for_status, wait_until};
+use common::{
+    SUPERVISOR, Supervisor, default_socket, serve_files, serve_http, wait_for_status, wait_until,
+};
 use palisade_supervisor::node::files::NodePaths;
+use palisade_supervisor::node::rpc::{ChainRpcError, CommitError, parse_commit, signed_in_last};
 use palisade_supervisor::sign_state::{SignState, SignStateError, Step};
 use palisade_supervisor::vault::{self, KeyKind, WorkFactor};
 
@@ -288,6 +293,99 @@ fn the_goldens_describe_one_node() {
         result["node_info"]["id"],
         hex::encode(&Sha256::digest(&node_private[32..])[..20]).as_str()
     );
+}
+
+// ------------------------------------------------------------------- /commit
+
+/// The golden `/commit` is read exactly: its height, time and block hash,
+/// the two validators whose precommit is in it (flag 2), none nil, the
+/// absent one (flag 1) in neither list, and `canonical`.
+#[test]
+fn commit_is_read_exactly() {
+    let view = parse_commit(&golden("cometbft-v0.38/commit.json")).unwrap();
+    let golden = golden_json("cometbft-v0.38/commit.json");
+    let signed_header = &golden["result"]["signed_header"];
+    assert_eq!(view.height, SIGNED_HEIGHT);
+    assert_eq!(view.time, signed_header["header"]["time"].as_str().unwrap());
+    assert_eq!(
+        view.block_hash,
+        signed_header["commit"]["block_id"]["hash"]
+            .as_str()
+            .unwrap()
+    );
+    let key_file = golden_json("cometbft-v0.38/priv_validator_key.json");
+    let ours = key_file["address"].as_str().unwrap();
+    assert_eq!(
+        view.signed,
+        vec![
+            "E88187840CF563F6C0FB269BDF454EE054923426".to_string(),
+            "2647C7C51F76ED6090359315226474209F56D8CD".to_string()
+        ]
+    );
+    assert!(view.signed.iter().any(|a| a == ours), "{view:?}");
+    assert!(view.nil_voted.is_empty());
+    assert!(view.canonical);
+}
+
+/// The golden with one thing broken is refused, naming the thing.
+#[test]
+fn commit_variants_cometbft_would_not_write_are_refused() {
+    let text = golden_text("cometbft-v0.38/commit.json");
+    let height = format!("\"height\":\"{SIGNED_HEIGHT}\",\"round\"");
+    let cases = [
+        (
+            text.replacen(&height, &format!("\"height\":{SIGNED_HEIGHT},\"round\""), 1),
+            "invalid type: integer",
+        ),
+        (
+            text.replacen(&height, "\"height\":\"25O10342\",\"round\"", 1),
+            "commit.height is not a decimal height",
+        ),
+        (
+            text.replacen(",\"canonical\":true", "", 1),
+            "missing field `canonical`",
+        ),
+        (
+            text.replacen("\"block_id_flag\":1", "\"block_id_flag\":7", 1),
+            "unknown block_id_flag 7",
+        ),
+    ];
+    for (variant, expected) in cases {
+        let error = parse_commit(variant.as_bytes()).unwrap_err().to_string();
+        assert!(error.contains(expected), "{expected:?} not in {error:?}");
+    }
+}
+
+/// The client against a loopback server answering the golden `/status` and
+/// `/commit` (whatever the height asked): a one-block window finds the
+/// validator's precommit; a wider one gets the golden block for the other
+/// heights too and refuses it as the wrong height, never reading it as a
+/// block without the validator.
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_in_last_reads_the_golden_answers() {
+    let base = serve_files(vec![
+        ("/status".to_string(), golden("cometbft-v0.38/status.json")),
+        ("/commit".to_string(), golden("cometbft-v0.38/commit.json")),
+    ]);
+    let key_file = golden_json("cometbft-v0.38/priv_validator_key.json");
+    let ours = key_file["address"].as_str().unwrap().to_lowercase();
+    let window = signed_in_last(&base, &ours, 1).await.unwrap();
+    assert_eq!(window.latest, SIGNED_HEIGHT);
+    assert_eq!(window.heights_checked, vec![SIGNED_HEIGHT]);
+    assert_eq!(window.signed_heights, vec![SIGNED_HEIGHT]);
+    assert!(window.key_active());
+    let someone_else = signed_in_last(&base, &"AB".repeat(20), 1).await.unwrap();
+    assert!(!someone_else.key_active(), "{someone_else:?}");
+    let error = signed_in_last(&base, &ours, 3).await.unwrap_err();
+    assert!(
+        matches!(error, ChainRpcError::WrongHeight { asked, got, .. } if asked == SIGNED_HEIGHT - 2 && got == SIGNED_HEIGHT),
+        "{error}"
+    );
+    let error_body = br#"{"jsonrpc":"2.0","id":-1,"error":{"code":-32603,"message":"Internal error","data":"height 25010343 must be less than or equal to the current blockchain height 25010342"}}"#;
+    assert!(matches!(
+        parse_commit(error_body),
+        Err(CommitError::Rpc { code: -32603, .. })
+    ));
 }
 
 // ------------------------------------- a node home for the end-to-end tests

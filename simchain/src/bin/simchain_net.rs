@@ -19,8 +19,8 @@ use palisade_simchain::protocol::UpgradePlan;
 /// external validators (simd nodes), flags double signs and missed blocks.
 ///
 /// Prints `simchain-net listening nodes=ADDR[,ADDR…] node_ids=ID[,ID…] names=NAME[,NAME…]
-/// http=ADDR` on stdout once ready. HTTP: GET /record, GET /status, POST /upgrade
-/// {"name","height","info"}, POST /listeners/NAME/down and /up.
+/// http=ADDR[ rpc=ADDR|-,…]` on stdout once ready (`rpc=` only with --rpc). HTTP: GET /record,
+/// GET /status, POST /upgrade {"name","height","info"}, POST /listeners/NAME/down and /up.
 #[derive(Debug, Parser)]
 #[command(name = "simchain-net", version)]
 struct Cli {
@@ -32,6 +32,12 @@ struct Cli {
     /// first --listen…), created when missing. A listener without one gets a fresh key.
     #[arg(long)]
     node_key: Vec<PathBuf>,
+    /// `NAME=IP:PORT`: the listener (sentry) NAME also serves CometBFT's RPC there — /status
+    /// (the network's view, the sentry's node ID and moniker) and /commit[?height=H]. NAME is
+    /// a --listen name, or sentry-N for the N-th unnamed one. Repeatable; port 0 picks a
+    /// free port.
+    #[arg(long = "rpc", value_name = "NAME=ADDR", value_parser = network::parse_rpc_spec)]
+    rpcs: Vec<(String, SocketAddr)>,
     /// HTTP query endpoint address. Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     http: SocketAddr,
@@ -97,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     for (listener, key) in listeners.iter_mut().zip(&cli.node_key) {
         listener.node_key = Some(key.clone());
     }
+    network::assign_rpc_addresses(&mut listeners, &cli.rpcs).map_err(anyhow::Error::msg)?;
     let config = NetworkConfig {
         chain_id,
         block_time: cli.block_time,
@@ -118,10 +125,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let join = |f: &dyn Fn(&network::ListenerInfo) -> String| {
             nodes.iter().map(f).collect::<Vec<_>>().join(",")
         };
+        // `rpc=` only when a sentry serves RPC, so the line stays as it was otherwise.
+        let rpc = if nodes.iter().any(|l| l.rpc_addr.is_some()) {
+            format!(
+                " rpc={}",
+                join(&|l| l.rpc_addr.map_or("-".to_string(), |a| a.to_string()))
+            )
+        } else {
+            String::new()
+        };
         let mut stdout = std::io::stdout().lock();
         writeln!(
             stdout,
-            "simchain-net listening nodes={} node_ids={} names={} http={http}",
+            "simchain-net listening nodes={} node_ids={} names={} http={http}{rpc}",
             join(&|l| l.addr.to_string()),
             join(&|l| l.node_id.clone()),
             join(&|l| l.name.clone()),
