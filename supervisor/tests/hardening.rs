@@ -70,7 +70,9 @@ fn stanza_bomb(stanzas: usize) -> Vec<u8> {
         .map(|_| age::x25519::Identity::generate().to_public())
         .collect();
     let encryptor = age::Encryptor::with_recipients(
-        recipients.iter().map(|recipient| recipient as &dyn age::Recipient),
+        recipients
+            .iter()
+            .map(|recipient| recipient as &dyn age::Recipient),
     )
     .unwrap();
     let mut file = Vec::new();

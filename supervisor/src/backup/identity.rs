@@ -49,3 +49,17 @@ impl ValidatorIdentity {
         }
     }
 }
+
+/// `/etc/machine-id`, else the host name: which host wrote a bundle.
+pub(crate) fn host_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|name| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown-host".into())
+}

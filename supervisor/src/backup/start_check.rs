@@ -268,7 +268,7 @@ fn read_local_state(path: &Path) -> (LocalState, Option<SignState>) {
 
 /// Names the other hosts whose bundles are in the stores, newest first.
 fn log_other_hosts(report: &RestoreReport) {
-    let own = super::worker::host_id();
+    let own = super::identity::host_id();
     let mut others: Vec<(&str, u64)> = Vec::new();
     for accepted in &report.accepted {
         if accepted.host_id == own {

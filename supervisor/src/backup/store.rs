@@ -328,8 +328,9 @@ pub async fn apply_retention(
     if keep == 0 {
         return Err(StoreError::InvalidRetention);
     }
-    let mut groups: std::collections::BTreeMap<(String, String), Vec<(u64, u64, String)>> =
-        Default::default();
+    /// (sequence, height, file name) of one bundle.
+    type Named = (u64, u64, String);
+    let mut groups: std::collections::BTreeMap<(String, String), Vec<Named>> = Default::default();
     for name in store.list().await? {
         if let Some(parsed) = BackupFileName::parse(&name) {
             groups

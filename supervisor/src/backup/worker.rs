@@ -249,7 +249,7 @@ impl BackupWorker {
             state_path: state_path.clone(),
             retention: settings.retention,
             next_sequence,
-            host_id: host_id(),
+            host_id: super::identity::host_id(),
             record_path,
             last_published: None,
             last_backup,
@@ -306,18 +306,4 @@ impl BackupWorker {
         self.task.abort();
         outcome
     }
-}
-
-/// `/etc/machine-id`, else the host name: which host wrote a bundle.
-pub(crate) fn host_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
-        .ok()
-        .map(|id| id.trim().to_string())
-        .filter(|id| !id.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|name| name.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown-host".into())
 }
