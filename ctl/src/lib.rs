@@ -554,11 +554,19 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
             NodeAction::Stop => typed_call::<methods::NodeStop>(NoParams),
             NodeAction::Restart => typed_call::<methods::NodeRestart>(NoParams),
         },
+        // A plain unlock leaves `params` out, as before the option existed.
         Command::Unlock {
-            accept_unreachable_stores,
+            accept_unreachable_stores: false,
+            ..
+        } => Ok(Some(PlannedCall {
+            method: methods::VaultUnlock::NAME.to_string(),
+            params: None,
+        })),
+        Command::Unlock {
+            accept_unreachable_stores: true,
             ..
         } => typed_call::<methods::VaultUnlock>(VaultUnlockParams {
-            accept_unreachable_stores: *accept_unreachable_stores,
+            accept_unreachable_stores: true,
         }),
         Command::Lock => typed_call::<methods::VaultLock>(NoParams),
         Command::Upgrade {

@@ -612,7 +612,8 @@ fn help_completion_history_unlock_and_errors() {
     tmux.restart(&env, &args);
     tmux.wait_last_line(running);
     tmux.press(&["Up"]);
-    tmux.wait_last_line(&format!("{running} unlock"));
+    // The recalled line shows its optional flag as a hint.
+    tmux.wait_last_line(&format!("{running} unlock [--accept-unreachable-stores]"));
     tmux.press(&["C-c"]);
     tmux.wait_last_line(running);
     // Ctrl-D leaves too.

@@ -111,6 +111,9 @@ struct BackupJob {
     host_id: String,
     /// This host's high-water record, raised after every backup.
     record_path: PathBuf,
+    /// The highest watermark backed up (the record's, then each backup's):
+    /// a state below it is not backed up.
+    floor: Option<Watermark>,
     last_published: Option<Watermark>,
     /// Where the control RPC reads the last backup written.
     last_backup: watch::Sender<Option<LastBackup>>,
@@ -137,6 +140,20 @@ impl BackupJob {
         let watermark = state.watermark();
         if self.last_published == Some(watermark) && reason == WATERMARK_CHANGED {
             return Ok(None);
+        }
+        // A state below what was already backed up went back (an old file
+        // copied in): backing it up would give a lower watermark a newer
+        // sequence. Restore it instead.
+        if let Some(floor) = self.floor
+            && watermark < floor
+        {
+            let message = format!(
+                "the sign state {} is at {watermark}, below the last backed-up {floor}: it went \
+                 back; not backing it up (restore the newest backup with `palisade-ctl restore`)",
+                self.state_path.display()
+            );
+            tracing::error!("{message}");
+            return Err(message);
         }
         let input = BundleInput {
             chain_id: self.validator.chain_id.clone(),
@@ -169,6 +186,7 @@ impl BackupJob {
         }
         self.next_sequence += 1;
         self.last_published = Some(watermark);
+        self.floor = self.floor.max(Some(watermark));
         if let Err(error) = super::high_water::raise(
             &self.record_path,
             super::high_water::HighWater {
@@ -250,6 +268,10 @@ impl BackupWorker {
             retention: settings.retention,
             next_sequence,
             host_id: super::identity::host_id(),
+            floor: super::high_water::load(&record_path)
+                .ok()
+                .flatten()
+                .and_then(|record| record.watermark),
             record_path,
             last_published: None,
             last_backup,
