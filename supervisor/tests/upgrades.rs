@@ -133,6 +133,13 @@ fn upgrade_through_the_output_line_only(form: LogForm) {
         }
     }
     assert_upgraded(&chain, "v2", 12);
+    // With no upgrade-info.json to confirm it, the line is acted on alone,
+    // and the log says so.
+    assert!(
+        supervisor.has_line("acting on the output line alone"),
+        "{}",
+        supervisor.output()
+    );
     supervisor.stop();
 }
 

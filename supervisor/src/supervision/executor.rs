@@ -38,7 +38,7 @@ use super::board::{SharedBoard, board};
 use super::command::{CommandId, CommandInbox, CommandResult, Request};
 use super::machine::{
     Action, DaemonExit, DetectedPlan, Event, Job, Level, Machine, RunOutcome, StartVerdict,
-    StopSignal, Timer, UnlockOutcome, UpgradeFailure, VaultAtStart,
+    StopSignal, Timer, UnlockOutcome, UpgradeFailure, VaultAtStart, describe_plan,
 };
 use super::plans::{is_new_plan, new_plan_in_file};
 use crate::backup::{
@@ -308,6 +308,15 @@ impl Executor {
                 }
                 Some(plan) = self.upgrade_lines.recv(), if running => {
                     if is_new_plan(&self.config, &self.layout, &plan) {
+                        // The SDK writes upgrade-info.json before it prints
+                        // the line: look now, so that the machine confirms
+                        // the line without waiting for the watcher.
+                        if let Some(file) = new_plan_in_file(&self.config, &self.layout) {
+                            self.queue.push_back(Event::PlanDetected(DetectedPlan {
+                                plan: file,
+                                source: DetectionSource::UpgradeInfoFile,
+                            }));
+                        }
                         return Event::PlanDetected(DetectedPlan {
                             plan,
                             source: DetectionSource::OutputLine,
@@ -981,14 +990,6 @@ fn take_record(record: Rc<RefCell<RecordBuilder>>) -> RecordBuilder {
         // A cancelled job may not have been dropped yet; take a copy of
         // what it recorded.
         Err(shared) => shared.borrow().clone(),
-    }
-}
-
-/// "v2 at height 40" (or without a height for the legacy line).
-fn describe_plan(plan: &UpgradePlan) -> String {
-    match plan.height {
-        Some(height) => format!("{} at height {height}", plan.name),
-        None => plan.name.clone(),
     }
 }
 

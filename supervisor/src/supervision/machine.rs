@@ -58,6 +58,10 @@ pub struct MachineSettings {
     pub restart_delay: Duration,
     /// `DAEMON_POLL_INTERVAL`: re-checking a held plan and a missing binary.
     pub poll_interval: Duration,
+    /// How long an upgrade line seen in the node's output waits for
+    /// `upgrade-info.json` to confirm it before it is acted on alone
+    /// (zero: at once).
+    pub line_confirm_wait: Duration,
 }
 
 /// How `run` ended; `main` maps it to an exit code (`docs/supervisor.md`).
@@ -120,6 +124,9 @@ pub enum Timer {
     BinaryPoll,
     /// Ask the node again whether a held plan is due.
     ScheduledCheck,
+    /// An upgrade line was not confirmed by `upgrade-info.json` in time:
+    /// act on the line alone.
+    LineConfirm,
 }
 
 /// Jobs that may be cancelled.
@@ -459,6 +466,9 @@ pub struct Machine {
     scheduled: Option<UpgradePlan>,
     /// The plan whose due check is in flight.
     due_check: Option<UpgradePlan>,
+    /// An upgrade line seen while running, waiting for upgrade-info.json
+    /// to confirm it ([`Timer::LineConfirm`]).
+    line_plan: Option<DetectedPlan>,
     /// The node's height when last asked.
     last_node_height: Option<u64>,
     /// An upgrade record is open (begun, not yet appended).
@@ -478,6 +488,7 @@ impl Machine {
             ready_sent: false,
             scheduled: None,
             due_check: None,
+            line_plan: None,
             last_node_height: None,
             record_open: false,
             pending_shutdown: None,
@@ -822,15 +833,77 @@ impl Machine {
     fn on_running(&mut self, pid: u32, event: Event, out: &mut Vec<Action>) {
         match event {
             Event::PlanDetected(detected) => match detected.source {
-                // The SDK prints the line as it halts at the height: due.
-                DetectionSource::OutputLine => self.upgrade_running(pid, detected, out),
-                // A plan in the file may be ahead of the node (a manual
-                // `add-upgrade --upgrade-height`): ask the node first.
+                // The SDK writes upgrade-info.json, then prints the line as
+                // it halts at the height: due. A line alone could be any
+                // output that looks like one, so it waits (briefly) for the
+                // file to confirm it.
+                DetectionSource::OutputLine => {
+                    let wait = self.settings.line_confirm_wait;
+                    if wait.is_zero() {
+                        self.upgrade_running(pid, detected, out);
+                    } else if self.line_plan.is_none() {
+                        out.push(Action::Log(
+                            Level::Info,
+                            format!(
+                                "upgrade line for {} seen in the node's output; waiting up to {} for upgrade-info.json to confirm it",
+                                describe_plan(&detected.plan),
+                                humantime::format_duration(wait)
+                            ),
+                        ));
+                        out.push(Action::SetTimer(Timer::LineConfirm, wait));
+                        self.line_plan = Some(detected);
+                    }
+                }
                 DetectionSource::UpgradeInfoFile => {
+                    if let Some(line) = self.line_plan.take() {
+                        out.push(Action::CancelTimer(Timer::LineConfirm));
+                        if line.plan.name == detected.plan.name
+                            && line.plan.height == detected.plan.height
+                        {
+                            out.push(Action::Log(
+                                Level::Info,
+                                format!(
+                                    "upgrade-info.json confirms the upgrade line for {}",
+                                    describe_plan(&detected.plan)
+                                ),
+                            ));
+                            // The file's info is whole (a console line's
+                            // ends at the first logger field).
+                            let confirmed = DetectedPlan {
+                                plan: detected.plan,
+                                source: DetectionSource::OutputLine,
+                            };
+                            self.upgrade_running(pid, confirmed, out);
+                            return;
+                        }
+                        out.push(Action::Log(
+                            Level::Warn,
+                            format!(
+                                "the node's output named upgrade {}, but upgrade-info.json names {}: following upgrade-info.json",
+                                describe_plan(&line.plan),
+                                describe_plan(&detected.plan)
+                            ),
+                        ));
+                    }
+                    // A plan in the file may be ahead of the node (a manual
+                    // `add-upgrade --upgrade-height`): ask the node first.
                     self.due_check = Some(detected.plan.clone());
                     out.push(Action::CheckPlanDue(detected.plan));
                 }
             },
+            Event::Timer(Timer::LineConfirm) => {
+                if let Some(line) = self.line_plan.take() {
+                    out.push(Action::Log(
+                        Level::Warn,
+                        format!(
+                            "acting on the output line alone: upgrade-info.json did not name upgrade {} within {} (Cosmovisor acts on the line too); if the node did not print it as it halted, stop the supervisor and investigate",
+                            describe_plan(&line.plan),
+                            humantime::format_duration(self.settings.line_confirm_wait)
+                        ),
+                    ));
+                    self.upgrade_running(pid, line, out);
+                }
+            }
             Event::PlanDue { plan, node_height } => {
                 if self.due_check.as_ref() != Some(&plan) {
                     return;
@@ -897,7 +970,12 @@ impl Machine {
     }
 
     /// The daemon exited without being asked to.
-    fn on_unrequested_exit(&mut self, exit: DaemonExit, out: &mut Vec<Action>) {
+    fn on_unrequested_exit(&mut self, mut exit: DaemonExit, out: &mut Vec<Action>) {
+        // A line still waiting for its confirmation counts as the output's.
+        if let Some(line) = self.line_plan.take() {
+            out.push(Action::CancelTimer(Timer::LineConfirm));
+            exit.plan_from_output = exit.plan_from_output.or(Some(line.plan));
+        }
         let scheduled = self.scheduled.take();
         self.due_check = None;
         out.push(Action::CancelTimer(Timer::ScheduledCheck));
@@ -1533,6 +1611,9 @@ impl Machine {
     /// Held plans and due checks belong to a running node.
     fn leave_running(&mut self, out: &mut Vec<Action>) {
         self.due_check = None;
+        if self.line_plan.take().is_some() {
+            out.push(Action::CancelTimer(Timer::LineConfirm));
+        }
         out.push(Action::CancelTimer(Timer::ScheduledCheck));
         if self.scheduled.take().is_some() {
             out.push(Action::HoldPlan(None));
@@ -1666,3 +1747,11 @@ fn step_name(step: UpgradeStep) -> &'static str {
 
 #[cfg(test)]
 mod tests;
+
+/// "v2 at height 40" (or without a height for the legacy line).
+pub(crate) fn describe_plan(plan: &UpgradePlan) -> String {
+    match plan.height {
+        Some(height) => format!("{} at height {height}", plan.name),
+        None => plan.name.clone(),
+    }
+}

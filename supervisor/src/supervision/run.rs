@@ -186,6 +186,10 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         restart_after_upgrade: config.restart_after_upgrade,
         restart_delay: config.restart_delay,
         poll_interval: config.poll_interval,
+        // The SDK writes upgrade-info.json before it prints the line, and
+        // the executor looks at the file when a line arrives: a real halt
+        // is confirmed at once; this bounds the wait for a slow disk.
+        line_confirm_wait: (config.poll_interval * 3).max(std::time::Duration::from_secs(1)),
     });
     let executor = Executor::new(
         machine,

@@ -90,9 +90,21 @@ pub fn parse_upgrade_info(bytes: &[u8]) -> Result<UpgradePlan, PlanError> {
 /// Both historical forms: `NEEDED at height 123: info` (the original
 /// Cosmovisor spec) and `NEEDED at height: 123: info` (every SDK since),
 /// plus the short-lived time-based form.
+///
+/// Anchored: the message must be the whole log message (issue 16, finding
+/// 10), so a line that merely quotes one (a transaction memo, a peer's
+/// moniker, an echoed command) is not an upgrade.
 static UPGRADE_LINE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"UPGRADE "(.*)" NEEDED at (?:height:? (\d+)|time: (\S+)):\s*(.*)$"#)
+    Regex::new(r#"^UPGRADE "(.*)" NEEDED at (?:height:? (\d+)|time: (\S+)):\s*(.*)$"#)
         .expect("static regex")
+});
+
+/// What precedes the message on a console line, as the loggers print it at
+/// error level (the SDK logs the upgrade message with `Error`):
+/// zerolog's `3:04PM ERR ` (any time format, or none), and the Tendermint
+/// logger's `E[2021-05-18|12:00:00.123] `. Nothing else may come first.
+static CONSOLE_PREFIX: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"^(?:(?:\S+ +)?(?:ERR|ERROR|error) +|E\[[^\]]*\] +)?"#).expect("static regex")
 });
 
 static ANSI_ESCAPE: LazyLock<Regex> =
@@ -120,7 +132,8 @@ pub fn parse_upgrade_line(line: &str) -> Option<UpgradePlan> {
     } else {
         line
     };
-    parse_message(line, InfoExtent::FirstValue)
+    let prefix = CONSOLE_PREFIX.find(line).map_or(0, |found| found.end());
+    parse_message(&line[prefix..], InfoExtent::FirstValue)
 }
 
 /// How much of the text after the height is the plan's info.
@@ -140,6 +153,14 @@ fn json_log_message(line: &str) -> Option<String> {
         return None;
     }
     let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(trimmed).ok()?;
+    // The SDK logs the upgrade message at error level.
+    if let Some(level) = object.get("level")
+        && !level
+            .as_str()
+            .is_some_and(|level| level.eq_ignore_ascii_case("error"))
+    {
+        return None;
+    }
     ["message", "_msg", "msg"]
         .iter()
         .find_map(|field| object.get(*field)?.as_str().map(str::to_owned))
@@ -289,6 +310,29 @@ mod tests {
                 Some(("t1", None, "info")),
             ),
             (r#"UPGRADE "" NEEDED at height: 7: x"#, None),
+            // Anchored (issue 16, finding 10): output that only quotes an
+            // upgrade message is not one.
+            (
+                r#"2:03PM INF received tx memo="UPGRADE \"v9\" NEEDED at height: 5: x" module=mempool"#,
+                None,
+            ),
+            (
+                r#"2:03PM INF UPGRADE "v9" NEEDED at height: 5: x module=x/upgrade"#,
+                None,
+            ),
+            (r#"peer moniker UPGRADE "v9" NEEDED at height: 5: x"#, None),
+            (
+                r#"{"level":"info","module":"x/upgrade","message":"UPGRADE \"v9\" NEEDED at height: 5: x"}"#,
+                None,
+            ),
+            (
+                r#"{"level":"error","message":"peer said: UPGRADE \"v9\" NEEDED at height: 5: x"}"#,
+                None,
+            ),
+            (
+                "\x1b[90m2:03PM\x1b[0m \x1b[32mINF\x1b[0m UPGRADE \"v9\" NEEDED at height: 5: x",
+                None,
+            ),
             ("committed state height=100 module=state", None),
             (r#"UPGRADE "v2" NEEDED at height: abc: x"#, None),
         ];

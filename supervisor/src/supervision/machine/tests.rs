@@ -32,6 +32,7 @@ fn settings(vault: bool) -> MachineSettings {
         restart_after_upgrade: true,
         restart_delay: Duration::ZERO,
         poll_interval: Duration::from_millis(300),
+        line_confirm_wait: Duration::ZERO,
     }
 }
 
@@ -137,6 +138,9 @@ fn machine_at(at: &str, vault: bool) -> Machine {
     if at == "UpgradeRestartDelay" {
         settings.restart_delay = Duration::from_secs(5);
     }
+    if at == "RunningConfirmingLines" {
+        settings.line_confirm_wait = Duration::from_secs(1);
+    }
     let mut machine = Machine::new(settings);
     let c = |n| CommandId(n);
     let to_running = |machine: &mut Machine| {
@@ -211,7 +215,7 @@ fn machine_at(at: &str, vault: bool) -> Machine {
                 Event::SessionOpened,
             ],
         ),
-        "Running" => to_running(&mut machine),
+        "Running" | "RunningConfirmingLines" => to_running(&mut machine),
         "Stopping" => {
             to_running(&mut machine);
             feed(&mut machine, vec![Event::Command(c(2), Command::NodeStop)]);
@@ -294,7 +298,8 @@ fn machine_at(at: &str, vault: bool) -> Machine {
         }
         other => panic!("no such phase {other}"),
     }
-    assert_eq!(kind(machine.phase()), at, "setup of {at}");
+    let expected = at.strip_suffix("ConfirmingLines").unwrap_or(at);
+    assert_eq!(kind(machine.phase()), expected, "setup of {at}");
     machine
 }
 
@@ -1509,4 +1514,93 @@ proptest! {
         prop_assert!(world.pending.is_empty(), "unanswered: {:?}", world.pending);
         prop_assert!(!world.daemon_alive);
     }
+}
+
+/// An upgrade line waits for upgrade-info.json to confirm it (issue 16,
+/// finding 10): confirmed, it upgrades with the file's plan; a different
+/// file wins; unconfirmed, it is acted on alone after the wait, saying so;
+/// a halt while waiting upgrades with the line's plan.
+#[test]
+fn an_upgrade_line_waits_for_the_file_to_confirm_it() {
+    let line = |name: &str| DetectedPlan {
+        plan: plan(name, 12),
+        source: DetectionSource::OutputLine,
+    };
+    let file = |name: &str, info: &str| DetectedPlan {
+        plan: UpgradePlan {
+            info: info.into(),
+            ..plan(name, 12)
+        },
+        source: DetectionSource::UpgradeInfoFile,
+    };
+    let began = |actions: &[Action]| {
+        actions.iter().find_map(|action| match action {
+            Action::BeginUpgrade(detected) => Some(detected.clone()),
+            _ => None,
+        })
+    };
+    let logged = |actions: &[Action], level: Level, words: &str| {
+        actions.iter().any(
+            |action| matches!(action, Action::Log(l, text) if *l == level && text.contains(words)),
+        )
+    };
+
+    // Seen: the machine waits, the node keeps running.
+    let mut machine = machine_at("RunningConfirmingLines", false);
+    let actions = machine.step(Event::PlanDetected(line("v2")));
+    assert_eq!(kind(machine.phase()), "Running", "{actions:?}");
+    assert!(actions.contains(&Action::SetTimer(
+        Timer::LineConfirm,
+        Duration::from_secs(1)
+    )));
+    assert!(began(&actions).is_none());
+    // Confirmed by the file: the upgrade begins with the file's whole info.
+    let actions = machine.step(Event::PlanDetected(file("v2", "{\"binaries\":{}}")));
+    assert!(actions.contains(&Action::CancelTimer(Timer::LineConfirm)));
+    assert!(
+        logged(&actions, Level::Info, "confirms the upgrade line"),
+        "{actions:?}"
+    );
+    let detected = began(&actions).expect("the upgrade began");
+    assert_eq!(detected.plan.info, "{\"binaries\":{}}");
+    assert_eq!(detected.source, DetectionSource::OutputLine);
+    assert_eq!(kind(machine.phase()), "UpgradeStoppingOld");
+
+    // Not confirmed in time: acted on alone, with a warning.
+    let mut machine = machine_at("RunningConfirmingLines", false);
+    machine.step(Event::PlanDetected(line("v2")));
+    let actions = machine.step(Event::Timer(Timer::LineConfirm));
+    assert!(
+        logged(&actions, Level::Warn, "acting on the output line alone"),
+        "{actions:?}"
+    );
+    assert_eq!(began(&actions).map(|d| d.plan.name), Some("v2".to_owned()));
+
+    // The file names another upgrade: the file wins (its due check).
+    let mut machine = machine_at("RunningConfirmingLines", false);
+    machine.step(Event::PlanDetected(line("v2")));
+    let actions = machine.step(Event::PlanDetected(file("v3", "")));
+    assert!(
+        logged(&actions, Level::Warn, "following upgrade-info.json"),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&Action::CheckPlanDue(plan("v3", 12))),
+        "{actions:?}"
+    );
+    assert!(began(&actions).is_none());
+    // …and the stale timer changes nothing.
+    let actions = machine.step(Event::Timer(Timer::LineConfirm));
+    assert!(began(&actions).is_none(), "{actions:?}");
+
+    // The node halts while the line waits: the line's plan is the halt's.
+    let mut machine = machine_at("RunningConfirmingLines", false);
+    machine.step(Event::PlanDetected(line("v2")));
+    let actions = machine.step(Event::DaemonExited(exit(1)));
+    assert!(actions.contains(&Action::CancelTimer(Timer::LineConfirm)));
+    assert_eq!(
+        began(&actions).map(|d| d.plan.name),
+        Some("v2".to_owned()),
+        "{actions:?}"
+    );
 }
