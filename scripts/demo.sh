@@ -103,7 +103,11 @@ chmod 0700 "$SOCKETS" "$SOCKETS/validator" "$SOCKETS/bastion"
 SUPERVISOR_SOCKET=$SOCKETS/validator/supervisor.sock
 STORE_SOCKET=$SOCKETS/bastion/bastion.sock
 FORWARDED_SOCKET=$SOCKETS/bastion/$VALIDATOR.sock   # where sshd publishes the supervisor's socket
-TMPFS_DIR=/dev/shm/palisade-demo-$$                 # decrypted keys while unlocked
+# Decrypted keys while unlocked: tmpfs, inside a directory only we can write
+# (the supervisor refuses /dev/shm itself, where anyone could squat the name).
+TMPFS_PARENT=/dev/shm/palisade-demo-$$
+TMPFS_DIR=$TMPFS_PARENT/keys
+mkdir -m 0700 "$TMPFS_PARENT"
 
 pids=()
 SSHD_PID=""   # the subreaper below, sshd's parent
@@ -155,7 +159,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   kill_sshd
-  rm -rf "$TMPFS_DIR"
+  rm -rf "$TMPFS_PARENT"
   [ -z "$TMP_SOCKETS" ] || rm -rf "$TMP_SOCKETS"
 }
 trap cleanup EXIT

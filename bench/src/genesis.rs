@@ -53,10 +53,12 @@ pub fn run(bins: &Binaries) -> anyhow::Result<Measured> {
     let passphrase = dir.join("passphrase");
     std::fs::write(&passphrase, "bench genesis passphrase\n")?;
     std::fs::set_permissions(&passphrase, std::fs::Permissions::from_mode(0o600))?;
-    let tmpfs = Tmpfs(std::path::PathBuf::from(format!(
-        "/dev/shm/palisade-bench-genesis-{}",
-        std::process::id()
-    )));
+    // The key directory in a private parent: the supervisor refuses one in
+    // a directory others may write (/dev/shm itself).
+    let shm = tempfile::Builder::new()
+        .prefix("palisade-bench-genesis-")
+        .tempdir_in("/dev/shm")?;
+    let tmpfs = Tmpfs(shm.path().join("keys"));
     let socket = dir.join("run").join("supervisor.sock");
     let config = dir.join("palisade.toml");
     // No `[backup] chain-id`: the supervisor must read it from the genesis.

@@ -123,8 +123,10 @@ pub struct RawConfig {
 pub struct RawVault {
     /// Default `$DAEMON_HOME/palisade/vault`.
     pub dir: Option<PathBuf>,
-    /// Default `/dev/shm/palisade-$DAEMON_NAME`: where decrypted keys live
-    /// while unlocked. Must be on tmpfs/ramfs.
+    /// Default `/run/palisade/keys` (inside the unit's `RuntimeDirectory=`,
+    /// which only the supervisor's user may write): where decrypted keys
+    /// live while unlocked. Must be on tmpfs/ramfs, in a directory other
+    /// users cannot write (see `vault::tmpfs`).
     pub tmpfs_dir: Option<PathBuf>,
     /// Unattended unlock from this file (explicit opt-in; no default).
     pub passphrase_file: Option<PathBuf>,
@@ -410,7 +412,7 @@ impl Config {
 
     /// The effective configuration as `KEY=value` lines, Cosmovisor's
     /// `config` command style plus Palisade's own settings.
-    pub fn describe(&self) -> Vec<(&'static str, String)> {
+    pub fn describe(&self) -> Vec<(String, String)> {
         let duration = |value: Duration| humantime::format_duration(value).to_string();
         let (skip_backup, backup_dir) = match &self.data_backup {
             DataBackupPolicy::Before { backup_root } => {
@@ -418,7 +420,7 @@ impl Config {
             }
             DataBackupPolicy::Skip => ("true".to_string(), String::new()),
         };
-        vec![
+        let fixed: Vec<(&'static str, String)> = vec![
             ("DAEMON_HOME", self.daemon_home.display().to_string()),
             ("DAEMON_NAME", self.daemon_name.clone()),
             (
@@ -487,15 +489,152 @@ impl Config {
                 format!("{:?}", self.host.shutdown_command),
             ),
             (
-                "bastions",
-                self.tunnels
-                    .iter()
-                    .flat_map(|tunnels| &tunnels.bastions)
-                    .map(|b| format!("{}={}@{}:{}", b.name, b.user, b.host, b.port))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                "daemon.double-sign-check-height",
+                self.double_sign_check_height.to_string(),
             ),
-        ]
+            ("rpc.tls-dir", self.rpc.tls_dir.display().to_string()),
+            ("rpc.idle-timeout", duration(self.rpc.idle_timeout)),
+        ];
+        let mut lines: Vec<(String, String)> = fixed
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect();
+        let mut add = |key: String, value: String| lines.push((key, value));
+        let paths = |paths: &[PathBuf]| {
+            paths
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match &self.vault {
+            None => add(
+                "vault".into(),
+                "none (keys stay where config.toml names them)".into(),
+            ),
+            Some(vault) => {
+                add("vault.dir".into(), vault.dir.display().to_string());
+                add(
+                    "vault.tmpfs-dir".into(),
+                    vault.tmpfs_dir.display().to_string(),
+                );
+                add(
+                    "vault.passphrase-file".into(),
+                    vault
+                        .passphrase_file
+                        .as_ref()
+                        .map(|path| path.display().to_string())
+                        .unwrap_or_default(),
+                );
+                add(
+                    "vault.swap".into(),
+                    match vault.swap {
+                        SwapPolicy::Warn => "warn",
+                        SwapPolicy::Refuse => "refuse",
+                    }
+                    .into(),
+                );
+                add(
+                    "vault.scrypt-work-factor".into(),
+                    vault.scrypt_work_factor.to_string(),
+                );
+                add(
+                    "vault.recovery-recipients".into(),
+                    vault.recovery_recipients.len().to_string(),
+                );
+                let backup = &vault.backup;
+                add("backup.dir".into(), backup.dir.display().to_string());
+                add("backup.extra-dirs".into(), paths(&backup.extra_dirs));
+                add("backup.retention".into(), backup.retention.to_string());
+                add("backup.debounce".into(), duration(backup.debounce));
+                add(
+                    "backup.chain-id".into(),
+                    backup
+                        .chain_id
+                        .clone()
+                        .unwrap_or_else(|| "(from config/genesis.json)".into()),
+                );
+                add(
+                    "backup.start-quorum".into(),
+                    match backup.start_quorum {
+                        StartQuorum::All => "all".into(),
+                        StartQuorum::AtLeast(count) => count.to_string(),
+                    },
+                );
+                add(
+                    "backup.start-quorum-wait".into(),
+                    duration(backup.start_quorum_wait),
+                );
+            }
+        }
+        if let Some(tunnels) = &self.tunnels {
+            add(
+                "tunnel.key-file".into(),
+                tunnels.key_file.display().to_string(),
+            );
+            add(
+                "tunnel.known-hosts".into(),
+                tunnels
+                    .known_hosts
+                    .as_ref()
+                    .map(|path| path.display().to_string())
+                    .unwrap_or_default(),
+            );
+            add(
+                "tunnel.trust-first-use".into(),
+                tunnels.trust_first_use.to_string(),
+            );
+            add(
+                "tunnel.connect-timeout".into(),
+                duration(tunnels.connect_timeout),
+            );
+            add(
+                "tunnel.keepalive-interval".into(),
+                duration(tunnels.keepalive_interval),
+            );
+            add(
+                "tunnel.keepalive-max".into(),
+                tunnels.keepalive_max.to_string(),
+            );
+            add(
+                "tunnel.reconnect-max-delay".into(),
+                duration(tunnels.reconnect_max_delay),
+            );
+            for bastion in &tunnels.bastions {
+                let key = |field: &str| format!("bastion.{}.{field}", bastion.name);
+                add(
+                    key("address"),
+                    format!("{}@{}:{}", bastion.user, bastion.host, bastion.port),
+                );
+                add(
+                    key("host-key-fingerprints"),
+                    bastion.host_key_fingerprints.join(","),
+                );
+                add(
+                    key("rpc-socket"),
+                    bastion.rpc_socket.clone().unwrap_or_default(),
+                );
+                add(
+                    key("backup-command"),
+                    bastion.backup_command.clone().unwrap_or_default(),
+                );
+                add(
+                    key("forwards"),
+                    format!(
+                        "{} local, {} remote",
+                        bastion.local_forwards.len(),
+                        bastion.remote_forwards.len()
+                    ),
+                );
+            }
+        }
+        for operator in &self.operators {
+            add(
+                format!("operator.{}.role", operator.name),
+                operator.role.to_string(),
+            );
+        }
+        lines
     }
 }
 
@@ -864,7 +1003,7 @@ fn validate(
         r.report(origin, "must be between 256 and 16777216");
     }
 
-    let vault = validate_vault(r, raw.vault, raw.backup, &daemon_home, &daemon_name);
+    let vault = validate_vault(r, raw.vault, raw.backup, &daemon_home);
     let rpc = tunnels::validate_rpc(r, raw.rpc, &daemon_home);
     let tunnels = tunnels::validate_tunnels(r, raw.tunnel, raw.bastion);
     let operators = operators::validate_operators(r, raw.operator);
@@ -932,7 +1071,6 @@ fn validate_vault(
     vault: Option<RawVault>,
     backup: Option<RawBackup>,
     daemon_home: &Path,
-    daemon_name: &str,
 ) -> Option<VaultSettings> {
     let Some(vault) = vault else {
         if backup.is_some() {
@@ -960,7 +1098,7 @@ fn validate_vault(
     };
     let tmpfs_dir = match vault.tmpfs_dir {
         Some(path) => absolute(r, "vault.tmpfs-dir", path),
-        None => PathBuf::from(format!("/dev/shm/palisade-{daemon_name}")),
+        None => PathBuf::from("/run/palisade/keys"),
     };
     let passphrase_file = vault
         .passphrase_file
@@ -1231,7 +1369,7 @@ mod tests {
         std::fs::write(&file, format!("{base}[vault]\nswap = \"refuse\"\n")).unwrap();
         let vault = Config::load(Some(&file), &env(&[])).unwrap().vault.unwrap();
         assert_eq!(vault.dir, home.path().join("palisade/vault"));
-        assert_eq!(vault.tmpfs_dir, PathBuf::from("/dev/shm/palisade-gaiad"));
+        assert_eq!(vault.tmpfs_dir, PathBuf::from("/run/palisade/keys"));
         assert_eq!(vault.swap, SwapPolicy::Refuse);
         assert_eq!(vault.backup.retention, 200);
         assert_eq!(vault.backup.dir, home.path().join("palisade/backups"));

@@ -181,3 +181,63 @@ fn hostile_bundles_never_stall_the_supervisor() {
     fixture.chain.assert_no_double_sign();
     supervisor.stop();
 }
+
+/// Finding 5: a key directory in a directory others may write (/dev/shm,
+/// the old default) can be created first by any local user, and every
+/// unlock then fails. It is refused with the way out, before a key is
+/// decrypted; `config` shows where the keys will live.
+#[test]
+fn a_squattable_key_directory_is_refused_and_config_shows_every_setting() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = VaultRpc::setup(BLOCK, PASSPHRASE, "", "");
+    let output = fixture.command().arg("config").output().unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    for line in [
+        format!("vault.tmpfs-dir={}", fixture.tmpfs.display()),
+        "vault.swap=warn".to_owned(),
+        "backup.start-quorum=all".to_owned(),
+        "backup.start-quorum-wait=1m".to_owned(),
+        "backup.chain-id=sim-1".to_owned(),
+        format!("rpc.socket={}", fixture.socket.display()),
+    ] {
+        assert!(
+            shown.lines().any(|shown| shown == line),
+            "{line:?} not in:\n{shown}"
+        );
+    }
+
+    // Another user got there first: a shared parent (1777, like /dev/shm)
+    // holding the key directory under their name.
+    let shared = common::private_shm_dir();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let squatted = shared.path().join("keys");
+    std::fs::create_dir(&squatted).unwrap();
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(&squatted, Some(65534), Some(65534)).unwrap();
+    }
+    let config = std::fs::read_to_string(&fixture.config).unwrap();
+    let config = config.replace(
+        &format!("tmpfs-dir = {:?}", fixture.tmpfs),
+        &format!("tmpfs-dir = {squatted:?}"),
+    );
+    std::fs::write(&fixture.config, config).unwrap();
+    // Refused at start, before anything else, naming the fix.
+    let mut supervisor = fixture.run();
+    let status = supervisor.wait_exit(LONG);
+    assert_eq!(status.code(), Some(1), "{}", supervisor.output());
+    let output = supervisor.output();
+    for words in [
+        "other users can write to it (mode 1777)",
+        "/run/palisade/keys",
+        squatted.to_str().unwrap(),
+    ] {
+        assert!(output.contains(words), "{words:?} not in {output}");
+    }
+    assert!(!output.contains("daemon started"), "{output}");
+    assert_eq!(
+        std::fs::read_dir(&squatted).unwrap().count(),
+        0,
+        "a key was written"
+    );
+}

@@ -595,6 +595,8 @@ struct ValidatorHost {
     /// Per bastion: palisade-bastion's configuration.
     bastion_configs: [PathBuf; 2],
     _stores: Vec<NsProcess>,
+    /// The tmpfs dir's private parent.
+    _shm: tempfile::TempDir,
 }
 
 impl Drop for ValidatorHost {
@@ -754,7 +756,8 @@ impl ValidatorHost {
             std::fs::set_permissions(&passphrase_file, std::fs::Permissions::from_mode(0o600))
                 .unwrap();
         }
-        let tmpfs = PathBuf::from(format!("/dev/shm/palisade-netns-{}", std::process::id()));
+        let shm = common::private_shm_dir();
+        let tmpfs = shm.path().join("keys");
         let local_backups = dir.join("local-backups");
         let config = dir.join("palisade.toml");
         std::fs::write(
@@ -783,6 +786,7 @@ impl ValidatorHost {
             bastion_configs: [bastion_configs[0].clone(), bastion_configs[1].clone()],
             _stores: stores,
             scratch,
+            _shm: shm,
         };
         let init = host
             .command(None)

@@ -17,7 +17,7 @@ use common::{
 
 const PASSPHRASE: &str = "correct horse battery staple";
 
-/// A chain plus a vault configuration: tmpfs dir under /dev/shm, two
+/// A chain plus a vault configuration: tmpfs dir in a private dir under /dev/shm, two
 /// backup stores, a recovery identity made with the stock `age-keygen`.
 struct Vaulted {
     chain: Chain,
@@ -28,6 +28,8 @@ struct Vaulted {
     recovery_key: PathBuf,
     /// Secret key material to scan for: raw bytes and their base64.
     secrets: Vec<Vec<u8>>,
+    /// The tmpfs dir's private parent.
+    _shm: tempfile::TempDir,
 }
 
 impl Drop for Vaulted {
@@ -65,13 +67,8 @@ fn setup(passphrase_in_config: bool) -> Vaulted {
         .trim()
         .trim_start_matches("Public key: ")
         .to_string();
-    let tmpfs = PathBuf::from(format!(
-        "/dev/shm/palisade-test-{}",
-        dir.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .trim_start_matches('.')
-    ));
+    let shm = common::private_shm_dir();
+    let tmpfs = shm.path().join("keys");
     let stores = [dir.join("store-a"), dir.join("store-b")];
     let config = dir.join("palisade.toml");
     std::fs::write(
@@ -98,6 +95,7 @@ fn setup(passphrase_in_config: bool) -> Vaulted {
         stores,
         recovery_key,
         secrets,
+        _shm: shm,
     }
 }
 

@@ -57,6 +57,45 @@ pub(super) fn check_private_dir(path: &Path) -> Result<(), VaultError> {
     Ok(())
 }
 
+/// Refuses a `path` whose nearest existing parent other users may write to
+/// (group or other write, sticky or not) or that belongs to someone else
+/// than this process's user or root: there, anyone could create `path`
+/// (or replace a missing parent) before the supervisor does.
+pub(super) fn check_parent_not_shared(path: &Path) -> Result<(), VaultError> {
+    let mut parent = parent_of(path);
+    while fs::symlink_metadata(parent).is_err() {
+        match parent.parent() {
+            Some(up) if !up.as_os_str().is_empty() => parent = up,
+            _ => return Ok(()),
+        }
+    }
+    let metadata = fs::metadata(parent).map_err(VaultError::io("inspect", parent))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let mode = metadata.mode() & 0o7777;
+    let problem = if metadata.uid() != euid && metadata.uid() != 0 {
+        Some(format!(
+            "it is owned by uid {}, neither this process's user (uid {euid}) nor root",
+            metadata.uid()
+        ))
+    } else if mode & 0o022 != 0 {
+        Some(format!("other users can write to it (mode {mode:04o})"))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(reason) => Err(VaultError::InsecureDirectory {
+            path: parent.to_path_buf(),
+            reason: format!(
+                "{reason}: anyone could create {} before the supervisor and make every unlock \
+                 fail; set vault.tmpfs-dir inside a directory only this user or root can write, \
+                 such as the default /run/palisade/keys (the unit's RuntimeDirectory)",
+                path.display()
+            ),
+        }),
+    }
+}
+
 /// Creates `path` as a 0700 directory (parents with default modes) or, if it
 /// exists, checks it with [`check_private_dir`].
 pub(super) fn ensure_private_dir(path: &Path) -> Result<(), VaultError> {
@@ -170,6 +209,60 @@ pub(super) fn destroy_file(path: &Path) -> Result<(), VaultError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding 5 (issue 16): the key directory's parent must not be
+    /// writable by others, or anyone could create the directory first.
+    #[test]
+    fn a_key_directory_in_a_shared_parent_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::Builder::new()
+            .prefix("palisade-parent-")
+            .tempdir_in("/dev/shm")
+            .unwrap();
+        let private = root.path().join("private");
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        let shared = root.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let group = root.path().join("group");
+        fs::create_dir(&group).unwrap();
+        fs::set_permissions(&group, fs::Permissions::from_mode(0o770)).unwrap();
+        // (key directory, refused?, words)
+        let mut table: Vec<(std::path::PathBuf, bool, &str)> = vec![
+            (private.join("keys"), false, ""),
+            // Missing levels: the nearest existing parent counts.
+            (private.join("a/b/keys"), false, ""),
+            (
+                shared.join("keys"),
+                true,
+                "other users can write to it (mode 1777)",
+            ),
+            (group.join("keys"), true, "mode 0770"),
+            (
+                std::path::PathBuf::from("/dev/shm/palisade-keys"),
+                true,
+                "/run/palisade/keys",
+            ),
+        ];
+        if nix::unistd::geteuid().is_root() {
+            let foreign = root.path().join("foreign");
+            fs::create_dir(&foreign).unwrap();
+            fs::set_permissions(&foreign, fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
+            table.push((foreign.join("keys"), true, "owned by uid 65534"));
+        }
+        for (dir, refused, words) in table {
+            match check_parent_not_shared(&dir) {
+                Ok(()) => assert!(!refused, "{} accepted", dir.display()),
+                Err(error) => {
+                    let message = error.to_string();
+                    assert!(refused, "{}: {message}", dir.display());
+                    assert!(message.contains(words), "{words:?} not in {message}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn destroy_overwrites_then_unlinks_and_refuses_symlinks() {

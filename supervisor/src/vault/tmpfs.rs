@@ -132,6 +132,9 @@ pub fn materialize(
     }
 
     check_ram_filesystem(nearest_existing(tmpfs_dir))?;
+    // A directory that others may write to (/dev/shm, /tmp) lets any local
+    // user create the key directory first and make every unlock fail.
+    secure_fs::check_parent_not_shared(tmpfs_dir)?;
     // Fail on a bad config.toml before a single key is decrypted.
     let mut config = ConfigToml::open(daemon_home)?;
 
@@ -203,6 +206,9 @@ pub fn materialize(
 /// and `node_key.json` are. Subdirectories are never entered; if anything
 /// remains, the directory is left in place (and logged).
 pub fn wipe_leftovers(tmpfs_dir: &Path) -> Result<Vec<PathBuf>, VaultError> {
+    // A directory others could have created first is refused with the way
+    // out, before its owner is even looked at.
+    secure_fs::check_parent_not_shared(tmpfs_dir)?;
     match fs::symlink_metadata(tmpfs_dir) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => return Err(VaultError::io("inspect", tmpfs_dir)(error)),

@@ -540,6 +540,18 @@ pub struct VaultRpc {
     pub socket: PathBuf,
     pub tmpfs: PathBuf,
     pub passphrase: String,
+    /// The tmpfs dir's private parent (0700): the supervisor refuses a
+    /// key directory in a directory others may write (/dev/shm itself).
+    _shm: tempfile::TempDir,
+}
+
+/// A private (0700) directory on tmpfs for a test's key directory: the
+/// supervisor refuses a key directory whose parent others may write.
+pub fn private_shm_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("palisade-test-")
+        .tempdir_in("/dev/shm")
+        .unwrap()
 }
 
 impl Drop for VaultRpc {
@@ -561,13 +573,8 @@ impl VaultRpc {
         let passphrase_file = dir.join("passphrase");
         std::fs::write(&passphrase_file, format!("{passphrase}\n")).unwrap();
         std::fs::set_permissions(&passphrase_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        // Unique per test process and per fixture.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let tmpfs = PathBuf::from(format!(
-            "/dev/shm/palisade-vault-rpc-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        let shm = private_shm_dir();
+        let tmpfs = shm.path().join("keys");
         let socket = dir.join("run").join("supervisor.sock");
         let config = dir.join("palisade.toml");
         std::fs::write(
@@ -585,6 +592,7 @@ impl VaultRpc {
             socket,
             tmpfs,
             passphrase: passphrase.to_string(),
+            _shm: shm,
         };
         let output = fixture
             .command()
