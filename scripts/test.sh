@@ -29,6 +29,8 @@ log "format"
 cargo fmt --all -- --check
 log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "supply chain"
+./scripts/audit.sh
 log "doc tests"
 cargo test --workspace --doc --locked
 log "tests"
