@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::WRITE_TIMEOUT;
-use super::auth::{Challenge, LoginThrottle, Operators, new_challenge};
+use super::auth::{Challenge, LoginThrottle, Operators, Source, new_challenge};
 use super::dispatcher::{Caller, Dispatcher};
 
 /// Method prefixes reserved for planned features (`docs/rpc.md` §3).
@@ -60,6 +60,8 @@ pub struct SessionStart {
     /// For a remote connection: its place among the unauthenticated ones,
     /// given up at login (`super::admission`).
     pub ticket: Option<super::admission::Ticket>,
+    /// Where it came from: what its failed logins are counted against.
+    pub source: Source,
 }
 
 /// A line read from the peer.
@@ -154,6 +156,7 @@ pub async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         challenge: Challenge::NotIssued,
         lines: LineReader::new(),
         ticket: start.ticket,
+        source: start.source,
         malformed: 0,
     };
     loop {
@@ -235,6 +238,7 @@ struct Session<'a> {
     challenge: Challenge,
     lines: LineReader,
     ticket: Option<super::admission::Ticket>,
+    source: Source,
     /// Malformed requests so far: the first is logged at info, the rest
     /// at debug and as one count when the connection ends (no log flood).
     malformed: u64,
@@ -520,12 +524,19 @@ impl Session<'_> {
             }
         };
         let claimed: String = params.operator.chars().take(64).collect();
+        // The client has done its part: the throttle's wait is the
+        // server's and does not count against the login deadline (the
+        // connection stays evictable until it is logged in).
+        if let Some(ticket) = &self.ticket {
+            ticket.stop_deadline();
+        }
         let outcome = self
             .shared
             .throttle
             .login(
                 &self.shared.operators,
                 &self.shared.validator,
+                &self.source,
                 &mut self.challenge,
                 &self.channel_binding,
                 &params,
@@ -538,6 +549,7 @@ impl Session<'_> {
                     operator = %params.operator,
                     %role,
                     tls = self.tls,
+                    source = %self.source,
                     "rpc login"
                 );
                 self.caller = Some(Caller {
@@ -562,6 +574,7 @@ impl Session<'_> {
                     reason = %failure,
                     code = code::UNAUTHENTICATED,
                     tls = self.tls,
+                    source = %self.source,
                     "rpc login refused; closing"
                 );
                 Next::Close(Some(Response::err(
@@ -630,6 +643,7 @@ mod tests {
             tls: false,
             channel_binding: [0; 32],
             ticket: None,
+            source: Source::Local(Some(0)),
         }
     }
 
@@ -735,6 +749,7 @@ mod tests {
             tls: true,
             channel_binding: [9; 32],
             ticket: None,
+            source: Source::Bastion("b1".into()),
         };
         let input = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}\n\
             {\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"vault.unlock\"}\nsecret\n\
@@ -803,7 +818,7 @@ mod tests {
             let start = if authenticated {
                 local()
             } else {
-                SessionStart { caller: None, tls: false, channel_binding: [0; 32], ticket: None }
+                SessionStart { caller: None, tls: false, channel_binding: [0; 32], ticket: None, source: Source::Local(Some(1000)) }
             };
             let responses = runtime.block_on(exchange(input, start));
             // Secret lines and a failed login consume lines or close early;
