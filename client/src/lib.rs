@@ -30,7 +30,9 @@
 //! - the operator's signature is bound to this TLS session (exporter) or,
 //!   on plaintext, to 32 zero bytes, exactly as `auth_message` says;
 //! - secrets travel only as the secret line after a request of a
-//!   [`SECRET_METHODS`] method, from zeroizing buffers; never in JSON.
+//!   [`SECRET_METHODS`] method, from zeroizing buffers; never in JSON. The
+//!   secret line is always padded to one length and written together with
+//!   its request, so its TLS record does not show the secret's length.
 #![forbid(unsafe_code)]
 
 pub mod peer_text;
@@ -48,8 +50,8 @@ use palisade_ssh::agent::AgentKey;
 use palisade_ssh::dial::{Dial, DialError};
 use palisade_wire::rpc::{
     CHALLENGE_BYTES, EXPORTER_LABEL, Greeting, MAX_GREETING_BYTES, MAX_LINE_BYTES,
-    MAX_SECRET_LINE_BYTES, Request, Response, Role, RpcError, SECRET_METHODS, TlsRequirement,
-    auth_message, code, fingerprint_of,
+    MAX_SECRET_BYTES, MAX_SECRET_LINE_BYTES, Request, Response, Role, RpcError, SECRET_METHODS,
+    TlsRequirement, auth_message, code, fingerprint_of, pad_secret,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -549,10 +551,9 @@ impl Client {
         if secret.contains(['\n', '\r']) {
             return Err(CallError::Usage("the secret must be one line".into()));
         }
-        if secret.len() + 1 > MAX_SECRET_LINE_BYTES {
+        if secret.len() > MAX_SECRET_BYTES {
             return Err(CallError::Usage(format!(
-                "the secret is longer than {} bytes",
-                MAX_SECRET_LINE_BYTES - 1
+                "the secret is longer than {MAX_SECRET_BYTES} bytes"
             )));
         }
         self.exchange(method, params, Some(secret)).await
@@ -580,16 +581,22 @@ impl Client {
                 "the request is longer than {MAX_LINE_BYTES} bytes"
             )));
         }
+        // The request line and the padded secret line go out in one write,
+        // so in one TLS record whose length is the same for every secret
+        // (`docs/rpc.md` §4): a bastion relaying the bytes learns nothing
+        // from record sizes. Sized up front: the zeroizing buffer never
+        // reallocates (no copy of the secret is left behind).
+        let capacity = line.len() + secret.map_or(0, |_| MAX_SECRET_LINE_BYTES);
+        let mut out = Zeroizing::new(Vec::with_capacity(capacity));
+        out.extend_from_slice(&line);
+        if let Some(secret) = secret {
+            pad_secret(secret, &mut out).map_err(|error| CallError::Usage(error.to_string()))?;
+            out.push(b'\n');
+        }
         let timeout = self.call_timeout;
         let response = tokio::time::timeout(timeout, async {
             let stream = self.stream.get_mut();
-            stream.write_all(&line).await.map_err(lost)?;
-            if let Some(secret) = secret {
-                let mut secret_line = Zeroizing::new(Vec::with_capacity(secret.len() + 1));
-                secret_line.extend_from_slice(secret.as_bytes());
-                secret_line.push(b'\n');
-                stream.write_all(&secret_line).await.map_err(lost)?;
-            }
+            stream.write_all(&out).await.map_err(lost)?;
             stream.flush().await.map_err(lost)?;
             read_response_line(&mut self.stream).await
         })

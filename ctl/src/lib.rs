@@ -851,7 +851,8 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
 /// The vault passphrase: from the terminal without echo, or the first
 /// line of stdin.
 fn read_passphrase(from_stdin: bool) -> Result<SecretString, Error> {
-    let limit = palisade_wire::rpc::MAX_SECRET_LINE_BYTES;
+    // One more than the longest secret, to tell "too long".
+    let limit = palisade_wire::rpc::MAX_SECRET_BYTES + 1;
     let mut text = Zeroizing::new(String::with_capacity(limit + 1));
     if from_stdin {
         let mut bytes = Zeroizing::new(Vec::with_capacity(limit + 1));

@@ -25,7 +25,7 @@ use palisade_wire::rpc::methods::{AuthChallenge, AuthLogin, parse_params};
 use palisade_wire::rpc::results::{AuthChallengeResult, AuthLoginResult};
 use palisade_wire::rpc::{
     CHALLENGE_BYTES, MAX_LINE_BYTES, MAX_SECRET_LINE_BYTES, Request, Response, Role, RpcError,
-    SECRET_METHODS, code, parse_request, required_role,
+    SECRET_METHODS, code, parse_request, required_role, unpad_secret,
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -408,15 +408,23 @@ impl Session<'_> {
             None => None,
             Some(line) => {
                 let text = line.strip_suffix(b"\n").unwrap_or(&line);
-                match std::str::from_utf8(text) {
+                // Padded (the client's form) or not (typed by hand); the
+                // slice borrows from the zeroizing line.
+                let text = match unpad_secret(text) {
+                    Ok(text) => std::str::from_utf8(text).map_err(|_| {
+                        "the secret line is not UTF-8 (before its padding)".to_string()
+                    }),
+                    Err(error) => Err(error.to_string()),
+                };
+                match text {
                     Ok(text) => Some(SecretString::from(text)),
-                    Err(_) => {
+                    Err(message) => {
                         self.log_call(method, code::INVALID_PARAMS);
                         return Next::Answer(Response::err(
                             id,
                             RpcError {
                                 code: code::INVALID_PARAMS,
-                                message: "the secret line is not UTF-8".into(),
+                                message,
                                 data: Some(json!({ "field": "secret" })),
                             },
                         ));
@@ -723,6 +731,43 @@ mod tests {
         let unlock = responses[6].result.as_ref().unwrap();
         assert_eq!(unlock["secret_len"], json!(28));
         assert_eq!(responses[6].id, json!(6));
+    }
+
+    #[tokio::test]
+    async fn padded_secret_lines_reach_the_method_without_their_padding() {
+        let request = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"vault.unlock\"}\n";
+        let padded = |secret: &str| {
+            let mut line = request.to_vec();
+            palisade_wire::rpc::pad_secret(secret, &mut line).unwrap();
+            line.push(b'\n');
+            line
+        };
+        let mut input = padded("correct horse");
+        input.extend_from_slice(&padded(&"y".repeat(palisade_wire::rpc::MAX_SECRET_BYTES)));
+        // Padding cut short, then text after the padding: refused.
+        let mut short = padded("z");
+        short.remove(short.len() - 2);
+        input.extend_from_slice(&short);
+        let mut trailing = padded("z");
+        let last = trailing.len() - 2;
+        trailing[last] = b'z';
+        input.extend_from_slice(&trailing);
+        let responses = exchange(input, local()).await;
+        assert_eq!(responses.len(), 4);
+        assert_eq!(
+            responses[0].result.as_ref().unwrap()["secret_len"],
+            json!(13)
+        );
+        assert_eq!(
+            responses[1].result.as_ref().unwrap()["secret_len"],
+            json!(palisade_wire::rpc::MAX_SECRET_BYTES)
+        );
+        for refused in &responses[2..] {
+            let error = refused.error.as_ref().unwrap();
+            assert_eq!(error.code, code::INVALID_PARAMS);
+            assert_eq!(error.data, Some(json!({"field": "secret"})));
+            assert!(error.message.contains("padded"), "{}", error.message);
+        }
     }
 
     #[tokio::test]
