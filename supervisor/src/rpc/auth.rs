@@ -172,7 +172,6 @@ impl LoginThrottle {
     /// Check one login attempt from `source`, consuming `challenge`
     /// whatever the outcome. Waits (holding no lock) until the delay
     /// earned by this source's earlier failures for this name has passed.
-    #[allow(clippy::too_many_arguments)]
     pub async fn login(
         &self,
         operators: &Operators,

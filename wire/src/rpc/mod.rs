@@ -542,7 +542,8 @@ mod tests {
             line
         };
         let long = vec![b'x'; MAX_SECRET_BYTES + 1];
-        let cases: Vec<(Vec<u8>, Result<&[u8], SecretLineError>)> = vec![
+        type Unpadded<'a> = Result<&'a [u8], SecretLineError>;
+        let cases: Vec<(Vec<u8>, Unpadded)> = vec![
             // The old, unpadded form.
             (b"plain passphrase".to_vec(), Ok(b"plain passphrase")),
             (Vec::new(), Ok(b"")),
