@@ -151,6 +151,7 @@ pub fn prepare(request: &CallRequest) -> Result<PreparedCall, CallFailure> {
         options: ConnectOptions {
             endpoint: Endpoint::Socket(validator.socket.clone()),
             tls: TlsPolicy::Always,
+            server_uids: Vec::new(),
             pin: Some(pin),
             operator: Some(key),
             call_timeout: request.timeout,

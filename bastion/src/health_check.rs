@@ -424,6 +424,7 @@ async fn connect_session(
     let options = ConnectOptions {
         endpoint: Endpoint::Socket(socket.to_path_buf()),
         tls: TlsPolicy::Always,
+        server_uids: Vec::new(),
         pin: Some(credentials.pin.clone()),
         operator: Some(key),
         // Beyond the probe's deadline: the caller's bound fires first.

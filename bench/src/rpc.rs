@@ -118,6 +118,7 @@ pub fn run(bins: &Binaries) -> anyhow::Result<RpcResults> {
     let local_options = ConnectOptions {
         endpoint: Endpoint::Socket(PathBuf::from(&socket)),
         tls: TlsPolicy::WhenRequired,
+        server_uids: Vec::new(),
         pin: None,
         operator: None,
         call_timeout: Duration::from_secs(5),
@@ -142,6 +143,7 @@ pub fn run(bins: &Binaries) -> anyhow::Result<RpcResults> {
                 .to_string(),
         },
         tls: TlsPolicy::Always,
+        server_uids: Vec::new(),
         pin: Some(pin),
         operator: Some(OperatorKey::load("bench", &operator_key)?),
         call_timeout: Duration::from_secs(5),

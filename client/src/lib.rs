@@ -30,7 +30,9 @@
 //! - the operator's signature is bound to this TLS session (exporter) or,
 //!   on plaintext, to 32 zero bytes, exactly as `auth_message` says;
 //! - secrets travel only as the secret line after a request of a
-//!   [`SECRET_METHODS`] method, from zeroizing buffers; never in JSON.
+//!   [`SECRET_METHODS`] method, from zeroizing buffers; never in JSON. The
+//!   secret line is always padded to one length and written together with
+//!   its request, so its TLS record does not show the secret's length.
 #![forbid(unsafe_code)]
 
 pub mod peer_text;
@@ -48,8 +50,8 @@ use palisade_ssh::agent::AgentKey;
 use palisade_ssh::dial::{Dial, DialError};
 use palisade_wire::rpc::{
     CHALLENGE_BYTES, EXPORTER_LABEL, Greeting, MAX_GREETING_BYTES, MAX_LINE_BYTES,
-    MAX_SECRET_LINE_BYTES, Request, Response, Role, RpcError, SECRET_METHODS, TlsRequirement,
-    auth_message, code, fingerprint_of,
+    MAX_SECRET_BYTES, MAX_SECRET_LINE_BYTES, Request, Response, Role, RpcError, SECRET_METHODS,
+    TlsRequirement, auth_message, code, fingerprint_of, pad_secret,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -243,7 +245,10 @@ impl OperatorKey {
 #[derive(Debug, Clone)]
 pub enum Endpoint {
     /// A Unix socket on this host: the supervisor's own (`[rpc] socket`),
-    /// or, on a bastion, the validator's reverse-forwarded one.
+    /// or, on a bastion, the validator's reverse-forwarded one. Its server
+    /// must run as root, as this process's user or as one of
+    /// [`ConnectOptions::server_uids`] (`SO_PEERCRED`, checked before
+    /// anything is read or sent).
     Socket(PathBuf),
     /// Through a bastion: SSH with a pinned host key, then a
     /// `direct-streamlocal` channel to `socket` on the bastion. TLS with the
@@ -266,9 +271,17 @@ impl fmt::Display for Endpoint {
 #[derive(Debug)]
 pub struct ConnectOptions {
     pub endpoint: Endpoint,
+    /// When to run TLS. A `pin` forces it whatever this says.
     pub tls: TlsPolicy,
-    /// The certificate to accept; needed whenever TLS runs.
+    /// The certificate to accept; needed whenever TLS runs. When set, TLS
+    /// always runs: the greeting (unauthenticated) cannot talk the client
+    /// out of it.
     pub pin: Option<Fingerprint>,
+    /// Besides root and this process's own user, the uids that may serve a
+    /// local socket ([`Endpoint::Socket`]), checked with `SO_PEERCRED`
+    /// before anything is read or sent: the supervisor's user when it is
+    /// neither.
+    pub server_uids: Vec<u32>,
     /// Log in as this operator; `None`: stay anonymous (fine for trusted
     /// local users).
     pub operator: Option<OperatorKey>,
@@ -294,6 +307,16 @@ pub enum CallError {
          (if the certificate was replaced on purpose, update the pin)"
     )]
     PinMismatch { pinned: String, presented: String },
+    /// The process serving a local socket runs as a user that is not
+    /// allowed to (see [`server_uid_allowed`]).
+    #[error(
+        "{path} is served by a process of uid {uid}{name}, which is neither root, you (uid \
+         {own}), nor an expected supervisor user: refusing to talk to it (if that is the \
+         supervisor's user, pass --server-user or set `server-user` in the config)",
+        path = path.display(),
+        name = user_name_suffix(*uid)
+    )]
+    UntrustedServer { path: PathBuf, uid: u32, own: u32 },
     /// TLS is needed but no fingerprint is configured.
     #[error(
         "the supervisor requires TLS but no certificate fingerprint is pinned: pass --pin \
@@ -339,6 +362,7 @@ impl CallError {
     pub fn kind(&self) -> FailureKind {
         match self {
             CallError::Connection(_)
+            | CallError::UntrustedServer { .. }
             | CallError::Tls(_)
             | CallError::PinMismatch { .. }
             | CallError::NoPin => FailureKind::Connection,
@@ -351,6 +375,31 @@ impl CallError {
             }
             CallError::Bastion(_) => FailureKind::Connection,
         }
+    }
+}
+
+/// The rule for who may serve a local socket: root, the client's own
+/// user, or one of `expected` (the supervisor's user, when configured).
+pub fn server_uid_allowed(server_uid: u32, own_uid: u32, expected: &[u32]) -> bool {
+    server_uid == 0 || server_uid == own_uid || expected.contains(&server_uid)
+}
+
+/// A user name or a numeric uid, as `--server-user` takes it.
+pub fn resolve_user(user: &str) -> Result<u32, String> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(found)) => Ok(found.uid.as_raw()),
+        Ok(None) => Err(format!("no user named {user:?}")),
+        Err(error) => Err(format!("cannot look up user {user:?}: {error}")),
+    }
+}
+
+fn user_name_suffix(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!(" ({})", clean(&user.name)),
+        _ => String::new(),
     }
 }
 
@@ -414,6 +463,25 @@ impl Client {
                 let socket = UnixStream::connect(path).await.map_err(|error| {
                     CallError::Connection(format!("cannot connect to {}: {error}", path.display()))
                 })?;
+                // Who listens there, from the kernel: a socket some other
+                // local user managed to put at this path gets nothing.
+                let server_uid = socket
+                    .peer_cred()
+                    .map_err(|error| {
+                        CallError::Connection(format!(
+                            "cannot tell who serves {} (SO_PEERCRED): {error}",
+                            path.display()
+                        ))
+                    })?
+                    .uid();
+                let own = nix::unistd::geteuid().as_raw();
+                if !server_uid_allowed(server_uid, own, &options.server_uids) {
+                    return Err(CallError::UntrustedServer {
+                        path: path.clone(),
+                        uid: server_uid,
+                        own,
+                    });
+                }
                 (Box::new(socket), false)
             }
             Endpoint::Bastion { dial, socket } => {
@@ -424,9 +492,13 @@ impl Client {
         let greeting = read_greeting(&mut stream)
             .await
             .map_err(|reason| CallError::Connection(format!("{endpoint}: {reason}")))?;
-        // Through a bastion the greeting is only the bastion's word: TLS
-        // runs whatever it says, so a bastion cannot talk us out of it.
+        // The greeting is unauthenticated: through a bastion it is only the
+        // bastion's word, and on a local socket anyone's who could put a
+        // socket there. So TLS runs whatever it says whenever a pin is
+        // configured (and always through a bastion): nobody can talk us
+        // into sending a login or a secret in plaintext.
         let tls_needed = through_bastion
+            || options.pin.is_some()
             || options.tls == TlsPolicy::Always
             || greeting.tls == Some(TlsRequirement::Required);
         let socket = stream;
@@ -549,10 +621,9 @@ impl Client {
         if secret.contains(['\n', '\r']) {
             return Err(CallError::Usage("the secret must be one line".into()));
         }
-        if secret.len() + 1 > MAX_SECRET_LINE_BYTES {
+        if secret.len() > MAX_SECRET_BYTES {
             return Err(CallError::Usage(format!(
-                "the secret is longer than {} bytes",
-                MAX_SECRET_LINE_BYTES - 1
+                "the secret is longer than {MAX_SECRET_BYTES} bytes"
             )));
         }
         self.exchange(method, params, Some(secret)).await
@@ -580,16 +651,22 @@ impl Client {
                 "the request is longer than {MAX_LINE_BYTES} bytes"
             )));
         }
+        // The request line and the padded secret line go out in one write,
+        // so in one TLS record whose length is the same for every secret
+        // (`docs/rpc.md` §4): a bastion relaying the bytes learns nothing
+        // from record sizes. Sized up front: the zeroizing buffer never
+        // reallocates (no copy of the secret is left behind).
+        let capacity = line.len() + secret.map_or(0, |_| MAX_SECRET_LINE_BYTES);
+        let mut out = Zeroizing::new(Vec::with_capacity(capacity));
+        out.extend_from_slice(&line);
+        if let Some(secret) = secret {
+            pad_secret(secret, &mut out).map_err(|error| CallError::Usage(error.to_string()))?;
+            out.push(b'\n');
+        }
         let timeout = self.call_timeout;
         let response = tokio::time::timeout(timeout, async {
             let stream = self.stream.get_mut();
-            stream.write_all(&line).await.map_err(lost)?;
-            if let Some(secret) = secret {
-                let mut secret_line = Zeroizing::new(Vec::with_capacity(secret.len() + 1));
-                secret_line.extend_from_slice(secret.as_bytes());
-                secret_line.push(b'\n');
-                stream.write_all(&secret_line).await.map_err(lost)?;
-            }
+            stream.write_all(&out).await.map_err(lost)?;
             stream.flush().await.map_err(lost)?;
             read_response_line(&mut self.stream).await
         })
@@ -806,6 +883,28 @@ mod tests {
         ] {
             assert!(Fingerprint::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_local_server_must_be_root_ourselves_or_expected() {
+        let cases = [
+            (0, 1000, &[][..], true),
+            (1000, 1000, &[][..], true),
+            (1001, 1000, &[][..], false),
+            (1001, 1000, &[1001][..], true),
+            (1002, 1000, &[1001][..], false),
+            (1001, 0, &[][..], false),
+        ];
+        for (server, own, expected, allowed) in cases {
+            assert_eq!(
+                server_uid_allowed(server, own, expected),
+                allowed,
+                "{server} {own} {expected:?}"
+            );
+        }
+        assert_eq!(resolve_user("0"), Ok(0));
+        assert_eq!(resolve_user("root"), Ok(0));
+        assert!(resolve_user("no-such-user-here").is_err());
     }
 
     #[test]

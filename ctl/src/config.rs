@@ -13,6 +13,7 @@
 //! host-key-fingerprints = ["SHA256:…"]          # the bastion's, ssh-keygen -lf
 //! ssh-key = "~/.ssh/palisade_alice"             # default: `key`
 //! pin = "sha256:…"                              # from `palisade-supervisor init-rpc`
+//! server-user = "gaia"                          # local mode: the supervisor's user
 //! operator = "alice"
 //! key = "~/.ssh/palisade_alice"
 //! ```
@@ -65,6 +66,9 @@ struct RawValidator {
     /// The supervisor's certificate fingerprint, `sha256:<hex>`. No
     /// default: without it TLS connections are refused.
     pin: Option<String>,
+    /// Local mode: the user (name or uid) the supervisor runs as, when it
+    /// is neither root nor the user running palisade-ctl. Default: none.
+    server_user: Option<String>,
     /// Operator name to log in as; needs `key`.
     operator: Option<String>,
     /// The operator's OpenSSH ed25519 private key (with a passphrase: held
@@ -90,6 +94,8 @@ pub struct ValidatorEntry {
     pub known_hosts: Option<PathBuf>,
     pub host_key_fingerprints: Vec<String>,
     pub pin: Option<Fingerprint>,
+    /// Local mode: who besides root and the caller may serve the socket.
+    pub server_user: Option<String>,
     /// Operator name and key file, always both or neither.
     pub operator: Option<(String, PathBuf)>,
 }
@@ -229,6 +235,7 @@ pub fn parse(text: &str, file: &str) -> Result<CtlConfig, ConfigError> {
             known_hosts,
             host_key_fingerprints,
             pin,
+            server_user: raw.server_user,
             operator,
         });
     }

@@ -88,6 +88,9 @@ Connection modes:
           local user (root or the supervisor's own user) may stay in
           plaintext and needs no operator key; anyone else is told by the
           supervisor to use TLS, and then --pin and an operator key are needed.
+          The process serving the socket must run as root, as you, or as
+          --server-user USER (`server-user` in the config): checked with
+          SO_PEERCRED before anything is sent; anyone else is refused (exit 3).
   remote  --via user@bastion[:port] --validator NAME
           From anywhere: SSH to a bastion (its host key pinned by
           --known-hosts, default ~/.ssh/known_hosts, or --host-key SHA256:...;
@@ -99,7 +102,8 @@ Connection modes:
           read the unlock passphrase nor issue commands of its own.
 
 TLS: after the supervisor's greeting, TLS 1.3 runs when the supervisor
-requires it or --tls is given. Only the certificate whose fingerprint is
+requires it, --tls is given, or a pin is configured (--pin or `pin`: then
+whatever the greeting says, since the greeting proves nothing). Only the certificate whose fingerprint is
 pinned (--pin sha256:..., printed by `palisade-supervisor init-rpc`) is
 accepted; any other is a hard failure (exit 3) naming both fingerprints.
 
@@ -231,9 +235,14 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, value_name = "sha256:HEX", value_parser = Fingerprint::parse)]
     pub pin: Option<Fingerprint>,
 
-    /// Run TLS even when the supervisor allows plaintext.
+    /// Run TLS even when the supervisor allows plaintext (a pin does too).
     #[arg(long, global = true)]
     pub tls: bool,
+
+    /// On a local socket: a user (name or uid), besides root and you, that
+    /// may serve it (the supervisor's user); repeatable.
+    #[arg(long = "server-user", global = true, value_name = "USER")]
+    pub server_users: Vec<String>,
 
     /// Log in as this operator (needs a key).
     #[arg(long, global = true, value_name = "NAME")]
@@ -829,6 +838,21 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
         };
         Endpoint::Socket(socket)
     };
+    let server_users = if args.server_users.is_empty() {
+        entry
+            .and_then(|entry| entry.server_user.clone())
+            .into_iter()
+            .collect()
+    } else {
+        args.server_users.clone()
+    };
+    let server_uids = server_users
+        .iter()
+        .map(|user| {
+            palisade_client::resolve_user(user)
+                .map_err(|reason| Error::Usage(format!("--server-user {user}: {reason}")))
+        })
+        .collect::<Result<Vec<u32>, Error>>()?;
     let operator = match (name, key) {
         (Some(name), Some(key)) => Some(OperatorKey::load_or_agent(&name, &key)?),
         (Some(_), None) => return Err(Error::Usage("--operator needs --key".into())),
@@ -843,6 +867,7 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
             TlsPolicy::WhenRequired
         },
         pin,
+        server_uids,
         operator,
         call_timeout: Duration::from_secs(args.timeout),
     })
@@ -851,7 +876,8 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
 /// The vault passphrase: from the terminal without echo, or the first
 /// line of stdin.
 fn read_passphrase(from_stdin: bool) -> Result<SecretString, Error> {
-    let limit = palisade_wire::rpc::MAX_SECRET_LINE_BYTES;
+    // One more than the longest secret, to tell "too long".
+    let limit = palisade_wire::rpc::MAX_SECRET_BYTES + 1;
     let mut text = Zeroizing::new(String::with_capacity(limit + 1));
     if from_stdin {
         let mut bytes = Zeroizing::new(Vec::with_capacity(limit + 1));

@@ -413,7 +413,14 @@ fn unlock_sends_the_passphrase_as_the_line_after_the_request() {
         request,
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"vault.unlock\"}\n"
     );
-    assert_eq!(log.secrets, [format!("{passphrase}\n").into_bytes()]);
+    // Padded to one length (docs/rpc.md §4), sent with the request.
+    let mut padded = passphrase.as_bytes().to_vec();
+    padded.resize(
+        palisade_wire::rpc::PADDED_SECRET_BYTES,
+        palisade_wire::rpc::SECRET_PAD_BYTE,
+    );
+    padded.push(b'\n');
+    assert_eq!(log.secrets, [padded]);
     assert!(!stdout(&output).contains(passphrase) && !stderr(&output).contains(passphrase));
 
     // Never on argv: there is no flag for it, and a raw call refuses.
@@ -445,6 +452,104 @@ fn unlock_sends_the_passphrase_as_the_line_after_the_request() {
     );
     assert_eq!(output.status.code(), Some(USAGE), "{}", stderr(&output));
     assert_eq!(log.lines.len(), 1, "nothing more was sent");
+}
+
+/// Issue 16, finding 7: on a local socket the client decided on TLS from
+/// the unauthenticated greeting, so a fake server greeting "optional" got
+/// the operator's login and the passphrase in plaintext although a pin was
+/// configured. A pin now forces TLS: the fake server gets a TLS
+/// ClientHello and nothing else.
+#[test]
+fn a_pin_forces_tls_whatever_a_local_greeting_says() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key_path, public) = operator_key(keys.path(), "palisade_alice");
+    // Plaintext, "TLS optional", and it would accept alice's login.
+    let mut spec = ServerSpec::new(TlsRequirement::Optional)
+        .answer("vault.unlock", Ok(json!({"locked": false})));
+    spec.operator = Some(("alice".into(), public));
+    let server = TestServer::start(spec);
+    let pin = TlsIdentity::generate().fingerprint;
+    let passphrase = "the passphrase a fake server wants";
+    for pin_from in ["flag", "config"] {
+        let config = keys.path().join("ctl.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[validator]]\nname = \"val-a\"\nsocket = \"{}\"\npin = \"{pin}\"\n\
+                 operator = \"alice\"\nkey = \"{}\"\n",
+                server.socket.display(),
+                key_path.display()
+            ),
+        )
+        .unwrap();
+        let args: Vec<String> = match pin_from {
+            "flag" => [
+                "--socket",
+                &socket_arg(&server),
+                "--pin",
+                &pin,
+                "--operator",
+                "alice",
+                "--key",
+                key_path.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec(),
+            _ => ["--config", config.to_str().unwrap()]
+                .map(String::from)
+                .to_vec(),
+        };
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--timeout", "3", "unlock", "--passphrase-stdin"]);
+        let output = ctl(&args, Some(format!("{passphrase}\n").as_bytes()));
+        assert_eq!(
+            output.status.code(),
+            Some(CONNECTION),
+            "{pin_from}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains("TLS"),
+            "{pin_from}: {}",
+            stderr(&output)
+        );
+    }
+    // What the fake server got: TLS handshake records, no login, no
+    // secret, no JSON-RPC, no passphrase.
+    let log = server.log.lock().unwrap();
+    assert!(log.logins.is_empty(), "a login went out in plaintext");
+    assert!(
+        log.secrets.is_empty(),
+        "the passphrase went out in plaintext"
+    );
+    for line in &log.lines {
+        assert_eq!(line.first(), Some(&0x16), "not a TLS handshake record");
+        for needle in [passphrase.as_bytes(), b"jsonrpc", b"alice"] {
+            assert!(!line.windows(needle.len()).any(|window| window == needle));
+        }
+    }
+}
+
+#[test]
+fn a_local_server_user_must_be_known() {
+    let server = TestServer::start(ServerSpec::new(TlsRequirement::Optional));
+    let output = ctl(
+        &[
+            "--socket",
+            &socket_arg(&server),
+            "--server-user",
+            "no-such-user-here",
+            "status",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(USAGE), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no user named"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(server.log.lock().unwrap().lines.is_empty());
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub use host::{HostSettings, RawHost, check_shutdown_command};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
 pub use tunnels::{
     BastionSettings, DEFAULT_SENTRY_PORT, MAX_SOCKET_PATH_BYTES, RawBastion, RawForward, RawRpc,
-    RawSentry, RawTunnel, RpcSettings, SentrySettings, TunnelSettings,
+    RawSentry, RawTunnel, RpcSettings, SentrySettings, TunnelSettings, bastion_entry_socket,
 };
 
 /// Everything wrong with a configuration, reported at once.
@@ -1017,6 +1017,26 @@ fn validate(
             origin,
             "backups to bastions need the vault's signing key: add a [vault] section",
         );
+    }
+
+    if let Some(tunnels) = &tunnels {
+        for bastion in tunnels.bastions.iter().filter(|b| b.rpc_socket.is_some()) {
+            let entry = bastion_entry_socket(&rpc.socket, &bastion.name);
+            if entry.as_os_str().len() > MAX_SOCKET_PATH_BYTES {
+                let origin = r.file_origin("rpc.socket");
+                r.report(
+                    origin,
+                    format!(
+                        "bastion {}'s entry to the control socket, {}, would be {} bytes; Unix \
+                         socket paths are limited to {MAX_SOCKET_PATH_BYTES}: shorten the \
+                         socket's path or the bastion's name",
+                        bastion.name,
+                        entry.display(),
+                        entry.as_os_str().len()
+                    ),
+                );
+            }
+        }
     }
 
     if !resolver.issues.is_empty() {

@@ -35,6 +35,8 @@ const PASSPHRASE: &str = "via-the-bastion passphrase 7f3a";
 struct Recorded {
     to_supervisor: Vec<u8>,
     to_client: Vec<u8>,
+    /// The client has closed its side: `to_supervisor` is complete.
+    client_done: bool,
 }
 
 /// A relay on the bastion between `listen` and `target`, recording all
@@ -80,6 +82,9 @@ impl Recorder {
                             }
                         }
                         let _ = to.shutdown(std::net::Shutdown::Write);
+                        if up {
+                            record.lock().unwrap().client_done = true;
+                        }
                     })
                 };
                 pump(
@@ -329,6 +334,23 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The (content type, length) of each TLS record in `bytes`.
+fn tls_records(bytes: &[u8]) -> Vec<(u8, usize)> {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        let length = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        records.push((rest[0], length));
+        rest = &rest[(5 + length).min(rest.len())..];
+    }
+    assert!(
+        rest.is_empty(),
+        "{} bytes after the last whole record",
+        rest.len()
+    );
+    records
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
@@ -550,6 +572,57 @@ fn unlock_through_a_bastion_shows_the_bastion_nothing() {
     let output = supervisor.stop();
     assert!(!output.contains(PASSPHRASE));
     chain.assert_no_double_sign();
+}
+
+/// Issue 16, finding 6: the request line and the secret line went out as
+/// two TLS records, so the bastion read the passphrase's length off the
+/// second record (its length + 18). Now the client pads the secret to one
+/// length and writes both lines at once: every record of an unlock is the
+/// same size whatever the passphrase.
+#[test]
+fn the_unlock_records_do_not_show_the_passphrase_length() {
+    let setup = setup();
+    let supervisor = setup.run();
+    common::wait_for_node_state(&setup.vault.socket, "locked", LONG);
+    common::wait_until(LONG, "the forwarded control socket on the bastion", || {
+        setup.forwarded.exists()
+    });
+    let recorder = Recorder::start(&setup.relayed, &setup.forwarded);
+    let chain = &setup.vault.chain;
+    let long = "a much longer wrong passphrase ".repeat(100);
+    let mut seen = Vec::new();
+    for wrong in ["w", long.as_str()] {
+        let before = recorder.recorded().len();
+        let output = setup.alice().run(
+            chain,
+            &["unlock", "--passphrase-stdin"],
+            Some(&format!("{wrong}\n")),
+        );
+        // Wrong (or, the second time, too soon after a wrong one).
+        assert!(!output.status.success(), "{output:?}");
+        assert!(stderr(&output).contains("(code -3200"), "{output:?}");
+        common::wait_until(LONG, "the relay to see the client close", || {
+            let recorded = recorder.recorded();
+            recorded.len() == before + 1 && recorded[before].client_done
+        });
+        let connection = recorder.recorded().swap_remove(before);
+        assert!(!contains(&connection.to_supervisor, long.as_bytes()));
+        seen.push(tls_records(&connection.to_supervisor));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the client's TLS records differ with the passphrase's length"
+    );
+    // The unlock's record is there, with the padded secret in it.
+    assert!(
+        seen[0]
+            .iter()
+            .any(|&(kind, length)| kind == 0x17 && length > palisade_wire::rpc::PADDED_SECRET_BYTES),
+        "{:?}",
+        seen[0]
+    );
+    assert_eq!(setup.status()["vault"]["locked"], true);
+    supervisor.stop();
 }
 
 /// An operator whose key has a passphrase adds it to ssh-agent once

@@ -111,6 +111,17 @@ fn trusted_local() -> TrustPolicy {
 }
 
 fn start(trust: TrustPolicy, certificate: Certificate, idle_timeout: Duration) -> Server {
+    start_with_bastions(trust, certificate, idle_timeout, &[]).0
+}
+
+/// As [`start`], with an entry socket for each of `bastions` (where their
+/// reverse forwards end); returns the entries' paths in that order.
+fn start_with_bastions(
+    trust: TrustPolicy,
+    certificate: Certificate,
+    idle_timeout: Duration,
+    bastions: &[&str],
+) -> (Server, Vec<PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
     let settings = RpcSettings {
         socket: dir.path().join("run/supervisor.sock"),
@@ -122,18 +133,23 @@ fn start(trust: TrustPolicy, certificate: Certificate, idle_timeout: Duration) -
         .then(|| init_identity(&settings.tls_dir, VALIDATOR, ReplaceIdentity::No).unwrap());
     let echo = Arc::new(Echo::default());
     let shutdown = CancellationToken::new();
-    let socket = ControlSocket::bind(&settings)
+    let mut socket = ControlSocket::bind(&settings)
         .unwrap()
         .with_trust_policy(trust);
+    let entries = bastions
+        .iter()
+        .map(|bastion| socket.bind_bastion_entry(bastion).unwrap())
+        .collect();
     let task = tokio::spawn(socket.serve_rpc(echo.clone(), operators(), shutdown.clone()));
-    Server {
+    let server = Server {
         socket: settings.socket,
         _dir: dir,
         pin,
         echo,
         shutdown,
         task,
-    }
+    };
+    (server, entries)
 }
 
 impl Server {
@@ -423,6 +439,74 @@ async fn a_wrong_key_is_refused_and_the_connection_closed() {
     assert_eq!(error_code(&response), Some(code::UNAUTHENTICATED));
     assert!(connection.is_closed().await);
     server.stop().await;
+}
+
+/// Issue 16, finding 3: the login throttle was one global queue, so one
+/// bastion failing a login now and then delayed every genuine login
+/// through every bastion, and the wait counted against the 10 s login
+/// deadline. Failures now slow only the same claimed operator from the same
+/// source (here: the bastion whose entry socket the connection came in on).
+#[tokio::test]
+async fn a_bastion_failing_logins_slows_only_itself_for_that_operator() {
+    // An idle timeout of 3 s makes the login deadline 3 s: shorter than
+    // the throttle's 4 s after three failures.
+    let (server, entries) = start_with_bastions(
+        TrustPolicy::nobody(),
+        Certificate::Made,
+        Duration::from_secs(3),
+        &["b1", "b2"],
+    );
+    let (b1, b2) = (&entries[0], &entries[1]);
+    assert!(
+        b1.ends_with("run/supervisor.sock.via-b1"),
+        "{}",
+        b1.display()
+    );
+    let pin = server.pin.clone().unwrap();
+    let ada = operator_key(3);
+    let login = |entry: &Path, name: &'static str, key: SigningKey| {
+        let entry = entry.to_path_buf();
+        let pin = pin.clone();
+        async move {
+            let started = Instant::now();
+            let (mut connection, greeting) = tls(&entry, &pin).await.unwrap();
+            assert_eq!(greeting.tls, Some(TlsRequirement::Required));
+            let response = connection.login(name, &key).await;
+            (response, started.elapsed())
+        }
+    };
+    // The compromised bastion b1 fails three logins as ada (1 + 2 s of
+    // throttle on the way).
+    for _ in 0..3 {
+        let (response, _) = login(b1, "ada", operator_key(9)).await;
+        assert_eq!(error_code(&response), Some(code::UNAUTHENTICATED));
+    }
+    // Ada through b2 gets in at once (a global throttle made her wait 4 s).
+    let (response, took) = login(b2, "ada", ada.clone()).await;
+    assert!(response.result.is_some(), "{response:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "ada through b2 took {took:?}"
+    );
+    // Olga through b1 too: the failures were ada's.
+    let (response, took) = login(b1, "olga", operator_key(2)).await;
+    assert!(response.result.is_some(), "{response:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "olga through b1 took {took:?}"
+    );
+    // Ada through b1 is still slowed (2^(3-1) s after the last failure),
+    // and the wait does not count against the 3 s login deadline.
+    let (response, took) = login(b1, "ada", ada.clone()).await;
+    assert!(response.result.is_some(), "{response:?}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "ada through b1 took {took:?}"
+    );
+    server.stop().await;
+    for entry in &entries {
+        assert!(!entry.exists(), "{} left behind", entry.display());
+    }
 }
 
 #[tokio::test]

@@ -203,8 +203,9 @@ impl TunnelSettings {
         })
     }
 
-    /// The tunnel library's configuration for `bastion`; the control socket
-    /// `rpc_socket` is what its `rpc-socket` forwards to.
+    /// The tunnel library's configuration for `bastion`; its `rpc-socket`
+    /// forwards to the control socket `rpc_socket`'s entry for this bastion
+    /// ([`bastion_entry_socket`]).
     pub fn bastion_config(&self, bastion: &BastionSettings, rpc_socket: &Path) -> BastionConfig {
         let policy = HostKeyPolicy {
             pinned_fingerprints: bastion.host_key_fingerprints.clone(),
@@ -237,13 +238,26 @@ impl TunnelSettings {
             .iter()
             .map(|remote| ReverseUnixForward {
                 remote_socket_path: remote.clone(),
-                local_socket_path: rpc_socket.to_path_buf(),
+                local_socket_path: bastion_entry_socket(rpc_socket, &bastion.name),
             })
             .collect();
         config.reverse_tcp_forwards = bastion.remote_forwards.clone();
         config.local_tcp_forwards = bastion.local_forwards.clone();
         config
     }
+}
+
+/// The control socket's entry for the connections `bastion` forwards:
+/// `<[rpc] socket>.via-<bastion>`, beside the control socket. Each bastion's
+/// reverse forward ends on its own entry, so the RPC server knows which
+/// bastion a connection came through (its login throttle counts failures
+/// per bastion, `docs/rpc.md` §2) without trusting anything the bastion
+/// says.
+pub fn bastion_entry_socket(rpc_socket: &Path, bastion: &str) -> PathBuf {
+    let mut path = rpc_socket.as_os_str().to_owned();
+    path.push(".via-");
+    path.push(bastion);
+    PathBuf::from(path)
 }
 
 fn socket_path_problem(path: &str) -> Option<String> {
@@ -877,7 +891,8 @@ mod tests {
         assert_eq!(tunnel.reverse_unix_forwards.len(), 1);
         assert_eq!(
             tunnel.reverse_unix_forwards[0].local_socket_path,
-            config.rpc.socket
+            dir.path()
+                .join(format!("palisade/run/supervisor.sock.via-{}", bastion.name))
         );
         assert_eq!(tunnel.local_tcp_forwards[0].target_host, "10.0.0.5");
         assert_eq!(tunnel.local_tcp_forwards[0].target_port, 26656);

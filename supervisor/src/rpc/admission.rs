@@ -1,9 +1,10 @@
 //! Who gets one of the server's connection slots when they are all taken.
 //!
 //! Remote connections (through a bastion) that have not logged in yet are
-//! *unauthenticated*: they must finish TLS and `auth.login` within
-//! [`UNAUTHENTICATED_DEADLINE`] (or the idle timeout, if shorter), and while
-//! they wait they may be evicted. When every slot is taken and a new
+//! *unauthenticated*: they must finish TLS and send `auth.login` within
+//! [`UNAUTHENTICATED_DEADLINE`] (or the idle timeout, if shorter; the login
+//! throttle's wait after that does not count), and until they are logged
+//! in they may be evicted. When every slot is taken and a new
 //! connection arrives, one unauthenticated connection chosen at random is
 //! closed to make room (the idea of OpenSSH's `MaxStartups` random early
 //! drop). So a flood of idle or slow connections from a compromised bastion
@@ -40,6 +41,15 @@ pub struct Ticket {
     id: u64,
     pool: Arc<Unauthenticated>,
     deadline: tokio::task::AbortHandle,
+}
+
+impl Ticket {
+    /// The login deadline no longer applies (the client has sent its
+    /// login; what remains is the server's throttle). The connection stays
+    /// evictable until the ticket is dropped.
+    pub fn stop_deadline(&self) {
+        self.deadline.abort();
+    }
 }
 
 impl Drop for Ticket {

@@ -25,7 +25,7 @@ use palisade_wire::rpc::methods::{AuthChallenge, AuthLogin, parse_params};
 use palisade_wire::rpc::results::{AuthChallengeResult, AuthLoginResult};
 use palisade_wire::rpc::{
     CHALLENGE_BYTES, MAX_LINE_BYTES, MAX_SECRET_LINE_BYTES, Request, Response, Role, RpcError,
-    SECRET_METHODS, code, parse_request, required_role,
+    SECRET_METHODS, code, parse_request, required_role, unpad_secret,
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::WRITE_TIMEOUT;
-use super::auth::{Challenge, LoginThrottle, Operators, new_challenge};
+use super::auth::{Challenge, LoginThrottle, Operators, Source, new_challenge};
 use super::dispatcher::{Caller, Dispatcher};
 
 /// Method prefixes reserved for planned features (`docs/rpc.md` §3).
@@ -60,6 +60,8 @@ pub struct SessionStart {
     /// For a remote connection: its place among the unauthenticated ones,
     /// given up at login (`super::admission`).
     pub ticket: Option<super::admission::Ticket>,
+    /// Where it came from: what its failed logins are counted against.
+    pub source: Source,
 }
 
 /// A line read from the peer.
@@ -154,6 +156,7 @@ pub async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         challenge: Challenge::NotIssued,
         lines: LineReader::new(),
         ticket: start.ticket,
+        source: start.source,
         malformed: 0,
     };
     loop {
@@ -235,6 +238,7 @@ struct Session<'a> {
     challenge: Challenge,
     lines: LineReader,
     ticket: Option<super::admission::Ticket>,
+    source: Source,
     /// Malformed requests so far: the first is logged at info, the rest
     /// at debug and as one count when the connection ends (no log flood).
     malformed: u64,
@@ -404,15 +408,23 @@ impl Session<'_> {
             None => None,
             Some(line) => {
                 let text = line.strip_suffix(b"\n").unwrap_or(&line);
-                match std::str::from_utf8(text) {
+                // Padded (the client's form) or not (typed by hand); the
+                // slice borrows from the zeroizing line.
+                let text = match unpad_secret(text) {
+                    Ok(text) => std::str::from_utf8(text).map_err(|_| {
+                        "the secret line is not UTF-8 (before its padding)".to_string()
+                    }),
+                    Err(error) => Err(error.to_string()),
+                };
+                match text {
                     Ok(text) => Some(SecretString::from(text)),
-                    Err(_) => {
+                    Err(message) => {
                         self.log_call(method, code::INVALID_PARAMS);
                         return Next::Answer(Response::err(
                             id,
                             RpcError {
                                 code: code::INVALID_PARAMS,
-                                message: "the secret line is not UTF-8".into(),
+                                message,
                                 data: Some(json!({ "field": "secret" })),
                             },
                         ));
@@ -520,12 +532,19 @@ impl Session<'_> {
             }
         };
         let claimed: String = params.operator.chars().take(64).collect();
+        // The client has done its part: the throttle's wait is the
+        // server's and does not count against the login deadline (the
+        // connection stays evictable until it is logged in).
+        if let Some(ticket) = &self.ticket {
+            ticket.stop_deadline();
+        }
         let outcome = self
             .shared
             .throttle
             .login(
                 &self.shared.operators,
                 &self.shared.validator,
+                &self.source,
                 &mut self.challenge,
                 &self.channel_binding,
                 &params,
@@ -538,6 +557,7 @@ impl Session<'_> {
                     operator = %params.operator,
                     %role,
                     tls = self.tls,
+                    source = %self.source,
                     "rpc login"
                 );
                 self.caller = Some(Caller {
@@ -562,6 +582,7 @@ impl Session<'_> {
                     reason = %failure,
                     code = code::UNAUTHENTICATED,
                     tls = self.tls,
+                    source = %self.source,
                     "rpc login refused; closing"
                 );
                 Next::Close(Some(Response::err(
@@ -630,6 +651,7 @@ mod tests {
             tls: false,
             channel_binding: [0; 32],
             ticket: None,
+            source: Source::Local(Some(0)),
         }
     }
 
@@ -712,6 +734,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn padded_secret_lines_reach_the_method_without_their_padding() {
+        let request = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"vault.unlock\"}\n";
+        let padded = |secret: &str| {
+            let mut line = request.to_vec();
+            palisade_wire::rpc::pad_secret(secret, &mut line).unwrap();
+            line.push(b'\n');
+            line
+        };
+        let mut input = padded("correct horse");
+        input.extend_from_slice(&padded(&"y".repeat(palisade_wire::rpc::MAX_SECRET_BYTES)));
+        // Padding cut short, then text after the padding: refused.
+        let mut short = padded("z");
+        short.remove(short.len() - 2);
+        input.extend_from_slice(&short);
+        let mut trailing = padded("z");
+        let last = trailing.len() - 2;
+        trailing[last] = b'z';
+        input.extend_from_slice(&trailing);
+        let responses = exchange(input, local()).await;
+        assert_eq!(responses.len(), 4);
+        assert_eq!(
+            responses[0].result.as_ref().unwrap()["secret_len"],
+            json!(13)
+        );
+        assert_eq!(
+            responses[1].result.as_ref().unwrap()["secret_len"],
+            json!(palisade_wire::rpc::MAX_SECRET_BYTES)
+        );
+        for refused in &responses[2..] {
+            let error = refused.error.as_ref().unwrap();
+            assert_eq!(error.code, code::INVALID_PARAMS);
+            assert_eq!(error.data, Some(json!({"field": "secret"})));
+            assert!(error.message.contains("padded"), "{}", error.message);
+        }
+    }
+
+    #[tokio::test]
     async fn oversized_lines_close_the_connection() {
         let mut input = vec![b'x'; MAX_LINE_BYTES + 10];
         input.extend_from_slice(b"\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}\n");
@@ -735,6 +794,7 @@ mod tests {
             tls: true,
             channel_binding: [9; 32],
             ticket: None,
+            source: Source::Bastion("b1".into()),
         };
         let input = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}\n\
             {\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"vault.unlock\"}\nsecret\n\
@@ -803,7 +863,7 @@ mod tests {
             let start = if authenticated {
                 local()
             } else {
-                SessionStart { caller: None, tls: false, channel_binding: [0; 32], ticket: None }
+                SessionStart { caller: None, tls: false, channel_binding: [0; 32], ticket: None, source: Source::Local(Some(1000)) }
             };
             let responses = runtime.block_on(exchange(input, start));
             // Secret lines and a failed login consume lines or close early;

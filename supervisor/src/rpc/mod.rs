@@ -27,7 +27,12 @@
 //!   ([`admission`]): a flood through a bastion cannot lock out operators,
 //!   and never a trusted local user;
 //! - a connection from a bastion is never trusted and never served without
-//!   TLS: with no certificate it gets the greeting and is closed.
+//!   TLS: with no certificate it gets the greeting and is closed;
+//! - each bastion's reverse forward ends on its own entry socket
+//!   ([`ControlSocket::bind_bastion_entry`], beside the control socket): a
+//!   connection there is always remote and its [`auth::Source`] is that
+//!   bastion, so the login throttle tells bastions apart without believing
+//!   anything a bastion sends.
 
 pub(crate) mod admission;
 pub(crate) mod auth;
@@ -66,9 +71,26 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+/// A bastion's entry to the control socket.
+struct BastionEntry {
+    bastion: Arc<str>,
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone)]
+enum Listener {
+    /// The control socket itself: local processes (and tests).
+    Main,
+    /// A bastion's entry: what that bastion forwards.
+    Bastion(Arc<str>),
+}
+
 /// A bound control socket, not yet serving.
 pub struct ControlSocket {
     listener: UnixListener,
+    entries: Vec<BastionEntry>,
     path: PathBuf,
     validator: String,
     tls_dir: PathBuf,
@@ -86,12 +108,33 @@ impl ControlSocket {
         )?;
         Ok(ControlSocket {
             listener,
+            entries: Vec::new(),
             path: settings.socket.clone(),
             validator: settings.name.clone(),
             tls_dir: settings.tls_dir.clone(),
             idle_timeout: settings.idle_timeout,
             trust: TrustPolicy::for_this_process(),
         })
+    }
+
+    /// Bind `bastion`'s entry socket
+    /// ([`bastion_entry_socket`](crate::config::bastion_entry_socket)), where
+    /// its tunnel's reverse forward of the control socket ends; returns its
+    /// path. Same rules as the control socket (mode 0600, a live one never
+    /// displaced); removed with it at shutdown.
+    pub fn bind_bastion_entry(&mut self, bastion: &str) -> anyhow::Result<PathBuf> {
+        let path = crate::config::bastion_entry_socket(&self.path, bastion);
+        let listener = palisade_daemon::socket::bind_private(
+            &path,
+            "bastion's entry to the control socket",
+            palisade_daemon::socket::DirAccess::OwnerAndGroup,
+        )?;
+        self.entries.push(BastionEntry {
+            bastion: bastion.into(),
+            path: path.clone(),
+            listener,
+        });
+        Ok(path)
     }
 
     /// Replace the trust rule ([`TrustPolicy::for_this_process`] by
@@ -153,40 +196,106 @@ impl ControlSocket {
             throttle: auth::LoginThrottle::default(),
             idle_timeout: self.idle_timeout,
         });
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let unauthenticated = Arc::new(admission::Unauthenticated::default());
-        let deadline = admission::UNAUTHENTICATED_DEADLINE.min(self.idle_timeout);
+        let serving = Arc::new(Serving {
+            shared,
+            identity,
+            trust: self.trust,
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            unauthenticated: Arc::new(admission::Unauthenticated::default()),
+            deadline: admission::UNAUTHENTICATED_DEADLINE.min(self.idle_timeout),
+            shutdown,
+        });
+        let mut entries = Vec::new();
+        let mut entry_paths = Vec::new();
+        for BastionEntry {
+            bastion,
+            path,
+            listener,
+        } in self.entries
+        {
+            entry_paths.push(path);
+            let serving = serving.clone();
+            entries.push(tokio::spawn(async move {
+                serving
+                    .accept_loop(&listener, Listener::Bastion(bastion))
+                    .await
+            }));
+        }
+        serving.accept_loop(&self.listener, Listener::Main).await;
+        for entry in entries {
+            let _ = entry.await;
+        }
+        remove_socket(&self.path);
+        for path in entry_paths {
+            remove_socket(&path);
+        }
+    }
+}
+
+/// What every listener's accept loop shares.
+struct Serving {
+    shared: Arc<connection::Shared>,
+    identity: Option<tls::ServerIdentity>,
+    trust: TrustPolicy,
+    slots: Arc<Semaphore>,
+    unauthenticated: Arc<admission::Unauthenticated>,
+    deadline: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Serving {
+    /// Accept on `listener` until shutdown, one task per connection.
+    async fn accept_loop(&self, listener: &UnixListener, arrived_on: Listener) {
         loop {
             let Some((stream, permit)) =
-                accept(&self.listener, &slots, &unauthenticated, &shutdown).await
+                accept(listener, &self.slots, &self.unauthenticated, &self.shutdown).await
             else {
                 break;
             };
-            let trust = self.trust.classify(peer::peer_credentials(&stream));
+            let (trust, source) = match &arrived_on {
+                // Whatever its credentials (they are our own process's):
+                // only that bastion's forward ends here.
+                Listener::Bastion(bastion) => {
+                    (PeerTrust::Remote, auth::Source::Bastion(bastion.clone()))
+                }
+                Listener::Main => {
+                    let credentials = peer::peer_credentials(&stream);
+                    (
+                        self.trust.classify(credentials),
+                        auth::Source::Local(credentials.map(|credentials| credentials.uid)),
+                    )
+                }
+            };
             let admitted = match trust {
-                PeerTrust::Remote => Some(unauthenticated.admit(deadline)),
+                PeerTrust::Remote => Some(self.unauthenticated.admit(self.deadline)),
                 PeerTrust::TrustedLocal { .. } => None,
             };
-            let shared = shared.clone();
-            let identity = identity.clone();
-            let shutdown = shutdown.clone();
+            let shared = self.shared.clone();
+            let identity = self.identity.clone();
+            let shutdown = self.shutdown.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let peer = Peer { trust, source };
                 match admitted {
                     Some((ticket, kill)) => {
                         tokio::select! {
                             _ = kill.cancelled() => {}
-                            _ = serve_connection(stream, trust, identity, Some(ticket), &shared, &shutdown) => {}
+                            _ = serve_connection(stream, peer, identity, Some(ticket), &shared, &shutdown) => {}
                         }
                     }
                     None => {
-                        serve_connection(stream, trust, identity, None, &shared, &shutdown).await
+                        serve_connection(stream, peer, identity, None, &shared, &shutdown).await
                     }
                 }
             });
         }
-        remove_socket(&self.path);
     }
+}
+
+/// Who a connection is, as far as the server can tell.
+struct Peer {
+    trust: PeerTrust,
+    source: auth::Source,
 }
 
 /// Accept a connection and give it a slot: a free one, else one freed by
@@ -236,7 +345,7 @@ fn remove_socket(path: &Path) {
 /// One connection: greeting, transport (TLS or plaintext), session.
 async fn serve_connection(
     mut stream: UnixStream,
-    trust: PeerTrust,
+    Peer { trust, source }: Peer,
     identity: Option<tls::ServerIdentity>,
     ticket: Option<admission::Ticket>,
     shared: &connection::Shared,
@@ -294,6 +403,7 @@ async fn serve_connection(
             tls: false,
             channel_binding: [0; CHALLENGE_BYTES],
             ticket,
+            source,
         };
         connection::serve_session(&mut stream, shared, start, shutdown).await;
         return;
@@ -341,6 +451,7 @@ async fn serve_connection(
         tls: true,
         channel_binding,
         ticket,
+        source,
     };
     connection::serve_session(&mut tls_stream, shared, start, shutdown).await;
     let _ = tokio::time::timeout(WRITE_TIMEOUT, tls_stream.shutdown()).await;

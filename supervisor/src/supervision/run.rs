@@ -115,8 +115,23 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     // The control socket and the tunnels come up before the vault is
     // opened: they are how an operator reaches a locked validator.
     let background = tokio_util::sync::CancellationToken::new();
-    let socket = ControlSocket::bind(&config.rpc).context("cannot open the control socket")?;
+    let mut socket = ControlSocket::bind(&config.rpc).context("cannot open the control socket")?;
     tracing::info!(socket = %socket.path().display(), name = %config.rpc.name, "control socket listening");
+    // Each bastion's forward of the control socket ends on its own entry,
+    // so that the RPC knows which bastion a connection came through.
+    for bastion in config
+        .tunnels
+        .iter()
+        .flat_map(|tunnels| &tunnels.bastions)
+        .filter(|bastion| bastion.rpc_socket.is_some())
+    {
+        socket.bind_bastion_entry(&bastion.name).with_context(|| {
+            format!(
+                "cannot open bastion {}'s entry to the control socket",
+                bastion.name
+            )
+        })?;
+    }
     let tunnels = match &config.tunnels {
         Some(settings) => {
             match TunnelMesh::start(settings, &config.rpc.socket, &background).await {

@@ -19,6 +19,8 @@
 //! their value rules) and [`results`] (the answers); a test holds
 //! `docs/rpc.md` to those types.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 pub mod methods;
@@ -134,8 +136,82 @@ impl Greeting {
 /// Longest request or response line, newline included.
 pub const MAX_LINE_BYTES: usize = 65536;
 
-/// Longest secret line (`vault.unlock`), newline included.
-pub const MAX_SECRET_LINE_BYTES: usize = 1024;
+/// Longest secret (`vault.unlock`'s passphrase), in bytes: the supervisor's
+/// own limit for a passphrase (`passphrase.rs`).
+pub const MAX_SECRET_BYTES: usize = 4096;
+
+/// The byte a secret is padded with (`docs/rpc.md` §4). It never occurs in
+/// UTF-8, so it can neither be confused with a secret's text nor appear in
+/// an unpadded (UTF-8) secret line.
+pub const SECRET_PAD_BYTE: u8 = 0xFF;
+
+/// Length of a padded secret line before its newline: the longest secret
+/// and at least one pad byte. Every padded secret line has this length,
+/// so its length tells nothing about the secret.
+pub const PADDED_SECRET_BYTES: usize = MAX_SECRET_BYTES + 1;
+
+/// Longest secret line (`vault.unlock`), newline included: a padded one.
+pub const MAX_SECRET_LINE_BYTES: usize = PADDED_SECRET_BYTES + 1;
+
+/// Why a secret line cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretLineError {
+    /// The secret is longer than [`MAX_SECRET_BYTES`].
+    TooLong,
+    /// Pad bytes, but not a well-formed padded line: not exactly
+    /// [`PADDED_SECRET_BYTES`] long, or text after the padding started.
+    BadPadding,
+}
+
+impl fmt::Display for SecretLineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretLineError::TooLong => {
+                write!(f, "the secret is longer than {MAX_SECRET_BYTES} bytes")
+            }
+            SecretLineError::BadPadding => write!(
+                f,
+                "the secret line is not padded as docs/rpc.md §4 says (the secret, then 0xFF \
+                 bytes up to {PADDED_SECRET_BYTES} bytes, then the newline)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SecretLineError {}
+
+/// Append `secret` padded to [`PADDED_SECRET_BYTES`] with
+/// [`SECRET_PAD_BYTE`] (no newline) to `line`. `line` should already have
+/// the capacity, so that a zeroizing buffer is never reallocated.
+pub fn pad_secret(secret: &str, line: &mut Vec<u8>) -> Result<(), SecretLineError> {
+    if secret.len() > MAX_SECRET_BYTES {
+        return Err(SecretLineError::TooLong);
+    }
+    line.extend_from_slice(secret.as_bytes());
+    line.resize(
+        line.len() + PADDED_SECRET_BYTES - secret.len(),
+        SECRET_PAD_BYTE,
+    );
+    Ok(())
+}
+
+/// The secret in a secret line (its newline already removed): a padded
+/// line's text before the padding, or an unpadded line as it is (the old
+/// form, accepted; it shows the secret's length to whoever sees record
+/// sizes). Whether the secret is UTF-8 is the caller's check.
+pub fn unpad_secret(line: &[u8]) -> Result<&[u8], SecretLineError> {
+    match line.iter().position(|&byte| byte == SECRET_PAD_BYTE) {
+        None if line.len() > MAX_SECRET_BYTES => Err(SecretLineError::TooLong),
+        None => Ok(line),
+        Some(end)
+            if line.len() == PADDED_SECRET_BYTES
+                && line[end..].iter().all(|&byte| byte == SECRET_PAD_BYTE) =>
+        {
+            Ok(&line[..end])
+        }
+        Some(_) => Err(SecretLineError::BadPadding),
+    }
+}
 
 /// TLS exporter label for the authentication channel binding.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-palisade-rpc-auth-v1";
@@ -435,6 +511,67 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RpcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_secrets_all_have_one_length_and_unpad_to_themselves() {
+        for secret in [
+            "",
+            "a",
+            "correct horse battery staple",
+            "ünïcödé ✓",
+            &"x".repeat(MAX_SECRET_BYTES),
+        ] {
+            let mut line = Vec::with_capacity(PADDED_SECRET_BYTES);
+            pad_secret(secret, &mut line).unwrap();
+            assert_eq!(line.len(), PADDED_SECRET_BYTES, "{secret:?}");
+            assert_eq!(line.capacity(), PADDED_SECRET_BYTES, "never reallocated");
+            assert_eq!(unpad_secret(&line), Ok(secret.as_bytes()));
+        }
+        let mut line = Vec::new();
+        assert_eq!(
+            pad_secret(&"x".repeat(MAX_SECRET_BYTES + 1), &mut line),
+            Err(SecretLineError::TooLong)
+        );
+    }
+
+    #[test]
+    fn secret_lines_unpad_unambiguously() {
+        let pad = |text: &[u8], total: usize| {
+            let mut line = text.to_vec();
+            line.resize(total, SECRET_PAD_BYTE);
+            line
+        };
+        let long = vec![b'x'; MAX_SECRET_BYTES + 1];
+        type Unpadded<'a> = Result<&'a [u8], SecretLineError>;
+        let cases: Vec<(Vec<u8>, Unpadded)> = vec![
+            // The old, unpadded form.
+            (b"plain passphrase".to_vec(), Ok(b"plain passphrase")),
+            (Vec::new(), Ok(b"")),
+            (long.clone(), Err(SecretLineError::TooLong)),
+            // Padded: only the exact length, only pad bytes after the text.
+            (pad(b"abc", PADDED_SECRET_BYTES), Ok(b"abc")),
+            (
+                pad(b"abc", PADDED_SECRET_BYTES - 1),
+                Err(SecretLineError::BadPadding),
+            ),
+            (
+                pad(b"abc", PADDED_SECRET_BYTES + 1),
+                Err(SecretLineError::BadPadding),
+            ),
+            (
+                [pad(b"abc", PADDED_SECRET_BYTES - 1), b"d".to_vec()].concat(),
+                Err(SecretLineError::BadPadding),
+            ),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(
+                unpad_secret(&line),
+                expected,
+                "{:?}",
+                &line[..line.len().min(20)]
+            );
+        }
+    }
 
     #[test]
     fn requests_parse_strictly() {
