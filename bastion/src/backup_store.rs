@@ -442,8 +442,12 @@ async fn serve_connection(mut stream: UnixStream, store: &Store) {
                         "validator {validator} already has {limit} connections open \
                          (backups.max-connections-per-validator); try again later"
                     );
-                    let _ = send(&mut stream, idle, &Response::error(ErrorKind::Busy, message))
-                        .await;
+                    let _ = send(
+                        &mut stream,
+                        idle,
+                        &Response::error(ErrorKind::Busy, message),
+                    )
+                    .await;
                     return;
                 }
             }

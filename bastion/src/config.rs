@@ -580,7 +580,9 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
                         backups.max_connections
                     ),
                 );
-                backups.max_connections_per_validator.min(backups.max_connections)
+                backups
+                    .max_connections_per_validator
+                    .min(backups.max_connections)
             }
             Some(max) => max,
             None => backups
@@ -1223,7 +1225,7 @@ socket = "/run/palisade-bastion/val-a.sock"
         let base = "listen-socket = \"/run/b/l.sock\"\nbackup-dir = \"/b\"\n";
         let validator = "[[validator]]\nname = \"a\"\nsocket = \"/run/b/a.sock\"\n";
         // (top-level lines, tables, expected key, expected reason fragment)
-        let rows: [(&str, &str, &str, &str); 18] = [
+        let rows: [(&str, &str, &str, &str); 21] = [
             (
                 "",
                 "[backups]\nkeep = 0",

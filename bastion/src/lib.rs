@@ -506,7 +506,7 @@ fn status(config: &config::BastionConfig, json: bool) -> Result<(), Error> {
     if json {
         // Plain structs with string keys: serialization cannot fail.
         let text = serde_json::to_string_pretty(&report).expect("status report serializes");
-        println!("{text}");
+        println!("{}", palisade_client::peer_text::escape_json_output(&text));
     } else {
         print!("{}", report.render(now));
     }

@@ -609,7 +609,11 @@ fn one_validator_holding_every_connection_it_can_does_not_starve_another() {
         Bastion::start("[backups]\nmax-connections = 6\nmax-connections-per-validator = 2\n");
     let big = vec![7u8; MAX_PAYLOAD_BYTES];
     let socket = bastion.dir.path().join("run/bastion.sock");
-    assert!(common::Client::connect(&socket).put("val-a", "big.age", &big).ok);
+    assert!(
+        common::Client::connect(&socket)
+            .put("val-a", "big.age", &big)
+            .ok
+    );
 
     // val-a's key, as hard as it can: sessions that made a request and then
     // idle, holding their connection (those beyond the cap are refused

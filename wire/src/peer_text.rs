@@ -38,14 +38,16 @@ pub fn clean(text: &str) -> String {
     out
 }
 
-/// Serialized JSON with every [`is_unsafe`] character that serde_json left
-/// raw (DEL, C1, bidi and format controls; they can only be inside
-/// strings) written as a `\uXXXX` escape: the same JSON value, inert on a
+/// Serialized JSON (compact or pretty) with every [`is_unsafe`] character
+/// that serde_json left raw (DEL, C1, bidi and format controls; they can
+/// only be inside strings) written as a `\uXXXX` escape: the same JSON value, inert on a
 /// terminal.
 pub fn escape_json_output(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
-        if is_unsafe(c) {
+        // C0 is left alone: serde_json escapes it inside strings, and
+        // outside them it is the pretty printer's newlines and indentation.
+        if is_unsafe(c) && c >= '\u{7f}' {
             // All of them are in the Basic Multilingual Plane.
             out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
@@ -75,9 +77,15 @@ mod tests {
             ("c1 \u{9b}31m", "c1 \\u{9b}31m"),
             ("c1 \u{85}next line", "c1 \\u{85}next line"),
             ("lrm\u{200e}rlm\u{200f}", "lrm\\u{200e}rlm\\u{200f}"),
-            ("\u{202a}\u{202b}\u{202c}\u{202d}", "\\u{202a}\\u{202b}\\u{202c}\\u{202d}"),
+            (
+                "\u{202a}\u{202b}\u{202c}\u{202d}",
+                "\\u{202a}\\u{202b}\\u{202c}\\u{202d}",
+            ),
             ("evil\u{202e}gpj.exe", "evil\\u{202e}gpj.exe"),
-            ("\u{2066}\u{2067}\u{2068}\u{2069}", "\\u{2066}\\u{2067}\\u{2068}\\u{2069}"),
+            (
+                "\u{2066}\u{2067}\u{2068}\u{2069}",
+                "\\u{2066}\\u{2067}\\u{2068}\\u{2069}",
+            ),
             (
                 "ok\n2024-01-01T00:00:00Z  INFO validator up",
                 "ok\\n2024-01-01T00:00:00Z  INFO validator up",
@@ -108,5 +116,10 @@ mod tests {
             let back: String = serde_json::from_str(&escaped).unwrap();
             assert_eq!(back, text, "same value");
         }
+        let pretty = serde_json::to_string_pretty(&serde_json::json!({"a": ["\u{9b}\n"]})).unwrap();
+        let escaped = escape_json_output(&pretty);
+        assert_eq!(escaped, "{\n  \"a\": [\n    \"\\u009b\\n\"\n  ]\n}");
+        let back: serde_json::Value = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(back["a"][0], "\u{9b}\n");
     }
 }
