@@ -29,13 +29,21 @@
 //!   relay finishes copying responses and exits 0. End of stdin inside a
 //!   payload leaves the store with an incomplete upload, which it discards
 //!   (and answers `bad_frame`); the relay exits 1.
+//! - The store is connected to only once the first request header has
+//!   arrived whole: a session that sends nothing holds none of the store's
+//!   connections (they are counted per validator from the first request,
+//!   so the store can bound each validator's share). A session that sends
+//!   nothing at all ends after `backups.header-timeout` plus
+//!   [`IDLE_GRACE`]; input that ends before any request ends it at once
+//!   (exit 0).
 //! - Bounds: the session ends (exit 1) when no byte has moved in either
 //!   direction for `backups.idle-timeout` plus [`IDLE_GRACE`], and after
 //!   [`SESSION_LIMIT`] in any case.
 //! - Before any request: an unconfigured `--validator` is answered with one
-//!   `unknown_validator` response, an unreachable store with one `internal`
-//!   response, an unusable configuration with one `internal` response;
-//!   each exits 1 with the reason on stderr.
+//!   `unknown_validator` response and an unusable configuration with one
+//!   `internal` response; after the first one, an unreachable store is
+//!   answered with one `internal` response; each exits 1 with the reason on
+//!   stderr.
 //!
 //! stdout carries protocol frames only; logs go to stderr (`RUST_LOG`,
 //! default `warn`), which sshd passes to the client. Payloads are never
@@ -48,7 +56,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -107,9 +115,22 @@ pub fn run(config_path: &Path, validator: &str) -> anyhow::Result<()> {
     let activity = Arc::new(Activity::new());
     watchdog(
         Arc::clone(&activity),
-        config.backups.idle_timeout + IDLE_GRACE,
-        SESSION_LIMIT,
+        Bounds {
+            first_request: config.backups.header_timeout + IDLE_GRACE,
+            idle: config.backups.idle_timeout + IDLE_GRACE,
+            session: SESSION_LIMIT,
+        },
     );
+
+    let mut stdin = BufReader::with_capacity(
+        CHUNK,
+        File::from(io::stdin().as_fd().try_clone_to_owned().context("stdin")?),
+    );
+    let first = read_first_request(&mut stdin, &activity).context("reading the first request")?;
+    if first.is_empty() {
+        return Ok(());
+    }
+    activity.first_request_read();
 
     let store = match UnixStream::connect(&config.listen_socket) {
         Ok(store) => store,
@@ -122,14 +143,34 @@ pub fn run(config_path: &Path, validator: &str) -> anyhow::Result<()> {
             bail!("{message}");
         }
     };
-    let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().context("stdin")?);
     relay(
-        BufReader::with_capacity(CHUNK, stdin),
+        io::Cursor::new(first).chain(stdin),
         stdout,
         store,
         validator,
         activity,
     )
+}
+
+/// The bytes of the first request frame (length prefix and header), read
+/// before the store is connected to; fewer when the input ends or the
+/// prefix announces more than a header may hold (the relay then refuses
+/// them as it refuses any bad frame). Empty: the input ended at once.
+fn read_first_request(input: &mut impl Read, activity: &Activity) -> io::Result<Vec<u8>> {
+    let mut prefix = [0u8; 4];
+    let read = read_full(input, &mut prefix, activity)?;
+    let mut first = prefix[..read].to_vec();
+    if read < 4 {
+        return Ok(first);
+    }
+    let length = u32::from_be_bytes(prefix) as usize;
+    if length > MAX_REQUEST_HEADER_BYTES {
+        return Ok(first);
+    }
+    let mut header = vec![0u8; length];
+    let read = read_full(input, &mut header, activity)?;
+    first.extend_from_slice(&header[..read]);
+    Ok(first)
 }
 
 /// Relays requests (a thread) and responses (this thread) until the store
@@ -349,11 +390,13 @@ fn reply(output: &mut impl Write, kind: ErrorKind, message: &str) {
     let _ = write_response(output, &Response::error(kind, message));
 }
 
-/// When the session started and when a byte last moved.
+/// When the session started, when a byte last moved, and whether the first
+/// request has arrived.
 struct Activity {
     started: Instant,
     /// Milliseconds since `started`.
     last: AtomicU64,
+    first_request: AtomicBool,
 }
 
 impl Activity {
@@ -361,7 +404,12 @@ impl Activity {
         Activity {
             started: Instant::now(),
             last: AtomicU64::new(0),
+            first_request: AtomicBool::new(false),
         }
+    }
+
+    fn first_request_read(&self) {
+        self.first_request.store(true, Ordering::Relaxed);
     }
 
     fn touch(&self) {
@@ -375,9 +423,25 @@ impl Activity {
     }
 }
 
-/// Ends the process (exit 1) when nothing moved for `idle` or the session
-/// is older than `limit`.
-fn watchdog(activity: Arc<Activity>, idle: Duration, limit: Duration) {
+/// The watchdog's limits.
+struct Bounds {
+    /// From the start until the first request header is in.
+    first_request: Duration,
+    /// Without a byte moving.
+    idle: Duration,
+    /// The whole session.
+    session: Duration,
+}
+
+/// Ends the process (exit 1) when the first request has not arrived within
+/// its bound, nothing moved for the idle bound, or the session is older than
+/// its limit.
+fn watchdog(activity: Arc<Activity>, bounds: Bounds) {
+    let Bounds {
+        first_request,
+        idle,
+        session: limit,
+    } = bounds;
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(WATCHDOG_TICK);
@@ -385,6 +449,13 @@ fn watchdog(activity: Arc<Activity>, idle: Duration, limit: Duration) {
                 format!(
                     "backup session longer than {}; closing",
                     humantime::format_duration(limit)
+                )
+            } else if !activity.first_request.load(Ordering::Relaxed)
+                && activity.started.elapsed() >= first_request
+            {
+                format!(
+                    "backup session sent no request within {}; closing",
+                    humantime::format_duration(first_request)
                 )
             } else if activity.idle_for() >= idle {
                 format!(

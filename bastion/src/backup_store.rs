@@ -18,9 +18,20 @@
 //!   nothing.
 //! - Operations on one validator are serialized; at most `max_connections`
 //!   connections are served at once (more wait in the listen backlog).
-//! - Each header frame must arrive whole within the idle timeout; a payload
-//!   gets the idle timeout plus one second per 64 KiB. A client that stalls
-//!   is disconnected.
+//! - A connection counts against a validator from its first request naming
+//!   it; one validator may hold at most `max_connections_per_validator`
+//!   connections, and one more is answered `busy` and closed. With the
+//!   header timeout below, one validator's key (through `backup-session`,
+//!   which connects only once it holds a request) cannot take the slots
+//!   the others need.
+//! - A new connection's first header frame must arrive whole within the
+//!   header timeout (short: a client that sends nothing frees its slot),
+//!   each later one within the idle timeout; a payload gets the idle
+//!   timeout plus one second per 64 KiB. A client that stalls is
+//!   disconnected.
+//! - Memory per connection is bounded by a header frame and one
+//!   [`GET_CHUNK_BYTES`] buffer: a `get` streams the file from disk, it is
+//!   never read whole (a slow reader would otherwise pin a whole bundle).
 //! - Shutdown (SIGTERM / SIGINT, or `run`'s shutdown): stop accepting,
 //!   remove the socket, give in-flight requests a few seconds, exit 0.
 //!
@@ -36,6 +47,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
+use palisade_client::peer_text::clean;
 use palisade_daemon::durable::{self, AtomicWrite, Existing, StagedFile};
 use palisade_wire::backup_store::{
     ErrorKind, MAX_LIST_ENTRIES, MAX_PAYLOAD_BYTES, MAX_REQUEST_HEADER_BYTES, Request, Response,
@@ -43,11 +55,14 @@ use palisade_wire::backup_store::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackupStoreOptions, BastionConfig};
+
+/// Bytes read from disk and written to the client at a time by a `get`.
+pub const GET_CHUNK_BYTES: usize = 64 * 1024;
 
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -69,6 +84,17 @@ fn check_options(options: &BackupStoreOptions) -> anyhow::Result<()> {
     }
     if options.max_connections == 0 {
         bail!("--max-connections must be positive");
+    }
+    if options.max_connections_per_validator == 0
+        || options.max_connections_per_validator > options.max_connections
+    {
+        bail!(
+            "--max-connections-per-validator must be between 1 and max-connections ({})",
+            options.max_connections
+        );
+    }
+    if options.header_timeout.is_zero() {
+        bail!("--header-timeout-ms must be positive");
     }
     Ok(())
 }
@@ -92,10 +118,18 @@ fn internal(op: &str, path: &Path, error: io::Error) -> Failure {
     failure(ErrorKind::Internal, format!("bastion storage error ({op})"))
 }
 
+/// What the store keeps per configured validator.
+struct ValidatorSlots {
+    /// Serializes the validator's operations.
+    lock: Arc<Mutex<()>>,
+    /// `max_connections_per_validator` permits; a connection holds one from
+    /// its first request naming the validator until it closes.
+    connections: Arc<Semaphore>,
+}
+
 struct Store {
     root: PathBuf,
-    /// One lock per configured validator: serializes its operations.
-    validators: HashMap<String, Arc<Mutex<()>>>,
+    validators: HashMap<String, ValidatorSlots>,
     options: BackupStoreOptions,
 }
 
@@ -118,7 +152,13 @@ impl Store {
                     let _ = fs::remove_file(entry.path());
                 }
             }
-            validators.insert(validator.name.clone(), Arc::new(Mutex::new(())));
+            validators.insert(
+                validator.name.clone(),
+                ValidatorSlots {
+                    lock: Arc::new(Mutex::new(())),
+                    connections: Arc::new(Semaphore::new(options.max_connections_per_validator)),
+                },
+            );
         }
         Ok(Store {
             root,
@@ -130,7 +170,7 @@ impl Store {
     /// The validator's directory and lock, or `unknown_validator`.
     fn validator(&self, name: &str) -> Result<(PathBuf, Arc<Mutex<()>>), Failure> {
         match self.validators.get(name) {
-            Some(lock) => Ok((self.root.join(name), Arc::clone(lock))),
+            Some(slots) => Ok((self.root.join(name), Arc::clone(&slots.lock))),
             None => Err(failure(
                 ErrorKind::UnknownValidator,
                 format!("validator {name:?} is not configured on this bastion"),
@@ -221,6 +261,8 @@ impl BackupStoreServer {
             validators = store.validators.len(),
             keep = store.options.keep,
             quota_bytes = store.options.quota_bytes,
+            max_connections,
+            max_connections_per_validator = store.options.max_connections_per_validator,
             "backup store listening"
         );
 
@@ -325,8 +367,22 @@ enum After {
 
 async fn serve_connection(mut stream: UnixStream, store: &Store) {
     let idle = store.options.idle_timeout;
+    // The per-validator permits this connection holds, one per validator
+    // its requests have named (a `backup-session` relay names only one).
+    let mut held: HashMap<String, OwnedSemaphorePermit> = HashMap::new();
+    let mut first = true;
     loop {
-        let body = match timeout(idle, read_header(&mut stream)).await {
+        let wait = if first {
+            store.options.header_timeout
+        } else {
+            idle
+        };
+        first = false;
+        let body = match timeout(wait, read_header(&mut stream)).await {
+            Err(_) if held.is_empty() => {
+                tracing::info!("backup client sent no request in time; disconnecting");
+                return;
+            }
             Err(_) => {
                 tracing::info!("backup client idle or too slow; disconnecting");
                 return;
@@ -364,7 +420,38 @@ async fn serve_connection(mut stream: UnixStream, store: &Store) {
                 return;
             }
         };
-        let (op, validator) = (request.op(), request.validator().to_owned());
+        // The validator is the client's word until the store knows it:
+        // cleaned for the logs (a configured name is unchanged).
+        let (op, validator) = (request.op(), clean(request.validator()));
+        if let Some(slots) = store.validators.get(&validator)
+            && !held.contains_key(&validator)
+        {
+            match Arc::clone(&slots.connections).try_acquire_owned() {
+                Ok(permit) => {
+                    held.insert(validator.clone(), permit);
+                }
+                Err(_) => {
+                    let limit = store.options.max_connections_per_validator;
+                    tracing::warn!(
+                        op,
+                        validator = %validator,
+                        limit,
+                        "backup client refused: the validator already holds its connections"
+                    );
+                    let message = format!(
+                        "validator {validator} already has {limit} connections open \
+                         (backups.max-connections-per-validator); try again later"
+                    );
+                    let _ = send(
+                        &mut stream,
+                        idle,
+                        &Response::error(ErrorKind::Busy, message),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
         let (outcome, after) = handle(request, &mut stream, store).await;
         let sent = match outcome {
             Ok((response, payload)) => {
@@ -372,8 +459,8 @@ async fn serve_connection(mut stream: UnixStream, store: &Store) {
                 match send(&mut stream, idle, &response).await {
                     Ok(()) => match payload {
                         Some(payload) => {
-                            let deadline = store.payload_deadline(payload.len() as u64);
-                            send_payload(&mut stream, deadline, &payload).await
+                            let deadline = store.payload_deadline(payload.bytes);
+                            send_payload(&mut stream, deadline, payload).await
                         }
                         None => Ok(()),
                     },
@@ -403,16 +490,39 @@ async fn send<W: AsyncWrite + Unpin>(
     }
 }
 
+/// A stored file opened for a `get`: streamed from disk, never held whole.
+struct Payload {
+    file: fs::File,
+    /// The file's size when opened, announced in the response.
+    bytes: u64,
+}
+
+/// Writes the payload frame, [`GET_CHUNK_BYTES`] at a time. A file that
+/// ends before its announced size fails the connection (the client sees a
+/// short frame, never bytes it was not promised).
 async fn send_payload<W: AsyncWrite + Unpin>(
     writer: &mut W,
     limit: Duration,
-    payload: &[u8],
+    payload: Payload,
 ) -> io::Result<()> {
+    let Payload { file, bytes } = payload;
     let write = async {
-        writer
-            .write_all(&(payload.len() as u32).to_be_bytes())
-            .await?;
-        writer.write_all(payload).await?;
+        writer.write_all(&(bytes as u32).to_be_bytes()).await?;
+        let mut file = tokio::fs::File::from_std(file);
+        let mut chunk = vec![0u8; GET_CHUNK_BYTES.min(bytes as usize)];
+        let mut remaining = bytes;
+        while remaining > 0 {
+            let want = chunk.len().min(remaining as usize);
+            let n = file.read(&mut chunk[..want]).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stored file shrank while being sent",
+                ));
+            }
+            writer.write_all(&chunk[..n]).await?;
+            remaining -= n as u64;
+        }
         writer.flush().await
     };
     match timeout(limit, write).await {
@@ -421,7 +531,7 @@ async fn send_payload<W: AsyncWrite + Unpin>(
     }
 }
 
-type Outcome = Result<(Response, Option<Vec<u8>>), Failure>;
+type Outcome = Result<(Response, Option<Payload>), Failure>;
 
 async fn handle(request: Request, stream: &mut UnixStream, store: &Store) -> (Outcome, After) {
     match request {
@@ -650,17 +760,20 @@ async fn list(store: &Store, validator: &str) -> Outcome {
     Ok((Response::listing(names), None))
 }
 
+/// Opens the file under the validator's lock; it is sent after the lock is
+/// released (stored files never change, and an open file outlives its
+/// removal by retention).
 async fn get(store: &Store, validator: &str, file: &str) -> Outcome {
     let (dir, lock) = store.validator(validator)?;
     check_name(file)?;
-    let _guard = lock.lock().await;
+    let guard = lock.lock().await;
     let name = file.to_owned();
-    let payload = blocking(move || read_file(&dir, &name)).await?;
-    Ok((Response::payload(payload.len() as u64), Some(payload)))
+    let payload = blocking(move || open_file(&dir, &name)).await?;
+    drop(guard);
+    Ok((Response::payload(payload.bytes), Some(payload)))
 }
 
-fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>, Failure> {
-    use std::io::Read;
+fn open_file(dir: &Path, name: &str) -> Result<Payload, Failure> {
     let path = dir.join(name);
     let not_found = || failure(ErrorKind::NotFound, format!("{name} is not stored here"));
     let file = match fs::File::open(&path) {
@@ -678,17 +791,10 @@ fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>, Failure> {
             format!("{name} is {} bytes, over the limit", metadata.len()),
         ));
     }
-    let mut bytes = Vec::with_capacity(metadata.len() as usize);
-    file.take(MAX_PAYLOAD_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| internal("read", &path, e))?;
-    if bytes.len() > MAX_PAYLOAD_BYTES {
-        return Err(failure(
-            ErrorKind::TooLarge,
-            format!("{name} grew over the limit"),
-        ));
-    }
-    Ok(bytes)
+    Ok(Payload {
+        file,
+        bytes: metadata.len(),
+    })
 }
 
 async fn remove(store: &Store, validator: &str, file: &str) -> Outcome {

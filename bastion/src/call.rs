@@ -177,7 +177,7 @@ pub fn run(request: &CallRequest) -> Result<(), CallFailure> {
         serde_json::to_string_pretty(&result)
     }
     .map_err(|error| CallFailure::Output(format!("cannot encode JSON: {error}")))?;
-    println!("{text}");
+    println!("{}", palisade_client::peer_text::escape_json_output(&text));
     // As palisade-ctl: a `health` with problems is a failed call.
     let healthy = || {
         serde_json::from_value::<palisade_wire::rpc::results::HealthResult>(result.clone())

@@ -10,7 +10,9 @@
 //! keep = 500
 //! quota-bytes = 268435456
 //! idle-timeout = "30s"
+//! header-timeout = "5s"
 //! max-connections = 64
+//! max-connections-per-validator = 4
 //!
 //! [health]
 //! interval = "10s"
@@ -70,6 +72,15 @@ pub const DEFAULT_QUOTA_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default cap on concurrent backup-store connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// Default cap on one validator's concurrent backup-store connections: a
+/// supervisor uses one at a time (a backup, a listing, a restore), so four
+/// leave room for overlap and retries while one validator's key can hold at
+/// most a sixteenth of the default pool.
+pub const DEFAULT_MAX_CONNECTIONS_PER_VALIDATOR: usize = 4;
+/// Default bound on a connection's first header: `backup-session` connects
+/// to the store only once it holds the first request, so a legitimate
+/// header arrives at once.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default time between two probes of one validator.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
@@ -85,6 +96,9 @@ pub const MAX_CONNECTIONS_LIMIT: usize = 4096;
 /// Bounds of `backups.idle-timeout`.
 const IDLE_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(3600));
+/// Bounds of `backups.header-timeout`.
+const HEADER_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(60));
 /// Bounds of `health.interval`.
 const HEALTH_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(3600));
@@ -174,7 +188,9 @@ struct RawBackups {
     keep: Option<usize>,
     quota_bytes: Option<u64>,
     idle_timeout: Option<String>,
+    header_timeout: Option<String>,
     max_connections: Option<usize>,
+    max_connections_per_validator: Option<usize>,
 }
 
 /// `[health]`: see [`HealthCheckOptions`] for the meaning and defaults.
@@ -214,8 +230,15 @@ pub struct BackupStoreOptions {
     /// this plus one second per 64 KiB); a client that stalls is
     /// disconnected.
     pub idle_timeout: Duration,
-    /// Connections served at once.
+    /// How long a new connection may take to send its first complete
+    /// header; one that sends nothing is closed and frees its slot.
+    pub header_timeout: Duration,
+    /// Connections served at once (all validators together).
     pub max_connections: usize,
+    /// Connections one validator may hold at once (counted from its first
+    /// request naming it); one more is answered `busy` and closed, so one
+    /// validator's key cannot starve the others. At most `max_connections`.
+    pub max_connections_per_validator: usize,
 }
 
 impl Default for BackupStoreOptions {
@@ -224,7 +247,9 @@ impl Default for BackupStoreOptions {
             keep: DEFAULT_KEEP,
             quota_bytes: DEFAULT_QUOTA_BYTES,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_validator: DEFAULT_MAX_CONNECTIONS_PER_VALIDATOR,
         }
     }
 }
@@ -380,7 +405,8 @@ impl BastionConfig {
              backups.keep:            {}\n\
              backups.quota-bytes:     {}\n\
              backups.idle-timeout:    {}\n\
-             backups.max-connections: {}\n\
+             backups.header-timeout:  {}\n\
+             backups.max-connections: {} ({} per validator)\n\
              health.interval:         {}\n\
              health.timeout:          {}\n",
             self.listen_socket.display(),
@@ -389,7 +415,9 @@ impl BastionConfig {
             self.backups.keep,
             self.backups.quota_bytes,
             duration(self.backups.idle_timeout),
+            duration(self.backups.header_timeout),
             self.backups.max_connections,
+            self.backups.max_connections_per_validator,
             duration(self.health.interval),
             duration(self.health.timeout),
         );
@@ -533,6 +561,35 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
             Some(max) => max,
             None => defaults.max_connections,
         },
+        header_timeout: duration(
+            &mut report,
+            "backups.header-timeout",
+            raw.backups.header_timeout.as_deref(),
+            defaults.header_timeout,
+            HEADER_TIMEOUT_RANGE,
+        ),
+        max_connections_per_validator: defaults.max_connections_per_validator,
+    };
+    let backups = BackupStoreOptions {
+        max_connections_per_validator: match raw.backups.max_connections_per_validator {
+            Some(max) if max == 0 || max > backups.max_connections => {
+                report(
+                    "backups.max-connections-per-validator".into(),
+                    format!(
+                        "{max} must be between 1 and backups.max-connections ({})",
+                        backups.max_connections
+                    ),
+                );
+                backups
+                    .max_connections_per_validator
+                    .min(backups.max_connections)
+            }
+            Some(max) => max,
+            None => backups
+                .max_connections_per_validator
+                .min(backups.max_connections),
+        },
+        ..backups
     };
 
     let defaults = HealthCheckOptions::default();
@@ -834,6 +891,8 @@ socket = "/run/palisade-bastion/val-b.sock"
         assert_eq!(config.backups.quota_bytes, 256 * 1024 * 1024);
         assert_eq!(config.backups.idle_timeout, Duration::from_secs(30));
         assert_eq!(config.backups.max_connections, 64);
+        assert_eq!(config.backups.max_connections_per_validator, 4);
+        assert_eq!(config.backups.header_timeout, Duration::from_secs(5));
         assert_eq!(config.health.interval, Duration::from_secs(10));
         assert_eq!(config.health.timeout, Duration::from_secs(3));
         // No [client]: greeting-only checks, said so.
@@ -1115,7 +1174,9 @@ status-file = "/var/lib/palisade-bastion/status.json"
 keep = 7
 quota-bytes = 1000
 idle-timeout = "500ms"
+header-timeout = "200ms"
 max-connections = 3
+max-connections-per-validator = 2
 
 [health]
 interval = "200ms"
@@ -1136,7 +1197,9 @@ socket = "/run/palisade-bastion/val-a.sock"
                 keep: 7,
                 quota_bytes: 1000,
                 idle_timeout: Duration::from_millis(500),
+                header_timeout: Duration::from_millis(200),
                 max_connections: 3,
+                max_connections_per_validator: 2,
             }
         );
         assert_eq!(
@@ -1162,7 +1225,7 @@ socket = "/run/palisade-bastion/val-a.sock"
         let base = "listen-socket = \"/run/b/l.sock\"\nbackup-dir = \"/b\"\n";
         let validator = "[[validator]]\nname = \"a\"\nsocket = \"/run/b/a.sock\"\n";
         // (top-level lines, tables, expected key, expected reason fragment)
-        let rows: [(&str, &str, &str, &str); 18] = [
+        let rows: [(&str, &str, &str, &str); 21] = [
             (
                 "",
                 "[backups]\nkeep = 0",
@@ -1210,6 +1273,24 @@ socket = "/run/palisade-bastion/val-a.sock"
                 "[backups]\nmax-connections = 100000",
                 "backups.max-connections",
                 "between 1 and 4096",
+            ),
+            (
+                "",
+                "[backups]\nmax-connections-per-validator = 0",
+                "backups.max-connections-per-validator",
+                "between 1 and backups.max-connections (64)",
+            ),
+            (
+                "",
+                "[backups]\nmax-connections = 8\nmax-connections-per-validator = 9",
+                "backups.max-connections-per-validator",
+                "between 1 and backups.max-connections (8)",
+            ),
+            (
+                "",
+                "[backups]\nheader-timeout = \"2m\"",
+                "backups.header-timeout",
+                "must be between 10ms and 1m",
             ),
             (
                 "",

@@ -139,7 +139,8 @@ Configuration file (TOML; docs/bastion.md lists every key):
   backup-dir    = \"/var/lib/palisade-bastion/backups\"
   # status-file = \"/run/palisade-bastion/status.json\"  (default: beside listen-socket)
   [backups]     # optional: keep = 500, quota-bytes = 268435456,
-                #           idle-timeout = \"30s\", max-connections = 64
+                #           idle-timeout = \"30s\", header-timeout = \"5s\",
+                #           max-connections = 64, max-connections-per-validator = 4
   [health]      # optional: interval = \"10s\", timeout = \"3s\"
   [client]      # optional: the bastion's RPC identity (a viewer)
   operator = \"bastion-b1\"
@@ -288,6 +289,15 @@ pub enum Command {
         /// [default: backups.max-connections, else 64]
         #[arg(long, value_name = "N")]
         max_connections: Option<usize>,
+        /// Connections one validator may hold at once; one more is answered
+        /// `busy` and closed. [default:
+        /// backups.max-connections-per-validator, else 4]
+        #[arg(long, value_name = "N")]
+        max_connections_per_validator: Option<usize>,
+        /// A new connection that sends no complete first header for this
+        /// long is closed. [default: backups.header-timeout, else 5000]
+        #[arg(long, value_name = "MS")]
+        header_timeout_ms: Option<u64>,
     },
     /// One validator's session to the backup store over stdin/stdout: the
     /// forced command of that validator's key in authorized_keys.
@@ -418,6 +428,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             quota_bytes,
             idle_timeout_ms,
             max_connections,
+            max_connections_per_validator,
+            header_timeout_ms,
         } => {
             let parsed =
                 config::BastionConfig::load_skipping_key(&config).map_err(Error::Config)?;
@@ -435,6 +447,14 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             }
             if let Some(max_connections) = max_connections {
                 options.max_connections = max_connections;
+                options.max_connections_per_validator =
+                    options.max_connections_per_validator.min(max_connections);
+            }
+            if let Some(max) = max_connections_per_validator {
+                options.max_connections_per_validator = max;
+            }
+            if let Some(ms) = header_timeout_ms {
+                options.header_timeout = Duration::from_millis(ms);
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -486,7 +506,7 @@ fn status(config: &config::BastionConfig, json: bool) -> Result<(), Error> {
     if json {
         // Plain structs with string keys: serialization cannot fail.
         let text = serde_json::to_string_pretty(&report).expect("status report serializes");
-        println!("{text}");
+        println!("{}", palisade_client::peer_text::escape_json_output(&text));
     } else {
         print!("{}", report.render(now));
     }

@@ -25,6 +25,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use palisade_client::peer_text::clean;
 use palisade_daemon::durable::{AtomicWrite, Existing};
 use serde::{Deserialize, Serialize};
 
@@ -180,15 +181,21 @@ impl StatusReport {
                 State::Unknown => "not checked yet".into(),
                 State::Up => String::new(),
             };
+            // Cleaned where it entered (the greeting's parser), and again
+            // here: the file may come from another build.
+            let supervisor = clean(&supervisor);
+            let detail = clean(&detail);
             rows.push([
-                validator.name.clone(),
+                clean(&validator.name),
                 validator.state.as_str().into(),
-                ago(&validator.since),
-                validator
-                    .last_checked
-                    .as_deref()
-                    .map(ago)
-                    .unwrap_or("-".into()),
+                clean(&ago(&validator.since)),
+                clean(
+                    &validator
+                        .last_checked
+                        .as_deref()
+                        .map(ago)
+                        .unwrap_or("-".into()),
+                ),
                 validator.consecutive_failures.to_string(),
                 supervisor,
                 detail,
@@ -219,8 +226,8 @@ impl StatusReport {
             "{}/{} validators up; status written {} by palisade-bastion {} (pid {})",
             verdict.up,
             verdict.total,
-            ago(&self.updated),
-            self.version,
+            clean(&ago(&self.updated)),
+            clean(&self.version),
             self.pid
         );
         out

@@ -144,13 +144,19 @@ impl Session {
 
     /// Exactly `n` bytes of output; `None` if the output ends first.
     fn read_bytes(&mut self, n: usize) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + PATIENCE;
+        self.read_bytes_within(n, PATIENCE)
+    }
+
+    /// Exactly `n` bytes of output within `limit`; `None` if the output
+    /// ends first.
+    fn read_bytes_within(&mut self, n: usize, limit: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + limit;
         while self.buffered.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.chunks.recv_timeout(left) {
                 Ok(chunk) => self.buffered.extend(chunk),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!("no output within {PATIENCE:?}"),
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("no output within {limit:?}"),
             }
         }
         Some(self.buffered.drain(..n).collect())
@@ -260,7 +266,7 @@ fn put_list_get_remove_through_the_relay_on_one_session() {
     assert!(session.put("val-a", "b.age", b"second").ok);
     assert!(session.put("val-a", "a.age", b"first").ok);
     // Several 64 KiB pieces, and the largest payload allowed.
-    let big: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| i as u8).collect();
+    let big: Vec<u8> = (0..MAX_PAYLOAD_BYTES / 2 + 17).map(|i| i as u8).collect();
     assert!(session.put("val-a", "big.age", &big).ok);
     let max = vec![0x5a; MAX_PAYLOAD_BYTES];
     assert!(session.put("val-a", "max.age", &max).ok);
@@ -382,6 +388,8 @@ fn an_unconfigured_validator_gets_an_error_response_and_exit_1() {
 fn a_store_that_is_not_running_gets_an_internal_error_and_exit_1() {
     let bastion = Bastion::configured("");
     let mut session = bastion.session("val-a");
+    // The relay connects to the store once it holds the first request.
+    session.send_json(r#"{"op":"list","validator":"val-a"}"#);
     let response = session.response();
     assert_eq!(kind(&response), ErrorKind::Internal);
     assert!(
@@ -512,7 +520,8 @@ fn input_ending_inside_a_request_stores_nothing() {
 
 #[test]
 fn a_silent_or_stalled_client_is_cut_off() {
-    let bastion = Bastion::start("[backups]\nidle-timeout = \"300ms\"\n");
+    let bastion =
+        Bastion::start("[backups]\nidle-timeout = \"300ms\"\nheader-timeout = \"300ms\"\n");
 
     let started = Instant::now();
     let mut silent = bastion.session("val-a");
@@ -536,7 +545,7 @@ fn a_silent_or_stalled_client_is_cut_off() {
 #[test]
 fn a_client_that_stops_reading_is_cut_off_by_the_relay() {
     let bastion = Bastion::start("[backups]\nidle-timeout = \"300ms\"\n");
-    let big = vec![1u8; 4 * 1024 * 1024];
+    let big = vec![1u8; MAX_PAYLOAD_BYTES];
     let mut direct = common::Client::connect(&bastion.dir.path().join("run/bastion.sock"));
     assert!(direct.put("val-a", "big.age", &big).ok);
     drop(direct);
@@ -586,4 +595,66 @@ fn a_client_that_stops_reading_is_cut_off_by_the_relay() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(stderr.contains("backup session idle"), "{stderr}");
+}
+
+/// Regression (hardening review, finding 14): one validator's key held
+/// every store connection (sessions that sent nothing, idle sessions, slow
+/// `get`s), and another validator's backups timed out. Now a session holds
+/// a store connection only from its first request, each validator holds at
+/// most `max-connections-per-validator`, and the other validator's `list`
+/// answers at once.
+#[test]
+fn one_validator_holding_every_connection_it_can_does_not_starve_another() {
+    let bastion =
+        Bastion::start("[backups]\nmax-connections = 6\nmax-connections-per-validator = 2\n");
+    let big = vec![7u8; MAX_PAYLOAD_BYTES];
+    let socket = bastion.dir.path().join("run/bastion.sock");
+    assert!(
+        common::Client::connect(&socket)
+            .put("val-a", "big.age", &big)
+            .ok
+    );
+
+    // val-a's key, as hard as it can: sessions that made a request and then
+    // idle, holding their connection (those beyond the cap are refused
+    // `busy`) ...
+    let mut idle = Vec::new();
+    let mut busy = 0;
+    for _ in 0..6 {
+        let mut session = bastion.session("val-a");
+        session.send_json(r#"{"op":"list","validator":"val-a"}"#);
+        let response = session.response();
+        if response.ok {
+            idle.push(session);
+        } else {
+            assert_eq!(kind(&response), ErrorKind::Busy, "{response:?}");
+            busy += 1;
+        }
+    }
+    // ... sessions that send nothing ...
+    let silent: Vec<Session> = (0..6).map(|_| bastion.session("val-a")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // ... and slow `get`s that never read the bundle.
+    let slow: Vec<common::Client> = (0..6)
+        .map(|_| {
+            let mut client = common::Client::connect(&socket);
+            client.send_raw(&encode_header(&Request::Get {
+                validator: "val-a".into(),
+                file: "big.age".into(),
+            }));
+            client
+        })
+        .collect();
+
+    let started = Instant::now();
+    let mut other = bastion.session("val-b");
+    other.send_json(r#"{"op":"list","validator":"val-b"}"#);
+    let prefix = other.read_bytes_within(4, Duration::from_secs(1)).unwrap();
+    let length = u32::from_be_bytes(prefix.try_into().unwrap()) as usize;
+    let body = other.read_bytes(length).unwrap();
+    assert!(decode_response(&body).unwrap().ok);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(1), "val-b waited {waited:?}");
+    assert_eq!((idle.len(), busy), (2, 4), "two connections per validator");
+    drop((silent, idle, slow));
 }

@@ -632,3 +632,78 @@ fn sigterm_and_sigint_stop_cleanly_and_systemd_is_told() {
         );
     }
 }
+
+/// What an attacker behind a validator's socket writes to reach the
+/// operator's terminal and the bastion's log: an OSC title set, BEL, a
+/// screen clear, bidi overrides, and a raw newline with a forged log line.
+const HOSTILE: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{202e}\u{2066}\u{9b}31m\nFORGED  INFO validator up validator=val-b";
+
+/// No raw escape, bell, C1, bidi control or forged line in `text`.
+fn assert_inert(what: &str, text: &str) {
+    for c in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}', '\u{2066}'] {
+        assert!(!text.contains(c), "{what} holds {c:?}:\n{text}");
+    }
+    assert!(
+        !text.lines().any(|line| line.starts_with("FORGED")),
+        "{what} holds a forged line:\n{text}"
+    );
+}
+
+/// Regression (hardening review, finding 15): the greeting's `version` and
+/// `validator`, and serde's error text quoting a bad greeting, reached
+/// `status`, the log and `status --json` raw. Now they are cleaned where
+/// the greeting is parsed, and the renderers clean again.
+#[test]
+fn a_hostile_greeting_reaches_neither_the_terminal_nor_the_log() {
+    let daemon = Daemon::configure(&["hostile", "garbled"], "");
+    let mut greeting = Greeting::new(format!("val-x{HOSTILE}"), format!("6.6.6{HOSTILE}"));
+    greeting.tls = None;
+    let garbled = format!(
+        "{{\"service\":\"palisade-supervisor\",\"protocol\":{},\"version\":\"1\",\"validator\":\"v\"}}\n",
+        serde_json::to_string(HOSTILE).unwrap()
+    );
+    let _peers = [
+        Peer::start(
+            &daemon.socket("hostile"),
+            Behaviour::Reply(greeting.to_line()),
+        ),
+        Peer::start(
+            &daemon.socket("garbled"),
+            Behaviour::Reply(garbled.into_bytes()),
+        ),
+    ];
+    let mut daemon = daemon;
+    daemon.spawn(&[]);
+    let hostile = daemon.wait_state("hostile", "up");
+    let version = hostile["supervisor"]["version"].as_str().unwrap();
+    assert!(
+        version.starts_with("6.6.6\\u{1b}]0;pwned\\u{7}"),
+        "{version}"
+    );
+    let garbled = daemon.wait_state("garbled", "down");
+    let error = garbled["last_error"].as_str().unwrap();
+    assert!(error.contains("malformed greeting: "), "{error}");
+    assert!(
+        error.contains("\\u{1b}"),
+        "the serde text, escaped: {error}"
+    );
+    wait_until("the name-mismatch warning", || {
+        !daemon
+            .log_lines("greeting names another validator", "hostile")
+            .is_empty()
+    });
+
+    let table = daemon.status_command(&[]);
+    assert_inert("status", &text(&table.stdout));
+    assert_inert("status's stderr", &text(&table.stderr));
+    assert!(
+        text(&table.stdout).contains("\\u{202e}"),
+        "{}",
+        text(&table.stdout)
+    );
+    let json = daemon.status_command(&["--json"]);
+    assert_inert("status --json", &text(&json.stdout));
+    let parsed: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(parsed["validators"].as_array().unwrap().len(), 2);
+    assert_inert("the log", &daemon.stderr());
+}

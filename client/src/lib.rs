@@ -677,14 +677,21 @@ impl Client {
                 timeout.as_secs()
             ))
         })??;
-        let response: Response = serde_json::from_slice(&response).map_err(|error| {
-            CallError::Connection(format!("the supervisor's answer is not JSON-RPC: {error}"))
+        let mut response: Response = serde_json::from_slice(&response).map_err(|error| {
+            CallError::Connection(clean(&format!(
+                "the supervisor's answer is not JSON-RPC: {error}"
+            )))
         })?;
         if response.id != id {
-            return Err(CallError::Connection(format!(
+            return Err(CallError::Connection(clean(&format!(
                 "answer for id {} while waiting for id {id}",
                 response.id
-            )));
+            ))));
+        }
+        // The peer's error text is cleaned where it enters; `data` is
+        // cleaned when it is described (it stays a JSON value).
+        if let Some(error) = &mut response.error {
+            error.message = clean(&error.message);
         }
         match (response.result, response.error) {
             (_, Some(error)) if matches!(error.code, code::UNAUTHENTICATED | code::FORBIDDEN) => {

@@ -712,7 +712,7 @@ pub async fn run_call(
     if json {
         let text = serde_json::to_string_pretty(&result)
             .map_err(|error| Error::Output(format!("cannot encode JSON: {error}")))?;
-        println!("{text}");
+        println!("{}", render::escape_json_output(&text));
     } else {
         print!("{}", render::render(&call.method, &result));
     }
@@ -921,7 +921,7 @@ fn show_record(home: &std::path::Path, json: bool) -> Result<(), Error> {
     if json {
         let text = serde_json::to_string_pretty(&read.records)
             .map_err(|error| Error::Output(format!("cannot encode JSON: {error}")))?;
-        println!("{text}");
+        println!("{}", render::escape_json_output(&text));
     } else if read.records.is_empty() && read.bad_lines.is_empty() {
         println!("no upgrades recorded yet ({})", path.display());
     } else if !read.records.is_empty() {

@@ -5,7 +5,7 @@
 //! generic rendering rather than guessing. Everything printed passes
 //! through [`clean`], as results carry text from the chain and from logs.
 
-pub use palisade_client::peer_text::clean;
+pub use palisade_client::peer_text::{clean, escape_json_output};
 use palisade_wire::rpc::results::{
     HealthResult, LogsTailResult, PlanOnDisk, UpgradeAddResult, UpgradeCancelResult,
     UpgradeListResult,

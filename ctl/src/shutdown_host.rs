@@ -81,7 +81,7 @@ pub fn run(connection: &ConnectionArgs, yes: bool, json: bool) -> Result<(), Err
     if json {
         let text = serde_json::to_string_pretty(&result)
             .map_err(|error| Error::Output(format!("cannot encode JSON: {error}")))?;
-        println!("{text}");
+        println!("{}", crate::render::escape_json_output(&text));
     } else {
         print!("{}", crate::render::render("host.shutdown", &result));
     }

@@ -758,3 +758,71 @@ fn help_teaches_modes_config_and_exit_codes() {
         assert!(help.contains(fragment), "{fragment}:\n{help}");
     }
 }
+
+/// What an attacker behind a validator's socket (or a rebound tunnel)
+/// writes to reach the operator's terminal.
+const HOSTILE: &str =
+    "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{202e}\u{2066}\u{9b}31m\nFORGED  INFO validator up";
+
+fn assert_inert(what: &str, text: &str) {
+    for c in [
+        '\u{1b}', '\u{7}', '\u{9b}', '\u{202e}', '\u{2066}', '\u{7f}',
+    ] {
+        assert!(!text.contains(c), "{what} holds {c:?}:\n{text}");
+    }
+    assert!(
+        !text.lines().any(|line| line.starts_with("FORGED")),
+        "{what} holds a forged line:\n{text}"
+    );
+}
+
+/// Regression (hardening review, finding 15): a hostile greeting's fields
+/// and serde's error text about them, and a peer's error message, reached
+/// palisade-ctl's stderr raw; `--json` wrote DEL, C1 and bidi characters
+/// raw. Now they are cleaned where they are parsed and escaped in `--json`.
+#[test]
+fn hostile_greetings_and_error_messages_reach_stderr_escaped() {
+    let json_string = serde_json::to_string(HOSTILE).unwrap();
+    let greetings = [
+        // A wrong service, quoted back in the error.
+        format!(
+            "{{\"service\":{json_string},\"protocol\":1,\"version\":\"1\",\"validator\":\"v\"}}\n"
+        ),
+        // serde's error text quotes the value it refused.
+        format!(
+            "{{\"service\":\"palisade-supervisor\",\"protocol\":{json_string},\"version\":\"1\",\"validator\":\"v\"}}\n"
+        ),
+    ];
+    for greeting in greetings {
+        let (_dir, socket) = start_raw(greeting.into_bytes(), false);
+        let output = ctl(&["--socket", socket.to_str().unwrap(), "status"], None);
+        assert_eq!(
+            output.status.code(),
+            Some(CONNECTION),
+            "{}",
+            stderr(&output)
+        );
+        assert_inert("stderr", &stderr(&output));
+        assert!(stderr(&output).contains("\\u{1b}"), "{}", stderr(&output));
+    }
+
+    let mut spec = ServerSpec::new(TlsRequirement::Optional)
+        .answer("status", Err(RpcError::new(code::INTERNAL, HOSTILE)))
+        .answer(
+            "health",
+            Ok(json!({"ok": true, "problems": [], "note": format!("del\u{7f}{HOSTILE}")})),
+        );
+    let mut greeting = palisade_wire::rpc::Greeting::new("val-a", format!("1{HOSTILE}"));
+    greeting.tls = Some(TlsRequirement::Optional);
+    spec.greeting = greeting.to_line();
+    let server = TestServer::start(spec);
+    let socket = socket_arg(&server);
+    let output = ctl(&["--socket", &socket, "status"], None);
+    assert_eq!(output.status.code(), Some(CALL), "{}", stderr(&output));
+    assert_inert("stderr", &stderr(&output));
+    assert!(stderr(&output).contains("pwned"), "{}", stderr(&output));
+    let output = ctl(&["--socket", &socket, "--json", "health"], None);
+    assert_inert("--json stdout", &stdout(&output));
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["note"], format!("del\u{7f}{HOSTILE}"), "same value");
+}

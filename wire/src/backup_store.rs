@@ -37,15 +37,18 @@
 //! ```
 //!
 //! Error kinds: see [`ErrorKind`]. After a `bad_frame` or `too_large` error
-//! the bastion closes the connection (the stream may be out of step).
+//! the bastion closes the connection (the stream may be out of step), and
+//! after a `busy` one (the validator already holds as many connections as
+//! the bastion allows it).
 //!
 //! # Limits
 //!
 //! - request header frame: at most [`MAX_REQUEST_HEADER_BYTES`] (8 KiB);
 //! - response header frame: at most [`MAX_RESPONSE_HEADER_BYTES`] (a listing
 //!   of up to [`MAX_LIST_ENTRIES`] names);
-//! - payload frame: at most [`MAX_PAYLOAD_BYTES`] (16 MiB; a bundle is
-//!   about 64 KiB), and exactly the announced `bytes`;
+//! - payload frame: at most [`MAX_PAYLOAD_BYTES`] (1 MiB, the supervisor's
+//!   own cap on a bundle's ciphertext; a bundle is about 64 KiB), and
+//!   exactly the announced `bytes`;
 //! - file names: [`file_name_problem`]; validator names: those configured on
 //!   the bastion.
 //!
@@ -66,8 +69,12 @@ pub const MAX_RESPONSE_HEADER_BYTES: usize = 4 * 1024 * 1024;
 /// Most names a `list` response carries (the newest ones).
 pub const MAX_LIST_ENTRIES: usize = 4096;
 
-/// Largest payload frame (one stored file), in bytes.
-pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+/// Largest payload frame (one stored file), in bytes: the supervisor's cap
+/// on a bundle's ciphertext (`palisade_supervisor::backup::MAX_CIPHERTEXT_BYTES`),
+/// which refuses to write or open anything larger, so the bastion has no
+/// reason to accept or serve more. (It was 16 MiB before the supervisor
+/// capped bundles.)
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// Longest file name, in bytes.
 pub const MAX_FILE_NAME_BYTES: usize = 255;
@@ -200,6 +207,10 @@ pub enum ErrorKind {
     Quota,
     /// The bastion failed to read or write its own storage.
     Internal,
+    /// The validator already has as many connections open as the bastion
+    /// allows one validator (`backups.max-connections-per-validator`); the
+    /// bastion closes this one. Try again later.
+    Busy,
 }
 
 impl ErrorKind {
@@ -214,6 +225,7 @@ impl ErrorKind {
             ErrorKind::BadFrame => "bad_frame",
             ErrorKind::Quota => "quota",
             ErrorKind::Internal => "internal",
+            ErrorKind::Busy => "busy",
         }
     }
 }
@@ -226,7 +238,10 @@ impl std::fmt::Display for ErrorKind {
 
 /// Why a stored file name is not acceptable, or `None` when it is: a plain
 /// name of 1–255 bytes, without `/` or `\`, not starting with `.`, without
-/// control characters. Same rules as the supervisor's `validate_file_name`.
+/// control, bidirectional-override or format characters
+/// ([`peer_text::is_unsafe`](crate::peer_text::is_unsafe)), so a stored
+/// name can be logged and shown as it is. The supervisor's
+/// `validate_file_name` allows a subset of these names.
 pub fn file_name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         Some("empty")
@@ -236,7 +251,7 @@ pub fn file_name_problem(name: &str) -> Option<&'static str> {
         Some("contains a path separator")
     } else if name.starts_with('.') {
         Some("starts with '.'")
-    } else if name.chars().any(char::is_control) {
+    } else if name.chars().any(crate::peer_text::is_unsafe) {
         Some("contains control characters")
     } else {
         None
@@ -344,14 +359,26 @@ pub fn encode_header<T: Serialize>(header: &T) -> Vec<u8> {
     frame
 }
 
-/// Parses a request header frame's body (without the length prefix).
+/// Parses a request header frame's body (without the length prefix). The
+/// error text quotes the frame, so it is cleaned
+/// ([`peer_text::clean`](crate::peer_text::clean)) before anyone logs it.
 pub fn decode_request(body: &[u8]) -> Result<Request, String> {
-    serde_json::from_slice(body).map_err(|error| format!("invalid request header: {error}"))
+    serde_json::from_slice(body)
+        .map_err(|error| crate::peer_text::clean(&format!("invalid request header: {error}")))
 }
 
-/// Parses a response header frame's body (without the length prefix).
+/// Parses a response header frame's body (without the length prefix). An
+/// error's message is the bastion's text, cleaned here
+/// ([`peer_text::clean`](crate::peer_text::clean)) before anyone logs it;
+/// so is serde's error text, which may quote the frame.
 pub fn decode_response(body: &[u8]) -> Result<Response, String> {
-    serde_json::from_slice(body).map_err(|error| format!("invalid response header: {error}"))
+    use crate::peer_text::clean;
+    let mut response: Response = serde_json::from_slice(body)
+        .map_err(|error| clean(&format!("invalid response header: {error}")))?;
+    if let Some(error) = &mut response.error {
+        error.message = clean(&error.message);
+    }
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -415,6 +442,7 @@ mod tests {
             ErrorKind::BadFrame,
             ErrorKind::Quota,
             ErrorKind::Internal,
+            ErrorKind::Busy,
         ] {
             assert_eq!(
                 serde_json::to_string(&kind).unwrap(),

@@ -1,7 +1,8 @@
 //! Types that cross a process boundary between Palisade's binaries.
 //!
 //! Invariant: this crate holds data shapes and the pure rules their values
-//! follow (the control RPC's params validation) — no I/O, no state, no
+//! follow (the control RPC's params validation, [`peer_text`]'s cleaning of
+//! text a peer sent) — no I/O, no state, no
 //! dependency heavier than serde. Anything serialized here is a stable
 //! format: add fields with `#[serde(default)]`, never rename or repurpose
 //! one.
@@ -10,5 +11,6 @@
 pub mod backup_store;
 pub mod bench;
 pub mod names;
+pub mod peer_text;
 pub mod rpc;
 pub mod upgrade_record;

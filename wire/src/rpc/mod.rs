@@ -119,16 +119,25 @@ impl Greeting {
     }
 
     /// Parse one line (with or without its trailing newline).
+    ///
+    /// Whatever answers on a validator's socket writes this line, so every
+    /// string in the result — `version`, `validator`, a wrong `service` and
+    /// serde's error text, which quotes the line — is passed through
+    /// [`peer_text::clean`](crate::peer_text::clean) here, where it enters:
+    /// no caller can print or log it raw.
     pub fn parse(line: &[u8]) -> Result<Greeting, GreetingError> {
+        use crate::peer_text::clean;
         if line.len() > MAX_GREETING_BYTES {
             return Err(GreetingError::TooLong);
         }
         let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let greeting: Greeting = serde_json::from_slice(line)
-            .map_err(|error| GreetingError::Malformed(error.to_string()))?;
+        let mut greeting: Greeting = serde_json::from_slice(line)
+            .map_err(|error| GreetingError::Malformed(clean(&error.to_string())))?;
         if greeting.service != SERVICE {
-            return Err(GreetingError::WrongService(greeting.service));
+            return Err(GreetingError::WrongService(clean(&greeting.service)));
         }
+        greeting.version = clean(&greeting.version);
+        greeting.validator = clean(&greeting.validator);
         Ok(greeting)
     }
 }
