@@ -785,7 +785,7 @@ impl Executor {
         let vault = self.vault.clone().context("the vault is not unlocked")?;
         let prepared = self.prepared.take().context("the start rule did not run")?;
         // Swap may have been turned on since the supervisor started.
-        super::run::check_swap(settings.swap, crate::vault::swap_status())?;
+        crate::vault::check_swap(settings.swap, crate::vault::swap_status())?;
         let tmpfs =
             crate::vault::materialize(&vault, &settings.tmpfs_dir, &self.config.daemon_home)?;
         tracing::info!(dir = %tmpfs.dir().display(), "validator keys decrypted into tmpfs; config.toml points at them");

@@ -26,7 +26,7 @@ use crate::passphrase::{PassphraseError, PassphraseSource};
 use crate::rpc::ControlSocket;
 use crate::tunnel::TunnelMesh;
 use crate::upgrade::layout::Layout;
-use crate::vault::{MemoryLock, SwapStatus};
+use crate::vault::MemoryLock;
 use palisade_daemon::systemd::Notifier;
 
 /// Exit code for [`RunOutcome::CrashLoop`]; the systemd unit lists it in
@@ -235,32 +235,13 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
 /// Swap could write decrypted keys to disk: refused unless the operator
 /// accepted the risk; memory is locked where the system allows.
 fn check_memory(swap: SwapPolicy) -> anyhow::Result<()> {
-    check_swap(swap, crate::vault::swap_status())?;
+    crate::vault::check_swap(swap, crate::vault::swap_status())?;
     match crate::vault::lock_memory() {
         MemoryLock::Locked => tracing::info!("process memory locked (mlockall)"),
         other => tracing::warn!(
             ?other,
             "process memory not locked; secrets could be swapped if swap is enabled"
         ),
-    }
-    Ok(())
-}
-
-/// The swap rule, at start and again before every unlock puts keys in
-/// tmpfs (swap may have been turned on since): refused under
-/// `vault.swap = "refuse"`, a warning under `"warn"`.
-pub(super) fn check_swap(swap: SwapPolicy, status: SwapStatus) -> anyhow::Result<()> {
-    if let SwapStatus::Enabled { devices } = status {
-        match swap {
-            SwapPolicy::Refuse => anyhow::bail!(
-                "swap is enabled ({}): decrypted keys could be written to disk. Disable swap, or set vault.swap = \"warn\" to accept the risk",
-                devices.join(", ")
-            ),
-            SwapPolicy::Warn => tracing::warn!(
-                ?devices,
-                "swap is enabled: decrypted keys could be written to disk (vault.swap = \"warn\")"
-            ),
-        }
     }
     Ok(())
 }
@@ -317,28 +298,5 @@ fn remove_interrupted_work(config: &Config, layout: &Layout) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The swap rule (checked at start and before every unlock).
-    #[test]
-    fn swap_rule_table() {
-        let on = || SwapStatus::Enabled {
-            devices: vec!["/dev/sda2".into()],
-        };
-        assert!(check_swap(SwapPolicy::Refuse, SwapStatus::Disabled).is_ok());
-        assert!(check_swap(SwapPolicy::Warn, SwapStatus::Disabled).is_ok());
-        assert!(check_swap(SwapPolicy::Warn, on()).is_ok());
-        let error = check_swap(SwapPolicy::Refuse, on())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("/dev/sda2") && error.contains("vault.swap"),
-            "{error}"
-        );
     }
 }

@@ -186,3 +186,46 @@ mod tests {
         assert_eq!(effective_capabilities("Name:\tx\n"), None);
     }
 }
+
+/// The swap rule, at start and again before every unlock puts keys in
+/// tmpfs (swap may have been turned on since): refused under
+/// `vault.swap = "refuse"`, a warning under `"warn"`.
+pub fn check_swap(swap: crate::config::SwapPolicy, status: SwapStatus) -> anyhow::Result<()> {
+    if let SwapStatus::Enabled { devices } = status {
+        match swap {
+            crate::config::SwapPolicy::Refuse => anyhow::bail!(
+                "swap is enabled ({}): decrypted keys could be written to disk. Disable swap, or set vault.swap = \"warn\" to accept the risk",
+                devices.join(", ")
+            ),
+            crate::config::SwapPolicy::Warn => tracing::warn!(
+                ?devices,
+                "swap is enabled: decrypted keys could be written to disk (vault.swap = \"warn\")"
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod swap_rule_tests {
+    use super::*;
+    use crate::config::SwapPolicy;
+
+    /// The swap rule (checked at start and before every unlock).
+    #[test]
+    fn swap_rule_table() {
+        let on = || SwapStatus::Enabled {
+            devices: vec!["/dev/sda2".into()],
+        };
+        assert!(check_swap(SwapPolicy::Refuse, SwapStatus::Disabled).is_ok());
+        assert!(check_swap(SwapPolicy::Warn, SwapStatus::Disabled).is_ok());
+        assert!(check_swap(SwapPolicy::Warn, on()).is_ok());
+        let error = check_swap(SwapPolicy::Refuse, on())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("/dev/sda2") && error.contains("vault.swap"),
+            "{error}"
+        );
+    }
+}
