@@ -12,6 +12,10 @@ use palisade_supervisor::supervision::{RunOptions, RunOutcome, run, shutdown_sig
 fn main() {
     let cli = Cli::parse();
     init_logging();
+    // Before any secret is read: no core dump, no same-uid ptrace.
+    if let Err(error) = palisade_supervisor::vault::deny_core_dumps() {
+        tracing::warn!("{error}; secrets could end up in a core dump");
+    }
     let code = match dispatch(cli) {
         Ok(code) => code,
         Err(error) => {

@@ -241,3 +241,35 @@ fn a_squattable_key_directory_is_refused_and_config_shows_every_setting() {
         "a key was written"
     );
 }
+
+/// Finding 4 (in part): the unlocked supervisor, and the node it runs
+/// with the key, cannot write a core dump (`RLIMIT_CORE` 0, inherited).
+#[test]
+fn the_supervisor_and_its_node_write_no_core_dumps() {
+    let fixture = VaultRpc::setup(BLOCK, PASSPHRASE, "", "");
+    let supervisor = fixture.run();
+    wait_for_node_state(&fixture.socket, "locked", LONG);
+    fixture.unlock();
+    fixture.chain.wait_signing(1, LONG);
+    let core_limit = |pid: u32| {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        limits
+            .lines()
+            .find(|line| line.starts_with("Max core file size"))
+            .map(|line| {
+                line.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+    };
+    assert_eq!(core_limit(supervisor.child.id()), ["0", "0"]);
+    let children = supervisor.children();
+    assert!(!children.is_empty(), "the node is not running");
+    for child in children {
+        assert_eq!(core_limit(child), ["0", "0"], "node pid {child}");
+    }
+    supervisor.stop();
+}

@@ -206,6 +206,34 @@ pub fn check_swap(swap: crate::config::SwapPolicy, status: SwapStatus) -> anyhow
     Ok(())
 }
 
+/// Keeps this process's memory (the passphrase, the vault's keys, the
+/// decrypted validator key) out of core dumps and away from other processes
+/// of the same user: `RLIMIT_CORE` 0 (soft and hard; children such as gaiad
+/// inherit it) and `PR_SET_DUMPABLE` 0, which also forbids ptrace and
+/// `/proc/PID/mem` to same-uid processes without `CAP_SYS_PTRACE`. Called
+/// first thing by every command, before a secret is read.
+pub fn deny_core_dumps() -> Result<(), String> {
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|error| format!("cannot set RLIMIT_CORE to 0: {error}"))?;
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|error| format!("cannot clear the dumpable flag (PR_SET_DUMPABLE): {error}"))
+}
+
+#[cfg(test)]
+mod dump_tests {
+    /// Runs in its own process (nextest): afterwards no core can be written
+    /// and the process is not dumpable (issue 16, finding 4).
+    #[test]
+    fn core_dumps_are_denied() {
+        super::deny_core_dumps().unwrap();
+        assert_eq!(
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CORE).unwrap(),
+            (0, 0)
+        );
+        assert!(!nix::sys::prctl::get_dumpable().unwrap());
+    }
+}
+
 #[cfg(test)]
 mod swap_rule_tests {
     use super::*;
