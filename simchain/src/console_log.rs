@@ -396,6 +396,18 @@ pub fn format_json(
 /// zerolog's JSON string encoding (`internal/json/string.go`): `"` and `\` escaped, `\b \f \n
 /// \r \t` short, other bytes below 0x20 and 0x7f as `\u00xx`; everything else as UTF-8.
 pub fn json_string(out: &mut String, text: &str) {
+    escaped_json_string(out, text, |c| c == '\u{7f}');
+}
+
+/// A JSON string as Go-family encoders write it: `"` and `\` escaped, `\b \f \n \r \t`
+/// short, other control bytes and every character `also_escape` names as `\u00xx`. The two
+/// encoders the simulated node imitates differ only in that set: zerolog ([`json_string`])
+/// and Go's `encoding/json` ([`crate::upgrade::go_json_string`]).
+pub(crate) fn escaped_json_string(
+    out: &mut String,
+    text: &str,
+    also_escape: impl Fn(char) -> bool,
+) {
     out.push('"');
     for c in text.chars() {
         match c {
@@ -406,7 +418,7 @@ pub fn json_string(out: &mut String, text: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+            c if (c as u32) < 0x20 || also_escape(c) => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),

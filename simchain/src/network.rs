@@ -954,6 +954,22 @@ struct ListenerRuntime {
     accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+impl ListenerRuntime {
+    /// Ends its sessions and stops accepting: dropping the accept loop
+    /// closes the listening socket.
+    fn take_down(&self) {
+        self.up.send_replace(false);
+        if let Some(task) = self
+            .accept_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
 struct Runtime {
     state: Shared,
     heights: broadcast::Sender<Arc<str>>,
@@ -995,16 +1011,7 @@ impl Runtime {
             listener.up.send_replace(true);
             self.start_accepting(listener, socket);
         } else {
-            listener.up.send_replace(false);
-            if let Some(task) = listener
-                .accept_task
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-            {
-                // Dropping the accept loop closes the listening socket.
-                task.abort();
-            }
+            listener.take_down();
         }
         lock(&self.state).set_listener_up(name, up);
         log(
@@ -1086,15 +1093,7 @@ pub async fn serve(
 
     shutdown.await;
     for listener in &runtime.listeners {
-        listener.up.send_replace(false);
-        if let Some(task) = listener
-            .accept_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            task.abort();
-        }
+        listener.take_down();
     }
     http_task.abort();
     for task in rpc_tasks {

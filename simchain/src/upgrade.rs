@@ -101,24 +101,9 @@ pub fn upgrade_info_json(plan: &UpgradePlan, height: u64) -> String {
 /// escaped, `\b \f \n \r \t` short, other control bytes as `\u00xx`, and the HTML-safe escapes
 /// `<` `>` `&` (`\u003c` …) and U+2028/U+2029.
 pub fn go_json_string(out: &mut String, text: &str) {
-    use std::fmt::Write as _;
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || matches!(c, '<' | '>' | '&' | '\u{2028}' | '\u{2029}') => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::console_log::escaped_json_string(out, text, |c| {
+        matches!(c, '<' | '>' | '&' | '\u{2028}' | '\u{2029}')
+    });
 }
 
 /// The SDK's upgrade-needed message (Cosmovisor's legacy regex matches it).

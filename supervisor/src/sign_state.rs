@@ -22,7 +22,7 @@ pub use decision::{
 };
 pub use file::SignState;
 pub use follow::StateFollower;
-pub use io::{SignStateWriteError, read_local, write_atomic};
+pub use io::{SignStateWriteError, read_local, read_local_state, write_atomic};
 
 /// Parse `priv_validator_state.json` (same as [`SignState::parse`]).
 pub fn parse(bytes: &[u8]) -> Result<SignState, SignStateError> {

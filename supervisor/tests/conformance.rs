@@ -28,9 +28,7 @@ use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
 use common::timing::LONG;
-use common::{
-    SUPERVISOR, Supervisor, default_socket, serve_files, serve_http, wait_for_status, wait_until,
-};
+use common::{Supervisor, default_socket, serve_files, serve_http, wait_for_status, wait_until};
 use palisade_supervisor::node::files::NodePaths;
 use palisade_supervisor::node::rpc::{ChainRpcError, CommitError, parse_commit, signed_in_last};
 use palisade_supervisor::sign_state::{SignState, SignStateError, Step};
@@ -431,18 +429,10 @@ impl Home {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(SUPERVISOR);
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("DAEMON_HOME", &self.home)
-            .env("DAEMON_NAME", "gaiad")
-            .env("DAEMON_POLL_INTERVAL", "50ms")
-            .env("DAEMON_SHUTDOWN_GRACE", "5s")
-            // The data backup before an upgrade is not what these tests
-            // check; skipping it keeps each run short.
-            .env("UNSAFE_SKIP_BACKUP", "true")
-            .env("PALISADE_LOG", "info");
+        let mut command = common::supervisor_command_for(&self.home, "gaiad");
+        // The data backup before an upgrade is not what these tests check;
+        // skipping it keeps each run short.
+        command.env("UNSAFE_SKIP_BACKUP", "true");
         command
     }
 

@@ -812,15 +812,8 @@ impl ValidatorHost {
             Some(ns) => ns.command(common::SUPERVISOR),
             None => Command::new(common::SUPERVISOR),
         };
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("DAEMON_HOME", &self.home)
-            .env("DAEMON_NAME", "simd")
-            .env("DAEMON_POLL_INTERVAL", "50ms")
-            .env("DAEMON_SHUTDOWN_GRACE", "5s")
-            .env("PALISADE_LOG", "info")
-            .env("PALISADE_CONFIG", &self.config);
+        common::supervisor_env(&mut command, &self.home, "simd");
+        command.env("PALISADE_CONFIG", &self.config);
         command
     }
 

@@ -29,7 +29,7 @@ use super::identity::ValidatorIdentity;
 use super::store::BackupStore;
 use crate::config::StartQuorum;
 use crate::sign_state::{
-    BackedUpSignature, KnownWatermark, LocalState, SignState, StartDecision, WatermarkSource,
+    BackedUpSignature, KnownWatermark, StartDecision, WatermarkSource, read_local_state,
     signbytes_conflict, start_decision,
 };
 use crate::vault::UnlockedVault;
@@ -253,17 +253,6 @@ pub async fn start_check(
         decision,
         next_sequence: highest_sequence + 1,
     })
-}
-
-/// The local state, and its parsed form when it is readable.
-fn read_local_state(path: &Path) -> (LocalState, Option<SignState>) {
-    match std::fs::read(path) {
-        Ok(bytes) => match SignState::parse(&bytes) {
-            Ok(state) => (LocalState::Present(state.watermark()), Some(state)),
-            Err(error) => (LocalState::Unreadable(error), None),
-        },
-        Err(_) => (crate::sign_state::read_local(path), None),
-    }
 }
 
 /// Names the other hosts whose bundles are in the stores, newest first.

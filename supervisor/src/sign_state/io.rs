@@ -16,15 +16,22 @@ use super::{SignStateError, Watermark};
 /// (permission denied, a directory, empty, truncated, malformed) is
 /// [`LocalState::Unreadable`].
 pub fn read_local(path: &Path) -> LocalState {
+    read_local_state(path).0
+}
+
+/// [`read_local`], with the parsed state when it is readable (its sign
+/// bytes, for the two-signers check at start).
+pub fn read_local_state(path: &Path) -> (LocalState, Option<SignState>) {
     match std::fs::read(path) {
         Ok(bytes) => match SignState::parse(&bytes) {
-            Ok(state) => LocalState::Present(state.watermark()),
-            Err(error) => LocalState::Unreadable(error),
+            Ok(state) => (LocalState::Present(state.watermark()), Some(state)),
+            Err(error) => (LocalState::Unreadable(error), None),
         },
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => LocalState::Missing,
-        Err(error) => {
-            LocalState::Unreadable(SignStateError::Read(format!("{}: {error}", path.display())))
-        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => (LocalState::Missing, None),
+        Err(error) => (
+            LocalState::Unreadable(SignStateError::Read(format!("{}: {error}", path.display()))),
+            None,
+        ),
     }
 }
 

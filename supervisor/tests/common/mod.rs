@@ -114,6 +114,27 @@ pub fn holds_for(duration: Duration, what: &str, mut condition: impl FnMut() -> 
     }
 }
 
+/// `palisade-supervisor` with a clean Cosmovisor environment for `home`
+/// and `daemon_name` (PATH kept, fast polling, a short shutdown grace).
+pub fn supervisor_command_for(home: &Path, daemon_name: &str) -> Command {
+    let mut command = Command::new(SUPERVISOR);
+    supervisor_env(&mut command, home, daemon_name);
+    command
+}
+
+/// The environment of [`supervisor_command_for`] on any command (one run
+/// inside a network namespace, say).
+pub fn supervisor_env(command: &mut Command, home: &Path, daemon_name: &str) {
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DAEMON_HOME", home)
+        .env("DAEMON_NAME", daemon_name)
+        .env("DAEMON_POLL_INTERVAL", "50ms")
+        .env("DAEMON_SHUTDOWN_GRACE", "5s")
+        .env("PALISADE_LOG", "info");
+}
+
 pub struct Chain {
     pub dir: tempfile::TempDir,
     pub home: PathBuf,
@@ -174,15 +195,7 @@ impl Chain {
 
     /// `palisade-supervisor` with the Cosmovisor environment for this home.
     pub fn supervisor_command(&self, env: &[(&str, &str)]) -> Command {
-        let mut command = Command::new(SUPERVISOR);
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("DAEMON_HOME", &self.home)
-            .env("DAEMON_NAME", "simd")
-            .env("DAEMON_POLL_INTERVAL", "50ms")
-            .env("DAEMON_SHUTDOWN_GRACE", "5s")
-            .env("PALISADE_LOG", "info");
+        let mut command = supervisor_command_for(&self.home, "simd");
         for (key, value) in env {
             command.env(key, value);
         }
