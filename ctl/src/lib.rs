@@ -37,8 +37,8 @@ use palisade_ssh::dial::Dial;
 use palisade_ssh::host_key::{FirstUse, HostKeyPolicy};
 use palisade_wire::rpc::methods::{self, Method};
 use palisade_wire::rpc::params::{
-    BackupListParams, BackupRestoreParams, HostShutdownParams, LogsTailParams, NoParams,
-    UpgradeAddParams, UpgradeCancelParams, Validate, VaultUnlockParams,
+    BackupListParams, BackupRestoreParams, FailoverHandoffParams, HostShutdownParams,
+    LogsTailParams, NoParams, UpgradeAddParams, UpgradeCancelParams, Validate, VaultUnlockParams,
 };
 
 use crate::config::ConfigError;
@@ -322,6 +322,12 @@ pub enum Command {
     },
     /// Lock the key vault: final backup, decrypted keys wiped.
     Lock,
+    /// Several hosts for one validator ([failover]): who signs, hand the
+    /// validator to another host, pause automatic takeover.
+    Failover {
+        #[command(subcommand)]
+        action: FailoverAction,
+    },
     /// Show upgrades: the supervisor's staged and pending upgrades and the
     /// last records (upgrade.list); with --home, the upgrade record on this
     /// disk instead (no RPC; <home>/cosmovisor/palisade-upgrades.jsonl).
@@ -364,6 +370,28 @@ pub enum NodeAction {
     Stop,
     /// Restart the node.
     Restart,
+}
+
+/// `failover …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum FailoverAction {
+    /// This host's role, the primary and its fencing token, the lease,
+    /// the last handoff, and what this host waits for.
+    Status,
+    /// On the primary: stop the node, take the final backup, write a
+    /// signed handoff record and free the leadership for HOST, which then
+    /// restores that state and starts (admin). If a step fails, nobody
+    /// signs and the answer says which host holds what.
+    Handoff {
+        /// The host to hand the validator to (one of [failover] peers).
+        #[arg(long, value_name = "HOST")]
+        to: String,
+    },
+    /// Pause automatic takeover on every host (maintenance); a planned
+    /// handoff still works (admin).
+    Pause,
+    /// Resume automatic takeover (admin).
+    Resume,
 }
 
 /// `upgrade …`.
@@ -578,6 +606,14 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
             accept_unreachable_stores: true,
         }),
         Command::Lock => typed_call::<methods::VaultLock>(NoParams),
+        Command::Failover { action } => match action {
+            FailoverAction::Status => typed_call::<methods::FailoverStatusMethod>(NoParams),
+            FailoverAction::Handoff { to } => {
+                typed_call::<methods::FailoverHandoff>(FailoverHandoffParams { to: to.clone() })
+            }
+            FailoverAction::Pause => typed_call::<methods::FailoverPause>(NoParams),
+            FailoverAction::Resume => typed_call::<methods::FailoverResume>(NoParams),
+        },
         Command::Upgrade {
             action:
                 UpgradeAction::Add {

@@ -332,6 +332,52 @@ async fn resigning_releases_the_key_at_once() {
 }
 
 #[tokio::test]
+async fn a_handoff_txn_writes_the_record_and_frees_the_key_only_for_the_current_leader() {
+    let cluster = EtcdCluster::start(3).unwrap();
+    let client = client(cluster.endpoints());
+    const RECORD: &str = "/palisade/val-1/handoff";
+    let first = acquire(&client, "host-a").await;
+    let stale = first.token();
+    leader::resign(&client, first).await.unwrap();
+    let current = acquire(&client, "host-b").await;
+    assert!(current.token() > stale);
+
+    // A leader whose key was replaced (the stale token) writes nothing and frees nothing.
+    let done = client
+        .put_and_delete_if_create_revision(KEY, stale.0, RECORD, b"stale")
+        .await
+        .unwrap();
+    assert!(!done);
+    assert!(client.get(RECORD).await.unwrap().kv.is_none());
+    let holder = leader::current_leader(&client, KEY).await.unwrap().unwrap();
+    assert_eq!(holder.token, current.token());
+
+    // The current leader: the record appears exactly as the key goes.
+    let done = client
+        .put_and_delete_if_create_revision(KEY, current.token().0, RECORD, b"to host-a")
+        .await
+        .unwrap();
+    assert!(done);
+    assert_eq!(
+        client.get(RECORD).await.unwrap().kv.unwrap().value,
+        b"to host-a"
+    );
+    assert!(
+        leader::current_leader(&client, KEY)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A revision that no key can have is refused before anything is sent.
+    let error = client
+        .put_and_delete_if_create_revision(KEY, 0, RECORD, b"x")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("revision 0"), "{error}");
+}
+
+#[tokio::test]
 async fn the_same_host_after_a_restart_waits_for_its_old_lease() {
     let cluster = EtcdCluster::start(3).unwrap();
     let client = client(cluster.endpoints());

@@ -8,6 +8,7 @@
 //! came from (`file:key` or `environment variable NAME`) and why it is wrong.
 //! Loading has no side effects: a bad configuration changes nothing.
 
+mod failover;
 mod host;
 mod operators;
 mod tunnels;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 use crate::upgrade::download::ChecksumPolicy;
 
+pub use failover::{FailoverSettings, RawFailover, TakeoverMode, valid_host_id};
 pub use host::{HostSettings, RawHost, check_shutdown_command};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
 pub use tunnels::{
@@ -115,6 +117,8 @@ pub struct RawConfig {
     /// The host itself (the `host.shutdown` command).
     #[serde(default)]
     pub host: RawHost,
+    /// Several hosts for one validator (`docs/failover.md`).
+    pub failover: Option<RawFailover>,
 }
 
 /// `[vault]`: keys encrypted at rest, decrypted into tmpfs on unlock.
@@ -291,6 +295,8 @@ pub struct Config {
     pub operators: Vec<OperatorSettings>,
     /// `[host]`: what a confirmed `host.shutdown` runs.
     pub host: HostSettings,
+    /// `None`: this host is the validator's only signer.
+    pub failover: Option<FailoverSettings>,
 }
 
 /// What to do when swap is enabled while the vault is in use.
@@ -627,6 +633,43 @@ impl Config {
                     ),
                 );
             }
+        }
+        if let Some(failover) = &self.failover {
+            add("failover.host-id".into(), failover.host_id.clone());
+            add("failover.peers".into(), failover.peers.join(","));
+            add(
+                "failover.etcd-endpoints".into(),
+                failover.etcd_endpoints.join(","),
+            );
+            add("failover.chain-rpc".into(), failover.chain_rpc.clone());
+            add(
+                "failover.key-prefix".into(),
+                failover
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| "(from the vault's backup key)".into()),
+            );
+            add("failover.lease-ttl".into(), duration(failover.lease_ttl));
+            add(
+                "failover.fence-margin".into(),
+                duration(failover.fence_margin),
+            );
+            add(
+                "failover.poll-interval".into(),
+                duration(failover.poll_interval),
+            );
+            add(
+                "failover.chain-guard-blocks".into(),
+                failover.chain_guard_blocks.to_string(),
+            );
+            add(
+                "failover.takeover".into(),
+                failover.takeover.as_str().into(),
+            );
+            add(
+                "failover.handoff-timeout".into(),
+                duration(failover.handoff_timeout),
+            );
         }
         for operator in &self.operators {
             add(
@@ -1008,6 +1051,7 @@ fn validate(
     let tunnels = tunnels::validate_tunnels(r, raw.tunnel, raw.bastion);
     let operators = operators::validate_operators(r, raw.operator);
     let host = host::validate_host(r, raw.host);
+    let failover = failover::validate_failover(r, raw.failover, vault.is_some());
     if let Some(tunnels) = &tunnels
         && tunnels.bastions.iter().any(|b| b.backup_command.is_some())
         && vault.is_none()
@@ -1048,6 +1092,7 @@ fn validate(
         tunnels,
         operators,
         host,
+        failover,
         daemon_home,
         daemon_name,
         shutdown_grace,

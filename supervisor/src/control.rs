@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use palisade_wire::rpc::methods::{self, Method, parse_params};
 use palisade_wire::rpc::results::{
-    BackupNowResult, BackupRestoreResult, HostShutdownResult, LogsTailResult, NodeResult,
-    RestoredBackup, ShutdownToken, ShuttingDown, TunnelListResult, TunnelReconnectResult,
-    VaultLockResult, VaultUnlockResult,
+    BackupNowResult, BackupRestoreResult, FailoverHandoffResult, FailoverPauseResult,
+    FailoverStatus, HostShutdownResult, LogsTailResult, NodeResult, RestoredBackup, ShutdownToken,
+    ShuttingDown, TunnelListResult, TunnelReconnectResult, VaultLockResult, VaultUnlockResult,
 };
 use palisade_wire::rpc::{RpcError, code};
 use secrecy::SecretString;
@@ -67,6 +67,11 @@ pub struct SupervisorControl {
     shutdown_command: Vec<String>,
     /// The last backup the backup worker wrote.
     last_backup: tokio::sync::watch::Receiver<Option<LastBackup>>,
+    /// `[failover]` and its leadership driver.
+    failover: Option<(
+        crate::config::FailoverSettings,
+        crate::failover::driver::DriverHandle,
+    )>,
 }
 
 impl SupervisorControl {
@@ -96,7 +101,33 @@ impl SupervisorControl {
             host_shutdown: host_shutdown::Confirmations::default(),
             shutdown_command: config.host.shutdown_command.clone(),
             last_backup,
+            failover: None,
         }
+    }
+
+    /// `failover.*` and `status.failover` answer from this driver.
+    pub fn with_failover(
+        mut self,
+        settings: crate::config::FailoverSettings,
+        driver: crate::failover::driver::DriverHandle,
+    ) -> SupervisorControl {
+        self.failover = Some((settings, driver));
+        self
+    }
+
+    fn failover_status(&self) -> Option<FailoverStatus> {
+        self.failover
+            .as_ref()
+            .map(|(settings, driver)| crate::failover::status(settings, driver.view()))
+    }
+
+    fn failover_driver(&self) -> Result<&crate::failover::driver::DriverHandle, RpcError> {
+        self.failover
+            .as_ref()
+            .map(|(_, driver)| driver)
+            .ok_or_else(|| {
+                RpcError::new(code::WRONG_STATE, crate::supervision::machine::NO_FAILOVER)
+            })
     }
 
     /// `backup.list` also lists these stores (the bastions', through the
@@ -120,7 +151,57 @@ impl SupervisorControl {
         use methods::*;
         match method {
             Status::NAME => {
-                answer::<Status, _, _>(params, |_| async { Ok(self.status.status().await) }).await
+                answer::<Status, _, _>(params, |_| async {
+                    let mut status = self.status.status().await;
+                    status.failover = self.failover_status();
+                    Ok(status)
+                })
+                .await
+            }
+            FailoverStatusMethod::NAME => {
+                answer::<FailoverStatusMethod, _, _>(params, |_| async {
+                    self.failover_driver()?;
+                    Ok(self.failover_status().expect("failover is configured"))
+                })
+                .await
+            }
+            FailoverPause::NAME | FailoverResume::NAME => {
+                let pause = method == FailoverPause::NAME;
+                answer::<FailoverPause, _, _>(params, |_| async move {
+                    let driver = self.failover_driver()?;
+                    let paused =
+                        driver
+                            .set_paused(pause, &caller.operator)
+                            .await
+                            .map_err(|error| {
+                                RpcError::new(
+                                    code::WRONG_STATE,
+                                    format!("{error}; nothing was changed"),
+                                )
+                            })?;
+                    Ok(FailoverPauseResult { paused })
+                })
+                .await
+            }
+            FailoverHandoff::NAME => {
+                answer::<FailoverHandoff, _, _>(params, |params| async move {
+                    self.failover_driver()?;
+                    let command = Command::Handoff {
+                        to: params.to,
+                        operator: caller.operator.clone(),
+                    };
+                    match self.send(command, None).await? {
+                        Answer::HandedOff(done) => Ok(FailoverHandoffResult {
+                            to: done.to,
+                            token: done.token,
+                            watermark: done.watermark.map(|w| w.to_string()),
+                            stores: done.stores,
+                            node: NodeState::Standby,
+                        }),
+                        other => Err(unexpected(other)),
+                    }
+                })
+                .await
             }
             Health::NAME => {
                 answer::<Health, _, _>(params, |_| async { Ok(self.status.health().await) }).await

@@ -42,7 +42,7 @@ use serde_json::{Value, json};
 
 const PASSPHRASE: &str = "rpc docs passphrase";
 /// Method prefixes reserved for later (`docs/rpc.md` §3): not examples.
-const RESERVED_PREFIXES: &[&str] = &["failover.", "ip."];
+const RESERVED_PREFIXES: &[&str] = &["ip."];
 
 /// The placeholders a request may use, and what they stand for
 /// (`<the passphrase>`, `<staged binary>`); see [`Fixture::placeholders`].

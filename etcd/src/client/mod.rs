@@ -362,6 +362,43 @@ impl Client {
             .await
     }
 
+    /// If `guard`'s create_revision is still `create_revision`, writes `put_key` = `value`
+    /// (no lease) and deletes `guard`, in one txn; whether it did. A leader hands over with
+    /// this: the handoff record appears exactly when its leader key goes, and only while the
+    /// key is still the leader's own incarnation. Not retried elsewhere once sent
+    /// ([`Error::OutcomeUnknown`] instead).
+    pub async fn put_and_delete_if_create_revision(
+        &self,
+        guard: impl AsRef<[u8]>,
+        create_revision: i64,
+        put_key: impl AsRef<[u8]>,
+        value: &[u8],
+    ) -> Result<bool, Error> {
+        const OP: &str = "txn put-and-delete-if-create-revision";
+        if create_revision <= 0 {
+            return Err(Error::InvalidArgument {
+                operation: OP,
+                reason: format!("revision {create_revision} is not a revision of an existing key"),
+            });
+        }
+        let guard = guard.as_ref();
+        let request = wire::txn_request_many(
+            guard,
+            CompareTarget::Create,
+            create_revision,
+            vec![
+                TxnOp::Put(wire::put_request(put_key.as_ref(), value, None)),
+                TxnOp::Delete(wire::delete_request(guard)),
+            ],
+        );
+        let (endpoint, body) = self
+            .transport
+            .call(OP, "/v3/kv/txn", &request, Retry::OnlyIfUnsent)
+            .await?;
+        let succeeded = wire::parse_txn_succeeded(&body).map_err(malformed(OP, endpoint))?;
+        Ok(succeeded)
+    }
+
     async fn delete_if(
         &self,
         key: &[u8],

@@ -560,6 +560,41 @@ pub fn txn_request(key: &[u8], target: CompareTarget, revision: i64, then: TxnOp
     })
 }
 
+/// A `/v3/kv/txn` body like [`txn_request`], doing every operation of `then` in order when the
+/// compare holds.
+pub fn txn_request_many(
+    key: &[u8],
+    target: CompareTarget,
+    revision: i64,
+    then: Vec<TxnOp>,
+) -> Value {
+    let mut request = txn_request(key, target, revision, TxnOp::Delete(delete_request(key)));
+    request["success"] = Value::Array(
+        then.into_iter()
+            .map(|op| match op {
+                TxnOp::Put(put) => json!({ "request_put": put }),
+                TxnOp::Delete(delete) => json!({ "request_delete_range": delete }),
+            })
+            .collect(),
+    );
+    request
+}
+
+/// Whether a `TxnResponse` says its compare held (any number of operations).
+pub fn parse_txn_succeeded(body: &[u8]) -> Result<bool, Malformed> {
+    #[derive(Deserialize)]
+    struct Raw {
+        header: Option<Header>,
+        #[serde(default)]
+        succeeded: bool,
+    }
+    let raw: Raw = parse(body, "txn")?;
+    if raw.header.is_none() {
+        return Err(Malformed("a txn answer without a header".into()));
+    }
+    Ok(raw.succeeded)
+}
+
 /// Serializes a request body.
 pub fn to_body(value: &Value) -> Vec<u8> {
     // Serializing a `Value` cannot fail.

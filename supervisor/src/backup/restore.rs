@@ -404,6 +404,11 @@ impl RestoreKit {
         }
     }
 
+    /// The stores it reads.
+    pub fn stores(&self) -> Vec<Arc<dyn BackupStore>> {
+        self.stores.clone()
+    }
+
     /// [`restore_sign_state`] with the vault's identity and expectations.
     pub async fn restore(&self, choice: &RestoreChoice) -> Result<Restored, RestoreError> {
         restore_sign_state(

@@ -146,6 +146,7 @@ impl StatusReader {
                 plan_on_disk,
                 scheduled,
             },
+            failover: None,
         }
     }
 
@@ -153,7 +154,8 @@ impl StatusReader {
     pub(super) async fn health(&self) -> HealthResult {
         let status = self.status().await;
         let mut problems = Vec::new();
-        if status.node.state != NodeState::Running {
+        // A failover standby does not run its node by design.
+        if status.node.state != NodeState::Running && status.node.state != NodeState::Standby {
             problems.push(format!("node is {}", status.node.state));
         } else if status.node.height.is_none() {
             problems.push("node RPC does not answer".to_string());

@@ -38,7 +38,7 @@ use super::auth::{Challenge, LoginThrottle, Operators, Source, new_challenge};
 use super::dispatcher::{Caller, Dispatcher};
 
 /// Method prefixes reserved for planned features (`docs/rpc.md` §3).
-const RESERVED_PREFIXES: &[&str] = &["failover.", "ip."];
+const RESERVED_PREFIXES: &[&str] = &["ip."];
 
 /// What every connection of one server shares.
 pub struct Shared {

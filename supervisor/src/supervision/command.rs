@@ -46,6 +46,9 @@ pub enum Command {
     /// A confirmed `host.shutdown` by `operator`: answer, stop the node,
     /// final backup, wipe the keys, run `[host] shutdown-command`, exit.
     HostShutdown { operator: String },
+    /// `failover.handoff`: stop here, final backup, signed handoff record,
+    /// leadership released to `to`.
+    Handoff { to: String, operator: String },
 }
 
 impl Command {
@@ -59,6 +62,7 @@ impl Command {
             Command::Lock => "vault.lock",
             Command::Restore(_) => "backup.restore",
             Command::HostShutdown { .. } => "host.shutdown",
+            Command::Handoff { .. } => "failover.handoff",
         }
     }
 }
@@ -80,6 +84,21 @@ pub enum Answer {
     Restored(Restored),
     /// `host.shutdown` confirmed: the node's state when it was accepted.
     ShuttingDown(NodeState),
+    /// The handoff is done: this host is a standby, `to` may take over.
+    HandedOff(HandoffDone),
+}
+
+/// What a planned handoff left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffDone {
+    /// The host the record names.
+    pub to: String,
+    /// The final sign state, as the record carries it.
+    pub watermark: Option<crate::sign_state::Watermark>,
+    /// The stores that took the final backup.
+    pub stores: Vec<String>,
+    /// The fencing token this host gave up.
+    pub token: i64,
 }
 
 /// Why a command was not carried out.

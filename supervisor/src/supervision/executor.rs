@@ -35,10 +35,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::board::{SharedBoard, board};
+use super::command::HandoffDone;
 use super::command::{CommandId, CommandInbox, CommandResult, Request};
 use super::machine::{
-    Action, DaemonExit, DetectedPlan, Event, Job, Level, Machine, RunOutcome, StartVerdict,
-    StopSignal, Timer, UnlockOutcome, UpgradeFailure, VaultAtStart, describe_plan,
+    Action, DaemonExit, DetectedPlan, Event, HandoffGrant, Job, LeaseEvent, Level, Machine,
+    RunOutcome, StartVerdict, StopSignal, Timer, UnlockOutcome, UpgradeFailure, VaultAtStart,
+    describe_plan,
 };
 use super::plans::{is_new_plan, new_plan_in_file};
 use crate::backup::{
@@ -126,6 +128,16 @@ pub(super) struct Setup {
     pub accept_unreachable_at_start: Option<String>,
     /// How the vault stands at start.
     pub vault_at_start: VaultAtStart,
+    /// `[failover]`: the leadership driver and its news.
+    pub failover: Option<FailoverRuntime>,
+}
+
+/// What the executor holds for `[failover]`.
+pub(super) struct FailoverRuntime {
+    pub settings: crate::config::FailoverSettings,
+    pub keys: crate::failover::Keys,
+    pub driver: crate::failover::driver::DriverHandle,
+    pub events: mpsc::UnboundedReceiver<LeaseEvent>,
 }
 
 pub(super) struct Executor {
@@ -171,6 +183,9 @@ pub(super) struct Executor {
     record_paused: Option<Instant>,
     progress_sender: mpsc::UnboundedSender<UpgradeStep>,
     progress: mpsc::UnboundedReceiver<UpgradeStep>,
+    failover: Option<FailoverRuntime>,
+    /// Whose keys are in tmpfs, while a session is open.
+    validator: Option<ValidatorIdentity>,
 }
 
 impl Executor {
@@ -221,6 +236,8 @@ impl Executor {
             record_paused: None,
             progress_sender,
             progress,
+            failover: setup.failover,
+            validator: None,
             node: setup.node,
             config,
         }
@@ -260,6 +277,14 @@ impl Executor {
         shared.node = self.machine.node_state();
         shared.pid = self.machine.pid();
         shared.vault_locked = self.machine.vault_locked();
+        drop(shared);
+        if let Some(failover) = &self.failover {
+            failover
+                .driver
+                .set_eligible(self.machine.wants_leadership());
+            crate::failover::view(failover.driver.view()).primary =
+                self.machine.lease_token().is_some();
+        }
     }
 
     /// Wait for the next event; feed the watchdog meanwhile.
@@ -301,6 +326,7 @@ impl Executor {
                     }
                 }
                 Some(step) = self.progress.recv() => return Event::UpgradeProgress(step),
+                Some(lease) = lease_event(&mut self.failover) => return Event::Lease(lease),
                 () = sleep_until(next_timer.map(|(_, at)| at)) => {
                     let (timer, _) = next_timer.expect("a timer was due");
                     self.timers.remove(&timer);
@@ -635,7 +661,142 @@ impl Executor {
                 );
             }
             Action::StopBackground => self.stop_background(),
+            Action::SetDeadline(timer, at) => {
+                self.timers
+                    .insert(timer, tokio::time::Instant::from_std(at));
+            }
+            Action::ReleaseLease => {
+                if let Some(failover) = &self.failover {
+                    failover.driver.release();
+                }
+            }
+            Action::RunTakeover(grant) => self.run_takeover(grant),
+            Action::RunHandoff { to } => self.run_handoff(to),
         }
+    }
+
+    /// The takeover rule as a job (`failover::takeover`).
+    fn run_takeover(&mut self, grant: Option<HandoffGrant>) {
+        let (Some(failover), Some(kit), Some(validator)) = (
+            &self.failover,
+            self.restore_kit.clone(),
+            self.validator.clone(),
+        ) else {
+            self.queue.push_back(Event::TakeoverFinished(Err(
+                "no failover settings or no open session".into(),
+            )));
+            return;
+        };
+        let takeover = crate::failover::takeover::TakeoverKit {
+            restore: kit,
+            state_path: self.node.state.clone(),
+            chain_rpc: failover.settings.chain_rpc.clone(),
+            guard_blocks: failover.settings.chain_guard_blocks,
+            validator_address: validator.address,
+            poll: failover.settings.poll_interval,
+        };
+        let view = failover.driver.view().clone();
+        let notifier = self.notifier.clone();
+        self.start(
+            Work::Job(Job::Takeover),
+            Box::pin(async move {
+                let last = RefCell::new(String::new());
+                let note = |text: String| {
+                    if *last.borrow() != text {
+                        tracing::info!("{text}");
+                        notifier.status(&text);
+                        last.replace(text.clone());
+                    }
+                    crate::failover::view(&view).note = Some(text);
+                };
+                let result =
+                    crate::failover::takeover::take_over(&takeover, grant.as_ref(), &note).await;
+                crate::failover::view(&view).note = None;
+                Done::Event(Event::TakeoverFinished(result))
+            }),
+        );
+    }
+
+    /// A planned handoff's final backup, record and release, as a job.
+    fn run_handoff(&mut self, to: String) {
+        let trigger = self
+            .session
+            .as_ref()
+            .map(|session| session.backups.trigger());
+        let (Some(failover), Some(trigger), Some(vault), Some(token)) = (
+            &self.failover,
+            trigger,
+            self.vault.clone(),
+            self.machine.lease_token(),
+        ) else {
+            self.queue.push_back(Event::HandoffFinished(Err(
+                "this host holds no leadership or no open session".into(),
+            )));
+            return;
+        };
+        let driver = failover.driver.clone();
+        let group = failover.keys.group.clone();
+        let from = failover.settings.host_id.clone();
+        let state_path = self.node.state.clone();
+        let stores = self
+            .restore_kit
+            .as_ref()
+            .map(RestoreKit::stores)
+            .unwrap_or_default();
+        self.start(
+            Work::Job(Job::Handoff),
+            Box::pin(async move {
+                let result = async {
+                    let backup = trigger
+                        .backup_now("final backup before a handoff")
+                        .await
+                        .map_err(|error| format!("the final backup was not written: {error}"))?;
+                    let watermark = match crate::sign_state::read_local(&state_path) {
+                        crate::sign_state::LocalState::Present(watermark) => Some(watermark),
+                        crate::sign_state::LocalState::Missing => None,
+                        crate::sign_state::LocalState::Unreadable(reason) => {
+                            return Err(format!("the final sign state is unreadable: {reason}"));
+                        }
+                    };
+                    let record = crate::failover::record::HandoffRecord {
+                        version: crate::failover::record::VERSION,
+                        group,
+                        from: from.clone(),
+                        to: to.clone(),
+                        from_token: token,
+                        watermark,
+                        sequence: backup.sequence,
+                        at_ms: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|elapsed| elapsed.as_millis() as u64)
+                            .unwrap_or(0),
+                    };
+                    let signed = crate::failover::record::sign(&record, vault.signing_key());
+                    driver.hand_off(signed.clone(), token).await?;
+                    // etcd is what the target reads; the stores keep the
+                    // record beside the final backup for the operators.
+                    let name = format!("handoff-{token:020}-{from}-to-{to}.json");
+                    let report = crate::backup::publish(
+                        &stores,
+                        &name,
+                        &signed,
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                    for (store, error) in &report.failed {
+                        tracing::warn!(store, %error, "the handoff record was not written to this store (etcd has it)");
+                    }
+                    Ok(HandoffDone {
+                        to,
+                        watermark,
+                        stores: backup.stores,
+                        token,
+                    })
+                }
+                .await;
+                Done::Event(Event::HandoffFinished(result))
+            }),
+        );
     }
 
     fn start(&mut self, work: Work, future: JobFuture) {
@@ -812,6 +973,7 @@ impl Executor {
                 return Err(error.into());
             }
         };
+        self.validator = Some(prepared.validator.clone());
         self.restore_kit = Some(RestoreKit::new(
             vault,
             prepared.validator,
@@ -829,6 +991,7 @@ impl Executor {
     fn close_session(&mut self) {
         board(&self.board).backup_trigger = None;
         self.restore_kit = None;
+        self.validator = None;
         self.prepared = None;
         let session = self.session.take();
         let vault = self.vault.take();
@@ -992,6 +1155,13 @@ fn take_record(record: Rc<RefCell<RecordBuilder>>) -> RecordBuilder {
         // A cancelled job may not have been dropped yet; take a copy of
         // what it recorded.
         Err(shared) => shared.borrow().clone(),
+    }
+}
+
+async fn lease_event(failover: &mut Option<FailoverRuntime>) -> Option<LeaseEvent> {
+    match failover {
+        Some(failover) => failover.events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

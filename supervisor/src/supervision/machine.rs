@@ -33,11 +33,12 @@ use std::time::{Duration, Instant};
 use palisade_wire::upgrade_record::{DetectionSource, UpgradeOutcome, UpgradeStep};
 
 use super::board::NodeState;
-use super::command::{Answer, Command, CommandError, CommandId, CommandResult};
+use super::command::{Answer, Command, CommandError, CommandId, CommandResult, HandoffDone};
 use crate::backup::{RestoreChoice, Restored};
 use crate::config::RestartSettings;
 use crate::node::restart_policy::{AfterExit, ExitKind, RestartPolicy};
 use crate::node::rpc::plan_is_due;
+use crate::sign_state::Watermark;
 use crate::upgrade::plan::UpgradePlan;
 
 /// What the machine needs to know of the configuration.
@@ -62,6 +63,45 @@ pub struct MachineSettings {
     /// `upgrade-info.json` to confirm it before it is acted on alone
     /// (zero: at once).
     pub line_confirm_wait: Duration,
+    /// `[failover]`: the node runs only while this host holds the
+    /// validator's leadership (`docs/failover.md`).
+    pub failover: Option<FailoverSettings>,
+}
+
+/// What the machine knows of `[failover]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverSettings {
+    /// This host's id.
+    pub host_id: String,
+    /// The other hosts: the possible targets of a handoff.
+    pub peers: Vec<String>,
+}
+
+/// What the leadership driver ([`crate::failover::driver`]) reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// This host holds the leadership, with fencing token `token`; it must
+    /// stop signing by `stop_by` unless a renewal moves that.
+    Acquired {
+        token: i64,
+        stop_by: Instant,
+        /// Taken over by a verified handoff record (else: after the
+        /// previous lease expired, or with no previous leader).
+        handoff: Option<HandoffGrant>,
+    },
+    /// Renewed: stop signing by `stop_by` at the latest.
+    Renewed { stop_by: Instant },
+    /// The leadership is gone (expired, deposed, renewed too late).
+    Lost(String),
+}
+
+/// A verified handoff record naming this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffGrant {
+    /// The host that handed over.
+    pub from: String,
+    /// Its final sign state: the floor of this host's.
+    pub watermark: Option<Watermark>,
 }
 
 /// How `run` ended; `main` maps it to an exit code (`docs/supervisor.md`).
@@ -127,6 +167,9 @@ pub enum Timer {
     /// An upgrade line was not confirmed by `upgrade-info.json` in time:
     /// act on the line alone.
     LineConfirm,
+    /// The primary's signing deadline (lease expiry minus the fence
+    /// margin): the node is killed when it fires.
+    Fence,
 }
 
 /// Jobs that may be cancelled.
@@ -137,6 +180,10 @@ pub enum Job {
     Upgrade,
     Restore,
     PlanDue,
+    /// The takeover rule before a standby's node starts.
+    Takeover,
+    /// A planned handoff's final backup and record.
+    Handoff,
 }
 
 /// An upgrade plan and how it was found.
@@ -248,6 +295,13 @@ pub enum Event {
     /// [`Action::StopBackground`] finished: tunnels and control socket
     /// closed.
     BackgroundStopped,
+    /// The leadership driver's news.
+    Lease(LeaseEvent),
+    /// [`Action::RunTakeover`] finished: the sign state's floor, or why
+    /// the node must not start.
+    TakeoverFinished(Result<Watermark, String>),
+    /// [`Action::RunHandoff`] finished.
+    HandoffFinished(Result<HandoffDone, String>),
 }
 
 /// How loud a log line is.
@@ -339,6 +393,18 @@ pub enum Action {
     RunHostShutdownCommand,
     /// Stop the tunnels and the control socket → [`Event::BackgroundStopped`].
     StopBackground,
+    /// Set `timer` to fire at `at` (a deadline from an event).
+    SetDeadline(Timer, Instant),
+    /// The takeover rule (chain guard, highest backup, sign-state floor)
+    /// → [`Event::TakeoverFinished`].
+    RunTakeover(Option<HandoffGrant>),
+    /// Final backup, signed handoff record, leadership released →
+    /// [`Event::HandoffFinished`].
+    RunHandoff {
+        to: String,
+    },
+    /// Give up the leadership (resign; the node is not running).
+    ReleaseLease,
 }
 
 /// Why the running daemon is being stopped.
@@ -352,6 +418,10 @@ pub enum StopPurpose {
     Lock(CommandId),
     /// The supervisor shuts down.
     Shutdown(ShutdownCause),
+    /// `failover.handoff`: then the final backup and the handoff record.
+    Handoff(CommandId, String),
+    /// The leadership was lost or its deadline passed: killed, not asked.
+    Fence,
 }
 
 /// Why the supervisor shuts down on request.
@@ -437,6 +507,15 @@ pub enum Phase {
     },
     /// Done; `run` returns the outcome.
     Exited(RunOutcome),
+    /// `[failover]`: unlocked, the node not running, another host (or
+    /// nobody yet) holding the validator's leadership.
+    Standby,
+    /// This host took the leadership; the takeover rule runs before the
+    /// node starts.
+    TakingOver,
+    /// `failover.handoff`: the node has stopped; final backup, record,
+    /// release.
+    HandingOff { by: CommandId, to: String },
 }
 
 /// What `backup.restore` is told while the vault is locked.
@@ -448,6 +527,10 @@ pub const RESTORE_WHILE_LOCKED: &str = "the vault is locked: the supervisor hold
 /// What a vault command is told without a `[vault]`.
 pub const NO_VAULT: &str = "no [vault] is configured: the keys are wherever gaiad's config \
      says and there is nothing to unlock or lock (see docs/vault.md)";
+
+/// What `failover.handoff` is told without a `[failover]`.
+pub const NO_FAILOVER: &str = "no [failover] is configured: this host is the validator's only \
+     signer (see docs/failover.md)";
 
 /// What `backup.restore` is told without a `[vault]`.
 pub const NO_VAULT_BACKUPS: &str = "no [vault]: there are no signed backups to restore from";
@@ -475,6 +558,8 @@ pub struct Machine {
     record_open: bool,
     /// A shutdown that waits for the current step to finish.
     pending_shutdown: Option<ShutdownCause>,
+    /// `[failover]`: the fencing token of the leadership this host holds.
+    lease: Option<i64>,
 }
 
 impl Machine {
@@ -492,6 +577,7 @@ impl Machine {
             last_node_height: None,
             record_open: false,
             pending_shutdown: None,
+            lease: None,
         }
     }
 
@@ -511,7 +597,11 @@ impl Machine {
     /// The node's state as `status` shows it.
     pub fn node_state(&self) -> NodeState {
         match &self.phase {
-            Phase::Starting | Phase::CheckingStart { .. } | Phase::Launching => NodeState::Starting,
+            Phase::Starting
+            | Phase::CheckingStart { .. }
+            | Phase::Launching
+            | Phase::TakingOver => NodeState::Starting,
+            Phase::Standby => NodeState::Standby,
             Phase::Locked | Phase::Unlocking { .. } => NodeState::Locked,
             Phase::Running { .. } => NodeState::Running,
             Phase::StoppedByOperator | Phase::Restoring { .. } => NodeState::Stopped,
@@ -521,6 +611,7 @@ impl Machine {
             Phase::Stopping { .. }
             | Phase::Locking { .. }
             | Phase::ShuttingDown { .. }
+            | Phase::HandingOff { .. }
             | Phase::Exited(_) => NodeState::Stopping,
         }
     }
@@ -535,6 +626,17 @@ impl Machine {
             } => Some(*pid),
             _ => None,
         }
+    }
+
+    /// The fencing token while this host holds the leadership.
+    pub fn lease_token(&self) -> Option<i64> {
+        self.lease
+    }
+
+    /// Whether the leadership driver may campaign for this host: a standby
+    /// waiting for the leadership.
+    pub fn wants_leadership(&self) -> bool {
+        matches!(self.phase, Phase::Standby)
     }
 
     /// Whether the vault is locked (`None`: no vault).
@@ -562,6 +664,8 @@ impl Machine {
                     StopPurpose::OperatorRestart(_) => "node.restart",
                     StopPurpose::Lock(_) => "vault.lock",
                     StopPurpose::Shutdown(_) => "the supervisor is shutting down",
+                    StopPurpose::Handoff(..) => "failover.handoff",
+                    StopPurpose::Fence => "fenced: this host lost the leadership",
                 }
             ),
             Phase::StoppedByOperator => "the node is stopped by an operator".into(),
@@ -594,6 +698,16 @@ impl Machine {
             Phase::ShuttingDown { .. } | Phase::Exited(_) => {
                 "the supervisor is shutting down".into()
             }
+            Phase::Standby => {
+                "this host is a standby: another host holds the validator's leadership (or \
+                 none does yet)"
+                    .into()
+            }
+            Phase::TakingOver => {
+                "this host took the leadership and the takeover rule runs before the node starts"
+                    .into()
+            }
+            Phase::HandingOff { to, .. } => format!("a handoff to {to} is in progress"),
         }
     }
 
@@ -604,6 +718,15 @@ impl Machine {
         match event {
             Event::Command(id, command) => self.on_command(id, command, &mut out),
             Event::Signal(signal) => self.on_shutdown(ShutdownCause::Signal(signal), &mut out),
+            Event::Lease(lease) => self.on_lease(lease, &mut out),
+            Event::Timer(Timer::Fence) => {
+                if self.lease.is_some() {
+                    self.fence(
+                        "the signing deadline of the lease passed without a renewal",
+                        &mut out,
+                    );
+                }
+            }
             other => self.on_event(other, &mut out),
         }
         out
@@ -655,6 +778,18 @@ impl Machine {
 
             (Phase::CheckingStart { by }, Event::StartChecked(verdict)) => match verdict {
                 StartVerdict::Start => {
+                    out.push(Action::OpenSession);
+                }
+                StartVerdict::Refuse(reason) if self.settings.failover.is_some() => {
+                    // A standby's own file is behind the primary's backups
+                    // by nature; nothing starts here before the takeover
+                    // rule restores the highest state and raises the floor.
+                    out.push(Action::Log(
+                        Level::Warn,
+                        format!(
+                            "the local sign state is behind the backups ({reason}); on a failover host the node starts only after a takeover, which restores the highest backup first"
+                        ),
+                    ));
                     out.push(Action::OpenSession);
                 }
                 StartVerdict::Refuse(reason) => {
@@ -823,6 +958,53 @@ impl Machine {
             (Phase::ShuttingDown { outcome, step }, event) => {
                 self.on_shutting_down(outcome, step, event, out)
             }
+
+            (Phase::TakingOver, Event::TakeoverFinished(result)) => match result {
+                Ok(floor) => {
+                    out.push(Action::Log(
+                        Level::Info,
+                        format!("takeover rule passed (sign state at or above {floor}); starting the node as primary"),
+                    ));
+                    self.launch(true, out);
+                }
+                Err(reason) => {
+                    out.push(Action::Log(
+                        Level::Error,
+                        format!("takeover refused: {reason}; giving the leadership up, the node stays stopped"),
+                    ));
+                    self.drop_lease(out);
+                    self.enter_standby(out);
+                }
+            },
+            (Phase::HandingOff { by, to }, Event::HandoffFinished(result)) => match result {
+                Ok(done) => {
+                    self.lease = None;
+                    out.push(Action::CancelTimer(Timer::Fence));
+                    out.push(Action::Log(
+                        Level::Info,
+                        format!(
+                            "handed the validator over to {to} (token {} given up); this host is a standby",
+                            done.token
+                        ),
+                    ));
+                    out.push(Action::Answer(by, Ok(Answer::HandedOff(done))));
+                    self.enter_standby(out);
+                }
+                Err(reason) => {
+                    let holds = if self.lease.is_some() {
+                        "this host still holds the leadership with its node stopped"
+                    } else {
+                        "this host no longer holds the leadership"
+                    };
+                    let message = format!(
+                        "handoff to {to} failed: {reason}. Nobody signs: {holds}, and {to} starts only once it verifies a handoff record or the lease expires. Retry failover.handoff, or node.start here"
+                    );
+                    out.push(Action::Log(Level::Error, message.clone()));
+                    self.phase = Phase::StoppedByOperator;
+                    out.push(Action::NotifyStatus(format!("handoff to {to} failed")));
+                    out.push(Action::Answer(by, Err(CommandError::WrongState(message))));
+                }
+            },
 
             // Anything else is stale (a timer or a job result from a phase
             // already left) and changes nothing.
@@ -1219,6 +1401,42 @@ impl Machine {
                 _ => {}
             }
         }
+        if let Command::Handoff { to, operator } = &command {
+            let Some(failover) = &self.settings.failover else {
+                return refuse(out, NO_FAILOVER.into());
+            };
+            if *to == failover.host_id {
+                return refuse(
+                    out,
+                    format!("{to} is this host: name the host to hand over to"),
+                );
+            }
+            if !failover.peers.contains(to) {
+                return out.push(Action::Answer(
+                    id,
+                    Err(CommandError::InvalidParams {
+                        field: "to",
+                        message: format!(
+                            "{to} is not one of this validator's hosts ([failover] peers)"
+                        ),
+                        known: failover.peers.clone(),
+                    }),
+                ));
+            }
+            if self.lease.is_none() {
+                return refuse(
+                    out,
+                    format!(
+                        "this host is not the primary ({}): run failover.handoff on the host that holds the leadership (failover.status names it)",
+                        self.describe()
+                    ),
+                );
+            }
+            out.push(Action::Log(
+                Level::Warn,
+                format!("handoff to {to} requested over the control RPC by {operator}"),
+            ));
+        }
         match (self.phase.clone(), command) {
             // A confirmed host shutdown is accepted wherever the supervisor
             // can stop cleanly, and answered first: the operator learns it
@@ -1279,6 +1497,9 @@ impl Machine {
                 Command::NodeStart => {
                     refuse(out, format!("the node is already running (pid {pid})"))
                 }
+                Command::Handoff { to, .. } => {
+                    self.stop_daemon(pid, StopPurpose::Handoff(id, to), out)
+                }
                 Command::Unlock => refuse(out, "the vault is already unlocked".into()),
                 Command::Restore(_) => refuse(
                     out,
@@ -1290,6 +1511,17 @@ impl Machine {
             },
 
             (Phase::StoppedByOperator, command) => match command {
+                Command::NodeStart | Command::NodeRestart
+                    if self.settings.failover.is_some() && self.lease.is_none() =>
+                {
+                    out.push(Action::Log(
+                        Level::Info,
+                        "node start requested over the control RPC: this host is not the primary, so it waits as a standby".into(),
+                    ));
+                    answer(out, Ok(Answer::Node(NodeState::Standby)));
+                    self.enter_standby(out);
+                }
+                Command::Handoff { to, .. } => self.hand_off(id, to, out),
                 Command::NodeStart | Command::NodeRestart => {
                     out.push(Action::Log(
                         Level::Info,
@@ -1334,6 +1566,10 @@ impl Machine {
                     out.push(Action::CancelTimer(Timer::Backoff));
                     self.close_for_lock(id, out);
                 }
+                Command::Handoff { to, .. } => {
+                    out.push(Action::CancelTimer(Timer::Backoff));
+                    self.hand_off(id, to, out);
+                }
                 Command::Unlock => refuse(out, "the vault is already unlocked".into()),
                 Command::Restore(_) => refuse(
                     out,
@@ -1343,6 +1579,48 @@ impl Machine {
                     ),
                 ),
                 Command::HostShutdown { .. } => self.refuse_now(id, &command, out),
+            },
+
+            (Phase::Standby, command) => match command {
+                Command::NodeStop => {
+                    out.push(Action::Log(
+                        Level::Info,
+                        "node stop requested on a standby: it will not take over until node.start".into(),
+                    ));
+                    self.stopped_by_operator(out);
+                    answer(out, Ok(Answer::Node(NodeState::Stopped)));
+                }
+                Command::Lock => self.close_for_lock(id, out),
+                Command::Unlock => refuse(out, "the vault is already unlocked".into()),
+                Command::NodeStart | Command::NodeRestart => refuse(
+                    out,
+                    "this host is a standby: its node starts when it takes the leadership (failover.handoff on the primary moves it here)".into(),
+                ),
+                Command::Restore(_) => refuse(
+                    out,
+                    "this host is a standby: a takeover restores the highest backup by itself; stop it first (node.stop) to restore by hand".into(),
+                ),
+                Command::HostShutdown { .. } | Command::Handoff { .. } => {
+                    self.refuse_now(id, &command, out)
+                }
+            },
+
+            (Phase::TakingOver, command) => match command {
+                Command::NodeStop => {
+                    out.push(Action::CancelJob(Job::Takeover));
+                    out.push(Action::Log(
+                        Level::Info,
+                        "node stop requested during a takeover: giving the leadership up".into(),
+                    ));
+                    self.drop_lease(out);
+                    self.stopped_by_operator(out);
+                    answer(out, Ok(Answer::Node(NodeState::Stopped)));
+                }
+                Command::Lock => {
+                    out.push(Action::CancelJob(Job::Takeover));
+                    self.close_for_lock(id, out);
+                }
+                command => self.refuse_now(id, &command, out),
             },
 
             (Phase::ShuttingDown { .. } | Phase::Exited(_), _) => {
@@ -1382,9 +1660,16 @@ impl Machine {
                     ));
                     out.push(Action::KillDaemon);
                 }
+                StopPurpose::Fence => {
+                    self.phase = Phase::Stopping {
+                        pid,
+                        purpose: StopPurpose::Shutdown(cause),
+                    };
+                }
                 StopPurpose::OperatorStop(by)
                 | StopPurpose::OperatorRestart(by)
-                | StopPurpose::Lock(by) => {
+                | StopPurpose::Lock(by)
+                | StopPurpose::Handoff(by, _) => {
                     out.push(Action::Answer(
                         by,
                         Err(CommandError::WrongState(
@@ -1481,10 +1766,27 @@ impl Machine {
                 // The keys are being wiped: finish that, then shut down.
                 self.pending_shutdown.get_or_insert(cause);
             }
+            Phase::TakingOver => {
+                out.push(Action::CancelJob(Job::Takeover));
+                self.shut_down(cause.outcome(), out);
+            }
+            Phase::HandingOff { by, to } => {
+                // Dropped at an await point: the record was written or it
+                // was not; the answer says what is known.
+                out.push(Action::CancelJob(Job::Handoff));
+                out.push(Action::Answer(
+                    by,
+                    Err(CommandError::WrongState(format!(
+                        "the supervisor is shutting down during the handoff to {to}; the node is stopped here; see failover.status on {to}"
+                    ))),
+                ));
+                self.shut_down(cause.outcome(), out);
+            }
             Phase::Starting
             | Phase::Locked
             | Phase::Launching
             | Phase::StoppedByOperator
+            | Phase::Standby
             | Phase::Halted { .. } => self.shut_down(cause.outcome(), out),
             Phase::ShuttingDown { .. } | Phase::Exited(_) => {
                 out.push(Action::Log(
@@ -1521,6 +1823,9 @@ impl Machine {
     fn shut_down(&mut self, outcome: RunOutcome, out: &mut Vec<Action>) {
         self.scheduled = None;
         self.due_check = None;
+        // The node is not running: the leadership goes at once, and a
+        // standby takes over under the takeover rule.
+        self.drop_lease(out);
         out.push(Action::NotifyStopping("stopping".into()));
         self.phase = Phase::ShuttingDown {
             outcome,
@@ -1566,6 +1871,12 @@ impl Machine {
     /// Start the node: first look for a plan left in `data/` when
     /// `look_for_plan` (a new supervision), else spawn at once.
     fn launch(&mut self, look_for_plan: bool, out: &mut Vec<Action>) {
+        if self.settings.failover.is_some() && self.lease.is_none() {
+            // The one gate every start goes through: with [failover], only
+            // the holder of the leadership runs the node.
+            self.enter_standby(out);
+            return;
+        }
         self.phase = Phase::Launching;
         out.push(if look_for_plan {
             Action::LookForPendingPlan
@@ -1591,6 +1902,8 @@ impl Machine {
                     StopPurpose::Lock(_) => "vault.lock",
                     StopPurpose::Shutdown(ShutdownCause::Signal(_)) => "a shutdown signal",
                     StopPurpose::Shutdown(ShutdownCause::HostShutdown) => "host.shutdown",
+                    StopPurpose::Handoff(..) => "failover.handoff",
+                    StopPurpose::Fence => "fencing",
                 }
             ),
         ));
@@ -1633,6 +1946,138 @@ impl Machine {
             }
             StopPurpose::Lock(id) => self.close_for_lock(id, out),
             StopPurpose::Shutdown(cause) => self.shut_down(cause.outcome(), out),
+            StopPurpose::Handoff(id, to) => self.hand_off(id, to, out),
+            StopPurpose::Fence => {
+                out.push(Action::ReleaseLease);
+                self.enter_standby(out);
+            }
+        }
+    }
+
+    /// Wait as a standby for the leadership.
+    fn enter_standby(&mut self, out: &mut Vec<Action>) {
+        self.phase = Phase::Standby;
+        let status = "standby: waiting for the leadership (failover)".to_owned();
+        if self.ready_sent {
+            out.push(Action::NotifyStatus(status));
+        } else {
+            self.ready_sent = true;
+            out.push(Action::NotifyReady(status));
+        }
+    }
+
+    /// Forget the leadership and tell the driver to give it up.
+    fn drop_lease(&mut self, out: &mut Vec<Action>) {
+        if self.lease.take().is_some() {
+            out.push(Action::CancelTimer(Timer::Fence));
+            out.push(Action::ReleaseLease);
+        }
+    }
+
+    /// The node has stopped for a handoff: final backup, record, release.
+    fn hand_off(&mut self, id: CommandId, to: String, out: &mut Vec<Action>) {
+        out.push(Action::NotifyStatus(format!("handing over to {to}")));
+        self.phase = Phase::HandingOff {
+            by: id,
+            to: to.clone(),
+        };
+        out.push(Action::RunHandoff { to });
+    }
+
+    /// The leadership driver's news.
+    fn on_lease(&mut self, event: LeaseEvent, out: &mut Vec<Action>) {
+        match event {
+            LeaseEvent::Acquired {
+                token,
+                stop_by,
+                handoff,
+            } => {
+                if self.phase != Phase::Standby || self.settings.failover.is_none() {
+                    // Only a standby asks for it; anyone else gives it back.
+                    out.push(Action::Log(
+                        Level::Warn,
+                        format!(
+                            "the leadership (token {token}) arrived while {}; giving it up",
+                            self.describe()
+                        ),
+                    ));
+                    out.push(Action::ReleaseLease);
+                    return;
+                }
+                self.lease = Some(token);
+                out.push(Action::SetDeadline(Timer::Fence, stop_by));
+                out.push(Action::Log(
+                    Level::Info,
+                    match &handoff {
+                        Some(grant) => format!(
+                            "leadership taken (token {token}) by a verified handoff from {}; restoring its final state before the node starts",
+                            grant.from
+                        ),
+                        None => format!(
+                            "leadership taken (token {token}); applying the takeover rule before the node starts"
+                        ),
+                    },
+                ));
+                out.push(Action::NotifyStatus(format!("taking over (token {token})")));
+                self.phase = Phase::TakingOver;
+                out.push(Action::RunTakeover(handoff));
+            }
+            LeaseEvent::Renewed { stop_by } => {
+                if self.lease.is_some() {
+                    out.push(Action::SetDeadline(Timer::Fence, stop_by));
+                }
+            }
+            LeaseEvent::Lost(reason) => {
+                if self.lease.is_some() {
+                    self.fence(&reason, out);
+                }
+            }
+        }
+    }
+
+    /// The leadership is gone: whatever runs stops signing now.
+    fn fence(&mut self, reason: &str, out: &mut Vec<Action>) {
+        self.lease = None;
+        out.push(Action::CancelTimer(Timer::Fence));
+        out.push(Action::Log(
+            Level::Error,
+            format!("fencing: {reason}; this host must not sign any more"),
+        ));
+        out.push(Action::NotifyStatus(format!("fenced: {reason}")));
+        match self.phase.clone() {
+            Phase::Running { pid } => {
+                self.leave_running(out);
+                self.phase = Phase::Stopping {
+                    pid,
+                    purpose: StopPurpose::Fence,
+                };
+                out.push(Action::KillDaemon);
+                out.push(Action::SetTimer(
+                    Timer::StopGrace,
+                    self.settings.shutdown_grace,
+                ));
+                // The driver gives the lease up when told after the exit
+                // (or finds it gone by itself).
+            }
+            // Already stopping, or an upgrade's old binary stopping: kill
+            // now; the start gate keeps it down after.
+            Phase::Stopping { .. }
+            | Phase::Upgrading {
+                stage: UpgradeStage::StoppingOld { .. },
+                ..
+            } => out.push(Action::KillDaemon),
+            Phase::BackingOff { .. } => {
+                out.push(Action::CancelTimer(Timer::Backoff));
+                out.push(Action::ReleaseLease);
+                self.enter_standby(out);
+            }
+            Phase::TakingOver => {
+                out.push(Action::CancelJob(Job::Takeover));
+                out.push(Action::ReleaseLease);
+                self.enter_standby(out);
+            }
+            // Not signing; a later start meets the gate in `launch`.
+            _ => out.push(Action::ReleaseLease),
         }
     }
 
@@ -1649,6 +2094,7 @@ impl Machine {
             "vault lock requested over the control RPC: final backup, then the keys are wiped"
                 .into(),
         ));
+        self.drop_lease(out);
         self.phase = Phase::Locking { by: id };
         out.push(Action::CloseSession);
     }
@@ -1729,6 +2175,8 @@ fn host_shutdown_allowed(phase: &Phase) -> bool {
             | Phase::Stopping { .. }
             | Phase::Launching
             | Phase::Starting
+            | Phase::TakingOver
+            | Phase::HandingOff { .. }
     )
 }
 
@@ -1747,6 +2195,9 @@ fn step_name(step: UpgradeStep) -> &'static str {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod failover_tests;
 
 /// "v2 at height 40" (or without a height for the legacy line).
 pub(crate) fn describe_plan(plan: &UpgradePlan) -> String {

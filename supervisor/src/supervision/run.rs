@@ -146,28 +146,40 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         }
         None => None,
     };
+    let failover = match &config.failover {
+        Some(settings) => match start_failover(&config, settings) {
+            Ok(runtime) => Some(runtime),
+            Err(error) => {
+                background.cancel();
+                return Err(error);
+            }
+        },
+        None => None,
+    };
     let (commands, inbox) = command_channel();
     let board = new_board(config.vault.is_some());
     let (last_backup, last_backup_seen) = tokio::sync::watch::channel(None);
-    let dispatcher = std::sync::Arc::new(
-        crate::control::SupervisorControl::new(
-            &config,
-            &node,
-            commands,
-            board.clone(),
-            tunnels
-                .as_ref()
-                .map(TunnelMesh::observers)
-                .unwrap_or_default(),
-            last_backup_seen,
-        )
-        .with_remote_backup_stores(
-            tunnels
-                .as_ref()
-                .map(|mesh| mesh.backup_stores(&config.rpc.name))
-                .unwrap_or_default(),
-        ),
+    let mut control = crate::control::SupervisorControl::new(
+        &config,
+        &node,
+        commands,
+        board.clone(),
+        tunnels
+            .as_ref()
+            .map(TunnelMesh::observers)
+            .unwrap_or_default(),
+        last_backup_seen,
+    )
+    .with_remote_backup_stores(
+        tunnels
+            .as_ref()
+            .map(|mesh| mesh.backup_stores(&config.rpc.name))
+            .unwrap_or_default(),
     );
+    if let Some(runtime) = &failover {
+        control = control.with_failover(runtime.settings.clone(), runtime.driver.clone());
+    }
+    let dispatcher = std::sync::Arc::new(control);
     let control_server =
         tokio::spawn(socket.serve_rpc(dispatcher, config.operators.clone(), background.clone()));
     if config.vault.is_some() {
@@ -205,6 +217,12 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         // the executor looks at the file when a line arrives: a real halt
         // is confirmed at once; this bounds the wait for a slow disk.
         line_confirm_wait: (config.poll_interval * 3).max(std::time::Duration::from_secs(1)),
+        failover: config.failover.as_ref().map(|settings| {
+            crate::supervision::machine::FailoverSettings {
+                host_id: settings.host_id.clone(),
+                peers: settings.peers.clone(),
+            }
+        }),
     });
     let executor = Executor::new(
         machine,
@@ -227,9 +245,56 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
                 .accept_unreachable_stores
                 .then(|| "the command line (run --accept-unreachable-stores)".to_owned()),
             vault_at_start,
+            failover,
         },
     );
     Ok(executor.run().await)
+}
+
+/// The leadership driver of `[failover]`, keyed by the vault's public
+/// backup key (readable while the vault is locked).
+fn start_failover(
+    config: &Config,
+    settings: &crate::config::FailoverSettings,
+) -> anyhow::Result<super::executor::FailoverRuntime> {
+    let vault = config
+        .vault
+        .as_ref()
+        .context("[failover] needs a [vault]")?;
+    let info = crate::vault::read_info(&vault.dir)
+        .with_context(|| format!("[failover] needs the vault in {}", vault.dir.display()))?;
+    let verifying_key = info
+        .verifying_key()
+        .map_err(|reason| anyhow::anyhow!("the vault's backup key: {reason}"))?;
+    let keys = crate::failover::Keys {
+        group: settings
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| crate::failover::default_prefix(&info.backup_verifying_key)),
+    };
+    let view = crate::failover::SharedView::default();
+    let (events_sender, events) = tokio::sync::mpsc::unbounded_channel();
+    let driver = crate::failover::driver::spawn(
+        settings.clone(),
+        keys.clone(),
+        verifying_key,
+        view,
+        events_sender,
+    )
+    .map_err(|reason| anyhow::anyhow!("cannot start the failover driver: {reason}"))?;
+    tracing::info!(
+        host = %settings.host_id,
+        peers = ?settings.peers,
+        group = %keys.group,
+        takeover = settings.takeover.as_str(),
+        "failover: this host starts as a standby; it signs only while it holds the leadership"
+    );
+    Ok(super::executor::FailoverRuntime {
+        settings: settings.clone(),
+        keys,
+        driver,
+        events,
+    })
 }
 
 /// Swap could write decrypted keys to disk: refused unless the operator

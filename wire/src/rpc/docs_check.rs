@@ -620,6 +620,10 @@ fn result_checks(method: &str) -> Option<ResultChecks> {
         "vault.lock" => result_checks_of::<VaultLock>(),
         "backup.restore" => result_checks_of::<BackupRestore>(),
         "host.shutdown" => result_checks_of::<HostShutdown>(),
+        "failover.status" => result_checks_of::<super::methods::FailoverStatusMethod>(),
+        "failover.handoff" => result_checks_of::<super::methods::FailoverHandoff>(),
+        "failover.pause" => result_checks_of::<super::methods::FailoverPause>(),
+        "failover.resume" => result_checks_of::<super::methods::FailoverResume>(),
         _ => return None,
     })
 }
@@ -798,6 +802,7 @@ impl Examples for StatusResult {
                 }),
                 scheduled: Some("v2 at height 20".into()),
             },
+            failover: Some(failover_status()),
         };
         let other = StatusResult {
             vault: VaultStatus {
@@ -810,6 +815,54 @@ impl Examples for StatusResult {
             ..full.clone()
         };
         vec![full, other]
+    }
+}
+
+fn failover_status() -> FailoverStatus {
+    FailoverStatus {
+        host_id: "val-a".into(),
+        role: "primary".into(),
+        leader: Some("val-a".into()),
+        token: Some(42),
+        lease_ttl_s: 10,
+        signing_deadline_in_ms: Some(6500),
+        paused: Some(false),
+        takeover: "auto".into(),
+        peers: vec!["val-b".into()],
+        etcd_error: Some("etcd unreachable".into()),
+        last_handoff: Some(HandoffSummary {
+            from: "val-b".into(),
+            to: "val-a".into(),
+            from_token: 41,
+            watermark: Some("height 9 round 0 step 3".into()),
+            at_ms: 1_795_390_000_000,
+            verified: true,
+        }),
+        note: Some("waiting".into()),
+    }
+}
+
+impl Examples for FailoverStatus {
+    fn examples() -> Vec<Self> {
+        vec![failover_status()]
+    }
+}
+
+impl Examples for FailoverHandoffResult {
+    fn examples() -> Vec<Self> {
+        vec![FailoverHandoffResult {
+            to: "val-b".into(),
+            token: 42,
+            watermark: Some("height 9 round 0 step 3".into()),
+            stores: vec!["local".into()],
+            node: NodeState::Standby,
+        }]
+    }
+}
+
+impl Examples for FailoverPauseResult {
+    fn examples() -> Vec<Self> {
+        vec![FailoverPauseResult { paused: true }]
     }
 }
 

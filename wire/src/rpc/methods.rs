@@ -15,15 +15,15 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::params::{
-    AuthLoginParams, BackupListParams, BackupRestoreParams, HostShutdownParams, LogsTailParams,
-    NoParams, TunnelReconnectParams, UpgradeAddParams, UpgradeCancelParams, Validate,
-    VaultUnlockParams,
+    AuthLoginParams, BackupListParams, BackupRestoreParams, FailoverHandoffParams,
+    HostShutdownParams, LogsTailParams, NoParams, TunnelReconnectParams, UpgradeAddParams,
+    UpgradeCancelParams, Validate, VaultUnlockParams,
 };
 use super::results::{
     AuthChallengeResult, AuthLoginResult, BackupListResult, BackupNowResult, BackupRestoreResult,
-    HealthResult, HostShutdownResult, LogsTailResult, NodeResult, StatusResult, TunnelListResult,
-    TunnelReconnectResult, UpgradeAddResult, UpgradeCancelResult, UpgradeListResult,
-    VaultLockResult, VaultUnlockResult,
+    FailoverHandoffResult, FailoverPauseResult, FailoverStatus, HealthResult, HostShutdownResult,
+    LogsTailResult, NodeResult, StatusResult, TunnelListResult, TunnelReconnectResult,
+    UpgradeAddResult, UpgradeCancelResult, UpgradeListResult, VaultLockResult, VaultUnlockResult,
 };
 use super::{Role, RpcError};
 
@@ -142,6 +142,14 @@ methods! {
     BackupRestore = "backup.restore", Some(Role::Admin), BackupRestoreParams => BackupRestoreResult;
     /// `host.shutdown`: shut the validator host down, in two calls.
     HostShutdown = "host.shutdown", Some(Role::Admin), HostShutdownParams => HostShutdownResult;
+    /// `failover.status`: this host's role, the leader, the lease.
+    FailoverStatusMethod = "failover.status", Some(Role::Viewer), NoParams => FailoverStatus;
+    /// `failover.handoff`: hand the validator over to another host.
+    FailoverHandoff = "failover.handoff", Some(Role::Admin), FailoverHandoffParams => FailoverHandoffResult;
+    /// `failover.pause`: no automatic takeover until `failover.resume`.
+    FailoverPause = "failover.pause", Some(Role::Admin), NoParams => FailoverPauseResult;
+    /// `failover.resume`: automatic takeover again.
+    FailoverResume = "failover.resume", Some(Role::Admin), NoParams => FailoverPauseResult;
 }
 
 /// The method called `name`, if it exists.

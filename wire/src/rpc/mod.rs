@@ -337,6 +337,10 @@ pub const METHODS: &[(&str, Option<Role>)] = &[
     ("vault.lock", Some(Role::Admin)),
     ("backup.restore", Some(Role::Admin)),
     ("host.shutdown", Some(Role::Admin)),
+    ("failover.status", Some(Role::Viewer)),
+    ("failover.handoff", Some(Role::Admin)),
+    ("failover.pause", Some(Role::Admin)),
+    ("failover.resume", Some(Role::Admin)),
 ];
 
 /// Methods whose request is followed by a secret line (`docs/rpc.md` §4).

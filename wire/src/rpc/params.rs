@@ -673,6 +673,32 @@ pub struct HostShutdownParams {
     pub confirm: Option<String>,
 }
 
+/// `failover.handoff`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverHandoffParams {
+    /// The host to hand over to (one of `[failover] peers`).
+    pub to: String,
+}
+
+impl Validate for FailoverHandoffParams {
+    fn validate(&self) -> Result<(), RpcError> {
+        let valid = (1..=64).contains(&self.to.len())
+            && self
+                .to
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if valid {
+            Ok(())
+        } else {
+            Err(RpcError::invalid_params(
+                "to",
+                "to must be a host id: 1 to 64 letters, digits, '.', '_' or '-'",
+            ))
+        }
+    }
+}
+
 impl HostShutdownParams {
     /// The first call: ask for a token.
     pub fn request() -> HostShutdownParams {

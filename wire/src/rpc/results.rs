@@ -38,6 +38,9 @@ pub enum NodeState {
     /// The node is being stopped (`node.stop`, `node.restart`, `vault.lock`,
     /// a shutdown), or the supervisor is shutting down.
     Stopping,
+    /// `[failover]`: unlocked and ready, but another host holds the
+    /// validator's leadership (or none does yet): the node does not run.
+    Standby,
 }
 
 impl NodeState {
@@ -52,6 +55,7 @@ impl NodeState {
             NodeState::Halted => "halted",
             NodeState::Upgrading => "upgrading",
             NodeState::Stopping => "stopping",
+            NodeState::Standby => "standby",
         }
     }
 }
@@ -103,6 +107,80 @@ pub struct StatusResult {
     pub tunnels: Vec<TunnelEntry>,
     /// Upgrades the supervisor knows of.
     pub upgrades: UpgradesStatus,
+    /// `[failover]`: this host's role and the leadership; absent without
+    /// `[failover]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverStatus>,
+}
+
+/// `status.failover` and `failover.status`: who signs for the validator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverStatus {
+    /// This host's id (`[failover] host-id`).
+    pub host_id: String,
+    /// `primary` (holds the leadership) or `standby`.
+    pub role: String,
+    /// The host holding the leadership as etcd last said; `null` when
+    /// none does or etcd could not be read.
+    pub leader: Option<String>,
+    /// The leader's fencing token (its leader key's create revision).
+    pub token: Option<i64>,
+    /// The lease's TTL.
+    pub lease_ttl_s: u64,
+    /// On the primary: milliseconds left before it must stop signing
+    /// unless a renewal moves the deadline.
+    pub signing_deadline_in_ms: Option<u64>,
+    /// Whether automatic takeover is paused (`failover.pause`); `null`
+    /// when etcd could not be read.
+    pub paused: Option<bool>,
+    /// `auto` or `manual` (`[failover] takeover`).
+    pub takeover: String,
+    /// The other hosts.
+    pub peers: Vec<String>,
+    /// `null` when the last look at etcd worked, else what failed.
+    pub etcd_error: Option<String>,
+    /// The last handoff record seen in etcd.
+    pub last_handoff: Option<HandoffSummary>,
+    /// What this host waits for, in words (a takeover's guard, a reserved
+    /// handoff), when anything.
+    pub note: Option<String>,
+}
+
+/// A handoff record, as `failover.status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffSummary {
+    pub from: String,
+    pub to: String,
+    /// The fencing token the old primary gave up.
+    pub from_token: i64,
+    /// Its final sign state, in words; `null` when it had none.
+    pub watermark: Option<String>,
+    /// When it was written, Unix milliseconds (the writer's clock).
+    pub at_ms: u64,
+    /// Whether its signature verified against the vault's backup key.
+    pub verified: bool,
+}
+
+/// `failover.handoff`: the validator was handed over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverHandoffResult {
+    /// The host the record names.
+    pub to: String,
+    /// The fencing token this host gave up.
+    pub token: i64,
+    /// The final sign state, in words; `null` when there was none.
+    pub watermark: Option<String>,
+    /// The stores that took the final backup.
+    pub stores: Vec<String>,
+    /// This host's node state now (`standby`).
+    pub node: NodeState,
+}
+
+/// `failover.pause` and `failover.resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverPauseResult {
+    /// Whether automatic takeover is paused now.
+    pub paused: bool,
 }
 
 /// `status.supervisor`.

@@ -33,6 +33,7 @@ fn settings(vault: bool) -> MachineSettings {
         restart_delay: Duration::ZERO,
         poll_interval: Duration::from_millis(300),
         line_confirm_wait: Duration::ZERO,
+        failover: None,
     }
 }
 
@@ -100,6 +101,9 @@ fn kind(phase: &Phase) -> &'static str {
         Phase::Locking { .. } => "Locking",
         Phase::ShuttingDown { .. } => "ShuttingDown",
         Phase::Exited(_) => "Exited",
+        Phase::Standby => "Standby",
+        Phase::TakingOver => "TakingOver",
+        Phase::HandingOff { .. } => "HandingOff",
     }
 }
 
@@ -1240,6 +1244,10 @@ fn phases_name_themselves_for_the_board() {
 /// daemon exits later) and checks the machine's promises on every step.
 #[derive(Default)]
 struct World {
+    /// `[failover]`: the leadership is held (acquired, not lost, not
+    /// released) and the takeover rule passed since it was acquired.
+    lease_held: bool,
+    lease_checked: bool,
     daemon_alive: bool,
     daemon_signalled: bool,
     session_open: bool,
@@ -1260,6 +1268,34 @@ impl World {
         if let Event::Command(id, _) = &event {
             self.pending.push(*id);
         }
+        let alive_before = self.daemon_alive;
+        let failover = machine.settings.failover.is_some();
+        match &event {
+            Event::Lease(LeaseEvent::Acquired { .. }) => {
+                self.lease_held = true;
+                self.lease_checked = false;
+            }
+            Event::Lease(LeaseEvent::Lost(_)) | Event::Timer(Timer::Fence) => {
+                self.lease_held = false;
+                self.lease_checked = false;
+            }
+            Event::TakeoverFinished(Ok(_)) if *machine.phase() == Phase::TakingOver => {
+                self.lease_checked = self.lease_held;
+            }
+            Event::HandoffFinished(Ok(_))
+                if matches!(machine.phase(), Phase::HandingOff { .. }) =>
+            {
+                self.lease_held = false;
+                self.lease_checked = false;
+            }
+            _ => {}
+        }
+        let fencing = failover
+            && machine.lease_token().is_some()
+            && matches!(
+                event,
+                Event::Lease(LeaseEvent::Lost(_)) | Event::Timer(Timer::Fence)
+            );
         let was_shutting_down = matches!(
             machine.phase(),
             Phase::ShuttingDown { .. } | Phase::Exited(_)
@@ -1283,12 +1319,32 @@ impl World {
                 Action::SpawnDaemon => {
                     assert!(!self.daemon_alive, "two daemons: {context}");
                     assert!(
+                        !failover || self.lease_checked,
+                        "a failover host started its node without holding the leadership and passing the takeover rule: {context}"
+                    );
+                    assert!(
                         !machine.settings.vault || self.session_open,
                         "started without the start rule and the keys: {context}"
                     );
                     self.immediate.push(action.clone());
                 }
-                Action::RunRestore(_) | Action::RunUpgrade(_) | Action::CloseSession => {
+                Action::ReleaseLease => {
+                    assert!(
+                        !self.daemon_alive || self.daemon_signalled,
+                        "leadership released with the node running: {context}"
+                    );
+                    self.lease_held = false;
+                    self.lease_checked = false;
+                }
+                Action::SetDeadline(timer, _) => {
+                    self.timers.retain(|t| t != timer);
+                    self.timers.push(*timer);
+                }
+                Action::RunTakeover(_) => self.jobs.push(action.clone()),
+                Action::RunRestore(_)
+                | Action::RunUpgrade(_)
+                | Action::CloseSession
+                | Action::RunHandoff { .. } => {
                     assert!(!self.daemon_alive, "with the node running: {context}");
                     self.jobs.push(action.clone());
                 }
@@ -1320,6 +1376,12 @@ impl World {
                 _ => {}
             }
         }
+        if fencing && alive_before {
+            assert!(
+                actions.iter().any(|a| matches!(a, Action::KillDaemon)),
+                "the leadership is gone but the node was not killed: {context}"
+            );
+        }
         if was_shutting_down {
             assert!(
                 !actions.iter().any(|a| matches!(a, Action::SpawnDaemon)),
@@ -1331,9 +1393,10 @@ impl World {
             let held = match machine.phase() {
                 Phase::Unlocking { by } | Phase::CheckingStart { by } => *by == Some(*id),
                 Phase::Restoring { by } | Phase::Locking { by } => by == id,
+                Phase::HandingOff { by, .. } => by == id,
                 Phase::Stopping { purpose, .. } => matches!(
                     purpose,
-                    StopPurpose::OperatorStop(by) | StopPurpose::OperatorRestart(by) | StopPurpose::Lock(by) if by == id
+                    StopPurpose::OperatorStop(by) | StopPurpose::OperatorRestart(by) | StopPurpose::Lock(by) | StopPurpose::Handoff(by, _) if by == id
                 ),
                 _ => false,
             };
@@ -1352,11 +1415,41 @@ impl World {
         }
         let mut choices: Vec<Choice> = Vec::new();
         // A control command.
+        let failover = machine.settings.failover.is_some();
         choices.push(Box::new(move |world: &mut World| {
             world.next_id += 1;
-            let command = commands()[usize::from(pick) % 7].clone();
+            let command = if failover && pick % 8 == 7 {
+                Command::Handoff {
+                    to: "val-b".into(),
+                    operator: "alice".into(),
+                }
+            } else {
+                commands()[usize::from(pick) % 7].clone()
+            };
             Event::Command(CommandId(world.next_id), command)
         }));
+        if failover && machine.wants_leadership() {
+            choices.push(Box::new(move |_| {
+                Event::Lease(LeaseEvent::Acquired {
+                    token: i64::from(pick),
+                    stop_by: Instant::now() + Duration::from_secs(7),
+                    handoff: pick.is_multiple_of(2).then(|| HandoffGrant {
+                        from: "val-b".into(),
+                        watermark: Some(restored().watermark),
+                    }),
+                })
+            }));
+        }
+        if failover && self.lease_held {
+            choices.push(Box::new(move |_| {
+                Event::Lease(LeaseEvent::Renewed {
+                    stop_by: Instant::now() + Duration::from_secs(7),
+                })
+            }));
+            choices.push(Box::new(move |_| {
+                Event::Lease(LeaseEvent::Lost("deposed".into()))
+            }));
+        }
         choices.push(Box::new(|_| Event::Signal(StopSignal::Terminate)));
         if self.daemon_alive {
             let signalled = self.daemon_signalled;
@@ -1445,6 +1538,21 @@ impl World {
             Action::RunRestore(_) => Event::RestoreFinished(Ok(restored())),
             Action::RunHostShutdownCommand => Event::HostCommandFinished,
             Action::StopBackground => Event::BackgroundStopped,
+            Action::RunTakeover(_) => Event::TakeoverFinished(if pick.is_multiple_of(4) {
+                Err("the chain guard saw the key".into())
+            } else {
+                Ok(restored().watermark)
+            }),
+            Action::RunHandoff { to } => Event::HandoffFinished(if pick.is_multiple_of(3) {
+                Err("etcd unreachable".into())
+            } else {
+                Ok(HandoffDone {
+                    to,
+                    watermark: Some(restored().watermark),
+                    stores: vec!["local".into()],
+                    token: 7,
+                })
+            }),
             other => panic!("not a job: {other:?}"),
         }
     }
@@ -1460,6 +1568,8 @@ fn job_kind(action: &Action) -> Option<Job> {
         Action::RunUpgrade(_) => Some(Job::Upgrade),
         Action::RunRestore(_) => Some(Job::Restore),
         Action::CheckPlanDue(_) => Some(Job::PlanDue),
+        Action::RunTakeover(_) => Some(Job::Takeover),
+        Action::RunHandoff { .. } => Some(Job::Handoff),
         _ => None,
     }
 }
@@ -1473,8 +1583,16 @@ proptest! {
     /// command answered once and never left hanging, and a shutdown always
     /// ends.
     #[test]
-    fn the_machine_keeps_its_promises(vault in any::<bool>(), picks in prop::collection::vec(any::<u8>(), 1..120)) {
-        let mut machine = Machine::new(settings(vault));
+    fn the_machine_keeps_its_promises(vault in any::<bool>(), failover in any::<bool>(), picks in prop::collection::vec(any::<u8>(), 1..120)) {
+        let failover = failover && vault;
+        let mut settings = settings(vault);
+        if failover {
+            settings.failover = Some(FailoverSettings {
+                host_id: "val-a".into(),
+                peers: vec!["val-b".into()],
+            });
+        }
+        let mut machine = Machine::new(settings);
         let mut world = World::default();
         let start = if vault { VaultAtStart::Unattended } else { VaultAtStart::NoVault };
         world.apply(&mut machine, Event::Started(start));
