@@ -266,6 +266,8 @@ pub struct ChainState {
     by_address: HashMap<String, usize>,
     internal_power: u64,
     sign_bytes_seen: HashMap<(usize, u64, u32, u8), Vec<Vec<u8>>>,
+    /// The listeners a validator's valid votes for a height came through.
+    vote_listeners: HashMap<(usize, u64), Vec<String>>,
     double_signs: Vec<DoubleSign>,
     invalid_votes: u64,
     upgrade_plans: Vec<UpgradePlan>,
@@ -371,6 +373,7 @@ impl ChainState {
             internal_power: u64::from(config.internal_validators)
                 .saturating_mul(config.internal_power),
             sign_bytes_seen: HashMap::new(),
+            vote_listeners: HashMap::new(),
             double_signs: Vec::new(),
             invalid_votes: 0,
             upgrade_plans: config.upgrade_plans.clone(),
@@ -500,6 +503,31 @@ impl ChainState {
         }
         self.upgrade_plans.push(plan);
         Ok(())
+    }
+
+    /// [`ChainState::on_vote`] for a vote that came through `listener`: a valid vote for a
+    /// height whose votes of the same validator already came through another listener marks
+    /// that height in `multi_listener_heights` (two nodes signing with one key, when each node
+    /// has its own sentry).
+    pub fn on_vote_via(&mut self, vote: &SignedVote, listener: &str) -> VoteOutcome {
+        let outcome = self.on_vote(vote);
+        if matches!(outcome, VoteOutcome::Invalid(_))
+            || vote.height + VOTE_HISTORY_HEIGHTS < self.height
+        {
+            return outcome;
+        }
+        let Some(&index) = self.by_address.get(&vote.address.to_uppercase()) else {
+            return outcome;
+        };
+        let seen = self.vote_listeners.entry((index, vote.height)).or_default();
+        if !seen.iter().any(|name| name == listener) {
+            seen.push(listener.to_string());
+            let record = &mut self.validators[index].record;
+            if seen.len() == 2 && record.multi_listener_heights.len() < MAX_MISSED_LISTED {
+                record.multi_listener_heights.push(vote.height);
+            }
+        }
+        outcome
     }
 
     /// Verifies and records one vote.
@@ -708,6 +736,7 @@ impl ChainState {
         let floor = self.height.saturating_sub(VOTE_HISTORY_HEIGHTS);
         if height.is_multiple_of(100) {
             self.sign_bytes_seen.retain(|(_, h, _, _), _| *h >= floor);
+            self.vote_listeners.retain(|(_, h), _| *h >= floor);
             for validator in &mut self.validators {
                 validator.precommitted = validator.precommitted.split_off(&floor);
             }
@@ -1384,7 +1413,7 @@ async fn handle_node(
             read_line(&mut reader, &mut line, NODE_IDLE_TIMEOUT).await?;
             match serde_json::from_slice::<NodeMessage>(&line) {
                 Ok(NodeMessage::Vote(vote)) => {
-                    let outcome = lock(state).on_vote(&vote);
+                    let outcome = lock(state).on_vote_via(&vote, &listener.name);
                     match outcome {
                         VoteOutcome::Accepted => {}
                         VoteOutcome::DoubleSign(ds) => log(
@@ -1644,6 +1673,42 @@ mod tests {
         }
         assert_eq!(chain.record().invalid_votes, 3);
         assert_eq!(chain.record().double_signs.len(), 1);
+    }
+
+    #[test]
+    fn votes_of_one_height_through_two_listeners_mark_the_height() {
+        let key = ValidatorKey::from_seed([1; 32]);
+        let mut chain = ChainState::new(&config(&[&key], 3), SystemTime::now()).unwrap();
+        let prevote = vote(&key, 1, VoteType::Prevote, "t1");
+        let precommit = vote(&key, 1, VoteType::Precommit, "t1");
+        // One node through one sentry, resending: nothing to mark.
+        for v in [&prevote, &prevote, &precommit] {
+            assert_eq!(chain.on_vote_via(v, "sentry-a"), VoteOutcome::Accepted);
+        }
+        assert!(
+            chain.record().validators["val1"]
+                .multi_listener_heights
+                .is_empty()
+        );
+        // The same (identical) vote through another sentry: another node holds the key.
+        assert_eq!(
+            chain.on_vote_via(&precommit, "sentry-b"),
+            VoteOutcome::Accepted
+        );
+        assert_eq!(
+            chain.on_vote_via(&prevote, "sentry-b"),
+            VoteOutcome::Accepted
+        );
+        let stranger = ValidatorKey::from_seed([2; 32]);
+        assert!(matches!(
+            chain.on_vote_via(&vote(&stranger, 2, VoteType::Prevote, "t"), "sentry-c"),
+            VoteOutcome::Invalid(_)
+        ));
+        assert_eq!(
+            chain.record().validators["val1"].multi_listener_heights,
+            vec![1]
+        );
+        assert!(chain.record().double_signs.is_empty());
     }
 
     #[test]

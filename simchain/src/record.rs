@@ -112,6 +112,11 @@ pub struct ValidatorRecord {
     /// Sessions ever opened.
     #[serde(default)]
     pub sessions_opened: u64,
+    /// Heights whose valid votes of this validator came through more than one listener (the
+    /// most recent [`MAX_MISSED_LISTED`]): with one sentry per host, two hosts signing one
+    /// height, even with identical sign bytes.
+    #[serde(default)]
+    pub multi_listener_heights: Vec<u64>,
 }
 
 /// Two different sign bytes from one key at the same (height, round, step).

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 mod etcd_cluster;
+pub mod failover;
 pub use etcd_cluster::{ETCD, ETCD_WAIT, EtcdCluster};
 
 /// Where sshd is expected.
@@ -120,10 +121,25 @@ pub fn ssh_fingerprint(public_key: &Path) -> Result<String> {
 /// in `/proc`), then to `root`; never to this process. sshd's per-connection processes run in
 /// their own sessions, so a process-group kill would miss them. Pids that are gone are skipped.
 pub fn kill_tree(root: u32, signal: Signal) {
-    let mut doomed = vec![root];
+    let own = std::process::id();
+    for pid in process_tree(root)
+        .into_iter()
+        .rev()
+        .filter(|&pid| pid != own)
+    {
+        if let Ok(raw) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal);
+        }
+    }
+}
+
+/// `root` and its descendants (found through the parent pids in `/proc`), parents before their
+/// children.
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut tree = vec![root];
     let mut index = 0;
-    while index < doomed.len() {
-        let parent = doomed[index];
+    while index < tree.len() {
+        let parent = tree[index];
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
@@ -137,17 +153,23 @@ pub fn kill_tree(root: u32, signal: Signal) {
                 .split_whitespace()
                 .nth(1)
                 .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(parent) && !doomed.contains(&pid) {
-                doomed.push(pid);
+            if ppid == Some(parent) && !tree.contains(&pid) {
+                tree.push(pid);
             }
         }
         index += 1;
     }
-    let own = std::process::id();
-    for &pid in doomed.iter().rev().filter(|&&pid| pid != own) {
-        if let Ok(raw) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal);
+    tree
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let after_comm = stat.rsplit(')').next().unwrap_or_default();
+            !after_comm.trim_start().starts_with('Z')
         }
+        Err(_) => false,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The signed handoff record: what a primary leaves for the host it hands
-//! the validator to (`docs/failover.md` §Handoff).
+//! the validator to (`docs/failover.md` §5).
 //!
 //! ```json
 //! {"record":{"version":1,"group":"/palisade/ab12…","from":"val-a","to":"val-b",
