@@ -24,6 +24,13 @@
 # validator misses blocks while its only tunnel is down and signs again once
 # the tunnel heals.
 #
+# Then failover (docs/failover.md; FAILOVER=0 skips it): two validator hosts
+# for one validator (two supervisors sharing one vault), a real 3-member etcd
+# cluster and a chain with one sentry per host; a planned handoff
+# (`palisade-ctl failover handoff --to val-b`), then the primary's whole host
+# SIGKILLed and the standby taking over; the chain's record must show 0
+# double signs (palisade-failover-demo, from palisade-testkit).
+#
 #   ./scripts/demo.sh                          # about 30 s, then stops and summarises
 #   UPGRADE_HEIGHT=30 ./scripts/demo.sh
 #   SSHD_STOP_HEIGHT=0 ./scripts/demo.sh       # no sshd outage
@@ -41,7 +48,7 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
 require_cargo
-apt_install curl jq ca-certificates openssh-server openssh-client
+apt_install curl jq ca-certificates openssh-server openssh-client etcd-server
 
 UPGRADE_HEIGHT=${UPGRADE_HEIGHT:-12}
 BLOCKS_AFTER=${BLOCKS_AFTER:-14}
@@ -476,3 +483,8 @@ echo "  supervisor log, tunnel:"
 plain_log | grep "bastion tunnel" | sed 's/^/    /' || echo "    (no \"bastion tunnel\" lines)"
 echo "  logs: supervisor $DEMO/supervisor.log, node $DEMO/node.log, sshd $SSH_DIR/sshd.log, palisade-bastion $BASTION_DIR/bastion.log"
 [ "$outage" = healed ] || [ "$outage" = skipped ] || exit 1
+
+if [ "${FAILOVER:-1}" != 0 ]; then
+  log "failover: two hosts, a planned handoff, then the primary's host killed"
+  "$BIN/palisade-failover-demo" "$BIN"
+fi

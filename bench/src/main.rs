@@ -38,6 +38,10 @@
 //!   same through a real OpenSSH sshd on 127.0.0.1, as `palisade-ctl --via`
 //!   does it (SSH, direct-streamlocal to the supervisor's reverse-forwarded
 //!   socket, pinned TLS, operator login). `--only rpc` selects all four.
+//! - `failover_planned_missed_blocks` (target 1), `failover_planned_s`,
+//!   `failover_takeover_s`, `chaos_schedules_run`, `chaos_double_signs`
+//!   (target 0): two validator hosts, real etcd, the simulated chain (see
+//!   [`failover`]). `--only failover` / `--only chaos` select them.
 //!
 //! Each benchmark that succeeds appends one JSON object per line
 //! ([`palisade_wire::bench::BenchResult`]) to `target/bench/results.jsonl` in
@@ -45,6 +49,7 @@
 //! others still run, and the exit status is 1.
 
 mod backup;
+mod failover;
 mod fixture;
 mod genesis;
 mod idle;
@@ -80,9 +85,14 @@ const RPC_LOCAL_P50: &str = rpc::P50;
 const RPC_LOCAL_P99: &str = rpc::P99;
 const RPC_BASTION_P50: &str = rpc::BASTION_P50;
 const RPC_BASTION_P99: &str = rpc::BASTION_P99;
+const FAILOVER_PLANNED_MISSED: &str = failover::PLANNED_MISSED;
+const FAILOVER_PLANNED_S: &str = failover::PLANNED_S;
+const FAILOVER_TAKEOVER_S: &str = failover::TAKEOVER_S;
+const CHAOS_RUN: &str = failover::CHAOS_RUN;
+const CHAOS_DOUBLE_SIGNS: &str = failover::CHAOS_DOUBLE_SIGNS;
 
 /// Every benchmark, in the order they run.
-const ALL: [&str; 15] = [
+const ALL: [&str; 20] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
@@ -98,6 +108,11 @@ const ALL: [&str; 15] = [
     RPC_LOCAL_P99,
     RPC_BASTION_P50,
     RPC_BASTION_P99,
+    FAILOVER_PLANNED_MISSED,
+    FAILOVER_PLANNED_S,
+    FAILOVER_TAKEOVER_S,
+    CHAOS_RUN,
+    CHAOS_DOUBLE_SIGNS,
 ];
 
 const LONG_ABOUT: &str = "\
@@ -172,6 +187,28 @@ Benchmarks (stable names):
       then 100 warm-up and 2000 timed `status` calls on that one
       connection. `--only rpc` selects all four.
 
+  failover_planned_missed_blocks (target 1), failover_planned_s
+      Two validator hosts sharing one vault (two real supervisors), a real
+      3-member etcd cluster, the simulated chain with 1 s blocks and one
+      sentry per host. `palisade-ctl failover handoff --to` back and forth,
+      --handoffs times: blocks missed from the command to the new primary's
+      first vote (the worst run), and seconds from the command to that vote
+      (the chain's first vote through the new primary's sentry; median).
+
+  failover_takeover_s
+      The same cluster: the primary's whole host SIGKILLed, seconds until the
+      standby's first vote (median of 3): the lease running out (lease-ttl
+      3 s) plus the takeover rule (a new block, the key absent from the last
+      3 commits).
+
+  chaos_schedules_run, chaos_double_signs (target 0)
+      --chaos-schedules seeded random fault schedules (seeds 1000, 1001, ...;
+      palisade_testkit::failover::random_schedule) on one cluster with 300 ms
+      blocks: kills, SIGSTOP/SIGCONT, etcd and chain links cut, etcd members
+      killed, concurrent handoffs; after each, the chain's record is checked
+      for double signs and heights signed by both hosts, and both hosts' sign
+      states for regressions (any regression fails the benchmark).
+
 Each successful benchmark appends one JSON line
 {name, value, unit, target?, peer?, peer_value?} to
 <workspace>/target/bench/results.jsonl (or --out) and a summary table is
@@ -199,6 +236,12 @@ struct Args {
     /// Length of the idle sampling window, in seconds.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     idle_secs: u64,
+    /// Planned handoffs measured for failover_planned_*.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    handoffs: usize,
+    /// Seeded fault schedules run for chaos_* (at least 50 for the record).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    chaos_schedules: usize,
     /// Print the benchmark names and exit.
     #[arg(long)]
     list: bool,
@@ -287,7 +330,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
         || wants(RPC_LOCAL_P50)
         || wants(RPC_LOCAL_P99)
         || wants(RPC_BASTION_P50)
-        || wants(RPC_BASTION_P99);
+        || wants(RPC_BASTION_P99)
+        || wants(FAILOVER_PLANNED_MISSED)
+        || wants(FAILOVER_PLANNED_S)
+        || wants(FAILOVER_TAKEOVER_S)
+        || wants(CHAOS_RUN)
+        || wants(CHAOS_DOUBLE_SIGNS);
     let bins = if needs_binaries {
         Some(Binaries::locate()?)
     } else {
@@ -433,6 +481,59 @@ fn run(args: Args) -> anyhow::Result<bool> {
         for (name, outcome) in outcomes {
             if wants(name) {
                 record(outcome, name);
+            }
+        }
+    }
+
+    let handoff_names = [
+        FAILOVER_PLANNED_MISSED,
+        FAILOVER_PLANNED_S,
+        FAILOVER_TAKEOVER_S,
+    ];
+    if let (true, Some(bins)) = (handoff_names.iter().any(|name| wants(name)), &bins) {
+        eprintln!(
+            "palisade-bench: running {} ({} handoffs)",
+            handoff_names.join(" / "),
+            args.handoffs
+        );
+        match failover::run_handoffs(bins, args.handoffs) {
+            Ok((missed, planned, takeover)) => {
+                for (name, measured) in handoff_names.into_iter().zip([missed, planned, takeover]) {
+                    if wants(name) {
+                        record(Ok(measured), name);
+                    }
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for name in handoff_names {
+                    if wants(name) {
+                        record(Err(anyhow::anyhow!("{message}")), name);
+                    }
+                }
+            }
+        }
+    }
+    if let (true, Some(bins)) = (wants(CHAOS_RUN) || wants(CHAOS_DOUBLE_SIGNS), &bins) {
+        eprintln!(
+            "palisade-bench: running {CHAOS_RUN} / {CHAOS_DOUBLE_SIGNS} ({} schedules)",
+            args.chaos_schedules
+        );
+        match failover::run_chaos(bins, args.chaos_schedules) {
+            Ok((run, double_signs)) => {
+                for (name, measured) in [(CHAOS_RUN, run), (CHAOS_DOUBLE_SIGNS, double_signs)] {
+                    if wants(name) {
+                        record(Ok(measured), name);
+                    }
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for name in [CHAOS_RUN, CHAOS_DOUBLE_SIGNS] {
+                    if wants(name) {
+                        record(Err(anyhow::anyhow!("{message}")), name);
+                    }
+                }
             }
         }
     }

@@ -266,8 +266,9 @@ pub struct ChainState {
     by_address: HashMap<String, usize>,
     internal_power: u64,
     sign_bytes_seen: HashMap<(usize, u64, u32, u8), Vec<Vec<u8>>>,
-    /// The listeners a validator's valid votes for a height came through.
-    vote_listeners: HashMap<(usize, u64), Vec<String>>,
+    /// The listeners a validator's valid votes for a height came through, with their sign
+    /// bytes.
+    vote_listeners: HashMap<(usize, u64), Vec<ListenerVote>>,
     double_signs: Vec<DoubleSign>,
     invalid_votes: u64,
     upgrade_plans: Vec<UpgradePlan>,
@@ -286,6 +287,9 @@ pub struct ChainState {
     /// The last commits, for `new_height`'s `last_commit` and the sentries' `/commit`.
     commits: CommitHistory,
 }
+
+/// A vote's listener and sign bytes.
+type ListenerVote = (String, Vec<u8>);
 
 /// A session that passed the handshake.
 #[derive(Debug, Clone)]
@@ -505,10 +509,13 @@ impl ChainState {
         Ok(())
     }
 
-    /// [`ChainState::on_vote`] for a vote that came through `listener`: a valid vote for a
-    /// height whose votes of the same validator already came through another listener marks
-    /// that height in `multi_listener_heights` (two nodes signing with one key, when each node
-    /// has its own sentry).
+    /// [`ChainState::on_vote`] for a vote that came through `listener`: a valid vote with sign
+    /// bytes never seen before at its height, for a height whose votes of the same validator
+    /// already came through another listener, marks that height in `multi_listener_heights`
+    /// (two nodes signing with one key, when each node has its own sentry). A vote whose exact
+    /// sign bytes were already seen is a resend, not a second signer: a node restored with
+    /// another's `priv_validator_state.json` re-sends the cached vote at that state's
+    /// height/round/step, as CometBFT's FilePV does.
     pub fn on_vote_via(&mut self, vote: &SignedVote, listener: &str) -> VoteOutcome {
         let outcome = self.on_vote(vote);
         if matches!(outcome, VoteOutcome::Invalid(_))
@@ -519,13 +526,30 @@ impl ChainState {
         let Some(&index) = self.by_address.get(&vote.address.to_uppercase()) else {
             return outcome;
         };
+        let last = self.validators[index]
+            .record
+            .last_vote_via
+            .entry(listener.to_string())
+            .or_default();
+        *last = (*last).max(vote.height);
+        let Ok(sign_bytes) = B64.decode(&vote.sign_bytes) else {
+            return outcome;
+        };
         let seen = self.vote_listeners.entry((index, vote.height)).or_default();
-        if !seen.iter().any(|name| name == listener) {
-            seen.push(listener.to_string());
-            let record = &mut self.validators[index].record;
-            if seen.len() == 2 && record.multi_listener_heights.len() < MAX_MISSED_LISTED {
-                record.multi_listener_heights.push(vote.height);
-            }
+        if seen.iter().any(|(_, bytes)| *bytes == sign_bytes) {
+            return outcome;
+        }
+        let other_listener = seen.iter().any(|(name, _)| name != listener);
+        if seen.len() < MAX_SIGN_BYTES_PER_HRS * 4 {
+            seen.push((listener.to_string(), sign_bytes));
+        }
+        let record = &mut self.validators[index].record;
+        if other_listener
+            && record.multi_listener_heights.last() != Some(&vote.height)
+            && !record.multi_listener_heights.contains(&vote.height)
+            && record.multi_listener_heights.len() < MAX_MISSED_LISTED
+        {
+            record.multi_listener_heights.push(vote.height);
         }
         outcome
     }
@@ -1513,11 +1537,21 @@ mod tests {
     }
 
     fn vote(key: &ValidatorKey, height: u64, vote_type: VoteType, timestamp: &str) -> SignedVote {
+        vote_in_round(key, height, 0, vote_type, timestamp)
+    }
+
+    fn vote_in_round(
+        key: &ValidatorKey,
+        height: u64,
+        round: u32,
+        vote_type: VoteType,
+        timestamp: &str,
+    ) -> SignedVote {
         let sign_bytes = CanonicalVote {
             block_id: block_id("sim-1", height),
             chain_id: "sim-1".into(),
             height,
-            round: 0,
+            round,
             timestamp: timestamp.into(),
             vote_type,
         }
@@ -1525,7 +1559,7 @@ mod tests {
         SignedVote {
             address: key.address(),
             height,
-            round: 0,
+            round,
             step: vote_type.step(),
             signature: B64.encode(key.sign(&sign_bytes)),
             sign_bytes: B64.encode(sign_bytes),
@@ -1690,9 +1724,21 @@ mod tests {
                 .multi_listener_heights
                 .is_empty()
         );
-        // The same (identical) vote through another sentry: another node holds the key.
+        // The same votes resent through another sentry (a node restored with the other's
+        // sign state re-sends its cached vote): not a second signer.
         assert_eq!(
             chain.on_vote_via(&precommit, "sentry-b"),
+            VoteOutcome::Accepted
+        );
+        assert!(
+            chain.record().validators["val1"]
+                .multi_listener_heights
+                .is_empty()
+        );
+        // A vote signed anew at that height through another sentry: another node holds the key.
+        let round_1 = vote_in_round(&key, 1, 1, VoteType::Prevote, "t3");
+        assert_eq!(
+            chain.on_vote_via(&round_1, "sentry-b"),
             VoteOutcome::Accepted
         );
         assert_eq!(
@@ -1708,6 +1754,9 @@ mod tests {
             chain.record().validators["val1"].multi_listener_heights,
             vec![1]
         );
+        let via = &chain.record().validators["val1"].last_vote_via;
+        assert_eq!((via["sentry-a"], via["sentry-b"]), (1, 1));
+        assert!(!via.contains_key("sentry-c"));
         assert!(chain.record().double_signs.is_empty());
     }
 

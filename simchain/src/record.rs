@@ -117,6 +117,9 @@ pub struct ValidatorRecord {
     /// height, even with identical sign bytes.
     #[serde(default)]
     pub multi_listener_heights: Vec<u64>,
+    /// The height of the last valid vote of this validator that came through each listener.
+    #[serde(default)]
+    pub last_vote_via: BTreeMap<String, u64>,
 }
 
 /// Two different sign bytes from one key at the same (height, round, step).

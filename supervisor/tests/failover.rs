@@ -59,6 +59,17 @@ fn ctl(host: &Host, args: &[&str]) -> std::process::Output {
 
 fn assert_safe(cluster: &Cluster) {
     let (double_signs, both) = cluster.violations().unwrap();
+    if double_signs > 0 || !both.is_empty() {
+        let record = cluster.network.record().unwrap();
+        eprintln!(
+            "record of val1: {}",
+            serde_json::to_string_pretty(&record.validators["val1"]).unwrap()
+        );
+        eprintln!(
+            "network log:\n{}",
+            std::fs::read_to_string(cluster.dir.path().join("network.log")).unwrap_or_default()
+        );
+    }
     assert_eq!(double_signs, 0, "double signs\n{}", cluster.tails());
     assert!(
         both.is_empty(),
@@ -153,15 +164,34 @@ fn planned_handoff_there_and_back_then_forged_tampered_and_replayed_records_are_
         .any(|entry| entry.file_name().to_string_lossy().starts_with("handoff-"));
     assert!(in_store, "no handoff record in the shared store");
 
-    // b → a.
-    let output = ctl(&pair.hosts[1], &["failover", "handoff", "--to", "val-a"]);
+    // b → a, with the shared store down (as a bastion that is down): the final backup goes to
+    // the stores that answer, and a raises its sign state to the record's watermark.
+    let shared = pair.dir.path().join("shared-backups");
+    let aside = pair.dir.path().join("shared-backups.down");
+    std::fs::rename(&shared, &aside).unwrap();
+    let output = ctl(
+        &pair.hosts[1],
+        &["--json", "failover", "handoff", "--to", "val-a"],
+    );
     assert!(
         output.status.success(),
         "handoff back: {output:?}\n{}",
         pair.tails()
     );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["stores"], serde_json::json!(["local"]), "{answer}");
+    let final_height = answer["watermark"]
+        .as_str()
+        .and_then(|w| w.split_whitespace().nth(1))
+        .and_then(|h| h.parse::<u64>().ok())
+        .unwrap();
     pair.hosts[0].wait_state("running").unwrap();
     pair.wait_signing(2, WAIT).unwrap();
+    assert!(
+        pair.hosts[0].watermark().unwrap().0 >= final_height,
+        "a signs below b's final state"
+    );
+    std::fs::rename(&aside, &shared).unwrap();
     let token_a = failover(&pair.hosts[0])["token"].as_i64().unwrap();
     assert!(token_a > first_token);
     assert_safe(&pair);

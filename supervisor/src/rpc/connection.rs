@@ -693,7 +693,7 @@ mod tests {
             b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\",\"x\":1}\n",
             b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":7}\n",
             b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"format.disk\"}\n",
-            b"{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"failover.start\"}\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"ip.rotate\"}\n",
             b"{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"status\",\"params\":{\"a\":1}}\n",
             b"{\"jsonrpc\":\"2.0\",\"id\":6,\"method\":\"vault.unlock\"}\n",
             b"correct horse battery staple\n",
