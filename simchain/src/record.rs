@@ -112,9 +112,11 @@ pub struct ValidatorRecord {
     /// Sessions ever opened.
     #[serde(default)]
     pub sessions_opened: u64,
-    /// Heights whose valid votes of this validator came through more than one listener (the
-    /// most recent [`MAX_MISSED_LISTED`]): with one sentry per host, two hosts signing one
-    /// height, even with identical sign bytes.
+    /// Heights at which a vote of this validator with sign bytes not seen before came through
+    /// a listener while earlier votes at that height came through another (the most recent
+    /// [`MAX_MISSED_LISTED`]). Meaningful when each of the validator's nodes has sentries of
+    /// its own: then it names a height two nodes signed at. A node connected to several
+    /// sentries sends its votes through all of them and trips it.
     #[serde(default)]
     pub multi_listener_heights: Vec<u64>,
     /// The height of the last valid vote of this validator that came through each listener.
