@@ -641,7 +641,7 @@ impl Config {
                 "failover.etcd-endpoints".into(),
                 failover.etcd_endpoints.join(","),
             );
-            add("failover.chain-rpc".into(), failover.chain_rpc.clone());
+            add("failover.chain-rpc".into(), failover.chain_rpc.join(","));
             add(
                 "failover.key-prefix".into(),
                 failover

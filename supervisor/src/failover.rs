@@ -22,9 +22,40 @@ pub mod takeover;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::sign_state::Watermark;
+
 use sha2::{Digest, Sha256};
 
 use palisade_wire::rpc::results::{FailoverStatus, HandoffSummary};
+
+/// What the leadership driver ([`driver`]) reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// This host holds the leadership, with fencing token `token`; it must
+    /// stop signing by `stop_by` unless a renewal moves that.
+    Acquired {
+        token: i64,
+        stop_by: Instant,
+        /// Taken over by a verified handoff record (else: after the
+        /// previous lease expired, or with no previous leader).
+        handoff: Option<HandoffGrant>,
+    },
+    /// Renewed: stop signing by `stop_by` at the latest.
+    Renewed { stop_by: Instant },
+    /// The leadership with this token is gone (expired, deposed, renewed
+    /// too late, given up by the driver for any reason the machine did not
+    /// ask for).
+    Lost { token: i64, reason: String },
+}
+
+/// A verified handoff record naming this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffGrant {
+    /// The host that handed over.
+    pub from: String,
+    /// Its final sign state: the floor of this host's.
+    pub watermark: Option<Watermark>,
+}
 
 /// The etcd keys of one validator's hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,8 +43,8 @@ const CHAIN_HTTP_PORT: u16 = 26680;
 /// etcd's client port inside each bastion, and the validators' local forwards to it.
 const ETCD_PORT: u16 = 2379;
 const ETCD_FORWARD_BASE: u16 = 23790;
-/// The chain's RPC through bastion 1, forwarded locally on each validator.
-const CHAIN_RPC_FORWARD: &str = "127.0.0.1:26757";
+/// The chain's RPC through bastion N, forwarded locally on each validator on this port + N.
+const CHAIN_RPC_FORWARD_BASE: u16 = 26750;
 
 fn vb_ip(v: usize, b: usize, bastion_side: bool) -> String {
     format!(
@@ -74,7 +74,7 @@ fn rpc_port(b: usize) -> u16 {
 struct Topology {
     supervisors: Vec<Option<common::Supervisor>>,
     _etcd: Vec<NsProcess>,
-    _sshd: Vec<NsSshd>,
+    sshd: Vec<NsSshd>,
     _network: NsProcess,
     /// [validator][bastion].
     vb_links: Vec<Vec<Link>>,
@@ -246,17 +246,18 @@ impl Topology {
             let socket = base.join("run/supervisor.sock");
             let mut bastion_tables = String::new();
             for (b, sshd) in sshd.iter().enumerate() {
-                let mut forwards = vec![format!(
-                    "{{ listen = \"127.0.0.1:{}\", target = \"127.0.0.1:{ETCD_PORT}\" }}",
-                    ETCD_FORWARD_BASE + b as u16 + 1
-                )];
-                if b == 0 {
-                    forwards.push(format!(
-                        "{{ listen = \"{CHAIN_RPC_FORWARD}\", target = \"{}:{}\" }}",
+                let forwards = [
+                    format!(
+                        "{{ listen = \"127.0.0.1:{}\", target = \"127.0.0.1:{ETCD_PORT}\" }}",
+                        ETCD_FORWARD_BASE + b as u16 + 1
+                    ),
+                    format!(
+                        "{{ listen = \"127.0.0.1:{}\", target = \"{}:{}\" }}",
+                        CHAIN_RPC_FORWARD_BASE + b as u16 + 1,
                         bc_ip(b, false),
                         rpc_port(b)
-                    ));
-                }
+                    ),
+                ];
                 bastion_tables.push_str(&format!(
                     "[[bastion]]\nname = \"b{}\"\nhost = \"{}\"\nuser = \"root\"\n\
                      host-key-fingerprints = [{:?}]\n\
@@ -275,6 +276,15 @@ impl Topology {
                 .map(|b| format!("\"http://127.0.0.1:{}\"", ETCD_FORWARD_BASE + b as u16 + 1))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let chain_rpc = (0..BASTIONS)
+                .map(|b| {
+                    format!(
+                        "\"http://127.0.0.1:{}\"",
+                        CHAIN_RPC_FORWARD_BASE + b as u16 + 1
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
             let config = base.join("palisade.toml");
             std::fs::write(
                 &config,
@@ -285,7 +295,7 @@ impl Topology {
                      [tunnel]\nkey-file = {:?}\nconnect-timeout = \"3s\"\n\
                      keepalive-interval = \"500ms\"\nkeepalive-max = 2\nreconnect-max-delay = \"500ms\"\n\
                      [failover]\nhost-id = \"{}\"\npeers = [\"{}\"]\netcd-endpoints = [{endpoints}]\n\
-                     chain-rpc = \"http://{CHAIN_RPC_FORWARD}\"\nkey-prefix = \"/palisade/netns\"\n\
+                     chain-rpc = [{chain_rpc}]\nkey-prefix = \"/palisade/netns\"\n\
                      lease-ttl = \"3s\"\nfence-margin = \"1s\"\npoll-interval = \"200ms\"\n\
                      chain-guard-blocks = 3\n\
                      {bastion_tables}",
@@ -305,7 +315,7 @@ impl Topology {
         let topology = Topology {
             supervisors: vec![None, None],
             _etcd: etcd,
-            _sshd: sshd,
+            sshd,
             _network: network,
             vb_links,
             _other_links: other_links,
@@ -621,7 +631,10 @@ fn handoff_partition_and_host_kill_through_the_bastions_never_double_sign() {
     );
     topology.assert_safe();
 
-    // v1's whole host killed: v2 takes over.
+    // Bastion 1's sshd killed (v2's first etcd member and first view of the chain go with it),
+    // then v1's whole host killed: v2 takes over through the two other bastions.
+    topology.sshd[0].kill();
+    topology.wait_signing(3);
     let pid = topology.supervisors[0].as_ref().unwrap().child.id();
     palisade_testkit::kill_tree(pid, nix::sys::signal::Signal::SIGKILL);
     let killed = Instant::now();

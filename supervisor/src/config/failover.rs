@@ -6,7 +6,8 @@
 //! host-id = "val-a"                          # this host; unique among the hosts
 //! peers = ["val-b"]                          # the other hosts of this validator
 //! etcd-endpoints = ["http://127.0.0.1:23790", "http://127.0.0.1:23791", "http://127.0.0.1:23792"]
-//! chain-rpc = "http://127.0.0.1:26757"       # CometBFT RPC of a sentry, through this host's tunnel
+//! chain-rpc = ["http://127.0.0.1:26757", "http://127.0.0.1:26758"]   # sentries' CometBFT RPC,
+//!                                            # through this host's tunnels (one URL or several)
 //! # key-prefix = "/palisade/<id of the vault's backup key>"
 //! # lease-ttl = "10s"          # whole seconds, 2 to 300
 //! # fence-margin = "3s"        # stop signing this long before the lease can expire
@@ -36,7 +37,7 @@ pub struct RawFailover {
     pub peers: Vec<String>,
     #[serde(default)]
     pub etcd_endpoints: Vec<String>,
-    pub chain_rpc: Option<String>,
+    pub chain_rpc: Option<OneOrMany>,
     pub key_prefix: Option<String>,
     pub lease_ttl: Option<String>,
     pub fence_margin: Option<String>,
@@ -45,6 +46,17 @@ pub struct RawFailover {
     pub takeover: Option<String>,
     pub handoff_timeout: Option<String>,
 }
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Most URLs in `failover.chain-rpc`.
+pub const MAX_CHAIN_RPC: usize = 8;
 
 /// Whether a standby takes over by itself when the primary's lease expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +83,9 @@ pub struct FailoverSettings {
     pub host_id: String,
     pub peers: Vec<String>,
     pub etcd_endpoints: Vec<String>,
-    /// Base URL of a CometBFT RPC that shows this host the chain (a
-    /// sentry's, through this host's own tunnel).
-    pub chain_rpc: String,
+    /// Base URLs of CometBFT RPCs that show this host the chain (sentries',
+    /// through this host's own tunnels), tried in order.
+    pub chain_rpc: Vec<String>,
     /// `None`: derived from the vault's backup key at start.
     pub key_prefix: Option<String>,
     pub lease_ttl: Duration,
@@ -163,16 +175,32 @@ pub(super) fn validate_failover(
             );
         }
     }
-    let chain_rpc = raw.chain_rpc.unwrap_or_default();
-    if !valid_http_url(&chain_rpc) {
+    let chain_rpc = match raw.chain_rpc {
+        None => Vec::new(),
+        Some(OneOrMany::One(url)) => vec![url],
+        Some(OneOrMany::Many(urls)) => urls,
+    };
+    if chain_rpc.is_empty() || chain_rpc.len() > MAX_CHAIN_RPC {
         let origin = r.file_origin("failover.chain-rpc");
         r.report(
             origin,
             format!(
-                "'{chain_rpc}' is not an http:// or https:// URL: the CometBFT RPC through \
-                 which this host sees the chain (a sentry's, through its tunnel)"
+                "must name 1 to {MAX_CHAIN_RPC} CometBFT RPC URLs through which this host sees \
+                 the chain (sentries', through its tunnels)"
             ),
         );
+    }
+    for url in &chain_rpc {
+        if !valid_http_url(url) {
+            let origin = r.file_origin("failover.chain-rpc");
+            r.report(
+                origin,
+                format!(
+                    "'{url}' is not an http:// or https:// URL: a CometBFT RPC through which \
+                     this host sees the chain (a sentry's, through its tunnel)"
+                ),
+            );
+        }
     }
     if let Some(prefix) = &raw.key_prefix
         && (!prefix.starts_with('/') || prefix.len() > 200 || prefix.ends_with('/'))
@@ -251,7 +279,10 @@ pub(super) fn validate_failover(
         host_id,
         peers: raw.peers,
         etcd_endpoints: raw.etcd_endpoints,
-        chain_rpc: chain_rpc.trim_end_matches('/').to_string(),
+        chain_rpc: chain_rpc
+            .iter()
+            .map(|url| url.trim_end_matches('/').to_string())
+            .collect(),
         key_prefix: raw.key_prefix,
         lease_ttl,
         fence_margin,
@@ -276,7 +307,22 @@ mod tests {
         let good = load(dir.path(), &format!("{VAULT}{GOOD}")).unwrap();
         let failover = good.failover.unwrap();
         assert_eq!(failover.host_id, "val-a");
-        assert_eq!(failover.chain_rpc, "http://127.0.0.1:26657");
+        assert_eq!(failover.chain_rpc, ["http://127.0.0.1:26657"]);
+        let two = load(
+            dir.path(),
+            &format!(
+                "{VAULT}{}",
+                GOOD.replace(
+                    "chain-rpc = \"http://127.0.0.1:26657/\"",
+                    "chain-rpc = [\"http://127.0.0.1:1\", \"https://127.0.0.1:2/\"]",
+                )
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            two.failover.unwrap().chain_rpc,
+            ["http://127.0.0.1:1", "https://127.0.0.1:2"]
+        );
         assert_eq!(failover.lease_ttl.as_secs(), 10);
         assert_eq!(failover.fence_margin.as_secs(), 3);
         assert_eq!(failover.chain_guard_blocks, 5);
@@ -307,7 +353,15 @@ mod tests {
             ),
             (
                 "[vault]\nswap = \"refuse\"\n[failover]\nhost-id = \"val-a\"\npeers = [\"b\"]\netcd-endpoints = [\"http://e\"]\n",
-                &["failover.chain-rpc"],
+                &["failover.chain-rpc", "must name 1 to 8"],
+            ),
+            (
+                "[vault]\nswap = \"refuse\"\n[failover]\nhost-id = \"val-a\"\npeers = [\"b\"]\netcd-endpoints = [\"http://e\"]\nchain-rpc = [\"http://c\", \"tcp://d\"]\n",
+                &["failover.chain-rpc", "'tcp://d' is not an http"],
+            ),
+            (
+                "[vault]\nswap = \"refuse\"\n[failover]\nhost-id = \"val-a\"\npeers = [\"b\"]\netcd-endpoints = [\"http://e\"]\nchain-rpc = []\n",
+                &["failover.chain-rpc", "must name 1 to 8"],
             ),
             (
                 "[vault]\nswap = \"refuse\"\n[failover]\nhost-id = \"val-a\"\npeers = [\"b\"]\netcd-endpoints = [\"http://e\"]\nchain-rpc = \"http://c\"\nlease-ttl = \"1500ms\"\n",

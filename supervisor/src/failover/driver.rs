@@ -24,9 +24,9 @@ use palisade_wire::rpc::results::HandoffSummary;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::record::{self, HandoffRecord};
+use super::{HandoffGrant, LeaseEvent};
 use super::{Keys, SharedView, view};
 use crate::config::{FailoverSettings, TakeoverMode};
-use crate::supervision::machine::{HandoffGrant, LeaseEvent};
 
 /// What the driver is asked to do.
 enum DriverCommand {
@@ -37,8 +37,9 @@ enum DriverCommand {
         token: i64,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// Give the leadership up (resign), if held.
-    Release,
+    /// Give the leadership with this token up (resign), if it is the one
+    /// held: a late release must never end a newer leadership.
+    Release { token: i64 },
     /// Pause or resume automatic takeover for every host.
     SetPaused {
         paused: bool,
@@ -140,9 +141,13 @@ impl DriverHandle {
             .map_err(|_| "the failover driver has stopped".to_string())?
     }
 
-    /// Give the leadership up, if held (no answer).
-    pub fn release(&self) {
-        if self.commands.try_send(DriverCommand::Release).is_err() {
+    /// Give the leadership with `token` up, if held (no answer).
+    pub fn release(&self, token: i64) {
+        if self
+            .commands
+            .try_send(DriverCommand::Release { token })
+            .is_err()
+        {
             tracing::warn!("the failover driver is busy or stopped; the lease expires on its own");
         }
     }
@@ -206,6 +211,9 @@ impl Driver {
                 None => jittered(self.settings.poll_interval),
             };
             tokio::select! {
+                // Commands first: a release waiting in the inbox is carried
+                // out before anything is campaigned for.
+                biased;
                 command = inbox.recv() => match command {
                     Some(command) => {
                         self.handle(command).await;
@@ -239,7 +247,18 @@ impl Driver {
 
     async fn handle(&mut self, command: DriverCommand) {
         match command {
-            DriverCommand::Release => self.resign("released by the supervisor").await,
+            DriverCommand::Release { token } => {
+                let held = self.leader.as_ref().map(|acquired| acquired.token().0);
+                if held == Some(token) {
+                    self.resign("released by the supervisor").await;
+                } else {
+                    tracing::debug!(
+                        token,
+                        ?held,
+                        "a release of a leadership no longer held; nothing to do"
+                    );
+                }
+            }
             DriverCommand::SetPaused { paused, by, reply } => {
                 let result = if paused {
                     let value = format!("{{\"by\":{:?},\"at_ms\":{}}}", by, now_ms());
@@ -293,12 +312,15 @@ impl Driver {
                         if let Err(error) = self.client.revoke(acquired.lease()).await {
                             tracing::debug!(%error, "revoking the handed-over lease failed; it expires on its own");
                         }
-                        self.gone(None);
+                        self.gone(token, None);
                         Ok(())
                     }
                     Ok(false) => {
                         let _ = leader::resign(&self.client, acquired).await;
-                        self.gone(Some("the leader key was no longer this host's".into()));
+                        self.gone(
+                            token,
+                            Some("the leader key was no longer this host's".into()),
+                        );
                         Err(format!(
                             "the leader key is no longer this host's (token {token}); nothing was written"
                         ))
@@ -315,15 +337,16 @@ impl Driver {
         }
     }
 
-    /// The leadership is over (`lost`: tell the machine why).
-    fn gone(&mut self, lost: Option<String>) {
+    /// The leadership with `token` is over (`lost`: tell the machine why; it
+    /// did not ask for it).
+    fn gone(&mut self, token: i64, lost: Option<String>) {
         self.leader = None;
         {
             let mut shared = view(&self.view);
             shared.stop_by = None;
         }
         if let Some(reason) = lost {
-            let _ = self.events.send(LeaseEvent::Lost(reason));
+            let _ = self.events.send(LeaseEvent::Lost { token, reason });
         }
     }
 
@@ -361,13 +384,16 @@ impl Driver {
                 view(&self.view).etcd_error = Some(error.to_string());
                 if Instant::now() >= deadline {
                     tracing::error!(%error, "the lease could not be renewed before the signing deadline");
-                    let acquired = self.leader.take();
-                    if let Some(acquired) = acquired {
+                    let token = acquired.token().0;
+                    if let Some(acquired) = self.leader.take() {
                         let _ = leader::resign(&self.client, acquired).await;
                     }
-                    self.gone(Some(format!(
-                        "the lease could not be renewed before the signing deadline ({error})"
-                    )));
+                    self.gone(
+                        token,
+                        Some(format!(
+                            "the lease could not be renewed before the signing deadline ({error})"
+                        )),
+                    );
                 } else {
                     tracing::warn!(%error, "renewing the lease failed; retrying");
                     self.next_renew = Instant::now()
@@ -376,10 +402,11 @@ impl Driver {
             }
             Err(error) => {
                 tracing::error!(%error, "the leadership is lost");
+                let token = acquired.token().0;
                 if let Some(acquired) = self.leader.take() {
                     let _ = leader::resign(&self.client, acquired).await;
                 }
-                self.gone(Some(error.to_string()));
+                self.gone(token, Some(error.to_string()));
             }
         }
     }

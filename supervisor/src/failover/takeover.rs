@@ -24,18 +24,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::HandoffGrant;
 use crate::backup::{RestoreChoice, RestoreError, RestoreKit};
 use crate::node::rpc::{ChainRpc, signed_in_last};
 use crate::sign_state::{LocalState, SignState, Step, Watermark, read_local, write_atomic};
-use crate::supervision::machine::HandoffGrant;
 
 /// What the takeover needs.
 #[derive(Clone)]
 pub struct TakeoverKit {
     pub restore: RestoreKit,
     pub state_path: PathBuf,
-    /// `[failover] chain-rpc`.
-    pub chain_rpc: String,
+    /// `[failover] chain-rpc`: tried in order, the first that answers is used.
+    pub chain_rpc: Vec<String>,
     /// K: `[failover] chain-guard-blocks`.
     pub guard_blocks: u64,
     /// The validator's consensus address, upper-case hex.
@@ -77,9 +77,8 @@ pub async fn take_over(
 /// without the validator's key. Waits as long as it takes (the machine
 /// cancels it on a shutdown, a lock or a lost lease).
 async fn observe_chain(kit: &TakeoverKit, note: &dyn Fn(String)) -> u64 {
-    let rpc = ChainRpc::new(&kit.chain_rpc);
     let first = loop {
-        match rpc.latest_height().await {
+        match latest_height(&kit.chain_rpc).await {
             Ok(height) => break height,
             Err(error) => note(format!(
                 "takeover: waiting for this host's view of the chain ({error})"
@@ -92,7 +91,7 @@ async fn observe_chain(kit: &TakeoverKit, note: &dyn Fn(String)) -> u64 {
     ));
     let after = loop {
         tokio::time::sleep(kit.poll).await;
-        match rpc.latest_height().await {
+        match latest_height(&kit.chain_rpc).await {
             Ok(height) if height > first => break height,
             Ok(_) => {}
             Err(error) => note(format!(
@@ -102,7 +101,7 @@ async fn observe_chain(kit: &TakeoverKit, note: &dyn Fn(String)) -> u64 {
     };
     let k = kit.guard_blocks;
     loop {
-        match signed_in_last(&kit.chain_rpc, &kit.validator_address, k).await {
+        match guard_window(&kit.chain_rpc, &kit.validator_address, k).await {
             Ok(window) if !window.key_active() && window.latest >= after => {
                 tracing::info!(
                     latest = window.latest,
@@ -127,6 +126,34 @@ async fn observe_chain(kit: &TakeoverKit, note: &dyn Fn(String)) -> u64 {
         }
         tokio::time::sleep(kit.poll).await;
     }
+}
+
+/// The latest height from the first of `urls` that answers.
+async fn latest_height(urls: &[String]) -> Result<u64, String> {
+    let mut errors = Vec::new();
+    for url in urls {
+        match ChainRpc::new(url).latest_height().await {
+            Ok(height) => return Ok(height),
+            Err(error) => errors.push(error.to_string()),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// The last K commits from the first of `urls` that can read them all.
+async fn guard_window(
+    urls: &[String],
+    address: &str,
+    k: u64,
+) -> Result<crate::node::rpc::SignedWindow, String> {
+    let mut errors = Vec::new();
+    for url in urls {
+        match signed_in_last(url, address, k).await {
+            Ok(window) => return Ok(window),
+            Err(error) => errors.push(error.to_string()),
+        }
+    }
+    Err(errors.join("; "))
 }
 
 /// Restore the highest backup; with `at_least`, look again for a while

@@ -665,9 +665,9 @@ impl Executor {
                 self.timers
                     .insert(timer, tokio::time::Instant::from_std(at));
             }
-            Action::ReleaseLease => {
+            Action::ReleaseLease(token) => {
                 if let Some(failover) = &self.failover {
-                    failover.driver.release();
+                    failover.driver.release(token);
                 }
             }
             Action::RunTakeover(grant) => self.run_takeover(grant),

@@ -36,6 +36,7 @@ use super::board::NodeState;
 use super::command::{Answer, Command, CommandError, CommandId, CommandResult, HandoffDone};
 use crate::backup::{RestoreChoice, Restored};
 use crate::config::RestartSettings;
+pub use crate::failover::{HandoffGrant, LeaseEvent};
 use crate::node::restart_policy::{AfterExit, ExitKind, RestartPolicy};
 use crate::node::rpc::plan_is_due;
 use crate::sign_state::Watermark;
@@ -75,33 +76,6 @@ pub struct FailoverSettings {
     pub host_id: String,
     /// The other hosts: the possible targets of a handoff.
     pub peers: Vec<String>,
-}
-
-/// What the leadership driver ([`crate::failover::driver`]) reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseEvent {
-    /// This host holds the leadership, with fencing token `token`; it must
-    /// stop signing by `stop_by` unless a renewal moves that.
-    Acquired {
-        token: i64,
-        stop_by: Instant,
-        /// Taken over by a verified handoff record (else: after the
-        /// previous lease expired, or with no previous leader).
-        handoff: Option<HandoffGrant>,
-    },
-    /// Renewed: stop signing by `stop_by` at the latest.
-    Renewed { stop_by: Instant },
-    /// The leadership is gone (expired, deposed, renewed too late).
-    Lost(String),
-}
-
-/// A verified handoff record naming this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandoffGrant {
-    /// The host that handed over.
-    pub from: String,
-    /// Its final sign state: the floor of this host's.
-    pub watermark: Option<Watermark>,
 }
 
 /// How `run` ended; `main` maps it to an exit code (`docs/supervisor.md`).
@@ -403,8 +377,10 @@ pub enum Action {
     RunHandoff {
         to: String,
     },
-    /// Give up the leadership (resign; the node is not running).
-    ReleaseLease,
+    /// Give up the leadership with this token, if the driver still holds
+    /// it (resign; the node is not running). Never another token: a
+    /// release that arrives late must not end a newer leadership.
+    ReleaseLease(i64),
 }
 
 /// Why the running daemon is being stopped.
@@ -420,8 +396,9 @@ pub enum StopPurpose {
     Shutdown(ShutdownCause),
     /// `failover.handoff`: then the final backup and the handoff record.
     Handoff(CommandId, String),
-    /// The leadership was lost or its deadline passed: killed, not asked.
-    Fence,
+    /// The leadership with this token was lost or its deadline passed:
+    /// killed, not asked.
+    Fence(i64),
 }
 
 /// Why the supervisor shuts down on request.
@@ -665,7 +642,7 @@ impl Machine {
                     StopPurpose::Lock(_) => "vault.lock",
                     StopPurpose::Shutdown(_) => "the supervisor is shutting down",
                     StopPurpose::Handoff(..) => "failover.handoff",
-                    StopPurpose::Fence => "fenced: this host lost the leadership",
+                    StopPurpose::Fence(_) => "fenced: this host lost the leadership",
                 }
             ),
             Phase::StoppedByOperator => "the node is stopped by an operator".into(),
@@ -1660,7 +1637,7 @@ impl Machine {
                     ));
                     out.push(Action::KillDaemon);
                 }
-                StopPurpose::Fence => {
+                StopPurpose::Fence(_) => {
                     self.phase = Phase::Stopping {
                         pid,
                         purpose: StopPurpose::Shutdown(cause),
@@ -1903,7 +1880,7 @@ impl Machine {
                     StopPurpose::Shutdown(ShutdownCause::Signal(_)) => "a shutdown signal",
                     StopPurpose::Shutdown(ShutdownCause::HostShutdown) => "host.shutdown",
                     StopPurpose::Handoff(..) => "failover.handoff",
-                    StopPurpose::Fence => "fencing",
+                    StopPurpose::Fence(_) => "fencing",
                 }
             ),
         ));
@@ -1947,8 +1924,8 @@ impl Machine {
             StopPurpose::Lock(id) => self.close_for_lock(id, out),
             StopPurpose::Shutdown(cause) => self.shut_down(cause.outcome(), out),
             StopPurpose::Handoff(id, to) => self.hand_off(id, to, out),
-            StopPurpose::Fence => {
-                out.push(Action::ReleaseLease);
+            StopPurpose::Fence(token) => {
+                out.push(Action::ReleaseLease(token));
                 self.enter_standby(out);
             }
         }
@@ -1968,9 +1945,9 @@ impl Machine {
 
     /// Forget the leadership and tell the driver to give it up.
     fn drop_lease(&mut self, out: &mut Vec<Action>) {
-        if self.lease.take().is_some() {
+        if let Some(token) = self.lease.take() {
             out.push(Action::CancelTimer(Timer::Fence));
-            out.push(Action::ReleaseLease);
+            out.push(Action::ReleaseLease(token));
         }
     }
 
@@ -1992,6 +1969,17 @@ impl Machine {
                 stop_by,
                 handoff,
             } => {
+                if let Some(held) = self.lease {
+                    // A second leadership while one is held: the driver lost
+                    // the first without saying so. Fence on the old one; the
+                    // new one is given back.
+                    out.push(Action::ReleaseLease(token));
+                    self.fence(
+                        &format!("the driver reported token {token} while token {held} was held"),
+                        out,
+                    );
+                    return;
+                }
                 if self.phase != Phase::Standby || self.settings.failover.is_none() {
                     // Only a standby asks for it; anyone else gives it back.
                     out.push(Action::Log(
@@ -2001,7 +1989,7 @@ impl Machine {
                             self.describe()
                         ),
                     ));
-                    out.push(Action::ReleaseLease);
+                    out.push(Action::ReleaseLease(token));
                     return;
                 }
                 self.lease = Some(token);
@@ -2027,8 +2015,8 @@ impl Machine {
                     out.push(Action::SetDeadline(Timer::Fence, stop_by));
                 }
             }
-            LeaseEvent::Lost(reason) => {
-                if self.lease.is_some() {
+            LeaseEvent::Lost { token, reason } => {
+                if self.lease == Some(token) {
                     self.fence(&reason, out);
                 }
             }
@@ -2037,7 +2025,9 @@ impl Machine {
 
     /// The leadership is gone: whatever runs stops signing now.
     fn fence(&mut self, reason: &str, out: &mut Vec<Action>) {
-        self.lease = None;
+        let Some(token) = self.lease.take() else {
+            return;
+        };
         out.push(Action::CancelTimer(Timer::Fence));
         out.push(Action::Log(
             Level::Error,
@@ -2049,7 +2039,7 @@ impl Machine {
                 self.leave_running(out);
                 self.phase = Phase::Stopping {
                     pid,
-                    purpose: StopPurpose::Fence,
+                    purpose: StopPurpose::Fence(token),
                 };
                 out.push(Action::KillDaemon);
                 out.push(Action::SetTimer(
@@ -2068,16 +2058,16 @@ impl Machine {
             } => out.push(Action::KillDaemon),
             Phase::BackingOff { .. } => {
                 out.push(Action::CancelTimer(Timer::Backoff));
-                out.push(Action::ReleaseLease);
+                out.push(Action::ReleaseLease(token));
                 self.enter_standby(out);
             }
             Phase::TakingOver => {
                 out.push(Action::CancelJob(Job::Takeover));
-                out.push(Action::ReleaseLease);
+                out.push(Action::ReleaseLease(token));
                 self.enter_standby(out);
             }
             // Not signing; a later start meets the gate in `launch`.
-            _ => out.push(Action::ReleaseLease),
+            _ => out.push(Action::ReleaseLease(token)),
         }
     }
 

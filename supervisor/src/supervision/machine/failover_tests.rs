@@ -161,7 +161,13 @@ fn a_standby_behind_the_backups_opens_its_session_and_waits() {
 #[test]
 fn a_lost_or_expiring_leadership_kills_the_node_at_once_and_it_never_restarts_alone() {
     let events: [(&str, Event); 2] = [
-        ("lost", Event::Lease(LeaseEvent::Lost("deposed".into()))),
+        (
+            "lost",
+            Event::Lease(LeaseEvent::Lost {
+                token: 42,
+                reason: "deposed".into(),
+            }),
+        ),
         ("deadline", Event::Timer(Timer::Fence)),
     ];
     for (what, event) in events {
@@ -172,7 +178,7 @@ fn a_lost_or_expiring_leadership_kills_the_node_at_once_and_it_never_restarts_al
             matches!(
                 machine.phase(),
                 Phase::Stopping {
-                    purpose: StopPurpose::Fence,
+                    purpose: StopPurpose::Fence(42),
                     ..
                 }
             ),
@@ -182,7 +188,7 @@ fn a_lost_or_expiring_leadership_kills_the_node_at_once_and_it_never_restarts_al
         let actions = machine.step(exited());
         assert_eq!(*machine.phase(), Phase::Standby, "{what}");
         assert!(
-            actions.contains(&Action::ReleaseLease),
+            actions.contains(&Action::ReleaseLease(42)),
             "{what}: {actions:?}"
         );
         assert!(!actions.iter().any(|a| matches!(a, Action::SpawnDaemon)));
@@ -201,7 +207,7 @@ fn a_fence_during_a_crash_backoff_cancels_the_restart() {
     assert!(matches!(machine.phase(), Phase::BackingOff { .. }));
     let actions = machine.step(Event::Timer(Timer::Fence));
     assert!(actions.contains(&Action::CancelTimer(Timer::Backoff)));
-    assert!(actions.contains(&Action::ReleaseLease));
+    assert!(actions.contains(&Action::ReleaseLease(42)));
     assert_eq!(*machine.phase(), Phase::Standby);
 }
 
@@ -215,7 +221,10 @@ fn renewals_move_the_deadline_and_stale_fences_change_nothing() {
     assert!(standby.step(Event::Timer(Timer::Fence)).is_empty());
     assert!(
         standby
-            .step(Event::Lease(LeaseEvent::Lost("x".into())))
+            .step(Event::Lease(LeaseEvent::Lost {
+                token: 42,
+                reason: "x".into()
+            }))
             .is_empty()
     );
     assert!(
@@ -230,7 +239,7 @@ fn a_takeover_that_fails_gives_the_leadership_up_and_waits() {
     let mut machine = standby();
     machine.step(acquired(5));
     let actions = machine.step(Event::TakeoverFinished(Err("restore failed".into())));
-    assert!(actions.contains(&Action::ReleaseLease), "{actions:?}");
+    assert!(actions.contains(&Action::ReleaseLease(5)), "{actions:?}");
     assert!(!actions.iter().any(|a| matches!(a, Action::SpawnDaemon)));
     assert_eq!(*machine.phase(), Phase::Standby);
     assert_eq!(machine.lease_token(), None);
@@ -243,7 +252,7 @@ fn leadership_offered_outside_standby_is_given_back() {
     assert_eq!(*machine.phase(), Phase::StoppedByOperator);
     assert!(!machine.wants_leadership());
     let actions = machine.step(acquired(9));
-    assert!(actions.contains(&Action::ReleaseLease), "{actions:?}");
+    assert!(actions.contains(&Action::ReleaseLease(9)), "{actions:?}");
     assert_eq!(machine.lease_token(), None);
     assert_eq!(*machine.phase(), Phase::StoppedByOperator);
     // node.start makes it a standby again, not a signer.
@@ -357,14 +366,14 @@ fn handoff_requests_that_cannot_be_honoured_are_refused_with_the_reason() {
 fn shutting_down_or_locking_the_primary_gives_the_leadership_up_after_the_node_stopped() {
     let mut machine = primary();
     let actions = machine.step(Event::Signal(StopSignal::Terminate));
-    assert!(!actions.contains(&Action::ReleaseLease), "{actions:?}");
+    assert!(!actions.contains(&Action::ReleaseLease(42)), "{actions:?}");
     let actions = machine.step(exited());
-    assert!(actions.contains(&Action::ReleaseLease), "{actions:?}");
+    assert!(actions.contains(&Action::ReleaseLease(42)), "{actions:?}");
 
     let mut machine = primary();
     machine.step(Event::Command(ID, Command::Lock));
     let actions = machine.step(exited());
-    assert!(actions.contains(&Action::ReleaseLease), "{actions:?}");
+    assert!(actions.contains(&Action::ReleaseLease(42)), "{actions:?}");
     assert!(actions.contains(&Action::CloseSession));
 }
 
@@ -419,6 +428,26 @@ fn a_handoff_grant_goes_to_the_takeover_job() {
     // node.stop during the takeover cancels it and gives the leadership up.
     let actions = machine.step(Event::Command(ID, Command::NodeStop));
     assert!(actions.contains(&Action::CancelJob(Job::Takeover)));
-    assert!(actions.contains(&Action::ReleaseLease));
+    assert!(actions.contains(&Action::ReleaseLease(77)));
     assert_eq!(*machine.phase(), Phase::StoppedByOperator);
+}
+
+/// A release or a loss that names an older leadership never ends the one held now (the
+/// chaos harness found a late release resigning a newer leadership while the machine went on
+/// believing it held it: two signers).
+#[test]
+fn news_about_another_token_never_touches_the_leadership_held() {
+    let mut machine = primary();
+    let actions = machine.step(Event::Lease(LeaseEvent::Lost {
+        token: 41,
+        reason: "an older lease expired".into(),
+    }));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(machine.lease_token(), Some(42));
+    assert_eq!(*machine.phase(), Phase::Running { pid: PID });
+    // A second leadership while one is held: the driver lost the first without saying so.
+    let actions = machine.step(acquired(43));
+    assert!(actions.contains(&Action::KillDaemon), "{actions:?}");
+    assert!(actions.contains(&Action::ReleaseLease(43)), "{actions:?}");
+    assert_eq!(machine.lease_token(), None);
 }

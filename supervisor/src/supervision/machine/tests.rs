@@ -1246,8 +1246,11 @@ fn phases_name_themselves_for_the_board() {
 struct World {
     /// `[failover]`: the leadership is held (acquired, not lost, not
     /// released) and the takeover rule passed since it was acquired.
-    lease_held: bool,
+    /// The leadership the driver holds (as etcd granted it), if any.
+    lease_token: Option<i64>,
     lease_checked: bool,
+    /// etcd's revisions: every leadership gets a higher token.
+    next_token: i64,
     daemon_alive: bool,
     daemon_signalled: bool,
     session_open: bool,
@@ -1271,31 +1274,38 @@ impl World {
         let alive_before = self.daemon_alive;
         let failover = machine.settings.failover.is_some();
         match &event {
-            Event::Lease(LeaseEvent::Acquired { .. }) => {
-                self.lease_held = true;
+            Event::Lease(LeaseEvent::Acquired { token, .. }) => {
+                self.lease_token = Some(*token);
                 self.lease_checked = false;
             }
-            Event::Lease(LeaseEvent::Lost(_)) | Event::Timer(Timer::Fence) => {
-                self.lease_held = false;
+            Event::Lease(LeaseEvent::Lost { token, .. }) if self.lease_token == Some(*token) => {
+                self.lease_token = None;
+                self.lease_checked = false;
+            }
+            Event::Timer(Timer::Fence) => {
+                self.lease_token = None;
                 self.lease_checked = false;
             }
             Event::TakeoverFinished(Ok(_)) if *machine.phase() == Phase::TakingOver => {
-                self.lease_checked = self.lease_held;
+                self.lease_checked = self.lease_token.is_some();
             }
             Event::HandoffFinished(Ok(_))
                 if matches!(machine.phase(), Phase::HandingOff { .. }) =>
             {
-                self.lease_held = false;
+                self.lease_token = None;
                 self.lease_checked = false;
             }
             _ => {}
         }
         let fencing = failover
             && machine.lease_token().is_some()
-            && matches!(
-                event,
-                Event::Lease(LeaseEvent::Lost(_)) | Event::Timer(Timer::Fence)
-            );
+            && match &event {
+                Event::Lease(LeaseEvent::Lost { token, .. }) => {
+                    machine.lease_token() == Some(*token)
+                }
+                Event::Timer(Timer::Fence) => true,
+                _ => false,
+            };
         let was_shutting_down = matches!(
             machine.phase(),
             Phase::ShuttingDown { .. } | Phase::Exited(_)
@@ -1319,7 +1329,7 @@ impl World {
                 Action::SpawnDaemon => {
                     assert!(!self.daemon_alive, "two daemons: {context}");
                     assert!(
-                        !failover || self.lease_checked,
+                        !failover || (self.lease_checked && self.lease_token.is_some()),
                         "a failover host started its node without holding the leadership and passing the takeover rule: {context}"
                     );
                     assert!(
@@ -1328,13 +1338,16 @@ impl World {
                     );
                     self.immediate.push(action.clone());
                 }
-                Action::ReleaseLease => {
+                Action::ReleaseLease(token) => {
                     assert!(
                         !self.daemon_alive || self.daemon_signalled,
                         "leadership released with the node running: {context}"
                     );
-                    self.lease_held = false;
-                    self.lease_checked = false;
+                    // The driver gives up only the leadership the release names.
+                    if self.lease_token == Some(*token) {
+                        self.lease_token = None;
+                        self.lease_checked = false;
+                    }
                 }
                 Action::SetDeadline(timer, _) => {
                     self.timers.retain(|t| t != timer);
@@ -1428,10 +1441,12 @@ impl World {
             };
             Event::Command(CommandId(world.next_id), command)
         }));
-        if failover && machine.wants_leadership() {
-            choices.push(Box::new(move |_| {
+        // The driver campaigns only for a standby and never while it holds a leadership.
+        if failover && machine.wants_leadership() && self.lease_token.is_none() {
+            choices.push(Box::new(move |world: &mut World| {
+                world.next_token += 1;
                 Event::Lease(LeaseEvent::Acquired {
-                    token: i64::from(pick),
+                    token: world.next_token,
                     stop_by: Instant::now() + Duration::from_secs(7),
                     handoff: pick.is_multiple_of(2).then(|| HandoffGrant {
                         from: "val-b".into(),
@@ -1440,14 +1455,27 @@ impl World {
                 })
             }));
         }
-        if failover && self.lease_held {
+        if let (true, Some(token)) = (failover, self.lease_token) {
             choices.push(Box::new(move |_| {
                 Event::Lease(LeaseEvent::Renewed {
                     stop_by: Instant::now() + Duration::from_secs(7),
                 })
             }));
             choices.push(Box::new(move |_| {
-                Event::Lease(LeaseEvent::Lost("deposed".into()))
+                Event::Lease(LeaseEvent::Lost {
+                    token,
+                    reason: "deposed".into(),
+                })
+            }));
+        }
+        // News of an older leadership, arriving late.
+        if failover && self.next_token > 1 {
+            let stale = self.next_token - 1 - i64::from(pick % 2);
+            choices.push(Box::new(move |_| {
+                Event::Lease(LeaseEvent::Lost {
+                    token: stale,
+                    reason: "an older lease expired".into(),
+                })
             }));
         }
         choices.push(Box::new(|_| Event::Signal(StopSignal::Terminate)));
