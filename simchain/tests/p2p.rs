@@ -239,6 +239,12 @@ fn two_sentries_on_one_ip_give_one_session_and_the_other_is_never_dialed_again()
     let lines_before = node.output().len();
     s.net.set_listener_up(&connected, false).unwrap();
     let down_at = s.net.height().unwrap();
+    // Taking the listener down ends its sessions as they notice; from then on, none.
+    s.net
+        .wait_for(WAIT, |r| {
+            val1(r).sessions == 0 && val1(r).connected_via.is_empty()
+        })
+        .unwrap();
     holds_for(&s.net, Duration::from_secs(4), "no session", |r| {
         val1(r).sessions == 0 && val1(r).connected_via.is_empty()
     });

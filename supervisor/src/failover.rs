@@ -40,8 +40,9 @@ pub enum LeaseEvent {
         /// previous lease expired, or with no previous leader).
         handoff: Option<HandoffGrant>,
     },
-    /// Renewed: stop signing by `stop_by` at the latest.
-    Renewed { stop_by: Instant },
+    /// The leadership with this token was renewed: stop signing by `stop_by`
+    /// at the latest.
+    Renewed { token: i64, stop_by: Instant },
     /// The leadership with this token is gone (expired, deposed, renewed
     /// too late, given up by the driver for any reason the machine did not
     /// ask for).

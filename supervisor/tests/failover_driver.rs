@@ -86,7 +86,10 @@ async fn a_release_ends_only_the_leadership_it_names_and_every_loss_is_reported(
     let mut renewed = 0;
     while renewed < 3 {
         match next(&mut events).await {
-            LeaseEvent::Renewed { .. } => renewed += 1,
+            LeaseEvent::Renewed { token, .. } => {
+                assert_eq!(token, first);
+                renewed += 1;
+            }
             other => panic!("the leadership {first} ended: {other:?}"),
         }
     }

@@ -13,9 +13,11 @@
 //!   10.83.0.j/32, routed over these links; clients on 127.0.0.1:2379 in each bastion)
 //! ```
 //!
-//! One test: both supervisors up, v1 the primary; a planned handoff to v2; v2 cut from every
-//! bastion (etcd and chain at once): it fences itself and v1 takes over; the links heal and
-//! v2 stays standby; then v1's whole host is killed and v2 takes over. The chain's record
+//! One test: both supervisors up, v1 the primary; a planned handoff to v2 and back while a
+//! bastion's sshd is down; v2's whole host stalled past its lease (v1 takes over, v2 kills its
+//! node on resume); v2 cut from every bastion (etcd and chain at once): it fences itself and
+//! v1 takes over; the links heal and v2 stays standby; a bastion's sshd killed, then v1's whole
+//! host: v2 takes over through the other two. The chain's record
 //! must show no double sign. (Both hosts vote through the same three sentries here, so the
 //! chain cannot tell whose vote a height's is; `tests/failover_chaos.rs`, with one sentry per
 //! host, checks that no height is signed by two hosts.) Needs root (CI runs as root).
@@ -80,7 +82,7 @@ struct Topology {
     vb_links: Vec<Vec<Link>>,
     _other_links: Vec<Link>,
     validators: Vec<Netns>,
-    _bastions: Vec<Netns>,
+    bastions: Vec<Netns>,
     chain: Netns,
     homes: Vec<PathBuf>,
     configs: Vec<PathBuf>,
@@ -320,7 +322,7 @@ impl Topology {
             vb_links,
             _other_links: other_links,
             validators,
-            _bastions: bastions,
+            bastions,
             chain,
             homes,
             configs,
@@ -596,6 +598,56 @@ fn handoff_partition_and_host_kill_through_the_bastions_never_double_sign() {
     topology.wait_signing(3);
     topology.wait_state(0, "standby");
     topology.assert_safe();
+
+    // A handoff back, v2 → v1, with bastion 3's sshd down (one etcd member, one sentry and one
+    // view of the chain gone), then the other way again once it is back.
+    topology.sshd[2].kill();
+    let output = topology.ctl(1, &["failover", "handoff", "--to", "val-a"], None);
+    assert!(
+        output.status.success(),
+        "handoff back: {output:?}\n{}",
+        topology.tails()
+    );
+    topology.wait_state(0, "running");
+    topology.wait_signing(3);
+    let bastion = &topology.bastions[2];
+    topology.sshd[2].restart(bastion);
+    let output = topology.ctl(0, &["failover", "handoff", "--to", "val-b"], None);
+    assert!(
+        output.status.success(),
+        "handoff: {output:?}\n{}",
+        topology.tails()
+    );
+    topology.wait_state(1, "running");
+    topology.wait_signing(3);
+    topology.assert_safe();
+
+    // v2's whole host stalled (SIGSTOP) past its lease: v1 takes over; on SIGCONT (the node
+    // first) v2's supervisor kills its node before it can sign again.
+    let stalled = topology.supervisors[1].as_ref().unwrap().child.id();
+    let node = common::status(&topology.sockets[1]).unwrap()["node"]["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    palisade_testkit::kill_tree(stalled, nix::sys::signal::Signal::SIGSTOP);
+    topology.wait_state(0, "running");
+    topology.wait_signing(3);
+    palisade_testkit::kill_tree(stalled, nix::sys::signal::Signal::SIGCONT);
+    common::wait_until(Duration::from_secs(5), "v2's node killed on resume", || {
+        !common::process_alive(node)
+    });
+    topology.wait_state(1, "standby");
+    topology.wait_signing(3);
+    topology.assert_safe();
+
+    // Back to v2 as the primary for the partition.
+    let output = topology.ctl(0, &["failover", "handoff", "--to", "val-b"], None);
+    assert!(
+        output.status.success(),
+        "handoff: {output:?}\n{}",
+        topology.tails()
+    );
+    topology.wait_state(1, "running");
+    topology.wait_signing(3);
 
     // v2 (the primary) cut from every bastion: no etcd, no chain. It fences itself; v1 takes
     // over.

@@ -377,7 +377,8 @@ impl Driver {
                     shared.stop_by = Some(stop_by);
                     shared.etcd_error = None;
                 }
-                let _ = self.events.send(LeaseEvent::Renewed { stop_by });
+                let token = acquired.token().0;
+                let _ = self.events.send(LeaseEvent::Renewed { token, stop_by });
             }
             Err(LeaderError::Etcd(error)) if !error.is_lease_expired() => {
                 let deadline = acquired.signing_deadline();

@@ -2010,8 +2010,8 @@ impl Machine {
                 self.phase = Phase::TakingOver;
                 out.push(Action::RunTakeover(handoff));
             }
-            LeaseEvent::Renewed { stop_by } => {
-                if self.lease.is_some() {
+            LeaseEvent::Renewed { token, stop_by } => {
+                if self.lease == Some(token) {
                     out.push(Action::SetDeadline(Timer::Fence, stop_by));
                 }
             }

@@ -215,8 +215,17 @@ fn a_fence_during_a_crash_backoff_cancels_the_restart() {
 fn renewals_move_the_deadline_and_stale_fences_change_nothing() {
     let mut machine = primary();
     let later = Instant::now() + Duration::from_secs(9);
-    let actions = machine.step(Event::Lease(LeaseEvent::Renewed { stop_by: later }));
+    let actions = machine.step(Event::Lease(LeaseEvent::Renewed {
+        token: 42,
+        stop_by: later,
+    }));
     assert_eq!(actions, vec![Action::SetDeadline(Timer::Fence, later)]);
+    // A renewal of an older leadership moves nothing.
+    let actions = machine.step(Event::Lease(LeaseEvent::Renewed {
+        token: 41,
+        stop_by: later + Duration::from_secs(60),
+    }));
+    assert!(actions.is_empty(), "{actions:?}");
     let mut standby = standby();
     assert!(standby.step(Event::Timer(Timer::Fence)).is_empty());
     assert!(
@@ -229,7 +238,10 @@ fn renewals_move_the_deadline_and_stale_fences_change_nothing() {
     );
     assert!(
         standby
-            .step(Event::Lease(LeaseEvent::Renewed { stop_by: later }))
+            .step(Event::Lease(LeaseEvent::Renewed {
+                token: 42,
+                stop_by: later
+            }))
             .is_empty()
     );
 }

@@ -1458,6 +1458,7 @@ impl World {
         if let (true, Some(token)) = (failover, self.lease_token) {
             choices.push(Box::new(move |_| {
                 Event::Lease(LeaseEvent::Renewed {
+                    token,
                     stop_by: Instant::now() + Duration::from_secs(7),
                 })
             }));
