@@ -31,6 +31,12 @@ log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "supply chain"
 ./scripts/audit.sh
+log "unit sandboxing"
+# systemd's own rating of the shipped units (0 = locked down, 10 = exposed):
+# the supervisor's must stay at or below 2.0, the bastion's at or below 1.0.
+command -v systemd-analyze >/dev/null || apt_install systemd
+systemd-analyze security --offline=yes --threshold=20 packaging/systemd/palisade-supervisor.service >/dev/null
+systemd-analyze security --offline=yes --threshold=10 packaging/systemd/palisade-bastion.service >/dev/null
 log "doc tests"
 cargo test --workspace --doc --locked
 log "tests"

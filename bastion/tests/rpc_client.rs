@@ -117,6 +117,7 @@ impl Supervisor {
             name: name.into(),
             tls_dir,
             idle_timeout,
+            trusted_uids: vec![0],
         };
         let script = Arc::new(Script::default());
         script.set_health(json!({"ok": true, "problems": []}));

@@ -60,6 +60,7 @@ fn start_supervisor_rpc(
         name: "val-a".into(),
         tls_dir,
         idle_timeout: std::time::Duration::from_secs(5),
+        trusted_uids: vec![0],
     };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

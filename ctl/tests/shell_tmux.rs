@@ -120,6 +120,7 @@ impl Supervisor {
             // No certificate: trusted local users only, which is this test.
             tls_dir: dir.join("tls"),
             idle_timeout,
+            trusted_uids: vec![0],
         };
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();

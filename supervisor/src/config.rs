@@ -500,6 +500,7 @@ impl Config {
             ),
             ("rpc.tls-dir", self.rpc.tls_dir.display().to_string()),
             ("rpc.idle-timeout", duration(self.rpc.idle_timeout)),
+            ("rpc.trusted-uids", format!("{:?}", self.rpc.trusted_uids)),
         ];
         let mut lines: Vec<(String, String)> = fixed
             .into_iter()

@@ -273,3 +273,51 @@ fn the_supervisor_and_its_node_write_no_core_dumps() {
     }
     supervisor.stop();
 }
+
+/// Finding 4 (in part): which local users are trusted is configuration (`[rpc] trusted-uids`),
+/// not only "root or ours": with `[]`, a root connection gets the greeting a remote peer gets
+/// (TLS required) and its plaintext is refused; by default root is trusted.
+#[test]
+fn trusted_uids_are_configuration_and_an_empty_list_trusts_nobody() {
+    for (rpc_extra, tls, serves_plaintext) in [
+        ("trusted-uids = []", "required", false),
+        ("", "optional", true),
+    ] {
+        let fixture = VaultRpc::setup(BLOCK, PASSPHRASE, rpc_extra, "");
+        let shown = fixture.command().arg("config").output().unwrap();
+        let expected = if rpc_extra.is_empty() {
+            "rpc.trusted-uids=[0]"
+        } else {
+            "rpc.trusted-uids=[]"
+        };
+        assert!(
+            String::from_utf8_lossy(&shown.stdout)
+                .lines()
+                .any(|line| line == expected),
+            "{expected:?} not in {shown:?}"
+        );
+        let supervisor = fixture.run();
+        common::wait_until(LONG, "the control socket", || fixture.socket.exists());
+        let mut rpc = common::RawRpc::connect(&fixture.socket, LONG).unwrap();
+        assert_eq!(rpc.greeting["tls"], tls, "{rpc_extra:?}: {}", rpc.greeting);
+        rpc.send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}\n")
+            .unwrap();
+        let answer = rpc.read_line();
+        match serves_plaintext {
+            true => assert!(
+                answer
+                    .as_ref()
+                    .unwrap()
+                    .as_deref()
+                    .unwrap()
+                    .contains("\"result\""),
+                "{answer:?}"
+            ),
+            false => assert!(
+                !matches!(&answer, Ok(Some(line)) if line.contains("\"result\"")),
+                "{rpc_extra:?}: plaintext served: {answer:?}"
+            ),
+        }
+        supervisor.stop();
+    }
+}

@@ -128,6 +128,7 @@ fn start_with_bastions(
         name: VALIDATOR.into(),
         tls_dir: dir.path().join("rpc"),
         idle_timeout,
+        trusted_uids: vec![0],
     };
     let pin = (certificate == Certificate::Made)
         .then(|| init_identity(&settings.tls_dir, VALIDATOR, ReplaceIdentity::No).unwrap());

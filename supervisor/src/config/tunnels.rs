@@ -6,6 +6,7 @@
 //! [rpc]
 //! socket = "/run/palisade/supervisor.sock"
 //! name = "val-a"
+//! trusted-uids = [0, 1000]        # default: root and the supervisor's own uid
 //!
 //! [tunnel]
 //! key-file = "/etc/palisade/tunnel_ed25519"
@@ -56,6 +57,10 @@ pub struct RawRpc {
     /// Default `60s`: a connection without a complete line for this long is
     /// closed.
     pub idle_timeout: Option<String>,
+    /// Default `[0, <the supervisor's own uid>]`: the uids whose local
+    /// connections are trusted (no TLS, no login, admin as `local:<user>`);
+    /// `[]` trusts nobody. The supervisor's own tunnel is never trusted.
+    pub trusted_uids: Option<Vec<u32>>,
 }
 
 /// `[tunnel]`: settings shared by every `[[bastion]]`.
@@ -143,6 +148,8 @@ pub struct RpcSettings {
     pub tls_dir: PathBuf,
     /// Longest wait for a complete line (or a TLS handshake).
     pub idle_timeout: Duration,
+    /// Uids whose local connections are trusted (`docs/rpc.md` §1).
+    pub trusted_uids: Vec<u32>,
 }
 
 /// The validated `[tunnel]` and `[[bastion]]` tables.
@@ -333,6 +340,9 @@ fn host_name() -> String {
         .unwrap_or_else(|| "validator".to_string())
 }
 
+/// Most uids in `rpc.trusted-uids`.
+pub const MAX_TRUSTED_UIDS: usize = 16;
+
 pub(super) fn validate_rpc(r: &mut Resolver<'_>, raw: RawRpc, daemon_home: &Path) -> RpcSettings {
     let socket = raw.socket.unwrap_or_else(|| {
         daemon_home
@@ -376,11 +386,31 @@ pub(super) fn validate_rpc(r: &mut Resolver<'_>, raw: RawRpc, daemon_home: &Path
         let origin = r.file_origin("rpc.idle-timeout");
         r.report(origin, "must be between 100ms and 1h");
     }
+    let trusted_uids = match raw.trusted_uids {
+        Some(uids) => {
+            let mut sorted = uids.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() != uids.len() || uids.len() > MAX_TRUSTED_UIDS {
+                let origin = r.file_origin("rpc.trusted-uids");
+                r.report(
+                    origin,
+                    format!("must list at most {MAX_TRUSTED_UIDS} uids, each once"),
+                );
+            }
+            uids
+        }
+        None => {
+            let own = nix::unistd::geteuid().as_raw();
+            if own == 0 { vec![0] } else { vec![0, own] }
+        }
+    };
     RpcSettings {
         socket,
         name,
         tls_dir,
         idle_timeout,
+        trusted_uids,
     }
 }
 
@@ -1008,6 +1038,11 @@ mod tests {
                 format!("[rpc]\nname = \"{}\"\n", "v".repeat(65)),
                 "is longer than 64 bytes",
             ),
+            (
+                "[rpc]\ntrusted-uids = [0, 0]\n".into(),
+                "key `rpc.trusted-uids`: must list at most 16 uids, each once",
+            ),
+            ("[rpc]\ntrusted-uids = [-1]\n".into(), "invalid value"),
             (
                 format!(
                     "[tunnel]\nkey-file = {:?}\n[[bastion]]\nname = \"-b1\"\nhost = \"h\"\nuser = \"u\"\nhost-key-fingerprints = [\"{FINGERPRINT}\"]\n",

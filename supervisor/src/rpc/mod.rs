@@ -113,7 +113,7 @@ impl ControlSocket {
             validator: settings.name.clone(),
             tls_dir: settings.tls_dir.clone(),
             idle_timeout: settings.idle_timeout,
-            trust: TrustPolicy::for_this_process(),
+            trust: TrustPolicy::for_uids(&settings.trusted_uids),
         })
     }
 
@@ -491,6 +491,7 @@ mod tests {
             name: "val-a".into(),
             tls_dir: dir.join("rpc"),
             idle_timeout: Duration::from_secs(5),
+            trusted_uids: vec![0],
         }
     }
 

@@ -56,8 +56,14 @@ impl TrustPolicy {
         let own_uid = nix::unistd::geteuid().as_raw();
         let mut uids = vec![0, own_uid];
         uids.dedup();
+        TrustPolicy::for_uids(&uids)
+    }
+
+    /// `[rpc] trusted-uids` (`docs/rpc.md` §1): these uids, and never this
+    /// process.
+    pub fn for_uids(uids: &[u32]) -> TrustPolicy {
         TrustPolicy {
-            trusted_users: uids.into_iter().map(|uid| (uid, user_name(uid))).collect(),
+            trusted_users: uids.iter().map(|&uid| (uid, user_name(uid))).collect(),
             tunnel_pid: Some(nix::unistd::getpid().as_raw()),
         }
     }
