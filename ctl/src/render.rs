@@ -7,8 +7,8 @@
 
 pub use palisade_client::peer_text::{clean, escape_json_output};
 use palisade_wire::rpc::results::{
-    HealthResult, LogsTailResult, PlanOnDisk, UpgradeAddResult, UpgradeCancelResult,
-    UpgradeListResult,
+    FailoverHandoffResult, FailoverStatus, HealthResult, LogsTailResult, PlanOnDisk,
+    UpgradeAddResult, UpgradeCancelResult, UpgradeListResult,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -29,6 +29,8 @@ pub fn render(method: &str, result: &Value) -> String {
         "backup.list" => typed(result, backups::backup_list),
         "backup.restore" => typed(result, backups::backup_restored),
         "host.shutdown" => typed(result, backups::host_shutdown),
+        "failover.status" => typed(result, failover_status),
+        "failover.handoff" => typed(result, failover_handoff),
         _ => generic(result),
     }
 }
@@ -63,6 +65,101 @@ fn health(health: HealthResult) -> String {
         out.push_str(&format!("  - {}\n", clean(problem)));
     }
     out
+}
+
+/// `failover.status`: this host's role and the leader, the lease, the last
+/// handoff, and what this host waits for.
+fn failover_status(status: FailoverStatus) -> String {
+    let leader = match (&status.leader, status.token) {
+        (Some(leader), Some(token)) => format!("{} (token {token})", clean(leader)),
+        (Some(leader), None) => clean(leader),
+        (None, _) => "none".into(),
+    };
+    let mut out = format!(
+        "{}: {}; leader: {leader}
+",
+        clean(&status.host_id),
+        clean(&status.role)
+    );
+    match status.signing_deadline_in_ms {
+        Some(ms) => out.push_str(&format!(
+            "lease: {} s, signing deadline in {:.1} s
+",
+            status.lease_ttl_s,
+            ms as f64 / 1000.0
+        )),
+        None => out.push_str(&format!(
+            "lease: {} s
+",
+            status.lease_ttl_s
+        )),
+    }
+    out.push_str(&format!(
+        "takeover: {}{}; peers: {}
+",
+        clean(&status.takeover),
+        match status.paused {
+            Some(true) => " (PAUSED)",
+            Some(false) => "",
+            None => " (paused: unknown)",
+        },
+        status
+            .peers
+            .iter()
+            .map(|peer| clean(peer))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    if let Some(handoff) = &status.last_handoff {
+        out.push_str(&format!(
+            "last handoff: {} -> {} (token {}, {}{})
+",
+            clean(&handoff.from),
+            clean(&handoff.to),
+            handoff.from_token,
+            text(handoff.watermark.as_deref()),
+            if handoff.verified {
+                ""
+            } else {
+                ", NOT verified"
+            }
+        ));
+    }
+    if let Some(error) = &status.etcd_error {
+        out.push_str(&format!(
+            "etcd: {}
+",
+            clean(error)
+        ));
+    }
+    if let Some(note) = &status.note {
+        out.push_str(&format!(
+            "note: {}
+",
+            clean(note)
+        ));
+    }
+    out
+}
+
+/// `failover.handoff`: to whom, what was given up, where the final backup went.
+fn failover_handoff(done: FailoverHandoffResult) -> String {
+    format!(
+        "handed over to {} (token {} given up; final state {}; final backup in {}); this host is {}\n",
+        clean(&done.to),
+        done.token,
+        text(done.watermark.as_deref()),
+        if done.stores.is_empty() {
+            "no store".to_string()
+        } else {
+            done.stores
+                .iter()
+                .map(|store| clean(store))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        done.node
+    )
 }
 
 /// `upgrade.list`: what `current` runs, the staged binaries as a table,
@@ -307,6 +404,35 @@ mod tests {
                 json!({"current": "genesis", "staged": [], "staging": [], "plan_on_disk": null,
                        "in_progress": null, "scheduled": null, "records": []}),
                 "current: genesis\nstaged: none\nplan on disk: none\nupgrade record: none yet\n",
+            ),
+            (
+                "failover.status",
+                json!({"host_id": "val-b", "role": "standby", "leader": "val-a", "token": 42,
+                       "lease_ttl_s": 10, "signing_deadline_in_ms": null, "paused": true,
+                       "takeover": "auto", "peers": ["val-a"], "etcd_error": null,
+                       "last_handoff": {"from": "val-b", "to": "val-a", "from_token": 41,
+                                        "watermark": "height 9 round 0 step 3", "at_ms": 1,
+                                        "verified": true},
+                       "note": "standby\u{1b}[31m"}),
+                "val-b: standby; leader: val-a (token 42)\nlease: 10 s\ntakeover: auto (PAUSED); \
+                 peers: val-a\nlast handoff: val-b -> val-a (token 41, height 9 round 0 step 3)\n\
+                 note: standby\\u{1b}[31m\n",
+            ),
+            (
+                "failover.status",
+                json!({"host_id": "val-a", "role": "primary", "leader": "val-a", "token": 43,
+                       "lease_ttl_s": 10, "signing_deadline_in_ms": 6500, "paused": false,
+                       "takeover": "manual", "peers": ["val-b"], "etcd_error": "unreachable",
+                       "last_handoff": null, "note": null}),
+                "val-a: primary; leader: val-a (token 43)\nlease: 10 s, signing deadline in 6.5 s\n\
+                 takeover: manual; peers: val-b\netcd: unreachable\n",
+            ),
+            (
+                "failover.handoff",
+                json!({"to": "val-b", "token": 43, "watermark": "height 9 round 0 step 3",
+                       "stores": ["local", "bastion:b1"], "node": "standby"}),
+                "handed over to val-b (token 43 given up; final state height 9 round 0 step 3; \
+                 final backup in local, bastion:b1); this host is standby\n",
             ),
         ];
         for (method, value, expected) in cases {
