@@ -144,3 +144,61 @@ async fn a_release_ends_only_the_leadership_it_names_and_every_loss_is_reported(
         );
     }
 }
+
+/// A handoff whose txn answer is lost (a tunnel's local forward to a bastion that is down still
+/// accepts the connection) reads back what etcd did and tries again through another member,
+/// instead of failing the handoff. (Found by the network-namespace test: one bastion's sshd
+/// down, the handoff's txn sent to its forward.)
+#[tokio::test]
+async fn a_handoff_whose_answer_is_lost_reads_back_and_completes_elsewhere() {
+    let cluster = EtcdCluster::start(3).unwrap();
+    let client = Client::new(cluster.endpoints(), ClientOptions::default()).unwrap();
+    // The first endpoint, the one the driver starts with, goes through a proxy that can be cut.
+    let proxy = palisade_testkit::failover::Proxy::start(
+        cluster
+            .endpoint(0)
+            .trim_start_matches("http://")
+            .to_string(),
+    )
+    .unwrap();
+    let mut endpoints = cluster.endpoints();
+    endpoints[0] = format!("http://{}", proxy.addr);
+    let (sender, mut events) = mpsc::unbounded_channel();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
+    let driver = driver::spawn(
+        settings(endpoints),
+        Keys {
+            group: "/palisade/driver".into(),
+        },
+        key,
+        SharedView::default(),
+        sender,
+    )
+    .unwrap();
+    driver.set_eligible(true);
+    let token = acquired(&mut events).await;
+    driver.set_eligible(false);
+    // Cut the endpoint in use (it accepts and closes), then hand over at once.
+    proxy.set_cut(true);
+    let record = b"a signed handoff record".to_vec();
+    driver
+        .hand_off(record.clone(), token)
+        .await
+        .expect("the handoff completes through another member");
+    assert_eq!(
+        client
+            .get("/palisade/driver/handoff")
+            .await
+            .unwrap()
+            .kv
+            .unwrap()
+            .value,
+        record
+    );
+    assert!(
+        leader::current_leader(&client, "/palisade/driver/leader")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -298,15 +298,7 @@ impl Driver {
                     )));
                     return;
                 }
-                let result = self
-                    .client
-                    .put_and_delete_if_create_revision(
-                        self.keys.leader(),
-                        token,
-                        self.keys.handoff(),
-                        &record,
-                    )
-                    .await;
+                let result = self.hand_off_txn(token, &record).await;
                 let answer = match result {
                     Ok(true) => {
                         if let Err(error) = self.client.revoke(acquired.lease()).await {
@@ -334,6 +326,42 @@ impl Driver {
                 };
                 let _ = reply.send(answer);
             }
+        }
+    }
+
+    /// The handoff txn, with its outcome found out when an answer is lost: a
+    /// tunnel's local forward whose bastion is down still accepts the
+    /// connection, so the request may or may not have reached etcd. Read
+    /// back (through another member): the key still ours means it did not
+    /// apply, so try again; our record in place means it did. At most three
+    /// tries.
+    async fn hand_off_txn(&self, token: i64, record: &[u8]) -> Result<bool, palisade_etcd::Error> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let error = match self
+                .client
+                .put_and_delete_if_create_revision(
+                    self.keys.leader(),
+                    token,
+                    self.keys.handoff(),
+                    record,
+                )
+                .await
+            {
+                Ok(done) => return Ok(done),
+                Err(error) => error,
+            };
+            tracing::warn!(%error, tries, "the handoff txn got no answer; reading back what etcd did");
+            let leader = self.client.get(self.keys.leader()).await?.kv;
+            if leader.as_ref().map(|kv| kv.create_revision) == Some(token) {
+                if tries < 3 {
+                    continue;
+                }
+                return Err(error);
+            }
+            let written = self.client.get(self.keys.handoff()).await?.kv;
+            return Ok(written.is_some_and(|kv| kv.value == record));
         }
     }
 
