@@ -11,7 +11,8 @@
 //!   first vote (median of 3). It includes the lease running out (`lease-ttl` 3 s) and the
 //!   takeover rule (a new block, K = 3 commits without the key).
 //! - `chaos_schedules_run` and `chaos_double_signs` (target 0): `--chaos-schedules` seeded
-//!   random fault schedules (seeds 1000, 1001, …) on one cluster with 300 ms blocks; after each,
+//!   random fault schedules (seeds `--chaos-first-seed`, default 1000, and on) on one cluster
+//!   with 300 ms blocks; after each,
 //!   the double signs and the heights signed through both hosts' sentries are counted, and the
 //!   sign-state regressions are checked. Any violation is a failure of the benchmark run.
 
@@ -193,6 +194,7 @@ pub fn run_handoffs(
 /// Seeded chaos schedules.
 pub fn run_chaos(
     bins: &crate::fixture::Binaries,
+    first_seed: u64,
     schedules: usize,
 ) -> anyhow::Result<(Measured, Measured)> {
     let bins = binaries(bins)?;
@@ -204,7 +206,7 @@ pub fn run_chaos(
     let mut regressions = Vec::new();
     let mut unrecovered = Vec::new();
     let mut missed = Vec::new();
-    for seed in 1000..1000 + schedules as u64 {
+    for seed in first_seed..first_seed + schedules as u64 {
         let schedule = random_schedule(seed);
         let report = run_schedule(&mut cluster, &schedule).map_err(anyhow)?;
         run += 1;
@@ -237,8 +239,8 @@ pub fn run_chaos(
         Measured {
             result: result(CHAOS_RUN, run as f64, "runs", None),
             detail: format!(
-                "seeds 1000..{}; median missed blocks per schedule {median_missed}; not recovered: {unrecovered:?}",
-                1000 + schedules
+                "seeds {first_seed}..{}; median missed blocks per schedule {median_missed}; not recovered: {unrecovered:?}",
+                first_seed + schedules as u64
             ),
         },
         Measured {

@@ -242,6 +242,9 @@ struct Args {
     /// Seeded fault schedules run for chaos_* (at least 50 for the record).
     #[arg(long, default_value_t = 50, value_name = "N")]
     chaos_schedules: usize,
+    /// The first seed of the chaos schedules (seeds FIRST, FIRST+1, …).
+    #[arg(long, default_value_t = 1000, value_name = "FIRST")]
+    chaos_first_seed: u64,
     /// Print the benchmark names and exit.
     #[arg(long)]
     list: bool,
@@ -519,7 +522,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
             "palisade-bench: running {CHAOS_RUN} / {CHAOS_DOUBLE_SIGNS} ({} schedules)",
             args.chaos_schedules
         );
-        match failover::run_chaos(bins, args.chaos_schedules) {
+        match failover::run_chaos(bins, args.chaos_first_seed, args.chaos_schedules) {
             Ok((run, double_signs)) => {
                 for (name, measured) in [(CHAOS_RUN, run), (CHAOS_DOUBLE_SIGNS, double_signs)] {
                     if wants(name) {
