@@ -204,7 +204,15 @@ impl SupervisorControl {
                 .await
             }
             Health::NAME => {
-                answer::<Health, _, _>(params, |_| async { Ok(self.status.health().await) }).await
+                answer::<Health, _, _>(params, |_| async {
+                    let mut health = self.status.health().await;
+                    if let Some(failover) = self.failover_status() {
+                        health.problems.extend(failover_problems(&failover));
+                        health.ok = health.problems.is_empty();
+                    }
+                    Ok(health)
+                })
+                .await
             }
             LogsTail::NAME => {
                 answer::<LogsTail, _, _>(params, |params| async move {
@@ -495,6 +503,30 @@ where
     })
 }
 
+/// What `health` adds with `[failover]`: etcd out of reach, no host holding
+/// the leadership (nobody signs), automatic takeover paused, or a takeover
+/// waiting on something.
+fn failover_problems(status: &FailoverStatus) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(error) = &status.etcd_error {
+        problems.push(format!("failover: etcd cannot be reached ({error})"));
+    }
+    if status.etcd_error.is_none() && status.leader.is_none() {
+        problems.push("failover: no host holds the leadership: nobody signs".into());
+    }
+    if status.paused == Some(true) {
+        problems.push("failover: automatic takeover is paused (failover.resume)".into());
+    }
+    if let Some(note) = status
+        .note
+        .as_deref()
+        .filter(|note| note.starts_with("takeover:"))
+    {
+        problems.push(format!("failover: {note}"));
+    }
+    problems
+}
+
 /// An answer of the wrong kind for the command sent: a bug, reported as
 /// one rather than guessed at.
 fn unexpected(answer: Answer) -> RpcError {
@@ -515,5 +547,56 @@ fn command_error(error: CommandError) -> RpcError {
             RpcError::unknown_name(field, message, known)
         }
         CommandError::Internal(_) => RpcError::new(code::INTERNAL, message),
+    }
+}
+
+#[cfg(test)]
+mod failover_health_tests {
+    use super::*;
+
+    fn status() -> FailoverStatus {
+        FailoverStatus {
+            host_id: "val-b".into(),
+            role: "standby".into(),
+            leader: Some("val-a".into()),
+            token: Some(4),
+            lease_ttl_s: 10,
+            signing_deadline_in_ms: None,
+            paused: Some(false),
+            takeover: "auto".into(),
+            peers: vec!["val-a".into()],
+            etcd_error: None,
+            last_handoff: None,
+            note: Some("standby: val-a is the primary (token 4)".into()),
+        }
+    }
+
+    #[test]
+    fn health_names_what_keeps_the_validator_from_a_signer() {
+        type Change = fn(&mut FailoverStatus);
+        let cases: Vec<(Change, Vec<&str>)> = vec![
+            (|_| {}, vec![]),
+            (
+                |s| s.etcd_error = Some("connection refused".into()),
+                vec!["failover: etcd cannot be reached (connection refused)"],
+            ),
+            (
+                |s| s.leader = None,
+                vec!["failover: no host holds the leadership: nobody signs"],
+            ),
+            (
+                |s| s.paused = Some(true),
+                vec!["failover: automatic takeover is paused (failover.resume)"],
+            ),
+            (
+                |s| s.note = Some("takeover: the validator's key signed at heights [9]".into()),
+                vec!["failover: takeover: the validator's key signed at heights [9]"],
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut status = status();
+            change(&mut status);
+            assert_eq!(failover_problems(&status), expected, "{status:?}");
+        }
     }
 }

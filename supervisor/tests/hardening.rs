@@ -25,10 +25,13 @@ fn restore_state_is_refused_while_a_supervisor_runs() {
     fixture.unlock();
     fixture.chain.wait_signing(2, LONG);
 
-    // The local state lost its recent heights while gaiad runs.
-    let backups_before = std::fs::read_dir(fixture.chain.home.join("palisade/backups"))
-        .unwrap()
-        .count();
+    // The local state lost its recent heights while gaiad runs. (The first backup follows the
+    // first signature by the debounce and a write: wait for it rather than race it.)
+    let backups = fixture.chain.home.join("palisade/backups");
+    common::wait_until(LONG, "a first backup", || {
+        std::fs::read_dir(&backups).map_or(0, |entries| entries.count()) > 0
+    });
+    let backups_before = std::fs::read_dir(&backups).unwrap().count();
     assert!(backups_before > 0);
     let output = fixture
         .command()
