@@ -20,25 +20,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use palisade_testkit::failover::{Binaries, Cluster, ClusterOptions, Host, KEY_PREFIX, WAIT};
+use palisade_testkit::failover::{Cluster, ClusterOptions, Host, KEY_PREFIX, WAIT};
 
-use common::{process_alive, simd, workspace_binary};
+use common::process_alive;
 
 /// `[failover] lease-ttl` of both hosts (`ClusterOptions::default`).
 const TTL_S: u64 = 3;
 
-fn binaries() -> Binaries {
-    Binaries {
-        supervisor: common::SUPERVISOR.into(),
-        ctl: workspace_binary("palisade-ctl"),
-        simd: simd(),
-        simchain_net: workspace_binary("simchain-net"),
-    }
-}
-
 /// Host a (`val-a`) the primary, host b (`val-b`) a standby.
 fn pair() -> Cluster {
-    let mut cluster = Cluster::start(&binaries(), &ClusterOptions::default()).unwrap();
+    let mut cluster =
+        Cluster::start(&common::failover_binaries(), &ClusterOptions::default()).unwrap();
     cluster.start_with_primary(0).unwrap();
     cluster
 }

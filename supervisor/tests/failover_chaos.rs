@@ -8,23 +8,12 @@
 mod common;
 
 use palisade_testkit::failover::{
-    Binaries, Cluster, ClusterOptions, Report, Schedule, random_schedule, run_schedule,
+    Cluster, ClusterOptions, Report, Schedule, random_schedule, run_schedule,
 };
-
-use common::{simd, workspace_binary};
 
 /// The seeds CI runs (each names one schedule forever). 1029 stalls the primary just past its
 /// signing deadline: it found a late release ending a newer leadership (two signers).
 const SEEDS: [u64; 4] = [3, 11, 42, 1029];
-
-fn binaries() -> Binaries {
-    Binaries {
-        supervisor: common::SUPERVISOR.into(),
-        ctl: workspace_binary("palisade-ctl"),
-        simd: simd(),
-        simchain_net: workspace_binary("simchain-net"),
-    }
-}
 
 fn check(cluster: &Cluster, report: &Report) {
     eprintln!("{}: {report:?}", report.name);
@@ -52,7 +41,8 @@ fn check(cluster: &Cluster, report: &Report) {
 
 #[test]
 fn seeded_and_scripted_fault_schedules_never_double_sign() {
-    let mut cluster = Cluster::start(&binaries(), &ClusterOptions::default()).unwrap();
+    let mut cluster =
+        Cluster::start(&common::failover_binaries(), &ClusterOptions::default()).unwrap();
     cluster.start_with_primary(0).unwrap();
     let replay = std::env::var("PALISADE_CHAOS_SEEDS").is_ok();
     if !replay {

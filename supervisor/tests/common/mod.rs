@@ -70,6 +70,17 @@ pub mod timing {
     pub const ANSWER: Duration = Duration::from_secs(90);
 }
 
+/// The binaries the failover fixture (`palisade_testkit::failover`) runs: this build's
+/// supervisor, and `palisade-ctl`, `simd` and `simchain-net` from the workspace build.
+pub fn failover_binaries() -> palisade_testkit::failover::Binaries {
+    palisade_testkit::failover::Binaries {
+        supervisor: SUPERVISOR.into(),
+        ctl: workspace_binary("palisade-ctl"),
+        simd: simd(),
+        simchain_net: workspace_binary("simchain-net"),
+    }
+}
+
 /// `target/<profile>/<name>`: the simulated chain's binaries are built by
 /// `cargo build --workspace` (the README's test command does that first).
 pub fn workspace_binary(name: &str) -> PathBuf {

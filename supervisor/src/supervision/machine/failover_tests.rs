@@ -16,24 +16,11 @@ const ID: CommandId = CommandId(100);
 
 fn settings() -> MachineSettings {
     MachineSettings {
-        vault: true,
-        daemon_name: "gaiad".into(),
-        restart: RestartSettings {
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-            crash_loop_max_crashes: 3,
-            crash_loop_window: Duration::from_secs(300),
-            healthy_after: Duration::from_secs(600),
-        },
-        shutdown_grace: Duration::from_secs(30),
-        restart_after_upgrade: true,
-        restart_delay: Duration::ZERO,
-        poll_interval: Duration::from_millis(300),
-        line_confirm_wait: Duration::ZERO,
         failover: Some(FailoverSettings {
             host_id: "val-a".into(),
             peers: vec!["val-b".into()],
         }),
+        ..super::tests::settings(true)
     }
 }
 

@@ -17,7 +17,7 @@ const PID: u32 = 42;
 /// The id of the command under test; setup commands use small ids.
 const ID: CommandId = CommandId(100);
 
-fn settings(vault: bool) -> MachineSettings {
+pub(super) fn settings(vault: bool) -> MachineSettings {
     MachineSettings {
         vault,
         daemon_name: "gaiad".into(),
