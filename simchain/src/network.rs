@@ -515,7 +515,9 @@ impl ChainState {
     /// (two nodes signing with one key, when each node has its own sentry). A vote whose exact
     /// sign bytes were already seen is a resend, not a second signer: a node restored with
     /// another's `priv_validator_state.json` re-sends the cached vote at that state's
-    /// height/round/step, as CometBFT's FilePV does.
+    /// height/round/step, as CometBFT's FilePV does (`privval/file.go`, `signVote`: same HRS and
+    /// sign bytes that differ only in the timestamp reuse `LastSignState.Signature`). This is a
+    /// record of the test network, not a CometBFT rule: the real chain keeps no such list.
     pub fn on_vote_via(&mut self, vote: &SignedVote, listener: &str) -> VoteOutcome {
         let outcome = self.on_vote(vote);
         if matches!(outcome, VoteOutcome::Invalid(_))

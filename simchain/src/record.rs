@@ -116,7 +116,8 @@ pub struct ValidatorRecord {
     /// a listener while earlier votes at that height came through another (the most recent
     /// [`MAX_MISSED_LISTED`]). Meaningful when each of the validator's nodes has sentries of
     /// its own: then it names a height two nodes signed at. A node connected to several
-    /// sentries sends its votes through all of them and trips it.
+    /// sentries sends its votes through all of them and trips it. A test harness's record only
+    /// (CometBFT keeps nothing like it); the double-sign rule stays `double_signs`'.
     #[serde(default)]
     pub multi_listener_heights: Vec<u64>,
     /// The height of the last valid vote of this validator that came through each listener.

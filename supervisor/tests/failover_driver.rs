@@ -47,10 +47,14 @@ async fn acquired(events: &mut mpsc::UnboundedReceiver<LeaseEvent>) -> i64 {
 }
 
 fn start(cluster: &EtcdCluster) -> (DriverHandle, mpsc::UnboundedReceiver<LeaseEvent>) {
+    start_with(cluster.endpoints())
+}
+
+fn start_with(endpoints: Vec<String>) -> (DriverHandle, mpsc::UnboundedReceiver<LeaseEvent>) {
     let (sender, events) = mpsc::unbounded_channel();
     let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
     let handle = driver::spawn(
-        settings(cluster.endpoints()),
+        settings(endpoints),
         Keys {
             group: "/palisade/driver".into(),
         },
@@ -163,18 +167,7 @@ async fn a_handoff_whose_answer_is_lost_reads_back_and_completes_elsewhere() {
     .unwrap();
     let mut endpoints = cluster.endpoints();
     endpoints[0] = format!("http://{}", proxy.addr);
-    let (sender, mut events) = mpsc::unbounded_channel();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
-    let driver = driver::spawn(
-        settings(endpoints),
-        Keys {
-            group: "/palisade/driver".into(),
-        },
-        key,
-        SharedView::default(),
-        sender,
-    )
-    .unwrap();
+    let (driver, mut events) = start_with(endpoints);
     driver.set_eligible(true);
     let token = acquired(&mut events).await;
     driver.set_eligible(false);

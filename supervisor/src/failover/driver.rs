@@ -127,18 +127,12 @@ impl DriverHandle {
 
     /// Hand over with `record` (signed), giving up leadership `token`.
     pub async fn hand_off(&self, record: Vec<u8>, token: i64) -> Result<(), String> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(DriverCommand::HandOff {
-                record,
-                token,
-                reply,
-            })
-            .await
-            .map_err(|_| "the failover driver has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the failover driver has stopped".to_string())?
+        self.ask(|reply| DriverCommand::HandOff {
+            record,
+            token,
+            reply,
+        })
+        .await
     }
 
     /// Give the leadership with `token` up, if held (no answer).
@@ -154,18 +148,26 @@ impl DriverHandle {
 
     /// Pause (or resume) automatic takeover; whether it is paused now.
     pub async fn set_paused(&self, paused: bool, by: &str) -> Result<bool, String> {
+        self.ask(|reply| DriverCommand::SetPaused {
+            paused,
+            by: by.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Send the command `make` builds around a reply channel, and wait for the reply.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> DriverCommand,
+    ) -> Result<T, String> {
+        let stopped = || "the failover driver has stopped".to_string();
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(DriverCommand::SetPaused {
-                paused,
-                by: by.to_string(),
-                reply,
-            })
+            .send(make(reply))
             .await
-            .map_err(|_| "the failover driver has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the failover driver has stopped".to_string())?
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
