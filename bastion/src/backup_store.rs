@@ -1,8 +1,10 @@
 //! The bastion's backup store (`palisade-bastion run`, or alone as
 //! `palisade-bastion serve-backups`).
 //!
-//! Listens on the configuration's `listen-socket` (a Unix socket, mode 0600,
-//! in a 0700 directory) and speaks [`palisade_wire::backup_store`]. Files
+//! Listens on the configuration's `listen-socket` (a Unix socket, mode 0600
+//! in a 0700 directory; with `tunnel-user`, 0660 for that user's group in a
+//! directory others cannot enter, [`crate::store_access`]), serves only the
+//! peers that rule allows, and speaks [`palisade_wire::backup_store`]. Files
 //! live in `backup-dir/<validator>/` (directories 0700, files 0600). The
 //! bastion holds ciphertext it cannot read (DESIGN invariant 4): it checks
 //! names, sizes and framing only, never a bundle's contents.
@@ -60,6 +62,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackupStoreOptions, BastionConfig};
+use crate::store_access::StoreAccess;
 
 /// Bytes read from disk and written to the client at a time by a `get`.
 pub const GET_CHUNK_BYTES: usize = 64 * 1024;
@@ -214,6 +217,7 @@ pub struct BackupStoreServer {
     store: Arc<Store>,
     listener: UnixListener,
     socket: PathBuf,
+    access: StoreAccess,
 }
 
 impl BackupStoreServer {
@@ -225,11 +229,8 @@ impl BackupStoreServer {
     /// (they could be that instance's uploads in flight).
     pub fn bind(config: &BastionConfig, options: BackupStoreOptions) -> anyhow::Result<Self> {
         check_options(&options)?;
-        let listener = palisade_daemon::socket::bind_private(
-            &config.listen_socket,
-            "listen-socket",
-            palisade_daemon::socket::DirAccess::Owner,
-        )?;
+        let access = StoreAccess::resolve(config)?;
+        let listener = access.bind(&config.listen_socket)?;
         let store = match Store::open(config, options) {
             Ok(store) => Arc::new(store),
             Err(error) => {
@@ -242,6 +243,7 @@ impl BackupStoreServer {
             store,
             listener,
             socket: config.listen_socket.clone(),
+            access,
         })
     }
 
@@ -252,6 +254,7 @@ impl BackupStoreServer {
             store,
             listener,
             socket,
+            access,
         } = self;
         let max_connections = store.options.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
@@ -263,6 +266,7 @@ impl BackupStoreServer {
             quota_bytes = store.options.quota_bytes,
             max_connections,
             max_connections_per_validator = store.options.max_connections_per_validator,
+            serves = %access.describe(),
             "backup store listening"
         );
 
@@ -282,6 +286,23 @@ impl BackupStoreServer {
                 },
                 _ = shutdown.cancelled() => break,
             };
+            // The socket's mode already keeps others out; this holds even
+            // if someone loosens it or adds an account to the group.
+            match stream.peer_cred() {
+                Ok(peer) if access.allows(peer.uid()) => {}
+                Ok(peer) => {
+                    tracing::warn!(
+                        uid = peer.uid(),
+                        pid = peer.pid(),
+                        "backup store: refused a connection from an account that may not use it"
+                    );
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "backup store: refused a connection whose peer is unknown");
+                    continue;
+                }
+            }
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 serve_connection(stream, &store).await;

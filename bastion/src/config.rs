@@ -5,6 +5,7 @@
 //! listen-socket = "/run/palisade-bastion/bastion.sock"
 //! backup-dir = "/var/lib/palisade-bastion/backups"
 //! # status-file = "/run/palisade-bastion/status.json"   (default: beside listen-socket)
+//! tunnel-user = "palisade-tunnel"   # optional; the separate-users layout (docs/bastion.md)
 //!
 //! [backups]            # every key optional; defaults shown
 //! keep = 500
@@ -24,7 +25,7 @@
 //!
 //! [[validator]]
 //! name = "val-a"
-//! socket = "/run/palisade-bastion/val-a.sock"
+//! socket = "/run/palisade-validators/val-a.sock"
 //! pin = "sha256:…"     # optional: the supervisor's RPC certificate
 //! ```
 //!
@@ -168,6 +169,9 @@ struct RawConfig {
     /// Where `run` keeps the health status (default: `status.json` in the
     /// listen-socket's directory).
     status_file: Option<PathBuf>,
+    /// The account the validators' SSH keys log in as, when it is not the
+    /// one running the daemon.
+    tunnel_user: Option<String>,
     /// Tunables of the backup store.
     #[serde(default)]
     backups: RawBackups,
@@ -286,6 +290,15 @@ pub struct BastionConfig {
     pub backup_dir: PathBuf,
     /// The health status `run` maintains and `status` reads.
     pub status_file: PathBuf,
+    /// `tunnel-user`: the account the validators' keys log in as (a name or
+    /// a numeric uid), in the separate-users layout. The store then gives
+    /// its socket to that user's primary group (mode 0660), accepts
+    /// connections from that user, root and its own user only, and refuses
+    /// to run as that user or with a `backup-dir` that user could move.
+    /// Resolved when the store binds, not here (loading has no side
+    /// effects). `None`: the older one-account layout, where the daemon
+    /// runs as the tunnel user (warned about at start).
+    pub tunnel_user: Option<String>,
     /// `[backups]`, defaults filled in.
     pub backups: BackupStoreOptions,
     /// `[health]`, defaults filled in.
@@ -421,6 +434,12 @@ impl BastionConfig {
             duration(self.health.interval),
             duration(self.health.timeout),
         );
+        out.push_str(&match &self.tunnel_user {
+            Some(user) => format!("tunnel-user:             {user} (separate users)\n"),
+            None => "tunnel-user:             not set: the validators' keys log in as the \
+                     daemon's own user (docs/bastion.md, \"Separate users\")\n"
+                .to_string(),
+        });
         match &self.client {
             // The key's path only: key material is never printed.
             Some(client) => out.push_str(&format!(
@@ -495,6 +514,12 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
             PathBuf::new()
         }
     };
+
+    if let Some(user) = &raw.tunnel_user
+        && let Some(reason) = user_name_problem(user)
+    {
+        report("tunnel-user".into(), reason);
+    }
 
     let status_file = match raw.status_file {
         Some(path) => {
@@ -749,6 +774,7 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
             listen_socket,
             backup_dir,
             status_file,
+            tunnel_user: raw.tunnel_user,
             backups,
             health,
             client,
@@ -813,6 +839,43 @@ fn key_file_problem(operator: &str, path: &Path) -> Option<String> {
         }
         Err(other) => Some(format!("'{}': {other}", path.display())),
     }
+}
+
+/// Why `name` cannot be a `tunnel-user`: a POSIX portable user name
+/// (letters, digits, `.`, `_`, `-`, not starting with `-`; Debian's
+/// `useradd` allows a trailing `$` too) of at most 32 bytes, or a numeric
+/// uid other than 0.
+fn user_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if name.bytes().all(|byte| byte.is_ascii_digit()) {
+        return match name.parse::<u32>() {
+            Ok(0) => Some(
+                "must not be root (uid 0): the validators' keys log in as an unprivileged account"
+                    .into(),
+            ),
+            Ok(_) => None,
+            Err(_) => Some(format!("{name:?} is not a valid uid")),
+        };
+    }
+    if name == "root" {
+        return Some(
+            "must not be root: the validators' keys log in as an unprivileged account".into(),
+        );
+    }
+    let body = name.strip_suffix('$').unwrap_or(name);
+    if name.len() > 32
+        || name.starts_with('-')
+        || !body
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+    {
+        return Some(format!(
+            "{name:?} is not a user name (letters, digits, '.', '_', '-', at most 32 bytes)"
+        ));
+    }
+    None
 }
 
 fn socket_path_problem(path: &Path) -> Option<String> {
@@ -882,6 +945,22 @@ socket = "/run/palisade-bastion/val-b.sock"
                 .contains("val-a via /run/palisade-bastion/val-a.sock")
         );
         // Everything optional has its documented default.
+        assert_eq!(config.tunnel_user, None);
+        assert!(
+            config
+                .summary()
+                .contains("tunnel-user:             not set")
+        );
+        for user in ["palisade-tunnel", "998", "pt_x.y-z", "machine$"] {
+            let text = format!("tunnel-user = {user:?}\n{GOOD}");
+            let config = parse(&text).unwrap();
+            assert_eq!(config.tunnel_user.as_deref(), Some(user));
+            assert!(
+                config
+                    .summary()
+                    .contains(&format!("tunnel-user:             {user} (separate users)"))
+            );
+        }
         assert_eq!(
             config.status_file,
             PathBuf::from("/run/palisade-bastion/status.json")
@@ -1493,6 +1572,36 @@ socket = "/run/palisade-bastion/val-a.sock"
                 format!("{base}[[validator]]\nname=\"a\"\nsocket=\"{long}\""),
                 "validator[1].socket",
                 "Unix socket paths are limited to 107",
+            ),
+            (
+                format!("tunnel-user = \"\"\n{base}[[validator]]\nname=\"a\"\nsocket=\"/a\""),
+                "tunnel-user",
+                "must not be empty",
+            ),
+            (
+                format!("tunnel-user = \"root\"\n{base}[[validator]]\nname=\"a\"\nsocket=\"/a\""),
+                "tunnel-user",
+                "must not be root",
+            ),
+            (
+                format!("tunnel-user = \"0\"\n{base}[[validator]]\nname=\"a\"\nsocket=\"/a\""),
+                "tunnel-user",
+                "must not be root (uid 0)",
+            ),
+            (
+                format!("tunnel-user = \"a b\"\n{base}[[validator]]\nname=\"a\"\nsocket=\"/a\""),
+                "tunnel-user",
+                "is not a user name",
+            ),
+            (
+                format!("tunnel-user = \"-x\"\n{base}[[validator]]\nname=\"a\"\nsocket=\"/a\""),
+                "tunnel-user",
+                "is not a user name",
+            ),
+            (
+                format!("tunnel-user = \"99999999999\"\n{base}[[validator]]\nname=\"a\"\nsocket=\"/a\""),
+                "tunnel-user",
+                "is not a valid uid",
             ),
         ];
         for (input, key, reason) in rows {

@@ -6,9 +6,12 @@
 //! [`status_file`] and systemd's STATUS=), `status` (reads the status file),
 //! `serve-backups` (the backup store alone), `backup-session` (the forced
 //! command through which a validator's SSH key reaches the store, bound to
-//! that validator: [`backup_session`]), `call` (one RPC call to a
-//! validator's supervisor with the bastion's own viewer identity: [`call`]),
-//! `check-config` and `version`.
+//! that validator: [`backup_session`]), `rpc-relay` (the forced command of
+//! the operators' keys: one SSH session relayed to the socket of the
+//! configured validator the client names, the key having no forwarding at
+//! all: [`rpc_relay`]), `call` (one RPC call to a validator's supervisor
+//! with the bastion's own viewer identity: [`call`]), `check-config` and
+//! `version`.
 #![forbid(unsafe_code)]
 
 pub(crate) mod backup_session;
@@ -18,7 +21,9 @@ pub(crate) mod config;
 pub(crate) mod daemon;
 pub(crate) mod health_check;
 pub(crate) mod health_state;
+pub(crate) mod rpc_relay;
 pub(crate) mod status_file;
+pub(crate) mod store_access;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -61,7 +66,8 @@ pub mod exit_code {
     }
 }
 
-/// Where `call` looks for the configuration without `--config`.
+/// Where `call` and `rpc-relay` look for the configuration without
+/// `--config`.
 pub const DEFAULT_CONFIG: &str = "/etc/palisade-bastion/bastion.toml";
 
 const ABOUT: &str = "Palisade's daemon for public sentry/bastion nodes.";
@@ -89,12 +95,25 @@ Through its one SSH connection the validator
     neither read nor forge. (Not direct-streamlocal: OpenSSH refuses
     Unix-socket channels for any key with a permitopen= restriction.)
 
-Run palisade-bastion as the SSH tunnel user (e.g. palisade-tunnel), the
-account the validator's key logs in as: sshd creates the reverse-forwarded
-sockets owned by that user with mode 0600, and runs backup-session as that
-user, which connects to listen-socket (also 0600), so nobody else can use
-either. The tunnel user needs a shell that can run the forced command
-(/bin/sh, not nologin).
+Operators reach a validator's supervisor with `palisade-ctl --via`. Their
+keys have no forwarding at all (`restrict`), only the forced command
+`palisade-bastion rpc-relay`, which sshd runs for every session: it connects
+the session to the socket of the configured validator the client names
+(`palisade-rpc NAME`). The bytes are relayed unread: TLS with the pinned
+certificate and the operator's login run end to end.
+
+Accounts (docs/bastion.md, \"Install\"): the validators' keys log in as the
+tunnel user (palisade-tunnel), the operators' keys as another account
+(palisade-ops), and palisade-bastion runs as a third (palisade-bastion), which
+alone owns backup-dir; `tunnel-user` in the configuration names the first.
+sshd creates the validators' sockets for the tunnel user, mode 0660 in a
+setgid directory of the group palisade-rpc (this daemon and the operators'
+relay connect); listen-socket is mode 0660 for the tunnel user's group, and
+the store serves only the tunnel user, root and itself (SO_PEERCRED). So no
+operator key reaches the backups, and no validator key can make sshd delete
+one. The login accounts need a shell that can run the forced commands
+(/bin/sh, not nologin). Without `tunnel-user` (one account for everything,
+as earlier releases did) the daemon still runs, and warns.
 
 With a [client] table (the bastion's own operator name and ed25519 key) and
 a validator's `pin` (its supervisor's RPC certificate), the health check goes
@@ -105,8 +124,8 @@ supervisor, the bastion's [[operator]] entry must have role = \"viewer\":
 a bastion may read status, never command, and never sees a secret.
 
 Status of this release: `run` (backup store + health checks), `status`,
-`serve-backups` (the backup store alone), `backup-session`, `call`,
-`check-config` and `version` work. Log relay and alerting are planned.";
+`serve-backups` (the backup store alone), `backup-session`, `rpc-relay`,
+`call`, `check-config` and `version` work. Log relay and alerting are planned.";
 
 const AFTER_HELP: &str = "Daemon:
   palisade-bastion run --config FILE
@@ -128,8 +147,15 @@ Forced command (run by sshd, not by hand):
       request for another validator. The forced command of each validator
       key in ~palisade-tunnel/.ssh/authorized_keys; `backup-session --help`
       shows the exact line.
+  palisade-bastion rpc-relay [--config FILE] [--validator NAME]...
+      An operator's session (palisade-ctl --via) to one validator's
+      supervisor: the client sends `palisade-rpc NAME`, and the relay
+      connects stdin/stdout to NAME's socket, if NAME is configured (and one
+      of --validator, if given); anything else gets a one-line refusal. The
+      forced command of each operator key, with `restrict` and no
+      forwarding; `rpc-relay --help` shows the exact line.
 
-Scripted calls (as the tunnel user; needs [client] and the validator's pin):
+Scripted calls (as the daemon's account; needs [client] and the validator's pin):
   palisade-bastion call [--config FILE] VALIDATOR METHOD [--params JSON] [--json]
       One RPC call to the validator's supervisor through its reverse tunnel,
       as the bastion's viewer; `call --help` lists the exit codes.
@@ -137,6 +163,7 @@ Scripted calls (as the tunnel user; needs [client] and the validator's pin):
 Configuration file (TOML; docs/bastion.md lists every key):
   listen-socket = \"/run/palisade-bastion/bastion.sock\"
   backup-dir    = \"/var/lib/palisade-bastion/backups\"
+  tunnel-user   = \"palisade-tunnel\"   # the validators' keys' account
   # status-file = \"/run/palisade-bastion/status.json\"  (default: beside listen-socket)
   [backups]     # optional: keep = 500, quota-bytes = 268435456,
                 #           idle-timeout = \"30s\", header-timeout = \"5s\",
@@ -147,11 +174,12 @@ Configuration file (TOML; docs/bastion.md lists every key):
   key      = \"/etc/palisade-bastion/operator_ed25519\"
   [[validator]]
   name   = \"val-a\"
-  socket = \"/run/palisade-bastion/val-a.sock\"   # where sshd creates the reverse forward
+  socket = \"/run/palisade-validators/val-a.sock\"   # where sshd creates the reverse forward
   pin    = \"sha256:...\"   # optional: `palisade-supervisor rpc-fingerprint`
 
 Exit codes: 0 ok (status: every validator up), 1 error (bad configuration,
-startup failure, unreadable or stale status file), 2 usage, 3 status: at
+startup failure, unreadable or stale status file, a refused or broken
+backup-session or rpc-relay), 2 usage, 3 status: at
 least one validator down (unreachable, or its supervisor reports problems)
 or not checked yet. `call` has palisade-ctl's exit codes (`call --help`).";
 
@@ -167,8 +195,8 @@ role of its [[operator]] entry, which should be `viewer` (status, health,
 logs.tail, tunnel.list, upgrade.list, backup.list).
 
 Secret methods (vault.unlock) are refused here: secrets are never typed on a
-bastion. Run as the tunnel user (e.g. `sudo -u palisade-tunnel`), who owns
-the validator sockets and the key.";
+bastion. Run as the daemon's account (e.g. `sudo -u palisade-bastion`), which
+owns the key and may reach the validator sockets.";
 
 const CALL_AFTER_HELP: &str =
     "Output: with --json the call's `result` as one line of JSON (stable, for
@@ -222,6 +250,63 @@ Exit codes: 0 the client closed its input and every response was relayed;
 running, a bad configuration, a timeout, or a broken connection (before
 exiting, an error response goes to stdout when the client can still use it);
 2 usage.";
+
+const RPC_RELAY_LONG_ABOUT: &str =
+    "An operator's session to one validator's supervisor, run by sshd as the
+forced command of the operators' keys. Not meant to be run by hand.
+
+palisade-ctl --via USER@BASTION --validator NAME logs in to the bastion,
+opens a session channel and asks to run `palisade-rpc NAME`; sshd runs this
+command instead, with that request in SSH_ORIGINAL_COMMAND and stdin and
+stdout connected to the channel. rpc-relay checks that the request is
+exactly `palisade-rpc` and a validator name, that the name is a configured
+[[validator]] and, if --validator is given (repeatable), one of those; then
+it connects to that validator's socket (within 5s) and copies bytes both
+ways, unread: the supervisor's greeting, then TLS with the pinned
+certificate and the operator's login, end to end. End of stdin half-closes
+the socket; the session ends when the validator's side closes. Relayed bytes
+are never logged.
+
+Why not a direct-streamlocal channel: OpenSSH shares one permission list
+between direct-tcpip and direct-streamlocal, so a key that may forward to the
+validator's socket may also open TCP connections from the bastion to
+anything it reaches, and any Unix socket its account can use. An operator
+key with this forced command and `restrict` can open no channel but the
+session, and the session reaches only the configured validators.
+
+Run it as the account the operators' keys log in as, which must be able to
+connect to the validators' sockets and read the configuration (not the
+[client] key: it is not loaded). That account needs a shell that can run the
+forced command (/bin/sh, not nologin).";
+
+const RPC_RELAY_AFTER_HELP: &str = "In authorized_keys of the account operators log in as, one line per operator key (one line):
+
+command=\"/usr/bin/palisade-bastion rpc-relay --config /etc/palisade-bastion/bastion.toml\",restrict ssh-ed25519 AAAA… alice@laptop
+
+To let a key reach only some validators, repeat --validator in its line:
+
+command=\"/usr/bin/palisade-bastion rpc-relay --config /etc/palisade-bastion/bastion.toml --validator val-a --validator val-b\",restrict ssh-ed25519 AAAA… bob@laptop
+
+The client sends the exec command (palisade-ctl --via does it):
+
+palisade-rpc NAME
+
+A refusal is one line on stdout, where the client expects the supervisor's
+greeting, and the same line on stderr:
+
+palisade-bastion: MESSAGE
+
+e.g. `palisade-bastion: unknown validator \"val-x\": the configured validators
+are val-a, val-b` or `palisade-bastion: cannot connect to val-a's socket
+/run/palisade-validators/val-a.sock: ...: is the validator's tunnel up?`. Text
+from the client is shown cleaned of control and bidi characters.
+
+Exit codes: 0 the validator's side closed the connection (the session is
+over); 1 a refusal (SSH_ORIGINAL_COMMAND missing or not `palisade-rpc NAME`,
+an unknown validator or one this key may not reach, a --validator that is
+not configured, an unusable configuration, the validator's socket
+unreachable) or a relay that broke after it began (on stderr only: stdout
+then belongs to the supervisor); 2 usage.";
 
 /// Command line of `palisade-bastion`.
 #[derive(Debug, Parser)]
@@ -315,6 +400,24 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         validator: String,
     },
+    /// An operator's session to one validator's supervisor over
+    /// stdin/stdout: the forced command of the operators' keys in
+    /// authorized_keys.
+    #[command(
+        long_about = RPC_RELAY_LONG_ABOUT,
+        after_help = RPC_RELAY_AFTER_HELP,
+        // Unwrapped, so that the authorized_keys lines stay one line.
+        term_width = 0
+    )]
+    RpcRelay {
+        /// The bastion's TOML configuration file.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// A validator this key may reach ([[validator]] name); repeat for
+        /// more. Without it: every configured validator.
+        #[arg(long = "validator", value_name = "NAME")]
+        validators: Vec<String>,
+    },
     /// Call an RPC method on a validator's supervisor through its reverse
     /// tunnel, as the bastion's viewer, and print the result as JSON.
     #[command(long_about = CALL_LONG_ABOUT, after_help = CALL_AFTER_HELP)]
@@ -354,6 +457,9 @@ pub enum Error {
     Daemon(anyhow::Error),
     /// `backup-session` refused a request or could not relay.
     Session(anyhow::Error),
+    /// `rpc-relay` refused the session (its message also went to stdout)
+    /// or could not relay.
+    RpcRelay(rpc_relay::RelayFailure),
     /// `status`: the status file is missing, unreadable or invalid.
     StatusFile(status_file::StatusFileError),
     /// `status`: the status file has not been updated for `age`: the daemon
@@ -373,6 +479,7 @@ impl Error {
             | Error::Serve(_)
             | Error::Daemon(_)
             | Error::Session(_)
+            | Error::RpcRelay(_)
             | Error::StatusFile(_)
             | Error::StaleStatus { .. } => exit_code::ERROR,
         }
@@ -387,6 +494,8 @@ impl fmt::Display for Error {
             Error::Serve(error) => write!(f, "backup store: {error:#}"),
             Error::Daemon(error) => write!(f, "{error:#}"),
             Error::Session(error) => write!(f, "backup-session: {error:#}"),
+            // A refusal is exactly the line that went to stdout.
+            Error::RpcRelay(failure) => write!(f, "{failure}"),
             Error::StatusFile(error) => write!(f, "{error}"),
             Error::StaleStatus { path, age } => write!(
                 f,
@@ -479,6 +588,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             // Terse: sshd passes stderr to the validator's client.
             init_logging("warn");
             backup_session::run(&config, &validator).map_err(Error::Session)
+        }
+        Command::RpcRelay { config, validators } => {
+            rpc_relay::run(&config, &validators).map_err(Error::RpcRelay)
         }
         Command::Call {
             validator,

@@ -12,7 +12,7 @@
 //! {"format":1,"service":"palisade-bastion","version":"0.1.0","pid":4242,
 //!  "started":"2025-06-01T10:00:00.000Z","updated":"2025-06-01T10:05:00.123Z",
 //!  "interval_ms":10000,"timeout_ms":3000,
-//!  "validators":[{"name":"val-a","socket":"/run/palisade-bastion/val-a.sock",
+//!  "validators":[{"name":"val-a","socket":"/run/palisade-validators/val-a.sock",
 //!    "state":"up","since":"…","last_checked":"…","last_error":null,
 //!    "consecutive_failures":0,
 //!    "supervisor":{"validator":"val-a","version":"0.1.0","protocol":1}}]}

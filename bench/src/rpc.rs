@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use palisade_client::{Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy};
+use palisade_client::{
+    BastionTarget, Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy,
+};
 use palisade_ssh::dial::Dial;
 use palisade_ssh::host_key::HostKeyPolicy;
 use palisade_testkit::{Sshd, SshdOptions, current_user, ssh_keygen};
@@ -137,10 +139,12 @@ pub fn run(bins: &Binaries) -> anyhow::Result<RpcResults> {
                 },
                 timeout: Duration::from_secs(10),
             },
-            socket: forwarded
-                .to_str()
-                .context("the sshd directory is not UTF-8")?
-                .to_string(),
+            target: BastionTarget::Socket(
+                forwarded
+                    .to_str()
+                    .context("the sshd directory is not UTF-8")?
+                    .to_string(),
+            ),
         },
         tls: TlsPolicy::Always,
         server_uids: Vec::new(),

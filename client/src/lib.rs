@@ -250,19 +250,58 @@ pub enum Endpoint {
     /// [`ConnectOptions::server_uids`] (`SO_PEERCRED`, checked before
     /// anything is read or sent).
     Socket(PathBuf),
-    /// Through a bastion: SSH with a pinned host key, then a
-    /// `direct-streamlocal` channel to `socket` on the bastion. TLS with the
-    /// pinned certificate is then always used, whatever the greeting says.
-    Bastion { dial: Dial, socket: String },
+    /// Through a bastion: SSH with a pinned host key, then a channel to the
+    /// validator's socket there ([`BastionTarget`]). TLS with the pinned
+    /// certificate is then always used, whatever the greeting says.
+    Bastion { dial: Dial, target: BastionTarget },
 }
+
+/// How the channel through a bastion reaches the validator's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BastionTarget {
+    /// A session running [`relay_command`]: the operator's key is forced
+    /// into `palisade-bastion rpc-relay` on the bastion (authorized_keys
+    /// `command="…",restrict`, no forwarding at all), which connects to
+    /// this configured validator's socket. The separate-users layout
+    /// (docs/bastion.md).
+    Relay { validator: String },
+    /// A `direct-streamlocal` channel to this socket path: for keys with
+    /// `port-forwarding` (the one-account layout).
+    Socket(String),
+}
+
+/// The command a client asks sshd to run to reach `validator` through
+/// `palisade-bastion rpc-relay` (which reads it from
+/// `SSH_ORIGINAL_COMMAND`).
+pub fn relay_command(validator: &str) -> String {
+    format!("{RELAY_COMMAND} {validator}")
+}
+
+/// The first word of [`relay_command`].
+pub const RELAY_COMMAND: &str = "palisade-rpc";
+
+/// How `palisade-bastion rpc-relay` starts the one line it writes when it
+/// refuses (instead of the supervisor's greeting).
+pub const RELAY_REFUSAL_PREFIX: &str = "palisade-bastion: ";
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Socket(path) => write!(f, "{}", path.display()),
-            Endpoint::Bastion { dial, socket } => {
+            Endpoint::Bastion {
+                dial,
+                target: BastionTarget::Socket(socket),
+            } => {
                 write!(f, "{}@{}:{}:{socket}", dial.user, dial.host, dial.port)
             }
+            Endpoint::Bastion {
+                dial,
+                target: BastionTarget::Relay { validator },
+            } => write!(
+                f,
+                "{}@{}:{} (relay to {validator})",
+                dial.user, dial.host, dial.port
+            ),
         }
     }
 }
@@ -484,12 +523,25 @@ impl Client {
                 }
                 (Box::new(socket), false)
             }
-            Endpoint::Bastion { dial, socket } => {
+            Endpoint::Bastion { dial, target } => {
                 let link = palisade_ssh::dial::dial(dial).await?;
-                (Box::new(link.open_unix_socket(socket).await?), true)
+                let channel = match target {
+                    BastionTarget::Socket(socket) => link.open_unix_socket(socket).await?,
+                    BastionTarget::Relay { validator } => {
+                        link.open_command(&relay_command(validator)).await?
+                    }
+                };
+                (Box::new(channel), true)
             }
         };
-        let greeting = read_greeting(&mut stream)
+        let relayed = matches!(
+            endpoint,
+            Endpoint::Bastion {
+                target: BastionTarget::Relay { .. },
+                ..
+            }
+        );
+        let greeting = read_greeting(&mut stream, relayed)
             .await
             .map_err(|reason| CallError::Connection(format!("{endpoint}: {reason}")))?;
         // The greeting is unauthenticated: through a bastion it is only the
@@ -737,7 +789,13 @@ async fn read_response_line(
 
 /// Read the greeting byte by byte, so nothing after its newline is
 /// consumed (the TLS handshake follows on the same stream).
-async fn read_greeting(socket: &mut Box<dyn Transport>) -> Result<Greeting, String> {
+///
+/// `relayed`: the channel runs `palisade-bastion rpc-relay`, which writes
+/// one line starting [`RELAY_REFUSAL_PREFIX`] instead when it refuses; that
+/// line (cleaned) is the error. Without the relay (a key whose forced
+/// command is something else) the channel just closes, and the error says
+/// what the bastion's authorized_keys line should be.
+async fn read_greeting(socket: &mut Box<dyn Transport>, relayed: bool) -> Result<Greeting, String> {
     let mut line = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
     loop {
@@ -746,10 +804,17 @@ async fn read_greeting(socket: &mut Box<dyn Transport>) -> Result<Greeting, Stri
             .await
             .map_err(|error| format!("reading the greeting: {error}"))?;
         if read == 0 {
-            return Err(if line.is_empty() {
-                "closed before sending a greeting".into()
-            } else {
-                "closed in the middle of the greeting".into()
+            if relayed && line.starts_with(RELAY_REFUSAL_PREFIX.as_bytes()) {
+                return Err(relay_refusal(&line));
+            }
+            return Err(match (line.is_empty(), relayed) {
+                (true, true) => "the bastion closed the channel before the supervisor's \
+                                 greeting: is this key's forced command `palisade-bastion \
+                                 rpc-relay` in the bastion's authorized_keys (docs/bastion-sshd.md)? \
+                                 For a bastion that forwards Unix sockets, give --remote-socket"
+                    .into(),
+                (true, false) => "closed before sending a greeting".into(),
+                (false, _) => "closed in the middle of the greeting".into(),
             });
         }
         line.push(byte[0]);
@@ -762,7 +827,19 @@ async fn read_greeting(socket: &mut Box<dyn Transport>) -> Result<Greeting, Stri
             ));
         }
     }
+    if relayed && line.starts_with(RELAY_REFUSAL_PREFIX.as_bytes()) {
+        return Err(relay_refusal(&line));
+    }
     Greeting::parse(&line).map_err(|error| error.to_string())
+}
+
+/// The relay's refusal line as an error, cleaned (it is the bastion's word).
+fn relay_refusal(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&line[RELAY_REFUSAL_PREFIX.len()..]);
+    format!(
+        "the bastion's relay refused: {}",
+        peer_text::clean(text.trim_end())
+    )
 }
 
 /// TLS 1.3 over `socket`, accepting only the certificate pinned by `pin`

@@ -7,8 +7,8 @@
 //! [[validator]]
 //! name = "val-a"
 //! socket = "/run/palisade/supervisor.sock"      # local mode
-//! via = "palisade-tunnel@bastion1.example.com:22" # or remote mode
-//! remote-socket = "/run/palisade-bastion/val-a.sock" # the default for val-a
+//! via = "palisade-ops@bastion1.example.com:22" # or remote mode
+//! # remote-socket = "/run/palisade-validators/val-a.sock"  # only for a bastion that forwards sockets
 //! known-hosts = "~/.ssh/known_hosts"            # default; or:
 //! host-key-fingerprints = ["SHA256:…"]          # the bastion's, ssh-keygen -lf
 //! ssh-key = "~/.ssh/palisade_alice"             # default: `key`

@@ -31,7 +31,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use palisade_client::{
-    CallError, Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy,
+    BastionTarget, CallError, Client, ConnectOptions, Endpoint, Fingerprint, OperatorKey, TlsPolicy,
 };
 use palisade_ssh::dial::Dial;
 use palisade_ssh::host_key::{FirstUse, HostKeyPolicy};
@@ -95,11 +95,14 @@ Connection modes:
           From anywhere: SSH to a bastion (its host key pinned by
           --known-hosts, default ~/.ssh/known_hosts, or --host-key SHA256:...;
           an unknown or changed key is refused), logging in with --ssh-key
-          (default: the operator key), then a direct-streamlocal channel to the
-          socket the validator publishes there (--remote-socket, default
-          /run/palisade-bastion/NAME.sock). Always TLS with the pinned
-          certificate plus operator authentication, so the bastion can neither
-          read the unlock passphrase nor issue commands of its own.
+          (default: the operator key), then a session whose forced command on
+          the bastion, `palisade-bastion rpc-relay`, connects it to validator
+          NAME's socket there (the key may do nothing else: docs/bastion-sshd.md).
+          For a bastion whose operator keys forward Unix sockets instead, give
+          the socket's path: --remote-socket PATH (a direct-streamlocal
+          channel). Always TLS with the pinned certificate plus operator
+          authentication, so the bastion can neither read the unlock
+          passphrase nor issue commands of its own.
 
 TLS: after the supervisor's greeting, TLS 1.3 runs when the supervisor
 requires it, --tls is given, or a pin is configured (--pin or `pin`: then
@@ -132,8 +135,8 @@ Config file (--config FILE, $PALISADE_CTL_CONFIG, default
 
   [[validator]]
   name = \"val-b\"
-  via = \"palisade-tunnel@bastion1.example.com:22\"
-  remote-socket = \"/run/palisade-bastion/val-b.sock\"   # the default
+  via = \"palisade-ops@bastion1.example.com:22\"
+  # remote-socket = \"/run/palisade-validators/val-b.sock\"  # only for socket forwarding
   known-hosts = \"~/.ssh/known_hosts\"                     # the default
   # host-key-fingerprints = [\"SHA256:...\"]               # or pin here
   # ssh-key = \"~/.ssh/id_ed25519\"                        # default: key
@@ -155,7 +158,7 @@ const AFTER_HELP: &str = "Exit codes:
 
 Examples:
   palisade-ctl --socket /run/palisade/supervisor.sock status
-  palisade-ctl --via palisade-tunnel@b1.example.com --validator val-b unlock
+  palisade-ctl --via palisade-ops@b1.example.com --validator val-b unlock
   palisade-ctl health || page-oncall
   palisade-ctl --validator val-b --json backups | jq '.stores[0].backups[0]'
   palisade-ctl logs --lines 200
@@ -210,8 +213,10 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, value_name = "USER@BASTION[:PORT]", value_parser = parse_via)]
     pub via: Option<Via>,
 
-    /// With --via: the validator's socket on the bastion
-    /// [default: /run/palisade-bastion/<validator>.sock].
+    /// With --via: reach the validator through this socket on the bastion
+    /// (a direct-streamlocal channel, for operator keys with
+    /// `port-forwarding`) instead of the bastion's `rpc-relay` (the
+    /// default, which needs only --validator).
     #[arg(long, global = true, value_name = "PATH", requires = "via")]
     pub remote_socket: Option<PathBuf>,
 
@@ -758,11 +763,6 @@ pub async fn run_call(
     Ok(result)
 }
 
-/// The default remote socket of validator `name` on a bastion.
-pub fn default_remote_socket(name: &str) -> PathBuf {
-    PathBuf::from(format!("/run/palisade-bastion/{name}.sock"))
-}
-
 /// Resolve flags over the config file into how to connect.
 pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
     let (config_path, required) = match &args.config {
@@ -803,19 +803,30 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
         let remote_socket = args
             .remote_socket
             .clone()
-            .or_else(|| entry.and_then(|entry| entry.remote_socket.clone()))
-            .or_else(|| validator.as_deref().map(default_remote_socket))
-            .ok_or_else(|| {
-                Error::Usage(
-                    "--via needs the validator's name (--validator NAME) or its socket on \
-                     the bastion (--remote-socket PATH)"
+            .or_else(|| entry.and_then(|entry| entry.remote_socket.clone()));
+        let target = match (remote_socket, validator) {
+            (Some(socket), _) => BastionTarget::Socket(
+                socket
+                    .to_str()
+                    .ok_or_else(|| Error::Usage("--remote-socket is not UTF-8".into()))?
+                    .to_string(),
+            ),
+            (None, Some(validator)) => {
+                if let Some(problem) = palisade_wire::names::validator_name_problem(&validator) {
+                    return Err(Error::Usage(format!(
+                        "--validator {validator:?}: {problem}"
+                    )));
+                }
+                BastionTarget::Relay { validator }
+            }
+            (None, None) => {
+                return Err(Error::Usage(
+                    "--via needs the validator's name (--validator NAME), or its socket on \
+                     the bastion (--remote-socket PATH) for a bastion that forwards sockets"
                         .into(),
-                )
-            })?;
-        let remote_socket = remote_socket
-            .to_str()
-            .ok_or_else(|| Error::Usage("--remote-socket is not UTF-8".into()))?
-            .to_string();
+                ));
+            }
+        };
         if pin.is_none() {
             return Err(Error::Usage(
                 "--via always runs TLS to the supervisor: pin its certificate with --pin \
@@ -853,7 +864,7 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
                 },
                 timeout: palisade_client::CONNECT_TIMEOUT.min(Duration::from_secs(args.timeout)),
             },
-            socket: remote_socket,
+            target,
         }
     } else {
         let socket = match (&args.socket, entry) {
@@ -1331,6 +1342,10 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--via", "ops@b", "status"], "--validator NAME"),
             (
+                &["--via", "ops@b", "--validator", "a b", "status"],
+                "may use only",
+            ),
+            (
                 &["--via", "ops@b", "--validator", "val-a", "status"],
                 "pin its certificate",
             ),
@@ -1377,13 +1392,43 @@ mod tests {
         .unwrap();
         let options = connect_options(&cli.connection).unwrap();
         match options.endpoint {
-            Endpoint::Bastion { dial, socket } => {
-                assert_eq!(socket, "/run/palisade-bastion/val-a.sock");
+            Endpoint::Bastion { dial, target } => {
+                assert_eq!(
+                    target,
+                    BastionTarget::Relay {
+                        validator: "val-a".into()
+                    }
+                );
                 assert_eq!((dial.host.as_str(), dial.port), ("::1", 2222));
                 assert_eq!(dial.user, "ops");
                 assert_eq!(dial.host_keys.pinned_fingerprints.len(), 1);
                 assert_eq!(dial.host_keys.first_use, FirstUse::Refuse);
             }
+            other => panic!("expected a bastion endpoint, got {other:?}"),
+        }
+        // A socket path on the bastion: a direct-streamlocal channel instead.
+        let cli = Cli::try_parse_from([
+            "palisade-ctl",
+            "--config",
+            config,
+            "--via",
+            "ops@b",
+            "--validator",
+            "val-a",
+            "--remote-socket",
+            "/run/palisade-validators/val-a.sock",
+            "--pin",
+            &pin,
+            "--ssh-key",
+            "/nonexistent/id",
+            "status",
+        ])
+        .unwrap();
+        match connect_options(&cli.connection).unwrap().endpoint {
+            Endpoint::Bastion { target, .. } => assert_eq!(
+                target,
+                BastionTarget::Socket("/run/palisade-validators/val-a.sock".into())
+            ),
             other => panic!("expected a bastion endpoint, got {other:?}"),
         }
         std::fs::remove_dir_all(&dir).ok();

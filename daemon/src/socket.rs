@@ -6,7 +6,9 @@
 //!   missing and is refused when others (or, with [`DirAccess::Owner`],
 //!   the group too) can reach it;
 //! - a leftover socket nobody listens on is replaced; a live socket (another
-//!   instance) or a file that is not a socket is never touched.
+//!   instance) or a file that is not a socket is never touched;
+//! - [`bind_for_group`] alone opens a socket to one group (mode 0660), in a
+//!   directory others cannot reach.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -103,6 +105,49 @@ pub fn bind_private(path: &Path, what: &str, access: DirAccess) -> anyhow::Resul
     Ok(UnixListener::from_std(listener)?)
 }
 
+/// Bind `path` like [`bind_private`] (its directory reachable by owner and
+/// group only), then give it to group `gid` with mode 0660: for a socket
+/// that exactly one other account, whose primary group is `gid`, must
+/// reach (the bastion's backup store and the tunnel user's sessions).
+///
+/// When the directory is setgid and owned by `gid`, the socket inherits
+/// the group and nothing is changed; otherwise the group is changed, which
+/// works when this process is a member of `gid` (or root). When it fails,
+/// the socket is removed and the error says how to set the directory up.
+pub fn bind_for_group(path: &Path, what: &str, gid: u32) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::MetadataExt;
+    let listener = bind_private(path, what, DirAccess::OwnerAndGroup)?;
+    // Inherited from a setgid directory: no chown at all (the bastion's unit
+    // filters @privileged system calls, chown among them).
+    let inherited = std::fs::metadata(path).is_ok_and(|metadata| metadata.gid() == gid);
+    let changed = if inherited {
+        Ok(())
+    } else {
+        std::os::unix::fs::chown(path, None, Some(gid))
+    };
+    let shared = changed
+        .with_context(|| {
+            format!(
+                "giving the {what} {} to group {gid}: make its directory setgid and owned by \
+                 that group (chgrp {gid} DIR && chmod 2750 DIR; the packaged tmpfiles.d line \
+                 does this), or run as a member of the group",
+                path.display()
+            )
+        })
+        .and_then(|()| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                .with_context(|| format!("setting mode 0660 on {}", path.display()))
+        });
+    match shared {
+        Ok(()) => Ok(listener),
+        Err(error) => {
+            drop(listener);
+            let _ = std::fs::remove_file(path);
+            Err(error)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +194,55 @@ mod tests {
                     assert!(!socket.exists());
                 }
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_socket_is_0660_for_that_group_only() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::DirBuilder::new().mode(0o750).create(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let socket = run.join("group.sock");
+        // Our own group: always allowed.
+        let gid = nix::unistd::getegid().as_raw();
+        let _listener = bind_for_group(&socket, "test socket", gid).unwrap();
+        assert_eq!(mode(&socket), 0o660);
+        assert_eq!(std::fs::metadata(&socket).unwrap().gid(), gid);
+        drop(_listener);
+        std::fs::remove_file(&socket).unwrap();
+
+        // A directory others can enter is refused before anything is bound.
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let error = bind_for_group(&socket, "test socket", gid)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("must not be accessible to others"),
+            "{error}"
+        );
+        assert!(!socket.exists());
+
+        // A setgid directory of another group: the socket inherits it.
+        if nix::unistd::geteuid().is_root() {
+            std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o750)).unwrap();
+            std::os::unix::fs::chown(&run, None, Some(64_998)).unwrap();
+            std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o2750)).unwrap();
+            let _listener = bind_for_group(&socket, "test socket", 64_998).unwrap();
+            assert_eq!(std::fs::metadata(&socket).unwrap().gid(), 64_998);
+            assert_eq!(mode(&socket), 0o660);
+        }
+        // A group this process may not give files to (only root may): the
+        // socket does not stay behind.
+        if !nix::unistd::geteuid().is_root() {
+            std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o750)).unwrap();
+            let error = format!(
+                "{:#}",
+                bind_for_group(&socket, "test socket", 0).unwrap_err()
+            );
+            assert!(error.contains("make its directory setgid"), "{error}");
+            assert!(!socket.exists());
         }
     }
 

@@ -65,6 +65,8 @@ pub enum DialError {
     AuthenticationRejected { address: String, user: String },
     #[error("the bastion refused a channel to {path}: {reason}")]
     ChannelRefused { path: String, reason: String },
+    #[error("the bastion refused to run {command:?}: {reason}")]
+    CommandRefused { command: String, reason: String },
     #[error("ssh: {0}")]
     Ssh(#[from] russh::Error),
 }
@@ -299,6 +301,54 @@ pub async fn dial(dial: &Dial) -> Result<Link, DialError> {
 }
 
 impl Link {
+    /// Open a session channel and ask sshd to run `command`; its stdin and
+    /// stdout become the stream. With a key whose authorized_keys line
+    /// forces `palisade-bastion rpc-relay` (`restrict` and nothing else:
+    /// no forwarding), sshd runs the relay instead and hands it `command`
+    /// in `SSH_ORIGINAL_COMMAND`. The returned stream keeps the SSH
+    /// connection alive.
+    pub async fn open_command(&self, command: &str) -> Result<UnixChannel, DialError> {
+        let refused = |reason: &str| DialError::CommandRefused {
+            command: command.to_string(),
+            reason: reason.to_string(),
+        };
+        let started = async {
+            let mut channel = match self.handle.channel_open_session().await {
+                Ok(channel) => channel,
+                Err(russh::Error::ChannelOpenFailure(reason)) => {
+                    return Err(refused(&format!("session refused ({reason:?})")));
+                }
+                Err(error) => return Err(DialError::Ssh(error)),
+            };
+            channel.exec(true, command).await?;
+            loop {
+                match channel.wait().await {
+                    Some(russh::ChannelMsg::Success) => return Ok(channel),
+                    Some(russh::ChannelMsg::Failure) => {
+                        return Err(refused("sshd refused the exec request"));
+                    }
+                    Some(russh::ChannelMsg::Close | russh::ChannelMsg::Eof) | None => {
+                        return Err(refused("the channel closed before the command started"));
+                    }
+                    Some(_) => continue,
+                }
+            }
+        };
+        let channel = match tokio::time::timeout(self.timeout, started).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(DialError::Timeout {
+                    address: format!("{} (running {command:?})", self.address),
+                    timeout: self.timeout,
+                });
+            }
+        };
+        Ok(UnixChannel {
+            stream: channel.into_stream(),
+            _link: self.handle.clone(),
+        })
+    }
+
     /// Open a `direct-streamlocal@openssh.com` channel to `path` on the
     /// bastion. The returned stream keeps the SSH connection alive.
     pub async fn open_unix_socket(&self, path: &str) -> Result<UnixChannel, DialError> {
@@ -344,7 +394,8 @@ impl Link {
     }
 }
 
-/// A byte stream over one SSH channel; holds the connection open.
+/// A byte stream over one SSH channel (to a Unix socket, or a command's
+/// stdin and stdout); holds the connection open.
 pub struct UnixChannel {
     stream: ChannelStream<Msg>,
     _link: Arc<client::Handle<Pinned>>,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use common::timing::{BLOCK, LONG};
 use common::{Chain, Supervisor, VaultRpc};
 use palisade_simchain::testkit::free_port;
-use palisade_testkit::{SshAgent, Sshd, SshdOptions, current_user, encrypted_copy, ssh_keygen};
+use palisade_testkit::{SshAgent, Sshd, SshdOptions, current_user, encrypted_copy};
 
 const PASSPHRASE: &str = "via-the-bastion passphrase 7f3a";
 
@@ -109,36 +109,23 @@ impl Recorder {
 }
 
 struct Keys {
-    _dir: tempfile::TempDir,
+    all: common::SshKeys,
     alice: PathBuf,
     bob: PathBuf,
     mallory: PathBuf,
     outsider: PathBuf,
     tunnel: PathBuf,
-    public: std::collections::HashMap<&'static str, String>,
 }
 
 fn keys() -> Keys {
-    let dir = tempfile::tempdir().unwrap();
-    let mut public = std::collections::HashMap::new();
-    let mut make = |name: &'static str| {
-        let path = dir.path().join(name);
-        public.insert(name, ssh_keygen(&path).unwrap().trim().to_string());
-        path
-    };
-    let alice = make("alice");
-    let bob = make("bob");
-    let mallory = make("mallory");
-    let outsider = make("outsider");
-    let tunnel = make("tunnel");
+    let all = common::SshKeys::new(&["alice", "bob", "mallory", "outsider", "tunnel"]);
     Keys {
-        alice,
-        bob,
-        mallory,
-        outsider,
-        tunnel,
-        public,
-        _dir: dir,
+        alice: all.path("alice"),
+        bob: all.path("bob"),
+        mallory: all.path("mallory"),
+        outsider: all.path("outsider"),
+        tunnel: all.path("tunnel"),
+        all,
     }
 }
 
@@ -166,10 +153,10 @@ fn setup() -> Setup {
          restrict,port-forwarding,command=\"/bin/false\" {alice}\n\
          restrict,port-forwarding,command=\"/bin/false\" {bob}\n\
          restrict,port-forwarding,command=\"/bin/false\" {mallory}\n",
-        tunnel = keys.public["tunnel"],
-        alice = keys.public["alice"],
-        bob = keys.public["bob"],
-        mallory = keys.public["mallory"],
+        tunnel = keys.all.public("tunnel"),
+        alice = keys.all.public("alice"),
+        bob = keys.all.public("bob"),
+        mallory = keys.all.public("mallory"),
     );
     let sshd = Sshd::start(SshdOptions::new("127.0.0.1", free_port(), authorized_keys)).unwrap();
     let forwarded = sshd.path("val1.sock");
@@ -189,8 +176,8 @@ fn setup() -> Setup {
             port = sshd.port(),
             user = current_user().unwrap(),
             fingerprint = sshd.fingerprint(),
-            alice = keys.public["alice"],
-            bob = keys.public["bob"],
+            alice = keys.all.public("alice"),
+            bob = keys.all.public("bob"),
         ),
     );
     let known_hosts = vault.chain.dir.path().join("known_hosts");

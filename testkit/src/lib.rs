@@ -208,6 +208,14 @@ pub struct SshdOptions {
     /// Where sshd's private directory is created (created if missing). Default: the system's
     /// temporary directory.
     pub dir_in: Option<PathBuf>,
+    /// sshd_config lines placed after the defaults: `Match` blocks, which run to the end of
+    /// the file. Default: none.
+    pub trailing_config: String,
+    /// One `authorized_keys` file per user name, `(user, whole file)`, for an sshd that lets
+    /// several accounts in (sshd reads the file as that user: they go to `keys/USER` in a
+    /// world-readable directory, and the private directory becomes mode 0711). When not
+    /// empty, [`SshdOptions::authorized_keys`] is not used. Default: none.
+    pub per_user_authorized_keys: Vec<(String, String)>,
 }
 
 impl SshdOptions {
@@ -227,6 +235,8 @@ impl SshdOptions {
             exec_prefix: Vec::new(),
             probe: None,
             dir_in: None,
+            trailing_config: String::new(),
+            per_user_authorized_keys: Vec::new(),
         }
     }
 }
@@ -285,12 +295,31 @@ impl Sshd {
         let host_key = dir.path().join("host_ed25519");
         let host_public_key = ssh_keygen(&host_key)?;
         let host_fingerprint = ssh_fingerprint(&public_key_path(&host_key))?;
-        let authorized_keys = dir.path().join("authorized_keys");
-        std::fs::write(
-            &authorized_keys,
-            format!("{}\n", options.authorized_keys.trim_end()),
-        )
-        .map_err(io("writing", &authorized_keys))?;
+        let authorized_keys = if options.per_user_authorized_keys.is_empty() {
+            let authorized_keys = dir.path().join("authorized_keys");
+            std::fs::write(
+                &authorized_keys,
+                format!("{}\n", options.authorized_keys.trim_end()),
+            )
+            .map_err(io("writing", &authorized_keys))?;
+            authorized_keys
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            let keys = dir.path().join("keys");
+            std::fs::create_dir(&keys).map_err(io("creating", &keys))?;
+            for (path, mode) in [(dir.path(), 0o711), (keys.as_path(), 0o755)] {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(io("setting the mode of", path))?;
+            }
+            for (user, lines) in &options.per_user_authorized_keys {
+                let file = keys.join(user);
+                std::fs::write(&file, format!("{}\n", lines.trim_end()))
+                    .map_err(io("writing", &file))?;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                    .map_err(io("setting the mode of", &file))?;
+            }
+            keys.join("%u")
+        };
 
         let mut config = options.extra_config.trim_end().to_string();
         if !config.is_empty() {
@@ -319,6 +348,10 @@ impl Sshd {
         ));
         if let Some(level) = &options.log_level {
             config.push_str(&format!("LogLevel {level}\n"));
+        }
+        if !options.trailing_config.is_empty() {
+            config.push_str(options.trailing_config.trim_end());
+            config.push('\n');
         }
         let config_file = dir.path().join("sshd_config");
         std::fs::write(&config_file, config).map_err(io("writing", &config_file))?;

@@ -150,3 +150,38 @@ pub fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     .unwrap();
     config
 }
+
+/// Waits for `child` to exit; kills it and panics naming `what` after
+/// [`PATIENCE`].
+pub fn wait_for_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads `output` (a child's stdout) on a thread until it ends, sending
+/// what arrives in chunks of at most 64 KiB: the receiver's
+/// `recv_timeout` bounds every wait, and a closed channel is the end.
+pub fn read_in_background(
+    mut output: impl Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (sender, chunks) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(n) = output.read(&mut buffer) {
+            if n == 0 || sender.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    chunks
+}

@@ -17,7 +17,7 @@
 //! host = "203.0.113.10"
 //! user = "palisade-tunnel"
 //! host-key-fingerprints = ["SHA256:…"]
-//! rpc-socket = "/run/palisade-bastion/val-a.sock"
+//! rpc-socket = "/run/palisade-validators/val-a.sock"
 //! backup-command = "palisade-bastion backup-session"
 //! local-forwards = [{ listen = "127.0.0.1:26701", target = "10.0.0.5:26656" }]
 //! remote-forwards = [{ listen = "127.0.0.1:26660", target = "127.0.0.1:26660" }]

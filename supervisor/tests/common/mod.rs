@@ -454,6 +454,48 @@ impl Drop for Supervisor {
     }
 }
 
+/// Throwaway ed25519 SSH keys (`ssh-keygen`, no passphrase), by name: the
+/// private key's path and the public key's authorized_keys line.
+pub struct SshKeys {
+    dir: tempfile::TempDir,
+    public: std::collections::HashMap<String, String>,
+}
+
+impl SshKeys {
+    pub fn new(names: &[&str]) -> SshKeys {
+        let dir = tempfile::tempdir().unwrap();
+        let public = names
+            .iter()
+            .map(|name| {
+                let line = palisade_testkit::ssh_keygen(&dir.path().join(name)).unwrap();
+                (name.to_string(), line.trim().to_string())
+            })
+            .collect();
+        SshKeys { dir, public }
+    }
+
+    /// The private key file of `name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        assert!(self.public.contains_key(name), "no key {name}");
+        self.dir.path().join(name)
+    }
+
+    /// The public key line of `name` (`ssh-ed25519 AAAA… comment`).
+    pub fn public(&self, name: &str) -> &str {
+        &self.public[name]
+    }
+}
+
+/// A child process killed (and reaped) when the test ends, pass or fail.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
