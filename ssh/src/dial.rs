@@ -155,11 +155,54 @@ where
     H: client::Handler + 'static,
     H::Error: From<russh::Error>,
 {
+    let started = tokio::time::Instant::now();
+    let stream = match connect_tcp(host, port, timeout).await {
+        Ok(stream) => stream,
+        Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+            return Err(LoginError::Timeout);
+        }
+        Err(error) => return Err(LoginError::Connect(error)),
+    };
+    let left = timeout.saturating_sub(started.elapsed());
+    login_over(stream, user, credential, config, handler, left).await
+}
+
+/// A TCP connection to `host:port` without Nagle's algorithm, within
+/// `timeout` (an error of kind `TimedOut` after it). The supervisor's
+/// tunnels use it alone as a cheap probe of a bastion that is down, and
+/// start the SSH handshake ([`login_over`]) only on a connection it made.
+pub async fn connect_tcp(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no TCP connection within {} ms", timeout.as_millis()),
+            )
+        })??;
+    stream.set_nodelay(true).ok();
+    Ok(stream)
+}
+
+/// [`login`] on a TCP connection already made (see [`connect_tcp`]): the
+/// SSH handshake and the authentication within `timeout`.
+pub async fn login_over<H>(
+    stream: TcpStream,
+    user: &str,
+    credential: Credential,
+    config: Arc<client::Config>,
+    handler: H,
+    timeout: Duration,
+) -> Result<client::Handle<H>, LoginError<H::Error>>
+where
+    H: client::Handler + 'static,
+    H::Error: From<russh::Error>,
+{
     let attempt = async {
-        let stream = TcpStream::connect((host, port))
-            .await
-            .map_err(LoginError::Connect)?;
-        stream.set_nodelay(true).ok();
         let mut handle = client::connect_stream(config, stream, handler)
             .await
             .map_err(LoginError::Ssh)?;
@@ -252,6 +295,7 @@ pub async fn dial(dial: &Dial) -> Result<Link, DialError> {
     let config = Arc::new(client::Config {
         nodelay: true,
         inactivity_timeout: None,
+        preferred: crate::ciphers::preferred(&crate::ciphers::default_order()),
         ..client::Config::default()
     });
     let attempt = login(

@@ -607,6 +607,23 @@ impl Config {
                 "tunnel.reconnect-max-delay".into(),
                 duration(tunnels.reconnect_max_delay),
             );
+            add(
+                "tunnel.probe-interval".into(),
+                duration(tunnels.probe_interval),
+            );
+            add(
+                "tunnel.ciphers".into(),
+                match &tunnels.ciphers {
+                    Some(ciphers) => ciphers.join(","),
+                    None => {
+                        let order: Vec<String> = palisade_ssh::ciphers::default_order()
+                            .iter()
+                            .map(|name| name.as_ref().to_string())
+                            .collect();
+                        format!("{} (by CPU)", order.join(","))
+                    }
+                },
+            );
             for bastion in &tunnels.bastions {
                 let key = |field: &str| format!("bastion.{}.{field}", bastion.name);
                 add(

@@ -118,6 +118,9 @@ pub struct BastionConfig {
     pub reverse_tcp_forwards: Vec<ReverseTcpForward>,
     pub local_tcp_forwards: Vec<LocalTcpForward>,
     pub backoff: ReconnectBackoff,
+    /// The ciphers offered, most preferred first
+    /// ([`palisade_ssh::ciphers::default_order`] unless configured).
+    pub ciphers: Vec<russh::cipher::Name>,
 }
 
 impl BastionConfig {
@@ -144,6 +147,7 @@ impl BastionConfig {
             reverse_tcp_forwards: Vec::new(),
             local_tcp_forwards: Vec::new(),
             backoff: ReconnectBackoff::default(),
+            ciphers: palisade_ssh::ciphers::default_order(),
         }
     }
 }

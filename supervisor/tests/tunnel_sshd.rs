@@ -80,6 +80,7 @@ impl Bastion {
         config.backoff = ReconnectBackoff {
             initial: Duration::from_millis(200),
             max: Duration::from_secs(1),
+            ..ReconnectBackoff::default()
         };
         config
     }

@@ -82,8 +82,14 @@ pub struct RawTunnel {
     pub keepalive_interval: Option<String>,
     /// Default `3`: unanswered keepalives that declare the bastion dead.
     pub keepalive_max: Option<usize>,
-    /// Default `1500ms`: the longest pause between reconnection attempts.
+    /// Default `1500ms`: the longest pause between reconnection attempts
+    /// that reached sshd.
     pub reconnect_max_delay: Option<String>,
+    /// Default `100ms`: between two TCP probes of a bastion that does not
+    /// accept connections.
+    pub probe_interval: Option<String>,
+    /// Default by CPU: the ciphers offered, most preferred first.
+    pub ciphers: Option<Vec<String>>,
 }
 
 /// One `[[bastion]]`.
@@ -162,6 +168,9 @@ pub struct TunnelSettings {
     pub keepalive_interval: Duration,
     pub keepalive_max: usize,
     pub reconnect_max_delay: Duration,
+    pub probe_interval: Duration,
+    /// `None`: [`palisade_ssh::ciphers::default_order`].
+    pub ciphers: Option<Vec<String>>,
     pub bastions: Vec<BastionSettings>,
 }
 
@@ -239,7 +248,12 @@ impl TunnelSettings {
                 .initial
                 .min(self.reconnect_max_delay),
             max: self.reconnect_max_delay,
+            probe_interval: self.probe_interval,
         };
+        if let Some(ciphers) = &self.ciphers {
+            config.ciphers = palisade_ssh::ciphers::parse(ciphers)
+                .expect("validated when the configuration was loaded");
+        }
         config.reverse_unix_forwards = bastion
             .rpc_socket
             .iter()
@@ -488,7 +502,28 @@ pub(super) fn validate_tunnels(
         tunnel.reconnect_max_delay.as_deref(),
         ReconnectBackoff::default().max,
     );
+    let probe_interval = r.duration(
+        None,
+        "tunnel.probe-interval",
+        tunnel.probe_interval.as_deref(),
+        ReconnectBackoff::default().probe_interval,
+    );
+    if probe_interval > Duration::from_secs(10) {
+        let origin = r.file_origin("tunnel.probe-interval");
+        r.report(origin, "must be at most 10s");
+    }
+    if let Some(ciphers) = &tunnel.ciphers
+        && let Err(problem) = palisade_ssh::ciphers::parse(ciphers)
+    {
+        let origin = r.file_origin("tunnel.ciphers");
+        r.report(origin, problem);
+    }
     for (value, key, minimum) in [
+        (
+            probe_interval,
+            "tunnel.probe-interval",
+            Duration::from_millis(10),
+        ),
         (
             connect_timeout,
             "tunnel.connect-timeout",
@@ -788,6 +823,8 @@ pub(super) fn validate_tunnels(
         keepalive_interval,
         keepalive_max,
         reconnect_max_delay,
+        probe_interval,
+        ciphers: tunnel.ciphers,
         bastions: settings,
     })
 }
@@ -928,6 +965,11 @@ mod tests {
         assert_eq!(tunnel.local_tcp_forwards[0].target_port, 26656);
         assert_eq!(tunnel.reverse_tcp_forwards[0].remote_port, 26660);
         assert_eq!(tunnel.backoff.max, std::time::Duration::from_millis(1500));
+        assert_eq!(
+            tunnel.backoff.probe_interval,
+            std::time::Duration::from_millis(100)
+        );
+        assert_eq!(tunnel.ciphers, palisade_ssh::ciphers::default_order());
     }
 
     #[test]
@@ -1015,6 +1057,22 @@ mod tests {
                 "backups to bastions need the vault's signing key",
             ),
             (format!("{good}portt = 22\n"), "unknown field `portt`"),
+            (
+                good.replace("[tunnel]\n", "[tunnel]\nprobe-interval = \"1ms\"\n"),
+                "key `tunnel.probe-interval`: must be at least 10ms",
+            ),
+            (
+                good.replace("[tunnel]\n", "[tunnel]\nprobe-interval = \"1m\"\n"),
+                "key `tunnel.probe-interval`: must be at most 10s",
+            ),
+            (
+                good.replace("[tunnel]\n", "[tunnel]\nciphers = [\"aes256-ctr\"]\n"),
+                "key `tunnel.ciphers`: \"aes256-ctr\" is not supported",
+            ),
+            (
+                good.replace("[tunnel]\n", "[tunnel]\nciphers = []\n"),
+                "key `tunnel.ciphers`: must name at least one cipher",
+            ),
             (
                 "[tunnel]\nkeepalive-max = 3\n".into(),
                 "[tunnel] has no effect without a [[bastion]] table",

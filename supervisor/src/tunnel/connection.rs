@@ -46,26 +46,53 @@ pub struct BastionState {
     pub stopped: bool,
 }
 
-/// Exponential backoff between connection attempts.
+/// The pauses between connection attempts.
+///
+/// Two cadences. While the bastion does not accept TCP (refused,
+/// unreachable, no answer within [`PROBE_TIMEOUT`]), each attempt is a TCP
+/// connect alone, one every `probe_interval` (jittered by ±50 %): cheap for
+/// the bastion (a SYN), and the tunnel is back within about one interval
+/// once sshd accepts again. Only a connection that was accepted goes on to
+/// the SSH handshake, one at a time per bastion; when that fails (sshd
+/// refusing, a handshake or login error, a stall), the next attempt waits
+/// the exponential backoff from `initial` to `max`, so a sick sshd is not
+/// hammered with handshakes (and `MaxStartups` is never reached by us).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReconnectBackoff {
     pub initial: Duration,
     pub max: Duration,
+    /// Between two TCP probes of a bastion that does not accept.
+    pub probe_interval: Duration,
 }
+
+/// Bound on one TCP probe (the connect alone). A SYN that got no answer by
+/// then is given up and a fresh probe follows: with the kernel's own SYN
+/// retransmissions at 1 s and 3 s, a link that returns would otherwise be
+/// noticed late.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Default for ReconnectBackoff {
     fn default() -> ReconnectBackoff {
         ReconnectBackoff {
             initial: Duration::from_millis(200),
-            // Low on purpose: a bastion that comes back is used again
-            // within `max` (DESIGN target: heal in under 2 s), and an
-            // attempt against a down bastion costs one TCP SYN.
+            // Low on purpose: a bastion whose sshd misbehaves is tried
+            // again within `max`.
             max: Duration::from_millis(1500),
+            // Heal target: traffic again within 0.25 s of the bastion
+            // accepting TCP (issue 17; `palisade-bench --only tunnel_heal`).
+            probe_interval: Duration::from_millis(100),
         }
     }
 }
 
 impl ReconnectBackoff {
+    /// Delay before the next TCP probe, `jitter` in `[0, 1)`: between half
+    /// and one and a half `probe_interval`.
+    pub fn probe_delay(&self, jitter: f64) -> Duration {
+        let half = self.probe_interval / 2;
+        half + self.probe_interval.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+
     /// Delay before attempt `failures + 1`, with "equal jitter" as in
     /// `restart_policy`: half fixed, half random, so validators that lost
     /// the same bastion do not reconnect in lockstep. `jitter` is in `[0, 1)`.
@@ -385,8 +412,22 @@ impl BastionConnection {
             keepalive_interval: Some(config.keepalive_interval),
             keepalive_max: config.keepalive_max,
             nodelay: true,
+            preferred: palisade_ssh::ciphers::preferred(&config.ciphers),
             ..client::Config::default()
         });
+        // The probe: a TCP connection alone. Nothing more is sent to a
+        // bastion that does not accept one (see `ReconnectBackoff`).
+        let started = tokio::time::Instant::now();
+        let stream = palisade_ssh::dial::connect_tcp(
+            &config.host,
+            config.port,
+            PROBE_TIMEOUT.min(config.connect_timeout),
+        )
+        .await
+        .map_err(|source| TunnelError::Connect {
+            address: address.clone(),
+            source,
+        })?;
         let live = parent.child_token();
         let closed = CancellationToken::new();
         let disconnect_reason = Arc::new(Mutex::new(None));
@@ -418,14 +459,13 @@ impl BastionConnection {
             disconnect_reason: disconnect_reason.clone(),
             _closed_on_drop: closed.clone().drop_guard(),
         };
-        let attempt = palisade_ssh::dial::login(
-            &config.host,
-            config.port,
+        let attempt = palisade_ssh::dial::login_over(
+            stream,
             &config.user,
             Credential::Key(Box::new(key)),
             ssh_config,
             handler,
-            config.connect_timeout,
+            config.connect_timeout.saturating_sub(started.elapsed()),
         )
         .await;
         let handle = attempt.map_err(|error| match error {
@@ -921,7 +961,11 @@ async fn supervise(
     current: &watch::Sender<Option<Arc<BastionConnection>>>,
 ) -> Result<(), TunnelError> {
     let bastion = config.name.as_str();
+    // Attempts that failed in a row (for the log), and those of them that
+    // got past the TCP probe (for the handshake backoff).
     let mut failures = 0u32;
+    let mut handshake_failures = 0u32;
+    let mut probing;
     let mut next_report = tokio::time::Instant::now();
     let mut connected_before = false;
     let outcome = loop {
@@ -932,6 +976,8 @@ async fn supervise(
         match attempt {
             Ok(connection) => {
                 failures = 0;
+                handshake_failures = 0;
+                probing = false;
                 let connection = Arc::new(connection);
                 // Listen for an operator's reconnect request before saying
                 // "connected": `notify_waiters` wakes only registered
@@ -994,8 +1040,12 @@ async fn supervise(
                     break Err(error);
                 }
                 failures += 1;
-                // While a bastion is down an attempt fails every second or
-                // so: say it once, then once a minute, not on every attempt.
+                probing = matches!(error, TunnelError::Connect { .. });
+                if !probing {
+                    handshake_failures += 1;
+                }
+                // While a bastion is down a probe fails several times a
+                // second: say it once, then once a minute, not every time.
                 let now = tokio::time::Instant::now();
                 if failures == 1 || now >= next_report {
                     next_report = now + STILL_DOWN_REPORT;
@@ -1005,7 +1055,11 @@ async fn supervise(
                 }
             }
         }
-        let delay = config.backoff.delay(failures.max(1), rand::random());
+        let delay = if probing {
+            config.backoff.probe_delay(rand::random())
+        } else {
+            config.backoff.delay(handshake_failures.max(1), rand::random())
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = tokio::time::sleep(delay) => {}
@@ -1090,6 +1144,19 @@ mod tests {
             assert!(
                 difference < Duration::from_millis(1),
                 "failures {failures}, jitter {jitter}: {delay:?} != {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn probes_come_every_probe_interval_give_or_take_half() {
+        let backoff = ReconnectBackoff::default();
+        // (jitter, expected)
+        for (jitter, expected) in [(0.0, 50), (0.5, 100), (0.999_999, 150), (7.0, 150)] {
+            let delay = backoff.probe_delay(jitter);
+            assert!(
+                delay.abs_diff(Duration::from_millis(expected)) < Duration::from_millis(1),
+                "jitter {jitter}: {delay:?}"
             );
         }
     }
