@@ -25,11 +25,19 @@
 //! - `supervisor_start_genesis_1gib_rss_mib` (target 32): the supervisor's
 //!   peak RSS (`VmHWM`) when it starts a validator whose `genesis.json` is
 //!   1 GiB and reads the chain id from it at unlock (see [`genesis`]).
-//! - `tunnel_connect_ms`, `tunnel_throughput_mib_s`, `tunnel_heal_s` (target 2):
-//!   the SSH tunnel library against a real OpenSSH sshd on 127.0.0.1 that the
-//!   benchmark starts, with the OpenSSH client as the peer (see [`tunnel`]).
-//!   `--only tunnel` selects all three (a prefix selects every name that
-//!   starts with it and `_`).
+//! - `tunnel_connect_ms`, `tunnel_throughput_mib_s` and
+//!   `tunnel_throughput_<cipher>_mib_s` per cipher, `tunnel_heal_s` (target
+//!   0.25): the SSH tunnel library against a real OpenSSH sshd on 127.0.0.1
+//!   that the benchmark starts, with the OpenSSH client as the peer (see
+//!   [`tunnel`]). `--only tunnel_throughput` selects every throughput figure
+//!   (a prefix selects every name that starts with it and `_`).
+//! - `tunnel_vote_latency_ms_p50`, `tunnel_vote_latency_ms_p99`,
+//!   `tunnel_vote_latency_added_ms_p99` (target 5), `tunnel_bulk_goodput_mbit_s`:
+//!   300-byte votes at 80/s through a forward of the tunnel on a link shaped
+//!   to 50 Mbit/s and 10 ms each way (a network namespace, `tc tbf`, a delay
+//!   proxy; needs root), idle and while bulk shares the SSH connection,
+//!   against plain TCP on the same link (the limit) and OpenSSH (see
+//!   [`votes`]). `--only tunnel_vote` selects all four.
 //! - `rpc_local_p50_ms` / `rpc_local_p99_ms` (target 1 for p99): `status`
 //!   round trips on the supervisor's local control socket, one plaintext
 //!   connection as a trusted local user through the client library
@@ -54,10 +62,12 @@ mod fixture;
 mod genesis;
 mod idle;
 mod rpc;
+mod shaping;
 mod sign_backup;
 mod sshd;
 mod tunnel;
 mod upgrade;
+mod votes;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -92,7 +102,7 @@ const CHAOS_RUN: &str = failover::CHAOS_RUN;
 const CHAOS_DOUBLE_SIGNS: &str = failover::CHAOS_DOUBLE_SIGNS;
 
 /// Every benchmark, in the order they run.
-const ALL: [&str; 20] = [
+const ALL: [&str; 27] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
@@ -103,7 +113,14 @@ const ALL: [&str; 20] = [
     BACKUP_CREATE_P99,
     TUNNEL_CONNECT,
     TUNNEL_THROUGHPUT,
+    tunnel::THROUGHPUT_AES256_GCM,
+    tunnel::THROUGHPUT_CHACHA20_POLY1305,
+    tunnel::THROUGHPUT_AES128_GCM,
     TUNNEL_HEAL,
+    votes::P50,
+    votes::P99,
+    votes::ADDED_P99,
+    votes::GOODPUT,
     RPC_LOCAL_P50,
     RPC_LOCAL_P99,
     RPC_BASTION_P50,
@@ -160,16 +177,33 @@ Benchmarks (stable names):
       age-encrypted to the vault and a recovery recipient, written atomically
       to a local store. Must stay well under one block time.
 
-  tunnel_connect_ms, tunnel_throughput_mib_s, tunnel_heal_s (target 2)
+  tunnel_connect_ms, tunnel_throughput_mib_s, tunnel_throughput_<cipher>_mib_s,
+  tunnel_heal_s (target 0.25)
       The SSH tunnel (russh) against a real OpenSSH sshd on 127.0.0.1 started
       by the benchmark (needs openssh-server and openssh-client), the OpenSSH
       client measured in the same run with the same algorithms as the peer:
       connect = TCP + handshake + ed25519 auth, p50 of 20, vs `ssh -v -N`
       until `Authenticated to`; throughput = best of 3 x 256 MiB uploads
-      through a local TCP forward to a counting sink, vs `ssh -N -L`
-      (target ratio >= 0.8); heal = sshd killed, down 3 s, restarted: from
-      sshd accepting TCP to a byte echoed through the forward, p50 of 5
-      (default backoff). `--only tunnel` selects all three.
+      through a local TCP forward to a counting sink, vs `ssh -N -L`, once
+      per cipher (aes256_gcm, chacha20_poly1305, aes128_gcm; OpenSSH forced
+      to the same one), tunnel_throughput_mib_s being the cipher preferred on
+      this CPU (target ratio >= 1.0); heal = sshd killed, down 3 s, restarted:
+      from sshd accepting TCP to a byte echoed through the forward, p50 of 5
+      (default probes and backoff). `--only tunnel` selects them all.
+
+  tunnel_vote_latency_ms_p50, tunnel_vote_latency_ms_p99,
+  tunnel_vote_latency_added_ms_p99 (target 5), tunnel_bulk_goodput_mbit_s
+      Votes (300 B, 80/s, echoed) through a local TCP forward of the tunnel
+      on a shaped link: a network namespace for the bastion (sshd, echo
+      server, sink), a veth into it with `tc tbf` 50 Mbit/s on both ends,
+      and a proxy inside the namespace adding 10 ms each way (needs root, ip
+      and tc; otherwise it fails). Idle 8 s, then 12 s while a bulk stream
+      through a second forward and an exec-session upload share the SSH
+      connection. Values: the round trip's p50/p99 under bulk (peer: one
+      `ssh -L -L` connection with the same streams); added p99 = the
+      tunnel's p99 minus plain TCP's on the same link under the same bulk
+      (goal <= 5 ms and below OpenSSH's); bulk goodput at the sink (goal >=
+      80 % of the rate). `--only tunnel_vote` selects all four (about 66 s).
 
   rpc_local_p50_ms, rpc_local_p99_ms (target 1 for p99)
       Chain with 1 s blocks and the supervisor running simd (no vault), its
@@ -298,9 +332,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
         let mut selected = Vec::new();
         for name in &args.only {
             let name = name.trim();
-            // An exact name, or a prefix (`tunnel`) for every `tunnel_*`.
+            // An exact name, a group measured together (`tunnel_vote`), or a
+            // prefix (`tunnel`) for every `tunnel_*`.
             let matching: Vec<&str> = match ALL.iter().find(|known| **known == name) {
                 Some(known) => vec![*known],
+                None if name == votes::GROUP => votes::NAMES.to_vec(),
                 None => ALL
                     .iter()
                     .copied()
@@ -439,12 +475,34 @@ fn run(args: Args) -> anyhow::Result<bool> {
             TUNNEL_CONNECT,
             tunnel::run_connect as fn(&Path) -> anyhow::Result<Measured>,
         ),
-        (TUNNEL_THROUGHPUT, tunnel::run_throughput),
         (TUNNEL_HEAL, tunnel::run_heal),
     ] {
         if wants(name) {
             eprintln!("palisade-bench: running {name}");
             record(run(&scratch), name);
+        }
+    }
+    for (name, outcome) in tunnel::run_throughput_ciphers(&scratch, wants) {
+        record(outcome, name);
+    }
+    if votes::NAMES.iter().any(|name| wants(name)) {
+        eprintln!("palisade-bench: running {}", votes::NAMES.join(" / "));
+        match votes::run(&scratch) {
+            Ok(results) => {
+                for (name, measured) in results {
+                    if wants(name) {
+                        record(Ok(measured), name);
+                    }
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for name in votes::NAMES {
+                    if wants(name) {
+                        record(Err(anyhow::anyhow!("{message}")), name);
+                    }
+                }
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use palisade_simchain::testkit::free_port;
 use palisade_supervisor::tunnel::{BastionConfig, HostKeyPolicy};
-use palisade_testkit::{SshdOptions, current_user, ssh_keygen};
+use palisade_testkit::{Probe, SshdOptions, current_user, ssh_keygen};
 
 /// How long sshd gets to listen, and a forward to come up.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -39,6 +39,24 @@ pub struct Sshd {
     client_key: PathBuf,
     known_hosts: PathBuf,
     user: String,
+    /// Where clients connect: `127.0.0.1:port` unless [`Sshd::reach_via`]
+    /// says otherwise (e.g. a proxy in front of an sshd in a namespace).
+    connect_host: String,
+    connect_port: u16,
+}
+
+/// Where [`Sshd::start_placed`] runs sshd: under a program such as
+/// `ip netns exec NAME`, checked with a probe that connects from there.
+#[derive(Default)]
+pub struct Placement {
+    /// Program and arguments sshd runs under (it must exec sshd).
+    pub exec_prefix: Vec<String>,
+    /// How to check that sshd accepts connections (default: a TCP connect
+    /// from this process).
+    pub probe: Option<Probe>,
+    /// The port sshd listens on, on 127.0.0.1 where it runs (default: a
+    /// free port here).
+    pub port: Option<u16>,
 }
 
 /// `OpenSSH_9.2p1` from `ssh -V`.
@@ -60,6 +78,16 @@ impl Sshd {
     /// Keys, config, and a listening sshd on 127.0.0.1; the client key may
     /// open `127.0.0.1:<port>` for each of `allowed_ports` and nothing else.
     pub fn start(scratch: &Path, allowed_ports: &[u16]) -> anyhow::Result<Sshd> {
+        Sshd::start_placed(scratch, allowed_ports, Placement::default())
+    }
+
+    /// As [`Sshd::start`], run as `placement` says (e.g. inside a network
+    /// namespace, where `127.0.0.1` is the namespace's loopback).
+    pub fn start_placed(
+        scratch: &Path,
+        allowed_ports: &[u16],
+        placement: Placement,
+    ) -> anyhow::Result<Sshd> {
         openssh_version()?;
         std::fs::create_dir_all(scratch)
             .with_context(|| format!("creating {}", scratch.display()))?;
@@ -72,7 +100,7 @@ impl Sshd {
             .iter()
             .map(|port| format!("permitopen=\"127.0.0.1:{port}\""))
             .collect();
-        let port = free_port();
+        let port = placement.port.unwrap_or_else(free_port);
         let mut options = SshdOptions::new(
             "127.0.0.1",
             port,
@@ -84,6 +112,8 @@ impl Sshd {
         // The algorithms each client negotiated are read back from the log.
         options.log_level = Some("DEBUG1".into());
         options.dir_in = Some(scratch.to_path_buf());
+        options.exec_prefix = placement.exec_prefix;
+        options.probe = placement.probe;
         let sshd = palisade_testkit::Sshd::start(options)
             .context("starting sshd for the tunnel benchmarks")?;
         // For the OpenSSH client: the same pinned key, nothing else trusted.
@@ -96,7 +126,23 @@ impl Sshd {
             client_key,
             known_hosts,
             user: current_user()?,
+            connect_host: "127.0.0.1".into(),
+            connect_port: port,
         })
+    }
+
+    /// Clients ([`Sshd::config`], [`Sshd::client`]) connect to
+    /// `host:port` from now on, e.g. a proxy that forwards to this sshd;
+    /// the OpenSSH client's known_hosts names that address.
+    pub fn reach_via(&mut self, host: &str, port: u16) -> anyhow::Result<()> {
+        std::fs::write(
+            &self.known_hosts,
+            format!("[{host}]:{port} {}\n", self.sshd.host_public_key()),
+        )
+        .with_context(|| format!("writing {}", self.known_hosts.display()))?;
+        self.connect_host = host.to_string();
+        self.connect_port = port;
+        Ok(())
     }
 
     /// Start the sshd process again after [`Sshd::kill`] (see
@@ -170,8 +216,8 @@ impl Sshd {
     pub fn config(&self) -> BastionConfig {
         BastionConfig::new(
             "bench-bastion",
-            "127.0.0.1",
-            self.port,
+            self.connect_host.clone(),
+            self.connect_port,
             self.user.clone(),
             &self.client_key,
             HostKeyPolicy {
@@ -221,13 +267,16 @@ impl Sshd {
         all.extend(
             [
                 "-p".to_string(),
-                self.port.to_string(),
+                self.connect_port.to_string(),
                 "-l".to_string(),
                 self.user.clone(),
             ]
             .map(OsString::from),
         );
-        SshClient { args: all }
+        SshClient {
+            args: all,
+            host: self.connect_host.clone(),
+        }
     }
 }
 
@@ -290,16 +339,18 @@ impl Negotiated {
 #[derive(Debug, Clone)]
 pub struct SshClient {
     args: Vec<OsString>,
+    /// `127.0.0.1` unless [`Sshd::reach_via`] changed it.
+    host: String,
 }
 
 impl SshClient {
-    /// `ssh <options> <extra> 127.0.0.1`.
+    /// `ssh <options> <extra> 127.0.0.1` (or the host of [`Sshd::reach_via`]).
     pub fn command(&self, extra: &[&str]) -> Command {
         let mut command = Command::new("ssh");
         command
             .args(&self.args)
             .args(extra)
-            .arg("127.0.0.1")
+            .arg(&self.host)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         command

@@ -5,12 +5,17 @@
 //! - `tunnel_connect_ms`: TCP connect + SSH handshake + ed25519
 //!   authentication (`BastionConnection::connect`) vs `ssh -v -N` until it
 //!   reports `Authenticated to`;
-//! - `tunnel_throughput_mib_s`: one bulk upload through a local TCP forward
-//!   (`BastionTunnel` with one `LocalTcpForward`) vs `ssh -N -L`, to a sink on
-//!   127.0.0.1 that counts the bytes and answers the count;
+//! - `tunnel_throughput_<cipher>_mib_s`, for each cipher the tunnel offers
+//!   (`aes256_gcm`, `chacha20_poly1305`, `aes128_gcm`): one bulk upload
+//!   through a local TCP forward (`BastionTunnel` with one `LocalTcpForward`,
+//!   that cipher alone) vs `ssh -N -L` forced to the same cipher, to a sink
+//!   on 127.0.0.1 that counts the bytes and answers the count;
+//!   `tunnel_throughput_mib_s` is the figure of the cipher the tunnel
+//!   prefers on this CPU (`palisade_ssh::ciphers::default_order`);
 //! - `tunnel_heal_s`: sshd killed, down for 3 s, restarted: from the moment it
 //!   accepts TCP again until a byte round-trips through the local forward
-//!   (default backoff). No peer: OpenSSH's client does not reconnect.
+//!   (default backoff and TCP probes). No peer: OpenSSH's client does not
+//!   reconnect.
 //!
 //! The OpenSSH client is forced to the key exchange, host key algorithm and
 //! cipher that russh negotiated (read back from sshd's DEBUG1 log), and the
@@ -50,13 +55,15 @@ const MIB: u64 = 1 << 20;
 const PAYLOAD: u64 = 256 * MIB;
 const WARMUP_PAYLOAD: u64 = 16 * MIB;
 const THROUGHPUT_RUNS: usize = 3;
-/// DESIGN.md: forwarded throughput at least 0.8 × OpenSSH's `ssh -L`.
-const THROUGHPUT_TARGET_RATIO: f64 = 0.8;
+/// Issue 17: forwarded throughput at least OpenSSH's `ssh -L` with the same
+/// cipher (DESIGN.md asks for 0.8 ×).
+const THROUGHPUT_TARGET_RATIO: f64 = 1.0;
 const HEAL_RUNS: usize = 5;
 /// How long the bastion stays down, so the backoff has grown.
 const DOWN_FOR: Duration = Duration::from_secs(3);
-/// DESIGN.md: tunnel re-established after a link comes back: under 2 s.
-const HEAL_TARGET_S: f64 = 2.0;
+/// Votes first (issue 17): the P2P forward carries traffic again within
+/// 0.25 s of the bastion accepting TCP (DESIGN.md asks for under 2 s).
+const HEAL_TARGET_S: f64 = 0.25;
 /// Interval between probes through the forward while healing.
 const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -323,13 +330,76 @@ async fn openssh_forward(
     Ok((child, addr))
 }
 
-pub fn run_throughput(scratch: &Path) -> anyhow::Result<Measured> {
+pub const THROUGHPUT_AES256_GCM: &str = "tunnel_throughput_aes256_gcm_mib_s";
+pub const THROUGHPUT_CHACHA20_POLY1305: &str = "tunnel_throughput_chacha20_poly1305_mib_s";
+pub const THROUGHPUT_AES128_GCM: &str = "tunnel_throughput_aes128_gcm_mib_s";
+
+/// The result name of `cipher`'s throughput.
+pub fn throughput_name(cipher: palisade_ssh::ciphers::Name) -> &'static str {
+    match cipher.as_ref() {
+        "aes256-gcm@openssh.com" => THROUGHPUT_AES256_GCM,
+        "chacha20-poly1305@openssh.com" => THROUGHPUT_CHACHA20_POLY1305,
+        _ => THROUGHPUT_AES128_GCM,
+    }
+}
+
+/// Every cipher the tunnel offers, each alone against OpenSSH forced to it,
+/// in the order the tunnel prefers them here; then
+/// [`THROUGHPUT`] for the first (what the supervisor negotiates with a
+/// current sshd). `wants` selects by result name.
+pub fn run_throughput_ciphers(
+    scratch: &Path,
+    wants: impl Fn(&str) -> bool,
+) -> Vec<(&'static str, anyhow::Result<Measured>)> {
+    let order = palisade_ssh::ciphers::default_order();
+    let mut results = Vec::new();
+    for (index, cipher) in order.iter().enumerate() {
+        let name = throughput_name(*cipher);
+        let preferred = index == 0 && wants(THROUGHPUT);
+        if !wants(name) && !preferred {
+            continue;
+        }
+        eprintln!("palisade-bench: running {name}");
+        let outcome = run_throughput(scratch, *cipher).map(|mut measured| {
+            measured.result.name = name.to_string();
+            measured
+        });
+        if preferred {
+            let copy = match &outcome {
+                Ok(measured) => {
+                    let mut result = measured.result.clone();
+                    result.name = THROUGHPUT.to_string();
+                    Ok(Measured {
+                        result,
+                        detail: format!(
+                            "{} (preferred on this CPU; AES instructions: {})",
+                            measured.detail,
+                            palisade_ssh::ciphers::has_aes_instructions()
+                        ),
+                    })
+                }
+                Err(error) => Err(anyhow::anyhow!("{error:#}")),
+            };
+            results.push((THROUGHPUT, copy));
+        }
+        if wants(name) {
+            results.push((name, outcome));
+        }
+    }
+    results
+}
+
+pub fn run_throughput(
+    scratch: &Path,
+    cipher: palisade_ssh::ciphers::Name,
+) -> anyhow::Result<Measured> {
     let runtime = runtime()?;
     let version = openssh_version()?;
     let sink = TcpServer::start(sink)?;
     runtime.block_on(async {
         let sshd = Sshd::start(scratch, &[sink.port])?;
         let mut config = sshd.config();
+        config.ciphers = vec![cipher];
         config.local_tcp_forwards.push(LocalTcpForward {
             listen: "127.0.0.1:0".parse()?,
             target_host: "127.0.0.1".into(),
@@ -347,6 +417,12 @@ pub fn run_throughput(scratch: &Path) -> anyhow::Result<Measured> {
         .await?;
         let palisade_addr = tunnel.local_tcp_addrs()[0];
         let russh = sshd.negotiated_since(offset)?;
+        ensure!(
+            russh.cipher == cipher.as_ref(),
+            "asked for {} only, negotiated {}",
+            cipher.as_ref(),
+            russh.summary()
+        );
 
         let client = sshd.client(&russh);
         let offset = sshd.log_len();
@@ -493,10 +569,17 @@ pub fn run_heal(scratch: &Path) -> anyhow::Result<Measured> {
                 }
                 tokio::time::sleep(PROBE_INTERVAL).await;
             };
-            let after = state.borrow().clone();
+            // The forward has a connection of its own, which may be back
+            // before the main one (reverse forwards, sessions): the state
+            // says connected once both are.
+            let after = wait_state(&mut state, "reconnected", WAIT, |state| {
+                state.connected_since.is_some() && state.reconnects > reconnects
+            })
+            .await
+            .with_context(|| format!("run {run}: echo answered but no reconnect shows"))?;
             ensure!(
-                after.connected_since.is_some() && after.reconnects > reconnects,
-                "run {run}: echo answered but the state does not show a reconnect: {after:?}"
+                after.reconnects > reconnects,
+                "run {run}: the state does not show a reconnect: {after:?}"
             );
             eprintln!(
                 "  {HEAL} run {run}/{HEAL_RUNS}: {:.3} s",

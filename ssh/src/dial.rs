@@ -171,11 +171,7 @@ where
 /// `timeout` (an error of kind `TimedOut` after it). The supervisor's
 /// tunnels use it alone as a cheap probe of a bastion that is down, and
 /// start the SSH handshake ([`login_over`]) only on a connection it made.
-pub async fn connect_tcp(
-    host: &str,
-    port: u16,
-    timeout: Duration,
-) -> std::io::Result<TcpStream> {
+pub async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| {
@@ -190,8 +186,8 @@ pub async fn connect_tcp(
 
 /// [`login`] on a TCP connection already made (see [`connect_tcp`]): the
 /// SSH handshake and the authentication within `timeout`.
-pub async fn login_over<H>(
-    stream: TcpStream,
+pub async fn login_over<H, S>(
+    stream: S,
     user: &str,
     credential: Credential,
     config: Arc<client::Config>,
@@ -201,6 +197,7 @@ pub async fn login_over<H>(
 where
     H: client::Handler + 'static,
     H::Error: From<russh::Error>,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let attempt = async {
         let mut handle = client::connect_stream(config, stream, handler)

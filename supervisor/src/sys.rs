@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 
 nix::ioctl_write_int!(ficlone_ioctl, 0x94, 9);
@@ -83,6 +83,57 @@ pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Keep at most `bytes` of not-yet-sent data in a TCP socket's send
+/// buffer (`TCP_NOTSENT_LOWAT`): a write waits (and the socket does not
+/// poll writable) while more than that is queued unsent. The tunnels set
+/// it on their SSH connections so that bulk data waits in the tunnel,
+/// where it is bounded, instead of in a send buffer of megabytes that every
+/// later vote would queue behind (docs/benchmarks.md, "Votes first").
+pub fn set_tcp_notsent_lowat(socket: &impl AsFd, bytes: u32) -> io::Result<()> {
+    let value = nix::libc::c_int::try_from(bytes)
+        .map_err(|_| io::Error::from(nix::errno::Errno::EINVAL))?;
+    // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from a
+    // pointer to a live local `c_int`; the descriptor is borrowed from an
+    // open socket for the duration of the call.
+    let result = unsafe {
+        nix::libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_NOTSENT_LOWAT,
+            (&raw const value).cast::<nix::libc::c_void>(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Read back `TCP_NOTSENT_LOWAT` (for the test).
+#[cfg(test)]
+fn tcp_notsent_lowat(socket: &impl AsFd) -> io::Result<u32> {
+    let mut value: nix::libc::c_int = 0;
+    let mut length = std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `length` bytes into the live local
+    // `value` and updates `length`; the descriptor is borrowed for the call.
+    let result = unsafe {
+        nix::libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_NOTSENT_LOWAT,
+            (&raw mut value).cast::<nix::libc::c_void>(),
+            &raw mut length,
+        )
+    };
+    if result == 0 {
+        Ok(value as u32)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// `io::Error::other` would box its message: an allocation in the
@@ -92,5 +143,17 @@ mod tests {
         let error = super::orphaned();
         assert_eq!(error.raw_os_error(), Some(nix::libc::ESRCH));
         assert!(error.get_ref().is_none(), "a boxed payload was allocated");
+    }
+
+    #[test]
+    fn notsent_lowat_is_set_on_a_tcp_socket_and_refused_elsewhere() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        super::set_tcp_notsent_lowat(&stream, 16 * 1024).unwrap();
+        assert_eq!(super::tcp_notsent_lowat(&stream).unwrap(), 16 * 1024);
+        // Not a TCP socket: an error, not a silent no-op.
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(super::set_tcp_notsent_lowat(&unix, 16 * 1024).is_err());
+        assert!(super::set_tcp_notsent_lowat(&stream, u32::MAX).is_err());
     }
 }

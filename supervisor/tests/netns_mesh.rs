@@ -651,6 +651,17 @@ impl ValidatorHost {
         home: PathBuf,
         peering: Peering,
     ) -> ValidatorHost {
+        ValidatorHost::start_with(mesh, scratch, home, peering, "")
+    }
+
+    /// [`ValidatorHost::start`] with `ba_extra` added to ba's `[[bastion]]` table.
+    fn start_with(
+        mesh: &Mesh,
+        scratch: tempfile::TempDir,
+        home: PathBuf,
+        peering: Peering,
+        ba_extra: &str,
+    ) -> ValidatorHost {
         let dir = scratch.path().to_path_buf();
         let binary = dir.join("binaries/v1/simd");
         palisade_simchain::testkit::write_versioned_binary(&binary, &common::simd(), "v1", &[])
@@ -727,7 +738,8 @@ impl ValidatorHost {
             bastion_tables.push_str(&format!(
                 "[[bastion]]\nname = {label:?}\nhost = {ip:?}\nuser = \"root\"\n{pin}\
                  rpc-socket = {rpc_socket:?}\nbackup-command = \"palisade-bastion backup-session\"\n\
-                 {peer}"
+                 {peer}{}",
+                if label == "ba" { ba_extra } else { "" }
             ));
             bastion_backups.push(store_dir.join(VALIDATOR));
             rpc_sockets.push(rpc_socket);
@@ -1114,6 +1126,153 @@ fn validator_votes_through_either_bastion_misses_without_both_and_heals() {
         signed(record).1.is_some_and(|last| last > now + 3)
     });
     let record = mesh.record();
+    assert!(record.double_signs.is_empty(), "{:?}", record.double_signs);
+    supervisor.signal("TERM");
+    assert!(supervisor.wait_exit(TUNNEL).success());
+}
+
+/// Where the bulk stream lands on ba (its chain-side address; a namespace's
+/// loopback is down) and where it enters on
+/// the validator host (a second local forward of ba's tunnel).
+const BULK_SINK_PORT: u16 = 27000;
+const BULK_LISTEN_PORT: u16 = 27100;
+/// The shaped uplink: slow enough that a few hundred KiB queued ahead of
+/// a vote cost more than a 200 ms block.
+const SHAPED_RATE: &str = "4mbit";
+const SHAPED_BYTES_PER_SECOND: f64 = 4_000_000.0 / 8.0;
+
+/// Votes first: with ba as the only bastion, its link shaped to 4 Mbit/s
+/// and a bulk stream saturating it through another forward of the same
+/// tunnel, the validator misses no block. The sentry's forward has an SSH
+/// connection of its own, with a small unsent queue, so votes wait behind
+/// no more than the link's own queue (10 ms); sharing one SSH connection,
+/// they waited behind megabytes (seconds at this rate).
+#[test]
+fn votes_pass_bulk_traffic_on_a_saturated_link_without_a_missed_block() {
+    require_root();
+    let (scratch, home, _validator, mut options) = ValidatorHost::prepare();
+    options.ba_key_options.push_str(&format!(
+        ",permitopen=\"{BA_CHAIN_SIDE_IP}:{BULK_SINK_PORT}\""
+    ));
+    let mesh = Mesh::build(&options);
+    let host = ValidatorHost::start_with(
+        &mesh,
+        scratch,
+        home,
+        Peering::Sentries,
+        &format!(
+            "local-forwards = [{{ listen = \"127.0.0.1:{BULK_LISTEN_PORT}\", \
+             target = \"{BA_CHAIN_SIDE_IP}:{BULK_SINK_PORT}\" }}]\n"
+        ),
+    );
+    let mut supervisor = host.run(&mesh);
+    mesh.wait_for(LONG, |record| signed(record).0 >= 5);
+    // Then bb is cut (the start needed both stores): every vote goes
+    // through ba, shaped.
+    mesh.val_bb.set_down();
+    mesh.val_ba.shape(SHAPED_RATE);
+    let shaped = mesh.height();
+    mesh.wait_for(LONG, |record| record.height >= shaped + 5);
+
+    // A sink on ba counting what arrives, and a writer on the validator
+    // host that sends as fast as the tunnel takes it.
+    let counted = host.scratch.path().join("bulk-bytes");
+    let sink_script = format!(
+        "import socket, sys, threading\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('{BA_CHAIN_SIDE_IP}', {BULK_SINK_PORT})); s.listen(8)\n\
+         total = 0; lock = threading.Lock()\n\
+         def serve(c):\n\
+         \x20   global total\n\
+         \x20   while True:\n\
+         \x20       d = c.recv(65536)\n\
+         \x20       if not d: return\n\
+         \x20       with lock:\n\
+         \x20           total += len(d)\n\
+         \x20           open(sys.argv[1] + '.tmp', 'w').write(str(total))\n\
+         \x20       __import__('os').replace(sys.argv[1] + '.tmp', sys.argv[1])\n\
+         while True:\n\
+         \x20   c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
+    );
+    let _sink = mesh.ba.spawn(
+        mesh.ba
+            .command("/usr/bin/python3")
+            .args(["-c", &sink_script])
+            .arg(&counted)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(host.scratch.path().join("sink.log")).unwrap()),
+    );
+    let bytes = || -> u64 {
+        std::fs::read_to_string(&counted)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let connects = |netns: &Netns, address: &str, port: u16| {
+        netns
+            .command("bash")
+            .args(["-c", &format!("exec 3<>/dev/tcp/{address}/{port}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    common::wait_until(TUNNEL, "the sink on ba to listen", || {
+        connects(&mesh.ba, BA_CHAIN_SIDE_IP, BULK_SINK_PORT)
+    });
+    common::wait_until(TUNNEL, "the bulk forward to listen", || {
+        connects(&mesh.val, "127.0.0.1", BULK_LISTEN_PORT)
+    });
+    let _writer = mesh.val.spawn(
+        mesh.val
+            .command("bash")
+            .args([
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{BULK_LISTEN_PORT}; exec cat /dev/zero >&3"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    // Saturated: the first second fills every queue on the way.
+    let flowing = Instant::now() + TUNNEL;
+    while bytes() <= 256 * 1024 {
+        assert!(
+            Instant::now() < flowing,
+            "bulk does not flow ({} bytes); sink: {}; supervisor:\n{}",
+            bytes(),
+            std::fs::read_to_string(host.scratch.path().join("sink.log")).unwrap_or_default(),
+            supervisor
+                .output()
+                .lines()
+                .filter(|line| line.contains("forward") || line.contains("WARN"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    let (from_bytes, started, from) = (bytes(), Instant::now(), mesh.height());
+    let record = mesh.wait_for(LONG, |record| record.height >= from + 25);
+    let elapsed = started.elapsed().as_secs_f64();
+    let carried = bytes() - from_bytes;
+    let rate = carried as f64 / elapsed;
+    let missed = record.missed_between(VALIDATOR, from + 1, from + 25);
+    eprintln!(
+        "under bulk: {} blocks in {elapsed:.1} s, bulk {:.2} Mbit/s, missed {missed:?}",
+        record.height - from,
+        rate * 8.0 / 1e6
+    );
+    assert!(
+        rate >= 0.6 * SHAPED_BYTES_PER_SECOND,
+        "the bulk stream did not saturate the link: {:.2} Mbit/s of {SHAPED_RATE}",
+        rate * 8.0 / 1e6
+    );
+    assert!(
+        missed.is_empty(),
+        "votes waited behind the bulk stream: missed {missed:?} of blocks {}..{}",
+        from + 1,
+        from + 25
+    );
     assert!(record.double_signs.is_empty(), "{:?}", record.double_signs);
     supervisor.signal("TERM");
     assert!(supervisor.wait_exit(TUNNEL).success());

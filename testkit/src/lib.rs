@@ -385,14 +385,37 @@ impl Sshd {
             .append(true)
             .open(&log_path)
             .map_err(|e| Error::new(format!("opening {}: {e}", log_path.display())))?;
-        let mut command = match self.exec_prefix.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(SSHD);
-                command
-            }
-            None => Command::new(SSHD),
-        };
+        // The whole chain, `exec_prefix` then sshd, each exec'ing the next.
+        let mut chain: Vec<String> = self.exec_prefix.clone();
+        chain.push(SSHD.to_string());
+        if nix::unistd::geteuid().is_root() {
+            // sshd runs every session through the user's shell, and Debian's
+            // bash reads ~/.bashrc for commands sshd runs. A developer's or a
+            // CI image's root .bashrc (pyenv's `eval "$(pyenv init -)"`, say)
+            // then runs on every session the tests open, and a session killed
+            // when a test ends can leave a lock behind (pyenv's rehash lock)
+            // that stalls every later session for a minute. Production tunnel
+            // users have `/bin/sh` and no startup files (docs/bastion.md); so
+            // in a private mount namespace, root's .bashrc is empty for sshd.
+            let mut wrapped: Vec<String> = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "if [ -f \"$HOME/.bashrc\" ]; then mount --bind /dev/null \"$HOME/.bashrc\"; fi; exec \"$@\"",
+                "palisade-sshd",
+            ]
+            .iter()
+            .map(|part| part.to_string())
+            .collect();
+            wrapped.append(&mut chain);
+            chain = wrapped;
+        }
+        let (program, args) = chain.split_first().expect("sshd at least");
+        let mut command = Command::new(program);
+        command.args(args);
         command
             .args(["-D", "-e", "-f"])
             .arg(self.path("sshd_config"))

@@ -403,6 +403,33 @@ impl Link {
         self.a.set("up");
         self.b.set("up");
     }
+
+    /// Shapes both directions like an uplink of `rate` (tc's syntax, e.g. `"4mbit"`): a token
+    /// bucket (`tc qdisc replace … root tbf`) on each end's egress with a 32 kbit burst and a
+    /// queue of at most 200 ms (a modem's buffer; a shorter one drops a packet of every flow,
+    /// votes' too, whenever bulk fills it), so the link, not a buffer, is the bottleneck.
+    pub fn shape(&self, rate: &str) {
+        for end in [&self.a, &self.b] {
+            run_ok(Command::new("ip").args([
+                "netns",
+                "exec",
+                &end.netns,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                &end.ifname,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "32kbit",
+                "latency",
+                "200ms",
+            ]));
+        }
+    }
 }
 
 impl Drop for Link {
