@@ -377,17 +377,25 @@ impl Link {
         };
         let channel = match tokio::time::timeout(self.timeout, started).await {
             Ok(result) => result?,
-            Err(_) => {
-                return Err(DialError::Timeout {
-                    address: format!("{} (running {command:?})", self.address),
-                    timeout: self.timeout,
-                });
-            }
+            Err(_) => return Err(self.timed_out(&format!("running {command:?}"))),
         };
-        Ok(UnixChannel {
+        Ok(self.stream(channel))
+    }
+
+    /// No answer within the dial timeout while doing `what`.
+    fn timed_out(&self, what: &str) -> DialError {
+        DialError::Timeout {
+            address: format!("{} ({what})", self.address),
+            timeout: self.timeout,
+        }
+    }
+
+    /// `channel` as a byte stream that keeps this connection alive.
+    fn stream(&self, channel: russh::Channel<client::Msg>) -> UnixChannel {
+        UnixChannel {
             stream: channel.into_stream(),
             _link: self.handle.clone(),
-        })
+        }
     }
 
     /// Open a `direct-streamlocal@openssh.com` channel to `path` on the
@@ -416,17 +424,9 @@ impl Link {
                 });
             }
             Ok(Err(error)) => return Err(DialError::Ssh(error)),
-            Err(_) => {
-                return Err(DialError::Timeout {
-                    address: format!("{} (channel to {path})", self.address),
-                    timeout: self.timeout,
-                });
-            }
+            Err(_) => return Err(self.timed_out(&format!("channel to {path}"))),
         };
-        Ok(UnixChannel {
-            stream: channel.into_stream(),
-            _link: self.handle.clone(),
-        })
+        Ok(self.stream(channel))
     }
 
     /// `host:port` as dialed.
