@@ -489,9 +489,7 @@ fn separate_users_keep_operators_and_tunnel_keys_away_from_the_backups() {
             alice = keys.public("alice"),
         ),
     );
-    let output = vault.command().arg("init-rpc").output().unwrap();
-    assert!(output.status.success(), "init-rpc: {output:?}");
-    let pin = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let pin = vault.init_rpc();
     let _supervisor = vault.run();
     common::wait_until(LONG, "the validator's socket on the bastion", || {
         rpc_socket.exists()

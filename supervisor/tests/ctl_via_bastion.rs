@@ -194,10 +194,7 @@ fn setup() -> Setup {
     assert!(hashed.status.success(), "ssh-keygen -H: {hashed:?}");
     let text = std::fs::read_to_string(&known_hosts).unwrap();
     assert!(text.starts_with("|1|"), "{text}");
-    let output = vault.command().arg("init-rpc").output().unwrap();
-    assert!(output.status.success(), "init-rpc: {output:?}");
-    let pin = String::from_utf8(output.stdout).unwrap().trim().to_string();
-    assert!(pin.starts_with("sha256:"), "{pin}");
+    let pin = vault.init_rpc();
     Setup {
         vault,
         sshd,

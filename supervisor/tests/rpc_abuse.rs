@@ -922,8 +922,7 @@ fn abuse_of_the_control_socket_leaves_the_supervisor_supervising() {
         "",
     );
     // A TLS identity, so that a ClientHello gets a real handshake.
-    let output = fixture.command().arg("init-rpc").output().unwrap();
-    assert!(output.status.success(), "init-rpc: {output:?}");
+    fixture.init_rpc();
     let supervisor = fixture.run();
     common::wait_until(LONG, "the control socket", || fixture.socket.exists());
     fixture.unlock();

@@ -40,7 +40,8 @@ pub struct BastionState {
     /// connections; live in [`BastionTunnel::snapshot`], zero in the watch.
     pub bytes_to_bastion: u64,
     pub bytes_from_bastion: u64,
-    /// Successful connections after the first.
+    /// Successful connections after the first, of every connection to the
+    /// bastion (the main one and each forward's own) together.
     pub reconnects: u32,
     /// The supervisor loop has ended (shutdown or a fatal error).
     pub stopped: bool,
@@ -1061,22 +1062,22 @@ pub(super) fn merged_state(
     lanes: &[(SocketAddr, BastionState)],
 ) -> BastionState {
     let mut merged = main.clone();
-    for (address, lane) in lanes {
+    for (_, lane) in lanes {
         merged.reconnects = merged.reconnects.saturating_add(lane.reconnects);
         merged.stopped |= lane.stopped;
         merged.connected_since = match (merged.connected_since, lane.connected_since) {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
         };
-        if lane.connected_since.is_none()
-            && main.connected_since.is_some()
-            && merged.last_error.as_deref() == main.last_error.as_deref()
-        {
-            merged.last_error = Some(match &lane.last_error {
-                Some(error) => format!("the connection for the forward {address}: {error}"),
-                None => format!("the connection for the forward {address} is not up yet"),
-            });
-        }
+    }
+    let first_lane_down = lanes
+        .iter()
+        .find(|(_, lane)| lane.connected_since.is_none());
+    if let (Some(_), Some((address, lane))) = (main.connected_since, first_lane_down) {
+        merged.last_error = Some(match &lane.last_error {
+            Some(error) => format!("the connection for the forward {address}: {error}"),
+            None => format!("the connection for the forward {address} is not up yet"),
+        });
     }
     merged
 }

@@ -670,6 +670,16 @@ impl VaultRpc {
         fixture
     }
 
+    /// `palisade-supervisor init-rpc`: the TLS identity; returns the
+    /// certificate pin it prints (`sha256:…`).
+    pub fn init_rpc(&self) -> String {
+        let output = self.command().arg("init-rpc").output().unwrap();
+        assert!(output.status.success(), "init-rpc: {output:?}");
+        let pin = String::from_utf8(output.stdout).unwrap().trim().to_string();
+        assert!(pin.starts_with("sha256:"), "{pin}");
+        pin
+    }
+
     /// `palisade-supervisor` with this fixture's environment and config.
     pub fn command(&self) -> Command {
         self.chain

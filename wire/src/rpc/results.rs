@@ -321,7 +321,8 @@ pub struct TunnelEntry {
     pub bytes_to_bastion: u64,
     /// Bytes carried from the bastion.
     pub bytes_from_bastion: u64,
-    /// Successful connections after the first.
+    /// Successful connections after the first, of every connection to the
+    /// bastion (the main one and each local forward's own) together.
     pub reconnects: u64,
     /// The tunnel has stopped for good (shutdown, or a host-key or
     /// authentication failure).
