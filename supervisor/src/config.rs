@@ -8,6 +8,7 @@
 //! came from (`file:key` or `environment variable NAME`) and why it is wrong.
 //! Loading has no side effects: a bad configuration changes nothing.
 
+mod account;
 mod failover;
 mod host;
 mod operators;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 
 use crate::upgrade::download::ChecksumPolicy;
 
+pub use account::NodeAccount;
 pub use failover::{FailoverSettings, RawFailover, TakeoverMode, valid_host_id};
 pub use host::{HostSettings, RawHost, check_shutdown_command};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
@@ -197,6 +199,13 @@ pub struct RawDaemon {
     /// written to `config.toml` when the supervisor manages the node's
     /// peering (a `[[bastion]]` with a `sentry`); `0` turns the check off.
     pub double_sign_check_height: Option<u64>,
+    /// Default: the supervisor's own user. The account the node and the
+    /// pre-upgrade scripts run under (a name or a uid; never root). Needs
+    /// CAP_SETUID, CAP_SETGID, CAP_KILL, CAP_CHOWN and CAP_DAC_OVERRIDE
+    /// (`docs/supervisor.md`, "The node's own account").
+    pub user: Option<String>,
+    /// Default: the primary group of `user`.
+    pub group: Option<String>,
 }
 
 /// `[upgrade]`: how upgrades are detected, prepared and performed.
@@ -271,6 +280,8 @@ pub struct Config {
     /// `[consensus] double_sign_check_height` for the node's config.toml
     /// (written with the peering).
     pub double_sign_check_height: u64,
+    /// `None`: the node runs as the supervisor's user.
+    pub daemon_account: Option<NodeAccount>,
     pub poll_interval: Duration,
     pub allow_download_binaries: bool,
     pub checksum_policy: ChecksumPolicy,
@@ -497,6 +508,16 @@ impl Config {
             (
                 "daemon.double-sign-check-height",
                 self.double_sign_check_height.to_string(),
+            ),
+            (
+                "daemon.user",
+                match &self.daemon_account {
+                    None => "none (the supervisor's own)".to_string(),
+                    Some(account) => format!(
+                        "{} (uid {}, gid {})",
+                        account.user, account.uid, account.gid
+                    ),
+                },
             ),
             ("rpc.tls-dir", self.rpc.tls_dir.display().to_string()),
             ("rpc.idle-timeout", duration(self.rpc.idle_timeout)),
@@ -1069,6 +1090,8 @@ fn validate(
     let tunnels = tunnels::validate_tunnels(r, raw.tunnel, raw.bastion);
     let operators = operators::validate_operators(r, raw.operator);
     let host = host::validate_host(r, raw.host);
+    let daemon_account =
+        account::resolve_account(r, raw.daemon.user.as_deref(), raw.daemon.group.as_deref());
     let failover = failover::validate_failover(r, raw.failover, vault.is_some());
     if let Some(tunnels) = &tunnels
         && tunnels.bastions.iter().any(|b| b.backup_command.is_some())
@@ -1117,6 +1140,7 @@ fn validate(
         restart_delay,
         restart_after_upgrade,
         double_sign_check_height: raw.daemon.double_sign_check_height.unwrap_or(10),
+        daemon_account,
         poll_interval,
         allow_download_binaries,
         checksum_policy: if must_have_checksum {

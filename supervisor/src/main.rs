@@ -16,6 +16,9 @@ fn main() {
     if let Err(error) = palisade_supervisor::vault::deny_core_dumps() {
         tracing::warn!("{error}; secrets could end up in a core dump");
     }
+    if let Err(error) = palisade_supervisor::vault::exclude_thread_stack_from_dumps() {
+        tracing::warn!("{error}");
+    }
     let code = match dispatch(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -110,6 +113,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             // as long as the process, which PR_SET_PDEATHSIG requires.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // Blocking-pool threads use the vault's keys too.
+                .on_thread_start(|| {
+                    if let Err(error) =
+                        palisade_supervisor::vault::exclude_thread_stack_from_dumps()
+                    {
+                        tracing::warn!("{error}");
+                    }
+                })
                 .build()?;
             let outcome = runtime.block_on(async {
                 let shutdown = shutdown_signals()?;

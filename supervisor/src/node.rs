@@ -10,6 +10,7 @@
 //! Only [`process`] sends signals or calls `waitpid`; only the supervision
 //! executor decides when.
 
+pub mod account;
 pub(crate) mod config_toml;
 pub mod files;
 pub(crate) mod output;

@@ -44,7 +44,10 @@ mod tmpfs;
 
 pub use error::VaultError;
 pub use key_file::KeyKind;
-pub use memory::{MemoryLock, SwapStatus, check_swap, deny_core_dumps, lock_memory, swap_status};
+pub use memory::{
+    MemoryLock, SwapStatus, check_swap, deny_core_dumps, exclude_thread_stack_from_dumps,
+    lock_memory, swap_status,
+};
 pub use store::{
     IDENTITY_FILE, INFO_FILE, KEYS_DIR, UnlockedVault, WorkFactor, import_key_files, init_vault,
     read_info, unlock,

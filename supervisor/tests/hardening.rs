@@ -324,3 +324,90 @@ fn trusted_uids_are_configuration_and_an_empty_list_trusts_nobody() {
         supervisor.stop();
     }
 }
+
+/// Finding 4 (rest): the keys an unlocked vault keeps for its session (the
+/// vault's age identity and backup signing key) are in pages that core
+/// dumps leave out (`MADV_DONTDUMP`). Root's `gcore` of the unlocked,
+/// signing supervisor holds neither secret, nor the validator key it wrote
+/// to tmpfs, while the vault's public recipient (ordinary heap) is there:
+/// the search would find the secrets if they were dumped.
+#[test]
+fn a_core_of_the_unlocked_supervisor_holds_no_key() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root: gcore must attach to a process that is not dumpable"
+    );
+    use base64::Engine;
+    let fixture = VaultRpc::setup(BLOCK, PASSPHRASE, "", "");
+    let supervisor = fixture.run();
+    wait_for_node_state(&fixture.socket, "locked", LONG);
+    fixture.unlock();
+    fixture.chain.wait_signing(1, LONG);
+
+    // The secrets, read the way an attacker with the passphrase would.
+    let vault = fixture.chain.home.join("palisade").join("vault");
+    let ciphertext = std::fs::read(vault.join("identity.age")).unwrap();
+    let decryptor = age::Decryptor::new(&ciphertext[..]).unwrap();
+    let identity = age::scrypt::Identity::new(PASSPHRASE.to_string().into());
+    let mut plaintext = Vec::new();
+    std::io::Read::read_to_end(
+        &mut decryptor
+            .decrypt(std::iter::once(&identity as &dyn age::Identity))
+            .unwrap(),
+        &mut plaintext,
+    )
+    .unwrap();
+    let bundle: serde_json::Value = serde_json::from_slice(&plaintext).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let signing_seed = b64
+        .decode(bundle["backup_signing_seed"].as_str().unwrap())
+        .unwrap();
+    let (_, data, _) = bech32::decode(bundle["age_identity"].as_str().unwrap()).unwrap();
+    let age_secret: Vec<u8> = bech32::FromBase32::from_base32(&data).unwrap();
+    let key_file: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture.tmpfs.join("priv_validator_key.json")).unwrap(),
+    )
+    .unwrap();
+    let validator_text = key_file["priv_key"]["value"].as_str().unwrap().to_string();
+    let validator_secret = b64.decode(&validator_text).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vault.join("vault.json")).unwrap()).unwrap();
+    let recipient = info["age_recipient"].as_str().unwrap().to_string();
+    assert_eq!(signing_seed.len(), 32);
+    assert_eq!(age_secret.len(), 32);
+
+    let cores = tempfile::tempdir().unwrap();
+    let prefix = cores.path().join("core");
+    let pid = supervisor.child.id();
+    let output = std::process::Command::new("gcore")
+        .arg("-o")
+        .arg(&prefix)
+        .arg(pid.to_string())
+        .output()
+        .expect("gcore (package gdb) runs");
+    let core_path = cores.path().join(format!("core.{pid}"));
+    assert!(core_path.exists(), "gcore wrote no core: {output:?}");
+    let core = std::fs::read(&core_path).unwrap();
+    let holds = |needle: &[u8]| core.windows(needle.len()).any(|window| window == needle);
+    assert!(
+        holds(recipient.as_bytes()),
+        "the core lacks ordinary heap contents ({} bytes): the search proves nothing",
+        core.len()
+    );
+    for (what, secret) in [
+        ("the vault's backup signing key", &signing_seed[..]),
+        ("the vault's age identity", &age_secret[..]),
+        ("the validator key", &validator_secret[..32]),
+        ("the validator key (base64)", validator_text.as_bytes()),
+        (
+            "the vault's age identity (text)",
+            bundle["age_identity"].as_str().unwrap().as_bytes(),
+        ),
+    ] {
+        assert!(
+            !holds(secret),
+            "{what} is in the core of the unlocked supervisor"
+        );
+    }
+    supervisor.stop();
+}

@@ -593,7 +593,7 @@ fn materialize_into_tmpfs_edits_config_and_wipe_leaves_nothing() {
     let shm = tmpfs_root();
     let tmpfs_dir = shm.path().join("keys");
 
-    let keys = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home()).unwrap();
+    let keys = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home(), None).unwrap();
     assert_eq!(keys.dir(), fs::canonicalize(&tmpfs_dir).unwrap());
     assert_eq!(mode(&tmpfs_dir), 0o700);
     for kind in KeyKind::ALL {
@@ -657,7 +657,7 @@ fn materialize_into_tmpfs_edits_config_and_wipe_leaves_nothing() {
     assert_eq!(fs::read_to_string(fixture.config_toml()).unwrap(), expected);
 
     // Materializing again works (config unchanged this time).
-    let keys = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home()).unwrap();
+    let keys = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home(), None).unwrap();
     drop(keys); // Drop wipes as a fallback.
     assert!(!tmpfs_dir.exists());
 }
@@ -670,7 +670,7 @@ fn materialize_refuses_a_disk_filesystem_and_changes_nothing() {
     let disk_dir = fixture.root.path().join("not-tmpfs").join("keys");
     let config_before = fs::read(fixture.config_toml()).unwrap();
 
-    let error = vault::materialize(&unlocked, &disk_dir, &fixture.home()).unwrap_err();
+    let error = vault::materialize(&unlocked, &disk_dir, &fixture.home(), None).unwrap_err();
     let VaultError::NotTmpfs {
         ref path,
         ref filesystem,
@@ -694,7 +694,7 @@ fn materialize_refuses_a_disk_filesystem_and_changes_nothing() {
     let shared = shm.path().join("shared");
     fs::create_dir(&shared).unwrap();
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o750)).unwrap();
-    let error = vault::materialize(&unlocked, &shared, &fixture.home()).unwrap_err();
+    let error = vault::materialize(&unlocked, &shared, &fixture.home(), None).unwrap_err();
     assert!(
         matches!(error, VaultError::InsecureDirectory { .. }),
         "{error}"
@@ -704,7 +704,7 @@ fn materialize_refuses_a_disk_filesystem_and_changes_nothing() {
     // A broken config.toml is refused before any key is written.
     fs::write(fixture.config_toml(), "moniker = [unclosed").unwrap();
     let tmpfs_dir = shm.path().join("keys");
-    let error = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home()).unwrap_err();
+    let error = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home(), None).unwrap_err();
     assert!(matches!(error, VaultError::Config { .. }), "{error}");
     assert!(!tmpfs_dir.exists());
 }
@@ -722,12 +722,12 @@ fn wipe_leftovers_cleans_up_after_a_crash() {
         Vec::<PathBuf>::new()
     );
     // Simulated SIGKILL: neither wipe() nor Drop runs.
-    let keys: TmpfsKeys = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home()).unwrap();
+    let keys: TmpfsKeys = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home(), None).unwrap();
     std::mem::forget(keys);
     assert!(tmpfs_dir.join("priv_validator_key.json").exists());
 
     // Materializing over leftovers is refused.
-    let error = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home()).unwrap_err();
+    let error = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home(), None).unwrap_err();
     assert!(
         matches!(error, VaultError::TmpfsFileExists { .. }),
         "{error}"
@@ -766,7 +766,7 @@ fn no_plaintext_key_reaches_persistent_disk() {
     fixture.import_both(&mut unlocked);
     let shm = tmpfs_root();
     let tmpfs_dir = shm.path().join("keys");
-    let keys = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home()).unwrap();
+    let keys = vault::materialize(&unlocked, &tmpfs_dir, &fixture.home(), None).unwrap();
     // Sanity check of the scanner: the tmpfs copy does contain the needles.
     let needles = fixture.secret_needles();
     let tmpfs_copy = fs::read(keys.path(KeyKind::PrivValidatorKey).unwrap()).unwrap();

@@ -24,7 +24,7 @@ use std::time::Duration;
 use palisade_wire::rpc::{RpcError, code};
 use tokio::time::Instant;
 
-use crate::node::process::Reaper;
+use crate::node::process::{Reaper, RunAs};
 use crate::node::restart_policy::ExitKind;
 
 /// How long a confirmation token is valid.
@@ -206,7 +206,7 @@ pub async fn run_shutdown_command(reaper: &Reaper, command: &[String]) -> Result
     let args: Vec<OsString> = command.iter().skip(1).map(OsString::from).collect();
     tracing::warn!(?command, program = %resolved.display(), "running the host shutdown command");
     match reaper
-        .run_to_completion(&resolved, &args, COMMAND_TIMEOUT)
+        .run_to_completion(&resolved, &args, COMMAND_TIMEOUT, RunAs::Supervisor)
         .await
     {
         Ok(ExitKind::Code(0)) => {

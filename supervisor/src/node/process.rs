@@ -53,17 +53,31 @@ struct ReaperState {
 #[derive(Clone)]
 pub struct Reaper {
     state: Arc<Mutex<ReaperState>>,
+    /// `[daemon] user`/`group` as (uid, gid): what the node and the
+    /// pre-upgrade helpers run as; `None`: the supervisor's own account.
+    node_account: Option<(u32, u32)>,
+}
+
+/// Whose account a helper command runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAs {
+    /// The node's (`[daemon] user`): pre-upgrade scripts, which the
+    /// release or its operator provides with the node.
+    Node,
+    /// The supervisor's own: `host.shutdown`'s command.
+    Supervisor,
 }
 
 impl Reaper {
     /// Become a child subreaper and start reaping on SIGCHLD. Must be
     /// called inside the tokio runtime.
-    pub fn start() -> std::io::Result<Reaper> {
+    pub fn start(node_account: Option<(u32, u32)>) -> std::io::Result<Reaper> {
         if let Err(error) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!(%error, "cannot become a child subreaper; orphans of the daemon will be reaped by init");
         }
         let reaper = Reaper {
             state: Arc::new(Mutex::new(ReaperState::default())),
+            node_account,
         };
         let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let task_reaper = reaper.clone();
@@ -125,6 +139,7 @@ impl Reaper {
         program: &Path,
         args: &[OsString],
         timeout: Duration,
+        run_as: RunAs,
     ) -> Result<ExitKind, SpawnError> {
         let mut command = std::process::Command::new(program);
         command
@@ -132,7 +147,11 @@ impl Reaper {
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
-        crate::sys::child_in_own_group_killed_with_parent(&mut command);
+        let account = match run_as {
+            RunAs::Node => self.node_account,
+            RunAs::Supervisor => None,
+        };
+        crate::sys::child_in_own_group_killed_with_parent(&mut command, account);
         let (pid, mut exit) = self
             .spawn(&mut command)
             .map_err(|source| SpawnError::Exec {
@@ -197,7 +216,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout_write))
             .stderr(Stdio::from(stderr_write));
-        crate::sys::child_in_own_group_killed_with_parent(&mut command);
+        crate::sys::child_in_own_group_killed_with_parent(&mut command, reaper.node_account);
         let (pid, exit) = reaper
             .spawn(&mut command)
             .map_err(|source| SpawnError::Exec {

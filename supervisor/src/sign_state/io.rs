@@ -3,6 +3,7 @@
 //! directory, fsync, rename, fsync the directory), refusing before touching
 //! anything if the new state is below the highest known watermark.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use palisade_daemon::durable::{self, AtomicWrite, DurableError, Existing};
@@ -100,6 +101,19 @@ pub fn write_atomic(
     for temp in durable::remove_leftover_temp_files(path)? {
         tracing::info!(temp = %temp.display(), "removed a stale sign-state temp file");
     }
-    AtomicWrite::new(0o600, Existing::Replace).write(path, &state.to_json())?;
+    // Mode 0600, as CometBFT writes it. In a directory of another account
+    // (the node's, `[daemon] user`) the file is that account's, so that the
+    // node can keep rewriting it; otherwise it is ours.
+    let mut write = AtomicWrite::new(0o600, Existing::Replace);
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if let Ok(directory) = std::fs::metadata(parent)
+        && directory.uid() != nix::unistd::geteuid().as_raw()
+    {
+        write = write.owned_by(directory.uid(), directory.gid());
+    }
+    write.write(path, &state.to_json())?;
     Ok(())
 }

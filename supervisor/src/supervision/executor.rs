@@ -947,8 +947,15 @@ impl Executor {
         let prepared = self.prepared.take().context("the start rule did not run")?;
         // Swap may have been turned on since the supervisor started.
         crate::vault::check_swap(settings.swap, crate::vault::swap_status())?;
-        let tmpfs =
-            crate::vault::materialize(&vault, &settings.tmpfs_dir, &self.config.daemon_home)?;
+        let tmpfs = crate::vault::materialize(
+            &vault,
+            &settings.tmpfs_dir,
+            &self.config.daemon_home,
+            self.config
+                .daemon_account
+                .as_ref()
+                .map(|account| account.gid),
+        )?;
         tracing::info!(dir = %tmpfs.dir().display(), "validator keys decrypted into tmpfs; config.toml points at them");
         let state_path = self.node.state.clone();
         let backups = match BackupWorker::spawn(
@@ -1036,6 +1043,9 @@ impl Executor {
     fn try_spawn(&mut self) -> anyhow::Result<u32> {
         let version = self.layout.current_version()?;
         let binary = self.layout.check_binary(&version)?;
+        if let Some(account) = &self.config.daemon_account {
+            crate::node::account::open_binary_path_for_node(&binary, self.layout.root(), account)?;
+        }
         let daemon = Daemon::spawn(
             &self.reaper,
             &binary,

@@ -109,7 +109,22 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     }
     let layout = Layout::new(&config.daemon_home, &config.daemon_name);
     remove_interrupted_work(&config, &layout);
-    let reaper = Reaper::start()?;
+    if let Some(account) = &config.daemon_account {
+        crate::node::account::check_can_run_as(account)
+            .context("cannot run the node under its own account ([daemon] user)")?;
+        tracing::info!(
+            user = %account.user,
+            uid = account.uid,
+            gid = account.gid,
+            "the node and pre-upgrade scripts run under their own account"
+        );
+    }
+    let reaper = Reaper::start(
+        config
+            .daemon_account
+            .as_ref()
+            .map(|account| (account.uid, account.gid)),
+    )?;
     let notifier = Notifier::from_env();
 
     // The control socket and the tunnels come up before the vault is

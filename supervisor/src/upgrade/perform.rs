@@ -21,7 +21,7 @@ use palisade_wire::upgrade_record::{
 };
 
 use crate::config::{Config, DataBackupPolicy};
-use crate::node::process::Reaper;
+use crate::node::process::{Reaper, RunAs};
 use crate::node::restart_policy::ExitKind;
 use crate::upgrade::data_backup::{BackupProgress, backup_data_dir};
 use crate::upgrade::download::{DownloadError, DownloadLimits, Downloader};
@@ -329,7 +329,7 @@ pub async fn prepare_and_switch(
         ));
         let exit = context
             .reaper
-            .run_to_completion(script, &args, PREUPGRADE_TIMEOUT)
+            .run_to_completion(script, &args, PREUPGRADE_TIMEOUT, RunAs::Node)
             .await
             .map_err(|error| UpgradeFailure::CustomPreUpgrade {
                 script: script.clone(),
@@ -377,7 +377,12 @@ async fn run_preupgrade(
         attempt += 1;
         let exit = context
             .reaper
-            .run_to_completion(binary, &[OsString::from("pre-upgrade")], PREUPGRADE_TIMEOUT)
+            .run_to_completion(
+                binary,
+                &[OsString::from("pre-upgrade")],
+                PREUPGRADE_TIMEOUT,
+                RunAs::Node,
+            )
             .await
             .map_err(|error| UpgradeFailure::PreUpgrade(error.to_string()))?;
         match exit {

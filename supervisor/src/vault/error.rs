@@ -129,6 +129,10 @@ pub enum VaultError {
         /// Which field differs.
         field: &'static str,
     },
+    /// The pages that keep the unlocked keys out of core dumps could not be
+    /// set up (`sys::SecretCell`): the vault stays locked.
+    #[error("cannot set up memory for the unlocked keys that core dumps leave out: {0}")]
+    SecretMemory(String),
     /// A vault file has a format version this build does not understand.
     #[error("{} has format version {found}; this build supports version {supported}", path.display())]
     UnsupportedVersion {

@@ -219,6 +219,14 @@ pub fn deny_core_dumps() -> Result<(), String> {
         .map_err(|error| format!("cannot clear the dumpable flag (PR_SET_DUMPABLE): {error}"))
 }
 
+/// Leaves the calling thread's stack out of core dumps, where copies of the
+/// vault's keys land when they are used (`sys::exclude_current_stack_from_dumps`).
+/// Called on the main thread and on every runtime thread as it starts.
+pub fn exclude_thread_stack_from_dumps() -> Result<(), String> {
+    crate::sys::exclude_current_stack_from_dumps()
+        .map_err(|error| format!("cannot leave this thread's stack out of core dumps: {error}"))
+}
+
 #[cfg(test)]
 mod dump_tests {
     /// Runs in its own process (nextest): afterwards no core can be written

@@ -30,6 +30,14 @@ pub(super) fn parent_of(path: &Path) -> &Path {
 /// Checks that `path` is a real directory (not a symlink) owned by the
 /// effective user with no group/other permission bits.
 pub(super) fn check_private_dir(path: &Path) -> Result<(), VaultError> {
+    check_key_dir(path, None)
+}
+
+/// [`check_private_dir`], except that with `group` (the node's, when it runs
+/// under its own account) the directory may also be 0750 with that group,
+/// as [`share_with_group`] leaves it: the node may list and read it, never
+/// write it.
+pub(super) fn check_key_dir(path: &Path, group: Option<u32>) -> Result<(), VaultError> {
     let metadata = fs::symlink_metadata(path).map_err(VaultError::io("inspect", path))?;
     let insecure = |reason: String| VaultError::InsecureDirectory {
         path: path.to_path_buf(),
@@ -49,12 +57,34 @@ pub(super) fn check_private_dir(path: &Path) -> Result<(), VaultError> {
         )));
     }
     let mode = metadata.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(insecure(format!(
-            "its mode is {mode:04o}; group and other must have no access (chmod 700)"
-        )));
+    let shared = group.is_some_and(|gid| metadata.gid() == gid && mode & 0o7027 == 0);
+    if mode & 0o077 != 0 && !shared {
+        return Err(insecure(match group {
+            None => {
+                format!("its mode is {mode:04o}; group and other must have no access (chmod 700)")
+            }
+            Some(gid) => format!(
+                "its mode is {mode:04o} with group {}; only the node's group ({gid}) may read it, \
+                 and nobody else may have access (chmod 750, chgrp {gid})",
+                metadata.gid()
+            ),
+        }));
     }
     Ok(())
+}
+
+/// Gives `group` read access to `file` (0640) or a directory (0750): the
+/// node's group, when the node runs under its own account and must read
+/// the keys the supervisor writes for it.
+pub(super) fn share_with_group(
+    path: &Path,
+    file: &File,
+    group: u32,
+    mode: u32,
+) -> Result<(), VaultError> {
+    std::os::unix::fs::fchown(file, None, Some(group)).map_err(VaultError::io("chgrp", path))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(VaultError::io("chmod", path))
 }
 
 /// Refuses a `path` whose nearest existing parent other users may write to
@@ -122,6 +152,16 @@ pub(super) fn ensure_private_dir(path: &Path) -> Result<(), VaultError> {
 /// `bytes` into it with an fsync. Used inside the tmpfs directory, where a
 /// rename buys nothing and a temp file would be one more copy to wipe.
 pub(super) fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
+    write_new_key_file(path, bytes, None)
+}
+
+/// [`write_new_private_file`]; with `group`, the file is 0640 for that group
+/// ([`share_with_group`]) before the first byte is written.
+pub(super) fn write_new_key_file(
+    path: &Path,
+    bytes: &[u8],
+    group: Option<u32>,
+) -> Result<(), VaultError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -131,6 +171,9 @@ pub(super) fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Va
         .map_err(VaultError::io("create", path))?;
     file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))
         .map_err(VaultError::io("chmod", path))?;
+    if let Some(group) = group {
+        share_with_group(path, &file, group, 0o640)?;
+    }
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(VaultError::io("write", path))

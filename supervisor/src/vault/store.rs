@@ -21,6 +21,7 @@ use super::VaultError;
 use super::error::InvalidRecipient;
 use super::key_file::{self, KeyKind};
 use super::secure_fs::{self, PRIVATE_FILE_MODE};
+use crate::sys::SecretCell;
 
 /// Format version written to `vault.json` and inside `identity.age`.
 pub const FORMAT_VERSION: u32 = 1;
@@ -221,9 +222,15 @@ impl fmt::Debug for SecretBundle<'_> {
 /// An unlocked vault: the decrypted identity and signing key, in memory only.
 pub struct UnlockedVault {
     dir: PathBuf,
+    /// In pages of their own that core dumps leave out (`sys::SecretCell`).
+    secrets: SecretCell<VaultSecrets>,
+    info: VaultInfo,
+}
+
+/// What an unlocked vault keeps for its session.
+struct VaultSecrets {
     identity: age::x25519::Identity,
     signing_key: SigningKey,
-    info: VaultInfo,
 }
 
 impl fmt::Debug for UnlockedVault {
@@ -250,22 +257,22 @@ impl UnlockedVault {
 
     /// The vault's age X25519 recipient.
     pub fn recipient(&self) -> age::x25519::Recipient {
-        self.identity.to_public()
+        self.secrets.identity.to_public()
     }
 
     /// The vault's age identity, to decrypt backups made to [`Self::recipient`].
     pub fn age_identity(&self) -> &age::x25519::Identity {
-        &self.identity
+        &self.secrets.identity
     }
 
     /// The backup signing key.
     pub fn signing_key(&self) -> &SigningKey {
-        &self.signing_key
+        &self.secrets.signing_key
     }
 
     /// The backup verifying key.
     pub fn verifying_key(&self) -> VerifyingKey {
-        self.signing_key.verifying_key()
+        self.secrets.signing_key.verifying_key()
     }
 
     /// Path of the encrypted copy of `kind`.
@@ -283,7 +290,7 @@ impl UnlockedVault {
             });
         }
         let ciphertext = read_vault_file(&path)?;
-        decrypt(&self.identity, &ciphertext).map_err(|failure| VaultError::Corrupt {
+        decrypt(&self.secrets.identity, &ciphertext).map_err(|failure| VaultError::Corrupt {
             path,
             reason: failure.reason(),
         })
@@ -539,11 +546,15 @@ pub fn unlock(dir: &Path, passphrase: &SecretString) -> Result<UnlockedVault, Va
     if bundle.recovery_recipients != info.recovery_recipients {
         return Err(mismatch("recovery_recipients"));
     }
+    let secrets = SecretCell::new(VaultSecrets {
+        identity,
+        signing_key,
+    })
+    .map_err(|error| VaultError::SecretMemory(error.to_string()))?;
     tracing::info!(vault = %dir.display(), keys = ?info.keys, "vault unlocked");
     Ok(UnlockedVault {
         dir: dir.to_path_buf(),
-        identity,
-        signing_key,
+        secrets,
         info,
     })
 }
@@ -678,7 +689,8 @@ pub fn import_key_files(
 /// Reads `stored` back from disk and checks it decrypts to `expected`.
 fn verify_stored(vault: &UnlockedVault, stored: &Path, expected: &[u8]) -> Result<(), String> {
     let ciphertext = read_vault_file(stored).map_err(|error| error.to_string())?;
-    let decrypted = decrypt(&vault.identity, &ciphertext).map_err(|failure| failure.reason())?;
+    let decrypted =
+        decrypt(&vault.secrets.identity, &ciphertext).map_err(|failure| failure.reason())?;
     if decrypted.as_slice() == expected {
         Ok(())
     } else {

@@ -116,10 +116,15 @@ impl Drop for TmpfsKeys {
 /// must not already exist (run [`wipe_leftovers`] first after a crash).
 /// `config.toml` is parsed before any key is written; its comments, layout,
 /// mode and owner are preserved, and it is replaced atomically.
+///
+/// With `node_group` (the node runs under its own account, `[daemon] user`)
+/// the directory is 0750 and the key files 0640 for that group: the node
+/// reads them and can change none of them.
 pub fn materialize(
     vault: &UnlockedVault,
     tmpfs_dir: &Path,
     daemon_home: &Path,
+    node_group: Option<u32>,
 ) -> Result<TmpfsKeys, VaultError> {
     let kinds: Vec<KeyKind> = KeyKind::ALL
         .into_iter()
@@ -138,11 +143,18 @@ pub fn materialize(
     // Fail on a bad config.toml before a single key is decrypted.
     let mut config = ConfigToml::open(daemon_home)?;
 
-    secure_fs::ensure_private_dir(tmpfs_dir)?;
+    match fs::symlink_metadata(tmpfs_dir) {
+        Ok(_) => secure_fs::check_key_dir(tmpfs_dir, node_group)?,
+        Err(_) => secure_fs::ensure_private_dir(tmpfs_dir)?,
+    }
     let dir = fs::canonicalize(tmpfs_dir).map_err(VaultError::io("resolve", tmpfs_dir))?;
     // A mount point at tmpfs_dir itself, or a symlinked parent, is checked here.
     check_ram_filesystem(&dir)?;
-    secure_fs::check_private_dir(&dir)?;
+    secure_fs::check_key_dir(&dir, node_group)?;
+    if let Some(group) = node_group {
+        let handle = fs::File::open(&dir).map_err(VaultError::io("open", &dir))?;
+        secure_fs::share_with_group(&dir, &handle, group, 0o750)?;
+    }
 
     // Leftovers from a crash are refused before anything is written, so the
     // wipe-on-error below only ever touches files this call created.
@@ -167,12 +179,14 @@ pub fn materialize(
     for kind in kinds {
         let path = dir.join(kind.file_name());
         let plaintext = vault.decrypt_key(kind)?;
-        secure_fs::write_new_private_file(&path, &plaintext).map_err(|error| match error {
-            VaultError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
-                VaultError::TmpfsFileExists { path: path.clone() }
-            }
-            other => other,
-        })?;
+        secure_fs::write_new_key_file(&path, &plaintext, node_group).map_err(
+            |error| match error {
+                VaultError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
+                    VaultError::TmpfsFileExists { path: path.clone() }
+                }
+                other => other,
+            },
+        )?;
         keys.files.push((kind, path));
     }
     durable::fsync_dir(&dir)?;
