@@ -30,3 +30,19 @@ ensure_nextest() {
     cargo install --locked cargo-nextest >/dev/null
   fi
 }
+
+# moto's server mode (PyPI `moto[server]`): the EC2 client's tests run against
+# it (`palisade_testkit::moto::Moto` finds `moto_server` on PATH). Installed with
+# pip only when missing; pyenv needs a rehash to put the new script on PATH.
+ensure_moto() {
+  command -v moto_server >/dev/null 2>&1 && return 0
+  log "installing moto[server] (pip)"
+  python3 -m pip install --quiet 'moto[server]' >/dev/null
+  if command -v pyenv >/dev/null 2>&1; then
+    pyenv rehash
+  fi
+  if ! command -v moto_server >/dev/null 2>&1; then
+    echo "moto_server is not on PATH after installing moto[server]: add pip's script directory to PATH" >&2
+    exit 1
+  fi
+}

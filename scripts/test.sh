@@ -12,8 +12,11 @@ require_cargo
 # tests run against real sshd (and ssh as the benchmark peer); iproute2: the
 # multi-host tests build network namespaces (`ip netns`, root); etcd-server: the
 # failover tests run a real 3-member etcd cluster (`palisade_testkit::EtcdCluster`) on
-# ports of their own (the package's etcd.service, if systemd starts it, keeps 2379).
-apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux etcd-server
+# ports of their own (the package's etcd.service, if systemd starts it, keeps 2379);
+# gdb: gcore dumps an unlocked supervisor to prove its keys stay out of cores;
+# util-linux: setpriv runs the supervisor as a user with capabilities.
+apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux etcd-server gdb util-linux
+ensure_moto
 ensure_nextest
 
 # A clean debug build with every test binary takes about 3.5 GiB (see the

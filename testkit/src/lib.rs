@@ -10,6 +10,8 @@
 //! [`EtcdCluster`] runs a real etcd cluster (3 members by default) on loopback for the failover
 //! tests: kill, stop and restart members, wait for a linearizable read.
 //!
+//! [`moto::Moto`] runs moto in server mode (a stand-in for the EC2 API) on a free loopback port.
+//!
 //! Everything fallible returns [`Error`], whose `Debug` is its plain message: tests `unwrap()`
 //! and still panic readably, the benchmarks report it with `?`.
 //!
@@ -29,6 +31,7 @@ use nix::sys::signal::Signal;
 
 mod etcd_cluster;
 pub mod failover;
+pub mod moto;
 pub use etcd_cluster::{ETCD, ETCD_WAIT, EtcdCluster};
 
 /// Where sshd is expected.

@@ -1,0 +1,318 @@
+//! [`Moto`]: moto's server mode (`moto_server`, PyPI `moto[server]`), a mock of the AWS APIs,
+//! on a free loopback port, for the EC2 client's and the Elastic IP rotation's tests.
+//!
+//! moto answers like EC2 (XML shapes, error codes) but does not check signatures or
+//! credentials: the SigV4 signer is tested against AWS's published vectors instead
+//! (`ec2/tests/sigv4_vectors.rs`). Each `Moto` is a process of its own, so tests do not see
+//! each other's addresses; its region comes from each request's credential scope.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Error, LOG_TAIL, POLL, Result};
+
+/// The program's name on `PATH` (`scripts/deps.sh`'s `ensure_moto` installs it).
+pub const MOTO_SERVER: &str = "moto_server";
+/// The environment variable that names the program instead (a path).
+pub const MOTO_SERVER_ENV: &str = "PALISADE_MOTO_SERVER";
+/// How long moto gets to answer after it was started (Python imports take a few seconds on a
+/// busy machine).
+pub const MOTO_WAIT: Duration = Duration::from_secs(60);
+/// How long one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Ports tried when the one picked is taken before moto binds it.
+const PORT_TRIES: usize = 3;
+
+/// A throwaway `moto_server -H 127.0.0.1 -p PORT`, killed on drop. Its log (stdout and stderr)
+/// is `moto.log` in a temporary directory it owns.
+pub struct Moto {
+    child: Option<Child>,
+    port: u16,
+    program: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Moto {
+    /// Starts moto on a free loopback port and waits (up to [`MOTO_WAIT`]) until it answers
+    /// HTTP. An error, never a skip, if `moto_server` is not installed.
+    pub fn start() -> Result<Moto> {
+        let program = moto_server_program()?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let dir = tempfile::Builder::new()
+                .prefix("moto-")
+                .tempdir()
+                .map_err(|e| Error::new(format!("creating a temporary directory: {e}")))?;
+            let mut moto = Moto {
+                child: None,
+                port: free_port()?,
+                program: program.clone(),
+                dir,
+            };
+            moto.spawn()?;
+            match moto.wait_ready() {
+                Ok(()) => return Ok(moto),
+                // The port was taken between picking and binding it: another one.
+                Err(_) if tries < PORT_TRIES && moto.log().contains("Address already in use") => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The base URL requests go to, `http://127.0.0.1:PORT/`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// The port moto listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// moto's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether moto answers an HTTP request now.
+    pub fn answers(&self) -> bool {
+        http_answers(self.port)
+    }
+
+    /// An error (with the end of the log) unless moto is running.
+    pub fn check_running(&mut self) -> Result<()> {
+        let Some(child) = &mut self.child else {
+            return Err(Error::new("moto is not running"));
+        };
+        let status = match child.try_wait() {
+            Ok(None) => return Ok(()),
+            Ok(Some(status)) => status.to_string(),
+            Err(e) => format!("an unknown status ({e})"),
+        };
+        self.child = None;
+        Err(Error::new(format!(
+            "moto ({}) exited with {status}:\n{}",
+            self.program.display(),
+            self.log_tail(LOG_TAIL)
+        )))
+    }
+
+    /// SIGKILLs moto and reaps it. Nothing if it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// moto's log so far (empty if unreadable).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("moto.log")).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of [`Moto::log`].
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A path in moto's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log_path = self.path("moto.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| Error::new(format!("opening {}: {e}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| Error::new(format!("opening {}: {e}", log_path.display())))?;
+        let mut command = Command::new(&self.program);
+        command
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // A stray AWS_* or MOTO_* variable in the test's environment would change what
+            // moto does; Python needs only to find itself and its packages.
+            .env_clear();
+        for variable in [
+            "PATH",
+            "HOME",
+            "LANG",
+            "PYTHONPATH",
+            "PYTHONUSERBASE",
+            "VIRTUAL_ENV",
+            "PYENV_ROOT",
+            "PYENV_VERSION",
+        ] {
+            if let Some(value) = std::env::var_os(variable) {
+                command.env(variable, value);
+            }
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| Error::new(format!("cannot start {command:?}: {e}")))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + MOTO_WAIT;
+        loop {
+            if self.answers() {
+                return Ok(());
+            }
+            self.check_running()?;
+            if Instant::now() >= deadline {
+                return Err(Error::new(format!(
+                    "moto did not answer on 127.0.0.1:{} within {MOTO_WAIT:?}:\n{}",
+                    self.port,
+                    self.log_tail(LOG_TAIL)
+                )));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl fmt::Debug for Moto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Moto")
+            .field("endpoint", &self.endpoint())
+            .field("program", &self.program)
+            .field("pid", &self.pid())
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `$PALISADE_MOTO_SERVER`, else `moto_server` on `PATH`. A pyenv shim is resolved to the one
+/// real script under pyenv's `versions/` (a shim goes through `pyenv exec`, which can stall a
+/// minute on a rehash lock left by a killed process); with several candidates, the shim.
+fn moto_server_program() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(MOTO_SERVER_ENV) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(Error::new(format!(
+                "{MOTO_SERVER_ENV}={} is not a file",
+                path.display()
+            )));
+        }
+        return Ok(path);
+    }
+    let path_variable = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path_variable)
+        .map(|dir| dir.join(MOTO_SERVER))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            Error::new(format!(
+                "{MOTO_SERVER} is not on PATH: install it with `python3 -m pip install 'moto[server]'` (scripts/test.sh does, through ensure_moto in scripts/deps.sh)"
+            ))
+        })?;
+    Ok(resolve_pyenv_shim(&found).unwrap_or(found))
+}
+
+/// For `ROOT/shims/moto_server`, the only `ROOT/versions/*/bin/moto_server`.
+fn resolve_pyenv_shim(found: &Path) -> Option<PathBuf> {
+    let shims = found.parent()?;
+    if shims.file_name()? != "shims" {
+        return None;
+    }
+    let versions = shims.parent()?.join("versions");
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(versions)
+        .ok()?
+        .flatten()
+        .map(|version| version.path().join("bin").join(MOTO_SERVER))
+        .filter(|candidate| candidate.is_file())
+        .collect();
+    if candidates.len() == 1 {
+        candidates.pop()
+    } else {
+        None
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for moto).
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(|e| Error::new(format!("finding a free port: {e}")))
+}
+
+/// Whether an HTTP/1.0 `GET /moto-api/` gets an HTTP answer (any status).
+fn http_answers(port: u16) -> bool {
+    let Ok(mut stream) =
+        TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), PROBE_TIMEOUT)
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(PROBE_TIMEOUT));
+    let request = format!("GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 16];
+    let mut read = 0;
+    while read < head.len() {
+        match stream.read(&mut head[read..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+    }
+    head[..read].starts_with(b"HTTP/1.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixture itself: it answers, has a log, and is gone after drop.
+    #[test]
+    fn moto_starts_answers_and_dies_with_its_fixture() {
+        let moto = Moto::start().unwrap();
+        assert!(moto.answers(), "{moto:?}");
+        assert!(moto.endpoint().starts_with("http://127.0.0.1:"));
+        let pid = moto.pid().unwrap();
+        let dir = moto.path("");
+        drop(moto);
+        assert!(!crate::process_alive(pid), "moto {pid} survived drop");
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn pyenv_shims_resolve_to_the_single_real_script() {
+        let root = tempfile::tempdir().unwrap();
+        let shim = root.path().join("shims").join(MOTO_SERVER);
+        std::fs::create_dir_all(shim.parent().unwrap()).unwrap();
+        std::fs::write(&shim, "#!/bin/sh\n").unwrap();
+        assert_eq!(resolve_pyenv_shim(&shim), None, "no versions/");
+        let real = root.path().join("versions/3.11.7/bin").join(MOTO_SERVER);
+        std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+        std::fs::write(&real, "#!/usr/bin/python3\n").unwrap();
+        std::fs::create_dir_all(root.path().join("versions/3.12.0/bin")).unwrap();
+        assert_eq!(resolve_pyenv_shim(&shim), Some(real));
+        let second = root.path().join("versions/3.12.0/bin").join(MOTO_SERVER);
+        std::fs::write(&second, "#!/usr/bin/python3\n").unwrap();
+        assert_eq!(resolve_pyenv_shim(&shim), None, "ambiguous: keep the shim");
+        assert_eq!(resolve_pyenv_shim(Path::new("/usr/bin/moto_server")), None);
+    }
+}
