@@ -19,6 +19,12 @@ apt_install xfsprogs curl ca-certificates age openssh-server openssh-client ipro
 ensure_moto
 ensure_nextest
 
+# docker-compose.test-deps.yml is for people who run the services with Docker; the tests
+# start them natively. Keep the file valid: Debian's docker-compose parses it without an engine.
+log "checking docker-compose.test-deps.yml"
+command -v docker-compose >/dev/null || apt_install docker-compose
+docker-compose -f docker-compose.test-deps.yml config -q
+
 # A clean debug build with every test binary takes about 3.5 GiB (see the
 # dev profile in Cargo.toml); say so up front rather than as a compiler ICE.
 free_gib=$(df --output=avail -BG . | tail -1 | tr -dc '0-9')
