@@ -339,19 +339,7 @@ impl Drop for SecretPages {
 pub fn exclude_current_stack_from_dumps() -> io::Result<()> {
     let marker = 0u8;
     let address = std::hint::black_box(&raw const marker) as usize;
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
-    let (start, end) = maps
-        .lines()
-        .filter_map(|line| {
-            let (range, _) = line.split_once(' ')?;
-            let (from, to) = range.split_once('-')?;
-            Some((
-                usize::from_str_radix(from, 16).ok()?,
-                usize::from_str_radix(to, 16).ok()?,
-            ))
-        })
-        .find(|(from, to)| (*from..*to).contains(&address))
-        .ok_or_else(|| io::Error::other("the stack is in no mapping of /proc/self/maps"))?;
+    let (start, end) = mapping_of(address)?;
     let start = NonNull::new(start as *mut c_void)
         .ok_or_else(|| io::Error::other("a stack mapping at address 0"))?;
     // SAFETY: advice on a mapping that exists (listed, and holding a live
@@ -364,6 +352,22 @@ pub fn exclude_current_stack_from_dumps() -> io::Result<()> {
         )
     }?;
     Ok(())
+}
+
+/// The mapping (start, end) of `/proc/self/maps` that holds `address`.
+fn mapping_of(address: usize) -> io::Result<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    maps.lines()
+        .filter_map(|line| {
+            let (range, _) = line.split_once(' ')?;
+            let (from, to) = range.split_once('-')?;
+            Some((
+                usize::from_str_radix(from, 16).ok()?,
+                usize::from_str_radix(to, 16).ok()?,
+            ))
+        })
+        .find(|(from, to)| (*from..*to).contains(&address))
+        .ok_or_else(|| io::Error::other(format!("no mapping holds {address:x}")))
 }
 
 fn page_size() -> usize {
@@ -427,19 +431,7 @@ mod tests {
         );
         // An ordinary heap allocation is dumped: the check above can fail.
         let heap = Box::new([7u8; 1 << 20]);
-        let heap_start = heap.as_ptr() as usize;
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let region = smaps
-            .lines()
-            .filter_map(|line| {
-                let (range, _) = line.split_once(' ')?;
-                let (from, to) = range.split_once('-')?;
-                let from = usize::from_str_radix(from, 16).ok()?;
-                let to = usize::from_str_radix(to, 16).ok()?;
-                (from <= heap_start && heap_start < to).then_some(from)
-            })
-            .next()
-            .expect("the heap allocation's mapping");
+        let (region, _) = super::mapping_of(heap.as_ptr() as usize).unwrap();
         assert!(!vm_flags(region).contains(&"dd".to_string()));
         drop(cell);
         // Unmapped on drop.
@@ -466,18 +458,7 @@ mod tests {
             let local = 0u8;
             let address = &raw const local as usize;
             super::exclude_current_stack_from_dumps().unwrap();
-            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-            let start = maps
-                .lines()
-                .filter_map(|line| {
-                    let (range, _) = line.split_once(' ')?;
-                    let (from, to) = range.split_once('-')?;
-                    let from = usize::from_str_radix(from, 16).ok()?;
-                    let to = usize::from_str_radix(to, 16).ok()?;
-                    (from <= address && address < to).then_some(from)
-                })
-                .next()
-                .unwrap();
+            let (start, _) = super::mapping_of(address).unwrap();
             assert!(vm_flags(start).contains(&"dd".to_string()));
         })
         .join()
