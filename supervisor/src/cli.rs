@@ -139,6 +139,23 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
+    /// Seal an AWS access key in the vault for Elastic IP rotation
+    /// (`[eip]`, docs/eip.md): encrypted to the vault's own key, so no
+    /// passphrase is needed and only an unlocked supervisor can use it.
+    /// Replaces a key imported before. Give the key a policy that allows
+    /// only the five Elastic IP calls (docs/eip.md shows one).
+    ImportAwsCredentials {
+        /// Read AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and
+        /// AWS_SESSION_TOKEN if set) from the environment.
+        #[arg(long, conflicts_with = "profile")]
+        from_env: bool,
+        /// Read this profile of an AWS credentials file.
+        #[arg(long, value_name = "NAME", required_unless_present = "from_env")]
+        profile: Option<String>,
+        /// The credentials file [default: $HOME/.aws/credentials].
+        #[arg(long, value_name = "FILE", requires = "profile")]
+        profile_file: Option<PathBuf>,
+    },
     /// Create the control RPC's TLS identity: a self-signed ed25519
     /// certificate and key in `rpc.tls-dir` (cert.pem, key.pem; 0600 in a
     /// 0700 directory). Prints the pin (`sha256:<hex>`) that operators give

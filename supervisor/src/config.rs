@@ -9,6 +9,7 @@
 //! Loading has no side effects: a bad configuration changes nothing.
 
 mod account;
+mod eip;
 mod failover;
 mod host;
 mod operators;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 use crate::upgrade::download::ChecksumPolicy;
 
 pub use account::NodeAccount;
+pub use eip::{CredentialSource, EipSettings, EipTarget, RawBastionEip, RawEip};
 pub use failover::{FailoverSettings, RawFailover, TakeoverMode, valid_host_id};
 pub use host::{HostSettings, RawHost, check_shutdown_command};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
@@ -121,6 +123,8 @@ pub struct RawConfig {
     pub host: RawHost,
     /// Several hosts for one validator (`docs/failover.md`).
     pub failover: Option<RawFailover>,
+    /// Elastic IP rotation of the bastions (`docs/eip.md`).
+    pub eip: Option<RawEip>,
 }
 
 /// `[vault]`: keys encrypted at rest, decrypted into tmpfs on unlock.
@@ -308,6 +312,8 @@ pub struct Config {
     pub host: HostSettings,
     /// `None`: this host is the validator's only signer.
     pub failover: Option<FailoverSettings>,
+    /// `None`: no Elastic IP rotation.
+    pub eip: Option<EipSettings>,
 }
 
 /// What to do when swap is enabled while the vault is in use.
@@ -671,7 +677,37 @@ impl Config {
                         bastion.remote_forwards.len()
                     ),
                 );
+                if let Some(target) = &bastion.eip {
+                    add(
+                        key("eip"),
+                        match target {
+                            EipTarget::Instance(id) => format!("instance {id}"),
+                            EipTarget::NetworkInterface(id) => format!("network interface {id}"),
+                        },
+                    );
+                }
             }
+        }
+        if let Some(eip) = &self.eip {
+            add("eip.region".into(), eip.region.clone());
+            add(
+                "eip.endpoint".into(),
+                eip.endpoint
+                    .clone()
+                    .unwrap_or_else(|| "AWS's for the region".into()),
+            );
+            add(
+                "eip.credentials".into(),
+                match &eip.credentials {
+                    CredentialSource::Vault => "vault (aws-credentials.age)".to_string(),
+                    CredentialSource::Environment => "environment".to_string(),
+                    CredentialSource::Profile { file, name } => {
+                        format!("profile {name} in {}", file.display())
+                    }
+                },
+            );
+            add("eip.tunnel-timeout".into(), duration(eip.tunnel_timeout));
+            add("eip.request-timeout".into(), duration(eip.request_timeout));
         }
         if let Some(failover) = &self.failover {
             add("failover.host-id".into(), failover.host_id.clone());
@@ -1093,6 +1129,17 @@ fn validate(
     let daemon_account =
         account::resolve_account(r, raw.daemon.user.as_deref(), raw.daemon.group.as_deref());
     let failover = failover::validate_failover(r, raw.failover, vault.is_some());
+    let eip = eip::validate_eip(r, raw.eip, vault.is_some());
+    if let Some(tunnels) = &tunnels {
+        let with_eip = tunnels.bastions.iter().any(|bastion| bastion.eip.is_some());
+        if with_eip && eip.is_none() {
+            let origin = r.file_origin("eip");
+            r.report(
+                origin,
+                "a [[bastion]] has an eip but there is no [eip] (region, credentials)",
+            );
+        }
+    }
     if let Some(tunnels) = &tunnels
         && tunnels.bastions.iter().any(|b| b.backup_command.is_some())
         && vault.is_none()
@@ -1128,6 +1175,7 @@ fn validate(
         return Err(ConfigError::Invalid(resolver.issues));
     }
     Ok(Config {
+        eip,
         vault,
         rpc,
         tunnels,

@@ -72,6 +72,8 @@ pub struct SupervisorControl {
         crate::config::FailoverSettings,
         crate::failover::driver::DriverHandle,
     )>,
+    /// `[eip]`: `eip.list`, `eip.status`, and the checks of `eip.rotate`.
+    eip: Option<Arc<crate::eip::EipService>>,
 }
 
 impl SupervisorControl {
@@ -102,7 +104,23 @@ impl SupervisorControl {
             shutdown_command: config.host.shutdown_command.clone(),
             last_backup,
             failover: None,
+            eip: None,
         }
+    }
+
+    /// `eip.*` answer from this service.
+    pub fn with_eip(mut self, eip: Arc<crate::eip::EipService>) -> SupervisorControl {
+        self.eip = Some(eip);
+        self
+    }
+
+    fn eip(&self) -> Result<&crate::eip::EipService, RpcError> {
+        self.eip.as_deref().ok_or_else(|| {
+            RpcError::new(
+                code::WRONG_STATE,
+                "no [eip] or no [[bastion]] with an eip is configured (see docs/eip.md)",
+            )
+        })
     }
 
     /// `failover.*` and `status.failover` answer from this driver.
@@ -198,6 +216,51 @@ impl SupervisorControl {
                             stores: done.stores,
                             node: NodeState::Standby,
                         }),
+                        other => Err(unexpected(other)),
+                    }
+                })
+                .await
+            }
+            EipList::NAME => {
+                answer::<EipList, _, _>(params, |_| async {
+                    self.eip()?.list().await.map_err(|error| match error {
+                        crate::eip::ListError::Unavailable(message) => {
+                            RpcError::new(code::WRONG_STATE, message)
+                        }
+                        crate::eip::ListError::Failed(message) => {
+                            RpcError::new(code::INTERNAL, message)
+                        }
+                    })
+                })
+                .await
+            }
+            EipStatus::NAME => {
+                answer::<EipStatus, _, _>(params, |_| async {
+                    self.eip()?
+                        .status()
+                        .map_err(|message| RpcError::new(code::INTERNAL, message))
+                })
+                .await
+            }
+            EipRotate::NAME => {
+                answer::<EipRotate, _, _>(params, |params| async move {
+                    self.eip()?
+                        .check_bastion(&params.bastion)
+                        .map_err(|(message, known)| {
+                            RpcError::unknown_name("bastion", message, known)
+                        })?;
+                    let request = crate::supervision::command::RotateRequest {
+                        bastion: params.bastion,
+                        keep_old: params.keep_old,
+                        operator: caller.operator.clone(),
+                    };
+                    match self
+                        .commands
+                        .send_rotation(request)
+                        .await
+                        .map_err(command_error)?
+                    {
+                        Answer::EipRotated(result) => Ok(*result),
                         other => Err(unexpected(other)),
                     }
                 })

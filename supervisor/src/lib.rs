@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod eip;
 pub mod failover;
 pub(crate) mod file_watch;
 pub mod node;

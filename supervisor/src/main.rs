@@ -89,6 +89,43 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             )?;
             Ok(exit_code::OK)
         }
+        Command::ImportAwsCredentials {
+            from_env,
+            profile,
+            profile_file,
+        } => {
+            let config = load()?;
+            let vault = config.vault.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no [vault] is configured: the AWS key is sealed in the vault (docs/eip.md)"
+                )
+            })?;
+            let source = if from_env {
+                palisade_supervisor::eip::credentials::ImportSource::Environment
+            } else {
+                let file = match profile_file {
+                    Some(file) => file,
+                    None => {
+                        std::path::PathBuf::from(std::env::var_os("HOME").ok_or_else(|| {
+                            anyhow::anyhow!("HOME is not set: give --profile-file")
+                        })?)
+                        .join(".aws")
+                        .join("credentials")
+                    }
+                };
+                palisade_supervisor::eip::credentials::ImportSource::Profile {
+                    file,
+                    name: profile.unwrap_or_else(|| "default".into()),
+                }
+            };
+            let (key_id, path) =
+                palisade_supervisor::eip::credentials::import(&vault.dir, &source)?;
+            println!(
+                "AWS access key {key_id} sealed in {}; it is usable only while the vault is unlocked",
+                path.display()
+            );
+            Ok(exit_code::OK)
+        }
         Command::RestoreState { passphrase_file } => {
             let config = load()?;
             palisade_supervisor::commands::restore_state::run(&config, passphrase_file.as_deref())?;

@@ -16,6 +16,7 @@ mod connection;
 mod mesh;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use connection::{
@@ -121,6 +122,29 @@ pub struct BastionConfig {
     /// The ciphers offered, most preferred first
     /// ([`palisade_ssh::ciphers::default_order`] unless configured).
     pub ciphers: Vec<russh::cipher::Name>,
+    /// Dialed instead of `host` when set (host keys are still looked up
+    /// for `host`).
+    pub dial: DialAddress,
+}
+
+/// The address a tunnel dials instead of its configured `host`: the
+/// bastion's public address after an Elastic IP rotation (`crate::eip`).
+/// Shared by the tunnel's connections (read at each attempt), its observer
+/// and the rotation. The host key stays pinned to the bastion's configured
+/// name: a hijacked address cannot impersonate it.
+#[derive(Clone, Debug, Default)]
+pub struct DialAddress(Arc<std::sync::RwLock<Option<String>>>);
+
+impl DialAddress {
+    /// The override, if one is set.
+    pub fn get(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Dial `address` from the next attempt on (`None`: the configured host).
+    pub fn set(&self, address: Option<String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = address;
+    }
 }
 
 impl BastionConfig {
@@ -148,6 +172,7 @@ impl BastionConfig {
             local_tcp_forwards: Vec::new(),
             backoff: ReconnectBackoff::default(),
             ciphers: palisade_ssh::ciphers::default_order(),
+            dial: DialAddress::default(),
         }
     }
 }

@@ -50,6 +50,6 @@ pub use memory::{
 };
 pub use store::{
     IDENTITY_FILE, INFO_FILE, KEYS_DIR, UnlockedVault, WorkFactor, import_key_files, init_vault,
-    read_info, unlock,
+    read_info, seal_file, unlock,
 };
 pub use tmpfs::{TmpfsKeys, materialize, wipe_leftovers};

@@ -31,7 +31,7 @@ use palisade_supervisor::node::files::NodePaths;
 use palisade_supervisor::rpc::{Caller, Dispatcher};
 use palisade_supervisor::supervision::board::{NodeState, board, new_board};
 use palisade_supervisor::supervision::command::{
-    Answer, Command, CommandError, CommandInbox, command_channel,
+    Answer, Command, CommandError, CommandInbox, Order, command_channel,
 };
 use palisade_wire::rpc::{MAX_LINE_BYTES, METHODS, Response, Role, SECRET_METHODS, code};
 use proptest::prelude::*;
@@ -98,10 +98,12 @@ fn node_paths(home: &Home) -> NodePaths {
 /// Answers the executor's commands at once, acting on none.
 async fn executor_stand_in(mut inbox: CommandInbox) {
     while let Some(request) = inbox.recv().await {
-        let answer = match request.command {
-            Command::Unlock => Err(CommandError::WrongPassphrase),
-            Command::NodeStop => Ok(Answer::Node(NodeState::Stopped)),
-            Command::NodeStart | Command::NodeRestart => Ok(Answer::Node(NodeState::Starting)),
+        let answer = match request.order {
+            Order::Node(Command::Unlock) => Err(CommandError::WrongPassphrase),
+            Order::Node(Command::NodeStop) => Ok(Answer::Node(NodeState::Stopped)),
+            Order::Node(Command::NodeStart | Command::NodeRestart) => {
+                Ok(Answer::Node(NodeState::Starting))
+            }
             _ => Err(CommandError::WrongState(
                 "refused by the test's executor stand-in".into(),
             )),

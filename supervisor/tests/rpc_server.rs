@@ -414,6 +414,16 @@ async fn remote_peers_need_tls_and_a_login_and_roles_are_enforced() {
             .await;
         assert_eq!(error_code(&response), Some(code::FORBIDDEN), "{method}");
     }
+    // Moving a bastion's public address is an admin's call (issue 14), listing too: the
+    // answer shows the account's addresses.
+    for (method, params) in [
+        ("eip.rotate", Some(json!({"bastion": "ba"}))),
+        ("eip.list", None),
+        ("eip.status", None),
+    ] {
+        let response = operator.call(method, params).await;
+        assert_eq!(error_code(&response), Some(code::FORBIDDEN), "{method}");
+    }
     let response = operator.call("ip.rotate", None).await;
     assert_eq!(error_code(&response), Some(code::METHOD_NOT_FOUND));
     assert!(server.echo.secrets.lock().unwrap().is_empty());

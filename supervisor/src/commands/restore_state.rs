@@ -72,9 +72,13 @@ pub fn run(config: &Config, passphrase_file: Option<&Path>) -> anyhow::Result<()
         let tunnels = match backup_only_tunnels(config) {
             Some(settings) => {
                 let shutdown = tokio_util::sync::CancellationToken::new();
-                let mesh =
-                    crate::tunnel::TunnelMesh::start(&settings, &config.rpc.socket, &shutdown)
-                        .await?;
+                let mesh = crate::tunnel::TunnelMesh::start(
+                    &settings,
+                    &config.rpc.socket,
+                    &crate::eip::saved_addresses(config),
+                    &shutdown,
+                )
+                .await?;
                 mesh.wait_for_backup_bastions().await;
                 stores.extend(mesh.backup_stores(&config.rpc.name));
                 Some(mesh)

@@ -119,6 +119,9 @@ pub struct RawBastion {
     /// supervisor forwards a loopback address of its own to the sentry's
     /// P2P port and writes gaiad's `[p2p]` peering to it (`docs/supervisor.md`).
     pub sentry: Option<RawSentry>,
+    /// Default none: the EC2 instance or network interface whose Elastic IP
+    /// is this bastion's public address (`[eip]`, `docs/eip.md`).
+    pub eip: Option<super::RawBastionEip>,
 }
 
 /// `sentry = { node-id = "…", target = "…", listen = "…" }`.
@@ -189,6 +192,8 @@ pub struct BastionSettings {
     /// The sentry behind this bastion; its forward is among
     /// `local_forwards` too.
     pub sentry: Option<SentrySettings>,
+    /// What its Elastic IP is associated with, for rotation.
+    pub eip: Option<super::EipTarget>,
 }
 
 /// A validated `sentry`.
@@ -802,7 +807,11 @@ pub(super) fn validate_tunnels(
                 target_port: sentry.target_port,
             });
         }
+        let eip = raw.eip.and_then(|eip| {
+            super::eip::validate_bastion_eip(r, &format!("bastion[{}]", index + 1), eip)
+        });
         settings.push(BastionSettings {
+            eip,
             name,
             host,
             port,

@@ -81,6 +81,7 @@ impl StatusReader {
                     bytes_from_bastion: state.bytes_from_bastion,
                     reconnects: u64::from(state.reconnects),
                     stopped: state.stopped,
+                    address: observer.dial().get(),
                 }
             })
             .collect()

@@ -25,6 +25,36 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Commands queued for the executor at most; more wait in `send`.
 const QUEUE: usize = 8;
 
+/// `eip.rotate`: move a bastion to a fresh Elastic IP (`crate::eip`).
+/// Beside the node's commands: it does not touch the node, and the
+/// machine runs at most one at a time, only with the credentials at hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotateRequest {
+    pub bastion: String,
+    pub keep_old: bool,
+    /// Who asked (logged).
+    pub operator: String,
+}
+
+/// What the control RPC asks of the executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    /// A command on the node or the vault.
+    Node(Command),
+    /// An Elastic IP rotation.
+    Rotate(RotateRequest),
+}
+
+impl Order {
+    /// The RPC method that sends it.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Order::Node(command) => command.method(),
+            Order::Rotate(_) => "eip.rotate",
+        }
+    }
+}
+
 /// A command for the supervision machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -86,6 +116,8 @@ pub enum Answer {
     ShuttingDown(NodeState),
     /// The handoff is done: this host is a standby, `to` may take over.
     HandedOff(HandoffDone),
+    /// `eip.rotate`: done, the tunnel up on the new address.
+    EipRotated(Box<palisade_wire::rpc::results::EipRotateResult>),
 }
 
 /// What a planned handoff left behind.
@@ -147,7 +179,7 @@ pub type CommandResult = Result<Answer, CommandError>;
 
 /// A command on its way to the executor.
 pub struct Request {
-    pub command: Command,
+    pub order: Order,
     /// The `vault.unlock` passphrase (zeroized on drop); `None` otherwise.
     pub passphrase: Option<SecretString>,
     /// `vault.unlock` with `accept_unreachable_stores`: who accepted them
@@ -183,7 +215,13 @@ impl CommandSender {
     /// Send `command` and wait for its answer (at most [`ANSWER_TIMEOUT`]
     /// for the queue and as much again for the answer).
     pub async fn send(&self, command: Command, passphrase: Option<SecretString>) -> CommandResult {
-        self.send_request(command, passphrase, None).await
+        self.send_request(Order::Node(command), passphrase, None)
+            .await
+    }
+
+    /// `eip.rotate`.
+    pub async fn send_rotation(&self, request: RotateRequest) -> CommandResult {
+        self.send_request(Order::Rotate(request), None, None).await
     }
 
     /// `vault.unlock` with its passphrase; `accept_unreachable_by` names
@@ -193,13 +231,17 @@ impl CommandSender {
         passphrase: SecretString,
         accept_unreachable_by: Option<String>,
     ) -> CommandResult {
-        self.send_request(Command::Unlock, Some(passphrase), accept_unreachable_by)
-            .await
+        self.send_request(
+            Order::Node(Command::Unlock),
+            Some(passphrase),
+            accept_unreachable_by,
+        )
+        .await
     }
 
     async fn send_request(
         &self,
-        command: Command,
+        order: Order,
         passphrase: Option<SecretString>,
         accept_unreachable_by: Option<String>,
     ) -> CommandResult {
@@ -212,7 +254,7 @@ impl CommandSender {
         };
         let stopping = || CommandError::WrongState("the supervisor is stopping".into());
         let request = Request {
-            command,
+            order,
             passphrase,
             accept_unreachable_by,
             reply,

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::board::{SharedBoard, board};
 use super::command::HandoffDone;
-use super::command::{CommandId, CommandInbox, CommandResult, Request};
+use super::command::{CommandId, CommandInbox, CommandResult, Order, Request};
 use super::machine::{
     Action, DaemonExit, DetectedPlan, Event, HandoffGrant, Job, LeaseEvent, Level, Machine,
     RunOutcome, StartVerdict, StopSignal, Timer, UnlockOutcome, UpgradeFailure, VaultAtStart,
@@ -130,6 +130,8 @@ pub(super) struct Setup {
     pub vault_at_start: VaultAtStart,
     /// `[failover]`: the leadership driver and its news.
     pub failover: Option<FailoverRuntime>,
+    /// `[eip]`: Elastic IP rotation of the bastions.
+    pub eip: Option<Arc<crate::eip::EipService>>,
 }
 
 /// What the executor holds for `[failover]`.
@@ -186,6 +188,7 @@ pub(super) struct Executor {
     failover: Option<FailoverRuntime>,
     /// Whose keys are in tmpfs, while a session is open.
     validator: Option<ValidatorIdentity>,
+    eip: Option<Arc<crate::eip::EipService>>,
 }
 
 impl Executor {
@@ -237,6 +240,7 @@ impl Executor {
             progress_sender,
             progress,
             failover: setup.failover,
+            eip: setup.eip,
             validator: None,
             node: setup.node,
             config,
@@ -246,6 +250,12 @@ impl Executor {
     /// Run the machine until it exits.
     pub(super) async fn run(mut self) -> RunOutcome {
         self.queue.push_back(Event::Started(self.vault_at_start));
+        // Credentials that are not in the vault are there from the start.
+        if let Some(eip) = &self.eip
+            && !eip.needs_vault()
+        {
+            self.open_eip();
+        }
         loop {
             // Settle everything the last actions produced before waiting:
             // the transient phases are never seen by a command.
@@ -377,7 +387,7 @@ impl Executor {
     /// A command from the RPC: numbered and kept until answered. One whose
     /// caller gave up is dropped, never carried out late.
     fn accept(&mut self, request: Request) -> Option<Event> {
-        let method = request.command.method();
+        let method = request.order.method();
         if !request.caller_waiting() {
             tracing::warn!(
                 method,
@@ -396,7 +406,10 @@ impl Executor {
                 accept_unreachable_by: request.accept_unreachable_by,
             },
         );
-        Some(Event::Command(id, request.command))
+        Some(match request.order {
+            Order::Node(command) => Event::Command(id, command),
+            Order::Rotate(rotate) => Event::RotateRequested(id, rotate),
+        })
     }
 
     /// The daemon is gone: release its output, and gather what the machine
@@ -443,6 +456,9 @@ impl Executor {
                 Ok(vault) => {
                     tracing::info!("vault unlocked");
                     self.vault = Some(Arc::new(vault));
+                    if self.eip.as_ref().is_some_and(|eip| eip.needs_vault()) {
+                        self.open_eip();
+                    }
                     UnlockOutcome::Unlocked
                 }
                 Err(VaultError::WrongPassphrase { .. }) => {
@@ -517,6 +533,7 @@ impl Executor {
                 // runs; the unlocked vault is simply dropped.
                 self.prepared = None;
                 self.vault = None;
+                self.close_eip();
             }
             Action::LookForPendingPlan => {
                 let plan = new_plan_in_file(&self.config, &self.layout).map(|plan| {
@@ -672,7 +689,61 @@ impl Executor {
             }
             Action::RunTakeover(grant) => self.run_takeover(grant),
             Action::RunHandoff { to } => self.run_handoff(to),
+            Action::RunRotation(request) => self.run_rotation(Some(request)),
+            Action::ResumeRotation => self.run_rotation(None),
         }
+    }
+
+    /// The EC2 client from the credentials; then an interrupted rotation
+    /// may be resumed.
+    fn open_eip(&mut self) {
+        let Some(eip) = &self.eip else {
+            return;
+        };
+        match eip.open(self.vault.as_deref()) {
+            Ok(()) if eip.has_unfinished() => self.queue.push_back(Event::CredentialsAvailable),
+            Ok(()) => {}
+            Err(error) => {
+                tracing::error!("{error:#}; elastic IP rotation is unavailable until this is fixed")
+            }
+        }
+    }
+
+    /// The vault is being dropped: so are the AWS credentials from it.
+    fn close_eip(&mut self) {
+        if let Some(eip) = &self.eip
+            && eip.needs_vault()
+        {
+            eip.close();
+        }
+    }
+
+    /// A rotation (`Some`) or the resumption of an interrupted one.
+    fn run_rotation(&mut self, request: Option<crate::supervision::command::RotateRequest>) {
+        use crate::supervision::machine::RotationOutcome;
+        let Some(eip) = self.eip.clone() else {
+            self.queue.push_back(Event::RotationFinished(match request {
+                Some(_) => RotationOutcome::Failed("no [eip] is configured (docs/eip.md)".into()),
+                None => RotationOutcome::Resumed(None),
+            }));
+            return;
+        };
+        self.start(
+            Work::Job(Job::Rotation),
+            Box::pin(async move {
+                let outcome = match request {
+                    Some(request) => match eip.rotate(&request.bastion, request.keep_old).await {
+                        Ok(result) => RotationOutcome::Rotated(Box::new(result)),
+                        Err(error) => RotationOutcome::Failed(format!("{error:#}")),
+                    },
+                    None => match eip.resume().await {
+                        Ok(done) => RotationOutcome::Resumed(done),
+                        Err(error) => RotationOutcome::Failed(format!("{error:#}")),
+                    },
+                };
+                Done::Event(Event::RotationFinished(outcome))
+            }),
+        );
     }
 
     /// The takeover rule as a job (`failover::takeover`).
@@ -1002,6 +1073,7 @@ impl Executor {
         self.prepared = None;
         let session = self.session.take();
         let vault = self.vault.take();
+        self.close_eip();
         self.start(
             Work::CloseSession,
             Box::pin(async move {

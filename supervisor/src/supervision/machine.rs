@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use palisade_wire::upgrade_record::{DetectionSource, UpgradeOutcome, UpgradeStep};
 
 use super::board::NodeState;
-use super::command::{Answer, Command, CommandError, CommandId, CommandResult, HandoffDone};
+use super::command::{
+    Answer, Command, CommandError, CommandId, CommandResult, HandoffDone, RotateRequest,
+};
 use crate::backup::{RestoreChoice, Restored};
 use crate::config::RestartSettings;
 pub use crate::failover::{HandoffGrant, LeaseEvent};
@@ -158,6 +160,8 @@ pub enum Job {
     Takeover,
     /// A planned handoff's final backup and record.
     Handoff,
+    /// An Elastic IP rotation, or the resumption of one.
+    Rotation,
 }
 
 /// An upgrade plan and how it was found.
@@ -276,6 +280,25 @@ pub enum Event {
     TakeoverFinished(Result<Watermark, String>),
     /// [`Action::RunHandoff`] finished.
     HandoffFinished(Result<HandoffDone, String>),
+    /// `eip.rotate` (the control RPC checked the bastion).
+    RotateRequested(CommandId, RotateRequest),
+    /// The AWS credentials became available (the vault was unlocked, or
+    /// they come from the environment): an interrupted rotation may be
+    /// resumed.
+    CredentialsAvailable,
+    /// [`Action::RunRotation`] or [`Action::ResumeRotation`] finished.
+    RotationFinished(RotationOutcome),
+}
+
+/// How a rotation job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationOutcome {
+    /// A requested rotation is done.
+    Rotated(Box<palisade_wire::rpc::results::EipRotateResult>),
+    /// A resumption: what it did (`None`: nothing was unfinished).
+    Resumed(Option<String>),
+    /// Why it failed (the journal says where each address is).
+    Failed(String),
 }
 
 /// How loud a log line is.
@@ -381,6 +404,11 @@ pub enum Action {
     /// it (resign; the node is not running). Never another token: a
     /// release that arrives late must not end a newer leadership.
     ReleaseLease(i64),
+    /// Rotate a bastion's Elastic IP → [`Event::RotationFinished`].
+    RunRotation(RotateRequest),
+    /// Finish a rotation a restart interrupted, if there is one →
+    /// [`Event::RotationFinished`].
+    ResumeRotation,
 }
 
 /// Why the running daemon is being stopped.
@@ -537,6 +565,9 @@ pub struct Machine {
     pending_shutdown: Option<ShutdownCause>,
     /// `[failover]`: the fencing token of the leadership this host holds.
     lease: Option<i64>,
+    /// An Elastic IP rotation runs (beside the node's phases): for the
+    /// command `Some(id)` and its bastion, or a resumption (`None`).
+    rotating: Option<Option<(CommandId, String)>>,
 }
 
 impl Machine {
@@ -555,6 +586,7 @@ impl Machine {
             record_open: false,
             pending_shutdown: None,
             lease: None,
+            rotating: None,
         }
     }
 
@@ -693,8 +725,24 @@ impl Machine {
     pub fn step(&mut self, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::Command(id, command) => self.on_command(id, command, &mut out),
-            Event::Signal(signal) => self.on_shutdown(ShutdownCause::Signal(signal), &mut out),
+            Event::RotateRequested(id, request) => self.on_rotate(id, request, &mut out),
+            Event::CredentialsAvailable => {
+                if self.rotating.is_none() && !self.is_shutting_down() {
+                    self.rotating = Some(None);
+                    out.push(Action::ResumeRotation);
+                }
+            }
+            Event::RotationFinished(outcome) => self.on_rotation_finished(outcome, &mut out),
+            Event::Command(id, command) => {
+                if matches!(command, Command::Lock | Command::HostShutdown { .. }) {
+                    self.interrupt_rotation("the vault is being locked", &mut out);
+                }
+                self.on_command(id, command, &mut out)
+            }
+            Event::Signal(signal) => {
+                self.interrupt_rotation("the supervisor is shutting down", &mut out);
+                self.on_shutdown(ShutdownCause::Signal(signal), &mut out)
+            }
             Event::Lease(lease) => self.on_lease(lease, &mut out),
             Event::Timer(Timer::Fence) => {
                 if self.lease.is_some() {
@@ -707,6 +755,125 @@ impl Machine {
             other => self.on_event(other, &mut out),
         }
         out
+    }
+
+    // ----- Elastic IP rotation (beside the node's phases) -----
+
+    fn is_shutting_down(&self) -> bool {
+        matches!(self.phase, Phase::ShuttingDown { .. } | Phase::Exited(_))
+    }
+
+    /// `eip.rotate`: one at a time, never while shutting down. Whether the
+    /// credentials are at hand (the vault unlocked) the job finds out, and
+    /// fails with that message before it acts.
+    fn on_rotate(&mut self, id: CommandId, request: RotateRequest, out: &mut Vec<Action>) {
+        let refuse = |out: &mut Vec<Action>, message: String| {
+            out.push(Action::Answer(id, Err(CommandError::WrongState(message))));
+        };
+        if self.is_shutting_down() {
+            return refuse(out, "the supervisor is shutting down".into());
+        }
+        if let Some(running) = &self.rotating {
+            return refuse(
+                out,
+                match running {
+                    Some((_, bastion)) => format!(
+                        "an Elastic IP rotation of bastion {bastion} is in progress (eip.status shows it); try again when it is done"
+                    ),
+                    None => "an interrupted Elastic IP rotation is being finished (eip.status shows it); try again when it is done".into(),
+                },
+            );
+        }
+        if self.settings.vault
+            && matches!(
+                self.phase,
+                Phase::Locked | Phase::Unlocking { .. } | Phase::Starting
+            )
+        {
+            return refuse(
+                out,
+                "the vault is locked: the AWS credentials are in the vault; unlock it first (vault.unlock)"
+                    .into(),
+            );
+        }
+        out.push(Action::Log(
+            Level::Warn,
+            format!(
+                "elastic IP rotation of bastion {} requested over the control RPC by {}{}",
+                request.bastion,
+                request.operator,
+                if request.keep_old {
+                    " (keeping the old address)"
+                } else {
+                    ""
+                }
+            ),
+        ));
+        self.rotating = Some(Some((id, request.bastion.clone())));
+        out.push(Action::RunRotation(request));
+    }
+
+    fn on_rotation_finished(&mut self, outcome: RotationOutcome, out: &mut Vec<Action>) {
+        let Some(by) = self.rotating.take() else {
+            // Cancelled (lock, shutdown) before it reported.
+            return;
+        };
+        match (by.map(|(id, _)| id), outcome) {
+            (Some(id), RotationOutcome::Rotated(result)) => {
+                out.push(Action::Log(
+                    Level::Info,
+                    format!(
+                        "bastion {} now answers on {} (tunnel up after {} ms)",
+                        result.bastion, result.public_ip, result.tunnel_up_ms
+                    ),
+                ));
+                out.push(Action::Answer(id, Ok(Answer::EipRotated(result))));
+            }
+            (Some(id), RotationOutcome::Failed(message)) => {
+                out.push(Action::Log(
+                    Level::Error,
+                    format!("elastic IP rotation failed: {message}"),
+                ));
+                out.push(Action::Answer(id, Err(CommandError::Internal(message))));
+            }
+            (Some(id), RotationOutcome::Resumed(_)) => {
+                out.push(Action::Answer(
+                    id,
+                    Err(CommandError::Internal(
+                        "the rotation job ended without a result".into(),
+                    )),
+                ));
+            }
+            (None, RotationOutcome::Resumed(Some(message))) => {
+                out.push(Action::Log(Level::Warn, message));
+            }
+            (None, RotationOutcome::Resumed(None) | RotationOutcome::Rotated(_)) => {}
+            (None, RotationOutcome::Failed(message)) => out.push(Action::Log(
+                Level::Error,
+                format!("an interrupted elastic IP rotation could not be finished: {message}"),
+            )),
+        }
+    }
+
+    /// A lock or a shutdown stops a rotation at its next await point; the
+    /// journal has every step done, and the next unlock resumes it.
+    fn interrupt_rotation(&mut self, why: &str, out: &mut Vec<Action>) {
+        let Some(by) = self.rotating.take() else {
+            return;
+        };
+        out.push(Action::CancelJob(Job::Rotation));
+        out.push(Action::Log(
+            Level::Warn,
+            format!("elastic IP rotation interrupted: {why}; it is finished or rolled back at the next unlock"),
+        ));
+        if let Some((id, _)) = by {
+            out.push(Action::Answer(
+                id,
+                Err(CommandError::WrongState(format!(
+                    "the rotation was interrupted: {why}; it is finished or rolled back at the next unlock (eip.status)"
+                ))),
+            ));
+        }
     }
 
     // ----- events other than commands and signals -----

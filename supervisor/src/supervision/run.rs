@@ -149,7 +149,8 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     }
     let tunnels = match &config.tunnels {
         Some(settings) => {
-            match TunnelMesh::start(settings, &config.rpc.socket, &background).await {
+            let dial = crate::eip::saved_addresses(&config);
+            match TunnelMesh::start(settings, &config.rpc.socket, &dial, &background).await {
                 Ok(mesh) => Some(mesh),
                 Err(error) => {
                     background.cancel();
@@ -171,6 +172,13 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         },
         None => None,
     };
+    let eip = crate::eip::EipService::new(
+        &config,
+        tunnels
+            .as_ref()
+            .map(TunnelMesh::observers)
+            .unwrap_or_default(),
+    );
     let (commands, inbox) = command_channel();
     let board = new_board(config.vault.is_some());
     let (last_backup, last_backup_seen) = tokio::sync::watch::channel(None);
@@ -193,6 +201,9 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     );
     if let Some(runtime) = &failover {
         control = control.with_failover(runtime.settings.clone(), runtime.driver.clone());
+    }
+    if let Some(eip) = &eip {
+        control = control.with_eip(eip.clone());
     }
     let dispatcher = std::sync::Arc::new(control);
     let control_server =
@@ -261,6 +272,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
                 .then(|| "the command line (run --accept-unreachable-stores)".to_owned()),
             vault_at_start,
             failover,
+            eip,
         },
     );
     Ok(executor.run().await)

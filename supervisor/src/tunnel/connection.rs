@@ -414,7 +414,10 @@ impl BastionConnection {
         parent: &CancellationToken,
         state: SharedState,
     ) -> Result<BastionConnection, TunnelError> {
-        let address = format!("{}:{}", config.host, config.port);
+        // After an Elastic IP rotation the bastion answers on a new address;
+        // its host key is still looked up for the configured host.
+        let dial_host = config.dial.get().unwrap_or_else(|| config.host.clone());
+        let address = format!("{dial_host}:{}", config.port);
         let key = load_secret_key(&config.private_key_path, None).map_err(|source| {
             TunnelError::PrivateKey {
                 path: config.private_key_path.clone(),
@@ -432,7 +435,7 @@ impl BastionConnection {
         // bastion that does not accept one (see `ReconnectBackoff`).
         let started = tokio::time::Instant::now();
         let stream = palisade_ssh::dial::connect_tcp(
-            &config.host,
+            &dial_host,
             config.port,
             PROBE_TIMEOUT.min(config.connect_timeout),
         )
@@ -691,6 +694,7 @@ impl BastionConnection {
 /// A running bastion link: the supervisor loop plus its local listeners.
 pub struct BastionTunnel {
     name: String,
+    dial: crate::tunnel::DialAddress,
     /// The merged state of the main connection and the forwards' own.
     state: watch::Receiver<BastionState>,
     shared: SharedState,
@@ -782,6 +786,7 @@ impl BastionTunnel {
             public_sender,
         )));
         let name = config.name.clone();
+        let dial = config.dial.clone();
         let shared = state_sender.clone();
         let supervisor = tokio::spawn(async move {
             let result = supervise(&config, &tunnel_token, &state_sender, &current_sender).await;
@@ -790,6 +795,7 @@ impl BastionTunnel {
         });
         Ok(BastionTunnel {
             name,
+            dial,
             state,
             shared,
             lanes,
@@ -817,6 +823,7 @@ impl BastionTunnel {
     pub fn observer(&self) -> BastionObserver {
         BastionObserver {
             name: self.name.clone(),
+            dial: self.dial.clone(),
             state: self.state.clone(),
             shared: self.shared.clone(),
             lanes: self.lanes.clone(),
@@ -884,6 +891,7 @@ impl BastionTunnel {
 #[derive(Clone)]
 pub struct BastionObserver {
     name: String,
+    dial: crate::tunnel::DialAddress,
     state: watch::Receiver<BastionState>,
     shared: SharedState,
     lanes: Vec<SharedState>,
@@ -893,6 +901,12 @@ impl BastionObserver {
     /// The bastion's configured name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where the tunnel dials instead of its configured host (after an
+    /// Elastic IP rotation); setting it takes effect at the next attempt.
+    pub fn dial(&self) -> &crate::tunnel::DialAddress {
+        &self.dial
     }
 
     /// Drop the current connection (if any) and connect again now, without

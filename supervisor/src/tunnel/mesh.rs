@@ -31,15 +31,23 @@ impl TunnelMesh {
     /// Bind every local forward and start every tunnel; fails only when a
     /// local listener cannot be bound (a configuration problem), never
     /// because a bastion is unreachable.
+    ///
+    /// `dial` names the bastions that answer on another address than their
+    /// configured host (after an Elastic IP rotation, `crate::eip`).
     pub async fn start(
         settings: &TunnelSettings,
         rpc_socket: &Path,
+        dial: &std::collections::BTreeMap<String, String>,
         shutdown: &CancellationToken,
     ) -> Result<TunnelMesh, TunnelError> {
         let shutdown = shutdown.child_token();
         let mut tunnels = Vec::new();
         for bastion in &settings.bastions {
             let config = settings.bastion_config(bastion, rpc_socket);
+            if let Some(address) = dial.get(&bastion.name) {
+                tracing::info!(bastion = %bastion.name, %address, configured = %bastion.host, "dialing the address of the last elastic IP rotation");
+                config.dial.set(Some(address.clone()));
+            }
             tracing::info!(
                 bastion = %bastion.name,
                 address = %format!("{}@{}:{}", bastion.user, bastion.host, bastion.port),

@@ -296,6 +296,22 @@ impl UnlockedVault {
         })
     }
 
+    /// Decrypts the vault file `name` written by [`seal_file`]; `None` when
+    /// there is none.
+    pub fn open_sealed(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+        let path = self.dir.join(name);
+        let ciphertext = match read_vault_file(&path) {
+            Err(VaultError::MissingFile { .. }) => return Ok(None),
+            other => other?,
+        };
+        decrypt(&self.secrets.identity, &ciphertext)
+            .map(Some)
+            .map_err(|failure| VaultError::Corrupt {
+                path,
+                reason: failure.reason(),
+            })
+    }
+
     /// The validator's consensus address (upper-case hex), read from the
     /// vault's `priv_validator_key.json` through the key-file parser, which
     /// keeps the private key in zeroizing memory and checks that the
@@ -709,6 +725,26 @@ fn write_info(path: &Path, info: &VaultInfo, existing: Existing) -> Result<(), V
             },
             _ => VaultError::from(error),
         })
+}
+
+/// Encrypts `plaintext` to the vault's own age recipient (read from
+/// `vault.json`: no passphrase is needed, and only an unlocked vault can
+/// read it back with [`UnlockedVault::open_sealed`]) and writes it as the
+/// vault file `name` (0600, atomically, replacing an earlier one).
+pub fn seal_file(dir: &Path, name: &str, plaintext: &[u8]) -> Result<PathBuf, VaultError> {
+    secure_fs::check_private_dir(dir)?;
+    let info = read_info(dir)?;
+    let path = dir.join(name);
+    let recipient: age::x25519::Recipient =
+        info.age_recipient
+            .parse()
+            .map_err(|reason: &str| VaultError::Corrupt {
+                path: dir.join(INFO_FILE),
+                reason: format!("age_recipient: {reason}"),
+            })?;
+    let ciphertext = encrypt(&[&recipient], plaintext, &path)?;
+    AtomicWrite::new(PRIVATE_FILE_MODE, Existing::Replace).write(&path, &ciphertext)?;
+    Ok(path)
 }
 
 fn read_vault_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, VaultError> {

@@ -1,6 +1,7 @@
 //! Fixture for end-to-end tests: a simulated chain, a validator home in
 //! Cosmovisor layout, and the real `palisade-supervisor` binary.
 #![allow(dead_code)]
+pub mod cloud_shim;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};

@@ -31,9 +31,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::methods::{
-    AuthChallenge, AuthLogin, BackupList, BackupNow, BackupRestore, CATALOGUE, Health,
-    HostShutdown, LogsTail, Method, NodeRestart, NodeStart, NodeStop, Status, TunnelList,
-    TunnelReconnect, UpgradeAdd, UpgradeCancel, UpgradeList, VaultLock, VaultUnlock, method_info,
+    AuthChallenge, AuthLogin, BackupList, BackupNow, BackupRestore, CATALOGUE, EipList, EipRotate,
+    EipStatus, Health, HostShutdown, LogsTail, Method, NodeRestart, NodeStart, NodeStop, Status,
+    TunnelList, TunnelReconnect, UpgradeAdd, UpgradeCancel, UpgradeList, VaultLock, VaultUnlock,
+    method_info,
 };
 use super::results::*;
 use super::{Role, code};
@@ -624,6 +625,9 @@ fn result_checks(method: &str) -> Option<ResultChecks> {
         "failover.handoff" => result_checks_of::<super::methods::FailoverHandoff>(),
         "failover.pause" => result_checks_of::<super::methods::FailoverPause>(),
         "failover.resume" => result_checks_of::<super::methods::FailoverResume>(),
+        "eip.list" => result_checks_of::<EipList>(),
+        "eip.rotate" => result_checks_of::<EipRotate>(),
+        "eip.status" => result_checks_of::<EipStatus>(),
         _ => return None,
     })
 }
@@ -748,6 +752,7 @@ fn tunnel_entry() -> TunnelEntry {
         bytes_from_bastion: 2,
         reconnects: 3,
         stopped: false,
+        address: Some("54.9.9.9".into()),
     }
 }
 
@@ -1081,6 +1086,70 @@ impl Examples for HostShutdownResult {
     }
 }
 
+impl Examples for EipListResult {
+    fn examples() -> Vec<Self> {
+        let address = |ip: &str, associated: bool| EipAddress {
+            public_ip: ip.into(),
+            allocation_id: format!("eipalloc-{ip}"),
+            association_id: associated.then(|| format!("eipassoc-{ip}")),
+            instance_id: associated.then(|| "i-0123456789abcdef0".into()),
+            network_interface_id: associated.then(|| "eni-0123456789abcdef0".into()),
+        };
+        vec![EipListResult {
+            bastions: vec![EipBastion {
+                bastion: "bastion-1".into(),
+                instance_id: Some("i-0123456789abcdef0".into()),
+                network_interface_id: Some("eni-0123456789abcdef0".into()),
+                dialing: "54.9.9.9".into(),
+                addresses: vec![address("54.9.9.9", true), address("54.1.2.3", false)],
+            }],
+        }]
+    }
+}
+
+impl Examples for EipRotateResult {
+    fn examples() -> Vec<Self> {
+        vec![EipRotateResult {
+            bastion: "bastion-1".into(),
+            rotation: "r1".into(),
+            old_public_ip: Some("54.1.2.3".into()),
+            old_allocation_id: Some("eipalloc-0aaa".into()),
+            public_ip: "54.9.9.9".into(),
+            allocation_id: "eipalloc-0bbb".into(),
+            released_old: true,
+            steps: vec![EipStep {
+                step: "allocated".into(),
+                took_ms: 412,
+            }],
+            tunnel_up_ms: 2345,
+        }]
+    }
+}
+
+impl Examples for EipStatusResult {
+    fn examples() -> Vec<Self> {
+        vec![EipStatusResult {
+            in_progress: Some(EipInProgress {
+                rotation: "r1".into(),
+                bastion: "bastion-1".into(),
+                step: "associated".into(),
+                started: 1_795_390_000,
+            }),
+            journal: vec![EipJournalRecord {
+                at_ms: 1_795_390_000_000,
+                rotation: "r1".into(),
+                bastion: "bastion-1".into(),
+                step: "associated".into(),
+                public_ip: Some("54.9.9.9".into()),
+                allocation_id: Some("eipalloc-0bbb".into()),
+                association_id: Some("eipassoc-0bbb".into()),
+                detail: Some("to instance i-0123456789abcdef0".into()),
+                took_ms: Some(230),
+            }],
+        }]
+    }
+}
+
 /// The serialized forms are exactly the supervisor's answers: members the
 /// supervisor writes as `null` stay, members it leaves out stay out.
 #[test]
@@ -1179,6 +1248,42 @@ fn results_serialize_as_the_supervisor_answers() {
     ] {
         assert_eq!(json(&state), Value::String(state.to_string()));
     }
+    // A tunnel that was never rotated has no `address`; a journal record
+    // leaves out what its step did not touch; a bastion's and an
+    // address's absent ids are `null`.
+    assert!(
+        json(&TunnelEntry {
+            address: None,
+            ..tunnel_entry()
+        })
+        .get("address")
+        .is_none()
+    );
+    assert_eq!(
+        json(&EipJournalRecord {
+            at_ms: 1,
+            rotation: "r1".into(),
+            bastion: "b1".into(),
+            step: "started".into(),
+            public_ip: None,
+            allocation_id: None,
+            association_id: None,
+            detail: None,
+            took_ms: None,
+        }),
+        json!({"at_ms": 1, "rotation": "r1", "bastion": "b1", "step": "started"})
+    );
+    assert_eq!(
+        json(&EipAddress {
+            public_ip: "54.1.2.3".into(),
+            allocation_id: "eipalloc-1".into(),
+            association_id: None,
+            instance_id: None,
+            network_interface_id: None,
+        }),
+        json!({"public_ip": "54.1.2.3", "allocation_id": "eipalloc-1", "association_id": null,
+               "instance_id": null, "network_interface_id": null})
+    );
     // Read leniently: a newer supervisor's extra members are ignored, and
     // an unreachable store without its error is refused.
     let read: HealthResult =

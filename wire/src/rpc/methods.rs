@@ -15,15 +15,16 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::params::{
-    AuthLoginParams, BackupListParams, BackupRestoreParams, FailoverHandoffParams,
+    AuthLoginParams, BackupListParams, BackupRestoreParams, EipRotateParams, FailoverHandoffParams,
     HostShutdownParams, LogsTailParams, NoParams, TunnelReconnectParams, UpgradeAddParams,
     UpgradeCancelParams, Validate, VaultUnlockParams,
 };
 use super::results::{
     AuthChallengeResult, AuthLoginResult, BackupListResult, BackupNowResult, BackupRestoreResult,
-    FailoverHandoffResult, FailoverPauseResult, FailoverStatus, HealthResult, HostShutdownResult,
-    LogsTailResult, NodeResult, StatusResult, TunnelListResult, TunnelReconnectResult,
-    UpgradeAddResult, UpgradeCancelResult, UpgradeListResult, VaultLockResult, VaultUnlockResult,
+    EipListResult, EipRotateResult, EipStatusResult, FailoverHandoffResult, FailoverPauseResult,
+    FailoverStatus, HealthResult, HostShutdownResult, LogsTailResult, NodeResult, StatusResult,
+    TunnelListResult, TunnelReconnectResult, UpgradeAddResult, UpgradeCancelResult,
+    UpgradeListResult, VaultLockResult, VaultUnlockResult,
 };
 use super::{Role, RpcError};
 
@@ -150,6 +151,12 @@ methods! {
     FailoverPause = "failover.pause", Some(Role::Admin), NoParams => FailoverPauseResult;
     /// `failover.resume`: automatic takeover again.
     FailoverResume = "failover.resume", Some(Role::Admin), NoParams => FailoverPauseResult;
+    /// `eip.list`: each bastion's Elastic IPs, as EC2 describes them.
+    EipList = "eip.list", Some(Role::Admin), NoParams => EipListResult;
+    /// `eip.rotate`: move a bastion to a fresh Elastic IP.
+    EipRotate = "eip.rotate", Some(Role::Admin), EipRotateParams => EipRotateResult;
+    /// `eip.status`: the rotation in progress and the journal's tail.
+    EipStatus = "eip.status", Some(Role::Admin), NoParams => EipStatusResult;
 }
 
 /// The method called `name`, if it exists.

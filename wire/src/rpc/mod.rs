@@ -341,6 +341,9 @@ pub const METHODS: &[(&str, Option<Role>)] = &[
     ("failover.handoff", Some(Role::Admin)),
     ("failover.pause", Some(Role::Admin)),
     ("failover.resume", Some(Role::Admin)),
+    ("eip.list", Some(Role::Admin)),
+    ("eip.rotate", Some(Role::Admin)),
+    ("eip.status", Some(Role::Admin)),
 ];
 
 /// Methods whose request is followed by a secret line (`docs/rpc.md` §4).

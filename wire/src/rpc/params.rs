@@ -599,6 +599,28 @@ impl Validate for TunnelReconnectParams {
     }
 }
 
+// ------------------------------------------------------------ eip.rotate
+
+/// `eip.rotate`: `{"bastion"}` and optionally `"keep_old": true`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EipRotateParams {
+    /// The bastion's configured name, as `eip.list` shows it. Whether one
+    /// of that name with an `[bastion.eip]` exists is the supervisor's check
+    /// (−32602 with `data.known`).
+    pub bastion: String,
+    /// Keep the old address allocated (only disassociated) instead of
+    /// releasing it. Default `false`.
+    #[serde(default)]
+    pub keep_old: bool,
+}
+
+impl Validate for EipRotateParams {
+    fn validate(&self) -> Result<(), RpcError> {
+        check_non_empty("bastion", &self.bastion, "eip.list")
+    }
+}
+
 // -------------------------------------------------------- backup.restore
 
 /// `backup.restore`: exactly `{"store","file"}`, as `backup.list` names

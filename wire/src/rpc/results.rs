@@ -327,6 +327,122 @@ pub struct TunnelEntry {
     /// The tunnel has stopped for good (shutdown, or a host-key or
     /// authentication failure).
     pub stopped: bool,
+    /// The address the tunnel dials when it is not the configured `host`:
+    /// the bastion's public address after an Elastic IP rotation
+    /// (`eip.rotate`). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+// ------------------------------------------------------------------- eip
+
+/// `eip.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipListResult {
+    /// One per `[[bastion]]` with an `[bastion.eip]`, in configuration
+    /// order.
+    pub bastions: Vec<EipBastion>,
+}
+
+/// One bastion's addresses (`eip.list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipBastion {
+    /// The bastion's configured name.
+    pub bastion: String,
+    /// The EC2 instance its addresses are associated with, if configured
+    /// by instance.
+    pub instance_id: Option<String>,
+    /// The network interface, if configured by interface.
+    pub network_interface_id: Option<String>,
+    /// The address the tunnel dials now (the configured host until a
+    /// rotation).
+    pub dialing: String,
+    /// Every Elastic IP of the region associated with the bastion's
+    /// instance or interface, or tagged as the bastion's.
+    pub addresses: Vec<EipAddress>,
+}
+
+/// One Elastic IP as EC2 describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipAddress {
+    pub public_ip: String,
+    pub allocation_id: String,
+    pub association_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub network_interface_id: Option<String>,
+}
+
+/// `eip.rotate`: the rotation is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipRotateResult {
+    pub bastion: String,
+    /// The rotation's id (its journal records carry it).
+    pub rotation: String,
+    /// The address before (`null` when the bastion had none associated).
+    pub old_public_ip: Option<String>,
+    pub old_allocation_id: Option<String>,
+    /// The new address, associated and reached through the tunnel.
+    pub public_ip: String,
+    pub allocation_id: String,
+    /// Whether the old address was released (`false` with `keep_old`, or
+    /// when there was none).
+    pub released_old: bool,
+    /// Each step and how long it took, in order.
+    pub steps: Vec<EipStep>,
+    /// From the command to the tunnel up on the new address, milliseconds.
+    pub tunnel_up_ms: u64,
+}
+
+/// One step of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipStep {
+    /// `allocated`, `associated`, `tunnel-up`, `released`, …
+    pub step: String,
+    pub took_ms: u64,
+}
+
+/// `eip.status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipStatusResult {
+    /// The rotation in progress, if any.
+    pub in_progress: Option<EipInProgress>,
+    /// The journal's last records, oldest first.
+    pub journal: Vec<EipJournalRecord>,
+}
+
+/// A rotation that has started and not finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipInProgress {
+    pub rotation: String,
+    pub bastion: String,
+    /// The last step recorded.
+    pub step: String,
+    /// Unix seconds when it started.
+    pub started: u64,
+}
+
+/// One journal record (`eip.status`, and a line of the journal file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipJournalRecord {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub rotation: String,
+    pub bastion: String,
+    /// `started`, `allocated`, `associated`, `tunnel-up`, `released`,
+    /// `done`, `rolled-back`, `failed`.
+    pub step: String,
+    /// Addresses and ids the step produced or acted on; why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub association_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// How long the step took, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<u64>,
 }
 
 /// `tunnel.reconnect`.

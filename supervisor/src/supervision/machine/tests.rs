@@ -11,7 +11,7 @@ use super::*;
 use crate::backup::{RestoreChoice, Restored};
 use crate::sign_state::{LocalState, Step, Watermark};
 use crate::supervision::board::NodeState;
-use crate::supervision::command::{Answer, Command, CommandError, CommandId};
+use crate::supervision::command::{Answer, Command, CommandError, CommandId, RotateRequest};
 
 const PID: u32 = 42;
 /// The id of the command under test; setup commands use small ids.
@@ -1749,5 +1749,131 @@ fn an_upgrade_line_waits_for_the_file_to_confirm_it() {
         began(&actions).map(|d| d.plan.name),
         Some("v2".to_owned()),
         "{actions:?}"
+    );
+}
+
+fn rotate(bastion: &str) -> Event {
+    Event::RotateRequested(
+        ID,
+        RotateRequest {
+            bastion: bastion.into(),
+            keep_old: false,
+            operator: "alice".into(),
+        },
+    )
+}
+
+fn rotated() -> RotationOutcome {
+    RotationOutcome::Rotated(Box::new(palisade_wire::rpc::results::EipRotateResult {
+        bastion: "b1".into(),
+        rotation: "r1".into(),
+        old_public_ip: None,
+        old_allocation_id: None,
+        public_ip: "54.0.0.2".into(),
+        allocation_id: "eipalloc-2".into(),
+        released_old: false,
+        steps: Vec::new(),
+        tunnel_up_ms: 900,
+    }))
+}
+
+/// Elastic IP rotation beside the node's phases: never with the vault
+/// locked, one at a time, answered when the job ends, interrupted (and
+/// answered) by a lock or a shutdown, resumed once credentials are back;
+/// the node is never touched.
+#[test]
+fn elastic_ip_rotation_runs_beside_the_node() {
+    let wrong_state = |actions: &[Action]| {
+        matches!(
+            answers(actions, ID).as_slice(),
+            [Err(CommandError::WrongState(_))]
+        )
+    };
+    // Locked: refused, nothing runs.
+    let mut machine = machine_at("Locked", true);
+    let actions = machine.step(rotate("b1"));
+    assert!(wrong_state(&actions), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::RunRotation(_))));
+
+    // Running: runs; a second one is refused while it runs; answered at the end.
+    let mut machine = machine_at("Running", true);
+    let phase = machine.phase().clone();
+    let actions = machine.step(rotate("b1"));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::RunRotation(r) if r.bastion == "b1")),
+        "{actions:?}"
+    );
+    assert!(answers(&actions, ID).is_empty());
+    let second = machine.step(Event::RotateRequested(
+        CommandId(101),
+        RotateRequest {
+            bastion: "b2".into(),
+            keep_old: false,
+            operator: "bob".into(),
+        },
+    ));
+    assert!(matches!(
+        answers(&second, CommandId(101)).as_slice(),
+        [Err(CommandError::WrongState(_))]
+    ));
+    let done = machine.step(Event::RotationFinished(rotated()));
+    assert!(
+        matches!(answers(&done, ID).as_slice(), [Ok(Answer::EipRotated(_))]),
+        "{done:?}"
+    );
+    assert_eq!(
+        machine.phase(),
+        &phase,
+        "a rotation never moves the node's phase"
+    );
+    // A failure is answered as one.
+    machine.step(rotate("b1"));
+    let failed = machine.step(Event::RotationFinished(RotationOutcome::Failed(
+        "AuthFailure".into(),
+    )));
+    assert!(
+        matches!(answers(&failed, ID).as_slice(), [Err(CommandError::Internal(m))] if m == "AuthFailure")
+    );
+
+    // A lock interrupts it: cancelled and answered; its late report is ignored.
+    machine.step(rotate("b1"));
+    let lock = machine.step(Event::Command(CommandId(102), Command::Lock));
+    assert!(lock.contains(&Action::CancelJob(Job::Rotation)), "{lock:?}");
+    assert!(wrong_state(&lock));
+    let late = machine.step(Event::RotationFinished(rotated()));
+    assert!(answers(&late, ID).is_empty(), "{late:?}");
+
+    // A shutdown signal interrupts it too.
+    let mut machine = machine_at("Running", true);
+    machine.step(rotate("b1"));
+    let signal = machine.step(Event::Signal(StopSignal::Terminate));
+    assert!(
+        signal.contains(&Action::CancelJob(Job::Rotation)),
+        "{signal:?}"
+    );
+    assert!(wrong_state(&signal));
+
+    // Credentials available: an interrupted rotation is resumed, once.
+    let mut machine = machine_at("Running", true);
+    let resume = machine.step(Event::CredentialsAvailable);
+    assert_eq!(resume, vec![Action::ResumeRotation]);
+    assert!(machine.step(Event::CredentialsAvailable).is_empty());
+    // While it resumes, a request waits its turn (refused).
+    assert!(wrong_state(&machine.step(rotate("b1"))));
+    let resumed = machine.step(Event::RotationFinished(RotationOutcome::Resumed(Some(
+        "rolled back".into(),
+    ))));
+    assert!(
+        resumed
+            .iter()
+            .any(|a| matches!(a, Action::Log(Level::Warn, m) if m == "rolled back"))
+    );
+    assert!(
+        machine
+            .step(rotate("b1"))
+            .iter()
+            .any(|a| matches!(a, Action::RunRotation(_)))
     );
 }

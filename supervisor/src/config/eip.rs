@@ -1,0 +1,396 @@
+//! `[eip]` and each `[[bastion]]`'s `eip`: Elastic IP rotation of the
+//! bastions' public addresses through the EC2 API (`docs/eip.md`).
+//!
+//! ```toml
+//! [eip]
+//! region = "eu-west-1"
+//! # endpoint = "https://ec2.eu-west-1.amazonaws.com"   # the default; moto in tests
+//! # credentials = "vault"        # default; or "environment", "profile" (explicit opt-ins)
+//! # profile = "palisade"         # with credentials = "profile"
+//! # profile-file = "/etc/palisade/aws-credentials"
+//! # tunnel-timeout = "20s"       # the new address must carry the tunnel within this
+//!
+//! [[bastion]]
+//! name = "b1"
+//! # …
+//! eip = { instance-id = "i-0123456789abcdef0" }   # or network-interface-id = "eni-…"
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Resolver;
+
+/// `[eip]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawEip {
+    /// Required: the AWS region of the bastions' addresses.
+    pub region: Option<String>,
+    /// Default AWS's endpoint for the region. `http://` only on loopback.
+    pub endpoint: Option<String>,
+    /// Default `"vault"`: the access key imported into the vault
+    /// (`palisade-supervisor import-aws-credentials`), readable only while
+    /// it is unlocked. `"environment"` (`AWS_ACCESS_KEY_ID`, …) and
+    /// `"profile"` are explicit opt-ins: those keys sit on the host at rest.
+    pub credentials: Option<String>,
+    /// Default `"default"`: the profile with `credentials = "profile"`.
+    pub profile: Option<String>,
+    /// Default `$HOME/.aws/credentials`.
+    pub profile_file: Option<PathBuf>,
+    /// Default `20s`: how long the tunnel may take to come up on a new
+    /// address before the rotation rolls back.
+    pub tunnel_timeout: Option<String>,
+    /// Default `10s`: each EC2 request's timeout.
+    pub request_timeout: Option<String>,
+}
+
+/// A bastion's `eip = { … }` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawBastionEip {
+    /// The bastion's EC2 instance (`i-…`).
+    pub instance_id: Option<String>,
+    /// Or its network interface (`eni-…`).
+    pub network_interface_id: Option<String>,
+}
+
+/// Where the AWS access key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// Imported into the vault; available only while it is unlocked.
+    Vault,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    Environment,
+    /// A profile of an AWS credentials file.
+    Profile { file: PathBuf, name: String },
+}
+
+/// The validated `[eip]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EipSettings {
+    pub region: String,
+    /// `None`: AWS's endpoint for the region.
+    pub endpoint: Option<String>,
+    pub credentials: CredentialSource,
+    pub tunnel_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// What a bastion's address is associated with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EipTarget {
+    Instance(String),
+    NetworkInterface(String),
+}
+
+/// Validates `[eip]`; `vault` says whether `[vault]` exists (the default
+/// credentials live there).
+pub(super) fn validate_eip(
+    r: &mut Resolver<'_>,
+    raw: Option<RawEip>,
+    vault: bool,
+) -> Option<EipSettings> {
+    let raw = raw?;
+    let region = match raw.region {
+        Some(region) if is_region(&region) => Some(region),
+        Some(region) => {
+            let origin = r.file_origin("eip.region");
+            r.report(
+                origin,
+                format!("'{region}' is not an AWS region name (like eu-west-1)"),
+            );
+            None
+        }
+        None => {
+            let origin = r.file_origin("eip.region");
+            r.report(
+                origin,
+                "is required: the AWS region of the bastions' addresses",
+            );
+            None
+        }
+    };
+    if let Some(endpoint) = &raw.endpoint {
+        let ok = endpoint.starts_with("https://")
+            || endpoint.starts_with("http://127.")
+            || endpoint.starts_with("http://localhost")
+            || endpoint.starts_with("http://[::1]");
+        if !ok || reqwest::Url::parse(endpoint).is_err() {
+            let origin = r.file_origin("eip.endpoint");
+            r.report(
+                origin,
+                format!("'{endpoint}' must be an https:// URL (http:// only on loopback)"),
+            );
+        }
+    }
+    let credentials = match raw.credentials.as_deref().unwrap_or("vault") {
+        "vault" => {
+            if !vault {
+                let origin = r.file_origin("eip.credentials");
+                r.report(
+                    origin,
+                    "\"vault\" (the default) needs a [vault]; or opt in to \"environment\" or \"profile\"",
+                );
+            }
+            Some(CredentialSource::Vault)
+        }
+        "environment" => Some(CredentialSource::Environment),
+        "profile" => {
+            let file = match raw.profile_file {
+                Some(file) => Some(file),
+                None => match std::env::var_os("HOME") {
+                    Some(home) => Some(PathBuf::from(home).join(".aws").join("credentials")),
+                    None => {
+                        let origin = r.file_origin("eip.profile-file");
+                        r.report(origin, "is required: HOME is not set");
+                        None
+                    }
+                },
+            };
+            file.map(|file| CredentialSource::Profile {
+                file,
+                name: raw.profile.unwrap_or_else(|| "default".into()),
+            })
+        }
+        other => {
+            let origin = r.file_origin("eip.credentials");
+            r.report(
+                origin,
+                format!("'{other}' is not one of \"vault\", \"environment\", \"profile\""),
+            );
+            None
+        }
+    };
+    let tunnel_timeout = r.duration(
+        None,
+        "eip.tunnel-timeout",
+        raw.tunnel_timeout.as_deref(),
+        Duration::from_secs(20),
+    );
+    if !(Duration::from_secs(1)..=Duration::from_secs(30)).contains(&tunnel_timeout) {
+        let origin = r.file_origin("eip.tunnel-timeout");
+        r.report(
+            origin,
+            "must be between 1s and 30s (a rotation, rollback included, answers within a minute)",
+        );
+    }
+    let request_timeout = r.duration(
+        None,
+        "eip.request-timeout",
+        raw.request_timeout.as_deref(),
+        Duration::from_secs(10),
+    );
+    if !(Duration::from_millis(100)..=Duration::from_secs(30)).contains(&request_timeout) {
+        let origin = r.file_origin("eip.request-timeout");
+        r.report(origin, "must be between 100ms and 30s");
+    }
+    Some(EipSettings {
+        region: region?,
+        endpoint: raw.endpoint,
+        credentials: credentials?,
+        tunnel_timeout,
+        request_timeout,
+    })
+}
+
+/// Validates one bastion's `eip`; `field` is its position for messages.
+pub(super) fn validate_bastion_eip(
+    r: &mut Resolver<'_>,
+    field: &str,
+    raw: RawBastionEip,
+) -> Option<EipTarget> {
+    let report = |r: &mut Resolver<'_>, reason: String| {
+        let origin = r.file_origin(format!("{field}.eip"));
+        r.report(origin, reason);
+    };
+    match (raw.instance_id, raw.network_interface_id) {
+        (Some(id), None) if is_aws_id(&id, "i-") => Some(EipTarget::Instance(id)),
+        (None, Some(id)) if is_aws_id(&id, "eni-") => Some(EipTarget::NetworkInterface(id)),
+        (Some(id), None) => {
+            report(
+                r,
+                format!("instance-id '{id}' is not an instance id (i- and hex digits)"),
+            );
+            None
+        }
+        (None, Some(id)) => {
+            report(
+                r,
+                format!(
+                    "network-interface-id '{id}' is not a network interface id (eni- and hex digits)"
+                ),
+            );
+            None
+        }
+        (Some(_), Some(_)) => {
+            report(
+                r,
+                "give instance-id or network-interface-id, not both".into(),
+            );
+            None
+        }
+        (None, None) => {
+            report(r, "needs instance-id or network-interface-id".into());
+            None
+        }
+    }
+}
+
+fn is_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
+}
+
+fn is_aws_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|rest| {
+        (8..=32).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_support::load;
+
+    const FINGERPRINT: &str = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+
+    fn config(dir: &std::path::Path, vault: bool, eip: &str, bastion_eip: &str) -> String {
+        let key = dir.join("tunnel_ed25519");
+        std::fs::write(&key, "not parsed at load time").unwrap();
+        format!(
+            "{}{eip}\n[tunnel]\nkey-file = {key:?}\n[[bastion]]\nname = \"ba\"\nhost = \"203.0.113.10\"\n\
+             user = \"t\"\nhost-key-fingerprints = [\"{FINGERPRINT}\"]\n{bastion_eip}\n",
+            if vault {
+                "[vault]\nswap = \"warn\"\n"
+            } else {
+                ""
+            }
+        )
+    }
+
+    #[test]
+    fn eip_settings_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = load(
+            dir.path(),
+            &config(
+                dir.path(),
+                true,
+                "[eip]\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:5000\"",
+                "eip = { instance-id = \"i-0123456789abcdef0\" }",
+            ),
+        )
+        .unwrap();
+        let eip = good.eip.clone().unwrap();
+        assert_eq!(eip.region, "eu-west-1");
+        assert_eq!(eip.credentials, CredentialSource::Vault);
+        assert_eq!(eip.tunnel_timeout, Duration::from_secs(20));
+        assert_eq!(
+            good.tunnels.unwrap().bastions[0].eip,
+            Some(EipTarget::Instance("i-0123456789abcdef0".into()))
+        );
+        let shown = good_lines(dir.path());
+        assert!(
+            shown
+                .iter()
+                .any(|line| line == "eip.credentials=vault (aws-credentials.age)"),
+            "{shown:?}"
+        );
+
+        let cases: [(bool, &str, &str, &str); 10] = [
+            (true, "[eip]", "", "eip.region"),
+            (true, "[eip]\nregion = \"EU west\"", "", "not an AWS region"),
+            (
+                true,
+                "[eip]\nregion = \"eu-west-1\"\nendpoint = \"http://203.0.113.1\"",
+                "",
+                "http:// only on loopback",
+            ),
+            (
+                false,
+                "[eip]\nregion = \"eu-west-1\"",
+                "",
+                "needs a [vault]",
+            ),
+            (
+                true,
+                "[eip]\nregion = \"eu-west-1\"\ncredentials = \"instance-role\"",
+                "",
+                "not one of",
+            ),
+            (
+                true,
+                "[eip]\nregion = \"eu-west-1\"\ntunnel-timeout = \"5m\"",
+                "",
+                "between 1s and 30s",
+            ),
+            (
+                true,
+                "",
+                "eip = { instance-id = \"i-0123456789abcdef0\" }",
+                "there is no [eip]",
+            ),
+            (
+                true,
+                "[eip]\nregion = \"eu-west-1\"",
+                "eip = { instance-id = \"vol-1\" }",
+                "not an instance id",
+            ),
+            (
+                true,
+                "[eip]\nregion = \"eu-west-1\"",
+                "eip = { instance-id = \"i-0123456789abcdef0\", network-interface-id = \"eni-0123456789abcdef0\" }",
+                "not both",
+            ),
+            (
+                true,
+                "[eip]\nregion = \"eu-west-1\"",
+                "eip = {}",
+                "needs instance-id or network-interface-id",
+            ),
+        ];
+        for (vault, eip, bastion_eip, expected) in cases {
+            let text = config(dir.path(), vault, eip, bastion_eip);
+            let message = load(dir.path(), &text).expect_err(&text).to_string();
+            assert!(message.contains(expected), "{text}\n→ {message}");
+        }
+        // The opt-ins need no vault.
+        let env = load(
+            dir.path(),
+            &config(
+                dir.path(),
+                false,
+                "[eip]\nregion = \"eu-west-1\"\ncredentials = \"environment\"",
+                "",
+            ),
+        )
+        .unwrap();
+        assert_eq!(env.eip.unwrap().credentials, CredentialSource::Environment);
+    }
+
+    fn good_lines(dir: &std::path::Path) -> Vec<String> {
+        let config = load(
+            dir,
+            &config(
+                dir,
+                true,
+                "[eip]\nregion = \"eu-west-1\"",
+                "eip = { network-interface-id = \"eni-0123456789abcdef0\" }",
+            ),
+        )
+        .unwrap();
+        config
+            .describe()
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect()
+    }
+}
