@@ -37,8 +37,9 @@ use palisade_ssh::dial::Dial;
 use palisade_ssh::host_key::{FirstUse, HostKeyPolicy};
 use palisade_wire::rpc::methods::{self, Method};
 use palisade_wire::rpc::params::{
-    BackupListParams, BackupRestoreParams, FailoverHandoffParams, HostShutdownParams,
-    LogsTailParams, NoParams, UpgradeAddParams, UpgradeCancelParams, Validate, VaultUnlockParams,
+    BackupListParams, BackupRestoreParams, EipRotateParams, FailoverHandoffParams,
+    HostShutdownParams, LogsTailParams, NoParams, UpgradeAddParams, UpgradeCancelParams, Validate,
+    VaultUnlockParams,
 };
 
 use crate::config::ConfigError;
@@ -168,6 +169,8 @@ Examples:
   pass show palisade/val-a | palisade-ctl unlock --passphrase-stdin
   palisade-ctl upgrade add v2 --url https://example.com/gaiad-v2 --checksum sha256:...
   palisade-ctl call tunnel.reconnect --params '{\"bastion\":\"b1\"}'
+  palisade-ctl eip list                             # admin, vault unlocked
+  palisade-ctl eip rotate bastion-1                 # waits up to 120 s
   palisade-ctl upgrades --home /home/gaia/.gaia --json | jq '.[-1].switch_ms'
   palisade-ctl --validator val-b shell              # interactive";
 
@@ -259,10 +262,51 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub key: Option<PathBuf>,
 
-    /// Give up on a call after this many seconds.
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 60,
+    /// Give up on a call after this many seconds [default: 60; 120 for
+    /// `eip rotate`, which answers when the rotation is done].
+    #[arg(long, global = true, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub timeout: u64,
+    pub timeout: Option<u64>,
+}
+
+/// How long a call may take without --timeout.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long `eip rotate` waits without --timeout: the supervisor answers
+/// only when the new address is associated, the tunnel is up on it and the
+/// bastion's health check passed (EC2 calls retried on throttling, a
+/// redial, a health probe), or when it has rolled back. Its own bounds on
+/// those steps (`[eip] tunnel-timeout`, EC2's request timeout) must keep
+/// that answer inside this wait.
+pub const EIP_ROTATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl ConnectionArgs {
+    /// The timeout of the connection and its quick calls: --timeout, or
+    /// [`DEFAULT_CALL_TIMEOUT`].
+    pub fn session_timeout(&self) -> Duration {
+        self.timeout
+            .map_or(DEFAULT_CALL_TIMEOUT, Duration::from_secs)
+    }
+
+    /// How long `command`'s call may take: --timeout when given, else the
+    /// command's own ([`EIP_ROTATE_TIMEOUT`] for a rotation, raw or not).
+    pub fn call_timeout(&self, command: &Command) -> Duration {
+        if let Some(seconds) = self.timeout {
+            return Duration::from_secs(seconds);
+        }
+        let rotates = match command {
+            Command::Eip {
+                action: EipAction::Rotate { .. },
+            } => true,
+            Command::Call { method, .. } => method == methods::EipRotate::NAME,
+            _ => false,
+        };
+        if rotates {
+            EIP_ROTATE_TIMEOUT
+        } else {
+            DEFAULT_CALL_TIMEOUT
+        }
+    }
 }
 
 /// Subcommands.
@@ -333,6 +377,14 @@ pub enum Command {
         #[command(subcommand)]
         action: FailoverAction,
     },
+    /// Elastic IPs of the bastions (admin; list and rotate need the vault
+    /// unlocked): list them, move a bastion to a fresh one, follow a
+    /// rotation.
+    #[command(long_about = EIP_LONG_ABOUT)]
+    Eip {
+        #[command(subcommand)]
+        action: EipAction,
+    },
     /// Show upgrades: the supervisor's staged and pending upgrades and the
     /// last records (upgrade.list); with --home, the upgrade record on this
     /// disk instead (no RPC; <home>/cosmovisor/palisade-upgrades.jsonl).
@@ -397,6 +449,83 @@ pub enum FailoverAction {
     Pause,
     /// Resume automatic takeover (admin).
     Resume,
+}
+
+/// `palisade-ctl eip --help`.
+const EIP_LONG_ABOUT: &str = "The bastions' Elastic IPs (admin only).
+
+For each [[bastion]] with an `eip = { instance-id = \"i-…\" }` (or
+network-interface-id) and [eip] configured in the supervisor, the supervisor
+asks EC2 which Elastic IPs the bastion has and can move it to a fresh one:
+when a bastion's address is flooded, a new address takes the attacker's
+target away, and the validator's tunnel follows it with the bastion's host
+key still pinned.
+
+These calls need the admin role. The AWS credentials live in the vault
+(unless the supervisor was told to take them from its environment or a
+profile file), so `eip list` and `eip rotate` need it unlocked (`unlock`);
+while it is locked the supervisor refuses them. `eip status` reads the
+rotation journal only.";
+
+/// `eip …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum EipAction {
+    /// Each bastion's Elastic IPs as EC2 describes them, with allocation
+    /// and association ids, and the address its tunnel dials (admin, vault
+    /// unlocked).
+    #[command(
+        long_about = "Each bastion's Elastic IPs as EC2 describes them (admin; the vault
+must be unlocked: the AWS credentials are in it).
+
+One table per [[bastion]] with an eip (instance-id or network-interface-id):
+its instance or network interface and the address its tunnel dials now,
+then every Elastic IP of the region associated with that instance or
+interface or tagged palisade:bastion=<name>: public IP, allocation id,
+association id and what it is associated with. `*` marks the address the
+tunnel dials."
+    )]
+    List,
+    /// Move BASTION to a fresh Elastic IP and release the old one (admin,
+    /// vault unlocked); answers when the tunnel is up on the new address.
+    #[command(
+        long_about = "Move BASTION to a fresh Elastic IP (admin; the vault must be unlocked).
+
+The supervisor allocates a new address (tagged palisade:bastion=BASTION),
+associates it with the bastion's instance or network interface (replacing
+the old association), makes the tunnel redial the new address (the bastion's
+host key stays pinned, so whoever holds the old address cannot pose as the
+bastion), waits for the tunnel and the bastion's health check, then releases
+the old address unless --keep-old. Each step is journaled: a supervisor
+stopped half-way resumes or rolls back when it starts again, and a failure
+after the association moves the bastion back to its old address where it
+can, the error saying which address is where (`eip status` shows the
+journal). One rotation runs at a time.
+
+The answer comes when the rotation is done, with each step's duration and
+the time until the tunnel was up on the new address. palisade-ctl waits up
+to 120 s for it (--timeout overrides); if it gives up first, the rotation
+goes on in the supervisor: follow it with `eip status`."
+    )]
+    Rotate {
+        /// The bastion, as `eip list` names it.
+        bastion: String,
+        /// Keep the old address allocated to the account (no longer
+        /// associated) instead of releasing it.
+        #[arg(long)]
+        keep_old: bool,
+    },
+    /// The rotation in progress, if any, and the journal's last records
+    /// (admin).
+    #[command(
+        long_about = "The rotation in progress, if any, and the rotation journal's last
+records (admin; the vault may be locked: this reads the journal only).
+
+Up to 50 records, oldest first: when, which rotation and bastion, the step
+(started, allocated, associated, tunnel-up, released, kept-old,
+release-failed, done, rolled-back, failed), the address and ids it acted on,
+how long it took, and what went wrong."
+    )]
+    Status,
 }
 
 /// `upgrade …`.
@@ -505,6 +634,9 @@ pub enum Error {
     Unhealthy,
     /// The operator did not confirm (e.g. `shutdown-host`).
     NotConfirmed(String),
+    /// Connecting or calling failed, and there is something to do about
+    /// it: said after the error.
+    Advised(CallError, &'static str),
 }
 
 impl Error {
@@ -515,7 +647,7 @@ impl Error {
                 exit_code::CALL
             }
             Error::Config(_) | Error::Usage(_) => exit_code::USAGE,
-            Error::Call(error) => exit_code::for_failure(error.kind()),
+            Error::Call(error) | Error::Advised(error, _) => exit_code::for_failure(error.kind()),
         }
     }
 }
@@ -529,6 +661,7 @@ impl fmt::Display for Error {
             }
             Error::Config(error) => write!(f, "{error}"),
             Error::Call(error) => write!(f, "{error}"),
+            Error::Advised(error, advice) => write!(f, "{error}\n{advice}"),
             Error::Unhealthy => write!(f, "the supervisor reports problems"),
         }
     }
@@ -619,6 +752,16 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
             FailoverAction::Pause => typed_call::<methods::FailoverPause>(NoParams),
             FailoverAction::Resume => typed_call::<methods::FailoverResume>(NoParams),
         },
+        Command::Eip { action } => match action {
+            EipAction::List => typed_call::<methods::EipList>(NoParams),
+            EipAction::Rotate { bastion, keep_old } => {
+                typed_call::<methods::EipRotate>(EipRotateParams {
+                    bastion: bastion.clone(),
+                    keep_old: *keep_old,
+                })
+            }
+            EipAction::Status => typed_call::<methods::EipStatus>(NoParams),
+        },
         Command::Upgrade {
             action:
                 UpgradeAction::Add {
@@ -697,7 +840,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         } => Some(read_passphrase(*passphrase_stdin)?),
         _ => None,
     };
-    let options = connect_options(&cli.connection)?;
+    let mut options = connect_options(&cli.connection)?;
+    options.call_timeout = cli.connection.call_timeout(&cli.command);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -742,14 +886,15 @@ pub async fn run_call(
     secret: Option<&SecretString>,
     json: bool,
 ) -> Result<Value, Error> {
-    let result = match secret {
+    let answer = match secret {
         Some(secret) => {
             client
                 .call_with_secret(&call.method, call.params.clone(), secret)
-                .await?
+                .await
         }
-        None => client.call(&call.method, call.params.clone()).await?,
+        None => client.call(&call.method, call.params.clone()).await,
     };
+    let result = answer.map_err(|error| advised(&call.method, error))?;
     if json {
         let text = serde_json::to_string_pretty(&result)
             .map_err(|error| Error::Output(format!("cannot encode JSON: {error}")))?;
@@ -761,6 +906,29 @@ pub async fn run_call(
         return Err(Error::Unhealthy);
     }
     Ok(result)
+}
+
+/// `error` of a call to `method`, with advice where the error alone leaves
+/// the operator guessing: a rotation that failed or was not waited for
+/// may have moved addresses, and the journal says where they are.
+fn advised(method: &str, error: CallError) -> Error {
+    use palisade_wire::rpc::code;
+    if method != methods::EipRotate::NAME {
+        return Error::Call(error);
+    }
+    match &error {
+        // The rotation failed once under way (a refusal before it, −32004,
+        // says what to do itself).
+        CallError::Rpc(rpc) if rpc.code == code::INTERNAL => Error::Advised(
+            error,
+            "`palisade-ctl eip status` shows the rotation journal: which address is where",
+        ),
+        CallError::Connection(_) => Error::Advised(
+            error,
+            "the rotation may go on in the supervisor: follow it with `palisade-ctl eip status`",
+        ),
+        _ => Error::Call(error),
+    }
 }
 
 /// Resolve flags over the config file into how to connect.
@@ -862,7 +1030,7 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
                     known_hosts_file: known_hosts,
                     first_use: FirstUse::Refuse,
                 },
-                timeout: palisade_client::CONNECT_TIMEOUT.min(Duration::from_secs(args.timeout)),
+                timeout: palisade_client::CONNECT_TIMEOUT.min(args.session_timeout()),
             },
             target,
         }
@@ -916,7 +1084,7 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
         pin,
         server_uids,
         operator,
-        call_timeout: Duration::from_secs(args.timeout),
+        call_timeout: args.session_timeout(),
     })
 }
 
@@ -1165,6 +1333,23 @@ mod tests {
                 "tunnel.reconnect",
                 Some(json!({"bastion": "b1"})),
             ),
+            (&["eip", "list"], "eip.list", None),
+            (
+                &["eip", "rotate", "b1"],
+                "eip.rotate",
+                Some(json!({"bastion": "b1", "keep_old": false})),
+            ),
+            (
+                &["eip", "rotate", "--keep-old", "b1"],
+                "eip.rotate",
+                Some(json!({"bastion": "b1", "keep_old": true})),
+            ),
+            (&["eip", "status"], "eip.status", None),
+            (
+                &["call", "eip.rotate", "--params", r#"{"bastion":"b1"}"#],
+                "eip.rotate",
+                Some(json!({"bastion": "b1"})),
+            ),
         ];
         for (args, method, params) in cases {
             let cli = Cli::try_parse_from(std::iter::once(&"palisade-ctl").chain(args.iter()))
@@ -1203,6 +1388,11 @@ mod tests {
             &["unlock", "--passphrase", "hunter2"],
             &["status", "--pin", "sha256:12"],
             &["status", "--timeout", "0"],
+            &["eip"],
+            &["eip", "rotate"],
+            &["eip", "rotate", "b1", "b2"],
+            &["eip", "status", "b1"],
+            &["eip", "rotate", "b1", "--keep-old=yes"],
         ];
         for args in clap_rejects {
             let error = Cli::try_parse_from(std::iter::once(&"palisade-ctl").chain(args.iter()))
@@ -1287,6 +1477,19 @@ mod tests {
                 "\"notes.txt\" is not a backup file name",
             ),
             (&["restore", "", BACKUP], "store must be a non-empty string"),
+            (
+                &["eip", "rotate", ""],
+                "bastion must be a non-empty string (see eip.list)",
+            ),
+            (
+                &[
+                    "call",
+                    "eip.rotate",
+                    "--params",
+                    r#"{"bastion":"b1","keep_old":1}"#,
+                ],
+                "keep_old",
+            ),
         ];
         for (args, message) in planned_rejects {
             let cli =
@@ -1294,6 +1497,76 @@ mod tests {
             let error = planned_call(&cli.command).unwrap_err();
             assert_eq!(error.exit_code(), exit_code::USAGE, "{args:?}");
             assert!(error.to_string().contains(message), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_rotation_waits_longer_unless_told_otherwise() {
+        let timeout = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once(&"palisade-ctl").chain(args.iter())).unwrap();
+            (
+                cli.connection.session_timeout(),
+                cli.connection.call_timeout(&cli.command),
+            )
+        };
+        let (quick, rotation) = (DEFAULT_CALL_TIMEOUT, EIP_ROTATE_TIMEOUT);
+        assert!(rotation > quick);
+        assert_eq!(timeout(&["status"]), (quick, quick));
+        assert_eq!(timeout(&["eip", "list"]), (quick, quick));
+        assert_eq!(timeout(&["eip", "rotate", "b1"]), (quick, rotation));
+        assert_eq!(
+            timeout(&["call", "eip.rotate", "--params", r#"{"bastion":"b1"}"#]),
+            (quick, rotation)
+        );
+        let five = Duration::from_secs(5);
+        assert_eq!(
+            timeout(&["--timeout", "5", "eip", "rotate", "b1"]),
+            (five, five)
+        );
+        assert_eq!(
+            timeout(&["eip", "rotate", "b1", "--timeout", "5"]),
+            (five, five)
+        );
+        assert_eq!(
+            timeout(&["--timeout", "300", "status"]).1,
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn failed_rotations_say_where_to_look() {
+        use palisade_wire::rpc::{RpcError, code};
+        let rpc = |code| CallError::Rpc(RpcError::new(code, "x"));
+        let cases = [
+            ("eip.rotate", rpc(code::WRONG_STATE), None),
+            ("eip.rotate", rpc(code::INTERNAL), Some("eip status` shows")),
+            ("eip.rotate", rpc(code::INVALID_PARAMS), None),
+            (
+                "eip.rotate",
+                CallError::Connection("no answer".into()),
+                Some("may go on"),
+            ),
+            (
+                "eip.rotate",
+                CallError::Auth(RpcError::new(code::FORBIDDEN, "x")),
+                None,
+            ),
+            ("eip.list", rpc(code::WRONG_STATE), None),
+            ("status", CallError::Connection("x".into()), None),
+        ];
+        for (method, error, advice) in cases {
+            let code = exit_code::for_failure(error.kind());
+            let error = advised(method, error);
+            assert_eq!(error.exit_code(), code, "{method} {error}");
+            match (advice, &error) {
+                (Some(advice), Error::Advised(_, said)) => {
+                    assert!(said.contains(advice), "{method}: {said}");
+                    assert!(error.to_string().contains(&format!("\n{said}")));
+                }
+                (None, Error::Call(_)) => {}
+                (expected, error) => panic!("{method}: {expected:?}, got {error:?}"),
+            }
         }
     }
 

@@ -14,6 +14,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 mod backups;
+mod eip;
+mod tunnels;
 pub use backups::command_line;
 
 /// The result of `method`, for people.
@@ -31,6 +33,11 @@ pub fn render(method: &str, result: &Value) -> String {
         "host.shutdown" => typed(result, backups::host_shutdown),
         "failover.status" => typed(result, failover_status),
         "failover.handoff" => typed(result, failover_handoff),
+        "eip.list" => typed(result, eip::eip_list),
+        "eip.rotate" => typed(result, eip::eip_rotated),
+        "eip.status" => typed(result, eip::eip_status),
+        "tunnel.list" => typed(result, tunnels::tunnel_list),
+        "status" => tunnels::status(result),
         _ => generic(result),
     }
 }
@@ -52,6 +59,33 @@ fn text(value: Option<&str>) -> String {
 /// A number; `-` when absent.
 fn number(value: Option<u64>) -> String {
     value.map_or_else(|| "-".into(), |number| number.to_string())
+}
+
+/// Past this (year 10000) a time is shown as a number: only a broken or
+/// hostile peer sends one.
+const YEAR_10000: u64 = 253_402_300_800;
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC); past year 9999 the plain
+/// number.
+fn utc(seconds: u64) -> String {
+    if seconds >= YEAR_10000 {
+        return format!("{seconds} (unix seconds)");
+    }
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_string()
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS.mmm` (UTC); past year 9999
+/// the plain number.
+fn utc_ms(ms: u64) -> String {
+    if ms / 1000 >= YEAR_10000 {
+        return format!("{ms} (unix milliseconds)");
+    }
+    format!("{}.{:03}", utc(ms / 1000), ms % 1000)
 }
 
 /// `health`: healthy or not, and the problems.
@@ -312,14 +346,7 @@ fn write_value(out: &mut String, value: &Value, depth: usize) {
     match value {
         Value::Object(fields) => {
             for (key, field) in fields {
-                if is_scalar(field) {
-                    out.push_str(&format!("{indent}{}: {}\n", clean(key), scalar(field)));
-                } else if is_empty(field) {
-                    out.push_str(&format!("{indent}{}: none\n", clean(key)));
-                } else {
-                    out.push_str(&format!("{indent}{}:\n", clean(key)));
-                    write_value(out, field, depth + 1);
-                }
+                write_member(out, key, field, depth);
             }
         }
         Value::Array(items) => {
@@ -333,6 +360,19 @@ fn write_value(out: &mut String, value: &Value, depth: usize) {
             }
         }
         scalar_value => out.push_str(&format!("{indent}{}\n", scalar(scalar_value))),
+    }
+}
+
+/// One member of an object, `key: value` or `key:` and the value below.
+fn write_member(out: &mut String, key: &str, field: &Value, depth: usize) {
+    let indent = "  ".repeat(depth);
+    if is_scalar(field) {
+        out.push_str(&format!("{indent}{}: {}\n", clean(key), scalar(field)));
+    } else if is_empty(field) {
+        out.push_str(&format!("{indent}{}: none\n", clean(key)));
+    } else {
+        out.push_str(&format!("{indent}{}:\n", clean(key)));
+        write_value(out, field, depth + 1);
     }
 }
 
@@ -437,6 +477,32 @@ mod tests {
         ];
         for (method, value, expected) in cases {
             assert_eq!(render(method, &value), expected, "{method} {value}");
+        }
+    }
+
+    #[test]
+    fn dates() {
+        let cases = [
+            (0, "1970-01-01 00:00:00"),
+            (951_782_400, "2000-02-29 00:00:00"),
+            (1_700_000_000, "2023-11-14 22:13:20"),
+            (4_102_444_799, "2099-12-31 23:59:59"),
+            (253_402_300_799, "9999-12-31 23:59:59"),
+            (253_402_300_800, "253402300800 (unix seconds)"),
+            (u64::MAX, "18446744073709551615 (unix seconds)"),
+        ];
+        for (seconds, expected) in cases {
+            assert_eq!(utc(seconds), expected, "{seconds}");
+        }
+        let cases = [
+            (0, "1970-01-01 00:00:00.000"),
+            (1_700_000_000_007, "2023-11-14 22:13:20.007"),
+            (253_402_300_799_999, "9999-12-31 23:59:59.999"),
+            (253_402_300_800_000, "253402300800000 (unix milliseconds)"),
+            (u64::MAX, "18446744073709551615 (unix milliseconds)"),
+        ];
+        for (ms, expected) in cases {
+            assert_eq!(utc_ms(ms), expected, "{ms}");
         }
     }
 

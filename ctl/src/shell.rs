@@ -34,6 +34,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches};
 use palisade_client::peer_text::clean;
 use palisade_client::{Client, FailureKind};
+use palisade_wire::rpc::results::{EipListResult, TunnelEntry};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -42,12 +43,13 @@ use rustyline::history::FileHistory;
 use rustyline::validate::Validator;
 use rustyline::{ColorMode, CompletionType, Config, Context, Editor, Helper};
 use secrecy::SecretString;
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::runtime::Runtime;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use zeroize::Zeroizing;
 
-use crate::{Cli, Command, ConnectionArgs, Error, exit_code};
+use crate::{Cli, Command, ConnectionArgs, Error, PlannedCall, exit_code};
 
 /// `palisade-ctl shell --help`.
 pub const LONG_ABOUT: &str =
@@ -59,10 +61,12 @@ One connection is opened when the shell starts and kept for every command
 (one TLS handshake and login, not one per command). The supervisor closes a
 connection left idle (`[rpc] idle-timeout`, 60 s by default) and may
 restart: before each command the shell checks the connection and reconnects,
-saying so. A command that fails prints the same error as in one-shot mode
-and the shell goes on; when the connection was lost the prompt says
-`(disconnected)` and the next command reconnects. Ctrl-C during a call stops
-waiting for its answer (the supervisor may still carry it out).
+saying so. `eip rotate`, which answers when the rotation is done, runs on a
+connection of its own that waits up to 120 s (or --timeout). A command that
+fails prints the same error as in one-shot mode and the shell goes on; when
+the connection was lost the prompt says `(disconnected)` and the next
+command reconnects. Ctrl-C during a call stops waiting for its answer (the
+supervisor may still carry it out).
 
 Connection flags (--socket, --via, --validator, --pin, --operator, --key,
 --timeout, ...) go before `shell` and hold for the whole session; typed on a
@@ -81,7 +85,9 @@ Shell commands:
   exit, quit       leave (so does Ctrl-D on an empty line)
 
 Keys: Tab completes commands, subcommands, flags, method names after
-`call` and validator names after `connect` (Tab twice lists the choices);
+`call`, validator names after `connect` and bastion names after
+`eip rotate` (those the supervisor last named: `eip list`, else `status`
+and `tunnels`; Tab twice lists the choices);
 the grey hint shows the rest of a command and what it needs, Right arrow
 takes it; Up/Down walk the history, Ctrl-R searches it; Ctrl-C drops the
 line being typed.
@@ -385,12 +391,20 @@ enum Named<'a> {
 }
 
 /// What completion and hints know: the grammar, the methods, the
-/// validators of the config.
+/// validators of the config, the bastions the supervisor named.
 #[derive(Debug, Clone)]
 pub struct Completions {
     grammar: clap::Command,
     validators: Vec<String>,
+    bastions: Vec<String>,
 }
+
+/// The positional arguments completed with bastion names (`eip rotate
+/// BASTION`).
+const BASTION_ARG: &str = "bastion";
+
+/// At most this many bastion names are kept for completion.
+const MAX_BASTIONS: usize = 64;
 
 /// One candidate: what is listed, and what is inserted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -541,7 +555,13 @@ impl Completions {
         Completions {
             grammar,
             validators,
+            bastions: Vec::new(),
         }
+    }
+
+    /// The bastion names to offer from now on (see [`bastion_names`]).
+    pub fn set_bastions(&mut self, bastions: Vec<String>) {
+        self.bastions = bastions;
     }
 
     /// Where the word after `previous` stands; `current` is the word being
@@ -680,6 +700,15 @@ impl Completions {
                     callable_methods()
                         .into_iter()
                         .map(Candidate::word)
+                        .collect()
+                } else if command
+                    .get_positionals()
+                    .nth(*index)
+                    .is_some_and(|arg| arg.get_id() == BASTION_ARG)
+                {
+                    self.bastions
+                        .iter()
+                        .map(|name| Candidate::word(name))
                         .collect()
                 } else {
                     command
@@ -1097,6 +1126,47 @@ fn node_state(status: &Value) -> Option<String> {
         .map(|state| short(&clean(state)))
 }
 
+/// The bastion names an answer gives, for completion: `eip.list` names
+/// the bastions that can rotate (`Some(true, …)`), `status` and
+/// `tunnel.list` every bastion (`Some(false, …)`). Only names that are
+/// plain words are kept — what completion inserts must be typed as it
+/// shows, and text from the supervisor reaches the terminal only as it
+/// is when [`clean`] leaves it so.
+pub fn bastion_names(method: &str, result: &Value) -> Option<(bool, Vec<String>)> {
+    let (eip, names): (bool, Vec<String>) = match method {
+        "eip.list" => (
+            true,
+            EipListResult::deserialize(result)
+                .ok()?
+                .bastions
+                .into_iter()
+                .map(|bastion| bastion.bastion)
+                .collect(),
+        ),
+        "status" | "tunnel.list" => (
+            false,
+            Vec::<TunnelEntry>::deserialize(result.get("tunnels")?)
+                .ok()?
+                .into_iter()
+                .map(|tunnel| tunnel.name)
+                .collect(),
+        ),
+        _ => return None,
+    };
+    let plain = |name: &String| {
+        !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with('-')
+            && !name.contains(char::is_whitespace)
+            && !name.contains(['\'', '"', '\\'])
+            && clean(name) == *name
+    };
+    Some((
+        eip,
+        names.into_iter().filter(plain).take(MAX_BASTIONS).collect(),
+    ))
+}
+
 /// At most 32 characters of supervisor-given text for the prompt.
 fn short(text: &str) -> String {
     let mut out: String = text.chars().take(32).collect();
@@ -1145,6 +1215,11 @@ struct Session {
     name: String,
     /// The node's state as last seen.
     node_state: Option<String>,
+    /// The bastions the supervisor last named: every one (`status`,
+    /// `tunnel.list`), and those that can rotate (`eip.list`), for
+    /// completion.
+    bastions: Vec<String>,
+    eip_bastions: Option<Vec<String>>,
     style: Style,
     grammar: clap::Command,
     json: bool,
@@ -1163,11 +1238,31 @@ impl Session {
         self.style.error(&format!("error: {error}"));
     }
 
+    /// Take in the bastion names an answer gives ([`bastion_names`]).
+    fn learn(&mut self, method: &str, result: &Value) {
+        match bastion_names(method, result) {
+            Some((true, names)) => self.eip_bastions = Some(names),
+            Some((false, names)) => self.bastions = names,
+            None => {}
+        }
+    }
+
+    /// The bastion names to complete: those that can rotate once
+    /// `eip.list` named them, else every bastion.
+    fn completable_bastions(&self) -> Vec<String> {
+        self.eip_bastions
+            .clone()
+            .unwrap_or_else(|| self.bastions.clone())
+    }
+
     /// Open a new connection (dropping any old one) and learn the
     /// validator's name and node state.
     fn open(&mut self) -> Result<(), Error> {
         self.client = None;
         self.node_state = None;
+        // Perhaps another supervisor: names are learnt anew.
+        self.bastions.clear();
+        self.eip_bastions = None;
         let opened = interruptible(&self.runtime, &mut self.sigint, crate::connect(&self.args))
             .unwrap_or_else(|| Err(Error::Usage("interrupted".into())))?;
         self.name = short(&clean(&opened.greeting().validator));
@@ -1218,7 +1313,10 @@ impl Session {
             return;
         };
         match interruptible(&self.runtime, &mut self.sigint, client.call("status", None)) {
-            Some(Ok(status)) => self.node_state = node_state(&status),
+            Some(Ok(status)) => {
+                self.node_state = node_state(&status);
+                self.learn("status", &status);
+            }
             Some(Err(error)) if error.kind() == FailureKind::Connection => {
                 self.client = None;
                 self.lost = Some(format!("{error}"));
@@ -1413,6 +1511,14 @@ impl Session {
             },
             _ => None,
         };
+        // A call that may outlast the session's timeout (`eip rotate`)
+        // runs on a connection of its own with its longer timeout; the
+        // session's connection keeps its own.
+        let timeout = self.args.call_timeout(&cli.command);
+        if timeout > self.args.session_timeout() {
+            self.run_long(&call, timeout, json);
+            return Flow::Continue;
+        }
         if !self.ensure_connected() {
             return Flow::Continue;
         }
@@ -1425,6 +1531,7 @@ impl Session {
         drop(secret);
         match outcome {
             Some(Ok(result)) => {
+                self.learn(&call.method, &result);
                 if call.method == "status" {
                     self.node_state = node_state(&result);
                 } else {
@@ -1454,6 +1561,35 @@ impl Session {
             }
         }
         Flow::Continue
+    }
+
+    /// Make `call` on a connection of its own that waits up to `timeout`
+    /// for the answer, then refresh the prompt on the session's.
+    fn run_long(&mut self, call: &PlannedCall, timeout: Duration, json: bool) {
+        let args = &self.args;
+        let outcome = interruptible(&self.runtime, &mut self.sigint, async {
+            let mut options = crate::connect_options(args)?;
+            options.call_timeout = timeout;
+            let mut client = Client::connect(options).await?;
+            crate::run_call(&mut client, call, None, json).await
+        });
+        match outcome {
+            Some(Ok(result)) => self.learn(&call.method, &result),
+            Some(Err(error)) => self.fail(&error),
+            None => {
+                // After the terminal's "^C".
+                println!();
+                self.style.note(
+                    "interrupted: stopped waiting for the answer (the supervisor may still \
+                     carry out the call)",
+                );
+            }
+        }
+        // The session's connection sat idle meanwhile: reopened if the
+        // supervisor closed it.
+        if self.ensure_connected() {
+            self.refresh_state();
+        }
     }
 }
 
@@ -1628,6 +1764,8 @@ pub fn run(connection: ConnectionArgs, args: ShellArgs, json: bool) -> Result<()
         client: None,
         lost: None,
         node_state: None,
+        bastions: Vec::new(),
+        eip_bastions: None,
         style,
         grammar,
         json,
@@ -1655,6 +1793,11 @@ pub fn run(connection: ConnectionArgs, args: ShellArgs, json: bool) -> Result<()
     }
     loop {
         let _ = std::io::stdout().flush();
+        if let Some(helper) = editor.helper_mut() {
+            helper
+                .completions
+                .set_bastions(session.completable_bastions());
+        }
         let prompt = session.prompt();
         let line = match editor.readline(&prompt) {
             Ok(line) => line,
@@ -1928,6 +2071,60 @@ mod tests {
             )
         );
         assert_eq!(complete("nosuch "), (7, Vec::new()));
+        assert_eq!(
+            complete("eip "),
+            (
+                4,
+                vec![
+                    "list ".to_string(),
+                    "rotate ".to_string(),
+                    "status ".to_string()
+                ]
+            )
+        );
+        // Bastion names only once the supervisor named some.
+        assert_eq!(complete("eip rotate "), (11, Vec::new()));
+        let mut known = completions();
+        known.set_bastions(vec!["bastion-1".into(), "bastion-2".into(), "edge".into()]);
+        let names = |line: &str| {
+            let (start, candidates) = known.complete(line, line.len());
+            let names: Vec<String> = candidates
+                .into_iter()
+                .map(|candidate| candidate.replacement)
+                .collect();
+            (start, names)
+        };
+        assert_eq!(
+            names("eip rotate "),
+            (
+                11,
+                vec![
+                    "bastion-1 ".to_string(),
+                    "bastion-2 ".to_string(),
+                    "edge ".to_string()
+                ]
+            )
+        );
+        assert_eq!(
+            names("eip rotate --keep-old b"),
+            (22, vec!["bastion-1 ".to_string(), "bastion-2 ".to_string()])
+        );
+        assert_eq!(names("eip rotate e"), (11, vec!["edge ".to_string()]));
+        assert_eq!(names("eip rotate edge "), (16, Vec::new()));
+        assert_eq!(
+            names("eip rotate edge --"),
+            (
+                16,
+                vec![
+                    "--help ".to_string(),
+                    "--json ".to_string(),
+                    "--keep-old ".to_string()
+                ]
+            )
+        );
+        // Nowhere else.
+        assert_eq!(names("eip status "), (11, Vec::new()));
+        assert_eq!(names("restore "), (8, Vec::new()));
         assert_eq!(complete("call 'tun"), (9, Vec::new()));
         // In the middle of a line: the word before the cursor.
         let (start, candidates) = completions().complete("node st --json", 7);
@@ -1985,6 +2182,21 @@ mod tests {
         assert_eq!(
             hint("hel").map(|hint| hint.display),
             Some("p [COMMAND]".into())
+        );
+        assert_eq!(
+            hint("eip ").map(|hint| hint.display),
+            Some("list|rotate|status".into())
+        );
+        assert_eq!(
+            hint("eip rot"),
+            Some(ShellHint {
+                display: "ate <BASTION> [--keep-old]".into(),
+                completion: Some("ate".into())
+            })
+        );
+        assert_eq!(
+            hint("eip rotate ").map(|hint| hint.display),
+            Some("<BASTION> [--keep-old]".into())
         );
         assert_eq!(hint("status"), None);
         assert_eq!(hint("status "), None);
@@ -2142,6 +2354,50 @@ mod tests {
         for line in text.lines() {
             assert!(line.chars().count() <= HELP_WIDTH, "{line}");
         }
+    }
+
+    #[test]
+    fn bastion_names_come_from_answers_and_only_plain_ones() {
+        use serde_json::json;
+        let tunnel = |name: &str| {
+            json!({"name": name, "connected": true, "connected_since": 1, "last_error": null,
+                   "last_forward_error": null, "bytes_to_bastion": 0, "bytes_from_bastion": 0,
+                   "reconnects": 0, "stopped": false})
+        };
+        let tunnels = json!([
+            tunnel("bastion-1"),
+            tunnel("b2\u{1b}[2J"),
+            tunnel("two words"),
+            tunnel("--json"),
+            tunnel(""),
+            tunnel("it's"),
+            tunnel("b\u{202e}3"),
+            tunnel("bastion-4"),
+        ]);
+        let plain = vec!["bastion-1".to_string(), "bastion-4".to_string()];
+        assert_eq!(
+            bastion_names("status", &json!({"node": {}, "tunnels": tunnels.clone()})),
+            Some((false, plain.clone()))
+        );
+        assert_eq!(
+            bastion_names("tunnel.list", &json!({"tunnels": tunnels})),
+            Some((false, plain))
+        );
+        let list = json!({"bastions": [
+            {"bastion": "edge", "instance_id": "i-1", "network_interface_id": null,
+             "dialing": "54.1.2.3", "addresses": []},
+        ]});
+        assert_eq!(
+            bastion_names("eip.list", &list),
+            Some((true, vec!["edge".to_string()]))
+        );
+        // Other answers, or answers of another shape, name none.
+        assert_eq!(bastion_names("health", &json!({"ok": true})), None);
+        assert_eq!(bastion_names("status", &json!({"node": {}})), None);
+        assert_eq!(bastion_names("eip.list", &json!({"bastions": 3})), None);
+        let many: Vec<Value> = (0..100).map(|n| tunnel(&format!("b{n}"))).collect();
+        let (_, names) = bastion_names("tunnel.list", &json!({ "tunnels": many })).unwrap();
+        assert_eq!(names.len(), MAX_BASTIONS);
     }
 
     #[test]

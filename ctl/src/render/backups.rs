@@ -5,7 +5,7 @@ use palisade_wire::rpc::results::{
     StoreListing,
 };
 
-use super::{clean, table, text};
+use super::{clean, table, text, utc};
 
 /// `backup.list`: per store, its backups newest first as a table, or why
 /// the store could not be read.
@@ -116,42 +116,10 @@ pub fn command_line(command: &[String]) -> String {
         .join(" ")
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC); past year 9999 (only a
-/// broken or hostile peer sends that) the plain number.
-fn utc(seconds: u64) -> String {
-    const YEAR_10000: u64 = 253_402_300_800;
-    if seconds >= YEAR_10000 {
-        return format!("{seconds} (unix seconds)");
-    }
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
-    humantime::format_rfc3339_seconds(time)
-        .to_string()
-        .replace('T', " ")
-        .trim_end_matches('Z')
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::render;
-    use super::*;
     use serde_json::json;
-
-    #[test]
-    fn dates() {
-        let cases = [
-            (0, "1970-01-01 00:00:00"),
-            (951_782_400, "2000-02-29 00:00:00"),
-            (1_700_000_000, "2023-11-14 22:13:20"),
-            (4_102_444_799, "2099-12-31 23:59:59"),
-            (253_402_300_799, "9999-12-31 23:59:59"),
-            (253_402_300_800, "253402300800 (unix seconds)"),
-            (u64::MAX, "18446744073709551615 (unix seconds)"),
-        ];
-        for (seconds, expected) in cases {
-            assert_eq!(utc(seconds), expected, "{seconds}");
-        }
-    }
 
     #[test]
     fn backup_listing() {

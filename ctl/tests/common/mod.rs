@@ -72,6 +72,8 @@ pub struct ServerSpec {
     pub operator: Option<(String, VerifyingKey)>,
     /// Answers by method; unknown methods get −32601.
     pub answers: HashMap<String, Result<Value, RpcError>>,
+    /// How long to wait before answering, by method (a long call).
+    pub delays: HashMap<String, std::time::Duration>,
 }
 
 impl ServerSpec {
@@ -84,11 +86,18 @@ impl ServerSpec {
             tls: None,
             operator: None,
             answers: HashMap::new(),
+            delays: HashMap::new(),
         }
     }
 
     pub fn answer(mut self, method: &str, answer: Result<Value, RpcError>) -> ServerSpec {
         self.answers.insert(method.to_string(), answer);
+        self
+    }
+
+    /// Answer `method` only after `delay`.
+    pub fn delay(mut self, method: &str, delay: std::time::Duration) -> ServerSpec {
+        self.delays.insert(method.to_string(), delay);
         self
     }
 }
@@ -104,6 +113,8 @@ pub struct Login {
 /// Everything the server received.
 #[derive(Debug, Default)]
 pub struct ServerLog {
+    /// Connections accepted.
+    pub connections: usize,
     pub lines: Vec<Vec<u8>>,
     pub logins: Vec<Login>,
     pub secrets: Vec<Vec<u8>>,
@@ -160,6 +171,7 @@ async fn serve(
     spec: Arc<ServerSpec>,
     log: Arc<Mutex<ServerLog>>,
 ) {
+    log.lock().unwrap().connections += 1;
     if stream.write_all(&spec.greeting).await.is_err() {
         return;
     }
@@ -239,6 +251,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     let mut secret = Vec::new();
                     let _ = stream.read_until(b'\n', &mut secret).await;
                     log.lock().unwrap().secrets.push(secret);
+                }
+                if let Some(delay) = spec.delays.get(method) {
+                    tokio::time::sleep(*delay).await;
                 }
                 match spec.answers.get(method) {
                     Some(Ok(result)) => Response::ok(id, result.clone()),
