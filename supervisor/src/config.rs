@@ -26,7 +26,7 @@ use serde::Deserialize;
 use crate::upgrade::download::ChecksumPolicy;
 
 pub use account::NodeAccount;
-pub use eip::{CredentialSource, EipSettings, EipTarget, RawBastionEip, RawEip};
+pub use eip::{CredentialSource, EipAuto, EipSettings, EipTarget, RawBastionEip, RawEip};
 pub use failover::{FailoverSettings, RawFailover, TakeoverMode, valid_host_id};
 pub use host::{HostSettings, RawHost, check_shutdown_command};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
@@ -708,6 +708,18 @@ impl Config {
             );
             add("eip.tunnel-timeout".into(), duration(eip.tunnel_timeout));
             add("eip.request-timeout".into(), duration(eip.request_timeout));
+            add(
+                "eip.auto".into(),
+                match &eip.auto {
+                    None => "off".to_string(),
+                    Some(auto) => format!(
+                        "after {} down with another bastion up; cooldown {}; at most {} per hour",
+                        duration(auto.after),
+                        duration(auto.cooldown),
+                        auto.max_per_hour
+                    ),
+                },
+            );
         }
         if let Some(failover) = &self.failover {
             add("failover.host-id".into(), failover.host_id.clone());

@@ -19,6 +19,7 @@ pub mod addresses;
 pub mod credentials;
 pub mod journal;
 pub mod rotation;
+pub mod trigger;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -346,6 +347,32 @@ impl EipService {
             .resume(&unfinished)
             .await
             .map(Some)
+    }
+
+    /// Whether the EC2 client is ready (the credentials at hand).
+    pub fn credentials_ready(&self) -> bool {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_ok()
+    }
+
+    /// Every tunnel: its bastion and whether it is up.
+    pub fn tunnel_states(&self) -> Vec<(String, bool)> {
+        self.observers
+            .iter()
+            .map(|observer| {
+                (
+                    observer.name().to_string(),
+                    observer.snapshot().connected_since.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    /// `[eip.auto]`, if configured.
+    pub fn auto(&self) -> Option<crate::config::EipAuto> {
+        self.settings.auto
     }
 
     /// Whether the journal holds a rotation a restart interrupted (to be

@@ -1504,6 +1504,11 @@ const EIP_KEY: (&str, &str) = (
 
 impl EipWorld {
     fn build() -> EipWorld {
+        EipWorld::build_with("")
+    }
+
+    /// [`EipWorld::build`] with `eip_extra` after the `[eip]` table (`[eip.auto]`, say).
+    fn build_with(eip_extra: &str) -> EipWorld {
         use common::cloud_shim::{CloudShim, ShimClient, ShimInstance, run_instance};
         use palisade_ec2::{AssociationTarget, Credentials, Ec2Client, Ec2Config};
 
@@ -1568,7 +1573,7 @@ impl EipWorld {
             &format!("eip = {{ instance-id = {:?} }}\n", instance.instance_id),
             &format!(
                 "[eip]\nregion = {EIP_REGION:?}\nendpoint = \"http://127.0.0.1:{endpoint_port}\"\n\
-                 tunnel-timeout = \"15s\"\nrequest-timeout = \"30s\"\n"
+                 tunnel-timeout = \"15s\"\nrequest-timeout = \"30s\"\n{eip_extra}"
             ),
         );
         // The AWS key goes into the vault; the profile file is not needed afterwards.
@@ -1926,6 +1931,64 @@ fn a_rotation_interrupted_after_each_step_is_rolled_back_or_finished_at_the_next
     let output = supervisor.stop();
     assert!(
         output.contains("resuming an elastic IP rotation"),
+        "{output}"
+    );
+    let record = world.mesh.record();
+    assert!(record.double_signs.is_empty(), "{:?}", record.double_signs);
+}
+
+/// Issue 14: the automatic trigger. ba's current address becomes unreachable from the
+/// validator (a flood, as the validator sees it) while bb stays up: after `[eip.auto] after`
+/// the supervisor moves ba to a new address on its own, logs why, and the tunnel comes back on
+/// it. When ba goes down again within the cooldown, nothing more happens.
+#[test]
+fn the_automatic_trigger_moves_a_bastion_under_attack_once_per_cooldown() {
+    let mut world = EipWorld::build_with("[eip.auto]\nafter = \"2s\"\ncooldown = \"1h\"\n");
+    let supervisor = world.host.run(&world.mesh);
+    world.mesh.wait_for(LONG, |record| signed(record).0 >= 3);
+    // The attack: ba's address (the configured one) no longer answers the validator.
+    world
+        .mesh
+        .val
+        .ip(&["route", "add", "unreachable", &format!("{BA_IP}/32")]);
+    common::wait_until(LONG, "an automatic rotation of ba", || {
+        world
+            .journal()
+            .last()
+            .is_some_and(|record| record["step"] == "done")
+    });
+    let journal = world.journal();
+    let new = journal.last().unwrap()["public_ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    common::wait_until(LONG, "ba's tunnel up on the new address", || {
+        let tunnel = world.ba_tunnel();
+        tunnel["connected"] == true && tunnel["address"].as_str() == Some(new.as_str())
+    });
+    world.shim.wait_synced(TUNNEL);
+    assert_eq!(world.on_instance(), vec![new.clone()]);
+    // Down again, within the cooldown: no second rotation.
+    world.mesh.sshd_ba.kill();
+    common::wait_until(LONG, "ba's tunnel down", || {
+        world.ba_tunnel()["connected"] == false
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let rotations: std::collections::BTreeSet<String> = world
+        .journal()
+        .iter()
+        .map(|record| record["rotation"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rotations.len(), 1, "{:?}", world.journal());
+    world.mesh.sshd_ba.restart(&world.mesh.ba);
+    let output = supervisor.stop();
+    assert!(
+        output
+            .contains("automatic elastic IP rotation of bastion ba: its tunnel has been down for"),
+        "{output}"
+    );
+    assert!(
+        output.contains("automatic elastic IP rotation done"),
         "{output}"
     );
     let record = world.mesh.record();

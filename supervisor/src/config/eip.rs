@@ -45,6 +45,30 @@ pub struct RawEip {
     pub tunnel_timeout: Option<String>,
     /// Default `10s`: each EC2 request's timeout.
     pub request_timeout: Option<String>,
+    /// Default none: no automatic rotation.
+    pub auto: Option<RawEipAuto>,
+}
+
+/// `[eip.auto]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawEipAuto {
+    /// Default `60s`: how long a bastion's tunnel must stay down, while
+    /// another's is up, before its address is rotated.
+    pub after: Option<String>,
+    /// Default `15m`: no second automatic rotation of the same bastion
+    /// within this.
+    pub cooldown: Option<String>,
+    /// Default `2`: automatic rotations in any hour, all bastions together.
+    pub max_per_hour: Option<u32>,
+}
+
+/// The validated `[eip.auto]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EipAuto {
+    pub after: Duration,
+    pub cooldown: Duration,
+    pub max_per_hour: u32,
 }
 
 /// A bastion's `eip = { … }` as written.
@@ -77,6 +101,8 @@ pub struct EipSettings {
     pub credentials: CredentialSource,
     pub tunnel_timeout: Duration,
     pub request_timeout: Duration,
+    /// `None`: rotations only on request.
+    pub auto: Option<EipAuto>,
 }
 
 /// What a bastion's address is associated with.
@@ -187,7 +213,40 @@ pub(super) fn validate_eip(
         let origin = r.file_origin("eip.request-timeout");
         r.report(origin, "must be between 100ms and 30s");
     }
+    let auto = raw.auto.map(|auto| {
+        let after = r.duration(
+            None,
+            "eip.auto.after",
+            auto.after.as_deref(),
+            Duration::from_secs(60),
+        );
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&after) {
+            let origin = r.file_origin("eip.auto.after");
+            r.report(origin, "must be between 1s and 1h");
+        }
+        let cooldown = r.duration(
+            None,
+            "eip.auto.cooldown",
+            auto.cooldown.as_deref(),
+            Duration::from_secs(15 * 60),
+        );
+        if cooldown < Duration::from_secs(10) {
+            let origin = r.file_origin("eip.auto.cooldown");
+            r.report(origin, "must be at least 10s");
+        }
+        let max_per_hour = auto.max_per_hour.unwrap_or(2);
+        if !(1..=60).contains(&max_per_hour) {
+            let origin = r.file_origin("eip.auto.max-per-hour");
+            r.report(origin, "must be between 1 and 60");
+        }
+        EipAuto {
+            after,
+            cooldown,
+            max_per_hour,
+        }
+    });
     Some(EipSettings {
+        auto,
         region: region?,
         endpoint: raw.endpoint,
         credentials: credentials?,

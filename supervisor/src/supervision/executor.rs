@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::board::{SharedBoard, board};
 use super::command::HandoffDone;
-use super::command::{CommandId, CommandInbox, CommandResult, Order, Request};
+use super::command::{CommandId, CommandInbox, CommandResult, Order, Request, RotateRequest};
 use super::machine::{
     Action, DaemonExit, DetectedPlan, Event, HandoffGrant, Job, LeaseEvent, Level, Machine,
     RunOutcome, StartVerdict, StopSignal, Timer, UnlockOutcome, UpgradeFailure, VaultAtStart,
@@ -132,6 +132,8 @@ pub(super) struct Setup {
     pub failover: Option<FailoverRuntime>,
     /// `[eip]`: Elastic IP rotation of the bastions.
     pub eip: Option<Arc<crate::eip::EipService>>,
+    /// `[eip.auto]`: the trigger's requests, `(bastion, reason)`.
+    pub auto_rotations: Option<mpsc::Receiver<(String, String)>>,
 }
 
 /// What the executor holds for `[failover]`.
@@ -189,6 +191,7 @@ pub(super) struct Executor {
     /// Whose keys are in tmpfs, while a session is open.
     validator: Option<ValidatorIdentity>,
     eip: Option<Arc<crate::eip::EipService>>,
+    auto_rotations: Option<mpsc::Receiver<(String, String)>>,
 }
 
 impl Executor {
@@ -241,6 +244,7 @@ impl Executor {
             progress,
             failover: setup.failover,
             eip: setup.eip,
+            auto_rotations: setup.auto_rotations,
             validator: None,
             node: setup.node,
             config,
@@ -337,6 +341,14 @@ impl Executor {
                 }
                 Some(step) = self.progress.recv() => return Event::UpgradeProgress(step),
                 Some(lease) = lease_event(&mut self.failover) => return Event::Lease(lease),
+                Some((bastion, reason)) = auto_rotation(&mut self.auto_rotations) => {
+                    let request = RotateRequest {
+                        bastion,
+                        keep_old: false,
+                        operator: "the automatic trigger ([eip.auto])".into(),
+                    };
+                    return Event::AutoRotate(request, reason);
+                }
                 () = sleep_until(next_timer.map(|(_, at)| at)) => {
                     let (timer, _) = next_timer.expect("a timer was due");
                     self.timers.remove(&timer);
@@ -1237,6 +1249,15 @@ fn take_record(record: Rc<RefCell<RecordBuilder>>) -> RecordBuilder {
         // A cancelled job may not have been dropped yet; take a copy of
         // what it recorded.
         Err(shared) => shared.borrow().clone(),
+    }
+}
+
+async fn auto_rotation(
+    requests: &mut Option<mpsc::Receiver<(String, String)>>,
+) -> Option<(String, String)> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
     }
 }
 

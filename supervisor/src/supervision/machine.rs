@@ -282,12 +282,26 @@ pub enum Event {
     HandoffFinished(Result<HandoffDone, String>),
     /// `eip.rotate` (the control RPC checked the bastion).
     RotateRequested(CommandId, RotateRequest),
+    /// The automatic trigger (`[eip.auto]`) asks for a rotation, for this
+    /// reason.
+    AutoRotate(RotateRequest, String),
     /// The AWS credentials became available (the vault was unlocked, or
     /// they come from the environment): an interrupted rotation may be
     /// resumed.
     CredentialsAvailable,
     /// [`Action::RunRotation`] or [`Action::ResumeRotation`] finished.
     RotationFinished(RotationOutcome),
+}
+
+/// Which rotation runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rotating {
+    /// `eip.rotate` of this bastion, answered when done.
+    Command(CommandId, String),
+    /// The automatic trigger's, of this bastion.
+    Auto(String),
+    /// The resumption of one a restart interrupted.
+    Resume,
 }
 
 /// How a rotation job ended.
@@ -565,9 +579,8 @@ pub struct Machine {
     pending_shutdown: Option<ShutdownCause>,
     /// `[failover]`: the fencing token of the leadership this host holds.
     lease: Option<i64>,
-    /// An Elastic IP rotation runs (beside the node's phases): for the
-    /// command `Some(id)` and its bastion, or a resumption (`None`).
-    rotating: Option<Option<(CommandId, String)>>,
+    /// An Elastic IP rotation runs (beside the node's phases).
+    rotating: Option<Rotating>,
 }
 
 impl Machine {
@@ -726,9 +739,10 @@ impl Machine {
         let mut out = Vec::new();
         match event {
             Event::RotateRequested(id, request) => self.on_rotate(id, request, &mut out),
+            Event::AutoRotate(request, reason) => self.on_auto_rotate(request, reason, &mut out),
             Event::CredentialsAvailable => {
                 if self.rotating.is_none() && !self.is_shutting_down() {
-                    self.rotating = Some(None);
+                    self.rotating = Some(Rotating::Resume);
                     out.push(Action::ResumeRotation);
                 }
             }
@@ -777,19 +791,14 @@ impl Machine {
             return refuse(
                 out,
                 match running {
-                    Some((_, bastion)) => format!(
+                    Rotating::Command(_, bastion) | Rotating::Auto(bastion) => format!(
                         "an Elastic IP rotation of bastion {bastion} is in progress (eip.status shows it); try again when it is done"
                     ),
-                    None => "an interrupted Elastic IP rotation is being finished (eip.status shows it); try again when it is done".into(),
+                    Rotating::Resume => "an interrupted Elastic IP rotation is being finished (eip.status shows it); try again when it is done".into(),
                 },
             );
         }
-        if self.settings.vault
-            && matches!(
-                self.phase,
-                Phase::Locked | Phase::Unlocking { .. } | Phase::Starting
-            )
-        {
+        if self.locked_for_rotation() {
             return refuse(
                 out,
                 "the vault is locked: the AWS credentials are in the vault; unlock it first (vault.unlock)"
@@ -809,7 +818,49 @@ impl Machine {
                 }
             ),
         ));
-        self.rotating = Some(Some((id, request.bastion.clone())));
+        self.rotating = Some(Rotating::Command(id, request.bastion.clone()));
+        out.push(Action::RunRotation(request));
+    }
+
+    /// The vault (which holds the AWS key) is not unlocked yet.
+    fn locked_for_rotation(&self) -> bool {
+        self.settings.vault
+            && matches!(
+                self.phase,
+                Phase::Locked | Phase::Unlocking { .. } | Phase::Starting
+            )
+    }
+
+    /// The trigger's request: carried out under the same rules as an
+    /// operator's, and logged with its reason either way.
+    fn on_auto_rotate(&mut self, request: RotateRequest, reason: String, out: &mut Vec<Action>) {
+        let skip = if self.is_shutting_down() {
+            Some("the supervisor is shutting down")
+        } else if self.rotating.is_some() {
+            Some("another rotation is in progress")
+        } else if self.locked_for_rotation() {
+            Some("the vault is locked")
+        } else {
+            None
+        };
+        if let Some(why) = skip {
+            out.push(Action::Log(
+                Level::Warn,
+                format!(
+                    "automatic elastic IP rotation of bastion {} not started ({why}): {reason}",
+                    request.bastion
+                ),
+            ));
+            return;
+        }
+        out.push(Action::Log(
+            Level::Warn,
+            format!(
+                "automatic elastic IP rotation of bastion {}: {reason}",
+                request.bastion
+            ),
+        ));
+        self.rotating = Some(Rotating::Auto(request.bastion.clone()));
         out.push(Action::RunRotation(request));
     }
 
@@ -818,7 +869,32 @@ impl Machine {
             // Cancelled (lock, shutdown) before it reported.
             return;
         };
-        match (by.map(|(id, _)| id), outcome) {
+        let by = match by {
+            Rotating::Command(id, _) => Some(id),
+            Rotating::Auto(bastion) => {
+                out.push(match outcome {
+                    RotationOutcome::Rotated(result) => Action::Log(
+                        Level::Warn,
+                        format!(
+                            "automatic elastic IP rotation done: bastion {bastion} moved from {} to {} (tunnel up after {} ms)",
+                            result.old_public_ip.as_deref().unwrap_or("no address"),
+                            result.public_ip,
+                            result.tunnel_up_ms
+                        ),
+                    ),
+                    RotationOutcome::Failed(message) | RotationOutcome::Resumed(Some(message)) => {
+                        Action::Log(
+                            Level::Error,
+                            format!("automatic elastic IP rotation of bastion {bastion} failed: {message}"),
+                        )
+                    }
+                    RotationOutcome::Resumed(None) => return,
+                });
+                return;
+            }
+            Rotating::Resume => None,
+        };
+        match (by, outcome) {
             (Some(id), RotationOutcome::Rotated(result)) => {
                 out.push(Action::Log(
                     Level::Info,
@@ -866,7 +942,7 @@ impl Machine {
             Level::Warn,
             format!("elastic IP rotation interrupted: {why}; it is finished or rolled back at the next unlock"),
         ));
-        if let Some((id, _)) = by {
+        if let Rotating::Command(id, _) = by {
             out.push(Action::Answer(
                 id,
                 Err(CommandError::WrongState(format!(

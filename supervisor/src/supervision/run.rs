@@ -179,6 +179,18 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
             .map(TunnelMesh::observers)
             .unwrap_or_default(),
     );
+    let auto_rotations = eip.as_ref().and_then(|eip| {
+        let settings = eip.auto()?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        crate::eip::trigger::spawn(eip.clone(), settings, sender, background.clone());
+        tracing::info!(
+            after = ?settings.after,
+            cooldown = ?settings.cooldown,
+            max_per_hour = settings.max_per_hour,
+            "automatic elastic IP rotation on: a bastion down this long while another is up is moved to a new address"
+        );
+        Some(receiver)
+    });
     let (commands, inbox) = command_channel();
     let board = new_board(config.vault.is_some());
     let (last_backup, last_backup_seen) = tokio::sync::watch::channel(None);
@@ -273,6 +285,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
             vault_at_start,
             failover,
             eip,
+            auto_rotations,
         },
     );
     Ok(executor.run().await)

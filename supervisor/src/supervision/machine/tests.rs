@@ -1877,3 +1877,63 @@ fn elastic_ip_rotation_runs_beside_the_node() {
             .any(|a| matches!(a, Action::RunRotation(_)))
     );
 }
+
+/// The automatic trigger's requests: never while locked or while another rotation runs (both
+/// logged with the reason, nothing run), otherwise run and logged; its outcome is logged, no
+/// command is answered.
+#[test]
+fn automatic_rotations_follow_the_same_rules_and_are_logged() {
+    let auto = || {
+        Event::AutoRotate(
+            RotateRequest {
+                bastion: "b1".into(),
+                keep_old: false,
+                operator: "the automatic trigger".into(),
+            },
+            "its tunnel has been down for 61s while b2 is up".into(),
+        )
+    };
+    let logged = |actions: &[Action], text: &str| {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Log(_, m) if m.contains(text)))
+    };
+    let mut machine = machine_at("Locked", true);
+    let actions = machine.step(auto());
+    assert!(
+        logged(&actions, "not started (the vault is locked)"),
+        "{actions:?}"
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::RunRotation(_))));
+
+    let mut machine = machine_at("Running", true);
+    let actions = machine.step(auto());
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::RunRotation(_))),
+        "{actions:?}"
+    );
+    assert!(logged(&actions, "down for 61s while b2 is up"));
+    assert!(logged(
+        &machine.step(auto()),
+        "not started (another rotation is in progress)"
+    ));
+    assert!(wrong_state_answer(&machine.step(rotate("b1"))));
+    let done = machine.step(Event::RotationFinished(rotated()));
+    assert!(
+        logged(&done, "automatic elastic IP rotation done"),
+        "{done:?}"
+    );
+    assert!(!done.iter().any(|a| matches!(a, Action::Answer(..))));
+    machine.step(auto());
+    let failed = machine.step(Event::RotationFinished(RotationOutcome::Failed(
+        "throttled".into(),
+    )));
+    assert!(logged(&failed, "failed: throttled"), "{failed:?}");
+}
+
+fn wrong_state_answer(actions: &[Action]) -> bool {
+    matches!(
+        answers(actions, ID).as_slice(),
+        [Err(CommandError::WrongState(_))]
+    )
+}
