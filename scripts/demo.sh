@@ -24,6 +24,13 @@
 # validator misses blocks while its only tunnel is down and signs again once
 # the tunnel heals.
 #
+# Then an Elastic IP rotation (docs/eip.md; EIP=0 skips it): moto stands in for
+# EC2 and a small "cloud" (python, below) makes moto's associations true on
+# loopback: an address associated with the bastion's instance forwards to its
+# sshd. `palisade-ctl eip rotate` moves the bastion to a new address; the
+# validator's tunnel redials it (host key still pinned) and keeps signing; the
+# old address is released. The AWS key lives in the vault.
+#
 # Then failover (docs/failover.md; FAILOVER=0 skips it): two validator hosts
 # for one validator (two supervisors sharing one vault), a real 3-member etcd
 # cluster and a chain with one sentry per host; a planned handoff
@@ -49,6 +56,8 @@ source scripts/deps.sh
 
 require_cargo
 apt_install curl jq ca-certificates openssh-server openssh-client etcd-server
+EIP=${EIP:-1}
+[ "$EIP" = 0 ] || ensure_moto
 
 UPGRADE_HEIGHT=${UPGRADE_HEIGHT:-12}
 BLOCKS_AFTER=${BLOCKS_AFTER:-14}
@@ -274,6 +283,66 @@ for _ in $(seq 100); do [ -S "$STORE_SOCKET" ] && break; sleep 0.05; done
 [ -S "$STORE_SOCKET" ] || die "palisade-bastion did not start; see $BASTION_DIR/bastion.log"
 
 # ---------------------------------------------------------------------------
+# The "cloud": moto (EC2) and the bastion's instance with an Elastic IP.
+# ---------------------------------------------------------------------------
+# moto allocates addresses in 127.0.0.0/8, all local on Linux. This cloud keeps
+# a TCP forwarder from IP:SSH_PORT to the bastion's sshd for every address moto
+# shows associated with the bastion's instance, and closes it when the address
+# moves: a rotation really changes where the bastion answers.
+CLOUD='import boto3, socket, sys, threading, time
+url, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ec2 = boto3.client("ec2", region_name="eu-west-1", endpoint_url=url,
+                   aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+                   aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+first = ec2.allocate_address(Domain="vpc")
+ec2.associate_address(AllocationId=first["AllocationId"], InstanceId=instance)
+def pipe(a, b):
+    try:
+        while (data := a.recv(65536)):
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+def serve(listener):
+    while True:
+        try: client, _ = listener.accept()
+        except OSError: return
+        server = socket.create_connection(("127.0.0.1", port))
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+listeners = {}
+while True:
+    wanted = {a["PublicIp"] for a in ec2.describe_addresses()["Addresses"] if a.get("InstanceId") == instance}
+    for ip in wanted - listeners.keys():
+        listener = socket.socket(); listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((ip, port)); listener.listen(16); listeners[ip] = listener
+        threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    for ip in listeners.keys() - wanted:
+        listeners.pop(ip).close()
+    if out:
+        open(out, "w").write(instance + " " + first["PublicIp"] + "\n"); out = ""
+    time.sleep(0.1)
+'
+EIP_TABLE=""
+if [ "$EIP" != 0 ]; then
+  MOTO_PORT=$(free_port)
+  log "cloud: moto (EC2) on 127.0.0.1:$MOTO_PORT, the bastion's instance with an Elastic IP forwarding to its sshd"
+  moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$DEMO/moto.log" 2>&1 &
+  pids+=($!)
+  wait_tcp 127.0.0.1 "$MOTO_PORT" moto
+  python3 -c "$CLOUD" "http://127.0.0.1:$MOTO_PORT" "$SSH_PORT" "$DEMO/cloud.instance" 2>"$DEMO/cloud.log" &
+  pids+=($!)
+  for _ in $(seq 200); do [ -s "$DEMO/cloud.instance" ] && break; sleep 0.05; done
+  [ -s "$DEMO/cloud.instance" ] || die "the demo cloud did not start; see $DEMO/cloud.log and $DEMO/moto.log"
+  read -r INSTANCE FIRST_IP < "$DEMO/cloud.instance"
+  echo "  instance $INSTANCE, Elastic IP $FIRST_IP"
+  EIP_TABLE="eip = { instance-id = \"$INSTANCE\" }"
+fi
+
+# ---------------------------------------------------------------------------
 # The validator host: binaries, palisade.toml, vault.
 # ---------------------------------------------------------------------------
 # Two "releases" of the node binary: v1 (genesis) and v2 (has the v2 handler).
@@ -322,13 +391,28 @@ user = "$TUNNEL_USER"
 rpc-socket = "$FORWARDED_SOCKET"
 backup-command = "palisade-bastion backup-session"
 sentry = { node-id = "$SENTRY_ID", target = "127.0.0.1:$NET_PORT" }
+$EIP_TABLE
 EOF
+if [ "$EIP" != 0 ]; then
+  cat >> "$PALISADE_CONFIG" <<EOF
+
+[eip]
+region = "eu-west-1"
+endpoint = "http://127.0.0.1:$MOTO_PORT"   # moto; AWS's own endpoint by default
+tunnel-timeout = "10s"
+EOF
+fi
 
 export DAEMON_HOME=$HOME_DIR DAEMON_NAME=simd DAEMON_POLL_INTERVAL=100ms PALISADE_CONFIG
 log "palisade-supervisor init + add-upgrade v2 (Cosmovisor layout), init-vault (keys encrypted, plaintext removed), init-rpc (TLS identity)"
 "$BIN/palisade-supervisor" init "$DEMO/binaries/v1/simd"
 "$BIN/palisade-supervisor" add-upgrade v2 "$DEMO/binaries/v2/simd"
 "$BIN/palisade-supervisor" init-vault --passphrase-file "$PASSPHRASE_FILE" | sed 's/^/  /'
+if [ "$EIP" != 0 ]; then
+  log "import-aws-credentials: the AWS key sealed in the vault (usable only while it is unlocked)"
+  AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY \
+    "$BIN/palisade-supervisor" import-aws-credentials --from-env | sed 's/^/  /'
+fi
 RPC_PIN=$("$BIN/palisade-supervisor" init-rpc)
 echo "  RPC certificate pin (for palisade-ctl): $RPC_PIN"
 # palisade-ctl as the operator runs it on their laptop, through the bastion.
@@ -453,6 +537,32 @@ health_json=$("$BIN/palisade-bastion" status --config "$BASTION_CONFIG" --json 2
 health_before=$(jq -r --arg name "$VALIDATOR" '.validators[] | select(.name == $name) |
   "\(.state) (supervisor \(.supervisor.validator // "?") \(.supervisor.version // "?"), since \(.since))"' <<<"$health_json" 2>/dev/null || echo "?")
 
+rotation=skipped
+if [ "$EIP" != 0 ]; then
+  log "Elastic IP rotation of bastion-1 (palisade-ctl eip rotate, on the validator host: a session through the bastion being moved would be cut with its old address)"
+  local_ctl() { "$BIN/palisade-ctl" --socket "$SUPERVISOR_SOCKET" "$@"; }
+  local_ctl eip list | sed 's/^/  /'
+  record=$(curl -sf "http://127.0.0.1:$HTTP_PORT/record")
+  signed_before=$(jq -r ".validators.$VALIDATOR.signed_heights" <<<"$record")
+  missed_before=$(jq -r ".validators.$VALIDATOR.missed_count" <<<"$record")
+  signed_now=$signed_before
+  if local_ctl eip rotate bastion-1 | sed 's/^/  /'; then
+    NEW_IP=$(local_ctl --json eip list | jq -r '.bastions[0].dialing')
+    for _ in $(seq 100); do
+      signed_now=$(curl -sf "http://127.0.0.1:$HTTP_PORT/record" | jq -r ".validators.$VALIDATOR.signed_heights")
+      [ "$signed_now" -ge $((signed_before + 3)) ] && break
+      sleep 0.2
+    done
+    missed_now=$(curl -sf "http://127.0.0.1:$HTTP_PORT/record" | jq -r ".validators.$VALIDATOR.missed_count")
+    echo "  >> $VALIDATOR signed $((signed_now - signed_before)) blocks since the rotation began, through the tunnel to $NEW_IP;" \
+      "missed $((missed_now - missed_before)) while gaiad redialed its sentry through the moved tunnel (one bastion only: with two, the other carries the votes meanwhile)"
+    if [ "$signed_now" -ge $((signed_before + 3)) ] && [ "$NEW_IP" != "$FIRST_IP" ]; then rotation=done; else rotation=failed; fi
+  else
+    rotation=failed
+  fi
+  local_ctl eip status | tail -n 8 | sed 's/^/  /'
+fi
+
 echo "  operator's view through the bastion: $(ctl --json status | jq -c '{node: .node.state, height: .node.height, vault: (if .vault.locked then "locked" else "unlocked" end), watermark, tunnels: [.tunnels[] | {name, connected}]}' 2>/dev/null || echo "?")"
 
 log "stopping the supervisor (SIGTERM: graceful stop of the node, final backup)"
@@ -474,6 +584,11 @@ case $outage in
   *) echo "  sshd outage: $VALIDATOR did NOT sign again after sshd was stopped at height $height_stop" ;;
 esac
 echo "  bastion health of $VALIDATOR: $health_before; after the supervisor stopped: $health_after"
+case $rotation in
+  skipped) echo "  Elastic IP rotation: skipped (EIP=0)" ;;
+  done) echo "  Elastic IP rotation: bastion-1 moved from $FIRST_IP to $NEW_IP; $VALIDATOR kept signing through the new address" ;;
+  *) echo "  Elastic IP rotation: FAILED; see $DEMO/supervisor.log" ;;
+esac
 echo "  backups on the bastion ($BASTION_BACKUPS/$VALIDATOR): $(bastion_backups);" \
   "local: $(age_files "$HOME_DIR/palisade/backups" | wc -l)"
 not_on_bastion=$(comm -23 <(age_files "$HOME_DIR/palisade/backups") <(age_files "$BASTION_BACKUPS/$VALIDATOR") |
@@ -483,6 +598,7 @@ echo "  supervisor log, tunnel:"
 plain_log | grep "bastion tunnel" | sed 's/^/    /' || echo "    (no \"bastion tunnel\" lines)"
 echo "  logs: supervisor $DEMO/supervisor.log, node $DEMO/node.log, sshd $SSH_DIR/sshd.log, palisade-bastion $BASTION_DIR/bastion.log"
 [ "$outage" = healed ] || [ "$outage" = skipped ] || exit 1
+[ "$rotation" = done ] || [ "$rotation" = skipped ] || exit 1
 
 if [ "${FAILOVER:-1}" != 0 ]; then
   log "failover: two hosts, a planned handoff, then the primary's host killed"
