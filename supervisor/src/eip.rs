@@ -73,6 +73,8 @@ pub struct EipService {
     settings: EipSettings,
     bastions: Vec<RotatableBastion>,
     observers: Vec<BastionObserver>,
+    /// Connections through each bastion's forward of the control socket.
+    arrivals: crate::rpc::BastionArrivals,
     journal: Journal,
     book: AddressBook,
     /// Built from the credentials while they are available (the vault
@@ -111,7 +113,11 @@ pub fn saved_addresses(config: &Config) -> BTreeMap<String, String> {
 impl EipService {
     /// The service for `config`, if it has `[eip]` and bastions with an
     /// `eip`; `observers` are the running tunnels'.
-    pub fn new(config: &Config, observers: Vec<BastionObserver>) -> Option<Arc<EipService>> {
+    pub fn new(
+        config: &Config,
+        observers: Vec<BastionObserver>,
+        arrivals: crate::rpc::BastionArrivals,
+    ) -> Option<Arc<EipService>> {
         let settings = config.eip.clone()?;
         let bastions: Vec<RotatableBastion> = config
             .tunnels
@@ -130,6 +136,7 @@ impl EipService {
             settings,
             bastions,
             observers,
+            arrivals,
             journal: Journal::new(&dir),
             book: AddressBook::new(&dir),
             client: Mutex::new(Err(LOCKED.to_string())),
@@ -295,6 +302,7 @@ impl EipService {
             journal: &self.journal,
             book: &self.book,
             tunnel_timeout: self.settings.tunnel_timeout,
+            arrivals: Some(&self.arrivals),
         }
     }
 

@@ -1724,6 +1724,7 @@ fn an_elastic_ip_rotation_moves_the_tunnel_to_the_new_address_and_the_chain_goes
             "allocated",
             "associated",
             "tunnel-up",
+            "health-up",
             "released"
         ],
         "{rotated}"
@@ -1788,6 +1789,7 @@ fn an_elastic_ip_rotation_moves_the_tunnel_to_the_new_address_and_the_chain_goes
             ("allocated", true),
             ("associated", true),
             ("tunnel-up", true),
+            ("health-up", true),
             ("released", true),
             ("done", true)
         ],
@@ -1824,7 +1826,7 @@ fn a_rotation_interrupted_after_each_step_is_rolled_back_or_finished_at_the_next
         ("started", Some(2), "rolled-back"),
         ("allocated", Some(3), "rolled-back"),
         ("associated", None, "rolled-back"),
-        ("tunnel-up", Some(4), "done"),
+        ("health-up", Some(4), "done"),
     ];
     for (after, hold, outcome) in cases {
         world.relay.hold_request(hold);

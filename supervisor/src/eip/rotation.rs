@@ -8,7 +8,9 @@
 //! 3. `associated`: the new address on the bastion's instance or network
 //!    interface (`AllowReassociation`).
 //! 4. `tunnel-up`: the tunnel dials the new address (its host key still
-//!    pinned to the bastion) and is up again within `eip.tunnel-timeout`.
+//!    pinned to the bastion) and is up again within `eip.tunnel-timeout`;
+//!    then `health-up`: the bastion's health check reaches the validator
+//!    through it again (when the bastion had been checking before).
 //! 5. `released`: the old address disassociated (if EC2 left it so) and
 //!    released, unless `keep_old`.
 //! 6. `done`.
@@ -46,6 +48,9 @@ pub struct Rotation<'a> {
     pub journal: &'a Journal,
     pub book: &'a AddressBook,
     pub tunnel_timeout: Duration,
+    /// Connections through the bastions' entries to the control socket
+    /// (their health checks); `None` without a control-socket forward.
+    pub arrivals: Option<&'a crate::rpc::BastionArrivals>,
 }
 
 /// The address EC2 shows associated with `target`, preferring `preferred`
@@ -238,6 +243,12 @@ impl Rotation<'_> {
             public_ip: new_ip.clone(),
             allocation_id: new.allocation_id.clone(),
         };
+        let switched = SystemTime::now();
+        // Whether the bastion's health check had been reaching the validator:
+        // then it must come back through the new address.
+        let checked_before = self
+            .arrivals
+            .is_some_and(|arrivals| arrivals.last(self.bastion).is_some());
         if !self.switch_tunnel(Some(&current)).await? {
             let why = format!(
                 "the tunnel did not come up on {new_ip} within {:?} ({})",
@@ -269,6 +280,52 @@ impl Rotation<'_> {
             Some(step_started.elapsed()),
         )?;
         steps.push(step("tunnel-up", step_started));
+
+        // The bastion's health check of the validator arrives through the
+        // tunnel's forward of the control socket: wait for one made after the
+        // switch, if the bastion had been checking before (else there is
+        // nothing to come back).
+        let step_started = Instant::now();
+        if let Some(arrivals) = self.arrivals
+            && checked_before
+        {
+            let deadline = Instant::now() + self.tunnel_timeout;
+            let came_back = loop {
+                if arrivals.last(self.bastion).is_some_and(|at| at >= switched) {
+                    break true;
+                }
+                if Instant::now() >= deadline {
+                    break false;
+                }
+                tokio::time::sleep(TUNNEL_POLL).await;
+            };
+            if !came_back {
+                let why = format!(
+                    "the tunnel came up on {new_ip} but the bastion's health check did not reach the validator through it within {:?}",
+                    self.tunnel_timeout
+                );
+                let rolled = self
+                    .roll_back(
+                        &rotation,
+                        old.as_ref(),
+                        &new_ip,
+                        &new.allocation_id,
+                        Some(&association),
+                        &why,
+                    )
+                    .await;
+                anyhow::bail!("{rolled}");
+            }
+            self.record(
+                &rotation,
+                "health-up",
+                Some((&new_ip, &new.allocation_id)),
+                Some(&association),
+                Some("the bastion's health check reached the validator through the tunnel".into()),
+                Some(step_started.elapsed()),
+            )?;
+            steps.push(step("health-up", step_started));
+        }
 
         let step_started = Instant::now();
         let retired = self.retire_old(&rotation, old.as_ref(), keep_old).await?;

@@ -71,6 +71,33 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+/// When a connection last arrived through each bastion's entry (its
+/// health check, every few seconds, or an operator): what an Elastic IP
+/// rotation waits for to know that the bastion reaches the validator again
+/// (`crate::eip`).
+#[derive(Clone, Debug, Default)]
+pub struct BastionArrivals(
+    Arc<std::sync::Mutex<std::collections::BTreeMap<String, std::time::SystemTime>>>,
+);
+
+impl BastionArrivals {
+    /// The last arrival through `bastion`'s entry, if any.
+    pub fn last(&self, bastion: &str) -> Option<std::time::SystemTime> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(bastion)
+            .copied()
+    }
+
+    fn arrived(&self, bastion: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bastion.to_string(), std::time::SystemTime::now());
+    }
+}
+
 /// A bastion's entry to the control socket.
 struct BastionEntry {
     bastion: Arc<str>,
@@ -96,6 +123,7 @@ pub struct ControlSocket {
     tls_dir: PathBuf,
     idle_timeout: Duration,
     trust: TrustPolicy,
+    arrivals: BastionArrivals,
 }
 
 impl ControlSocket {
@@ -114,7 +142,13 @@ impl ControlSocket {
             tls_dir: settings.tls_dir.clone(),
             idle_timeout: settings.idle_timeout,
             trust: TrustPolicy::for_uids(&settings.trusted_uids),
+            arrivals: BastionArrivals::default(),
         })
+    }
+
+    /// When connections last arrived through each bastion's entry.
+    pub fn arrivals(&self) -> BastionArrivals {
+        self.arrivals.clone()
     }
 
     /// Bind `bastion`'s entry socket
@@ -201,6 +235,7 @@ impl ControlSocket {
             identity,
             trust: self.trust,
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            arrivals: self.arrivals.clone(),
             unauthenticated: Arc::new(admission::Unauthenticated::default()),
             deadline: admission::UNAUTHENTICATED_DEADLINE.min(self.idle_timeout),
             shutdown,
@@ -238,6 +273,7 @@ struct Serving {
     identity: Option<tls::ServerIdentity>,
     trust: TrustPolicy,
     slots: Arc<Semaphore>,
+    arrivals: BastionArrivals,
     unauthenticated: Arc<admission::Unauthenticated>,
     deadline: Duration,
     shutdown: CancellationToken,
@@ -256,6 +292,7 @@ impl Serving {
                 // Whatever its credentials (they are our own process's):
                 // only that bastion's forward ends here.
                 Listener::Bastion(bastion) => {
+                    self.arrivals.arrived(bastion);
                     (PeerTrust::Remote, auth::Source::Bastion(bastion.clone()))
                 }
                 Listener::Main => {

@@ -178,6 +178,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
             .as_ref()
             .map(TunnelMesh::observers)
             .unwrap_or_default(),
+        socket.arrivals(),
     );
     let auto_rotations = eip.as_ref().and_then(|eip| {
         let settings = eip.auto()?;
