@@ -74,8 +74,7 @@ impl AddressBook {
             None => book.remove(bastion),
         };
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", dir.display()))?;
+            super::journal::private_dir(dir)?;
         }
         let mut json = serde_json::to_vec_pretty(&book).expect("addresses serialize");
         json.push(b'\n');

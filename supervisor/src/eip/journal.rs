@@ -60,8 +60,7 @@ impl Journal {
     /// Appends one record durably.
     pub fn append(&self, record: &EipJournalRecord) -> anyhow::Result<()> {
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", dir.display()))?;
+            private_dir(dir)?;
         }
         let mut line = serde_json::to_vec(record).expect("a journal record serializes");
         line.push(b'\n');
@@ -131,6 +130,25 @@ fn unfinished_of(records: Vec<EipJournalRecord>) -> Option<Unfinished> {
         bastion,
         records,
     })
+}
+
+/// Creates `dir` (and its parents) if missing; `dir` itself 0700, since
+/// the journal and the address book name the account's addresses.
+pub(super) fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|error| anyhow::anyhow!("cannot chmod {}: {error}", dir.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(anyhow::anyhow!("cannot create {}: {error}", dir.display())),
+    }
 }
 
 /// Now, Unix milliseconds.
@@ -212,6 +230,12 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(dir.path().join("eip"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
         assert_eq!(journal.tail(1).unwrap()[0].step, "allocated");
     }
 }
