@@ -300,8 +300,14 @@ fn trusted_uids_are_configuration_and_an_empty_list_trusts_nobody() {
             "{expected:?} not in {shown:?}"
         );
         let supervisor = fixture.run();
-        common::wait_until(LONG, "the control socket", || fixture.socket.exists());
-        let mut rpc = common::RawRpc::connect(&fixture.socket, LONG).unwrap();
+        // The socket's file exists a moment before it listens (bind, then
+        // listen): connect until it answers.
+        let mut connected = None;
+        common::wait_until(LONG, "the control socket", || {
+            connected = common::RawRpc::connect(&fixture.socket, LONG).ok();
+            connected.is_some()
+        });
+        let mut rpc = connected.unwrap();
         assert_eq!(rpc.greeting["tls"], tls, "{rpc_extra:?}: {}", rpc.greeting);
         rpc.send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}\n")
             .unwrap();
