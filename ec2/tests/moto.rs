@@ -4,18 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use palisade_ec2::sigv4::{
-    self, AmzDate, PathNormalization, PayloadHashHeader, SessionTokenSigning, SignableRequest,
-    SigningParams,
-};
 use palisade_ec2::{
     AddressFilter, AssociationTarget, Credentials, Ec2Client, Ec2Config, Error, Zeroizing,
 };
 use palisade_testkit::moto::Moto;
 
 const REGION: &str = "eu-west-1";
-/// One of the AMIs moto ships (`moto/ec2/resources/amis.json.gz`).
-const MOTO_AMI: &str = "ami-12c6146b";
 
 fn credentials() -> Credentials {
     Credentials::new(
@@ -29,63 +23,6 @@ fn credentials() -> Credentials {
 fn client(moto: &Moto, region: &str) -> Ec2Client {
     let config = Ec2Config::new(region).with_endpoint(moto.endpoint().parse().unwrap());
     Ec2Client::new(config, credentials()).unwrap()
-}
-
-/// An instance in moto to associate with (test support only: the client has no RunInstances):
-/// a signed RunInstances, and its instance and primary network interface ids.
-async fn run_instance(moto: &Moto) -> (String, String) {
-    let body = format!(
-        "Action=RunInstances&Version=2016-11-15&ImageId={MOTO_AMI}&MinCount=1&MaxCount=1&InstanceType=t3.micro"
-    );
-    let host = format!("127.0.0.1:{}", moto.port());
-    let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-    let headers = [
-        ("Host".to_string(), host.clone()),
-        ("Content-Type".to_string(), content_type.to_string()),
-    ];
-    let credentials = credentials();
-    let signed = sigv4::sign(
-        &SignableRequest {
-            method: "POST",
-            path: "/",
-            query: &[],
-            headers: &headers,
-            body: body.as_bytes(),
-        },
-        &SigningParams {
-            credentials: &credentials,
-            region: REGION,
-            service: "ec2",
-            time: &AmzDate::now(),
-            path_normalization: PathNormalization::Normalize,
-            payload_hash_header: PayloadHashHeader::Omit,
-            session_token_signing: SessionTokenSigning::Signed,
-        },
-    );
-    let mut request = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(moto.endpoint())
-        .header("host", host)
-        .header("content-type", content_type);
-    for (name, value) in &signed.headers {
-        request = request.header(*name, value);
-    }
-    let response = request.body(body).send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert!(status.is_success(), "RunInstances: {status}: {text}");
-    let document = roxmltree::Document::parse(&text).unwrap();
-    let first = |name: &str| {
-        document
-            .descendants()
-            .find(|node| node.tag_name().name() == name)
-            .and_then(|node| node.text())
-            .unwrap_or_else(|| panic!("no <{name}> in {text}"))
-            .to_string()
-    };
-    (first("instanceId"), first("networkInterfaceId"))
 }
 
 #[tokio::test]
@@ -143,7 +80,10 @@ async fn allocate_associate_reassociate_disassociate_release() {
     assert_eq!(untagged, vec![]);
 
     // Associate with an instance.
-    let (instance, interface) = run_instance(&moto).await;
+    let palisade_testkit::moto::MotoInstance {
+        instance_id: instance,
+        network_interface_id: interface,
+    } = palisade_testkit::moto::run_instance(&moto.endpoint(), REGION).await;
     let association = ec2
         .associate_address(
             &first.allocation_id,

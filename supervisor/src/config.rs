@@ -26,7 +26,9 @@ use serde::Deserialize;
 use crate::upgrade::download::ChecksumPolicy;
 
 pub use account::NodeAccount;
-pub use eip::{CredentialSource, EipAuto, EipSettings, EipTarget, RawBastionEip, RawEip};
+pub use eip::{
+    CredentialSource, EipAuto, EipSettings, EipTarget, RawBastionEip, RawEip, default_profile_file,
+};
 pub use failover::{FailoverSettings, RawFailover, TakeoverMode, valid_host_id};
 pub use host::{HostSettings, RawHost, check_shutdown_command};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};

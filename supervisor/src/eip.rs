@@ -219,12 +219,7 @@ impl EipService {
                 let mine = addresses
                     .iter()
                     .filter(|address| {
-                        rotation::associated_with(
-                            std::slice::from_ref(address),
-                            &bastion.target,
-                            None,
-                        )
-                        .is_some()
+                        rotation::is_on(address, &bastion.target)
                             || address.tags.get(BASTION_TAG) == Some(&bastion.name)
                     })
                     .map(|address| EipAddress {

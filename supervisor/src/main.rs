@@ -103,16 +103,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let source = if from_env {
                 palisade_supervisor::eip::credentials::ImportSource::Environment
             } else {
-                let file = match profile_file {
-                    Some(file) => file,
-                    None => {
-                        std::path::PathBuf::from(std::env::var_os("HOME").ok_or_else(|| {
-                            anyhow::anyhow!("HOME is not set: give --profile-file")
-                        })?)
-                        .join(".aws")
-                        .join("credentials")
-                    }
-                };
+                let file = profile_file
+                    .or_else(palisade_supervisor::config::default_profile_file)
+                    .ok_or_else(|| anyhow::anyhow!("HOME is not set: give --profile-file"))?;
                 palisade_supervisor::eip::credentials::ImportSource::Profile {
                     file,
                     name: profile.unwrap_or_else(|| "default".into()),

@@ -16,13 +16,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use common::cloud_shim::{
-    CloudShim, MotoInstance, ShimClient, ShimInstance, ec2_client, run_instance,
-};
+use common::cloud_shim::{CloudShim, ShimClient, ShimInstance, ec2_client};
 use common::netns::{Netns, NsSshd, link, require_root, ssh_keygen};
 use common::timing::{LONG, PROMPT};
 use palisade_ec2::{AddressFilter, AllocatedAddress, AssociationTarget, Ec2Client};
-use palisade_testkit::moto::Moto;
+use palisade_testkit::moto::{Moto, MotoInstance, run_instance};
 
 const REGION: &str = "eu-west-1";
 /// The bound on one [`CloudShim::wait_synced`]: a sync takes well under a second, but on 2

@@ -43,7 +43,10 @@ fn world(instance: Option<&str>) -> World {
         Credentials::new(KEY.0, palisade_ec2::Zeroizing::new(KEY.1.to_string()), None).unwrap(),
     )
     .unwrap();
-    let running = runtime.block_on(common::cloud_shim::run_instance(&moto.endpoint(), REGION));
+    let running = runtime.block_on(palisade_testkit::moto::run_instance(
+        &moto.endpoint(),
+        REGION,
+    ));
     let old = runtime
         .block_on(ec2.allocate_address(&Default::default()))
         .unwrap();

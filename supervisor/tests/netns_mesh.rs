@@ -1488,7 +1488,7 @@ struct EipWorld {
     shim: common::cloud_shim::CloudShim,
     host: ValidatorHost,
     relay: std::sync::Arc<RelayControl>,
-    instance: common::cloud_shim::MotoInstance,
+    instance: palisade_testkit::moto::MotoInstance,
     a: palisade_ec2::AllocatedAddress,
     ec2: palisade_ec2::Ec2Client,
     runtime: tokio::runtime::Runtime,
@@ -1509,8 +1509,9 @@ impl EipWorld {
 
     /// [`EipWorld::build`] with `eip_extra` after the `[eip]` table (`[eip.auto]`, say).
     fn build_with(eip_extra: &str) -> EipWorld {
-        use common::cloud_shim::{CloudShim, ShimClient, ShimInstance, run_instance};
+        use common::cloud_shim::{CloudShim, ShimClient, ShimInstance};
         use palisade_ec2::{AssociationTarget, Credentials, Ec2Client, Ec2Config};
+        use palisade_testkit::moto::run_instance;
 
         let (scratch, home, _validator, mut options) = ValidatorHost::prepare();
         options.ba_listens_anywhere = true;

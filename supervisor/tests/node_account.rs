@@ -203,3 +203,35 @@ fn without_the_capabilities_the_supervisor_refuses_to_start() {
     assert!(output.contains("AmbientCapabilities="), "{output}");
     assert!(!output.contains("daemon started"), "{output}");
 }
+
+/// The sign state the supervisor writes (a restore, a raise from a backup) into the node's
+/// `data/` stays the node's own, mode 0600 as CometBFT writes it, so that gaiad can keep
+/// rewriting it; in the supervisor's own directory it stays the supervisor's.
+#[test]
+fn a_sign_state_written_into_the_nodes_directory_stays_the_nodes() {
+    use palisade_supervisor::sign_state::{SignState, Step, Watermark, write_atomic};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root: the test chowns a directory"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = dir.path().join("data");
+    std::fs::create_dir(&nodes).unwrap();
+    chown_tree(&nodes, NODE_UID);
+    let state = SignState::from_watermark(Watermark {
+        height: 7,
+        round: 0,
+        step: Step::Precommit,
+    });
+    for (directory, owner) in [(&nodes, NODE_UID), (&dir.path().to_path_buf(), 0)] {
+        let path = directory.join("priv_validator_state.json");
+        write_atomic(&path, &state, None).unwrap();
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (metadata.uid(), metadata.gid(), metadata.mode() & 0o7777),
+            (owner, owner, 0o600),
+            "{}",
+            path.display()
+        );
+    }
+}

@@ -218,9 +218,7 @@ impl EtcdCluster {
 
     /// The last `lines` lines of [`EtcdCluster::log`].
     pub fn log_tail(&self, i: usize, lines: usize) -> String {
-        let log = self.log(i);
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::last_lines(&self.log(i), lines)
     }
 
     /// A path in the cluster's temporary directory.

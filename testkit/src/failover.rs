@@ -339,9 +339,7 @@ impl Host {
 
     /// Its last `lines` lines.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::last_lines(&self.log(), lines)
     }
 
     /// The supervisor and everything under it.

@@ -69,6 +69,12 @@ impl std::error::Error for Error {}
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The last `count` lines of `text`, joined by newlines (a log's tail for an error message).
+pub fn last_lines(text: &str, count: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(count)..].join("\n")
+}
+
 /// Runs `command` (stdin from `/dev/null`) to completion; its stdout if it succeeded, else an
 /// error with its status, stdout and stderr.
 pub fn run(command: &mut Command) -> Result<String> {
@@ -537,9 +543,7 @@ impl Sshd {
 
     /// The last `lines` lines of [`Sshd::log`].
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(&self.log(), lines)
     }
 
     /// A path in sshd's private directory.

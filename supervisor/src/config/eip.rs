@@ -165,17 +165,11 @@ pub(super) fn validate_eip(
         }
         "environment" => Some(CredentialSource::Environment),
         "profile" => {
-            let file = match raw.profile_file {
-                Some(file) => Some(file),
-                None => match std::env::var_os("HOME") {
-                    Some(home) => Some(PathBuf::from(home).join(".aws").join("credentials")),
-                    None => {
-                        let origin = r.file_origin("eip.profile-file");
-                        r.report(origin, "is required: HOME is not set");
-                        None
-                    }
-                },
-            };
+            let file = raw.profile_file.or_else(default_profile_file);
+            if file.is_none() {
+                let origin = r.file_origin("eip.profile-file");
+                r.report(origin, "is required: HOME is not set");
+            }
             file.map(|file| CredentialSource::Profile {
                 file,
                 name: raw.profile.unwrap_or_else(|| "default".into()),
@@ -253,6 +247,12 @@ pub(super) fn validate_eip(
         tunnel_timeout,
         request_timeout,
     })
+}
+
+/// The AWS CLI's credentials file, `$HOME/.aws/credentials` (`None`
+/// without `HOME`).
+pub fn default_profile_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".aws").join("credentials"))
 }
 
 /// Validates one bastion's `eip`; `field` is its position for messages.

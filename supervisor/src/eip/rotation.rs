@@ -60,15 +60,34 @@ pub fn associated_with<'a>(
     target: &EipTarget,
     preferred: Option<&str>,
 ) -> Option<&'a Address> {
-    let matches = |address: &&Address| match target {
-        EipTarget::Instance(id) => address.instance_id.as_deref() == Some(id),
-        EipTarget::NetworkInterface(id) => address.network_interface_id.as_deref() == Some(id),
-    };
-    let mut found = addresses.iter().filter(matches);
+    let mut found = addresses.iter().filter(|address| is_on(address, target));
     let first = found.clone().next();
     found
         .find(|address| Some(address.allocation_id.as_str()) == preferred)
         .or(first)
+}
+
+/// Whether EC2 shows `address` associated with `target`.
+pub fn is_on(address: &Address, target: &EipTarget) -> bool {
+    match target {
+        EipTarget::Instance(id) => address.instance_id.as_deref() == Some(id),
+        EipTarget::NetworkInterface(id) => address.network_interface_id.as_deref() == Some(id),
+    }
+}
+
+/// Polls `check` every [`TUNNEL_POLL`] until it answers, at most `timeout`
+/// (then `false`).
+async fn poll_until(timeout: Duration, mut check: impl FnMut() -> Option<bool>) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(answer) = check() {
+            return answer;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(TUNNEL_POLL).await;
+    }
 }
 
 fn association_target(target: &EipTarget) -> AssociationTarget {
@@ -127,23 +146,19 @@ impl Rotation<'_> {
     /// Points the tunnel at `address` (and records it), then waits until
     /// it is up again on a connection made after the switch.
     async fn switch_tunnel(&self, address: Option<&Current>) -> anyhow::Result<bool> {
-        self.book.set(self.bastion, address.cloned())?;
         let since = SystemTime::now();
-        self.tunnel
-            .dial()
-            .set(address.map(|current| current.public_ip.clone()));
-        self.tunnel.request_reconnect();
-        let deadline = Instant::now() + self.tunnel_timeout;
-        loop {
+        self.switch_tunnel_no_wait(address)?;
+        Ok(poll_until(self.tunnel_timeout, || {
             let state = self.tunnel.snapshot();
             if state.connected_since.is_some_and(|at| at >= since) {
-                return Ok(true);
+                Some(true)
+            } else if state.stopped {
+                Some(false)
+            } else {
+                None
             }
-            if state.stopped || Instant::now() >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(TUNNEL_POLL).await;
-        }
+        })
+        .await)
     }
 
     /// Runs a whole rotation.
@@ -289,16 +304,13 @@ impl Rotation<'_> {
         if let Some(arrivals) = self.arrivals
             && checked_before
         {
-            let deadline = Instant::now() + self.tunnel_timeout;
-            let came_back = loop {
-                if arrivals.last(self.bastion).is_some_and(|at| at >= switched) {
-                    break true;
-                }
-                if Instant::now() >= deadline {
-                    break false;
-                }
-                tokio::time::sleep(TUNNEL_POLL).await;
-            };
+            let came_back = poll_until(self.tunnel_timeout, || {
+                arrivals
+                    .last(self.bastion)
+                    .is_some_and(|at| at >= switched)
+                    .then_some(true)
+            })
+            .await;
             if !came_back {
                 let why = format!(
                     "the tunnel came up on {new_ip} but the bastion's health check did not reach the validator through it within {:?}",
@@ -378,10 +390,10 @@ impl Rotation<'_> {
             ]))
             .await;
         if let Ok(now) = &now
-            && let Some(association) = now.first().and_then(|address| {
-                associated_with(std::slice::from_ref(address), self.target, None)
-                    .and_then(|address| address.association_id.clone())
-            })
+            && let Some(association) = now
+                .first()
+                .filter(|address| is_on(address, self.target))
+                .and_then(|address| address.association_id.clone())
             && let Err(error) = self.client.disassociate_address(&association).await
             && !matches!(error, palisade_ec2::Error::AssociationNotFound { .. })
         {
@@ -532,6 +544,8 @@ impl Rotation<'_> {
         message
     }
 
+    /// Points the tunnel at `address` (recorded first) and drops its
+    /// connections, without waiting for them to come back.
     fn switch_tunnel_no_wait(&self, address: Option<&Current>) -> anyhow::Result<()> {
         self.book.set(self.bastion, address.cloned())?;
         self.tunnel

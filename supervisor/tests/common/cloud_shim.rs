@@ -49,24 +49,18 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use palisade_ec2::sigv4::{
-    self, AmzDate, PathNormalization, PayloadHashHeader, SessionTokenSigning, SignableRequest,
-    SigningParams,
-};
-use palisade_ec2::{Address, AddressFilter, Credentials, Ec2Client, Ec2Config, Url, Zeroizing};
+use palisade_ec2::{Address, AddressFilter, Ec2Client, Ec2Config, Url};
 
 use super::netns::LinkEnd;
 
 /// How often the shim reads moto's associations.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
-/// The bound on one request to moto (the shim's and [`moto_query`]'s). moto builds a region's
-/// EC2 backend at its first EC2 request: seconds on 2 loaded cores (over 5 s with a few
-/// test processes starting their own moto at once).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// One of the AMIs moto ships (`moto/ec2/resources/amis.json.gz`), for [`run_instance`].
-pub const MOTO_AMI: &str = "ami-12c6146b";
-/// The EC2 Query API version the hand-signed calls name.
-const EC2_API_VERSION: &str = "2016-11-15";
+/// The bound on one request to moto. moto builds a region's EC2 backend at its first EC2
+/// request: seconds on 2 loaded cores (over 5 s with a few test processes starting their own
+/// moto at once).
+pub const REQUEST_TIMEOUT: Duration = palisade_testkit::moto::QUERY_TIMEOUT;
+/// Instances (`run_instance`) and the calls `palisade-ec2` does not have: `palisade_testkit::moto`.
+use palisade_testkit::moto::{API_VERSION as EC2_API_VERSION, query as moto_query, xml_texts};
 
 /// Where an instance's public addresses must appear: the namespace and interface of the
 /// bastion "instance".
@@ -749,16 +743,6 @@ fn sysctl_route_localnet(netns: &str, value: Option<&str>) -> Result<String, Str
     })
 }
 
-/// Dummy credentials: moto checks no signature.
-pub fn moto_credentials() -> Credentials {
-    Credentials::new(
-        "AKIAIOSFODNN7EXAMPLE",
-        Zeroizing::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_string()),
-        None,
-    )
-    .expect("the example credentials are well-formed")
-}
-
 /// A `palisade-ec2` client for moto at `endpoint` in `region`, with [`moto_credentials`] and
 /// [`REQUEST_TIMEOUT`].
 pub fn ec2_client(endpoint: &str, region: &str) -> Result<Ec2Client, String> {
@@ -767,148 +751,5 @@ pub fn ec2_client(endpoint: &str, region: &str) -> Result<Ec2Client, String> {
         .map_err(|e| format!("endpoint {endpoint}: {e}"))?;
     let mut config = Ec2Config::new(region).with_endpoint(url);
     config.timeout = REQUEST_TIMEOUT;
-    Ec2Client::new(config, moto_credentials()).map_err(|e| format!("{e:#}"))
-}
-
-/// One EC2 Query API call that `palisade-ec2` does not have (RunInstances,
-/// DescribeInstances), signed with [`moto_credentials`]: the answer's XML, or an error with
-/// the status and body.
-pub async fn moto_query(
-    endpoint: &str,
-    region: &str,
-    params: &[(&str, &str)],
-) -> Result<String, String> {
-    let action = params
-        .iter()
-        .find(|(name, _)| *name == "Action")
-        .map_or("(no Action)", |(_, value)| *value);
-    let url: Url = endpoint
-        .parse()
-        .map_err(|e| format!("{action}: endpoint {endpoint}: {e}"))?;
-    let host = match (url.host_str(), url.port()) {
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        (Some(host), None) => host.to_string(),
-        (None, _) => return Err(format!("{action}: endpoint {endpoint} has no host")),
-    };
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params)
-        .finish();
-    let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-    let headers = [
-        ("Host".to_string(), host.clone()),
-        ("Content-Type".to_string(), content_type.to_string()),
-    ];
-    let credentials = moto_credentials();
-    let signed = sigv4::sign(
-        &SignableRequest {
-            method: "POST",
-            path: "/",
-            query: &[],
-            headers: &headers,
-            body: body.as_bytes(),
-        },
-        &SigningParams {
-            credentials: &credentials,
-            region,
-            service: "ec2",
-            time: &AmzDate::now(),
-            path_normalization: PathNormalization::Normalize,
-            payload_hash_header: PayloadHashHeader::Omit,
-            session_token_signing: SessionTokenSigning::Signed,
-        },
-    );
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|e| format!("{action}: building an HTTP client: {e}"))?;
-    let mut request = client
-        .post(url)
-        .header("host", host)
-        .header("content-type", content_type);
-    for (name, value) in &signed.headers {
-        request = request.header(*name, value);
-    }
-    let response = request
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| format!("{action} to {endpoint}: {}", with_sources(&e)))?;
-    let status = response.status();
-    let text = response.text().await.map_err(|e| {
-        format!(
-            "{action} to {endpoint}: reading the answer: {}",
-            with_sources(&e)
-        )
-    })?;
-    if !status.is_success() {
-        return Err(format!("{action} to {endpoint}: {status}: {text}"));
-    }
-    Ok(text)
-}
-
-/// `error: its source: …` (reqwest's `Display` leaves out why: a timeout, a refusal).
-fn with_sources(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// An instance created in moto.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MotoInstance {
-    /// `i-…`.
-    pub instance_id: String,
-    /// `eni-…`: its primary network interface.
-    pub network_interface_id: String,
-}
-
-/// Creates an instance in moto (RunInstances of [`MOTO_AMI`]; test support only, the client
-/// has no RunInstances). Panics with moto's answer on failure.
-pub async fn run_instance(moto_endpoint: &str, region: &str) -> MotoInstance {
-    let answer = moto_query(
-        moto_endpoint,
-        region,
-        &[
-            ("Action", "RunInstances"),
-            ("Version", EC2_API_VERSION),
-            ("ImageId", MOTO_AMI),
-            ("MinCount", "1"),
-            ("MaxCount", "1"),
-            ("InstanceType", "t3.micro"),
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let first = |tag: &str| {
-        xml_texts(&answer, tag)
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| panic!("RunInstances: no <{tag}> in {answer}"))
-    };
-    MotoInstance {
-        instance_id: first("instanceId"),
-        network_interface_id: first("networkInterfaceId"),
-    }
-}
-
-/// The texts of every `<tag>…</tag>` element in `document`, in order (enough for the ids in
-/// moto's answers: no attributes, entities or nesting of the same tag).
-fn xml_texts(document: &str, tag: &str) -> Vec<String> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let mut texts = Vec::new();
-    let mut rest = document;
-    while let Some(start) = rest.find(&open) {
-        let after = &rest[start + open.len()..];
-        let Some(end) = after.find(&close) else { break };
-        texts.push(after[..end].trim().to_string());
-        rest = &after[end + close.len()..];
-    }
-    texts
+    Ec2Client::new(config, palisade_testkit::moto::credentials()).map_err(|e| format!("{e:#}"))
 }

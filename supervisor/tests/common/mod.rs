@@ -498,8 +498,7 @@ impl Drop for KillOnDrop {
 }
 
 pub fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    palisade_testkit::last_lines(text, lines)
 }
 
 pub fn process_alive(pid: u32) -> bool {
