@@ -50,6 +50,8 @@
 //!   `failover_takeover_s`, `chaos_schedules_run`, `chaos_double_signs`
 //!   (target 0): two validator hosts, real etcd, the simulated chain (see
 //!   [`failover`]). `--only failover` / `--only chaos` select them.
+//! - `eip_rotation_s` (target 5): `palisade-ctl eip rotate` against moto on loopback, until
+//!   the tunnel is up on the new address (see [`eip`]).
 //!
 //! Each benchmark that succeeds appends one JSON object per line
 //! ([`palisade_wire::bench::BenchResult`]) to `target/bench/results.jsonl` in
@@ -57,6 +59,7 @@
 //! others still run, and the exit status is 1.
 
 mod backup;
+mod eip;
 mod failover;
 mod fixture;
 mod genesis;
@@ -100,9 +103,10 @@ const FAILOVER_PLANNED_S: &str = failover::PLANNED_S;
 const FAILOVER_TAKEOVER_S: &str = failover::TAKEOVER_S;
 const CHAOS_RUN: &str = failover::CHAOS_RUN;
 const CHAOS_DOUBLE_SIGNS: &str = failover::CHAOS_DOUBLE_SIGNS;
+const EIP_ROTATION: &str = eip::NAME;
 
 /// Every benchmark, in the order they run.
-const ALL: [&str; 27] = [
+const ALL: [&str; 28] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
@@ -130,6 +134,7 @@ const ALL: [&str; 27] = [
     FAILOVER_TAKEOVER_S,
     CHAOS_RUN,
     CHAOS_DOUBLE_SIGNS,
+    EIP_ROTATION,
 ];
 
 const LONG_ABOUT: &str = "\
@@ -242,6 +247,16 @@ Benchmarks (stable names):
       killed, concurrent handoffs; after each, the chain's record is checked
       for double signs and heights signed by both hosts, and both hosts' sign
       states for regressions (any regression fails the benchmark).
+
+  eip_rotation_s (target 5)
+      moto (EC2, server mode) on 127.0.0.1 with an instance whose Elastic IP
+      is the bastion's configured address, and a loopback 'cloud'
+      forwarding every address moto shows on the instance to a real OpenSSH
+      sshd (moto's addresses are in 127/8). The supervisor signs on the
+      simulated chain with one [[bastion]] (eip = { instance-id }) and [eip]
+      (credentials from the environment). 5 times `palisade-ctl eip rotate
+      b1`: seconds from the command to the journal's tunnel-up record (the
+      tunnel up on the new address); median.
 
 Each successful benchmark appends one JSON line
 {name, value, unit, target?, peer?, peer_value?} to
@@ -374,7 +389,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
         || wants(FAILOVER_PLANNED_S)
         || wants(FAILOVER_TAKEOVER_S)
         || wants(CHAOS_RUN)
-        || wants(CHAOS_DOUBLE_SIGNS);
+        || wants(CHAOS_DOUBLE_SIGNS)
+        || wants(EIP_ROTATION);
     let bins = if needs_binaries {
         Some(Binaries::locate()?)
     } else {
@@ -574,6 +590,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 }
             }
         }
+    }
+    if let (true, Some(bins)) = (wants(EIP_ROTATION), &bins) {
+        eprintln!("palisade-bench: running {EIP_ROTATION}");
+        record(eip::run(bins), EIP_ROTATION);
     }
     if let (true, Some(bins)) = (wants(CHAOS_RUN) || wants(CHAOS_DOUBLE_SIGNS), &bins) {
         eprintln!(

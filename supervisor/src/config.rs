@@ -715,8 +715,13 @@ impl Config {
                 match &eip.auto {
                     None => "off".to_string(),
                     Some(auto) => format!(
-                        "after {} down with another bastion up; cooldown {}; at most {} per hour",
+                        "after {} down{} with another bastion up; cooldown {}; at most {} per hour",
                         duration(auto.after),
+                        match auto.slow_above {
+                            Some(limit) =>
+                                format!(" or with a round trip above {}", duration(limit)),
+                            None => String::new(),
+                        },
                         duration(auto.cooldown),
                         auto.max_per_hour
                     ),

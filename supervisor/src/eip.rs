@@ -360,15 +360,17 @@ impl EipService {
             .is_ok()
     }
 
-    /// Every tunnel: its bastion and whether it is up.
-    pub fn tunnel_states(&self) -> Vec<(String, bool)> {
+    /// Every tunnel: its bastion, whether it is up and its last round trip.
+    pub fn link_samples(&self) -> Vec<(String, trigger::LinkSample)> {
         self.observers
             .iter()
             .map(|observer| {
-                (
-                    observer.name().to_string(),
-                    observer.snapshot().connected_since.is_some(),
-                )
+                let state = observer.snapshot();
+                let sample = match state.connected_since {
+                    Some(_) => trigger::LinkSample::up(state.round_trip),
+                    None => trigger::LinkSample::down(),
+                };
+                (observer.name().to_string(), sample)
             })
             .collect()
     }

@@ -1668,6 +1668,101 @@ impl EipWorld {
     }
 }
 
+/// Issue 14, the latency half of the trigger: ba's uplink is flooded (a slow token bucket with a
+/// long queue on ba's end of the link, and a bulk stream from ba to the validator filling it),
+/// so ba's tunnel stays up but every reply waits behind the flood. The tunnel's measured round
+/// trip rises above `slow-above` while bb's stays quick, and the trigger moves ba to a fresh
+/// address; the flood, aimed at the old address, stops once the new one is associated.
+#[test]
+fn the_automatic_trigger_moves_a_bastion_whose_round_trip_stays_slow() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+    let world = EipWorld::build_with(
+        "[eip.auto]\nafter = \"3s\"\ncooldown = \"1h\"\nslow-above = \"200ms\"\n",
+    );
+    // Patient keepalives (10 s of silence), so that the flooded link, whose packets are
+    // dropped and retransmitted, stays up and slow rather than being declared dead.
+    let config = std::fs::read_to_string(&world.host.config).unwrap();
+    assert!(config.contains("keepalive-max = 2\n"), "{config}");
+    std::fs::write(
+        &world.host.config,
+        config.replace("keepalive-max = 2\n", "keepalive-max = 20\n"),
+    )
+    .unwrap();
+    let supervisor = world.host.run(&world.mesh);
+    world.mesh.wait_for(LONG, |record| signed(record).0 >= 3);
+    common::wait_until(LONG, "a quick round trip measured on ba's tunnel", || {
+        world.ba_tunnel()["round_trip_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms < 200)
+    });
+    // The flood: a bulk stream from ba to a sink on the validator's side of the same link.
+    let sink = world
+        .mesh
+        .val
+        .in_netns(|| std::net::TcpListener::bind((VAL_BA_IP, 0)).unwrap());
+    let sink_port = sink.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        while let Ok((mut inbound, _)) = sink.accept() {
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 64 * 1024];
+                while inbound.read(&mut buffer).is_ok_and(|read| read > 0) {}
+            });
+        }
+    });
+    world.mesh.val_ba.b.congest("256kbit", "1500ms");
+    let flooding = Arc::new(AtomicBool::new(true));
+    let mut flood = world
+        .mesh
+        .ba
+        .in_netns(|| std::net::TcpStream::connect((VAL_BA_IP, sink_port)).unwrap());
+    let still_flooding = flooding.clone();
+    let flooder = std::thread::spawn(move || {
+        let chunk = [0x55u8; 16 * 1024];
+        while still_flooding.load(SeqCst) && flood.write_all(&chunk).is_ok() {}
+    });
+    common::wait_until(LONG, "the trigger to move ba's address", || {
+        world
+            .journal()
+            .iter()
+            .any(|record| record["step"] == "associated")
+    });
+    // The attacker's target has moved.
+    flooding.store(false, SeqCst);
+    flooder.join().unwrap();
+    world.mesh.val_ba.b.clear_shaping();
+    common::wait_until(LONG, "the rotation done", || {
+        world
+            .journal()
+            .last()
+            .is_some_and(|record| record["step"] == "done")
+    });
+    let journal = world.journal();
+    let new = journal.last().unwrap()["public_ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    common::wait_until(LONG, "ba's tunnel quick again on the new address", || {
+        let tunnel = world.ba_tunnel();
+        tunnel["connected"] == true
+            && tunnel["address"].as_str() == Some(new.as_str())
+            && tunnel["round_trip_ms"].as_u64().is_some_and(|ms| ms < 200)
+    });
+    assert_eq!(world.on_instance(), vec![new]);
+    let output = supervisor.stop();
+    assert!(
+        output.contains(
+            "automatic elastic IP rotation of bastion ba: its tunnel's round trip has stayed above 200 ms for"
+        ),
+        "{output}"
+    );
+    assert!(output.contains("while bb is up"), "{output}");
+    let record = world.mesh.record();
+    assert!(record.double_signs.is_empty(), "{:?}", record.double_signs);
+}
+
 /// Issue 14: ba is moved to a fresh Elastic IP through EC2 (moto), and the cloud shim makes
 /// moto's associations true in the namespaces, so the validator's tunnel must really redial
 /// the new address (its host key still pinned to ba's configured name). The AWS key comes

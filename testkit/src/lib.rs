@@ -31,6 +31,7 @@ use nix::sys::signal::Signal;
 
 mod etcd_cluster;
 pub mod failover;
+pub mod loopback_cloud;
 pub mod moto;
 pub use etcd_cluster::{ETCD, ETCD_WAIT, EtcdCluster};
 

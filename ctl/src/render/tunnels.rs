@@ -29,6 +29,9 @@ pub(super) fn tunnel_lines(tunnel: &TunnelEntry) -> String {
     if let Some(address) = &tunnel.address {
         out.push_str(&format!(", dialing {} (rotated)", clean(address)));
     }
+    if let Some(round_trip) = tunnel.round_trip_ms {
+        out.push_str(&format!(", round trip {round_trip} ms"));
+    }
     out.push_str(&format!(
         "\n  bytes: {} to the bastion, {} from it; reconnects: {}\n",
         tunnel.bytes_to_bastion, tunnel.bytes_from_bastion, tunnel.reconnects
@@ -88,7 +91,7 @@ mod tests {
         let rotated = json!({"name": "bastion-1", "connected": true,
             "connected_since": 1_795_390_000u64, "last_error": "connection refused",
             "last_forward_error": null, "bytes_to_bastion": 10, "bytes_from_bastion": 20,
-            "reconnects": 1, "stopped": false, "address": "54.9.9.9"});
+            "reconnects": 1, "stopped": false, "address": "54.9.9.9", "round_trip_ms": 12});
         let down = json!({"name": "b2", "connected": false, "connected_since": null,
             "last_error": null, "last_forward_error": "refused", "bytes_to_bastion": 0,
             "bytes_from_bastion": 0, "reconnects": 0, "stopped": false});
@@ -101,7 +104,7 @@ mod tests {
                 json!({"tunnels": [rotated.clone(), down, stopped]})
             ),
             [
-                "bastion-1: connected since 2026-11-22 23:26:40 UTC, dialing 54.9.9.9 (rotated)",
+                "bastion-1: connected since 2026-11-22 23:26:40 UTC, dialing 54.9.9.9 (rotated), round trip 12 ms",
                 "  bytes: 10 to the bastion, 20 from it; reconnects: 1",
                 "  last error: connection refused",
                 "b2: down",
@@ -127,7 +130,7 @@ mod tests {
                 "node:",
                 "  state: running",
                 "tunnels:",
-                "  bastion-1: connected since 2026-11-22 23:26:40 UTC, dialing 54.9.9.9 (rotated)",
+                "  bastion-1: connected since 2026-11-22 23:26:40 UTC, dialing 54.9.9.9 (rotated), round trip 12 ms",
                 "    bytes: 10 to the bastion, 20 from it; reconnects: 1",
                 "    last error: connection refused",
                 "vault: unlocked",

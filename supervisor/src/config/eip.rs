@@ -61,6 +61,9 @@ pub struct RawEipAuto {
     pub cooldown: Option<String>,
     /// Default `2`: automatic rotations in any hour, all bastions together.
     pub max_per_hour: Option<u32>,
+    /// Default none: a bastion whose tunnel's round trip stays above this
+    /// for `after`, while another's is up and under it, is rotated too.
+    pub slow_above: Option<String>,
 }
 
 /// The validated `[eip.auto]`.
@@ -69,6 +72,8 @@ pub struct EipAuto {
     pub after: Duration,
     pub cooldown: Duration,
     pub max_per_hour: u32,
+    /// `None`: only a tunnel that is down counts.
+    pub slow_above: Option<Duration>,
 }
 
 /// A bastion's `eip = { … }` as written.
@@ -233,10 +238,24 @@ pub(super) fn validate_eip(
             let origin = r.file_origin("eip.auto.max-per-hour");
             r.report(origin, "must be between 1 and 60");
         }
+        let slow_above = auto.slow_above.as_deref().map(|written| {
+            let slow_above = r.duration(
+                None,
+                "eip.auto.slow-above",
+                Some(written),
+                Duration::from_secs(1),
+            );
+            if !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&slow_above) {
+                let origin = r.file_origin("eip.auto.slow-above");
+                r.report(origin, "must be between 50ms and 60s");
+            }
+            slow_above
+        });
         EipAuto {
             after,
             cooldown,
             max_per_hour,
+            slow_above,
         }
     });
     Some(EipSettings {
@@ -364,7 +383,25 @@ mod tests {
             "{shown:?}"
         );
 
-        let cases: [(bool, &str, &str, &str); 10] = [
+        let cases: [(bool, &str, &str, &str); 13] = [
+            (
+                true,
+                "[eip]\nregion = \"eu-west-1\"\n[eip.auto]\nslow-above = \"10ms\"",
+                "",
+                "eip.auto.slow-above",
+            ),
+            (
+                true,
+                "[eip]\nregion = \"eu-west-1\"\n[eip.auto]\nslow-above = \"fast\"",
+                "",
+                "eip.auto.slow-above",
+            ),
+            (
+                true,
+                "[eip]\nregion = \"eu-west-1\"\n[eip.auto]\nmax-per-hour = 0",
+                "",
+                "between 1 and 60",
+            ),
             (true, "[eip]", "", "eip.region"),
             (true, "[eip]\nregion = \"EU west\"", "", "not an AWS region"),
             (
@@ -433,6 +470,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(env.eip.unwrap().credentials, CredentialSource::Environment);
+        // slow-above is off unless written.
+        let auto = |extra: &str| {
+            load(
+                dir.path(),
+                &config(
+                    dir.path(),
+                    true,
+                    &format!("[eip]\nregion = \"eu-west-1\"\n[eip.auto]\n{extra}"),
+                    "",
+                ),
+            )
+            .unwrap()
+            .eip
+            .unwrap()
+            .auto
+            .unwrap()
+        };
+        assert_eq!(auto("").slow_above, None);
+        assert_eq!(
+            auto("slow-above = \"750ms\"").slow_above,
+            Some(Duration::from_millis(750))
+        );
     }
 
     fn good_lines(dir: &std::path::Path) -> Vec<String> {

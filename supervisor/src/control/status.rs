@@ -82,6 +82,9 @@ impl StatusReader {
                     reconnects: u64::from(state.reconnects),
                     stopped: state.stopped,
                     address: observer.dial().get(),
+                    round_trip_ms: state
+                        .round_trip
+                        .map(|rtt| u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX)),
                 }
             })
             .collect()

@@ -1,5 +1,6 @@
 //! The automatic trigger (`[eip.auto]`): when one bastion's tunnel stays
-//! down for `after` while another bastion's is up — what a flood of that
+//! down for `after` — or, with `slow-above`, its round trip stays above
+//! that — while another bastion's is up and quick — what a flood of that
 //! bastion's address looks like from the validator — it asks for a
 //! rotation of that bastion. Never two rotations at once (the machine
 //! refuses), never while the vault is locked (the sampler does not ask
@@ -7,8 +8,8 @@
 //! bastion within `cooldown`. Each request carries its reason, which the
 //! supervisor logs.
 //!
-//! [`Trigger`] is the decision, pure over the instants it is given;
-//! [`spawn`] samples the tunnels every second and feeds it.
+//! [`Trigger`] is the decision, pure over the instants and samples it is
+//! given; [`spawn`] samples the tunnels every second and feeds it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,11 +23,44 @@ use crate::config::EipAuto;
 /// How often the tunnels are looked at.
 const SAMPLE: Duration = Duration::from_secs(1);
 
+/// One bastion's link at a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSample {
+    /// The tunnel is up.
+    pub up: bool,
+    /// Its last measured round trip (`None`: not measured yet).
+    pub round_trip: Option<Duration>,
+}
+
+impl LinkSample {
+    pub fn down() -> LinkSample {
+        LinkSample {
+            up: false,
+            round_trip: None,
+        }
+    }
+
+    pub fn up(round_trip: Option<Duration>) -> LinkSample {
+        LinkSample {
+            up: true,
+            round_trip,
+        }
+    }
+}
+
+/// What is wrong with a bastion's link, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trouble {
+    Down,
+    Slow(Duration),
+}
+
 /// The decision.
 #[derive(Debug, Clone)]
 pub struct Trigger {
     settings: EipAuto,
-    down_since: BTreeMap<String, Instant>,
+    /// Since when each bastion has been in trouble without a break.
+    troubled_since: BTreeMap<String, Instant>,
     /// Rotations asked for: when, and of which bastion.
     history: Vec<(Instant, String)>,
 }
@@ -35,32 +69,49 @@ impl Trigger {
     pub fn new(settings: EipAuto) -> Trigger {
         Trigger {
             settings,
-            down_since: BTreeMap::new(),
+            troubled_since: BTreeMap::new(),
             history: Vec::new(),
         }
     }
 
-    /// Takes the tunnels' states at `now` (`(bastion, up)` for every
-    /// bastion; `rotatable` those with an `eip`) and says which bastion to
-    /// rotate and why, if one. The answer is recorded as a rotation asked
-    /// for (for the cooldown and the hourly bound).
+    fn trouble(&self, sample: LinkSample) -> Option<Trouble> {
+        if !sample.up {
+            return Some(Trouble::Down);
+        }
+        match (self.settings.slow_above, sample.round_trip) {
+            (Some(limit), Some(round_trip)) if round_trip > limit => {
+                Some(Trouble::Slow(round_trip))
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes the tunnels' samples at `now` (one for every bastion;
+    /// `rotatable` those with an `eip`) and says which bastion to rotate
+    /// and why, if one. The answer is recorded as a rotation asked for (for
+    /// the cooldown and the hourly bound).
     pub fn observe(
         &mut self,
         now: Instant,
-        states: &[(String, bool)],
+        samples: &[(String, LinkSample)],
         rotatable: &[String],
     ) -> Option<(String, String)> {
-        // The clock of a bastion runs only while another bastion is up: with
-        // every tunnel down the validator's own link is the suspect.
-        if !states.iter().any(|(_, up)| *up) {
-            self.down_since.clear();
+        let troubles: Vec<(&String, Option<Trouble>)> = samples
+            .iter()
+            .map(|(bastion, sample)| (bastion, self.trouble(*sample)))
+            .collect();
+        // The clock of a bastion runs only while another bastion is well:
+        // with every tunnel down or slow the validator's own link is the
+        // suspect.
+        if troubles.iter().all(|(_, trouble)| trouble.is_some()) {
+            self.troubled_since.clear();
             return None;
         }
-        for (bastion, up) in states {
-            if *up {
-                self.down_since.remove(bastion);
+        for (bastion, trouble) in &troubles {
+            if trouble.is_some() {
+                self.troubled_since.entry((*bastion).clone()).or_insert(now);
             } else {
-                self.down_since.entry(bastion.clone()).or_insert(now);
+                self.troubled_since.remove(*bastion);
             }
         }
         let hour = Duration::from_secs(3600);
@@ -75,37 +126,46 @@ impl Trigger {
         if in_last_hour >= self.settings.max_per_hour as usize {
             return None;
         }
-        for (bastion, up) in states {
-            if *up || !rotatable.contains(bastion) {
+        for (bastion, trouble) in &troubles {
+            let Some(trouble) = trouble else { continue };
+            if !rotatable.contains(bastion) {
                 continue;
             }
-            let Some(since) = self.down_since.get(bastion).copied() else {
+            let Some(since) = self.troubled_since.get(*bastion).copied() else {
                 continue;
             };
-            let down_for = now.saturating_duration_since(since);
-            if down_for < self.settings.after {
+            let lasted = now.saturating_duration_since(since);
+            if lasted < self.settings.after {
                 continue;
             }
-            let others_up: Vec<&str> = states
-                .iter()
-                .filter(|(other, up)| other != bastion && *up)
-                .map(|(other, _)| other.as_str())
-                .collect();
             let cooling = self.history.iter().any(|(at, rotated)| {
-                rotated == bastion && now.saturating_duration_since(*at) < self.settings.cooldown
+                rotated == *bastion && now.saturating_duration_since(*at) < self.settings.cooldown
             });
             if cooling {
                 continue;
             }
-            self.history.push((now, bastion.clone()));
-            self.down_since.remove(bastion);
+            let well: Vec<&str> = troubles
+                .iter()
+                .filter(|(other, trouble)| other != bastion && trouble.is_none())
+                .map(|(other, _)| other.as_str())
+                .collect();
+            let what = match trouble {
+                Trouble::Down => format!("its tunnel has been down for {}s", lasted.as_secs()),
+                Trouble::Slow(last) => format!(
+                    "its tunnel's round trip has stayed above {} ms for {}s (last {} ms)",
+                    self.settings.slow_above.unwrap_or_default().as_millis(),
+                    lasted.as_secs(),
+                    last.as_millis()
+                ),
+            };
+            self.history.push((now, (*bastion).clone()));
+            self.troubled_since.remove(*bastion);
             return Some((
-                bastion.clone(),
+                (*bastion).clone(),
                 format!(
-                    "its tunnel has been down for {}s while {} {} up",
-                    down_for.as_secs(),
-                    others_up.join(", "),
-                    if others_up.len() == 1 { "is" } else { "are" }
+                    "{what} while {} {} up",
+                    well.join(", "),
+                    if well.len() == 1 { "is" } else { "are" }
                 ),
             ));
         }
@@ -135,8 +195,8 @@ pub fn spawn(
             if !service.credentials_ready() {
                 continue;
             }
-            let states = service.tunnel_states();
-            if let Some(decision) = trigger.observe(Instant::now(), &states, &rotatable)
+            let samples = service.link_samples();
+            if let Some(decision) = trigger.observe(Instant::now(), &samples, &rotatable)
                 && requests.send(decision).await.is_err()
             {
                 return;
@@ -149,9 +209,16 @@ pub fn spawn(
 mod tests {
     use super::*;
 
-    fn states(list: &[(&str, bool)]) -> Vec<(String, bool)> {
+    fn states(list: &[(&str, bool)]) -> Vec<(String, LinkSample)> {
         list.iter()
-            .map(|(name, up)| (name.to_string(), *up))
+            .map(|(name, up)| {
+                let sample = if *up {
+                    LinkSample::up(Some(Duration::from_millis(20)))
+                } else {
+                    LinkSample::down()
+                };
+                (name.to_string(), sample)
+            })
             .collect()
     }
 
@@ -161,6 +228,7 @@ mod tests {
             after: Duration::from_secs(30),
             cooldown: Duration::from_secs(600),
             max_per_hour: 2,
+            slow_above: None,
         };
         let rotatable = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let t0 = Instant::now();
@@ -215,6 +283,79 @@ mod tests {
             after: Duration::from_secs(after),
             cooldown: Duration::from_secs(600),
             max_per_hour: 5,
+            slow_above: None,
         }
+    }
+
+    #[test]
+    fn a_slow_tunnel_counts_only_with_slow_above_and_only_beside_a_quick_one() {
+        let ms = |millis: u64| LinkSample::up(Some(Duration::from_millis(millis)));
+        let unmeasured = LinkSample::up(None);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let rotatable = vec!["a".to_string(), "b".to_string()];
+        let sample =
+            |a: LinkSample, b: LinkSample| vec![("a".to_string(), a), ("b".to_string(), b)];
+        /// (seconds, a, b, the bastion expected to be rotated)
+        type Step = (u64, LinkSample, LinkSample, Option<&'static str>);
+        let with_limit = EipAuto {
+            slow_above: Some(Duration::from_millis(500)),
+            ..settings_with(10)
+        };
+        let steps: [Step; 10] = [
+            (0, ms(900), ms(30), None),
+            // At the limit is not above it; the clock restarts.
+            (5, ms(500), ms(30), None),
+            (6, ms(900), ms(30), None),
+            // Not measured yet counts as well, not as slow.
+            (8, unmeasured, ms(30), None),
+            (9, ms(900), ms(30), None),
+            // Slow, then down: one spell of trouble.
+            (14, LinkSample::down(), ms(30), None),
+            // Both slow: the validator's own link is the suspect; no clock.
+            (15, ms(900), ms(800), None),
+            (16, ms(900), ms(30), None),
+            (25, ms(900), ms(30), None),
+            (26, ms(900), ms(30), Some("a")),
+        ];
+        let mut trigger = Trigger::new(with_limit);
+        let mut reason = String::new();
+        for (seconds, a, b, expected) in steps {
+            let decision = trigger.observe(at(seconds), &sample(a, b), &rotatable);
+            assert_eq!(
+                decision.as_ref().map(|(bastion, _)| bastion.as_str()),
+                expected,
+                "at {seconds}s: {a:?} {b:?} → {decision:?}"
+            );
+            if let Some((_, why)) = decision {
+                reason = why;
+            }
+        }
+        assert_eq!(
+            reason,
+            "its tunnel's round trip has stayed above 500 ms for 10s (last 900 ms) while b is up"
+        );
+        // Without slow-above a slow tunnel is a well one.
+        let mut trigger = Trigger::new(settings_with(10));
+        for seconds in [0, 20, 40] {
+            assert_eq!(
+                trigger.observe(at(seconds), &sample(ms(5000), ms(30)), &rotatable),
+                None
+            );
+        }
+        // And a well one keeps a down one's clock running.
+        assert_eq!(
+            trigger
+                .observe(at(60), &sample(LinkSample::down(), ms(5000)), &rotatable)
+                .map(|(bastion, _)| bastion),
+            None
+        );
+        assert_eq!(
+            trigger.observe(at(70), &sample(LinkSample::down(), ms(5000)), &rotatable),
+            Some((
+                "a".to_string(),
+                "its tunnel has been down for 10s while b is up".to_string()
+            ))
+        );
     }
 }

@@ -45,6 +45,12 @@ pub struct BastionState {
     pub reconnects: u32,
     /// The supervisor loop has ended (shutdown or a fatal error).
     pub stopped: bool,
+    /// The last measured round trip of the main connection: an SSH
+    /// `keepalive@openssh.com` request and its reply, one every keepalive
+    /// interval ([`probe_round_trips`]). A request not answered within the
+    /// interval is recorded as that interval (at least that slow). `None`
+    /// while down and before the first measurement.
+    pub round_trip: Option<Duration>,
 }
 
 /// The pauses between connection attempts.
@@ -1020,6 +1026,43 @@ async fn turn_off_remote_nagle(handle: &client::Handle<BastionHandler>) -> Resul
 /// Bound on that session's start.
 const NAGLE_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Measures the main connection's round trip while it lives: a
+/// `keepalive@openssh.com` global request with want-reply (what OpenSSH's
+/// `ServerAliveInterval` sends; sshd answers it at once) every `interval`
+/// ± 10 %, each bounded by `interval` — an unanswered one is recorded as
+/// `interval`, the least it took. The reply travels the same TCP connection
+/// as everything else, so a flooded or starved bastion shows here before
+/// the keepalives give up on it. Ends with the connection.
+async fn probe_round_trips(
+    connection: Arc<BastionConnection>,
+    state: SharedState,
+    interval: Duration,
+) {
+    let live = connection.live.clone();
+    loop {
+        let jitter = 0.9 + rand::random::<f64>() * 0.2;
+        tokio::select! {
+            () = live.cancelled() => return,
+            () = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+        }
+        let started = tokio::time::Instant::now();
+        let answered = tokio::select! {
+            () = live.cancelled() => return,
+            answered = tokio::time::timeout(interval, connection.handle.send_ping()) => answered,
+        };
+        let round_trip = match answered {
+            Ok(Ok(())) => started.elapsed(),
+            // The connection is going away; its end is reported elsewhere.
+            Ok(Err(_)) => return,
+            Err(_) => interval,
+        };
+        if live.is_cancelled() {
+            return;
+        }
+        state.send_modify(|state| state.round_trip = Some(round_trip));
+    }
+}
+
 /// Publish the merged state of the main connection and the forwards'
 /// lanes whenever one of them changes, until all have stopped (or the main
 /// connection's state is gone).
@@ -1210,6 +1253,11 @@ async fn supervise(
                 });
                 tracing::info!(bastion, host = %connection.host, "bastion tunnel up");
                 connected_before = true;
+                tokio::spawn(probe_round_trips(
+                    connection.clone(),
+                    state.clone(),
+                    config.keepalive_interval,
+                ));
                 enum Ended {
                     Shutdown,
                     Closed,
@@ -1231,6 +1279,7 @@ async fn supervise(
                         connection.close().await;
                         state.send_modify(|state| {
                             state.connected_since = None;
+                            state.round_trip = None;
                             state.last_error = Some("reconnect requested by an operator".into());
                         });
                         continue;
@@ -1244,6 +1293,7 @@ async fn supervise(
                 tracing::warn!(bastion, reason = %reason, "bastion tunnel down");
                 state.send_modify(|state| {
                     state.connected_since = None;
+                    state.round_trip = None;
                     state.last_error = Some(reason);
                 });
             }
@@ -1286,6 +1336,7 @@ async fn supervise(
     };
     state.send_modify(|state| {
         state.connected_since = None;
+        state.round_trip = None;
         state.stopped = true;
     });
     outcome

@@ -432,6 +432,48 @@ impl Link {
     }
 }
 
+impl LinkEnd {
+    /// Makes this end's egress a slow uplink with a long queue (`tc qdisc replace … root tbf`,
+    /// `rate`, 32 kbit burst, up to `queue` of waiting — tc's syntax, e.g. `"256kbit"`,
+    /// `"1500ms"`): a flood through it makes every packet behind it wait about `queue`,
+    /// as a flooded bastion's uplink does. [`LinkEnd::clear_shaping`] undoes it.
+    pub fn congest(&self, rate: &str, queue: &str) {
+        run_ok(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.netns,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            &self.ifname,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "32kbit",
+            "latency",
+            queue,
+        ]));
+    }
+
+    /// Back to the default queueing discipline.
+    pub fn clear_shaping(&self) {
+        run_ok(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.netns,
+            "tc",
+            "qdisc",
+            "del",
+            "dev",
+            &self.ifname,
+            "root",
+        ]));
+    }
+}
+
 impl Drop for Link {
     fn drop(&mut self) {
         let _ = Command::new("ip")

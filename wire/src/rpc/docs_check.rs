@@ -753,6 +753,7 @@ fn tunnel_entry() -> TunnelEntry {
         reconnects: 3,
         stopped: false,
         address: Some("54.9.9.9".into()),
+        round_trip_ms: Some(12),
     }
 }
 

@@ -332,6 +332,12 @@ pub struct TunnelEntry {
     /// (`eip.rotate`). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The last measured round trip of the link, in milliseconds (an SSH
+    /// keepalive request and its reply, one per keepalive interval; an
+    /// unanswered one counts as the whole interval). Absent while down and
+    /// before the first measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_trip_ms: Option<u64>,
 }
 
 // ------------------------------------------------------------------- eip
