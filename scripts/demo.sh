@@ -25,7 +25,7 @@
 # the tunnel heals.
 #
 # Then an Elastic IP rotation (docs/eip.md; EIP=0 skips it): moto stands in for
-# EC2 and a small "cloud" (python, below) makes moto's associations true on
+# EC2 and a small "cloud" (palisade-loopback-cloud, below) makes moto's associations true on
 # loopback: an address associated with the bastion's instance forwards to its
 # sshd. `palisade-ctl eip rotate` moves the bastion to a new address; the
 # validator's tunnel redials it (host key still pinned) and keeps signing; the
@@ -285,47 +285,12 @@ for _ in $(seq 100); do [ -S "$STORE_SOCKET" ] && break; sleep 0.05; done
 # ---------------------------------------------------------------------------
 # The "cloud": moto (EC2) and the bastion's instance with an Elastic IP.
 # ---------------------------------------------------------------------------
-# moto allocates addresses in 127.0.0.0/8, all local on Linux. This cloud keeps
-# a TCP forwarder from IP:SSH_PORT to the bastion's sshd for every address moto
-# shows associated with the bastion's instance, and closes it when the address
-# moves: a rotation really changes where the bastion answers.
-CLOUD='import boto3, socket, sys, threading, time
-url, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-ec2 = boto3.client("ec2", region_name="eu-west-1", endpoint_url=url,
-                   aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
-                   aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
-instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-first = ec2.allocate_address(Domain="vpc")
-ec2.associate_address(AllocationId=first["AllocationId"], InstanceId=instance)
-def pipe(a, b):
-    try:
-        while (data := a.recv(65536)):
-            b.sendall(data)
-    except OSError:
-        pass
-    for s in (a, b):
-        try: s.shutdown(socket.SHUT_RDWR)
-        except OSError: pass
-def serve(listener):
-    while True:
-        try: client, _ = listener.accept()
-        except OSError: return
-        server = socket.create_connection(("127.0.0.1", port))
-        for a, b in ((client, server), (server, client)):
-            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
-listeners = {}
-while True:
-    wanted = {a["PublicIp"] for a in ec2.describe_addresses()["Addresses"] if a.get("InstanceId") == instance}
-    for ip in wanted - listeners.keys():
-        listener = socket.socket(); listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((ip, port)); listener.listen(16); listeners[ip] = listener
-        threading.Thread(target=serve, args=(listener,), daemon=True).start()
-    for ip in listeners.keys() - wanted:
-        listeners.pop(ip).close()
-    if out:
-        open(out, "w").write(instance + " " + first["PublicIp"] + "\n"); out = ""
-    time.sleep(0.1)
-'
+# moto allocates addresses in 127.0.0.0/8, all local on Linux. The cloud
+# (palisade-loopback-cloud, palisade_testkit::loopback_cloud, which the
+# eip_rotation_s benchmark uses too) keeps a TCP forwarder from IP:SSH_PORT to
+# the bastion's sshd for every address moto shows associated with the bastion's
+# instance, and closes it when the address moves: a rotation really changes
+# where the bastion answers.
 EIP_TABLE=""
 if [ "$EIP" != 0 ]; then
   MOTO_PORT=$(free_port)
@@ -333,7 +298,7 @@ if [ "$EIP" != 0 ]; then
   moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$DEMO/moto.log" 2>&1 &
   pids+=($!)
   wait_tcp 127.0.0.1 "$MOTO_PORT" moto
-  python3 -c "$CLOUD" "http://127.0.0.1:$MOTO_PORT" "$SSH_PORT" "$DEMO/cloud.instance" 2>"$DEMO/cloud.log" &
+  "$BIN/palisade-loopback-cloud" "http://127.0.0.1:$MOTO_PORT" "$SSH_PORT" "$DEMO/cloud.instance" 2>"$DEMO/cloud.log" &
   pids+=($!)
   for _ in $(seq 200); do [ -s "$DEMO/cloud.instance" ] && break; sleep 0.05; done
   [ -s "$DEMO/cloud.instance" ] || die "the demo cloud did not start; see $DEMO/cloud.log and $DEMO/moto.log"
