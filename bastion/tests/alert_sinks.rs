@@ -490,3 +490,91 @@ fn bad_alert_tables_are_refused_with_every_problem_named() {
         "a URL is a secret:\n{stderr}"
     );
 }
+
+#[test]
+fn sigterm_stops_the_daemon_while_a_sink_waits_to_retry() {
+    let receiver = HttpReceiver::start().unwrap();
+    // The service asks for a minute's pause: the worker is sleeping on it.
+    receiver.reply_next(Reply::status(503).with_header("Retry-After", "60"));
+    let mut daemon = Daemon::start(|_| {
+        format!(
+            "[alerts]\n[[alerts.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n",
+            receiver.url("/hook"),
+        )
+    });
+    receiver
+        .wait_until("the first attempt", PATIENCE, |r| !r.is_empty())
+        .unwrap();
+    common::wait_until("the retry to be scheduled", || {
+        daemon.stderr().contains("alert delivery failed; retrying")
+    });
+    let started = std::time::Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = common::wait_for_exit(&mut daemon.child, "palisade-bastion after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", daemon.stderr());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited for the sink: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(receiver.requests().len(), 1);
+}
+
+#[test]
+fn check_config_names_the_sinks_and_never_prints_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_secret(dir.path(), "pd-key", "PDROUTINGSECRET");
+    let config = dir.path().join("bastion.toml");
+    let write = |alerts: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "listen-socket = \"{0}/bastion.sock\"\nbackup-dir = \"{0}/backups\"\n{alerts}\n\
+                 [[validator]]\nname = \"val-a\"\nsocket = \"{0}/val-a.sock\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+    };
+    let check = || {
+        Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    write(&format!(
+        "[alerts]\nsource = \"b1\"\nrepeat-interval = \"30m\"\n\
+         [[alerts.sink]]\nkind = \"slack\"\nname = \"team\"\n\
+         url = \"https://hooks.slack.com/services/T0/B0/SLACKURLSECRET\"\n\
+         [[alerts.sink]]\nkind = \"pagerduty\"\nrouting-key-file = \"{}\"\n\
+         max-per-hour = 5\nsend-resolved = false\n",
+        key.display()
+    ));
+    let output = check();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    for expected in [
+        "alerts.source:           b1",
+        "alerts.repeat-interval:  30m",
+        "alert sink team (slack): max 30 per hour, resolve messages on",
+        "alert sink pagerduty (pagerduty): max 5 per hour, resolve messages off",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("SLACKURLSECRET") && !stdout.contains("PDROUTINGSECRET"));
+
+    // An unknown key is a syntax error naming it.
+    write("[alerts]\nrepeat = \"1h\"\n");
+    let output = check();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown field `repeat`"), "{stderr}");
+}
