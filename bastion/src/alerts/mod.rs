@@ -151,11 +151,18 @@ impl Alerter {
     }
 }
 
-/// The destination with its secrets read.
+/// The destination with its secrets read (a URL read from a file is
+/// checked again: the file may have changed since the configuration was
+/// loaded).
 fn destination(target: &SinkTarget) -> Result<Destination, String> {
+    let url = |source: &config::SecretSource| -> Result<config::Secret, String> {
+        let secret = source.load()?;
+        config::url_problem(secret.expose()).map_err(|problem| format!("url: {problem}"))?;
+        Ok(secret)
+    };
     Ok(match target {
-        SinkTarget::Slack { url } => Destination::Slack { url: url.load()? },
-        SinkTarget::Discord { url } => Destination::Discord { url: url.load()? },
+        SinkTarget::Slack { url: source } => Destination::Slack { url: url(source)? },
+        SinkTarget::Discord { url: source } => Destination::Discord { url: url(source)? },
         SinkTarget::Telegram {
             api_url,
             token,
@@ -172,9 +179,92 @@ fn destination(target: &SinkTarget) -> Result<Destination, String> {
             api_url: api_url.clone(),
             routing_key: routing_key.load()?,
         },
-        SinkTarget::Webhook { url, token } => Destination::Webhook {
-            url: url.load()?,
+        SinkTarget::Webhook { url: source, token } => Destination::Webhook {
+            url: url(source)?,
             token: token.as_ref().map(|token| token.load()).transpose()?,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::config::{SecretSource, SinkConfig};
+    use crate::health_check::DownReason;
+    use std::time::Duration;
+
+    fn webhook(name: &str, url: SecretSource, max_per_hour: u32) -> SinkConfig {
+        SinkConfig {
+            name: name.into(),
+            target: SinkTarget::Webhook { url, token: None },
+            max_per_hour,
+            send_resolved: true,
+        }
+    }
+
+    fn alerts(sinks: Vec<SinkConfig>) -> AlertsConfig {
+        AlertsConfig {
+            source: "b1".into(),
+            repeat_interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(1),
+            sinks,
+        }
+    }
+
+    /// On a current-thread runtime the workers cannot run while `observe`
+    /// does: exactly the queue's capacity is accepted, the rest dropped and
+    /// counted, and `observe` returns without waiting for anyone.
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_waiting() {
+        let url = SecretSource::Inline(config::Secret::new("http://127.0.0.1:9/hook".into()));
+        let mut tasks = JoinSet::new();
+        let shutdown = CancellationToken::new();
+        let mut alerter = Alerter::start(
+            &alerts(vec![webhook("slow", url, 1000)]),
+            RetryPolicy::default(),
+            &mut tasks,
+            &shutdown,
+        )
+        .unwrap();
+        let down = ProbeOutcome::Down(DownReason::NoSocket);
+        let now = Instant::now();
+        for index in 0..QUEUE_CAPACITY + 36 {
+            alerter.observe(&format!("val-{index}"), &down, SystemTime::now(), now);
+        }
+        assert_eq!(alerter.sinks[0].queue_dropped, 36);
+        assert_eq!(alerter.sinks[0].gate.dropped, 0);
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
+
+    #[tokio::test]
+    async fn an_unusable_secret_at_start_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let changed = dir.path().join("changed");
+        std::fs::write(&changed, "http://hooks.example/SECRETPATH\n").unwrap();
+        std::fs::set_permissions(
+            &changed,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        // (file, expected start of the error, the message without the URL)
+        for (path, expected) in [
+            (&missing, "alerts sink hook (webhook): '"),
+            (&changed, "alerts sink hook (webhook): url: must be https"),
+        ] {
+            let mut tasks = JoinSet::new();
+            let error = Alerter::start(
+                &alerts(vec![webhook("hook", SecretSource::File(path.clone()), 10)]),
+                RetryPolicy::default(),
+                &mut tasks,
+                &CancellationToken::new(),
+            )
+            .err()
+            .unwrap();
+            let text = format!("{error:#}");
+            assert!(text.starts_with(expected), "{text}");
+            assert!(!text.contains("SECRETPATH"), "{text}");
+        }
+    }
 }
