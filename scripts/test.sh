@@ -15,7 +15,10 @@ require_cargo
 # ports of their own (the package's etcd.service, if systemd starts it, keeps 2379);
 # gdb: gcore dumps an unlocked supervisor to prove its keys stay out of cores;
 # util-linux: setpriv runs the supervisor as a user with capabilities.
-apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux etcd-server gdb util-linux
+# prometheus: promtool checks and unit-tests packaging/prometheus/palisade-rules.yml
+# (bastion/tests/alerting_rules.rs); prometheus-alertmanager: the Alertmanager
+# end-to-end test delivers to a local webhook (`palisade_testkit::alertmanager`).
+apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux etcd-server gdb util-linux prometheus prometheus-alertmanager
 ensure_moto
 ensure_nextest
 

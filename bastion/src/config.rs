@@ -56,6 +56,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::alerts::config::{AlertsConfig, RawAlerts, SecretFiles};
 use palisade_client::{Fingerprint, OperatorKey};
 use palisade_wire::backup_store::MAX_LIST_ENTRIES;
 use palisade_wire::names::validator_name_problem;
@@ -180,6 +181,8 @@ struct RawConfig {
     health: RawHealth,
     /// The bastion's own identity for the control RPC (optional).
     client: Option<RawClient>,
+    /// Built-in alert sinks (optional): `crate::alerts::config`.
+    alerts: Option<RawAlerts>,
     /// One table per validator host.
     #[serde(default)]
     validator: Vec<RawValidator>,
@@ -305,6 +308,8 @@ pub struct BastionConfig {
     pub health: HealthCheckOptions,
     /// `[client]`: how the bastion logs in to the supervisors' RPC.
     pub client: Option<ClientIdentity>,
+    /// `[alerts]`: the built-in alert sinks, when configured.
+    pub alerts: Option<AlertsConfig>,
     pub validators: Vec<Validator>,
 }
 
@@ -452,6 +457,29 @@ impl BastionConfig {
                 "client:                  none (health checks read the greeting only; \
                  `call` is unavailable)\n",
             ),
+        }
+        match &self.alerts {
+            // Sink names and kinds only: URLs, tokens and keys are secrets.
+            Some(alerts) => {
+                out.push_str(&format!(
+                    "alerts.source:           {}\n\
+                     alerts.repeat-interval:  {}\n\
+                     alerts.timeout:          {}\n",
+                    alerts.source,
+                    duration(alerts.repeat_interval),
+                    duration(alerts.timeout),
+                ));
+                for sink in &alerts.sinks {
+                    out.push_str(&format!(
+                        "  alert sink {} ({}): max {} per hour, resolve messages {}\n",
+                        sink.name,
+                        sink.target.kind(),
+                        sink.max_per_hour,
+                        if sink.send_resolved { "on" } else { "off" }
+                    ));
+                }
+            }
+            None => out.push_str("alerts:                  none\n"),
         }
         out.push_str(&format!(
             "validators:              {}\n",
@@ -691,6 +719,15 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
         key.map(|key| ClientIdentity { operator, key })
     });
 
+    let alerts = crate::alerts::config::validate(
+        raw.alerts,
+        match key_file {
+            KeyFile::Check => SecretFiles::Check,
+            KeyFile::Skip => SecretFiles::Skip,
+        },
+        &mut report,
+    );
+
     if raw.validator.is_empty() {
         report(
             "validator".into(),
@@ -778,6 +815,7 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
             backups,
             health,
             client,
+            alerts,
             validators,
         })
     } else {

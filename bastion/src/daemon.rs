@@ -26,6 +26,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::Alerter;
+use crate::alerts::delivery::RetryPolicy;
 use crate::backup_store::BackupStoreServer;
 use crate::config::{BastionConfig, HealthCheckOptions, Validator};
 use crate::health_check::{self, Credentials, ProbeReport, Prober};
@@ -50,8 +52,21 @@ async fn run_until_signal(config: &BastionConfig) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
     let shutdown = CancellationToken::new();
 
+    // Sinks first: an unreadable secret file stops the start before
+    // anything is bound or written.
+    let mut alert_tasks = JoinSet::new();
+    let alerter = match &config.alerts {
+        Some(alerts) => Some(Alerter::start(
+            alerts,
+            RetryPolicy::default(),
+            &mut alert_tasks,
+            &shutdown,
+        )?),
+        None => None,
+    };
     let server = BackupStoreServer::bind(config, config.backups.clone())?;
     let mut reporter = Reporter::new(config, SystemTime::now(), notifier.clone());
+    reporter.alerter = alerter;
     if let Err(error) = reporter.start().await {
         drop(server);
         let _ = std::fs::remove_file(&config.listen_socket);
@@ -108,6 +123,7 @@ async fn run_until_signal(config: &BastionConfig) -> anyhow::Result<()> {
             None => store_task.await,
         };
         while checks.join_next().await.is_some() {}
+        while alert_tasks.join_next().await.is_some() {}
         // The reporter finishes its last write before it returns, so the
         // removal below is not undone by a late write.
         let _ = reporter_task.await;
@@ -160,6 +176,8 @@ struct Reporter {
     notifier: Notifier,
     /// The last write failed (logged once until it works again).
     write_failing: bool,
+    /// `[alerts]`: told every probe result.
+    alerter: Option<Alerter>,
 }
 
 impl Reporter {
@@ -175,6 +193,7 @@ impl Reporter {
             started,
             notifier,
             write_failing: false,
+            alerter: None,
         }
     }
 
@@ -215,6 +234,14 @@ impl Reporter {
             let Some(health) = self.table.get_mut(report.index) else {
                 continue;
             };
+            if let Some(alerter) = &mut self.alerter {
+                alerter.observe(
+                    &health.name,
+                    &report.outcome,
+                    report.checked_at,
+                    std::time::Instant::now(),
+                );
+            }
             let transition = health.record(report.checked_at, report.outcome);
             if transition != Transition::Unchanged {
                 log_transition(health, &transition);

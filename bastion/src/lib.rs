@@ -14,6 +14,7 @@
 //! `version`.
 #![forbid(unsafe_code)]
 
+pub(crate) mod alerts;
 pub(crate) mod backup_session;
 pub(crate) mod backup_store;
 pub(crate) mod call;
@@ -125,7 +126,9 @@ a bastion may read status, never command, and never sees a secret.
 
 Status of this release: `run` (backup store + health checks), `status`,
 `serve-backups` (the backup store alone), `backup-session`, `rpc-relay`,
-`call`, `check-config` and `version` work. Log relay and alerting are planned.";
+`call`, `check-config` and `version` work. With an [alerts] table, `run`
+sends the health checks' alerts itself (Slack, Discord, Telegram, PagerDuty,
+webhooks: docs/alerts.md). Log relay is planned.";
 
 const AFTER_HELP: &str = "Daemon:
   palisade-bastion run --config FILE

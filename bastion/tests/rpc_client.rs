@@ -893,3 +893,82 @@ fn a_session_the_supervisor_closed_is_replaced_by_a_new_login() {
         "{opened} connections for {calls} calls: a closed session was reused?"
     );
 }
+
+/// The built-in alerts from the authenticated check: each problem the real
+/// supervisor's `health` lists is one alert at the webhook (its detail may
+/// change without a new message), and each is resolved when the list no
+/// longer names it.
+#[test]
+fn the_supervisors_problems_become_alerts_and_resolve() {
+    use palisade_testkit::http_receiver::{HttpReceiver, Received};
+    let dir = tempfile::tempdir().unwrap();
+    let Proxied {
+        supervisor, config, ..
+    } = proxied(dir.path(), Duration::from_secs(5));
+    let receiver = HttpReceiver::start().unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[alerts]\nsource = \"b1\"\n[[alerts.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n",
+        receiver.url("/hook")
+    ));
+    std::fs::write(&config, text).unwrap();
+    supervisor.script.set_health(json!({
+        "ok": false,
+        "problems": ["vault is locked", "tunnel to b2 is down: not connected yet"],
+    }));
+    let daemon = Daemon::start(dir.path(), config);
+    let alerts = |requests: &[Received]| -> Vec<(String, String)> {
+        requests
+            .iter()
+            .map(|r| {
+                let body = r.json();
+                (
+                    body["status"].as_str().unwrap().to_string(),
+                    body["alert"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let pair = |status: &str, alert: &str| (status.to_string(), alert.to_string());
+    let requests = receiver
+        .wait_until("two firing alerts", common::PATIENCE, |r| r.len() >= 2)
+        .unwrap();
+    assert_eq!(
+        alerts(&requests),
+        [
+            pair("firing", "problem:tunnel to b2 is down"),
+            pair("firing", "problem:vault is locked"),
+        ]
+    );
+    let tunnel = requests[0].json();
+    assert_eq!(tunnel["severity"], "error");
+    assert_eq!(tunnel["detail"], "tunnel to b2 is down: not connected yet");
+
+    // The tunnel's detail changes, the vault is unlocked: one resolve.
+    supervisor.script.set_health(json!({
+        "ok": false,
+        "problems": ["tunnel to b2 is down: connection refused"],
+    }));
+    let requests = receiver
+        .wait_until("the vault's resolve", common::PATIENCE, |r| r.len() >= 3)
+        .unwrap();
+    assert_eq!(
+        alerts(&requests[2..]),
+        [pair("resolved", "problem:vault is locked")]
+    );
+
+    supervisor
+        .script
+        .set_health(json!({"ok": true, "problems": []}));
+    let requests = receiver
+        .wait_until("the tunnel's resolve", common::PATIENCE, |r| r.len() >= 4)
+        .unwrap();
+    let last = requests[3].json();
+    assert_eq!(
+        alerts(&requests[3..]),
+        [pair("resolved", "problem:tunnel to b2 is down")]
+    );
+    assert_eq!(last["detail"], "tunnel to b2 is down: connection refused");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(receiver.requests().len(), 4, "{}", daemon.log());
+}

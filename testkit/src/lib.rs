@@ -12,6 +12,12 @@
 //!
 //! [`moto::Moto`] runs moto in server mode (a stand-in for the EC2 API) on a free loopback port.
 //!
+//! [`alertmanager::Alertmanager`] runs the real Debian `prometheus-alertmanager` on a free
+//! loopback port with the caller's configuration.
+//!
+//! [`http_receiver::HttpReceiver`] records the HTTP requests sent to it on a free loopback port
+//! and answers from a script: the stand-in for alert services and webhook receivers.
+//!
 //! Everything fallible returns [`Error`], whose `Debug` is its plain message: tests `unwrap()`
 //! and still panic readably, the benchmarks report it with `?`.
 //!
@@ -29,8 +35,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+pub mod alertmanager;
 mod etcd_cluster;
 pub mod failover;
+pub mod http_receiver;
 pub mod loopback_cloud;
 pub mod moto;
 pub use etcd_cluster::{ETCD, ETCD_WAIT, EtcdCluster};
