@@ -15,7 +15,8 @@ require_cargo
 # ports of their own (the package's etcd.service, if systemd starts it, keeps 2379);
 # gdb: gcore dumps an unlocked supervisor to prove its keys stay out of cores;
 # util-linux: setpriv runs the supervisor as a user with capabilities.
-apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux etcd-server gdb util-linux
+# prometheus: the metrics tests run the real server and its promtool (supervisor/tests/metrics_prometheus.rs).
+apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux etcd-server gdb util-linux prometheus
 ensure_moto
 ensure_nextest
 

@@ -12,6 +12,10 @@
 //!
 //! [`moto::Moto`] runs moto in server mode (a stand-in for the EC2 API) on a free loopback port.
 //!
+//! [`prometheus::Prometheus`] runs Debian's Prometheus server on a free loopback port and queries
+//! it over its HTTP API; [`prometheus::promtool`] and [`prometheus::check_metrics`] lint an
+//! exposition.
+//!
 //! Everything fallible returns [`Error`], whose `Debug` is its plain message: tests `unwrap()`
 //! and still panic readably, the benchmarks report it with `?`.
 //!
@@ -32,6 +36,7 @@ use nix::sys::signal::Signal;
 mod etcd_cluster;
 pub mod failover;
 pub mod moto;
+pub mod prometheus;
 pub use etcd_cluster::{ETCD, ETCD_WAIT, EtcdCluster};
 
 /// Where sshd is expected.
