@@ -10,8 +10,8 @@
 //! the daemon reads.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use palisade_daemon::metrics::{Sample, encode_counter, encode_gauge};
 use prometheus_client::collector::Collector;
@@ -111,10 +111,7 @@ impl Collector for BastionCollector {
             e,
             "palisade_bastion_build_info",
             "The bastion daemon's release (the value is always 1).",
-            &[(
-                vec![("version", env!("CARGO_PKG_VERSION").to_string())],
-                1,
-            )],
+            &[(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1)],
         )?;
         encode_gauge(
             e,

@@ -614,7 +614,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
             }
         }
     }
-    if let (true, Some(bins)) = (wants(METRICS_SCRAPE_P50) || wants(METRICS_SCRAPE_P99), &bins) {
+    if let (true, Some(bins)) = (
+        wants(METRICS_SCRAPE_P50) || wants(METRICS_SCRAPE_P99),
+        &bins,
+    ) {
         eprintln!("palisade-bench: running {METRICS_SCRAPE_P50} / {METRICS_SCRAPE_P99}");
         match metrics::run(bins) {
             Ok((p50, p99)) => {

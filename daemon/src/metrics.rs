@@ -162,7 +162,9 @@ impl MetricsServer {
                     .serve_connection(TokioIo::new(stream), service);
                 match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::debug!(%error, "metrics endpoint: connection failed"),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "metrics endpoint: connection failed")
+                    }
                     Err(_) => tracing::debug!("metrics endpoint: connection over its deadline"),
                 }
                 drop(permit);
@@ -174,7 +176,10 @@ impl MetricsServer {
 /// The answer to one request.
 fn answer(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
     if request.uri().path() != METRICS_PATH {
-        return plain(StatusCode::NOT_FOUND, "not found: metrics are at /metrics\n");
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found: metrics are at /metrics\n",
+        );
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");

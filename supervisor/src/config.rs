@@ -1169,10 +1169,7 @@ fn validate(
             }
             None => {
                 let origin = r.file_origin("metrics.bastion-listen");
-                r.report(
-                    origin,
-                    "there is no [[bastion]] to forward the metrics to",
-                );
+                r.report(origin, "there is no [[bastion]] to forward the metrics to");
             }
         }
     }

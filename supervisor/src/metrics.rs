@@ -76,7 +76,8 @@ pub struct SupervisorCollector {
 
 impl std::fmt::Debug for SupervisorCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SupervisorCollector").finish_non_exhaustive()
+        f.debug_struct("SupervisorCollector")
+            .finish_non_exhaustive()
     }
 }
 
@@ -112,10 +113,7 @@ impl Collector for SupervisorCollector {
             e,
             "palisade_build_info",
             "The supervisor's release (the value is always 1).",
-            &[(
-                vec![("version", env!("CARGO_PKG_VERSION").to_string())],
-                1,
-            )],
+            &[(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1)],
         )?;
         let phases: Vec<Sample<i64>> = Phase::NAMES
             .iter()

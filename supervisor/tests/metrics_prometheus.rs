@@ -17,7 +17,9 @@ use std::time::Duration;
 use common::timing::{BLOCK, LONG};
 use common::{KillOnDrop, VaultRpc};
 use palisade_simchain::testkit::free_port;
-use palisade_testkit::prometheus::{Prometheus, ScrapeJob, check_metrics, http_get, scrape_configs};
+use palisade_testkit::prometheus::{
+    Prometheus, ScrapeJob, check_metrics, http_get, scrape_configs,
+};
 use palisade_testkit::{Sshd, SshdOptions, current_user};
 
 const PASSPHRASE: &str = "metrics passphrase 51c2";
@@ -213,10 +215,16 @@ fn prometheus_scrapes_the_supervisor_through_the_tunnel_and_the_bastion_directly
     );
     wait("palisade_bastion_build_info", &|v| v == 1.0);
     // Signing goes on, and nothing is missed.
-    let signed = value(&wait("palisade_validator_signed_blocks_total", &|v| v > 0.0));
+    let signed = value(&wait("palisade_validator_signed_blocks_total", &|v| {
+        v > 0.0
+    }));
     wait("palisade_validator_signed_blocks_total", &|v| v > signed);
     assert_eq!(
-        value(&prometheus.query("palisade_validator_missed_blocks_total").unwrap()),
+        value(
+            &prometheus
+                .query("palisade_validator_missed_blocks_total")
+                .unwrap()
+        ),
         0.0
     );
 
@@ -234,7 +242,10 @@ fn prometheus_scrapes_the_supervisor_through_the_tunnel_and_the_bastion_directly
     let dashboard = dashboard_metric_names();
     assert!(dashboard.len() > 20, "{dashboard:?}");
     let missing: Vec<_> = dashboard.difference(&exported).collect();
-    assert!(missing.is_empty(), "not exported: {missing:?}; exported: {exported:?}");
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:?}; exported: {exported:?}"
+    );
 }
 
 /// The metric names of the samples in a text exposition.

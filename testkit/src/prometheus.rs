@@ -245,11 +245,8 @@ impl Prometheus {
             &format!("/api/v1/{path_and_query}"),
             "application/json",
         )?;
-        let answer: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
-            Error::new(format!(
-                "/api/v1/{path_and_query}: not JSON ({e}): {body}"
-            ))
-        })?;
+        let answer: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| Error::new(format!("/api/v1/{path_and_query}: not JSON ({e}): {body}")))?;
         if status != 200 || answer["status"] != "success" {
             return Err(Error::new(format!(
                 "/api/v1/{path_and_query}: HTTP {status}: {answer}"

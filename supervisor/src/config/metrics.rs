@@ -54,9 +54,10 @@ impl MetricsSettings {
 
 /// Why an address is not a usable metrics address, or `Ok`.
 pub fn loopback_address(text: &str) -> Result<SocketAddr, String> {
-    let address: SocketAddr = text.trim().parse().map_err(|_| {
-        format!("'{text}' is not an IP address and port (e.g. \"127.0.0.1:9810\")")
-    })?;
+    let address: SocketAddr = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not an IP address and port (e.g. \"127.0.0.1:9810\")"))?;
     if !address.ip().is_loopback() {
         return Err(format!(
             "'{text}' is not a loopback address: the metrics are served on loopback only \

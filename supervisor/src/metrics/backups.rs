@@ -93,8 +93,20 @@ mod tests {
         assert_eq!(
             table.snapshot(),
             vec![
-                ("b1".to_string(), StoreRecord { at: 100, sequence: 1 }),
-                ("local".to_string(), StoreRecord { at: 160, sequence: 2 }),
+                (
+                    "b1".to_string(),
+                    StoreRecord {
+                        at: 100,
+                        sequence: 1
+                    }
+                ),
+                (
+                    "local".to_string(),
+                    StoreRecord {
+                        at: 160,
+                        sequence: 2
+                    }
+                ),
             ]
         );
     }

@@ -379,9 +379,7 @@ mod tests {
     #[test]
     fn catching_up_is_read_when_present() {
         let status = |extra: &str| {
-            format!(
-                r#"{{"result":{{"sync_info":{{"latest_block_height":"7"{extra}}}}}}}"#
-            )
+            format!(r#"{{"result":{{"sync_info":{{"latest_block_height":"7"{extra}}}}}}}"#)
         };
         assert_eq!(
             parse_sync_status(status(r#","catching_up":true"#).as_bytes()),

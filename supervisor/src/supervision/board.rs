@@ -73,8 +73,7 @@ impl UpgradeCounts {
 impl Board {
     /// Daemon output lines dropped since the supervisor started.
     pub fn output_lines_dropped(&self) -> u64 {
-        self.output_lines_dropped_before
-            + self.output.as_ref().map_or(0, |stats| stats.dropped())
+        self.output_lines_dropped_before + self.output.as_ref().map_or(0, |stats| stats.dropped())
     }
 }
 

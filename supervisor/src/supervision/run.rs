@@ -344,7 +344,11 @@ fn metrics_sources(
         background.clone(),
     );
     let backups = Arc::new(crate::metrics::backups::BackupsByStore::default());
-    crate::metrics::backups::follow(last_backup.clone(), Arc::clone(&backups), background.clone());
+    crate::metrics::backups::follow(
+        last_backup.clone(),
+        Arc::clone(&backups),
+        background.clone(),
+    );
     crate::metrics::Sources {
         board: board.clone(),
         state_path: node.state.clone(),
