@@ -1708,7 +1708,8 @@ socket = "/run/palisade-bastion/val-a.sock"
 
     #[test]
     fn metrics_are_off_by_default_on_loopback_when_enabled_and_checked() {
-        let base = "listen-socket = \"/run/pb/bastion.sock\"\nbackup-dir = \"/var/lib/pb\"\n";
+        let base = "listen-socket = \"/run/pb/bastion.sock\"\nbackup-dir = \"/var/lib/pb\"\n\
+                    [[validator]]\nname = \"val-a\"\nsocket = \"/run/pb/val-a.sock\"\n";
         assert_eq!(parse(base).unwrap().metrics, None);
         let on = parse(&format!("{base}[metrics]\n")).unwrap();
         assert_eq!(
