@@ -197,6 +197,15 @@ fn prometheus_scrapes_the_supervisor_through_the_tunnel_and_the_bastion_directly
         ),
         &|v| v == 1.0,
     );
+    // The sign state is backed up as it moves (a local store here).
+    wait("count(palisade_backup_last_sequence > 0)", &|v| v >= 1.0);
+    wait(
+        "max(time() - palisade_backup_last_success_timestamp_seconds)",
+        &|v| (0.0..120.0).contains(&v),
+    );
+    wait("palisade_upgrade_waiting_for_binary", &|v| v == 0.0);
+    wait("sum(palisade_upgrades_total)", &|v| v == 0.0);
+    wait("palisade_output_lines_dropped_total", &|v| v == 0.0);
     // The scrapes themselves cross the tunnel.
     wait("palisade_tunnel_sent_bytes_total{bastion=\"b1\"}", &|v| {
         v > 0.0
@@ -230,14 +239,38 @@ fn prometheus_scrapes_the_supervisor_through_the_tunnel_and_the_bastion_directly
 
     // promtool lints both endpoints' output, in the text format it reads.
     let mut exported = std::collections::BTreeSet::new();
+    let mut declared = std::collections::BTreeSet::new();
     for address in [setup.local, setup.bastion_metrics] {
         let text = scrape(address, TEXT_FORMAT);
         exported.extend(sample_names(&text));
+        declared.extend(
+            text.lines()
+                .filter_map(|line| line.strip_prefix("# TYPE "))
+                .filter_map(|rest| rest.split(' ').next())
+                .map(str::to_string),
+        );
         check_metrics(&text).unwrap_or_else(|e| panic!("{address}: {e}\n{text}"));
         // And the OpenMetrics form Prometheus asks for is well terminated.
         let open = scrape(address, OPENMETRICS);
         assert!(open.ends_with("# EOF\n"), "{open}");
     }
+    // docs/metrics.md documents exactly what is exported (the log
+    // shipper's, reserved there, come with log shipping).
+    let documented = documented_metric_names();
+    let log_shipping: std::collections::BTreeSet<String> = [
+        "palisade_log_spool_bytes",
+        "palisade_log_spool_limit_bytes",
+        "palisade_log_segments_dropped_total",
+        "palisade_log_segments_shipped_total",
+    ]
+    .map(String::from)
+    .into();
+    let expected: std::collections::BTreeSet<String> =
+        documented.difference(&log_shipping).cloned().collect();
+    assert_eq!(
+        declared, expected,
+        "docs/metrics.md's tables vs the endpoints' TYPE lines"
+    );
     // The Grafana dashboard uses only what is exported.
     let dashboard = dashboard_metric_names();
     assert!(dashboard.len() > 20, "{dashboard:?}");
@@ -259,6 +292,33 @@ fn sample_names(text: &str) -> Vec<String> {
                 .to_string()
         })
         .collect()
+}
+
+/// The metric names in docs/metrics.md: each table row's first cell, and
+/// the log shipper's names in the paragraph after the table.
+fn documented_metric_names() -> std::collections::BTreeSet<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("| `palisade_") {
+            let name = rest.split('`').next().unwrap();
+            names.insert(format!("palisade_{name}"));
+        }
+    }
+    for name in [
+        "palisade_log_spool_bytes",
+        "palisade_log_spool_limit_bytes",
+        "palisade_log_segments_dropped_total",
+        "palisade_log_segments_shipped_total",
+    ] {
+        assert!(
+            text.contains(&format!("`{name}")),
+            "{name} is not in docs/metrics.md"
+        );
+        names.insert(name.to_string());
+    }
+    names
 }
 
 /// Every `palisade_*` name in the dashboard's queries (panels and variables).
