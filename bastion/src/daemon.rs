@@ -75,7 +75,10 @@ async fn run_until_signal(config: &BastionConfig) -> anyhow::Result<()> {
                 drop(server);
                 let _ = std::fs::remove_file(&config.listen_socket);
                 let _ = std::fs::remove_file(&config.status_file);
-                return Err(anyhow::Error::new(error).context("[metrics] listen"));
+                return Err(anyhow::Error::new(error).context(
+                    "[metrics] listen (under systemd, the unit needs the drop-in \
+                     packaging/systemd/palisade-bastion.service.d/metrics.conf: docs/metrics.md)",
+                ));
             }
         }
     }
