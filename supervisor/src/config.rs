@@ -542,6 +542,22 @@ impl Config {
             .map(|(key, value)| (key.to_owned(), value))
             .collect();
         let mut add = |key: String, value: String| lines.push((key, value));
+        match &self.metrics {
+            None => add("metrics".into(), "off (no [metrics])".into()),
+            Some(metrics) => {
+                add(
+                    "metrics.listen".into(),
+                    format!("http://{}/metrics", metrics.listen),
+                );
+                add(
+                    "metrics.bastion-listen".into(),
+                    metrics.bastion_listen.map_or_else(
+                        || "none".to_string(),
+                        |address| format!("{address} on every bastion"),
+                    ),
+                );
+            }
+        }
         let paths = |paths: &[PathBuf]| {
             paths
                 .iter()

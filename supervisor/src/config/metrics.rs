@@ -136,6 +136,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = load(dir.path(), "").unwrap();
         assert_eq!(config.metrics, None);
+        assert!(
+            config
+                .describe()
+                .contains(&("metrics".into(), "off (no [metrics])".into()))
+        );
         let config = load(
             dir.path(),
             &format!(
@@ -144,6 +149,10 @@ mod tests {
             ),
         )
         .unwrap();
+        assert!(config.describe().contains(&(
+            "metrics.listen".into(),
+            "http://127.0.0.1:9810/metrics".into()
+        )));
         let metrics = config.metrics.unwrap();
         assert_eq!(metrics.listen, "127.0.0.1:9810".parse().unwrap());
         let tunnels = config.tunnels.unwrap();
