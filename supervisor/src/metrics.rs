@@ -44,6 +44,41 @@ use crate::supervision::board::{SharedBoard, board};
 use crate::supervision::machine::Phase;
 use crate::tunnel::BastionObserver;
 
+/// Every supervisor metric's name as exported (counters with `_total`),
+/// in the order rendered; the log shipper's follow when it is on
+/// ([`LOG_METRICS`]). `docs/metrics.md` documents each.
+pub const SUPERVISOR_METRICS: &[&str] = &[
+    "palisade_build_info",
+    "palisade_node_phase",
+    "palisade_node_up",
+    "palisade_primary",
+    "palisade_chain_height",
+    "palisade_chain_catching_up",
+    "palisade_validator_signed_blocks_total",
+    "palisade_validator_missed_blocks_total",
+    "palisade_sign_state_height",
+    "palisade_vault_unlocked",
+    "palisade_tunnel_up",
+    "palisade_tunnel_reconnects_total",
+    "palisade_tunnel_sent_bytes_total",
+    "palisade_tunnel_received_bytes_total",
+    "palisade_backup_last_success_timestamp_seconds",
+    "palisade_backup_last_sequence",
+    "palisade_upgrades_total",
+    "palisade_upgrade_waiting_for_binary",
+    "palisade_rpc_requests_total",
+    "palisade_rpc_errors_total",
+    "palisade_output_lines_dropped_total",
+];
+
+/// The log shipper's metrics, exported when a [`LogMetricsSource`] is given.
+pub const LOG_METRICS: &[&str] = &[
+    "palisade_log_spool_bytes",
+    "palisade_log_spool_limit_bytes",
+    "palisade_log_segments_dropped_total",
+    "palisade_log_segments_shipped_total",
+];
+
 /// The log shipper's numbers, when log shipping is on.
 pub trait LogMetricsSource: Send + Sync + 'static {
     /// Bytes in the on-disk spool now.
@@ -366,4 +401,110 @@ pub async fn start(
     let address = server.local_addr()?;
     tokio::spawn(server.serve(shutdown));
     Ok(address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_daemon::metrics::{Format, render};
+
+    struct FakeLogs;
+
+    /// Another subsystem's collector.
+    #[derive(Debug)]
+    struct Extra;
+
+    impl Collector for Extra {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_gauge(&mut encoder, "palisade_extra", "A test gauge.", &one(2))
+        }
+    }
+
+    impl LogMetricsSource for FakeLogs {
+        fn spool_bytes(&self) -> u64 {
+            1024
+        }
+        fn spool_limit_bytes(&self) -> u64 {
+            4096
+        }
+        fn segments_dropped(&self) -> u64 {
+            3
+        }
+        fn segments_shipped(&self) -> Vec<(String, u64)> {
+            vec![("b1".into(), 9)]
+        }
+    }
+
+    fn sources(dir: &std::path::Path, logs: Option<Arc<dyn LogMetricsSource>>) -> Sources {
+        Sources {
+            board: crate::supervision::board::new_board(true),
+            state_path: dir.join("priv_validator_state.json"),
+            tunnels: Vec::new(),
+            backups: Arc::default(),
+            rpc_calls: Arc::default(),
+            chain: Arc::default(),
+            logs,
+        }
+    }
+
+    fn declared(text: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_catalogue_name_is_rendered_and_the_log_hook_adds_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = SupervisorMetrics::new(sources(dir.path(), None)).into_registry();
+        let text = render(&registry, Format::PrometheusText).unwrap();
+        assert_eq!(declared(&text), SUPERVISOR_METRICS, "{text}");
+        // A locked vault, no node, no chain answer, no watermark yet.
+        for line in [
+            "palisade_vault_unlocked 0\n",
+            "palisade_node_up 0\n",
+            "palisade_node_phase{phase=\"starting\"} 1\n",
+            "palisade_node_phase{phase=\"running\"} 0\n",
+            "palisade_upgrades_total{outcome=\"failed\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line}{text}");
+        }
+        assert!(!text.contains("\npalisade_chain_height "), "{text}");
+        assert!(!text.contains("\npalisade_sign_state_height "), "{text}");
+
+        let with_logs = sources(dir.path(), Some(Arc::new(FakeLogs)));
+        let shared_board = with_logs.board.clone();
+        let mut metrics = SupervisorMetrics::new(with_logs);
+        metrics.register_collector(Box::new(Extra));
+        let registry = metrics.into_registry();
+        {
+            let mut shared = crate::supervision::board::board(&shared_board);
+            shared.phase = "waiting_for_binary";
+            shared
+                .upgrades
+                .count(&palisade_wire::upgrade_record::UpgradeOutcome::Failed(
+                    "no binary".into(),
+                ));
+        }
+        let text = render(&registry, Format::PrometheusText).unwrap();
+        let expected: Vec<&str> = SUPERVISOR_METRICS
+            .iter()
+            .chain(LOG_METRICS)
+            .chain(&["palisade_extra"])
+            .copied()
+            .collect();
+        assert_eq!(declared(&text), expected, "{text}");
+        for line in [
+            "palisade_log_spool_bytes 1024\n",
+            "palisade_log_spool_limit_bytes 4096\n",
+            "palisade_log_segments_dropped_total 3\n",
+            "palisade_log_segments_shipped_total{bastion=\"b1\"} 9\n",
+            "palisade_upgrade_waiting_for_binary 1\n",
+            "palisade_upgrades_total{outcome=\"failed\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line}{text}");
+        }
+    }
 }

@@ -257,14 +257,11 @@ fn prometheus_scrapes_the_supervisor_through_the_tunnel_and_the_bastion_directly
     // docs/metrics.md documents exactly what is exported (the log
     // shipper's, reserved there, come with log shipping).
     let documented = documented_metric_names();
-    let log_shipping: std::collections::BTreeSet<String> = [
-        "palisade_log_spool_bytes",
-        "palisade_log_spool_limit_bytes",
-        "palisade_log_segments_dropped_total",
-        "palisade_log_segments_shipped_total",
-    ]
-    .map(String::from)
-    .into();
+    let log_shipping: std::collections::BTreeSet<String> =
+        palisade_supervisor::metrics::LOG_METRICS
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
     let expected: std::collections::BTreeSet<String> =
         documented.difference(&log_shipping).cloned().collect();
     assert_eq!(
@@ -306,12 +303,7 @@ fn documented_metric_names() -> std::collections::BTreeSet<String> {
             names.insert(format!("palisade_{name}"));
         }
     }
-    for name in [
-        "palisade_log_spool_bytes",
-        "palisade_log_spool_limit_bytes",
-        "palisade_log_segments_dropped_total",
-        "palisade_log_segments_shipped_total",
-    ] {
+    for name in palisade_supervisor::metrics::LOG_METRICS {
         assert!(
             text.contains(&format!("`{name}")),
             "{name} is not in docs/metrics.md"
