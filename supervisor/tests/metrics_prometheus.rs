@@ -364,3 +364,27 @@ fn a_non_loopback_metrics_address_is_refused_before_anything_starts() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_metrics_port_in_use_stops_the_start_before_the_node_runs() {
+    let chain = common::Chain::start(&[], BLOCK);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let config: PathBuf = chain.dir.path().join("palisade.toml");
+    std::fs::write(&config, format!("[metrics]\nlisten = \"{address}\"\n")).unwrap();
+    let output = chain
+        .supervisor_command(&[("PALISADE_CONFIG", config.to_str().unwrap())])
+        .args(["run", "start", "--home"])
+        .arg(&chain.home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot open the metrics endpoint")
+            && stderr.contains(&format!("cannot listen on {address} for metrics")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("daemon started"), "{stderr}");
+}
