@@ -16,7 +16,8 @@ require_cargo
 # gdb: gcore dumps an unlocked supervisor to prove its keys stay out of cores;
 # util-linux: setpriv runs the supervisor as a user with capabilities.
 # prometheus: promtool checks and unit-tests packaging/prometheus/palisade-rules.yml
-# (bastion/tests/alerting_rules.rs); prometheus-alertmanager: the Alertmanager
+# (bastion/tests/alerting_rules.rs), and the metrics tests run the real server
+# (supervisor/tests/metrics_prometheus.rs); prometheus-alertmanager: the Alertmanager
 # end-to-end test delivers to a local webhook (`palisade_testkit::alertmanager`).
 apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux etcd-server gdb util-linux prometheus prometheus-alertmanager
 ensure_moto
@@ -49,6 +50,14 @@ log "unit sandboxing"
 command -v systemd-analyze >/dev/null || apt_install systemd
 systemd-analyze security --offline=yes --threshold=20 packaging/systemd/palisade-supervisor.service >/dev/null
 systemd-analyze security --offline=yes --threshold=10 packaging/systemd/palisade-bastion.service >/dev/null
+# With the optional drop-ins (packaging/systemd/palisade-bastion.dropins: [metrics] needs
+# loopback TCP, [alerts] the internet) the bastion's must stay at or below 2.0.
+dropins=$(mktemp -d)
+cp packaging/systemd/palisade-bastion.service "$dropins/"
+mkdir "$dropins/palisade-bastion.service.d"
+cp packaging/systemd/palisade-bastion.dropins/*.conf "$dropins/palisade-bastion.service.d/"
+systemd-analyze security --offline=yes --threshold=20 "$dropins/palisade-bastion.service" >/dev/null
+rm -r "$dropins"
 log "doc tests"
 cargo test --workspace --doc --locked
 log "tests"

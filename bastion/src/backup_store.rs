@@ -134,6 +134,52 @@ struct Store {
     root: PathBuf,
     validators: HashMap<String, ValidatorSlots>,
     options: BackupStoreOptions,
+    sessions: Arc<SessionCounts>,
+}
+
+/// Sessions served, for the metrics: connections open now, and per
+/// configured validator the connections that named it (counted at their
+/// first request naming it, when they get its slot). Relaxed atomics.
+#[derive(Debug, Default)]
+pub struct SessionCounts {
+    active: std::sync::atomic::AtomicU64,
+    by_validator: Vec<(String, std::sync::atomic::AtomicU64)>,
+}
+
+impl SessionCounts {
+    fn new(validators: &[crate::config::Validator]) -> SessionCounts {
+        SessionCounts {
+            active: Default::default(),
+            by_validator: validators
+                .iter()
+                .map(|validator| (validator.name.clone(), Default::default()))
+                .collect(),
+        }
+    }
+
+    /// Connections being served now.
+    pub fn active(&self) -> u64 {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sessions per validator since the store started, in configuration order.
+    pub fn by_validator(&self) -> Vec<(String, u64)> {
+        self.by_validator
+            .iter()
+            .map(|(name, count)| {
+                (
+                    name.clone(),
+                    count.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    fn opened(&self, validator: &str) {
+        if let Some((_, count)) = self.by_validator.iter().find(|(name, _)| name == validator) {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl Store {
@@ -167,6 +213,7 @@ impl Store {
             root,
             validators,
             options,
+            sessions: Arc::new(SessionCounts::new(&config.validators)),
         })
     }
 
@@ -247,6 +294,11 @@ impl BackupStoreServer {
         })
     }
 
+    /// The sessions it serves, counted (for the metrics).
+    pub fn sessions(&self) -> Arc<SessionCounts> {
+        Arc::clone(&self.store.sessions)
+    }
+
     /// Serves until `shutdown` is cancelled; then stops accepting, removes
     /// the socket and gives in-flight requests a few seconds.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -305,7 +357,10 @@ impl BackupStoreServer {
             }
             let store = Arc::clone(&store);
             tokio::spawn(async move {
+                use std::sync::atomic::Ordering::Relaxed;
+                store.sessions.active.fetch_add(1, Relaxed);
                 serve_connection(stream, &store).await;
+                store.sessions.active.fetch_sub(1, Relaxed);
                 drop(permit);
             });
         }
@@ -449,6 +504,7 @@ async fn serve_connection(mut stream: UnixStream, store: &Store) {
         {
             match Arc::clone(&slots.connections).try_acquire_owned() {
                 Ok(permit) => {
+                    store.sessions.opened(&validator);
                     held.insert(validator.clone(), permit);
                 }
                 Err(_) => {

@@ -23,6 +23,9 @@
 //! operator = "bastion-b1"
 //! key = "/etc/palisade-bastion/operator_ed25519"
 //!
+//! [metrics]          # optional: the Prometheus endpoint (docs/metrics.md)
+//! listen = "127.0.0.1:9811"   # the default when [metrics] is present
+//!
 //! [[validator]]
 //! name = "val-a"
 //! socket = "/run/palisade-validators/val-a.sock"
@@ -186,6 +189,27 @@ struct RawConfig {
     /// One table per validator host.
     #[serde(default)]
     validator: Vec<RawValidator>,
+    /// The Prometheus endpoint (absent: off).
+    metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`: see [`MetricsOptions`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+/// Where the metrics endpoint listens when `[metrics]` gives no `listen`.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9811";
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsOptions {
+    /// An IP address and a fixed port; loopback by default. Another
+    /// address exposes validator names, health and store sizes to that
+    /// network (see docs/bastion.md).
+    pub listen: std::net::SocketAddr,
 }
 
 /// `[backups]`: see [`BackupStoreOptions`] for the meaning and defaults.
@@ -311,6 +335,8 @@ pub struct BastionConfig {
     /// `[alerts]`: the built-in alert sinks, when configured.
     pub alerts: Option<AlertsConfig>,
     pub validators: Vec<Validator>,
+    /// `[metrics]`: the Prometheus endpoint; `None`: off.
+    pub metrics: Option<MetricsOptions>,
 }
 
 /// The bastion's operator identity on the supervisors' control RPC: the
@@ -481,6 +507,13 @@ impl BastionConfig {
             }
             None => out.push_str("alerts:                  none\n"),
         }
+        out.push_str(&match &self.metrics {
+            Some(metrics) => format!(
+                "metrics.listen:          http://{}/metrics\n",
+                metrics.listen
+            ),
+            None => "metrics:                 off (no [metrics])\n".to_string(),
+        });
         out.push_str(&format!(
             "validators:              {}\n",
             self.validators.len()
@@ -806,8 +839,32 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
         validators.push(Validator { name, socket, pin });
     }
 
+    let metrics = raw.metrics.and_then(|metrics| {
+        let text = metrics
+            .listen
+            .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_string());
+        match text.trim().parse::<std::net::SocketAddr>() {
+            Ok(listen) if listen.port() != 0 => Some(MetricsOptions { listen }),
+            Ok(_) => {
+                report(
+                    "metrics.listen".into(),
+                    format!("'{text}' has port 0: a fixed port is needed (Prometheus names it)"),
+                );
+                None
+            }
+            Err(_) => {
+                report(
+                    "metrics.listen".into(),
+                    format!("'{text}' is not an IP address and port (e.g. \"127.0.0.1:9811\")"),
+                );
+                None
+            }
+        }
+    });
+
     if issues.is_empty() {
         Ok(BastionConfig {
+            metrics,
             listen_socket,
             backup_dir,
             status_file,
@@ -1685,6 +1742,32 @@ socket = "/run/palisade-bastion/val-a.sock"
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_on_loopback_when_enabled_and_checked() {
+        let base = "listen-socket = \"/run/pb/bastion.sock\"\nbackup-dir = \"/var/lib/pb\"\n\
+                    [[validator]]\nname = \"val-a\"\nsocket = \"/run/pb/val-a.sock\"\n";
+        assert_eq!(parse(base).unwrap().metrics, None);
+        let on = parse(&format!("{base}[metrics]\n")).unwrap();
+        assert_eq!(
+            on.metrics.unwrap().listen,
+            DEFAULT_METRICS_LISTEN.parse().unwrap()
+        );
+        assert!(on.summary().contains("http://127.0.0.1:9811/metrics"));
+        let set = parse(&format!("{base}[metrics]\nlisten = \"127.0.0.1:19811\"\n")).unwrap();
+        assert_eq!(set.metrics.unwrap().listen.port(), 19811);
+        for (listen, reason) in [
+            ("127.0.0.1:0", "port 0"),
+            ("localhost:9811", "not an IP address and port"),
+        ] {
+            let error = parse(&format!("{base}[metrics]\nlisten = \"{listen}\"\n")).unwrap_err();
+            let ConfigError::Invalid { issues, .. } = &error else {
+                panic!("expected Invalid, got {error}");
+            };
+            assert_eq!(issues[0].key, "metrics.listen");
+            assert!(issues[0].reason.contains(reason), "{error}");
+        }
     }
 
     #[test]

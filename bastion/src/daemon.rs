@@ -18,6 +18,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
@@ -33,6 +34,7 @@ use crate::config::{BastionConfig, HealthCheckOptions, Validator};
 use crate::health_check::{self, Credentials, ProbeReport, Prober};
 use crate::health_state::{Transition, ValidatorHealth, summary_line};
 use crate::status_file::{self, StatusReport};
+use palisade_daemon::metrics::MetricsServer;
 use palisade_daemon::systemd::Notifier;
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -71,6 +73,29 @@ async fn run_until_signal(config: &BastionConfig) -> anyhow::Result<()> {
         drop(server);
         let _ = std::fs::remove_file(&config.listen_socket);
         return Err(error);
+    }
+    if let Some(metrics) = &config.metrics {
+        let registry = crate::metrics::registry(crate::metrics::BastionCollector {
+            health: Arc::clone(&reporter.health),
+            sessions: server.sessions(),
+            backup_dir: config.backup_dir.clone(),
+            validators: config.validators.iter().map(|v| v.name.clone()).collect(),
+        });
+        match MetricsServer::bind(metrics.listen, registry).await {
+            Ok(endpoint) => {
+                tracing::info!(address = %metrics.listen, "metrics endpoint listening (/metrics)");
+                tokio::spawn(endpoint.serve(shutdown.clone()));
+            }
+            Err(error) => {
+                drop(server);
+                let _ = std::fs::remove_file(&config.listen_socket);
+                let _ = std::fs::remove_file(&config.status_file);
+                return Err(anyhow::Error::new(error).context(
+                    "[metrics] listen (under systemd, the unit needs the drop-in \
+                     packaging/systemd/palisade-bastion.dropins/10-metrics.conf: docs/metrics.md)",
+                ));
+            }
+        }
     }
     let ready_status = summary_line(&reporter.table);
 
@@ -170,6 +195,8 @@ pub fn credentials(config: &BastionConfig, validator: &Validator) -> Option<Cred
 /// status file, updates systemd's STATUS=.
 struct Reporter {
     table: Vec<ValidatorHealth>,
+    /// Each validator's state, for the metrics.
+    health: Arc<crate::metrics::HealthBoard>,
     status_file: PathBuf,
     options: HealthCheckOptions,
     started: SystemTime,
@@ -188,6 +215,9 @@ impl Reporter {
                 .iter()
                 .map(|v| ValidatorHealth::new(&v.name, &v.socket, started))
                 .collect(),
+            health: Arc::new(crate::metrics::HealthBoard::new(
+                config.validators.iter().map(|v| v.name.clone()).collect(),
+            )),
             status_file: config.status_file.clone(),
             options: config.health,
             started,
@@ -243,6 +273,7 @@ impl Reporter {
                 );
             }
             let transition = health.record(report.checked_at, report.outcome);
+            self.health.set(report.index, health.state);
             if transition != Transition::Unchanged {
                 log_transition(health, &transition);
                 self.notifier.status(&summary_line(&self.table));

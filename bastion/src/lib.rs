@@ -11,7 +11,8 @@
 //! configured validator the client names, the key having no forwarding at
 //! all: [`rpc_relay`]), `call` (one RPC call to a validator's supervisor
 //! with the bastion's own viewer identity: [`call`]), `check-config` and
-//! `version`.
+//! `version`. With `[metrics]`, `run` also serves Prometheus metrics
+//! ([`metrics`]).
 #![forbid(unsafe_code)]
 
 pub(crate) mod alerts;
@@ -22,6 +23,7 @@ pub(crate) mod config;
 pub(crate) mod daemon;
 pub(crate) mod health_check;
 pub(crate) mod health_state;
+pub(crate) mod metrics;
 pub(crate) mod rpc_relay;
 pub(crate) mod status_file;
 pub(crate) mod store_access;
@@ -80,9 +82,10 @@ host, which has no public IP, connects out to over SSH. palisade-bastion is
 deployed beside the stock OpenSSH sshd, which stays the bastion's only public
 door: the validator's key is confined in authorized_keys with a forced
 command and options such as `restrict,port-forwarding,permitopen=...` (see
-docs/bastion-sshd.md). palisade-bastion itself opens no network port: it
-listens only on a Unix socket (listen-socket) and connects only to Unix
-sockets.
+docs/bastion-sshd.md). palisade-bastion itself opens no public network
+port: it listens on a Unix socket (listen-socket), connects only to Unix
+sockets, and with [metrics] serves Prometheus metrics on a loopback TCP
+port (127.0.0.1:9811 by default; docs/metrics.md).
 
 Through its one SSH connection the validator
   - reverse-forwards its supervisor's RPC socket to a path on this bastion
@@ -128,7 +131,8 @@ Status of this release: `run` (backup store + health checks), `status`,
 `serve-backups` (the backup store alone), `backup-session`, `rpc-relay`,
 `call`, `check-config` and `version` work. With an [alerts] table, `run`
 sends the health checks' alerts itself (Slack, Discord, Telegram, PagerDuty,
-webhooks: docs/alerts.md). Log relay is planned.";
+webhooks: docs/alerts.md), and with [metrics] it serves Prometheus metrics
+(docs/metrics.md). Log relay is planned.";
 
 const AFTER_HELP: &str = "Daemon:
   palisade-bastion run --config FILE

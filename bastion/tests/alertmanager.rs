@@ -217,7 +217,7 @@ fn the_shipped_example_configurations_are_valid() {
     assert!(text.contains("SUCCESS: 1 rule files found"), "{text}");
     // The scrape targets the documentation promises.
     let prometheus = std::fs::read_to_string(packaging().join("prometheus.yml")).unwrap();
-    for target in ["127.0.0.1:9810", "127.0.0.1:9820"] {
+    for target in ["127.0.0.1:9810", "127.0.0.1:9811"] {
         assert!(prometheus.contains(target), "{target} not scraped");
     }
 }

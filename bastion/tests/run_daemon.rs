@@ -480,6 +480,76 @@ fn the_backup_store_serves_within_run_with_the_configured_tunables() {
 }
 
 #[test]
+fn metrics_show_each_validators_health_its_store_and_the_sessions() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let daemon = Daemon::start(
+        &["val-a", "val-b"],
+        &format!("[metrics]\nlisten = \"{address}\"\n"),
+    );
+    let _peer = Peer::start(&daemon.socket("val-a"), greeting("val-a"));
+    daemon.wait_state("val-a", "up");
+    daemon.wait_state("val-b", "down");
+    let scrape = || {
+        let (status, body) =
+            palisade_testkit::prometheus::http_get(address, "/metrics", "text/plain").unwrap();
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+
+    let mut client = Client::connect(&daemon.listen_socket());
+    assert!(client.put("val-a", "1.age", b"12345").ok);
+    assert!(client.put("val-a", "2.age", b"678").ok);
+    let text = scrape();
+    for line in [
+        format!(
+            "palisade_bastion_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "palisade_bastion_validator_up{validator=\"val-a\"} 1\n".into(),
+        "palisade_bastion_validator_up{validator=\"val-b\"} 0\n".into(),
+        "palisade_bastion_store_bytes{validator=\"val-a\",kind=\"backup\"} 8\n".into(),
+        "palisade_bastion_store_objects{validator=\"val-a\",kind=\"backup\"} 2\n".into(),
+        "palisade_bastion_store_bytes{validator=\"val-b\",kind=\"backup\"} 0\n".into(),
+        "palisade_bastion_store_sessions_total{validator=\"val-a\"} 1\n".into(),
+        "palisade_bastion_store_sessions_total{validator=\"val-b\"} 0\n".into(),
+        "palisade_bastion_store_sessions_active 1\n".into(),
+    ] {
+        assert!(text.contains(&line), "{line}{text}");
+    }
+    palisade_testkit::prometheus::check_metrics(&text).unwrap();
+    // The session ends with its connection.
+    drop(client);
+    wait_until("the session to end", || {
+        scrape().contains("palisade_bastion_store_sessions_active 0\n")
+    });
+    // Only /metrics is served.
+    let (status, _) =
+        palisade_testkit::prometheus::http_get(address, "/status", "text/plain").unwrap();
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_the_start_and_leaves_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let mut daemon = Daemon::configure(&["val-a"], &format!("[metrics]\nlisten = \"{address}\"\n"));
+    daemon.spawn(&[]);
+    assert_eq!(daemon.wait_exit(), Some(1));
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains(&format!("cannot listen on {address} for metrics")),
+        "{stderr}"
+    );
+    assert!(!daemon.listen_socket().exists());
+    assert!(!daemon.status_file().exists());
+}
+
+#[test]
 fn a_bad_configuration_exits_1_listing_every_problem_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bastion.toml");

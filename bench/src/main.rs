@@ -64,6 +64,7 @@ mod failover;
 mod fixture;
 mod genesis;
 mod idle;
+mod metrics;
 mod rpc;
 mod shaping;
 mod sign_backup;
@@ -105,8 +106,11 @@ const CHAOS_RUN: &str = failover::CHAOS_RUN;
 const CHAOS_DOUBLE_SIGNS: &str = failover::CHAOS_DOUBLE_SIGNS;
 const EIP_ROTATION: &str = eip::NAME;
 
+const METRICS_SCRAPE_P50: &str = "metrics_scrape_ms_p50";
+const METRICS_SCRAPE_P99: &str = "metrics_scrape_ms_p99";
+
 /// Every benchmark, in the order they run.
-const ALL: [&str; 28] = [
+const ALL: [&str; 30] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
@@ -135,6 +139,8 @@ const ALL: [&str; 28] = [
     CHAOS_RUN,
     CHAOS_DOUBLE_SIGNS,
     EIP_ROTATION,
+    METRICS_SCRAPE_P50,
+    METRICS_SCRAPE_P99,
 ];
 
 const LONG_ABOUT: &str = "\
@@ -257,6 +263,14 @@ Benchmarks (stable names):
       (credentials from the environment). 5 times `palisade-ctl eip rotate
       b1`: seconds from the command to the journal's tunnel-up record (the
       tunnel up on the new address); median.
+
+  metrics_scrape_ms_p50, metrics_scrape_ms_p99 (target 10 for p99)
+      Chain with 1 s blocks and the supervisor running simd (no vault) with
+      [metrics] listen on a free loopback port; once the validator signs, 20
+      warm-up and 1000 timed GET /metrics as Prometheus asks (OpenMetrics),
+      each on a new connection, from connect to the last byte: the render of
+      every supervisor metric (docs/metrics.md). `--only metrics_scrape_ms`
+      selects both.
 
 Each successful benchmark appends one JSON line
 {name, value, unit, target?, peer?, peer_value?} to
@@ -390,7 +404,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         || wants(FAILOVER_TAKEOVER_S)
         || wants(CHAOS_RUN)
         || wants(CHAOS_DOUBLE_SIGNS)
-        || wants(EIP_ROTATION);
+        || wants(EIP_ROTATION)
+        || wants(METRICS_SCRAPE_P50)
+        || wants(METRICS_SCRAPE_P99);
     let bins = if needs_binaries {
         Some(Binaries::locate()?)
     } else {
@@ -611,6 +627,29 @@ fn run(args: Args) -> anyhow::Result<bool> {
             Err(error) => {
                 let message = format!("{error:#}");
                 for name in [CHAOS_RUN, CHAOS_DOUBLE_SIGNS] {
+                    if wants(name) {
+                        record(Err(anyhow::anyhow!("{message}")), name);
+                    }
+                }
+            }
+        }
+    }
+    if let (true, Some(bins)) = (
+        wants(METRICS_SCRAPE_P50) || wants(METRICS_SCRAPE_P99),
+        &bins,
+    ) {
+        eprintln!("palisade-bench: running {METRICS_SCRAPE_P50} / {METRICS_SCRAPE_P99}");
+        match metrics::run(bins) {
+            Ok((p50, p99)) => {
+                for (name, measured) in [(METRICS_SCRAPE_P50, p50), (METRICS_SCRAPE_P99, p99)] {
+                    if wants(name) {
+                        record(Ok(measured), name);
+                    }
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for name in [METRICS_SCRAPE_P50, METRICS_SCRAPE_P99] {
                     if wants(name) {
                         record(Err(anyhow::anyhow!("{message}")), name);
                     }

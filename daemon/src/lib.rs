@@ -8,9 +8,12 @@
 //!   WATCHDOG) that never block;
 //! - [`durable`]: file operations that survive a crash: fsync of a
 //!   directory, atomic writes (replace, or never clobber), durable appends,
-//!   renames that never replace.
+//!   renames that never replace;
+//! - [`metrics`]: the `/metrics` endpoint (a Prometheus registry over a
+//!   small, bounded HTTP/1 server).
 #![forbid(unsafe_code)]
 
 pub mod durable;
+pub mod metrics;
 pub mod socket;
 pub mod systemd;

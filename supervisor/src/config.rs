@@ -12,6 +12,7 @@ mod account;
 mod eip;
 mod failover;
 mod host;
+mod metrics;
 mod operators;
 mod tunnels;
 
@@ -31,6 +32,7 @@ pub use eip::{
 };
 pub use failover::{FailoverSettings, RawFailover, TakeoverMode, valid_host_id};
 pub use host::{HostSettings, RawHost, check_shutdown_command};
+pub use metrics::{MetricsSettings, RawMetrics, loopback_address};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
 pub use tunnels::{
     BastionSettings, DEFAULT_SENTRY_PORT, MAX_SOCKET_PATH_BYTES, RawBastion, RawForward, RawRpc,
@@ -127,6 +129,8 @@ pub struct RawConfig {
     pub failover: Option<RawFailover>,
     /// Elastic IP rotation of the bastions (`docs/eip.md`).
     pub eip: Option<RawEip>,
+    /// The Prometheus endpoint (`docs/metrics.md`); absent: off.
+    pub metrics: Option<RawMetrics>,
 }
 
 /// `[vault]`: keys encrypted at rest, decrypted into tmpfs on unlock.
@@ -316,6 +320,8 @@ pub struct Config {
     pub failover: Option<FailoverSettings>,
     /// `None`: no Elastic IP rotation.
     pub eip: Option<EipSettings>,
+    /// `None`: no metrics endpoint.
+    pub metrics: Option<MetricsSettings>,
 }
 
 /// What to do when swap is enabled while the vault is in use.
@@ -536,6 +542,22 @@ impl Config {
             .map(|(key, value)| (key.to_owned(), value))
             .collect();
         let mut add = |key: String, value: String| lines.push((key, value));
+        match &self.metrics {
+            None => add("metrics".into(), "off (no [metrics])".into()),
+            Some(metrics) => {
+                add(
+                    "metrics.listen".into(),
+                    format!("http://{}/metrics", metrics.listen),
+                );
+                add(
+                    "metrics.bastion-listen".into(),
+                    metrics.bastion_listen.map_or_else(
+                        || "none".to_string(),
+                        |address| format!("{address} on every bastion"),
+                    ),
+                );
+            }
+        }
         let paths = |paths: &[PathBuf]| {
             paths
                 .iter()
@@ -1142,7 +1164,36 @@ fn validate(
 
     let vault = validate_vault(r, raw.vault, raw.backup, &daemon_home);
     let rpc = tunnels::validate_rpc(r, raw.rpc, &daemon_home);
-    let tunnels = tunnels::validate_tunnels(r, raw.tunnel, raw.bastion);
+    let mut tunnels = tunnels::validate_tunnels(r, raw.tunnel, raw.bastion);
+    let metrics = metrics::validate_metrics(r, raw.metrics);
+    if let Some(forward) = metrics.as_ref().and_then(MetricsSettings::bastion_forward) {
+        match &mut tunnels {
+            Some(tunnels) => {
+                for bastion in &mut tunnels.bastions {
+                    if bastion
+                        .remote_forwards
+                        .iter()
+                        .any(|f| f.remote_port == forward.remote_port)
+                    {
+                        let origin = r.file_origin("metrics.bastion-listen");
+                        r.report(
+                            origin,
+                            format!(
+                                "port {} is already forwarded on bastion {} (its remote-forwards)",
+                                forward.remote_port, bastion.name
+                            ),
+                        );
+                    } else {
+                        bastion.remote_forwards.push(forward.clone());
+                    }
+                }
+            }
+            None => {
+                let origin = r.file_origin("metrics.bastion-listen");
+                r.report(origin, "there is no [[bastion]] to forward the metrics to");
+            }
+        }
+    }
     let operators = operators::validate_operators(r, raw.operator);
     let host = host::validate_host(r, raw.host);
     let daemon_account =
@@ -1195,6 +1246,7 @@ fn validate(
     }
     Ok(Config {
         eip,
+        metrics,
         vault,
         rpc,
         tunnels,

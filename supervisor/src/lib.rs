@@ -16,6 +16,7 @@ pub mod eip;
 pub mod failover;
 pub(crate) mod file_watch;
 pub mod loki;
+pub mod metrics;
 pub mod node;
 pub mod passphrase;
 pub mod rpc;

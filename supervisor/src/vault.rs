@@ -53,3 +53,14 @@ pub use store::{
     read_info, seal_file, unlock,
 };
 pub use tmpfs::{TmpfsKeys, materialize, wipe_leftovers};
+
+/// The consensus address (upper-case hex) in a plaintext
+/// `priv_validator_key.json` — the node's own file when there is no vault —
+/// after the key-file checks (the address must be its key's). The file's
+/// bytes are held in zeroizing memory; errors never quote them.
+pub fn validator_address_of_key_file(path: &std::path::Path) -> Result<String, String> {
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?,
+    );
+    key_file::validator_address(&bytes).map_err(|reason| format!("{}: {reason}", path.display()))
+}

@@ -18,6 +18,10 @@
 //! [`http_receiver::HttpReceiver`] records the HTTP requests sent to it on a free loopback port
 //! and answers from a script: the stand-in for alert services and webhook receivers.
 //!
+//! [`prometheus::Prometheus`] runs Debian's Prometheus server on a free loopback port and queries
+//! it over its HTTP API; [`prometheus::promtool`] and [`prometheus::check_metrics`] lint an
+//! exposition.
+//!
 //! Everything fallible returns [`Error`], whose `Debug` is its plain message: tests `unwrap()`
 //! and still panic readably, the benchmarks report it with `?`.
 //!
@@ -41,6 +45,7 @@ pub mod failover;
 pub mod http_receiver;
 pub mod loopback_cloud;
 pub mod moto;
+pub mod prometheus;
 pub use etcd_cluster::{ETCD, ETCD_WAIT, EtcdCluster};
 
 /// Where sshd is expected.

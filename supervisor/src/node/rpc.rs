@@ -90,11 +90,30 @@ struct StatusResult {
 #[derive(Deserialize)]
 struct SyncInfo {
     latest_block_height: String,
+    /// CometBFT v0.34–v0.38 `rpc/core/types/responses.go` `SyncInfo.CatchingUp`
+    /// (`"catching_up": false`); absent in answers of other shapes.
+    #[serde(default)]
+    catching_up: Option<bool>,
+}
+
+/// What `/status` says about the node's sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// The latest committed height.
+    pub height: u64,
+    /// Whether the node is still catching up (block sync or state sync);
+    /// `None` when the answer does not say.
+    pub catching_up: Option<bool>,
 }
 
 /// `result.sync_info.latest_block_height` of a `/status` answer (a decimal string, as
 /// `libs/json` writes int64).
 pub fn parse_latest_height(body: &[u8]) -> Result<u64, String> {
+    parse_sync_status(body).map(|status| status.height)
+}
+
+/// `result.sync_info`'s height and `catching_up` of a `/status` answer.
+pub fn parse_sync_status(body: &[u8]) -> Result<SyncStatus, String> {
     let status: StatusEnvelope =
         serde_json::from_slice(body).map_err(|e| format!("/status answer is malformed: {e}"))?;
     let text = status.result.sync_info.latest_block_height;
@@ -103,8 +122,13 @@ pub fn parse_latest_height(body: &[u8]) -> Result<u64, String> {
             "/status latest_block_height is not a decimal height: {text:?}"
         ));
     }
-    text.parse()
-        .map_err(|_| format!("/status latest_block_height is out of range: {text:?}"))
+    let height = text
+        .parse()
+        .map_err(|_| format!("/status latest_block_height is out of range: {text:?}"))?;
+    Ok(SyncStatus {
+        height,
+        catching_up: status.result.sync_info.catching_up,
+    })
 }
 
 /// A read-only client of one CometBFT RPC (`http://host:port`).
@@ -155,8 +179,13 @@ impl ChainRpc {
 
     /// The latest committed height (`/status`).
     pub async fn latest_height(&self) -> Result<u64, ChainRpcError> {
+        self.sync_status().await.map(|status| status.height)
+    }
+
+    /// The latest committed height and whether the node is catching up (`/status`).
+    pub async fn sync_status(&self) -> Result<SyncStatus, ChainRpcError> {
         let (url, body) = self.get("/status", MAX_STATUS_BODY_BYTES).await?;
-        parse_latest_height(&body).map_err(|reason| ChainRpcError::Status { url, reason })
+        parse_sync_status(&body).map_err(|reason| ChainRpcError::Status { url, reason })
     }
 
     /// The commit of `height` (`/commit?height=H`), or of the latest block with `None`.
@@ -345,6 +374,28 @@ mod tests {
             );
         }
         assert!(parse_latest_height(b"{}").is_err());
+    }
+
+    #[test]
+    fn catching_up_is_read_when_present() {
+        let status = |extra: &str| {
+            format!(r#"{{"result":{{"sync_info":{{"latest_block_height":"7"{extra}}}}}}}"#)
+        };
+        assert_eq!(
+            parse_sync_status(status(r#","catching_up":true"#).as_bytes()),
+            Ok(SyncStatus {
+                height: 7,
+                catching_up: Some(true)
+            })
+        );
+        assert_eq!(
+            parse_sync_status(status("").as_bytes()),
+            Ok(SyncStatus {
+                height: 7,
+                catching_up: None
+            })
+        );
+        assert!(parse_sync_status(status(r#","catching_up":"no""#).as_bytes()).is_err());
     }
 
     #[tokio::test]

@@ -47,6 +47,8 @@ pub struct Shared {
     pub operators: Operators,
     pub throttle: LoginThrottle,
     pub idle_timeout: Duration,
+    /// Calls counted by method and role (`super::calls`).
+    pub calls: Arc<super::calls::RpcCalls>,
 }
 
 /// How a connection starts once its transport is settled.
@@ -463,6 +465,11 @@ impl Session<'_> {
 
     /// Every call is logged: who, which method, the outcome (0: success).
     fn log_call(&self, method: &'static str, outcome: i64) {
+        self.shared.calls.record(
+            method,
+            self.caller.as_ref().map(|caller| caller.role),
+            outcome != 0,
+        );
         match &self.caller {
             Some(caller) => tracing::info!(
                 validator = %self.shared.validator,
@@ -638,6 +645,7 @@ mod tests {
             operators: Operators::default(),
             throttle: LoginThrottle::default(),
             idle_timeout: Duration::from_secs(5),
+            calls: Arc::default(),
         }
     }
 

@@ -36,6 +36,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod auth;
+pub mod calls;
 pub(crate) mod connection;
 pub(crate) mod dispatcher;
 pub(crate) mod peer;
@@ -124,6 +125,7 @@ pub struct ControlSocket {
     idle_timeout: Duration,
     trust: TrustPolicy,
     arrivals: BastionArrivals,
+    calls: Arc<calls::RpcCalls>,
 }
 
 impl ControlSocket {
@@ -143,7 +145,13 @@ impl ControlSocket {
             idle_timeout: settings.idle_timeout,
             trust: TrustPolicy::for_uids(&settings.trusted_uids),
             arrivals: BastionArrivals::default(),
+            calls: Arc::default(),
         })
+    }
+
+    /// The calls answered, by method and role (for the metrics).
+    pub fn call_counts(&self) -> Arc<calls::RpcCalls> {
+        Arc::clone(&self.calls)
     }
 
     /// When connections last arrived through each bastion's entry.
@@ -229,6 +237,7 @@ impl ControlSocket {
             operators: Operators::new(operators),
             throttle: auth::LoginThrottle::default(),
             idle_timeout: self.idle_timeout,
+            calls: Arc::clone(&self.calls),
         });
         let serving = Arc::new(Serving {
             shared,

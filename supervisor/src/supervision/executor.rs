@@ -291,6 +291,8 @@ impl Executor {
         shared.node = self.machine.node_state();
         shared.pid = self.machine.pid();
         shared.vault_locked = self.machine.vault_locked();
+        shared.phase = self.machine.phase().name();
+        shared.primary = self.failover.is_none() || self.machine.lease_token().is_some();
         drop(shared);
         if let Some(failover) = &self.failover {
             failover
@@ -433,6 +435,11 @@ impl Executor {
         daemon.kill_group();
         daemon.release_output();
         let dropped = daemon.stats.dropped();
+        {
+            let mut shared = board(&self.board);
+            shared.output_lines_dropped_before += dropped;
+            shared.output = None;
+        }
         if dropped > 0 {
             tracing::warn!(
                 dropped,
@@ -631,6 +638,7 @@ impl Executor {
                 if let Some(record) = self.record.take() {
                     let record = take_record(record).finish(outcome);
                     append_record(&self.layout, &record);
+                    board(&self.board).upgrades.count(&record.outcome);
                 }
             }
             Action::CompleteUpgrade => {
@@ -645,6 +653,7 @@ impl Executor {
                     let record = builder.completed();
                     // Record first: whoever reads the log line finds it.
                     append_record(&self.layout, &record);
+                    board(&self.board).upgrades.count(&record.outcome);
                     tracing::info!(upgrade = %record.name, switch_ms = ?record.switch_ms, "upgrade completed; new binary running");
                 }
             }
@@ -1064,6 +1073,8 @@ impl Executor {
             }
         };
         self.validator = Some(prepared.validator.clone());
+        // Kept after a lock: the metrics go on counting its blocks.
+        board(&self.board).validator_address = Some(prepared.validator.address.clone());
         self.restore_kit = Some(RestoreKit::new(
             vault,
             prepared.validator,
@@ -1143,7 +1154,11 @@ impl Executor {
         )?;
         let pid = u32::try_from(daemon.pid()).unwrap_or_default();
         tracing::info!(binary = %binary.display(), pid, %version, "daemon started");
-        board(&self.board).version = Some(version.to_string());
+        {
+            let mut shared = board(&self.board);
+            shared.version = Some(version.to_string());
+            shared.output = Some(Arc::clone(&daemon.stats));
+        }
         self.daemon = Some(daemon);
         // A plan seen before this start is yielded again if still there.
         self.watcher.reset();

@@ -537,6 +537,57 @@ pub enum Phase {
     HandingOff { by: CommandId, to: String },
 }
 
+impl Phase {
+    /// Every phase's name, as [`Phase::name`] spells it (the metrics'
+    /// `palisade_node_phase{phase}` values).
+    pub const NAMES: &[&str] = &[
+        "starting",
+        "locked",
+        "unlocking",
+        "checking_start",
+        "launching",
+        "running",
+        "stopping",
+        "stopped_by_operator",
+        "restoring",
+        "backing_off",
+        "upgrading",
+        "waiting_for_binary",
+        "halted",
+        "locking",
+        "shutting_down",
+        "exited",
+        "standby",
+        "taking_over",
+        "handing_off",
+    ];
+
+    /// The phase's name in snake case, without its data.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Locked => "locked",
+            Phase::Unlocking { .. } => "unlocking",
+            Phase::CheckingStart { .. } => "checking_start",
+            Phase::Launching => "launching",
+            Phase::Running { .. } => "running",
+            Phase::Stopping { .. } => "stopping",
+            Phase::StoppedByOperator => "stopped_by_operator",
+            Phase::Restoring { .. } => "restoring",
+            Phase::BackingOff { .. } => "backing_off",
+            Phase::Upgrading { .. } => "upgrading",
+            Phase::WaitingForBinary { .. } => "waiting_for_binary",
+            Phase::Halted { .. } => "halted",
+            Phase::Locking { .. } => "locking",
+            Phase::ShuttingDown { .. } => "shutting_down",
+            Phase::Exited(_) => "exited",
+            Phase::Standby => "standby",
+            Phase::TakingOver => "taking_over",
+            Phase::HandingOff { .. } => "handing_off",
+        }
+    }
+}
+
 /// What `backup.restore` is told while the vault is locked.
 pub const RESTORE_WHILE_LOCKED: &str = "the vault is locked: the supervisor holds no key to decrypt \
      and verify backups. Unlock (vault.unlock; the start rule refuses to start on a state \

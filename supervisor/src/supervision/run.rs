@@ -195,6 +195,25 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     let (commands, inbox) = command_channel();
     let board = new_board(config.vault.is_some());
     let (last_backup, last_backup_seen) = tokio::sync::watch::channel(None);
+    if let Some(settings) = &config.metrics {
+        let sources = metrics_sources(
+            &config,
+            &node,
+            &board,
+            tunnels.as_ref(),
+            &socket,
+            &last_backup_seen,
+            &background,
+        );
+        let registry = crate::metrics::SupervisorMetrics::new(sources).into_registry();
+        match crate::metrics::start(settings, registry, background.clone()).await {
+            Ok(address) => tracing::info!(%address, "metrics endpoint listening (/metrics)"),
+            Err(error) => {
+                background.cancel();
+                return Err(error);
+            }
+        }
+    }
     let mut control = crate::control::SupervisorControl::new(
         &config,
         &node,
@@ -290,6 +309,55 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         },
     );
     Ok(executor.run().await)
+}
+
+/// What the metrics read, and the tasks that feed them: the chain poller
+/// and the per-store backup record. The validator's address comes from the
+/// node's key file when there is no vault (with one, the executor publishes
+/// it at the first unlock).
+fn metrics_sources(
+    config: &Config,
+    node: &NodePaths,
+    board: &SharedBoard,
+    tunnels: Option<&TunnelMesh>,
+    socket: &ControlSocket,
+    last_backup: &tokio::sync::watch::Receiver<Option<palisade_wire::rpc::results::LastBackup>>,
+    background: &tokio_util::sync::CancellationToken,
+) -> crate::metrics::Sources {
+    use std::sync::Arc;
+    if config.vault.is_none() {
+        match crate::vault::validator_address_of_key_file(&node.priv_validator_key) {
+            Ok(address) => super::board::board(board).validator_address = Some(address),
+            Err(reason) => tracing::warn!(
+                %reason,
+                "metrics: the validator's address is unknown; signed and missed blocks are not counted"
+            ),
+        }
+    }
+    let chain = Arc::new(crate::metrics::chain::ChainStats::default());
+    crate::metrics::chain::spawn(
+        crate::metrics::chain::ChainWatch {
+            daemon_home: config.daemon_home.clone(),
+            board: board.clone(),
+            stats: Arc::clone(&chain),
+        },
+        background.clone(),
+    );
+    let backups = Arc::new(crate::metrics::backups::BackupsByStore::default());
+    crate::metrics::backups::follow(
+        last_backup.clone(),
+        Arc::clone(&backups),
+        background.clone(),
+    );
+    crate::metrics::Sources {
+        board: board.clone(),
+        state_path: node.state.clone(),
+        tunnels: tunnels.map(TunnelMesh::observers).unwrap_or_default(),
+        backups,
+        rpc_calls: socket.call_counts(),
+        chain,
+        logs: None,
+    }
 }
 
 /// The leadership driver of `[failover]`, keyed by the vault's public
