@@ -276,6 +276,22 @@ fn prometheus_scrapes_the_supervisor_through_the_tunnel_and_the_bastion_directly
         missing.is_empty(),
         "not exported: {missing:?}; exported: {exported:?}"
     );
+    // The shipped alerting rules too (the log shipper's are exported only with [logs]).
+    let rules_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/prometheus/palisade-rules.yml");
+    let rules = metric_names_in(&std::fs::read_to_string(rules_path).unwrap());
+    assert!(rules.len() > 8, "{rules:?}");
+    let missing: Vec<_> = rules
+        .iter()
+        .filter(|name| {
+            !exported.contains(*name)
+                && !palisade_supervisor::metrics::LOG_METRICS.contains(&name.as_str())
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the rules use metrics nobody exports: {missing:?}; exported: {exported:?}"
+    );
 }
 
 /// The metric names of the samples in a text exposition.
@@ -330,17 +346,20 @@ fn dashboard_metric_names() -> std::collections::BTreeSet<String> {
             queries.push(variable["query"].as_str().unwrap().to_string());
         }
     }
+    metric_names_in(&queries.join("\n"))
+}
+
+/// Every `palisade_*` name in `text` (PromQL, or a rules file).
+fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
-    for query in queries {
-        let mut rest = query.as_str();
-        while let Some(start) = rest.find("palisade_") {
-            let tail = &rest[start..];
-            let end = tail
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(tail.len());
-            names.insert(tail[..end].to_string());
-            rest = &tail[end..];
-        }
+    let mut rest = text;
+    while let Some(start) = rest.find("palisade_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
     }
     names
 }
