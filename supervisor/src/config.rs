@@ -12,6 +12,7 @@ mod account;
 mod eip;
 mod failover;
 mod host;
+mod logs;
 mod operators;
 mod tunnels;
 
@@ -31,6 +32,7 @@ pub use eip::{
 };
 pub use failover::{FailoverSettings, RawFailover, TakeoverMode, valid_host_id};
 pub use host::{HostSettings, RawHost, check_shutdown_command};
+pub use logs::{LogFormat, LogSettings, RawLogs, parse_recipient};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
 pub use tunnels::{
     BastionSettings, DEFAULT_SENTRY_PORT, MAX_SOCKET_PATH_BYTES, RawBastion, RawForward, RawRpc,
@@ -127,6 +129,8 @@ pub struct RawConfig {
     pub failover: Option<RawFailover>,
     /// Elastic IP rotation of the bastions (`docs/eip.md`).
     pub eip: Option<RawEip>,
+    /// Log shipping to the bastions (`docs/log-format.md`).
+    pub logs: Option<RawLogs>,
 }
 
 /// `[vault]`: keys encrypted at rest, decrypted into tmpfs on unlock.
@@ -316,6 +320,8 @@ pub struct Config {
     pub failover: Option<FailoverSettings>,
     /// `None`: no Elastic IP rotation.
     pub eip: Option<EipSettings>,
+    /// `None`: no log shipping.
+    pub logs: Option<LogSettings>,
 }
 
 /// What to do when swap is enabled while the vault is in use.
@@ -760,6 +766,26 @@ impl Config {
                 duration(failover.handoff_timeout),
             );
         }
+        if let Some(logs) = &self.logs {
+            add("logs.recipients".into(), logs.recipients.len().to_string());
+            add("logs.format".into(), logs.format.as_str().into());
+            add("logs.segment-bytes".into(), logs.segment_bytes.to_string());
+            add(
+                "logs.segment-interval".into(),
+                duration(logs.segment_interval),
+            );
+            add(
+                "logs.spool-dir".into(),
+                logs.spool_dir.display().to_string(),
+            );
+            add("logs.spool-bytes".into(), logs.spool_bytes.to_string());
+            add("logs.buffer-bytes".into(), logs.buffer_bytes.to_string());
+            add(
+                "logs.signing-key".into(),
+                logs.signing_key.display().to_string(),
+            );
+            add("logs.host".into(), logs.host.clone());
+        }
         for operator in &self.operators {
             add(
                 format!("operator.{}.role", operator.name),
@@ -1144,6 +1170,16 @@ fn validate(
         account::resolve_account(r, raw.daemon.user.as_deref(), raw.daemon.group.as_deref());
     let failover = failover::validate_failover(r, raw.failover, vault.is_some());
     let eip = eip::validate_eip(r, raw.eip, vault.is_some());
+    let logs = logs::validate_logs(
+        r,
+        raw.logs,
+        &daemon_home,
+        tunnels.as_ref(),
+        vault
+            .as_ref()
+            .map(|vault| vault.recovery_recipients.as_slice())
+            .unwrap_or_default(),
+    );
     if let Some(tunnels) = &tunnels {
         let with_eip = tunnels.bastions.iter().any(|bastion| bastion.eip.is_some());
         if with_eip && eip.is_none() {
@@ -1190,6 +1226,7 @@ fn validate(
     }
     Ok(Config {
         eip,
+        logs,
         vault,
         rpc,
         tunnels,

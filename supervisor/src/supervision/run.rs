@@ -162,6 +162,25 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         }
         None => None,
     };
+    // Log shipping starts with the tunnels, before the vault opens: its
+    // key is the tunnel's, so a locked validator's logs ship too.
+    let logs = match (&config.logs, &tunnels) {
+        (Some(settings), Some(mesh)) => {
+            match crate::logs::LogShipping::start(
+                settings,
+                &config.rpc.name,
+                mesh.log_dialers(),
+                &background,
+            ) {
+                Ok(logs) => Some(logs),
+                Err(error) => {
+                    background.cancel();
+                    return Err(anyhow::Error::new(error).context("cannot start log shipping"));
+                }
+            }
+        }
+        _ => None,
+    };
     let failover = match &config.failover {
         Some(settings) => match start_failover(&config, settings) {
             Ok(runtime) => Some(runtime),
@@ -289,7 +308,13 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
             auto_rotations,
         },
     );
-    Ok(executor.run().await)
+    let outcome = executor.run().await;
+    if let Some(logs) = logs {
+        // The last lines are sealed into the spool; they ship on the next
+        // start (the tunnels are already down).
+        tokio::task::spawn_blocking(move || logs.stop()).await.ok();
+    }
+    Ok(outcome)
 }
 
 /// The leadership driver of `[failover]`, keyed by the vault's public
