@@ -14,8 +14,9 @@ require_cargo
 # failover tests run a real 3-member etcd cluster (`palisade_testkit::EtcdCluster`) on
 # ports of their own (the package's etcd.service, if systemd starts it, keeps 2379);
 # gdb: gcore dumps an unlocked supervisor to prove its keys stay out of cores;
-# util-linux: setpriv runs the supervisor as a user with capabilities.
-apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux etcd-server gdb util-linux
+# util-linux: setpriv runs the supervisor as a user with capabilities; zstd: log
+# segments must read with the stock `age -d | zstd -d` (docs/log-format.md).
+apt_install xfsprogs curl ca-certificates age zstd openssh-server openssh-client iproute2 tmux etcd-server gdb util-linux
 ensure_moto
 ensure_nextest
 

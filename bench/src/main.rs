@@ -51,6 +51,11 @@
 //!   (target 0): two validator hosts, real etcd, the simulated chain (see
 //!   [`failover`]). `--only failover` / `--only chaos` select them.
 //!
+//! - `log_ship_lines_per_s` (target 100000), `log_ship_missed_blocks`
+//!   (target 0): `simd` floods its stdout while the supervisor ships it
+//!   (`[logs]`) to a real sshd + `palisade-bastion` store (see [`logs`]).
+//!   `--only log_ship` selects both.
+//!
 //! Each benchmark that succeeds appends one JSON object per line
 //! ([`palisade_wire::bench::BenchResult`]) to `target/bench/results.jsonl` in
 //! the workspace root (or `--out`); a failed benchmark writes nothing, the
@@ -61,6 +66,7 @@ mod failover;
 mod fixture;
 mod genesis;
 mod idle;
+mod logs;
 mod rpc;
 mod shaping;
 mod sign_backup;
@@ -102,7 +108,7 @@ const CHAOS_RUN: &str = failover::CHAOS_RUN;
 const CHAOS_DOUBLE_SIGNS: &str = failover::CHAOS_DOUBLE_SIGNS;
 
 /// Every benchmark, in the order they run.
-const ALL: [&str; 27] = [
+const ALL: [&str; 29] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
@@ -130,6 +136,8 @@ const ALL: [&str; 27] = [
     FAILOVER_TAKEOVER_S,
     CHAOS_RUN,
     CHAOS_DOUBLE_SIGNS,
+    logs::LINES_PER_S,
+    logs::MISSED_BLOCKS,
 ];
 
 const LONG_ABOUT: &str = "\
@@ -242,6 +250,18 @@ Benchmarks (stable names):
       killed, concurrent handoffs; after each, the chain's record is checked
       for double signs and heights signed by both hosts, and both hosts' sign
       states for regressions (any regression fails the benchmark).
+
+  log_ship_lines_per_s (target 100000), log_ship_missed_blocks (target 0)
+      Chain with 400 ms blocks whose simd floods stdout ([simchain]
+      log_flood); the supervisor with a vault (unattended unlock) and [logs]
+      ships to a real OpenSSH sshd on 127.0.0.1 whose forced command is
+      `palisade-bastion backup-session`, into a real `palisade-bastion
+      serve-backups` store (palisade-bastion must sit next to this
+      executable). Once the validator signs, the segments arriving in the
+      store during 20 s are counted: lines per second from their signed
+      metadata (JSON lines, zstd, age, ed25519, spooled, shipped), and the
+      validator's missed blocks over the same heights. `--only log_ship`
+      selects both.
 
 Each successful benchmark appends one JSON line
 {name, value, unit, target?, peer?, peer_value?} to
@@ -374,7 +394,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         || wants(FAILOVER_PLANNED_S)
         || wants(FAILOVER_TAKEOVER_S)
         || wants(CHAOS_RUN)
-        || wants(CHAOS_DOUBLE_SIGNS);
+        || wants(CHAOS_DOUBLE_SIGNS)
+        || wants(logs::LINES_PER_S)
+        || wants(logs::MISSED_BLOCKS);
     let bins = if needs_binaries {
         Some(Binaries::locate()?)
     } else {
@@ -498,6 +520,29 @@ fn run(args: Args) -> anyhow::Result<bool> {
             Err(error) => {
                 let message = format!("{error:#}");
                 for name in votes::NAMES {
+                    if wants(name) {
+                        record(Err(anyhow::anyhow!("{message}")), name);
+                    }
+                }
+            }
+        }
+    }
+
+    let log_names = [logs::LINES_PER_S, logs::MISSED_BLOCKS];
+    if let (true, Some(bins)) = (log_names.iter().any(|name| wants(name)), &bins) {
+        eprintln!("palisade-bench: running {}", log_names.join(" / "));
+        match logs::run(bins) {
+            Ok((lines, missed)) => {
+                if wants(logs::LINES_PER_S) {
+                    record(Ok(lines), logs::LINES_PER_S);
+                }
+                if wants(logs::MISSED_BLOCKS) {
+                    record(Ok(missed), logs::MISSED_BLOCKS);
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for name in log_names {
                     if wants(name) {
                         record(Err(anyhow::anyhow!("{message}")), name);
                     }

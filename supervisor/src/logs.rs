@@ -11,7 +11,7 @@
 //!    (`logs.buffer-bytes`) with `try_send`: when it is full the lines are
 //!    dropped and counted (`lines_dropped`), never waited for — gaiad is
 //!    never blocked (DESIGN invariant 5).
-//! 2. **Segment writer** ([`segment`], one OS thread): formats each line
+//! 2. **Segment writer** ([`writer`], one OS thread; sealing in [`segment`]): formats each line
 //!    ([`record`]: JSON or text), cuts a segment at `logs.segment-bytes` of
 //!    plaintext or `logs.segment-interval` after its first line, seals it
 //!    (zstd, then age to the recipients, then an ed25519 signature over its
@@ -41,6 +41,7 @@ mod segment;
 mod ship;
 mod spool;
 mod tap;
+mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -133,7 +134,7 @@ pub enum LogError {
 
 /// The running log shipping.
 pub struct LogShipping {
-    writer: Option<segment::WriterHandle>,
+    writer: Option<writer::WriterHandle>,
     stats: Arc<LogStats>,
     shutdown: CancellationToken,
 }
@@ -177,8 +178,8 @@ impl LogShipping {
         let wake = Arc::new(tokio::sync::Notify::new());
         let sealer = Sealer::new(validator, &settings.host, recipients, key);
         let (sender, receiver) = tap::queue();
-        let writer = segment::spawn_writer(
-            segment::WriterSettings {
+        let writer = writer::spawn_writer(
+            writer::WriterSettings {
                 segment_bytes: settings.segment_bytes,
                 interval: settings.segment_interval,
                 format: settings.format,

@@ -128,9 +128,13 @@ async fn session(shipper: &Shipper) -> Result<(), String> {
         };
         let (ciphertext, signature) = match shipper.spool.read(&name) {
             Ok(objects) => objects,
-            Err(_) => {
-                // Dropped from a full spool meanwhile.
-                continue;
+            // Dropped from a full spool meanwhile (it left the index first).
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                return Err(format!(
+                    "cannot read {} from the spool: {error}",
+                    name.stem()
+                ));
             }
         };
         let mut skipped = None;
