@@ -56,6 +56,10 @@ pub fn run(bins: &Binaries) -> anyhow::Result<(Measured, Measured)> {
     // The bastion's store and sshd.
     let run_dir = dir.join("b-run");
     std::fs::create_dir_all(&run_dir)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let listen = run_dir.join("bastion.sock");
     let backups = dir.join("b-store");
     let bastion_config = dir.join("bastion.toml");

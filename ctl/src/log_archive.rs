@@ -527,6 +527,16 @@ async fn read_all(reader: &Reader, mut source: Source) -> Result<(), Error> {
             }
         }
     }
+    // The newest segment of each host may be in flight (its `.age` stored,
+    // its `.sig` not yet): incomplete there, it is noted, not refused. A
+    // bastion that deletes one object of it gains nothing it could not by
+    // withholding the segment.
+    let newest: BTreeMap<String, u64> =
+        segments.keys().fold(BTreeMap::new(), |mut newest, name| {
+            let entry = newest.entry(name.host.clone()).or_insert(name.sequence);
+            *entry = (*entry).max(name.sequence);
+            newest
+        });
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (mut refused, mut read, mut lines) = (0usize, 0usize, 0u64);
@@ -545,6 +555,14 @@ async fn read_all(reader: &Reader, mut source: Source) -> Result<(), Error> {
             );
         }
         previous = Some(name.clone());
+        if (!has_signature || !has_ciphertext) && newest.get(&name.host) == Some(&name.sequence) {
+            eprintln!(
+                "palisade-ctl: note: the newest segment {} is incomplete on the bastion (an upload \
+                 in flight?); skipped",
+                name.stem()
+            );
+            continue;
+        }
         let outcome = async {
             if !has_signature {
                 return Err("unsigned: there is no .sig object for it".to_string());

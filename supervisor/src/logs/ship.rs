@@ -12,7 +12,7 @@
 //!   spooled). A refusal that retrying cannot fix (`quota` for one object,
 //!   `too_large`, `invalid_name`) is logged and the segment skipped for this
 //!   bastion; anything else (a dead tunnel, `busy`, `internal`, a timeout)
-//!   is retried after a backoff with jitter, 1 s doubling to 30 s.
+//!   is retried after a backoff with jitter, 1 s doubling to 5 s.
 //! - Every exchange is bounded by [`EXCHANGE_TIMEOUT`]; the task ends on
 //!   shutdown.
 
@@ -42,7 +42,10 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// How often an idle shipper looks at the spool without being woken.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Short: while a bastion is down a dial fails at once (no network), so
+/// retrying often costs nothing and the spool drains soon after the link
+/// returns.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What one shipper needs.
 pub(crate) struct Shipper {
@@ -238,8 +241,8 @@ mod tests {
             (1, 1.0, Duration::from_secs(1)),
             (2, 0.0, Duration::from_secs(1)),
             (3, 0.5, Duration::from_secs(3)),
-            (6, 0.0, Duration::from_secs(15)),
-            (60, 1.0, Duration::from_secs(30)),
+            (4, 0.0, Duration::from_millis(2500)),
+            (60, 1.0, Duration::from_secs(5)),
         ];
         for (failures, jitter, expected) in rows {
             assert_eq!(backoff(failures, jitter), expected, "{failures} {jitter}");
