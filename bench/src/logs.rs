@@ -184,10 +184,14 @@ pub fn run(bins: &Binaries) -> anyhow::Result<(Measured, Measured)> {
 
     let rate = lines as f64 / elapsed.as_secs_f64();
     let lines_measured = Measured {
-        result: result(LINES_PER_S, round2(rate), "lines/s", Some(GOAL_LINES_PER_S)),
+        // `target` is an upper bound in the results file; this one is a
+        // floor, said in the detail (as tunnel_bulk_goodput_mbit_s does).
+        result: result(LINES_PER_S, round2(rate), "lines/s", None),
         detail: format!(
-            "{lines} lines in {} segments ({:.1} MiB of JSON lines, {:.1} MiB/s) stored on the \
-             bastion in {:.1} s, encrypted and signed, while simd flooded stdout",
+            "goal >= {GOAL_LINES_PER_S}: {}; {lines} lines in {} segments ({:.1} MiB of JSON \
+             lines, {:.1} MiB/s) stored on the bastion in {:.1} s, encrypted and signed, while \
+             simd flooded stdout",
+            if rate >= GOAL_LINES_PER_S { "ok" } else { "BELOW" },
             arrived.len(),
             bytes as f64 / f64::from(1u32 << 20),
             bytes as f64 / f64::from(1u32 << 20) / elapsed.as_secs_f64(),
