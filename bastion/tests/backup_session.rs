@@ -58,10 +58,14 @@ impl Bastion {
     }
 
     /// Names in a validator's backup directory, temporary files included.
+    /// The validator's stored backups (its `logs/` directory of log
+    /// segments is another kind's).
     fn stored(&self, validator: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.backups(validator))
             .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .map(|e| e.unwrap())
+            .filter(|e| !(e.file_name() == "logs" && e.file_type().unwrap().is_dir()))
+            .map(|e| e.file_name().into_string().unwrap())
             .collect();
         names.sort();
         names

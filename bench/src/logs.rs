@@ -191,7 +191,11 @@ pub fn run(bins: &Binaries) -> anyhow::Result<(Measured, Measured)> {
             "goal >= {GOAL_LINES_PER_S}: {}; {lines} lines in {} segments ({:.1} MiB of JSON \
              lines, {:.1} MiB/s) stored on the bastion in {:.1} s, encrypted and signed, while \
              simd flooded stdout",
-            if rate >= GOAL_LINES_PER_S { "ok" } else { "BELOW" },
+            if rate >= GOAL_LINES_PER_S {
+                "ok"
+            } else {
+                "BELOW"
+            },
             arrived.len(),
             bytes as f64 / f64::from(1u32 << 20),
             bytes as f64 / f64::from(1u32 << 20) / elapsed.as_secs_f64(),

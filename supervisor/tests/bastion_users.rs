@@ -324,6 +324,8 @@ fn bundles(dir: &Path) -> Vec<PathBuf> {
             entries
                 .map(|entry| entry.unwrap().path())
                 .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+                // The `logs/` directory holds another kind (log segments).
+                .filter(|path| !path.is_dir())
                 .collect()
         })
         .unwrap_or_default();

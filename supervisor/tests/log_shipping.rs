@@ -466,3 +466,104 @@ fn a_flood_of_output_ships_while_the_node_misses_no_block() {
     );
     assert!(text.lines().count() > 100, "{}", text.len());
 }
+
+#[test]
+fn an_unusable_signing_key_stops_the_start_with_a_clear_error() {
+    let bastion = bastion();
+    let spool = bastion.dir.path().join("spool");
+    let rsa = bastion.dir.path().join("rsa_key");
+    let generated = Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
+        .arg(&rsa)
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{generated:?}");
+    let vault = VaultRpc::setup(
+        BLOCK,
+        PASSPHRASE,
+        "",
+        &bastion.supervisor_sections(&spool, &format!("signing-key = {rsa:?}")),
+    );
+    let output = vault
+        .chain
+        .supervisor_command(&[("PALISADE_CONFIG", vault.config.to_str().unwrap())])
+        .args(["run", "start"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let message = stderr(&output);
+    assert!(
+        message.contains("cannot start log shipping")
+            && message.contains(&format!("logs.signing-key {}", rsa.display()))
+            && message.contains("segments are signed with ed25519"),
+        "{message}"
+    );
+    assert!(!spool.exists(), "nothing was created");
+}
+
+#[test]
+fn a_full_spool_drops_the_oldest_segments_and_counts_them() {
+    let mut bastion = bastion();
+    let spool = bastion.dir.path().join("spool");
+    // The smallest spool (four segments' worth), filled by a flood while
+    // the bastion is gone.
+    let limit: u64 = 4 * (1024 * 1024 + 64 * 1024);
+    let vault = VaultRpc::setup(
+        FLOOD_BLOCK,
+        PASSPHRASE,
+        "",
+        &bastion.supervisor_sections(&spool, &format!("spool-bytes = {limit}")),
+    );
+    palisade_simchain::testkit::set_simchain_option(&vault.chain.home, "log_flood", "true")
+        .unwrap();
+    let supervisor = vault.run();
+    common::wait_until(LONG, "the control socket", || vault.socket.exists());
+    vault.unlock();
+    let first = vault.chain.wait_signing(1, LONG);
+    bastion.sshd.kill();
+    let spooled_bytes = || -> u64 {
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.metadata().ok())
+            .map(|metadata| metadata.len())
+            .sum()
+    };
+    let oldest = || Bastion::complete_segments(&spool).first().cloned();
+    common::wait_until(LONG, "a full spool", || spooled_bytes() > limit / 2);
+    let oldest_then = oldest().unwrap();
+    common::wait_until(LONG, "the oldest spooled segment dropped", || {
+        oldest().is_some_and(|now| now > oldest_then)
+    });
+    for _ in 0..20 {
+        // The bound holds at every look (the sequence file is a few bytes).
+        assert!(
+            spooled_bytes() <= limit + 64,
+            "{} > {limit}",
+            spooled_bytes()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let last = vault.chain.wait_signing(10, LONG);
+    let record = vault.chain.network.record().unwrap();
+    let missed = record.missed_between("val1", first + 1, last);
+    assert!(
+        missed.is_empty(),
+        "missed heights {missed:?} with a full spool"
+    );
+    let output = supervisor.stop();
+    let statistics = output
+        .lines()
+        .find(|line| line.contains("log shipping statistics"))
+        .unwrap_or_else(|| panic!("no statistics in {}", common::tail(&output, 30)));
+    let dropped: u64 = statistics
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("segments_dropped="))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no segments_dropped in {statistics}"));
+    assert!(dropped > 0, "{statistics}");
+    assert!(
+        output.contains("log spool full: dropped the oldest segment(s)"),
+        "{}",
+        common::tail(&output, 30)
+    );
+}

@@ -47,7 +47,14 @@ struct Index {
     /// By sequence number.
     segments: BTreeMap<u64, Entry>,
     bytes: u64,
+    /// Drops not yet logged, and when the last warning was (one per
+    /// [`DROP_WARNING_INTERVAL`], so a long outage does not flood the log).
+    unreported_drops: u64,
+    last_drop_warning: Option<std::time::Instant>,
 }
+
+/// At most one "spool full" warning this often.
+const DROP_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The spool of one host's segments.
 #[derive(Debug)]
@@ -215,11 +222,20 @@ impl Spool {
             index.bytes -= oldest.bytes;
             self.remove_files(&oldest.name);
             self.stats.segments_dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                segment = %oldest.name.stem(),
-                limit = self.limit,
-                "log spool full: dropped the oldest segment before every bastion had it"
-            );
+            index.unreported_drops += 1;
+            let due = index
+                .last_drop_warning
+                .is_none_or(|at| at.elapsed() >= DROP_WARNING_INTERVAL);
+            if due {
+                tracing::warn!(
+                    segment = %oldest.name.stem(),
+                    dropped = index.unreported_drops,
+                    limit = self.limit,
+                    "log spool full: dropped the oldest segment(s) before every bastion had them"
+                );
+                index.unreported_drops = 0;
+                index.last_drop_warning = Some(std::time::Instant::now());
+            }
         }
         self.stats.spool_bytes.store(index.bytes, Ordering::Relaxed);
     }
