@@ -905,6 +905,11 @@ pub fn run_local(command: &Command, json: bool) -> Result<Option<PlannedCall>, E
         Command::ShutdownHost { .. } => Err(Error::Usage(
             "shutdown-host confirms in two steps: run `palisade-ctl shutdown-host`".into(),
         )),
+        Command::Logs { archive, .. } if archive.archive => Err(Error::Usage(
+            "logs --archive reads the bastion's store, not the supervisor: run \
+             `palisade-ctl logs --archive …` on its own"
+                .into(),
+        )),
         _ => planned_call(command),
     }
 }
@@ -1415,6 +1420,52 @@ mod tests {
             assert_eq!(call.method, *method, "{args:?}");
             assert_eq!(&call.params, params, "{args:?}");
         }
+    }
+
+    #[test]
+    fn logs_archive_options_are_checked_before_anything_runs() {
+        for args in [
+            &["logs", "--since", "2h"][..],
+            &["logs", "--grep", "x"],
+            &["logs", "--archive", "--since", "whenever"],
+            &["logs", "--archive", "--until", "2026-13-01T00:00:00Z"],
+        ] {
+            let error = Cli::try_parse_from(std::iter::once(&"palisade-ctl").chain(args.iter()))
+                .unwrap_err();
+            assert_eq!(error.exit_code(), exit_code::USAGE, "{args:?}");
+        }
+        let cli =
+            Cli::try_parse_from(["palisade-ctl", "logs", "--archive", "--since", "2h"]).unwrap();
+        // In the shell it is refused (it reads the bastion, not the RPC).
+        let error = run_local(&cli.command, false).unwrap_err();
+        assert!(error.to_string().contains("on its own"), "{error}");
+        assert_eq!(error.exit_code(), exit_code::USAGE);
+        // One-shot, missing --identity / --signer / a bad --grep are usage
+        // errors before any connection.
+        let run_args = |extra: &[&str]| {
+            let mut args = vec!["palisade-ctl", "--validator", "v", "logs", "--archive"];
+            args.extend_from_slice(extra);
+            run(Cli::try_parse_from(args).unwrap()).unwrap_err()
+        };
+        let error = run_args(&["--from-dir", "/nonexistent"]);
+        assert!(error.to_string().contains("--identity"), "{error}");
+        let error = run_args(&["--identity", "/nonexistent"]);
+        assert!(error.to_string().contains("--signer"), "{error}");
+        let error = run_args(&[
+            "--identity",
+            "/x",
+            "--signer",
+            "ssh-ed25519 AAAA",
+            "--grep",
+            "(",
+        ]);
+        assert!(error.to_string().contains("--grep"), "{error}");
+        assert_eq!(error.exit_code(), exit_code::USAGE);
+        let error = run_args(&["--identity", "/x", "--signer", "ssh-rsa AAAA"]);
+        assert!(
+            error.to_string().contains("--signer: not an ssh-ed25519"),
+            "{error}"
+        );
     }
 
     #[test]
