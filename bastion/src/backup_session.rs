@@ -68,11 +68,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use palisade_wire::backup_store::{
-    ErrorKind, MAX_REQUEST_HEADER_BYTES, ObjectKind, Request, Response, decode_request,
-    encode_header, max_payload_bytes,
+    ErrorKind, MAX_REQUEST_HEADER_BYTES, Request, Response, decode_request, encode_header,
+    max_payload_bytes,
 };
 
 use crate::config::BastionConfig;
+pub use crate::store_access::SessionAccess;
 
 /// Longest a session may last, whatever it does: more than one maximal
 /// upload needs at the store's own pace (idle timeout + 1 s per 64 KiB).
@@ -87,36 +88,6 @@ const CHUNK: usize = 64 * 1024;
 
 /// How often the watchdog looks at the clock.
 const WATCHDOG_TICK: Duration = Duration::from_millis(100);
-
-/// What a session may ask of the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionAccess {
-    /// A validator's own key (`backup-session`): every request about its
-    /// validator.
-    Validator,
-    /// An operator's key through `rpc-relay` (`palisade-log-archive`):
-    /// `list` and `get` of the validator's log segments only.
-    LogReader,
-}
-
-impl SessionAccess {
-    /// Why `request` is refused under this access, or `None`.
-    fn refusal(self, request: &Request) -> Option<String> {
-        match self {
-            SessionAccess::Validator => None,
-            SessionAccess::LogReader => {
-                let read = matches!(request, Request::List { .. } | Request::Get { .. });
-                (!read || request.kind() != ObjectKind::Log).then(|| {
-                    format!(
-                        "a log archive session may only list and get log objects, not {} {}",
-                        request.op(),
-                        request.kind()
-                    )
-                })
-            }
-        }
-    }
-}
 
 /// Runs one session on this process's stdin and stdout. Returns when the
 /// session is over; `Err` means exit 1 (the message is for stderr).

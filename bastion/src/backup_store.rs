@@ -24,6 +24,9 @@
 //!   is a ring (`[logs]`): a put removes the oldest segments — both objects
 //!   of a segment, `.age` and `.sig`, together — until the new one fits
 //!   under `logs.quota-bytes`, and every segment older than `logs.max-age`.
+//! - An account of `logs.archive-users` (the operators', for
+//!   `palisade-ctl logs --archive` through `rpc-relay`) is served `list` and
+//!   `get` of log objects only; any other request ends its connection.
 //! - Operations on one validator are serialized; at most `max_connections`
 //!   connections are served at once (more wait in the listen backlog).
 //! - A connection counts against a validator from its first request naming
@@ -69,7 +72,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackupStoreOptions, BastionConfig, LogStoreOptions};
-use crate::store_access::StoreAccess;
+use crate::store_access::{SessionAccess, StoreAccess};
 
 /// Bytes read from disk and written to the client at a time by a `get`.
 pub const GET_CHUNK_BYTES: usize = 64 * 1024;
@@ -185,7 +188,7 @@ impl Store {
             root,
             validators,
             options,
-            logs: config.logs,
+            logs: config.logs.clone(),
         })
     }
 
@@ -327,24 +330,26 @@ impl BackupStoreServer {
             };
             // The socket's mode already keeps others out; this holds even
             // if someone loosens it or adds an account to the group.
-            match stream.peer_cred() {
-                Ok(peer) if access.allows(peer.uid()) => {}
-                Ok(peer) => {
-                    tracing::warn!(
-                        uid = peer.uid(),
-                        pid = peer.pid(),
-                        "backup store: refused a connection from an account that may not use it"
-                    );
-                    continue;
-                }
+            let (session_access, peer_uid) = match stream.peer_cred() {
+                Ok(peer) => match access.session_access(peer.uid()) {
+                    Some(session_access) => (session_access, peer.uid()),
+                    None => {
+                        tracing::warn!(
+                            uid = peer.uid(),
+                            pid = peer.pid(),
+                            "backup store: refused a connection from an account that may not use it"
+                        );
+                        continue;
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(%error, "backup store: refused a connection whose peer is unknown");
                     continue;
                 }
-            }
+            };
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                serve_connection(stream, &store).await;
+                serve_connection(stream, &store, session_access, peer_uid).await;
                 drop(permit);
             });
         }
@@ -425,7 +430,12 @@ enum After {
     Close,
 }
 
-async fn serve_connection(mut stream: UnixStream, store: &Store) {
+async fn serve_connection(
+    mut stream: UnixStream,
+    store: &Store,
+    session_access: SessionAccess,
+    peer_uid: u32,
+) {
     let idle = store.options.idle_timeout;
     // The per-validator permits this connection holds, one per validator
     // its requests have named (a `backup-session` relay names only one).
@@ -483,6 +493,22 @@ async fn serve_connection(mut stream: UnixStream, store: &Store) {
         // The validator is the client's word until the store knows it:
         // cleaned for the logs (a configured name is unchanged).
         let (op, validator) = (request.op(), clean(request.validator()));
+        if let Some(reason) = session_access.refusal(&request) {
+            tracing::warn!(
+                op,
+                kind = %request.kind(),
+                validator = %validator,
+                uid = peer_uid,
+                "backup store: refused a log archive reader's request for more than log reads"
+            );
+            let _ = send(
+                &mut stream,
+                idle,
+                &Response::error(ErrorKind::UnknownValidator, reason),
+            )
+            .await;
+            return;
+        }
         if let Some(slots) = store.validators.get(&validator)
             && !held.contains_key(&validator)
         {
@@ -706,11 +732,11 @@ async fn put(
 
     let guard = lock.lock().await;
     let (keep, quota) = (store.options.keep, store.options.quota_bytes);
-    let logs = store.logs;
+    let logs = store.logs.clone();
     let name = file.to_owned();
     let committed = blocking(move || match kind {
         ObjectKind::Backup => commit(&dir, staged, &name, bytes, keep, quota),
-        ObjectKind::Log => commit_log(&dir, staged, &name, bytes, logs, SystemTime::now()),
+        ObjectKind::Log => commit_log(&dir, staged, &name, bytes, &logs, SystemTime::now()),
     })
     .await;
     drop(guard);
@@ -842,7 +868,7 @@ fn commit_log(
     staged: StagedFile,
     name: &str,
     bytes: u64,
-    options: LogStoreOptions,
+    options: &LogStoreOptions,
     now: SystemTime,
 ) -> Result<Vec<String>, Failure> {
     let target = dir.join(name);
@@ -891,7 +917,7 @@ fn log_stem(name: &str) -> &str {
 fn log_victims(
     existing: &[Entry],
     incoming: u64,
-    options: LogStoreOptions,
+    options: &LogStoreOptions,
     now: SystemTime,
 ) -> Vec<String> {
     // Whole segments, in the order their first object arrived.
@@ -1035,6 +1061,7 @@ mod tests {
         let options = LogStoreOptions {
             quota_bytes: 1000,
             max_age: Duration::from_secs(100),
+            archive_users: Vec::new(),
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(150);
         let existing = [
@@ -1061,9 +1088,9 @@ mod tests {
         for (incoming, max_age, removed) in rows {
             let options = LogStoreOptions {
                 max_age: Duration::from_secs(*max_age),
-                ..options
+                ..options.clone()
             };
-            let victims = log_victims(&existing, *incoming, options, now);
+            let victims = log_victims(&existing, *incoming, &options, now);
             let expected: Vec<String> = removed
                 .iter()
                 .map(|tail| format!("log-h-0000000000000000000{tail}"))

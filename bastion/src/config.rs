@@ -220,6 +220,7 @@ struct RawBackups {
 struct RawLogs {
     quota_bytes: Option<u64>,
     max_age: Option<String>,
+    archive_users: Option<Vec<String>>,
 }
 
 /// Retention of the log segments (objects of kind `log`), per validator:
@@ -227,12 +228,16 @@ struct RawLogs {
 /// a new segment that would pass the quota removes the oldest ones (and
 /// their signatures) instead of being refused, and segments older than
 /// `max_age` go too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogStoreOptions {
     /// Bytes of log objects kept per validator (default 1 GiB).
     pub quota_bytes: u64,
     /// Log objects older than this (by arrival) are removed (default 30 days).
     pub max_age: Duration,
+    /// Accounts (names or uids) the store also serves, for `list` and `get`
+    /// of log objects only: the operators' account that `rpc-relay` runs as
+    /// in the separate-users layout (default none). Resolved at start.
+    pub archive_users: Vec<String>,
 }
 
 impl Default for LogStoreOptions {
@@ -240,6 +245,7 @@ impl Default for LogStoreOptions {
         LogStoreOptions {
             quota_bytes: DEFAULT_LOG_QUOTA_BYTES,
             max_age: DEFAULT_LOG_MAX_AGE,
+            archive_users: Vec::new(),
         }
     }
 }
@@ -471,6 +477,7 @@ impl BastionConfig {
              backups.max-connections: {} ({} per validator)\n\
              logs.quota-bytes:        {}\n\
              logs.max-age:            {}\n\
+             logs.archive-users:      {}\n\
              health.interval:         {}\n\
              health.timeout:          {}\n",
             self.listen_socket.display(),
@@ -484,6 +491,11 @@ impl BastionConfig {
             self.backups.max_connections_per_validator,
             self.logs.quota_bytes,
             duration(self.logs.max_age),
+            if self.logs.archive_users.is_empty() {
+                "none".to_string()
+            } else {
+                self.logs.archive_users.join(", ")
+            },
             duration(self.health.interval),
             duration(self.health.timeout),
         );
@@ -693,7 +705,19 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
             log_defaults.max_age,
             LOG_MAX_AGE_RANGE,
         ),
+        archive_users: raw.logs.archive_users.unwrap_or_default(),
     };
+    for user in &logs.archive_users {
+        if let Some(reason) = user_name_problem(user) {
+            report("logs.archive-users".into(), reason);
+        }
+        if raw.tunnel_user.as_deref() == Some(user.as_str()) {
+            report(
+                "logs.archive-users".into(),
+                format!("{user:?} is the tunnel-user, which the store serves fully already"),
+            );
+        }
+    }
 
     let defaults = HealthCheckOptions::default();
     let interval = duration(
@@ -1072,7 +1096,7 @@ socket = "/run/palisade-bastion/val-b.sock"
         assert!(config.summary().contains("logs.max-age:            30days"));
         let good = GOOD.replacen(
             "\n[[validator]]",
-            "\n[logs]\nquota-bytes = 5000000\nmax-age = \"2h\"\n\n[[validator]]",
+            "\n[logs]\nquota-bytes = 5000000\nmax-age = \"2h\"\narchive-users = [\"palisade-ops\"]\n\n[[validator]]",
             1,
         );
         let config = parse(&good).unwrap();
@@ -1081,6 +1105,7 @@ socket = "/run/palisade-bastion/val-b.sock"
             LogStoreOptions {
                 quota_bytes: 5_000_000,
                 max_age: Duration::from_secs(7200),
+                archive_users: vec!["palisade-ops".into()],
             }
         );
         let bad = GOOD.replacen(
@@ -1092,13 +1117,14 @@ socket = "/run/palisade-bastion/val-b.sock"
         assert!(error.contains("keep"), "{error}");
         let bad = GOOD.replacen(
             "\n[[validator]]",
-            "\n[logs]\nquota-bytes = 10\nmax-age = \"1s\"\n\n[[validator]]",
+            "\n[logs]\nquota-bytes = 10\nmax-age = \"1s\"\narchive-users = [\"a b\"]\n\n[[validator]]",
             1,
         );
         let error = parse(&bad).unwrap_err().to_string();
         assert!(error.contains("logs.quota-bytes"), "{error}");
         assert!(error.contains("must be at least"), "{error}");
         assert!(error.contains("logs.max-age"), "{error}");
+        assert!(error.contains("logs.archive-users"), "{error}");
     }
 
     const PIN: &str = "sha256:3f2a00000000000000000000000000000000000000000000000000000000beef";
