@@ -100,7 +100,15 @@ keys have no forwarding at all (`restrict`), only the forced command
 `palisade-bastion rpc-relay`, which sshd runs for every session: it connects
 the session to the socket of the configured validator the client names
 (`palisade-rpc NAME`). The bytes are relayed unread: TLS with the pinned
-certificate and the operator's login run end to end.
+certificate and the operator's login run end to end. The same command serves
+`palisade-log-archive NAME` (`palisade-ctl logs --archive`): list and get of
+that validator's log segments, nothing else.
+
+The store keeps the validators' log segments too (objects of kind `log`,
+docs/log-format.md): signed by the validator, age-encrypted to its operators,
+in backup-dir/<validator>/logs/ with their own ring retention ([logs]
+quota-bytes, max-age). `[logs] archive-users` names the operators' account,
+which the store then serves log reads only.
 
 Accounts (docs/bastion.md, \"Install\"): the validators' keys log in as the
 tunnel user (palisade-tunnel), the operators' keys as another account
@@ -125,7 +133,8 @@ a bastion may read status, never command, and never sees a secret.
 
 Status of this release: `run` (backup store + health checks), `status`,
 `serve-backups` (the backup store alone), `backup-session`, `rpc-relay`,
-`call`, `check-config` and `version` work. Log relay and alerting are planned.";
+`call`, `check-config` and `version` work, and the store keeps log segments.
+Alerting is planned.";
 
 const AFTER_HELP: &str = "Daemon:
   palisade-bastion run --config FILE
