@@ -276,6 +276,12 @@ certificate and the operator's login, end to end. End of stdin half-closes
 the socket; the session ends when the validator's side closes. Relayed bytes
 are never logged.
 
+`palisade-log-archive NAME` (palisade-ctl logs --archive) is checked by the
+same rules and runs a read-only session to the backup store instead: list
+and get of that validator's log segments (kind `log`), nothing else. The
+account must then be able to reach listen-socket, and in the separate-users
+layout be named in [logs] archive-users.
+
 Why not a direct-streamlocal channel: OpenSSH shares one permission list
 between direct-tcpip and direct-streamlocal, so a key that may forward to the
 validator's socket may also open TCP connections from the bastion to
