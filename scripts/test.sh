@@ -14,12 +14,13 @@ require_cargo
 # failover tests run a real 3-member etcd cluster (`palisade_testkit::EtcdCluster`) on
 # ports of their own (the package's etcd.service, if systemd starts it, keeps 2379);
 # gdb: gcore dumps an unlocked supervisor to prove its keys stay out of cores;
-# util-linux: setpriv runs the supervisor as a user with capabilities.
+# util-linux: setpriv runs the supervisor as a user with capabilities; zstd: log
+# segments must read with the stock `age -d | zstd -d` (docs/log-format.md).
 # prometheus: promtool checks and unit-tests packaging/prometheus/palisade-rules.yml
 # (bastion/tests/alerting_rules.rs), and the metrics tests run the real server
 # (supervisor/tests/metrics_prometheus.rs); prometheus-alertmanager: the Alertmanager
 # end-to-end test delivers to a local webhook (`palisade_testkit::alertmanager`).
-apt_install xfsprogs curl ca-certificates age openssh-server openssh-client iproute2 tmux etcd-server gdb util-linux prometheus prometheus-alertmanager
+apt_install xfsprogs curl ca-certificates age zstd openssh-server openssh-client iproute2 tmux etcd-server gdb util-linux prometheus prometheus-alertmanager
 ensure_moto
 ensure_nextest
 

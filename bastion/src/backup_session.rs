@@ -21,7 +21,7 @@
 //!   backups. A refused request is not forwarded; the relay lets the store
 //!   answer what it already forwarded, then writes its own error response
 //!   and exits 1. A `put`'s payload frame is checked against the announced
-//!   size ([`MAX_PAYLOAD_BYTES`] at most) and streamed through in 64 KiB
+//!   size ([`max_payload_bytes`] of its kind at most) and streamed through in 64 KiB
 //!   pieces, never buffered whole.
 //! - **Responses** (store → stdout) are copied through unchanged; the store
 //!   bounds them.
@@ -45,6 +45,12 @@
 //!   answered with one `internal` response; each exits 1 with the reason on
 //!   stderr.
 //!
+//! The same relay serves an operator's read-only **log archive** session
+//! ([`run_log_archive`], reached through `rpc-relay` when the client asks
+//! for `palisade-log-archive VALIDATOR`): there only `list` and `get` of
+//! objects of kind `log` pass; anything else is refused like a request for
+//! another validator.
+//!
 //! stdout carries protocol frames only; logs go to stderr (`RUST_LOG`,
 //! default `warn`), which sshd passes to the client. Payloads are never
 //! logged.
@@ -62,11 +68,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use palisade_wire::backup_store::{
-    ErrorKind, MAX_PAYLOAD_BYTES, MAX_REQUEST_HEADER_BYTES, Request, Response, decode_request,
-    encode_header,
+    ErrorKind, MAX_REQUEST_HEADER_BYTES, Request, Response, decode_request, encode_header,
+    max_payload_bytes,
 };
 
 use crate::config::BastionConfig;
+pub use crate::store_access::SessionAccess;
 
 /// Longest a session may last, whatever it does: more than one maximal
 /// upload needs at the store's own pace (idle timeout + 1 s per 64 KiB).
@@ -89,6 +96,17 @@ const WATCHDOG_TICK: Duration = Duration::from_millis(100);
 /// (`std::process::exit(1)`): a relay blocked on a pipe cannot be woken
 /// otherwise, and this command is one process per session.
 pub fn run(config_path: &Path, validator: &str) -> anyhow::Result<()> {
+    run_with(config_path, validator, SessionAccess::Validator)
+}
+
+/// Runs an operator's read-only log archive session for `validator` (the
+/// caller checked that the operator's key may reach it); as [`run`]
+/// otherwise.
+pub fn run_log_archive(config_path: &Path, validator: &str) -> anyhow::Result<()> {
+    run_with(config_path, validator, SessionAccess::LogReader)
+}
+
+fn run_with(config_path: &Path, validator: &str, access: SessionAccess) -> anyhow::Result<()> {
     let mut stdout = File::from(
         io::stdout()
             .as_fd()
@@ -148,6 +166,7 @@ pub fn run(config_path: &Path, validator: &str) -> anyhow::Result<()> {
         stdout,
         store,
         validator,
+        access,
         activity,
     )
 }
@@ -180,6 +199,7 @@ fn relay(
     mut output: impl Write,
     store: UnixStream,
     validator: &str,
+    access: SessionAccess,
     activity: Arc<Activity>,
 ) -> anyhow::Result<()> {
     let (done, outcome) = mpsc::channel();
@@ -190,7 +210,13 @@ fn relay(
     // blocked on stdin, and it ends with the process.
     std::thread::spawn(move || {
         let mut input = input;
-        let end = relay_requests(&mut input, &mut to_store, &bound, &requests_activity);
+        let end = relay_requests(
+            &mut input,
+            &mut to_store,
+            &bound,
+            access,
+            &requests_activity,
+        );
         // Report before half-closing: the store closes only after seeing
         // the half-close, so the report is there when the responses end.
         let _ = done.send(end);
@@ -245,6 +271,7 @@ fn relay_requests(
     input: &mut impl Read,
     store: &mut impl Write,
     validator: &str,
+    access: SessionAccess,
     activity: &Activity,
 ) -> RequestsEnd {
     let forward_failed =
@@ -282,8 +309,12 @@ fn relay_requests(
                 format!("this key may only access the backups of {validator}"),
             );
         }
-        tracing::debug!(op = request.op(), "relaying request");
+        if let Some(reason) = access.refusal(&request) {
+            return refused(ErrorKind::UnknownValidator, reason);
+        }
+        tracing::debug!(op = request.op(), kind = %request.kind(), "relaying request");
 
+        let limit = max_payload_bytes(request.kind());
         let Request::Put { bytes, .. } = request else {
             if let Err(error) = store
                 .write_all(&prefix)
@@ -293,10 +324,10 @@ fn relay_requests(
             }
             continue;
         };
-        if bytes > MAX_PAYLOAD_BYTES as u64 {
+        if bytes > limit as u64 {
             return refused(
                 ErrorKind::TooLarge,
-                format!("{bytes} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit"),
+                format!("{bytes} bytes exceeds the {limit}-byte limit"),
             );
         }
         // The payload's length prefix is checked before anything of this
@@ -484,8 +515,57 @@ mod tests {
 
     fn run_requests(input: &[u8]) -> (RequestsEnd, Vec<u8>) {
         let mut forwarded = Vec::new();
-        let end = relay_requests(&mut &input[..], &mut forwarded, "val-a", &Activity::new());
+        let end = relay_requests(
+            &mut &input[..],
+            &mut forwarded,
+            "val-a",
+            SessionAccess::Validator,
+            &Activity::new(),
+        );
         (end, forwarded)
+    }
+
+    #[test]
+    fn a_log_archive_session_may_only_list_and_get_log_objects() {
+        let allowed = [
+            r#"{"op":"list","validator":"val-a","kind":"log"}"#,
+            r#"{"op":"list","validator":"val-a","kind":"log","after":"x"}"#,
+            r#"{"op":"get","validator":"val-a","file":"log-h-00000000000000000001.age","kind":"log"}"#,
+        ];
+        for request in allowed {
+            let input = frame(request);
+            let mut forwarded = Vec::new();
+            let end = relay_requests(
+                &mut &input[..],
+                &mut forwarded,
+                "val-a",
+                SessionAccess::LogReader,
+                &Activity::new(),
+            );
+            assert!(matches!(end, RequestsEnd::Finished), "{request}: {end:?}");
+            assert_eq!(forwarded, input, "{request}");
+        }
+        let refused_requests = [
+            r#"{"op":"list","validator":"val-a"}"#,
+            r#"{"op":"get","validator":"val-a","file":"backup-x.age"}"#,
+            r#"{"op":"remove","validator":"val-a","file":"log-h-00000000000000000001.age","kind":"log"}"#,
+            r#"{"op":"put","validator":"val-a","file":"log-h-00000000000000000001.age","bytes":1,"kind":"log"}"#,
+            r#"{"op":"list","validator":"val-b","kind":"log"}"#,
+        ];
+        for request in refused_requests {
+            let mut input = frame(request);
+            input.push(0);
+            let mut forwarded = Vec::new();
+            let end = relay_requests(
+                &mut &input[..],
+                &mut forwarded,
+                "val-a",
+                SessionAccess::LogReader,
+                &Activity::new(),
+            );
+            assert_eq!(refusal(end), ErrorKind::UnknownValidator, "{request}");
+            assert!(forwarded.is_empty(), "{request}");
+        }
     }
 
     fn refusal(end: RequestsEnd) -> ErrorKind {
@@ -551,7 +631,10 @@ mod tests {
             ),
             (vec![0, 0], ErrorKind::BadFrame),
             (vec![0, 0, 0, 9, b'{'], ErrorKind::BadFrame),
-            (put(MAX_PAYLOAD_BYTES as u64 + 1), ErrorKind::TooLarge),
+            (
+                put(palisade_wire::backup_store::MAX_PAYLOAD_BYTES as u64 + 1),
+                ErrorKind::TooLarge,
+            ),
             (put(3), ErrorKind::BadFrame),
             (short_prefix, ErrorKind::BadFrame),
             (wrong_length, ErrorKind::BadFrame),

@@ -18,6 +18,15 @@
 //!   by name). The per-validator size cap applies to what remains after
 //!   retention; a put that would exceed it fails with `quota` and changes
 //!   nothing.
+//! - Log segments (objects of kind `log`, `docs/log-format.md`) live apart,
+//!   in `backup-dir/<validator>/logs/`, and only under segment names
+//!   ([`SegmentName`]); the backup kind never sees them. Their retention
+//!   is a ring (`[logs]`): a put removes the oldest segments — both objects
+//!   of a segment, `.age` and `.sig`, together — until the new one fits
+//!   under `logs.quota-bytes`, and every segment older than `logs.max-age`.
+//! - An account of `logs.archive-users` (the operators', for
+//!   `palisade-ctl logs --archive` through `rpc-relay`) is served `list` and
+//!   `get` of log objects only; any other request ends its connection.
 //! - Operations on one validator are serialized; at most `max_connections`
 //!   connections are served at once (more wait in the listen backlog).
 //! - A connection counts against a validator from its first request naming
@@ -52,20 +61,25 @@ use anyhow::{Context, bail};
 use palisade_client::peer_text::clean;
 use palisade_daemon::durable::{self, AtomicWrite, Existing, StagedFile};
 use palisade_wire::backup_store::{
-    ErrorKind, MAX_LIST_ENTRIES, MAX_PAYLOAD_BYTES, MAX_REQUEST_HEADER_BYTES, Request, Response,
-    decode_request, encode_header, file_name_problem,
+    ErrorKind, MAX_LIST_ENTRIES, MAX_REQUEST_HEADER_BYTES, ObjectKind, Request, Response,
+    decode_request, encode_header, file_name_problem, max_payload_bytes,
 };
+use palisade_wire::log_segment::SegmentName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackupStoreOptions, BastionConfig};
-use crate::store_access::StoreAccess;
+use crate::config::{BackupStoreOptions, BastionConfig, LogStoreOptions};
+use crate::store_access::{SessionAccess, StoreAccess};
 
 /// Bytes read from disk and written to the client at a time by a `get`.
 pub const GET_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The directory of a validator's log segments, inside its backup
+/// directory (a directory, so the backup kind's listing skips it).
+pub const LOG_DIR_NAME: &str = "logs";
 
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -134,6 +148,7 @@ struct Store {
     root: PathBuf,
     validators: HashMap<String, ValidatorSlots>,
     options: BackupStoreOptions,
+    logs: LogStoreOptions,
     sessions: Arc<SessionCounts>,
 }
 
@@ -188,17 +203,23 @@ impl Store {
         make_private_dir(&root)?;
         let mut validators = HashMap::new();
         for validator in &config.validators {
-            let dir = root.join(&validator.name);
-            make_private_dir(&dir)?;
-            for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-                let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-                let name = entry.file_name();
-                if durable::is_temp_file_name(&name)
-                    || name
-                        .as_encoded_bytes()
-                        .starts_with(LEGACY_TEMP_PREFIX.as_bytes())
+            let backups = root.join(&validator.name);
+            let logs = backups.join(LOG_DIR_NAME);
+            make_private_dir(&backups)?;
+            make_private_dir(&logs)?;
+            for dir in [backups, logs] {
+                for entry in
+                    fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
                 {
-                    let _ = fs::remove_file(entry.path());
+                    let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+                    let name = entry.file_name();
+                    if durable::is_temp_file_name(&name)
+                        || name
+                            .as_encoded_bytes()
+                            .starts_with(LEGACY_TEMP_PREFIX.as_bytes())
+                    {
+                        let _ = fs::remove_file(entry.path());
+                    }
                 }
             }
             validators.insert(
@@ -214,13 +235,25 @@ impl Store {
             validators,
             options,
             sessions: Arc::new(SessionCounts::new(&config.validators)),
+            logs: config.logs.clone(),
         })
     }
 
-    /// The validator's directory and lock, or `unknown_validator`.
-    fn validator(&self, name: &str) -> Result<(PathBuf, Arc<Mutex<()>>), Failure> {
+    /// The directory of the validator's objects of `kind`, and the
+    /// validator's lock, or `unknown_validator`.
+    fn validator(
+        &self,
+        name: &str,
+        kind: ObjectKind,
+    ) -> Result<(PathBuf, Arc<Mutex<()>>), Failure> {
         match self.validators.get(name) {
-            Some(slots) => Ok((self.root.join(name), Arc::clone(&slots.lock))),
+            Some(slots) => {
+                let dir = match kind {
+                    ObjectKind::Backup => self.root.join(name),
+                    ObjectKind::Log => self.root.join(name).join(LOG_DIR_NAME),
+                };
+                Ok((dir, Arc::clone(&slots.lock)))
+            }
             None => Err(failure(
                 ErrorKind::UnknownValidator,
                 format!("validator {name:?} is not configured on this bastion"),
@@ -233,13 +266,20 @@ impl Store {
     }
 }
 
-fn check_name(name: &str) -> Result<(), Failure> {
+fn check_name(name: &str, kind: ObjectKind) -> Result<(), Failure> {
     match file_name_problem(name) {
-        None => Ok(()),
         Some(reason) => Err(failure(
             ErrorKind::InvalidName,
             format!("invalid file name {name:?}: {reason}"),
         )),
+        None if kind == ObjectKind::Log && SegmentName::parse(name).is_none() => Err(failure(
+            ErrorKind::InvalidName,
+            format!(
+                "invalid file name {name:?}: a log object is named \
+                 log-<host>-<20-digit sequence>.age or .sig"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -316,6 +356,8 @@ impl BackupStoreServer {
             validators = store.validators.len(),
             keep = store.options.keep,
             quota_bytes = store.options.quota_bytes,
+            log_quota_bytes = store.logs.quota_bytes,
+            log_max_age = %humantime::format_duration(store.logs.max_age),
             max_connections,
             max_connections_per_validator = store.options.max_connections_per_validator,
             serves = %access.describe(),
@@ -340,26 +382,28 @@ impl BackupStoreServer {
             };
             // The socket's mode already keeps others out; this holds even
             // if someone loosens it or adds an account to the group.
-            match stream.peer_cred() {
-                Ok(peer) if access.allows(peer.uid()) => {}
-                Ok(peer) => {
-                    tracing::warn!(
-                        uid = peer.uid(),
-                        pid = peer.pid(),
-                        "backup store: refused a connection from an account that may not use it"
-                    );
-                    continue;
-                }
+            let (session_access, peer_uid) = match stream.peer_cred() {
+                Ok(peer) => match access.session_access(peer.uid()) {
+                    Some(session_access) => (session_access, peer.uid()),
+                    None => {
+                        tracing::warn!(
+                            uid = peer.uid(),
+                            pid = peer.pid(),
+                            "backup store: refused a connection from an account that may not use it"
+                        );
+                        continue;
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(%error, "backup store: refused a connection whose peer is unknown");
                     continue;
                 }
-            }
+            };
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 use std::sync::atomic::Ordering::Relaxed;
                 store.sessions.active.fetch_add(1, Relaxed);
-                serve_connection(stream, &store).await;
+                serve_connection(stream, &store, session_access, peer_uid).await;
                 store.sessions.active.fetch_sub(1, Relaxed);
                 drop(permit);
             });
@@ -441,7 +485,12 @@ enum After {
     Close,
 }
 
-async fn serve_connection(mut stream: UnixStream, store: &Store) {
+async fn serve_connection(
+    mut stream: UnixStream,
+    store: &Store,
+    session_access: SessionAccess,
+    peer_uid: u32,
+) {
     let idle = store.options.idle_timeout;
     // The per-validator permits this connection holds, one per validator
     // its requests have named (a `backup-session` relay names only one).
@@ -499,6 +548,22 @@ async fn serve_connection(mut stream: UnixStream, store: &Store) {
         // The validator is the client's word until the store knows it:
         // cleaned for the logs (a configured name is unchanged).
         let (op, validator) = (request.op(), clean(request.validator()));
+        if let Some(reason) = session_access.refusal(&request) {
+            tracing::warn!(
+                op,
+                kind = %request.kind(),
+                validator = %validator,
+                uid = peer_uid,
+                "backup store: refused a log archive reader's request for more than log reads"
+            );
+            let _ = send(
+                &mut stream,
+                idle,
+                &Response::error(ErrorKind::UnknownValidator, reason),
+            )
+            .await;
+            return;
+        }
         if let Some(slots) = store.validators.get(&validator)
             && !held.contains_key(&validator)
         {
@@ -616,12 +681,29 @@ async fn handle(request: Request, stream: &mut UnixStream, store: &Store) -> (Ou
             validator,
             file,
             bytes,
-        } => put(stream, store, &validator, &file, bytes).await,
-        Request::List { validator } => (list(store, &validator).await, After::Continue),
-        Request::Get { validator, file } => (get(store, &validator, &file).await, After::Continue),
-        Request::Remove { validator, file } => {
-            (remove(store, &validator, &file).await, After::Continue)
-        }
+            kind,
+        } => put(stream, store, &validator, &file, bytes, kind).await,
+        Request::List {
+            validator,
+            kind,
+            after,
+        } => (
+            list(store, &validator, kind, after.as_deref()).await,
+            After::Continue,
+        ),
+        Request::Get {
+            validator,
+            file,
+            kind,
+        } => (get(store, &validator, &file, kind).await, After::Continue),
+        Request::Remove {
+            validator,
+            file,
+            kind,
+        } => (
+            remove(store, &validator, &file, kind).await,
+            After::Continue,
+        ),
     }
 }
 
@@ -639,9 +721,11 @@ async fn put(
     validator: &str,
     file: &str,
     bytes: u64,
+    kind: ObjectKind,
 ) -> (Outcome, After) {
-    if bytes > MAX_PAYLOAD_BYTES as u64 {
-        let message = format!("{bytes} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit");
+    let limit = max_payload_bytes(kind);
+    if bytes > limit as u64 {
+        let message = format!("{bytes} bytes exceeds the {limit}-byte limit of a {kind} object");
         return (Err(failure(ErrorKind::TooLarge, message)), After::Close);
     }
     let deadline = store.payload_deadline(bytes);
@@ -659,8 +743,8 @@ async fn put(
     // Validate before storing anything, but consume the payload either way
     // so that the connection stays in step.
     let target = store
-        .validator(validator)
-        .and_then(|target| check_name(file).map(|()| target));
+        .validator(validator, kind)
+        .and_then(|target| check_name(file, kind).map(|()| target));
     let (dir, lock) = match target {
         Ok(target) => target,
         Err(refusal) => {
@@ -704,14 +788,22 @@ async fn put(
 
     let guard = lock.lock().await;
     let (keep, quota) = (store.options.keep, store.options.quota_bytes);
+    let logs = store.logs.clone();
     let name = file.to_owned();
-    let committed = blocking(move || commit(&dir, staged, &name, bytes, keep, quota)).await;
+    let committed = blocking(move || match kind {
+        ObjectKind::Backup => commit(&dir, staged, &name, bytes, keep, quota),
+        ObjectKind::Log => commit_log(&dir, staged, &name, bytes, &logs, SystemTime::now()),
+    })
+    .await;
     drop(guard);
     match committed {
         Ok(removed) => {
-            tracing::info!(validator, file, bytes, "backup stored");
+            match kind {
+                ObjectKind::Backup => tracing::info!(validator, file, bytes, "backup stored"),
+                ObjectKind::Log => tracing::debug!(validator, file, bytes, "log object stored"),
+            }
             for old in removed {
-                tracing::info!(validator, file = %old, "removed old backup (retention)");
+                tracing::info!(validator, %kind, file = %old, "removed old object (retention)");
             }
             (Ok((Response::ok(), None)), After::Continue)
         }
@@ -822,35 +914,138 @@ fn commit(
     Ok(removed)
 }
 
-async fn list(store: &Store, validator: &str) -> Outcome {
-    let (dir, lock) = store.validator(validator)?;
+/// Links a received log object in as `name` unless that exists, after
+/// making room: the segments older than `options.max_age` and then the
+/// oldest ones until the new object fits under `options.quota_bytes` are
+/// removed, each with its sibling object (same stem). Returns the names
+/// removed. A single object larger than the quota is refused (`quota`).
+fn commit_log(
+    dir: &Path,
+    staged: StagedFile,
+    name: &str,
+    bytes: u64,
+    options: &LogStoreOptions,
+    now: SystemTime,
+) -> Result<Vec<String>, Failure> {
+    let target = dir.join(name);
+    let exists = || failure(ErrorKind::AlreadyExists, format!("{name} already exists"));
+    if target.symlink_metadata().is_ok() {
+        return Err(exists());
+    }
+    if bytes > options.quota_bytes {
+        return Err(failure(
+            ErrorKind::Quota,
+            format!(
+                "{name} alone ({bytes} bytes) is over the bastion's {}-byte log cap",
+                options.quota_bytes
+            ),
+        ));
+    }
+    let existing = entries(dir)?;
+    let victims = log_victims(&existing, bytes, options, now);
+    staged.commit().map_err(|error| match error.kind() {
+        io::ErrorKind::AlreadyExists => exists(),
+        _ => internal(error.step.action(), &error.path, error.source),
+    })?;
+    let mut removed = Vec::new();
+    for victim in victims {
+        let path = dir.join(&victim);
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(victim),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "log retention could not remove")
+            }
+        }
+    }
+    sync_dir(dir)?;
+    Ok(removed)
+}
+
+/// The stem of a log object's name (without `.age` / `.sig`).
+fn log_stem(name: &str) -> &str {
+    name.rsplit_once('.').map_or(name, |(stem, _)| stem)
+}
+
+/// Which of `existing` (oldest first) log retention removes before an
+/// object of `incoming` bytes is added: every object older than
+/// `max_age`, then the oldest until the rest plus `incoming` fit the
+/// quota; always whole segments (a victim's siblings go with it).
+fn log_victims(
+    existing: &[Entry],
+    incoming: u64,
+    options: &LogStoreOptions,
+    now: SystemTime,
+) -> Vec<String> {
+    // Whole segments, in the order their first object arrived.
+    let mut segments: Vec<(&str, u64, SystemTime)> = Vec::new();
+    for entry in existing {
+        let stem = log_stem(&entry.name);
+        match segments.iter_mut().find(|(s, _, _)| *s == stem) {
+            Some(segment) => segment.1 += entry.size,
+            None => segments.push((stem, entry.size, entry.modified)),
+        }
+    }
+    let mut total: u64 = segments.iter().map(|s| s.1).sum::<u64>() + incoming;
+    let mut doomed = std::collections::HashSet::new();
+    for (stem, size, arrived) in segments {
+        let too_old = now
+            .duration_since(arrived)
+            .is_ok_and(|age| age > options.max_age);
+        if too_old || total > options.quota_bytes {
+            doomed.insert(stem);
+            total -= size;
+        }
+    }
+    existing
+        .iter()
+        .filter(|entry| doomed.contains(log_stem(&entry.name)))
+        .map(|entry| entry.name.clone())
+        .collect()
+}
+
+async fn list(store: &Store, validator: &str, kind: ObjectKind, after: Option<&str>) -> Outcome {
+    let (dir, lock) = store.validator(validator, kind)?;
     let _guard = lock.lock().await;
-    let mut names: Vec<String> = blocking(move || entries(&dir))
+    let names: Vec<String> = blocking(move || entries(&dir))
         .await?
         .into_iter()
         .map(|e| e.name)
         .collect();
+    Ok((Response::listing(listing_page(names, after)), None))
+}
+
+/// The names a `list` answers, sorted: without `after` the newest
+/// [`MAX_LIST_ENTRIES`], with it the first ones sorting after it.
+fn listing_page(mut names: Vec<String>, after: Option<&str>) -> Vec<String> {
     names.sort();
-    if names.len() > MAX_LIST_ENTRIES {
-        names.drain(..names.len() - MAX_LIST_ENTRIES);
+    match after {
+        None => {
+            if names.len() > MAX_LIST_ENTRIES {
+                names.drain(..names.len() - MAX_LIST_ENTRIES);
+            }
+        }
+        Some(after) => {
+            names.retain(|name| name.as_str() > after);
+            names.truncate(MAX_LIST_ENTRIES);
+        }
     }
-    Ok((Response::listing(names), None))
+    names
 }
 
 /// Opens the file under the validator's lock; it is sent after the lock is
 /// released (stored files never change, and an open file outlives its
 /// removal by retention).
-async fn get(store: &Store, validator: &str, file: &str) -> Outcome {
-    let (dir, lock) = store.validator(validator)?;
-    check_name(file)?;
+async fn get(store: &Store, validator: &str, file: &str, kind: ObjectKind) -> Outcome {
+    let (dir, lock) = store.validator(validator, kind)?;
+    check_name(file, kind)?;
     let guard = lock.lock().await;
     let name = file.to_owned();
-    let payload = blocking(move || open_file(&dir, &name)).await?;
+    let payload = blocking(move || open_file(&dir, &name, max_payload_bytes(kind))).await?;
     drop(guard);
     Ok((Response::payload(payload.bytes), Some(payload)))
 }
 
-fn open_file(dir: &Path, name: &str) -> Result<Payload, Failure> {
+fn open_file(dir: &Path, name: &str, limit: usize) -> Result<Payload, Failure> {
     let path = dir.join(name);
     let not_found = || failure(ErrorKind::NotFound, format!("{name} is not stored here"));
     let file = match fs::File::open(&path) {
@@ -862,7 +1057,7 @@ fn open_file(dir: &Path, name: &str) -> Result<Payload, Failure> {
     if !metadata.is_file() {
         return Err(not_found());
     }
-    if metadata.len() > MAX_PAYLOAD_BYTES as u64 {
+    if metadata.len() > limit as u64 {
         return Err(failure(
             ErrorKind::TooLarge,
             format!("{name} is {} bytes, over the limit", metadata.len()),
@@ -874,9 +1069,9 @@ fn open_file(dir: &Path, name: &str) -> Result<Payload, Failure> {
     })
 }
 
-async fn remove(store: &Store, validator: &str, file: &str) -> Outcome {
-    let (dir, lock) = store.validator(validator)?;
-    check_name(file)?;
+async fn remove(store: &Store, validator: &str, file: &str, kind: ObjectKind) -> Outcome {
+    let (dir, lock) = store.validator(validator, kind)?;
+    check_name(file, kind)?;
     let _guard = lock.lock().await;
     let name = file.to_owned();
     blocking(move || {
@@ -901,6 +1096,89 @@ async fn remove(store: &Store, validator: &str, file: &str) -> Outcome {
         sync_dir(&dir)
     })
     .await?;
-    tracing::info!(validator, file, "backup removed on request");
+    tracing::info!(validator, %kind, file, "object removed on request");
     Ok((Response::ok(), None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, size: u64, seconds: u64) -> Entry {
+        Entry {
+            modified: SystemTime::UNIX_EPOCH + Duration::from_secs(seconds),
+            name: name.into(),
+            size,
+        }
+    }
+
+    #[test]
+    fn log_retention_removes_whole_segments_oldest_first() {
+        let options = LogStoreOptions {
+            quota_bytes: 1000,
+            max_age: Duration::from_secs(100),
+            archive_users: Vec::new(),
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(150);
+        let existing = [
+            entry("log-h-00000000000000000001.age", 300, 60),
+            entry("log-h-00000000000000000001.sig", 10, 61),
+            entry("log-h-00000000000000000002.age", 300, 70),
+            entry("log-h-00000000000000000002.sig", 10, 71),
+            entry("log-h-00000000000000000003.age", 300, 80),
+            entry("log-h-00000000000000000003.sig", 10, 81),
+        ];
+        // (incoming bytes, max age, removed)
+        let rows: &[(u64, u64, &[&str])] = &[
+            (10, 100, &[]),
+            (70, 100, &[]),
+            (71, 100, &["1.age", "1.sig"]),
+            (400, 100, &["1.age", "1.sig", "2.age", "2.sig"]),
+            (10, 85, &["1.age", "1.sig"]),
+            (
+                1000,
+                100,
+                &["1.age", "1.sig", "2.age", "2.sig", "3.age", "3.sig"],
+            ),
+        ];
+        for (incoming, max_age, removed) in rows {
+            let options = LogStoreOptions {
+                max_age: Duration::from_secs(*max_age),
+                ..options.clone()
+            };
+            let victims = log_victims(&existing, *incoming, &options, now);
+            let expected: Vec<String> = removed
+                .iter()
+                .map(|tail| format!("log-h-0000000000000000000{tail}"))
+                .collect();
+            assert_eq!(victims, expected, "incoming {incoming}, max age {max_age}");
+        }
+    }
+
+    #[test]
+    fn listings_page_after_a_name_or_keep_the_newest() {
+        let names: Vec<String> = (0..MAX_LIST_ENTRIES + 10)
+            .map(|index| format!("f{index:06}"))
+            .collect();
+        let newest = listing_page(names.clone(), None);
+        assert_eq!(newest.len(), MAX_LIST_ENTRIES);
+        assert_eq!(newest[0], "f000010");
+        let first = listing_page(names.clone(), Some(""));
+        assert_eq!(first.len(), MAX_LIST_ENTRIES);
+        assert_eq!(first[0], "f000000");
+        let rest = listing_page(names, Some(first.last().unwrap()));
+        assert_eq!(rest.len(), 10);
+        assert_eq!(rest[0], format!("f{:06}", MAX_LIST_ENTRIES));
+    }
+
+    #[test]
+    fn log_objects_must_have_segment_names() {
+        assert!(check_name("log-h-00000000000000000001.age", ObjectKind::Log).is_ok());
+        assert!(check_name("log-h-00000000000000000001.sig", ObjectKind::Log).is_ok());
+        for bad in ["backup-x.age", "log-h-1.age", "notes.txt"] {
+            let refusal = check_name(bad, ObjectKind::Log).unwrap_err();
+            assert_eq!(refusal.kind, ErrorKind::InvalidName, "{bad}");
+        }
+        assert!(check_name("backup-x.age", ObjectKind::Backup).is_ok());
+    }
 }

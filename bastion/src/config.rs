@@ -15,6 +15,10 @@
 //! max-connections = 64
 //! max-connections-per-validator = 4
 //!
+//! [logs]             # the validators' log segments (docs/log-format.md)
+//! quota-bytes = 1073741824
+//! max-age = "30d"
+//!
 //! [health]
 //! interval = "10s"
 //! timeout = "3s"
@@ -86,6 +90,16 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_VALIDATOR: usize = 4;
 /// to the store only once it holds the first request, so a legitimate
 /// header arrives at once.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default size cap of one validator's log segments: 1 GiB.
+pub const DEFAULT_LOG_QUOTA_BYTES: u64 = 1024 * 1024 * 1024;
+/// Default age after which log segments are removed: 30 days.
+pub const DEFAULT_LOG_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Bounds of `logs.max-age`.
+const LOG_MAX_AGE_RANGE: (Duration, Duration) = (
+    Duration::from_secs(60),
+    Duration::from_secs(10 * 365 * 24 * 3600),
+);
 
 /// Default time between two probes of one validator.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
@@ -179,6 +193,9 @@ struct RawConfig {
     /// Tunables of the backup store.
     #[serde(default)]
     backups: RawBackups,
+    /// Quota and retention of the validators' log segments.
+    #[serde(default)]
+    logs: RawLogs,
     /// Health checks of the validators.
     #[serde(default)]
     health: RawHealth,
@@ -222,6 +239,42 @@ struct RawBackups {
     header_timeout: Option<String>,
     max_connections: Option<usize>,
     max_connections_per_validator: Option<usize>,
+}
+
+/// `[logs]`: see [`LogStoreOptions`] for the meaning and defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLogs {
+    quota_bytes: Option<u64>,
+    max_age: Option<String>,
+    archive_users: Option<Vec<String>>,
+}
+
+/// Retention of the log segments (objects of kind `log`), per validator:
+/// the `[logs]` table, defaults filled in. Logs are a ring, not a record:
+/// a new segment that would pass the quota removes the oldest ones (and
+/// their signatures) instead of being refused, and segments older than
+/// `max_age` go too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogStoreOptions {
+    /// Bytes of log objects kept per validator (default 1 GiB).
+    pub quota_bytes: u64,
+    /// Log objects older than this (by arrival) are removed (default 30 days).
+    pub max_age: Duration,
+    /// Accounts (names or uids) the store also serves, for `list` and `get`
+    /// of log objects only: the operators' account that `rpc-relay` runs as
+    /// in the separate-users layout (default none). Resolved at start.
+    pub archive_users: Vec<String>,
+}
+
+impl Default for LogStoreOptions {
+    fn default() -> Self {
+        LogStoreOptions {
+            quota_bytes: DEFAULT_LOG_QUOTA_BYTES,
+            max_age: DEFAULT_LOG_MAX_AGE,
+            archive_users: Vec::new(),
+        }
+    }
 }
 
 /// `[health]`: see [`HealthCheckOptions`] for the meaning and defaults.
@@ -328,6 +381,8 @@ pub struct BastionConfig {
     pub tunnel_user: Option<String>,
     /// `[backups]`, defaults filled in.
     pub backups: BackupStoreOptions,
+    /// `[logs]`, defaults filled in.
+    pub logs: LogStoreOptions,
     /// `[health]`, defaults filled in.
     pub health: HealthCheckOptions,
     /// `[client]`: how the bastion logs in to the supervisors' RPC.
@@ -451,6 +506,9 @@ impl BastionConfig {
              backups.idle-timeout:    {}\n\
              backups.header-timeout:  {}\n\
              backups.max-connections: {} ({} per validator)\n\
+             logs.quota-bytes:        {}\n\
+             logs.max-age:            {}\n\
+             logs.archive-users:      {}\n\
              health.interval:         {}\n\
              health.timeout:          {}\n",
             self.listen_socket.display(),
@@ -462,6 +520,13 @@ impl BastionConfig {
             duration(self.backups.header_timeout),
             self.backups.max_connections,
             self.backups.max_connections_per_validator,
+            self.logs.quota_bytes,
+            duration(self.logs.max_age),
+            if self.logs.archive_users.is_empty() {
+                "none".to_string()
+            } else {
+                self.logs.archive_users.join(", ")
+            },
             duration(self.health.interval),
             duration(self.health.timeout),
         );
@@ -678,6 +743,43 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
         ..backups
     };
 
+    let log_defaults = LogStoreOptions::default();
+    let logs = LogStoreOptions {
+        quota_bytes: match raw.logs.quota_bytes {
+            Some(quota) if quota < palisade_wire::backup_store::MAX_LOG_PAYLOAD_BYTES as u64 => {
+                report(
+                    "logs.quota-bytes".into(),
+                    format!(
+                        "{quota} must be at least {} (one segment)",
+                        palisade_wire::backup_store::MAX_LOG_PAYLOAD_BYTES
+                    ),
+                );
+                log_defaults.quota_bytes
+            }
+            Some(quota) => quota,
+            None => log_defaults.quota_bytes,
+        },
+        max_age: duration(
+            &mut report,
+            "logs.max-age",
+            raw.logs.max_age.as_deref(),
+            log_defaults.max_age,
+            LOG_MAX_AGE_RANGE,
+        ),
+        archive_users: raw.logs.archive_users.unwrap_or_default(),
+    };
+    for user in &logs.archive_users {
+        if let Some(reason) = user_name_problem(user) {
+            report("logs.archive-users".into(), reason);
+        }
+        if raw.tunnel_user.as_deref() == Some(user.as_str()) {
+            report(
+                "logs.archive-users".into(),
+                format!("{user:?} is the tunnel-user, which the store serves fully already"),
+            );
+        }
+    }
+
     let defaults = HealthCheckOptions::default();
     let interval = duration(
         &mut report,
@@ -870,6 +972,7 @@ fn validate(raw: RawConfig, key_file: KeyFile) -> Result<BastionConfig, Vec<Issu
             status_file,
             tunnel_user: raw.tunnel_user,
             backups,
+            logs,
             health,
             client,
             alerts,
@@ -1078,6 +1181,45 @@ socket = "/run/palisade-bastion/val-b.sock"
             "{}",
             config.summary()
         );
+    }
+
+    #[test]
+    fn logs_table_has_defaults_and_bad_values_are_named() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.logs, LogStoreOptions::default());
+        assert_eq!(config.logs.quota_bytes, 1024 * 1024 * 1024);
+        assert!(config.summary().contains("logs.max-age:            30days"));
+        let good = GOOD.replacen(
+            "\n[[validator]]",
+            "\n[logs]\nquota-bytes = 5000000\nmax-age = \"2h\"\narchive-users = [\"palisade-ops\"]\n\n[[validator]]",
+            1,
+        );
+        let config = parse(&good).unwrap();
+        assert_eq!(
+            config.logs,
+            LogStoreOptions {
+                quota_bytes: 5_000_000,
+                max_age: Duration::from_secs(7200),
+                archive_users: vec!["palisade-ops".into()],
+            }
+        );
+        let bad = GOOD.replacen(
+            "\n[[validator]]",
+            "\n[logs]\nquota-bytes = 10\nmax-age = \"1s\"\nkeep = 3\n\n[[validator]]",
+            1,
+        );
+        let error = parse(&bad).unwrap_err().to_string();
+        assert!(error.contains("keep"), "{error}");
+        let bad = GOOD.replacen(
+            "\n[[validator]]",
+            "\n[logs]\nquota-bytes = 10\nmax-age = \"1s\"\narchive-users = [\"a b\"]\n\n[[validator]]",
+            1,
+        );
+        let error = parse(&bad).unwrap_err().to_string();
+        assert!(error.contains("logs.quota-bytes"), "{error}");
+        assert!(error.contains("must be at least"), "{error}");
+        assert!(error.contains("logs.max-age"), "{error}");
+        assert!(error.contains("logs.archive-users"), "{error}");
     }
 
     const PIN: &str = "sha256:3f2a00000000000000000000000000000000000000000000000000000000beef";

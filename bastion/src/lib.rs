@@ -104,7 +104,15 @@ keys have no forwarding at all (`restrict`), only the forced command
 `palisade-bastion rpc-relay`, which sshd runs for every session: it connects
 the session to the socket of the configured validator the client names
 (`palisade-rpc NAME`). The bytes are relayed unread: TLS with the pinned
-certificate and the operator's login run end to end.
+certificate and the operator's login run end to end. The same command serves
+`palisade-log-archive NAME` (`palisade-ctl logs --archive`): list and get of
+that validator's log segments, nothing else.
+
+The store keeps the validators' log segments too (objects of kind `log`,
+docs/log-format.md): signed by the validator, age-encrypted to its operators,
+in backup-dir/<validator>/logs/ with their own ring retention ([logs]
+quota-bytes, max-age). `[logs] archive-users` names the operators' account,
+which the store then serves log reads only.
 
 Accounts (docs/bastion.md, \"Install\"): the validators' keys log in as the
 tunnel user (palisade-tunnel), the operators' keys as another account
@@ -129,10 +137,10 @@ a bastion may read status, never command, and never sees a secret.
 
 Status of this release: `run` (backup store + health checks), `status`,
 `serve-backups` (the backup store alone), `backup-session`, `rpc-relay`,
-`call`, `check-config` and `version` work. With an [alerts] table, `run`
-sends the health checks' alerts itself (Slack, Discord, Telegram, PagerDuty,
-webhooks: docs/alerts.md), and with [metrics] it serves Prometheus metrics
-(docs/metrics.md). Log relay is planned.";
+`call`, `check-config` and `version` work; the store keeps log segments too
+(docs/log-format.md). With an [alerts] table, `run` sends the health checks'
+alerts itself (Slack, Discord, Telegram, PagerDuty, webhooks: docs/alerts.md),
+and with [metrics] it serves Prometheus metrics (docs/metrics.md).";
 
 const AFTER_HELP: &str = "Daemon:
   palisade-bastion run --config FILE
@@ -273,6 +281,12 @@ ways, unread: the supervisor's greeting, then TLS with the pinned
 certificate and the operator's login, end to end. End of stdin half-closes
 the socket; the session ends when the validator's side closes. Relayed bytes
 are never logged.
+
+`palisade-log-archive NAME` (palisade-ctl logs --archive) is checked by the
+same rules and runs a read-only session to the backup store instead: list
+and get of that validator's log segments (kind `log`), nothing else. The
+account must then be able to reach listen-socket, and in the separate-users
+layout be named in [logs] archive-users.
 
 Why not a direct-streamlocal channel: OpenSSH shares one permission list
 between direct-tcpip and direct-streamlocal, so a key that may forward to the

@@ -21,8 +21,10 @@ use prometheus_client::registry::Registry;
 use crate::backup_store::SessionCounts;
 use crate::health_state::State;
 
-/// The `kind` label of the backup store's objects (logs come later).
+/// The `kind` label of the backup store's backups.
 pub const KIND_BACKUP: &str = "backup";
+/// The `kind` label of its log segments (and their signatures).
+pub const KIND_LOG: &str = "log";
 
 /// Each validator's latest health state, by configuration index.
 #[derive(Debug)]
@@ -127,13 +129,14 @@ impl Collector for BastionCollector {
         let mut bytes: Vec<Sample<i64>> = Vec::new();
         let mut objects: Vec<Sample<i64>> = Vec::new();
         for validator in &self.validators {
-            let labels = vec![
-                ("validator", validator.clone()),
-                ("kind", KIND_BACKUP.to_string()),
-            ];
-            if let Ok((size, count)) = store_usage(&self.backup_dir.join(validator)) {
-                bytes.push((labels.clone(), i64::try_from(size).unwrap_or(i64::MAX)));
-                objects.push((labels, i64::try_from(count).unwrap_or(i64::MAX)));
+            let backups = self.backup_dir.join(validator);
+            let logs = backups.join(crate::backup_store::LOG_DIR_NAME);
+            for (kind, dir) in [(KIND_BACKUP, backups), (KIND_LOG, logs)] {
+                let labels = vec![("validator", validator.clone()), ("kind", kind.to_string())];
+                if let Ok((size, count)) = store_usage(&dir) {
+                    bytes.push((labels.clone(), i64::try_from(size).unwrap_or(i64::MAX)));
+                    objects.push((labels, i64::try_from(count).unwrap_or(i64::MAX)));
+                }
             }
         }
         encode_gauge(

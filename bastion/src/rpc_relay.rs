@@ -41,6 +41,16 @@
 //!   ([`palisade_wire::rpc::MAX_GREETING_BYTES`]).
 //! - Once relaying has begun stdout is the supervisor's: a failure then
 //!   (a broken pipe, a reset) goes to stderr only, exit 1.
+//!
+//! The same key may read the validator's **log archive**: the command
+//! [`LOG_ARCHIVE_WORD`]` VALIDATOR` (`palisade-ctl logs --archive`), checked
+//! by the same rules, runs a read-only store session instead
+//! ([`crate::backup_session::run_log_archive`]: `list` and `get` of that
+//! validator's log segments, nothing else). The segments are signed and
+//! encrypted to the operators, so the bastion serves ciphertext it cannot
+//! read. The store must let this account connect: the one-account layout,
+//! or, with `tunnel-user`, an operators' account given access
+//! (docs/bastion.md).
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -64,6 +74,19 @@ pub const ORIGINAL_COMMAND_VAR: &str = "SSH_ORIGINAL_COMMAND";
 /// The first word of the command a client sends: `palisade-rpc VALIDATOR`
 /// (the client's side: [`palisade_client::relay_command`]).
 pub const COMMAND_WORD: &str = palisade_client::RELAY_COMMAND;
+
+/// The first word of a log archive request: `palisade-log-archive
+/// VALIDATOR` ([`palisade_client::log_archive_command`]).
+pub const LOG_ARCHIVE_WORD: &str = palisade_client::LOG_ARCHIVE_COMMAND;
+
+/// What the client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    /// The supervisor's control socket.
+    Rpc,
+    /// The validator's log segments, read-only.
+    LogArchive,
+}
 
 /// How the one refusal line on stdout starts (the client shows such a line
 /// as the error).
@@ -101,7 +124,7 @@ impl fmt::Display for RelayFailure {
 /// (empty: every configured validator). `Ok` means exit 0.
 pub fn run(config_path: &Path, allowed: &[String]) -> Result<(), RelayFailure> {
     let original = std::env::var_os(ORIGINAL_COMMAND_VAR);
-    let name = requested_validator(original.as_deref()).map_err(refuse)?;
+    let (service, name) = requested_validator(original.as_deref()).map_err(refuse)?;
     let config = BastionConfig::load_skipping_key(config_path).map_err(|error| {
         // A configuration error may span lines; the refusal is one.
         let text = error.to_string();
@@ -116,6 +139,10 @@ pub fn run(config_path: &Path, allowed: &[String]) -> Result<(), RelayFailure> {
         ))
     })?;
     let validator = choose(&config, allowed, &name).map_err(refuse)?;
+    if service == Service::LogArchive {
+        return crate::backup_session::run_log_archive(config_path, &validator.name)
+            .map_err(|error| RelayFailure::Broken(format!("log archive: {error:#}")));
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -141,7 +168,7 @@ pub fn run(config_path: &Path, allowed: &[String]) -> Result<(), RelayFailure> {
 
 /// The validator named by the client's command, which must be
 /// `palisade-rpc NAME`; `Err` is the refusal's message.
-fn requested_validator(original: Option<&OsStr>) -> Result<String, String> {
+fn requested_validator(original: Option<&OsStr>) -> Result<(Service, String), String> {
     let Some(original) = original else {
         return Err(format!(
             "{ORIGINAL_COMMAND_VAR} is not set: rpc-relay is the forced command of an \
@@ -151,9 +178,10 @@ fn requested_validator(original: Option<&OsStr>) -> Result<String, String> {
     };
     let original = original.to_string_lossy();
     match original.split_ascii_whitespace().collect::<Vec<_>>()[..] {
-        [COMMAND_WORD, name] => Ok(name.to_owned()),
+        [COMMAND_WORD, name] => Ok((Service::Rpc, name.to_owned())),
+        [LOG_ARCHIVE_WORD, name] => Ok((Service::LogArchive, name.to_owned())),
         _ => Err(format!(
-            "expected the command \"{COMMAND_WORD} VALIDATOR\", got {}",
+            "expected the command \"{COMMAND_WORD} VALIDATOR\" or \"{LOG_ARCHIVE_WORD} VALIDATOR\", got {}",
             quoted(&original)
         )),
     }
@@ -326,19 +354,33 @@ mod tests {
     #[test]
     fn the_command_is_palisade_rpc_and_a_name() {
         let ok = |text: &str| requested_validator(Some(OsStr::new(text)));
-        assert_eq!(ok("palisade-rpc val-a").unwrap(), "val-a");
-        assert_eq!(ok("  palisade-rpc\tval-a \n").unwrap(), "val-a");
+        assert_eq!(
+            ok("palisade-rpc val-a").unwrap(),
+            (Service::Rpc, "val-a".into())
+        );
+        assert_eq!(
+            ok("  palisade-rpc\tval-a \n").unwrap(),
+            (Service::Rpc, "val-a".into())
+        );
+        assert_eq!(
+            ok("palisade-log-archive val-a").unwrap(),
+            (Service::LogArchive, "val-a".into())
+        );
         for bad in [
             "",
             "ls -la",
             "palisade-rpc",
             "palisade-rpc val-a extra",
+            "palisade-log-archive",
+            "palisade-log-archive val-a b",
             "PALISADE-RPC val-a",
             "palisade-rpc\u{a0}val-a",
         ] {
             let error = ok(bad).unwrap_err();
             assert!(
-                error.starts_with("expected the command \"palisade-rpc VALIDATOR\", got \""),
+                error.starts_with(
+                    "expected the command \"palisade-rpc VALIDATOR\" or \"palisade-log-archive VALIDATOR\", got \""
+                ),
                 "{bad:?}: {error}"
             );
         }

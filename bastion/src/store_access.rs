@@ -14,6 +14,10 @@
 //!   to run as the tunnel user, and refuses a `backup-dir` or socket
 //!   directory that the tunnel user owns or may rename (a directory on the
 //!   way that it owns or may write without the sticky bit).
+//! - **Log archive readers** (`logs.archive-users`, either layout): the
+//!   operators' account, which `rpc-relay` runs as, may connect too (given
+//!   the socket's group), but is served only `list` and `get` of log
+//!   segments ([`SessionAccess::LogReader`]), whatever its requests say.
 //! - **One account** (`tunnel-user` unset): the daemon runs as the tunnel
 //!   user, the socket is mode 0600, and only this uid and root are served.
 //!   Every key of that account can reach the store through sshd; the start
@@ -26,6 +30,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 
+use palisade_wire::backup_store::{ObjectKind, Request};
+
 use crate::config::BastionConfig;
 
 /// The account the validators' keys log in as, resolved.
@@ -36,11 +42,44 @@ pub struct TunnelAccount {
     pub gid: u32,
 }
 
+/// What a session may ask of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionAccess {
+    /// A validator's own key (`backup-session`): every request about its
+    /// validator.
+    Validator,
+    /// An operator's key through `rpc-relay` (`palisade-log-archive`), or
+    /// an account of `logs.archive-users` at the store: `list` and `get`
+    /// of log segments only.
+    LogReader,
+}
+
+impl SessionAccess {
+    /// Why `request` is refused under this access, or `None`.
+    pub fn refusal(self, request: &Request) -> Option<String> {
+        match self {
+            SessionAccess::Validator => None,
+            SessionAccess::LogReader => {
+                let read = matches!(request, Request::List { .. } | Request::Get { .. });
+                (!read || request.kind() != ObjectKind::Log).then(|| {
+                    format!(
+                        "a log archive session may only list and get log objects, not {} {}",
+                        request.op(),
+                        request.kind()
+                    )
+                })
+            }
+        }
+    }
+}
+
 /// The store's access rule, resolved once at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreAccess {
     own_uid: u32,
     tunnel: Option<TunnelAccount>,
+    /// `logs.archive-users`, resolved: served log reads only.
+    log_readers: Vec<TunnelAccount>,
 }
 
 impl StoreAccess {
@@ -48,6 +87,12 @@ impl StoreAccess {
     /// (see the module documentation). Logs the one-account warning.
     pub fn resolve(config: &BastionConfig) -> anyhow::Result<StoreAccess> {
         let own_uid = nix::unistd::geteuid().as_raw();
+        let log_readers = config
+            .logs
+            .archive_users
+            .iter()
+            .map(|user| lookup(user, "logs.archive-users"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let Some(user) = &config.tunnel_user else {
             tracing::warn!(
                 uid = own_uid,
@@ -60,12 +105,14 @@ impl StoreAccess {
             return Ok(StoreAccess {
                 own_uid,
                 tunnel: None,
+                log_readers,
             });
         };
-        let tunnel = lookup(user)?;
+        let tunnel = lookup(user, "tunnel-user")?;
         let access = StoreAccess {
             own_uid,
             tunnel: Some(tunnel),
+            log_readers,
         };
         access.check_layout(config)?;
         Ok(access)
@@ -73,7 +120,11 @@ impl StoreAccess {
 
     #[cfg(test)]
     fn new(own_uid: u32, tunnel: Option<TunnelAccount>) -> StoreAccess {
-        StoreAccess { own_uid, tunnel }
+        StoreAccess {
+            own_uid,
+            tunnel,
+            log_readers: Vec::new(),
+        }
     }
 
     /// Refuse to run as the tunnel user, and refuse directories it controls.
@@ -129,37 +180,58 @@ impl StoreAccess {
         }
     }
 
-    /// Whether a peer with this uid is served.
+    /// Whether a peer with this uid is served (fully).
     pub fn allows(&self, uid: u32) -> bool {
         uid == 0
             || uid == self.own_uid
             || self.tunnel.as_ref().is_some_and(|tunnel| tunnel.uid == uid)
     }
 
+    /// What a peer with this uid may ask, or `None` when it is not served:
+    /// everything for root, this daemon and the tunnel user; log reads for
+    /// `logs.archive-users`.
+    pub fn session_access(&self, uid: u32) -> Option<SessionAccess> {
+        if self.allows(uid) {
+            Some(SessionAccess::Validator)
+        } else if self.log_readers.iter().any(|reader| reader.uid == uid) {
+            Some(SessionAccess::LogReader)
+        } else {
+            None
+        }
+    }
+
     /// For the start log line.
     pub fn describe(&self) -> String {
-        match &self.tunnel {
+        let mut text = match &self.tunnel {
             None => format!("uid {} and root (one account)", self.own_uid),
             Some(tunnel) => format!(
                 "tunnel user {} (uid {}), uid {} and root",
                 tunnel.name, tunnel.uid, self.own_uid
             ),
+        };
+        for reader in &self.log_readers {
+            text.push_str(&format!(
+                "; log archive reads for {} (uid {})",
+                reader.name, reader.uid
+            ));
         }
+        text
     }
 }
 
-/// Resolve a user name or numeric uid through the passwd database.
-fn lookup(user: &str) -> anyhow::Result<TunnelAccount> {
+/// Resolve a user name or numeric uid (of the setting `key`) through the
+/// passwd database.
+fn lookup(user: &str, key: &str) -> anyhow::Result<TunnelAccount> {
     let found = if user.bytes().all(|byte| byte.is_ascii_digit()) {
-        let uid: u32 = user.parse().context("tunnel-user: not a uid")?;
+        let uid: u32 = user.parse().with_context(|| format!("{key}: not a uid"))?;
         nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
     } else {
         nix::unistd::User::from_name(user)
     }
-    .with_context(|| format!("looking up tunnel-user {user:?}"))?;
+    .with_context(|| format!("looking up {key} {user:?}"))?;
     let Some(found) = found else {
         bail!(
-            "tunnel-user {user:?} has no passwd entry on this host: create it (docs/bastion.md, \
+            "{key} {user:?} has no passwd entry on this host: create it (docs/bastion.md, \
              \"Separate users\") or fix the name"
         );
     };
@@ -217,6 +289,48 @@ mod tests {
             name: "pt-tunnel".into(),
             uid: TUNNEL_UID,
             gid: TUNNEL_GID,
+        }
+    }
+
+    #[test]
+    fn archive_readers_are_served_log_reads_only() {
+        let mut access = StoreAccess::new(1001, Some(tunnel()));
+        access.log_readers.push(TunnelAccount {
+            name: "pt-ops".into(),
+            uid: 64_997,
+            gid: 64_997,
+        });
+        assert_eq!(access.session_access(0), Some(SessionAccess::Validator));
+        assert_eq!(access.session_access(1001), Some(SessionAccess::Validator));
+        assert_eq!(
+            access.session_access(TUNNEL_UID),
+            Some(SessionAccess::Validator)
+        );
+        assert_eq!(
+            access.session_access(64_997),
+            Some(SessionAccess::LogReader)
+        );
+        assert_eq!(access.session_access(1234), None);
+        assert!(!access.allows(64_997));
+        assert!(
+            access
+                .describe()
+                .contains("log archive reads for pt-ops (uid 64997)")
+        );
+        let read =
+            |json: &str| palisade_wire::backup_store::decode_request(json.as_bytes()).unwrap();
+        let reader = SessionAccess::LogReader;
+        assert_eq!(
+            reader.refusal(&read(r#"{"op":"list","validator":"v","kind":"log"}"#)),
+            None
+        );
+        for refused in [
+            r#"{"op":"list","validator":"v"}"#,
+            r#"{"op":"remove","validator":"v","file":"log-h-00000000000000000001.age","kind":"log"}"#,
+            r#"{"op":"put","validator":"v","file":"log-h-00000000000000000001.age","bytes":1,"kind":"log"}"#,
+        ] {
+            assert!(reader.refusal(&read(refused)).is_some(), "{refused}");
+            assert_eq!(SessionAccess::Validator.refusal(&read(refused)), None);
         }
     }
 
@@ -332,9 +446,18 @@ mod tests {
 
     #[test]
     fn an_unknown_tunnel_user_is_a_clear_error() {
-        let error = lookup("no-such-user-palisade").unwrap_err().to_string();
-        assert!(error.contains("has no passwd entry"), "{error}");
-        let root = lookup("0").unwrap();
+        let error = lookup("no-such-user-palisade", "tunnel-user")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tunnel-user \"no-such-user-palisade\" has no passwd entry"),
+            "{error}"
+        );
+        let error = lookup("no-such-user-palisade", "logs.archive-users")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("logs.archive-users"), "{error}");
+        let root = lookup("0", "tunnel-user").unwrap();
         assert_eq!((root.uid, root.name.as_str()), (0, "root"));
     }
 }

@@ -58,10 +58,14 @@ impl Bastion {
     }
 
     /// Names in a validator's backup directory, temporary files included.
+    /// The validator's stored backups (its `logs/` directory of log
+    /// segments is another kind's).
     fn stored(&self, validator: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.backups(validator))
             .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .map(|e| e.unwrap())
+            .filter(|e| !(e.file_name() == "logs" && e.file_type().unwrap().is_dir()))
+            .map(|e| e.file_name().into_string().unwrap())
             .collect();
         names.sort();
         names
@@ -183,6 +187,7 @@ impl Session {
             validator: validator.into(),
             file: file.into(),
             bytes: payload.len() as u64,
+            kind: Default::default(),
         };
         // One write: a relay that refuses the header may exit before a
         // second write would reach it.
@@ -204,6 +209,7 @@ impl Session {
         self.send_raw(&encode_header(&Request::Get {
             validator: validator.into(),
             file: file.into(),
+            kind: Default::default(),
         }));
         let response = self.response();
         if !response.ok {
@@ -218,6 +224,7 @@ impl Session {
         self.send_raw(&encode_header(&Request::Remove {
             validator: validator.into(),
             file: file.into(),
+            kind: Default::default(),
         }));
         self.response()
     }
@@ -345,14 +352,18 @@ fn a_request_for_another_validator_is_refused_and_ends_the_session() {
     let intrusions = [
         Request::List {
             validator: "val-b".into(),
+            kind: Default::default(),
+            after: None,
         },
         Request::Get {
             validator: "val-b".into(),
             file: "real.age".into(),
+            kind: Default::default(),
         },
         Request::Remove {
             validator: "val-b".into(),
             file: "real.age".into(),
+            kind: Default::default(),
         },
     ];
     for request in intrusions {
@@ -428,6 +439,7 @@ fn malformed_and_oversized_frames_are_refused_and_end_the_session() {
             validator: "val-a".into(),
             file: "x.age".into(),
             bytes: bytes as u64,
+            kind: Default::default(),
         })
     };
     let mut wrong_length = put(3);
@@ -488,6 +500,7 @@ fn input_ending_inside_a_request_stores_nothing() {
         validator: "val-a".into(),
         file: "partial.age".into(),
         bytes: 200_000,
+        kind: Default::default(),
     }));
     session.send_raw(&200_000u32.to_be_bytes());
     session.send_raw(&vec![7u8; 100_000]);
@@ -506,6 +519,7 @@ fn input_ending_inside_a_request_stores_nothing() {
         validator: "val-a".into(),
         file: "partial.age".into(),
         bytes: 10,
+        kind: Default::default(),
     });
     for cut in [&header[..2], &header[..header.len() - 1], &header[..]] {
         let mut session = bastion.session("val-a");
@@ -569,6 +583,7 @@ fn a_client_that_stops_reading_is_cut_off_by_the_relay() {
         .write_all(&encode_header(&Request::Get {
             validator: "val-a".into(),
             file: "big.age".into(),
+            kind: Default::default(),
         }))
         .unwrap();
     let status = loop {
@@ -641,6 +656,7 @@ fn one_validator_holding_every_connection_it_can_does_not_starve_another() {
             client.send_raw(&encode_header(&Request::Get {
                 validator: "val-a".into(),
                 file: "big.age".into(),
+                kind: Default::default(),
             }));
             client
         })

@@ -242,14 +242,18 @@ fn refusals_are_one_line_on_stdout_and_connect_nowhere() {
             args: &[],
             original: Some("ls -la"),
             listening: true,
-            expected: &["expected the command \"palisade-rpc VALIDATOR\", got \"ls -la\""],
+            expected: &[
+                "expected the command \"palisade-rpc VALIDATOR\" or \"palisade-log-archive VALIDATOR\", got \"ls -la\"",
+            ],
         },
         Row {
             what: "no validator",
             args: &[],
             original: Some("palisade-rpc"),
             listening: true,
-            expected: &["expected the command \"palisade-rpc VALIDATOR\", got \"palisade-rpc\""],
+            expected: &[
+                "expected the command \"palisade-rpc VALIDATOR\" or \"palisade-log-archive VALIDATOR\", got \"palisade-rpc\"",
+            ],
         },
         Row {
             what: "three words",
@@ -257,7 +261,7 @@ fn refusals_are_one_line_on_stdout_and_connect_nowhere() {
             original: Some("palisade-rpc val-a val-b"),
             listening: true,
             expected: &[
-                "expected the command \"palisade-rpc VALIDATOR\", got \"palisade-rpc val-a val-b\"",
+                "expected the command \"palisade-rpc VALIDATOR\" or \"palisade-log-archive VALIDATOR\", got \"palisade-rpc val-a val-b\"",
             ],
         },
         Row {

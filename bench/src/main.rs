@@ -53,6 +53,11 @@
 //! - `eip_rotation_s` (target 5): `palisade-ctl eip rotate` against moto on loopback, until
 //!   the tunnel is up on the new address (see [`eip`]).
 //!
+//! - `log_ship_lines_per_s` (goal ≥ 100000), `log_ship_missed_blocks`
+//!   (target 0): `simd` floods its stdout while the supervisor ships it
+//!   (`[logs]`) to a real sshd + `palisade-bastion` store (see [`logs`]).
+//!   `--only log_ship` selects both.
+//!
 //! Each benchmark that succeeds appends one JSON object per line
 //! ([`palisade_wire::bench::BenchResult`]) to `target/bench/results.jsonl` in
 //! the workspace root (or `--out`); a failed benchmark writes nothing, the
@@ -64,6 +69,7 @@ mod failover;
 mod fixture;
 mod genesis;
 mod idle;
+mod logs;
 mod metrics;
 mod rpc;
 mod shaping;
@@ -110,7 +116,7 @@ const METRICS_SCRAPE_P50: &str = "metrics_scrape_ms_p50";
 const METRICS_SCRAPE_P99: &str = "metrics_scrape_ms_p99";
 
 /// Every benchmark, in the order they run.
-const ALL: [&str; 30] = [
+const ALL: [&str; 32] = [
     UPGRADE_SWITCH,
     BACKUP_REFLINK,
     BACKUP_COPY,
@@ -141,6 +147,8 @@ const ALL: [&str; 30] = [
     EIP_ROTATION,
     METRICS_SCRAPE_P50,
     METRICS_SCRAPE_P99,
+    logs::LINES_PER_S,
+    logs::MISSED_BLOCKS,
 ];
 
 const LONG_ABOUT: &str = "\
@@ -270,6 +278,18 @@ Benchmarks (stable names):
       warm-up and 1000 timed GET /metrics as Prometheus asks (OpenMetrics),
       each on a new connection, from connect to the last byte: the render of
       every supervisor metric (docs/metrics.md). `--only metrics_scrape_ms`
+      selects both.
+
+  log_ship_lines_per_s (goal >= 100000), log_ship_missed_blocks (target 0)
+      Chain with 400 ms blocks whose simd floods stdout ([simchain]
+      log_flood); the supervisor with a vault (unattended unlock) and [logs]
+      ships to a real OpenSSH sshd on 127.0.0.1 whose forced command is
+      `palisade-bastion backup-session`, into a real `palisade-bastion
+      serve-backups` store (palisade-bastion must sit next to this
+      executable). Once the validator signs, the segments arriving in the
+      store during 20 s are counted: lines per second from their signed
+      metadata (JSON lines, zstd, age, ed25519, spooled, shipped), and the
+      validator's missed blocks over the same heights. `--only log_ship`
       selects both.
 
 Each successful benchmark appends one JSON line
@@ -406,7 +426,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         || wants(CHAOS_DOUBLE_SIGNS)
         || wants(EIP_ROTATION)
         || wants(METRICS_SCRAPE_P50)
-        || wants(METRICS_SCRAPE_P99);
+        || wants(METRICS_SCRAPE_P99)
+        || wants(logs::LINES_PER_S)
+        || wants(logs::MISSED_BLOCKS);
     let bins = if needs_binaries {
         Some(Binaries::locate()?)
     } else {
@@ -530,6 +552,29 @@ fn run(args: Args) -> anyhow::Result<bool> {
             Err(error) => {
                 let message = format!("{error:#}");
                 for name in votes::NAMES {
+                    if wants(name) {
+                        record(Err(anyhow::anyhow!("{message}")), name);
+                    }
+                }
+            }
+        }
+    }
+
+    let log_names = [logs::LINES_PER_S, logs::MISSED_BLOCKS];
+    if let (true, Some(bins)) = (log_names.iter().any(|name| wants(name)), &bins) {
+        eprintln!("palisade-bench: running {}", log_names.join(" / "));
+        match logs::run(bins) {
+            Ok((lines, missed)) => {
+                if wants(logs::LINES_PER_S) {
+                    record(Ok(lines), logs::LINES_PER_S);
+                }
+                if wants(logs::MISSED_BLOCKS) {
+                    record(Ok(missed), logs::MISSED_BLOCKS);
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for name in log_names {
                     if wants(name) {
                         record(Err(anyhow::anyhow!("{message}")), name);
                     }

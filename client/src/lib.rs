@@ -280,6 +280,16 @@ pub fn relay_command(validator: &str) -> String {
 /// The first word of [`relay_command`].
 pub const RELAY_COMMAND: &str = "palisade-rpc";
 
+/// The command a client asks sshd to run to read `validator`'s log
+/// segments through `palisade-bastion rpc-relay` (read-only; the session
+/// then speaks `palisade_wire::backup_store`).
+pub fn log_archive_command(validator: &str) -> String {
+    format!("{LOG_ARCHIVE_COMMAND} {validator}")
+}
+
+/// The first word of [`log_archive_command`].
+pub const LOG_ARCHIVE_COMMAND: &str = "palisade-log-archive";
+
 /// How `palisade-bastion rpc-relay` starts the one line it writes when it
 /// refuses (instead of the supervisor's greeting).
 pub const RELAY_REFUSAL_PREFIX: &str = "palisade-bastion: ";

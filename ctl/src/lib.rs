@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub(crate) mod config;
+pub mod log_archive;
 pub(crate) mod records;
 pub(crate) mod render;
 pub(crate) mod shell;
@@ -147,6 +148,26 @@ Config file (--config FILE, $PALISADE_CTL_CONFIG, default
 
 Output: a short readable rendering, or with --json the call's raw `result`
 as JSON (stable for scripts). Errors go to stderr.";
+
+const LOGS_AFTER_HELP: &str =
+    "Without --archive: the supervisor's `logs.tail` (the last lines it holds
+in memory). With --archive: the log segments the supervisor shipped to the
+bastions ([logs], docs/log-format.md), read through --via's bastion (its
+rpc-relay serves `palisade-log-archive VALIDATOR`: list and get of that
+validator's log segments only) or from --from-dir DIR.
+
+Every segment's signature is checked with the pinned --signer key before
+anything is decrypted; a segment that is unsigned, forged, renamed,
+truncated or altered is refused with a line on stderr naming it, the others
+are printed, and the command exits 1 saying how many were refused. Lines
+are printed as stored (JSON lines by default); --json wraps text lines as
+{\"line\": …}. A summary goes to stderr.
+
+Examples:
+  palisade-ctl --via ops@b1.example.com --validator val-a logs --archive \\
+      --identity ~/.config/palisade/age.key --signer ~/val-a-tunnel.pub --since 2h
+  palisade-ctl --validator val-a logs --archive --from-dir ./logs \\
+      --identity age.key --signer 'ssh-ed25519 AAAA…' --grep 'ERR|WRN'";
 
 const AFTER_HELP: &str = "Exit codes:
   0  ok
@@ -318,11 +339,15 @@ pub enum Command {
     Status,
     /// Whether everything is fine; exits 1 when there are problems.
     Health,
-    /// Recent daemon and supervisor log lines.
+    /// Recent daemon and supervisor log lines; with --archive, the
+    /// shipped, encrypted log segments (verified, decrypted, filtered).
+    #[command(after_help = LOGS_AFTER_HELP)]
     Logs {
-        /// How many lines (1-1000).
+        /// How many lines (1-1000); not with --archive.
         #[arg(long, default_value_t = palisade_wire::rpc::params::DEFAULT_TAIL_LINES)]
         lines: u64,
+        #[command(flatten)]
+        archive: log_archive::ArchiveArgs,
     },
     /// Tunnels per bastion: connected since, last error, bytes, reconnects.
     Tunnels,
@@ -637,15 +662,19 @@ pub enum Error {
     /// Connecting or calling failed, and there is something to do about
     /// it: said after the error.
     Advised(CallError, &'static str),
+    /// `logs --archive` refused this many segments (each named on stderr).
+    SegmentsRefused(usize),
 }
 
 impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Records(_) | Error::Output(_) | Error::Unhealthy | Error::NotConfirmed(_) => {
-                exit_code::CALL
-            }
+            Error::Records(_)
+            | Error::Output(_)
+            | Error::Unhealthy
+            | Error::NotConfirmed(_)
+            | Error::SegmentsRefused(_) => exit_code::CALL,
             Error::Config(_) | Error::Usage(_) => exit_code::USAGE,
             Error::Call(error) | Error::Advised(error, _) => exit_code::for_failure(error.kind()),
         }
@@ -659,6 +688,10 @@ impl fmt::Display for Error {
             Error::Output(message) | Error::Usage(message) | Error::NotConfirmed(message) => {
                 write!(f, "{message}")
             }
+            Error::SegmentsRefused(count) => write!(
+                f,
+                "{count} log segment(s) refused (each named above): not trustworthy as stored"
+            ),
             Error::Config(error) => write!(f, "{error}"),
             Error::Call(error) => write!(f, "{error}"),
             Error::Advised(error, advice) => write!(f, "{error}\n{advice}"),
@@ -706,7 +739,7 @@ pub fn planned_call(command: &Command) -> Result<Option<PlannedCall>, Error> {
         Command::Upgrades { home: None } => typed_call::<methods::UpgradeList>(NoParams),
         Command::Status => typed_call::<methods::Status>(NoParams),
         Command::Health => typed_call::<methods::Health>(NoParams),
-        Command::Logs { lines } => typed_call::<methods::LogsTail>(LogsTailParams {
+        Command::Logs { lines, .. } => typed_call::<methods::LogsTail>(LogsTailParams {
             lines: Some(*lines),
         }),
         Command::Tunnels => typed_call::<methods::TunnelList>(NoParams),
@@ -829,6 +862,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     if let Command::ShutdownHost { yes } = cli.command {
         return shutdown_host::run(&cli.connection, yes, cli.json);
     }
+    if let Command::Logs { archive, .. } = &cli.command
+        && archive.archive
+    {
+        return log_archive::run(&cli.connection, archive, cli.json);
+    }
     let Some(call) = run_local(&cli.command, cli.json)? else {
         return Ok(());
     };
@@ -866,6 +904,11 @@ pub fn run_local(command: &Command, json: bool) -> Result<Option<PlannedCall>, E
         Command::Shell(_) => Err(Error::Usage("the shell does not nest".into())),
         Command::ShutdownHost { .. } => Err(Error::Usage(
             "shutdown-host confirms in two steps: run `palisade-ctl shutdown-host`".into(),
+        )),
+        Command::Logs { archive, .. } if archive.archive => Err(Error::Usage(
+            "logs --archive reads the bastion's store, not the supervisor: run \
+             `palisade-ctl logs --archive …` on its own"
+                .into(),
         )),
         _ => planned_call(command),
     }
@@ -933,6 +976,24 @@ fn advised(method: &str, error: CallError) -> Error {
 
 /// Resolve flags over the config file into how to connect.
 pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
+    connect_options_for(args, Purpose::Rpc)
+}
+
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The supervisor's control RPC (TLS with the pinned certificate).
+    Rpc,
+    /// A bastion's log archive (`logs --archive`): SSH only; the segments
+    /// carry their own signatures, so no pin and no operator login.
+    LogArchive,
+}
+
+/// As [`connect_options`], for `purpose`.
+pub fn connect_options_for(
+    args: &ConnectionArgs,
+    purpose: Purpose,
+) -> Result<ConnectOptions, Error> {
     let (config_path, required) = match &args.config {
         Some(path) => (Some(path.clone()), true),
         None => (config::default_path(), false),
@@ -995,7 +1056,7 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
                 ));
             }
         };
-        if pin.is_none() {
+        if pin.is_none() && purpose == Purpose::Rpc {
             return Err(Error::Usage(
                 "--via always runs TLS to the supervisor: pin its certificate with --pin \
                  sha256:… or `pin` in the config (printed by `palisade-supervisor init-rpc`)"
@@ -1069,6 +1130,7 @@ pub fn connect_options(args: &ConnectionArgs) -> Result<ConnectOptions, Error> {
         })
         .collect::<Result<Vec<u32>, Error>>()?;
     let operator = match (name, key) {
+        _ if purpose == Purpose::LogArchive => None,
         (Some(name), Some(key)) => Some(OperatorKey::load_or_agent(&name, &key)?),
         (Some(_), None) => return Err(Error::Usage("--operator needs --key".into())),
         (None, Some(_)) => return Err(Error::Usage("--key needs --operator".into())),
@@ -1358,6 +1420,52 @@ mod tests {
             assert_eq!(call.method, *method, "{args:?}");
             assert_eq!(&call.params, params, "{args:?}");
         }
+    }
+
+    #[test]
+    fn logs_archive_options_are_checked_before_anything_runs() {
+        for args in [
+            &["logs", "--since", "2h"][..],
+            &["logs", "--grep", "x"],
+            &["logs", "--archive", "--since", "whenever"],
+            &["logs", "--archive", "--until", "2026-13-01T00:00:00Z"],
+        ] {
+            let error = Cli::try_parse_from(std::iter::once(&"palisade-ctl").chain(args.iter()))
+                .unwrap_err();
+            assert_eq!(error.exit_code(), exit_code::USAGE, "{args:?}");
+        }
+        let cli =
+            Cli::try_parse_from(["palisade-ctl", "logs", "--archive", "--since", "2h"]).unwrap();
+        // In the shell it is refused (it reads the bastion, not the RPC).
+        let error = run_local(&cli.command, false).unwrap_err();
+        assert!(error.to_string().contains("on its own"), "{error}");
+        assert_eq!(error.exit_code(), exit_code::USAGE);
+        // One-shot, missing --identity / --signer / a bad --grep are usage
+        // errors before any connection.
+        let run_args = |extra: &[&str]| {
+            let mut args = vec!["palisade-ctl", "--validator", "v", "logs", "--archive"];
+            args.extend_from_slice(extra);
+            run(Cli::try_parse_from(args).unwrap()).unwrap_err()
+        };
+        let error = run_args(&["--from-dir", "/nonexistent"]);
+        assert!(error.to_string().contains("--identity"), "{error}");
+        let error = run_args(&["--identity", "/nonexistent"]);
+        assert!(error.to_string().contains("--signer"), "{error}");
+        let error = run_args(&[
+            "--identity",
+            "/x",
+            "--signer",
+            "ssh-ed25519 AAAA",
+            "--grep",
+            "(",
+        ]);
+        assert!(error.to_string().contains("--grep"), "{error}");
+        assert_eq!(error.exit_code(), exit_code::USAGE);
+        let error = run_args(&["--identity", "/x", "--signer", "ssh-rsa AAAA"]);
+        assert!(
+            error.to_string().contains("--signer: not an ssh-ed25519"),
+            "{error}"
+        );
     }
 
     #[test]

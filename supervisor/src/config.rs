@@ -12,6 +12,7 @@ mod account;
 mod eip;
 mod failover;
 mod host;
+mod logs;
 mod metrics;
 mod operators;
 mod tunnels;
@@ -32,6 +33,7 @@ pub use eip::{
 };
 pub use failover::{FailoverSettings, RawFailover, TakeoverMode, valid_host_id};
 pub use host::{HostSettings, RawHost, check_shutdown_command};
+pub use logs::{LogFormat, LogSettings, RawLogs, parse_recipient};
 pub use metrics::{MetricsSettings, RawMetrics, loopback_address};
 pub use operators::{OperatorSettings, RawOperator, parse_operator_key};
 pub use tunnels::{
@@ -129,6 +131,8 @@ pub struct RawConfig {
     pub failover: Option<RawFailover>,
     /// Elastic IP rotation of the bastions (`docs/eip.md`).
     pub eip: Option<RawEip>,
+    /// Log shipping to the bastions (`docs/log-format.md`).
+    pub logs: Option<RawLogs>,
     /// The Prometheus endpoint (`docs/metrics.md`); absent: off.
     pub metrics: Option<RawMetrics>,
 }
@@ -320,6 +324,8 @@ pub struct Config {
     pub failover: Option<FailoverSettings>,
     /// `None`: no Elastic IP rotation.
     pub eip: Option<EipSettings>,
+    /// `None`: no log shipping.
+    pub logs: Option<LogSettings>,
     /// `None`: no metrics endpoint.
     pub metrics: Option<MetricsSettings>,
 }
@@ -787,6 +793,26 @@ impl Config {
                 duration(failover.handoff_timeout),
             );
         }
+        if let Some(logs) = &self.logs {
+            add("logs.recipients".into(), logs.recipients.len().to_string());
+            add("logs.format".into(), logs.format.as_str().into());
+            add("logs.segment-bytes".into(), logs.segment_bytes.to_string());
+            add(
+                "logs.segment-interval".into(),
+                duration(logs.segment_interval),
+            );
+            add(
+                "logs.spool-dir".into(),
+                logs.spool_dir.display().to_string(),
+            );
+            add("logs.spool-bytes".into(), logs.spool_bytes.to_string());
+            add("logs.buffer-bytes".into(), logs.buffer_bytes.to_string());
+            add(
+                "logs.signing-key".into(),
+                logs.signing_key.display().to_string(),
+            );
+            add("logs.host".into(), logs.host.clone());
+        }
         for operator in &self.operators {
             add(
                 format!("operator.{}.role", operator.name),
@@ -1200,6 +1226,16 @@ fn validate(
         account::resolve_account(r, raw.daemon.user.as_deref(), raw.daemon.group.as_deref());
     let failover = failover::validate_failover(r, raw.failover, vault.is_some());
     let eip = eip::validate_eip(r, raw.eip, vault.is_some());
+    let logs = logs::validate_logs(
+        r,
+        raw.logs,
+        &daemon_home,
+        tunnels.as_ref(),
+        vault
+            .as_ref()
+            .map(|vault| vault.recovery_recipients.as_slice())
+            .unwrap_or_default(),
+    );
     if let Some(tunnels) = &tunnels {
         let with_eip = tunnels.bastions.iter().any(|bastion| bastion.eip.is_some());
         if with_eip && eip.is_none() {
@@ -1246,6 +1282,7 @@ fn validate(
     }
     Ok(Config {
         eip,
+        logs,
         metrics,
         vault,
         rpc,

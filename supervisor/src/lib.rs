@@ -15,6 +15,7 @@ pub mod control;
 pub mod eip;
 pub mod failover;
 pub(crate) mod file_watch;
+pub mod logs;
 pub mod loki;
 pub mod metrics;
 pub mod node;

@@ -77,6 +77,7 @@ pub const LOG_METRICS: &[&str] = &[
     "palisade_log_spool_limit_bytes",
     "palisade_log_segments_dropped_total",
     "palisade_log_segments_shipped_total",
+    "palisade_log_lines_dropped_total",
 ];
 
 /// The log shipper's numbers, when log shipping is on.
@@ -89,6 +90,34 @@ pub trait LogMetricsSource: Send + Sync + 'static {
     fn segments_dropped(&self) -> u64;
     /// Segments delivered, per bastion name.
     fn segments_shipped(&self) -> Vec<(String, u64)>;
+    /// Lines (the node's and the supervisor's) that never reached a segment
+    /// because the segment writer was behind.
+    fn lines_dropped(&self) -> u64;
+}
+
+impl LogMetricsSource for crate::logs::LogStats {
+    fn spool_bytes(&self) -> u64 {
+        crate::logs::LogStats::get(&self.spool_bytes)
+    }
+
+    fn spool_limit_bytes(&self) -> u64 {
+        crate::logs::LogStats::get(&self.spool_limit_bytes)
+    }
+
+    fn segments_dropped(&self) -> u64 {
+        crate::logs::LogStats::get(&self.segments_dropped)
+    }
+
+    fn segments_shipped(&self) -> Vec<(String, u64)> {
+        self.shipped
+            .iter()
+            .map(|to| (to.bastion.clone(), crate::logs::LogStats::get(&to.segments)))
+            .collect()
+    }
+
+    fn lines_dropped(&self) -> u64 {
+        crate::logs::LogStats::get(&self.lines_dropped)
+    }
 }
 
 /// Everything the supervisor's metrics are read from.
@@ -359,6 +388,12 @@ impl Collector for SupervisorCollector {
                     .map(|(bastion, count)| (vec![("bastion", bastion)], count))
                     .collect::<Vec<_>>(),
             )?;
+            encode_counter(
+                e,
+                "palisade_log_lines_dropped",
+                "Log lines that never reached a segment because the segment writer was behind.",
+                &[(Vec::new(), logs.lines_dropped())],
+            )?;
         }
         Ok(())
     }
@@ -433,6 +468,9 @@ mod tests {
         fn segments_shipped(&self) -> Vec<(String, u64)> {
             vec![("b1".into(), 9)]
         }
+        fn lines_dropped(&self) -> u64 {
+            7
+        }
     }
 
     fn sources(dir: &std::path::Path, logs: Option<Arc<dyn LogMetricsSource>>) -> Sources {
@@ -501,6 +539,7 @@ mod tests {
             "palisade_log_spool_limit_bytes 4096\n",
             "palisade_log_segments_dropped_total 3\n",
             "palisade_log_segments_shipped_total{bastion=\"b1\"} 9\n",
+            "palisade_log_lines_dropped_total 7\n",
             "palisade_upgrade_waiting_for_binary 1\n",
             "palisade_upgrades_total{outcome=\"failed\"} 1\n",
         ] {

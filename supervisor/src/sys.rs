@@ -37,6 +37,29 @@ pub fn reflink_file(source: &File, destination: &File) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// Lower the calling thread's scheduling priority to nice `increment`
+/// (`setpriority(PRIO_PROCESS, gettid(), …)`, which on Linux applies to the
+/// one thread): for work that must never compete with the node, such as the
+/// log segment writer. Raising a priority needs privileges; lowering never
+/// does.
+pub fn lower_current_thread_priority(increment: i32) -> io::Result<()> {
+    let thread = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority takes plain integers and changes only the nice
+    // value of the thread named by the id (this very thread).
+    let result = unsafe {
+        nix::libc::setpriority(
+            nix::libc::PRIO_PROCESS,
+            thread as nix::libc::id_t,
+            increment,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Arrange for the child to run in its own process group and to receive
 /// SIGKILL if the supervisor dies (`PR_SET_PDEATHSIG`), so a crashed
 /// supervisor never leaves a second signer running unsupervised.

@@ -324,6 +324,8 @@ fn bundles(dir: &Path) -> Vec<PathBuf> {
             entries
                 .map(|entry| entry.unwrap().path())
                 .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+                // The `logs/` directory holds another kind (log segments).
+                .filter(|path| !path.is_dir())
                 .collect()
         })
         .unwrap_or_default();
@@ -383,6 +385,7 @@ fn separate_users_keep_operators_and_tunnel_keys_away_from_the_backups() {
         format!(
             "listen-socket = {listen:?}\nbackup-dir = {backups:?}\ntunnel-user = {TUNNEL:?}\n\
              [health]\ninterval = \"500ms\"\ntimeout = \"400ms\"\n\
+             [logs]\narchive-users = [{OPS:?}]\n\
              [[validator]]\nname = {VALIDATOR:?}\nsocket = {rpc_socket:?}\n"
         ),
     )
@@ -663,9 +666,10 @@ fn separate_users_keep_operators_and_tunnel_keys_away_from_the_backups() {
     );
 
     // The store's own rule: an account that got into the tunnel user's
-    // group (so the socket's mode lets it connect) is still not served;
-    // the tunnel user is.
-    let as_account = |uid: u32, gid: u32| {
+    // group (so the socket's mode lets it connect) is still not served —
+    // the operators' account, a `logs.archive-users` one, only its log
+    // reads; the tunnel user is.
+    let as_account_asking = |uid: u32, gid: u32, request: Vec<u8>| {
         let mut child = Command::new("setpriv")
             .arg(format!("--reuid={uid}"))
             .arg(format!("--regid={gid}"))
@@ -680,14 +684,10 @@ fn separate_users_keep_operators_and_tunnel_keys_away_from_the_backups() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&list_request(VALIDATOR))
-            .unwrap();
+        child.stdin.take().unwrap().write_all(&request).unwrap();
         wait_output(child, Duration::from_secs(20))
     };
+    let as_account = |uid: u32, gid: u32| as_account_asking(uid, gid, list_request(VALIDATOR));
     let intruder = as_account(accounts.ops, accounts.tunnel);
     let answer = first_response(&intruder.stdout);
     assert!(
@@ -699,6 +699,18 @@ fn separate_users_keep_operators_and_tunnel_keys_away_from_the_backups() {
             .unwrap()
             .contains(&format!("uid={}", accounts.ops))
     });
+    let log_listing = {
+        let json = format!(r#"{{"op":"list","validator":"{VALIDATOR}","kind":"log"}}"#);
+        let mut frame = (json.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(json.as_bytes());
+        frame
+    };
+    let archive = as_account_asking(accounts.ops, accounts.tunnel, log_listing);
+    let answer = first_response(&archive.stdout);
+    assert!(
+        answer.as_ref().is_some_and(|response| response.ok),
+        "the archive reader's log listing: {answer:?} {archive:?}"
+    );
     let tunnel_user = as_account(accounts.tunnel, accounts.tunnel);
     let answer = first_response(&tunnel_user.stdout).expect("the tunnel user is served");
     assert!(answer.ok, "{answer:?}");

@@ -27,6 +27,24 @@
 //! Unknown fields and unknown ops are rejected (`bad_frame`). `remove` exists
 //! for the supervisor's retention; the bastion also enforces its own.
 //!
+//! # Kinds of object
+//!
+//! Every request may carry `"kind"`: `"backup"` (the default, and what a
+//! request without the field means, so older clients and bastions speak the
+//! same protocol as before) or `"log"` (the supervisor's encrypted log
+//! segments, `docs/log-format.md`). Each kind lives apart on the bastion,
+//! with its own quota and retention; a request sees only its kind's files.
+//!
+//! ```json
+//! {"op":"put","validator":"val-a","file":"log-host-00000000000000000007.age","bytes":9000,"kind":"log"}
+//! {"op":"list","validator":"val-a","kind":"log","after":"log-host-00000000000000000007.sig"}
+//! ```
+//!
+//! `list` may carry `"after"`: then the answer is the first
+//! [`MAX_LIST_ENTRIES`] names sorting strictly after it (oldest first), so a
+//! client can page through more names than one answer holds; without it,
+//! the newest [`MAX_LIST_ENTRIES`].
+//!
 //! # Responses (bastion → client)
 //!
 //! ```json
@@ -47,8 +65,9 @@
 //! - response header frame: at most [`MAX_RESPONSE_HEADER_BYTES`] (a listing
 //!   of up to [`MAX_LIST_ENTRIES`] names);
 //! - payload frame: at most [`MAX_PAYLOAD_BYTES`] (1 MiB, the supervisor's
-//!   own cap on a bundle's ciphertext; a bundle is about 64 KiB), and
-//!   exactly the announced `bytes`;
+//!   own cap on a bundle's ciphertext; a bundle is about 64 KiB) for a
+//!   backup, [`MAX_LOG_PAYLOAD_BYTES`] for a log object
+//!   ([`max_payload_bytes`]), and exactly the announced `bytes`;
 //! - file names: [`file_name_problem`]; validator names: those configured on
 //!   the bastion.
 //!
@@ -76,6 +95,52 @@ pub const MAX_LIST_ENTRIES: usize = 4096;
 /// capped bundles.)
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
+/// Largest payload frame of a log object: a segment of at most 1 MiB of
+/// plaintext, compressed (zstd's bound for incompressible input adds under
+/// 0.5%) and age-encrypted (16 bytes per 64 KiB chunk and a header of a few
+/// hundred bytes per recipient), with room to spare.
+pub const MAX_LOG_PAYLOAD_BYTES: usize = 1024 * 1024 + 64 * 1024;
+
+/// The largest payload frame of `kind`.
+pub fn max_payload_bytes(kind: ObjectKind) -> usize {
+    match kind {
+        ObjectKind::Backup => MAX_PAYLOAD_BYTES,
+        ObjectKind::Log => MAX_LOG_PAYLOAD_BYTES,
+    }
+}
+
+/// What kind of object a request is about; each kind is stored apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    /// Signed, encrypted sign-state backups (`docs/backup-format.md`).
+    #[default]
+    Backup,
+    /// Signed, encrypted log segments (`docs/log-format.md`).
+    Log,
+}
+
+impl ObjectKind {
+    /// True for the default kind, which is left out on the wire.
+    pub fn is_backup(&self) -> bool {
+        *self == ObjectKind::Backup
+    }
+
+    /// The name as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Backup => "backup",
+            ObjectKind::Log => "log",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Longest file name, in bytes.
 pub const MAX_FILE_NAME_BYTES: usize = 255;
 
@@ -89,13 +154,32 @@ pub enum Request {
         validator: String,
         file: String,
         bytes: u64,
+        #[serde(default, skip_serializing_if = "ObjectKind::is_backup")]
+        kind: ObjectKind,
     },
-    /// Names of the validator's stored files, sorted.
-    List { validator: String },
+    /// Names of the validator's stored files of `kind`, sorted; with
+    /// `after`, only the names sorting after it.
+    List {
+        validator: String,
+        #[serde(default, skip_serializing_if = "ObjectKind::is_backup")]
+        kind: ObjectKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
     /// One stored file.
-    Get { validator: String, file: String },
+    Get {
+        validator: String,
+        file: String,
+        #[serde(default, skip_serializing_if = "ObjectKind::is_backup")]
+        kind: ObjectKind,
+    },
     /// Delete one stored file.
-    Remove { validator: String, file: String },
+    Remove {
+        validator: String,
+        file: String,
+        #[serde(default, skip_serializing_if = "ObjectKind::is_backup")]
+        kind: ObjectKind,
+    },
 }
 
 impl Request {
@@ -103,9 +187,19 @@ impl Request {
     pub fn validator(&self) -> &str {
         match self {
             Request::Put { validator, .. }
-            | Request::List { validator }
+            | Request::List { validator, .. }
             | Request::Get { validator, .. }
             | Request::Remove { validator, .. } => validator,
+        }
+    }
+
+    /// The kind of object this request is about.
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Request::Put { kind, .. }
+            | Request::List { kind, .. }
+            | Request::Get { kind, .. }
+            | Request::Remove { kind, .. } => *kind,
         }
     }
 
@@ -391,6 +485,7 @@ mod tests {
             validator: "val-a".into(),
             file: "f.age".into(),
             bytes: 3,
+            kind: ObjectKind::Backup,
         };
         let frame = encode_header(&put);
         assert_eq!(&frame[..4], &((frame.len() - 4) as u32).to_be_bytes());
@@ -402,6 +497,35 @@ mod tests {
         let list = decode_request(br#"{"op":"list","validator":"v"}"#).unwrap();
         assert_eq!(list.validator(), "v");
         assert_eq!(list.op(), "list");
+        assert_eq!(list.kind(), ObjectKind::Backup);
+    }
+
+    #[test]
+    fn the_kind_is_left_out_for_backups_and_named_for_logs() {
+        let log = Request::Get {
+            validator: "v".into(),
+            file: "log-h-00000000000000000001.age".into(),
+            kind: ObjectKind::Log,
+        };
+        let frame = encode_header(&log);
+        assert_eq!(
+            std::str::from_utf8(&frame[4..]).unwrap(),
+            r#"{"op":"get","validator":"v","file":"log-h-00000000000000000001.age","kind":"log"}"#
+        );
+        assert_eq!(decode_request(&frame[4..]).unwrap(), log);
+        let list =
+            decode_request(br#"{"op":"list","validator":"v","kind":"log","after":"a"}"#).unwrap();
+        assert_eq!(
+            list,
+            Request::List {
+                validator: "v".into(),
+                kind: ObjectKind::Log,
+                after: Some("a".into())
+            }
+        );
+        assert!(decode_request(br#"{"op":"list","validator":"v","kind":"movie"}"#).is_err());
+        assert_eq!(max_payload_bytes(ObjectKind::Backup), MAX_PAYLOAD_BYTES);
+        assert!(max_payload_bytes(ObjectKind::Log) > MAX_PAYLOAD_BYTES);
     }
 
     #[test]

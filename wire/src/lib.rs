@@ -10,6 +10,7 @@
 
 pub mod backup_store;
 pub mod bench;
+pub mod log_segment;
 pub mod names;
 pub mod peer_text;
 pub mod rpc;

@@ -81,6 +81,7 @@ impl Client {
             validator: validator.into(),
             file: file.into(),
             bytes: payload.len() as u64,
+            kind: Default::default(),
         };
         self.send_raw(&encode_header(&header));
         self.send_payload(payload);

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_wire::backup_store::{
-    ErrorKind, MAX_RESPONSE_HEADER_BYTES, Request, Response, decode_response, encode_header,
+    ErrorKind, MAX_RESPONSE_HEADER_BYTES, ObjectKind, Request, Response, decode_response,
+    encode_header,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -269,6 +270,7 @@ impl BackupStore for RemoteStore {
                 validator: self.validator.clone(),
                 file: file_name.to_owned(),
                 bytes: bytes.len() as u64,
+                kind: ObjectKind::Backup,
             };
             self.simple(request, Some(bytes), file_name).await.map(drop)
         })
@@ -278,6 +280,8 @@ impl BackupStore for RemoteStore {
         Box::pin(async move {
             let request = Request::List {
                 validator: self.validator.clone(),
+                kind: ObjectKind::Backup,
+                after: None,
             };
             let response = self.simple(request, None, "").await?;
             let mut names: Vec<String> = response
@@ -298,6 +302,7 @@ impl BackupStore for RemoteStore {
             let request = Request::Get {
                 validator: self.validator.clone(),
                 file: file_name.to_owned(),
+                kind: ObjectKind::Backup,
             };
             match self.exchange(request, None).await? {
                 (response, _) if !response.ok => Err(self.refusal(response, file_name)),
@@ -313,6 +318,7 @@ impl BackupStore for RemoteStore {
             let request = Request::Remove {
                 validator: self.validator.clone(),
                 file: file_name.to_owned(),
+                kind: ObjectKind::Backup,
             };
             self.simple(request, None, file_name).await.map(drop)
         })

@@ -17,6 +17,9 @@
 //!   and delivered on their own channel: losing log lines must never mean
 //!   missing an upgrade.
 //! - Over-long lines are truncated at `max_line_bytes` (counted).
+//! - With `[logs]`, each batch is also offered to the log shipping
+//!   (`crate::logs::tee_daemon_output`: one copy and a `try_send`, dropped
+//!   and counted there when its queue is full).
 
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -199,7 +202,17 @@ impl StreamCapture {
                     std::fs::File::from(pipe),
                     settings.max_line_bytes,
                     &stats,
-                    |bytes, lines| forward(bytes, lines, &batch_sender, &stats, &upgrades),
+                    |bytes, lines| {
+                        crate::logs::tee_daemon_output(
+                            match stream {
+                                Stream::Stdout => crate::logs::LogStream::Stdout,
+                                Stream::Stderr => crate::logs::LogStream::Stderr,
+                            },
+                            &bytes,
+                            lines,
+                        );
+                        forward(bytes, lines, &batch_sender, &stats, &upgrades)
+                    },
                 );
             })?;
         Ok(StreamCapture {

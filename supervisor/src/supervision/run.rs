@@ -162,6 +162,25 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
         }
         None => None,
     };
+    // Log shipping starts with the tunnels, before the vault opens: its
+    // key is the tunnel's, so a locked validator's logs ship too.
+    let logs = match (&config.logs, &tunnels) {
+        (Some(settings), Some(mesh)) => {
+            match crate::logs::LogShipping::start(
+                settings,
+                &config.rpc.name,
+                mesh.log_dialers(),
+                &background,
+            ) {
+                Ok(logs) => Some(logs),
+                Err(error) => {
+                    background.cancel();
+                    return Err(anyhow::Error::new(error).context("cannot start log shipping"));
+                }
+            }
+        }
+        _ => None,
+    };
     let failover = match &config.failover {
         Some(settings) => match start_failover(&config, settings) {
             Ok(runtime) => Some(runtime),
@@ -196,7 +215,7 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
     let board = new_board(config.vault.is_some());
     let (last_backup, last_backup_seen) = tokio::sync::watch::channel(None);
     if let Some(settings) = &config.metrics {
-        let sources = metrics_sources(
+        let mut sources = metrics_sources(
             &config,
             &node,
             &board,
@@ -205,6 +224,9 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
             &last_backup_seen,
             &background,
         );
+        sources.logs = logs
+            .as_ref()
+            .map(|logs| logs.stats() as std::sync::Arc<dyn crate::metrics::LogMetricsSource>);
         let registry = crate::metrics::SupervisorMetrics::new(sources).into_registry();
         match crate::metrics::start(settings, registry, background.clone()).await {
             Ok(address) => tracing::info!(%address, "metrics endpoint listening (/metrics)"),
@@ -308,7 +330,13 @@ pub async fn run(options: RunOptions, shutdown: ShutdownRequests) -> anyhow::Res
             auto_rotations,
         },
     );
-    Ok(executor.run().await)
+    let outcome = executor.run().await;
+    if let Some(logs) = logs {
+        // The last lines are sealed into the spool; they ship on the next
+        // start (the tunnels are already down).
+        tokio::task::spawn_blocking(move || logs.stop()).await.ok();
+    }
+    Ok(outcome)
 }
 
 /// What the metrics read, and the tasks that feed them: the chain poller

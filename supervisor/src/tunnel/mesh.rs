@@ -90,6 +90,20 @@ impl TunnelMesh {
             .collect()
     }
 
+    /// The dialers of the bastions with a `backup-command`, by name: where
+    /// log segments go (`crate::logs`).
+    pub fn log_dialers(&self) -> Vec<(String, Arc<dyn crate::backup::StreamDialer>)> {
+        self.tunnels
+            .iter()
+            .filter_map(|(tunnel, backup_command)| {
+                let command = backup_command.as_ref()?;
+                let dialer: Arc<dyn crate::backup::StreamDialer> =
+                    Arc::new(tunnel.dialer(DialTarget::Exec(command.clone())));
+                Some((tunnel.name().to_string(), dialer))
+            })
+            .collect()
+    }
+
     /// Wait (at most the connect timeout plus a second) for the bastions
     /// that hold backups, so the start rule sees them; the ones still down
     /// are named in the log and skipped.

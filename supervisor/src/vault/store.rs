@@ -153,30 +153,9 @@ impl VaultInfo {
     }
 }
 
-/// Parses a backup/recovery recipient: an age X25519 public key (`age1…`) or
-/// an OpenSSH `ssh-ed25519 AAAA… [comment]` line.
-pub fn parse_recipient(text: &str) -> Result<Box<dyn age::Recipient + Send>, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty".into());
-    }
-    if text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") || text.contains("PRIVATE KEY") {
-        return Err("this is a secret key, not a public recipient".into());
-    }
-    if text.starts_with("age1") {
-        return age::x25519::Recipient::from_str(text)
-            .map(|recipient| Box::new(recipient) as Box<dyn age::Recipient + Send>)
-            .map_err(|reason| format!("not a valid age X25519 recipient: {reason}"));
-    }
-    if text.starts_with("ssh-ed25519 ") {
-        return match age::ssh::Recipient::from_str(text) {
-            Ok(recipient @ age::ssh::Recipient::SshEd25519(..)) => Ok(Box::new(recipient)),
-            Ok(_) => Err("not an ssh-ed25519 key".into()),
-            Err(_) => Err("not a valid ssh-ed25519 public key".into()),
-        };
-    }
-    Err("expected an age X25519 recipient (age1…) or an ssh-ed25519 public key".into())
-}
+/// Parses a backup/recovery recipient (kept with the configuration, which
+/// checks `logs.recipients` with it).
+pub use crate::config::parse_recipient;
 
 /// Every recipient in `values` that does not parse, by value; values that
 /// look like secret keys are replaced so they never reach a log.
