@@ -223,18 +223,23 @@ fn prometheus_scrapes_the_supervisor_through_the_tunnel_and_the_bastion_directly
         &|v| v == 0.0,
     );
     wait("palisade_bastion_build_info", &|v| v == 1.0);
-    // Signing goes on, and nothing is missed.
+    // Signing goes on. The counts agree with the chain's own record: never more signed or
+    // missed blocks than it saw. (The first block after the unlock may really be missed, before
+    // gaiad votes; under a loaded test run so may another, so the count is not asserted zero.)
     let signed = value(&wait("palisade_validator_signed_blocks_total", &|v| {
         v > 0.0
     }));
     wait("palisade_validator_signed_blocks_total", &|v| v > signed);
-    assert_eq!(
-        value(
-            &prometheus
-                .query("palisade_validator_missed_blocks_total")
-                .unwrap()
-        ),
-        0.0
+    let query = |what: &str| value(&prometheus.query(what).unwrap());
+    let (signed, missed) = (
+        query("palisade_validator_signed_blocks_total"),
+        query("palisade_validator_missed_blocks_total"),
+    );
+    let record = setup.vault.chain.network.record().unwrap();
+    let val1 = &record.validators["val1"];
+    assert!(
+        signed <= val1.signed_heights as f64 && missed <= val1.missed_count as f64,
+        "metrics say signed {signed}, missed {missed}; the chain: {val1:?}"
     );
 
     // promtool lints both endpoints' output, in the text format it reads.
