@@ -6,8 +6,7 @@
 //! A missing program is an error, never a skipped test (`scripts/test.sh` installs the package).
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,7 +51,7 @@ impl Alertmanager {
                 .map_err(|e| Error::new(format!("writing alertmanager.yml: {e}")))?;
             let mut alertmanager = Alertmanager {
                 child: None,
-                port: free_port()?,
+                port: crate::free_port()?,
                 program: program.clone(),
                 dir,
             };
@@ -128,7 +127,7 @@ impl Alertmanager {
                     crate::last_lines(&self.log(), LOG_TAIL)
                 )));
             }
-            if ready(self.port) {
+            if crate::http_status(self.port, "/-/ready", PROBE_TIMEOUT) == Some(200) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -158,35 +157,4 @@ impl fmt::Debug for Alertmanager {
             .field("dir", &self.dir.path())
             .finish()
     }
-}
-
-fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .map_err(|e| Error::new(format!("finding a free port: {e}")))
-}
-
-/// Whether `GET /-/ready` answers 200.
-fn ready(port: u16) -> bool {
-    let Ok(mut stream) =
-        TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), PROBE_TIMEOUT)
-    else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(PROBE_TIMEOUT));
-    let request = format!("GET /-/ready HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    let mut read = 0;
-    while read < head.len() {
-        match stream.read(&mut head[read..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => read += n,
-        }
-    }
-    head[..read].starts_with(b"HTTP/1.0 200") || head[..read].starts_with(b"HTTP/1.1 200")
 }

@@ -84,6 +84,39 @@ impl std::error::Error for Error {}
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The last `count` lines of `text`, joined by newlines (a log's tail for an error message).
+/// A free TCP port on 127.0.0.1 (bound, then released for the service about to take it).
+pub fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(|e| Error::new(format!("finding a free port: {e}")))
+}
+
+/// The status of an HTTP/1.0 `GET path` to 127.0.0.1:`port`, each step bounded by `timeout`;
+/// `None` when nothing answers HTTP there (the readiness probe of the services started here).
+pub fn http_status(port: u16, path: &str, timeout: Duration) -> Option<u16> {
+    use std::io::{Read, Write};
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&address, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    // "HTTP/1.x NNN"
+    let mut head = [0u8; 12];
+    let mut read = 0;
+    while read < head.len() {
+        match stream.read(&mut head[read..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+    }
+    if read < head.len() || !head.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
 pub fn last_lines(text: &str, count: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(count)..].join("\n")

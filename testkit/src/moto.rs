@@ -7,8 +7,7 @@
 //! each other's addresses; its region comes from each request's credential scope.
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,7 +55,7 @@ impl Moto {
                 .map_err(|e| Error::new(format!("creating a temporary directory: {e}")))?;
             let mut moto = Moto {
                 child: None,
-                port: free_port()?,
+                port: crate::free_port()?,
                 program: program.clone(),
                 dir,
             };
@@ -87,7 +86,7 @@ impl Moto {
 
     /// Whether moto answers an HTTP request now.
     pub fn answers(&self) -> bool {
-        http_answers(self.port)
+        crate::http_status(self.port, "/moto-api/", PROBE_TIMEOUT).is_some()
     }
 
     /// An error (with the end of the log) unless moto is running.
@@ -251,38 +250,6 @@ fn resolve_pyenv_shim(found: &Path) -> Option<PathBuf> {
     } else {
         None
     }
-}
-
-/// A free TCP port on 127.0.0.1 (bound, then released for moto).
-fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .map_err(|e| Error::new(format!("finding a free port: {e}")))
-}
-
-/// Whether an HTTP/1.0 `GET /moto-api/` gets an HTTP answer (any status).
-fn http_answers(port: u16) -> bool {
-    let Ok(mut stream) =
-        TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), PROBE_TIMEOUT)
-    else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(PROBE_TIMEOUT));
-    let request = format!("GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 16];
-    let mut read = 0;
-    while read < head.len() {
-        match stream.read(&mut head[read..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => read += n,
-        }
-    }
-    head[..read].starts_with(b"HTTP/1.")
 }
 
 #[cfg(test)]
