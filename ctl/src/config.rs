@@ -16,6 +16,8 @@
 //! server-user = "gaia"                          # local mode: the supervisor's user
 //! operator = "alice"
 //! key = "~/.ssh/palisade_alice"
+//! log-signer = "ssh-ed25519 AAAA…"              # logs --archive: the segments' signer
+//! log-identity = "~/.config/palisade/age.key"   # logs --archive: the age identity
 //! ```
 //!
 //! Parsed raw (serde, `deny_unknown_fields`, kebab-case), then validated
@@ -25,10 +27,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::VerifyingKey;
 use palisade_client::Fingerprint;
 use palisade_wire::names::validator_name_problem;
 use serde::Deserialize;
 
+use crate::log_archive::parse_ssh_ed25519_public;
 use crate::{Via, parse_via};
 
 /// The file as written.
@@ -74,6 +78,13 @@ struct RawValidator {
     /// The operator's OpenSSH ed25519 private key (with a passphrase: held
     /// by ssh-agent); needs `operator`. `~/` is the home directory.
     key: Option<String>,
+    /// `logs --archive`: the pinned public key of the supervisor's
+    /// `logs.signing-key`, an `ssh-ed25519 AAAA…` line (the key itself, not
+    /// a file). Used when neither `--signer` nor `PALISADE_LOG_SIGNER` is.
+    log_signer: Option<String>,
+    /// `logs --archive`: the operator's age identity file (as
+    /// `--identity`). `~/` is the home directory.
+    log_identity: Option<String>,
 }
 
 /// A validated config.
@@ -98,6 +109,11 @@ pub struct ValidatorEntry {
     pub server_user: Option<String>,
     /// Operator name and key file, always both or neither.
     pub operator: Option<(String, PathBuf)>,
+    /// `logs --archive`'s pinned segment signer (`log-signer`).
+    pub log_signer: Option<VerifyingKey>,
+    /// `logs --archive`'s age identity file (`log-identity`), checked when
+    /// it is used.
+    pub log_identity: Option<PathBuf>,
 }
 
 /// Why the config could not be used.
@@ -176,6 +192,7 @@ pub fn parse(text: &str, file: &str) -> Result<CtlConfig, ConfigError> {
         let key_path = path_field("key", raw.key.clone());
         let ssh_key = path_field("ssh-key", raw.ssh_key);
         let known_hosts = path_field("known-hosts", raw.known_hosts);
+        let log_identity = path_field("log-identity", raw.log_identity);
         let via = raw.via.as_deref().and_then(|text| {
             parse_via(text)
                 .map_err(|reason| problem(key("via"), reason))
@@ -204,6 +221,20 @@ pub fn parse(text: &str, file: &str) -> Result<CtlConfig, ConfigError> {
         let pin = raw.pin.as_deref().and_then(|text| {
             Fingerprint::parse(text)
                 .map_err(|reason| problem(key("pin"), reason))
+                .ok()
+        });
+        let log_signer = raw.log_signer.as_deref().and_then(|text| {
+            let text = text.trim();
+            let parsed = if text.starts_with("ssh-") {
+                parse_ssh_ed25519_public(text)
+            } else {
+                Err("not an ssh-ed25519 public key: give the key line itself \
+                     (\"ssh-ed25519 AAAA…\", the .pub of the supervisor's logs.signing-key), \
+                     not a file"
+                    .into())
+            };
+            parsed
+                .map_err(|reason| problem(key("log-signer"), reason))
                 .ok()
         });
         let operator = match (raw.operator, raw.key) {
@@ -237,6 +268,8 @@ pub fn parse(text: &str, file: &str) -> Result<CtlConfig, ConfigError> {
             pin,
             server_user: raw.server_user,
             operator,
+            log_signer,
+            log_identity,
         });
     }
     if let Some(default) = &raw.default
@@ -413,6 +446,28 @@ key = "/home/alice/.ssh/palisade_alice"
                 "[[validator]]\nname = \"-a\"\nsocket = \"/s\"",
                 &["validator[0].name: \"-a\" must not start with '-' or '.'"],
             ),
+            (
+                "[[validator]]\nname = \"a\"\nsocket = \"/s\"\nlog-signer = \"ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ x\"",
+                &["validator[0].log-signer: not an ssh-ed25519 public key"],
+            ),
+            (
+                "[[validator]]\nname = \"a\"\nsocket = \"/s\"\nlog-signer = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9\"",
+                &["validator[0].log-signer: not an ssh-ed25519 key blob"],
+            ),
+            (
+                "[[validator]]\nname = \"a\"\nsocket = \"/s\"\nlog-signer = \"/home/alice/val-a.pub\"",
+                &[
+                    "validator[0].log-signer: not an ssh-ed25519 public key: give the key line itself",
+                ],
+            ),
+            (
+                "[[validator]]\nname = \"a\"\nsocket = \"/s\"\nlog-identity = \"age.key\"",
+                &["validator[0].log-identity: 'age.key' is not an absolute path"],
+            ),
+            (
+                "[[validator]]\nname = \"a\"\nsocket = \"/s\"\nlog_signer = \"x\"",
+                &["unknown field `log_signer`"],
+            ),
             // Every problem at once.
             (
                 "default = \"zz\"\n[[validator]]\nname = \"a\"\nsocket = \"x\"\npin = \"p\"",
@@ -429,6 +484,28 @@ key = "/home/alice/.ssh/palisade_alice"
                 assert!(error.contains(fragment), "{body:?}:\n{error}");
             }
         }
+    }
+
+    #[test]
+    fn log_archive_settings_parse() {
+        let signer = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice";
+        let text = format!(
+            "[[validator]]\nname = \"a\"\nsocket = \"/s\"\nlog-signer = \"  {signer} \"\n\
+             log-identity = \"/home/alice/.config/palisade/age.key\"\n\
+             [[validator]]\nname = \"b\"\nsocket = \"/t\""
+        );
+        let config = parse(&text, "ctl.toml").unwrap();
+        let a = config.select(Some("a")).unwrap().unwrap();
+        assert_eq!(
+            a.log_signer,
+            Some(crate::log_archive::parse_ssh_ed25519_public(signer).unwrap())
+        );
+        assert_eq!(
+            a.log_identity.as_deref(),
+            Some(Path::new("/home/alice/.config/palisade/age.key"))
+        );
+        let b = config.select(Some("b")).unwrap().unwrap();
+        assert_eq!((b.log_signer, b.log_identity.as_ref()), (None, None));
     }
 
     #[test]

@@ -145,6 +145,8 @@ Config file (--config FILE, $PALISADE_CTL_CONFIG, default
   pin = \"sha256:9c41...\"
   operator = \"alice\"
   key = \"~/.ssh/palisade_alice\"
+  log-signer = \"ssh-ed25519 AAAA...\"                     # logs --archive (see its --help)
+  log-identity = \"~/.config/palisade/age.key\"            # logs --archive
 
 Output: a short readable rendering, or with --json the call's raw `result`
 as JSON (stable for scripts). Errors go to stderr.";
@@ -156,7 +158,13 @@ bastions ([logs], docs/log-format.md), read through --via's bastion (its
 rpc-relay serves `palisade-log-archive VALIDATOR`: list and get of that
 validator's log segments only) or from --from-dir DIR.
 
-Every segment's signature is checked with the pinned --signer key before
+The pinned signer key is --signer, else $PALISADE_LOG_SIGNER, else the
+validator's `log-signer` in the config file (an `ssh-ed25519 AAAA…` line);
+the identity is --identity, else the validator's `log-identity`. The
+validator's config entry is the one --validator (or the config's default)
+selects.
+
+Every segment's signature is checked with the pinned signer key before
 anything is decrypted; a segment that is unsigned, forged, renamed,
 truncated or altered is refused with a line on stderr naming it, the others
 are printed, and the command exits 1 saying how many were refused. Lines
@@ -167,7 +175,9 @@ Examples:
   palisade-ctl --via ops@b1.example.com --validator val-a logs --archive \\
       --identity ~/.config/palisade/age.key --signer ~/val-a-tunnel.pub --since 2h
   palisade-ctl --validator val-a logs --archive --from-dir ./logs \\
-      --identity age.key --signer 'ssh-ed25519 AAAA…' --grep 'ERR|WRN'";
+      --identity age.key --signer 'ssh-ed25519 AAAA…' --grep 'ERR|WRN'
+  palisade-ctl --validator val-a logs --archive --since 2h   # log-signer, log-identity
+                                                            # in ctl.toml";
 
 const AFTER_HELP: &str = "Exit codes:
   0  ok
@@ -865,7 +875,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     if let Command::Logs { archive, .. } = &cli.command
         && archive.archive
     {
-        return log_archive::run(&cli.connection, archive, cli.json);
+        let profile = archive_profile(&cli.connection)?;
+        return log_archive::run(&cli.connection, archive, &profile, cli.json);
     }
     let Some(call) = run_local(&cli.command, cli.json)? else {
         return Ok(());
@@ -989,11 +1000,9 @@ pub enum Purpose {
     LogArchive,
 }
 
-/// As [`connect_options`], for `purpose`.
-pub fn connect_options_for(
-    args: &ConnectionArgs,
-    purpose: Purpose,
-) -> Result<ConnectOptions, Error> {
+/// The config file (`--config`, else the default location, where a missing
+/// file is an empty config) and its path.
+fn load_config(args: &ConnectionArgs) -> Result<(config::CtlConfig, Option<PathBuf>), Error> {
     let (config_path, required) = match &args.config {
         Some(path) => (Some(path.clone()), true),
         None => (config::default_path(), false),
@@ -1002,6 +1011,41 @@ pub fn connect_options_for(
         Some(path) => config::load(path, required).map_err(Error::Config)?,
         None => config::CtlConfig::default(),
     };
+    Ok((config, config_path))
+}
+
+/// `logs --archive`'s settings (`log-signer`, `log-identity`) from the
+/// config entry the connection flags select, as [`connect_options_for`]
+/// selects it.
+fn archive_profile(args: &ConnectionArgs) -> Result<log_archive::ArchiveProfile, Error> {
+    let (config, config_path) = load_config(args)?;
+    Ok(match config.select(args.validator.as_deref()) {
+        Ok(Some(entry)) => log_archive::ArchiveProfile {
+            origin: format!(
+                "{}: validator '{}'",
+                config_path
+                    .map(|path| path.display().to_string())
+                    .unwrap_or_default(),
+                entry.name
+            ),
+            signer: entry.log_signer,
+            identity: entry.log_identity.clone(),
+            unavailable: None,
+        },
+        Ok(None) => log_archive::ArchiveProfile::default(),
+        Err(reason) => log_archive::ArchiveProfile {
+            unavailable: Some(reason),
+            ..Default::default()
+        },
+    })
+}
+
+/// As [`connect_options`], for `purpose`.
+pub fn connect_options_for(
+    args: &ConnectionArgs,
+    purpose: Purpose,
+) -> Result<ConnectOptions, Error> {
+    let (config, config_path) = load_config(args)?;
     // With --via on the command line, --validator may name a validator
     // behind the bastion that the config does not list.
     let entry = match config.select(args.validator.as_deref()) {

@@ -5,11 +5,13 @@
 //! (`--from-dir`, for tests and recovery).
 //!
 //! Each segment is checked before anything of it is decrypted: its `.sig`
-//! must verify under the pinned signer key (`--signer`: the public half of
-//! the supervisor's `logs.signing-key`), name the validator asked for and
-//! the segment's own name (no renamed or replayed object), and match the
-//! `.age` object's length and SHA-256 (no truncated or altered one). Only
-//! then is it decrypted with the operator's age identity (`--identity`),
+//! must verify under the pinned signer key (`--signer`, else
+//! `PALISADE_LOG_SIGNER`, else the validator's `log-signer` in the config:
+//! the public half of the supervisor's `logs.signing-key`), name the
+//! validator asked for and the segment's own name (no renamed or replayed
+//! object), and match the `.age` object's length and SHA-256 (no truncated
+//! or altered one). Only then is it decrypted with the operator's age
+//! identity (`--identity`, else the config's `log-identity`),
 //! decompressed (bounded by the signed plaintext length) and its lines
 //! filtered (`--since`, `--until`, `--grep`) and printed, oldest first.
 //!
@@ -61,12 +63,15 @@ pub struct ArchiveArgs {
     pub grep: Option<String>,
     /// With --archive: the operator's age identity file (`age-keygen`
     /// output), or an unencrypted OpenSSH ed25519 private key whose public
-    /// key is among `logs.recipients`.
+    /// key is among `logs.recipients` [default: the validator's
+    /// `log-identity` in the config].
     #[arg(long, value_name = "AGE_KEY_FILE", requires = "archive")]
     pub identity: Option<PathBuf>,
     /// With --archive: the supervisor's segment signing key, pinned: an
     /// `ssh-ed25519 AAAA…` public key, or a file holding one (the `.pub` of
-    /// `logs.signing-key`, by default the tunnel's key).
+    /// `logs.signing-key`, by default the tunnel's key) [default: the
+    /// validator's `log-signer` in the config; this flag, then the
+    /// environment variable, then the config].
     #[arg(
         long,
         value_name = "KEY_OR_FILE",
@@ -130,9 +135,10 @@ fn signer(text: &str) -> Result<VerifyingKey, Error> {
         .map_err(|reason| Error::Usage(format!("--signer: {reason}")))
 }
 
-/// The operator's identities from `--identity`.
-fn identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, Error> {
-    let usage = |reason: String| Error::Usage(format!("--identity {}: {reason}", path.display()));
+/// The operator's identities from `path`; `origin` names where it was
+/// given (`--identity`, or the config's `log-identity`) in errors.
+fn identities(path: &Path, origin: &str) -> Result<Vec<Box<dyn age::Identity>>, Error> {
+    let usage = |reason: String| Error::Usage(format!("{origin} {}: {reason}", path.display()));
     let bytes = std::fs::read(path).map_err(|error| usage(error.to_string()))?;
     if let Ok(file) = age::IdentityFile::from_buffer(&bytes[..])
         && let Ok(identities) = file.into_identities()
@@ -443,18 +449,83 @@ impl Reader {
     }
 }
 
-/// Run `logs --archive`.
-pub fn run(connection: &ConnectionArgs, args: &ArchiveArgs, json: bool) -> Result<(), Error> {
-    let identity = args.identity.as_ref().ok_or_else(|| {
-        Error::Usage("--archive needs --identity AGE_KEY_FILE (an operator's age identity)".into())
-    })?;
-    let signer_text = args.signer.as_ref().ok_or_else(|| {
-        Error::Usage(
-            "--archive needs --signer: the supervisor's log signing public key (ssh-ed25519 …, \
-             the .pub of logs.signing-key) or a file holding it"
-                .into(),
-        )
-    })?;
+/// `logs --archive`'s settings from the validator's `[[validator]]` in
+/// the config file, used where neither a flag nor the environment gives
+/// them.
+#[derive(Debug, Default, Clone)]
+pub struct ArchiveProfile {
+    /// Names the entry in messages: `<file>: validator 'val-a'`.
+    pub origin: String,
+    /// `log-signer`, already parsed.
+    pub signer: Option<VerifyingKey>,
+    /// `log-identity`, read when it is used.
+    pub identity: Option<PathBuf>,
+    /// Why no entry applies (e.g. `--validator` names none in the config),
+    /// added to the message when a setting is missing.
+    pub unavailable: Option<String>,
+}
+
+impl ArchiveProfile {
+    /// Where `key` could have been set, for a message about a missing
+    /// setting.
+    fn hint(&self, key: &str) -> String {
+        match &self.unavailable {
+            Some(reason) => format!(", or `{key}` in the config ({reason})"),
+            None if self.origin.is_empty() => {
+                format!(", or `{key}` in the config's [[validator]]")
+            }
+            None => format!(", or `{key}` in {}", self.origin),
+        }
+    }
+}
+
+/// Where the pinned signer key comes from.
+enum Pin<'a> {
+    /// `--signer` or `PALISADE_LOG_SIGNER`: a key line or a file.
+    Given(&'a str),
+    /// The config's `log-signer`.
+    Configured(VerifyingKey),
+}
+
+/// Run `logs --archive`. Precedence for the signer: `--signer`, then
+/// `PALISADE_LOG_SIGNER` (both in `args.signer`, by clap), then the
+/// profile's `log-signer`; for the identity: `--identity`, then
+/// `log-identity`.
+pub fn run(
+    connection: &ConnectionArgs,
+    args: &ArchiveArgs,
+    profile: &ArchiveProfile,
+    json: bool,
+) -> Result<(), Error> {
+    let (identity, identity_origin) = match (&args.identity, &profile.identity) {
+        (Some(path), _) => (path, "--identity".to_string()),
+        (None, Some(path)) => (path, format!("{}: log-identity", profile.origin)),
+        (None, None) => {
+            return Err(Error::Usage(format!(
+                "--archive needs --identity AGE_KEY_FILE (an operator's age identity){}",
+                profile.hint("log-identity")
+            )));
+        }
+    };
+    // Flag or environment: parsed below (after --grep, as before);
+    // the config's: parsed with the config. An empty PALISADE_LOG_SIGNER
+    // (clap gives it as "") counts as unset, as empty variables do for the
+    // supervisor.
+    let given = args
+        .signer
+        .as_deref()
+        .filter(|text| !text.trim().is_empty());
+    let pinned = match (given, profile.signer) {
+        (Some(text), _) => Pin::Given(text),
+        (None, Some(key)) => Pin::Configured(key),
+        (None, None) => {
+            return Err(Error::Usage(format!(
+                "--archive needs --signer (or PALISADE_LOG_SIGNER): the supervisor's log signing \
+                 public key (ssh-ed25519 …, the .pub of logs.signing-key) or a file holding it{}",
+                profile.hint("log-signer")
+            )));
+        }
+    };
     let grep = match &args.grep {
         Some(pattern) => Some(
             regex::Regex::new(pattern).map_err(|error| Error::Usage(format!("--grep: {error}")))?,
@@ -463,8 +534,11 @@ pub fn run(connection: &ConnectionArgs, args: &ArchiveArgs, json: bool) -> Resul
     };
     let mut reader = Reader {
         validator: String::new(),
-        signer: signer(signer_text)?,
-        identities: identities(identity)?,
+        signer: match pinned {
+            Pin::Given(text) => signer(text)?,
+            Pin::Configured(key) => key,
+        },
+        identities: identities(identity, &identity_origin)?,
         since: args.since,
         until: args.until,
         grep,
