@@ -1658,6 +1658,20 @@ impl EipWorld {
             .clone()
     }
 
+    /// Waits until the journal's last record is a `done` (`what` names the wait); the
+    /// address the bastion moved to.
+    fn wait_rotation_done(&self, what: &str) -> String {
+        common::wait_until(LONG, what, || {
+            self.journal()
+                .last()
+                .is_some_and(|record| record["step"] == "done")
+        });
+        self.journal().last().unwrap()["public_ip"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// The journal's records.
     fn journal(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.host.home.join("palisade/eip/journal.jsonl"))
@@ -1733,17 +1747,7 @@ fn the_automatic_trigger_moves_a_bastion_whose_round_trip_stays_slow() {
     flooding.store(false, SeqCst);
     flooder.join().unwrap();
     world.mesh.val_ba.b.clear_shaping();
-    common::wait_until(LONG, "the rotation done", || {
-        world
-            .journal()
-            .last()
-            .is_some_and(|record| record["step"] == "done")
-    });
-    let journal = world.journal();
-    let new = journal.last().unwrap()["public_ip"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let new = world.wait_rotation_done("the rotation done");
     common::wait_until(LONG, "ba's tunnel quick again on the new address", || {
         let tunnel = world.ba_tunnel();
         tunnel["connected"] == true
@@ -2049,17 +2053,7 @@ fn the_automatic_trigger_moves_a_bastion_under_attack_once_per_cooldown() {
         .mesh
         .val
         .ip(&["route", "add", "unreachable", &format!("{BA_IP}/32")]);
-    common::wait_until(LONG, "an automatic rotation of ba", || {
-        world
-            .journal()
-            .last()
-            .is_some_and(|record| record["step"] == "done")
-    });
-    let journal = world.journal();
-    let new = journal.last().unwrap()["public_ip"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let new = world.wait_rotation_done("an automatic rotation of ba");
     common::wait_until(LONG, "ba's tunnel up on the new address", || {
         let tunnel = world.ba_tunnel();
         tunnel["connected"] == true && tunnel["address"].as_str() == Some(new.as_str())
