@@ -229,12 +229,15 @@ pub type Sample<V> = (Vec<(&'static str, String)>, V);
 /// Writes a gauge family named `name` (its whole name, units included)
 /// with `samples` from a [`prometheus_client::collector::Collector`]. An
 /// empty family is written as its `HELP` and `TYPE` only.
-pub fn encode_gauge(
+pub fn encode_gauge<V>(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    samples: &[Sample<i64>],
-) -> Result<(), std::fmt::Error> {
+    samples: &[Sample<V>],
+) -> Result<(), std::fmt::Error>
+where
+    V: prometheus_client::encoding::EncodeGaugeValue + Copy + std::fmt::Debug,
+{
     use prometheus_client::encoding::EncodeMetric;
     use prometheus_client::metrics::MetricType;
     use prometheus_client::metrics::gauge::ConstGauge;

@@ -62,6 +62,7 @@ pub const SUPERVISOR_METRICS: &[&str] = &[
     "palisade_tunnel_reconnects_total",
     "palisade_tunnel_sent_bytes_total",
     "palisade_tunnel_received_bytes_total",
+    "palisade_tunnel_round_trip_seconds",
     "palisade_backup_last_success_timestamp_seconds",
     "palisade_backup_last_sequence",
     "palisade_upgrades_total",
@@ -287,6 +288,19 @@ impl Collector for SupervisorCollector {
             "palisade_tunnel_received_bytes",
             "Bytes carried from the bastion through forwarded connections.",
             &per_tunnel(&|state| state.bytes_from_bastion),
+        )?;
+        encode_gauge(
+            e,
+            "palisade_tunnel_round_trip_seconds",
+            "The tunnel's last measured round trip (an SSH keepalive request and its reply; an unanswered one counts as the keepalive interval). Absent while down.",
+            &tunnels
+                .iter()
+                .filter_map(|(name, state)| {
+                    state
+                        .round_trip
+                        .map(|rtt| (vec![("bastion", name.clone())], rtt.as_secs_f64()))
+                })
+                .collect::<Vec<_>>(),
         )?;
         let stores = s.backups.snapshot();
         encode_gauge(

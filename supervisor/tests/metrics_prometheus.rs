@@ -184,6 +184,10 @@ fn prometheus_scrapes_the_supervisor_through_the_tunnel_and_the_bastion_directly
     wait("palisade_chain_height", &|v| v > first);
     wait("palisade_validator_signed_blocks_total", &|v| v > 0.0);
     wait("palisade_tunnel_up{bastion=\"b1\"}", &|v| v == 1.0);
+    // Measured once per keepalive interval (1 s here), quick on loopback.
+    wait("palisade_tunnel_round_trip_seconds{bastion=\"b1\"}", &|v| {
+        v > 0.0 && v < 0.5
+    });
     wait("palisade_vault_unlocked", &|v| v == 1.0);
     wait("palisade_node_up", &|v| v == 1.0);
     wait("palisade_primary", &|v| v == 1.0);
