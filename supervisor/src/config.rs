@@ -1230,6 +1230,7 @@ fn validate(
         r,
         raw.logs,
         &daemon_home,
+        &rpc.name,
         tunnels.as_ref(),
         vault
             .as_ref()

@@ -15,7 +15,10 @@
 //!    ([`record`]: JSON or text), cuts a segment at `logs.segment-bytes` of
 //!    plaintext or `logs.segment-interval` after its first line, seals it
 //!    (zstd, then age to the recipients, then an ed25519 signature over its
-//!    metadata) and adds it to the spool.
+//!    metadata) and adds it to the spool. With `[logs.loki]` it also offers
+//!    each record to the Loki client ([`crate::loki`], `docs/loki.md`) with
+//!    `try_push`: a full Loki queue drops the line for Loki only (counted),
+//!    so Loki can neither block gaiad nor slow the segments.
 //! 3. **Spool** ([`spool`]): a 0700 directory of 0600 files written
 //!    atomically, bounded by `logs.spool-bytes`: when a new segment does not
 //!    fit, the oldest go (counted, `segments_dropped`). The next sequence
@@ -33,7 +36,7 @@
 //! `palisade-ctl` (see `docs/log-format.md` for the threat model).
 //!
 //! This module may call `config` (and its `parse_recipient`), `backup`'s
-//! stream dialers and `palisade_wire`; it never calls the supervision, the
+//! stream dialers, `loki` and `palisade_wire`; it never calls the supervision, the
 //! node or the tunnels' internals, and nothing in it waits on gaiad.
 
 mod record;
@@ -51,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backup::StreamDialer;
 use crate::config::LogSettings;
+use crate::loki::LokiStats;
 
 pub use record::{daemon_level, format_record};
 pub use segment::{Sealer, load_signing_key};
@@ -78,6 +82,8 @@ pub struct LogStats {
     pub spool_limit_bytes: AtomicU64,
     /// Per bastion (configuration order): segments it stored.
     pub shipped: Vec<ShippedTo>,
+    /// `[logs.loki]`'s counters, when it is set.
+    pub loki: Option<Arc<LokiStats>>,
 }
 
 /// Segments one bastion stored.
@@ -88,9 +94,10 @@ pub struct ShippedTo {
 }
 
 impl LogStats {
-    fn new(bastions: &[String], spool_limit: u64) -> LogStats {
+    fn new(bastions: &[String], spool_limit: u64, loki: Option<Arc<LokiStats>>) -> LogStats {
         LogStats {
             spool_limit_bytes: AtomicU64::new(spool_limit),
+            loki,
             shipped: bastions
                 .iter()
                 .map(|bastion| ShippedTo {
@@ -130,6 +137,9 @@ pub enum LogError {
     /// Log shipping was already started in this process.
     #[error("log shipping is already running in this process")]
     AlreadyRunning,
+    /// The Loki client could not be built (`[logs.loki]`).
+    #[error("cannot start the Loki client (logs.loki): {0}")]
+    Loki(#[source] reqwest::Error),
 }
 
 /// The running log shipping.
@@ -162,7 +172,26 @@ impl LogShipping {
             .collect::<Result<Vec<_>, _>>()
             .map_err(LogError::Recipient)?;
         let names: Vec<String> = bastions.iter().map(|(name, _)| name.clone()).collect();
-        let stats = Arc::new(LogStats::new(&names, settings.spool_bytes));
+        // The Loki client's worker ends when the writer (its only sender)
+        // is gone, after pushing what the writer's last segment held, or
+        // with the whole process's `shutdown`.
+        let loki = match &settings.loki {
+            Some(loki) => {
+                let (sender, worker) = crate::loki::start(
+                    loki.clone(),
+                    crate::loki::RetryPolicy::default(),
+                    shutdown.child_token(),
+                )
+                .map_err(|error| LogError::Loki(error.without_url()))?;
+                Some((sender, worker))
+            }
+            None => None,
+        };
+        let stats = Arc::new(LogStats::new(
+            &names,
+            settings.spool_bytes,
+            loki.as_ref().map(|(sender, _)| sender.shared_stats()),
+        ));
         let (spool, next_sequence) = Spool::open(
             &settings.spool_dir,
             settings.spool_bytes,
@@ -183,6 +212,7 @@ impl LogShipping {
                 segment_bytes: settings.segment_bytes,
                 interval: settings.segment_interval,
                 format: settings.format,
+                loki: loki.as_ref().map(|(sender, _)| sender.clone()),
             },
             sealer,
             next_sequence,
@@ -192,6 +222,9 @@ impl LogShipping {
             Arc::clone(&stats),
         )
         .map_err(LogError::Thread)?;
+        if let Some((_, worker)) = loki {
+            tokio::spawn(worker);
+        }
         if !tap::install(sender, settings.buffer_bytes, Arc::clone(&stats)) {
             writer.stop();
             return Err(LogError::AlreadyRunning);
@@ -217,6 +250,7 @@ impl LogShipping {
             spool_bytes = settings.spool_bytes,
             next_sequence,
             bastions = ?names,
+            loki = settings.loki.is_some(),
             "log shipping started"
         );
         Ok(LogShipping {
@@ -253,6 +287,14 @@ impl LogShipping {
                 .collect::<Vec<_>>(),
             "log shipping statistics"
         );
+        if let Some(loki) = &stats.loki {
+            tracing::info!(
+                lines_pushed = LogStats::get(&loki.pushed),
+                dropped_queue_full = LogStats::get(&loki.dropped_queue_full),
+                dropped_after_failure = LogStats::get(&loki.dropped_after_failure),
+                "loki push statistics"
+            );
+        }
     }
 }
 

@@ -1,7 +1,8 @@
-//! Optional push of log lines to a Grafana Loki endpoint (`[logs.loki]`), typically reached
-//! through a tunnel forward on loopback. A standalone client: the log pipeline hands it
-//! `(timestamp, stream, line)` entries with [`LokiSender::try_push`]; this module owns the
-//! settings, the batching and the HTTP, nothing else.
+//! Optional push of log lines to a Grafana Loki endpoint (`[logs.loki]`, `docs/loki.md`),
+//! typically reached through a tunnel forward on loopback. The log pipeline's segment writer
+//! (`logs::writer`) hands it each record it writes into a segment, as a
+//! `(timestamp, stream, line)` entry, with [`LokiSender::try_push_with`]; this module owns the
+//! settings, the batching and the HTTP, nothing else (it calls no other module).
 //!
 //! - **Never blocks the caller**: entries go into a bounded queue with `try_send`; a full queue
 //!   drops the entry and counts it ([`LokiStats::dropped_queue_full`]). gaiad's output must
@@ -320,8 +321,18 @@ pub struct LokiSender {
 impl LokiSender {
     /// Queues `entry`; false (and counted) when the queue is full or the client stopped.
     pub fn try_push(&self, entry: LokiEntry) -> bool {
-        match self.queue.try_send(entry) {
-            Ok(()) => true,
+        self.try_push_with(|| entry)
+    }
+
+    /// Queues the entry `make` builds, calling it only when there is room: under a flood a
+    /// full queue costs a count, not an allocation. False (and counted) when the queue is
+    /// full or the client stopped.
+    pub fn try_push_with(&self, make: impl FnOnce() -> LokiEntry) -> bool {
+        match self.queue.try_reserve() {
+            Ok(permit) => {
+                permit.send(make());
+                true
+            }
             Err(_) => {
                 self.stats
                     .dropped_queue_full
@@ -333,6 +344,11 @@ impl LokiSender {
 
     pub fn stats(&self) -> &LokiStats {
         &self.stats
+    }
+
+    /// The counters, to keep after the sender is gone.
+    pub fn shared_stats(&self) -> Arc<LokiStats> {
+        Arc::clone(&self.stats)
     }
 }
 
@@ -607,6 +623,19 @@ mod tests {
         .unwrap()
     }
 
+    /// Waits (up to 10 s) until `lines` were pushed.
+    async fn wait_pushed(sender: &LokiSender, lines: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sender.stats().pushed.load(Ordering::Relaxed) < lines {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not {lines} pushed: {:?}",
+                sender.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     const FAST: RetryPolicy = RetryPolicy {
         attempts: 5,
         first: Duration::from_millis(50),
@@ -654,6 +683,9 @@ mod tests {
                 },
             ]})
         );
+        // The receiver records a request before it answers: wait for the
+        // worker to see the answer, or the cancel could win the race.
+        wait_pushed(&sender, 3).await;
         shutdown.cancel();
         task.await.unwrap();
         assert_eq!(sender.stats().pushed.load(Ordering::Relaxed), 3);
@@ -690,6 +722,7 @@ mod tests {
         assert_eq!(requests[0].body, requests[1].body);
         assert_eq!(requests[1].body, requests[2].body);
         assert!(requests[1].at - requests[0].at >= Duration::from_millis(50));
+        wait_pushed(&sender, 1).await;
         shutdown.cancel();
         task.await.unwrap();
         assert_eq!(sender.stats().pushed.load(Ordering::Relaxed), 1);

@@ -46,7 +46,8 @@ use crate::tunnel::BastionObserver;
 
 /// Every supervisor metric's name as exported (counters with `_total`),
 /// in the order rendered; the log shipper's follow when it is on
-/// ([`LOG_METRICS`]). `docs/metrics.md` documents each.
+/// ([`LOG_METRICS`]), then the Loki push's when `[logs.loki]` is set
+/// ([`LOKI_METRICS`]). `docs/metrics.md` documents each.
 pub const SUPERVISOR_METRICS: &[&str] = &[
     "palisade_build_info",
     "palisade_node_phase",
@@ -81,6 +82,23 @@ pub const LOG_METRICS: &[&str] = &[
     "palisade_log_lines_dropped_total",
 ];
 
+/// The Loki push's metrics (`[logs.loki]`), exported when it is set.
+pub const LOKI_METRICS: &[&str] = &[
+    "palisade_loki_lines_pushed_total",
+    "palisade_loki_lines_dropped_total",
+];
+
+/// The Loki push's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LokiCounts {
+    /// Lines Loki accepted.
+    pub pushed: u64,
+    /// Lines dropped because the Loki client's queue was full.
+    pub dropped_queue_full: u64,
+    /// Lines dropped with a batch Loki refused or that failed every attempt.
+    pub dropped_push_failed: u64,
+}
+
 /// The log shipper's numbers, when log shipping is on.
 pub trait LogMetricsSource: Send + Sync + 'static {
     /// Bytes in the on-disk spool now.
@@ -94,6 +112,10 @@ pub trait LogMetricsSource: Send + Sync + 'static {
     /// Lines (the node's and the supervisor's) that never reached a segment
     /// because the segment writer was behind.
     fn lines_dropped(&self) -> u64;
+    /// The Loki push's counters, when `[logs.loki]` is set.
+    fn loki(&self) -> Option<LokiCounts> {
+        None
+    }
 }
 
 impl LogMetricsSource for crate::logs::LogStats {
@@ -118,6 +140,15 @@ impl LogMetricsSource for crate::logs::LogStats {
 
     fn lines_dropped(&self) -> u64 {
         crate::logs::LogStats::get(&self.lines_dropped)
+    }
+
+    fn loki(&self) -> Option<LokiCounts> {
+        let loki = self.loki.as_ref()?;
+        Some(LokiCounts {
+            pushed: crate::logs::LogStats::get(&loki.pushed),
+            dropped_queue_full: crate::logs::LogStats::get(&loki.dropped_queue_full),
+            dropped_push_failed: crate::logs::LogStats::get(&loki.dropped_after_failure),
+        })
     }
 }
 
@@ -408,6 +439,29 @@ impl Collector for SupervisorCollector {
                 "Log lines that never reached a segment because the segment writer was behind.",
                 &[(Vec::new(), logs.lines_dropped())],
             )?;
+            if let Some(loki) = logs.loki() {
+                encode_counter(
+                    e,
+                    "palisade_loki_lines_pushed",
+                    "Log lines the Loki endpoint accepted ([logs.loki]).",
+                    &[(Vec::new(), loki.pushed)],
+                )?;
+                encode_counter(
+                    e,
+                    "palisade_loki_lines_dropped",
+                    "Log lines not pushed to Loki, by reason (they are still in the segments).",
+                    &[
+                        (
+                            vec![("reason", "queue_full".to_string())],
+                            loki.dropped_queue_full,
+                        ),
+                        (
+                            vec![("reason", "push_failed".to_string())],
+                            loki.dropped_push_failed,
+                        ),
+                    ],
+                )?;
+            }
         }
         Ok(())
     }
@@ -485,6 +539,13 @@ mod tests {
         fn lines_dropped(&self) -> u64 {
             7
         }
+        fn loki(&self) -> Option<LokiCounts> {
+            Some(LokiCounts {
+                pushed: 11,
+                dropped_queue_full: 2,
+                dropped_push_failed: 5,
+            })
+        }
     }
 
     fn sources(dir: &std::path::Path, logs: Option<Arc<dyn LogMetricsSource>>) -> Sources {
@@ -544,6 +605,7 @@ mod tests {
         let expected: Vec<&str> = SUPERVISOR_METRICS
             .iter()
             .chain(LOG_METRICS)
+            .chain(LOKI_METRICS)
             .chain(&["palisade_extra"])
             .copied()
             .collect();
@@ -554,6 +616,9 @@ mod tests {
             "palisade_log_segments_dropped_total 3\n",
             "palisade_log_segments_shipped_total{bastion=\"b1\"} 9\n",
             "palisade_log_lines_dropped_total 7\n",
+            "palisade_loki_lines_pushed_total 11\n",
+            "palisade_loki_lines_dropped_total{reason=\"queue_full\"} 2\n",
+            "palisade_loki_lines_dropped_total{reason=\"push_failed\"} 5\n",
             "palisade_upgrade_waiting_for_binary 1\n",
             "palisade_upgrades_total{outcome=\"failed\"} 1\n",
         ] {

@@ -7,18 +7,22 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::timing::{BLOCK, FLOOD_BLOCK, LONG, TUNNEL};
 use common::{KillOnDrop, VaultRpc};
 use palisade_simchain::testkit::free_port;
+use palisade_testkit::http_receiver::{HttpReceiver, Received};
 use palisade_testkit::{Sshd, SshdOptions, current_user};
 
 const PASSPHRASE: &str = "log shipping passphrase 71c3";
 /// The supervisor's `[rpc] name` (VaultRpc's) and the bastion's validator.
 const VALIDATOR: &str = "val1";
+/// Loki's push path.
+const PUSH_PATH: &str = "/loki/api/v1/push";
 
 /// The bastion: its store and its sshd, and the operator's identity.
 struct Bastion {
@@ -600,5 +604,165 @@ fn a_full_spool_drops_the_oldest_segments_and_counts_them() {
         output.contains("log spool full: dropped the oldest segment(s)"),
         "{}",
         common::tail(&output, 30)
+    );
+}
+
+fn unix_nanos(time: SystemTime) -> u128 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Checks one push against Loki's JSON push API and returns its lines by
+/// the `stream` label.
+fn check_push(
+    request: &Received,
+    started: u128,
+    until: u128,
+) -> BTreeMap<String, Vec<serde_json::Value>> {
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, PUSH_PATH);
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    let body = request.json();
+    let object = body.as_object().expect("a JSON object");
+    assert_eq!(object.keys().collect::<Vec<_>>(), ["streams"], "{body}");
+    let mut lines: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for stream in body["streams"].as_array().expect("streams: an array") {
+        assert_eq!(
+            stream.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["stream", "values"],
+            "{stream}"
+        );
+        let labels = stream["stream"].as_object().expect("labels: an object");
+        let name = labels["stream"].as_str().unwrap().to_string();
+        assert!(
+            ["stdout", "stderr", "supervisor"].contains(&name.as_str()),
+            "{stream}"
+        );
+        assert_eq!(
+            stream["stream"],
+            serde_json::json!({"validator": "val1", "host": "host-a", "stream": name}),
+        );
+        let mut previous = 0u128;
+        for value in stream["values"].as_array().expect("values: an array") {
+            let pair = value.as_array().expect("a value: [ts, line]");
+            assert_eq!(pair.len(), 2, "{value}");
+            let ts: u128 = pair[0]
+                .as_str()
+                .expect("the timestamp: a string")
+                .parse()
+                .expect("the timestamp: Unix nanoseconds");
+            assert!(
+                ts >= started && ts <= until,
+                "{ts} not in [{started}, {until}]"
+            );
+            assert!(ts >= previous, "entries not in time order: {stream}");
+            previous = ts;
+            // The line is the segment's record (logs.format = "json").
+            let line = pair[1].as_str().expect("the line: a string");
+            let record: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("not the JSON record ({error}): {line}"));
+            assert_eq!(record["stream"], name.as_str(), "{line}");
+            let source = if name == "supervisor" {
+                "supervisor"
+            } else {
+                "gaiad"
+            };
+            assert_eq!(record["source"], source, "{line}");
+            lines.entry(name.clone()).or_default().push(record);
+        }
+    }
+    lines
+}
+
+/// `[logs.loki]` (docs/loki.md): a real supervisor pushes gaiad's lines and
+/// its own to a local HTTP receiver standing in for Loki (Loki is not
+/// packaged here), every request in the exact shape of Loki's JSON push API;
+/// when that endpoint goes away, the node keeps signing and segments keep
+/// shipping.
+#[test]
+fn lines_are_pushed_to_loki_in_its_shape_and_an_unreachable_loki_stops_nothing() {
+    let loki = HttpReceiver::start().unwrap();
+    let bastion = bastion();
+    let spool = bastion.dir.path().join("spool");
+    let vault = VaultRpc::setup(
+        BLOCK,
+        PASSPHRASE,
+        "",
+        &bastion.supervisor_sections(
+            &spool,
+            &format!(
+                "segment-interval = \"300ms\"\n[logs.loki]\nurl = {:?}\n\
+                 batch-interval = \"200ms\"\ntimeout = \"1s\"",
+                loki.url(PUSH_PATH)
+            ),
+        ),
+    );
+    let started = unix_nanos(SystemTime::now());
+    let supervisor = vault.run();
+    common::wait_until(LONG, "the control socket", || vault.socket.exists());
+    vault.unlock();
+    vault.chain.wait_signing(3, LONG);
+
+    // gaiad's lines and the supervisor's own arrive, each request in
+    // Loki's JSON push shape with the validator, host and stream labels.
+    let mut lines = BTreeMap::new();
+    loki.wait_until("gaiad's and the supervisor's lines", LONG, |requests| {
+        let until = unix_nanos(SystemTime::now());
+        lines = BTreeMap::new();
+        for request in requests {
+            for (stream, records) in check_push(request, started, until) {
+                lines.entry(stream).or_insert_with(Vec::new).extend(records);
+            }
+        }
+        let messages = |stream: &str| -> BTreeSet<String> {
+            lines
+                .get(stream)
+                .into_iter()
+                .flatten()
+                .map(|record| record["msg"].as_str().unwrap().to_string())
+                .collect()
+        };
+        messages("supervisor")
+            .iter()
+            .any(|msg| msg.contains("log shipping started"))
+            && !(messages("stdout").is_empty() && messages("stderr").is_empty())
+    })
+    .unwrap();
+    let before = Bastion::complete_segments(&bastion.logs).len();
+    assert!(before > 0, "no segment shipped beside the Loki push");
+
+    // Loki goes away: the node keeps signing and segments keep coming.
+    let port = loki.port();
+    drop(loki);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the receiver still listens"
+    );
+    supervisor.wait_for_line("loki: push failed; retrying", LONG);
+    vault.chain.wait_signing(10, LONG);
+    common::wait_until(LONG, "segments shipped while Loki is down", || {
+        Bastion::complete_segments(&bastion.logs).len() >= before + 3
+    });
+    assert_eq!(
+        common::node_state(&vault.socket).as_deref(),
+        Some("running"),
+        "{}",
+        common::tail(&supervisor.output(), 30)
+    );
+    let output = supervisor.stop();
+    let statistics = output
+        .lines()
+        .find(|line| line.contains("loki push statistics"))
+        .unwrap_or_else(|| panic!("no loki statistics in {}", common::tail(&output, 30)));
+    let pushed: u64 = statistics
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("lines_pushed="))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no lines_pushed in {statistics}"));
+    assert!(pushed > 0, "{statistics}");
+    assert!(
+        !output.contains(&format!(":{port}{PUSH_PATH}")),
+        "the URL was logged"
     );
 }

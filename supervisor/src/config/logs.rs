@@ -12,11 +12,21 @@
 //! # buffer-bytes = 16777216     # lines waiting for the segment writer; more are dropped
 //! # signing-key = "<[tunnel] key-file>"  # an OpenSSH ed25519 private key
 //! # host = "<the host name>"
+//!
+//! # [logs.loki]                # optional: also push the lines to Loki (docs/loki.md)
+//! # url = "http://127.0.0.1:3100/loki/api/v1/push"
 //! ```
 //!
 //! The section needs at least one `[[bastion]]` with `backup-command`
 //! (segments travel over the backup session) and at least one recipient
 //! (with the recovery recipients): logs nobody can read are refused here.
+//!
+//! `[logs.loki]` is a sub-table, so it comes with all of the above: a Loki
+//! push is a copy of the lines for a dashboard, in addition to the encrypted,
+//! signed segments that remain the archive. Its keys are
+//! [`crate::loki::RawLokiSettings`], validated there; a bad value is reported
+//! here as `logs.loki.<key>`. The `validator` label defaults to `[rpc] name`
+//! and the `host` label to `logs.host`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +35,7 @@ use palisade_wire::log_segment::host_name_problem;
 use serde::Deserialize;
 
 use super::{Resolver, TunnelSettings};
+use crate::loki::{LokiSettings, RawLokiSettings};
 
 /// Default plaintext bytes per segment (1 MiB), also the most allowed: a
 /// segment must fit one store payload ([`palisade_wire::backup_store::MAX_LOG_PAYLOAD_BYTES`]).
@@ -67,6 +78,8 @@ pub struct RawLogs {
     pub signing_key: Option<PathBuf>,
     /// Default: this machine's host name.
     pub host: Option<String>,
+    /// `[logs.loki]`: also push the lines to a Loki endpoint.
+    pub loki: Option<RawLokiSettings>,
 }
 
 /// How lines are written into a segment.
@@ -101,6 +114,8 @@ pub struct LogSettings {
     pub buffer_bytes: usize,
     pub signing_key: PathBuf,
     pub host: String,
+    /// `[logs.loki]`, if set.
+    pub loki: Option<LokiSettings>,
 }
 
 /// Parses a backup/recovery recipient: an age X25519 public key (`age1…`) or
@@ -147,6 +162,7 @@ pub(super) fn validate_logs(
     r: &mut Resolver<'_>,
     raw: Option<RawLogs>,
     daemon_home: &Path,
+    validator: &str,
     tunnels: Option<&TunnelSettings>,
     recovery_recipients: &[String],
 ) -> Option<LogSettings> {
@@ -293,6 +309,18 @@ pub(super) fn validate_logs(
             }
         },
     };
+    let loki = raw
+        .loki
+        .and_then(|loki| match loki.validate(validator, &host) {
+            Ok(loki) => Some(loki),
+            Err(issues) => {
+                for issue in issues {
+                    let origin = r.file_origin(format!("logs.loki.{}", issue.key));
+                    r.report(origin, issue.reason);
+                }
+                None
+            }
+        });
     Some(LogSettings {
         recipients,
         format,
@@ -303,6 +331,7 @@ pub(super) fn validate_logs(
         buffer_bytes,
         signing_key,
         host,
+        loki,
     })
 }
 
@@ -344,7 +373,109 @@ mod tests {
         assert_eq!(logs.buffer_bytes, 16 << 20);
         assert_eq!(logs.signing_key, dir.path().join("tunnel_key"));
         assert!(host_name_problem(&logs.host).is_none());
+        assert!(logs.loki.is_none());
         assert!(load(dir.path(), "").unwrap().logs.is_none());
+    }
+
+    #[test]
+    fn loki_labels_default_to_the_rpc_name_and_the_logs_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}[rpc]\nname = \"val-a\"\n[logs]\nrecipients = [{RECIPIENT:?}]\nhost = \"host-1\"\n\
+             [logs.loki]\nurl = \"http://127.0.0.1:3100/loki/api/v1/push\"\nbatch-lines = 10\n",
+            bastion(dir.path())
+        );
+        let loki = load(dir.path(), &text).unwrap().logs.unwrap().loki.unwrap();
+        assert_eq!(loki.url.as_str(), "http://127.0.0.1:3100/loki/api/v1/push");
+        assert_eq!(loki.batch_lines, 10);
+        assert_eq!(
+            loki.labels,
+            std::collections::BTreeMap::from([
+                ("host".to_string(), "host-1".to_string()),
+                ("validator".to_string(), "val-a".to_string()),
+            ])
+        );
+        let text = format!(
+            "{}[logs]\nrecipients = [{RECIPIENT:?}]\nhost = \"host-1\"\n\
+             [logs.loki]\nurl = \"https://logs.example/loki/api/v1/push\"\n\
+             validator = \"v\"\nhost = \"h\"\n[logs.loki.labels]\nchain = \"c\"\n",
+            bastion(dir.path())
+        );
+        let loki = load(dir.path(), &text).unwrap().logs.unwrap().loki.unwrap();
+        assert_eq!(
+            loki.labels,
+            std::collections::BTreeMap::from([
+                ("chain".to_string(), "c".to_string()),
+                ("host".to_string(), "h".to_string()),
+                ("validator".to_string(), "v".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn every_bad_loki_value_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "url = \"http://127.0.0.1:3100/loki/api/v1/push\"\n";
+        let rows: &[(String, &str)] = &[
+            (
+                String::new(),
+                "key `logs.loki.url`: is required: Loki's push endpoint",
+            ),
+            (
+                "url = \"http://10.1.2.3:3100/loki/api/v1/push\"".into(),
+                "key `logs.loki.url`: must be https (http only to a loopback host",
+            ),
+            (
+                "url = \"https://tenant:s3cr3t@logs.example/push\"".into(),
+                "key `logs.loki.url`: the path must end with /loki/api/v1/push",
+            ),
+            (
+                "url = \"ftp://127.0.0.1/loki/api/v1/push\"".into(),
+                "key `logs.loki.url`: scheme \"ftp\" is not http(s)",
+            ),
+            (
+                format!("{url}validator = \"\""),
+                "key `logs.loki.validator`: must not be empty",
+            ),
+            (
+                format!("{url}host = \"\""),
+                "key `logs.loki.host`: must not be empty",
+            ),
+            (
+                format!("{url}batch-lines = 0"),
+                "key `logs.loki.batch-lines`: 0 must be between 1 and 100000",
+            ),
+            (
+                format!("{url}queue-lines = 5\nbatch-lines = 10"),
+                "key `logs.loki.queue-lines`: 5 is less than batch-lines (10)",
+            ),
+            (
+                format!("{url}batch-interval = \"soon\""),
+                "key `logs.loki.batch-interval`: 'soon' is not a duration",
+            ),
+            (
+                format!("{url}timeout = \"1h\""),
+                "key `logs.loki.timeout`: '1h' must be between 100ms and 2m",
+            ),
+            (
+                format!("{url}[logs.loki.labels]\nstream = \"x\""),
+                "key `logs.loki.labels.stream`: is set by Palisade",
+            ),
+            (
+                format!("{url}[logs.loki.labels]\n\"9x\" = \"x\""),
+                "key `logs.loki.labels.9x`: is not a Loki label name",
+            ),
+            (format!("{url}tenant = \"x\""), "unknown field `tenant`"),
+        ];
+        for (lines, needle) in rows {
+            let text = format!(
+                "{}[logs]\nrecipients = [{RECIPIENT:?}]\n[logs.loki]\n{lines}\n",
+                bastion(dir.path())
+            );
+            let error = load(dir.path(), &text).unwrap_err().to_string();
+            assert!(error.contains(needle), "{lines}: {error}");
+            assert!(!error.contains("s3cr3t"), "{error}");
+        }
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! ([`super::segment::Sealer`]) and adds it to the spool. It is the queue's
 //! only consumer: while it seals, the queue fills and the tap drops
 //! (counted); nothing upstream waits.
+//!
+//! With `[logs.loki]`, each record written into a segment is also offered
+//! to the Loki client ([`crate::loki::LokiSender::try_push_with`]): a full
+//! Loki queue drops the line for Loki (counted there) and the segment keeps
+//! it; nothing here waits on Loki.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,13 +23,16 @@ use super::segment::{Plaintext, Sealer};
 use super::spool::Spool;
 use super::tap::{Chunk, Origin, QueueReceiver};
 use crate::config::LogFormat;
+use crate::loki::{LokiEntry, LokiSender};
 
-/// How the writer cuts segments.
-#[derive(Debug, Clone, Copy)]
+/// How the writer cuts segments, and where else its records go.
+#[derive(Debug, Clone)]
 pub(crate) struct WriterSettings {
     pub segment_bytes: usize,
     pub interval: Duration,
     pub format: LogFormat,
+    /// `[logs.loki]`'s client, if set: offered each record.
+    pub loki: Option<LokiSender>,
 }
 
 /// The running writer thread.
@@ -140,6 +148,7 @@ impl Writer {
                         "gaiad",
                         line,
                     );
+                    self.to_loki(chunk.at, stream.as_str(), record);
                     self.append(record, chunk.at);
                 }
             }
@@ -154,6 +163,7 @@ impl Writer {
                     "supervisor",
                     &chunk.bytes,
                 );
+                self.to_loki(chunk.at, "supervisor", record);
                 self.append(record, chunk.at);
             }
         }
@@ -194,6 +204,18 @@ impl Writer {
                 source,
                 &cut,
             );
+        }
+    }
+
+    /// Offer the record (without its newline) to Loki, never waiting.
+    fn to_loki(&self, at: SystemTime, stream: &str, record: &[u8]) {
+        if let Some(loki) = &self.settings.loki {
+            loki.try_push_with(|| LokiEntry {
+                time: at,
+                stream: stream.to_owned(),
+                line: String::from_utf8_lossy(record.strip_suffix(b"\n").unwrap_or(record))
+                    .into_owned(),
+            });
         }
     }
 
