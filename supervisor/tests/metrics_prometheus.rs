@@ -264,11 +264,12 @@ fn prometheus_scrapes_the_supervisor_through_the_tunnel_and_the_bastion_directly
         assert!(open.ends_with("# EOF\n"), "{open}");
     }
     // docs/metrics.md documents exactly what is exported (the log
-    // shipper's, reserved there, come with log shipping).
+    // shipper's and the Loki client's come with [logs] and [logs.loki]).
     let documented = documented_metric_names();
     let log_shipping: std::collections::BTreeSet<String> =
         palisade_supervisor::metrics::LOG_METRICS
             .iter()
+            .chain(palisade_supervisor::metrics::LOKI_METRICS)
             .map(|name| name.to_string())
             .collect();
     let expected: std::collections::BTreeSet<String> =
