@@ -15,5 +15,6 @@
 
 pub mod durable;
 pub mod metrics;
+pub mod retry;
 pub mod socket;
 pub mod systemd;

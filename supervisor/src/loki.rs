@@ -49,8 +49,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_QUEUE_LINES: usize = 10_000;
 /// The path of Loki's push API.
 pub const PUSH_PATH: &str = "/loki/api/v1/push";
-/// Longest wait a `Retry-After` may ask for.
-pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 const BATCH_LINES_MAX: usize = 100_000;
 const QUEUE_LINES_MAX: usize = 1_000_000;
 const BATCH_INTERVAL_RANGE: (Duration, Duration) =
@@ -352,39 +350,7 @@ impl LokiSender {
     }
 }
 
-/// How failed pushes are retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts in all.
-    pub attempts: u32,
-    pub first: Duration,
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            first: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after `failures` (≥ 1) failed attempts: `retry_after` (capped), else the
-    /// backoff plus `sample` (in `[0, 1)`) times half of it.
-    pub fn delay(&self, failures: u32, retry_after: Option<Duration>, sample: f64) -> Duration {
-        if let Some(wait) = retry_after {
-            return wait.min(RETRY_AFTER_MAX);
-        }
-        let base = self
-            .first
-            .saturating_mul(1 << failures.saturating_sub(1).min(20))
-            .min(self.max);
-        base + base.mul_f64(0.5 * sample.clamp(0.0, 1.0))
-    }
-}
+pub use palisade_daemon::retry::{RETRY_AFTER_MAX, RetryPolicy};
 
 /// Starts the client: the sender for the log pipeline and the worker future to spawn (it
 /// ends at `shutdown`, after one last bounded push of what it holds, or when every sender is
@@ -582,8 +548,7 @@ async fn push_once(client: &reqwest::Client, url: &Url, body: &str) -> Attempt {
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(palisade_daemon::retry::parse_retry_after);
     let why = format!("HTTP {status}");
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         Attempt::Retry { why, retry_after }
@@ -769,23 +734,6 @@ mod tests {
         assert!(!sender.try_push(entry(3, "stdout", "c")));
         assert!(!sender.try_push(entry(4, "stdout", "d")));
         assert_eq!(sender.stats().dropped_queue_full.load(Ordering::Relaxed), 2);
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_honours_retry_after() {
-        let policy = RetryPolicy::default();
-        let s = Duration::from_secs;
-        let rows = [
-            (1, None, 0.0, s(1)),
-            (2, None, 0.0, s(2)),
-            (3, None, 0.5, s(5)),
-            (9, None, 0.0, s(60)),
-            (1, Some(s(3)), 0.9, s(3)),
-            (1, Some(s(9999)), 0.0, RETRY_AFTER_MAX),
-        ];
-        for (failures, retry_after, sample, expected) in rows {
-            assert_eq!(policy.delay(failures, retry_after, sample), expected);
-        }
     }
 
     #[test]

@@ -28,47 +28,12 @@ use palisade_client::peer_text::clean;
 
 /// Messages waiting per sink.
 pub const QUEUE_CAPACITY: usize = 64;
-/// Longest wait a `Retry-After` may ask for.
-pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 /// Bytes of an error answer kept for the log.
 const ERROR_BODY_BYTES: usize = 300;
 /// Bytes of an answer read at most.
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
 
-/// How failed deliveries are retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub attempts: u32,
-    /// Wait after the first failure (doubled after each further one).
-    pub first: Duration,
-    /// Longest wait before jitter.
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            first: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after `failures` failed attempts (1 or more): the server's
-    /// `retry_after` when it gave one (capped), else the backoff plus
-    /// `sample` (in `[0, 1)`) times half of it.
-    pub fn delay(&self, failures: u32, retry_after: Option<Duration>, sample: f64) -> Duration {
-        if let Some(wait) = retry_after {
-            return wait.min(RETRY_AFTER_MAX);
-        }
-        let doublings = failures.saturating_sub(1).min(20);
-        let base = self.first.saturating_mul(1 << doublings).min(self.max);
-        base + base.mul_f64(0.5 * sample.clamp(0.0, 1.0))
-    }
-}
+pub use palisade_daemon::retry::{RETRY_AFTER_MAX, RetryPolicy};
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,8 +64,7 @@ pub fn classify(status: StatusCode, retry_after: Option<&str>, body: &[u8]) -> A
     };
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         let retry_after = retry_after
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
+            .and_then(palisade_daemon::retry::parse_retry_after)
             .or_else(|| body_retry_after(body));
         Attempt::Retry {
             why: shown,
@@ -240,30 +204,6 @@ pub async fn deliver_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_honours_retry_after() {
-        let policy = RetryPolicy::default();
-        let s = Duration::from_secs;
-        // (failures, retry_after, sample, expected)
-        let rows = [
-            (1, None, 0.0, s(1)),
-            (1, None, 0.999_999, Duration::from_millis(1500)),
-            (2, None, 0.0, s(2)),
-            (3, None, 0.5, s(5)),
-            (7, None, 0.0, s(60)),
-            (99, None, 1.0, s(90)),
-            (1, Some(s(7)), 0.9, s(7)),
-            (3, Some(s(86_400)), 0.0, RETRY_AFTER_MAX),
-        ];
-        for (failures, retry_after, sample, expected) in rows {
-            let got = policy.delay(failures, retry_after, sample);
-            assert!(
-                got.abs_diff(expected) < Duration::from_millis(1),
-                "{failures} {retry_after:?} {sample}: {got:?}"
-            );
-        }
-    }
 
     #[test]
     fn answers_are_classified() {
