@@ -55,7 +55,7 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
 require_cargo
-apt_install curl jq ca-certificates openssh-server openssh-client etcd-server
+apt_install curl jq ca-certificates openssh-server openssh-client etcd-server age zstd
 EIP=${EIP:-1}
 [ "$EIP" = 0 ] || ensure_moto
 
@@ -217,6 +217,14 @@ log "bastion: ssh-keygen (host key, validator's client key, operator key), sshd 
 ssh-keygen -q -t ed25519 -N '' -C "bastion-1" -f "$SSH_DIR/host_ed25519"
 ssh-keygen -q -t ed25519 -N '' -C "$VALIDATOR" -f "$CLIENT_DIR/tunnel_ed25519"
 ssh-keygen -q -t ed25519 -N '' -C "demo-operator" -f "$OPERATOR_DIR/operator_ed25519"
+# The operator's age identity: the log segments are encrypted to it (docs/log-format.md).
+age-keygen -o "$OPERATOR_DIR/logs_age_identity.txt" 2>/dev/null
+LOG_RECIPIENT=$(age-keygen -y "$OPERATOR_DIR/logs_age_identity.txt")
+# Metrics (docs/metrics.md): the supervisor's endpoint, its reverse forward on the bastion's
+# loopback, and the bastion's own endpoint.
+METRICS_PORT=$(free_port)
+METRICS_ON_BASTION_PORT=$(free_port)
+BASTION_METRICS_PORT=$(free_port)
 HOST_FINGERPRINT=$(ssh-keygen -lf "$SSH_DIR/host_ed25519.pub" | awk '{print $2}')
 # known_hosts pinned to the generated host key (a plain "[host]:port" name).
 echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$SSH_DIR/host_ed25519.pub")" > "$CLIENT_DIR/known_hosts"
@@ -233,6 +241,9 @@ backup-dir = "$BASTION_BACKUPS"
 interval = "500ms"
 timeout = "400ms"
 
+[metrics]
+listen = "127.0.0.1:$BASTION_METRICS_PORT"
+
 [[validator]]
 name = "$VALIDATOR"
 socket = "$FORWARDED_SOCKET"
@@ -244,8 +255,8 @@ EOF
 # the chain's node port. The operator's key: channels only, no commands
 # (docs/bastion-sshd.md "authorized_keys for operators").
 {
-  printf 'command="%s backup-session --config %s --validator %s",restrict,port-forwarding,permitopen="127.0.0.1:%s" %s\n' \
-    "$BIN/palisade-bastion" "$BASTION_CONFIG" "$VALIDATOR" "$NET_PORT" \
+  printf 'command="%s backup-session --config %s --validator %s",restrict,port-forwarding,permitopen="127.0.0.1:%s",permitlisten="127.0.0.1:%s" %s\n' \
+    "$BIN/palisade-bastion" "$BASTION_CONFIG" "$VALIDATOR" "$NET_PORT" "$METRICS_ON_BASTION_PORT" \
     "$(cat "$CLIENT_DIR/tunnel_ed25519.pub")"
   printf 'command="/bin/false",restrict,port-forwarding %s\n' "$(cat "$OPERATOR_DIR/operator_ed25519.pub")"
 } > "$SSH_DIR/authorized_keys"
@@ -357,6 +368,16 @@ rpc-socket = "$FORWARDED_SOCKET"
 backup-command = "palisade-bastion backup-session"
 sentry = { node-id = "$SENTRY_ID", target = "127.0.0.1:$NET_PORT" }
 $EIP_TABLE
+EOF
+cat >> "$PALISADE_CONFIG" <<EOF
+
+[logs]                           # gaiad's and our lines, encrypted to the operator, signed, shipped
+recipients = ["$LOG_RECIPIENT"]
+segment-interval = "2s"          # demo speed; 10s by default
+
+[metrics]
+listen = "127.0.0.1:$METRICS_PORT"
+bastion-listen = "127.0.0.1:$METRICS_ON_BASTION_PORT"   # reverse-forwarded to the bastion's loopback
 EOF
 if [ "$EIP" != 0 ]; then
   cat >> "$PALISADE_CONFIG" <<EOF
@@ -529,6 +550,24 @@ if [ "$EIP" != 0 ]; then
 fi
 
 echo "  operator's view through the bastion: $(ctl --json status | jq -c '{node: .node.state, height: .node.height, vault: (if .vault.locked then "locked" else "unlocked" end), watermark, tunnels: [.tunnels[] | {name, connected}]}' 2>/dev/null || echo "?")"
+
+log "observability: metrics through the tunnel, and the shipped log segments (docs/observability.md)"
+metric() { curl -sf "http://127.0.0.1:$1/metrics" | grep -E "^$2" | head -n 8 | sed 's/^/    /' || true; }
+echo "  the supervisor's metrics, scraped on the bastion's loopback (127.0.0.1:$METRICS_ON_BASTION_PORT, through the tunnel):"
+metric "$METRICS_ON_BASTION_PORT" 'palisade_(chain_height|validator_(signed|missed)_blocks_total|tunnel_up|tunnel_round_trip_seconds|vault_unlocked|log_segments_shipped_total)'
+echo "  the bastion's own (127.0.0.1:$BASTION_METRICS_PORT):"
+metric "$BASTION_METRICS_PORT" 'palisade_bastion_(validator_up|store_objects)'
+LOG_DIR=$BASTION_BACKUPS/$VALIDATOR/logs
+for _ in $(seq 50); do ls "$LOG_DIR"/*.age >/dev/null 2>&1 && break; sleep 0.2; done
+segments=$(ls "$LOG_DIR"/*.age 2>/dev/null | wc -l || true)
+echo "  $segments log segment(s) on the bastion ($LOG_DIR); the first one with the stock tools (age -d | zstd -d):"
+first_segment=$(ls "$LOG_DIR"/*.age 2>/dev/null | head -n 1 || true)
+if [ -n "$first_segment" ]; then
+  age -d -i "$OPERATOR_DIR/logs_age_identity.txt" "$first_segment" | zstd -dc | head -n 2 | cut -c1-150 | sed 's/^/    /' || true
+  echo "  palisade-ctl logs --archive (each segment's signature checked against the pinned tunnel key before decrypting), --grep 'tunnel up':"
+  "$BIN/palisade-ctl" logs --archive --validator "$VALIDATOR" --from-dir "$LOG_DIR" --identity "$OPERATOR_DIR/logs_age_identity.txt" \
+    --signer "$CLIENT_DIR/tunnel_ed25519.pub" --grep 'tunnel up' | tail -n 3 | cut -c1-150 | sed 's/^/    /' || true
+fi
 
 log "stopping the supervisor (SIGTERM: graceful stop of the node, final backup)"
 kill -TERM "$SUPERVISOR"; wait "$SUPERVISOR" || true

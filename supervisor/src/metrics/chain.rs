@@ -172,6 +172,17 @@ async fn poll(chain: &ChainRpc, address: Option<&str>, next: &mut Option<u64>, s
                 height += 1;
             }
             Err(error) => {
+                if let Some(lowest) = pruned_below(&error).filter(|lowest| *lowest > height) {
+                    // Below the node's block store (pruned, or a restarted node that keeps
+                    // no history): never readable, so not counted; go on from its base.
+                    tracing::debug!(
+                        height,
+                        lowest,
+                        "metrics: commits below the node's lowest height are skipped"
+                    );
+                    height = lowest;
+                    continue;
+                }
                 // Read again at the next poll (counted once all the same).
                 tracing::debug!(height, %error, "metrics: cannot read a commit");
                 break;
@@ -179,6 +190,21 @@ async fn poll(chain: &ChainRpc, address: Option<&str>, next: &mut Option<u64>, s
         }
     }
     *next = Some(height.max(first));
+}
+
+/// The node's lowest stored height when `error` is CometBFT's refusal of a height below it:
+/// `height X is not available, lowest height is Y` (`getHeight` in cometbft
+/// `rpc/core/env.go`, the same text from the simulated chain's `/commit`).
+fn pruned_below(error: &crate::node::rpc::ChainRpcError) -> Option<u64> {
+    let crate::node::rpc::ChainRpcError::Commit {
+        source: crate::node::rpc::CommitError::Rpc { data, .. },
+        ..
+    } = error
+    else {
+        return None;
+    };
+    let (_, lowest) = data.split_once("is not available, lowest height is ")?;
+    lowest.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -200,6 +226,8 @@ mod tests {
         catching_up: bool,
         missed: BTreeSet<u64>,
         commits_asked: Vec<u64>,
+        /// The lowest height the node keeps (0: all).
+        base: u64,
     }
 
     fn commit_body(height: u64, signed: bool) -> String {
@@ -243,7 +271,14 @@ mod tests {
                     } else if let Some(height) = path.strip_prefix("/commit?height=") {
                         let height: u64 = height.parse().unwrap();
                         chain.commits_asked.push(height);
-                        commit_body(height, !chain.missed.contains(&height))
+                        if height < chain.base {
+                            format!(
+                                r#"{{"jsonrpc":"2.0","id":-1,"error":{{"code":-32603,"message":"Internal error","data":"height {height} is not available, lowest height is {}"}}}}"#,
+                                chain.base
+                            )
+                        } else {
+                            commit_body(height, !chain.missed.contains(&height))
+                        }
                     } else {
                         String::new()
                     }
@@ -315,6 +350,25 @@ mod tests {
         poll(&chain, Some(ADDRESS), &mut next, &stats).await;
         assert_eq!(asked(&fake), vec![110, 111]);
         assert_eq!((stats.signed(), stats.missed()), (23, 2));
+    }
+
+    #[tokio::test]
+    async fn heights_below_a_restarted_or_pruned_nodes_base_are_skipped() {
+        let fake = Arc::new(Mutex::new(FakeChain {
+            height: 20,
+            base: 15,
+            missed: BTreeSet::from([16]),
+            ..FakeChain::default()
+        }));
+        let chain = ChainRpc::new(&serve(Arc::clone(&fake)).await);
+        let stats = ChainStats::default();
+        // Left at height 12 by an earlier poll (say, before the node restarted).
+        let mut next = Some(12);
+        poll(&chain, Some(ADDRESS), &mut next, &stats).await;
+        let asked = std::mem::take(&mut fake.lock().unwrap().commits_asked);
+        assert_eq!(asked, vec![12, 15, 16, 17, 18, 19]);
+        assert_eq!((stats.signed(), stats.missed()), (4, 1));
+        assert_eq!(next, Some(20));
     }
 
     #[tokio::test]
