@@ -31,6 +31,13 @@
 # validator's tunnel redials it (host key still pinned) and keeps signing; the
 # old address is released. The AWS key lives in the vault.
 #
+# Then observability (docs/observability.md): the supervisor's Prometheus
+# metrics scraped on the bastion's loopback through the tunnel's reverse
+# forward, the bastion's own, and the log segments the supervisor shipped to
+# the bastion ([logs]: encrypted to the operator's age key, signed with the
+# tunnel key), read with the stock `age -d | zstd -d` and with
+# `palisade-ctl logs --archive`.
+#
 # Then failover (docs/failover.md; FAILOVER=0 skips it): two validator hosts
 # for one validator (two supervisors sharing one vault), a real 3-member etcd
 # cluster and a chain with one sentry per host; a planned handoff
