@@ -53,7 +53,6 @@ pub(crate) struct Chunk {
     pub at: SystemTime,
     pub origin: Origin,
     pub bytes: Vec<u8>,
-    pub lines: u64,
 }
 
 /// The sending half of the queue.
@@ -97,25 +96,21 @@ struct Tap {
 }
 
 impl Tap {
-    /// Queue `chunk` unless that would pass the byte bound; count it as
-    /// dropped otherwise.
-    fn offer(&self, chunk: Chunk) {
-        let bytes = chunk.bytes.len();
+    /// Queue the chunk `make` builds from `bytes` bytes of `lines` lines,
+    /// unless that would pass the byte bound: then count the lines as
+    /// dropped without building it (no copy of a batch that is dropped).
+    fn offer(&self, bytes: usize, lines: u64, make: impl FnOnce() -> Chunk) {
         let before = self.queue.queued.fetch_add(bytes, Ordering::Relaxed);
         if before + bytes > self.limit {
             self.queue.queued.fetch_sub(bytes, Ordering::Relaxed);
-            self.stats
-                .lines_dropped
-                .fetch_add(chunk.lines, Ordering::Relaxed);
+            self.stats.lines_dropped.fetch_add(lines, Ordering::Relaxed);
             return;
         }
-        match self.queue.sender.try_send(chunk) {
+        match self.queue.sender.try_send(make()) {
             Ok(()) => {}
-            Err(TrySendError::Full(chunk)) | Err(TrySendError::Disconnected(chunk)) => {
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.queue.queued.fetch_sub(bytes, Ordering::Relaxed);
-                self.stats
-                    .lines_dropped
-                    .fetch_add(chunk.lines, Ordering::Relaxed);
+                self.stats.lines_dropped.fetch_add(lines, Ordering::Relaxed);
             }
         }
     }
@@ -166,11 +161,10 @@ fn with_tap(offer: impl FnOnce(&Tap)) {
 /// shipping, if it runs. Copies once; never blocks.
 pub fn tee_daemon_output(stream: LogStream, bytes: &[u8], lines: u64) {
     with_tap(|tap| {
-        tap.offer(Chunk {
+        tap.offer(bytes.len(), lines, || Chunk {
             at: SystemTime::now(),
             origin: Origin::Daemon(stream),
             bytes: bytes.to_vec(),
-            lines,
         })
     });
 }
@@ -185,11 +179,11 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TracingTap {
         with_tap(|tap| {
             let mut line = EventLine::default();
             event.record(&mut line);
-            tap.offer(Chunk {
+            let bytes = line.finish().into_bytes();
+            tap.offer(bytes.len(), 1, || Chunk {
                 at: SystemTime::now(),
                 origin: Origin::Supervisor(*event.metadata().level()),
-                bytes: line.finish().into_bytes(),
-                lines: 1,
+                bytes,
             });
         });
     }
@@ -244,23 +238,33 @@ mod tests {
             limit: 100,
             stats: Arc::clone(&stats),
         };
-        let chunk = |bytes: usize, lines| Chunk {
+        let chunk = |bytes: usize| Chunk {
             at: SystemTime::now(),
             origin: Origin::Daemon(LogStream::Stdout),
             bytes: vec![b'x'; bytes],
-            lines,
         };
-        tap.offer(chunk(60, 3));
-        tap.offer(chunk(60, 5));
-        tap.offer(chunk(40, 2));
+        let offer = |bytes: usize, lines: u64| tap.offer(bytes, lines, || chunk(bytes));
+        offer(60, 3);
+        offer(60, 5);
+        offer(40, 2);
         assert_eq!(stats.lines_dropped.load(Ordering::Relaxed), 5);
-        assert_eq!(receiver.recv_timeout(Duration::ZERO).unwrap().lines, 3);
-        assert_eq!(receiver.recv_timeout(Duration::ZERO).unwrap().lines, 2);
+        // The chunks queued are the first (60 bytes) and the third (40).
+        assert_eq!(
+            receiver.recv_timeout(Duration::ZERO).unwrap().bytes.len(),
+            60
+        );
+        assert_eq!(
+            receiver.recv_timeout(Duration::ZERO).unwrap().bytes.len(),
+            40
+        );
         // Room again once the writer took them.
-        tap.offer(chunk(100, 7));
-        assert_eq!(receiver.recv_timeout(Duration::ZERO).unwrap().lines, 7);
+        offer(100, 7);
+        assert_eq!(
+            receiver.recv_timeout(Duration::ZERO).unwrap().bytes.len(),
+            100
+        );
         drop(receiver);
-        tap.offer(chunk(1, 1));
+        offer(1, 1);
         assert_eq!(stats.lines_dropped.load(Ordering::Relaxed), 6);
     }
 }
